@@ -1,0 +1,5 @@
+import sys
+
+from dpcli.cli import main
+
+sys.exit(main())

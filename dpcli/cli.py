@@ -1,0 +1,455 @@
+"""The `dpcli` command line: a thin Typer shell over :mod:`dpcli.stages`.
+
+Conventions every command follows: human output and progress on stderr, one JSON
+document on stdout with ``--json``; a user error is one line on stderr and exit 2;
+artifacts are written atomically.  KEEP = samples to train on, PRUNED = dropped.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+from rich.table import Table
+
+from dpcli import __version__, console, pipeline, stages
+from dpcli.bound import BoundRow, plot, predict
+from dpcli.config import InfluenceConfig, PruneConfig, TrainConfig, default_train_config
+from dpcli.data import Dataset, default_data_root, load_dataset
+from dpcli.errors import DpcliError
+from dpcli.training import Checkpoint, EpochRecord, load_checkpoint, resolve_device, train as train_model
+
+EPSILON_HELP = (
+    "Generalization-guaranteed mode (Eq. 3): prune as many samples as possible while "
+    "||sum_{pruned} S_i||_2 <= EPSILON, where S_i = (1/n) H^-1 grad L(z_i) on the last layer. "
+    "EPSILON is thus the predicted change of the last-layer parameters (Eq. 3's convention, 1/n inside S); "
+    "Theorem 1's epsilon is n times larger, and its bound eps_T/n equals this EPSILON."
+)
+
+app = typer.Typer(
+    name="dpcli", add_completion=False, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
+    help=(
+        "Prune training sets with a proven, small effect on the trained model "
+        "(Yang et al., ICLR 2023). Stages: train -> influence -> prune -> retrain / verify-bound; "
+        "each reads and writes HDF5 artifacts. Masks mark KEPT samples (keep=True trains); "
+        "pruned_indices are the dropped ones."
+    ),
+)
+
+# ------------------------------------------------------------------ shared options
+DataRoot = Annotated[Optional[Path], typer.Option("--data-root", help="Where datasets are downloaded/cached [default: $DPCLI_DATA or ~/.cache/dpcli/data].")]
+RunRoot = Annotated[Optional[Path], typer.Option("--run-root", help="Root of the configuration-keyed run directories [default: $DPCLI_RUNS or ./dpcli-runs].")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
+Force = Annotated[bool, typer.Option("--force", help="Recompute every stage of this command instead of reusing cached artifacts.")]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout (human output stays on stderr).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or human output.")]
+Arch = Annotated[Optional[str], typer.Option("--arch", help="convnet, resnet18 or resnet50 [default: per dataset; resnet18 for CIFAR, convnet for digits].")]
+Width = Annotated[Optional[int], typer.Option("--width", help="ConvNet channels.")]
+Depth = Annotated[Optional[int], typer.Option("--depth", help="ConvNet blocks.")]
+Epochs = Annotated[Optional[int], typer.Option("--epochs", help="Training epochs [default: 200 for CIFAR (paper), 30 for digits].")]
+Lr = Annotated[Optional[float], typer.Option("--lr", help="SGD learning rate, cosine-decayed [default: 0.01 (paper)].")]
+Momentum = Annotated[Optional[float], typer.Option("--momentum", help="SGD momentum [default: 0.9].")]
+WeightDecay = Annotated[Optional[float], typer.Option("--weight-decay", help="L2 weight decay [default: 5e-4].")]
+BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="Training batch size [default: 128].")]
+Augment = Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Random crop + horizontal flip [default: on where it suits the data, off for digits].")]
+Method = Annotated[str, typer.Option("--method", help="Influence estimator: exact (dense Hessian, Cholesky, float64) or lissa (the paper's).")]
+Damping = Annotated[Optional[float], typer.Option("--damping", help="lambda added to the last-layer Hessian (required: the softmax Hessian is singular) [default: the checkpoint's weight decay, which makes H the Hessian of the regularized training objective; 1e-3 if that is 0].")]
+LissaDepth = Annotated[int, typer.Option("--lissa-depth", help="LiSSA recursion depth.")]
+LissaScale = Annotated[float, typer.Option("--lissa-scale", help="LiSSA scale (must exceed the largest Hessian eigenvalue; divided out of the result).")]
+LissaBatch = Annotated[int, typer.Option("--lissa-batch-size", help="LiSSA minibatch for the stochastic Hessian.")]
+LissaRepeats = Annotated[int, typer.Option("--lissa-repeats", help="Independent LiSSA runs averaged.")]
+Epsilon = Annotated[Optional[float], typer.Option("--epsilon", help=EPSILON_HELP)]
+Ratio = Annotated[Optional[float], typer.Option("--prune-ratio", help="Cardinality mode (Eq. 4): PRUNE this fraction of the training set, minimizing ||sum S_i||.")]
+Count = Annotated[Optional[int], typer.Option("--prune-count", help="Cardinality mode (Eq. 4): PRUNE exactly this many samples.")]
+Solver = Annotated[str, typer.Option("--solver", help="swap (greedy + swap local search, default, stronger) or anneal (the paper's simulated annealing) or brute (n <= 20).")]
+TimeBudget = Annotated[Optional[float], typer.Option("--time-budget", help="Seconds the solver may spend [default: until it converges].")]
+
+
+def _overrides(**kw: Any) -> dict[str, Any]:
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+def _load(dataset: str, data_root: Optional[Path]) -> Dataset:
+    with console.progress_bar(f"load {dataset}") as update:
+        return load_dataset(dataset, data_root, progress=lambda done, total: update(done, total))
+
+
+def _train_with_bar(config: TrainConfig, ds: Dataset, out: Path, *, device, force: bool, keep_indices=None,
+                    lineage: dict | None = None, label: str = "train") -> Checkpoint:
+    n_used = len(ds.train.labels) if keep_indices is None else len(keep_indices)
+    with console.progress_bar(label, total=config.epochs * n_used) as update:
+        def on_batch(epoch: int, seen: int, per_epoch: int) -> None:
+            update(epoch * per_epoch + seen)
+
+        def on_epoch(rec: EpochRecord) -> None:
+            update(rec.epoch * n_used, status=(
+                f"epoch {rec.epoch}/{config.epochs} loss {rec.train_loss:.3f} "
+                f"acc {rec.train_acc:.1f}% test {rec.test_acc:.1f}%"))
+
+        return train_model(config, ds, out, device=device, keep_indices=keep_indices, force=force,
+                           lineage=lineage, on_batch=on_batch, on_epoch=on_epoch)
+
+
+def _train_config(dataset: str, ds: Dataset, **kw: Any) -> TrainConfig:
+    return default_train_config(ds.name, ds.augment).replace(**_overrides(**kw)).validate()
+
+
+def _influence_config(method: str, damping, depth, scale, batch, repeats, seed: int = 0) -> InfluenceConfig:
+    return InfluenceConfig(method=method, damping=damping, lissa_depth=depth, lissa_scale=scale,
+                           lissa_batch_size=batch, lissa_repeats=repeats, seed=seed).validate()
+
+
+def _ensure_influence(ck_path: Path, icfg: InfluenceConfig, *, device, ds: Dataset | None, data_root, force: bool,
+                      out: Path | None = None) -> stages.InfluenceInfo:
+    out = out or pipeline.influence_path(ck_path, icfg)
+    if out.exists() and not force:
+        info = stages.read_influence_info(out)
+        ck = load_checkpoint(ck_path, weights=False)
+        if info.checkpoint_fingerprint == ck.fingerprint:
+            console.info(f"reusing {out}")
+            return info
+    with console.progress_bar(f"influence ({icfg.method})") as update:
+        return stages.compute_influence(ck_path, out, icfg, device=device, data_root=data_root, ds=ds,
+                                        progress=lambda done, total: update(done, total))
+
+
+def _prune(influence: Path, pcfg: PruneConfig, out: Path, indices_out: Optional[Path]) -> stages.MaskInfo:
+    with console.progress_bar(f"prune ({pcfg.solver})", total=1.0) as update:
+        return stages.prune(influence, out, pcfg, indices_out=indices_out, progress=lambda f: update(f))
+
+
+def _mask_summary(mask: stages.MaskInfo) -> dict[str, Any]:
+    return {
+        "mask": str(mask.path), "mode": mask.mode, "target": mask.target, "achieved_norm": mask.norm,
+        "solver": mask.solver, "n": mask.n, "n_kept": mask.n_kept, "n_pruned": mask.n_pruned,
+        "prune_ratio": mask.n_pruned / mask.n, "influence": mask.influence, "checkpoint": mask.checkpoint,
+        "dataset": mask.dataset, "seconds": mask.seconds,
+    }
+
+
+def _print_mask(mask: stages.MaskInfo) -> None:
+    what = f"epsilon {mask.target:g}" if mask.mode == "epsilon" else f"prune count {int(mask.target)}"
+    console.info(
+        f"[bold]pruned {mask.n_pruned} of {mask.n}[/bold] ({100 * mask.n_pruned / mask.n:.1f}%), "
+        f"kept {mask.n_kept}; ||sum S_pruned|| = {mask.norm:.4g} ({what}, solver {mask.solver}, {mask.seconds:.1f}s)"
+    )
+    console.info(f"mask: {mask.path}  (keep_indices = samples to train on)")
+
+
+def _is_artifact_path(source: str) -> bool:
+    p = Path(source)
+    return p.suffix.lower() in (".h5", ".hdf5") or p.exists() or "/" in source and not source.startswith("imagefolder:")
+
+
+# ------------------------------------------------------------------ commands
+@app.command()
+def train(
+    dataset: Annotated[str, typer.Argument(help="digits, cifar10, cifar100 or imagefolder:PATH.")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Checkpoint path [default: the run directory].")] = None,
+    arch: Arch = None, width: Width = None, depth: Depth = None, epochs: Epochs = None, lr: Lr = None,
+    momentum: Momentum = None, weight_decay: WeightDecay = None, batch_size: BatchSize = None,
+    augment: Augment = None, seed: Annotated[int, typer.Option("--seed")] = 0, device: Device = "auto",
+    data_root: DataRoot = None, run_root: RunRoot = None, force: Force = False, json: Json = False, quiet: Quiet = False,
+) -> None:
+    """Train the full-data model (ERM) and write checkpoint.h5; an interrupted run resumes."""
+    console.set_quiet(quiet)
+    dev = resolve_device(device)
+    ds = _load(dataset, data_root)
+    cfg = _train_config(dataset, ds, arch=arch, width=width, depth=depth, epochs=epochs, lr=lr, momentum=momentum,
+                        weight_decay=weight_decay, batch_size=batch_size, augment=augment, seed=seed)
+    path = out or pipeline.checkpoint_path(run_root or pipeline.default_run_root(), cfg)
+    t0 = time.perf_counter()
+    ck = _train_with_bar(cfg, ds, path, device=dev, force=force)
+    final = ck.final
+    console.info(f"checkpoint: {path}  test accuracy {final.test_acc:.2f}%  test loss {final.test_loss:.4f}")
+    if json:
+        console.emit_json({"command": "train", "checkpoint": str(path), "config": cfg.to_dict(), "epochs": ck.epoch,
+                           "test_accuracy": final.test_acc, "test_loss": final.test_loss,
+                           "train_accuracy": final.train_acc, "train_seconds": ck.seconds,
+                           "wall_seconds": time.perf_counter() - t0})
+
+
+@app.command()
+def influence(
+    checkpoint: Annotated[Path, typer.Argument(help="checkpoint.h5 written by `dpcli train`.")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Influence path [default: beside the checkpoint].")] = None,
+    method: Method = "exact", damping: Damping = None, lissa_depth: LissaDepth = 1000, lissa_scale: LissaScale = 10.0,
+    lissa_batch_size: LissaBatch = 512, lissa_repeats: LissaRepeats = 1,
+    seed: Annotated[int, typer.Option("--seed", help="LiSSA sampling seed.")] = 0,
+    device: Device = "auto", data_root: DataRoot = None, force: Force = False, json: Json = False, quiet: Quiet = False,
+) -> None:
+    """Compute S (n x d): each sample's influence on the last linear layer, written to influence.h5."""
+    console.set_quiet(quiet)
+    icfg = _influence_config(method, damping, lissa_depth, lissa_scale, lissa_batch_size, lissa_repeats, seed)
+    load_checkpoint(checkpoint, weights=False)  # fail early on a wrong file
+    info = _ensure_influence(checkpoint, icfg, device=resolve_device(device), ds=None, data_root=data_root,
+                             force=force, out=out)
+    console.info(f"influence: {info.path}  S is {info.n} x {info.d} ({info.method}, damping {info.damping:g}, {info.seconds:.1f}s)")
+    if json:
+        console.emit_json({"command": "influence", "influence": str(info.path), "n": info.n, "d": info.d,
+                           "method": info.method, "damping": info.damping, "seconds": info.seconds,
+                           "checkpoint": info.checkpoint, "fingerprint": info.fingerprint})
+
+
+@app.command()
+def prune(
+    source: Annotated[str, typer.Argument(help="influence.h5, or a dataset name to run train -> influence -> prune (cached).")],
+    epsilon: Epsilon = None, prune_ratio: Ratio = None, prune_count: Count = None, solver: Solver = "swap",
+    time_budget: TimeBudget = None, seed: Annotated[int, typer.Option("--seed", help="Solver seed.")] = 0,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Mask path [default: beside S in the run directory].")] = None,
+    indices_out: Annotated[Optional[Path], typer.Option("--indices-out", help="Also write the KEPT indices as .txt (one per line) or .npy.")] = None,
+    arch: Arch = None, width: Width = None, depth: Depth = None, epochs: Epochs = None, lr: Lr = None,
+    momentum: Momentum = None, weight_decay: WeightDecay = None, batch_size: BatchSize = None, augment: Augment = None,
+    train_seed: Annotated[int, typer.Option("--train-seed", help="Training seed (dataset mode).")] = 0,
+    method: Method = "exact", damping: Damping = None, lissa_depth: LissaDepth = 1000, lissa_scale: LissaScale = 10.0,
+    lissa_batch_size: LissaBatch = 512, lissa_repeats: LissaRepeats = 1,
+    device: Device = "auto", data_root: DataRoot = None, run_root: RunRoot = None, force: Force = False,
+    json: Json = False, quiet: Quiet = False,
+) -> None:
+    """Select the samples to PRUNE and write mask.h5 (keep = train on it).
+
+    With --epsilon: the largest prunable set whose summed influence norm stays <= epsilon
+    (re-checked from S; refused if violated). With --prune-ratio/--prune-count: that many,
+    with the smallest summed influence norm.
+    """
+    console.set_quiet(quiet)
+    pcfg = PruneConfig(epsilon=epsilon, ratio=prune_ratio, count=prune_count, solver=solver,
+                       time_budget=time_budget, seed=seed).validate()
+    chain: dict[str, Any] = {}
+    if _is_artifact_path(source):
+        influence_file = Path(source)
+        stages.read_influence_info(influence_file)  # kind check before any work
+    else:
+        dev = resolve_device(device)
+        ds = _load(source, data_root)
+        tcfg = _train_config(source, ds, arch=arch, width=width, depth=depth, epochs=epochs, lr=lr, momentum=momentum,
+                             weight_decay=weight_decay, batch_size=batch_size, augment=augment, seed=train_seed)
+        ck_path = pipeline.checkpoint_path(run_root or pipeline.default_run_root(), tcfg)
+        ck = _train_with_bar(tcfg, ds, ck_path, device=dev, force=force)
+        icfg = _influence_config(method, damping, lissa_depth, lissa_scale, lissa_batch_size, lissa_repeats)
+        info = _ensure_influence(ck_path, icfg, device=dev, ds=ds, data_root=data_root, force=force)
+        influence_file = info.path
+        chain = {"checkpoint": str(ck_path), "influence": str(info.path), "test_accuracy": ck.final.test_acc}
+    mask_file = out or pipeline.mask_path(influence_file, pcfg)
+    mask = _prune(influence_file, pcfg, mask_file, indices_out)
+    _print_mask(mask)
+    if json:
+        summary = {"command": "prune", **_mask_summary(mask), **chain}
+        if indices_out:
+            summary["indices_out"] = str(indices_out)
+        console.emit_json(summary)
+
+
+@app.command()
+def retrain(
+    dataset: Annotated[str, typer.Argument(help="The dataset the mask was made for.")],
+    mask: Annotated[Optional[Path], typer.Option("--mask", help="mask.h5 from `dpcli prune` (else prune options build one).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Checkpoint of the retrained model [default: beside the mask].")] = None,
+    reference: Annotated[Optional[Path], typer.Option("--reference", help="Full-data checkpoint to compare against [default: the one the mask descends from].")] = None,
+    epsilon: Epsilon = None, prune_ratio: Ratio = None, prune_count: Count = None, solver: Solver = "swap",
+    time_budget: TimeBudget = None, solver_seed: Annotated[int, typer.Option("--solver-seed")] = 0,
+    arch: Arch = None, width: Width = None, depth: Depth = None, epochs: Epochs = None, lr: Lr = None,
+    momentum: Momentum = None, weight_decay: WeightDecay = None, batch_size: BatchSize = None, augment: Augment = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Retraining seed [default: the full run's].")] = None,
+    device: Device = "auto", data_root: DataRoot = None, run_root: RunRoot = None, force: Force = False,
+    json: Json = False, quiet: Quiet = False,
+) -> None:
+    """Train a fresh model on the KEPT samples and report accuracy, loss, time and steps.
+
+    --arch etc. override the full run's settings (e.g. prune with a small net, retrain a larger one).
+    """
+    console.set_quiet(quiet)
+    dev = resolve_device(device)
+    ds = _load(dataset, data_root)
+    overrides = _overrides(arch=arch, width=width, depth=depth, epochs=epochs, lr=lr, momentum=momentum,
+                           weight_decay=weight_decay, batch_size=batch_size, augment=augment, seed=seed)
+    if mask is None:
+        if epsilon is None and prune_ratio is None and prune_count is None:
+            raise DpcliError("give --mask, or one of --epsilon / --prune-ratio / --prune-count to compute it")
+        pcfg = PruneConfig(epsilon=epsilon, ratio=prune_ratio, count=prune_count, solver=solver,
+                           time_budget=time_budget, seed=solver_seed).validate()
+        base = _train_config(dataset, ds, **{k: v for k, v in overrides.items() if k != "arch"})
+        ck_path = pipeline.checkpoint_path(run_root or pipeline.default_run_root(), base)
+        _train_with_bar(base, ds, ck_path, device=dev, force=force)
+        info = _ensure_influence(ck_path, InfluenceConfig().validate(), device=dev, ds=ds, data_root=data_root, force=force)
+        mask_file = pipeline.mask_path(info.path, pcfg)
+        m = stages.read_mask(mask_file) if mask_file.exists() and not force else _prune(info.path, pcfg, mask_file, None)
+    else:
+        m = stages.read_mask(mask)
+    ref = load_checkpoint(reference, weights=False) if reference else stages.upstream_checkpoint(m)
+    base_cfg = ref.config if ref is not None else None
+    if ref is not None and ref.config.dataset != ds.name:
+        raise DpcliError(f"reference checkpoint was trained on {ref.config.dataset!r}, not {ds.name!r}")
+    cfg_preview = (base_cfg or default_train_config(ds.name, ds.augment)).replace(**overrides).replace(subset=m.fingerprint)
+    path = out or pipeline.retrain_path(m.path, cfg_preview)
+    with console.progress_bar("retrain", total=cfg_preview.epochs * m.n_kept) as update:
+        result = stages.retrain(ds, m, path, base=base_cfg, overrides=overrides, device=dev, force=force, reference=ref,
+                                on_batch=lambda e, s, per: update(e * per + s),
+                                on_epoch=lambda r: update(r.epoch * m.n_kept, status=f"epoch {r.epoch} test {r.test_acc:.1f}%"))
+    stages_metrics = result.metrics
+    from dpcli.artifacts import write_json
+
+    write_json(path.with_name("metrics.json"), stages_metrics)
+    console.info(
+        f"retrained on {m.n_kept} kept samples ({100 * m.n_pruned / m.n:.1f}% pruned): test accuracy "
+        f"{stages_metrics['test_accuracy']:.2f}%, loss {stages_metrics['test_loss']:.4f}, "
+        f"{stages_metrics['optimizer_steps']} steps, {stages_metrics['train_seconds']:.1f}s"
+    )
+    if "full_data_test_accuracy" in stages_metrics:
+        console.info(f"full data: test accuracy {stages_metrics['full_data_test_accuracy']:.2f}%, "
+                     f"{stages_metrics['full_data_optimizer_steps']} steps, {stages_metrics['full_data_train_seconds']:.1f}s")
+    console.info(f"checkpoint: {path}  metrics: {path.with_name('metrics.json')}")
+    if json:
+        console.emit_json({"command": "retrain", **stages_metrics, "metrics_file": str(path.with_name("metrics.json"))})
+
+
+@app.command("verify-bound")
+def verify_bound(
+    dataset: Annotated[str, typer.Argument(help="Dataset name; its full-data model is trained if missing.")],
+    masks: Annotated[Optional[list[Path]], typer.Option("--mask", help="Mask(s) to check; repeatable.")] = None,
+    epsilons: Annotated[Optional[str], typer.Option("--epsilons", help="Comma-separated epsilons to prune and check, e.g. 0.01,0.05,0.1.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Directory for bound.json and bound.png [default: the run directory].")] = None,
+    random_seed: Annotated[int, typer.Option("--random-seed", help="Seed of the random-pruning reference rows.")] = 0,
+    solver: Solver = "swap", time_budget: TimeBudget = None,
+    arch: Arch = None, width: Width = None, depth: Depth = None, epochs: Epochs = None, lr: Lr = None,
+    momentum: Momentum = None, weight_decay: WeightDecay = None, batch_size: BatchSize = None, augment: Augment = None,
+    train_seed: Annotated[int, typer.Option("--train-seed")] = 0, damping: Damping = None,
+    device: Device = "auto", data_root: DataRoot = None, run_root: RunRoot = None, force: Force = False,
+    json: Json = False, quiet: Quiet = False,
+) -> None:
+    """Theorem 1 check (Figure 2): predicted test-loss gap beside the observed one after retraining.
+
+    Predicted: epsilon (= Theorem 1's eps/n in dpcli's convention) and epsilon * ||grad L_test(theta)||.
+    Observed: test loss of the model retrained on the kept set minus that of the full-data model.
+    Each mask is paired with random pruning of the same count.
+    """
+    console.set_quiet(quiet)
+    dev = resolve_device(device)
+    ds = _load(dataset, data_root)
+    eps_list: list[float] = []
+    if epsilons:
+        try:
+            eps_list = [float(x) for x in epsilons.split(",") if x.strip()]
+        except ValueError:
+            raise DpcliError(f"--epsilons must be comma-separated numbers, got {epsilons!r}") from None
+    if not masks and not eps_list:
+        raise DpcliError("give --mask (repeatable) or --epsilons")
+    mask_infos: list[stages.MaskInfo] = [stages.read_mask(p) for p in (masks or [])]
+    if mask_infos:
+        ck_path = Path(mask_infos[0].checkpoint)
+        if any(Path(mi.checkpoint) != ck_path for mi in mask_infos):
+            raise DpcliError("all --mask files must descend from the same full-data checkpoint")
+        ck = load_checkpoint(ck_path, weights=False)
+        influence_file = Path(mask_infos[0].influence)
+        if eps_list:
+            info = stages.read_influence_info(influence_file)
+    else:
+        tcfg = _train_config(dataset, ds, arch=arch, width=width, depth=depth, epochs=epochs, lr=lr, momentum=momentum,
+                             weight_decay=weight_decay, batch_size=batch_size, augment=augment, seed=train_seed)
+        ck_path = pipeline.checkpoint_path(run_root or pipeline.default_run_root(), tcfg)
+        ck = _train_with_bar(tcfg, ds, ck_path, device=dev, force=force)
+        info = _ensure_influence(ck_path, InfluenceConfig(damping=damping).validate(), device=dev, ds=ds,
+                                 data_root=data_root, force=force)
+        influence_file = info.path
+    for eps in eps_list:
+        pcfg = PruneConfig(epsilon=eps, solver=solver, time_budget=time_budget).validate()
+        mfile = pipeline.mask_path(influence_file, pcfg)
+        mask_infos.append(stages.read_mask(mfile) if mfile.exists() and not force else _prune(influence_file, pcfg, mfile, None))
+    if ck.dataset_fingerprint != ds.fingerprint:
+        raise DpcliError(f"{ck_path}: checkpoint was made for another dataset than {ds.name!r}")
+    full_loss = ck.final.test_loss
+    rows: list[BoundRow] = []
+    info = stages.read_influence_info(influence_file)
+    for mi in mask_infos:
+        rnd_file = pipeline.random_mask_path(influence_file, mi.n_pruned, random_seed)
+        rnd = stages.read_mask(rnd_file) if rnd_file.exists() and not force else stages.random_mask(info, mi.n_pruned, random_seed, rnd_file)
+        for label, m in ((f"{mi.mode} {mi.target:g}", mi), (f"random {mi.n_pruned}", rnd)):
+            if m.n_pruned == 0:
+                console.info(f"skipping {label}: it prunes nothing")
+                continue
+            cfg = ck.config.replace(subset=m.fingerprint)
+            path = pipeline.retrain_path(m.path, cfg)
+            res = stages.retrain(ds, m, path, base=ck.config, overrides={}, device=dev, force=force, reference=ck)
+            norm, bound, first = predict(influence_file, ~m.keep)
+            rows.append(BoundRow(
+                label=label, method=m.method, mask=str(m.path), n_pruned=m.n_pruned, prune_ratio=m.n_pruned / m.n,
+                epsilon=m.target if m.mode == "epsilon" else None, norm=norm, predicted_bound=bound, first_order=first,
+                observed_gap=res.metrics["test_loss"] - full_loss, test_loss=res.metrics["test_loss"],
+                test_accuracy=res.metrics["test_accuracy"]))
+            console.info(f"{label}: observed gap {rows[-1].observed_gap:+.4g}, predicted bound {bound:.4g}")
+    out_dir = out or ck_path.parent / "verify-bound"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {
+        "command": "verify-bound", "dataset": ds.name, "checkpoint": str(ck_path), "influence": str(influence_file),
+        "n": info.n, "full_test_loss": full_loss, "full_test_accuracy": ck.final.test_acc,
+        "epsilon_convention": "epsilon = ||sum_{pruned} S_i||, S_i = (1/n) H^-1 grad L(z_i); Theorem 1's eps/n equals it",
+        "rows": [r.to_dict() for r in rows],
+    }
+    from dpcli.artifacts import write_json
+
+    write_json(out_dir / "bound.json", report)
+    if rows:
+        plot(rows, out_dir / "bound.png")
+    table = Table(title=f"Theorem 1 on {ds.name} (full-data test loss {full_loss:.4f})")
+    for col in ("mask", "pruned", "eps (=eps_T/n)", "||sum S||", "bound eps*||gradL||", "1st-order", "observed gap", "test acc"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(r.label, f"{r.n_pruned} ({100 * r.prune_ratio:.0f}%)",
+                      "-" if r.epsilon is None else f"{r.epsilon:.4g}", f"{r.norm:.4g}", f"{r.predicted_bound:.4g}",
+                      f"{r.first_order:+.3g}", f"{r.observed_gap:+.4g}", f"{r.test_accuracy:.2f}%")
+    if not console._quiet:
+        console.err.print(table)
+    console.info(f"report: {out_dir / 'bound.json'}  plot: {out_dir / 'bound.png'}")
+    if json:
+        console.emit_json({**report, "report": str(out_dir / "bound.json"), "plot": str(out_dir / "bound.png")})
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        typer.echo(f"dpcli {__version__}")
+        raise typer.Exit()
+
+
+def _report_user_errors(func: Callable[..., None]) -> Callable[..., None]:
+    """Turn what a user can cause into one stderr line and an exit code, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            func(*args, **kwargs)
+        except DpcliError as exc:
+            console.err.print(f"dpcli: error: {exc}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            console.err.print("dpcli: interrupted; completed artifacts are kept, rerun to resume", markup=False)
+            raise typer.Exit(130) from None
+        except MemoryError:
+            console.err.print("dpcli: error: out of memory; use a smaller --batch-size or a larger machine", markup=False)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+for _command in app.registered_commands:
+    _command.callback = _report_user_errors(_command.callback)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point; returns the exit code instead of exiting (so tests can call it)."""
+    try:
+        app(args=argv, prog_name="dpcli")
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

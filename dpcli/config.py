@@ -1,0 +1,174 @@
+"""Typed configurations and per-dataset defaults.
+
+A configuration fully determines an artifact (together with its inputs), so its
+canonical JSON form keys the run directory: two configurations never share files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from dpcli.errors import DpcliError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a trained model, except the device it ran on."""
+
+    dataset: str
+    arch: str = "resnet18"
+    width: int = 32
+    depth: int = 3
+    epochs: int = 200
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    augment: bool = True
+    seed: int = 0
+    # Content hash of the keep-mask when training on a subset (retrain); None = all data.
+    subset: str | None = None
+
+    def validate(self) -> "TrainConfig":
+        from dpcli.models import ARCHS
+
+        if self.arch not in ARCHS:
+            raise DpcliError(f"unknown --arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
+        _positive_int("--epochs", self.epochs)
+        _positive_int("--batch-size", self.batch_size)
+        _positive_int("--width", self.width)
+        _positive_int("--depth", self.depth)
+        _positive_float("--lr", self.lr)
+        _nonneg_float("--momentum", self.momentum)
+        _nonneg_float("--weight-decay", self.weight_decay)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class InfluenceConfig:
+    """How S is estimated from a checkpoint."""
+
+    method: str = "exact"
+    damping: float | None = None  # None: the checkpoint's weight decay (the true L2 curvature)
+    lissa_depth: int = 1000
+    lissa_scale: float = 10.0
+    lissa_batch_size: int = 512
+    lissa_repeats: int = 1
+    seed: int = 0
+
+    def validate(self) -> "InfluenceConfig":
+        if self.method not in INFLUENCE_METHODS:
+            raise DpcliError(f"unknown influence method {self.method!r}; choose one of {', '.join(INFLUENCE_METHODS)}")
+        if self.damping is not None and not (math.isfinite(self.damping) and self.damping > 0):
+            raise DpcliError(f"--damping must be a positive finite number, got {self.damping}")
+        _positive_int("--lissa-depth", self.lissa_depth)
+        _positive_float("--lissa-scale", self.lissa_scale)
+        _positive_int("--lissa-batch-size", self.lissa_batch_size)
+        _positive_int("--lissa-repeats", self.lissa_repeats)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if self.method != "lissa":  # LiSSA knobs do not change an exact S
+            d = {k: v for k, v in d.items() if not k.startswith("lissa") and k != "seed"}
+        return d
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Which subset to drop: by epsilon, by ratio or by count."""
+
+    epsilon: float | None = None
+    ratio: float | None = None
+    count: int | None = None
+    solver: str = "swap"
+    time_budget: float | None = None
+    seed: int = 0
+
+    def validate(self) -> "PruneConfig":
+        given = [x is not None for x in (self.epsilon, self.ratio, self.count)]
+        if sum(given) != 1:
+            raise DpcliError("give exactly one of --epsilon, --prune-ratio, --prune-count")
+        if self.epsilon is not None and not (math.isfinite(self.epsilon) and self.epsilon >= 0):
+            raise DpcliError(f"--epsilon must be a finite number >= 0, got {self.epsilon}")
+        if self.ratio is not None and not (math.isfinite(self.ratio) and 0 < self.ratio < 1):
+            raise DpcliError(f"--prune-ratio must lie strictly between 0 and 1, got {self.ratio}")
+        if self.count is not None and self.count < 0:
+            raise DpcliError(f"--prune-count must be >= 0, got {self.count}")
+        if self.time_budget is not None and not (math.isfinite(self.time_budget) and self.time_budget > 0):
+            raise DpcliError(f"--time-budget must be a positive number of seconds, got {self.time_budget}")
+        return self
+
+    @property
+    def mode(self) -> str:
+        return "epsilon" if self.epsilon is not None else "cardinality"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+INFLUENCE_METHODS = ("exact", "lissa")
+
+
+@dataclass(frozen=True)
+class DatasetProfile:
+    """Training defaults that suit a dataset; every field is overridable on the command line."""
+
+    arch: str
+    epochs: int
+    batch_size: int = 128
+    lr: float = 0.01
+    width: int = 32
+    depth: int = 3
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# The paper's settings (section 6.1) for CIFAR; small, fast settings for the offline digits set.
+PROFILES: dict[str, DatasetProfile] = {
+    "digits": DatasetProfile(arch="convnet", epochs=30, batch_size=64, lr=0.05, width=32, depth=2),
+    "cifar10": DatasetProfile(arch="resnet18", epochs=200),
+    "cifar100": DatasetProfile(arch="resnet18", epochs=200),
+    "imagefolder": DatasetProfile(arch="resnet18", epochs=200),
+}
+
+
+def profile_for(dataset: str) -> DatasetProfile:
+    key = dataset.split(":", 1)[0]
+    return PROFILES.get(key, PROFILES["imagefolder"])
+
+
+def default_train_config(dataset: str, augment: bool) -> TrainConfig:
+    p = profile_for(dataset)
+    return TrainConfig(
+        dataset=dataset, arch=p.arch, width=p.width, depth=p.depth, epochs=p.epochs,
+        batch_size=p.batch_size, lr=p.lr, augment=augment,
+    )
+
+
+def _positive_int(name: str, value: int) -> None:
+    if int(value) != value or value <= 0:
+        raise DpcliError(f"{name} must be a positive integer, got {value}")
+
+
+def _positive_float(name: str, value: float) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise DpcliError(f"{name} must be a positive finite number, got {value}")
+
+
+def _nonneg_float(name: str, value: float) -> None:
+    if not (math.isfinite(value) and value >= 0):
+        raise DpcliError(f"{name} must be a finite number >= 0, got {value}")

@@ -1,0 +1,477 @@
+"""Per-sample parameter influence on a classifier's last linear layer.
+
+Implements Eq. 2 / Algorithm 1 of Yang et al. (ICLR 2023), restricted to the
+last linear layer as in their Sec. 6.1: for the parameters
+``theta = [W.flatten() (row-major, C*D entries), b (C entries)]`` of a layer
+trained with mean cross-entropy,
+
+    S_i = (1/n) (H + damping*I)^{-1} g_i,   g_i = grad_theta CE(z_i),
+    H   = (1/n) sum_i hessian_theta CE(z_i).
+
+With the 1/n inside ``S`` (Eq. 3's convention), ``||sum_{i in R} S_i||_2`` is the
+first-order prediction of ``||theta_{-R} - theta||_2`` when the samples ``R``
+are removed (upweighted by ``delta = -1/n``) from an objective that carries an
+L2 regulariser of strength ``damping``.  The softmax Hessian is singular along
+a shift of all logits, so ``damping`` must be positive.
+
+Everything uses closed forms (no autograd), is vectorised over samples, chunked
+over rows so that no ``(n, d)`` float64 array exists at once, computed in
+float64, and runs on whatever device ``features`` lives on.
+
+Closed forms, with ``p_i = softmax(W phi_i + b)``, ``e_i = p_i - onehot(y_i)``,
+``phi~_i = [phi_i, 1]`` and ``A_i = diag(p_i) - p_i p_i^T``:
+
+* ``g_i = [outer(e_i, phi_i).flatten(), e_i]``;
+* per-sample Hessian ``A_i kron phi~_i phi~_i^T`` in the "augmented" ordering
+  where class ``c`` owns the contiguous slots ``c*(D+1) .. c*(D+1)+D``
+  (``W[c, :]`` then ``b[c]``); it is permuted to the public ordering at the end.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dpcli.errors import DpcliError
+
+try:  # SciPy (a scikit-learn dependency) exposes BLAS dsyrk: half the Hessian flops on CPU
+    from scipy.linalg.blas import dsyrk as _dsyrk
+except ImportError:  # pragma: no cover - the GEMM path is exercised by the tests too
+    _dsyrk = None
+
+__all__ = [
+    "per_sample_grads",
+    "mean_grad",
+    "last_layer_hessian",
+    "hessian_vector_product",
+    "exact_influence",
+    "lissa_influence",
+    "max_dense_dim",
+]
+
+Sink = Callable[[int, np.ndarray], None]
+Progress = Callable[[int, int], None]
+
+_F64 = torch.float64
+# Budget for the dense path: the (d, d) float64 Hessian and its Cholesky factor
+# coexist, so 2 * d^2 * 8 bytes must stay under ~4 GiB.
+_DENSE_BYTES = 4 * 2**30
+# Elements of the (rows, r, C) float64 intermediate in a Hessian-vector product.
+_HVP_ELEMENTS = 2**23
+
+
+# --------------------------------------------------------------------------- #
+# validation and small helpers
+# --------------------------------------------------------------------------- #
+
+
+def _shapes(features: Tensor, weight: Tensor, bias: Tensor) -> tuple[int, int, int]:
+    """Return ``(n, C, D)`` after checking the layer and feature shapes agree."""
+    if features.ndim != 2:
+        raise DpcliError(f"features must be 2-D (n, D), got shape {tuple(features.shape)}")
+    if weight.ndim != 2 or bias.ndim != 1 or bias.shape[0] != weight.shape[0]:
+        raise DpcliError(
+            f"last layer must be weight (C, D) and bias (C,), got {tuple(weight.shape)} "
+            f"and {tuple(bias.shape)}"
+        )
+    n, dim = features.shape
+    if weight.shape[1] != dim:
+        raise DpcliError(
+            f"features have {dim} dimensions but the last layer expects {weight.shape[1]}"
+        )
+    if n == 0:
+        raise DpcliError("no samples: features has zero rows")
+    return n, weight.shape[0], dim
+
+
+def _check_labels(labels: Tensor, n: int, num_classes: int) -> None:
+    """Labels must be one integer class index per sample, inside ``[0, C)``."""
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise DpcliError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise DpcliError(f"labels must be integer class indices, got dtype {labels.dtype}")
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= num_classes:
+        raise DpcliError(f"labels must lie in [0, {num_classes}), found range [{lo}, {hi}]")
+
+
+def _check_damping(damping: float) -> float:
+    """Damping must be a finite positive number: the CE Hessian alone is singular."""
+    value = float(damping)
+    if not math.isfinite(value) or value <= 0.0:
+        raise DpcliError(
+            f"damping must be a finite positive number (the cross-entropy Hessian is "
+            f"singular along logit shifts), got {damping!r}"
+        )
+    return value
+
+
+def _check_chunk(chunk_size: int) -> int:
+    if int(chunk_size) < 1:
+        raise DpcliError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    return int(chunk_size)
+
+
+def _layer64(features: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+    """The layer's parameters as float64 on the features' device."""
+    return (
+        weight.detach().to(device=features.device, dtype=_F64),
+        bias.detach().to(device=features.device, dtype=_F64),
+    )
+
+
+def _probs(phi: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """Softmax probabilities ``(rows, C)`` for float64 features ``phi``."""
+    return torch.softmax(torch.addmm(b, phi, w.T), dim=1)
+
+
+def _residuals(phi: Tensor, y: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """``e_i = p_i - onehot(y_i)``: the CE gradient with respect to the logits."""
+    e = _probs(phi, w, b)
+    e[torch.arange(phi.shape[0], device=phi.device), y] -= 1.0
+    return e
+
+
+def _grads_from_residuals(phi: Tensor, e: Tensor) -> Tensor:
+    """Per-sample ``[outer(e, phi).flatten(), e]`` in the public ordering."""
+    rows = phi.shape[0]
+    return torch.cat([(e[:, :, None] * phi[:, None, :]).reshape(rows, -1), e], dim=1)
+
+
+def _to_public_order(num_classes: int, dim: int, device: torch.device) -> Tensor:
+    """``perm[j]`` = augmented index of public parameter ``j``.
+
+    Public: ``W[c, k] -> c*D + k``, ``b[c] -> C*D + c``.
+    Augmented: ``W[c, k] -> c*(D+1) + k``, ``b[c] -> c*(D+1) + D``.
+    """
+    cls = torch.arange(num_classes, device=device)
+    w_idx = (cls[:, None] * (dim + 1) + torch.arange(dim, device=device)[None, :]).reshape(-1)
+    b_idx = cls * (dim + 1) + dim
+    return torch.cat([w_idx, b_idx])
+
+
+# --------------------------------------------------------------------------- #
+# gradients, Hessian, Hessian-vector products
+# --------------------------------------------------------------------------- #
+
+
+def per_sample_grads(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """Per-sample CE gradients ``(n, d)`` float64 w.r.t. ``[W.flatten(), b]``.
+
+    Closed form ``g_i = [outer(p_i - onehot(y_i), phi_i).flatten(), p_i - onehot(y_i)]``;
+    callers working at scale should pass row chunks (the result is dense float64).
+    """
+    n, num_classes, _ = _shapes(features, weight, bias)
+    _check_labels(labels, n, num_classes)
+    w, b = _layer64(features, weight, bias)
+    phi = features.detach().to(_F64)
+    y = labels.to(features.device)
+    return _grads_from_residuals(phi, _residuals(phi, y, w, b))
+
+
+def mean_grad(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor,
+              chunk_size: int = 4096) -> Tensor:
+    """Mean CE gradient ``(d,)`` float64, chunked over rows.
+
+    Used for the test-loss gradient ``grad L(theta)`` in Theorem 1's bound.
+    """
+    n, num_classes, dim = _shapes(features, weight, bias)
+    _check_labels(labels, n, num_classes)
+    chunk_size = _check_chunk(chunk_size)
+    w, b = _layer64(features, weight, bias)
+    y_all = labels.to(features.device)
+    grad_w = torch.zeros(num_classes, dim, dtype=_F64, device=features.device)
+    grad_b = torch.zeros(num_classes, dtype=_F64, device=features.device)
+    for start in range(0, n, chunk_size):
+        phi = features[start:start + chunk_size].detach().to(_F64)
+        e = _residuals(phi, y_all[start:start + chunk_size], w, b)
+        grad_w.addmm_(e.T, phi)
+        grad_b += e.sum(dim=0)
+    return torch.cat([grad_w.reshape(-1), grad_b]) / n
+
+
+def _aug_hessian_gemm(features: Tensor, w: Tensor, b: Tensor, chunk_size: int) -> Tensor:
+    """Unnormalised block-upper augmented Hessian via one GEMM per class and chunk.
+
+    Block ``(c, c')`` is ``Phi~^T diag(A[:, c, c']) Phi~``; for class ``c`` all
+    blocks ``c' >= c`` come from a single ``Phi~^T [A[:, c, c'] Phi~]_{c'}``.
+    Device-agnostic (this is the GPU path).
+    """
+    n, dim = features.shape
+    num_classes = w.shape[0]
+    aug = dim + 1
+    device = features.device
+    h_aug = torch.zeros(num_classes * aug, num_classes * aug, dtype=_F64, device=device)
+    for start in range(0, n, chunk_size):
+        phi = features[start:start + chunk_size].detach().to(_F64)
+        rows = phi.shape[0]
+        p = _probs(phi, w, b)
+        phi_t = torch.cat([phi, torch.ones(rows, 1, dtype=_F64, device=device)], dim=1)
+        for c in range(num_classes):
+            # A[:, c, c'] for c' >= c: delta_{cc'} p_c - p_c p_c'
+            a = -p[:, c:c + 1] * p[:, c:]
+            a[:, 0] += p[:, c]
+            weighted = (a[:, :, None] * phi_t[:, None, :]).reshape(rows, -1)
+            h_aug[c * aug:(c + 1) * aug, c * aug:].addmm_(phi_t.T, weighted)
+    return h_aug
+
+
+def _aug_hessian_syrk(features: Tensor, w: Tensor, b: Tensor, chunk_size: int) -> Tensor:
+    """CPU variant of :func:`_aug_hessian_gemm` using BLAS ``dsyrk``: half the flops.
+
+    Every block is symmetric and its weights have a known sign
+    (``p_c (1 - p_c) >= 0`` on the diagonal, ``-p_c p_c' <= 0`` off it), so
+    block ``(c, c') = sign * X^T X`` with ``X = sqrt(|A[:, c, c']|) Phi~``;
+    ``dsyrk`` accumulates only its upper triangle, in float64, in place.
+    """
+    assert _dsyrk is not None
+    n, dim = features.shape
+    num_classes = w.shape[0]
+    aug = dim + 1
+    blocks = {
+        (c, c2): np.zeros((aug, aug), dtype=np.float64, order="F")
+        for c in range(num_classes) for c2 in range(c, num_classes)
+    }
+    for start in range(0, n, chunk_size):
+        phi = features[start:start + chunk_size].detach().to(_F64)
+        p = _probs(phi, w, b).numpy()
+        phi_t = np.ones((phi.shape[0], aug), dtype=np.float64, order="F")
+        phi_t[:, :dim] = phi.numpy()
+        for (c, c2), acc in blocks.items():
+            if c == c2:
+                sign, root = 1.0, np.sqrt(p[:, c] * (1.0 - p[:, c]))
+            else:
+                sign, root = -1.0, np.sqrt(p[:, c] * p[:, c2])
+            blocks[c, c2] = _dsyrk(sign, root[:, None] * phi_t, beta=1.0, c=acc, trans=1,
+                                   overwrite_c=1)
+    h_aug = torch.empty(num_classes * aug, num_classes * aug, dtype=_F64)
+    for (c, c2), acc in blocks.items():
+        upper = torch.from_numpy(np.triu(acc))
+        h_aug[c * aug:(c + 1) * aug, c2 * aug:(c2 + 1) * aug] = upper + upper.triu(1).T
+    return h_aug
+
+
+def last_layer_hessian(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor,
+                       chunk_size: int = 4096) -> Tensor:
+    """Mean CE Hessian ``(d, d)`` float64 w.r.t. ``[W.flatten(), b]``, without damping.
+
+    Built block-wise in the augmented ordering (``dsyrk`` on CPU when SciPy's
+    BLAS is available, GEMMs otherwise), block-upper part only; the rest follows
+    by symmetry, then one gather permutes to the public ordering.  ``labels``
+    are only validated: the CE Hessian does not depend on them.
+    """
+    n, num_classes, dim = _shapes(features, weight, bias)
+    _check_labels(labels, n, num_classes)
+    chunk_size = _check_chunk(chunk_size)
+    w, b = _layer64(features, weight, bias)
+    device = features.device
+    aug = dim + 1
+    if device.type == "cpu" and _dsyrk is not None:
+        h_aug = _aug_hessian_syrk(features, w, b, chunk_size)
+    else:
+        h_aug = _aug_hessian_gemm(features, w, b, chunk_size)
+    for c in range(num_classes):
+        for c2 in range(c + 1, num_classes):
+            h_aug[c2 * aug:(c2 + 1) * aug, c * aug:(c + 1) * aug] = (
+                h_aug[c * aug:(c + 1) * aug, c2 * aug:(c2 + 1) * aug].T
+            )
+    perm = _to_public_order(num_classes, dim, device)
+    hessian = h_aug[perm[:, None], perm[None, :]]
+    del h_aug
+    hessian /= n
+    return hessian
+
+
+def _hvp_sum(phi: Tensor, p: Tensor, v_w: Tensor, v_b: Tensor) -> tuple[Tensor, Tensor]:
+    """Unnormalised ``sum_i J_i^T A_i J_i v`` for every row of V, split into (W, b) parts."""
+    rows, dim = phi.shape
+    r, num_classes, _ = v_w.shape
+    # J_i v = V_W phi_i + v_b: logit perturbations, shape (rows, r, C)
+    u = (phi @ v_w.reshape(r * num_classes, dim).T).reshape(rows, r, num_classes) + v_b
+    # A_i u = p * u - p (p . u)
+    q = p[:, None, :] * (u - (u * p[:, None, :]).sum(dim=2, keepdim=True))
+    out_w = (q.reshape(rows, r * num_classes).T @ phi).reshape(r, num_classes, dim)
+    return out_w, q.sum(dim=0)
+
+
+def _mean_hvp(features: Tensor, w: Tensor, b: Tensor, V: Tensor) -> Tensor:
+    """``(mean CE Hessian) @ v`` for each float64 row of ``V``, chunked over samples."""
+    n, dim = features.shape
+    num_classes = w.shape[0]
+    r = V.shape[0]
+    v_w = V[:, :num_classes * dim].reshape(r, num_classes, dim)
+    v_b = V[:, num_classes * dim:]
+    out_w = torch.zeros(r, num_classes, dim, dtype=_F64, device=features.device)
+    out_b = torch.zeros(r, num_classes, dtype=_F64, device=features.device)
+    rows_per_chunk = max(1, _HVP_ELEMENTS // max(1, r * num_classes))
+    for start in range(0, n, rows_per_chunk):
+        phi = features[start:start + rows_per_chunk].detach().to(_F64)
+        part_w, part_b = _hvp_sum(phi, _probs(phi, w, b), v_w, v_b)
+        out_w += part_w
+        out_b += part_b
+    return torch.cat([out_w.reshape(r, -1), out_b], dim=1).div_(n)
+
+
+def hessian_vector_product(features: Tensor, weight: Tensor, bias: Tensor, V: Tensor) -> Tensor:
+    """Rows of ``(mean CE Hessian) @ v`` for each row ``v`` of ``V`` (``(r, d)``).
+
+    Closed form ``J^T A J v`` in ``O(r n C D)`` time without forming the
+    ``(d, d)`` Hessian; this is LiSSA's inner step.  Returns float64 ``(r, d)``
+    (or ``(d,)`` for a single vector).
+    """
+    _, num_classes, dim = _shapes(features, weight, bias)
+    d = num_classes * (dim + 1)
+    squeeze = V.ndim == 1
+    V2 = V[None, :] if squeeze else V
+    if V2.ndim != 2 or V2.shape[1] != d:
+        raise DpcliError(f"V must have shape (r, {d}), got {tuple(V.shape)}")
+    w, b = _layer64(features, weight, bias)
+    out = _mean_hvp(features, w, b, V2.detach().to(device=features.device, dtype=_F64))
+    return out[0] if squeeze else out
+
+
+# --------------------------------------------------------------------------- #
+# influence estimators
+# --------------------------------------------------------------------------- #
+
+
+def max_dense_dim() -> int:
+    """Largest ``d`` for the exact path: Hessian + Cholesky factor (float64) within ~4 GiB."""
+    return math.isqrt(_DENSE_BYTES // (2 * 8))
+
+
+def _emit(sink: Sink | None, out: np.ndarray | None, start: int, rows: Tensor) -> None:
+    """Hand one float32 chunk to the sink, or copy it into the in-memory result."""
+    block = rows.to(torch.float32).contiguous().cpu().numpy()
+    if sink is not None:
+        sink(start, block)
+    else:
+        assert out is not None
+        out[start:start + block.shape[0]] = block
+
+
+def exact_influence(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor,
+                    damping: float, chunk_size: int = 4096,
+                    sink: Sink | None = None,
+                    progress: Progress | None = None) -> np.ndarray | None:
+    """Exact ``S_i = (1/n) (H + damping I)^{-1} g_i`` via one Cholesky factorisation.
+
+    Rows are solved chunk by chunk (no explicit inverse, no ``(n, d)`` float64
+    array).  With ``sink``, each float32 chunk goes to ``sink(row_start, rows)``
+    and ``None`` is returned; otherwise the full ``(n, d)`` float32 array is.
+    ``progress(done_rows, n)`` is called after each chunk.
+    """
+    n, num_classes, dim = _shapes(features, weight, bias)
+    _check_labels(labels, n, num_classes)
+    damping = _check_damping(damping)
+    chunk_size = _check_chunk(chunk_size)
+    d = num_classes * (dim + 1)
+    if d > max_dense_dim():
+        raise DpcliError(
+            f"the last layer has d={d} parameters, above the exact method's limit of "
+            f"{max_dense_dim()} (dense d x d Hessian); use --method lissa"
+        )
+    hessian = last_layer_hessian(features, labels, weight, bias, chunk_size=chunk_size)
+    hessian.diagonal().add_(damping)
+    factor, info = torch.linalg.cholesky_ex(hessian)
+    del hessian
+    if int(info) != 0:
+        raise DpcliError(
+            f"the damped Hessian is not positive definite in float64 (Cholesky failed at "
+            f"order {int(info)}); use a larger --damping than {damping:g}"
+        )
+    w, b = _layer64(features, weight, bias)
+    y_all = labels.to(features.device)
+    out = None if sink is not None else np.empty((n, d), dtype=np.float32)
+    for start in range(0, n, chunk_size):
+        phi = features[start:start + chunk_size].detach().to(_F64)
+        grads = _grads_from_residuals(phi, _residuals(phi, y_all[start:start + chunk_size], w, b))
+        solved = torch.cholesky_solve(grads.T, factor).T
+        solved /= n
+        _emit(sink, out, start, solved)
+        if progress is not None:
+            progress(start + phi.shape[0], n)
+    return out
+
+
+def _lissa_solve(features: Tensor, w: Tensor, b: Tensor, rhs: Tensor, damping: float,
+                 depth: int, scale: float, batch_size: int, repeats: int, seed: int) -> Tensor:
+    """LiSSA estimate of ``(H + damping I)^{-1} rhs`` for every row of ``rhs``.
+
+    Recursion ``h_j = v + (I - (H_B + damping I)/scale) h_{j-1}``, whose fixed
+    point is ``scale * (H + damping I)^{-1} v``; hence the final division by
+    ``scale``.  The minibatch sequence depends only on ``(seed, repeat)``, so
+    results do not depend on how right-hand sides are chunked.
+    """
+    n = features.shape[0]
+    v_norm = torch.linalg.vector_norm(rhs, dim=1)
+    total = torch.zeros_like(rhs)
+    for rep in range(repeats):
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(int(seed) * 1_000_003 + rep)
+        h = rhs.clone()
+        for step in range(1, depth + 1):
+            if batch_size >= n:
+                batch = features
+            else:
+                idx = torch.randperm(n, generator=gen)[:batch_size].to(features.device)
+                batch = features[idx]
+            hvp = _mean_hvp(batch, w, b, h)
+            # h <- v + h - (H_B h + damping h) / scale
+            h.mul_(1.0 - damping / scale).add_(rhs).sub_(hvp.div_(scale))
+            # While the recursion contracts (all eigenvalues of (H_B + damping I)/scale
+            # in (0, 2)), ||h_j|| <= (j + 1) ||v||; exceeding it means divergence.
+            h_norm = torch.linalg.vector_norm(h, dim=1)
+            bad = ~torch.isfinite(h_norm) | (h_norm > 1.01 * (step + 1) * v_norm + 1e-300)
+            if bool(bad.any()):
+                raise DpcliError(
+                    f"LiSSA diverged at step {step} with scale {scale:g}: the damped "
+                    f"minibatch Hessian has eigenvalues above 2*scale; raise --lissa-scale"
+                )
+        total += h
+    return total / (repeats * scale)
+
+
+def lissa_influence(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor,
+                    damping: float, depth: int = 1000, scale: float = 10.0,
+                    batch_size: int = 512, repeats: int = 1, seed: int = 0,
+                    chunk_size: int = 4096, sink: Sink | None = None,
+                    progress: Progress | None = None) -> np.ndarray | None:
+    """LiSSA estimate (Agarwal et al. 2016), the paper's choice, of ``S_i``.
+
+    Stochastic Neumann-series recursion on minibatch Hessians (``batch_size``
+    samples per step, ``depth`` steps, averaged over ``repeats``), vectorised
+    over all right-hand sides of a row chunk; needs no ``(d, d)`` matrix.  The
+    recursion's ``scale`` is divided out (the authors' code did not).  Output
+    conventions (``sink``/``progress``/return) are those of :func:`exact_influence`.
+    """
+    n, num_classes, dim = _shapes(features, weight, bias)
+    _check_labels(labels, n, num_classes)
+    damping = _check_damping(damping)
+    chunk_size = _check_chunk(chunk_size)
+    if int(depth) < 1 or int(batch_size) < 1 or int(repeats) < 1:
+        raise DpcliError(
+            f"LiSSA depth, batch size and repeats must be positive, got "
+            f"{depth!r}, {batch_size!r}, {repeats!r}"
+        )
+    scale = float(scale)
+    if not math.isfinite(scale) or scale <= 0.0:
+        raise DpcliError(f"--lissa-scale must be a finite positive number, got {scale!r}")
+    d = num_classes * (dim + 1)
+    w, b = _layer64(features, weight, bias)
+    y_all = labels.to(features.device)
+    out = None if sink is not None else np.empty((n, d), dtype=np.float32)
+    for start in range(0, n, chunk_size):
+        phi = features[start:start + chunk_size].detach().to(_F64)
+        grads = _grads_from_residuals(phi, _residuals(phi, y_all[start:start + chunk_size], w, b))
+        solved = _lissa_solve(features, w, b, grads, damping, int(depth), scale,
+                              int(batch_size), int(repeats), int(seed))
+        solved /= n
+        _emit(sink, out, start, solved)
+        if progress is not None:
+            progress(start + phi.shape[0], n)
+    return out

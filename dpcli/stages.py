@@ -1,0 +1,362 @@
+"""The five stages as library calls over artifact paths; the CLI is a thin shell over these.
+
+Each stage reads its inputs' artifacts, checks they belong together (dataset and
+upstream fingerprints), and writes one new artifact atomically.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dpcli import influence as infl
+from dpcli import selection
+from dpcli.artifacts import (StreamHash, array_fingerprint, atomic_h5, get_attr, open_artifact, row_chunks)
+from dpcli.config import InfluenceConfig, PruneConfig, TrainConfig, default_train_config
+from dpcli.data import Dataset, load_dataset
+from dpcli.errors import DpcliError
+from dpcli.training import (Checkpoint, check_dataset, extract_features, load_checkpoint, load_trained,
+                            time_to_accuracy, train)
+
+Progress = Callable[..., None]
+
+
+# --------------------------------------------------------------------------- influence
+@dataclass(frozen=True)
+class InfluenceInfo:
+    path: Path
+    method: str
+    damping: float
+    n: int
+    d: int
+    num_classes: int
+    feature_dim: int
+    fingerprint: str
+    checkpoint: str
+    checkpoint_fingerprint: str
+    dataset: str
+    dataset_fingerprint: str
+    seconds: float
+
+
+def default_damping(ck: Checkpoint) -> float:
+    """The L2 coefficient the model was trained with: it makes H the Hessian of the real objective."""
+    return ck.config.weight_decay if ck.config.weight_decay > 0 else 1e-3
+
+
+def compute_influence(checkpoint: Path, out: Path, cfg: InfluenceConfig, *, device: torch.device,
+                      data_root: Path | None = None, ds: Dataset | None = None,
+                      progress: Progress | None = None) -> InfluenceInfo:
+    """S_i = (1/n) (H + damping I)^-1 grad L(z_i) on the last linear layer, streamed to HDF5."""
+    cfg.validate()
+    t0 = time.perf_counter()
+    model, ck, ds = load_trained(checkpoint, device, data_root, ds)
+    if ck.keep_indices is not None:
+        raise DpcliError(f"{checkpoint}: is a model retrained on a subset; influence needs the full-data checkpoint")
+    damping = cfg.damping if cfg.damping is not None else default_damping(ck)
+    feats = extract_features(model, ds.train, ds, device)
+    labels = torch.from_numpy(ds.train.labels).to(device)
+    weight = model.head.weight.detach().float()
+    bias = model.head.bias.detach().float()
+    n, feat_dim = feats.shape
+    c = weight.shape[0]
+    d = c * (feat_dim + 1)
+    with torch.no_grad():
+        logits = feats.double() @ weight.double().T + bias.double()
+        losses = F.cross_entropy(logits, labels, reduction="none").cpu().numpy()
+        probs = torch.softmax(logits, 1)
+        err = probs - F.one_hot(labels, c).double()
+        # ||g_i||^2 = ||e_i||^2 (||phi_i||^2 + 1) for the closed-form last-layer gradient
+        grad_norm = (err.norm(dim=1) * torch.sqrt(feats.double().pow(2).sum(1) + 1)).cpu().numpy()
+    test_feats = extract_features(model, ds.test, ds, device)
+    test_grad = infl.mean_grad(test_feats, torch.from_numpy(ds.test.labels).to(device), weight, bias)
+    theta = torch.cat([weight.double().flatten(), bias.double()]).cpu().numpy()
+    attrs = {
+        "method": cfg.method, "damping": float(damping), "n": n, "d": d, "num_classes": c,
+        "feature_dim": feat_dim, "config": cfg.to_dict(), "checkpoint": str(Path(checkpoint).resolve()),
+        "checkpoint_fingerprint": ck.fingerprint, "dataset": ds.name, "dataset_fingerprint": ds.fingerprint,
+        "epsilon_convention": "S_i includes the 1/n factor (Eq. 3): ||sum S_i|| is the predicted parameter change",
+        "parameter_order": "last layer: weight (C x D) row-major, then bias (C)",
+    }
+    with atomic_h5(out, "influence", attrs) as f:
+        dset = f.create_dataset("S", shape=(n, d), dtype=np.float32, chunks=row_chunks(n, d))
+        hasher = StreamHash()
+
+        def sink(start: int, rows: np.ndarray) -> None:
+            if not np.all(np.isfinite(rows)):
+                raise DpcliError("influence produced non-finite values; increase --damping")
+            dset[start:start + len(rows)] = rows
+            hasher.update(rows)
+
+        def on_rows(done: int, total: int) -> None:
+            if progress:
+                progress(done, total)
+
+        kwargs = dict(damping=damping, sink=sink, progress=on_rows)
+        if cfg.method == "exact":
+            infl.exact_influence(feats, labels, weight, bias, **kwargs)
+        else:
+            infl.lissa_influence(feats, labels, weight, bias, depth=cfg.lissa_depth, scale=cfg.lissa_scale,
+                                 batch_size=cfg.lissa_batch_size, repeats=cfg.lissa_repeats, seed=cfg.seed, **kwargs)
+        f.create_dataset("loss", data=losses.astype(np.float32))
+        f.create_dataset("grad_norm", data=grad_norm.astype(np.float32))
+        f.create_dataset("labels", data=ds.train.labels)
+        f.create_dataset("test_grad", data=test_grad.detach().cpu().numpy().astype(np.float64))
+        f.create_dataset("theta", data=theta)
+        fingerprint = hasher.hexdigest()
+        f.attrs["fingerprint"] = fingerprint
+        seconds = time.perf_counter() - t0
+        f.attrs["seconds"] = seconds
+    return read_influence_info(out)
+
+
+def read_influence_info(path: Path) -> InfluenceInfo:
+    with open_artifact(path, "influence") as f:
+        try:
+            return InfluenceInfo(
+                path=Path(path), method=get_attr(f, "method"), damping=float(get_attr(f, "damping")),
+                n=int(get_attr(f, "n")), d=int(get_attr(f, "d")), num_classes=int(get_attr(f, "num_classes")),
+                feature_dim=int(get_attr(f, "feature_dim")), fingerprint=get_attr(f, "fingerprint"),
+                checkpoint=get_attr(f, "checkpoint"), checkpoint_fingerprint=get_attr(f, "checkpoint_fingerprint"),
+                dataset=get_attr(f, "dataset"), dataset_fingerprint=get_attr(f, "dataset_fingerprint"),
+                seconds=float(get_attr(f, "seconds", 0.0)),
+            )
+        except (TypeError, ValueError) as exc:
+            raise DpcliError(f"{path}: damaged influence artifact ({exc})") from None
+
+
+def load_S(path: Path) -> np.ndarray:
+    """Read S into memory, refusing a damaged or non-finite matrix."""
+    with open_artifact(path, "influence") as f:
+        if "S" not in f or f["S"].ndim != 2:
+            raise DpcliError(f"{path}: influence artifact has no 2-D dataset 'S'")
+        S = np.empty(f["S"].shape, dtype=np.float32)
+        f["S"].read_direct(S)
+    bad = ~np.isfinite(S)
+    if bad.any():
+        raise DpcliError(f"{path}: S has {int(bad.any(1).sum())} rows with non-finite values; recompute with larger --damping")
+    return S
+
+
+# --------------------------------------------------------------------------- prune
+@dataclass(frozen=True)
+class MaskInfo:
+    path: Path
+    keep: np.ndarray
+    mode: str
+    target: float
+    norm: float
+    solver: str
+    n: int
+    influence: str
+    influence_fingerprint: str
+    checkpoint: str
+    dataset: str
+    dataset_fingerprint: str
+    fingerprint: str
+    seconds: float
+    method: str = "optimization"
+
+    @property
+    def keep_indices(self) -> np.ndarray:
+        return np.flatnonzero(self.keep)
+
+    @property
+    def pruned_indices(self) -> np.ndarray:
+        return np.flatnonzero(~self.keep)
+
+    @property
+    def n_kept(self) -> int:
+        return int(self.keep.sum())
+
+    @property
+    def n_pruned(self) -> int:
+        return self.n - self.n_kept
+
+
+def certify(S: np.ndarray, pruned: np.ndarray, epsilon: float | None) -> float:
+    """Recompute ||sum_{pruned} S_i|| in float64 from S alone; refuse a violated epsilon."""
+    total = np.zeros(S.shape[1], dtype=np.float64)
+    idx = np.flatnonzero(pruned)
+    for start in range(0, len(idx), 65536):
+        total += S[idx[start:start + 65536]].astype(np.float64).sum(0)
+    norm = float(np.linalg.norm(total))
+    if epsilon is not None and not norm <= epsilon * (1 + 1e-9) + 1e-12:
+        raise DpcliError(f"refusing the result: ||sum S_i|| = {norm:.6g} exceeds --epsilon {epsilon:.6g}")
+    return norm
+
+
+def prune(influence_path: Path, out: Path, cfg: PruneConfig, *, indices_out: Path | None = None,
+          progress: Progress | None = None) -> MaskInfo:
+    """Solve Eq. 3 (epsilon) or Eq. 4 (count) on S and write the keep mask."""
+    cfg.validate()
+    info = read_influence_info(influence_path)
+    if cfg.solver not in selection.SOLVERS:
+        raise DpcliError(f"unknown --solver {cfg.solver!r}; choose one of {', '.join(selection.SOLVERS)}")
+    if cfg.count is not None and cfg.count > info.n:
+        raise DpcliError(f"--prune-count {cfg.count} exceeds the {info.n} training samples")
+    S = load_S(influence_path)
+    n = S.shape[0]
+
+    def on_progress(fraction: float) -> None:
+        if progress:
+            progress(fraction)
+
+    t0 = time.perf_counter()
+    if cfg.epsilon is not None:
+        sel = selection.maximize_pruned(S, cfg.epsilon, solver=cfg.solver, time_budget=cfg.time_budget,
+                                        seed=cfg.seed, progress=on_progress)
+        target = float(cfg.epsilon)
+    else:
+        m = cfg.count if cfg.count is not None else selection.count_from_ratio(n, cfg.ratio)
+        sel = selection.minimize_norm(S, m, solver=cfg.solver, time_budget=cfg.time_budget, seed=cfg.seed,
+                                      progress=on_progress)
+        target = float(m)
+    norm = certify(S, sel.pruned, cfg.epsilon)
+    return write_mask(out, keep=~sel.pruned, mode=cfg.mode, target=target, norm=norm, solver=sel.solver,
+                      info=info, config=cfg.to_dict(), seconds=time.perf_counter() - t0,
+                      indices_out=indices_out)
+
+
+def write_mask(out: Path, *, keep: np.ndarray, mode: str, target: float, norm: float, solver: str,
+               info: InfluenceInfo, config: dict, seconds: float, method: str = "optimization",
+               indices_out: Path | None = None) -> MaskInfo:
+    keep = np.asarray(keep, dtype=bool)
+    fingerprint = array_fingerprint(keep.astype(np.uint8))
+    attrs = {
+        "mode": mode, "target": target, "achieved_norm": norm, "solver": solver, "method": method,
+        "n": int(len(keep)), "n_kept": int(keep.sum()), "n_pruned": int((~keep).sum()), "config": config,
+        "influence": str(Path(info.path).resolve()), "influence_fingerprint": info.fingerprint,
+        "checkpoint": info.checkpoint, "dataset": info.dataset, "dataset_fingerprint": info.dataset_fingerprint,
+        "fingerprint": fingerprint, "seconds": seconds,
+        "convention": "keep[i] is True for samples to TRAIN ON; pruned_indices are the dropped samples",
+    }
+    with atomic_h5(out, "mask", attrs) as f:
+        f.create_dataset("keep", data=keep)
+        f.create_dataset("keep_indices", data=np.flatnonzero(keep).astype(np.int64))
+        f.create_dataset("pruned_indices", data=np.flatnonzero(~keep).astype(np.int64))
+    if indices_out is not None:
+        write_indices(indices_out, np.flatnonzero(keep))
+    return read_mask(out)
+
+
+def write_indices(path: Path, indices: np.ndarray) -> None:
+    """The KEPT indices as .txt (one per line) or .npy, written atomically."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".txt", ".npy"):
+        raise DpcliError(f"--indices-out must end in .txt or .npy, got {path.name}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if suffix == ".npy":
+                np.save(fh, indices.astype(np.int64))
+            else:
+                fh.write("".join(f"{int(i)}\n" for i in indices).encode())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_mask(path: Path) -> MaskInfo:
+    with open_artifact(path, "mask") as f:
+        try:
+            keep = np.asarray(f["keep"][()], dtype=bool)
+            return MaskInfo(
+                path=Path(path), keep=keep, mode=get_attr(f, "mode"), target=float(get_attr(f, "target")),
+                norm=float(get_attr(f, "achieved_norm")), solver=get_attr(f, "solver"), n=int(get_attr(f, "n")),
+                influence=get_attr(f, "influence"), influence_fingerprint=get_attr(f, "influence_fingerprint"),
+                checkpoint=get_attr(f, "checkpoint"), dataset=get_attr(f, "dataset"),
+                dataset_fingerprint=get_attr(f, "dataset_fingerprint"), fingerprint=get_attr(f, "fingerprint"),
+                seconds=float(get_attr(f, "seconds", 0.0)), method=get_attr(f, "method", "optimization"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DpcliError(f"{path}: damaged mask artifact ({exc})") from None
+
+
+def random_mask(info: InfluenceInfo, n_pruned: int, seed: int, out: Path) -> MaskInfo:
+    """Random pruning at a given count: the reference every method must beat."""
+    rng = np.random.default_rng(seed)
+    pruned = np.zeros(info.n, dtype=bool)
+    pruned[rng.choice(info.n, size=n_pruned, replace=False)] = True
+    S = load_S(info.path)
+    norm = certify(S, pruned, None)
+    return write_mask(out, keep=~pruned, mode="cardinality", target=float(n_pruned), norm=norm, solver="random",
+                      info=info, config={"method": "random", "count": n_pruned, "seed": seed}, seconds=0.0,
+                      method="random")
+
+
+# --------------------------------------------------------------------------- retrain
+@dataclass
+class RetrainResult:
+    checkpoint: Checkpoint
+    metrics: dict = field(default_factory=dict)
+
+
+def upstream_checkpoint(mask: MaskInfo) -> Checkpoint | None:
+    """The full-data checkpoint a mask descends from, if it is still where the mask says."""
+    try:
+        return load_checkpoint(mask.checkpoint, weights=False) if mask.checkpoint else None
+    except DpcliError:
+        return None
+
+
+def retrain(ds: Dataset, mask: MaskInfo, out: Path, *, base: TrainConfig | None, overrides: dict,
+            device: torch.device, force: bool = False, reference: Checkpoint | None = None,
+            on_batch=None, on_epoch=None) -> RetrainResult:
+    """Train a fresh model on the KEPT samples with the full run's settings (or overrides)."""
+    if mask.n != len(ds.train.labels):
+        raise DpcliError(f"{mask.path}: mask has n={mask.n} but dataset {ds.name!r} has {len(ds.train.labels)} training samples")
+    if mask.dataset_fingerprint and mask.dataset_fingerprint != ds.fingerprint:
+        raise DpcliError(f"{mask.path}: mask was made for dataset {mask.dataset!r} with another fingerprint than {ds.name!r}")
+    if base is None:
+        base = default_train_config(ds.name, ds.augment)
+    config = base.replace(**overrides).replace(subset=mask.fingerprint)
+    ck = train(config, ds, out, device=device, keep_indices=mask.keep_indices, force=force,
+               lineage={"mask": str(Path(mask.path).resolve()), "mask_fingerprint": mask.fingerprint},
+               on_batch=on_batch, on_epoch=on_epoch)
+    final = ck.final
+    metrics: dict = {
+        "checkpoint": str(out), "mask": str(mask.path), "n_kept": mask.n_kept, "n_pruned": mask.n_pruned,
+        "prune_ratio": mask.n_pruned / mask.n, "arch": config.arch, "epochs": config.epochs,
+        "test_accuracy": final.test_acc, "test_loss": final.test_loss, "train_seconds": ck.seconds,
+        "optimizer_steps": ck.steps,
+    }
+    if reference is not None and reference.final is not None:
+        target = reference.final.test_acc - 1.0
+        mine = time_to_accuracy(ck.history, target)
+        theirs = time_to_accuracy(reference.history, target)
+        metrics.update({
+            "full_data_test_accuracy": reference.final.test_acc, "full_data_test_loss": reference.final.test_loss,
+            "full_data_train_seconds": reference.seconds, "full_data_optimizer_steps": reference.steps,
+            "target_accuracy": target,
+            "seconds_to_target": None if mine is None else mine[0],
+            "epochs_to_target": None if mine is None else mine[1],
+            "full_data_seconds_to_target": None if theirs is None else theirs[0],
+            "full_data_epochs_to_target": None if theirs is None else theirs[1],
+        })
+    return RetrainResult(checkpoint=ck, metrics=metrics)
+
+
+def finite_or_none(x: float) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+__all__ = [
+    "InfluenceInfo", "MaskInfo", "RetrainResult", "compute_influence", "read_influence_info", "load_S",
+    "prune", "write_mask", "read_mask", "random_mask", "retrain", "certify", "upstream_checkpoint",
+    "default_damping", "write_indices", "check_dataset", "load_dataset", "h5py",
+]

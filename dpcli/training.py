@@ -1,0 +1,335 @@
+"""Empirical risk minimization with resumable, atomic HDF5 checkpoints.
+
+The data order and augmentation of epoch ``e`` come from a generator seeded with
+``(seed, e)``, so a run resumed from its last completed epoch is the same run as an
+uninterrupted one (bit-for-bit on the CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dpcli.artifacts import array_fingerprint, atomic_h5, get_attr, open_artifact, set_attr
+from dpcli.config import TrainConfig
+from dpcli.data import Dataset, Split, iterate_batches, load_dataset
+from dpcli.errors import DpcliError
+from dpcli.models import Classifier, build_model
+
+EpochHook = Callable[["EpochRecord"], None]
+BatchHook = Callable[[int, int, int], None]  # (epoch, samples seen, samples per epoch)
+RowsHook = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    test_loss: float
+    test_acc: float
+    seconds: float
+    steps: int
+    lr: float
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint artifact read back into memory."""
+
+    path: Path
+    config: TrainConfig
+    dataset_fingerprint: str
+    n_train: int
+    num_classes: int
+    epoch: int
+    complete: bool
+    fingerprint: str
+    history: list[EpochRecord] = field(default_factory=list)
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
+    optimizer: dict | None = None
+    scheduler: dict | None = None
+    keep_indices: np.ndarray | None = None
+    lineage: dict = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        return float(sum(r.seconds for r in self.history))
+
+    @property
+    def steps(self) -> int:
+        return int(sum(r.steps for r in self.history))
+
+    @property
+    def final(self) -> EpochRecord | None:
+        return self.history[-1] if self.history else None
+
+
+def resolve_device(name: str) -> torch.device:
+    """Map --device auto|cpu|cuda[:N] to a torch device, refusing CUDA when there is none."""
+    name = (name or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DpcliError("--device cuda was requested but no CUDA device is available")
+        return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise DpcliError(f"unknown --device {name!r}; use auto, cpu or cuda")
+
+
+def make_model(config: TrainConfig, ds: Dataset) -> Classifier:
+    torch.manual_seed(config.seed)
+    return build_model(
+        config.arch, num_classes=ds.num_classes, in_channels=ds.channels,
+        image_size=ds.image_size, width=config.width, depth=config.depth,
+    )
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(seed * 1_000_003 + epoch)
+    return g
+
+
+@torch.no_grad()
+def evaluate(model: Classifier, split: Split, ds: Dataset, device: torch.device,
+             batch_size: int = 1024) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (%) on a split, un-augmented, in eval mode."""
+    model.eval()
+    total_loss, correct, n = 0.0, 0, 0
+    for x, y, _ in iterate_batches(split, batch_size, mean=ds.mean, std=ds.std, device=device,
+                                   shuffle=False, augment=False, generator=None):
+        logits = model(x).float()
+        total_loss += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        n += y.numel()
+    return total_loss / max(n, 1), 100.0 * correct / max(n, 1)
+
+
+@torch.no_grad()
+def extract_features(model: Classifier, split: Split, ds: Dataset, device: torch.device,
+                     batch_size: int = 1024, progress: RowsHook | None = None) -> torch.Tensor:
+    """Penultimate features of every sample, un-augmented, eval mode, float32."""
+    model.eval()
+    out = []
+    n = len(split.labels)
+    done = 0
+    for x, _, _ in iterate_batches(split, batch_size, mean=ds.mean, std=ds.std, device=device,
+                                   shuffle=False, augment=False, generator=None):
+        out.append(model.features(x).float())
+        done += x.shape[0]
+        if progress:
+            progress(done, n)
+    return torch.cat(out)
+
+
+def train(
+    config: TrainConfig,
+    ds: Dataset,
+    out: Path,
+    *,
+    device: torch.device,
+    keep_indices: np.ndarray | None = None,
+    force: bool = False,
+    lineage: dict | None = None,
+    on_batch: BatchHook | None = None,
+    on_epoch: EpochHook | None = None,
+) -> Checkpoint:
+    """Train (or resume, or reuse) the model that ``config`` describes; checkpoint every epoch."""
+    config.validate()
+    fp = ds.fingerprint
+    model = make_model(config, ds).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    history: list[EpochRecord] = []
+    start = 0
+    if out.exists() and not force:
+        ck = load_checkpoint(out)
+        if ck.config != config or ck.dataset_fingerprint != fp:
+            raise DpcliError(
+                f"{out}: holds a checkpoint of another configuration or dataset; pass --force to overwrite or choose another --out"
+            )
+        if ck.complete:
+            return ck
+        model.load_state_dict(ck.state)
+        if ck.optimizer is not None:
+            optimizer.load_state_dict(ck.optimizer)
+        if ck.scheduler is not None:
+            scheduler.load_state_dict(ck.scheduler)
+        history, start = list(ck.history), ck.epoch
+
+    indices = None if keep_indices is None else np.asarray(keep_indices, dtype=np.int64)
+    n_used = len(ds.train.labels) if indices is None else len(indices)
+    if n_used == 0:
+        raise DpcliError("the training subset is empty: the mask keeps no sample")
+    use_amp = device.type == "cuda"
+    ck = None
+    for epoch in range(start, config.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        lr = optimizer.param_groups[0]["lr"]
+        tot_loss, tot_correct, seen, steps = 0.0, 0, 0, 0
+        batches = iterate_batches(ds.train, config.batch_size, mean=ds.mean, std=ds.std, device=device,
+                                  shuffle=True, augment=config.augment and ds.augment,
+                                  generator=_epoch_generator(config.seed, epoch), indices=indices)
+        for x, y, _ in batches:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+            if not torch.isfinite(loss):
+                raise DpcliError(f"training diverged at epoch {epoch + 1} (loss is {loss.item()}); lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            tot_loss += loss.item() * y.numel()
+            tot_correct += (logits.argmax(1) == y).sum().item()
+            seen += y.numel()
+            steps += 1
+            if on_batch:
+                on_batch(epoch, seen, n_used)
+        scheduler.step()
+        test_loss, test_acc = evaluate(model, ds.test, ds, device)
+        rec = EpochRecord(epoch=epoch + 1, train_loss=tot_loss / seen, train_acc=100.0 * tot_correct / seen,
+                          test_loss=test_loss, test_acc=test_acc, seconds=time.perf_counter() - t0,
+                          steps=steps, lr=lr)
+        history.append(rec)
+        ck = save_checkpoint(out, model, optimizer, scheduler, config, ds, history,
+                             complete=epoch + 1 == config.epochs, keep_indices=indices, lineage=lineage)
+        if on_epoch:
+            on_epoch(rec)
+    if ck is None:  # zero epochs left to run (complete flag lost): rewrite as complete
+        ck = save_checkpoint(out, model, optimizer, scheduler, config, ds, history, complete=True,
+                             keep_indices=indices, lineage=lineage)
+    return ck
+
+
+def save_checkpoint(path: Path, model: Classifier, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, config: TrainConfig, ds: Dataset,
+                    history: list[EpochRecord], *, complete: bool, keep_indices: np.ndarray | None,
+                    lineage: dict | None) -> Checkpoint:
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    fingerprint = array_fingerprint(*[v.numpy() for v in state.values()])
+    attrs = {
+        "config": config.to_dict(),
+        "dataset": ds.name,
+        "dataset_fingerprint": ds.fingerprint,
+        "n_train": len(ds.train.labels),
+        "num_classes": ds.num_classes,
+        "epoch": len(history),
+        "complete": bool(complete),
+        "fingerprint": fingerprint,
+        "lineage": lineage or {},
+    }
+    with atomic_h5(path, "checkpoint", attrs) as f:
+        g = f.create_group("model")
+        for name, tensor in state.items():
+            g.create_dataset(name, data=tensor.numpy())
+        _write_optimizer(f.create_group("optimizer"), optimizer)
+        set_attr(f, "scheduler", {k: v for k, v in scheduler.state_dict().items()})
+        h = f.create_group("history")
+        for key in EpochRecord.__dataclass_fields__:
+            h.create_dataset(key, data=np.array([getattr(r, key) for r in history], dtype=np.float64))
+        if keep_indices is not None:
+            f.create_dataset("keep_indices", data=keep_indices)
+    return Checkpoint(path=path, config=config, dataset_fingerprint=ds.fingerprint, n_train=len(ds.train.labels),
+                      num_classes=ds.num_classes, epoch=len(history), complete=complete, fingerprint=fingerprint,
+                      history=list(history), state=state, keep_indices=keep_indices, lineage=lineage or {})
+
+
+def _write_optimizer(g: h5py.Group, optimizer: torch.optim.Optimizer) -> None:
+    sd = optimizer.state_dict()
+    set_attr(g, "param_groups", sd["param_groups"])
+    for idx, st in sd["state"].items():
+        sg = g.create_group(f"state/{idx}")
+        for key, value in st.items():
+            if torch.is_tensor(value):
+                sg.create_dataset(key, data=value.detach().cpu().numpy())
+            else:
+                sg.attrs[key] = value
+
+
+def _read_optimizer(g: h5py.Group) -> dict:
+    state = {}
+    if "state" in g:
+        for idx, sg in g["state"].items():
+            entry = {key: torch.from_numpy(ds[()]) for key, ds in sg.items()}
+            entry.update({key: sg.attrs[key] for key in sg.attrs})
+            state[int(idx)] = entry
+    return {"state": state, "param_groups": get_attr(g, "param_groups")}
+
+
+def load_checkpoint(path: Path | str, *, weights: bool = True) -> Checkpoint:
+    path = Path(path)
+    with open_artifact(path, "checkpoint") as f:
+        try:
+            config = TrainConfig.from_dict(get_attr(f, "config"))
+            h = f["history"]
+            n_epochs = len(h["epoch"])
+            history = [
+                EpochRecord(**{k: (int(h[k][i]) if k in ("epoch", "steps") else float(h[k][i]))
+                               for k in EpochRecord.__dataclass_fields__})
+                for i in range(n_epochs)
+            ]
+            ck = Checkpoint(
+                path=path, config=config, dataset_fingerprint=get_attr(f, "dataset_fingerprint"),
+                n_train=int(get_attr(f, "n_train")), num_classes=int(get_attr(f, "num_classes")),
+                epoch=int(get_attr(f, "epoch")), complete=bool(get_attr(f, "complete")),
+                fingerprint=get_attr(f, "fingerprint"), history=history, lineage=get_attr(f, "lineage", {}) or {},
+            )
+            if "keep_indices" in f:
+                ck.keep_indices = f["keep_indices"][()]
+            if weights:
+                ck.state = {k: torch.from_numpy(np.asarray(v[()])) for k, v in f["model"].items()}
+                ck.optimizer = _read_optimizer(f["optimizer"])
+                ck.scheduler = get_attr(f, "scheduler")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DpcliError(f"{path}: damaged checkpoint artifact ({exc})") from None
+    return ck
+
+
+def load_trained(path: Path | str, device: torch.device, data_root: Path | None = None,
+                 ds: Dataset | None = None) -> tuple[Classifier, Checkpoint, Dataset]:
+    """Rebuild the model of a complete checkpoint on its dataset, checking they belong together."""
+    ck = load_checkpoint(path)
+    if not ck.complete:
+        raise DpcliError(f"{path}: training is not complete (epoch {ck.epoch}/{ck.config.epochs}); run `dpcli train` again to resume")
+    if ds is None:
+        ds = load_dataset(ck.config.dataset, data_root)
+    check_dataset(ck, ds)
+    model = make_model(ck.config, ds)
+    model.load_state_dict(ck.state)
+    return model.to(device).eval(), ck, ds
+
+
+def check_dataset(ck: Checkpoint, ds: Dataset) -> None:
+    if ck.dataset_fingerprint != ds.fingerprint:
+        raise DpcliError(
+            f"{ck.path}: checkpoint was made for dataset {ck.config.dataset!r} with fingerprint "
+            f"{ck.dataset_fingerprint}, but {ds.name!r} has fingerprint {ds.fingerprint}"
+        )
+
+
+def time_to_accuracy(history: list[EpochRecord], target: float) -> tuple[float, int] | None:
+    """Wall seconds and epochs until test accuracy first reaches ``target`` (Figure 4), or None."""
+    elapsed = 0.0
+    for rec in history:
+        elapsed += rec.seconds
+        if rec.test_acc >= target and math.isfinite(rec.test_acc):
+            return elapsed, rec.epoch
+    return None
+
+
+def history_json(history: list[EpochRecord]) -> list[dict]:
+    return [json.loads(json.dumps(r.__dict__)) for r in history]
