@@ -46,11 +46,23 @@ def atomic_h5(path: Path, kind: str, attrs: dict[str, Any] | None = None) -> Ite
             yield f
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def publish(tmp: str | Path, path: Path) -> None:
+    """Rename a finished temporary file into place with ordinary permissions.
+
+    ``mkstemp`` creates files readable by the owner only; artifacts are shared between
+    users and jobs, so they get the mode a plain ``open`` would give (0666 & ~umask).
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
 
 
 def set_attr(obj: h5py.HLObject, key: str, value: Any) -> None:
@@ -157,7 +169,7 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
         with os.fdopen(fd, "w") as fh:
             json.dump(payload, fh, indent=2, sort_keys=True, default=_json_default)
             fh.write("\n")
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from dpcli.artifacts import open_artifact
+from dpcli.errors import DpcliError
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,9 @@ def predict(influence: Path, pruned: np.ndarray) -> tuple[float, float, float]:
     """(||sum S_i||, ||sum S_i|| * ||grad L_test||, grad L_test . sum S_i) for one pruned set."""
     s = influence_sum(influence, pruned)
     g = test_gradient(influence)
+    if s.shape != g.shape:
+        raise DpcliError(f"{influence}: S is sketched ({s.shape[0]} columns for d={g.shape[0]}); "
+                         f"verify-bound needs an unsketched influence artifact")
     norm = float(np.linalg.norm(s))
     return norm, norm * float(np.linalg.norm(g)), float(g @ s)
 

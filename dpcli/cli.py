@@ -7,6 +7,7 @@ artifacts are written atomically.  KEEP = samples to train on, PRUNED = dropped.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 import time
@@ -16,7 +17,8 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 from rich.table import Table
 
-from dpcli import __version__, console, pipeline, stages
+from dpcli import __version__, console, distributed, influence_parts, pipeline, stages
+from dpcli import sgd_influence
 from dpcli.bound import BoundRow, plot, predict
 from dpcli.config import InfluenceConfig, PruneConfig, TrainConfig, default_train_config
 from dpcli.data import Dataset, default_data_root, load_dataset
@@ -56,7 +58,7 @@ Momentum = Annotated[Optional[float], typer.Option("--momentum", help="SGD momen
 WeightDecay = Annotated[Optional[float], typer.Option("--weight-decay", help="L2 weight decay [default: 5e-4].")]
 BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="Training batch size [default: 128].")]
 Augment = Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Random crop + horizontal flip [default: on where it suits the data, off for digits].")]
-Method = Annotated[str, typer.Option("--method", help="Influence estimator: exact (dense Hessian, Cholesky, float64) or lissa (the paper's).")]
+Method = Annotated[str, typer.Option("--method", help="Influence estimator: exact (dense Hessian, Cholesky, float64; switches to cg above the dense limit, d > 16384), cg (preconditioned conjugate gradients to --cg-tol, no d x d matrix), lissa (the paper's) or sgd (SGD-Influence: replays the last-layer SGD trajectory recorded by train, on frozen final features; see --sgd-epochs).")]
 Damping = Annotated[Optional[float], typer.Option("--damping", help="lambda added to the last-layer Hessian (required: the softmax Hessian is singular) [default: the checkpoint's weight decay, which makes H the Hessian of the regularized training objective; 1e-3 if that is 0].")]
 LissaDepth = Annotated[int, typer.Option("--lissa-depth", help="LiSSA recursion depth.")]
 LissaScale = Annotated[float, typer.Option("--lissa-scale", help="LiSSA scale (must exceed the largest Hessian eigenvalue; divided out of the result).")]
@@ -79,7 +81,7 @@ def _load(dataset: str, data_root: Optional[Path]) -> Dataset:
 
 
 def _train_with_bar(config: TrainConfig, ds: Dataset, out: Path, *, device, force: bool, keep_indices=None,
-                    lineage: dict | None = None, label: str = "train") -> Checkpoint:
+                    lineage: dict | None = None, label: str = "train", dist=None) -> Checkpoint:
     n_used = len(ds.train.labels) if keep_indices is None else len(keep_indices)
     with console.progress_bar(label, total=config.epochs * n_used) as update:
         def on_batch(epoch: int, seen: int, per_epoch: int) -> None:
@@ -91,7 +93,7 @@ def _train_with_bar(config: TrainConfig, ds: Dataset, out: Path, *, device, forc
                 f"acc {rec.train_acc:.1f}% test {rec.test_acc:.1f}%"))
 
         return train_model(config, ds, out, device=device, keep_indices=keep_indices, force=force,
-                           lineage=lineage, on_batch=on_batch, on_epoch=on_epoch)
+                           lineage=lineage, on_batch=on_batch, on_epoch=on_epoch, dist=dist)
 
 
 def _train_config(dataset: str, ds: Dataset, **kw: Any) -> TrainConfig:
@@ -109,7 +111,7 @@ def _ensure_influence(ck_path: Path, icfg: InfluenceConfig, *, device, ds: Datas
     if out.exists() and not force:
         info = stages.read_influence_info(out)
         ck = load_checkpoint(ck_path, weights=False)
-        if info.checkpoint_fingerprint == ck.fingerprint:
+        if info.checkpoint_fingerprint == ck.fingerprint and stages.influence_config_of(out) == icfg.to_dict():
             console.info(f"reusing {out}")
             return info
     with console.progress_bar(f"influence ({icfg.method})") as update:
@@ -155,37 +157,68 @@ def train(
     augment: Augment = None, seed: Annotated[int, typer.Option("--seed")] = 0, device: Device = "auto",
     data_root: DataRoot = None, run_root: RunRoot = None, force: Force = False, json: Json = False, quiet: Quiet = False,
 ) -> None:
-    """Train the full-data model (ERM) and write checkpoint.h5; an interrupted run resumes."""
+    """Train the full-data model (ERM) and write checkpoint.h5; an interrupted run resumes.
+
+    Under `torchrun --nproc_per_node K -m dpcli train ...` the global batch is split across K
+    ranks (DDP); rank 0 alone prints and writes the checkpoint.
+    """
     console.set_quiet(quiet)
-    dev = resolve_device(device)
-    ds = _load(dataset, data_root)
+    dist = distributed.from_env(device)  # None unless launched by torchrun
+    if dist is not None and not dist.is_main:
+        console.set_quiet(True)
+        json = False
+    dev = resolve_device(device) if dist is None else dist.device
+    ds = _load(dataset, data_root) if dist is None else dist.main_first(lambda: _load(dataset, data_root))
     cfg = _train_config(dataset, ds, arch=arch, width=width, depth=depth, epochs=epochs, lr=lr, momentum=momentum,
                         weight_decay=weight_decay, batch_size=batch_size, augment=augment, seed=seed)
     path = out or pipeline.checkpoint_path(run_root or pipeline.default_run_root(), cfg)
     t0 = time.perf_counter()
-    ck = _train_with_bar(cfg, ds, path, device=dev, force=force)
+    ck = _train_with_bar(cfg, ds, path, device=dev, force=force, dist=dist)
     final = ck.final
     console.info(f"checkpoint: {path}  test accuracy {final.test_acc:.2f}%  test loss {final.test_loss:.4f}")
     if json:
         console.emit_json({"command": "train", "checkpoint": str(path), "config": cfg.to_dict(), "epochs": ck.epoch,
                            "test_accuracy": final.test_acc, "test_loss": final.test_loss,
                            "train_accuracy": final.train_acc, "train_seconds": ck.seconds,
-                           "wall_seconds": time.perf_counter() - t0})
+                           "wall_seconds": time.perf_counter() - t0, "world_size": ck.world_size})
+    if dist is not None:
+        dist.close()
 
 
 @app.command()
 def influence(
-    checkpoint: Annotated[Path, typer.Argument(help="checkpoint.h5 written by `dpcli train`.")],
+    checkpoint: Annotated[list[Path], typer.Argument(help="checkpoint.h5 written by `dpcli train`; with --merge, followed by the shard files.", show_default=False)],
     out: Annotated[Optional[Path], typer.Option("--out", help="Influence path [default: beside the checkpoint].")] = None,
     method: Method = "exact", damping: Damping = None, lissa_depth: LissaDepth = 1000, lissa_scale: LissaScale = 10.0,
     lissa_batch_size: LissaBatch = 512, lissa_repeats: LissaRepeats = 1,
     seed: Annotated[int, typer.Option("--seed", help="LiSSA sampling seed.")] = 0,
+    cg_tol: Annotated[float, typer.Option("--cg-tol", help="cg (and exact above the dense limit): stop each column at relative residual ||r|| <= TOL ||g_i||.")] = 1e-6,
+    cg_max_iter: Annotated[int, typer.Option("--cg-max-iter", help="cg: iteration cap per chunk (an error if reached).")] = 1000,
+    sketch: Annotated[Optional[int], typer.Option("--sketch", help="Store S @ R (n x K) with R a seeded d x K Gaussian, N(0, 1/K) entries (Johnson-Lindenstrauss). For a fixed subset, ||(sum S_i) R|| lies within (1 +- t) of ||sum S_i|| with probability >= 1 - 2 exp(-K t^2 / 8); e.g. K=2048, t=0.15: >= 99.3% (Gaussian concentration, t >= 1/K). prune then bounds the sketched norm.")] = None,
+    sketch_seed: Annotated[int, typer.Option("--sketch-seed", help="Seed of the sketch matrix R (deterministic).")] = 0,
+    shard: Annotated[Optional[str], typer.Option("--shard", help="Compute only part I/K of S: rows [floor(I n/K), floor((I+1) n/K)). Each shard repeats the shared cost (features, Hessian/Cholesky or preconditioner from all data) and solves ~1/K of the rows; needs --out. Join with --merge.")] = None,
+    merge: Annotated[bool, typer.Option("--merge", help="Merge shard files (given after CKPT, any order) into one influence.h5 at --out, identical to an unsharded run.")] = False,
+    sgd_epochs: Annotated[Optional[int], typer.Option("--sgd-epochs", help="sgd: replay only the last E recorded epochs (cost O(E n^2 C D)) [default: all recorded epochs].")] = None,
     device: Device = "auto", data_root: DataRoot = None, force: Force = False, json: Json = False, quiet: Quiet = False,
 ) -> None:
-    """Compute S (n x d): each sample's influence on the last linear layer, written to influence.h5."""
+    """Compute S (n x d): each sample's influence on the last linear layer, written to influence.h5.
+
+    Large runs: --shard I/K --out part-I.h5 on K machines, then --merge part-*.h5 --out influence.h5.
+    """
     console.set_quiet(quiet)
     icfg = _influence_config(method, damping, lissa_depth, lissa_scale, lissa_batch_size, lissa_repeats, seed)
+    icfg = dataclasses.replace(icfg, cg_tol=cg_tol, cg_max_iter=cg_max_iter, sketch_k=sketch,
+                               sketch_seed=sketch_seed, sgd_epochs=sgd_epochs).validate()
+    checkpoint, parts = checkpoint[0], checkpoint[1:]
+    if merge or shard is not None or parts:
+        summary = influence_parts.run(checkpoint, parts, merge=merge, shard=shard, icfg=icfg, out=out,
+                                      device_fn=lambda: resolve_device(device), data_root=data_root)
+        if json:
+            console.emit_json(summary)
+        return
     load_checkpoint(checkpoint, weights=False)  # fail early on a wrong file
+    if icfg.method == "sgd":  # ... or on one without a recorded SGD trajectory
+        sgd_influence.load_trajectory(checkpoint)
     info = _ensure_influence(checkpoint, icfg, device=resolve_device(device), ds=None, data_root=data_root,
                              force=force, out=out)
     console.info(f"influence: {info.path}  S is {info.n} x {info.d} ({info.method}, damping {info.damping:g}, {info.seconds:.1f}s)")
@@ -401,8 +434,7 @@ def verify_bound(
         table.add_row(r.label, f"{r.n_pruned} ({100 * r.prune_ratio:.0f}%)",
                       "-" if r.epsilon is None else f"{r.epsilon:.4g}", f"{r.norm:.4g}", f"{r.predicted_bound:.4g}",
                       f"{r.first_order:+.3g}", f"{r.observed_gap:+.4g}", f"{r.test_accuracy:.2f}%")
-    if not console._quiet:
-        console.err.print(table)
+    console.table(table)
     console.info(f"report: {out_dir / 'bound.json'}  plot: {out_dir / 'bound.png'}")
     if json:
         console.emit_json({**report, "report": str(out_dir / "bound.json"), "plot": str(out_dir / "bound.png")})

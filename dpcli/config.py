@@ -69,6 +69,12 @@ class InfluenceConfig:
     lissa_batch_size: int = 512
     lissa_repeats: int = 1
     seed: int = 0
+    # cg (and exact above the dense limit): relative residual and iteration cap; sketch: JL width and seed
+    cg_tol: float = 1e-6
+    cg_max_iter: int = 1000
+    sketch_k: int | None = None
+    sketch_seed: int = 0
+    sgd_epochs: int | None = None  # --method sgd: replay the last E recorded epochs (None: all)
 
     def validate(self) -> "InfluenceConfig":
         if self.method not in INFLUENCE_METHODS:
@@ -79,12 +85,25 @@ class InfluenceConfig:
         _positive_float("--lissa-scale", self.lissa_scale)
         _positive_int("--lissa-batch-size", self.lissa_batch_size)
         _positive_int("--lissa-repeats", self.lissa_repeats)
+        if not (math.isfinite(self.cg_tol) and 0 < self.cg_tol < 1):
+            raise DpcliError(f"--cg-tol must lie strictly between 0 and 1, got {self.cg_tol}")
+        _positive_int("--cg-max-iter", self.cg_max_iter)
+        if self.sketch_k is not None:
+            _positive_int("--sketch", self.sketch_k)
+        if self.sgd_epochs is not None:
+            _positive_int("--sgd-epochs", self.sgd_epochs)
         return self
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         if self.method != "lissa":  # LiSSA knobs do not change an exact S
             d = {k: v for k, v in d.items() if not k.startswith("lissa") and k != "seed"}
+        if self.method != "sgd":
+            d.pop("sgd_epochs", None)
+        # scale options appear only when set, so existing run-directory keys stay valid
+        for key, default in (("cg_tol", 1e-6), ("cg_max_iter", 1000), ("sketch_k", None), ("sketch_seed", 0)):
+            if d.get(key) == default:
+                d.pop(key, None)
         return d
 
 
@@ -121,7 +140,7 @@ class PruneConfig:
         return dataclasses.asdict(self)
 
 
-INFLUENCE_METHODS = ("exact", "lissa")
+INFLUENCE_METHODS = ("exact", "lissa", "cg", "sgd")
 
 
 @dataclass(frozen=True)

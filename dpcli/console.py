@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)  # log lines never hard-wrap paths
 
 _quiet = False
 
@@ -29,6 +29,14 @@ def set_quiet(quiet: bool) -> None:
 def info(message: str) -> None:
     if not _quiet:
         err.print(message)
+
+
+def table(renderable: Any) -> None:
+    """Print a table in full width even off a terminal, where rich would assume 80 columns."""
+    if _quiet:
+        return
+    target = err if err.is_terminal else Console(stderr=True, highlight=False, width=160)
+    target.print(renderable)
 
 
 def emit_json(payload: dict[str, Any]) -> None:

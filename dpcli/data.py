@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dpcli.artifacts import publish
 from dpcli.errors import DpcliError
 
 __all__ = [
@@ -445,7 +446,7 @@ def _write_cache(path: Path, ds: Dataset, source: Path) -> None:
                 # Uncompressed: decoded JPEG pixels barely compress and raw reads are fastest.
                 g.create_dataset("images", data=split.images)
                 g.create_dataset("labels", data=split.labels)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except Exception as exc:
         warnings.warn(f"dpcli: cannot write the imagefolder cache {path} ({exc}); continuing without it")
         try:

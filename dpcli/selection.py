@@ -8,15 +8,19 @@ parameters by about ``sum_{i in W} S[i]``.  Two discrete problems are solved ove
 
 Solvers (``SOLVERS``):
 
-* ``swap`` (default): screened pairwise-swap local search with maintained inner products
-  ``v = S s`` (``s`` = current sum), so a swap's gain costs O(1) to screen and O(d) to confirm.
+* ``swap`` (default): swap local search with maintained inner products ``v = S s`` (``s`` =
+  current sum), so a swap's gain costs O(1) to screen: bulk rounds (thousands of swaps per
+  gemv while ``||s||`` is large), then exact search over screened pools (a k x k Gram block),
+  then annealing over pooled swaps at O(1) per proposal: for the rest of the time budget, or
+  without one for a fixed 300 n proposals (deterministic).
 * ``anneal``: the paper's simulated annealing, with O(d) incremental move evaluation.
 * ``brute``: exhaustive meet-in-the-middle enumeration, an oracle for ``n <= 20``.
 
 Whatever the solver, the returned norm is recomputed from S by :func:`subset_norm` (float64,
 independent of solver state) and an epsilon-mode result that violates the constraint is refused.
-With ``time_budget=None`` every solver is deterministic for a given seed; with a budget the result
-depends on how far the solver gets in the time allowed.
+With ``time_budget=None`` every solver is deterministic for a given seed (``swap`` anneals for
+a fixed number of pooled proposals past its local optimum, ``anneal`` runs a fixed number); with a budget the result depends on
+how far the solver gets in the time allowed.
 """
 
 from __future__ import annotations
@@ -37,7 +41,16 @@ BRUTE_MAX_N = 20
 _CHUNK_ELEMS = 1 << 23
 # A swap must improve ||s||^2 by this relative amount; below it we call the search converged.
 _REL_TOL = 1e-10
-_DEBUG = False
+# anneal: proposals without a budget = clamp(100 n, MIN, MAX); start temperature accepts a
+# typical uphill swap (median ||S_j - S_i||) with probability ACCEPT0; cools by COOL.
+_ANNEAL_MIN_MOVES = 5_000
+_ANNEAL_MAX_MOVES = 20_000_000
+_ANNEAL_ACCEPT0 = 0.3
+_ANNEAL_COOL = 1e-4
+# swap's budget phase on large problems: start temperature accepts this share of the first
+# pool's uphill swaps on average; cools by COOL.
+_POOL_ACCEPT0 = 0.05
+_POOL_COOL = 1e-2
 
 Progress = Callable[[float], None]
 
@@ -225,7 +238,7 @@ def _matvec(S: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def _rows(S: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Rows ``idx`` of S in float64 (sorted gather for memory locality, original order kept)."""
+    """Rows ``idx`` of S as a float64 copy (pool arithmetic is done in float64)."""
     return S[idx].astype(np.float64)
 
 
@@ -368,7 +381,7 @@ def _brute(S: np.ndarray, q: np.ndarray, m: int | None, eps: float | None) -> tu
 
 
 # --------------------------------------------------------------------------------------------
-# swap: screened pairwise-swap local search
+# swap: bulk rounds, screened pool search, pool annealing
 
 
 @dataclass
@@ -429,7 +442,7 @@ def _pool_search(X: np.ndarray, G: np.ndarray, vP: np.ndarray, inA: np.ndarray, 
                 if ns2_new <= eps2:
                     s, ns2 = s_new, ns2_new
                     inA[pj] = True
-                    vP += G[:, pj]
+                    vP += G[pj]  # G is symmetric: a row is the column, contiguous
                     progressed += 1
         outs = np.flatnonzero(inA)
         ins = np.flatnonzero(~inA)
@@ -453,7 +466,7 @@ def _pool_search(X: np.ndarray, G: np.ndarray, vP: np.ndarray, inA: np.ndarray, 
                     continue  # rounding disagreed with the screened gain: not a real improvement
                 s, ns2 = s_new, ns2_new
                 inA[po], inA[pj] = False, True
-                vP += G[:, pj] - G[:, po]
+                vP += G[pj] - G[po]
                 progressed += 1
         if progressed == 0 and ns2 > 0.0:
             s, ns2, progressed = _pair_swap(X, G, vP, inA, s, ns2)
@@ -494,7 +507,7 @@ def _pair_swap(X: np.ndarray, G: np.ndarray, vP: np.ndarray, inA: np.ndarray, s:
         return s, ns2, 0
     inA[[o1, o2]] = False
     inA[[j1, j2]] = True
-    vP += G[:, j1] + G[:, j2] - G[:, o1] - G[:, o2]
+    vP += G[j1] + G[j2] - G[o1] - G[o2]
     return s_new, ns2_new, 2
 
 
@@ -597,8 +610,6 @@ def _local_search(S: np.ndarray, q: np.ndarray, st: _SwapState, clock: _Clock,
     """
     n, d = S.shape
     _bulk_rounds(S, q, st, clock, eps2)
-    if _DEBUG:
-        print(f" after bulk: count={int(st.A.sum())} norm {math.sqrt(st.ns2):.4g}")
     kmax = _pool_size_cap(d)
     k = min(k0, kmax)
     ws_side = max(kmax, min(_CHUNK_ELEMS // d, n // 8))
@@ -612,8 +623,6 @@ def _local_search(S: np.ndarray, q: np.ndarray, st: _SwapState, clock: _Clock,
         applied = _pool_round(S, q, st, v, k, eps2)
         rounds += 1
         clock.report(1.0 - 1.0 / (1.0 + 0.1 * rounds))
-        if _DEBUG:
-            print(f"  cycle: count={int(st.A.sum())} norm {math.sqrt(start_ns2):.4g} -> {math.sqrt(st.ns2):.4g}")
         if applied == 0:
             return
         k = _next_pool_size(k, applied, kmax)
@@ -632,8 +641,6 @@ def _local_search(S: np.ndarray, q: np.ndarray, st: _SwapState, clock: _Clock,
                 if applied == 0 or (give_up and eps2 is not None and st.ns2 <= eps2):
                     break
                 k = _next_pool_size(k, applied, kmax)
-        if _DEBUG:
-            print(f"  after ws: norm {math.sqrt(st.ns2):.4g}")
         if give_up and eps2 is not None and st.ns2 > 64.0 * eps2 and st.ns2 > start_ns2 / 16.0:
             return
 
@@ -649,25 +656,142 @@ def _greedy_fill(S: np.ndarray, q: np.ndarray, st: _SwapState, count: int) -> No
         st.moves += 1
 
 
-def _perturb(S: np.ndarray, st: _SwapState, rng: np.random.Generator, pool: np.ndarray, size: int) -> None:
-    """Swap ``size`` random members of each side, both drawn from ``pool`` (a local kick)."""
-    inside, outside = pool[st.A[pool]], pool[~st.A[pool]]
-    size = min(size, inside.size, outside.size)
-    if size == 0:
-        return
-    i = rng.choice(inside, size, replace=False)
-    j = rng.choice(outside, size, replace=False)
-    st.A[i], st.A[j] = False, True
-    st.s = st.s + _rows(S, j).sum(0) - _rows(S, i).sum(0)
-    st.moves += size
+def _pool_anneal(S: np.ndarray, q: np.ndarray, st: _SwapState, clock: _Clock,
+                 rng: np.random.Generator, refresh: int = 200_000,
+                 proposals: int | None = None) -> _SwapState:
+    """Spend the rest of a time budget annealing from the local optimum; return the best state.
+
+    Without a time budget the schedule runs over a fixed number of ``proposals`` instead of
+    elapsed time, so the result is deterministic for a seed.
+
+    Beyond a swap local optimum only uphill moves lead on.  Proposals come from a pool and
+    cost O(1) each from the pool Gram (O(d) per random pair in ``anneal``).  Small problems
+    (``n <= 4k``) use every row and a full annealing schedule (from 0.3 x anneal's start
+    temperature down by 1e4): there local optima are poor and re-annealing pays.  Large ones
+    use the top-k of each side by the O(1) gain part (as in :func:`_pool_round`), re-screened
+    every ``refresh`` proposals, and anneal gently: the start temperature accepts 5% of the
+    first pool's uphill swaps on average and cools by 100, refining a near-zero sum without
+    throwing it away.  Temperature is geometric in elapsed time.
+    """
+    n, d = S.shape
+    k = int(min(1024, max(128, 2 * d)))
+    full = n <= 4 * k
+    start, span = clock.elapsed(), max(clock.left(), 1e-9)
+    t0: float | None = None
+    t1 = 0.0
+    if full:
+        t0 = 0.3 * _typical_step(S, rng) / math.log(1 / _ANNEAL_ACCEPT0)
+        t1 = t0 * _ANNEAL_COOL
+    best, best_ns2 = st.copy(), st.ns2
+    st = st.copy()
+    chunk = 1 << 16
+    total = 0
+
+    def more() -> bool:
+        return not clock.expired() and (proposals is None or total < proposals)
+
+    def progress_share() -> float:
+        if proposals is not None:
+            return min(1.0, total / proposals)
+        return min(1.0, (clock.elapsed() - start) / span)
+
+    while more() and st.ns2 > 0.0 and (t0 is None or t0 > 0.0):
+        n_in = int(np.count_nonzero(st.A))
+        if full:
+            P = np.concatenate([np.flatnonzero(st.A), np.flatnonzero(~st.A)])
+            ko, ki = n_in, n - n_in
+        else:
+            v = _matvec(S, st.s)
+            ko, ki = min(k, n_in), min(k, n - n_in)
+            P = np.concatenate([np.argpartition(np.where(st.A, q - 2.0 * v, np.inf), ko - 1)[:ko],
+                                np.argpartition(np.where(st.A, np.inf, 2.0 * v + q), ki - 1)[:ki]])
+        X = _rows(S, P)
+        G = X @ X.T  # symmetric: rows double as columns (contiguous)
+        qP = np.diag(G).copy()
+        vP = X @ st.s
+        inA = st.A[P].copy()
+        outs, ins = np.arange(ko), np.arange(ko, ko + ki)
+        ns2 = st.ns2
+        if t0 is None:  # calibrate on this first pool's proposals
+            ro, ri = outs[rng.integers(0, ko, 4096)], ins[rng.integers(0, ki, 4096)]
+            gain = 2.0 * (vP[ro] - vP[ri]) - qP[ro] - qP[ri] + 2.0 * G[ro, ri]
+            up = np.sqrt(np.maximum(ns2 - gain, 0.0)) - math.sqrt(ns2)
+            t0 = _temperature_for(up[up > 0.0], _POOL_ACCEPT0)
+            t1 = t0 * _POOL_COOL
+            if t0 <= 0.0:
+                break
+        pool_best, pool_best_inA = ns2, None
+        done, batch, acc_rate = 0, 16, 0.5
+        while done < refresh and more():
+            R1, R2 = rng.integers(0, ko, chunk), rng.integers(0, ki, chunk)
+            L = -np.log1p(-rng.random(chunk))  # accept uphill dE iff dE <= T * L
+            c = 0
+            while c < chunk and (proposals is None or total < proposals):
+                temp = t0 * (t1 / t0) ** progress_share()
+                ro, ri = R1[c:c + batch], R2[c:c + batch]
+                po, pj = outs[ro], ins[ri]
+                gain = 2.0 * (vP[po] - vP[pj]) - qP[po] - qP[pj] + 2.0 * G[po, pj]
+                # ||s'|| - ||s|| <= T L  <=>  gain >= ns2 - (||s|| + T L)^2
+                ok = np.flatnonzero(gain >= ns2 - (math.sqrt(ns2) + temp * L[c:c + batch]) ** 2)
+                got = ro.size
+                acc_rate = 0.9 * acc_rate + 0.1 * (ok.size / got)
+                if ok.size:
+                    t = int(ok[0])
+                    o, j = int(po[t]), int(pj[t])
+                    ns2 = max(ns2 - float(gain[t]), 0.0)
+                    inA[o], inA[j] = False, True
+                    vP += G[j] - G[o]
+                    outs[ro[t]], ins[ri[t]] = j, o
+                    st.moves += 1
+                    got = t + 1
+                    if ns2 < pool_best:
+                        pool_best, pool_best_inA = ns2, inA.copy()
+                c += got
+                done += got
+                total += got
+                batch = int(min(1024, max(1, 2.0 / max(acc_rate, 1e-6))))
+        # Write the pool back; exact sums from the rows that changed side.
+        moved_in, moved_out = P[inA & ~st.A[P]], P[~inA & st.A[P]]
+        st.s = st.s + _sum_rows(S, moved_in) - _sum_rows(S, moved_out)
+        st.A[P] = inA
+        if pool_best_inA is not None and pool_best < best_ns2:
+            cand = st.copy()
+            back_in, back_out = P[pool_best_inA & ~inA], P[inA & ~pool_best_inA]
+            cand.s = cand.s + _sum_rows(S, back_in) - _sum_rows(S, back_out)
+            cand.A[P] = pool_best_inA
+            if cand.ns2 < best_ns2:
+                best, best_ns2 = cand, cand.ns2
+        clock.report(0.0)
+    best.moves = st.moves
+    return best
+
+
+def _default_pool_proposals(n: int) -> int:
+    """Proposals of swap's final annealing phase when no time budget is given (O(1) each)."""
+    return int(min(_ANNEAL_MAX_MOVES, max(_ANNEAL_MIN_MOVES, 300 * n)))
+
+
+def _temperature_for(uphill: np.ndarray, accept: float) -> float:
+    """Temperature at which the mean Metropolis acceptance of these uphill steps is ``accept``."""
+    if uphill.size == 0:
+        return 0.0
+    lo, hi = float(uphill.min()) * 1e-6, float(uphill.max()) * 1e6
+    for _ in range(100):
+        mid = math.sqrt(lo * hi)
+        if float(np.mean(np.exp(-uphill / mid))) > accept:
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 def _swap_cardinality(S: np.ndarray, q: np.ndarray, m: int, clock: _Clock,
                       rng: np.random.Generator) -> tuple[np.ndarray, int]:
-    """Eq. 4 by construction + screened swap local search (+ perturbation while budget remains).
+    """Eq. 4: start, local search to a swap local optimum, then anneal while budget remains.
 
     Works on the smaller side: if m > n/2 it picks the n - m KEPT rows with target
-    ``sum_K S_i = sum_all S_i`` (identical objective, half the construction work).
+    ``sum_K S_i = sum_all S_i`` (the same objective).  Small problems start from exact greedy
+    construction; large ones from a random set, whose bias the bulk rounds remove cheaply.
     """
     n, d = S.shape
     complement = m > n - m
@@ -680,21 +804,10 @@ def _swap_cardinality(S: np.ndarray, q: np.ndarray, m: int, clock: _Clock,
         st.A[rng.choice(n, k, replace=False)] = True
         st.s = offset + _masked_sum(S, st.A)
     _local_search(S, q, st, clock)
-    if clock.budget is not None:  # iterated local search: small kicks, keep improvements
-        # Kicks exchange samples of the smaller-norm half: fine-grained moves near the optimum.
-        pool = np.sort(np.argsort(q, kind="stable")[: max(8, n // 2)])
-        best = st
-        kicks = 0
-        while not clock.expired() and best.ns2 > 0.0:
-            trial = best.copy()
-            _perturb(S, trial, rng, pool, 2 + kicks % 3)
-            _local_search(S, q, trial, clock, k0=32)
-            kicks += 1
-            if trial.ns2 < best.ns2:
-                best = trial
-            else:
-                best.moves = trial.moves
-        st = best
+    if clock.budget is not None and not clock.expired():
+        st = _pool_anneal(S, q, st, clock, rng)
+    elif clock.budget is None:  # a fixed, deterministic annealing phase past the local optimum
+        st = _pool_anneal(S, q, st, clock, rng, proposals=_default_pool_proposals(n))
     mask = ~st.A if complement else st.A
     return mask, st.moves
 
@@ -765,11 +878,6 @@ def _swap_epsilon(S: np.ndarray, q: np.ndarray, eps: float, clock: _Clock,
 
 # --------------------------------------------------------------------------------------------
 # anneal: simulated annealing (the paper's solver)
-
-_ANNEAL_MIN_MOVES = 5_000
-_ANNEAL_ACCEPT0 = 0.3   # start: a typical uphill swap near the optimum is accepted w.p. 0.3
-_ANNEAL_COOL = 1e-4     # final temperature / initial temperature
-_ANNEAL_MAX_MOVES = 20_000_000
 
 
 @dataclass
@@ -853,7 +961,7 @@ class _BestTracker:
 
 
 def _default_moves(n: int) -> int:
-    return int(min(_ANNEAL_MAX_MOVES, max(_ANNEAL_MIN_MOVES, 100 * n)))
+    return int(min(_ANNEAL_MAX_MOVES, max(_ANNEAL_MIN_MOVES, 300 * n)))
 
 
 def _batch_cap(d: int) -> int:
@@ -986,17 +1094,20 @@ def _anneal_cardinality(S: np.ndarray, q: np.ndarray, m: int, clock: _Clock,
 
 def _anneal_epsilon(S: np.ndarray, q: np.ndarray, eps: float, clock: _Clock,
                     rng: np.random.Generator) -> tuple[np.ndarray, int]:
-    """Eq. 3 by feasibility-preserving SA from the empty set.
+    """Eq. 3 by penalty SA from the empty set, returning the best FEASIBLE set visited.
 
-    Moves: add, remove or swap (equally likely; only valid kinds when a side is empty); a move
-    whose new sum breaks ``||s|| <= epsilon`` is rejected outright.  Energy
-    ``-|W| + ||s|| / epsilon`` (the second term, in [0, 1], rewards making room); temperature
-    in units of one sample, cooling geometrically from 1 to 0.01.
+    Moves: add, remove or swap (equally likely; only valid kinds when a side is empty).  Energy
+    ``-|W| + mu * max(0, ||s|| - epsilon) / step`` with ``step`` the median ``||S_j - S_i||``:
+    infeasible states are allowed, so the chain can cross barriers that a feasibility-
+    preserving walk cannot (e.g. when every single row is longer than epsilon), and the
+    penalty weight ``mu`` grows from 1 to 1e4 over the schedule.  Temperature is in units of
+    one sample, cooling geometrically from 1 to 0.01.  A chain that ends just infeasible is
+    repaired by greedy removals and kept if that beats the best feasible state visited.
     """
     n = S.shape[0]
     an = _Anneal(S, q, np.zeros(n, dtype=bool), clock, rng)
     eps2 = (eps * (1.0 - 1e-9)) ** 2
-    weight = 1.0 / eps if eps > 0 else 0.0
+    step = _typical_step(S, rng)
 
     def propose(b: int) -> tuple[np.ndarray, np.ndarray]:
         sp = an.split
@@ -1013,11 +1124,28 @@ def _anneal_epsilon(S: np.ndarray, q: np.ndarray, eps: float, clock: _Clock,
 
     def delta_energy(i: np.ndarray, j: np.ndarray, new: np.ndarray) -> np.ndarray:
         count = (j >= 0).astype(np.float64) - (i >= 0)
-        dE = -count + weight * (np.sqrt(new) - math.sqrt(an.ns2))
-        return np.where(new <= eps2, dE, np.inf)
+        mu = 1e4 ** an.fraction()
+        excess = np.maximum(np.sqrt(new) - eps, 0.0) - max(math.sqrt(an.ns2) - eps, 0.0)
+        return -count + mu * excess / step
 
-    mask = an.run(propose, delta_energy, lambda: (-float(an.split.size), an.ns2), 1.0, 0.01,
-                  feasible=lambda ns2: ns2 <= eps2)
+    def key() -> tuple[float, float]:
+        return (-float(an.split.size), an.ns2) if an.ns2 <= eps2 else (math.inf, math.inf)
+
+    mask = an.run(propose, delta_energy, key, 1.0, 0.01)
+    # The chain may end slightly infeasible with more samples than any feasible state it
+    # visited: drop the most helpful samples until feasible and keep that if it is better.
+    end = an.split.mask()
+    for _ in range(256):
+        s = _masked_sum(S, end)
+        if float(s @ s) <= eps2 or not end.any():
+            break
+        score = 2.0 * _matvec(S, s) - q  # ||s||^2 - ||s - S_i||^2
+        score[~end | (q == 0.0)] = -np.inf  # dropping an all-zero row never helps
+        if not np.isfinite(score).any():
+            break
+        end[int(np.argmax(score))] = False
+    if float(s @ s) <= eps2 and int(np.count_nonzero(end)) > int(np.count_nonzero(mask)):
+        mask = end
     return mask, an.evaluated
 
 

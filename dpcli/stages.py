@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from dpcli import influence as infl
-from dpcli import selection
-from dpcli.artifacts import (StreamHash, array_fingerprint, atomic_h5, get_attr, open_artifact, row_chunks)
+from dpcli import console, influence_cg, influence_scale, selection
+from dpcli.artifacts import (StreamHash, array_fingerprint, atomic_h5, get_attr, open_artifact, publish, row_chunks)
 from dpcli.config import InfluenceConfig, PruneConfig, TrainConfig, default_train_config
 from dpcli.data import Dataset, load_dataset
 from dpcli.errors import DpcliError
@@ -56,8 +56,12 @@ def default_damping(ck: Checkpoint) -> float:
 
 def compute_influence(checkpoint: Path, out: Path, cfg: InfluenceConfig, *, device: torch.device,
                       data_root: Path | None = None, ds: Dataset | None = None,
-                      progress: Progress | None = None) -> InfluenceInfo:
-    """S_i = (1/n) (H + damping I)^-1 grad L(z_i) on the last linear layer, streamed to HDF5."""
+                      progress: Progress | None = None, shard: tuple[int, int] | None = None) -> InfluenceInfo:
+    """S_i = (1/n) (H + damping I)^-1 grad L(z_i) on the last linear layer, streamed to HDF5.
+
+    ``shard=(i, k)`` writes only rows [floor(i n/k), floor((i+1) n/k)) (the Hessian still uses
+    all rows); ``cfg.sketch_k`` stores S @ R instead of S (see :mod:`dpcli.influence_scale`).
+    """
     cfg.validate()
     t0 = time.perf_counter()
     model, ck, ds = load_trained(checkpoint, device, data_root, ds)
@@ -88,14 +92,21 @@ def compute_influence(checkpoint: Path, out: Path, cfg: InfluenceConfig, *, devi
         "epsilon_convention": "S_i includes the 1/n factor (Eq. 3): ||sum S_i|| is the predicted parameter change",
         "parameter_order": "last layer: weight (C x D) row-major, then bias (C)",
     }
+    attrs.update(influence_scale.output_attrs(cfg, n, shard))
+    row_start, row_stop = influence_scale.shard_rows(n, shard)
+    sketch = influence_scale.make_sketch(cfg, d)
+    width = d if sketch is None else sketch.k
     with atomic_h5(out, "influence", attrs) as f:
-        dset = f.create_dataset("S", shape=(n, d), dtype=np.float32, chunks=row_chunks(n, d))
+        dset = f.create_dataset("S", shape=(row_stop - row_start, width), dtype=np.float32,
+                                chunks=row_chunks(row_stop - row_start, width))
         hasher = StreamHash()
 
         def sink(start: int, rows: np.ndarray) -> None:
             if not np.all(np.isfinite(rows)):
                 raise DpcliError("influence produced non-finite values; increase --damping")
-            dset[start:start + len(rows)] = rows
+            if sketch is not None:
+                rows = sketch.apply(rows)
+            dset[start - row_start:start - row_start + len(rows)] = rows
             hasher.update(rows)
 
         def on_rows(done: int, total: int) -> None:
@@ -103,8 +114,15 @@ def compute_influence(checkpoint: Path, out: Path, cfg: InfluenceConfig, *, devi
                 progress(done, total)
 
         kwargs = dict(damping=damping, sink=sink, progress=on_rows)
-        if cfg.method == "exact":
-            infl.exact_influence(feats, labels, weight, bias, **kwargs)
+        if cfg.method in influence_cg.ROW_METHODS and (shard is not None or cfg.method != "lissa"):
+            influence_cg.solve_rows(cfg.method, feats, labels, weight, bias, cfg=cfg, rows=(row_start, row_stop),
+                                    info=console.info, **kwargs)
+        elif cfg.method == "sgd":  # SGD-Influence: replays the recorded last-layer SGD (damping unused)
+            from dpcli import sgd_influence as sgdi
+            sgdi.sgd_influence(feats, labels, sgdi.load_trajectory(checkpoint), epochs=cfg.sgd_epochs,
+                               rows=(row_start, row_stop), sink=sink, progress=on_rows)
+        elif shard is not None:
+            raise DpcliError(f"--shard is not supported with --method {cfg.method}; use exact, cg or lissa")
         else:
             infl.lissa_influence(feats, labels, weight, bias, depth=cfg.lissa_depth, scale=cfg.lissa_scale,
                                  batch_size=cfg.lissa_batch_size, repeats=cfg.lissa_repeats, seed=cfg.seed, **kwargs)
@@ -115,13 +133,19 @@ def compute_influence(checkpoint: Path, out: Path, cfg: InfluenceConfig, *, devi
         f.create_dataset("theta", data=theta)
         fingerprint = hasher.hexdigest()
         f.attrs["fingerprint"] = fingerprint
+        if shard is not None:
+            f.attrs["shard_fingerprint"] = fingerprint
         seconds = time.perf_counter() - t0
         f.attrs["seconds"] = seconds
-    return read_influence_info(out)
+    return read_influence_info(out, allow_shard=shard is not None)
 
 
-def read_influence_info(path: Path) -> InfluenceInfo:
+def read_influence_info(path: Path, allow_shard: bool = False) -> InfluenceInfo:
     with open_artifact(path, "influence") as f:
+        if not allow_shard and get_attr(f, "shards") is not None:
+            raise DpcliError(f"{path}: is shard {get_attr(f, 'shard')}/{get_attr(f, 'shards')} of S (rows "
+                             f"[{get_attr(f, 'row_start')}, {get_attr(f, 'row_stop')})); merge the shards first: "
+                             f"dpcli influence CKPT --merge PART ... --out influence.h5")
         try:
             return InfluenceInfo(
                 path=Path(path), method=get_attr(f, "method"), damping=float(get_attr(f, "damping")),
@@ -133,6 +157,12 @@ def read_influence_info(path: Path) -> InfluenceInfo:
             )
         except (TypeError, ValueError) as exc:
             raise DpcliError(f"{path}: damaged influence artifact ({exc})") from None
+
+
+def influence_config_of(path: Path) -> dict | None:
+    """The InfluenceConfig an influence artifact was computed with (to decide whether to reuse it)."""
+    with open_artifact(path, "influence") as f:
+        return get_attr(f, "config")
 
 
 def load_S(path: Path) -> np.ndarray:
@@ -264,7 +294,7 @@ def write_indices(path: Path, indices: np.ndarray) -> None:
                 np.save(fh, indices.astype(np.int64))
             else:
                 fh.write("".join(f"{int(i)}\n" for i in indices).encode())
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

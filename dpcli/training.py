@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import h5py
 import numpy as np
@@ -24,6 +24,10 @@ from dpcli.config import TrainConfig
 from dpcli.data import Dataset, Split, iterate_batches, load_dataset
 from dpcli.errors import DpcliError
 from dpcli.models import Classifier, build_model
+from dpcli.sgd_influence import TrajectoryRecorder
+
+if TYPE_CHECKING:
+    from dpcli.distributed import Distributed
 
 EpochHook = Callable[["EpochRecord"], None]
 BatchHook = Callable[[int, int, int], None]  # (epoch, samples seen, samples per epoch)
@@ -60,6 +64,7 @@ class Checkpoint:
     scheduler: dict | None = None
     keep_indices: np.ndarray | None = None
     lineage: dict = field(default_factory=dict)
+    world_size: int = 1
 
     @property
     def seconds(self) -> float:
@@ -145,8 +150,13 @@ def train(
     lineage: dict | None = None,
     on_batch: BatchHook | None = None,
     on_epoch: EpochHook | None = None,
+    dist: "Distributed | None" = None,
 ) -> Checkpoint:
-    """Train (or resume, or reuse) the model that ``config`` describes; checkpoint every epoch."""
+    """Train (or resume, or reuse) the model that ``config`` describes; checkpoint every epoch.
+
+    ``dist`` (from :func:`dpcli.distributed.from_env`, under torchrun) splits every global
+    batch across ranks; the update and the artifact are those of a single process.
+    """
     config.validate()
     fp = ds.fingerprint
     model = make_model(config, ds).to(device)
@@ -175,19 +185,28 @@ def train(
     if n_used == 0:
         raise DpcliError("the training subset is empty: the mask keeps no sample")
     use_amp = device.type == "cuda"
+    net = model if dist is None else dist.wrap(model)  # DDP shares model's parameters and buffers
+    if dist is not None:
+        on_batch = dist.progress(on_batch)
+    save = save_checkpoint if dist is None else dist.save  # rank 0 writes, the others wait
+    recorder = TrajectoryRecorder.for_run(config, out if start > 0 else None, start)  # for --method sgd
     ck = None
     for epoch in range(start, config.epochs):
         t0 = time.perf_counter()
-        model.train()
+        net.train()
         lr = optimizer.param_groups[0]["lr"]
+        recorder.begin_epoch(epoch, model, optimizer, lr)
         tot_loss, tot_correct, seen, steps = 0.0, 0, 0, 0
         batches = iterate_batches(ds.train, config.batch_size, mean=ds.mean, std=ds.std, device=device,
                                   shuffle=True, augment=config.augment and ds.augment,
                                   generator=_epoch_generator(config.seed, epoch), indices=indices)
+        batches = recorder.watch(batches)  # records the global batches' dataset indices
+        if dist is not None:
+            batches = dist.shard(batches)  # same global batches on every rank; keep this rank's slice
         for x, y, _ in batches:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
+                logits = net(x)
+            loss = F.cross_entropy(logits.float(), y) if dist is None else dist.loss(logits.float(), y)
             if not torch.isfinite(loss):
                 raise DpcliError(f"training diverged at epoch {epoch + 1} (loss is {loss.item()}); lower --lr")
             optimizer.zero_grad(set_to_none=True)
@@ -199,26 +218,30 @@ def train(
             steps += 1
             if on_batch:
                 on_batch(epoch, seen, n_used)
+        if dist is not None:
+            tot_loss, tot_correct, seen = dist.end_epoch(model, tot_loss, tot_correct, seen)
         scheduler.step()
         test_loss, test_acc = evaluate(model, ds.test, ds, device)
         rec = EpochRecord(epoch=epoch + 1, train_loss=tot_loss / seen, train_acc=100.0 * tot_correct / seen,
                           test_loss=test_loss, test_acc=test_acc, seconds=time.perf_counter() - t0,
                           steps=steps, lr=lr)
         history.append(rec)
-        ck = save_checkpoint(out, model, optimizer, scheduler, config, ds, history,
-                             complete=epoch + 1 == config.epochs, keep_indices=indices, lineage=lineage)
+        ck = save(out, model, optimizer, scheduler, config, ds, history,
+                  complete=epoch + 1 == config.epochs, keep_indices=indices, lineage=lineage,
+                  trajectory=recorder)
         if on_epoch:
             on_epoch(rec)
     if ck is None:  # zero epochs left to run (complete flag lost): rewrite as complete
-        ck = save_checkpoint(out, model, optimizer, scheduler, config, ds, history, complete=True,
-                             keep_indices=indices, lineage=lineage)
+        ck = save(out, model, optimizer, scheduler, config, ds, history, complete=True,
+                  keep_indices=indices, lineage=lineage, trajectory=recorder)
     return ck
 
 
 def save_checkpoint(path: Path, model: Classifier, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, config: TrainConfig, ds: Dataset,
                     history: list[EpochRecord], *, complete: bool, keep_indices: np.ndarray | None,
-                    lineage: dict | None) -> Checkpoint:
+                    lineage: dict | None, world_size: int = 1,
+                    trajectory: TrajectoryRecorder | None = None) -> Checkpoint:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     fingerprint = array_fingerprint(*[v.numpy() for v in state.values()])
     attrs = {
@@ -231,6 +254,7 @@ def save_checkpoint(path: Path, model: Classifier, optimizer: torch.optim.Optimi
         "complete": bool(complete),
         "fingerprint": fingerprint,
         "lineage": lineage or {},
+        "world_size": int(world_size),  # processes that trained it (torchrun); 1 = single process
     }
     with atomic_h5(path, "checkpoint", attrs) as f:
         g = f.create_group("model")
@@ -243,9 +267,12 @@ def save_checkpoint(path: Path, model: Classifier, optimizer: torch.optim.Optimi
             h.create_dataset(key, data=np.array([getattr(r, key) for r in history], dtype=np.float64))
         if keep_indices is not None:
             f.create_dataset("keep_indices", data=keep_indices)
+        if trajectory is not None:
+            trajectory.write(f)  # trajectory/: what --method sgd replays (dpcli/sgd_influence.py)
     return Checkpoint(path=path, config=config, dataset_fingerprint=ds.fingerprint, n_train=len(ds.train.labels),
                       num_classes=ds.num_classes, epoch=len(history), complete=complete, fingerprint=fingerprint,
-                      history=list(history), state=state, keep_indices=keep_indices, lineage=lineage or {})
+                      history=list(history), state=state, keep_indices=keep_indices, lineage=lineage or {},
+                      world_size=int(world_size))
 
 
 def _write_optimizer(g: h5py.Group, optimizer: torch.optim.Optimizer) -> None:
@@ -287,6 +314,7 @@ def load_checkpoint(path: Path | str, *, weights: bool = True) -> Checkpoint:
                 n_train=int(get_attr(f, "n_train")), num_classes=int(get_attr(f, "num_classes")),
                 epoch=int(get_attr(f, "epoch")), complete=bool(get_attr(f, "complete")),
                 fingerprint=get_attr(f, "fingerprint"), history=history, lineage=get_attr(f, "lineage", {}) or {},
+                world_size=int(get_attr(f, "world_size", 1)),
             )
             if "keep_indices" in f:
                 ck.keep_indices = f["keep_indices"][()]

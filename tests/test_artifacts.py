@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import h5py
 import numpy as np
 import pytest
@@ -77,3 +80,15 @@ def test_write_json_atomic(tmp_path):
     write_json(p, {"a": np.float32(1.5), "b": np.arange(2)})
     assert p.read_text().strip().startswith("{")
     assert [x.name for x in p.parent.iterdir()] == ["m.json"]
+
+
+def test_artifacts_get_ordinary_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with atomic_h5(tmp_path / "m.h5", "mask"):
+            pass
+        write_json(tmp_path / "m.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "m.h5").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "m.json").stat().st_mode) == 0o644

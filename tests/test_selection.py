@@ -88,7 +88,7 @@ def test_swap_cardinality_matches_brute_on_small_instances():
 
 
 def test_epsilon_mode_feasible_and_swap_count_matches_brute():
-    # Observed: swap's count equals the maximum on all 100 instances; anneal on 43 of 50.
+    # Observed: swap's count equals the maximum on all 100 instances; anneal on 46 of 50.
     rng = np.random.default_rng(4)
     swap_exact = anneal_exact = 0
     for trial in range(100):
@@ -166,14 +166,14 @@ def test_a_solver_returning_an_infeasible_set_is_refused(monkeypatch):
 
 
 def test_same_seed_same_mask():
-    S = mean_plus_noise(800, 16, seed=10)
+    S = mean_plus_noise(300, 8, seed=10)
     for solver in ("swap", "anneal"):
-        a = minimize_norm(S, 300, solver=solver, seed=3)
-        b = minimize_norm(S, 300, solver=solver, seed=3)
+        a = minimize_norm(S, 100, solver=solver, seed=3)
+        b = minimize_norm(S, 100, solver=solver, seed=3)
         assert np.array_equal(a.pruned, b.pruned) and a.norm == b.norm
-        e1 = maximize_pruned(S, 0.3, solver=solver, seed=3)
-        e2 = maximize_pruned(S, 0.3, solver=solver, seed=3)
-        assert np.array_equal(e1.pruned, e2.pruned)
+        e1 = maximize_pruned(S, 1.0, solver=solver, seed=3)
+        e2 = maximize_pruned(S, 1.0, solver=solver, seed=3)
+        assert np.array_equal(e1.pruned, e2.pruned) and e1.n_pruned > 0
 
 
 def test_subset_norm_matches_numpy():
