@@ -21,7 +21,7 @@ from dpcli import __version__, console, distributed, influence_parts, pipeline, 
 from dpcli import sgd_influence
 from dpcli.bound import BoundRow, plot, predict
 from dpcli.config import InfluenceConfig, PruneConfig, TrainConfig, default_train_config
-from dpcli.data import Dataset, default_data_root, load_dataset
+from dpcli.data import Dataset, load_dataset
 from dpcli.errors import DpcliError
 from dpcli.training import Checkpoint, EpochRecord, load_checkpoint, resolve_device, train as train_model
 
@@ -68,7 +68,7 @@ Epsilon = Annotated[Optional[float], typer.Option("--epsilon", help=EPSILON_HELP
 Ratio = Annotated[Optional[float], typer.Option("--prune-ratio", help="Cardinality mode (Eq. 4): PRUNE this fraction of the training set, minimizing ||sum S_i||.")]
 Count = Annotated[Optional[int], typer.Option("--prune-count", help="Cardinality mode (Eq. 4): PRUNE exactly this many samples.")]
 Solver = Annotated[str, typer.Option("--solver", help="swap (greedy + swap local search, default, stronger) or anneal (the paper's simulated annealing) or brute (n <= 20).")]
-TimeBudget = Annotated[Optional[float], typer.Option("--time-budget", help="Seconds the solver may spend [default: until it converges].")]
+TimeBudget = Annotated[Optional[float], typer.Option("--time-budget", help="Seconds the solver may spend; results then depend on machine speed [default: a fixed, deterministic amount of work].")]
 
 
 def _overrides(**kw: Any) -> dict[str, Any]:
@@ -76,7 +76,7 @@ def _overrides(**kw: Any) -> dict[str, Any]:
 
 
 def _load(dataset: str, data_root: Optional[Path]) -> Dataset:
-    with console.progress_bar(f"load {dataset}") as update:
+    with console.progress_bar(f"load {dataset}", transient=True) as update:
         return load_dataset(dataset, data_root, progress=lambda done, total: update(done, total))
 
 
@@ -84,13 +84,15 @@ def _train_with_bar(config: TrainConfig, ds: Dataset, out: Path, *, device, forc
                     lineage: dict | None = None, label: str = "train", dist=None) -> Checkpoint:
     n_used = len(ds.train.labels) if keep_indices is None else len(keep_indices)
     with console.progress_bar(label, total=config.epochs * n_used) as update:
+        last = {"text": ""}
+
         def on_batch(epoch: int, seen: int, per_epoch: int) -> None:
-            update(epoch * per_epoch + seen)
+            update(epoch * per_epoch + seen, status=f"epoch {epoch + 1}/{config.epochs}{last['text']}")
 
         def on_epoch(rec: EpochRecord) -> None:
-            update(rec.epoch * n_used, status=(
-                f"epoch {rec.epoch}/{config.epochs} loss {rec.train_loss:.3f} "
-                f"acc {rec.train_acc:.1f}% test {rec.test_acc:.1f}%"))
+            last["text"] = (f" | last: loss {rec.train_loss:.3f} acc {rec.train_acc:.1f}% "
+                            f"test {rec.test_acc:.1f}%")
+            update(rec.epoch * n_used, status=f"epoch {rec.epoch}/{config.epochs}{last['text']}")
 
         return train_model(config, ds, out, device=device, keep_indices=keep_indices, force=force,
                            lineage=lineage, on_batch=on_batch, on_epoch=on_epoch, dist=dist)
@@ -233,6 +235,8 @@ def prune(
     source: Annotated[str, typer.Argument(help="influence.h5, or a dataset name to run train -> influence -> prune (cached).")],
     epsilon: Epsilon = None, prune_ratio: Ratio = None, prune_count: Count = None, solver: Solver = "swap",
     time_budget: TimeBudget = None, seed: Annotated[int, typer.Option("--seed", help="Solver seed.")] = 0,
+    buckets: Annotated[int, typer.Option("--buckets", help="Solve in K buckets of rows in parallel, then refine on all of S (the constraint holds globally) [default: 1 = unbucketed].")] = 1,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Worker processes for --buckets [default: min(K, CPU count)]; the result does not depend on it.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Mask path [default: beside S in the run directory].")] = None,
     indices_out: Annotated[Optional[Path], typer.Option("--indices-out", help="Also write the KEPT indices as .txt (one per line) or .npy.")] = None,
     arch: Arch = None, width: Width = None, depth: Depth = None, epochs: Epochs = None, lr: Lr = None,
@@ -251,7 +255,7 @@ def prune(
     """
     console.set_quiet(quiet)
     pcfg = PruneConfig(epsilon=epsilon, ratio=prune_ratio, count=prune_count, solver=solver,
-                       time_budget=time_budget, seed=seed).validate()
+                       time_budget=time_budget, seed=seed, buckets=buckets, workers=workers).validate()
     chain: dict[str, Any] = {}
     if _is_artifact_path(source):
         influence_file = Path(source)

@@ -117,6 +117,8 @@ class PruneConfig:
     solver: str = "swap"
     time_budget: float | None = None
     seed: int = 0
+    buckets: int = 1  # > 1: bucketed, parallel selection (dpcli.buckets); not a run-directory key when 1
+    workers: int | None = None  # processes for buckets [default: min(buckets, cpu count)]; never a key
 
     def validate(self) -> "PruneConfig":
         given = [x is not None for x in (self.epsilon, self.ratio, self.count)]
@@ -130,6 +132,11 @@ class PruneConfig:
             raise DpcliError(f"--prune-count must be >= 0, got {self.count}")
         if self.time_budget is not None and not (math.isfinite(self.time_budget) and self.time_budget > 0):
             raise DpcliError(f"--time-budget must be a positive number of seconds, got {self.time_budget}")
+        if isinstance(self.buckets, bool) or not isinstance(self.buckets, int) or self.buckets < 1:
+            raise DpcliError(f"--buckets must be an integer >= 1, got {self.buckets}")
+        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
+                                         or self.workers < 1):
+            raise DpcliError(f"--workers must be an integer >= 1, got {self.workers}")
         return self
 
     @property
@@ -137,7 +144,11 @@ class PruneConfig:
         return "epsilon" if self.epsilon is not None else "cardinality"
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d.pop("workers")  # the result does not depend on the worker count
+        if self.buckets == 1:
+            d.pop("buckets")  # unbucketed runs keep their existing keys
+        return d
 
 
 INFLUENCE_METHODS = ("exact", "lissa", "cg", "sgd")

@@ -45,7 +45,7 @@ def emit_json(payload: dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def progress_bar(description: str, total: float | None = None) -> Iterator[Callable[..., None]]:
+def progress_bar(description: str, total: float | None = None, transient: bool = False) -> Iterator[Callable[..., None]]:
     """A rich progress bar; yields ``update(completed, total=None, status=None)``.
 
     Off a terminal (cron, pipes, CI logs) a bar is noise: one line is printed when the step
@@ -65,7 +65,7 @@ def progress_bar(description: str, total: float | None = None) -> Iterator[Calla
         return
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
                TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
-    with Progress(*columns, console=err, transient=False) as prog:
+    with Progress(*columns, console=err, transient=transient) as prog:
         task = prog.add_task(description, total=total, status="")
 
         def update(completed: float, total: float | None = None, status: str | None = None) -> None:

@@ -354,6 +354,21 @@ def _emit(sink: Sink | None, out: np.ndarray | None, start: int, rows: Tensor) -
         out[start:start + block.shape[0]] = block
 
 
+def damped_cholesky(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, damping: float,
+                    chunk_size: int) -> Tensor:
+    """Lower Cholesky factor of H + damping I; the one factorization every exact solve reuses."""
+    hessian = last_layer_hessian(features, labels, weight, bias, chunk_size=chunk_size)
+    hessian.diagonal().add_(damping)
+    factor, info = torch.linalg.cholesky_ex(hessian)
+    del hessian
+    if int(info) != 0:
+        raise DpcliError(
+            f"the damped Hessian is not positive definite in float64 (Cholesky failed at "
+            f"order {int(info)}); use a larger --damping than {damping:g}"
+        )
+    return factor
+
+
 def exact_influence(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor,
                     damping: float, chunk_size: int = 4096,
                     sink: Sink | None = None,
@@ -375,15 +390,7 @@ def exact_influence(features: Tensor, labels: Tensor, weight: Tensor, bias: Tens
             f"the last layer has d={d} parameters, above the exact method's limit of "
             f"{max_dense_dim()} (dense d x d Hessian); use --method lissa"
         )
-    hessian = last_layer_hessian(features, labels, weight, bias, chunk_size=chunk_size)
-    hessian.diagonal().add_(damping)
-    factor, info = torch.linalg.cholesky_ex(hessian)
-    del hessian
-    if int(info) != 0:
-        raise DpcliError(
-            f"the damped Hessian is not positive definite in float64 (Cholesky failed at "
-            f"order {int(info)}); use a larger --damping than {damping:g}"
-        )
+    factor = damped_cholesky(features, labels, weight, bias, damping, chunk_size)
     w, b = _layer64(features, weight, bias)
     y_all = labels.to(features.device)
     out = None if sink is not None else np.empty((n, d), dtype=np.float32)

@@ -239,15 +239,7 @@ def _exact_rows(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, 
     global chunk grid as :func:`dpcli.influence.exact_influence` (split only at the range ends)."""
     n, num_classes, dim = infl._shapes(features, weight, bias)
     damping = infl._check_damping(damping)
-    hessian = infl.last_layer_hessian(features, labels, weight, bias, chunk_size=chunk_size)
-    hessian.diagonal().add_(damping)
-    factor, info = torch.linalg.cholesky_ex(hessian)
-    del hessian
-    if int(info) != 0:
-        raise DpcliError(
-            f"the damped Hessian is not positive definite in float64 (Cholesky failed at "
-            f"order {int(info)}); use a larger --damping than {damping:g}"
-        )
+    factor = infl.damped_cholesky(features, labels, weight, bias, damping, chunk_size)
     w, b = infl._layer64(features, weight, bias)
     y_all = labels.to(features.device)
     row_start, row_stop = rows

@@ -104,8 +104,12 @@ def subset_norm(S: np.ndarray, pruned: np.ndarray, chunk_rows: int = 65536) -> f
 
 
 def minimize_norm(S: np.ndarray, m: int, solver: str = "swap", time_budget: float | None = None,
-                  seed: int = 0, progress: Progress | None = None) -> Selection:
-    """Eq. 4: the ``m`` samples whose summed influence has the smallest norm."""
+                  seed: int = 0, progress: Progress | None = None, *,
+                  proposals: int | None = None) -> Selection:
+    """Eq. 4: the ``m`` samples whose summed influence has the smallest norm.
+
+    ``proposals`` overrides swap's fixed annealing length without a budget (default 300 n, capped).
+    """
     t0 = time.perf_counter()
     S = _as_matrix(S)
     n = S.shape[0]
@@ -125,7 +129,7 @@ def minimize_norm(S: np.ndarray, m: int, solver: str = "swap", time_budget: floa
     elif solver == "anneal":
         mask, iters = _anneal_cardinality(S, q, m, clock, rng)
     else:
-        mask, iters = _swap_cardinality(S, q, m, clock, rng)
+        mask, iters = _swap_cardinality(S, q, m, clock, rng, proposals=proposals)
     clock.done()
     if int(np.count_nonzero(mask)) != m:  # pragma: no cover - would be a solver bug
         raise DpcliError(f"solver {solver} returned {int(np.count_nonzero(mask))} pruned samples, not {m}")
@@ -162,6 +166,48 @@ def maximize_pruned(S: np.ndarray, epsilon: float, solver: str = "swap", time_bu
     clock.done()
     norm = _certify(S, mask, eps)
     return Selection(mask, norm, solver, "epsilon", eps, time.perf_counter() - t0, iters + extra)
+
+
+def refine(S: np.ndarray, pruned: np.ndarray, epsilon: float | None = None,
+           time_budget: float | None = None, max_cycles: int | None = None,
+           progress: Progress | None = None, grow: bool = True, seed: int = 0) -> tuple[np.ndarray, int]:
+    """Warm-started swap local search from ``pruned`` (e.g. the union of bucket solutions).
+
+    Without ``epsilon``: swaps at fixed count, never worse than the start (Eq. 4).  With
+    ``epsilon``: swaps (then greedy removals, one gemv each) until ``||sum|| <= epsilon``,
+    then (``grow``) swap's count bisection warm-started from that feasible set, else a bounded
+    add/swap polish (Eq. 3).  Deterministic for a seed; returns ``(mask, moves)`` and
+    leaves certification to the caller (:func:`subset_norm`).
+    """
+    S = _as_matrix(S)
+    n, d = S.shape
+    mask = _as_mask(pruned, n).copy()
+    clock = _Clock(_check_budget(time_budget), progress)
+    q = _row_sq_norms(S)
+    if epsilon is None:
+        m = int(np.count_nonzero(mask))
+        if m == 0 or m == n:
+            return mask, 0
+        complement = m > n - m
+        offset = -_masked_sum(S, np.ones(n, dtype=bool)) if complement else np.zeros(d)
+        A = ~mask if complement else mask
+        st = _SwapState(A, offset + _masked_sum(S, A))
+        _local_search(S, q, st, clock, max_cycles=max_cycles)
+        return (~st.A if complement else st.A), st.moves
+    eps2 = (float(epsilon) * (1.0 - 1e-9)) ** 2
+    st = _SwapState(mask, _masked_sum(S, mask))
+    if st.ns2 > eps2:
+        _local_search(S, q, st, clock, eps2=eps2, give_up=True, max_cycles=max_cycles)
+    while st.ns2 > eps2 and st.A.any():  # still infeasible: drop the row that helps most
+        score = np.where(st.A, 2.0 * _matvec(S, st.s) - q, -np.inf)
+        i = int(np.argmax(score))
+        st.A[i] = False
+        st.s = st.s - S[i].astype(np.float64)
+        st.moves += 1
+    if not grow:
+        _local_search(S, q, st, clock, eps2=eps2, max_cycles=3)  # add more while feasible
+        return st.A, st.moves
+    return _swap_epsilon(S, q, float(epsilon), clock, np.random.default_rng(seed), start=st)
 
 
 # --------------------------------------------------------------------------------------------
@@ -786,7 +832,7 @@ def _temperature_for(uphill: np.ndarray, accept: float) -> float:
 
 
 def _swap_cardinality(S: np.ndarray, q: np.ndarray, m: int, clock: _Clock,
-                      rng: np.random.Generator) -> tuple[np.ndarray, int]:
+                      rng: np.random.Generator, proposals: int | None = None) -> tuple[np.ndarray, int]:
     """Eq. 4: start, local search to a swap local optimum, then anneal while budget remains.
 
     Works on the smaller side: if m > n/2 it picks the n - m KEPT rows with target
@@ -807,13 +853,14 @@ def _swap_cardinality(S: np.ndarray, q: np.ndarray, m: int, clock: _Clock,
     if clock.budget is not None and not clock.expired():
         st = _pool_anneal(S, q, st, clock, rng)
     elif clock.budget is None:  # a fixed, deterministic annealing phase past the local optimum
-        st = _pool_anneal(S, q, st, clock, rng, proposals=_default_pool_proposals(n))
+        st = _pool_anneal(S, q, st, clock, rng,
+                          proposals=_default_pool_proposals(n) if proposals is None else proposals)
     mask = ~st.A if complement else st.A
     return mask, st.moves
 
 
 def _swap_epsilon(S: np.ndarray, q: np.ndarray, eps: float, clock: _Clock,
-                  rng: np.random.Generator) -> tuple[np.ndarray, int]:
+                  rng: np.random.Generator, start: "_SwapState | None" = None) -> tuple[np.ndarray, int]:
     """Eq. 3 as a bisection over the count, with the cardinality machinery as the oracle.
 
     Pruning all n is known to be infeasible, so the search brackets the count in [lo, n).
@@ -825,7 +872,7 @@ def _swap_epsilon(S: np.ndarray, q: np.ndarray, eps: float, clock: _Clock,
     """
     n, d = S.shape
     eps2 = (eps * (1.0 - 1e-9)) ** 2  # margin so the independent recomputation agrees
-    best = _SwapState(np.zeros(n, dtype=bool), np.zeros(d))
+    best = start.copy() if start is not None else _SwapState(np.zeros(n, dtype=bool), np.zeros(d))
     moves = 0
     failed: set[int] = set()  # counts that failed from the current best
 
@@ -851,7 +898,7 @@ def _swap_epsilon(S: np.ndarray, q: np.ndarray, eps: float, clock: _Clock,
         failed.add(m_try)
         return False
 
-    lo, hi = 0, n  # lo feasible (best), hi infeasible
+    lo, hi = int(np.count_nonzero(best.A)), n  # lo feasible (best, or a feasible warm start), hi infeasible
     while not clock.expired():
         if hi - lo > max(1, lo // 512):  # bisect to 0.2% of the count (exact for small counts)
             m_try = (lo + hi) // 2

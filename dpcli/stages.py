@@ -6,7 +6,6 @@ upstream fingerprints), and writes one new artifact atomically.
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 import time
@@ -14,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -23,9 +21,9 @@ from dpcli import influence as infl
 from dpcli import console, influence_cg, influence_scale, selection
 from dpcli.artifacts import (StreamHash, array_fingerprint, atomic_h5, get_attr, open_artifact, publish, row_chunks)
 from dpcli.config import InfluenceConfig, PruneConfig, TrainConfig, default_train_config
-from dpcli.data import Dataset, load_dataset
+from dpcli.data import Dataset
 from dpcli.errors import DpcliError
-from dpcli.training import (Checkpoint, check_dataset, extract_features, load_checkpoint, load_trained,
+from dpcli.training import (Checkpoint, extract_features, load_checkpoint, load_trained,
                             time_to_accuracy, train)
 
 Progress = Callable[..., None]
@@ -243,7 +241,14 @@ def prune(influence_path: Path, out: Path, cfg: PruneConfig, *, indices_out: Pat
             progress(fraction)
 
     t0 = time.perf_counter()
-    if cfg.epsilon is not None:
+    if cfg.buckets != 1:
+        from dpcli.buckets import solve_bucketed
+        m = None if cfg.epsilon is not None else (
+            cfg.count if cfg.count is not None else selection.count_from_ratio(n, cfg.ratio))
+        sel = solve_bucketed(S, m=m, epsilon=cfg.epsilon, buckets=cfg.buckets, workers=cfg.workers,
+                             solver=cfg.solver, time_budget=cfg.time_budget, seed=cfg.seed, progress=on_progress)
+        target = float(cfg.epsilon) if cfg.epsilon is not None else float(m)
+    elif cfg.epsilon is not None:
         sel = selection.maximize_pruned(S, cfg.epsilon, solver=cfg.solver, time_budget=cfg.time_budget,
                                         seed=cfg.seed, progress=on_progress)
         target = float(cfg.epsilon)
@@ -379,14 +384,3 @@ def retrain(ds: Dataset, mask: MaskInfo, out: Path, *, base: TrainConfig | None,
             "full_data_epochs_to_target": None if theirs is None else theirs[1],
         })
     return RetrainResult(checkpoint=ck, metrics=metrics)
-
-
-def finite_or_none(x: float) -> float | None:
-    return x if x is not None and math.isfinite(x) else None
-
-
-__all__ = [
-    "InfluenceInfo", "MaskInfo", "RetrainResult", "compute_influence", "read_influence_info", "load_S",
-    "prune", "write_mask", "read_mask", "random_mask", "retrain", "certify", "upstream_checkpoint",
-    "default_damping", "write_indices", "check_dataset", "load_dataset", "h5py",
-]
