@@ -240,13 +240,22 @@ def _exact_rows(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, 
     n, num_classes, dim = infl._shapes(features, weight, bias)
     damping = infl._check_damping(damping)
     factor = infl.damped_cholesky(features, labels, weight, bias, damping, chunk_size)
+    _solve_range(features, labels, weight, bias, rows, chunk_size, sink, progress,
+                 lambda grads: torch.cholesky_solve(grads.T, factor).T)
+
+
+def _solve_range(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, rows: tuple[int, int],
+                 chunk_size: int, sink: Sink, progress: Progress | None,
+                 solve: Callable[[Tensor], Tensor]) -> None:
+    """Rows ``[start, stop)`` of S = solve(G)/n, on the single run's chunk grid (bit-identical shards)."""
+    n = features.shape[0]
     w, b = infl._layer64(features, weight, bias)
     y_all = labels.to(features.device)
     row_start, row_stop = rows
     for g_start, g_stop, start, stop in grid_chunks(row_start, row_stop, chunk_size, n):
         phi = features[g_start:g_stop].detach().to(_F64)
         grads = infl._grads_from_residuals(phi, infl._residuals(phi, y_all[g_start:g_stop], w, b))
-        solved = torch.cholesky_solve(grads.T, factor).T[start - g_start:stop - g_start]
+        solved = solve(grads)[start - g_start:stop - g_start]
         solved /= n
         sink(start, solved.to(torch.float32).contiguous().cpu().numpy())
         if progress is not None:
@@ -309,14 +318,6 @@ def _lissa_rows(features, labels, weight, bias, *, rows, sink, progress, depth, 
     infl._check_labels(labels, n, num_classes)
     damping = infl._check_damping(damping)
     w, b = infl._layer64(features, weight, bias)
-    y_all = labels.to(features.device)
-    row_start, row_stop = rows
-    for g_start, g_stop, start, stop in grid_chunks(row_start, row_stop, chunk_size, n):
-        phi = features[g_start:g_stop].detach().to(_F64)
-        grads = infl._grads_from_residuals(phi, infl._residuals(phi, y_all[g_start:g_stop], w, b))
-        solved = infl._lissa_solve(features, w, b, grads, damping, int(depth), float(scale), int(batch_size),
-                                   int(repeats), int(seed))[start - g_start:stop - g_start]
-        solved /= n
-        sink(start, solved.to(torch.float32).contiguous().cpu().numpy())
-        if progress is not None:
-            progress(stop - row_start, row_stop - row_start)
+    _solve_range(features, labels, weight, bias, rows, chunk_size, sink, progress,
+                 lambda grads: infl._lissa_solve(features, w, b, grads, damping, int(depth), float(scale),
+                                                 int(batch_size), int(repeats), int(seed)))
