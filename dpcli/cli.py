@@ -64,6 +64,13 @@ LissaDepth = Annotated[int, typer.Option("--lissa-depth", help="LiSSA recursion 
 LissaScale = Annotated[float, typer.Option("--lissa-scale", help="LiSSA scale (must exceed the largest Hessian eigenvalue; divided out of the result).")]
 LissaBatch = Annotated[int, typer.Option("--lissa-batch-size", help="LiSSA minibatch for the stochastic Hessian.")]
 LissaRepeats = Annotated[int, typer.Option("--lissa-repeats", help="Independent LiSSA runs averaged.")]
+InfluenceMethod = Annotated[str, typer.Option("--influence-method", help="Influence estimator for the dataset mode: exact, cg, lissa or sgd (see `dpcli influence --help`).")]
+Selector = Annotated[str, typer.Option("--method", help="Selector: optimization (the paper's: Eq. 3/4 on S; default), random, herding (class-wise, final features), forgetting (events counted during train), grand / el2n (early-training gradient / error norm averaged over --score-seeds), influence-score (||S_i|| alone), ccs (stratified over difficulty with a hard cutoff), tdds (training-dynamics variability). Score rules keep the highest scores; all write the same mask.h5 and report ||sum S_pruned||.")]
+Balance = Annotated[bool, typer.Option("--balance/--no-balance", help="optimization: prune the same share of every class (a constraint of the solve).")]
+Strata = Annotated[int, typer.Option("--strata", help="optimization: split each group into K difficulty quantile bins (mean training loss over epochs) and prune the same share of each, so the kept set covers the difficulty distribution [default: 1 = off].")]
+HardCutoff = Annotated[Optional[str], typer.Option("--hard-cutoff", help="optimization / ccs: prune this share of all samples, the hardest first, before selecting; 'auto' = CCS's schedule (0 up to 50 %% pruned, 0.1 at 70 %%, 0.3 at 90 %%) [default: 0 for optimization, auto for ccs].")]
+ScoreEpoch = Annotated[Optional[int], typer.Option("--score-epoch", help="el2n / grand: score the model after this many epochs [default: 10 %% of training for el2n, 0 (initialization) for grand].")]
+ScoreSeeds = Annotated[int, typer.Option("--score-seeds", help="el2n / grand: average over this many training seeds (seed 0 is the full run; the others train only up to --score-epoch, cached).")]
 Epsilon = Annotated[Optional[float], typer.Option("--epsilon", help=EPSILON_HELP)]
 Ratio = Annotated[Optional[float], typer.Option("--prune-ratio", help="Cardinality mode (Eq. 4): PRUNE this fraction of the training set, minimizing ||sum S_i||.")]
 Count = Annotated[Optional[int], typer.Option("--prune-count", help="Cardinality mode (Eq. 4): PRUNE exactly this many samples.")]
@@ -121,15 +128,29 @@ def _ensure_influence(ck_path: Path, icfg: InfluenceConfig, *, device, ds: Datas
                                         progress=lambda done, total: update(done, total))
 
 
-def _prune(influence: Path, pcfg: PruneConfig, out: Path, indices_out: Optional[Path]) -> stages.MaskInfo:
-    with console.progress_bar(f"prune ({pcfg.solver})", total=1.0) as update:
-        return stages.prune(influence, out, pcfg, indices_out=indices_out, progress=lambda f: update(f))
+def _prune(influence: Path, pcfg: PruneConfig, out: Path, indices_out: Optional[Path],
+           device: Any = None, data_root: Optional[Path] = None, ds: Any = None) -> stages.MaskInfo:
+    what = pcfg.solver if pcfg.method == "optimization" else pcfg.method
+    with console.progress_bar(f"prune ({what})", total=1.0) as update:
+        return stages.prune(influence, out, pcfg, indices_out=indices_out, progress=lambda f: update(f),
+                            device=device, data_root=data_root, ds=ds)
+
+
+def _cutoff(value: Optional[str], method: str) -> Optional[float]:
+    if value is None:
+        return None if method == "ccs" else 0.0
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise DpcliError(f"--hard-cutoff must be a share in [0, 1) or 'auto', got {value!r}") from None
 
 
 def _mask_summary(mask: stages.MaskInfo) -> dict[str, Any]:
     return {
         "mask": str(mask.path), "mode": mask.mode, "target": mask.target, "achieved_norm": mask.norm,
-        "solver": mask.solver, "n": mask.n, "n_kept": mask.n_kept, "n_pruned": mask.n_pruned,
+        "solver": mask.solver, "method": mask.method, "n": mask.n, "n_kept": mask.n_kept, "n_pruned": mask.n_pruned,
         "prune_ratio": mask.n_pruned / mask.n, "influence": mask.influence, "checkpoint": mask.checkpoint,
         "dataset": mask.dataset, "seconds": mask.seconds,
     }
@@ -242,8 +263,10 @@ def prune(
     arch: Arch = None, width: Width = None, depth: Depth = None, epochs: Epochs = None, lr: Lr = None,
     momentum: Momentum = None, weight_decay: WeightDecay = None, batch_size: BatchSize = None, augment: Augment = None,
     train_seed: Annotated[int, typer.Option("--train-seed", help="Training seed (dataset mode).")] = 0,
-    method: Method = "exact", damping: Damping = None, lissa_depth: LissaDepth = 1000, lissa_scale: LissaScale = 10.0,
-    lissa_batch_size: LissaBatch = 512, lissa_repeats: LissaRepeats = 1,
+    method: Selector = "optimization", balance: Balance = False, strata: Strata = 1, hard_cutoff: HardCutoff = None,
+    score_epoch: ScoreEpoch = None, score_seeds: ScoreSeeds = 3,
+    influence_method: InfluenceMethod = "exact", damping: Damping = None, lissa_depth: LissaDepth = 1000,
+    lissa_scale: LissaScale = 10.0, lissa_batch_size: LissaBatch = 512, lissa_repeats: LissaRepeats = 1,
     device: Device = "auto", data_root: DataRoot = None, run_root: RunRoot = None, force: Force = False,
     json: Json = False, quiet: Quiet = False,
 ) -> None:
@@ -251,15 +274,19 @@ def prune(
 
     With --epsilon: the largest prunable set whose summed influence norm stays <= epsilon
     (re-checked from S; refused if violated). With --prune-ratio/--prune-count: that many,
-    with the smallest summed influence norm.
+    with the smallest summed influence norm. --method picks a baseline selector instead.
     """
     console.set_quiet(quiet)
     pcfg = PruneConfig(epsilon=epsilon, ratio=prune_ratio, count=prune_count, solver=solver,
-                       time_budget=time_budget, seed=seed, buckets=buckets, workers=workers).validate()
+                       time_budget=time_budget, seed=seed, buckets=buckets, workers=workers, method=method,
+                       balance=balance, strata=strata, cutoff=_cutoff(hard_cutoff, method),
+                       score_epoch=score_epoch, score_seeds=score_seeds).validate()
     chain: dict[str, Any] = {}
+    dev, ds = None, None
     if _is_artifact_path(source):
         influence_file = Path(source)
         stages.read_influence_info(influence_file)  # kind check before any work
+        dev = resolve_device(device)
     else:
         dev = resolve_device(device)
         ds = _load(source, data_root)
@@ -267,12 +294,12 @@ def prune(
                              weight_decay=weight_decay, batch_size=batch_size, augment=augment, seed=train_seed)
         ck_path = pipeline.checkpoint_path(run_root or pipeline.default_run_root(), tcfg)
         ck = _train_with_bar(tcfg, ds, ck_path, device=dev, force=force)
-        icfg = _influence_config(method, damping, lissa_depth, lissa_scale, lissa_batch_size, lissa_repeats)
+        icfg = _influence_config(influence_method, damping, lissa_depth, lissa_scale, lissa_batch_size, lissa_repeats)
         info = _ensure_influence(ck_path, icfg, device=dev, ds=ds, data_root=data_root, force=force)
         influence_file = info.path
         chain = {"checkpoint": str(ck_path), "influence": str(info.path), "test_accuracy": ck.final.test_acc}
     mask_file = out or pipeline.mask_path(influence_file, pcfg)
-    mask = _prune(influence_file, pcfg, mask_file, indices_out)
+    mask = _prune(influence_file, pcfg, mask_file, indices_out, device=dev, data_root=data_root, ds=ds)
     _print_mask(mask)
     if json:
         summary = {"command": "prune", **_mask_summary(mask), **chain}

@@ -119,6 +119,13 @@ class PruneConfig:
     seed: int = 0
     buckets: int = 1  # > 1: bucketed, parallel selection (dpcli.buckets); not a run-directory key when 1
     workers: int | None = None  # processes for buckets [default: min(buckets, cpu count)]; never a key
+    # which selector (SELECTION_METHODS); the options below appear in the key only when set
+    method: str = "optimization"
+    balance: bool = False  # optimization: per-class prune counts
+    strata: int = 1  # optimization: difficulty quantile bins with proportional counts
+    cutoff: float | None = 0.0  # optimization/ccs: hardest share pruned first; None = CCS's schedule
+    score_epoch: int | None = None  # el2n/grand: epoch of the scoring snapshot [default: 10 % of training]
+    score_seeds: int = 3  # el2n/grand: training seeds averaged
 
     def validate(self) -> "PruneConfig":
         given = [x is not None for x in (self.epsilon, self.ratio, self.count)]
@@ -137,6 +144,22 @@ class PruneConfig:
         if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
                                          or self.workers < 1):
             raise DpcliError(f"--workers must be an integer >= 1, got {self.workers}")
+        if self.method not in SELECTION_METHODS:
+            raise DpcliError(f"unknown --method {self.method!r}; choose one of {', '.join(SELECTION_METHODS)}")
+        if isinstance(self.strata, bool) or int(self.strata) != self.strata or self.strata < 1:
+            raise DpcliError(f"--strata must be an integer >= 1, got {self.strata}")
+        if self.cutoff is not None and not (math.isfinite(self.cutoff) and 0 <= self.cutoff < 1):
+            raise DpcliError(f"--hard-cutoff must lie in [0, 1) or be 'auto', got {self.cutoff}")
+        if self.score_epoch is not None and (int(self.score_epoch) != self.score_epoch or self.score_epoch < 0):
+            raise DpcliError(f"--score-epoch must be an integer >= 0, got {self.score_epoch}")
+        _positive_int("--score-seeds", self.score_seeds)
+        coverage = self.balance or self.strata > 1 or self.cutoff != 0.0
+        if coverage and self.method not in ("optimization", "ccs"):
+            raise DpcliError(f"--balance/--strata/--hard-cutoff apply to --method optimization (and ccs), not {self.method}")
+        if self.method in ("random", "herding", "ccs") and self.epsilon is not None:
+            raise DpcliError(f"--method {self.method} has no epsilon mode; give --prune-ratio or --prune-count")
+        if self.method != "optimization" and self.buckets != 1:
+            raise DpcliError("--buckets applies to --method optimization only")
         return self
 
     @property
@@ -148,10 +171,19 @@ class PruneConfig:
         d.pop("workers")  # the result does not depend on the worker count
         if self.buckets == 1:
             d.pop("buckets")  # unbucketed runs keep their existing keys
+        for key, default in (("method", "optimization"), ("balance", False), ("strata", 1), ("cutoff", 0.0)):
+            if d[key] == default:
+                d.pop(key)  # masks made before these options keep their keys
+        if self.method not in ("el2n", "grand"):
+            d.pop("score_epoch")
+            d.pop("score_seeds")
         return d
 
 
 INFLUENCE_METHODS = ("exact", "lissa", "cg", "sgd")
+# "optimization" is the paper's (Eq. 3/4 on S); the others are the published baselines.
+SELECTION_METHODS = ("optimization", "random", "herding", "forgetting", "grand", "el2n", "influence-score",
+                     "ccs", "tdds")
 
 
 @dataclass(frozen=True)

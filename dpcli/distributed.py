@@ -140,6 +140,12 @@ class Distributed:
         mean = total / max(int(y.numel()), 1)
         return scaled + (mean - scaled).detach()
 
+    def all_sum(self, t: Tensor) -> Tensor:
+        """Elementwise sum over ranks (on the CPU side of the caller)."""
+        t = t.to(self.device)
+        tdist.all_reduce(t)
+        return t.cpu()
+
     def end_epoch(self, model: nn.Module, tot_loss: float, tot_correct: int, seen: int) -> tuple[float, int, int]:
         """Sum the epoch's train metrics over ranks; give every rank rank 0's buffers."""
         for buf in model.buffers():

@@ -225,8 +225,9 @@ def certify(S: np.ndarray, pruned: np.ndarray, epsilon: float | None) -> float:
 
 
 def prune(influence_path: Path, out: Path, cfg: PruneConfig, *, indices_out: Path | None = None,
-          progress: Progress | None = None) -> MaskInfo:
-    """Solve Eq. 3 (epsilon) or Eq. 4 (count) on S and write the keep mask."""
+          progress: Progress | None = None, device: torch.device | None = None,
+          data_root: Path | None = None, ds: Dataset | None = None) -> MaskInfo:
+    """Solve Eq. 3 (epsilon) or Eq. 4 (count) on S, or apply a baseline selector, and write the keep mask."""
     cfg.validate()
     info = read_influence_info(influence_path)
     if cfg.solver not in selection.SOLVERS:
@@ -241,6 +242,19 @@ def prune(influence_path: Path, out: Path, cfg: PruneConfig, *, indices_out: Pat
             progress(fraction)
 
     t0 = time.perf_counter()
+    plain = cfg.method == "optimization" and not (cfg.balance or cfg.strata > 1 or cfg.cutoff != 0.0)
+    if not plain:
+        from dpcli import methods
+
+        ctx = methods.Context(S=S, labels=_influence_labels(influence_path), checkpoint=Path(info.checkpoint),
+                              device=device or torch.device("cpu"), data_root=data_root, ds=ds,
+                              progress=on_progress)
+        pruned, solver = methods.select(cfg, ctx)
+        target = float(cfg.epsilon) if cfg.epsilon is not None else float(methods.prune_count(cfg, n))
+        norm = certify(S, pruned, cfg.epsilon)
+        return write_mask(out, keep=~pruned, mode=cfg.mode, target=target, norm=norm, solver=solver,
+                          info=info, config=cfg.to_dict(), seconds=time.perf_counter() - t0,
+                          method=cfg.method, indices_out=indices_out)
     if cfg.buckets != 1:
         from dpcli.buckets import solve_bucketed
         m = None if cfg.epsilon is not None else (
@@ -261,6 +275,11 @@ def prune(influence_path: Path, out: Path, cfg: PruneConfig, *, indices_out: Pat
     return write_mask(out, keep=~sel.pruned, mode=cfg.mode, target=target, norm=norm, solver=sel.solver,
                       info=info, config=cfg.to_dict(), seconds=time.perf_counter() - t0,
                       indices_out=indices_out)
+
+
+def _influence_labels(path: Path) -> np.ndarray:
+    with open_artifact(path, "influence") as f:
+        return np.asarray(f["labels"][()])
 
 
 def write_mask(out: Path, *, keep: np.ndarray, mode: str, target: float, norm: float, solver: str,

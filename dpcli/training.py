@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from dpcli.artifacts import array_fingerprint, atomic_h5, get_attr, open_artifact, set_attr
 from dpcli.config import TrainConfig
 from dpcli.data import Dataset, Split, iterate_batches, load_dataset
+from dpcli.dynamics import DynamicsRecorder, default_snapshot_epochs
 from dpcli.errors import DpcliError
 from dpcli.models import Classifier, build_model
 from dpcli.sgd_influence import TrajectoryRecorder
@@ -151,11 +152,18 @@ def train(
     on_batch: BatchHook | None = None,
     on_epoch: EpochHook | None = None,
     dist: "Distributed | None" = None,
+    stop_after: int | None = None,
+    eval_every: int = 1,
+    snapshot_epochs: tuple[int, ...] | None = None,
 ) -> Checkpoint:
     """Train (or resume, or reuse) the model that ``config`` describes; checkpoint every epoch.
 
     ``dist`` (from :func:`dpcli.distributed.from_env`, under torchrun) splits every global
     batch across ranks; the update and the artifact are those of a single process.
+    ``stop_after=E`` stops after epoch E, leaving a resumable checkpoint that is exactly
+    epoch E of the full run (the score selectors' extra seeds). ``eval_every=K`` measures
+    test accuracy every K epochs and at the end only (NaN in between), to save time.
+    Per-sample training dynamics and snapshots (:mod:`dpcli.dynamics`) are recorded too.
     """
     config.validate()
     fp = ds.fingerprint
@@ -190,8 +198,13 @@ def train(
         on_batch = dist.progress(on_batch)
     save = save_checkpoint if dist is None else dist.save  # rank 0 writes, the others wait
     recorder = TrajectoryRecorder.for_run(config, out if start > 0 else None, start)  # for --method sgd
+    snaps = default_snapshot_epochs(config.epochs) if snapshot_epochs is None else snapshot_epochs
+    dyn = DynamicsRecorder.for_run(len(ds.train.labels), snaps, out if start > 0 else None, start)
+    if start == 0:
+        dyn.snapshot(0, model)
+    last = config.epochs if stop_after is None else max(start, min(config.epochs, int(stop_after)))
     ck = None
-    for epoch in range(start, config.epochs):
+    for epoch in range(start, last):
         t0 = time.perf_counter()
         net.train()
         lr = optimizer.param_groups[0]["lr"]
@@ -203,10 +216,17 @@ def train(
         batches = recorder.watch(batches)  # records the global batches' dataset indices
         if dist is not None:
             batches = dist.shard(batches)  # same global batches on every rank; keep this rank's slice
-        for x, y, _ in batches:
+        dyn.begin_epoch()
+        for x, y, idx in batches:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 logits = net(x)
-            loss = F.cross_entropy(logits.float(), y) if dist is None else dist.loss(logits.float(), y)
+            if dist is None:
+                losses = F.cross_entropy(logits.float(), y, reduction="none")
+                loss = losses.mean()
+            else:
+                loss = dist.loss(logits.float(), y)
+                losses = F.cross_entropy(logits.detach().float(), y, reduction="none")
+            dyn.add_batch(idx, losses, logits.argmax(1) == y)
             if not torch.isfinite(loss):
                 raise DpcliError(f"training diverged at epoch {epoch + 1} (loss is {loss.item()}); lower --lr")
             optimizer.zero_grad(set_to_none=True)
@@ -221,19 +241,26 @@ def train(
         if dist is not None:
             tot_loss, tot_correct, seen = dist.end_epoch(model, tot_loss, tot_correct, seen)
         scheduler.step()
-        test_loss, test_acc = evaluate(model, ds.test, ds, device)
+        dyn.end_epoch(dist)
+        dyn.snapshot(epoch + 1, model)
+        if (epoch + 1) % max(1, eval_every) == 0 or epoch + 1 == config.epochs:
+            test_loss, test_acc = evaluate(model, ds.test, ds, device)
+        else:
+            test_loss = test_acc = float("nan")
         rec = EpochRecord(epoch=epoch + 1, train_loss=tot_loss / seen, train_acc=100.0 * tot_correct / seen,
                           test_loss=test_loss, test_acc=test_acc, seconds=time.perf_counter() - t0,
                           steps=steps, lr=lr)
         history.append(rec)
         ck = save(out, model, optimizer, scheduler, config, ds, history,
                   complete=epoch + 1 == config.epochs, keep_indices=indices, lineage=lineage,
-                  trajectory=recorder)
+                  trajectory=recorder, dynamics=dyn)
         if on_epoch:
             on_epoch(rec)
+    if ck is None and last < config.epochs:  # stop_after reached already: nothing to do
+        return load_checkpoint(out)
     if ck is None:  # zero epochs left to run (complete flag lost): rewrite as complete
         ck = save(out, model, optimizer, scheduler, config, ds, history, complete=True,
-                  keep_indices=indices, lineage=lineage, trajectory=recorder)
+                  keep_indices=indices, lineage=lineage, trajectory=recorder, dynamics=dyn)
     return ck
 
 
@@ -241,7 +268,8 @@ def save_checkpoint(path: Path, model: Classifier, optimizer: torch.optim.Optimi
                     scheduler: torch.optim.lr_scheduler.LRScheduler, config: TrainConfig, ds: Dataset,
                     history: list[EpochRecord], *, complete: bool, keep_indices: np.ndarray | None,
                     lineage: dict | None, world_size: int = 1,
-                    trajectory: TrajectoryRecorder | None = None) -> Checkpoint:
+                    trajectory: TrajectoryRecorder | None = None,
+                    dynamics: DynamicsRecorder | None = None) -> Checkpoint:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     fingerprint = array_fingerprint(*[v.numpy() for v in state.values()])
     attrs = {
@@ -269,6 +297,8 @@ def save_checkpoint(path: Path, model: Classifier, optimizer: torch.optim.Optimi
             f.create_dataset("keep_indices", data=keep_indices)
         if trajectory is not None:
             trajectory.write(f)  # trajectory/: what --method sgd replays (dpcli/sgd_influence.py)
+        if dynamics is not None:
+            dynamics.write(f)  # dynamics/, snapshots/: what the score selectors read (dpcli/dynamics.py)
     return Checkpoint(path=path, config=config, dataset_fingerprint=ds.fingerprint, n_train=len(ds.train.labels),
                       num_classes=ds.num_classes, epoch=len(history), complete=complete, fingerprint=fingerprint,
                       history=list(history), state=state, keep_indices=keep_indices, lineage=lineage or {},

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import h5py
 import pytest
+import numpy as np
 import torch
 
 from dpcli import distributed, training
@@ -130,6 +131,13 @@ def test_torchrun_cli_writes_the_single_process_artifact(launch, capsys):
     assert ck.config == one.config and ck.dataset_fingerprint == one.dataset_fingerprint
     # BatchNorm statistics are per rank on the CPU, so close to, not equal to, the single-process run
     assert ck.final.train_loss == pytest.approx(one.final.train_loss, rel=0.2)
+    # the ranks' slices of the training dynamics are merged into one record of every sample
+    from dpcli.scores import load_dynamics
+
+    dd = load_dynamics(ddp_path)
+    assert not np.isnan(dd.loss).any() and set(np.unique(dd.correct)) <= {0, 1}
+    for e, rec in enumerate(ck.history):
+        assert dd.loss[e].astype(np.float64).mean() == pytest.approx(rec.train_loss, rel=1e-4)
     model, _, _ = training.load_trained(ddp_path, CPU)
     assert not model.training
 

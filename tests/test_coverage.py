@@ -1,0 +1,93 @@
+"""The covered influence objective: exact group counts, and the optimum of the constrained
+problem (checked by enumerating every feasible subset)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from dpcli import selection
+from dpcli.coverage import Coverage, groups_of, maximize_pruned_covered, minimize_norm_covered
+
+
+def _enumerate_optimum(S, groups, counts, forced):
+    """min ||sum S_W|| over W = forced + counts[g] free samples of every group g."""
+    per_group = []
+    for g, c in enumerate(counts):
+        idx = [i for i in np.flatnonzero(groups == g) if not forced[i]]
+        per_group.append(list(itertools.combinations(idx, c)))
+    best = np.inf
+    base = S[forced].sum(0)
+    for combo in itertools.product(*per_group):
+        idx = [i for part in combo for i in part]
+        best = min(best, np.linalg.norm(base + S[idx].sum(0)))
+    return best
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_balanced_brute_solve_is_the_constrained_optimum(seed):
+    rng = np.random.default_rng(seed)
+    S = rng.normal(size=(14, 5)) * rng.lognormal(size=(14, 1))
+    labels = np.repeat([0, 1], 7)
+    pruned = minimize_norm_covered(S, 6, labels, None, Coverage(balance=True), solver="brute")
+    assert pruned.sum() == 6 and pruned[:7].sum() == 3 and pruned[7:].sum() == 3
+    opt = _enumerate_optimum(S, labels, [3, 3], np.zeros(14, bool))
+    assert selection.subset_norm(S, pruned) == pytest.approx(opt, rel=1e-9)
+
+
+def test_swap_solve_meets_counts_and_is_near_optimal():
+    rng = np.random.default_rng(7)
+    S = rng.normal(size=(16, 6))
+    labels = np.repeat([0, 1, 2, 3], 4)
+    pruned = minimize_norm_covered(S, 8, labels, None, Coverage(balance=True))
+    assert [int(pruned[labels == c].sum()) for c in range(4)] == [2, 2, 2, 2]
+    opt = _enumerate_optimum(S, labels, [2, 2, 2, 2], np.zeros(16, bool))
+    assert selection.subset_norm(S, pruned) <= opt * 1.05 + 1e-12
+
+
+def test_strata_and_cutoff():
+    rng = np.random.default_rng(4)
+    n = 400
+    S = rng.normal(size=(n, 8)) / n
+    labels = rng.integers(0, 4, size=n)
+    diff = rng.random(n)
+    cov = Coverage(balance=True, strata=5, cutoff=0.1)
+    pruned = minimize_norm_covered(S, 240, labels, diff, cov)
+    assert pruned.sum() == 240
+    hardest = np.argsort(-diff)[:40]
+    assert pruned[hardest].all()
+    free = np.setdiff1d(np.arange(n), hardest)
+    g = groups_of(labels[free], diff[free], cov)
+    for gid in np.unique(g):  # every (class, stratum) group prunes its proportional share (+-1)
+        members = free[g == gid]
+        assert abs(pruned[members].sum() - len(members) * 200 / len(free)) < 1 + 1e-9
+    # the objective still acts: better than stratified random with the same counts
+    rand = np.zeros(n, bool)
+    rand[hardest] = True
+    for gid in np.unique(g):
+        members = free[g == gid]
+        rand[rng.choice(members, size=int(pruned[members].sum()), replace=False)] = True
+    assert selection.subset_norm(S, pruned) < 0.5 * selection.subset_norm(S, rand)
+
+
+def test_groups_are_quantile_bins_within_classes():
+    labels = np.array([0] * 6 + [1] * 4)
+    diff = np.array([5, 4, 3, 2, 1, 0, 9, 8, 7, 6], dtype=float)
+    g = groups_of(labels, diff, Coverage(balance=True, strata=2))
+    np.testing.assert_array_equal(g, [1, 1, 1, 0, 0, 0, 3, 3, 2, 2])
+
+
+def test_epsilon_mode_is_the_largest_feasible_covered_count():
+    rng = np.random.default_rng(9)
+    S = rng.normal(size=(12, 4))
+    labels = np.repeat([0, 1], 6)
+    eps = 1.5
+    cov = Coverage(balance=True)
+    pruned = maximize_pruned_covered(S, eps, labels, None, cov, solver="brute")
+    assert selection.subset_norm(S, pruned) <= eps
+    m = int(pruned.sum())
+    for bigger in range(m + 1, 13):  # no larger covered count is feasible
+        p = minimize_norm_covered(S, bigger, labels, None, cov, solver="brute")
+        assert selection.subset_norm(S, p) > eps
