@@ -42,7 +42,7 @@ import torch  # noqa: E402
 from dpcli import pipeline, stages  # noqa: E402
 from dpcli.config import InfluenceConfig, PruneConfig, TrainConfig  # noqa: E402
 from dpcli.data import load_dataset  # noqa: E402
-from dpcli.training import load_checkpoint, train  # noqa: E402
+from dpcli.training import train  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,10 @@ METHODS = {
     "opt+balance": MethodSpec("opt+balance", {"balance": True}),
     "opt+coverage": MethodSpec("opt+coverage", {"balance": True, "strata": 10}),
     "opt+coverage+cutoff": MethodSpec("opt+coverage+cutoff", {"balance": True, "strata": 10, "cutoff": None}),
+    "opt+coverage+0.5x": MethodSpec("opt+coverage+0.5x", {"balance": True, "strata": 10, "cutoff_ratio": 0.5}),
+    "opt+coverage+0.5x+features": MethodSpec("opt+coverage+0.5x+features",
+                                             {"balance": True, "strata": 10, "cutoff_ratio": 0.5,
+                                              "match_features": True}, seeded=False),
 }
 
 
@@ -150,33 +154,29 @@ def run_grid(args: argparse.Namespace) -> None:
                           "train_seconds": ck.seconds, "history": [[r.epoch, r.seconds, r.test_acc] for r in ck.history]})
         log(f"full s{seed}: {ck.final.test_acc:.2f}%")
 
-    todo = [(m, r, s) for s in args.seeds for r in args.ratios for m in args.methods]
-    for k, (name, ratio, seed) in enumerate(todo):
-        cell = cells / f"{name}__r{ratio:g}__s{seed}.json"
+    def run_cell(file: str, name: str, ratio: float, seed: int, cfg: TrainConfig, tag: str,
+                 eval_every: int) -> None:
+        """Select with ``name`` at ``ratio``, retrain with ``cfg``, record the cell (skipped if recorded)."""
+        cell = cells / file
         if cell.exists():
-            continue
+            return
         spec = METHODS[name]
         mask = make_mask(spec, ratio, seed if spec.seeded else 0, inf_path, device, ds)
-        out = Path(mask.path).parent / f"retrain-w{args.width}-s{seed}" / "checkpoint.h5"
-        res = retrain_cell(ds, mask, base.replace(seed=seed), out, device, eval_every=args.epochs)
+        out = Path(mask.path).parent / f"retrain-{tag}" / "checkpoint.h5"
+        res = retrain_cell(ds, mask, cfg, out, device, eval_every=eval_every)
         write_json(cell, {"method": name, "ratio": ratio, "seed": seed, "n_kept": mask.n_kept,
                           "norm": mask.norm, "select_seconds": mask.seconds, **res})
-        log(f"[{k + 1}/{len(todo)}] {name} r={ratio:g} s={seed}: {res['test_accuracy']:.2f}% "
-            f"(||sum S|| {mask.norm:.3g}, {res['wall_seconds']:.0f}s)")
+        log(f"{file}: {res['test_accuracy']:.2f}% (||sum S|| {mask.norm:.3g}, {res['wall_seconds']:.0f}s)")
 
-    if args.figure4:
-        for name in args.figure4:
-            for ratio in args.ratios:
-                cell = cells / f"fig4__{name}__r{ratio:g}.json"
-                if cell.exists():
-                    continue
-                mask = make_mask(METHODS[name], ratio, 0, inf_path, device, ds)
-                out = Path(mask.path).parent / "retrain-fig4" / "checkpoint.h5"
-                res = retrain_cell(ds, mask, base, out, device, eval_every=1)
-                write_json(cell, {"method": name, "ratio": ratio, "seed": 0, **res})
-                log(f"fig4 {name} r={ratio:g}: {res['test_accuracy']:.2f}%")
-
-    if args.large_width:
+    for seed in args.seeds:
+        for ratio in args.ratios:
+            for name in args.methods:
+                run_cell(f"{name}__r{ratio:g}__s{seed}.json", name, ratio, seed, base.replace(seed=seed),
+                         f"w{args.width}-s{seed}", args.epochs)
+    for name in args.figure4:  # per-epoch evaluation: accuracy against training time
+        for ratio in args.ratios:
+            run_cell(f"fig4__{name}__r{ratio:g}.json", name, ratio, 0, base, "fig4", 1)
+    if args.large_width:  # selected with this network, retrained with a wider one
         large = base.replace(width=args.large_width)
         for seed in args.large_seeds:
             cell = cells / f"fig3__full__s{seed}.json"
@@ -187,15 +187,8 @@ def run_grid(args: argparse.Namespace) -> None:
                 log(f"fig3 full s{seed}: {ck.final.test_acc:.2f}%")
             for name in args.figure3:
                 for ratio in args.ratios:
-                    cell = cells / f"fig3__{name}__r{ratio:g}__s{seed}.json"
-                    if cell.exists():
-                        continue
-                    spec = METHODS[name]
-                    mask = make_mask(spec, ratio, seed if spec.seeded else 0, inf_path, device, ds)
-                    out = Path(mask.path).parent / f"retrain-w{args.large_width}-s{seed}" / "checkpoint.h5"
-                    res = retrain_cell(ds, mask, large.replace(seed=seed), out, device, eval_every=args.epochs)
-                    write_json(cell, {"method": name, "ratio": ratio, "seed": seed, **res})
-                    log(f"fig3 {name} r={ratio:g} s={seed}: {res['test_accuracy']:.2f}%")
+                    run_cell(f"fig3__{name}__r{ratio:g}__s{seed}.json", name, ratio, seed,
+                             large.replace(seed=seed), f"w{args.large_width}-s{seed}", args.epochs)
 
 
 def make_mask(spec: MethodSpec, ratio: float, seed: int, inf_path: Path, device, ds) -> stages.MaskInfo:
@@ -207,11 +200,7 @@ def make_mask(spec: MethodSpec, ratio: float, seed: int, inf_path: Path, device,
 
 
 # --------------------------------------------------------------------------- report
-def load_cells(work: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((work / "cells").glob("*.json"))]
-
-
-def summarize(cells: list[dict], prefix: str = "") -> dict:
+def summarize(cells: list[dict]) -> dict:
     table: dict = {}
     for c in cells:
         table.setdefault((c["method"], c["ratio"]), []).append(c["test_accuracy"])
@@ -220,13 +209,10 @@ def summarize(cells: list[dict], prefix: str = "") -> dict:
 
 def report(args: argparse.Namespace) -> str:
     work = Path(args.work)
-    cells = load_cells(work)
-    grid = [c for c in cells if "__" in c.get("_file", "") or True]
     files = sorted((work / "cells").glob("*.json"))
     main = [json.loads(p.read_text()) for p in files if not p.name.startswith(("fig3", "fig4"))]
     fig3 = [json.loads(p.read_text()) for p in files if p.name.startswith("fig3")]
     fig4 = [json.loads(p.read_text()) for p in files if p.name.startswith("fig4")]
-    del grid
     acc = summarize(main)
     full = acc.get(("full", 0.0), [])
     ratios = sorted({r for (_, r) in acc if r > 0})

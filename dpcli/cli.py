@@ -68,8 +68,9 @@ InfluenceMethod = Annotated[str, typer.Option("--influence-method", help="Influe
 Selector = Annotated[str, typer.Option("--method", help="Selector: optimization (the paper's: Eq. 3/4 on S; default), random, herding (class-wise, final features), forgetting (events counted during train), grand / el2n (early-training gradient / error norm averaged over --score-seeds), influence-score (||S_i|| alone), ccs (stratified over difficulty with a hard cutoff), tdds (training-dynamics variability). Score rules keep the highest scores; all write the same mask.h5 and report ||sum S_pruned||.")]
 Balance = Annotated[bool, typer.Option("--balance/--no-balance", help="optimization: prune the same share of every class (a constraint of the solve).")]
 Strata = Annotated[int, typer.Option("--strata", help="optimization: split each group into K difficulty quantile bins (mean training loss over epochs) and prune the same share of each, so the kept set covers the difficulty distribution [default: 1 = off].")]
-HardCutoff = Annotated[Optional[str], typer.Option("--hard-cutoff", help="optimization / ccs: prune this share of all samples, the hardest first, before selecting; 'auto' = CCS's schedule (0 up to 50 %% pruned, 0.1 at 70 %%, 0.3 at 90 %%) [default: 0 for optimization, auto for ccs].")]
-ScoreEpoch = Annotated[Optional[int], typer.Option("--score-epoch", help="el2n / grand: score the model after this many epochs [default: 10 %% of training for el2n, 0 (initialization) for grand].")]
+HardCutoff = Annotated[Optional[str], typer.Option("--hard-cutoff", help="optimization / ccs: prune this share B of all samples, the hardest first, before selecting; 'auto' = CCS's schedule (0 up to 50 % pruned, 0.1 at 70 %, 0.3 at 90 %); 'Fx' = F times the prune ratio (0.5x: half of the pruned samples are the hardest) [default: 0 for optimization, auto for ccs].")]
+MatchFeatures = Annotated[bool, typer.Option("--match-features/--no-match-features", help="optimization: also make the pruned samples of every class / stratum average to its mean penultimate feature, so the kept set keeps each group's feature mean (herding's criterion) while the influence still cancels.")]
+ScoreEpoch = Annotated[Optional[int], typer.Option("--score-epoch", help="el2n / grand: score the model after this many epochs [default: 10 % of training for el2n, 0 (initialization) for grand].")]
 ScoreSeeds = Annotated[int, typer.Option("--score-seeds", help="el2n / grand: average over this many training seeds (seed 0 is the full run; the others train only up to --score-epoch, cached).")]
 Epsilon = Annotated[Optional[float], typer.Option("--epsilon", help=EPSILON_HELP)]
 Ratio = Annotated[Optional[float], typer.Option("--prune-ratio", help="Cardinality mode (Eq. 4): PRUNE this fraction of the training set, minimizing ||sum S_i||.")]
@@ -88,7 +89,8 @@ def _load(dataset: str, data_root: Optional[Path]) -> Dataset:
 
 
 def _train_with_bar(config: TrainConfig, ds: Dataset, out: Path, *, device, force: bool, keep_indices=None,
-                    lineage: dict | None = None, label: str = "train", dist=None) -> Checkpoint:
+                    lineage: dict | None = None, label: str = "train", dist=None,
+                    snapshot_epochs: tuple[int, ...] | None = None) -> Checkpoint:
     n_used = len(ds.train.labels) if keep_indices is None else len(keep_indices)
     with console.progress_bar(label, total=config.epochs * n_used) as update:
         last = {"text": ""}
@@ -102,7 +104,21 @@ def _train_with_bar(config: TrainConfig, ds: Dataset, out: Path, *, device, forc
             update(rec.epoch * n_used, status=f"epoch {rec.epoch}/{config.epochs}{last['text']}")
 
         return train_model(config, ds, out, device=device, keep_indices=keep_indices, force=force,
-                           lineage=lineage, on_batch=on_batch, on_epoch=on_epoch, dist=dist)
+                           lineage=lineage, on_batch=on_batch, on_epoch=on_epoch, dist=dist,
+                           snapshot_epochs=snapshot_epochs)
+
+
+def _epoch_list(text: Optional[str], epochs: int) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(sorted({int(t) for t in text.split(",") if t.strip()}))
+    except ValueError:
+        raise DpcliError(f"--snapshot-epochs must be comma-separated integers, got {text!r}") from None
+    bad = [e for e in values if not 0 <= e <= epochs]
+    if bad:
+        raise DpcliError(f"--snapshot-epochs must lie in [0, {epochs}], got {bad[0]}")
+    return values
 
 
 def _train_config(dataset: str, ds: Dataset, **kw: Any) -> TrainConfig:
@@ -136,15 +152,19 @@ def _prune(influence: Path, pcfg: PruneConfig, out: Path, indices_out: Optional[
                             device=device, data_root=data_root, ds=ds)
 
 
-def _cutoff(value: Optional[str], method: str) -> Optional[float]:
+def _cutoff(value: Optional[str], method: str) -> tuple[Optional[float], Optional[float]]:
+    """--hard-cutoff B | auto | Fx  ->  (cutoff, cutoff_ratio) of PruneConfig."""
     if value is None:
-        return None if method == "ccs" else 0.0
-    if value.strip().lower() == "auto":
-        return None
+        return (None if method == "ccs" else 0.0), None
+    text = value.strip().lower()
+    if text == "auto":
+        return None, None
     try:
-        return float(value)
+        if text.endswith("x"):
+            return 0.0, float(text[:-1])
+        return float(text), None
     except ValueError:
-        raise DpcliError(f"--hard-cutoff must be a share in [0, 1) or 'auto', got {value!r}") from None
+        raise DpcliError(f"--hard-cutoff must be a share in [0, 1), 'auto' or F followed by x (F times the prune ratio), got {value!r}") from None
 
 
 def _mask_summary(mask: stages.MaskInfo) -> dict[str, Any]:
@@ -178,9 +198,13 @@ def train(
     arch: Arch = None, width: Width = None, depth: Depth = None, epochs: Epochs = None, lr: Lr = None,
     momentum: Momentum = None, weight_decay: WeightDecay = None, batch_size: BatchSize = None,
     augment: Augment = None, seed: Annotated[int, typer.Option("--seed")] = 0, device: Device = "auto",
+    snapshot_epochs: Annotated[Optional[str], typer.Option("--snapshot-epochs", help="Comma-separated epochs after which to keep a copy of the weights (0 = initialization), for prune --method el2n/grand --score-epoch [default: 0 and 10 % of training].")] = None,
     data_root: DataRoot = None, run_root: RunRoot = None, force: Force = False, json: Json = False, quiet: Quiet = False,
 ) -> None:
     """Train the full-data model (ERM) and write checkpoint.h5; an interrupted run resumes.
+
+    Also records each sample's loss and correctness per epoch and weight snapshots, which the
+    score-based `prune --method` selectors read.
 
     Under `torchrun --nproc_per_node K -m dpcli train ...` the global batch is split across K
     ranks (DDP); rank 0 alone prints and writes the checkpoint.
@@ -196,7 +220,8 @@ def train(
                         weight_decay=weight_decay, batch_size=batch_size, augment=augment, seed=seed)
     path = out or pipeline.checkpoint_path(run_root or pipeline.default_run_root(), cfg)
     t0 = time.perf_counter()
-    ck = _train_with_bar(cfg, ds, path, device=dev, force=force, dist=dist)
+    ck = _train_with_bar(cfg, ds, path, device=dev, force=force, dist=dist,
+                         snapshot_epochs=_epoch_list(snapshot_epochs, cfg.epochs))
     final = ck.final
     console.info(f"checkpoint: {path}  test accuracy {final.test_acc:.2f}%  test loss {final.test_loss:.4f}")
     if json:
@@ -264,7 +289,7 @@ def prune(
     momentum: Momentum = None, weight_decay: WeightDecay = None, batch_size: BatchSize = None, augment: Augment = None,
     train_seed: Annotated[int, typer.Option("--train-seed", help="Training seed (dataset mode).")] = 0,
     method: Selector = "optimization", balance: Balance = False, strata: Strata = 1, hard_cutoff: HardCutoff = None,
-    score_epoch: ScoreEpoch = None, score_seeds: ScoreSeeds = 3,
+    match_features: MatchFeatures = False, score_epoch: ScoreEpoch = None, score_seeds: ScoreSeeds = 3,
     influence_method: InfluenceMethod = "exact", damping: Damping = None, lissa_depth: LissaDepth = 1000,
     lissa_scale: LissaScale = 10.0, lissa_batch_size: LissaBatch = 512, lissa_repeats: LissaRepeats = 1,
     device: Device = "auto", data_root: DataRoot = None, run_root: RunRoot = None, force: Force = False,
@@ -279,7 +304,8 @@ def prune(
     console.set_quiet(quiet)
     pcfg = PruneConfig(epsilon=epsilon, ratio=prune_ratio, count=prune_count, solver=solver,
                        time_budget=time_budget, seed=seed, buckets=buckets, workers=workers, method=method,
-                       balance=balance, strata=strata, cutoff=_cutoff(hard_cutoff, method),
+                       balance=balance, strata=strata, cutoff=_cutoff(hard_cutoff, method)[0],
+                       cutoff_ratio=_cutoff(hard_cutoff, method)[1], match_features=match_features,
                        score_epoch=score_epoch, score_seeds=score_seeds).validate()
     chain: dict[str, Any] = {}
     dev, ds = None, None

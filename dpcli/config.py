@@ -124,6 +124,8 @@ class PruneConfig:
     balance: bool = False  # optimization: per-class prune counts
     strata: int = 1  # optimization: difficulty quantile bins with proportional counts
     cutoff: float | None = 0.0  # optimization/ccs: hardest share pruned first; None = CCS's schedule
+    cutoff_ratio: float | None = None  # instead: cutoff = cutoff_ratio x the prune ratio ("--hard-cutoff 0.5x")
+    match_features: bool = False  # optimization: also keep every group's mean feature (herding's criterion)
     score_epoch: int | None = None  # el2n/grand: epoch of the scoring snapshot [default: 10 % of training]
     score_seeds: int = 3  # el2n/grand: training seeds averaged
 
@@ -153,7 +155,15 @@ class PruneConfig:
         if self.score_epoch is not None and (int(self.score_epoch) != self.score_epoch or self.score_epoch < 0):
             raise DpcliError(f"--score-epoch must be an integer >= 0, got {self.score_epoch}")
         _positive_int("--score-seeds", self.score_seeds)
-        coverage = self.balance or self.strata > 1 or self.cutoff != 0.0
+        if self.cutoff_ratio is not None:
+            if not (math.isfinite(self.cutoff_ratio) and 0 <= self.cutoff_ratio <= 1) or self.cutoff != 0.0:
+                raise DpcliError(f"--hard-cutoff Fx needs 0 <= F <= 1, got {self.cutoff_ratio}")
+            if self.epsilon is not None:
+                raise DpcliError("--hard-cutoff Fx is relative to the prune ratio; give --prune-ratio or --prune-count")
+        coverage = (self.balance or self.strata > 1 or self.cutoff != 0.0 or self.cutoff_ratio is not None
+                    or self.match_features)
+        if self.match_features and self.epsilon is not None:
+            raise DpcliError("--match-features needs --prune-ratio or --prune-count")
         if coverage and self.method not in ("optimization", "ccs"):
             raise DpcliError(f"--balance/--strata/--hard-cutoff apply to --method optimization (and ccs), not {self.method}")
         if self.method in ("random", "herding", "ccs") and self.epsilon is not None:
@@ -171,7 +181,8 @@ class PruneConfig:
         d.pop("workers")  # the result does not depend on the worker count
         if self.buckets == 1:
             d.pop("buckets")  # unbucketed runs keep their existing keys
-        for key, default in (("method", "optimization"), ("balance", False), ("strata", 1), ("cutoff", 0.0)):
+        for key, default in (("method", "optimization"), ("balance", False), ("strata", 1), ("cutoff", 0.0),
+                             ("cutoff_ratio", None), ("match_features", False)):
             if d[key] == default:
                 d.pop(key)  # masks made before these options keep their keys
         if self.method not in ("el2n", "grand"):

@@ -62,8 +62,14 @@ def groups_of(labels: np.ndarray, difficulty: np.ndarray | None, cov: Coverage) 
 
 def minimize_norm_covered(S: np.ndarray, m: int, labels: np.ndarray, difficulty: np.ndarray | None,
                           cov: Coverage, *, seed: int = 0, solver: str = "swap",
-                          time_budget: float | None = None, progress=None) -> np.ndarray:
-    """Eq. 4 with per-group counts: the pruned mask (``m`` True) of smallest ``||sum S_i||``."""
+                          time_budget: float | None = None, progress=None,
+                          features: np.ndarray | None = None) -> np.ndarray:
+    """Eq. 4 with per-group counts: the pruned mask (``m`` True) of smallest ``||sum S_i||``.
+
+    With ``features`` (penultimate features, n x D) the objective also asks the pruned samples
+    of every group to have the group's mean feature, so the kept set keeps each class's and
+    stratum's feature mean (herding's criterion) while the influence still cancels.
+    """
     cov.validate()
     S = np.asarray(S)
     n = S.shape[0]
@@ -88,6 +94,9 @@ def minimize_norm_covered(S: np.ndarray, m: int, labels: np.ndarray, difficulty:
     counts = proportional_counts(gsize, m_free)
     offset = S[forced].astype(np.float64).sum(0) if forced.any() else np.zeros(S.shape[1])
     Sf = S[free].astype(np.float64) + offset / m_free  # |W| = m_free: the offset sums to the forced part
+    if features is not None:
+        Sf = np.hstack([Sf, _feature_block(np.asarray(features, dtype=np.float64)[free], labels[free], ginv,
+                                           Sf, counts, seed)])
     if len(gid) > 1:
         lam = _penalty_weight(Sf, ginv, counts, seed)
         onehot = np.zeros((len(free), len(gid)))
@@ -123,13 +132,37 @@ def maximize_pruned_covered(S: np.ndarray, epsilon: float, labels: np.ndarray, d
     return best
 
 
-def _penalty_weight(Sf: np.ndarray, ginv: np.ndarray, counts: np.ndarray, seed: int) -> float:
-    """Large enough that one unit of count error costs more than any swap can gain."""
+def _feature_block(F: np.ndarray, labels: np.ndarray, ginv: np.ndarray, Sf: np.ndarray, counts: np.ndarray,
+                   seed: int) -> np.ndarray:
+    """Per-class column blocks of features centred on their group's mean, scaled so that at a
+    stratified random start they weigh as much as the influence part."""
+    Fc = F.copy()
+    for g in np.unique(ginv):
+        rows = ginv == g
+        Fc[rows] -= F[rows].mean(0)
+    classes, cls = np.unique(labels, return_inverse=True)
+    block = np.zeros((len(F), len(classes) * F.shape[1]))
+    for c in range(len(classes)):
+        rows = cls == c
+        block[rows, c * F.shape[1]:(c + 1) * F.shape[1]] = Fc[rows]
+    start = _stratified_start(ginv, counts, seed)
+    ref = np.linalg.norm(Sf[start].sum(0))
+    got = np.linalg.norm(block[start].sum(0))
+    return block * (ref / got if got > 0 else 1.0)
+
+
+def _stratified_start(ginv: np.ndarray, counts: np.ndarray, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     start = np.zeros(len(ginv), dtype=bool)
     for g, c in enumerate(counts):
         idx = np.flatnonzero(ginv == g)
         start[rng.choice(idx, size=int(c), replace=False)] = True
+    return start
+
+
+def _penalty_weight(Sf: np.ndarray, ginv: np.ndarray, counts: np.ndarray, seed: int) -> float:
+    """Large enough that one unit of count error costs more than any swap can gain."""
+    start = _stratified_start(ginv, counts, seed)
     r = float(np.sqrt(np.einsum("ij,ij->i", Sf, Sf).max()))
     v0 = float(np.linalg.norm(Sf[start].sum(0)))
     return 3.0 * (r + v0) + 1e-12

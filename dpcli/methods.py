@@ -71,18 +71,23 @@ def select(cfg: PruneConfig, ctx: Context) -> tuple[np.ndarray, str]:
 
 def _optimization(cfg: PruneConfig, ctx: Context, m: int | None) -> tuple[np.ndarray, str]:
     cov = Coverage(balance=cfg.balance, strata=cfg.strata, cutoff=cfg.cutoff or 0.0)
-    if cfg.cutoff is None:
+    if cfg.cutoff is None or cfg.cutoff_ratio is not None:
         if m is None:
-            raise DpcliError("--hard-cutoff auto needs a prune ratio or count")
-        cov = Coverage(balance=cfg.balance, strata=cfg.strata, cutoff=baselines.ccs_cutoff(m / ctx.S.shape[0]))
+            raise DpcliError("--hard-cutoff auto / Fx needs a prune ratio or count")
+        share = m / ctx.S.shape[0]
+        cutoff = baselines.ccs_cutoff(share) if cfg.cutoff is None else cfg.cutoff_ratio * share
+        cov = Coverage(balance=cfg.balance, strata=cfg.strata, cutoff=min(cutoff, 0.999999))
     needs_difficulty = cov.strata > 1 or cov.cutoff > 0
     diff = _difficulty(ctx) if needs_difficulty else None
     label = (f"{cfg.solver}+coverage(balance={cov.balance},strata={cov.strata},cutoff={cov.cutoff:g})")
     if m is None:
         return maximize_pruned_covered(ctx.S, cfg.epsilon, ctx.labels, diff, cov, seed=cfg.seed,
                                        solver=cfg.solver), label
+    feats = _features(ctx) if cfg.match_features else None
+    if feats is not None:
+        label += "+features"
     return minimize_norm_covered(ctx.S, m, ctx.labels, diff, cov, seed=cfg.seed, solver=cfg.solver,
-                                 time_budget=cfg.time_budget, progress=ctx.progress), label
+                                 time_budget=cfg.time_budget, progress=ctx.progress, features=feats), label
 
 
 def _scores(method: str, cfg: PruneConfig, ctx: Context) -> np.ndarray:

@@ -242,7 +242,8 @@ def prune(influence_path: Path, out: Path, cfg: PruneConfig, *, indices_out: Pat
             progress(fraction)
 
     t0 = time.perf_counter()
-    plain = cfg.method == "optimization" and not (cfg.balance or cfg.strata > 1 or cfg.cutoff != 0.0)
+    plain = cfg.method == "optimization" and not (cfg.balance or cfg.strata > 1 or cfg.cutoff != 0.0
+                                                  or cfg.cutoff_ratio is not None or cfg.match_features)
     if not plain:
         from dpcli import methods
 

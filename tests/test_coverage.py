@@ -91,3 +91,25 @@ def test_epsilon_mode_is_the_largest_feasible_covered_count():
     for bigger in range(m + 1, 13):  # no larger covered count is feasible
         p = minimize_norm_covered(S, bigger, labels, None, cov, solver="brute")
         assert selection.subset_norm(S, p) > eps
+
+
+def test_feature_matching_keeps_each_group_mean():
+    rng = np.random.default_rng(11)
+    n, d = 300, 6
+    S = rng.normal(size=(n, 4)) * 1e-3
+    F = rng.normal(size=(n, d)) + rng.normal(size=(1, d))
+    labels = np.repeat([0, 1, 2], 100)
+    cov = Coverage(balance=True)
+    with_f = minimize_norm_covered(S, 150, labels, None, cov, features=F)
+    without = minimize_norm_covered(S, 150, labels, None, cov)
+
+    def mean_gap(pruned):
+        return sum(np.linalg.norm(F[(labels == c) & ~pruned].mean(0) - F[labels == c].mean(0)) for c in range(3))
+
+    assert [int(with_f[labels == c].sum()) for c in range(3)] == [50, 50, 50]
+    assert mean_gap(with_f) < 0.2 * mean_gap(without)
+    # the influence part still counts: far below a random choice with the same counts
+    rand = np.zeros(n, bool)
+    for c in range(3):
+        rand[rng.choice(np.flatnonzero(labels == c), 50, replace=False)] = True
+    assert selection.subset_norm(S, with_f) < selection.subset_norm(S, rand)

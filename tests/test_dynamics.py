@@ -75,3 +75,14 @@ def test_eval_every_skips_intermediate_evaluations(digits, tmp_path):
     accs = [r.test_acc for r in ck.history]
     assert np.isnan(accs[0]) and np.isnan(accs[1]) and np.isfinite(accs[2])
     assert load_checkpoint(ck.path).final.test_acc == accs[2]
+
+
+def test_cli_snapshot_epochs(tmp_path, capsys):
+    from conftest import TINY, run_cli
+
+    out = tmp_path / "c.h5"
+    code, _, err = run_cli(["train", "digits", *TINY, "--snapshot-epochs", "1,3", "--out", out, "--quiet"], capsys)
+    assert code == 0, err
+    assert sorted(_dyn(out).snapshots) == [1, 3]
+    code, outp, err = run_cli(["train", "digits", *TINY, "--snapshot-epochs", "9", "--out", tmp_path / "d.h5"], capsys)
+    assert code == 2 and "--snapshot-epochs" in err and err.strip().count("\n") == 0

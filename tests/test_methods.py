@@ -122,12 +122,24 @@ def test_covered_optimization_via_cli_and_retrain(tiny_run, tmp_path, capsys):
     np.testing.assert_array_equal(ck.keep_indices, mask.keep_indices)
 
 
+def test_relative_hard_cutoff_prunes_the_hardest_share(tiny_run, tmp_path, capsys):
+    from dpcli.scores import difficulty, load_dynamics
+
+    _, mask = _prune(tiny_run, tmp_path, capsys, "optimization", "--prune-ratio", "0.4", "--balance",
+                     "--hard-cutoff", "0.5x", "--match-features")
+    diff = difficulty(load_dynamics(tiny_run.checkpoint))
+    hardest = np.lexsort((np.arange(len(diff)), -diff))[:round(0.2 * len(diff))]
+    assert (~mask.keep)[hardest].all()
+    assert mask.n_pruned == selection.count_from_ratio(len(diff), 0.4)
+
+
 def test_user_errors(tiny_run, tmp_path, capsys):
     for args, fragment in [
         (["--method", "herding", "--epsilon", "0.1"], "no epsilon mode"),
         (["--method", "nope", "--prune-ratio", "0.1"], "unknown --method"),
         (["--method", "random", "--balance", "--prune-ratio", "0.1"], "apply to --method optimization"),
         (["--prune-ratio", "0.1", "--hard-cutoff", "lots"], "--hard-cutoff"),
+        (["--epsilon", "0.1", "--hard-cutoff", "0.5x"], "relative to the prune ratio"),
     ]:
         code, out, err = run_cli(["prune", tiny_run.influence, *args, "--out", tmp_path / "x.h5"], capsys)
         assert code == 2 and out == "" and "Traceback" not in err
