@@ -39,10 +39,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from dpcli import pipeline, stages  # noqa: E402
+from dpcli import pipeline, selection, stages  # noqa: E402
 from dpcli.config import InfluenceConfig, PruneConfig, TrainConfig  # noqa: E402
 from dpcli.data import load_dataset  # noqa: E402
-from dpcli.training import train  # noqa: E402
+from dpcli.training import resolve_device, train  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def prepare_subset(args: argparse.Namespace) -> Path:
     for split, per in (("train", args.per_class), ("test", None)):
         for c in sorted(os.listdir(full / split)):
             files = sorted(os.listdir(full / split / c))
-            if per:
+            if per and per < len(files):
                 files = sorted(rng.sample(files, per))
             (dst / split / c).mkdir(parents=True, exist_ok=True)
             for f in files:
@@ -110,7 +110,7 @@ def prepare_subset(args: argparse.Namespace) -> Path:
 
 
 def base_config(args: argparse.Namespace, dataset: str, **changes) -> TrainConfig:
-    cfg = TrainConfig(dataset=dataset, arch="convnet", width=args.width, depth=args.depth, epochs=args.epochs,
+    cfg = TrainConfig(dataset=dataset, arch=args.arch, width=args.width, depth=args.depth, epochs=args.epochs,
                       lr=args.lr, batch_size=args.batch_size, augment=True, seed=0)
     return cfg.replace(**changes)
 
@@ -132,7 +132,7 @@ def run_grid(args: argparse.Namespace) -> None:
     data = prepare_subset(args)
     dataset = f"imagefolder:{data.resolve()}"
     ds = load_dataset(dataset, work / "data")
-    device = torch.device("cpu")
+    device = resolve_device(args.device)
     base = base_config(args, dataset)
     ck_path = pipeline.checkpoint_path(runs, base)
     log(f"full-data model: {ck_path}")
@@ -236,7 +236,9 @@ def report(args: argparse.Namespace) -> str:
             row.append(f"**{cell}**" if np.isclose(np.mean(v), best[r]) else cell)
         lines.append(f"| {m} | " + " | ".join(row) + " |")
     lines.append("")
-    lines.append("Mean ± standard deviation of the final test accuracy (%) over seeds; bold = best mean per ratio.")
+    lines.append("Mean ± standard deviation of the final test accuracy (%) over seeds (n=3 unless noted); "
+                 "bold = best mean per ratio.")
+    lines.append(_margins(acc, args.ours, [m for m in methods if not m.startswith("opt")], ratios))
     norms: dict = {}
     for c in main:
         if c["method"] != "full":
@@ -251,9 +253,9 @@ def report(args: argparse.Namespace) -> str:
     _plot(acc, methods, ratios, full, plot)
     lines.append(f"\n![accuracy against prune ratio]({plot.name})\n")
     if fig4:
-        lines.append("### Figure 4 reproduction: time to reach accuracy\n")
+        lines.append("### Figure 4 reproduction: training cost on the pruned set\n")
         ref = [c for c in main if c["method"] == "full" and c["seed"] == 0]
-        lines.append(_fig4_table(fig4, ref[0] if ref else None))
+        lines.append(_fig4(fig4, ref[0] if ref else None, args.batch_size, Path(args.docs).with_name("benchmarks-fig4.png")))
     if fig3:
         lines.append("### Figure 3 reproduction: selected with the small network, retrained with a wider one\n")
         a3 = summarize(fig3)
@@ -270,23 +272,58 @@ def report(args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def _fig4_table(fig4: list[dict], full: dict | None) -> str:
-    out = ["| method | pruned | final acc % | train s | s to reach full-data acc − 3 pts | full data: s to same |",
-           "|---|---|---|---|---|---|"]
-    for c in sorted(fig4, key=lambda c: (c["method"], c["ratio"])):
-        target = (full["test_accuracy"] - 3.0) if full else None
+def _margins(acc: dict, ours: str, baselines: list[str], ratios: list[float]) -> str:
+    """The Done criterion: our mean minus each rival's, against the larger of the two spreads."""
+    out = [f"\nMargin of `{ours}` over each baseline (difference of means, in points; `*` = larger than both "
+           "methods' seed-to-seed standard deviations):\n",
+           "| baseline | " + " | ".join(f"{r:.0%}" for r in ratios) + " |", "|---|" + "---|" * len(ratios)]
+    for b in baselines:
+        row = []
+        for r in ratios:
+            if (ours, r) not in acc or (b, r) not in acc:
+                row.append("–")
+                continue
+            diff = np.mean(acc[(ours, r)]) - np.mean(acc[(b, r)])
+            spread = max(np.std(acc[(ours, r)]), np.std(acc[(b, r)]))
+            row.append(f"{diff:+.2f}{'*' if diff > spread else ''}")
+        out.append(f"| {b} | " + " | ".join(row) + " |")
+    return "\n".join(out)
 
-        def reach(hist):
-            t = 0.0
-            for _, sec, a in hist:
-                t += sec
-                if a == a and target is not None and a >= target:
-                    return f"{t:.0f}"
-            return "not reached"
-        total = sum(h[1] for h in c["history"])
-        out.append(f"| {c['method']} | {c['ratio']:.0%} | {c['test_accuracy']:.2f} | {total:.0f} | "
-                   f"{reach(c['history'])} | {reach(full['history']) if full else '–'} |")
-    return "\n".join(out) + "\n"
+
+def _fig4(fig4: list[dict], full: dict | None, batch_size: int, path: Path) -> str:
+    """Figure 4: test accuracy against optimizer steps (machine-independent) for full and pruned data."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = ["| method | pruned | final acc % | optimizer steps | steps vs full | wall s (shared CPU) |",
+           "|---|---|---|---|---|---|"]
+    full_steps = None
+    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    if full:
+        per = -(-10_000 // batch_size)
+        full_steps = per * len(full["history"])
+        ax.plot([per * h[0] for h in full["history"]], [h[2] for h in full["history"]], "k-", label="full data")
+        out.append(f"| full data | 0% | {full['test_accuracy']:.2f} | {full_steps} | 1.00 | "
+                   f"{sum(h[1] for h in full['history']):.0f} |")
+    for c in sorted(fig4, key=lambda c: (c["method"], c["ratio"])):
+        n_kept = c.get("n_kept", 10_000 - selection.count_from_ratio(10_000, c["ratio"]))  # older cells
+        per = -(-n_kept // batch_size)
+        steps = per * len(c["history"])
+        rel = f"{steps / full_steps:.2f}" if full_steps else "–"
+        out.append(f"| {c['method']} | {c['ratio']:.0%} | {c['test_accuracy']:.2f} | {steps} | {rel} | "
+                   f"{sum(h[1] for h in c['history']):.0f} |")
+        ax.plot([per * h[0] for h in c["history"]], [h[2] for h in c["history"]],
+                "-" if c["method"].startswith("opt") else "--", label=f"{c['method']} {c['ratio']:.0%}")
+    ax.set_xlabel("optimizer steps")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return "\n".join(out) + f"\n\n![accuracy against optimizer steps]({path.name})\n"
 
 
 def _plot(acc: dict, methods: list[str], ratios: list[float], full: list[float], path: Path) -> None:
@@ -338,7 +375,7 @@ def write_docs(args: argparse.Namespace, body: str) -> None:
     cmd = "python benchmarks/grid.py " + " ".join(sys.argv[1:])
     gen = (f"<!-- grid:begin -->\n<!-- generated by benchmarks/grid.py; edits here are overwritten -->\n"
            f"Command: `{cmd}` (commit {commit})  \nMachine: {machine()}  \n"
-           f"Settings: ConvNet width {args.width} depth {args.depth}, {args.epochs} epochs, batch {args.batch_size}, "
+           f"Settings: {args.arch} (ConvNet width {args.width} depth {args.depth}), {args.epochs} epochs, batch {args.batch_size}, "
            f"lr {args.lr} cosine, augmentation on; retrained with the same settings on the kept samples; "
            f"seeds {', '.join(map(str, args.seeds))}.\n\n{body}\n<!-- grid:end -->")
     path.write_text(head + gen + tail)
@@ -350,11 +387,13 @@ def main() -> None:
     ap.add_argument("--tarball", default="../shared/data/cifar10-jpg.tar.gz")
     ap.add_argument("--data", help="an existing imagefolder subset (skips extraction)")
     ap.add_argument("--work", default="benchmark-runs/grid")
-    ap.add_argument("--per-class", type=int, default=1000)
+    ap.add_argument("--per-class", type=int, default=1000, help="training images per class (0: all)")
     ap.add_argument("--subset-seed", type=int, default=0)
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--ratios", nargs="+", type=float, default=[0.3, 0.5, 0.7, 0.9])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--arch", default="convnet", help="convnet (CPU proxy) or resnet18 (paper scale, GPU)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--depth", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=15)
@@ -367,6 +406,8 @@ def main() -> None:
     ap.add_argument("--large-seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--docs", default="docs/benchmarks.md")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--ours", default="opt+coverage+0.5x+features", choices=list(METHODS),
+                    help="the variant whose margins over the baselines the report tabulates")
     args = ap.parse_args()
     if not args.report_only:
         run_grid(args)
