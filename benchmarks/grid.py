@@ -236,8 +236,8 @@ def report(args: argparse.Namespace) -> str:
             row.append(f"**{cell}**" if np.isclose(np.mean(v), best[r]) else cell)
         lines.append(f"| {m} | " + " | ".join(row) + " |")
     lines.append("")
-    lines.append("Mean ± standard deviation of the final test accuracy (%) over seeds (n=3 unless noted); "
-                 "bold = best mean per ratio.")
+    lines.append(f"Mean ± standard deviation of the final test accuracy (%) over seeds (n={len(args.seeds)} "
+                 "unless noted); bold = best mean per ratio.")
     lines.append(_margins(acc, args.ours, [m for m in methods if not m.startswith("opt")], ratios))
     norms: dict = {}
     for c in main:
@@ -260,16 +260,19 @@ def report(args: argparse.Namespace) -> str:
         lines.append("### Figure 3 reproduction: selected with the small network, retrained with a wider one\n")
         a3 = summarize(fig3)
         f3 = a3.get(("full", 0.0), [])
-        lines.append(f"Wider network (width {args.large_width}) on all data: {np.mean(f3):.2f} ± {np.std(f3):.2f} % "
-                     f"({len(f3)} seeds).\n")
+        lines.append(f"Wider network (width {args.large_width}) on all data: {_mean_std(f3)} % "
+                     f"({len(f3)} seed{'s' if len(f3) != 1 else ''}).\n")
         r3 = sorted({r for (_, r) in a3 if r > 0})
         lines.append("| method | " + " | ".join(f"{r:.0%} pruned" for r in r3) + " |")
         lines.append("|---|" + "---|" * len(r3))
         for m in args.figure3:
-            lines.append(f"| {m} | " + " | ".join(
-                f"{np.mean(a3[(m, r)]):.2f} ± {np.std(a3[(m, r)]):.2f}" if (m, r) in a3 else "–" for r in r3) + " |")
+            lines.append(f"| {m} | " + " | ".join(_mean_std(a3[(m, r)]) if (m, r) in a3 else "–" for r in r3) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _mean_std(values: list[float]) -> str:
+    return f"{np.mean(values):.2f}" if len(values) == 1 else f"{np.mean(values):.2f} ± {np.std(values):.2f}"
 
 
 def _margins(acc: dict, ours: str, baselines: list[str], ratios: list[float]) -> str:
