@@ -117,8 +117,8 @@ def base_config(args: argparse.Namespace, dataset: str, **changes) -> TrainConfi
 
 def retrain_cell(ds, mask: stages.MaskInfo, cfg: TrainConfig, out: Path, device, eval_every: int) -> dict:
     t0 = time.perf_counter()
-    ck = train(cfg.replace(subset=mask.fingerprint), ds, out, device=device, keep_indices=mask.keep_indices,
-               eval_every=eval_every, snapshot_epochs=())
+    ck = stages.retrain(ds, mask, out, base=cfg, overrides={}, device=device, eval_every=eval_every,
+                        snapshot_epochs=()).checkpoint
     return {"test_accuracy": ck.final.test_acc, "test_loss": ck.final.test_loss, "train_seconds": ck.seconds,
             "wall_seconds": time.perf_counter() - t0, "steps": ck.steps,
             "history": [[r.epoch, r.seconds, r.test_acc] for r in ck.history]}

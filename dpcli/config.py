@@ -160,17 +160,21 @@ class PruneConfig:
                 raise DpcliError(f"--hard-cutoff Fx needs 0 <= F <= 1, got {self.cutoff_ratio}")
             if self.epsilon is not None:
                 raise DpcliError("--hard-cutoff Fx is relative to the prune ratio; give --prune-ratio or --prune-count")
-        coverage = (self.balance or self.strata > 1 or self.cutoff != 0.0 or self.cutoff_ratio is not None
-                    or self.match_features)
         if self.match_features and self.epsilon is not None:
             raise DpcliError("--match-features needs --prune-ratio or --prune-count")
-        if coverage and self.method not in ("optimization", "ccs"):
+        if self.uses_coverage and self.method not in ("optimization", "ccs"):
             raise DpcliError(f"--balance/--strata/--hard-cutoff apply to --method optimization (and ccs), not {self.method}")
         if self.method in ("random", "herding", "ccs") and self.epsilon is not None:
             raise DpcliError(f"--method {self.method} has no epsilon mode; give --prune-ratio or --prune-count")
         if self.method != "optimization" and self.buckets != 1:
             raise DpcliError("--buckets applies to --method optimization only")
         return self
+
+    @property
+    def uses_coverage(self) -> bool:
+        """Any of the coverage options (dpcli.coverage) is set."""
+        return (self.balance or self.strata > 1 or self.cutoff != 0.0 or self.cutoff_ratio is not None
+                or self.match_features)
 
     @property
     def mode(self) -> str:

@@ -32,10 +32,6 @@ class Coverage:
     strata: int = 1  # difficulty quantile bins (per class when balance)
     cutoff: float = 0.0  # share of all samples, the hardest, pruned before solving
 
-    @property
-    def active(self) -> bool:
-        return self.balance or self.strata > 1 or self.cutoff > 0
-
     def validate(self) -> "Coverage":
         if isinstance(self.strata, bool) or int(self.strata) != self.strata or self.strata < 1:
             raise DpcliError(f"--strata must be an integer >= 1, got {self.strata}")

@@ -37,7 +37,6 @@ from typing import Iterator
 
 import torch
 import torch.distributed as tdist
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dpcli.errors import DpcliError
@@ -129,15 +128,15 @@ class Distributed:
             self.samples_done += b
             yield x[lo:hi], y[lo:hi], idx[lo:hi]
 
-    def loss(self, logits: Tensor, y: Tensor) -> Tensor:
-        """Local mean loss in value; its gradient is ``K/B * sum(local losses)``.
+    def loss(self, losses: Tensor) -> Tensor:
+        """Local mean of the per-sample ``losses`` in value; its gradient is ``K/B * sum(losses)``.
 
         After DDP's average over K ranks the gradient is the mean over the global batch B,
         whatever the slice sizes (even an empty slice, whose value is 0).
         """
-        total = F.cross_entropy(logits, y, reduction="sum")
+        total = losses.sum()
         scaled = total * (self.world_size / self._global_batch)
-        mean = total / max(int(y.numel()), 1)
+        mean = total / max(int(losses.numel()), 1)
         return scaled + (mean - scaled).detach()
 
     def all_sum(self, t: Tensor) -> Tensor:

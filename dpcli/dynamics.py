@@ -104,13 +104,13 @@ class DynamicsRecorder:
                 sg.create_dataset(k, data=v.numpy())
 
 
-def read_dynamics(f: h5py.File) -> Dynamics | None:
+def read_dynamics(f: h5py.File, snapshots: bool = True) -> Dynamics | None:
     """The dynamics stored in an open checkpoint file, or None if it has none."""
     if "dynamics" not in f:
         return None
     g = f["dynamics"]
     snaps = {}
-    if "snapshots" in f:
+    if snapshots and "snapshots" in f:
         for epoch, sg in f["snapshots"].items():
             snaps[int(epoch)] = {k: torch.from_numpy(np.asarray(v[()])) for k, v in sg.items()}
     return Dynamics(loss=g["loss"][()], correct=g["correct"][()], snapshots=snaps)

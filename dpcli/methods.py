@@ -96,11 +96,11 @@ def _scores(method: str, cfg: PruneConfig, ctx: Context) -> np.ndarray:
 
     if method == "influence-score":  # the individual influence, no group effect
         return np.sqrt(np.einsum("ij,ij->i", ctx.S.astype(np.float64), ctx.S.astype(np.float64)))
-    ck = load_checkpoint(ctx.checkpoint)
     if method == "forgetting":
-        return baselines.forgetting_counts(scores.load_dynamics(ck.path).correct)
+        return baselines.forgetting_counts(scores.load_dynamics(ctx.checkpoint, snapshots=False).correct)
     if method == "tdds":
-        return baselines.tdds_scores(scores.load_dynamics(ck.path).loss)
+        return baselines.tdds_scores(scores.load_dynamics(ctx.checkpoint, snapshots=False).loss)
+    ck = load_checkpoint(ctx.checkpoint, weights=False)  # el2n / grand use its config and snapshots only
     ds = ctx.dataset()
     epoch = cfg.score_epoch if cfg.score_epoch is not None else default_snapshot_epochs(ck.config.epochs)[1]
     if method == "grand" and cfg.score_epoch is None:
@@ -116,7 +116,7 @@ def _scores(method: str, cfg: PruneConfig, ctx: Context) -> np.ndarray:
 def _difficulty(ctx: Context) -> np.ndarray:
     from dpcli import scores
 
-    return scores.difficulty(scores.load_dynamics(ctx.checkpoint))
+    return scores.difficulty(scores.load_dynamics(ctx.checkpoint, snapshots=False))
 
 
 def _features(ctx: Context) -> np.ndarray:

@@ -21,12 +21,10 @@ from dpcli.dynamics import Dynamics, read_dynamics
 from dpcli.errors import DpcliError
 from dpcli.training import Checkpoint, make_model, train
 
-SCORE_METHODS = ("forgetting", "el2n", "grand", "tdds")
-
-
-def load_dynamics(path: Path) -> Dynamics:
+def load_dynamics(path: Path, *, snapshots: bool = True) -> Dynamics:
+    """The checkpoint's training dynamics; ``snapshots=False`` skips reading the weight snapshots."""
     with open_artifact(path, "checkpoint") as f:
-        dyn = read_dynamics(f)
+        dyn = read_dynamics(f, snapshots=snapshots)
     if dyn is None:
         raise DpcliError(f"{path}: has no training dynamics (trained by an older dpcli or under torchrun); "
                          f"retrain it with `dpcli train --force`")
@@ -53,8 +51,7 @@ def snapshot_states(ck: Checkpoint, ds: Dataset, epoch: int, seeds: int, device:
             continue
         out = Path(ck.path).parent / "score-runs" / f"seed-{s}" / "checkpoint.h5"
         cfg = ck.config.replace(seed=ck.config.seed + s) if s else ck.config
-        if epoch == 0:
-            torch.manual_seed(cfg.seed)
+        if epoch == 0:  # make_model seeds the initialization
             states.append(make_model(cfg, ds).state_dict())
             continue
         run = train(cfg, ds, out, device=device, stop_after=epoch, eval_every=10**9, snapshot_epochs=(),

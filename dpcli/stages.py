@@ -242,9 +242,7 @@ def prune(influence_path: Path, out: Path, cfg: PruneConfig, *, indices_out: Pat
             progress(fraction)
 
     t0 = time.perf_counter()
-    plain = cfg.method == "optimization" and not (cfg.balance or cfg.strata > 1 or cfg.cutoff != 0.0
-                                                  or cfg.cutoff_ratio is not None or cfg.match_features)
-    if not plain:
+    if cfg.method != "optimization" or cfg.uses_coverage:
         from dpcli import methods
 
         ctx = methods.Context(S=S, labels=_influence_labels(influence_path), checkpoint=Path(info.checkpoint),
@@ -344,9 +342,9 @@ def read_mask(path: Path) -> MaskInfo:
 
 def random_mask(info: InfluenceInfo, n_pruned: int, seed: int, out: Path) -> MaskInfo:
     """Random pruning at a given count: the reference every method must beat."""
-    rng = np.random.default_rng(seed)
-    pruned = np.zeros(info.n, dtype=bool)
-    pruned[rng.choice(info.n, size=n_pruned, replace=False)] = True
+    from dpcli.baselines import random_prune
+
+    pruned = random_prune(info.n, n_pruned, np.random.default_rng(seed))
     S = load_S(info.path)
     norm = certify(S, pruned, None)
     return write_mask(out, keep=~pruned, mode="cardinality", target=float(n_pruned), norm=norm, solver="random",
@@ -371,7 +369,8 @@ def upstream_checkpoint(mask: MaskInfo) -> Checkpoint | None:
 
 def retrain(ds: Dataset, mask: MaskInfo, out: Path, *, base: TrainConfig | None, overrides: dict,
             device: torch.device, force: bool = False, reference: Checkpoint | None = None,
-            on_batch=None, on_epoch=None) -> RetrainResult:
+            on_batch=None, on_epoch=None, eval_every: int = 1,
+            snapshot_epochs: tuple[int, ...] | None = None) -> RetrainResult:
     """Train a fresh model on the KEPT samples with the full run's settings (or overrides)."""
     if mask.n != len(ds.train.labels):
         raise DpcliError(f"{mask.path}: mask has n={mask.n} but dataset {ds.name!r} has {len(ds.train.labels)} training samples")
@@ -382,7 +381,7 @@ def retrain(ds: Dataset, mask: MaskInfo, out: Path, *, base: TrainConfig | None,
     config = base.replace(**overrides).replace(subset=mask.fingerprint)
     ck = train(config, ds, out, device=device, keep_indices=mask.keep_indices, force=force,
                lineage={"mask": str(Path(mask.path).resolve()), "mask_fingerprint": mask.fingerprint},
-               on_batch=on_batch, on_epoch=on_epoch)
+               on_batch=on_batch, on_epoch=on_epoch, eval_every=eval_every, snapshot_epochs=snapshot_epochs)
     final = ck.final
     metrics: dict = {
         "checkpoint": str(out), "mask": str(mask.path), "n_kept": mask.n_kept, "n_pruned": mask.n_pruned,

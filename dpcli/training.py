@@ -220,12 +220,8 @@ def train(
         for x, y, idx in batches:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 logits = net(x)
-            if dist is None:
-                losses = F.cross_entropy(logits.float(), y, reduction="none")
-                loss = losses.mean()
-            else:
-                loss = dist.loss(logits.float(), y)
-                losses = F.cross_entropy(logits.detach().float(), y, reduction="none")
+            losses = F.cross_entropy(logits.float(), y, reduction="none")
+            loss = losses.mean() if dist is None else dist.loss(losses)
             dyn.add_batch(idx, losses, logits.argmax(1) == y)
             if not torch.isfinite(loss):
                 raise DpcliError(f"training diverged at epoch {epoch + 1} (loss is {loss.item()}); lower --lr")

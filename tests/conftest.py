@@ -10,11 +10,28 @@ import pytest
 import torch
 
 from dpcli.cli import main
+from dpcli.config import TrainConfig
 
 torch.set_num_threads(2)
 
 # Small enough to train in seconds on 2 CPU cores, big enough to be a real model (~90 % test accuracy).
 TINY = ["--epochs", "3", "--width", "8", "--depth", "2", "--device", "cpu"]
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    """The tiny digits training configuration of the library-level tests (overrides per test)."""
+    base = dict(dataset="digits", arch="convnet", width=8, depth=2, epochs=3, lr=0.05, batch_size=64,
+                augment=False, seed=1)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def interrupt_after(epoch: int):
+    """An on_epoch hook that interrupts training (like Ctrl-C) once ``epoch`` is checkpointed."""
+    def hook(rec) -> None:
+        if rec.epoch == epoch:
+            raise KeyboardInterrupt
+    return hook
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dpcli.config import TrainConfig
+from conftest import tiny_config
 from dpcli.data import load_dataset
 from dpcli.dynamics import read_dynamics
 from dpcli.training import load_checkpoint, make_model, train
@@ -21,11 +21,8 @@ def digits():
     return load_dataset("digits")
 
 
-def _cfg(**kw) -> TrainConfig:
-    base = dict(dataset="digits", arch="convnet", width=8, depth=2, epochs=3, lr=0.05, batch_size=64,
-                augment=True, seed=3)
-    base.update(kw)
-    return TrainConfig(**base)
+def _cfg(**kw):
+    return tiny_config(**{"augment": True, "seed": 3, **kw})
 
 
 def _dyn(path):

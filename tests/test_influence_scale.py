@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from dpcli import influence as infl
-from dpcli import influence_cg
 from dpcli.config import InfluenceConfig
 from dpcli.errors import DpcliError
 from dpcli.influence import exact_influence

@@ -148,11 +148,10 @@ def test_chunking_streaming_and_window_validation(oracle_run):
 # recording in `train`, and the CLI end to end on digits
 # --------------------------------------------------------------------------- #
 
-from dpcli.config import TrainConfig  # noqa: E402
 from dpcli.data import load_dataset  # noqa: E402
 from dpcli.training import _epoch_generator, extract_features, load_checkpoint, load_trained, make_model, train  # noqa: E402
 
-from conftest import run_cli, run_json  # noqa: E402
+from conftest import interrupt_after, run_cli, run_json, tiny_config  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -165,17 +164,11 @@ def _traj_equal(a: Trajectory, b: Trajectory) -> None:
 
 def test_trajectory_survives_resume(tmp_path):
     digits = load_dataset("digits")
-    cfg = TrainConfig(dataset="digits", arch="convnet", width=8, depth=2, epochs=3, lr=0.05, batch_size=64,
-                      augment=True, seed=1)
+    cfg = tiny_config(augment=True)
     train(cfg, digits, tmp_path / "full.h5", device=CPU)
-
-    def die_after_second_epoch(rec):
-        if rec.epoch == 2:
-            raise KeyboardInterrupt
-
     part = tmp_path / "part.h5"
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, digits, part, device=CPU, on_epoch=die_after_second_epoch)
+        train(cfg, digits, part, device=CPU, on_epoch=interrupt_after(2))
     with h5py.File(part, "r") as f:
         assert list(f["trajectory/epoch"][()]) == [0, 1]
     train(cfg, digits, part, device=CPU)

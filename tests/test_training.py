@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dpcli.config import TrainConfig
+from conftest import interrupt_after, tiny_config as _cfg
 from dpcli.data import load_dataset
 from dpcli.errors import DpcliError
 from dpcli.training import evaluate, load_checkpoint, load_trained, time_to_accuracy, train, EpochRecord
@@ -19,24 +19,12 @@ def digits():
     return load_dataset("digits")
 
 
-def _cfg(**kw) -> TrainConfig:
-    base = dict(dataset="digits", arch="convnet", width=8, depth=2, epochs=3, lr=0.05, batch_size=64,
-                augment=False, seed=1)
-    base.update(kw)
-    return TrainConfig(**base)
-
-
 def test_resume_after_interrupt_equals_uninterrupted(digits, tmp_path):
     cfg = _cfg(augment=True)  # augmentation randomness must be reproduced on resume too
     full = train(cfg, digits, tmp_path / "full.h5", device=CPU)
-
-    def die_after_first_epoch(rec):
-        if rec.epoch == 1:
-            raise KeyboardInterrupt
-
     part = tmp_path / "part.h5"
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, digits, part, device=CPU, on_epoch=die_after_first_epoch)
+        train(cfg, digits, part, device=CPU, on_epoch=interrupt_after(1))
     mid = load_checkpoint(part)
     assert mid.epoch == 1 and not mid.complete
     assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
