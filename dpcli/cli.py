@@ -302,16 +302,17 @@ def prune(
     with the smallest summed influence norm. --method picks a baseline selector instead.
     """
     console.set_quiet(quiet)
+    cutoff, cutoff_ratio = _cutoff(hard_cutoff, method)
     pcfg = PruneConfig(epsilon=epsilon, ratio=prune_ratio, count=prune_count, solver=solver,
                        time_budget=time_budget, seed=seed, buckets=buckets, workers=workers, method=method,
-                       balance=balance, strata=strata, cutoff=_cutoff(hard_cutoff, method)[0],
-                       cutoff_ratio=_cutoff(hard_cutoff, method)[1], match_features=match_features,
+                       balance=balance, strata=strata, cutoff=cutoff, cutoff_ratio=cutoff_ratio,
+                       match_features=match_features,
                        score_epoch=score_epoch, score_seeds=score_seeds).validate()
     chain: dict[str, Any] = {}
-    dev, ds = None, None
+    ds = None
     if _is_artifact_path(source):
         influence_file = Path(source)
-        stages.read_influence_info(influence_file)  # kind check before any work
+        stages.read_influence_info(influence_file)  # kind check before any work, then the device
         dev = resolve_device(device)
     else:
         dev = resolve_device(device)

@@ -70,13 +70,13 @@ def select(cfg: PruneConfig, ctx: Context) -> tuple[np.ndarray, str]:
 
 
 def _optimization(cfg: PruneConfig, ctx: Context, m: int | None) -> tuple[np.ndarray, str]:
-    cov = Coverage(balance=cfg.balance, strata=cfg.strata, cutoff=cfg.cutoff or 0.0)
-    if cfg.cutoff is None or cfg.cutoff_ratio is not None:
+    cutoff = cfg.cutoff
+    if cfg.cutoff is None or cfg.cutoff_ratio is not None:  # relative to the prune share
         if m is None:
             raise DpcliError("--hard-cutoff auto / Fx needs a prune ratio or count")
         share = m / ctx.S.shape[0]
-        cutoff = baselines.ccs_cutoff(share) if cfg.cutoff is None else cfg.cutoff_ratio * share
-        cov = Coverage(balance=cfg.balance, strata=cfg.strata, cutoff=min(cutoff, 0.999999))
+        cutoff = min(baselines.ccs_cutoff(share) if cfg.cutoff is None else cfg.cutoff_ratio * share, 0.999999)
+    cov = Coverage(balance=cfg.balance, strata=cfg.strata, cutoff=cutoff)
     needs_difficulty = cov.strata > 1 or cov.cutoff > 0
     diff = _difficulty(ctx) if needs_difficulty else None
     label = (f"{cfg.solver}+coverage(balance={cov.balance},strata={cov.strata},cutoff={cov.cutoff:g})")
