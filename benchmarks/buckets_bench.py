@@ -12,8 +12,8 @@ import time
 
 import numpy as np
 
-from dpcli import selection
-from dpcli.buckets import solve_bucketed
+from dpcli.select import solvers as selection
+from dpcli.select.buckets import solve_bucketed
 
 
 def synthetic(n: int, d: int, seed: int = 0) -> np.ndarray:

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from dpcli.influence_cg import CGStats, cg_influence
+from dpcli.influence.cg import CGStats, cg_influence
 
 
 def main() -> None:

@@ -20,9 +20,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from dpcli import dynamics, training  # noqa: E402
+from dpcli.train import loop as training  # noqa: E402
+from dpcli.train import dynamics
 from dpcli.config import TrainConfig  # noqa: E402
-from dpcli.data import load_dataset  # noqa: E402
+from dpcli.data.sources import load_dataset  # noqa: E402
 
 
 class NullRecorder(dynamics.DynamicsRecorder):

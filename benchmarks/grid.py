@@ -39,10 +39,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from dpcli import pipeline, selection, stages  # noqa: E402
+from dpcli.stages import core as stages  # noqa: E402
+from dpcli.artifacts import runs as pipeline
+from dpcli.select import solvers as selection
 from dpcli.config import InfluenceConfig, PruneConfig, TrainConfig  # noqa: E402
-from dpcli.data import load_dataset  # noqa: E402
-from dpcli.training import resolve_device, train  # noqa: E402
+from dpcli.data.sources import load_dataset  # noqa: E402
+from dpcli.train.loop import resolve_device, train  # noqa: E402
 
 
 @dataclass(frozen=True)

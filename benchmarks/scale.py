@@ -45,7 +45,7 @@ def _rss_gib() -> float:
 
 def have_buckets() -> bool:
     try:
-        from dpcli import buckets  # noqa: F401
+        from dpcli.select import buckets  # noqa: F401
         return hasattr(buckets, "solve_bucketed")
     except Exception:
         return False
@@ -55,7 +55,7 @@ def have_buckets() -> bool:
 
 def one(args: argparse.Namespace) -> None:
     """Run a single configuration and print one JSON line."""
-    from dpcli import selection
+    from dpcli.select import solvers as selection
 
     base = _rss_gib()
     t = time.perf_counter()
@@ -72,7 +72,7 @@ def one(args: argparse.Namespace) -> None:
     budget = args.budget if args.budget > 0 else None
     t = time.perf_counter()
     if args.solver == "bucketed":
-        from dpcli.buckets import solve_bucketed
+        from dpcli.select.buckets import solve_bucketed
         kw = dict(m=m) if args.mode == "cardinality" else dict(epsilon=eps)
         res = solve_bucketed(S, buckets=args.buckets, workers=args.workers, **kw)
         wall = time.perf_counter() - t
@@ -145,10 +145,10 @@ def selection_bench(args: argparse.Namespace) -> None:
 def influence_bench(args: argparse.Namespace) -> None:
     import torch
 
-    from dpcli import influence
-    from dpcli.data import Dataset, Split, iterate_batches
-    from dpcli.models import build_model
-    from dpcli.training import extract_features
+    from dpcli.influence import kernels as influence
+    from dpcli.data.sources import Dataset, Split, iterate_batches
+    from dpcli.models.zoo import build_model
+    from dpcli.train.loop import extract_features
 
     torch.manual_seed(0)
     n = args.n

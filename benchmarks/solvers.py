@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dpcli import selection  # noqa: E402
+from dpcli.select import solvers as selection  # noqa: E402
 
 
 def synthetic(n: int, d: int, seed: int, mean: float, sigma: float) -> np.ndarray:

@@ -1,5 +1,5 @@
 import sys
 
-from dpcli.cli import main
+from dpcli.cli.commands import main
 
 sys.exit(main())

@@ -33,7 +33,7 @@ class TrainConfig:
     subset: str | None = None
 
     def validate(self) -> "TrainConfig":
-        from dpcli.models import ARCHS
+        from dpcli.models.zoo import ARCHS
 
         if self.arch not in ARCHS:
             raise DpcliError(f"unknown --arch {self.arch!r}; choose one of {', '.join(ARCHS)}")

@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from dpcli import distributed, training
-from dpcli.cli import main
+from dpcli.train import distributed
+from dpcli.train import loop as training
+from dpcli.cli.commands import main
 from dpcli.config import TrainConfig
-from dpcli.data import load_dataset
+from dpcli.data.sources import load_dataset
 
 CPU = torch.device("cpu")
 TINY = ["--epochs", "2", "--width", "8", "--depth", "2", "--device", "cpu"]

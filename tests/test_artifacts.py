@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from dpcli.artifacts import (array_fingerprint, atomic_h5, config_key, get_attr, open_artifact, row_chunks,
+from dpcli.artifacts.h5 import (array_fingerprint, atomic_h5, config_key, get_attr, open_artifact, row_chunks,
                              write_json)
 from dpcli.errors import DpcliError
 

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from dpcli import baselines
+from dpcli.select.baselines import rules as baselines
 from dpcli.errors import DpcliError
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import run_cli, run_json
-from dpcli import selection
-from dpcli.buckets import partition, shares, solve_bucketed
+from dpcli.select import solvers as selection
+from dpcli.select.buckets import partition, shares, solve_bucketed
 from dpcli.config import PruneConfig
 from dpcli.errors import DpcliError
 
@@ -85,7 +85,7 @@ def test_validation():
 def test_cli_buckets(tiny_run, tmp_path, capsys):
     import h5py
 
-    from dpcli.stages import read_mask
+    from dpcli.stages.core import read_mask
     with h5py.File(tiny_run.influence, "r") as f:
         S = f["S"][()]
     n = S.shape[0]

@@ -13,8 +13,8 @@ import h5py
 import numpy as np
 import pytest
 
-from dpcli.artifacts import atomic_h5
-from dpcli.stages import read_influence_info, read_mask
+from dpcli.artifacts.h5 import atomic_h5
+from dpcli.stages.core import read_influence_info, read_mask
 from tests.conftest import TINY, run_cli, run_json
 
 
@@ -186,7 +186,7 @@ def test_bad_inputs(tiny_run, tmp_path, capsys):
         f["keep"] = np.ones(5, bool)
     _assert_user_error(["retrain", "digits", "--mask", tmp_path / "small.h5", "--epochs", "1"], capsys, "mask has n=5")
     # epsilon mode is refused if the certificate fails (simulated solver bug)
-    from dpcli import stages
+    from dpcli.stages import core as stages
     with pytest.raises(stages.DpcliError, match="refusing"):
         S = _S(inf)
         stages.certify(S, np.ones(len(S), bool), epsilon=1e-12)

@@ -8,8 +8,8 @@ import itertools
 import numpy as np
 import pytest
 
-from dpcli import selection
-from dpcli.coverage import Coverage, groups_of, maximize_pruned_covered, minimize_norm_covered
+from dpcli.select import solvers as selection
+from dpcli.select.coverage import Coverage, groups_of, maximize_pruned_covered, minimize_norm_covered
 
 
 def _enumerate_optimum(S, groups, counts, forced):

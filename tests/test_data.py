@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-import dpcli.data as data
-from dpcli.data import Dataset, Split, augment_pad, default_data_root, iterate_batches, load_dataset
+import dpcli.data.sources as data
+from dpcli.data.sources import Dataset, Split, augment_pad, default_data_root, iterate_batches, load_dataset
 from dpcli.errors import DpcliError
 
 # Pinned (computed in another process, so this also checks stability across processes): changes

@@ -23,10 +23,11 @@ import pytest
 import numpy as np
 import torch
 
-from dpcli import distributed, training
-from dpcli.cli import main
-from dpcli.data import load_dataset
-from dpcli.training import load_checkpoint, train
+from dpcli.train import distributed
+from dpcli.train import loop as training
+from dpcli.cli.commands import main
+from dpcli.data.sources import load_dataset
+from dpcli.train.loop import load_checkpoint, train
 
 CPU = torch.device("cpu")
 WORKER = Path(__file__).with_name("ddp_worker.py")
@@ -132,7 +133,7 @@ def test_torchrun_cli_writes_the_single_process_artifact(launch, capsys):
     # BatchNorm statistics are per rank on the CPU, so close to, not equal to, the single-process run
     assert ck.final.train_loss == pytest.approx(one.final.train_loss, rel=0.2)
     # the ranks' slices of the training dynamics are merged into one record of every sample
-    from dpcli.scores import load_dynamics
+    from dpcli.select.signals import load_dynamics
 
     dd = load_dynamics(ddp_path)
     assert not np.isnan(dd.loss).any() and set(np.unique(dd.correct)) <= {0, 1}

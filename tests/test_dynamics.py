@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from dpcli.data import load_dataset
-from dpcli.dynamics import read_dynamics
-from dpcli.training import load_checkpoint, make_model, train
+from dpcli.data.sources import load_dataset
+from dpcli.train.dynamics import read_dynamics
+from dpcli.train.loop import load_checkpoint, make_model, train
 
 CPU = torch.device("cpu")
 

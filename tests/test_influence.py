@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, hessian, vmap
 
-from dpcli import influence
+from dpcli.influence import kernels as influence
 from dpcli.errors import DpcliError
-from dpcli.influence import (
+from dpcli.influence.kernels import (
     exact_influence,
     hessian_vector_product,
     last_layer_hessian,

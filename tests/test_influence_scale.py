@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from dpcli import influence as infl
+from dpcli.influence import kernels as infl
 from dpcli.config import InfluenceConfig
 from dpcli.errors import DpcliError
-from dpcli.influence import exact_influence
-from dpcli.influence_cg import CGStats, cg_influence, solve_rows
-from dpcli.influence_scale import Sketch, jl_failure_bound, parse_shard, shard_rows
-from dpcli.stages import read_influence_info
+from dpcli.influence.kernels import exact_influence
+from dpcli.influence.cg import CGStats, cg_influence, solve_rows
+from dpcli.influence.sketch import Sketch, jl_failure_bound, parse_shard, shard_rows
+from dpcli.stages.core import read_influence_info
 from tests.conftest import run_cli, run_json
 from tests.test_cli import _assert_user_error
 
@@ -172,7 +172,7 @@ def test_sketch_through_cli_and_prune(tiny_run, tmp_path, capsys) -> None:
     assert mask["n_pruned"] == round(0.3 * S.shape[0]) or mask["n_pruned"] == int(0.3 * S.shape[0])
     _assert_user_error(["influence", tiny_run.checkpoint, "--sketch", 0, "--out", tmp_path / "x.h5"], capsys,
                        "--sketch must be a positive integer")
-    from dpcli.bound import predict
+    from dpcli.stages.bound import predict
     with pytest.raises(DpcliError, match="sketched"):  # Theorem 1's check needs the real S
         predict(out, np.ones(S.shape[0], bool))
 

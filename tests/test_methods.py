@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from conftest import TINY, run_cli, run_json
-from dpcli import selection
+from dpcli.select import solvers as selection
 from dpcli.config import SELECTION_METHODS, PruneConfig
-from dpcli.data import load_dataset
-from dpcli.stages import load_S, read_mask
-from dpcli.training import load_checkpoint, make_model
+from dpcli.data.sources import load_dataset
+from dpcli.stages.core import load_S, read_mask
+from dpcli.train.loop import load_checkpoint, make_model
 
 CPU = torch.device("cpu")
 
@@ -57,7 +57,7 @@ def test_forgetting_and_influence_score_masks(tiny_run, tmp_path, capsys):
 
 
 def test_grand_scores_match_autograd(tiny_run):
-    from dpcli import scores
+    from dpcli.select import signals as scores
 
     ck = load_checkpoint(tiny_run.checkpoint)
     ds = load_dataset("digits")
@@ -82,7 +82,7 @@ def test_el2n_averages_the_extra_seeds(tiny_run, tmp_path, capsys):
     ds = load_dataset("digits")
     extra = load_checkpoint(tiny_run.checkpoint.parent / "score-runs" / "seed-1" / "checkpoint.h5")
     assert extra.epoch == 1 and extra.config.seed == ck.config.seed + 1
-    from dpcli.scores import load_dynamics
+    from dpcli.select.signals import load_dynamics
 
     states = [load_dynamics(ck.path).snapshots[1], extra.state]
     x = (torch.from_numpy(ds.train.images).float().permute(0, 3, 1, 2) / 255
@@ -123,7 +123,7 @@ def test_covered_optimization_via_cli_and_retrain(tiny_run, tmp_path, capsys):
 
 
 def test_relative_hard_cutoff_prunes_the_hardest_share(tiny_run, tmp_path, capsys):
-    from dpcli.scores import difficulty, load_dynamics
+    from dpcli.select.signals import difficulty, load_dynamics
 
     _, mask = _prune(tiny_run, tmp_path, capsys, "optimization", "--prune-ratio", "0.4", "--balance",
                      "--hard-cutoff", "0.5x", "--match-features")

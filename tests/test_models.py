@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from dpcli.errors import DpcliError
-from dpcli.models import ARCHS, Classifier, build_model
+from dpcli.models.zoo import ARCHS, Classifier, build_model
 
 # CIFAR-style ResNets with a 10-way head (the standard kuangliu/pytorch-cifar counts).
 EXPECTED = {"convnet": (512, None), "resnet18": (512, 11_173_962), "resnet50": (2048, 23_520_842)}

@@ -8,9 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from dpcli import selection
+from dpcli.select import solvers as selection
 from dpcli.errors import DpcliError
-from dpcli.selection import count_from_ratio, maximize_pruned, minimize_norm, subset_norm
+from dpcli.select import linalg
+from dpcli.select.certificate import certify
+from dpcli.select.solvers import count_from_ratio, maximize_pruned, minimize_norm, subset_norm
 
 
 def own_norm(S: np.ndarray, mask: np.ndarray) -> float:
@@ -151,14 +153,14 @@ def test_swap_on_a_medium_instance():
 def test_certify_refuses_an_infeasible_mask():
     S = np.ones((5, 3), dtype=np.float32)
     mask = np.array([True, True, False, False, False])
-    assert selection._certify(S, mask, 2 * math.sqrt(3)) == pytest.approx(2 * math.sqrt(3))
+    assert certify(S, mask, 2 * math.sqrt(3)).norm == pytest.approx(2 * math.sqrt(3))
     with pytest.raises(DpcliError, match="exceeds epsilon"):
-        selection._certify(S, mask, 3.0)
+        certify(S, mask, 3.0)
 
 
 def test_a_solver_returning_an_infeasible_set_is_refused(monkeypatch):
     S = mean_plus_noise(50, 4, seed=9)
-    monkeypatch.setattr(selection, "_swap_epsilon", lambda S, q, eps, clock, rng: (np.ones(50, bool), 0))
+    monkeypatch.setattr(selection, "swap_epsilon", lambda S, q, eps, clock, rng: (np.ones(50, bool), 0))
     # pruning everything violates eps (checked here), so the returned set must be refused
     assert own_norm(S, np.ones(50, bool)) > 0.1
     with pytest.raises(DpcliError, match="exceeds epsilon"):
@@ -182,7 +184,7 @@ def test_subset_norm_matches_numpy():
     mask = rng.random(1000) < 0.4
     expected = float(np.linalg.norm(S[mask].astype(np.float64).sum(axis=0)))
     assert subset_norm(S, mask) == pytest.approx(expected, rel=1e-12)
-    assert subset_norm(S, mask, chunk_rows=7) == pytest.approx(expected, rel=1e-12)
+    assert subset_norm(S, mask, chunk_bytes=7 * 33 * 8)  # 7-row chunks == pytest.approx(expected, rel=1e-12)
     assert subset_norm(S.astype(np.float64), mask) == pytest.approx(expected, rel=1e-12)
     assert subset_norm(S, np.zeros(1000, bool)) == 0.0
     with pytest.raises(DpcliError):
@@ -193,7 +195,7 @@ def test_subset_norm_matches_numpy():
 
 def test_float32_contiguous_input_is_not_copied():
     S = np.zeros((10, 3), dtype=np.float32)
-    assert selection._as_matrix(S) is S
+    assert linalg.as_matrix(S) is S
 
 
 # ---------------------------------------------------------------------------------------------

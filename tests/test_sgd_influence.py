@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from dpcli.errors import DpcliError
-from dpcli.influence import exact_influence
-from dpcli.sgd_influence import Trajectory, load_trajectory, replay_last_layer, sgd_influence
+from dpcli.influence.kernels import exact_influence
+from dpcli.influence.sgd import Trajectory, load_trajectory, replay_last_layer, sgd_influence
 
 F64 = torch.float64
 
@@ -148,8 +148,8 @@ def test_chunking_streaming_and_window_validation(oracle_run):
 # recording in `train`, and the CLI end to end on digits
 # --------------------------------------------------------------------------- #
 
-from dpcli.data import load_dataset  # noqa: E402
-from dpcli.training import _epoch_generator, extract_features, load_checkpoint, load_trained, make_model, train  # noqa: E402
+from dpcli.data.sources import load_dataset  # noqa: E402
+from dpcli.train.loop import _epoch_generator, extract_features, load_checkpoint, load_trained, make_model, train  # noqa: E402
 
 from conftest import interrupt_after, run_cli, run_json, tiny_config  # noqa: E402
 

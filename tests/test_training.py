@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from conftest import interrupt_after, tiny_config as _cfg
-from dpcli.data import load_dataset
+from dpcli.data.sources import load_dataset
 from dpcli.errors import DpcliError
-from dpcli.training import evaluate, load_checkpoint, load_trained, time_to_accuracy, train, EpochRecord
+from dpcli.train.loop import evaluate, load_checkpoint, load_trained, time_to_accuracy, train, EpochRecord
 
 CPU = torch.device("cpu")
 

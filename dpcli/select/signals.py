@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from torch.func import functional_call, grad, vmap
 
-from dpcli import baselines
-from dpcli.artifacts import open_artifact
-from dpcli.data import Dataset, iterate_batches
-from dpcli.dynamics import Dynamics, read_dynamics
+from dpcli.select.baselines import rules as baselines
+from dpcli.artifacts.h5 import open_artifact
+from dpcli.data.sources import Dataset, iterate_batches
+from dpcli.train.dynamics import Dynamics, read_dynamics
 from dpcli.errors import DpcliError
-from dpcli.training import Checkpoint, make_model, train
+from dpcli.train.loop import Checkpoint, make_model, train
 
 def load_dynamics(path: Path, *, snapshots: bool = True) -> Dynamics:
     """The checkpoint's training dynamics; ``snapshots=False`` skips reading the weight snapshots."""

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dpcli import influence as infl
+from dpcli.influence import kernels as infl
 from dpcli.errors import DpcliError
 
 Sink = Callable[[int, np.ndarray], None]

@@ -17,13 +17,17 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 from rich.table import Table
 
-from dpcli import __version__, console, distributed, influence_parts, pipeline, stages
-from dpcli import sgd_influence
-from dpcli.bound import BoundRow, plot, predict
+from dpcli import __version__, console
+from dpcli.train import distributed
+from dpcli.stages import shards as influence_parts
+from dpcli.artifacts import runs as pipeline
+from dpcli.stages import core as stages
+from dpcli.influence import sgd as sgd_influence
+from dpcli.stages.bound import BoundRow, plot, predict
 from dpcli.config import InfluenceConfig, PruneConfig, TrainConfig, default_train_config
-from dpcli.data import Dataset, load_dataset
+from dpcli.data.sources import Dataset, load_dataset
 from dpcli.errors import DpcliError
-from dpcli.training import Checkpoint, EpochRecord, load_checkpoint, resolve_device, train as train_model
+from dpcli.train.loop import Checkpoint, EpochRecord, load_checkpoint, resolve_device, train as train_model
 
 EPSILON_HELP = (
     "Generalization-guaranteed mode (Eq. 3): prune as many samples as possible while "
@@ -382,7 +386,7 @@ def retrain(
                                 on_batch=lambda e, s, per: update(e * per + s),
                                 on_epoch=lambda r: update(r.epoch * m.n_kept, status=f"epoch {r.epoch} test {r.test_acc:.1f}%"))
     stages_metrics = result.metrics
-    from dpcli.artifacts import write_json
+    from dpcli.artifacts.h5 import write_json
 
     write_json(path.with_name("metrics.json"), stages_metrics)
     console.info(
@@ -480,7 +484,7 @@ def verify_bound(
         "epsilon_convention": "epsilon = ||sum_{pruned} S_i||, S_i = (1/n) H^-1 grad L(z_i); Theorem 1's eps/n equals it",
         "rows": [r.to_dict() for r in rows],
     }
-    from dpcli.artifacts import write_json
+    from dpcli.artifacts.h5 import write_json
 
     write_json(out_dir / "bound.json", report)
     if rows:

@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dpcli import baselines, selection
+from dpcli.select.baselines import rules as baselines
+from dpcli.select import solvers as selection
 from dpcli.config import PruneConfig
-from dpcli.coverage import Coverage, maximize_pruned_covered, minimize_norm_covered
-from dpcli.data import Dataset, load_dataset
-from dpcli.dynamics import default_snapshot_epochs
+from dpcli.select.coverage import Coverage, maximize_pruned_covered, minimize_norm_covered
+from dpcli.data.sources import Dataset, load_dataset
+from dpcli.train.dynamics import default_snapshot_epochs
 from dpcli.errors import DpcliError
 
 
@@ -36,7 +37,7 @@ class Context:
 
     def dataset(self) -> Dataset:
         if self.ds is None:
-            from dpcli.training import load_checkpoint
+            from dpcli.train.loop import load_checkpoint
 
             self.ds = load_dataset(load_checkpoint(self.checkpoint, weights=False).config.dataset, self.data_root)
         return self.ds
@@ -91,8 +92,8 @@ def _optimization(cfg: PruneConfig, ctx: Context, m: int | None) -> tuple[np.nda
 
 
 def _scores(method: str, cfg: PruneConfig, ctx: Context) -> np.ndarray:
-    from dpcli import scores
-    from dpcli.training import load_checkpoint
+    from dpcli.select import signals as scores
+    from dpcli.train.loop import load_checkpoint
 
     if method == "influence-score":  # the individual influence, no group effect
         return np.sqrt(np.einsum("ij,ij->i", ctx.S.astype(np.float64), ctx.S.astype(np.float64)))
@@ -114,13 +115,13 @@ def _scores(method: str, cfg: PruneConfig, ctx: Context) -> np.ndarray:
 
 
 def _difficulty(ctx: Context) -> np.ndarray:
-    from dpcli import scores
+    from dpcli.select import signals as scores
 
     return scores.difficulty(scores.load_dynamics(ctx.checkpoint, snapshots=False))
 
 
 def _features(ctx: Context) -> np.ndarray:
-    from dpcli.training import extract_features, load_trained
+    from dpcli.train.loop import extract_features, load_trained
 
     model, _, ds = load_trained(ctx.checkpoint, ctx.device, ctx.data_root, ctx.ds)
     ctx.ds = ds

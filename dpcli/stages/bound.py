@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dpcli.artifacts import open_artifact
+from dpcli.artifacts.h5 import open_artifact
 from dpcli.errors import DpcliError
 
 

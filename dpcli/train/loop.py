@@ -19,16 +19,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dpcli.artifacts import array_fingerprint, atomic_h5, get_attr, open_artifact, set_attr
+from dpcli.artifacts.h5 import array_fingerprint, atomic_h5, get_attr, open_artifact, set_attr
 from dpcli.config import TrainConfig
-from dpcli.data import Dataset, Split, iterate_batches, load_dataset
-from dpcli.dynamics import DynamicsRecorder, default_snapshot_epochs
+from dpcli.data.sources import Dataset, Split, iterate_batches, load_dataset
+from dpcli.train.dynamics import DynamicsRecorder, default_snapshot_epochs
 from dpcli.errors import DpcliError
-from dpcli.models import Classifier, build_model
-from dpcli.sgd_influence import TrajectoryRecorder
+from dpcli.models.zoo import Classifier, build_model
+from dpcli.train.trajectory import TrajectoryRecorder
 
 if TYPE_CHECKING:
-    from dpcli.distributed import Distributed
+    from dpcli.train.distributed import Distributed
 
 EpochHook = Callable[["EpochRecord"], None]
 BatchHook = Callable[[int, int, int], None]  # (epoch, samples seen, samples per epoch)

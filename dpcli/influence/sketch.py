@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dpcli.artifacts import StreamHash, atomic_h5, get_attr, open_artifact, row_chunks
+from dpcli.artifacts.h5 import StreamHash, atomic_h5, get_attr, open_artifact, row_chunks
 from dpcli.errors import DpcliError
 
 # bytes of R kept in memory between chunks; above it, blocks are regenerated for every chunk

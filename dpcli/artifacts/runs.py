@@ -17,7 +17,7 @@ import os
 import re
 from pathlib import Path
 
-from dpcli.artifacts import config_key
+from dpcli.artifacts.h5 import config_key
 from dpcli.config import InfluenceConfig, PruneConfig, TrainConfig
 
 

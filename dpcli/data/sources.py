@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dpcli.artifacts import publish
+from dpcli.artifacts.h5 import publish
 from dpcli.errors import DpcliError
 
 __all__ = [

@@ -17,13 +17,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dpcli import influence as infl
-from dpcli import console, influence_cg, influence_scale, selection
-from dpcli.artifacts import (StreamHash, array_fingerprint, atomic_h5, get_attr, open_artifact, publish, row_chunks)
+from dpcli.influence import kernels as infl
+from dpcli import console
+from dpcli.influence import cg as influence_cg
+from dpcli.influence import sketch as influence_scale
+from dpcli.select import solvers as selection
+from dpcli.artifacts.h5 import (StreamHash, array_fingerprint, atomic_h5, get_attr, open_artifact, publish, row_chunks)
 from dpcli.config import InfluenceConfig, PruneConfig, TrainConfig, default_train_config
-from dpcli.data import Dataset
+from dpcli.data.sources import Dataset
 from dpcli.errors import DpcliError
-from dpcli.training import (Checkpoint, extract_features, load_checkpoint, load_trained,
+from dpcli.train.loop import (Checkpoint, extract_features, load_checkpoint, load_trained,
                             time_to_accuracy, train)
 
 Progress = Callable[..., None]
@@ -116,7 +119,7 @@ def compute_influence(checkpoint: Path, out: Path, cfg: InfluenceConfig, *, devi
             influence_cg.solve_rows(cfg.method, feats, labels, weight, bias, cfg=cfg, rows=(row_start, row_stop),
                                     info=console.info, **kwargs)
         elif cfg.method == "sgd":  # SGD-Influence: replays the recorded last-layer SGD (damping unused)
-            from dpcli import sgd_influence as sgdi
+            from dpcli.influence import sgd as sgdi
             sgdi.sgd_influence(feats, labels, sgdi.load_trajectory(checkpoint), epochs=cfg.sgd_epochs,
                                rows=(row_start, row_stop), sink=sink, progress=on_rows)
         elif shard is not None:
@@ -243,7 +246,7 @@ def prune(influence_path: Path, out: Path, cfg: PruneConfig, *, indices_out: Pat
 
     t0 = time.perf_counter()
     if cfg.method != "optimization" or cfg.uses_coverage:
-        from dpcli import methods
+        from dpcli.select import base as methods
 
         ctx = methods.Context(S=S, labels=_influence_labels(influence_path), checkpoint=Path(info.checkpoint),
                               device=device or torch.device("cpu"), data_root=data_root, ds=ds,
@@ -255,7 +258,7 @@ def prune(influence_path: Path, out: Path, cfg: PruneConfig, *, indices_out: Pat
                           info=info, config=cfg.to_dict(), seconds=time.perf_counter() - t0,
                           method=cfg.method, indices_out=indices_out)
     if cfg.buckets != 1:
-        from dpcli.buckets import solve_bucketed
+        from dpcli.select.buckets import solve_bucketed
         m = None if cfg.epsilon is not None else (
             cfg.count if cfg.count is not None else selection.count_from_ratio(n, cfg.ratio))
         sel = solve_bucketed(S, m=m, epsilon=cfg.epsilon, buckets=cfg.buckets, workers=cfg.workers,
@@ -342,7 +345,7 @@ def read_mask(path: Path) -> MaskInfo:
 
 def random_mask(info: InfluenceInfo, n_pruned: int, seed: int, out: Path) -> MaskInfo:
     """Random pruning at a given count: the reference every method must beat."""
-    from dpcli.baselines import random_prune
+    from dpcli.select.baselines.rules import random_prune
 
     pruned = random_prune(info.n, n_pruned, np.random.default_rng(seed))
     S = load_S(info.path)

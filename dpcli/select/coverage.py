@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dpcli import selection
-from dpcli.baselines import proportional_counts
+from dpcli.select import solvers as selection
+from dpcli.select.baselines.rules import proportional_counts
 from dpcli.errors import DpcliError
 
 

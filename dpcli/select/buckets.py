@@ -31,7 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from dpcli import selection
+from dpcli.select import solvers as selection
+from dpcli.select.certificate import certify, repair
+from dpcli.select.linalg import as_matrix, row_sq_norms
+from dpcli.select.solvers.common import ANNEAL_MIN_MOVES, check_budget
+from dpcli.select.solvers.swap import default_pool_proposals
 from dpcli.errors import DpcliError
 
 # Outer cycles of the global refinement (each is one gemv over S plus pool rounds).
@@ -105,7 +109,7 @@ def solve_bucketed(S: np.ndarray, *, m: int | None = None, epsilon: float | None
         workers = min(int(buckets), os.cpu_count() or 1)
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
         raise DpcliError(f"--workers must be an integer >= 1, got {workers!r}")
-    S = selection._as_matrix(S)
+    S = as_matrix(S)
     n = S.shape[0]
     buckets, workers = int(buckets), int(workers)
     if buckets > n:
@@ -118,13 +122,13 @@ def solve_bucketed(S: np.ndarray, *, m: int | None = None, epsilon: float | None
         eps = float(epsilon)
         if not (math.isfinite(eps) and eps >= 0.0):
             raise DpcliError(f"epsilon must be a finite number >= 0, got {epsilon!r}")
-    budget = selection._check_budget(time_budget)
+    budget = check_budget(time_budget)
     if buckets == 1:
         if m is not None:
             return selection.minimize_norm(S, m, solver, time_budget=budget, seed=seed, progress=progress)
         return selection.maximize_pruned(S, eps, solver, time_budget=budget, seed=seed, progress=progress)
 
-    q = selection._row_sq_norms(S)  # also refuses NaN/inf
+    q = row_sq_norms(S)  # also refuses NaN/inf
     parts = partition(q, buckets, seed)
     targets: list = shares([p.size for p in parts], m) if m is not None else [None] * buckets
     eps_b = eps / math.sqrt(buckets) if m is None else None
@@ -132,7 +136,7 @@ def solve_bucketed(S: np.ndarray, *, m: int | None = None, epsilon: float | None
     seeds = [int(np.random.SeedSequence([seed, b + 1]).generate_state(1)[0]) for b in range(buckets)]
     # swap's fixed annealing phase is 300 n proposals capped at 20M: split the unbucketed total
     # over the buckets, so bucketing never does more annealing work than the unbucketed solver.
-    props = max(selection._ANNEAL_MIN_MOVES, selection._default_pool_proposals(n) // buckets)
+    props = max(ANNEAL_MIN_MOVES, default_pool_proposals(n) // buckets)
     args = [(parts[b], targets[b], eps_b, solver, b_budget, seeds[b], props) for b in range(buckets)]
 
     results: list[tuple[np.ndarray, int]] = []
@@ -182,6 +186,6 @@ def solve_bucketed(S: np.ndarray, *, m: int | None = None, epsilon: float | None
             raise DpcliError(f"bucketed selection returned {int(np.count_nonzero(mask))} samples, not {m}")
         norm = selection.subset_norm(S, mask)
         return selection.Selection(mask, norm, solver, "cardinality", float(m), time.perf_counter() - t0, iters)
-    mask, extra = selection._repair(S, q, mask, eps)
-    norm = selection._certify(S, mask, eps)
+    mask, extra = repair(S, q, mask, eps)
+    norm = certify(S, mask, eps).norm
     return selection.Selection(mask, norm, solver, "epsilon", eps, time.perf_counter() - t0, iters + extra)

@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from dpcli import console, stages
-from dpcli.artifacts import get_attr, open_artifact
+from dpcli import console
+from dpcli.stages import core as stages
+from dpcli.artifacts.h5 import get_attr, open_artifact
 from dpcli.config import InfluenceConfig
 from dpcli.errors import DpcliError
-from dpcli.influence_scale import merge_shards, parse_shard
-from dpcli.training import load_checkpoint
+from dpcli.influence.sketch import merge_shards, parse_shard
+from dpcli.train.loop import load_checkpoint
 
 
 def run(checkpoint: Path, parts: list[Path], *, merge: bool, shard: str | None, icfg: InfluenceConfig,

@@ -1,0 +1,1 @@
+"""Artifacts: atomic, self-describing HDF5 files and the configuration-keyed run directories."""

@@ -1,0 +1,1 @@
+"""Datasets: sources (digits, CIFAR, image folders) and the batches every stage reads."""

@@ -1,0 +1,1 @@
+"""Selection: the solvers of Eq. 3/4, the epsilon certificate, and the baseline selectors."""

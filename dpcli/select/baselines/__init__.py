@@ -1,0 +1,1 @@
+"""The published selectors, one module each, registered by name."""

@@ -1,0 +1,1 @@
+"""The stages over artifacts: what the CLI runs and the Python API exposes."""

@@ -1,0 +1,1 @@
+"""Training: the ERM loop, checkpoints, what it records for later stages, and torchrun."""
