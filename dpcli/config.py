@@ -119,7 +119,7 @@ class PruneConfig:
     seed: int = 0
     buckets: int = 1  # > 1: bucketed, parallel selection (dpcli.buckets); not a run-directory key when 1
     workers: int | None = None  # processes for buckets [default: min(buckets, cpu count)]; never a key
-    # which selector (SELECTION_METHODS); the options below appear in the key only when set
+    # which selector (a name in dpcli.select.base.SELECTORS); the options below appear in the key only when set
     method: str = "optimization"
     balance: bool = False  # optimization: per-class prune counts
     strata: int = 1  # optimization: difficulty quantile bins with proportional counts
@@ -146,8 +146,9 @@ class PruneConfig:
         if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
                                          or self.workers < 1):
             raise DpcliError(f"--workers must be an integer >= 1, got {self.workers}")
-        if self.method not in SELECTION_METHODS:
-            raise DpcliError(f"unknown --method {self.method!r}; choose one of {', '.join(SELECTION_METHODS)}")
+        from dpcli.select.base import SELECTORS
+
+        selector = SELECTORS.get(self.method)  # one line naming the choices for an unknown name
         if isinstance(self.strata, bool) or int(self.strata) != self.strata or self.strata < 1:
             raise DpcliError(f"--strata must be an integer >= 1, got {self.strata}")
         if self.cutoff is not None and not (math.isfinite(self.cutoff) and 0 <= self.cutoff < 1):
@@ -164,7 +165,7 @@ class PruneConfig:
             raise DpcliError("--match-features needs --prune-ratio or --prune-count")
         if self.uses_coverage and self.method not in ("optimization", "ccs"):
             raise DpcliError(f"--balance/--strata/--hard-cutoff apply to --method optimization (and ccs), not {self.method}")
-        if self.method in ("random", "herding", "ccs") and self.epsilon is not None:
+        if not selector.epsilon_mode and self.epsilon is not None:
             raise DpcliError(f"--method {self.method} has no epsilon mode; give --prune-ratio or --prune-count")
         if self.method != "optimization" and self.buckets != 1:
             raise DpcliError("--buckets applies to --method optimization only")
@@ -196,9 +197,6 @@ class PruneConfig:
 
 
 INFLUENCE_METHODS = ("exact", "lissa", "cg", "sgd")
-# "optimization" is the paper's (Eq. 3/4 on S); the others are the published baselines.
-SELECTION_METHODS = ("optimization", "random", "herding", "forgetting", "grand", "el2n", "influence-score",
-                     "ccs", "tdds")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,12 @@ import itertools
 import numpy as np
 import pytest
 
-from dpcli.select.baselines import rules as baselines
+from dpcli.select import scoring
+from dpcli.select.methods.ccs import ccs, ccs_cutoff
+from dpcli.select.methods.forgetting import forgetting_counts
+from dpcli.select.methods.herding import herding
+from dpcli.select.methods.tdds import tdds_scores
+from dpcli.select.signals import el2n
 from dpcli.errors import DpcliError
 
 
@@ -23,20 +28,20 @@ def test_forgetting_counts_follow_the_definition():
             expected.append(7 + 1)
         else:
             expected.append(sum(1 for a, b in zip(seq, seq[1:]) if a == 1 and b == 0))
-    np.testing.assert_array_equal(baselines.forgetting_counts(correct), expected)
+    np.testing.assert_array_equal(forgetting_counts(correct), expected)
 
 
 def test_prune_lowest_breaks_ties_by_index():
     s = np.array([3.0, 1.0, 1.0, 2.0, 0.5])
-    np.testing.assert_array_equal(np.flatnonzero(baselines.prune_lowest(s, 3)), [1, 2, 4])
+    np.testing.assert_array_equal(np.flatnonzero(scoring.prune_lowest(s, 3)), [1, 2, 4])
     with pytest.raises(DpcliError):
-        baselines.prune_lowest(s, 6)
+        scoring.prune_lowest(s, 6)
 
 
 def test_proportional_counts():
     sizes = np.array([10, 3, 7, 0, 5])
     for total in range(26):
-        c = baselines.proportional_counts(sizes, total)
+        c = scoring.proportional_counts(sizes, total)
         assert c.sum() == total and np.all(c <= sizes) and np.all(c >= 0)
         assert np.all(np.abs(c - sizes * total / sizes.sum()) < 1 + 1e-9)
 
@@ -45,7 +50,7 @@ def test_herding_matches_a_plain_greedy_loop():
     rng = np.random.default_rng(1)
     X = rng.normal(size=(30, 4))
     y = np.repeat([0, 1, 2], 10)
-    pruned = baselines.herding(X, y, m=15)
+    pruned = herding(X, y, m=15)
     keep = set()
     for c in range(3):
         idx = list(np.flatnonzero(y == c))
@@ -62,11 +67,11 @@ def test_herding_matches_a_plain_greedy_loop():
 def test_el2n_and_tdds_definitions():
     probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
     labels = np.array([0, 0])
-    np.testing.assert_allclose(baselines.el2n(probs, labels),
+    np.testing.assert_allclose(el2n(probs, labels),
                                [np.sqrt(0.09 + 0.04 + 0.01), np.sqrt(0.81 + 0.01 + 0.64)])
     rng = np.random.default_rng(2)
     loss = rng.random((8, 5))
-    got = baselines.tdds_scores(loss, window=3, decay=0.5)
+    got = tdds_scores(loss, window=3, decay=0.5)
     delta = [loss[t - 1] - loss[t] for t in range(1, 8)]
     windows = [np.std(delta[t:t + 3], axis=0) for t in range(len(delta) - 2)]
     w = [0.5 ** (len(windows) - 1 - k) for k in range(len(windows))]
@@ -76,7 +81,7 @@ def test_el2n_and_tdds_definitions():
 def test_ccs_cuts_the_hardest_and_covers_the_strata():
     rng = np.random.default_rng(3)
     diff = rng.random(1000) ** 3  # skewed: most samples easy
-    pruned = baselines.ccs(diff, 700, np.random.default_rng(0), cutoff=0.1, strata=10)
+    pruned = ccs(diff, 700, np.random.default_rng(0), cutoff=0.1, strata=10)
     keep = np.flatnonzero(~pruned)
     assert len(keep) == 300
     hardest = np.argsort(-diff)[:100]
@@ -89,23 +94,23 @@ def test_ccs_cuts_the_hardest_and_covers_the_strata():
     kept = np.array([np.sum(bins[keep] == b) for b in range(10)])
     full = kept == sizes
     assert np.all(kept[~full] >= kept[full].max(initial=0)) and kept[~full].max() - kept[~full].min() <= 1
-    assert baselines.ccs_cutoff(0.3) == 0 and baselines.ccs_cutoff(0.7) == pytest.approx(0.1)
-    assert baselines.ccs_cutoff(0.9) == pytest.approx(0.3)
+    assert ccs_cutoff(0.3) == 0 and ccs_cutoff(0.7) == pytest.approx(0.1)
+    assert ccs_cutoff(0.9) == pytest.approx(0.3)
 
 
 def test_random_prune_count_and_seed():
-    a = baselines.random_prune(50, 20, np.random.default_rng(5))
-    b = baselines.random_prune(50, 20, np.random.default_rng(5))
+    a = scoring.random_prune(50, 20, np.random.default_rng(5))
+    b = scoring.random_prune(50, 20, np.random.default_rng(5))
     assert a.sum() == 20 and np.array_equal(a, b)
 
 
 def test_proportional_counts_refuses_overflow():
     with pytest.raises(DpcliError):
-        baselines.proportional_counts(np.array([1, 2]), 4)
+        scoring.proportional_counts(np.array([1, 2]), 4)
 
 
 @pytest.mark.parametrize("m", [0, 1, 4])
 def test_prune_lowest_is_argsort(m):
     s = np.random.default_rng(m).random(9)
-    assert set(np.flatnonzero(baselines.prune_lowest(s, m))) == set(np.argsort(s)[:m])
+    assert set(np.flatnonzero(scoring.prune_lowest(s, m))) == set(np.argsort(s)[:m])
     assert list(itertools.islice(np.argsort(s), m)) == sorted(np.argsort(s)[:m], key=lambda i: s[i])

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from conftest import TINY, run_cli, run_json
 from dpcli.select import solvers as selection
-from dpcli.config import SELECTION_METHODS, PruneConfig
+from dpcli.config import PruneConfig
+from dpcli.select.base import SELECTORS
 from dpcli.data.sources import load_dataset
 from dpcli.stages.core import load_S, read_mask
 from dpcli.train.loop import load_checkpoint, make_model
@@ -26,7 +27,7 @@ def _prune(tiny_run, tmp_path, capsys, method, *extra):
     return summary, read_mask(out)
 
 
-@pytest.mark.parametrize("method", [m for m in SELECTION_METHODS if m not in ("el2n", "grand")])
+@pytest.mark.parametrize("method", [m for m in SELECTORS.names() if m not in ("el2n", "grand")])
 def test_every_method_prunes_the_count_and_certifies_its_norm(tiny_run, tmp_path, capsys, method):
     summary, mask = _prune(tiny_run, tmp_path, capsys, method, "--prune-ratio", "0.4")
     S = load_S(tiny_run.influence)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dpcli.select import solvers as selection
-from dpcli.select.baselines.rules import proportional_counts
+from dpcli.select.scoring import proportional_counts
 from dpcli.errors import DpcliError
 
 

@@ -14,12 +14,37 @@ import numpy as np
 import torch
 from torch.func import functional_call, grad, vmap
 
-from dpcli.select.baselines import rules as baselines
 from dpcli.artifacts.h5 import open_artifact
 from dpcli.data.sources import Dataset, iterate_batches
 from dpcli.train.dynamics import Dynamics, read_dynamics
 from dpcli.errors import DpcliError
 from dpcli.train.loop import Checkpoint, make_model, train
+
+def el2n(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Error L2 norm ||softmax - onehot|| (Paul et al., 2021)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    onehot = np.zeros_like(probs)
+    onehot[np.arange(len(labels)), labels] = 1.0
+    return np.linalg.norm(probs - onehot, axis=1)
+
+
+def snapshot_scores(method: str, cfg, ctx) -> np.ndarray:
+    """EL2N or GraNd averaged over ``cfg.score_seeds`` training seeds at ``cfg.score_epoch``."""
+    from dpcli.train.dynamics import default_snapshot_epochs
+    from dpcli.train.loop import load_checkpoint
+
+    ck = load_checkpoint(ctx._require_checkpoint("weight snapshots"), weights=False)
+    ds = ctx.dataset()
+    epoch = cfg.score_epoch if cfg.score_epoch is not None else default_snapshot_epochs(ck.config.epochs)[1]
+    if method == "grand" and cfg.score_epoch is None:
+        epoch = 0  # GraNd is defined at initialization (Paul et al., 2021)
+    if epoch > ck.config.epochs:
+        raise DpcliError(f"--score-epoch {epoch} exceeds the {ck.config.epochs} training epochs")
+    states = snapshot_states(ck, ds, epoch, cfg.score_seeds, ctx.device)
+    if method == "el2n":
+        return el2n_scores(ck, ds, states, ctx.device)
+    return grand_scores(ck, ds, states, ctx.device)
+
 
 def load_dynamics(path: Path, *, snapshots: bool = True) -> Dynamics:
     """The checkpoint's training dynamics; ``snapshots=False`` skips reading the weight snapshots."""
@@ -77,7 +102,7 @@ def el2n_scores(ck: Checkpoint, ds: Dataset, states: list[dict], device: torch.d
         for x, _, _ in iterate_batches(ds.train, 1024, mean=ds.mean, std=ds.std, device=device,
                                        shuffle=False, augment=False):
             probs.append(torch.softmax(model(x).float(), 1).cpu().numpy())
-        total += baselines.el2n(np.concatenate(probs), ds.train.labels)
+        total += el2n(np.concatenate(probs), ds.train.labels)
     return total / len(states)
 
 

@@ -26,6 +26,7 @@ from dpcli.artifacts.h5 import (StreamHash, array_fingerprint, atomic_h5, get_at
 from dpcli.config import InfluenceConfig, PruneConfig, TrainConfig, default_train_config
 from dpcli.data.sources import Dataset
 from dpcli.errors import DpcliError
+from dpcli.select.certificate import Certificate, certify
 from dpcli.train.loop import (Checkpoint, extract_features, load_checkpoint, load_trained,
                             time_to_accuracy, train)
 
@@ -48,6 +49,7 @@ class InfluenceInfo:
     dataset: str
     dataset_fingerprint: str
     seconds: float
+    sketch_k: int | None = None  # S is the JL sketch S @ R (n x k) when set
 
 
 def default_damping(ck: Checkpoint) -> float:
@@ -154,7 +156,7 @@ def read_influence_info(path: Path, allow_shard: bool = False) -> InfluenceInfo:
                 feature_dim=int(get_attr(f, "feature_dim")), fingerprint=get_attr(f, "fingerprint"),
                 checkpoint=get_attr(f, "checkpoint"), checkpoint_fingerprint=get_attr(f, "checkpoint_fingerprint"),
                 dataset=get_attr(f, "dataset"), dataset_fingerprint=get_attr(f, "dataset_fingerprint"),
-                seconds=float(get_attr(f, "seconds", 0.0)),
+                seconds=float(get_attr(f, "seconds", 0.0)), sketch_k=get_attr(f, "sketch_k"),
             )
         except (TypeError, ValueError) as exc:
             raise DpcliError(f"{path}: damaged influence artifact ({exc})") from None
@@ -215,22 +217,12 @@ class MaskInfo:
         return self.n - self.n_kept
 
 
-def certify(S: np.ndarray, pruned: np.ndarray, epsilon: float | None) -> float:
-    """Recompute ||sum_{pruned} S_i|| in float64 from S alone; refuse a violated epsilon."""
-    total = np.zeros(S.shape[1], dtype=np.float64)
-    idx = np.flatnonzero(pruned)
-    for start in range(0, len(idx), 65536):
-        total += S[idx[start:start + 65536]].astype(np.float64).sum(0)
-    norm = float(np.linalg.norm(total))
-    if epsilon is not None and not norm <= epsilon * (1 + 1e-9) + 1e-12:
-        raise DpcliError(f"refusing the result: ||sum S_i|| = {norm:.6g} exceeds --epsilon {epsilon:.6g}")
-    return norm
-
-
 def prune(influence_path: Path, out: Path, cfg: PruneConfig, *, indices_out: Path | None = None,
           progress: Progress | None = None, device: torch.device | None = None,
           data_root: Path | None = None, ds: Dataset | None = None) -> MaskInfo:
-    """Solve Eq. 3 (epsilon) or Eq. 4 (count) on S, or apply a baseline selector, and write the keep mask."""
+    """Apply ``cfg.method`` (the paper's optimization by default) to S, certify, write the keep mask."""
+    from dpcli.select.base import Context, prune_count, select
+
     cfg.validate()
     info = read_influence_info(influence_path)
     if cfg.solver not in selection.SOLVERS:
@@ -238,45 +230,19 @@ def prune(influence_path: Path, out: Path, cfg: PruneConfig, *, indices_out: Pat
     if cfg.count is not None and cfg.count > info.n:
         raise DpcliError(f"--prune-count {cfg.count} exceeds the {info.n} training samples")
     S = load_S(influence_path)
-    n = S.shape[0]
 
     def on_progress(fraction: float) -> None:
         if progress:
             progress(fraction)
 
     t0 = time.perf_counter()
-    if cfg.method != "optimization" or cfg.uses_coverage:
-        from dpcli.select import base as methods
-
-        ctx = methods.Context(S=S, labels=_influence_labels(influence_path), checkpoint=Path(info.checkpoint),
-                              device=device or torch.device("cpu"), data_root=data_root, ds=ds,
-                              progress=on_progress)
-        pruned, solver = methods.select(cfg, ctx)
-        target = float(cfg.epsilon) if cfg.epsilon is not None else float(methods.prune_count(cfg, n))
-        norm = certify(S, pruned, cfg.epsilon)
-        return write_mask(out, keep=~pruned, mode=cfg.mode, target=target, norm=norm, solver=solver,
-                          info=info, config=cfg.to_dict(), seconds=time.perf_counter() - t0,
-                          method=cfg.method, indices_out=indices_out)
-    if cfg.buckets != 1:
-        from dpcli.select.buckets import solve_bucketed
-        m = None if cfg.epsilon is not None else (
-            cfg.count if cfg.count is not None else selection.count_from_ratio(n, cfg.ratio))
-        sel = solve_bucketed(S, m=m, epsilon=cfg.epsilon, buckets=cfg.buckets, workers=cfg.workers,
-                             solver=cfg.solver, time_budget=cfg.time_budget, seed=cfg.seed, progress=on_progress)
-        target = float(cfg.epsilon) if cfg.epsilon is not None else float(m)
-    elif cfg.epsilon is not None:
-        sel = selection.maximize_pruned(S, cfg.epsilon, solver=cfg.solver, time_budget=cfg.time_budget,
-                                        seed=cfg.seed, progress=on_progress)
-        target = float(cfg.epsilon)
-    else:
-        m = cfg.count if cfg.count is not None else selection.count_from_ratio(n, cfg.ratio)
-        sel = selection.minimize_norm(S, m, solver=cfg.solver, time_budget=cfg.time_budget, seed=cfg.seed,
-                                      progress=on_progress)
-        target = float(m)
-    norm = certify(S, sel.pruned, cfg.epsilon)
-    return write_mask(out, keep=~sel.pruned, mode=cfg.mode, target=target, norm=norm, solver=sel.solver,
-                      info=info, config=cfg.to_dict(), seconds=time.perf_counter() - t0,
-                      indices_out=indices_out)
+    ctx = Context(S=S, labels=_influence_labels(influence_path), checkpoint=Path(info.checkpoint),
+                  device=device or torch.device("cpu"), data_root=data_root, ds=ds, progress=on_progress)
+    pruned, solver = select(cfg, ctx)
+    cert = certify(S, pruned, cfg.epsilon, sketch_k=info.sketch_k)
+    target = float(cfg.epsilon) if cfg.epsilon is not None else float(prune_count(cfg, info.n))
+    return write_mask(out, cert, mode=cfg.mode, target=target, solver=solver, info=info, config=cfg.to_dict(),
+                      seconds=time.perf_counter() - t0, method=cfg.method, indices_out=indices_out)
 
 
 def _influence_labels(path: Path) -> np.ndarray:
@@ -284,13 +250,19 @@ def _influence_labels(path: Path) -> np.ndarray:
         return np.asarray(f["labels"][()])
 
 
-def write_mask(out: Path, *, keep: np.ndarray, mode: str, target: float, norm: float, solver: str,
+def write_mask(out: Path, cert: Certificate, *, mode: str, target: float, solver: str,
                info: InfluenceInfo, config: dict, seconds: float, method: str = "optimization",
                indices_out: Path | None = None) -> MaskInfo:
-    keep = np.asarray(keep, dtype=bool)
+    """Write the keep mask of a certified selection; the norm stored is the certificate's, from S."""
+    if not isinstance(cert, Certificate):
+        raise TypeError("write_mask needs a Certificate from dpcli.select.certificate.certify")
+    if cert.n != info.n:
+        raise DpcliError(f"the certified mask has {cert.n} samples but S has {info.n}")
+    keep = np.array(cert.keep, dtype=bool)
     fingerprint = array_fingerprint(keep.astype(np.uint8))
     attrs = {
-        "mode": mode, "target": target, "achieved_norm": norm, "solver": solver, "method": method,
+        "mode": mode, "target": target, "achieved_norm": cert.norm, "solver": solver, "method": method,
+        "certificate": cert.meaning, "sketch_k": cert.sketch_k or 0,
         "n": int(len(keep)), "n_kept": int(keep.sum()), "n_pruned": int((~keep).sum()), "config": config,
         "influence": str(Path(info.path).resolve()), "influence_fingerprint": info.fingerprint,
         "checkpoint": info.checkpoint, "dataset": info.dataset, "dataset_fingerprint": info.dataset_fingerprint,
@@ -345,12 +317,11 @@ def read_mask(path: Path) -> MaskInfo:
 
 def random_mask(info: InfluenceInfo, n_pruned: int, seed: int, out: Path) -> MaskInfo:
     """Random pruning at a given count: the reference every method must beat."""
-    from dpcli.select.baselines.rules import random_prune
+    from dpcli.select.scoring import random_prune
 
     pruned = random_prune(info.n, n_pruned, np.random.default_rng(seed))
-    S = load_S(info.path)
-    norm = certify(S, pruned, None)
-    return write_mask(out, keep=~pruned, mode="cardinality", target=float(n_pruned), norm=norm, solver="random",
+    cert = certify(load_S(info.path), pruned, None, sketch_k=info.sketch_k)
+    return write_mask(out, cert, mode="cardinality", target=float(n_pruned), solver="random",
                       info=info, config={"method": "random", "count": n_pruned, "seed": seed}, seconds=0.0,
                       method="random")
 

@@ -1,1 +1,0 @@
-"""The published selectors, one module each, registered by name."""
