@@ -77,8 +77,9 @@ class InfluenceConfig:
     sgd_epochs: int | None = None  # --method sgd: replay the last E recorded epochs (None: all)
 
     def validate(self) -> "InfluenceConfig":
-        if self.method not in INFLUENCE_METHODS:
-            raise DpcliError(f"unknown influence method {self.method!r}; choose one of {', '.join(INFLUENCE_METHODS)}")
+        from dpcli.influence.base import ESTIMATORS
+
+        ESTIMATORS.get(self.method)  # one line naming the choices for an unknown name
         if self.damping is not None and not (math.isfinite(self.damping) and self.damping > 0):
             raise DpcliError(f"--damping must be a positive finite number, got {self.damping}")
         _positive_int("--lissa-depth", self.lissa_depth)
@@ -196,7 +197,6 @@ class PruneConfig:
         return d
 
 
-INFLUENCE_METHODS = ("exact", "lissa", "cg", "sgd")
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,3 @@ class DpcliError(Exception):
         super().__init__(message)
         if exit_code is not None:
             self.exit_code = exit_code
-
-
-def require(condition: bool, message: str) -> None:
-    """Raise :class:`DpcliError` with ``message`` unless ``condition`` holds."""
-    if not condition:
-        raise DpcliError(message)

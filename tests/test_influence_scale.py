@@ -13,7 +13,8 @@ from dpcli.influence import kernels as infl
 from dpcli.config import InfluenceConfig
 from dpcli.errors import DpcliError
 from dpcli.influence.kernels import exact_influence
-from dpcli.influence.cg import CGStats, cg_influence, solve_rows
+from dpcli.influence.base import ESTIMATORS, LastLayer
+from dpcli.influence.cg import CGStats, cg_influence
 from dpcli.influence.sketch import Sketch, jl_failure_bound, parse_shard, shard_rows
 from dpcli.stages.core import read_influence_info
 from tests.conftest import run_cli, run_json
@@ -87,6 +88,13 @@ def test_cg_rows_streaming_and_chunk_independence() -> None:
             solve_rows(method, *args, damping=0.1, cfg=cfg, rows=r, sink=lambda s, x: rows.append(x), chunk_size=16)
             runs.append(np.concatenate(rows))
         assert np.array_equal(runs[0], np.concatenate(runs[1:])), method
+
+
+def solve_rows(method, features, labels, weight, bias, *, damping, cfg, rows, sink, info=None, chunk_size=4096):
+    """Rows of S through the registered estimator, as compute_influence calls it; returns the solver used."""
+    est = ESTIMATORS.get(method)(cfg)
+    return est.solve(LastLayer(features, labels, weight, bias), damping=damping, rows=rows, sink=sink, info=info,
+                     chunk_size=chunk_size)["solver"]
 
 
 def test_cg_errors() -> None:

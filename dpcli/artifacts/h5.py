@@ -117,16 +117,6 @@ def open_artifact(path: Path | str, kind: str) -> h5py.File:
     return f
 
 
-def artifact_kind(path: Path | str) -> str | None:
-    """The dpcli kind of a file, or None when it is not a readable dpcli artifact."""
-    try:
-        with h5py.File(path, "r") as f:
-            kind = get_attr(f, "dpcli_kind")
-    except (OSError, ValueError):
-        return None
-    return kind if kind in KINDS else None
-
-
 class StreamHash:
     """Incremental content hash, fed chunk by chunk while a large array is written."""
 

@@ -13,10 +13,6 @@ Preconditioner: the Kronecker-factored approximation
 the eigendecompositions of a ``C x C`` and a ``(D+1) x (D+1)`` matrix:
 ``P^-1 X = U [(U^T X V) / (a f^T + damping)] V^T`` for ``X`` in the augmented
 ``(C, D+1)`` layout.  Memory is ``O(n D + chunk d + D^2)``.
-
-Also here: :func:`solve_rows`, the row-range dispatch used by ``compute_influence``
-(exact via Cholesky when ``d <= max_dense_dim()``, otherwise CG; LiSSA), which lets
-a shard compute only its rows while the Hessian comes from all the data.
 """
 
 from __future__ import annotations
@@ -83,7 +79,7 @@ class KroneckerPreconditioner:
         f_sum = torch.zeros(dim + 1, dim + 1, dtype=_F64, device=dev)
         for start in range(0, n, chunk_rows):
             phi = features[start:start + chunk_rows].detach().to(_F64)
-            p = infl._probs(phi, w, b)
+            p = infl.probs(phi, w, b)
             a_sum += torch.diag(p.sum(0)) - p.T @ p
             phi_t = torch.cat([phi, torch.ones(phi.shape[0], 1, dtype=_F64, device=dev)], dim=1)
             f_sum += phi_t.T @ phi_t
@@ -108,7 +104,7 @@ def _aug_hvp(features: Tensor, w: Tensor, b: Tensor, x: Tensor, rows_per_chunk: 
     for start in range(0, n, rows_per_chunk):
         phi = features[start:start + rows_per_chunk].detach().to(_F64)
         rows = phi.shape[0]
-        p = infl._probs(phi, w, b)
+        p = infl.probs(phi, w, b)
         phi_t = torch.cat([phi, torch.ones(rows, 1, dtype=_F64, device=phi.device)], dim=1)
         u = (phi_t @ flat.T).reshape(rows, r, c)  # logit perturbations J_i v
         q = p[:, None, :] * (u - (u * p[:, None, :]).sum(dim=2, keepdim=True))  # A_i J_i v
@@ -182,17 +178,17 @@ def cg_influence(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor,
     """
     import time
 
-    n, num_classes, dim = infl._shapes(features, weight, bias)
-    infl._check_labels(labels, n, num_classes)
-    damping = infl._check_damping(damping)
-    chunk_size = infl._check_chunk(chunk_size)
+    n, num_classes, dim = infl.shapes(features, weight, bias)
+    infl.check_labels(labels, n, num_classes)
+    damping = infl.check_damping(damping)
+    chunk_size = infl.check_chunk(chunk_size)
     tol, max_iter = _check_tol(tol, max_iter)
     if preconditioner not in ("kronecker", "none"):
         raise DpcliError(f"unknown CG preconditioner {preconditioner!r}")
     row_start, row_stop = (0, n) if rows is None else (int(rows[0]), int(rows[1]))
     d = num_classes * (dim + 1)
     t0 = time.perf_counter()
-    w, b = infl._layer64(features, weight, bias)
+    w, b = infl.layer64(features, weight, bias)
     precond = KroneckerPreconditioner(features, w, b, damping) if preconditioner == "kronecker" else None
     if stats is not None:
         stats.seconds_setup = time.perf_counter() - t0
@@ -203,7 +199,7 @@ def cg_influence(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor,
     out = None if sink is not None else np.empty((total, d), dtype=np.float32)
     for g_start, g_stop, start, stop in grid_chunks(row_start, row_stop, r_chunk, n):
         phi = features[g_start:g_stop].detach().to(_F64)
-        g = _aug_grads(phi, infl._residuals(phi, y_all[g_start:g_stop], w, b))
+        g = _aug_grads(phi, infl.residuals(phi, y_all[g_start:g_stop], w, b))
         x, its, worst = block_cg(features, w, b, g, damping, tol, max_iter, precond, rows_per_chunk)
         if stats is not None:
             stats.iterations.append(its)
@@ -231,93 +227,3 @@ def grid_chunks(row_start: int, row_stop: int, chunk: int, n: int):
         g_stop = min(g + chunk, n)
         yield g, g_stop, max(g, row_start), min(g_stop, row_stop)
         g = g_stop
-
-
-def _exact_rows(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, damping: float,
-                rows: tuple[int, int], chunk_size: int, sink: Sink, progress: Progress | None) -> None:
-    """Dense exact path for a row range: Hessian and Cholesky from all rows, solves on the same
-    global chunk grid as :func:`dpcli.influence.exact_influence` (split only at the range ends)."""
-    n, num_classes, dim = infl._shapes(features, weight, bias)
-    damping = infl._check_damping(damping)
-    factor = infl.damped_cholesky(features, labels, weight, bias, damping, chunk_size)
-    _solve_range(features, labels, weight, bias, rows, chunk_size, sink, progress,
-                 lambda grads: torch.cholesky_solve(grads.T, factor).T)
-
-
-def _solve_range(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, rows: tuple[int, int],
-                 chunk_size: int, sink: Sink, progress: Progress | None,
-                 solve: Callable[[Tensor], Tensor]) -> None:
-    """Rows ``[start, stop)`` of S = solve(G)/n, on the single run's chunk grid (bit-identical shards)."""
-    n = features.shape[0]
-    w, b = infl._layer64(features, weight, bias)
-    y_all = labels.to(features.device)
-    row_start, row_stop = rows
-    for g_start, g_stop, start, stop in grid_chunks(row_start, row_stop, chunk_size, n):
-        phi = features[g_start:g_stop].detach().to(_F64)
-        grads = infl._grads_from_residuals(phi, infl._residuals(phi, y_all[g_start:g_stop], w, b))
-        solved = solve(grads)[start - g_start:stop - g_start]
-        solved /= n
-        sink(start, solved.to(torch.float32).contiguous().cpu().numpy())
-        if progress is not None:
-            progress(stop - row_start, row_stop - row_start)
-
-
-def dense_fits(num_classes: int, dim: int) -> bool:
-    return num_classes * (dim + 1) <= infl.max_dense_dim()
-
-
-ROW_METHODS = ("exact", "cg", "lissa")
-
-
-def solve_rows(method: str, features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, *, damping: float,
-               cfg, rows: tuple[int, int], sink: Sink, progress: Progress | None = None,
-               info: Callable[[str], None] | None = None, chunk_size: int = 4096) -> str:
-    """Compute rows ``[start, stop)`` of S with ``method``; returns the solver actually used.
-
-    ``exact`` uses the dense Cholesky path when ``d <= max_dense_dim()`` and falls back to
-    CG (exact to ``cfg.cg_tol``) above it; the full range with the dense path is
-    :func:`dpcli.influence.exact_influence` itself.
-    """
-    n, num_classes, dim = infl._shapes(features, weight, bias)
-    full = rows == (0, n)
-    tol = getattr(cfg, "cg_tol", DEFAULT_TOL)
-    max_iter = getattr(cfg, "cg_max_iter", DEFAULT_MAX_ITER)
-    if method == "exact" and not dense_fits(num_classes, dim):
-        d = num_classes * (dim + 1)
-        if info is not None:
-            info(f"d={d} exceeds the dense limit {infl.max_dense_dim()}; solving exactly by conjugate gradients "
-                 f"(relative residual {tol:g})")
-        method = "cg"
-    if method == "exact":
-        if full:
-            infl.exact_influence(features, labels, weight, bias, damping=damping, chunk_size=chunk_size,
-                                 sink=sink, progress=progress)
-        else:
-            infl._check_labels(labels, n, num_classes)
-            _exact_rows(features, labels, weight, bias, damping, rows, chunk_size, sink, progress)
-        return "exact"
-    if method == "cg":
-        cg_influence(features, labels, weight, bias, damping, tol=tol, max_iter=max_iter, chunk_size=chunk_size,
-                     sink=sink, progress=progress, rows=rows)
-        return "cg"
-    if method == "lissa":
-        kw = dict(depth=cfg.lissa_depth, scale=cfg.lissa_scale, batch_size=cfg.lissa_batch_size,
-                  repeats=cfg.lissa_repeats, seed=cfg.seed, damping=damping, chunk_size=chunk_size)
-        if full:
-            infl.lissa_influence(features, labels, weight, bias, sink=sink, progress=progress, **kw)
-        else:
-            _lissa_rows(features, labels, weight, bias, rows=rows, sink=sink, progress=progress, **kw)
-        return "lissa"
-    raise DpcliError(f"influence method {method!r} cannot compute a row range (--shard); use exact, cg or lissa")
-
-
-def _lissa_rows(features, labels, weight, bias, *, rows, sink, progress, depth, scale, batch_size, repeats, seed,
-                damping, chunk_size) -> None:
-    """LiSSA for a row range: its minibatch sequence depends only on the seed, not on the rows."""
-    n, num_classes, dim = infl._shapes(features, weight, bias)
-    infl._check_labels(labels, n, num_classes)
-    damping = infl._check_damping(damping)
-    w, b = infl._layer64(features, weight, bias)
-    _solve_range(features, labels, weight, bias, rows, chunk_size, sink, progress,
-                 lambda grads: infl._lissa_solve(features, w, b, grads, damping, int(depth), float(scale),
-                                                 int(batch_size), int(repeats), int(seed)))

@@ -69,7 +69,7 @@ _HVP_ELEMENTS = 2**23
 # --------------------------------------------------------------------------- #
 
 
-def _shapes(features: Tensor, weight: Tensor, bias: Tensor) -> tuple[int, int, int]:
+def shapes(features: Tensor, weight: Tensor, bias: Tensor) -> tuple[int, int, int]:
     """Return ``(n, C, D)`` after checking the layer and feature shapes agree."""
     if features.ndim != 2:
         raise DpcliError(f"features must be 2-D (n, D), got shape {tuple(features.shape)}")
@@ -88,7 +88,7 @@ def _shapes(features: Tensor, weight: Tensor, bias: Tensor) -> tuple[int, int, i
     return n, weight.shape[0], dim
 
 
-def _check_labels(labels: Tensor, n: int, num_classes: int) -> None:
+def check_labels(labels: Tensor, n: int, num_classes: int) -> None:
     """Labels must be one integer class index per sample, inside ``[0, C)``."""
     if labels.ndim != 1 or labels.shape[0] != n:
         raise DpcliError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
@@ -99,7 +99,7 @@ def _check_labels(labels: Tensor, n: int, num_classes: int) -> None:
         raise DpcliError(f"labels must lie in [0, {num_classes}), found range [{lo}, {hi}]")
 
 
-def _check_damping(damping: float) -> float:
+def check_damping(damping: float) -> float:
     """Damping must be a finite positive number: the CE Hessian alone is singular."""
     value = float(damping)
     if not math.isfinite(value) or value <= 0.0:
@@ -110,13 +110,13 @@ def _check_damping(damping: float) -> float:
     return value
 
 
-def _check_chunk(chunk_size: int) -> int:
+def check_chunk(chunk_size: int) -> int:
     if int(chunk_size) < 1:
         raise DpcliError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     return int(chunk_size)
 
 
-def _layer64(features: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+def layer64(features: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
     """The layer's parameters as float64 on the features' device."""
     return (
         weight.detach().to(device=features.device, dtype=_F64),
@@ -124,19 +124,19 @@ def _layer64(features: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Te
     )
 
 
-def _probs(phi: Tensor, w: Tensor, b: Tensor) -> Tensor:
+def probs(phi: Tensor, w: Tensor, b: Tensor) -> Tensor:
     """Softmax probabilities ``(rows, C)`` for float64 features ``phi``."""
     return torch.softmax(torch.addmm(b, phi, w.T), dim=1)
 
 
-def _residuals(phi: Tensor, y: Tensor, w: Tensor, b: Tensor) -> Tensor:
+def residuals(phi: Tensor, y: Tensor, w: Tensor, b: Tensor) -> Tensor:
     """``e_i = p_i - onehot(y_i)``: the CE gradient with respect to the logits."""
-    e = _probs(phi, w, b)
+    e = probs(phi, w, b)
     e[torch.arange(phi.shape[0], device=phi.device), y] -= 1.0
     return e
 
 
-def _grads_from_residuals(phi: Tensor, e: Tensor) -> Tensor:
+def grads_from_residuals(phi: Tensor, e: Tensor) -> Tensor:
     """Per-sample ``[outer(e, phi).flatten(), e]`` in the public ordering."""
     rows = phi.shape[0]
     return torch.cat([(e[:, :, None] * phi[:, None, :]).reshape(rows, -1), e], dim=1)
@@ -165,12 +165,12 @@ def per_sample_grads(features: Tensor, labels: Tensor, weight: Tensor, bias: Ten
     Closed form ``g_i = [outer(p_i - onehot(y_i), phi_i).flatten(), p_i - onehot(y_i)]``;
     callers working at scale should pass row chunks (the result is dense float64).
     """
-    n, num_classes, _ = _shapes(features, weight, bias)
-    _check_labels(labels, n, num_classes)
-    w, b = _layer64(features, weight, bias)
+    n, num_classes, _ = shapes(features, weight, bias)
+    check_labels(labels, n, num_classes)
+    w, b = layer64(features, weight, bias)
     phi = features.detach().to(_F64)
     y = labels.to(features.device)
-    return _grads_from_residuals(phi, _residuals(phi, y, w, b))
+    return grads_from_residuals(phi, residuals(phi, y, w, b))
 
 
 def mean_grad(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor,
@@ -179,16 +179,16 @@ def mean_grad(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor,
 
     Used for the test-loss gradient ``grad L(theta)`` in Theorem 1's bound.
     """
-    n, num_classes, dim = _shapes(features, weight, bias)
-    _check_labels(labels, n, num_classes)
-    chunk_size = _check_chunk(chunk_size)
-    w, b = _layer64(features, weight, bias)
+    n, num_classes, dim = shapes(features, weight, bias)
+    check_labels(labels, n, num_classes)
+    chunk_size = check_chunk(chunk_size)
+    w, b = layer64(features, weight, bias)
     y_all = labels.to(features.device)
     grad_w = torch.zeros(num_classes, dim, dtype=_F64, device=features.device)
     grad_b = torch.zeros(num_classes, dtype=_F64, device=features.device)
     for start in range(0, n, chunk_size):
         phi = features[start:start + chunk_size].detach().to(_F64)
-        e = _residuals(phi, y_all[start:start + chunk_size], w, b)
+        e = residuals(phi, y_all[start:start + chunk_size], w, b)
         grad_w.addmm_(e.T, phi)
         grad_b += e.sum(dim=0)
     return torch.cat([grad_w.reshape(-1), grad_b]) / n
@@ -209,7 +209,7 @@ def _aug_hessian_gemm(features: Tensor, w: Tensor, b: Tensor, chunk_size: int) -
     for start in range(0, n, chunk_size):
         phi = features[start:start + chunk_size].detach().to(_F64)
         rows = phi.shape[0]
-        p = _probs(phi, w, b)
+        p = probs(phi, w, b)
         phi_t = torch.cat([phi, torch.ones(rows, 1, dtype=_F64, device=device)], dim=1)
         for c in range(num_classes):
             # A[:, c, c'] for c' >= c: delta_{cc'} p_c - p_c p_c'
@@ -238,7 +238,7 @@ def _aug_hessian_syrk(features: Tensor, w: Tensor, b: Tensor, chunk_size: int) -
     }
     for start in range(0, n, chunk_size):
         phi = features[start:start + chunk_size].detach().to(_F64)
-        p = _probs(phi, w, b).numpy()
+        p = probs(phi, w, b).numpy()
         phi_t = np.ones((phi.shape[0], aug), dtype=np.float64, order="F")
         phi_t[:, :dim] = phi.numpy()
         for (c, c2), acc in blocks.items():
@@ -264,10 +264,10 @@ def last_layer_hessian(features: Tensor, labels: Tensor, weight: Tensor, bias: T
     by symmetry, then one gather permutes to the public ordering.  ``labels``
     are only validated: the CE Hessian does not depend on them.
     """
-    n, num_classes, dim = _shapes(features, weight, bias)
-    _check_labels(labels, n, num_classes)
-    chunk_size = _check_chunk(chunk_size)
-    w, b = _layer64(features, weight, bias)
+    n, num_classes, dim = shapes(features, weight, bias)
+    check_labels(labels, n, num_classes)
+    chunk_size = check_chunk(chunk_size)
+    w, b = layer64(features, weight, bias)
     device = features.device
     aug = dim + 1
     if device.type == "cpu" and _dsyrk is not None:
@@ -298,7 +298,7 @@ def _hvp_sum(phi: Tensor, p: Tensor, v_w: Tensor, v_b: Tensor) -> tuple[Tensor, 
     return out_w, q.sum(dim=0)
 
 
-def _mean_hvp(features: Tensor, w: Tensor, b: Tensor, V: Tensor) -> Tensor:
+def mean_hvp(features: Tensor, w: Tensor, b: Tensor, V: Tensor) -> Tensor:
     """``(mean CE Hessian) @ v`` for each float64 row of ``V``, chunked over samples."""
     n, dim = features.shape
     num_classes = w.shape[0]
@@ -310,7 +310,7 @@ def _mean_hvp(features: Tensor, w: Tensor, b: Tensor, V: Tensor) -> Tensor:
     rows_per_chunk = max(1, _HVP_ELEMENTS // max(1, r * num_classes))
     for start in range(0, n, rows_per_chunk):
         phi = features[start:start + rows_per_chunk].detach().to(_F64)
-        part_w, part_b = _hvp_sum(phi, _probs(phi, w, b), v_w, v_b)
+        part_w, part_b = _hvp_sum(phi, probs(phi, w, b), v_w, v_b)
         out_w += part_w
         out_b += part_b
     return torch.cat([out_w.reshape(r, -1), out_b], dim=1).div_(n)
@@ -323,14 +323,14 @@ def hessian_vector_product(features: Tensor, weight: Tensor, bias: Tensor, V: Te
     ``(d, d)`` Hessian; this is LiSSA's inner step.  Returns float64 ``(r, d)``
     (or ``(d,)`` for a single vector).
     """
-    _, num_classes, dim = _shapes(features, weight, bias)
+    _, num_classes, dim = shapes(features, weight, bias)
     d = num_classes * (dim + 1)
     squeeze = V.ndim == 1
     V2 = V[None, :] if squeeze else V
     if V2.ndim != 2 or V2.shape[1] != d:
         raise DpcliError(f"V must have shape (r, {d}), got {tuple(V.shape)}")
-    w, b = _layer64(features, weight, bias)
-    out = _mean_hvp(features, w, b, V2.detach().to(device=features.device, dtype=_F64))
+    w, b = layer64(features, weight, bias)
+    out = mean_hvp(features, w, b, V2.detach().to(device=features.device, dtype=_F64))
     return out[0] if squeeze else out
 
 
@@ -344,7 +344,7 @@ def max_dense_dim() -> int:
     return math.isqrt(_DENSE_BYTES // (2 * 8))
 
 
-def _emit(sink: Sink | None, out: np.ndarray | None, start: int, rows: Tensor) -> None:
+def emit(sink: Sink | None, out: np.ndarray | None, start: int, rows: Tensor) -> None:
     """Hand one float32 chunk to the sink, or copy it into the in-memory result."""
     block = rows.to(torch.float32).contiguous().cpu().numpy()
     if sink is not None:
@@ -380,10 +380,10 @@ def exact_influence(features: Tensor, labels: Tensor, weight: Tensor, bias: Tens
     and ``None`` is returned; otherwise the full ``(n, d)`` float32 array is.
     ``progress(done_rows, n)`` is called after each chunk.
     """
-    n, num_classes, dim = _shapes(features, weight, bias)
-    _check_labels(labels, n, num_classes)
-    damping = _check_damping(damping)
-    chunk_size = _check_chunk(chunk_size)
+    n, num_classes, dim = shapes(features, weight, bias)
+    check_labels(labels, n, num_classes)
+    damping = check_damping(damping)
+    chunk_size = check_chunk(chunk_size)
     d = num_classes * (dim + 1)
     if d > max_dense_dim():
         raise DpcliError(
@@ -391,21 +391,21 @@ def exact_influence(features: Tensor, labels: Tensor, weight: Tensor, bias: Tens
             f"{max_dense_dim()} (dense d x d Hessian); use --method lissa"
         )
     factor = damped_cholesky(features, labels, weight, bias, damping, chunk_size)
-    w, b = _layer64(features, weight, bias)
+    w, b = layer64(features, weight, bias)
     y_all = labels.to(features.device)
     out = None if sink is not None else np.empty((n, d), dtype=np.float32)
     for start in range(0, n, chunk_size):
         phi = features[start:start + chunk_size].detach().to(_F64)
-        grads = _grads_from_residuals(phi, _residuals(phi, y_all[start:start + chunk_size], w, b))
+        grads = grads_from_residuals(phi, residuals(phi, y_all[start:start + chunk_size], w, b))
         solved = torch.cholesky_solve(grads.T, factor).T
         solved /= n
-        _emit(sink, out, start, solved)
+        emit(sink, out, start, solved)
         if progress is not None:
             progress(start + phi.shape[0], n)
     return out
 
 
-def _lissa_solve(features: Tensor, w: Tensor, b: Tensor, rhs: Tensor, damping: float,
+def lissa_solve(features: Tensor, w: Tensor, b: Tensor, rhs: Tensor, damping: float,
                  depth: int, scale: float, batch_size: int, repeats: int, seed: int) -> Tensor:
     """LiSSA estimate of ``(H + damping I)^{-1} rhs`` for every row of ``rhs``.
 
@@ -427,7 +427,7 @@ def _lissa_solve(features: Tensor, w: Tensor, b: Tensor, rhs: Tensor, damping: f
             else:
                 idx = torch.randperm(n, generator=gen)[:batch_size].to(features.device)
                 batch = features[idx]
-            hvp = _mean_hvp(batch, w, b, h)
+            hvp = mean_hvp(batch, w, b, h)
             # h <- v + h - (H_B h + damping h) / scale
             h.mul_(1.0 - damping / scale).add_(rhs).sub_(hvp.div_(scale))
             # While the recursion contracts (all eigenvalues of (H_B + damping I)/scale
@@ -456,10 +456,10 @@ def lissa_influence(features: Tensor, labels: Tensor, weight: Tensor, bias: Tens
     recursion's ``scale`` is divided out (the authors' code did not).  Output
     conventions (``sink``/``progress``/return) are those of :func:`exact_influence`.
     """
-    n, num_classes, dim = _shapes(features, weight, bias)
-    _check_labels(labels, n, num_classes)
-    damping = _check_damping(damping)
-    chunk_size = _check_chunk(chunk_size)
+    n, num_classes, dim = shapes(features, weight, bias)
+    check_labels(labels, n, num_classes)
+    damping = check_damping(damping)
+    chunk_size = check_chunk(chunk_size)
     if int(depth) < 1 or int(batch_size) < 1 or int(repeats) < 1:
         raise DpcliError(
             f"LiSSA depth, batch size and repeats must be positive, got "
@@ -469,16 +469,16 @@ def lissa_influence(features: Tensor, labels: Tensor, weight: Tensor, bias: Tens
     if not math.isfinite(scale) or scale <= 0.0:
         raise DpcliError(f"--lissa-scale must be a finite positive number, got {scale!r}")
     d = num_classes * (dim + 1)
-    w, b = _layer64(features, weight, bias)
+    w, b = layer64(features, weight, bias)
     y_all = labels.to(features.device)
     out = None if sink is not None else np.empty((n, d), dtype=np.float32)
     for start in range(0, n, chunk_size):
         phi = features[start:start + chunk_size].detach().to(_F64)
-        grads = _grads_from_residuals(phi, _residuals(phi, y_all[start:start + chunk_size], w, b))
-        solved = _lissa_solve(features, w, b, grads, damping, int(depth), scale,
+        grads = grads_from_residuals(phi, residuals(phi, y_all[start:start + chunk_size], w, b))
+        solved = lissa_solve(features, w, b, grads, damping, int(depth), scale,
                               int(batch_size), int(repeats), int(seed))
         solved /= n
-        _emit(sink, out, start, solved)
+        emit(sink, out, start, solved)
         if progress is not None:
             progress(start + phi.shape[0], n)
     return out

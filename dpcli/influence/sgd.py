@@ -176,8 +176,8 @@ def sgd_influence(features: Tensor, labels: Tensor, traj: Trajectory, *, epochs:
     (a shard; the sink still receives absolute row offsets).  Output conventions
     (``sink``/``progress``/return) are those of :func:`dpcli.influence.exact_influence`.
     """
-    n, num_classes, dim = infl._shapes(features, torch.as_tensor(traj.weight[0]), torch.as_tensor(traj.bias[0]))
-    infl._check_labels(labels, n, num_classes)
+    n, num_classes, dim = infl.shapes(features, torch.as_tensor(traj.weight[0]), torch.as_tensor(traj.bias[0]))
+    infl.check_labels(labels, n, num_classes)
     d = num_classes * (dim + 1)
     first = _window(traj, epochs)
     chunk = int(chunk_size) if chunk_size is not None else max(1, _CHUNK_ELEMENTS // d)
@@ -195,7 +195,7 @@ def sgd_influence(features: Tensor, labels: Tensor, traj: Trajectory, *, epochs:
                 progress(start + (stop - start) * done // total, n)
 
         _, _, delta = _replay(features, labels, traj, first, (start, stop), on_epoch)
-        infl._emit(sink, out, start if sink is not None else start - lo, delta)
+        infl.emit(sink, out, start if sink is not None else start - lo, delta)
         if progress is not None:
             progress(stop, n)
     return out

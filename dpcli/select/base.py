@@ -30,7 +30,8 @@ import numpy as np
 
 from dpcli.errors import DpcliError
 from dpcli.registry import Registry
-from dpcli.select.linalg import count_from_ratio
+from dpcli.select.certificate import repair
+from dpcli.select.linalg import count_from_ratio, row_sq_norms
 from dpcli.select.scoring import longest_prefix, prune_lowest
 
 if TYPE_CHECKING:  # torch-free at import time: the CLI lists selectors without loading torch
@@ -141,7 +142,9 @@ class ScoreSelector(Selector):
             return prune_lowest(s, m), self.name
         if np.isnan(s).any():
             raise DpcliError("a selection score is NaN; the training dynamics do not cover every sample")
-        return longest_prefix(ctx.S, s, float(epsilon)), self.name
+        pruned = longest_prefix(ctx.S, s, float(epsilon))
+        # the prefix sums add in another order than the certificate: settle boundary rounding here
+        return repair(ctx.S, row_sq_norms(ctx.S), pruned, float(epsilon))[0], self.name
 
 
 def prune_count(cfg: "PruneConfig", n: int) -> int | None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dpcli.select import solvers as selection
+from dpcli.select.linalg import chunk_rows, masked_sum
 from dpcli.select.scoring import proportional_counts
 from dpcli.errors import DpcliError
 
@@ -88,22 +89,40 @@ def minimize_norm_covered(S: np.ndarray, m: int, labels: np.ndarray, difficulty:
     groups = groups_of(labels[free], None if difficulty is None else difficulty[free], cov)
     gid, ginv, gsize = np.unique(groups, return_inverse=True, return_counts=True)
     counts = proportional_counts(gsize, m_free)
-    offset = S[forced].astype(np.float64).sum(0) if forced.any() else np.zeros(S.shape[1])
-    Sf = S[free].astype(np.float64) + offset / m_free  # |W| = m_free: the offset sums to the forced part
+    feature_cols = 0 if features is None else len(np.unique(labels[free])) * np.asarray(features).shape[1]
+    Sa = _augmented(S, free, forced, m_free, extra=feature_cols + (len(gid) if len(gid) > 1 else 0))
+    d = S.shape[1]
+    Sf = Sa[:, :d]  # a view: the group and feature columns follow
+    col = d
     if features is not None:
-        Sf = np.hstack([Sf, _feature_block(np.asarray(features, dtype=np.float64)[free], labels[free], ginv,
-                                           Sf, counts, seed)])
+        block = _feature_block(np.asarray(features, dtype=np.float64)[free], labels[free], ginv, Sf, counts, seed)
+        Sa[:, col:col + block.shape[1]] = block
+        col += block.shape[1]
     if len(gid) > 1:
         lam = _penalty_weight(Sf, ginv, counts, seed)
-        onehot = np.zeros((len(free), len(gid)))
-        onehot[np.arange(len(free)), ginv] = 1.0
-        Sa = np.hstack([Sf, lam * (onehot - counts / m_free)])
-    else:
-        Sa = Sf
+        Sa[:, col:] = -lam * counts / m_free
+        Sa[np.arange(len(free)), col + ginv] += lam
     sel = selection.minimize_norm(Sa, m_free, solver=solver, time_budget=time_budget, seed=seed, progress=progress)
     mask = _repair_counts(Sf, sel.pruned.copy(), ginv, counts)
     pruned[free[mask]] = True
     return pruned
+
+
+def _augmented(S: np.ndarray, free: np.ndarray, forced: np.ndarray, m_free: int, extra: int) -> np.ndarray:
+    """``[S_free + offset / m_free, 0...]`` in S's precision, filled by byte-sized chunks.
+
+    One (n_free, d + extra) array is the only copy of S the covered solve makes (float32 for a float32
+    S), so its peak is about twice S rather than the three float64 copies an hstack would build.
+    """
+    dtype = S.dtype if S.dtype in (np.float32, np.float64) else np.float64
+    d = S.shape[1]
+    offset = masked_sum(S, forced) if forced.any() else np.zeros(d)
+    shift = offset / m_free  # |W| = m_free: the offset sums to the forced part
+    out = np.zeros((len(free), d + extra), dtype=dtype)
+    step = chunk_rows(d)
+    for a in range(0, len(free), step):
+        out[a:a + step, :d] = S[free[a:a + step]] + shift.astype(dtype)
+    return out
 
 
 def maximize_pruned_covered(S: np.ndarray, epsilon: float, labels: np.ndarray, difficulty: np.ndarray | None,
@@ -142,7 +161,7 @@ def _feature_block(F: np.ndarray, labels: np.ndarray, ginv: np.ndarray, Sf: np.n
         rows = cls == c
         block[rows, c * F.shape[1]:(c + 1) * F.shape[1]] = Fc[rows]
     start = _stratified_start(ginv, counts, seed)
-    ref = np.linalg.norm(Sf[start].sum(0))
+    ref = np.linalg.norm(Sf[start].sum(0, dtype=np.float64))
     got = np.linalg.norm(block[start].sum(0))
     return block * (ref / got if got > 0 else 1.0)
 
@@ -160,13 +179,13 @@ def _penalty_weight(Sf: np.ndarray, ginv: np.ndarray, counts: np.ndarray, seed: 
     """Large enough that one unit of count error costs more than any swap can gain."""
     start = _stratified_start(ginv, counts, seed)
     r = float(np.sqrt(np.einsum("ij,ij->i", Sf, Sf).max()))
-    v0 = float(np.linalg.norm(Sf[start].sum(0)))
+    v0 = float(np.linalg.norm(Sf[start].sum(0, dtype=np.float64)))
     return 3.0 * (r + v0) + 1e-12
 
 
 def _repair_counts(Sf: np.ndarray, mask: np.ndarray, ginv: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Move samples between over- and under-pruned groups, each time the move that keeps the norm lowest."""
-    v = Sf[mask].sum(0)
+    v = Sf[mask].sum(0, dtype=np.float64)
     while True:
         have = np.bincount(ginv[mask], minlength=len(counts))
         over, under = np.flatnonzero(have > counts), np.flatnonzero(have < counts)

@@ -19,14 +19,16 @@ import torch.nn.functional as F
 
 from dpcli.influence import kernels as infl
 from dpcli import console
-from dpcli.influence import cg as influence_cg
+from dpcli.influence.base import ESTIMATORS, LastLayer
 from dpcli.influence import sketch as influence_scale
 from dpcli.select import solvers as selection
-from dpcli.artifacts.h5 import (StreamHash, array_fingerprint, atomic_h5, get_attr, open_artifact, publish, row_chunks)
+from dpcli.artifacts.h5 import (StreamHash, array_fingerprint, atomic_h5, get_attr, open_artifact, publish, row_chunks,
+                               set_attr)
 from dpcli.config import InfluenceConfig, PruneConfig, TrainConfig, default_train_config
 from dpcli.data.sources import Dataset
 from dpcli.errors import DpcliError
 from dpcli.select.certificate import Certificate, certify
+from dpcli.select.linalg import chunk_rows
 from dpcli.train.loop import (Checkpoint, extract_features, load_checkpoint, load_trained,
                             time_to_accuracy, train)
 
@@ -116,19 +118,12 @@ def compute_influence(checkpoint: Path, out: Path, cfg: InfluenceConfig, *, devi
             if progress:
                 progress(done, total)
 
-        kwargs = dict(damping=damping, sink=sink, progress=on_rows)
-        if cfg.method in influence_cg.ROW_METHODS and (shard is not None or cfg.method != "lissa"):
-            influence_cg.solve_rows(cfg.method, feats, labels, weight, bias, cfg=cfg, rows=(row_start, row_stop),
-                                    info=console.info, **kwargs)
-        elif cfg.method == "sgd":  # SGD-Influence: replays the recorded last-layer SGD (damping unused)
-            from dpcli.influence import sgd as sgdi
-            sgdi.sgd_influence(feats, labels, sgdi.load_trajectory(checkpoint), epochs=cfg.sgd_epochs,
-                               rows=(row_start, row_stop), sink=sink, progress=on_rows)
-        elif shard is not None:
-            raise DpcliError(f"--shard is not supported with --method {cfg.method}; use exact, cg or lissa")
-        else:
-            infl.lissa_influence(feats, labels, weight, bias, depth=cfg.lissa_depth, scale=cfg.lissa_scale,
-                                 batch_size=cfg.lissa_batch_size, repeats=cfg.lissa_repeats, seed=cfg.seed, **kwargs)
+        estimator = ESTIMATORS.get(cfg.method)(cfg)
+        problem = LastLayer(feats, labels, weight, bias, checkpoint=Path(checkpoint))
+        solved = estimator.solve(problem, damping=damping, rows=(row_start, row_stop), sink=sink,
+                                 progress=on_rows, info=console.info)
+        for key, value in solved.items():
+            set_attr(f, key, value)
         f.create_dataset("loss", data=losses.astype(np.float32))
         f.create_dataset("grad_norm", data=grad_norm.astype(np.float32))
         f.create_dataset("labels", data=ds.train.labels)
@@ -173,11 +168,16 @@ def load_S(path: Path) -> np.ndarray:
     with open_artifact(path, "influence") as f:
         if "S" not in f or f["S"].ndim != 2:
             raise DpcliError(f"{path}: influence artifact has no 2-D dataset 'S'")
+        n_attr = get_attr(f, "n")
+        if n_attr is not None and get_attr(f, "shards") is None and f["S"].shape[0] != int(n_attr):
+            raise DpcliError(f"{path}: S has {f['S'].shape[0]} rows but the file says n = {int(n_attr)}; "
+                             "the artifact is damaged, recompute it")
         S = np.empty(f["S"].shape, dtype=np.float32)
         f["S"].read_direct(S)
-    bad = ~np.isfinite(S)
-    if bad.any():
-        raise DpcliError(f"{path}: S has {int(bad.any(1).sum())} rows with non-finite values; recompute with larger --damping")
+    step = chunk_rows(S.shape[1])  # finiteness checked chunk by chunk: no n x d boolean array
+    bad = sum(int((~np.isfinite(S[a:a + step])).any(1).sum()) for a in range(0, S.shape[0], step))
+    if bad:
+        raise DpcliError(f"{path}: S has {bad} rows with non-finite values; recompute with larger --damping")
     return S
 
 
@@ -240,6 +240,8 @@ def prune(influence_path: Path, out: Path, cfg: PruneConfig, *, indices_out: Pat
                   device=device or torch.device("cpu"), data_root=data_root, ds=ds, progress=on_progress)
     pruned, solver = select(cfg, ctx)
     cert = certify(S, pruned, cfg.epsilon, sketch_k=info.sketch_k)
+    if cert.sketch_k:
+        console.info(f"note: {cert.meaning}")
     target = float(cfg.epsilon) if cfg.epsilon is not None else float(prune_count(cfg, info.n))
     return write_mask(out, cert, mode=cfg.mode, target=target, solver=solver, info=info, config=cfg.to_dict(),
                       seconds=time.perf_counter() - t0, method=cfg.method, indices_out=indices_out)

@@ -7,7 +7,6 @@ uninterrupted one (bit-for-bit on the CPU).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -383,7 +382,3 @@ def time_to_accuracy(history: list[EpochRecord], target: float) -> tuple[float, 
         if rec.test_acc >= target and math.isfinite(rec.test_acc):
             return elapsed, rec.epoch
     return None
-
-
-def history_json(history: list[EpochRecord]) -> list[dict]:
-    return [json.loads(json.dumps(r.__dict__)) for r in history]

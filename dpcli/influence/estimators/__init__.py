@@ -1,0 +1,1 @@
+"""The influence estimators behind ``influence --estimator``: one module each (see ``influence.base``)."""
