@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from dpcli.influence import kernels as infl
+from dpcli.influence.kernels import grid_chunks
 from dpcli.errors import DpcliError
 
 Sink = Callable[[int, np.ndarray], None]
@@ -213,17 +214,3 @@ def cg_influence(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor,
         if progress is not None:
             progress(stop - row_start, total)
     return out
-
-
-def grid_chunks(row_start: int, row_stop: int, chunk: int, n: int):
-    """Chunks of the global grid ``[j*chunk, (j+1)*chunk)`` that meet ``[row_start, row_stop)``.
-
-    Yields ``(grid_start, grid_stop, start, stop)``: the whole grid chunk is solved and only
-    ``[start, stop)`` is kept, so a shard computes every row in exactly the chunk a single run
-    uses (bit-identical results), at the cost of at most two extra chunks per shard.
-    """
-    g = (row_start // chunk) * chunk
-    while g < row_stop:
-        g_stop = min(g + chunk, n)
-        yield g, g_stop, max(g, row_start), min(g_stop, row_stop)
-        g = g_stop

@@ -354,6 +354,47 @@ def emit(sink: Sink | None, out: np.ndarray | None, start: int, rows: Tensor) ->
         out[start:start + block.shape[0]] = block
 
 
+def grid_chunks(row_start: int, row_stop: int, chunk: int, n: int):
+    """Chunks of the global grid ``[j*chunk, (j+1)*chunk)`` that meet ``[row_start, row_stop)``.
+
+    Yields ``(grid_start, grid_stop, start, stop)``: the whole grid chunk is solved and only
+    ``[start, stop)`` is kept, so a shard computes every row in exactly the chunk a single run
+    uses (bit-identical results), at the cost of at most two extra chunks per shard.
+    """
+    g = (row_start // chunk) * chunk
+    while g < row_stop:
+        g_stop = min(g + chunk, n)
+        yield g, g_stop, max(g, row_start), min(g_stop, row_stop)
+        g = g_stop
+
+
+def solve_in_chunks(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor,
+                    solve: Callable[[Tensor], Tensor], *, rows: tuple[int, int] | None = None,
+                    chunk_size: int = 4096, sink: Sink | None = None,
+                    progress: Progress | None = None) -> np.ndarray | None:
+    """Rows ``[start, stop)`` of ``S = solve(G) / n``, G the per-sample gradients, chunk by chunk.
+
+    The one loop every row solver shares: gradients are formed per chunk of the global grid (so a
+    row range reproduces the full run bit for bit), solved, scaled by ``1/n`` and handed to ``sink``
+    as float32 (or collected and returned when there is no sink).  ``progress(done, total)``.
+    """
+    n = features.shape[0]
+    row_start, row_stop = (0, n) if rows is None else (int(rows[0]), int(rows[1]))
+    w, b = layer64(features, weight, bias)
+    y_all = labels.to(features.device)
+    out = None if sink is not None else np.empty((row_stop - row_start, weight.shape[0] * (weight.shape[1] + 1)),
+                                                 dtype=np.float32)
+    for g_start, g_stop, start, stop in grid_chunks(row_start, row_stop, chunk_size, n):
+        phi = features[g_start:g_stop].detach().to(_F64)
+        grads = grads_from_residuals(phi, residuals(phi, y_all[g_start:g_stop], w, b))
+        solved = solve(grads)[start - g_start:stop - g_start]
+        solved /= n
+        emit(sink, out, start - (0 if sink is not None else row_start), solved)
+        if progress is not None:
+            progress(stop - row_start, row_stop - row_start)
+    return out
+
+
 def damped_cholesky(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, damping: float,
                     chunk_size: int) -> Tensor:
     """Lower Cholesky factor of H + damping I; the one factorization every exact solve reuses."""
@@ -391,18 +432,8 @@ def exact_influence(features: Tensor, labels: Tensor, weight: Tensor, bias: Tens
             f"{max_dense_dim()} (dense d x d Hessian); use --method lissa"
         )
     factor = damped_cholesky(features, labels, weight, bias, damping, chunk_size)
-    w, b = layer64(features, weight, bias)
-    y_all = labels.to(features.device)
-    out = None if sink is not None else np.empty((n, d), dtype=np.float32)
-    for start in range(0, n, chunk_size):
-        phi = features[start:start + chunk_size].detach().to(_F64)
-        grads = grads_from_residuals(phi, residuals(phi, y_all[start:start + chunk_size], w, b))
-        solved = torch.cholesky_solve(grads.T, factor).T
-        solved /= n
-        emit(sink, out, start, solved)
-        if progress is not None:
-            progress(start + phi.shape[0], n)
-    return out
+    return solve_in_chunks(features, labels, weight, bias, lambda g: torch.cholesky_solve(g.T, factor).T,
+                           chunk_size=chunk_size, sink=sink, progress=progress)
 
 
 def lissa_solve(features: Tensor, w: Tensor, b: Tensor, rhs: Tensor, damping: float,
@@ -468,17 +499,8 @@ def lissa_influence(features: Tensor, labels: Tensor, weight: Tensor, bias: Tens
     scale = float(scale)
     if not math.isfinite(scale) or scale <= 0.0:
         raise DpcliError(f"--lissa-scale must be a finite positive number, got {scale!r}")
-    d = num_classes * (dim + 1)
     w, b = layer64(features, weight, bias)
-    y_all = labels.to(features.device)
-    out = None if sink is not None else np.empty((n, d), dtype=np.float32)
-    for start in range(0, n, chunk_size):
-        phi = features[start:start + chunk_size].detach().to(_F64)
-        grads = grads_from_residuals(phi, residuals(phi, y_all[start:start + chunk_size], w, b))
-        solved = lissa_solve(features, w, b, grads, damping, int(depth), scale,
-                              int(batch_size), int(repeats), int(seed))
-        solved /= n
-        emit(sink, out, start, solved)
-        if progress is not None:
-            progress(start + phi.shape[0], n)
-    return out
+    return solve_in_chunks(features, labels, weight, bias,
+                           lambda g: lissa_solve(features, w, b, g, damping, int(depth), scale, int(batch_size),
+                                                 int(repeats), int(seed)),
+                           chunk_size=chunk_size, sink=sink, progress=progress)
