@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from dpcli.errors import DpcliError
+from dpcli.select.linalg import chunk_rows
 
 
 def check_count(m: int, n: int) -> None:
@@ -60,8 +61,12 @@ def proportional_counts(sizes: np.ndarray, total: int) -> np.ndarray:
     return counts
 
 
-def longest_prefix(S: np.ndarray, scores: np.ndarray, epsilon: float, block: int = 4096) -> np.ndarray:
-    """Epsilon mode for a score rule: prune in score order (lowest first) while ``||sum S_i|| <= epsilon``."""
+def longest_prefix(S: np.ndarray, scores: np.ndarray, epsilon: float, block: int | None = None) -> np.ndarray:
+    """Epsilon mode for a score rule: prune in score order (lowest first) while ``||sum S_i|| <= epsilon``.
+
+    The prefix sums are formed a byte-sized block of rows at a time (float64), whatever d is.
+    """
+    block = block or chunk_rows(S.shape[1])
     order = np.lexsort((np.arange(len(scores)), scores))
     running = np.zeros(S.shape[1])
     best = 0

@@ -23,6 +23,8 @@ _REL_TOL = 1e-10
 # pool's uphill swaps on average; cools by COOL.
 _POOL_ACCEPT0 = 0.05
 _POOL_COOL = 1e-2
+# float64 bytes of one annealing pool (2k rows of S): bounds the solver's memory beyond S for wide S.
+_POOL_BYTES = 256 << 20
 
 
 @dataclass
@@ -305,8 +307,8 @@ def _pool_anneal(S: np.ndarray, q: np.ndarray, st: SwapState, clock: Clock,
     throwing it away.  Temperature is geometric in elapsed time.
     """
     n, d = S.shape
-    k = int(min(1024, max(128, 2 * d)))
-    full = n <= 4 * k
+    k = int(min(1024, max(128, 2 * d), max(64, _POOL_BYTES // (16 * d))))  # 2k float64 rows <= _POOL_BYTES
+    full = n <= 4 * k and 8 * n * d <= 2 * _POOL_BYTES
     start, span = clock.elapsed(), max(clock.left(), 1e-9)
     t0: float | None = None
     t1 = 0.0
