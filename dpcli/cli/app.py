@@ -134,7 +134,8 @@ _TYPE_NAMES = {"<int>": "INTEGER", "<float>": "FLOAT", "<str>": "TEXT", "<bool>"
 
 
 def _tidy(command: Any, unfold: bool) -> None:
-    """Help as a user reads it: no Python type names, folded panels hidden unless --help-all.
+    """Help as a user reads it: registered names filled in, no Python type names, folded panels
+    hidden unless --help-all.  Runs only when help is asked for.
 
     Typer prints ``<float>``, ``<bool>`` and ``{ARG}``; options get Click's classic metavars (none for
     flags) and arguments their bare name.  Only help rendering changes; parsing is untouched.
@@ -155,6 +156,8 @@ def _tidy(command: Any, unfold: bool) -> None:
             elif param.metavar is None and hasattr(param, "display_type"):
                 shown = param.display_type(None)
                 param.metavar = _TYPE_NAMES.get(shown, shown.strip("<>").upper())
+            if getattr(param, "help", None):
+                param.help = options.fill_names(param.help)
 
 
 def _usage_error(exc: Any) -> int:
@@ -172,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     unfold = "--help-all" in args
     args = ["--help" if a == "--help-all" else a for a in args]
     command = typer.main.get_command(app)
-    _tidy(command, unfold)
+    if unfold or "--help" in args:
+        _tidy(command, unfold)
     with _sigterm_as_interrupt():
         try:
             code = command.main(args=args, prog_name="dpcli", standalone_mode=False)

@@ -60,6 +60,16 @@ def _config_default(cls: type, field: str) -> Any:
     return {f.name: f.default for f in dataclasses.fields(cls)}[field]
 
 
+def fill_names(text: str) -> str:
+    """Put the registered names into a help text; done only when help is shown (listing solvers and
+    selectors imports numpy, which argument errors and real runs should not wait for here)."""
+    for token, names in (("@SELECTORS@", selector_names), ("@SOLVERS@", solver_names),
+                         ("@ESTIMATORS@", estimator_names)):
+        if token in text:
+            text = text.replace(token, " | ".join(names()))
+    return text
+
+
 def selector_names() -> tuple[str, ...]:
     from dpcli.select.base import SELECTORS
 
@@ -148,7 +158,7 @@ Count = Annotated[Optional[int], typer.Option(
     help="PRUNE exactly this many samples (fewer than n) with the smallest ||sum S_i|| (Eq. 4).")]
 Solver = Annotated[str, typer.Option(
     "--solver", metavar="NAME", rich_help_panel=P_SELECT,
-    help=f"{' | '.join(solver_names())}: swap = greedy + swap local search; anneal = the paper's annealing; "
+    help="@SOLVERS@: swap = greedy + swap local search; anneal = the paper's annealing; "
          "brute = exhaustive (n <= 20).")]
 SolverSeed = Annotated[int, typer.Option(
     "--solver-seed", rich_help_panel=P_SELECT, help="Seed of the solver / selector (random, anneal, ties).")]
@@ -158,7 +168,7 @@ TimeBudget = Annotated[Optional[float], typer.Option(
          + default_note("a fixed amount of work"))]
 Method = Annotated[str, typer.Option(
     "--method", metavar="NAME", rich_help_panel=P_SELECT,
-    help=f"Selector: {' | '.join(selector_names())}. optimization is the paper's; the others are baselines. "
+    help="Selector: @SELECTORS@. optimization is the paper's; the others are baselines. "
          "Every mask is certified from S.")]
 
 SOLVER_DEFAULT = _config_default(PruneConfig, "solver")
@@ -197,7 +207,7 @@ ESTIMATOR_DEFAULT = _config_default(InfluenceConfig, "method")
 def estimator(panel: str) -> Any:
     return Annotated[str, typer.Option(
         "--estimator", metavar="NAME", rich_help_panel=panel,
-        help=f"Influence estimator: {' | '.join(estimator_names())}. exact = dense Hessian, Cholesky (cg above "
+        help="Influence estimator: @ESTIMATORS@. exact = dense Hessian, Cholesky (cg above "
              "d = 16384); cg = conjugate gradients; lissa = the paper's; sgd = SGD-Influence (replays training).")]
 
 
