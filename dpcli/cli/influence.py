@@ -1,6 +1,5 @@
 """`dpcli influence`: S, each sample's influence on the last layer, written to influence.h5."""
 
-import dataclasses
 from pathlib import Path
 from typing import Annotated, Optional
 

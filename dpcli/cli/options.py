@@ -134,7 +134,7 @@ def training(panel: str) -> SimpleNamespace:
             help="Random crop + horizontal flip. " + default_note("on for cifar, imagefolder; off for digits"))],
         train_seed=Annotated[int, typer.Option(
             "--train-seed", rich_help_panel=panel,
-            help=f"Seed of the training run (initialization and batch order).")],
+            help="Seed of the training run (initialization and batch order).")],
         seed_default=seed_default,
     )
 

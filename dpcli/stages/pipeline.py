@@ -11,7 +11,6 @@ Nothing heavy is imported at module level (the CLI imports this lazily, but test
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -309,19 +308,3 @@ def verify_bound(ds: "Dataset", ck_path: Path, ck: "Checkpoint", info: "Influenc
     report.update(report=str(out_dir / "bound.json"), plot=str(out_dir / "bound.png"))
     return report, rows
 
-
-@contextlib.contextmanager
-def no_wait(enabled: bool):
-    """``--no-wait``: artifact locks (dpcli.artifacts) fail at once instead of waiting, for this call only."""
-    if not enabled:
-        yield
-        return
-    old = os.environ.get("DPCLI_NO_WAIT")
-    os.environ["DPCLI_NO_WAIT"] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("DPCLI_NO_WAIT", None)
-        else:
-            os.environ["DPCLI_NO_WAIT"] = old
