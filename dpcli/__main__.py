@@ -1,5 +1,5 @@
 import sys
 
-from dpcli.cli.commands import main
+from dpcli.cli import main
 
 sys.exit(main())

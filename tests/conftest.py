@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dpcli.cli.commands import main
+from dpcli.cli import main
 from dpcli.config import TrainConfig
 
 torch.set_num_threads(2)

@@ -20,7 +20,7 @@ from torch import nn
 
 from dpcli.train import distributed
 from dpcli.train import loop as training
-from dpcli.cli.commands import main
+from dpcli.cli import main
 from dpcli.config import TrainConfig
 from dpcli.data.sources import load_dataset
 

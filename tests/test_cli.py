@@ -69,8 +69,8 @@ def test_cardinality_mode_and_npy_indices(tiny_run, tmp_path, capsys):
 
 def test_same_seed_same_mask_and_anneal(tiny_run, tmp_path, capsys):
     # no --time-budget: a wall-clock budget makes any solver's result depend on machine speed
-    a = run_json(["prune", tiny_run.influence, "--prune-ratio", 0.3, "--seed", 3, "--out", tmp_path / "a.h5"], capsys)
-    b = run_json(["prune", tiny_run.influence, "--prune-ratio", 0.3, "--seed", 3, "--out", tmp_path / "b.h5"], capsys)
+    a = run_json(["prune", tiny_run.influence, "--prune-ratio", 0.3, "--solver-seed", 3, "--out", tmp_path / "a.h5"], capsys)
+    b = run_json(["prune", tiny_run.influence, "--prune-ratio", 0.3, "--solver-seed", 3, "--out", tmp_path / "b.h5"], capsys)
     assert a["solver"] == "swap" and a["n_pruned"] == b["n_pruned"]
     assert np.array_equal(read_mask(tmp_path / "a.h5").keep, read_mask(tmp_path / "b.h5").keep)
     # the paper's annealer is selectable and its result is certified like any other

@@ -25,7 +25,7 @@ import torch
 
 from dpcli.train import distributed
 from dpcli.train import loop as training
-from dpcli.cli.commands import main
+from dpcli.cli import main
 from dpcli.data.sources import load_dataset
 from dpcli.train.loop import load_checkpoint, train
 

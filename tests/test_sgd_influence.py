@@ -196,7 +196,7 @@ def test_recorded_trajectory_matches_the_training_run(tiny_run):
 def test_cli_influence_sgd_end_to_end(tiny_run, tmp_path, capsys):
     ck = tiny_run.checkpoint
     outs = [tmp_path / "a.h5", tmp_path / "b.h5"]
-    summaries = [run_json(["influence", ck, "--method", "sgd", "--sgd-epochs", "2", "--out", o, "--device", "cpu"],
+    summaries = [run_json(["influence", ck, "--estimator", "sgd", "--sgd-epochs", "2", "--out", o, "--device", "cpu"],
                           capsys) for o in outs]
     assert summaries[0]["method"] == "sgd"
     assert summaries[0]["fingerprint"] == summaries[1]["fingerprint"]  # deterministic
@@ -216,9 +216,9 @@ def test_cli_influence_sgd_end_to_end(tiny_run, tmp_path, capsys):
     bare.write_bytes(ck.read_bytes())
     with h5py.File(bare, "a") as f:
         del f["trajectory"]
-    code, _, err = run_cli(["influence", bare, "--method", "sgd", "--out", tmp_path / "c.h5", "--device", "cpu"], capsys)
+    code, _, err = run_cli(["influence", bare, "--estimator", "sgd", "--out", tmp_path / "c.h5", "--device", "cpu"], capsys)
     assert code == 2 and "no SGD trajectory" in err
-    code, _, err = run_cli(["influence", ck, "--method", "sgd", "--sgd-epochs", "9", "--out", tmp_path / "d.h5",
+    code, _, err = run_cli(["influence", ck, "--estimator", "sgd", "--sgd-epochs", "9", "--out", tmp_path / "d.h5",
                             "--device", "cpu", "--force"], capsys)
     assert code == 2 and "--sgd-epochs" in err
 

@@ -144,6 +144,7 @@ def read_influence_info(path: Path, allow_shard: bool = False) -> InfluenceInfo:
             raise DpcliError(f"{path}: is shard {get_attr(f, 'shard')}/{get_attr(f, 'shards')} of S (rows "
                              f"[{get_attr(f, 'row_start')}, {get_attr(f, 'row_stop')})); merge the shards first: "
                              f"dpcli influence CKPT --merge PART ... --out influence.h5")
+        _check_rows(path, f)
         try:
             return InfluenceInfo(
                 path=Path(path), method=get_attr(f, "method"), damping=float(get_attr(f, "damping")),
@@ -155,6 +156,17 @@ def read_influence_info(path: Path, allow_shard: bool = False) -> InfluenceInfo:
             )
         except (TypeError, ValueError) as exc:
             raise DpcliError(f"{path}: damaged influence artifact ({exc})") from None
+
+
+def _check_rows(path: Path, f) -> None:
+    """S must have one row per training sample (a shard: one per row of its range), as ``n`` says."""
+    if "S" not in f or f["S"].ndim != 2:
+        raise DpcliError(f"{path}: influence artifact has no 2-D dataset 'S'")
+    start, stop = get_attr(f, "row_start"), get_attr(f, "row_stop")
+    expected = int(stop) - int(start) if get_attr(f, "shards") is not None else int(get_attr(f, "n", -1))
+    if f["S"].shape[0] != expected:
+        raise DpcliError(f"{path}: S has {f['S'].shape[0]} rows but the artifact says n = {expected}; "
+                         f"the file is damaged or was edited, recompute it")
 
 
 def influence_config_of(path: Path) -> dict | None:

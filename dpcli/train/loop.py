@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from dpcli.artifacts.h5 import array_fingerprint, atomic_h5, get_attr, open_artifact, set_attr
+from dpcli import console
 from dpcli.config import TrainConfig
 from dpcli.data.sources import Dataset, Split, iterate_batches, load_dataset
 from dpcli.train.dynamics import DynamicsRecorder, default_snapshot_epochs
@@ -180,6 +181,7 @@ def train(
             )
         if ck.complete:
             return ck
+        console.info(f"resuming from epoch {ck.epoch} of {config.epochs} ({out})")
         model.load_state_dict(ck.state)
         if ck.optimizer is not None:
             optimizer.load_state_dict(ck.optimizer)

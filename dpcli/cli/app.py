@@ -1,0 +1,198 @@
+"""The Typer application: command registration, one-line errors, signals, exit codes.
+
+Exit codes: 0 success; 2 a user error or a command-line usage error (one line ``dpcli: error: ...``
+on stderr); 1 out of memory; 130 interrupted (Ctrl-C, SIGINT); 143 terminated (SIGTERM, as sent by
+cron, ``timeout`` and systemd).  After 130 or 143 every completed artifact is kept and no partial
+one is left under an artifact's name, so rerunning the same command resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import signal
+import sys
+import threading
+from typing import Any, Callable, Iterator
+
+import typer
+
+from dpcli import __version__, console
+from dpcli.cli import influence, options, prune, retrain, train, verify
+from dpcli.errors import DpcliError
+
+try:  # Typer >= 0.29 vendors Click
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+    _EXITS: tuple[type[BaseException], ...] = (typer.Exit,)
+    _ABORTS: tuple[type[BaseException], ...] = (typer.Abort,)
+except ImportError:  # pragma: no cover - older Typer on Click
+    import click
+    from click.exceptions import NoArgsIsHelpError, UsageError
+
+    _EXITS = (typer.Exit, click.exceptions.Exit)
+    _ABORTS = (typer.Abort, click.Abort)
+
+EXIT_USER = 2
+EXIT_MEMORY = 1
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+app = typer.Typer(
+    name="dpcli", add_completion=False, no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False,
+    help=(
+        "Prune training sets with a proven, small effect on the trained model (Yang et al., ICLR 2023). "
+        "Stages: train -> influence -> prune -> retrain / verify-bound; each reads and writes HDF5 artifacts. "
+        "Masks mark KEPT samples (keep=True trains); pruned_indices are the dropped ones."
+    ),
+)
+
+
+@app.callback(invoke_without_command=True)
+def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
+    if version:
+        typer.echo(f"dpcli {__version__}")
+        raise typer.Exit()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so every writer cleans up the same way."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _no_wait(enabled: bool) -> Iterator[None]:
+    """``--no-wait``: the artifact locks (dpcli.artifacts) read DPCLI_NO_WAIT=1; set for this command only."""
+    old = os.environ.get("DPCLI_NO_WAIT")
+    if enabled:
+        os.environ["DPCLI_NO_WAIT"] = "1"
+    try:
+        yield
+    finally:
+        if enabled and old is None:
+            os.environ.pop("DPCLI_NO_WAIT", None)
+        elif enabled:
+            os.environ["DPCLI_NO_WAIT"] = old  # type: ignore[assignment]
+
+
+def _error(message: str) -> None:
+    console.err.print(f"dpcli: error: {message}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _guard(func: Callable[..., None]) -> Callable[..., None]:
+    """Turn what a user can cause into one stderr line and an exit code, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            with _no_wait(bool(kwargs.get("no_wait"))):
+                func(*args, **kwargs)
+        except DpcliError as exc:
+            _error(str(exc))
+            raise typer.Exit(exc.exit_code) from None
+        except Terminated:
+            console.err.print("dpcli: terminated (SIGTERM); completed artifacts are kept, rerun the same command "
+                              "to resume", markup=False)
+            raise typer.Exit(EXIT_TERMINATED) from None
+        except KeyboardInterrupt:
+            console.err.print("dpcli: interrupted; completed artifacts are kept, rerun the same command to resume",
+                              markup=False)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except MemoryError:
+            _error("out of memory; use a smaller --batch-size or a larger machine")
+            raise typer.Exit(EXIT_MEMORY) from None
+
+    return wrapper
+
+
+def _paragraphs(doc: str | None) -> str:
+    """A docstring as help text: paragraphs kept, line breaks inside a paragraph joined (rich keeps them)."""
+    return "\n\n".join(" ".join(p.split()) for p in (doc or "").split("\n\n") if p.strip())
+
+
+for _module, _name in ((train, "train"), (influence, "influence"), (prune, "prune"), (retrain, "retrain"),
+                       (verify, "verify-bound")):
+    app.command(_name, help=_paragraphs(_module.command.__doc__),
+                epilog=getattr(_module, "EPILOG", None))(_guard(_module.command))
+
+_TYPE_NAMES = {"<int>": "INTEGER", "<float>": "FLOAT", "<str>": "TEXT", "<bool>": "", "<Path>": "PATH"}
+
+
+def _tidy(command: Any, unfold: bool) -> None:
+    """Help as a user reads it: registered names filled in, no Python type names, folded panels
+    hidden unless --help-all.  Runs only when help is asked for.
+
+    Typer prints ``<float>``, ``<bool>`` and ``{ARG}``; options get Click's classic metavars (none for
+    flags) and arguments their bare name.  Only help rendering changes; parsing is untouched.
+    """
+    for name, sub in [("", command), *command.commands.items()]:
+        folded = options.FOLDED.get(name, ())
+        with contextlib.suppress(Exception):  # Typer makes --help lazily; show it flag-like, with the output options
+            help_option = sub.get_help_option(sub.context_class(sub, info_name=name or "dpcli"))
+            help_option.metavar = ""
+            help_option.rich_help_panel = options.P_OUTPUT if name else None
+        for param in sub.params:
+            if getattr(param, "rich_help_panel", None) in folded:
+                param.hidden = not unfold
+            if getattr(param, "param_type_name", "") == "argument" and hasattr(param, "display_name_raw"):
+                label = param.display_name_raw + ("" if param.nargs == 1 else "...")
+                param.display_type_rich = lambda ctx: None
+                param._usage_display_name = lambda label=label: label
+            elif param.metavar is None and hasattr(param, "display_type"):
+                shown = param.display_type(None)
+                param.metavar = _TYPE_NAMES.get(shown, shown.strip("<>").upper())
+            if getattr(param, "help", None):
+                param.help = options.fill_names(param.help)
+
+
+def _usage_error(exc: Any) -> int:
+    """A Click usage error as one line (Click's own text, suggestions included) and exit 2."""
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    _error(f"{message}{hint}")
+    return exc.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point; returns the exit code instead of exiting (so tests can call it in-process)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    unfold = "--help-all" in args
+    args = ["--help" if a == "--help-all" else a for a in args]
+    command = typer.main.get_command(app)
+    if unfold or "--help" in args:
+        _tidy(command, unfold)
+    with _sigterm_as_interrupt():
+        try:
+            code = command.main(args=args, prog_name="dpcli", standalone_mode=False)
+        except NoArgsIsHelpError as exc:
+            typer.echo(exc.ctx.get_help())
+            return EXIT_USER
+        except UsageError as exc:
+            return _usage_error(exc)
+        except typer.TyperException as exc:
+            _error(" ".join(exc.format_message().split()))
+            return getattr(exc, "exit_code", 1)
+        except _EXITS as exc:
+            return exc.exit_code
+        except _ABORTS:
+            return EXIT_INTERRUPTED
+        except SystemExit as exc:
+            code = exc.code
+            return code if isinstance(code, int) else (0 if code is None else 1)
+    return code if isinstance(code, int) else 0

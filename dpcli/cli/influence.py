@@ -1,0 +1,89 @@
+"""`dpcli influence`: S, each sample's influence on the last layer, written to influence.h5."""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from dpcli import console
+from dpcli.cli import options as o
+
+L = o.lissa(o.P_ESTIMATOR)
+Estimator = o.estimator(o.P_ESTIMATOR)
+Damping = o.damping(o.P_ESTIMATOR)
+
+
+def command(
+    checkpoint: Annotated[list[Path], typer.Argument(
+        metavar="CHECKPOINT [PART]...", show_default=False,
+        help="checkpoint.h5 written by `dpcli train`; with --merge, followed by the shard files.")],
+    out: Annotated[Optional[Path], typer.Option("--out", metavar="FILE", rich_help_panel=o.P_OUTPUT,
+                                                help="Influence path. " + o.default_note("beside the checkpoint"))] = None,
+    estimator: Estimator = o.ESTIMATOR_DEFAULT, damping: Damping = None,
+    lissa_depth: L.depth = o.LISSA_DEFAULTS["depth"], lissa_scale: L.scale = o.LISSA_DEFAULTS["scale"],
+    lissa_batch_size: L.batch = o.LISSA_DEFAULTS["batch"], lissa_repeats: L.repeats = o.LISSA_DEFAULTS["repeats"],
+    lissa_seed: L.seed = o.LISSA_DEFAULTS["seed"],
+    cg_tol: Annotated[float, typer.Option(
+        "--cg-tol", rich_help_panel=o.P_ESTIMATOR,
+        help="cg (and exact above the dense limit): stop each column at relative residual ||r|| <= TOL ||g_i||.")] = 1e-6,
+    cg_max_iter: Annotated[int, typer.Option(
+        "--cg-max-iter", rich_help_panel=o.P_ESTIMATOR, help="cg: iteration cap per chunk (an error if reached).")] = 1000,
+    sgd_epochs: Annotated[Optional[int], typer.Option(
+        "--sgd-epochs", rich_help_panel=o.P_ESTIMATOR,
+        help="sgd: replay only the last E recorded epochs. " + o.default_note("all recorded epochs"))] = None,
+    sketch: Annotated[Optional[int], typer.Option(
+        "--sketch", metavar="K", rich_help_panel=o.P_SCALE,
+        help="Store S @ R (n x K), R a seeded d x K Gaussian with N(0, 1/K) entries (Johnson-Lindenstrauss): for a "
+             "FIXED subset ||(sum S_i) R|| is within (1 +- t) of ||sum S_i|| with probability >= 1 - 2 exp(-K t^2/8). "
+             "prune then bounds the sketched norm.")] = None,
+    sketch_seed: Annotated[int, typer.Option(
+        "--sketch-seed", rich_help_panel=o.P_SCALE, help="Seed of the sketch matrix R.")] = 0,
+    shard: Annotated[Optional[str], typer.Option(
+        "--shard", metavar="I/K", rich_help_panel=o.P_SCALE,
+        help="Compute only part I of K of the rows of S (needs --out); the shared cost is repeated per shard. "
+             "Join the parts with --merge.")] = None,
+    merge: Annotated[bool, typer.Option(
+        "--merge", rich_help_panel=o.P_SCALE,
+        help="Merge the shard files given after CHECKPOINT (any order) into one influence.h5 at --out, "
+             "identical to an unsharded run.")] = False,
+    json: o.Json = False, quiet: o.Quiet = False,
+    device: o.Device = "auto", data_root: o.DataRoot = None, force: o.Force = False, no_wait: o.NoWait = False,
+) -> None:
+    """Compute S (n x d): each sample's influence on the last linear layer, written to influence.h5.
+
+    Large runs: --shard I/K --out part-I.h5 on K machines, then --merge part-*.h5 --out influence.h5.
+    """
+    from dpcli.config import InfluenceConfig
+    from dpcli.stages import pipeline
+
+    console.set_quiet(quiet)
+    pipeline.check_estimator(estimator)
+    icfg = InfluenceConfig(method=estimator, damping=damping, lissa_depth=lissa_depth, lissa_scale=lissa_scale,
+                           lissa_batch_size=lissa_batch_size, lissa_repeats=lissa_repeats, seed=lissa_seed,
+                           cg_tol=cg_tol, cg_max_iter=cg_max_iter, sketch_k=sketch, sketch_seed=sketch_seed,
+                           sgd_epochs=sgd_epochs).validate()
+    pipeline.check_writable(out, "--out")
+    from dpcli.train.loop import load_checkpoint, resolve_device
+
+    checkpoint, parts = checkpoint[0], checkpoint[1:]
+    if merge or shard is not None or parts:
+        from dpcli.stages import shards
+
+        summary = shards.run(checkpoint, parts, merge=merge, shard=shard, icfg=icfg, out=out,
+                             device_fn=lambda: resolve_device(device), data_root=data_root)
+        if json:
+            console.emit_json(summary)
+        return
+    load_checkpoint(checkpoint, weights=False)  # fail early on a wrong file
+    if icfg.method == "sgd":  # ... or on one without a recorded SGD trajectory
+        from dpcli.influence import sgd
+
+        sgd.load_trajectory(checkpoint)
+    info = pipeline.ensure_influence(checkpoint, icfg, device=resolve_device(device), ds=None, data_root=data_root,
+                                     force=force, out=out)
+    console.info(f"influence: {info.path}  S is {info.n} x {info.d} ({info.method}, damping {info.damping:g}, "
+                 f"{info.seconds:.1f}s)")
+    if json:
+        console.emit_json({"command": "influence", "influence": str(info.path), "n": info.n, "d": info.d,
+                           "method": info.method, "damping": info.damping, "seconds": info.seconds,
+                           "checkpoint": info.checkpoint, "fingerprint": info.fingerprint})

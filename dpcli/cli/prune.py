@@ -1,0 +1,133 @@
+"""`dpcli prune`: choose the samples to PRUNE and write mask.h5 (keep = train on it)."""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from dpcli import console
+from dpcli.cli import options as o
+from dpcli.errors import DpcliError
+
+T = o.training(o.P_DS_TRAIN)
+L = o.lissa(o.P_DS_INFLUENCE)
+Estimator = o.estimator(o.P_DS_INFLUENCE)
+Damping = o.damping(o.P_DS_INFLUENCE)
+
+EPILOG = ("SOURCE is a file when it ends in .h5/.hdf5 or contains a '/', else a dataset name. "
+          "All options (selector tuning, dataset-mode training and influence): dpcli prune --help-all")
+
+
+def _cutoff(value: Optional[str], method: str) -> tuple[Optional[float], Optional[float]]:
+    """--hard-cutoff B | auto | Fx  ->  (cutoff, cutoff_ratio) of PruneConfig."""
+    if value is None:
+        return (None if method == "ccs" else 0.0), None
+    text = value.strip().lower()
+    if text == "auto":
+        return None, None
+    try:
+        if text.endswith("x"):
+            return 0.0, float(text[:-1])
+        return float(text), None
+    except ValueError:
+        raise DpcliError(f"--hard-cutoff must be a share in [0, 1), 'auto' or F followed by x (F times the prune "
+                         f"ratio), got {value!r}") from None
+
+
+def _summary(mask) -> dict:
+    return {
+        "mask": str(mask.path), "mode": mask.mode, "target": mask.target, "achieved_norm": mask.norm,
+        "solver": mask.solver, "method": mask.method, "n": mask.n, "n_kept": mask.n_kept, "n_pruned": mask.n_pruned,
+        "prune_ratio": mask.n_pruned / mask.n, "influence": mask.influence, "checkpoint": mask.checkpoint,
+        "dataset": mask.dataset, "seconds": mask.seconds,
+    }
+
+
+def print_mask(mask) -> None:
+    what = f"epsilon {mask.target:g}" if mask.mode == "epsilon" else f"prune count {int(mask.target)}"
+    console.info(
+        f"[bold]pruned {mask.n_pruned} of {mask.n}[/bold] ({100 * mask.n_pruned / mask.n:.1f}%), "
+        f"kept {mask.n_kept}; ||sum S_pruned|| = {mask.norm:.4g} ({what}, solver {mask.solver}, {mask.seconds:.1f}s)"
+    )
+    console.info(f"mask: {mask.path}  (keep_indices = samples to train on)")
+
+
+def command(
+    source: Annotated[str, typer.Argument(
+        metavar="SOURCE", show_default=False,
+        help="influence.h5, or a dataset name to run train -> influence -> prune (cached stages reused).")],
+    epsilon: o.Epsilon = None, prune_ratio: o.Ratio = None, prune_count: o.Count = None,
+    method: o.Method = o.METHOD_DEFAULT, solver: o.Solver = o.SOLVER_DEFAULT,
+    solver_seed: o.SolverSeed = o.SOLVER_SEED_DEFAULT, time_budget: o.TimeBudget = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", metavar="FILE", rich_help_panel=o.P_OUTPUT,
+        help="Mask path. " + o.default_note("beside S in the run directory"))] = None,
+    indices_out: Annotated[Optional[Path], typer.Option(
+        "--indices-out", metavar="FILE", rich_help_panel=o.P_OUTPUT,
+        help="Also write the KEPT indices as .txt (one per line) or .npy.")] = None,
+    json: o.Json = False, quiet: o.Quiet = False,
+    device: o.Device = "auto", data_root: o.DataRoot = None, run_root: o.RunRoot = None, force: o.Force = False,
+    no_wait: o.NoWait = False,
+    balance: o.Balance = False, strata: o.Strata = 1, hard_cutoff: o.HardCutoff = None,
+    match_features: o.MatchFeatures = False, score_epoch: o.ScoreEpoch = None, score_seeds: o.ScoreSeeds = 3,
+    buckets: o.Buckets = 1, workers: o.Workers = None,
+    arch: T.arch = None, width: T.width = None, depth: T.depth = None, epochs: T.epochs = None, lr: T.lr = None,
+    momentum: T.momentum = None, weight_decay: T.weight_decay = None, batch_size: T.batch_size = None,
+    augment: T.augment = None, train_seed: T.train_seed = T.seed_default,
+    estimator: Estimator = o.ESTIMATOR_DEFAULT, damping: Damping = None,
+    lissa_depth: L.depth = o.LISSA_DEFAULTS["depth"], lissa_scale: L.scale = o.LISSA_DEFAULTS["scale"],
+    lissa_batch_size: L.batch = o.LISSA_DEFAULTS["batch"], lissa_repeats: L.repeats = o.LISSA_DEFAULTS["repeats"],
+    lissa_seed: L.seed = o.LISSA_DEFAULTS["seed"],
+) -> None:
+    """Select the samples to PRUNE and write mask.h5 (keep = train on it); ||sum S_pruned|| is certified from S."""
+    from dpcli.config import InfluenceConfig, PruneConfig
+    from dpcli.stages import pipeline
+
+    console.set_quiet(quiet)
+    cutoff, cutoff_ratio = _cutoff(hard_cutoff, method)
+    pcfg = PruneConfig(epsilon=epsilon, ratio=prune_ratio, count=prune_count, solver=solver,
+                       time_budget=time_budget, seed=solver_seed, buckets=buckets, workers=workers, method=method,
+                       balance=balance, strata=strata, cutoff=cutoff, cutoff_ratio=cutoff_ratio,
+                       match_features=match_features, score_epoch=score_epoch, score_seeds=score_seeds)
+    pipeline.check_prune(pcfg)
+    pipeline.check_estimator(estimator)
+    icfg = InfluenceConfig(method=estimator, damping=damping, lissa_depth=lissa_depth, lissa_scale=lissa_scale,
+                           lissa_batch_size=lissa_batch_size, lissa_repeats=lissa_repeats, seed=lissa_seed).validate()
+    pipeline.check_indices_suffix(indices_out)
+    pipeline.check_writable(out, "--out")
+    pipeline.check_writable(indices_out, "--indices-out")
+    from dpcli.artifacts.runs import mask_path
+
+    if pipeline.is_artifact_path(source):
+        from dpcli.stages.core import read_influence_info
+
+        info = read_influence_info(Path(source))  # kind and shape checks before any work
+        pipeline.check_prune(pcfg, info.n)
+        mask_file = out or mask_path(info.path, pcfg)
+        pipeline.check_writable(mask_file, "--out")
+        from dpcli.train.loop import resolve_device
+
+        mask = pipeline.run_prune(info.path, pcfg, mask_file, indices_out, device=resolve_device(device),
+                                  data_root=data_root)
+        chain: dict = {}
+    else:
+        pipeline.check_writable(pipeline.run_root_of(run_root), "--run-root", directory=True)
+        from dpcli.train.loop import resolve_device
+
+        dev = resolve_device(device)
+        ds = pipeline.load(source, data_root)
+        pipeline.check_prune(pcfg, len(ds.train.labels))
+        tcfg = pipeline.train_config(ds, o.training_overrides(
+            arch=arch, width=width, depth=depth, epochs=epochs, lr=lr, momentum=momentum,
+            weight_decay=weight_decay, batch_size=batch_size, augment=augment, seed=train_seed))
+        run = pipeline.full_run(ds, tcfg, icfg, run_root=run_root, device=dev, data_root=data_root, force=force)
+        mask = pipeline.run_prune(run.influence.path, pcfg, out or mask_path(run.influence.path, pcfg), indices_out,
+                                  device=dev, data_root=data_root, ds=ds)
+        chain = {"checkpoint": str(run.checkpoint_path), "influence": str(run.influence.path),
+                 "test_accuracy": run.checkpoint.final.test_acc}
+    print_mask(mask)
+    if json:
+        summary = {"command": "prune", **_summary(mask), **chain}
+        if indices_out:
+            summary["indices_out"] = str(indices_out)
+        console.emit_json(summary)

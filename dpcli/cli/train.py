@@ -1,0 +1,83 @@
+"""`dpcli train`: the full-data model and its checkpoint.h5."""
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from dpcli import console
+from dpcli.cli import options as o
+from dpcli.errors import DpcliError
+
+T = o.training(o.P_TRAIN)
+
+
+def _epoch_list(text: Optional[str], epochs: int) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(sorted({int(t) for t in text.split(",") if t.strip()}))
+    except ValueError:
+        raise DpcliError(f"--snapshot-epochs must be comma-separated integers, got {text!r}") from None
+    bad = [e for e in values if not 0 <= e <= epochs]
+    if bad:
+        raise DpcliError(f"--snapshot-epochs must lie in [0, {epochs}], got {bad[0]}")
+    return values
+
+
+def command(
+    dataset: Annotated[str, typer.Argument(metavar="DATASET", show_default=False,
+                                           help="digits, cifar10, cifar100 or imagefolder:PATH.")],
+    out: Annotated[Optional[Path], typer.Option("--out", metavar="FILE", rich_help_panel=o.P_OUTPUT,
+                                                help="Checkpoint path. " + o.default_note("in the run directory"))] = None,
+    arch: T.arch = None, width: T.width = None, depth: T.depth = None, epochs: T.epochs = None, lr: T.lr = None,
+    momentum: T.momentum = None, weight_decay: T.weight_decay = None, batch_size: T.batch_size = None,
+    augment: T.augment = None, train_seed: T.train_seed = T.seed_default,
+    snapshot_epochs: Annotated[Optional[str], typer.Option(
+        "--snapshot-epochs", metavar="E,E,...", rich_help_panel=o.P_TRAIN,
+        help="Epochs after which to keep a copy of the weights (0 = initialization), for prune --method el2n/grand "
+             "--score-epoch. " + o.default_note("0 and 10 % of training"))] = None,
+    json: o.Json = False, quiet: o.Quiet = False,
+    device: o.Device = "auto", data_root: o.DataRoot = None, run_root: o.RunRoot = None, force: o.Force = False,
+    no_wait: o.NoWait = False,
+) -> None:
+    """Train the full-data model (ERM) and write checkpoint.h5; an interrupted run resumes.
+
+    Also records each sample's loss and correctness per epoch and weight snapshots, which the
+    score-based `prune --method` selectors read.
+
+    Under `torchrun --nproc_per_node K -m dpcli train ...` the global batch is split across K
+    ranks (DDP); rank 0 alone prints and writes the checkpoint.
+    """
+    from dpcli.stages import pipeline
+
+    console.set_quiet(quiet)
+    pipeline.check_writable(out, "--out")
+    pipeline.check_writable(pipeline.run_root_of(run_root) if out is None else None, "--run-root", directory=True)
+    from dpcli.artifacts.runs import checkpoint_path
+    from dpcli.train import distributed
+    from dpcli.train.loop import resolve_device
+
+    dist = distributed.from_env(device)  # None unless launched by torchrun
+    if dist is not None and not dist.is_main:
+        console.set_quiet(True)
+        json = False
+    dev = resolve_device(device) if dist is None else dist.device
+    ds = pipeline.load(dataset, data_root) if dist is None else dist.main_first(lambda: pipeline.load(dataset, data_root))
+    cfg = pipeline.train_config(ds, o.training_overrides(
+        arch=arch, width=width, depth=depth, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
+        batch_size=batch_size, augment=augment, seed=train_seed))
+    path = out or checkpoint_path(pipeline.run_root_of(run_root), cfg)
+    t0 = time.perf_counter()
+    ck = pipeline.ensure_checkpoint(cfg, ds, path, device=dev, force=force, dist=dist,
+                                    snapshot_epochs=_epoch_list(snapshot_epochs, cfg.epochs))
+    final = ck.final
+    console.info(f"checkpoint: {path}  test accuracy {final.test_acc:.2f}%  test loss {final.test_loss:.4f}")
+    if json:
+        console.emit_json({"command": "train", "checkpoint": str(path), "config": cfg.to_dict(), "epochs": ck.epoch,
+                           "test_accuracy": final.test_acc, "test_loss": final.test_loss,
+                           "train_accuracy": final.train_acc, "train_seconds": ck.seconds,
+                           "wall_seconds": time.perf_counter() - t0, "world_size": ck.world_size})
+    if dist is not None:
+        dist.close()

@@ -1,0 +1,53 @@
+"""SIGTERM is handled like Ctrl-C (exit 143, one line, completed artifacts kept) and a rerun resumes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from dpcli.data.sources import load_dataset
+from dpcli.stages import pipeline
+from dpcli.train.loop import load_checkpoint, train
+from tests.conftest import run_cli
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_sigterm_exits_143_with_one_line_and_keeps_the_checkpoint(tmp_path):
+    out = tmp_path / "ck.h5"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "dpcli", "train", "digits", "--epochs", "400", "--width", "4",
+                             "--depth", "1", "--device", "cpu", "--out", str(out), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not out.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1]
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert stderr == ("dpcli: terminated (SIGTERM); completed artifacts are kept, rerun the same command to "
+                      "resume\n") and stdout == ""
+    ck = load_checkpoint(out, weights=False)
+    assert 1 <= ck.epoch < 400 and not ck.complete
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.h5"]  # no partial file left behind
+
+
+def test_rerun_says_where_it_resumes(tmp_path, capsys):
+    ds = load_dataset("digits")
+    overrides = {"epochs": 3, "width": 8, "depth": 2}
+    cfg = pipeline.train_config(ds, overrides)
+    out = tmp_path / "ck.h5"
+    import torch
+
+    train(cfg, ds, out, device=torch.device("cpu"), stop_after=2)  # an interrupted run, two epochs done
+    capsys.readouterr()
+    code, _, err = run_cli(["train", "digits", "--epochs", 3, "--width", 8, "--depth", 2, "--device", "cpu",
+                            "--out", out], capsys)
+    assert code == 0, err
+    assert "resuming from epoch 2 of 3" in err
+    assert load_checkpoint(out, weights=False).complete
