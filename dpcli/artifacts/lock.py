@@ -71,12 +71,12 @@ def _holder(fd: int) -> int | None:
     return None
 
 
-def _open(lock: Path) -> int:
+def _open(target: Path, lock: Path) -> int:
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
         return os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as exc:
-        raise ArtifactWriteError(f"{lock.parent}: cannot create the lock {lock.name} ({exc.strerror or exc})") from None
+    except OSError as exc:  # the artifact could not be written either: say so now, before any work
+        raise ArtifactWriteError(f"{target}: cannot write ({exc.strerror or exc})") from None
 
 
 def _same_file(fd: int, lock: Path) -> bool:
@@ -93,7 +93,7 @@ def _acquire(target: Path, lock: Path, wait: bool) -> tuple[int, bool, int | Non
     """Return (fd, waited, holder pid); blocks (one message) or raises ArtifactBusy."""
     waited, holder = False, None
     while True:
-        fd = _open(lock)
+        fd = _open(target, lock)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

@@ -194,12 +194,11 @@ def _no_regression(epoch: int) -> Callable[[Path], None]:
     """A publish guard: never replace a checkpoint holding a later epoch with an earlier one."""
 
     def guard(path: Path) -> None:
-        if not path.exists():
-            return
-        with contextlib.suppress(DpcliError, OSError):
-            held = load_checkpoint(path, weights=False).epoch
-            if held > epoch:
-                raise ArtifactBusy(f"{path}: holds epoch {held}, newer than this job's epoch {epoch}; "
+        held = -1
+        with contextlib.suppress(DpcliError, OSError):  # no readable checkpoint there: nothing to protect
+            held = load_checkpoint(path, weights=False).epoch if path.exists() else -1
+        if held > epoch:
+            raise ArtifactBusy(f"{path}: holds epoch {held}, newer than this job's epoch {epoch}; "
                                    f"not replacing it (another job trained it; rerun to resume from it)")
 
     return guard
