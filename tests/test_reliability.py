@@ -6,6 +6,7 @@ seeded random points of each stage, then rerun and compare with the uninterrupte
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -204,6 +205,17 @@ def test_unwritable_outputs_fail_before_the_solve_in_one_line(tiny_run, tmp_path
         assert "cannot write" in line and str(extra[-1]) in line
     assert solved == []
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no mask published without its index file
+
+
+def test_any_io_error_with_a_path_is_one_line_exit_74(tiny_run, capsys, monkeypatch):
+    """The CLI's safety net: an OSError that no stage converted still ends in one line, not a traceback."""
+    def failing(*_a, **_k):
+        raise OSError(errno.EIO, os.strerror(errno.EIO), "/data/influence.h5")
+
+    monkeypatch.setattr(stages, "read_influence_info", failing)
+    code, _, err = run_cli(["prune", tiny_run.influence, "--epsilon", "0.05"], capsys)
+    assert code == 74
+    assert _one_error_line(err) == f"dpcli: error: /data/influence.h5: {os.strerror(errno.EIO)}"
 
 
 def _namespace_available() -> bool:

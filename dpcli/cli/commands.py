@@ -521,6 +521,12 @@ def _report_user_errors(func: Callable[..., None]) -> Callable[..., None]:
         except DpcliError as exc:
             console.err.print(f"dpcli: error: {exc}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:  # an I/O failure no stage turned into a DpcliError: still one line (exit 74)
+            if exc.filename is None:
+                raise
+            console.err.print(f"dpcli: error: {exc.filename}: {exc.strerror or exc}", markup=False, highlight=False,
+                              soft_wrap=True)
+            raise typer.Exit(74) from None
         except KeyboardInterrupt:
             console.err.print("dpcli: interrupted; completed artifacts are kept, rerun to resume", markup=False)
             raise typer.Exit(130) from None

@@ -173,10 +173,11 @@ def train(
         return _train_locked(config, ds, out, device=device, keep_indices=keep_indices, force=force,
                              lineage=lineage, on_batch=on_batch, on_epoch=on_epoch, dist=dist,
                              stop_after=stop_after, eval_every=eval_every, snapshot_epochs=snapshot_epochs)
-    with artifact_lock(out) as lock:
+    with artifact_lock(out) as lock:  # a second identical job waits here, then resumes or reuses
         if lock.waited:
             _say_reused(out, lock.holder)
-        return _train_locked(config, ds, out, device=device, keep_indices=keep_indices, force=force and not lock.reusable(),
+        force = force and not lock.reusable()  # what another job published while we waited is fresh
+        return _train_locked(config, ds, out, device=device, keep_indices=keep_indices, force=force,
                              lineage=lineage, on_batch=on_batch, on_epoch=on_epoch, dist=dist,
                              stop_after=stop_after, eval_every=eval_every, snapshot_epochs=snapshot_epochs)
 
@@ -199,7 +200,7 @@ def _no_regression(epoch: int) -> Callable[[Path], None]:
             held = load_checkpoint(path, weights=False).epoch if path.exists() else -1
         if held > epoch:
             raise ArtifactBusy(f"{path}: holds epoch {held}, newer than this job's epoch {epoch}; "
-                                   f"not replacing it (another job trained it; rerun to resume from it)")
+                               f"not replacing it (another job trained it; rerun to resume from it)")
 
     return guard
 
