@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 
 import h5py
 import numpy as np
@@ -111,13 +112,16 @@ def test_stale_partials_of_dead_writers_are_removed_before_writing(tmp_path):
     dead = tmp_path / f".influence.h5.{_dead_pid()}.0badc0de.partial"
     live = tmp_path / f".influence.h5.{os.getppid()}.0badc0de.partial"  # a live process: maybe still writing
     other = tmp_path / f".mask.h5.{_dead_pid()}.0badc0de.partial"      # another artifact's: not ours to judge
-    for p in (dead, live, other):
+    legacy = tmp_path / ".influence.h5.k2x_9aqz.partial"                # dpcli before pids: stale when old
+    cousin = tmp_path / f".influence.h5.bak.{_dead_pid()}.0badc0de.partial"  # influence.h5.bak's, not ours
+    for p in (dead, live, other, legacy, cousin):
         p.write_bytes(b"half")
+    os.utime(legacy, (time.time() - 7200, time.time() - 7200))
+    os.utime(cousin, (time.time() - 7200, time.time() - 7200))
     with atomic_h5(target, "influence") as f:
         f.create_dataset("S", data=np.zeros((2, 2), np.float32))
-        assert not dead.exists()
-    assert live.exists() and other.exists() and target.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, live.name, other.name])
+        assert not dead.exists() and not legacy.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, live.name, other.name, cousin.name])
 
 
 def test_temporary_names_carry_the_pid_and_never_repeat(tmp_path):

@@ -79,6 +79,8 @@ def _is_stale(tmp: Path, middle: str) -> bool:
     if len(parts) == 2 and parts[0].isdigit():
         pid = int(parts[0])
         return pid != os.getpid() and not _pid_alive(pid)
+    if not re.fullmatch(r"[a-z0-9_]{8}", middle):  # not ours (e.g. another file's name with a dot)
+        return False
     try:
         return time.time() - tmp.stat().st_mtime > LEGACY_PARTIAL_AGE_S
     except OSError:
