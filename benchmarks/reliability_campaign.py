@@ -1,6 +1,6 @@
 """Fault campaign behind docs/reliability.md: kill -9, unwritable outputs, full disks, concurrent jobs.
 
-    python3 benchmarks/reliability_campaign.py --rounds 5 --out campaign.json
+    python3 benchmarks/reliability_campaign.py --rounds 1 --fs-sizes 64k,1m --out campaign.json
 
 Every case runs the real CLI (``python3 -m dpcli``) in a subprocess on the tiny digits
 configuration of the test suite.  Needs ``unshare -rm`` for the read-only / full tmpfs
@@ -155,7 +155,8 @@ print(json.dumps(report))
 
 
 def fs_cases(work: Path, stats: dict, sizes: list[str]) -> None:
-    ck, inf = work / "ref" / "ck.h5", work / "ref" / "inf.h5"
+    ck = next(work.glob("reference/digits/train-*/checkpoint.h5"))
+    inf = next(work.glob("reference/digits/train-*/influence-*/influence.h5"))
     for size in sizes:
         ro, full = work / f"ro-{size}", work / f"full-{size}"
         ro.mkdir()
@@ -176,6 +177,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=13)
+    ap.add_argument("--fs-sizes", default="16k,64k,200k,1m", help="Sizes of the full tmpfs to try.")
     ap.add_argument("--out", type=Path)
     ns = ap.parse_args()
     rng = random.Random(ns.seed)
@@ -192,17 +194,12 @@ def main() -> None:
         p = dpcli(*CHAIN, "--run-root", ref_root, "--quiet")
         p.communicate()
         stats["_ref"] = result(ref_root)
-        (work / "ref").mkdir()
-        for cmd in (["train", "digits", *TINY, "--out", work / "ref" / "ck.h5", "--quiet"],
-                    ["influence", work / "ref" / "ck.h5", "--out", work / "ref" / "inf.h5", "--device", "cpu",
-                     "--quiet"]):
-            dpcli(*cmd).communicate()
         for r in range(ns.rounds):
             kill_round(work / f"kill-{r}", rng, stats)
             concurrent_round(work / f"same-{r}", stats, overlap=False)
             concurrent_round(work / f"overlap-{r}", stats, overlap=True)
         if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode == 0:
-            fs_cases(work, stats, ["16k", "64k", "200k", "1m"])
+            fs_cases(work, stats, ns.fs_sizes.split(","))
     stats.pop("_ref", None)
     stats["wall_seconds"] = round(time.time() - t0, 1)
     text = json.dumps(stats, indent=2)
