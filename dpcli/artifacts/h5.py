@@ -1,68 +1,268 @@
 """HDF5 artifacts: atomic writes, kind checks, lineage and fingerprints.
 
-Every stage reads and writes one self-describing HDF5 file.  Files are written to a
-temporary name in the destination directory and renamed into place only after they
-are complete, so a killed job never leaves a file a rerun would trust.
+Every stage reads and writes one self-describing HDF5 file.  Every output (HDF5, JSON,
+index files, plots, caches) goes through one atomic writer, :func:`atomic_path`: it
+writes ``.NAME.<pid>.<random>.partial`` in the destination directory, fsyncs it, renames
+it into place and fsyncs the directory, so a killed job never leaves a file a rerun would
+trust.  Temporaries are removed on every exit path; those of a writer that died (kill -9,
+power loss) are removed by the next writer of the same name.  A write that fails (full
+or read-only disk, permissions, a directory in the way) raises one
+:class:`~dpcli.errors.ArtifactWriteError` naming the path.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import json
 import os
-import tempfile
+import re
+import secrets
+import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-import h5py
 import numpy as np
 
 from dpcli import __version__
-from dpcli.errors import DpcliError
+from dpcli.errors import ArtifactWriteError, DpcliError
+
+if TYPE_CHECKING:
+    import h5py
 
 SCHEMA = 1
 KINDS = ("checkpoint", "influence", "mask")
+LEGACY_PARTIAL_AGE_S = 3600.0  # partials without a pid (dpcli < 0.x) count as stale after this long
 
 
-@contextlib.contextmanager
-def atomic_h5(path: Path, kind: str, attrs: dict[str, Any] | None = None) -> Iterator[h5py.File]:
-    """Open a temporary HDF5 file that replaces ``path`` only if the block succeeds."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown artifact kind {kind!r}")
+def _read_umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask races with threads)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # at import, before any thread of ours exists
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+FILE_MODE = 0o666 & ~_UMASK  # what a plain open() would give; mkstemp-style temporaries are 0600
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO,
+                 errno.EISDIR, errno.ENOTDIR, errno.ENOENT, errno.EXDEV, errno.ENAMETOOLONG, errno.ELOOP}
+_H5_ERRNO = re.compile(r"errno = (\d+)")
+
+
+# --------------------------------------------------------------------------- temporaries
+def temp_path(path: Path) -> Path:
+    """A fresh temporary beside ``path``; the writer's pid in the name tells when it is stale."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
+    return path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.partial"
+
+
+def _pid_alive(pid: int) -> bool:
     try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["dpcli_kind"] = kind
-            f.attrs["dpcli_schema"] = SCHEMA
-            f.attrs["dpcli_version"] = __version__
-            f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-            for key, value in (attrs or {}).items():
-                set_attr(f, key, value)
-            yield f
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        publish(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _is_stale(tmp: Path, middle: str) -> bool:
+    """A temporary is stale when its writer's pid is gone (or, for pid-less legacy names, when old)."""
+    parts = middle.split(".")
+    if len(parts) == 2 and parts[0].isdigit():
+        pid = int(parts[0])
+        return pid != os.getpid() and not _pid_alive(pid)
+    if not re.fullmatch(r"[a-z0-9_]{8}", middle):  # not ours (e.g. another file's name with a dot)
+        return False
+    try:
+        return time.time() - tmp.stat().st_mtime > LEGACY_PARTIAL_AGE_S
+    except OSError:
+        return False
+
+
+def remove_stale_partials(path: Path) -> list[Path]:
+    """Remove ``.NAME.<pid>.*.partial`` left by writers that are gone; returns what was removed."""
+    path = Path(path)
+    prefix, suffix, removed = f".{path.name}.", ".partial", []
+    try:
+        names = [n for n in os.listdir(path.parent) if n.startswith(prefix) and n.endswith(suffix)]
+    except OSError:
+        return removed
+    for name in names:
+        tmp = path.parent / name
+        if _is_stale(tmp, name[len(prefix):-len(suffix)]):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+# --------------------------------------------------------------------------- write errors
+def write_error(exc: BaseException, path: Path) -> ArtifactWriteError | None:
+    """The one-line error for an OSError from writing ``path`` (also h5py's), or None if it is not one."""
+    if isinstance(exc, ArtifactWriteError):
+        return exc
+    if not isinstance(exc, (OSError, RuntimeError)):  # h5py raises RuntimeError from a failed flush
+        return None
+    code = exc.errno if isinstance(exc, OSError) else None
+    found = _H5_ERRNO.search(str(exc))
+    if found and int(found.group(1)) in _WRITE_ERRNOS:
+        code = int(found.group(1))
+    if code not in _WRITE_ERRNOS:
+        return None
+    reason = "is a directory" if code == errno.EISDIR else os.strerror(code)
+    return ArtifactWriteError(f"{path}: cannot write ({reason})")
+
+
+def _nearest_existing(path: Path) -> Path:
+    for parent in (path, *path.parents):
+        if os.path.lexists(parent):
+            return parent
+    return Path(".")
+
+
+def check_writable(path: Path | str) -> None:
+    """Raise ArtifactWriteError now if ``path`` could not be published later (before hours of work).
+
+    Refuses a directory in the way and a parent that is not a directory, then creates and
+    removes a probe temporary in the nearest existing ancestor: that catches read-only and
+    full file systems' metadata, permissions and pseudo file systems such as /proc.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ArtifactWriteError(f"{path}: cannot write (is a directory; give a file path)")
+    if path.name in ("", ".", ".."):
+        raise ArtifactWriteError(f"{path}: cannot write (not a file name)")
+    parent = _nearest_existing(path.parent)
+    if not parent.is_dir():
+        raise ArtifactWriteError(f"{path}: cannot write ({parent} is not a directory)")
+    probe = temp_path(parent / path.name)
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        where = "" if parent == path.parent else f" in {parent}"
+        raise ArtifactWriteError(f"{path}: cannot write{where} ({exc.strerror or exc})") from None
+    os.close(fd)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(probe)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename durable: without it a power loss can forget the new name."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # some file systems refuse fsync on directories
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
 
 
 def publish(tmp: str | Path, path: Path) -> None:
-    """Rename a finished temporary file into place with ordinary permissions.
-
-    ``mkstemp`` creates files readable by the owner only; artifacts are shared between
-    users and jobs, so they get the mode a plain ``open`` would give (0666 & ~umask).
-    """
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    """fsync a finished temporary, give it ordinary permissions, rename it into place, fsync the directory."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(tmp, FILE_MODE)
     os.replace(tmp, path)
+    _fsync_dir(Path(path).parent)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path | str, *, before_publish: Callable[[Path], None] | None = None) -> Iterator[Path]:
+    """Yield a temporary path to write; it replaces ``path`` only if the block succeeds.
+
+    ``before_publish(path)`` runs just before the rename (e.g. refuse to replace a newer
+    file).  Any exit other than success removes the temporary; OSErrors of writing become
+    one ArtifactWriteError naming ``path``.
+    """
+    path = Path(path)
+    check_writable(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(exc, path) or exc from None
+    remove_stale_partials(path)
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        if before_publish is not None:
+            before_publish(path)
+        publish(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        converted = write_error(exc, path)
+        if converted is None or converted is exc:
+            raise
+        raise converted from None
+
+
+def _abandon(f: "h5py.File") -> None:
+    """Close an HDF5 file being given up without writing another byte.
+
+    After ENOSPC, h5py's close tries to flush again, fails, and leaves object ids whose
+    deallocation later crashes the interpreter (SIGSEGV).  Pointing the file's descriptor
+    at /dev/null first makes that flush succeed harmlessly, so every id closes in order.
+    """
+    with contextlib.suppress(Exception):
+        if not f.id.valid:
+            return
+        fd = f.id.get_vfd_handle()
+        null = os.open(os.devnull, os.O_RDWR)
+        try:
+            os.dup2(null, fd)
+        finally:
+            os.close(null)
+    with contextlib.suppress(Exception):
+        f.close()
+
+
+@contextlib.contextmanager
+def atomic_hdf5(path: Path | str, *, before_publish: Callable[[Path], None] | None = None) -> Iterator["h5py.File"]:
+    """A plain HDF5 file (caches) written through :func:`atomic_path`, closed safely on any error."""
+    import h5py
+
+    with atomic_path(path, before_publish=before_publish) as tmp:
+        f = h5py.File(tmp, "w")
+        try:
+            yield f
+            f.flush()  # ENOSPC surfaces here, inside the block, rather than in close()
+            f.close()
+        except BaseException:
+            _abandon(f)
+            raise
+
+
+@contextlib.contextmanager
+def atomic_h5(path: Path, kind: str, attrs: dict[str, Any] | None = None, *,
+              before_publish: Callable[[Path], None] | None = None) -> Iterator["h5py.File"]:
+    """Write a dpcli artifact under its lock; it replaces ``path`` only if the block succeeds."""
+    from dpcli.artifacts.lock import artifact_lock
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown artifact kind {kind!r}")
+    with artifact_lock(path), atomic_hdf5(path, before_publish=before_publish) as f:
+        f.attrs["dpcli_kind"] = kind
+        f.attrs["dpcli_schema"] = SCHEMA
+        f.attrs["dpcli_version"] = __version__
+        f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        for key, value in (attrs or {}).items():
+            set_attr(f, key, value)
+        yield f
 
 
 def set_attr(obj: h5py.HLObject, key: str, value: Any) -> None:
@@ -96,6 +296,8 @@ def open_artifact(path: Path | str, kind: str) -> h5py.File:
         raise DpcliError(f"{path}: no such file")
     if path.is_dir():
         raise DpcliError(f"{path}: is a directory, expected a {kind} .h5 file")
+    import h5py
+
     try:
         ok = h5py.is_hdf5(str(path))
     except OSError as exc:  # unreadable
@@ -152,18 +354,14 @@ def row_chunks(n: int, d: int, target_bytes: int = 4 << 20) -> tuple[int, int]:
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     """Write a JSON side-file atomically (metrics, bound reports)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh, indent=2, sort_keys=True, default=_json_default)
-            fh.write("\n")
-        publish(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    text = json.dumps(payload, indent=2, sort_keys=True, default=_json_default) + "\n"
+    write_bytes(path, text.encode())
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write a small file atomically (JSON, index lists)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
 
 
 def _json_default(obj: Any) -> Any:

@@ -105,6 +105,11 @@ def _guard(func: Callable[..., None]) -> Callable[..., None]:
         except DpcliError as exc:
             _error(str(exc))
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:  # an I/O failure no stage turned into a DpcliError: still one line (exit 74)
+            if exc.filename is None:
+                raise
+            _error(f"{exc.filename}: {exc.strerror or exc}")
+            raise typer.Exit(74) from None
         except Terminated:
             console.err.print("dpcli: terminated (SIGTERM); completed artifacts are kept, rerun the same command "
                               "to resume", markup=False)

@@ -43,7 +43,6 @@ import json
 import multiprocessing
 import os
 import sys
-import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -56,7 +55,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dpcli.artifacts.h5 import publish
 from dpcli.errors import DpcliError
 
 __all__ = [
@@ -424,18 +422,11 @@ def _read_cache(path: Path) -> Dataset | None:
 
 
 def _write_cache(path: Path, ds: Dataset, source: Path) -> None:
-    """Write ``ds`` to ``path`` atomically (temp file + rename); warn and go on if impossible."""
-    import h5py
+    """Write ``ds`` to ``path`` through the atomic writer; warn and go on if impossible."""
+    from dpcli.artifacts.h5 import atomic_hdf5
 
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-    except OSError as exc:
-        warnings.warn(f"dpcli: cannot write the imagefolder cache in {path.parent} ({exc}); continuing without it")
-        return
-    try:
-        with h5py.File(tmp, "w") as f:
+        with atomic_hdf5(path) as f:
             f.attrs["version"] = _CACHE_VERSION
             f.attrs["classes"] = json.dumps(list(ds.classes))
             f.attrs["mean"] = np.asarray(ds.mean, dtype=np.float64)
@@ -446,13 +437,8 @@ def _write_cache(path: Path, ds: Dataset, source: Path) -> None:
                 # Uncompressed: decoded JPEG pixels barely compress and raw reads are fastest.
                 g.create_dataset("images", data=split.images)
                 g.create_dataset("labels", data=split.labels)
-        publish(tmp, path)
-    except Exception as exc:
+    except (DpcliError, OSError) as exc:
         warnings.warn(f"dpcli: cannot write the imagefolder cache {path} ({exc}); continuing without it")
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
 
 
 def _load_imagefolder(path: Path, data_root: Path, progress: Callable[[int, int], None] | None) -> Dataset:

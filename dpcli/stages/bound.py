@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dpcli.artifacts.h5 import open_artifact
+from dpcli.artifacts.h5 import atomic_path, open_artifact
 from dpcli.errors import DpcliError
 
 
@@ -98,7 +98,8 @@ def plot(rows: list[BoundRow], path: Path) -> None:
     ax.set_title("Theorem 1: observed vs predicted")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.partial.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_path(path) as tmp:  # a per-process temporary: concurrent runs never collide
+            fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)

@@ -6,8 +6,6 @@ upstream fingerprints), and writes one new artifact atomically.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +20,9 @@ from dpcli import console
 from dpcli.influence.base import ESTIMATORS, LastLayer
 from dpcli.influence import sketch as influence_scale
 from dpcli.select import solvers as selection
-from dpcli.artifacts.h5 import (StreamHash, array_fingerprint, atomic_h5, get_attr, open_artifact, publish, row_chunks,
-                               set_attr)
+from dpcli.artifacts.h5 import (StreamHash, array_fingerprint, atomic_h5, atomic_path, check_writable, get_attr,
+                                open_artifact, row_chunks, set_attr, write_bytes)
+from dpcli.artifacts.lock import artifact_lock
 from dpcli.config import InfluenceConfig, PruneConfig, TrainConfig, default_train_config
 from dpcli.data.sources import Dataset
 from dpcli.errors import DpcliError
@@ -68,6 +67,32 @@ def compute_influence(checkpoint: Path, out: Path, cfg: InfluenceConfig, *, devi
     all rows); ``cfg.sketch_k`` stores S @ R instead of S (see :mod:`dpcli.influence_scale`).
     """
     cfg.validate()
+    with artifact_lock(out) as lock:
+        if lock.reusable():
+            done = _reusable_influence(out, checkpoint, cfg, lock.holder)
+            if done is not None:
+                return done
+        check_writable(out)
+        return _compute_influence(checkpoint, out, cfg, device=device, data_root=data_root, ds=ds,
+                                  progress=progress, shard=shard)
+
+
+def _reusable_influence(out: Path, checkpoint: Path, cfg: InfluenceConfig, holder: int | None) -> InfluenceInfo | None:
+    """The influence another job published while this one waited, if it is the one asked for."""
+    try:
+        info = read_influence_info(out, allow_shard=True)
+        same = (influence_config_of(out) == cfg.to_dict()
+                and info.checkpoint_fingerprint == load_checkpoint(checkpoint, weights=False).fingerprint)
+    except DpcliError:
+        return None
+    if same:
+        console.info(f"reusing {out}, computed by pid {holder or '?'} while this job waited")
+    return info if same else None
+
+
+def _compute_influence(checkpoint: Path, out: Path, cfg: InfluenceConfig, *, device: torch.device,
+                       data_root: Path | None, ds: Dataset | None, progress: Progress | None,
+                       shard: tuple[int, int] | None) -> InfluenceInfo:
     t0 = time.perf_counter()
     model, ck, ds = load_trained(checkpoint, device, data_root, ds)
     if ck.keep_indices is not None:
@@ -232,15 +257,56 @@ class MaskInfo:
 def prune(influence_path: Path, out: Path, cfg: PruneConfig, *, indices_out: Path | None = None,
           progress: Progress | None = None, device: torch.device | None = None,
           data_root: Path | None = None, ds: Dataset | None = None) -> MaskInfo:
-    """Apply ``cfg.method`` (the paper's optimization by default) to S, certify, write the keep mask."""
-    from dpcli.select.base import Context, prune_count, select
+    """Apply ``cfg.method`` (the paper's optimization by default) to S, certify, write the keep mask.
 
+    Outputs are checked writable before the solve; the mask's lock is held throughout, and a
+    mask that another job published meanwhile with the same configuration is reused.
+    """
     cfg.validate()
     info = read_influence_info(influence_path)
     if cfg.solver not in selection.SOLVERS:
         raise DpcliError(f"unknown --solver {cfg.solver!r}; choose one of {', '.join(selection.SOLVERS)}")
     if cfg.count is not None and cfg.count > info.n:
         raise DpcliError(f"--prune-count {cfg.count} exceeds the {info.n} training samples")
+    check_outputs(out, indices_out)
+    with artifact_lock(out) as lock:
+        if lock.reusable():
+            done = _reusable_mask(out, info, cfg, lock.holder)
+            if done is not None:
+                if indices_out is not None:
+                    write_indices(indices_out, done.keep_indices)
+                return done
+        return _prune(influence_path, out, cfg, info, indices_out=indices_out, progress=progress, device=device,
+                      data_root=data_root, ds=ds)
+
+
+def check_outputs(out: Path, indices_out: Path | None = None) -> None:
+    """Refuse unwritable outputs and an unsupported --indices-out suffix before any work."""
+    if indices_out is not None and Path(indices_out).suffix.lower() not in (".txt", ".npy"):
+        raise DpcliError(f"--indices-out must end in .txt or .npy, got {Path(indices_out).name}")
+    check_writable(out)
+    if indices_out is not None:
+        check_writable(indices_out)
+
+
+def _reusable_mask(out: Path, info: InfluenceInfo, cfg: PruneConfig, holder: int | None) -> MaskInfo | None:
+    """The mask another job published while this one waited, if it is the one asked for."""
+    try:
+        mask = read_mask(out)
+        with open_artifact(out, "mask") as f:
+            same = get_attr(f, "config") == cfg.to_dict() and mask.influence_fingerprint == info.fingerprint
+    except DpcliError:
+        return None
+    if same:
+        console.info(f"reusing {out}, computed by pid {holder or '?'} while this job waited")
+    return mask if same else None
+
+
+def _prune(influence_path: Path, out: Path, cfg: PruneConfig, info: InfluenceInfo, *, indices_out: Path | None,
+           progress: Progress | None, device: torch.device | None, data_root: Path | None,
+           ds: Dataset | None) -> MaskInfo:
+    from dpcli.select.base import Context, prune_count, select
+
     S = load_S(influence_path)
 
     def on_progress(fraction: float) -> None:
@@ -283,6 +349,8 @@ def write_mask(out: Path, cert: Certificate, *, mode: str, target: float, solver
         "fingerprint": fingerprint, "seconds": seconds,
         "convention": "keep[i] is True for samples to TRAIN ON; pruned_indices are the dropped samples",
     }
+    if indices_out is not None:
+        check_outputs(out, indices_out)  # before publishing the mask: both or a clear error
     with atomic_h5(out, "mask", attrs) as f:
         f.create_dataset("keep", data=keep)
         f.create_dataset("keep_indices", data=np.flatnonzero(keep).astype(np.int64))
@@ -298,19 +366,11 @@ def write_indices(path: Path, indices: np.ndarray) -> None:
     suffix = path.suffix.lower()
     if suffix not in (".txt", ".npy"):
         raise DpcliError(f"--indices-out must end in .txt or .npy, got {path.name}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            if suffix == ".npy":
-                np.save(fh, indices.astype(np.int64))
-            else:
-                fh.write("".join(f"{int(i)}\n" for i in indices).encode())
-        publish(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    if suffix == ".txt":
+        write_bytes(path, "".join(f"{int(i)}\n" for i in indices).encode())
+        return
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, np.asarray(indices, dtype=np.int64))
 
 
 def read_mask(path: Path) -> MaskInfo:

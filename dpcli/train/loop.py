@@ -7,6 +7,7 @@ uninterrupted one (bit-for-bit on the CPU).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -18,12 +19,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dpcli.artifacts.h5 import array_fingerprint, atomic_h5, get_attr, open_artifact, set_attr
 from dpcli import console
+from dpcli.artifacts.h5 import array_fingerprint, atomic_h5, check_writable, get_attr, open_artifact, set_attr
+from dpcli.artifacts.lock import artifact_lock
 from dpcli.config import TrainConfig
 from dpcli.data.sources import Dataset, Split, iterate_batches, load_dataset
 from dpcli.train.dynamics import DynamicsRecorder, default_snapshot_epochs
-from dpcli.errors import DpcliError
+from dpcli.errors import ArtifactBusy, DpcliError
 from dpcli.models.zoo import Classifier, build_model
 from dpcli.train.trajectory import TrajectoryRecorder
 
@@ -166,6 +168,50 @@ def train(
     Per-sample training dynamics and snapshots (:mod:`dpcli.dynamics`) are recorded too.
     """
     config.validate()
+    out = Path(out)
+    if dist is not None and not dist.is_main:  # rank 0 holds the lock and writes for all ranks
+        return _train_locked(config, ds, out, device=device, keep_indices=keep_indices, force=force,
+                             lineage=lineage, on_batch=on_batch, on_epoch=on_epoch, dist=dist,
+                             stop_after=stop_after, eval_every=eval_every, snapshot_epochs=snapshot_epochs)
+    with artifact_lock(out) as lock:  # a second identical job waits here, then resumes or reuses
+        if lock.waited:
+            _say_reused(out, lock.holder)
+        force = force and not lock.reusable()  # what another job published while we waited is fresh
+        return _train_locked(config, ds, out, device=device, keep_indices=keep_indices, force=force,
+                             lineage=lineage, on_batch=on_batch, on_epoch=on_epoch, dist=dist,
+                             stop_after=stop_after, eval_every=eval_every, snapshot_epochs=snapshot_epochs)
+
+
+def _say_reused(out: Path, holder: int | None) -> None:
+    from dpcli import console
+
+    with contextlib.suppress(DpcliError):
+        ck = load_checkpoint(out, weights=False)
+        state = "complete" if ck.complete else f"epoch {ck.epoch}/{ck.config.epochs}"
+        console.info(f"{out}: {state}, written by pid {holder or '?'} while this job waited; continuing from it")
+
+
+def _no_regression(epoch: int) -> Callable[[Path], None]:
+    """A publish guard: never replace a checkpoint holding a later epoch with an earlier one."""
+
+    def guard(path: Path) -> None:
+        held = -1
+        with contextlib.suppress(DpcliError, OSError):  # no readable checkpoint there: nothing to protect
+            held = load_checkpoint(path, weights=False).epoch if path.exists() else -1
+        if held > epoch:
+            raise ArtifactBusy(f"{path}: holds epoch {held}, newer than this job's epoch {epoch}; "
+                               f"not replacing it (another job trained it; rerun to resume from it)")
+
+    return guard
+
+
+def _train_locked(config: TrainConfig, ds: Dataset, out: Path, *, device: torch.device,
+                  keep_indices: np.ndarray | None, force: bool, lineage: dict | None,
+                  on_batch: BatchHook | None, on_epoch: EpochHook | None, dist: "Distributed | None",
+                  stop_after: int | None, eval_every: int, snapshot_epochs: tuple[int, ...] | None) -> Checkpoint:
+    """:func:`train` once its checkpoint's lock is held (re-reads the checkpoint: another job may have advanced it)."""
+    if not (out.exists() and not force):
+        check_writable(out)  # a read-only --run-root fails now, not after the first epoch
     fp = ds.fingerprint
     model = make_model(config, ds).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
@@ -250,7 +296,7 @@ def train(
         history.append(rec)
         ck = save(out, model, optimizer, scheduler, config, ds, history,
                   complete=epoch + 1 == config.epochs, keep_indices=indices, lineage=lineage,
-                  trajectory=recorder, dynamics=dyn)
+                  trajectory=recorder, dynamics=dyn, replace_newer=force)
         if on_epoch:
             on_epoch(rec)
     if ck is None and last < config.epochs:  # stop_after reached already: nothing to do
@@ -266,7 +312,8 @@ def save_checkpoint(path: Path, model: Classifier, optimizer: torch.optim.Optimi
                     history: list[EpochRecord], *, complete: bool, keep_indices: np.ndarray | None,
                     lineage: dict | None, world_size: int = 1,
                     trajectory: TrajectoryRecorder | None = None,
-                    dynamics: DynamicsRecorder | None = None) -> Checkpoint:
+                    dynamics: DynamicsRecorder | None = None, replace_newer: bool = False) -> Checkpoint:
+    """Publish epoch ``len(history)`` atomically; refuses to replace a later epoch unless ``replace_newer``."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     fingerprint = array_fingerprint(*[v.numpy() for v in state.values()])
     attrs = {
@@ -281,7 +328,8 @@ def save_checkpoint(path: Path, model: Classifier, optimizer: torch.optim.Optimi
         "lineage": lineage or {},
         "world_size": int(world_size),  # processes that trained it (torchrun); 1 = single process
     }
-    with atomic_h5(path, "checkpoint", attrs) as f:
+    guard = None if replace_newer else _no_regression(len(history))
+    with atomic_h5(path, "checkpoint", attrs, before_publish=guard) as f:
         g = f.create_group("model")
         for name, tensor in state.items():
             g.create_dataset(name, data=tensor.numpy())
