@@ -12,7 +12,6 @@ Nothing heavy is imported at module level (the CLI imports this lazily, but test
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,28 +65,20 @@ def check_indices_suffix(path: Path | None) -> None:
 
 
 def check_writable(path: Path | None, option: str, *, directory: bool = False) -> None:
-    """Refuse an output path that cannot be written, by creating and removing a probe file where it will go.
+    """Refuse an output path that cannot be written now, before any work (exit 74, like a failed write).
 
     ``directory``: ``path`` is a directory to be created (``--run-root``); else a file whose parent is.
-    A probe rather than ``os.access``: it also sees read-only mounts, /proc and running as root.
+    The probe is :func:`dpcli.artifacts.h5.check_writable`: it also sees read-only mounts and /proc.
     """
     if path is None:
         return
-    path = Path(path)
-    if not directory and path.is_dir():
-        raise DpcliError(f"{option} {path}: is a directory; give a file name")
-    target = path if directory else path.parent
-    existing = target
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise DpcliError(f"{option} {path}: {existing} is not a directory")
+    from dpcli.artifacts.h5 import check_writable as probe
+    from dpcli.errors import ArtifactWriteError
+
     try:
-        fd, probe = tempfile.mkstemp(prefix=".dpcli-probe-", dir=existing)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise DpcliError(f"{option} {path}: cannot write in {existing} ({exc.strerror or exc})") from None
+        probe(Path(path) / ".dpcli-probe" if directory else Path(path))
+    except ArtifactWriteError as exc:
+        raise ArtifactWriteError(f"{option} {exc}".replace("/.dpcli-probe", "")) from None
 
 
 def check_prune(cfg: PruneConfig, n: int | None = None) -> None:

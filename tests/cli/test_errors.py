@@ -18,12 +18,12 @@ from tests.conftest import TINY, run_cli
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _one_line_error(args, capsys, fragment, seconds: float | None = None):
+def _one_line_error(args, capsys, fragment, seconds: float | None = None, exit_code: int = 2):
     """The command ends in exactly one error line (progress lines of finished steps may precede it)."""
     t0 = time.perf_counter()
     code, out, err = run_cli(args, capsys)
     elapsed = time.perf_counter() - t0
-    assert code == 2, (code, err)
+    assert code == exit_code, (code, err)
     assert out == "" and "Traceback" not in err
     last = err.rstrip("\n").split("\n")[-1]
     assert last.startswith("dpcli: error: ") and err.count("dpcli: error") == 1, err
@@ -84,16 +84,19 @@ def test_dataset_mode_checks_options_before_training(extra, fragment, tmp_path, 
     monkeypatch.chdir(tmp_path)
     Path("afile").write_text("x")
     runs = tmp_path / "runs"
-    _one_line_error(["prune", "digits", *TINY, "--run-root", runs, *extra], capsys, fragment, seconds=2.0)
+    io = any(x in fragment for x in ("cannot write", "directory"))  # an unwritable output is an I/O error
+    _one_line_error(["prune", "digits", *TINY, "--run-root", runs, *extra], capsys, fragment, seconds=2.0,
+                    exit_code=74 if io else 2)
     assert _artifacts(runs) == [], "something was trained before the bad option was reported"
 
 
 def test_unwritable_run_root_is_refused_before_training(tmp_path, capsys, warm_digits):
     (tmp_path / "file").write_text("x")
     _one_line_error(["prune", "digits", "--prune-count", "5", *TINY, "--run-root", tmp_path / "file" / "runs"],
-                    capsys, "--run-root", seconds=2.0)
-    _one_line_error(["train", "digits", *TINY, "--run-root", tmp_path / "file" / "runs"], capsys, "--run-root")
-    _one_line_error(["train", "digits", *TINY, "--out", "/proc/ck.h5"], capsys, "--out /proc/ck.h5")
+                    capsys, "--run-root", seconds=2.0, exit_code=74)
+    _one_line_error(["train", "digits", *TINY, "--run-root", tmp_path / "file" / "runs"], capsys, "--run-root",
+                    exit_code=74)
+    _one_line_error(["train", "digits", *TINY, "--out", "/proc/ck.h5"], capsys, "--out /proc/ck.h5", exit_code=74)
 
 
 def test_prune_count_of_everything_is_refused_like_ratio_one(tiny_run, tmp_path, capsys):
