@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 
 from dpcli.artifacts.h5 import atomic_h5
 from dpcli.stages.core import read_influence_info, read_mask
+from dpcli.train.loop import load_checkpoint
 from tests.conftest import TINY, run_cli, run_json
 
 
@@ -58,6 +60,9 @@ def test_cardinality_mode_and_npy_indices(tiny_run, tmp_path, capsys):
     assert len(kept) == n - res["n_pruned"]
     S = _S(tiny_run.influence).astype(np.float64)
     mask = read_mask(tmp_path / "m.h5")
+    with h5py.File(tmp_path / "m.h5", "r") as f:  # the .npy holds exactly the KEPT indices, in order
+        assert kept.dtype == np.int64 and np.array_equal(kept, f["keep_indices"][()])
+    assert np.array_equal(kept, np.flatnonzero(mask.keep))
     assert math.isclose(np.linalg.norm(S[~mask.keep].sum(0)), res["achieved_norm"], rel_tol=1e-6)
     # beats random pruning of the same count by a wide margin
     rng = np.random.default_rng(1)
@@ -100,18 +105,64 @@ def test_influence_artifact_schema(tiny_run):
     assert info.method == "exact" and info.damping == pytest.approx(5e-4)  # default: the training weight decay
 
 
+def _trained_on(checkpoint, mask_path) -> None:
+    """The retrained checkpoint used exactly the mask's KEPT rows (not the pruned ones)."""
+    ck = load_checkpoint(checkpoint, weights=False)
+    with h5py.File(mask_path, "r") as f:
+        np.testing.assert_array_equal(ck.keep_indices, f["keep_indices"][()])
+        np.testing.assert_array_equal(ck.keep_indices, np.flatnonzero(f["keep"][()]))
+
+
 def test_retrain_reports_metrics(tiny_run, tmp_path, capsys):
-    run_json(["prune", tiny_run.influence, "--prune-ratio", 0.5, "--out", tmp_path / "m.h5"], capsys)
+    # ratio 0.3, not 0.5: kept and pruned sets then differ in size, so their step counts differ too
+    run_json(["prune", tiny_run.influence, "--prune-ratio", 0.3, "--out", tmp_path / "m.h5"], capsys)
     res = run_json(["retrain", "digits", "--mask", tmp_path / "m.h5", "--out", tmp_path / "r" / "ck.h5", "--device", "cpu"], capsys)
     n_kept = res["n_kept"]
+    assert n_kept == read_mask(tmp_path / "m.h5").n_kept and res["n_pruned"] < n_kept
+    _trained_on(tmp_path / "r" / "ck.h5", tmp_path / "m.h5")
     assert res["epochs"] == 3 and res["optimizer_steps"] == 3 * math.ceil(n_kept / 64)
-    assert res["full_data_optimizer_steps"] == 3 * math.ceil(res["n_kept"] * 2 / 64) or res["full_data_optimizer_steps"] > res["optimizer_steps"]
+    full = load_checkpoint(tiny_run.checkpoint, weights=False)
+    assert res["full_data_optimizer_steps"] == full.steps == 3 * math.ceil(full.n_train / 64)
     assert 0 <= res["test_accuracy"] <= 100 and res["test_loss"] > 0
     assert "seconds_to_target" in res and (tmp_path / "r" / "metrics.json").exists()
     # transfer to another architecture (Figure 3)
     res2 = run_json(["retrain", "digits", "--mask", tmp_path / "m.h5", "--arch", "convnet", "--width", "12",
                      "--epochs", "1", "--out", tmp_path / "r2" / "ck.h5", "--device", "cpu"], capsys)
     assert res2["epochs"] == 1
+    _trained_on(tmp_path / "r2" / "ck.h5", tmp_path / "m.h5")
+
+
+def _own_test_loss(checkpoint) -> float:
+    """Mean test cross-entropy of a checkpoint's weights: its own normalisation and forward pass."""
+    import torch
+    import torch.nn.functional as F
+
+    from dpcli.data.sources import load_dataset
+    from dpcli.train.loop import make_model
+
+    ck = load_checkpoint(checkpoint)
+    ds = load_dataset(ck.config.dataset)
+    model = make_model(ck.config, ds)
+    model.load_state_dict(ck.state)
+    model.eval()
+    x = (torch.from_numpy(ds.test.images).float().permute(0, 3, 1, 2) / 255
+         - torch.tensor(ds.mean).view(1, -1, 1, 1)) / torch.tensor(ds.std).view(1, -1, 1, 1)
+    with torch.no_grad():
+        return F.cross_entropy(model(x).double(), torch.from_numpy(ds.test.labels).long()).item()
+
+
+def test_within_bound_compares_the_gap_with_the_bound_itself():
+    from dpcli.stages.bound import BoundRow
+
+    def row(gap, bound):
+        return BoundRow(label="x", method="optimization", mask="m.h5", n_pruned=1, prune_ratio=0.1, epsilon=None,
+                        norm=1.0, predicted_bound=bound, first_order=0.0, observed_gap=gap, test_loss=1.0,
+                        test_accuracy=50.0)
+
+    for gap, bound, inside in [(0.5, 1.0, True), (-1.0, 1.0, True), (1.5, 1.0, False), (-1.01, 1.0, False),
+                               (1.9, 1.0, False), (0.0, 0.0, True), (1e-9, 0.0, False)]:
+        assert row(gap, bound).within_bound is inside, (gap, bound)
+        assert row(gap, bound).to_dict()["within_bound"] is inside
 
 
 def test_verify_bound(tiny_run, tmp_path, capsys):
@@ -131,6 +182,14 @@ def test_verify_bound(tiny_run, tmp_path, capsys):
         assert r["first_order"] == pytest.approx(g @ s, rel=1e-6, abs=1e-12)
         assert abs(r["first_order"]) <= r["predicted_bound"] * (1 + 1e-9)  # Cauchy-Schwarz
         assert r["observed_gap"] == pytest.approx(r["test_loss"] - rep["full_test_loss"])
+        assert r["within_bound"] == (abs(r["observed_gap"]) <= r["predicted_bound"])
+        # the row's model was retrained on this mask's kept rows
+        mine = [p for p in Path(r["mask"]).parent.glob("retrain-*/checkpoint.h5")
+                if load_checkpoint(p, weights=False).lineage.get("mask") == str(Path(r["mask"]).resolve())]
+        assert len(mine) == 1
+        _trained_on(mine[0], r["mask"])
+    # the full-data loss is that of the FINAL full-data model, evaluated here without dpcli's evaluate()
+    assert rep["full_test_loss"] == pytest.approx(_own_test_loss(tiny_run.checkpoint), rel=1e-5)
     assert rows[0]["norm"] < rows[1]["norm"]  # the optimized set moves the parameters less than random
     assert (tmp_path / "vb" / "bound.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "vb" / "bound.json").read_text())["rows"] == rows

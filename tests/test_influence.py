@@ -248,6 +248,9 @@ def test_exact_influence_predicts_leave_one_out_retraining(trained: dict[str, Te
     assert np.corrcoef(-pred.ravel(), actual.ravel())[0, 1] < 0
     undamped = _predicted(trained, damping=1e-6)[samples.numpy()]
     assert np.median(_norm_rel_err(undamped, actual)) > 0.2
+    # a valid but wrong damping (twice the L2 coefficient) fails them by the numbers, not by a crash
+    doubled = _predicted(trained, damping=2 * LAMBDA)[samples.numpy()]
+    assert np.median(_norm_rel_err(doubled, actual)) > 0.1  # observed 0.20 (the right damping: 0.024)
 
 
 def test_exact_influence_predicts_group_removal_retraining(trained: dict[str, Tensor]) -> None:

@@ -177,6 +177,8 @@ def test_sketch_through_cli_and_prune(tiny_run, tmp_path, capsys) -> None:
     np.testing.assert_array_equal(_S(out), Sketch(S.shape[1], 96, seed=3).apply(S))
     assert res["fingerprint"] == read_influence_info(out).fingerprint
     mask = run_json(["prune", out, "--prune-ratio", 0.3, "--out", tmp_path / "m.h5"], capsys)
+    with h5py.File(tmp_path / "m.h5", "r") as f:  # the mask says its norm is that of the sketch
+        assert f.attrs["sketch_k"] == 96 and "96-column sketch" in f.attrs["certificate"]
     assert mask["n_pruned"] == round(0.3 * S.shape[0]) or mask["n_pruned"] == int(0.3 * S.shape[0])
     _assert_user_error(["influence", tiny_run.checkpoint, "--sketch", 0, "--out", tmp_path / "x.h5"], capsys,
                        "--sketch must be a positive integer")

@@ -110,6 +110,28 @@ def test_score_rule_epsilon_mode_is_the_longest_feasible_prefix(tiny_run, tmp_pa
     assert mask.n_pruned == k and set(np.flatnonzero(~mask.keep)) == set(order[:k])
 
 
+def test_forgetting_epsilon_mask_is_certified_and_an_overshoot_refused(tiny_run, tmp_path, capsys, monkeypatch):
+    S = load_S(tiny_run.influence).astype(np.float64)
+    with h5py.File(tiny_run.checkpoint, "r") as f:
+        counts = _forgetting_loop(f["dynamics/correct"][()])
+    order = np.lexsort((np.arange(len(counts)), counts))
+    prefix = np.linalg.norm(np.cumsum(S[order], axis=0), axis=1)
+    k = 40
+    eps = float(prefix[k - 1]) * (1 + 1e-9)  # the first k fit (with room for summation order)
+    _, mask = _prune(tiny_run, tmp_path, capsys, "forgetting", "--epsilon", eps)
+    own = float(np.linalg.norm(S[~mask.keep].sum(0)))
+    assert mask.n_pruned >= k and own <= eps and mask.norm == pytest.approx(own, rel=1e-9)
+    assert mask.n_pruned == int(np.flatnonzero(prefix <= eps)[-1]) + 1
+    # a score rule that oversteps epsilon by 20% must be refused by the certificate, not written
+    import dpcli.select.base as base
+
+    monkeypatch.setattr(base, "longest_prefix", lambda S_, s, e: np.isin(np.arange(len(s)), order[:k]))
+    code, out, err = run_cli(["prune", tiny_run.influence, "--method", "forgetting", "--epsilon", eps / 1.2,
+                              "--out", tmp_path / "over.h5", "--device", "cpu"], capsys)
+    assert code == 2 and out == "" and "refusing the selection" in err and "Traceback" not in err, err
+    assert not (tmp_path / "over.h5").exists()
+
+
 def test_covered_optimization_via_cli_and_retrain(tiny_run, tmp_path, capsys):
     _, mask = _prune(tiny_run, tmp_path, capsys, "optimization", "--prune-ratio", "0.5", "--balance",
                      "--strata", "3", "--hard-cutoff", "0.05")

@@ -28,7 +28,11 @@ def test_resume_after_interrupt_equals_uninterrupted(digits, tmp_path):
     mid = load_checkpoint(part)
     assert mid.epoch == 1 and not mid.complete
     assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
-    resumed = train(cfg, digits, part, device=CPU)
+    # a deterministic restart from epoch 0 would give the same weights: count what actually runs
+    executed, batches = [], []
+    resumed = train(cfg, digits, part, device=CPU, on_epoch=lambda r: executed.append(r.epoch),
+                    on_batch=lambda e, seen, per: batches.append(e))
+    assert executed == [2, 3] and sorted(set(batches)) == [1, 2]  # epochs 2 and 3 (0-based 1, 2) only
     assert resumed.complete and resumed.epoch == 3
     for key, value in full.state.items():
         assert torch.equal(value, resumed.state[key]), key

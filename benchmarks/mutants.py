@@ -1,0 +1,258 @@
+"""Mutation check: plant one small, realistic bug at a time and confirm the test suite notices.
+
+Run by hand (not in CI; it runs test files once per mutant)::
+
+    nice python3 benchmarks/mutants.py            # every mutant, then a table; exit 1 if any is missed
+    python3 benchmarks/mutants.py --list          # the mutants and their test files
+    python3 benchmarks/mutants.py --only resume-off --only within-bound-2x
+
+Each mutant copies the working tree (tracked and untracked, non-ignored files) to a temporary
+directory, replaces ``old`` by ``new`` in one file (refusing, loudly, unless ``old`` occurs exactly
+once: the code moves, and a mutant that silently applies nowhere would be "missed" for the wrong
+reason), and runs ``python3 -m pytest -x -q`` on its test files with PYTHONPATH set to the copy.
+Caught = pytest exits 1 (a test failed) or 2 (collection failed); missed = it exits 0.  The same
+test files are first run once unmutated (``--no-baseline`` skips this), since a failing baseline
+would make every mutant look caught.  Snippets are short and distinctive so they can be re-pointed
+when code moves: ``--list`` shows where each one points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Mutant:
+    id: str
+    description: str
+    path: str            # file to patch, relative to the repository root
+    old: str             # exact snippet; must occur exactly once in ``path``
+    new: str
+    tests: tuple[str, ...]  # test files (or pytest node ids) that must catch it
+
+
+MUTANTS: tuple[Mutant, ...] = (
+    # ---- influence: S_i = (1/n) (H + damping I)^-1 g_i
+    Mutant("inv-n", "exact S misses the 1/n factor",
+           "dpcli/influence/kernels.py",
+           "solved = torch.cholesky_solve(grads.T, factor).T\n        solved /= n",
+           "solved = torch.cholesky_solve(grads.T, factor).T",
+           ("tests/test_influence.py",)),
+    Mutant("damping-sign", "damping subtracted from the Hessian instead of added",
+           "dpcli/influence/kernels.py",
+           "hessian.diagonal().add_(damping)", "hessian.diagonal().add_(-damping)",
+           ("tests/test_influence.py",)),
+    Mutant("damping-2x", "a valid but wrong damping: twice the requested one",
+           "dpcli/influence/kernels.py",
+           "hessian.diagonal().add_(damping)", "hessian.diagonal().add_(2.0 * damping)",
+           ("tests/test_influence.py",)),
+    Mutant("lissa-damping-sign", "LiSSA recursion with the damping term's sign flipped",
+           "dpcli/influence/kernels.py",
+           "h.mul_(1.0 - damping / scale)", "h.mul_(1.0 + damping / scale)",
+           ("tests/test_influence.py",)),
+    # ---- the epsilon certificate
+    Mutant("certify-1.5x", "certify accepts a norm up to 1.5 x epsilon (solver path)",
+           "dpcli/select/certificate.py",
+           "not norm <= float(epsilon)", "not norm <= 1.5 * float(epsilon)",
+           ("tests/test_selection.py",)),
+    Mutant("certify-1.5x-score-rule", "the same, seen through a `prune --method forgetting --epsilon` mask",
+           "dpcli/select/certificate.py",
+           "not norm <= float(epsilon)", "not norm <= 1.5 * float(epsilon)",
+           ("tests/test_methods.py::test_forgetting_epsilon_mask_is_certified_and_an_overshoot_refused",)),
+    Mutant("repair-rounding-0.5", "repair() treats a 50% overshoot as rounding and drops samples to hide it",
+           "dpcli/select/certificate.py",
+           "ROUNDING = 1e-6", "ROUNDING = 0.5",
+           ("tests/test_selection.py",)),
+    Mutant("sketch-k-dropped", "the certificate does not record that S was sketched",
+           "dpcli/select/certificate.py",
+           "sketch_k, _ISSUED)", "None, _ISSUED)",
+           ("tests/test_selection.py", "tests/test_influence_scale.py")),
+    # ---- solvers and selectors
+    Mutant("swap-greedy-only", "the swap solver stops after its greedy start (no local search, no annealing)",
+           "dpcli/select/solvers/swap.py",
+           "    local_search(S, q, st, clock)\n    if clock.budget",
+           "    return (~st.A if complement else st.A), st.moves\n    if clock.budget",
+           ("tests/test_selection.py",)),
+    Mutant("registry-wrong-class", "the selector registry returns the last registered class, not the named one",
+           "dpcli/registry.py",
+           "            return self._items[name]\n",
+           "            return list(self._items.values())[-1]\n",
+           ("tests/test_methods.py",)),
+    Mutant("forgetting-direction", "forgetting counts wrong->correct (learning) instead of correct->wrong",
+           "dpcli/select/methods/forgetting.py",
+           "(prev == 1) & (c[e] == 0)", "(prev == 0) & (c[e] == 1)",
+           ("tests/test_baselines.py",)),
+    Mutant("herding-argmax", "herding keeps the farthest point (argmax) instead of the closest (argmin)",
+           "dpcli/select/methods/herding.py",
+           "cost[~free] = np.inf\n            j = int(np.argmin(cost))",
+           "cost[~free] = -np.inf\n            j = int(np.argmax(cost))",
+           ("tests/test_baselines.py",)),
+    # ---- stages and CLI
+    Mutant("indices-out-inverted", "--indices-out writes the pruned indices instead of the kept ones",
+           "dpcli/stages/core.py",
+           "write_indices(indices_out, np.flatnonzero(keep))", "write_indices(indices_out, np.flatnonzero(~keep))",
+           ("tests/test_cli.py",)),
+    Mutant("retrain-pruned-rows", "retrain trains on the pruned rows instead of the kept ones",
+           "dpcli/stages/core.py",
+           "keep_indices=mask.keep_indices", "keep_indices=mask.pruned_indices",
+           ("tests/test_cli.py",)),
+    Mutant("resume-off", "an interrupted run restarts from epoch 0 instead of resuming",
+           "dpcli/train/loop.py",
+           "    if out.exists() and not force:\n",
+           "    if out.exists() and not force and load_checkpoint(out, weights=False).complete:\n",
+           ("tests/test_training.py",)),
+    Mutant("within-bound-2x", "verify-bound's within_bound compares with twice the predicted bound",
+           "dpcli/stages/bound.py",
+           "return abs(self.observed_gap) <= self.predicted_bound",
+           "return abs(self.observed_gap) <= 2 * self.predicted_bound",
+           ("tests/test_cli.py",)),
+    Mutant("bound-first-epoch", "verify-bound takes the full-data test loss from the first epoch, not the last",
+           "dpcli/cli/commands.py",
+           "full_loss = ck.final.test_loss", "full_loss = ck.history[0].test_loss",
+           ("tests/test_cli.py",)),
+)
+
+
+class SnippetError(RuntimeError):
+    """A mutant's ``old`` snippet is not in its file exactly once: re-point the mutant."""
+
+
+def tree_files(root: Path) -> list[str]:
+    """The working tree as git sees it (tracked plus untracked, non-ignored), else everything."""
+    try:
+        out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=root,
+                             capture_output=True, check=True).stdout
+        return [p for p in out.decode().split("\0") if p and (root / p).is_file()]
+    except (OSError, subprocess.CalledProcessError):
+        return [str(p.relative_to(root)) for p in root.rglob("*")
+                if p.is_file() and ".git" not in p.parts and "__pycache__" not in p.parts]
+
+
+def copy_tree(root: Path, dest: Path) -> None:
+    for rel in tree_files(root):
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / rel, target)
+
+
+def check(m: Mutant, tree: Path) -> str:
+    """The text of the mutant's file in ``tree``, after checking its snippet occurs exactly once."""
+    path = tree / m.path
+    if not path.is_file():
+        raise SnippetError(f"{m.id}: {m.path} does not exist")
+    text = path.read_text()
+    count = text.count(m.old)
+    if count != 1:
+        raise SnippetError(f"{m.id}: the snippet {m.old!r} occurs {count} times in {m.path}, not once")
+    return text
+
+
+def apply(m: Mutant, tree: Path) -> None:
+    (tree / m.path).write_text(check(m, tree).replace(m.old, m.new))
+
+
+def run_tests(tree: Path, tests: tuple[str, ...], timeout: float) -> tuple[str, float, str]:
+    """Run pytest on ``tests`` in ``tree``; returns (outcome, seconds, first failing test or note)."""
+    missing = [t for t in tests if not (tree / t.split("::")[0]).is_file()]
+    if missing:
+        raise SnippetError(f"test file(s) not found: {', '.join(missing)}")
+    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
+    which = subprocess.run([sys.executable, "-c", "import dpcli, sys; sys.stdout.write(dpcli.__file__)"],
+                           cwd=tree, env=env, capture_output=True, text=True)
+    if which.returncode == 0 and not Path(which.stdout).resolve().is_relative_to(tree.resolve()):
+        raise RuntimeError(f"dpcli imports from {which.stdout}, not from the copy {tree}")
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "timeout", time.perf_counter() - t0, f"no result within {timeout:g}s"
+    seconds = time.perf_counter() - t0
+    out = proc.stdout + proc.stderr
+    failed = re.search(r"^(?:FAILED|ERROR) (\S+)", out, re.M)
+    note = failed.group(1) if failed else ""
+    if proc.returncode in (0, 1, 2):
+        return {0: "passed", 1: "failed", 2: "error"}[proc.returncode], seconds, note
+    return f"pytest exit {proc.returncode}", seconds, out.strip().splitlines()[-1] if out.strip() else ""
+
+
+def run_mutant(m: Mutant, timeout: float) -> tuple[str, float, str]:
+    with tempfile.TemporaryDirectory(prefix=f"dpcli-mutant-{m.id}-") as tmp:
+        tree = Path(tmp) / "repo"
+        copy_tree(ROOT, tree)
+        apply(m, tree)
+        outcome, seconds, note = run_tests(tree, m.tests, timeout)
+    verdict = {"passed": "MISSED", "failed": "caught", "error": "caught"}.get(outcome, outcome)
+    if outcome == "error":
+        note = f"collection error {note}".strip()
+    return verdict, seconds, note
+
+
+def baseline(mutants: list[Mutant], timeout: float) -> None:
+    """The unmutated tree must pass every test file the mutants use."""
+    tests = tuple(dict.fromkeys(t for m in mutants for t in m.tests))
+    with tempfile.TemporaryDirectory(prefix="dpcli-mutant-baseline-") as tmp:
+        tree = Path(tmp) / "repo"
+        copy_tree(ROOT, tree)
+        outcome, seconds, note = run_tests(tree, tests, timeout)
+    print(f"baseline (unmutated, {len(tests)} test targets): {outcome} in {seconds:.0f}s {note}", flush=True)
+    if outcome != "passed":
+        raise RuntimeError(f"the unmutated suite does not pass ({outcome} {note}); fix that first")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--only", action="append", metavar="ID", help="run only this mutant (repeatable)")
+    ap.add_argument("--list", action="store_true", help="list the mutants and exit")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the unmutated run of the test files")
+    ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per pytest run [1800]")
+    args = ap.parse_args(argv)
+    known = {m.id: m for m in MUTANTS}
+    unknown = [i for i in args.only or () if i not in known]
+    if unknown:
+        print(f"mutants: error: unknown mutant(s) {', '.join(unknown)}; see --list", file=sys.stderr)
+        return 2
+    chosen = [known[i] for i in args.only] if args.only else list(MUTANTS)
+    if args.list:
+        for m in chosen:
+            print(f"{m.id:26s} {m.path:36s} {' '.join(m.tests)}\n{'':26s} {m.description}")
+        return 0
+    try:
+        for m in chosen:  # every snippet must apply, and every test file exist, before anything runs
+            check(m, ROOT)
+            for test in m.tests:
+                if not (ROOT / test.split("::")[0]).is_file():
+                    raise SnippetError(f"{m.id}: test file {test} not found")
+        if not args.no_baseline:
+            baseline(chosen, args.timeout)
+        rows = []
+        for m in chosen:
+            verdict, seconds, note = run_mutant(m, args.timeout)
+            rows.append((m, verdict, seconds, note))
+            print(f"{m.id:26s} {verdict:8s} {seconds:6.1f}s  {note}", flush=True)
+    except (SnippetError, RuntimeError) as exc:
+        print(f"mutants: error: {exc}", file=sys.stderr)
+        return 2
+    missed = [m.id for m, v, _, _ in rows if v != "caught"]
+    print()
+    print("| mutant | what it breaks | file | verdict | seconds | first failing test |")
+    print("|---|---|---|---|---:|---|")
+    for m, verdict, seconds, note in rows:
+        print(f"| `{m.id}` | {m.description} | `{m.path}` | {verdict} | {seconds:.1f} | `{note}` |")
+    print(f"\n{len(rows) - len(missed)} of {len(rows)} mutants caught" + (f"; not caught: {', '.join(missed)}" if missed else ""))
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
