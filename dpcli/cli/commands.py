@@ -69,13 +69,13 @@ LissaScale = Annotated[float, typer.Option("--lissa-scale", help="LiSSA scale (m
 LissaBatch = Annotated[int, typer.Option("--lissa-batch-size", help="LiSSA minibatch for the stochastic Hessian.")]
 LissaRepeats = Annotated[int, typer.Option("--lissa-repeats", help="Independent LiSSA runs averaged.")]
 InfluenceMethod = Annotated[str, typer.Option("--influence-method", help="Influence estimator for the dataset mode: exact, cg, lissa or sgd (see `dpcli influence --help`).")]
-Selector = Annotated[str, typer.Option("--method", help="Selector: optimization (the paper's: Eq. 3/4 on S; default), random, herding (class-wise, final features), forgetting (events counted during train), grand / el2n (early-training gradient / error norm averaged over --score-seeds), influence-score (||S_i|| alone), ccs (stratified over difficulty with a hard cutoff), tdds (training-dynamics variability). Score rules keep the highest scores; all write the same mask.h5 and report ||sum S_pruned||.")]
+Selector = Annotated[str, typer.Option("--method", help="Selector: optimization (the paper's: Eq. 3/4 on S; default), random, herding (class-wise, final features), forgetting (events counted during train), grand / el2n (early-training gradient / error norm averaged over --score-seeds), influence-score (||S_i|| alone), ccs (AUM strata after a hard AUM cutoff), tdds (class-probability changes over the first 30 epochs), dual / dual-beta (DUAL, top scores / Beta sampling), d2 (message passing on kNN feature graphs), moderate (band around the median distance to the class median); tdds-loss and ccs-loss are loss-based variants (docs/baselines.md). Score rules keep the highest scores; all write the same mask.h5 and report ||sum S_pruned||.")]
 Balance = Annotated[bool, typer.Option("--balance/--no-balance", help="optimization: prune the same share of every class (a constraint of the solve).")]
 Strata = Annotated[int, typer.Option("--strata", help="optimization: split each group into K difficulty quantile bins (mean training loss over epochs) and prune the same share of each, so the kept set covers the difficulty distribution [default: 1 = off].")]
-HardCutoff = Annotated[Optional[str], typer.Option("--hard-cutoff", help="optimization / ccs: prune this share B of all samples, the hardest first, before selecting; 'auto' = CCS's schedule (0 up to 50 % pruned, 0.1 at 70 %, 0.3 at 90 %); 'Fx' = F times the prune ratio (0.5x: half of the pruned samples are the hardest) [default: 0 for optimization, auto for ccs].")]
+HardCutoff = Annotated[Optional[str], typer.Option("--hard-cutoff", help="optimization / ccs / ccs-loss / d2: prune this share B of all samples, the hardest first, before selecting; 'auto' = B = ratio - 0.6, clipped to [0, 0.4] (through CCS's published 0.2 at 80 % and 0.3 at 90 % pruned); 'Fx' = F times the prune ratio (0.5x: half of the pruned samples are the hardest) [default: 0 for optimization, auto for ccs, ccs-loss, d2].")]
 MatchFeatures = Annotated[bool, typer.Option("--match-features/--no-match-features", help="optimization: also make the pruned samples of every class / stratum average to its mean penultimate feature, so the kept set keeps each group's feature mean (herding's criterion) while the influence still cancels.")]
 ScoreEpoch = Annotated[Optional[int], typer.Option("--score-epoch", help="el2n / grand: score the model after this many epochs [default: 10 % of training for el2n, 0 (initialization) for grand].")]
-ScoreSeeds = Annotated[int, typer.Option("--score-seeds", help="el2n / grand: average over this many training seeds (seed 0 is the full run; the others train only up to --score-epoch, cached).")]
+ScoreSeeds = Annotated[int, typer.Option("--score-seeds", help="el2n / grand: average over this many training seeds (seed 0 is the full run; the others train only up to --score-epoch, cached). The authors use 10: --score-seeds 10.")]
 Epsilon = Annotated[Optional[float], typer.Option("--epsilon", help=EPSILON_HELP)]
 Ratio = Annotated[Optional[float], typer.Option("--prune-ratio", help="Cardinality mode (Eq. 4): PRUNE this fraction of the training set, minimizing ||sum S_i||.")]
 Count = Annotated[Optional[int], typer.Option("--prune-count", help="Cardinality mode (Eq. 4): PRUNE exactly this many samples.")]
@@ -159,7 +159,7 @@ def _prune(influence: Path, pcfg: PruneConfig, out: Path, indices_out: Optional[
 def _cutoff(value: Optional[str], method: str) -> tuple[Optional[float], Optional[float]]:
     """--hard-cutoff B | auto | Fx  ->  (cutoff, cutoff_ratio) of PruneConfig."""
     if value is None:
-        return (None if method == "ccs" else 0.0), None
+        return (None if method in ("ccs", "ccs-loss", "d2") else 0.0), None
     text = value.strip().lower()
     if text == "auto":
         return None, None
