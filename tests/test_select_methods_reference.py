@@ -388,3 +388,14 @@ def test_d2_matches_the_reference_per_class(r):
     ctx._cache["features"] = features
     pruned, _ = d2.D2(PruneConfig(ratio=r, method="d2", cutoff=None)).select(ctx, m, None)
     assert _kept(pruned) == want and len(want) == N - m
+
+
+@pytest.mark.parametrize("selector", [ccs.CCS, tdds.TDDS, d2.D2])
+def test_checkpoints_without_the_new_records_get_one_clear_error(selector):
+    from dpcli.errors import DpcliError
+
+    labels = np.arange(20) % 2
+    ctx = _ctx(labels, loss=np.zeros((3, 20), np.float32), correct=np.zeros((3, 20), np.uint8))
+    ctx._cache["features"] = np.random.default_rng(0).normal(size=(20, 3))
+    with pytest.raises(DpcliError, match="train --force"):
+        selector(PruneConfig(ratio=0.5, cutoff=None)).select(ctx, 10, None)
