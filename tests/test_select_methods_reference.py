@@ -399,3 +399,15 @@ def test_checkpoints_without_the_new_records_get_one_clear_error(selector):
     ctx._cache["features"] = np.random.default_rng(0).normal(size=(20, 3))
     with pytest.raises(DpcliError, match="train --force"):
         selector(PruneConfig(ratio=0.5, cutoff=None)).select(ctx, 10, None)
+
+
+def test_tdds_on_float16_probabilities_keeps_nearly_the_same_sets():
+    """`train` stores probabilities as float16; the reference scores float32 logits (docs/baselines.md)."""
+    rng = np.random.default_rng(0)
+    logits, _ = _trajectory(rng, 40, 4000, 10)
+    p32 = softmax(logits, axis=2).astype(np.float32)
+    a, b = tdds.tdds_scores(p32), tdds.tdds_scores(p32.astype(np.float16))
+    assert np.max(np.abs(a - b) / a) < 5e-3
+    for r in RATIOS:
+        ka, kb = set(oracle_keep_tail(a, r).tolist()), set(oracle_keep_tail(b, r).tolist())
+        assert len(ka & kb) / len(ka | kb) >= 0.99, r
