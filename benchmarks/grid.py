@@ -63,6 +63,12 @@ METHODS = {
     "influence-score": MethodSpec("influence-score", {"method": "influence-score"}, seeded=False),
     "ccs": MethodSpec("ccs", {"method": "ccs", "cutoff": None}),
     "tdds": MethodSpec("tdds", {"method": "tdds"}, seeded=False),
+    "ccs-loss": MethodSpec("ccs-loss", {"method": "ccs-loss", "cutoff": None}),
+    "tdds-loss": MethodSpec("tdds-loss", {"method": "tdds-loss"}, seeded=False),
+    "dual": MethodSpec("dual", {"method": "dual"}, seeded=False),
+    "dual-beta": MethodSpec("dual-beta", {"method": "dual-beta"}),
+    "d2": MethodSpec("d2", {"method": "d2", "cutoff": None}, seeded=False),
+    "moderate": MethodSpec("moderate", {"method": "moderate"}, seeded=False),
     # the paper's objective, then our options on top of it
     "opt": MethodSpec("opt", {}),
     "opt+balance": MethodSpec("opt+balance", {"balance": True}),

@@ -164,8 +164,10 @@ class PruneConfig:
                 raise DpcliError("--hard-cutoff Fx is relative to the prune ratio; give --prune-ratio or --prune-count")
         if self.match_features and self.epsilon is not None:
             raise DpcliError("--match-features needs --prune-ratio or --prune-count")
-        if self.uses_coverage and self.method not in ("optimization", "ccs"):
-            raise DpcliError(f"--balance/--strata/--hard-cutoff apply to --method optimization (and ccs), not {self.method}")
+        if self.uses_coverage and not selector.coverage:
+            takes = ", ".join(n for n in SELECTORS.names() if SELECTORS.get(n).coverage)
+            raise DpcliError(f"--balance/--strata/--hard-cutoff/--match-features apply to --method {takes} only "
+                             f"(--hard-cutoff to all of them), not {self.method}")
         if not selector.epsilon_mode and self.epsilon is not None:
             raise DpcliError(f"--method {self.method} has no epsilon mode; give --prune-ratio or --prune-count")
         if self.method != "optimization" and self.buckets != 1:

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from dpcli.select import scoring
-from dpcli.select.methods.ccs import ccs, ccs_cutoff
+from dpcli.select.methods.ccs import ccs_cutoff
+from dpcli.select.methods.ccs_loss import ccs_loss as ccs
 from dpcli.select.methods.forgetting import forgetting_counts
 from dpcli.select.methods.herding import herding
-from dpcli.select.methods.tdds import tdds_scores
+from dpcli.select.methods.tdds_loss import tdds_scores
 from dpcli.select.signals import el2n
 from dpcli.errors import DpcliError
 

@@ -139,6 +139,12 @@ def test_torchrun_cli_writes_the_single_process_artifact(launch, capsys):
     assert not np.isnan(dd.loss).any() and set(np.unique(dd.correct)) <= {0, 1}
     for e, rec in enumerate(ck.history):
         assert dd.loss[e].astype(np.float64).mean() == pytest.approx(rec.train_loss, rel=1e-4)
+    # ... margins and class probabilities too, each sample's from the rank that trained on it
+    assert dd.probs.shape == (2, *dd.loss.shape[1:], 10) and not np.isnan(dd.probs).any()
+    labels = load_dataset("digits").train.labels
+    p_y = dd.probs[:, np.arange(len(labels)), labels].astype(np.float64)
+    np.testing.assert_allclose(p_y, np.exp(-dd.loss.astype(np.float64)), atol=2e-3)
+    assert not np.isnan(dd.margin).any() and np.all(np.abs(dd.margin) <= 1)
     model, _, _ = training.load_trained(ddp_path, CPU)
     assert not model.training
 

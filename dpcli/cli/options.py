@@ -182,8 +182,9 @@ Strata = Annotated[int, typer.Option(
     help="optimization: prune the same share of each of K difficulty quantile bins (mean training loss); 1 = off.")]
 HardCutoff = Annotated[Optional[str], typer.Option(
     "--hard-cutoff", metavar="B|auto|Fx", rich_help_panel=P_TUNING,
-    help="optimization / ccs: prune this share B of all samples, hardest first, before selecting; auto = CCS's "
-         "schedule; Fx = F times the prune ratio. " + default_note("0 for optimization, auto for ccs"))]
+    help="optimization / ccs / ccs-loss / d2: prune this share B of all samples, hardest first, before selecting; "
+         "auto = CCS's schedule (B = ratio - 0.6 clipped to [0, 0.4]: CCS's published 0.2 at 80 % and 0.3 at 90 % "
+         "pruned); Fx = F times the prune ratio. " + default_note("0 for optimization, auto for ccs, ccs-loss, d2"))]
 MatchFeatures = Annotated[bool, typer.Option(
     "--match-features/--no-match-features", rich_help_panel=P_TUNING,
     help="optimization: also keep each class / stratum's mean penultimate feature (herding's criterion).")]
@@ -192,7 +193,7 @@ ScoreEpoch = Annotated[Optional[int], typer.Option(
     help="el2n / grand: score the model after this many epochs. "
          + default_note("10 % of training for el2n, 0 (initialization) for grand"))]
 ScoreSeeds = Annotated[int, typer.Option(
-    "--score-seeds", rich_help_panel=P_TUNING, help="el2n / grand: average over this many training seeds.")]
+    "--score-seeds", rich_help_panel=P_TUNING, help="el2n / grand: average over this many training seeds (the authors use 10; 3 is a cost-aware default).")]
 Buckets = Annotated[int, typer.Option(
     "--buckets", rich_help_panel=P_TUNING,
     help="optimization: solve K buckets of rows in parallel, then refine on all of S; 1 = unbucketed.")]

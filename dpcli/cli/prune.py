@@ -21,7 +21,9 @@ EPILOG = ("SOURCE is a file when it ends in .h5/.hdf5 or contains a '/', else a 
 def _cutoff(value: Optional[str], method: str) -> tuple[Optional[float], Optional[float]]:
     """--hard-cutoff B | auto | Fx  ->  (cutoff, cutoff_ratio) of PruneConfig."""
     if value is None:
-        return (None if method == "ccs" else 0.0), None
+        from dpcli.select.base import SELECTORS
+
+        return (None if SELECTORS.get(method).auto_cutoff else 0.0), None
     text = value.strip().lower()
     if text == "auto":
         return None, None

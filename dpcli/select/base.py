@@ -108,6 +108,8 @@ class Selector:
     needs: ClassVar[frozenset[str]] = frozenset()
     help: ClassVar[str] = ""
     epsilon_mode: ClassVar[bool] = False  # can it honour --epsilon (prune within a norm bound)?
+    coverage: ClassVar[bool] = False  # does it read --balance / --strata / --hard-cutoff / --match-features?
+    auto_cutoff: ClassVar[bool] = False  # is its default --hard-cutoff the CCS schedule ("auto") rather than 0?
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -1,14 +1,18 @@
 """Training dynamics recorded by :func:`dpcli.training.train` for the score-based selectors.
 
-Per epoch and per training sample: the loss and whether the prediction was correct, taken
-from the very forward pass that trained on it (augmented, train mode: what forgetting
-events and TDDS are defined on), plus model snapshots at chosen epochs (EL2N and GraNd are
-scored "early in training").  The cost is one float32 and one byte per sample per epoch
+Per epoch and per training sample, all taken from the very forward pass that trained on it
+(augmented, train mode: what forgetting events, AUM, TDDS and DUAL are defined on): the loss,
+whether the prediction was correct, the margin ``p_y - max_{c != y} p_c`` (AUM, for CCS and D2),
+and for the first :data:`PROB_EPOCHS` epochs the class probabilities (faithful TDDS needs every
+class); plus model snapshots at chosen epochs (EL2N and GraNd are scored "early in training").
+The cost is 9 bytes per sample per epoch, 2 C bytes per sample in each of the first 30 epochs,
 and a state-dict copy per snapshot; nothing is recomputed.
 
-Stored in the checkpoint as ``dynamics/loss`` (epochs x n float32, NaN where a sample was
-not trained on, e.g. outside a retrain subset), ``dynamics/correct`` (epochs x n uint8,
-255 = not seen) and ``snapshots/<epoch>/<state key>`` (epoch 0 = the initialization).
+Stored in the checkpoint as ``dynamics/loss`` and ``dynamics/margin`` (epochs x n float32, NaN
+where a sample was not trained on, e.g. outside a retrain subset), ``dynamics/correct``
+(epochs x n uint8, 255 = not seen), ``dynamics/probs`` (min(30, epochs) x n x C float16, NaN =
+not seen) and ``snapshots/<epoch>/<state key>`` (epoch 0 = the initialization).  Checkpoints
+written before margin and probs were recorded read back with those fields ``None``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 from torch import Tensor
 
 NOT_SEEN = 255
+PROB_EPOCHS = 30  # class probabilities are kept for this many first epochs (TDDS's T; 2 bytes x C each)
 
 
 @dataclass
@@ -29,10 +34,22 @@ class Dynamics:
     loss: np.ndarray  # (epochs, n) float32, NaN = not seen
     correct: np.ndarray  # (epochs, n) uint8, NOT_SEEN = not seen
     snapshots: dict[int, dict[str, Tensor]] = field(default_factory=dict)
+    margin: np.ndarray | None = None  # (epochs, n) float32 p_y - max_{c != y} p_c, NaN = not seen
+    probs: np.ndarray | None = None  # (min(PROB_EPOCHS, epochs), n, C) float16 softmax, NaN = not seen
 
     @property
     def epochs(self) -> int:
         return int(self.loss.shape[0])
+
+    def require(self, what: str, user: str) -> np.ndarray:
+        """``margin`` or ``probs``, or one clear error for checkpoints recorded before they existed."""
+        value = getattr(self, what)
+        if value is None:
+            from dpcli.errors import DpcliError
+
+            raise DpcliError(f"{user} needs the per-epoch {what} that `train` records since this version; "
+                             f"retrain the checkpoint with `dpcli train --force`")
+        return value
 
 
 class DynamicsRecorder:
@@ -44,13 +61,22 @@ class DynamicsRecorder:
         self.snapshot_epochs = tuple(sorted(set(int(e) for e in snapshot_epochs)))
         self._loss: list[np.ndarray] = []
         self._correct: list[np.ndarray] = []
+        self._margin: list[np.ndarray] = []
+        self._probs: list[np.ndarray] = []
         self.snapshots: dict[int, dict[str, Tensor]] = {}
         if previous is not None and previous.epochs >= start_epoch:
             self._loss = [previous.loss[e] for e in range(start_epoch)]
             self._correct = [previous.correct[e] for e in range(start_epoch)]
+            if previous.margin is not None and previous.probs is not None:
+                self._margin = [previous.margin[e] for e in range(start_epoch)]
+                self._probs = [previous.probs[e] for e in range(min(start_epoch, PROB_EPOCHS))]
             self.snapshots = {e: s for e, s in previous.snapshots.items() if e <= start_epoch}
+        # a resumed run from before margin/probs existed cannot fill its early epochs: record neither
+        self._extras = len(self._margin) == len(self._loss)
         self._cur_loss: np.ndarray | None = None
         self._cur_correct: np.ndarray | None = None
+        self._cur_margin: np.ndarray | None = None
+        self._cur_probs: np.ndarray | None = None
 
     @classmethod
     def for_run(cls, n: int, snapshot_epochs: tuple[int, ...], resume_from: Path | None,
@@ -67,27 +93,64 @@ class DynamicsRecorder:
             inner = getattr(model, "module", model)
             self.snapshots[epoch] = {k: v.detach().cpu().clone() for k, v in inner.state_dict().items()}
 
+    @property
+    def _want_probs(self) -> bool:
+        return self._extras and len(self._loss) < PROB_EPOCHS
+
     def begin_epoch(self) -> None:
         self._cur_loss = np.full(self.n, np.nan, dtype=np.float32)
         self._cur_correct = np.full(self.n, NOT_SEEN, dtype=np.uint8)
+        self._cur_margin = np.full(self.n, np.nan, dtype=np.float32)
+        self._cur_probs = None  # allocated at the first batch, when the number of classes is known
 
-    def add_batch(self, idx: Tensor, losses: Tensor, correct: Tensor) -> None:
+    def add_batch(self, idx: Tensor, losses: Tensor, logits: Tensor, labels: Tensor) -> None:
+        """Record one training batch from its forward pass (``logits`` as the loss saw them)."""
         i = idx.numpy()
-        self._cur_loss[i] = losses.detach().float().cpu().numpy()
-        self._cur_correct[i] = correct.detach().cpu().numpy().astype(np.uint8)
+        with torch.no_grad():
+            z = logits.detach().float()
+            self._cur_loss[i] = losses.detach().float().cpu().numpy()
+            self._cur_correct[i] = (z.argmax(1) == labels).cpu().numpy().astype(np.uint8)
+            if not self._extras:
+                return
+            p = torch.softmax(z, 1)
+            y = labels.view(-1, 1)
+            others = p.scatter(1, y, -1.0).amax(1)  # probabilities are >= 0: -1 hides the true class
+            self._cur_margin[i] = (p.gather(1, y).squeeze(1) - others).cpu().numpy()
+            if self._want_probs:
+                if self._cur_probs is None:
+                    self._cur_probs = np.full((self.n, p.shape[1]), np.nan, dtype=np.float32)
+                self._cur_probs[i] = p.cpu().numpy()
 
     def end_epoch(self, dist=None) -> None:
         """Close the epoch; under torchrun every rank saw a slice, so the records are summed over ranks."""
         if dist is not None:
             seen = ~np.isnan(self._cur_loss)
-            parts = np.stack([np.where(seen, self._cur_loss, 0.0), np.where(seen, self._cur_correct, 0), seen])
+            parts = np.stack([np.where(seen, self._cur_loss, 0.0), np.where(seen, self._cur_correct, 0), seen,
+                              np.where(seen, self._cur_margin, 0.0)])
             total = dist.all_sum(torch.from_numpy(parts.astype(np.float64))).numpy()
             hit = total[2] > 0
             self._cur_loss = np.where(hit, total[0], np.nan).astype(np.float32)
             self._cur_correct = np.where(hit, np.rint(total[1]), NOT_SEEN).astype(np.uint8)
+            self._cur_margin = np.where(hit, total[3], np.nan).astype(np.float32)
+            if self._want_probs:
+                self._cur_probs = self._merge_probs(dist, seen, hit)
         self._loss.append(self._cur_loss)
         self._correct.append(self._cur_correct)
-        self._cur_loss = self._cur_correct = None
+        if self._extras:
+            self._margin.append(self._cur_margin)
+            if len(self._loss) <= PROB_EPOCHS:
+                self._probs.append(self._cur_probs.astype(np.float16))
+        self._cur_loss = self._cur_correct = self._cur_margin = self._cur_probs = None
+
+    def _merge_probs(self, dist, seen: np.ndarray, hit: np.ndarray) -> np.ndarray:
+        """Every sample's probabilities come from the one rank that trained on it: sum the zero-filled slices.
+        A rank whose slices were all empty has no class count yet, so the count is agreed on first."""
+        c = 0 if self._cur_probs is None else self._cur_probs.shape[1]
+        c_sum, ranks = dist.all_sum(torch.tensor([float(c), float(c > 0)], dtype=torch.float64)).tolist()
+        c = int(round(c_sum / max(ranks, 1.0)))
+        local = np.zeros((self.n, c)) if self._cur_probs is None else np.where(seen[:, None], self._cur_probs, 0.0)
+        total = dist.all_sum(torch.from_numpy(local.astype(np.float32))).numpy()
+        return np.where(hit[:, None], total, np.nan).astype(np.float32)
 
     def write(self, f: h5py.File) -> None:
         if self._loss:
@@ -97,6 +160,13 @@ class DynamicsRecorder:
             g.create_dataset("loss", data=np.stack(self._loss), chunks=chunks, compression="gzip", compression_opts=1)
             g.create_dataset("correct", data=np.stack(self._correct), chunks=chunks, compression="gzip",
                              compression_opts=1)
+            if self._extras and self._probs:
+                g.create_dataset("margin", data=np.stack(self._margin), chunks=chunks, compression="gzip",
+                                 compression_opts=1)
+                probs = np.stack(self._probs)
+                rows = max(1, min(self.n, (1 << 20) // probs.shape[2]))
+                g.create_dataset("probs", data=probs, chunks=(1, rows, probs.shape[2]), compression="gzip",
+                                 compression_opts=1)
             g.attrs["epochs"] = e
         for epoch, state in self.snapshots.items():
             sg = f.create_group(f"snapshots/{epoch}")
@@ -113,7 +183,9 @@ def read_dynamics(f: h5py.File, snapshots: bool = True) -> Dynamics | None:
     if snapshots and "snapshots" in f:
         for epoch, sg in f["snapshots"].items():
             snaps[int(epoch)] = {k: torch.from_numpy(np.asarray(v[()])) for k, v in sg.items()}
-    return Dynamics(loss=g["loss"][()], correct=g["correct"][()], snapshots=snaps)
+    margin = g["margin"][()] if "margin" in g else None
+    probs = g["probs"][()] if "probs" in g else None
+    return Dynamics(loss=g["loss"][()], correct=g["correct"][()], snapshots=snaps, margin=margin, probs=probs)
 
 
 def default_snapshot_epochs(epochs: int) -> tuple[int, ...]:

@@ -269,7 +269,7 @@ def _train_locked(config: TrainConfig, ds: Dataset, out: Path, *, device: torch.
                 logits = net(x)
             losses = F.cross_entropy(logits.float(), y, reduction="none")
             loss = losses.mean() if dist is None else dist.loss(losses)
-            dyn.add_batch(idx, losses, logits.argmax(1) == y)
+            dyn.add_batch(idx, losses, logits, y)
             if not torch.isfinite(loss):
                 raise DpcliError(f"training diverged at epoch {epoch + 1} (loss is {loss.item()}); lower --lr")
             optimizer.zero_grad(set_to_none=True)

@@ -1,6 +1,16 @@
-"""Coverage-centric coreset selection (Zheng et al., ICLR 2023) on the mean training loss."""
+"""Coverage-centric coreset selection (Zheng et al., ICLR 2023) as its reference code does it.
+
+Reference: github.com/haizhongzheng/Coverage-centric-coreset-selection @ b37f166
+(``core/data/Coreset.py``: ``mislabel_mask``, ``stratified_sampling``, ``bin_allocate``).
+Difficulty is the area under the margin (AUM): the sum over every training epoch of
+``p_y - max_{c != y} p_c`` from the training forward pass.  The ``int(beta * n)`` lowest-AUM samples
+(hard, likely mislabelled) are removed first; the rest is split into 50 equal-width AUM strata, the
+keep budget is allocated smallest stratum first, and each stratum is sampled uniformly (seeded).
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -8,47 +18,97 @@ from dpcli.errors import DpcliError
 from dpcli.select.base import Context, Selector
 from dpcli.select.scoring import check_count
 
+if TYPE_CHECKING:
+    from dpcli.config import PruneConfig
+
+STRATA = 50  # hard-coded in the reference's stratified_sampling
+
 
 def ccs_cutoff(ratio: float) -> float:
-    """CCS's hard-example cutoff beta for a prune ratio (CIFAR-10 settings: none up to 50 % pruned,
-    10 % of the hardest at 70 %, 30 % at 90 %; linear in between)."""
-    return float(np.interp(ratio, [0.0, 0.5, 0.7, 0.9, 1.0], [0.0, 0.0, 0.1, 0.3, 0.4]))
+    """The hard cutoff beta (share of ALL samples removed hardest-first) for a prune ratio.
+
+    Published: CIFAR-10 90 % -> 0.3, ImageNet 90 % -> 0.3 and 80 % -> 0.2.  All three lie on
+    ``beta = ratio - 0.6``; dpcli uses that line for every ratio and dataset (0 up to 60 % pruned),
+    which is an extrapolation below 80 % (docs/baselines.md)."""
+    return float(np.clip(ratio - 0.6, 0.0, 0.4))
 
 
-def ccs(difficulty: np.ndarray, m: int, rng: np.random.Generator, *, cutoff: float,
-        strata: int = 50) -> np.ndarray:
-    """Drop the hardest ``cutoff`` share, split the difficulty range of the rest into ``strata``
-    equal-width bins, give every bin an equal share of the keep budget (smallest bins first, their
-    unused share passed on), and sample each bin's share at random."""
-    difficulty = np.asarray(difficulty, dtype=np.float64)
-    n = len(difficulty)
+def resolve_cutoff(cfg: "PruneConfig", m: int, n: int) -> float:
+    """``--hard-cutoff``: a share B, ``Fx`` (F times the prune ratio) or auto (:func:`ccs_cutoff`)."""
+    share = m / n
+    if cfg.cutoff_ratio is not None:
+        return cfg.cutoff_ratio * share
+    return ccs_cutoff(share) if cfg.cutoff is None else float(cfg.cutoff)
+
+
+def aum(margin: np.ndarray) -> np.ndarray:
+    """Area under the margin: the per-sample sum of the recorded per-epoch margins (low = hard)."""
+    margin = np.asarray(margin, dtype=np.float64)
+    if np.isnan(margin).any():
+        raise DpcliError("AUM needs the margin of every sample at every epoch; train on the full dataset")
+    return margin.sum(axis=0)
+
+
+def bin_allocate(num: int, counts: np.ndarray) -> np.ndarray:
+    """The reference's budget split: strata in ascending size (stable on ties) each take
+    ``min(size, rest // strata left)``; what a small stratum cannot use passes on to the larger ones."""
+    counts = np.asarray(counts, dtype=np.int64)
+    order = np.argsort(counts, kind="stable")
+    budgets = np.zeros(len(counts), dtype=np.int64)
+    rest = int(num)
+    for i, b in enumerate(order):  # one step per stratum (50), not per sample
+        budgets[b] = min(int(counts[b]), rest // (len(counts) - i))
+        rest -= int(budgets[b])
+    return budgets
+
+
+def strata_of(s: np.ndarray, strata: int = STRATA) -> np.ndarray:
+    """Equal-width bins on ``[min, 1.0001 max)``, half-open, edges ``lo + k * step`` as the reference.
+
+    The reference's ``* 1.0001`` leaves the maximum out of every bin when ``max <= 0``; dpcli then
+    widens the range additively instead, so no sample is lost (documented difference)."""
+    lo, top = float(s.min()), float(s.max())
+    hi = top * 1.0001 if top > 0 else top + 1e-4 * max(abs(top), top - lo, 1e-12)
+    step = (hi - lo) / strata
+    edges = np.array([lo + k * step for k in range(strata + 1)])
+    return np.searchsorted(edges, s, side="right") - 1  # == strata (never sampled) only above hi
+
+
+def ccs_select(score: np.ndarray, m: int, rng: np.random.Generator, *, cutoff: float,
+               strata: int = STRATA) -> np.ndarray:
+    """The pruned mask: cut the ``int(cutoff * n)`` lowest scores, stratify the rest, sample the strata."""
+    score = np.asarray(score, dtype=np.float64)
+    n = len(score)
     check_count(m, n)
-    keep_budget = n - m
-    order = np.lexsort((np.arange(n), -difficulty))
-    n_cut = min(int(round(cutoff * n)), n - keep_budget)
-    candidates = np.sort(order[n_cut:])
-    d = difficulty[candidates]
-    edges = np.linspace(d.min(), d.max(), strata + 1)
-    bins = np.clip(np.searchsorted(edges, d, side="right") - 1, 0, strata - 1)
-    members = [candidates[bins == b] for b in range(strata)]
+    keep_n = n - m
+    cut = min(int(cutoff * n), m)
+    easy = np.argsort(score, kind="stable")[cut:]
     keep = np.zeros(n, dtype=bool)
-    left = keep_budget
-    for rank, b in enumerate(sorted(range(strata), key=lambda b: (len(members[b]), b))):
-        share = min(len(members[b]), left // (strata - rank))
-        if share:
-            keep[rng.choice(members[b], size=share, replace=False)] = True
-        left -= share
+    if keep_n == 0:
+        return ~keep
+    bins = strata_of(score[easy], strata)
+    budgets = bin_allocate(keep_n, np.bincount(bins, minlength=strata + 1)[:strata])
+    for k in range(strata):  # the reference's draw order: stratum 0..49, one permutation each
+        pool = np.flatnonzero(bins == k)
+        keep[easy[pool[rng.permutation(len(pool))][:budgets[k]]]] = True
+    short = keep_n - int(keep.sum())
+    if short:  # only if strata were too small to take the budget; never with the additive fix above
+        free = easy[~keep[easy]]
+        keep[rng.choice(free, size=short, replace=False)] = True
     return ~keep
 
 
 class CCS(Selector):
     name = "ccs"
+    coverage = True
+    auto_cutoff = True
     needs = frozenset({"dynamics"})
-    help = "stratified over difficulty with a hard cutoff (--hard-cutoff, default auto)"
+    help = "CCS as published: AUM strata (50, equal width) after a hard AUM cutoff (--hard-cutoff, default auto)"
 
     def select(self, ctx: Context, m: int | None, epsilon: float | None) -> tuple[np.ndarray, str]:
         if m is None:
             raise DpcliError("--method ccs needs --prune-ratio or --prune-count")
-        cutoff = ccs_cutoff(m / ctx.n) if self.cfg.cutoff is None else self.cfg.cutoff
-        pruned = ccs(ctx.difficulty(), m, np.random.default_rng(self.cfg.seed), cutoff=cutoff)
-        return pruned, f"ccs(cutoff={cutoff:g})"
+        cutoff = resolve_cutoff(self.cfg, m, ctx.n)
+        score = aum(ctx.dynamics().require("margin", "--method ccs"))
+        pruned = ccs_select(score, m, np.random.default_rng(self.cfg.seed), cutoff=cutoff)
+        return pruned, f"ccs(aum, cutoff={cutoff:g})"

@@ -19,6 +19,7 @@ class Optimization(Selector):
     name = "optimization"
     help = "the paper's: Eq. 3 (epsilon) / Eq. 4 (count) on S, the default"
     epsilon_mode = True
+    coverage = True
 
     def select(self, ctx: Context, m: int | None, epsilon: float | None) -> tuple[np.ndarray, str]:
         cfg = self.cfg
