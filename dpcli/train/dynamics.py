@@ -160,13 +160,9 @@ class DynamicsRecorder:
             g.create_dataset("loss", data=np.stack(self._loss), chunks=chunks, compression="gzip", compression_opts=1)
             g.create_dataset("correct", data=np.stack(self._correct), chunks=chunks, compression="gzip",
                              compression_opts=1)
-            if self._extras and self._probs:
-                g.create_dataset("margin", data=np.stack(self._margin), chunks=chunks, compression="gzip",
-                                 compression_opts=1)
-                probs = np.stack(self._probs)
-                rows = max(1, min(self.n, (1 << 20) // probs.shape[2]))
-                g.create_dataset("probs", data=probs, chunks=(1, rows, probs.shape[2]), compression="gzip",
-                                 compression_opts=1)
+            if self._extras and self._probs:  # not compressed: gzip saves little on these and costs most
+                g.create_dataset("margin", data=np.stack(self._margin))
+                g.create_dataset("probs", data=np.stack(self._probs))
             g.attrs["epochs"] = e
         for epoch, state in self.snapshots.items():
             sg = f.create_group(f"snapshots/{epoch}")
