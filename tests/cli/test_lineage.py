@@ -21,7 +21,7 @@ def _make_stale(mask_path, keep: np.ndarray) -> None:
 
 
 def test_retrain_recomputes_a_mask_that_descends_from_another_influence(tmp_path, capsys):
-    args = ["retrain", "digits", "--prune-count", 20, *TINY, "--run-root", tmp_path / "runs"]
+    args = ["retrain", "digits", "--prune-count", 20, *TINY, "--epochs", 1, "--run-root", tmp_path / "runs"]
     first = run_json(args, capsys)
     mask_file = first["mask"]
     original = core.read_mask(mask_file)
