@@ -107,6 +107,6 @@ def test_load_S_refuses_rows_that_disagree_with_n(tmp_path, tiny_run):
         for name in src:
             data = src[name][()]
             dst.create_dataset(name, data=data[:1000] if name == "S" else data)
-    with pytest.raises(DpcliError, match="1000 rows but the file says n = 1438"):
+    with pytest.raises(DpcliError, match="1000 rows but the artifact says n = 1438"):
         prune(bad, tmp_path / "m.h5", PruneConfig(ratio=0.3))
     assert not (tmp_path / "m.h5").exists()

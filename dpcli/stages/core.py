@@ -205,10 +205,6 @@ def load_S(path: Path) -> np.ndarray:
     with open_artifact(path, "influence") as f:
         if "S" not in f or f["S"].ndim != 2:
             raise DpcliError(f"{path}: influence artifact has no 2-D dataset 'S'")
-        n_attr = get_attr(f, "n")
-        if n_attr is not None and get_attr(f, "shards") is None and f["S"].shape[0] != int(n_attr):
-            raise DpcliError(f"{path}: S has {f['S'].shape[0]} rows but the file says n = {int(n_attr)}; "
-                             "the artifact is damaged, recompute it")
         S = np.empty(f["S"].shape, dtype=np.float32)
         f["S"].read_direct(S)
     step = chunk_rows(S.shape[1])  # finiteness checked chunk by chunk: no n x d boolean array
