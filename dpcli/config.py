@@ -148,8 +148,11 @@ class PruneConfig:
                                          or self.workers < 1):
             raise DpcliError(f"--workers must be an integer >= 1, got {self.workers}")
         from dpcli.select.base import SELECTORS
+        from dpcli.select.solvers.common import SOLVERS
 
         selector = SELECTORS.get(self.method)  # one line naming the choices for an unknown name
+        if self.solver not in SOLVERS:
+            raise DpcliError(f"unknown --solver {self.solver!r}; choose one of {', '.join(SOLVERS)}")
         if isinstance(self.strata, bool) or int(self.strata) != self.strata or self.strata < 1:
             raise DpcliError(f"--strata must be an integer >= 1, got {self.strata}")
         if self.cutoff is not None and not (math.isfinite(self.cutoff) and 0 <= self.cutoff < 1):
@@ -172,6 +175,16 @@ class PruneConfig:
             raise DpcliError(f"--method {self.method} has no epsilon mode; give --prune-ratio or --prune-count")
         if self.method != "optimization" and self.buckets != 1:
             raise DpcliError("--buckets applies to --method optimization only")
+        return self
+
+    def check_against(self, n: int) -> "PruneConfig":
+        """The checks that need the number of training samples: a count must leave something to train on."""
+        if self.count is not None:
+            if self.count > n:
+                raise DpcliError(f"--prune-count {self.count} exceeds the {n} training samples")
+            if self.count == n:
+                raise DpcliError(f"--prune-count {self.count} would prune all {n} training samples and leave "
+                                 f"nothing to train on; give fewer (as --prune-ratio must be below 1)")
         return self
 
     @property

@@ -19,7 +19,6 @@ from dpcli.influence import kernels as infl
 from dpcli import console
 from dpcli.influence.base import ESTIMATORS, LastLayer
 from dpcli.influence import sketch as influence_scale
-from dpcli.select import solvers as selection
 from dpcli.artifacts.h5 import (StreamHash, array_fingerprint, atomic_h5, atomic_path, check_writable, get_attr,
                                 open_artifact, row_chunks, set_attr, write_bytes)
 from dpcli.artifacts.lock import artifact_lock
@@ -258,12 +257,8 @@ def prune(influence_path: Path, out: Path, cfg: PruneConfig, *, indices_out: Pat
     Outputs are checked writable before the solve; the mask's lock is held throughout, and a
     mask that another job published meanwhile with the same configuration is reused.
     """
-    cfg.validate()
     info = read_influence_info(influence_path)
-    if cfg.solver not in selection.SOLVERS:
-        raise DpcliError(f"unknown --solver {cfg.solver!r}; choose one of {', '.join(selection.SOLVERS)}")
-    if cfg.count is not None and cfg.count > info.n:
-        raise DpcliError(f"--prune-count {cfg.count} exceeds the {info.n} training samples")
+    cfg.validate().check_against(info.n)
     check_outputs(out, indices_out)
     with artifact_lock(out) as lock:
         if lock.reusable():

@@ -82,18 +82,10 @@ def check_writable(path: Path | None, option: str, *, directory: bool = False) -
 
 
 def check_prune(cfg: PruneConfig, n: int | None = None) -> None:
-    """Option checks PruneConfig.validate cannot do alone: the solver name, and the count against n."""
-    from dpcli.select.solvers.common import SOLVERS
-
+    """Every prune option check, before any work: names and ranges, and the count against n when known."""
     cfg.validate()
-    if cfg.solver not in SOLVERS:
-        raise DpcliError(f"unknown --solver {cfg.solver!r}; choose one of {', '.join(SOLVERS)}")
-    if n is not None and cfg.count is not None:
-        if cfg.count > n:
-            raise DpcliError(f"--prune-count {cfg.count} exceeds the {n} training samples")
-        if cfg.count == n:
-            raise DpcliError(f"--prune-count {cfg.count} would prune all {n} training samples and leave nothing "
-                             f"to train on; give fewer (as --prune-ratio must be below 1)")
+    if n is not None:
+        cfg.check_against(n)
 
 
 # --------------------------------------------------------------------------- the stages, cached
