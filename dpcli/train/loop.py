@@ -273,6 +273,8 @@ def save_checkpoint(path: Path, model: Classifier, optimizer: torch.optim.Optimi
         "dataset": ds.name,
         "dataset_fingerprint": ds.fingerprint,
         "n_train": len(ds.train.labels),
+        # input files left out as unreadable images (the full list is in the image cache)
+        "skipped_files": {"count": len(ds.skipped), "first": [list(s) for s in ds.skipped[:200]]},
         "num_classes": ds.num_classes,
         "epoch": len(history),
         "complete": bool(complete),
@@ -360,7 +362,7 @@ def load_trained(path: Path | str, device: torch.device, data_root: Path | None 
     if not ck.complete:
         raise DpcliError(f"{path}: training is not complete (epoch {ck.epoch}/{ck.config.epochs}); run `dpcli train` again to resume")
     if ds is None:
-        ds = load_dataset(ck.config.dataset, data_root)
+        ds = load_dataset(ck.config.dataset, data_root, image_size=ck.config.image_size)
     check_dataset(ck, ds)
     model = make_model(ck.config, ds)
     model.load_state_dict(ck.state)
