@@ -249,7 +249,7 @@ def _build(path: Path, files: list[str], labels: np.ndarray, n_train: int, image
     row_bytes = int(np.prod(row_shape))
     block = int(min(512, max(8, _BLOCK_BYTES // row_bytes)))
     n_blocks = (total + block - 1) // block
-    side = row_shape[0] if image_size is not None else None
+    side = (row_shape[0], image_size) if image_size is not None else None
     key = {"files": total, "row_shape": list(row_shape), "gray": gray, "block": block, "side": side}
     partial = path.with_name(path.stem + ".partial.h5")
     f = _open_partial(partial, key, total, row_shape, n_blocks)

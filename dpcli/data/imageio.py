@@ -53,8 +53,9 @@ def probe(path: str) -> Tagged:
         return "skip", f"unreadable header ({type(exc).__name__}: {exc})"
 
 
-def resize_center_square(im, side: int):
-    """Resize the shorter side to ``side`` then center-crop ``side x side`` (torchvision's Resize + CenterCrop)."""
+def resize_center_square(im, side: int, crop: int):
+    """Resize the shorter side to ``side`` (torchvision's Resize), then cut the ``side x side`` square whose
+    central ``crop x crop`` (offset ``round((side - crop) / 2)``) is exactly torchvision's CenterCrop(crop)."""
     from PIL import Image
 
     w, h = im.size
@@ -66,13 +67,15 @@ def resize_center_square(im, side: int):
         rw, rh = int(side * w / h), side
     if (rw, rh) != (w, h):
         im = im.resize((rw, rh), Image.BILINEAR)
-    top, left = int(round((rh - side) / 2.0)), int(round((rw - side) / 2.0))
+    inner = int(round((side - crop) / 2.0))
+    top = int(round((rh - crop) / 2.0)) - inner
+    left = int(round((rw - crop) / 2.0)) - inner
     return im.crop((left, top, left + side, top + side))
 
 
-def decode(path: str, side: int | None, gray: bool) -> Tagged:
+def decode(path: str, size: tuple[int, int] | None, gray: bool) -> Tagged:
     """``("ok", uint8 (H, W, C))``: EXIF-rotated, converted to L (``gray``) or RGB, and when ``side``
-    is set resized so the shorter side is ``side`` and center-cropped to a square."""
+    is ``(side, crop)`` resized so the shorter side is ``side`` and cut to a centered square."""
     from PIL import ImageOps
 
     im, fh = _open(path)
@@ -83,8 +86,8 @@ def decode(path: str, side: int | None, gray: bool) -> Tagged:
             im.load()
             im = ImageOps.exif_transpose(im)
             im = im.convert("L" if gray else "RGB")
-            if side is not None:
-                im = resize_center_square(im, side)
+            if size is not None:
+                im = resize_center_square(im, *size)
             arr = np.asarray(im, dtype=np.uint8)
     except Exception as exc:  # truncated / corrupt data
         return "skip", f"corrupt or truncated image ({type(exc).__name__}: {exc})"
@@ -95,6 +98,6 @@ def probe_many(paths: list[str]) -> list[Tagged]:
     return [probe(p) for p in paths]
 
 
-def decode_many(job: tuple[list[str], int | None, bool]) -> list[Tagged]:
-    paths, side, gray = job
-    return [decode(p, side, gray) for p in paths]
+def decode_many(job: tuple[list[str], tuple[int, int] | None, bool]) -> list[Tagged]:
+    paths, size, gray = job
+    return [decode(p, size, gray) for p in paths]

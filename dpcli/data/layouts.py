@@ -55,27 +55,30 @@ def list_images(folder: str) -> list[str]:
     stack = [folder]
     while stack:
         d = stack.pop()
-        st = os.stat(d)
-        if (st.st_dev, st.st_ino) in seen:
-            raise DpcliError(f"Symlink loop: {d} leads to a folder already read; remove or fix the link.")
-        seen.add((st.st_dev, st.st_ino))
-        with os.scandir(d) as it:
-            for e in it:
-                if e.name.startswith("."):
-                    continue
+        try:
+            st = os.stat(d)
+            if (st.st_dev, st.st_ino) in seen:
+                raise DpcliError(f"Symlink loop: {d} leads to a folder already read; remove or fix the link.")
+            seen.add((st.st_dev, st.st_ino))
+            entries = list(os.scandir(d))
+        except OSError as exc:
+            raise DpcliError(f"Cannot read folder {d} ({exc.strerror or exc}).") from None
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            try:
                 if e.is_dir():
                     stack.append(e.path)
                 elif e.is_file():
                     if _is_image(e.name):
                         found.append(e.path)
                 elif e.is_symlink():
-                    try:
-                        os.stat(e.path)
-                    except OSError as exc:
-                        if exc.errno == errno.ELOOP:
-                            raise DpcliError(f"Symlink loop: {e.path} points to itself; remove or fix the link.") from None
-                        if _is_image(e.name):
-                            raise DpcliError(f"Broken symlink {e.path} ({exc.strerror}); remove or fix it.") from None
+                    os.stat(e.path)  # raises for a dangling or looping link
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise DpcliError(f"Symlink loop: {e.path} points to itself; remove or fix the link.") from None
+                if _is_image(e.name):
+                    raise DpcliError(f"Cannot read {e.path} ({exc.strerror or exc}); remove or fix it.") from None
     found.sort()
     return found
 
@@ -198,10 +201,14 @@ def _imagenet_val_wnids(root: Path) -> list[str]:
 
 
 def _wnids_from_devkit(devkit: str) -> list[str]:
-    from torchvision.datasets import imagenet as tv
+    """torchvision's parse_meta_mat + parse_val_groundtruth_txt (nested in parse_devkit_archive there)."""
+    import scipy.io as sio
 
     try:
-        idx_to_wnid, _ = tv.parse_meta_mat(devkit)
-        return [idx_to_wnid[i] for i in tv.parse_val_groundtruth_txt(devkit)]
-    except (OSError, KeyError, ValueError) as exc:
+        meta = sio.loadmat(os.path.join(devkit, "data", "meta.mat"), squeeze_me=True)["synsets"]
+        leaves = [row for row in meta if row[4] == 0]  # num_children == 0: the 1000 classes
+        idx_to_wnid = {row[0]: row[1] for row in leaves}
+        with open(os.path.join(devkit, "data", "ILSVRC2012_validation_ground_truth.txt")) as fh:
+            return [idx_to_wnid[int(line)] for line in fh.readlines()]
+    except (OSError, KeyError, ValueError, IndexError) as exc:
         raise DpcliError(f"{devkit}: unreadable ILSVRC2012 devkit ({type(exc).__name__}: {exc})") from None
