@@ -110,9 +110,9 @@ def test_resized_crop_equals_interpolate_per_image():
     out = resized_crop(xb, top, left, h, w, 8, flips)
     for b in range(6):
         crop = xb[b, top[b] : top[b] + h[b], left[b] : left[b] + w[b]].permute(2, 0, 1)[None].float()
-        ref = F.interpolate(crop, size=(8, 8), mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
+        ref = F.interpolate(crop, size=(8, 8), mode="bilinear", align_corners=False)[0]
         if flips[b]:
-            ref = ref.flip(1)
+            ref = ref.flip(2)
         torch.testing.assert_close(out[b], ref, atol=1e-4, rtol=0)
 
 
@@ -488,3 +488,12 @@ def test_split_checks_the_crop():
         Split(np.zeros((2, 4, 4, 3), np.uint8), np.zeros(2), crop=5)
     assert Split(np.zeros((2, 4, 4, 3), np.uint8), np.zeros(2), crop=3).out_size == 3
     assert dataclasses.replace(Split(np.zeros((1, 4, 4, 1), np.uint8), np.zeros(1)), crop=2).out_size == 2
+
+
+def test_split_fingerprint_includes_crop():
+    from dpcli.data.base import split_fingerprint
+
+    images = np.random.default_rng(0).integers(0, 256, size=(3, 5, 5, 3), dtype=np.uint8)
+    plain, cropped = Split(images, np.arange(3)), Split(images, np.arange(3), crop=4)
+    assert split_fingerprint(plain) != split_fingerprint(cropped)  # another pipeline, another model
+    assert split_fingerprint(cropped) == split_fingerprint(Split(images.copy(), np.arange(3), crop=4))

@@ -180,7 +180,9 @@ def iterate_batches(
         elif augment:
             box = random_resized_crop_params(b, h, w, generator, gdev)
             flips = torch.randint(0, 2, (b,), generator=generator, device=gdev).bool()
-            xb = resized_crop(xb, *(t.to(device) for t in box), split.crop, flips.to(device))
+            x = resized_crop(xb, *(t.to(device) for t in box), split.crop, flips.to(device))
+            yield x.div_(255.0).sub_(mean_t).div_(std_t), yb, idx.clone()
+            continue
         else:
             top, left = int(round((h - split.crop) / 2.0)), int(round((w - split.crop) / 2.0))
             xb = xb[:, top : top + split.crop, left : left + split.crop]
@@ -247,23 +249,26 @@ def _axis(start: Tensor, length: Tensor, size: int, flip: Tensor | None) -> tupl
     return lo + start[:, None], hi + start[:, None], frac
 
 
+def _weights(lo: Tensor, hi: Tensor, frac: Tensor, length: int) -> Tensor:
+    """``(B, size, length)`` interpolation matrices: row r has 1 - frac at lo and frac at hi."""
+    w = torch.zeros(*lo.shape, length, device=lo.device, dtype=torch.float32)
+    w.scatter_add_(2, lo[..., None], (1 - frac)[..., None])
+    w.scatter_add_(2, hi[..., None], frac[..., None])
+    return w
+
+
 def resized_crop(xb: Tensor, top: Tensor, left: Tensor, height: Tensor, width: Tensor, size: int,
                  flips: Tensor | None = None) -> Tensor:
     """Crop box b of image b and resize it bilinearly to ``size x size`` (then mirror where ``flips``).
 
-    NHWC uint8 in, NHWC float32 (0..255) out; per image equal to ``F.interpolate(crop, size,
-    mode="bilinear", align_corners=False)`` on the crop, computed for the whole batch with gathers.
+    NHWC uint8 in, NCHW float32 (0..255) out; per image equal to ``F.interpolate(crop, size,
+    mode="bilinear", align_corners=False)`` on the crop.  Bilinear resizing is separable, so the
+    whole batch is two batched matrix products with per-image interpolation matrices (measured
+    faster on CPU than gathering the four neighbours, and it runs as BLAS / cuBLAS).
     """
-    y0, y1, fy = _axis(top, height, size, None)
-    x0, x1, fx = _axis(left, width, size, flips)
-    img = xb.to(torch.float32)
-    bidx = torch.arange(xb.shape[0], device=xb.device)[:, None, None]
-
-    def at(ys: Tensor, xs: Tensor) -> Tensor:
-        return img[bidx, ys[:, :, None], xs[:, None, :]]
-
-    wx = fx[:, None, :, None]
-    wy = fy[:, :, None, None]
-    top_row = at(y0, x0) * (1 - wx) + at(y0, x1) * wx
-    bottom_row = at(y1, x0) * (1 - wx) + at(y1, x1) * wx
-    return top_row * (1 - wy) + bottom_row * wy
+    _, h, w, _ = xb.shape
+    wy = _weights(*_axis(top, height, size, None), h)  # (B, S, H)
+    wx = _weights(*_axis(left, width, size, flips), w)  # (B, S, W)
+    img = xb.permute(0, 3, 1, 2).to(torch.float32)  # (B, C, H, W)
+    rows = torch.einsum("bsh,bchw->bcsw", wy, img)
+    return torch.einsum("bcsw,btw->bcst", rows, wx).contiguous()
