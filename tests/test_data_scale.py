@@ -497,3 +497,17 @@ def test_split_fingerprint_includes_crop():
     plain, cropped = Split(images, np.arange(3)), Split(images, np.arange(3), crop=4)
     assert split_fingerprint(plain) != split_fingerprint(cropped)  # another pipeline, another model
     assert split_fingerprint(cropped) == split_fingerprint(Split(images.copy(), np.arange(3), crop=4))
+
+
+def test_training_refuses_data_loaded_with_another_image_size(tmp_path):
+    from dpcli.config import TrainConfig
+    from dpcli.train.loop import train
+
+    folder = mixed_folder(tmp_path / "mixed")
+    ds = load_dataset(f"imagefolder:{folder}", data_root=tmp_path / "data", image_size=8)
+    cfg = TrainConfig(dataset=ds.name, arch="convnet", width=2, depth=1, epochs=1)
+    with pytest.raises(DpcliError, match="--image-size"):
+        train(cfg, ds, tmp_path / "ck.h5", device=CPU)
+    assert not (tmp_path / "ck.h5").exists()
+    assert "image_size" not in cfg.to_dict()  # runs without it keep their run-directory keys
+    assert TrainConfig(dataset="x", image_size=8).to_dict()["image_size"] == 8

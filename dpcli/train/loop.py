@@ -166,6 +166,9 @@ def train(
     Per-sample training dynamics and snapshots (:mod:`dpcli.dynamics`) are recorded too.
     """
     config.validate()
+    if config.image_size != ds.train.crop:  # the pipeline is part of the model: load the data the same way
+        raise DpcliError(f"the run is configured with --image-size {config.image_size} but the dataset was loaded "
+                         f"with {ds.train.crop}; pass the same --image-size to every command")
     fp = ds.fingerprint
     model = make_model(config, ds).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
