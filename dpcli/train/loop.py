@@ -373,6 +373,9 @@ def load_trained(path: Path | str, device: torch.device, data_root: Path | None 
 
 
 def check_dataset(ck: Checkpoint, ds: Dataset) -> None:
+    if ck.config.image_size != ds.train.crop:
+        raise DpcliError(f"{ck.path}: the model was trained with --image-size {ck.config.image_size} but the dataset "
+                         f"was loaded with {ds.train.crop}; pass the same --image-size")
     if ck.dataset_fingerprint != ds.fingerprint:
         raise DpcliError(
             f"{ck.path}: checkpoint was made for dataset {ck.config.dataset!r} with fingerprint "
