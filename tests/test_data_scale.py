@@ -511,3 +511,20 @@ def test_training_refuses_data_loaded_with_another_image_size(tmp_path):
     assert not (tmp_path / "ck.h5").exists()
     assert "image_size" not in cfg.to_dict()  # runs without it keep their run-directory keys
     assert TrainConfig(dataset="x", image_size=8).to_dict()["image_size"] == 8
+
+
+@pytest.mark.parametrize("n", [7, 8, 12])
+def test_stored_square_holds_torchvision_center_crop_for_every_shape(n):
+    from torchvision import transforms as T
+
+    side = cache.stored_side(n)
+    inner = int(round((side - n) / 2.0))
+    rng = np.random.default_rng(n)
+    tv = T.Compose([T.Resize(side), T.CenterCrop(n)])
+    for w in range(side, side + 9):
+        for h in (side, side + 1, side + 4, side + 7, 2 * side + 1):
+            for shape in ((w, h), (h, w)):
+                im = _img(rng, *shape)
+                ours = np.asarray(imageio.resize_center_square(im, side, n))
+                assert ours.shape == (side, side, 3)
+                np.testing.assert_array_equal(ours[inner : inner + n, inner : inner + n], np.asarray(tv(im)))
