@@ -334,7 +334,7 @@ def _imagenet(root: Path, rng) -> tuple[list[str], dict[str, str]]:
             _img(rng, 8, 8).save(root / "train" / w / f"{w}_{k}.JPEG")
     (root / "val").mkdir()
     names = [f"ILSVRC2012_val_{k:08d}.JPEG" for k in range(1, 6)]
-    truth = {n: wnids[(3 * k + 1) % 3] for k, n in enumerate(names)}
+    truth = {n: wnids[(2 * k + 1) % 3] for k, n in enumerate(names)}  # 1, 0, 2, 1, 0: order matters
     for n in names:
         _img(rng, 8, 8).save(root / "val" / n)
     return wnids, truth
@@ -373,6 +373,9 @@ def test_imagenet_layout_reads_devkit_ground_truth_like_torchvision(tmp_path, fo
     ds = load_dataset(f"imagefolder:{root}", data_root=tmp_path / "data")
     assert ds.classes == tuple(wnids) and len(ds.train) == 6 and len(ds.test) == 5
     assert ds.test.labels.tolist() == [wnids.index(truth[n]) for n in sorted(truth)]
+    for i, name in enumerate(sorted(truth)):  # sample i is the i-th file by name, with its own label
+        with Image.open(root / "val" / name) as im:
+            np.testing.assert_array_equal(ds.test.images[i], np.asarray(im.convert("RGB")))
     if form == "tar":  # torchvision's own devkit parser agrees (its md5 check skipped for this fake devkit)
         import shutil
 
