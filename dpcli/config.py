@@ -31,6 +31,8 @@ class TrainConfig:
     seed: int = 0
     # Content hash of the keep-mask when training on a subset (retrain); None = all data.
     subset: str | None = None
+    # imagefolder: side of the model's input (random resized crop / resize + center crop); None = stored size
+    image_size: int | None = None
 
     def validate(self) -> "TrainConfig":
         from dpcli.models.zoo import ARCHS
@@ -44,10 +46,15 @@ class TrainConfig:
         _positive_float("--lr", self.lr)
         _nonneg_float("--momentum", self.momentum)
         _nonneg_float("--weight-decay", self.weight_decay)
+        if self.image_size is not None:
+            _positive_int("--image-size", self.image_size)
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["image_size"] is None:
+            d.pop("image_size")  # runs made before --image-size keep their keys
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":

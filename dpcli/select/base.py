@@ -71,7 +71,7 @@ class Context:
             from dpcli.train.loop import load_checkpoint
 
             ck = load_checkpoint(self._require_checkpoint("the dataset"), weights=False)
-            self.ds = load_dataset(ck.config.dataset, self.data_root)
+            self.ds = load_dataset(ck.config.dataset, self.data_root, image_size=ck.config.image_size)
         return self.ds
 
     def dynamics(self) -> "Dynamics":

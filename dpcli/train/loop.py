@@ -168,6 +168,9 @@ def train(
     Per-sample training dynamics and snapshots (:mod:`dpcli.dynamics`) are recorded too.
     """
     config.validate()
+    if config.image_size != ds.train.crop:  # the pipeline is part of the model: load the data the same way
+        raise DpcliError(f"the run is configured with --image-size {config.image_size} but the dataset was loaded "
+                         f"with {ds.train.crop}; pass the same --image-size to every command")
     out = Path(out)
     if dist is not None and not dist.is_main:  # rank 0 holds the lock and writes for all ranks
         return _train_locked(config, ds, out, device=device, keep_indices=keep_indices, force=force,
@@ -321,6 +324,8 @@ def save_checkpoint(path: Path, model: Classifier, optimizer: torch.optim.Optimi
         "dataset": ds.name,
         "dataset_fingerprint": ds.fingerprint,
         "n_train": len(ds.train.labels),
+        # input files left out as unreadable images (the full list is in the image cache)
+        "skipped_files": {"count": len(ds.skipped), "first": [list(s) for s in ds.skipped[:200]]},
         "num_classes": ds.num_classes,
         "epoch": len(history),
         "complete": bool(complete),
@@ -409,7 +414,7 @@ def load_trained(path: Path | str, device: torch.device, data_root: Path | None 
     if not ck.complete:
         raise DpcliError(f"{path}: training is not complete (epoch {ck.epoch}/{ck.config.epochs}); run `dpcli train` again to resume")
     if ds is None:
-        ds = load_dataset(ck.config.dataset, data_root)
+        ds = load_dataset(ck.config.dataset, data_root, image_size=ck.config.image_size)
     check_dataset(ck, ds)
     model = make_model(ck.config, ds)
     model.load_state_dict(ck.state)
@@ -417,6 +422,9 @@ def load_trained(path: Path | str, device: torch.device, data_root: Path | None 
 
 
 def check_dataset(ck: Checkpoint, ds: Dataset) -> None:
+    if ck.config.image_size != ds.train.crop:
+        raise DpcliError(f"{ck.path}: the model was trained with --image-size {ck.config.image_size} but the dataset "
+                         f"was loaded with {ds.train.crop}; pass the same --image-size")
     if ck.dataset_fingerprint != ds.fingerprint:
         raise DpcliError(
             f"{ck.path}: checkpoint was made for dataset {ck.config.dataset!r} with fingerprint "

@@ -1,0 +1,97 @@
+"""``imagefolder:PATH``: a folder of images in one of the layouts of :mod:`dpcli.data.layouts`.
+
+Every file is decoded once into the on-disk cache (:mod:`dpcli.data.cache`) under
+``data_root/imagefolder-cache/``: EXIF rotation applied, converted to L when *all* images are
+grayscale and to RGB otherwise (RGBA/palette images lose alpha, as in torchvision's loader).
+Without ``image_size`` every image must share one size, kept as is; with ``image_size=N`` each
+image is stored as its center square resized to ``round(N / 0.875)`` (the shorter side resized,
+then center-cropped) and the model sees N x N crops of it.
+
+The cache key hashes the absolute path, the layout, ``image_size`` and every file's relative path,
+label, size and mtime, so a changed file list rebuilds it.  The split is held in memory when the
+decoded data fit ``$DPCLI_MEMORY_BUDGET`` (default 1 GiB), and streamed from the cache otherwise.
+Files that are not readable images are skipped with a warning naming them, and recorded in
+``Dataset.skipped`` (and the cache).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from dpcli.data import cache, layouts
+from dpcli.data.base import Dataset, DatasetSource, LoadRequest
+from dpcli.errors import DpcliError
+
+PREFIX = "imagefolder"
+DEFAULT_MEMORY_BUDGET = 1 << 30
+_SHOWN_SKIPS = 10
+
+
+def memory_budget() -> int:
+    """Bytes of decoded images held in memory at most: ``$DPCLI_MEMORY_BUDGET`` (e.g. 512M, 2G)."""
+    env = os.environ.get("DPCLI_MEMORY_BUDGET", "").strip()
+    if not env:
+        return DEFAULT_MEMORY_BUDGET
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)i?[bB]?", env)
+    if not m:
+        raise DpcliError(f"DPCLI_MEMORY_BUDGET must be a size such as 512M or 2G, got {env!r}")
+    scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
+    return int(float(m.group(1)) * scale)
+
+
+def _cache_key(root: Path, layout: layouts.Layout, image_size: int | None) -> str:
+    prefix = len(str(root)) + 1
+    h = hashlib.sha256()
+    h.update(f"dpcli-imagefolder-v{cache.CACHE_VERSION}\0{root}\0{layout.kind}\0{image_size}\0".encode())
+    for split, items in (("train", layout.train), ("test", layout.test)):
+        h.update(f"[{split}]\0".encode())
+        rows = []
+        for p, label in items:
+            st = os.stat(p)
+            rows.append(f"{p[prefix:]}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\0")
+        h.update("".join(rows).encode())
+    return h.hexdigest()[:32]
+
+
+def _warn_skipped(skipped: tuple[tuple[str, str], ...], cache_path: Path) -> None:
+    if not skipped:
+        return
+    shown = "; ".join(f"{p} ({why})" for p, why in skipped[:_SHOWN_SKIPS])
+    more = f"; and {len(skipped) - _SHOWN_SKIPS} more" if len(skipped) > _SHOWN_SKIPS else ""
+    warnings.warn(f"dpcli: skipped {len(skipped)} unreadable image file(s), recorded in the checkpoint and "
+                  f"in {cache_path}: {shown}{more}", stacklevel=2)
+
+
+class ImageFolder(DatasetSource):
+    name = PREFIX
+    prefix = PREFIX
+    help = "imagefolder:PATH - train/ + test/ or val/ class folders, TinyImageNet or ImageNet layouts"
+
+    def load(self, spec: str, request: LoadRequest) -> Dataset:
+        path = spec[len(PREFIX) + 1 :]
+        if not path:
+            raise DpcliError("imagefolder: needs a path, e.g. imagefolder:/data/mydataset.")
+        root = Path(path).expanduser().resolve()
+        layout = layouts.scan(root)
+        key = _cache_key(root, layout, request.image_size)
+        cache_path = request.data_root / "imagefolder-cache" / f"{key}.h5"
+        files = [p for p, _ in layout.train] + [p for p, _ in layout.test]
+        labels = np.array([lab for _, lab in layout.train] + [lab for _, lab in layout.test], dtype=np.int64)
+        try:
+            info = cache.open_or_build(cache_path, files, labels, len(layout.train), request.image_size,
+                                       request.progress)
+        except OSError as exc:
+            raise DpcliError(f"cannot write the image cache in {cache_path.parent} ({exc.strerror or exc}); "
+                             "pass --data-root or set DPCLI_DATA to a writable folder") from None
+        _warn_skipped(info.skipped, cache_path)
+        in_memory = not request.stream if request.stream is not None else info.nbytes <= memory_budget()
+        ds = Dataset(name=f"{PREFIX}:{root}", train=info.split("train", in_memory), test=info.split("test", in_memory),
+                     classes=layout.classes, mean=info.mean, std=info.std, augment=True, skipped=info.skipped)
+        object.__setattr__(ds, "_fingerprint", info.fingerprint)  # computed over the same bytes at build time
+        return ds
