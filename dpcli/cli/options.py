@@ -132,6 +132,11 @@ def training(panel: str) -> SimpleNamespace:
         augment=Annotated[Optional[bool], typer.Option(
             "--augment/--no-augment", rich_help_panel=panel, show_default=False,
             help="Random crop + horizontal flip. " + default_note("on for cifar, imagefolder; off for digits"))],
+        image_size=Annotated[Optional[int], typer.Option(
+            "--image-size", metavar="N", rich_help_panel=panel,
+            help="Model input side for images of any size: train on random resized crops of N plus flips; "
+                 "evaluate, score and compute influence on a resize to N/0.875 and a center crop of N. Needed for "
+                 "folders of mixed sizes. " + default_note("the images' own size"))],
         train_seed=Annotated[int, typer.Option(
             "--train-seed", rich_help_panel=panel,
             help="Seed of the training run (initialization and batch order).")],

@@ -75,7 +75,7 @@ def command(
     buckets: o.Buckets = 1, workers: o.Workers = None,
     arch: T.arch = None, width: T.width = None, depth: T.depth = None, epochs: T.epochs = None, lr: T.lr = None,
     momentum: T.momentum = None, weight_decay: T.weight_decay = None, batch_size: T.batch_size = None,
-    augment: T.augment = None, train_seed: T.train_seed = T.seed_default,
+    augment: T.augment = None, image_size: T.image_size = None, train_seed: T.train_seed = T.seed_default,
     estimator: Estimator = o.ESTIMATOR_DEFAULT, damping: Damping = None,
     lissa_depth: L.depth = o.LISSA_DEFAULTS["depth"], lissa_scale: L.scale = o.LISSA_DEFAULTS["scale"],
     lissa_batch_size: L.batch = o.LISSA_DEFAULTS["batch"], lissa_repeats: L.repeats = o.LISSA_DEFAULTS["repeats"],
@@ -117,7 +117,7 @@ def command(
         from dpcli.train.loop import resolve_device
 
         dev = resolve_device(device)
-        ds = pipeline.load(source, data_root)
+        ds = pipeline.load(source, data_root, image_size)
         pipeline.check_prune(pcfg, len(ds.train.labels))
         tcfg = pipeline.train_config(ds, o.training_overrides(
             arch=arch, width=width, depth=depth, epochs=epochs, lr=lr, momentum=momentum,

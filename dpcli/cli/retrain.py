@@ -26,7 +26,7 @@ def command(
     time_budget: o.TimeBudget = None,
     arch: T.arch = None, width: T.width = None, depth: T.depth = None, epochs: T.epochs = None, lr: T.lr = None,
     momentum: T.momentum = None, weight_decay: T.weight_decay = None, batch_size: T.batch_size = None,
-    augment: T.augment = None,
+    augment: T.augment = None, image_size: T.image_size = None,
     train_seed: Annotated[Optional[int], typer.Option(
         "--train-seed", rich_help_panel=o.P_TRAIN,
         help="Seed of the training run (initialization and batch order). "
@@ -65,7 +65,8 @@ def command(
 
     given = core.read_mask(mask) if mask is not None else None
     dev = resolve_device(device)
-    ds = pipeline.load(dataset, data_root)
+    upstream = core.upstream_checkpoint(given) if given is not None else None
+    ds = pipeline.load(dataset, data_root, image_size or (upstream.config.image_size if upstream else None))
     if pcfg is not None:
         pipeline.check_prune(pcfg, len(ds.train.labels))
         tcfg = pipeline.train_config(ds, {k: v for k, v in overrides.items() if k != "arch"})

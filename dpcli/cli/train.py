@@ -33,7 +33,7 @@ def command(
                                                 help="Checkpoint path. " + o.default_note("in the run directory"))] = None,
     arch: T.arch = None, width: T.width = None, depth: T.depth = None, epochs: T.epochs = None, lr: T.lr = None,
     momentum: T.momentum = None, weight_decay: T.weight_decay = None, batch_size: T.batch_size = None,
-    augment: T.augment = None, train_seed: T.train_seed = T.seed_default,
+    augment: T.augment = None, image_size: T.image_size = None, train_seed: T.train_seed = T.seed_default,
     snapshot_epochs: Annotated[Optional[str], typer.Option(
         "--snapshot-epochs", metavar="E,E,...", rich_help_panel=o.P_TRAIN,
         help="Epochs after which to keep a copy of the weights (0 = initialization), for prune --method el2n/grand "
@@ -64,7 +64,7 @@ def command(
         console.set_quiet(True)
         json = False
     dev = resolve_device(device) if dist is None else dist.device
-    ds = pipeline.load(dataset, data_root) if dist is None else dist.main_first(lambda: pipeline.load(dataset, data_root))
+    ds = pipeline.load(dataset, data_root, image_size) if dist is None else dist.main_first(lambda: pipeline.load(dataset, data_root, image_size))
     cfg = pipeline.train_config(ds, o.training_overrides(
         arch=arch, width=width, depth=depth, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
         batch_size=batch_size, augment=augment, seed=train_seed))

@@ -57,7 +57,7 @@ def command(
     no_wait: o.NoWait = False,
     arch: T.arch = None, width: T.width = None, depth: T.depth = None, epochs: T.epochs = None, lr: T.lr = None,
     momentum: T.momentum = None, weight_decay: T.weight_decay = None, batch_size: T.batch_size = None,
-    augment: T.augment = None, train_seed: T.train_seed = T.seed_default, damping: Damping = None,
+    augment: T.augment = None, image_size: T.image_size = None, train_seed: T.train_seed = T.seed_default, damping: Damping = None,
 ) -> None:
     """Theorem 1 check (Figure 2): predicted test-loss gap beside the observed one after retraining.
 
@@ -84,7 +84,8 @@ def command(
 
     given = [core.read_mask(p) for p in (masks or [])]
     dev = resolve_device(device)
-    ds = pipeline.load(dataset, data_root)
+    upstream = core.upstream_checkpoint(given[0]) if given else None
+    ds = pipeline.load(dataset, data_root, image_size or (upstream.config.image_size if upstream else None))
     if given:
         ck_path = Path(given[0].checkpoint)
         if any(Path(m.checkpoint) != ck_path for m in given):

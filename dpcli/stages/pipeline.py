@@ -89,16 +89,21 @@ def check_prune(cfg: PruneConfig, n: int | None = None) -> None:
 
 
 # --------------------------------------------------------------------------- the stages, cached
-def load(dataset: str, data_root: Path | None) -> "Dataset":
+def load(dataset: str, data_root: Path | None, image_size: int | None = None) -> "Dataset":
+    """The dataset, read the way the model sees it (``--image-size``: crop side for mixed-size images)."""
     from dpcli.data.sources import load_dataset
 
     with console.progress_bar(f"load {dataset}", transient=True) as update:
-        return load_dataset(dataset, data_root, progress=lambda done, total: update(done, total))
+        return load_dataset(dataset, data_root, progress=lambda done, total: update(done, total),
+                            image_size=image_size)
 
 
 def train_config(ds: "Dataset", overrides: dict[str, Any]) -> TrainConfig:
-    """The dataset's default training configuration with the user's overrides (None = default)."""
-    return default_train_config(ds.name, ds.augment).replace(**overrides).validate()
+    """The dataset's default training configuration with the user's overrides (None = default).
+
+    The input pipeline is part of the model, so ``image_size`` is the one the dataset was loaded with.
+    """
+    return default_train_config(ds.name, ds.augment).replace(**overrides, image_size=ds.train.crop).validate()
 
 
 def run_root_of(run_root: Path | None) -> Path:
