@@ -236,6 +236,8 @@ FULL_DISK_SCRIPT = textwrap.dedent("""
         "run_root_read_only": ["train", "digits", "--epochs", "3", "--width", "8", "--depth", "2",
                                "--device", "cpu", "--run-root", ro + "/runs"],
         "influence_disk_full": ["influence", ck, "--out", full + "/influence.h5", "--device", "cpu"],
+        "train_disk_full": ["train", "digits", "--epochs", "3", "--width", "8", "--depth", "2",
+                            "--device", "cpu", "--out", full + "/checkpoint.h5"],
     }
     report = {}
     for name, args in cases.items():
@@ -263,13 +265,15 @@ def test_read_only_and_full_disk_end_in_one_line_without_leftovers(tiny_run, tmp
     assert proc.returncode == 0, proc.stderr[-3000:]  # no SIGSEGV (139) from h5py after ENOSPC
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     expected = {"out_read_only": f"{ro}/m.h5", "indices_read_only": f"{ro}/kept.txt",
-                "run_root_read_only": f"{ro}/runs", "influence_disk_full": f"{full}/influence.h5"}
+                "run_root_read_only": f"{ro}/runs", "influence_disk_full": f"{full}/influence.h5",
+                "train_disk_full": f"{full}/checkpoint.h5"}  # a 112 kB checkpoint: h5py fails mid-block
     for name, where in expected.items():
         code, err = report[name]
         line = _one_error_line(err)
         assert code == 74, (name, err)
         assert where in line, (name, line)
     assert "No space left on device" in report["influence_disk_full"][1]
+    assert "No space left on device" in report["train_disk_full"][1]
     assert "Read-only file system" in report["out_read_only"][1]
     listing = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.endswith(":")]
     assert listing == [], proc.stderr  # both file systems are empty afterwards: nothing half-written

@@ -211,24 +211,58 @@ def atomic_path(path: Path | str, *, before_publish: Callable[[Path], None] | No
         raise converted from None
 
 
-def _abandon(f: "h5py.File") -> None:
-    """Close an HDF5 file being given up without writing another byte.
+class _ShieldedFile:
+    """The file object under h5py's ``fileobj`` driver: I/O errors are recorded, never shown to HDF5.
 
-    After ENOSPC, h5py's close tries to flush again, fails, and leaves object ids whose
-    deallocation later crashes the interpreter (SIGSEGV).  Pointing the file's descriptor
-    at /dev/null first makes that flush succeed harmlessly, so every id closes in order.
+    After ENOSPC, HDF5 can fail while h5py deallocates an object mid-block, which leaves the
+    library in a state where the next flush crashes the interpreter (SIGSEGV).  Here HDF5
+    never sees a failed write: the first error is kept, later writes are dropped, the file is
+    closed cleanly, and :func:`atomic_hdf5` then raises the kept error.
     """
-    with contextlib.suppress(Exception):
-        if not f.id.valid:
-            return
-        fd = f.id.get_vfd_handle()
-        null = os.open(os.devnull, os.O_RDWR)
-        try:
-            os.dup2(null, fd)
-        finally:
-            os.close(null)
-    with contextlib.suppress(Exception):
-        f.close()
+
+    def __init__(self, path: Path) -> None:
+        self._fh = open(path, "w+b", buffering=0)
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        while self.error is None and done < len(view):
+            try:
+                done += self._fh.write(view[done:]) or 0
+            except OSError as exc:
+                self.error = exc
+        return len(view)
+
+    def readinto(self, buffer: Any) -> int:
+        return self._fh.readinto(buffer)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._fh.read(size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._fh.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    def truncate(self, size: int | None = None) -> int:
+        if self.error is None:
+            try:
+                return self._fh.truncate(size)
+            except OSError as exc:
+                self.error = exc
+        return size if size is not None else self.tell()
+
+    def flush(self) -> None:
+        pass  # unbuffered: durability comes from publish()'s fsync
+
+    def abandon(self) -> None:
+        """Drop every later write (the file is being given up)."""
+        self.error = self.error or OSError(errno.ECANCELED, "abandoned")
+
+    def close(self) -> None:
+        self._fh.close()
 
 
 @contextlib.contextmanager
@@ -237,14 +271,21 @@ def atomic_hdf5(path: Path | str, *, before_publish: Callable[[Path], None] | No
     import h5py
 
     with atomic_path(path, before_publish=before_publish) as tmp:
-        f = h5py.File(tmp, "w")
+        sink = _ShieldedFile(tmp)
         try:
-            yield f
-            f.flush()  # ENOSPC surfaces here, inside the block, rather than in close()
-            f.close()
-        except BaseException:
-            _abandon(f)
-            raise
+            f = h5py.File(sink, "w")
+            try:
+                yield f
+                f.flush()
+            except BaseException:
+                sink.abandon()
+                raise
+            finally:
+                f.close()
+            if sink.error is not None:
+                raise sink.error
+        finally:
+            sink.close()
 
 
 @contextlib.contextmanager
