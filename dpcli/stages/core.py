@@ -254,7 +254,7 @@ def _influence_labels(path: Path) -> np.ndarray:
 
 def write_mask(out: Path, cert: Certificate, *, mode: str, target: float, solver: str,
                info: InfluenceInfo, config: dict, seconds: float, method: str = "optimization",
-               indices_out: Path | None = None) -> MaskInfo:
+               indices_out: Path | None = None, extra_attrs: dict | None = None) -> MaskInfo:
     """Write the keep mask of a certified selection; the norm stored is the certificate's, from S."""
     if not isinstance(cert, Certificate):
         raise TypeError("write_mask needs a Certificate from dpcli.select.certificate.certify")
@@ -270,6 +270,7 @@ def write_mask(out: Path, cert: Certificate, *, mode: str, target: float, solver
         "checkpoint": info.checkpoint, "dataset": info.dataset, "dataset_fingerprint": info.dataset_fingerprint,
         "fingerprint": fingerprint, "seconds": seconds,
         "convention": "keep[i] is True for samples to TRAIN ON; pruned_indices are the dropped samples",
+        **(extra_attrs or {}),
     }
     with atomic_h5(out, "mask", attrs) as f:
         f.create_dataset("keep", data=keep)
