@@ -31,12 +31,14 @@ class TrainConfig:
     seed: int = 0
     # Content hash of the keep-mask when training on a subset (retrain); None = all data.
     subset: str | None = None
+    # library models (--arch torchvision:NAME / timm:NAME): --weights and --head-module; None = unset
+    weights: str | None = None
+    head_module: str | None = None
 
     def validate(self) -> "TrainConfig":
-        from dpcli.models.zoo import ARCHS
+        from dpcli.models.base import check_arch
 
-        if self.arch not in ARCHS:
-            raise DpcliError(f"unknown --arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
+        check_arch(self.arch)
         _positive_int("--epochs", self.epochs)
         _positive_int("--batch-size", self.batch_size)
         _positive_int("--width", self.width)
@@ -47,7 +49,11 @@ class TrainConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        for key in ("weights", "head_module"):  # only when set, so existing run-directory keys stay valid
+            if d[key] is None:
+                d.pop(key)
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":

@@ -53,7 +53,9 @@ Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
 Force = Annotated[bool, typer.Option("--force", help="Recompute every stage of this command instead of reusing cached artifacts.")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout (human output stays on stderr).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or human output.")]
-Arch = Annotated[Optional[str], typer.Option("--arch", help="convnet, resnet18 or resnet50 [default: per dataset; resnet18 for CIFAR, convnet for digits].")]
+Arch = Annotated[Optional[str], typer.Option("--arch", help="convnet, resnet18 or resnet50, or a library model: torchvision:NAME (any torchvision.models classification model) or timm:NAME (pip install \"dpcli[timm]\") [default: per dataset; resnet18 for CIFAR, convnet for digits].")]
+Weights = Annotated[Optional[str], typer.Option("--weights", help="torchvision:/timm: models: DEFAULT (the library's pretrained weights, downloaded by the library), a weights name (e.g. IMAGENET1K_V1), or a local state-dict file [default: random initialization].")]
+HeadModule = Annotated[Optional[str], typer.Option("--head-module", help="Dotted name of the last linear layer when dpcli cannot find it (it looks for fc, classifier, head and timm's get_classifier()).")]
 Width = Annotated[Optional[int], typer.Option("--width", help="ConvNet channels.")]
 Depth = Annotated[Optional[int], typer.Option("--depth", help="ConvNet blocks.")]
 Epochs = Annotated[Optional[int], typer.Option("--epochs", help="Training epochs [default: 200 for CIFAR (paper), 30 for digits].")]
@@ -194,6 +196,44 @@ def _is_artifact_path(source: str) -> bool:
     return p.suffix.lower() in (".h5", ".hdf5") or p.exists() or "/" in source and not source.startswith("imagefolder:")
 
 
+def _influence_from_features(features, labels, test_features, test_labels, icfg: InfluenceConfig,
+                             checkpoint, out: Optional[Path], json: bool) -> None:
+    """influence --features: the embeddings path (dpcli.stages.embeddings)."""
+    from dpcli.stages import embeddings
+
+    if checkpoint:
+        raise DpcliError("give either a checkpoint or --features, not both")
+    if features is None or labels is None:
+        raise DpcliError("--features and --labels go together")
+    emb = embeddings.load_embeddings(features, labels, test_features, test_labels)
+    path = out or Path(features).with_name("influence.h5")
+    with console.progress_bar(f"influence ({icfg.method}, features)") as update:
+        info = embeddings.embeddings_influence(emb, path, icfg, damping=icfg.damping,
+                                               progress=lambda done, total: update(done, total), info=console.info)
+    console.info(f"influence: {info.path}  S is {info.n} x {info.d} ({info.method}, head fitted with L2 "
+                 f"{info.damping:g}, {info.seconds:.1f}s)")
+    if json:
+        console.emit_json({"command": "influence", "influence": str(info.path), "n": info.n, "d": info.d,
+                           "method": info.method, "damping": info.damping, "seconds": info.seconds,
+                           "source": "embeddings", "fingerprint": info.fingerprint})
+
+
+def _external_S(source: str) -> bool:
+    """A .npy, or an HDF5 file that is not a dpcli influence artifact: an S computed elsewhere."""
+    p = Path(source)
+    if p.suffix.lower() == ".npy":
+        return True
+    if p.suffix.lower() in (".h5", ".hdf5") and p.is_file():
+        import h5py
+
+        try:
+            with h5py.File(p, "r") as f:
+                return f.attrs.get("dpcli_kind") is None and "S" in f
+        except OSError:
+            return False
+    return False
+
+
 # ------------------------------------------------------------------ commands
 @app.command()
 def train(
@@ -202,6 +242,9 @@ def train(
     arch: Arch = None, width: Width = None, depth: Depth = None, epochs: Epochs = None, lr: Lr = None,
     momentum: Momentum = None, weight_decay: WeightDecay = None, batch_size: BatchSize = None,
     augment: Augment = None, seed: Annotated[int, typer.Option("--seed")] = 0, device: Device = "auto",
+    weights: Weights = None, head_module: HeadModule = None,
+    freeze_backbone: Annotated[bool, typer.Option("--freeze-backbone", help="Keep the backbone fixed: compute its features once (cached), fit only the last layer as L2-regularized softmax regression to convergence (deterministic), and write influence.h5 at once; S is then exact (Theorem 1 holds) and retrain is a head refit. L2 = --damping, else --weight-decay.")] = False,
+    damping: Damping = None,
     snapshot_epochs: Annotated[Optional[str], typer.Option("--snapshot-epochs", help="Comma-separated epochs after which to keep a copy of the weights (0 = initialization), for prune --method el2n/grand --score-epoch [default: 0 and 10 % of training].")] = None,
     data_root: DataRoot = None, run_root: RunRoot = None, force: Force = False, json: Json = False, quiet: Quiet = False,
 ) -> None:
@@ -221,8 +264,19 @@ def train(
     dev = resolve_device(device) if dist is None else dist.device
     ds = _load(dataset, data_root) if dist is None else dist.main_first(lambda: _load(dataset, data_root))
     cfg = _train_config(dataset, ds, arch=arch, width=width, depth=depth, epochs=epochs, lr=lr, momentum=momentum,
-                        weight_decay=weight_decay, batch_size=batch_size, augment=augment, seed=seed)
+                        weight_decay=weight_decay, batch_size=batch_size, augment=augment, seed=seed,
+                        weights=weights, head_module=head_module)
     path = out or pipeline.checkpoint_path(run_root or pipeline.default_run_root(), cfg)
+    if freeze_backbone:  # embeddings path: features once, exact head fit, influence.h5 beside them
+        from dpcli.stages import embeddings
+
+        info = embeddings.freeze_backbone(cfg, ds, path.parent, device=dev, icfg=InfluenceConfig().validate(),
+                                          damping=damping, info=console.info)
+        console.info(f"frozen backbone: influence {info.path}  S is {info.n} x {info.d}; next: dpcli prune {info.path}")
+        if json:
+            console.emit_json({"command": "train", "freeze_backbone": True, "influence": str(info.path),
+                               "n": info.n, "d": info.d, "damping": info.damping, "seconds": info.seconds})
+        return
     t0 = time.perf_counter()
     ck = _train_with_bar(cfg, ds, path, device=dev, force=force, dist=dist,
                          snapshot_epochs=_epoch_list(snapshot_epochs, cfg.epochs))
@@ -239,7 +293,7 @@ def train(
 
 @app.command()
 def influence(
-    checkpoint: Annotated[list[Path], typer.Argument(help="checkpoint.h5 written by `dpcli train`; with --merge, followed by the shard files.", show_default=False)],
+    checkpoint: Annotated[Optional[list[Path]], typer.Argument(help="checkpoint.h5 written by `dpcli train`; with --merge, followed by the shard files. Omit with --features.", show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Influence path [default: beside the checkpoint].")] = None,
     method: Method = "exact", damping: Damping = None, lissa_depth: LissaDepth = 1000, lissa_scale: LissaScale = 10.0,
     lissa_batch_size: LissaBatch = 512, lissa_repeats: LissaRepeats = 1,
@@ -251,6 +305,10 @@ def influence(
     shard: Annotated[Optional[str], typer.Option("--shard", help="Compute only part I/K of S: rows [floor(I n/K), floor((I+1) n/K)). Each shard repeats the shared cost (features, Hessian/Cholesky or preconditioner from all data) and solves ~1/K of the rows; needs --out. Join with --merge.")] = None,
     merge: Annotated[bool, typer.Option("--merge", help="Merge shard files (given after CKPT, any order) into one influence.h5 at --out, identical to an unsharded run.")] = False,
     sgd_epochs: Annotated[Optional[int], typer.Option("--sgd-epochs", help="sgd: replay only the last E recorded epochs (cost O(E n^2 C D)) [default: all recorded epochs].")] = None,
+    features: Annotated[Optional[Path], typer.Option("--features", help="Embeddings instead of a checkpoint: float features n x D (.npy, .npz or .h5) from any encoder; the last layer is fitted here as L2-regularized softmax regression (L2 = --damping, default 1e-3) to convergence, so S is exact.")] = None,
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="With --features: integer labels 0..C-1, one per row.")] = None,
+    test_features: Annotated[Optional[Path], typer.Option("--test-features", help="With --features: held-out features, for the test gradient and verify-bound.")] = None,
+    test_labels: Annotated[Optional[Path], typer.Option("--test-labels", help="With --test-features: their labels.")] = None,
     device: Device = "auto", data_root: DataRoot = None, force: Force = False, json: Json = False, quiet: Quiet = False,
 ) -> None:
     """Compute S (n x d): each sample's influence on the last linear layer, written to influence.h5.
@@ -261,6 +319,11 @@ def influence(
     icfg = _influence_config(method, damping, lissa_depth, lissa_scale, lissa_batch_size, lissa_repeats, seed)
     icfg = dataclasses.replace(icfg, cg_tol=cg_tol, cg_max_iter=cg_max_iter, sketch_k=sketch,
                                sketch_seed=sketch_seed, sgd_epochs=sgd_epochs).validate()
+    if features is not None or labels is not None:
+        _influence_from_features(features, labels, test_features, test_labels, icfg, checkpoint, out, json)
+        return
+    if not checkpoint:
+        raise DpcliError("give a checkpoint.h5, or --features and --labels")
     checkpoint, parts = checkpoint[0], checkpoint[1:]
     if merge or shard is not None or parts:
         summary = influence_parts.run(checkpoint, parts, merge=merge, shard=shard, icfg=icfg, out=out,
@@ -314,6 +377,15 @@ def prune(
                        score_epoch=score_epoch, score_seeds=score_seeds).validate()
     chain: dict[str, Any] = {}
     ds = None
+    if _external_S(source):
+        from dpcli.stages import embeddings
+
+        mask_file = out or Path(source).with_name(f"mask-{Path(source).stem}.h5")
+        mask = embeddings.prune_external(source, mask_file, pcfg, indices_out=indices_out, info=console.info)
+        _print_mask(mask)
+        if json:
+            console.emit_json({"command": "prune", **_mask_summary(mask), "lineage": embeddings.NO_LINEAGE})
+        return
     if _is_artifact_path(source):
         influence_file = Path(source)
         stages.read_influence_info(influence_file)  # kind check before any work, then the device
@@ -358,6 +430,8 @@ def retrain(
     --arch etc. override the full run's settings (e.g. prune with a small net, retrain a larger one).
     """
     console.set_quiet(quiet)
+    if mask is not None and _retrain_embeddings(dataset, mask, out, json):
+        return
     dev = resolve_device(device)
     ds = _load(dataset, data_root)
     overrides = _overrides(arch=arch, width=width, depth=depth, epochs=epochs, lr=lr, momentum=momentum,
@@ -402,6 +476,29 @@ def retrain(
         console.emit_json({"command": "retrain", **stages_metrics, "metrics_file": str(path.with_name("metrics.json"))})
 
 
+def _retrain_embeddings(dataset: str, mask_path: Path, out: Optional[Path], json: bool) -> bool:
+    """retrain on an embeddings run: refit the head on the kept features (seconds). False if not one."""
+    from dpcli.stages import embeddings
+
+    m = stages.read_mask(mask_path)
+    if not embeddings.is_embeddings_run(m.influence):
+        return False
+    emb, _ = embeddings.reload_embeddings(m.influence)
+    named = embeddings.load_array(dataset, "features", ("features", "x", "X", "embeddings")) if Path(dataset).suffix else None
+    if named is not None and named.shape[0] != m.n:
+        raise DpcliError(f"{mask_path}: mask has n={m.n} but {dataset} has {named.shape[0]} rows")
+    path = out or Path(m.path).with_name(f"head-{Path(m.path).stem}.npz")
+    metrics = embeddings.retrain_head(m, path)
+    test = "" if metrics["test_loss"] is None else (f": test accuracy {metrics['test_accuracy']:.2f}%, "
+                                                     f"loss {metrics['test_loss']:.4f}")
+    console.info(f"refitted the head on {m.n_kept} kept samples ({100 * m.n_pruned / m.n:.1f}% pruned){test}, "
+                 f"gradient norm {metrics['head_grad_norm']:.2g}, {metrics['train_seconds']:.2f}s")
+    console.info(f"head: {path}  metrics: {path.with_name('metrics.json')}")
+    if json:
+        console.emit_json({"command": "retrain", **metrics, "head": str(path)})
+    return True
+
+
 @app.command("verify-bound")
 def verify_bound(
     dataset: Annotated[str, typer.Argument(help="Dataset name; its full-data model is trained if missing.")],
@@ -423,6 +520,8 @@ def verify_bound(
     Each mask is paired with random pruning of the same count.
     """
     console.set_quiet(quiet)
+    if _verify_embeddings(dataset, masks, epsilons, out, random_seed, solver, time_budget, json):
+        return
     dev = resolve_device(device)
     ds = _load(dataset, data_root)
     eps_list: list[float] = []
@@ -500,6 +599,32 @@ def verify_bound(
     console.info(f"report: {out_dir / 'bound.json'}  plot: {out_dir / 'bound.png'}")
     if json:
         console.emit_json({**report, "report": str(out_dir / "bound.json"), "plot": str(out_dir / "bound.png")})
+
+
+def _verify_embeddings(source: str, masks, epsilons, out, random_seed: int, solver: str, time_budget,
+                       json: bool) -> bool:
+    """verify-bound on an embeddings run (SOURCE = its influence.h5, or --mask files from it)."""
+    from dpcli.stages import embeddings
+
+    influence = Path(source) if Path(source).suffix.lower() in (".h5", ".hdf5") else None
+    if influence is None and masks:
+        influence = Path(stages.read_mask(masks[0]).influence)
+    if influence is None or not influence.is_file() or not embeddings.is_embeddings_run(influence):
+        return False
+    infos = [stages.read_mask(p) for p in (masks or [])]
+    for eps in [float(x) for x in (epsilons or "").split(",") if x.strip()]:
+        pcfg = PruneConfig(epsilon=eps, solver=solver, time_budget=time_budget).validate()
+        infos.append(stages.prune(influence, pipeline.mask_path(influence, pcfg), pcfg))
+    if not infos:
+        raise DpcliError("give --mask (repeatable) or --epsilons")
+    out_dir = out or influence.parent / "verify-bound"
+    report = embeddings.verify_bound(influence, infos, out_dir, random_seed=random_seed)
+    for r in report["rows"]:
+        console.info(f"{r['label']}: observed gap {r['observed_gap']:+.4g}, predicted bound {r['predicted_bound']:.4g}")
+    console.info(f"report: {out_dir / 'bound.json'}")
+    if json:
+        console.emit_json(report)
+    return True
 
 
 @app.callback(invoke_without_command=True)

@@ -626,3 +626,75 @@ def prune_external(path: Path | str, out: Path, cfg: "PruneConfig", *, indices_o
     return write_mask(out, cert, mode=cfg.mode, target=target, solver=solver, info=meta, config=cfg.to_dict(),
                       seconds=time.perf_counter() - t0, method=cfg.method, indices_out=indices_out,
                       extra_attrs={"lineage": NO_LINEAGE})
+
+
+# ------------------------------------------------------------------------------------------ verify-bound
+def verify_bound(influence: Path, masks: list["MaskInfo"], out_dir: Path, *, random_seed: int = 0) -> dict:
+    """Theorem 1 on an embeddings run: predicted bound beside the observed test-loss gap of exact refits
+    (no seed noise: every fit is deterministic and run to its optimum).  Each mask is paired with random
+    pruning of the same count."""
+    from dpcli.artifacts.h5 import write_json
+    from dpcli.stages.bound import BoundRow, plot, predict
+    from dpcli.stages.core import random_mask, read_influence_info
+
+    emb, damping = reload_embeddings(influence)
+    if emb.x_test is None:
+        raise DpcliError(f"{influence}: verify-bound needs test features; rerun influence with "
+                         "--test-features and --test-labels")
+    info = read_influence_info(influence)
+    full = refit(emb, np.ones(emb.n, dtype=bool), damping)
+    rows: list[BoundRow] = []
+    for mi in masks:
+        if Path(mi.influence).resolve() != Path(influence).resolve():
+            raise DpcliError(f"{mi.path}: was pruned from {mi.influence}, not {influence}")
+        rnd_path = Path(out_dir) / f"random-{mi.n_pruned}-seed{random_seed}.h5"
+        rnd = random_mask(info, mi.n_pruned, random_seed, rnd_path)
+        for label, m in ((f"{mi.mode} {mi.target:g}", mi), (f"random {mi.n_pruned}", rnd)):
+            if m.n_pruned == 0:
+                continue
+            sub = refit(emb, m.keep, damping)
+            norm, bound, first = predict(Path(influence), ~m.keep)
+            rows.append(BoundRow(label=label, method=m.method, mask=str(m.path), n_pruned=m.n_pruned,
+                                 prune_ratio=m.n_pruned / m.n, epsilon=m.target if m.mode == "epsilon" else None,
+                                 norm=norm, predicted_bound=bound, first_order=first,
+                                 observed_gap=sub.test_loss - full.test_loss, test_loss=sub.test_loss,
+                                 test_accuracy=sub.test_accuracy))
+    report = {"command": "verify-bound", "source": SOURCE, "influence": str(influence), "n": emb.n,
+              "full_test_loss": full.test_loss, "full_test_accuracy": full.test_accuracy,
+              "note": "head refits to the optimum on frozen features: the observed gap has no seed noise",
+              "rows": [r.to_dict() for r in rows]}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "bound.json", report)
+    if rows:
+        plot(rows, out_dir / "bound.png")
+    return report
+
+
+# ------------------------------------------------------------------------------------------ frozen backbone
+def freeze_backbone(config, ds, out_dir: Path, *, device: Any, icfg: "InfluenceConfig",
+                    damping: float | None = None, info: Callable[[str], None] | None = None) -> "InfluenceInfo":
+    """``train --freeze-backbone``: features of the (pretrained) backbone computed once and cached as
+    .npy in ``out_dir``, then the head fit and exact influence of :func:`embeddings_influence`."""
+    import torch
+
+    from dpcli.artifacts.h5 import config_key
+    from dpcli.train.loop import extract_features, make_model
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key = config_key({k: v for k, v in config.to_dict().items()
+                      if k in ("dataset", "arch", "weights", "head_module", "width", "depth", "seed")})
+    files = {s: (out_dir / f"{s}-features-{key}.npy", out_dir / f"{s}-labels-{key}.npy") for s in ("train", "test")}
+    if not all(p.exists() for pair in files.values() for p in pair):
+        model = make_model(config, ds).to(device).eval()
+        for split_name, split in (("train", ds.train), ("test", ds.test)):
+            feats = extract_features(model, split, ds, device).cpu().numpy()
+            np.save(files[split_name][0], feats)
+            np.save(files[split_name][1], np.asarray(split.labels, dtype=np.int64))
+    elif info is not None:
+        info(f"reusing cached backbone features in {out_dir}")
+    emb = load_embeddings(*files["train"], *files["test"], num_classes=ds.num_classes)
+    damping = damping if damping is not None else (config.weight_decay or DEFAULT_DAMPING)
+    return embeddings_influence(emb, out_dir / "influence.h5", icfg, damping=damping,
+                                device=torch.device("cpu"), info=info)
