@@ -452,13 +452,16 @@ def influence_in_memory(emb: Embeddings, cfg: "InfluenceConfig", damping: float 
 
 # ------------------------------------------------------------------------------------------ runs
 def is_embeddings_run(influence: Path | str) -> bool:
-    from dpcli.artifacts.h5 import get_attr, open_artifact
+    """Whether ``influence`` is an influence.h5 written from features (False for anything else)."""
+    import h5py
+
+    from dpcli.artifacts.h5 import get_attr
 
     path = Path(influence)
-    if not path.is_file():
+    if not path.is_file() or not h5py.is_hdf5(str(path)):
         return False
-    with open_artifact(path, "influence") as f:
-        return get_attr(f, "source") == SOURCE
+    with h5py.File(path, "r") as f:
+        return get_attr(f, "dpcli_kind") == "influence" and get_attr(f, "source") == SOURCE
 
 
 def reload_embeddings(influence: Path | str) -> tuple[Embeddings, float]:
