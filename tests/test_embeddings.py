@@ -204,8 +204,8 @@ def test_retrain_with_wrong_n_and_external_S_errors(tmp_path, capsys):
                             "--out", tmp_path / "m.h5"], "NaN or inf")
     assert run_cli(["prune", _write(tmp_path, "S2.npy", S), "--prune-count", "5", "--out", tmp_path / "m2.h5",
                     "--quiet"]) == (0, "", "")
-    # digits has 1437 training samples (a fixed split): an S of 50 rows cannot be its mask
-    _bad(tmp_path, capsys, ["retrain", "digits", "--mask", tmp_path / "m2.h5", "--epochs", "1", "--device", "cpu"],
+    # digits has 1438 training samples (a fixed split): an S of 50 rows cannot be its mask
+    _bad(tmp_path, capsys, ["retrain", "digits", "--mask", tmp_path / "m2.h5", "--epochs", "1", "--device", "cpu", "--quiet"],
          "n=50")
     with pytest.raises(DpcliError, match="1-D"):
         E.check_labels(np.zeros((3, 2)), 3, None, "labels")
