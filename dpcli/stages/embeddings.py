@@ -354,6 +354,7 @@ def embeddings_influence(emb: Embeddings, out: Path, cfg: "InfluenceConfig", *, 
     x = torch.from_numpy(emb.x).to(dev)
     y = torch.from_numpy(emb.y).to(dev)
     head = fit_head(x, y, emb.num_classes, damping, tol=tol, max_iter=max_iter, info=info)
+    head_seconds = time.perf_counter() - t0
     n, dim = emb.x.shape
     c = emb.num_classes
     d = c * (dim + 1)
@@ -369,7 +370,7 @@ def embeddings_influence(emb: Embeddings, out: Path, cfg: "InfluenceConfig", *, 
         "checkpoint_fingerprint": "", "dataset": f"{SOURCE}:{Path(emb.lineage.get('features', 'in-memory')).name}",
         "dataset_fingerprint": emb.fingerprint, "source": SOURCE, "lineage": emb.lineage,
         "head_solver": head.solver, "head_iterations": head.iterations, "head_grad_norm": head.grad_norm,
-        "head_loss": head.loss,
+        "head_loss": head.loss, "head_seconds": head_seconds,
         "epsilon_convention": "S_i includes the 1/n factor (Eq. 3): ||sum S_i|| is the predicted parameter change",
         "parameter_order": "last layer: weight (C x D) row-major, then bias (C)",
     }
