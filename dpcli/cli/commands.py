@@ -197,7 +197,7 @@ def _is_artifact_path(source: str) -> bool:
 
 
 def _influence_from_features(features, labels, test_features, test_labels, icfg: InfluenceConfig,
-                             checkpoint, out: Optional[Path], json: bool) -> None:
+                             checkpoint, out: Optional[Path], json: bool, dev: Any = None) -> None:
     """influence --features: the embeddings path (dpcli.stages.embeddings)."""
     from dpcli.stages import embeddings
 
@@ -208,7 +208,7 @@ def _influence_from_features(features, labels, test_features, test_labels, icfg:
     emb = embeddings.load_embeddings(features, labels, test_features, test_labels)
     path = out or Path(features).with_name("influence.h5")
     with console.progress_bar(f"influence ({icfg.method}, features)") as update:
-        info = embeddings.embeddings_influence(emb, path, icfg, damping=icfg.damping,
+        info = embeddings.embeddings_influence(emb, path, icfg, damping=icfg.damping, device=dev,
                                                progress=lambda done, total: update(done, total), info=console.info)
     console.info(f"influence: {info.path}  S is {info.n} x {info.d} ({info.method}, head fitted with L2 "
                  f"{info.damping:g}, {info.seconds:.1f}s)")
@@ -320,7 +320,8 @@ def influence(
     icfg = dataclasses.replace(icfg, cg_tol=cg_tol, cg_max_iter=cg_max_iter, sketch_k=sketch,
                                sketch_seed=sketch_seed, sgd_epochs=sgd_epochs).validate()
     if features is not None or labels is not None:
-        _influence_from_features(features, labels, test_features, test_labels, icfg, checkpoint, out, json)
+        _influence_from_features(features, labels, test_features, test_labels, icfg, checkpoint, out, json,
+                                 resolve_device(device))
         return
     if not checkpoint:
         raise DpcliError("give a checkpoint.h5, or --features and --labels")
