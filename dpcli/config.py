@@ -33,12 +33,14 @@ class TrainConfig:
     subset: str | None = None
     # imagefolder: side of the model's input (random resized crop / resize + center crop); None = stored size
     image_size: int | None = None
+    # library models (--arch torchvision:NAME / timm:NAME): --weights and --head-module; None = unset
+    weights: str | None = None
+    head_module: str | None = None
 
     def validate(self) -> "TrainConfig":
-        from dpcli.models.zoo import ARCHS
+        from dpcli.models.base import check_arch
 
-        if self.arch not in ARCHS:
-            raise DpcliError(f"unknown --arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
+        check_arch(self.arch)
         _positive_int("--epochs", self.epochs)
         _positive_int("--batch-size", self.batch_size)
         _positive_int("--width", self.width)
@@ -52,8 +54,9 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        if d["image_size"] is None:
-            d.pop("image_size")  # runs made before --image-size keep their keys
+        for key in ("image_size", "weights", "head_module"):  # only when set: older run keys stay valid
+            if d[key] is None:
+                d.pop(key)
         return d
 
     @classmethod

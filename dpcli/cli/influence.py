@@ -7,6 +7,7 @@ import typer
 
 from dpcli import console
 from dpcli.cli import options as o
+from dpcli.errors import DpcliError
 
 L = o.lissa(o.P_ESTIMATOR)
 Estimator = o.estimator(o.P_ESTIMATOR)
@@ -14,9 +15,10 @@ Damping = o.damping(o.P_ESTIMATOR)
 
 
 def command(
-    checkpoint: Annotated[list[Path], typer.Argument(
-        metavar="CHECKPOINT [PART]...", show_default=False,
-        help="checkpoint.h5 written by `dpcli train`; with --merge, followed by the shard files.")],
+    checkpoint: Annotated[Optional[list[Path]], typer.Argument(
+        metavar="[CHECKPOINT [PART]...]", show_default=False,
+        help="checkpoint.h5 written by `dpcli train`; with --merge, followed by the shard files. Omit with "
+             "--features.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", metavar="FILE", rich_help_panel=o.P_OUTPUT,
                                                 help="Influence path. " + o.default_note("beside the checkpoint"))] = None,
     estimator: Estimator = o.ESTIMATOR_DEFAULT, damping: Damping = None,
@@ -46,6 +48,19 @@ def command(
         "--merge", rich_help_panel=o.P_SCALE,
         help="Merge the shard files given after CHECKPOINT (any order) into one influence.h5 at --out, "
              "identical to an unsharded run.")] = False,
+    features: Annotated[Optional[Path], typer.Option(
+        "--features", metavar="FILE", rich_help_panel=o.P_EMBED,
+        help="Embeddings instead of a checkpoint: float features n x D (.npy, .npz or .h5) from any encoder; the "
+             "last layer is fitted here as L2-regularized softmax regression (L2 = --damping, default 1e-3) to "
+             "convergence, so S is exact.")] = None,
+    labels: Annotated[Optional[Path], typer.Option(
+        "--labels", metavar="FILE", rich_help_panel=o.P_EMBED,
+        help="With --features: integer labels 0..C-1, one per row.")] = None,
+    test_features: Annotated[Optional[Path], typer.Option(
+        "--test-features", metavar="FILE", rich_help_panel=o.P_EMBED,
+        help="With --features: held-out features, for the test gradient and verify-bound.")] = None,
+    test_labels: Annotated[Optional[Path], typer.Option(
+        "--test-labels", metavar="FILE", rich_help_panel=o.P_EMBED, help="With --test-features: their labels.")] = None,
     json: o.Json = False, quiet: o.Quiet = False,
     device: o.Device = "auto", data_root: o.DataRoot = None, force: o.Force = False, no_wait: o.NoWait = False,
 ) -> None:
@@ -65,6 +80,14 @@ def command(
     pipeline.check_writable(out, "--out")
     from dpcli.train.loop import load_checkpoint, resolve_device
 
+    if features is not None or labels is not None:
+        from dpcli.cli import embeddings
+
+        embeddings.influence_from_features(features, labels, test_features, test_labels, icfg, checkpoint, out,
+                                           json, resolve_device(device))
+        return
+    if not checkpoint:
+        raise DpcliError("give a checkpoint.h5, or --features and --labels")
     checkpoint, parts = checkpoint[0], checkpoint[1:]
     if merge or shard is not None or parts:
         from dpcli.stages import shards

@@ -28,6 +28,8 @@ P_DS_TRAIN = "Dataset mode: training (when SOURCE is a dataset name)"
 P_DS_INFLUENCE = "Dataset mode: influence (when SOURCE is a dataset name)"
 P_ESTIMATOR = "Estimator"
 P_SCALE = "Large runs"
+P_EMBED = "Embeddings (instead of a checkpoint)"
+P_MODEL = "Library models"
 
 # Panels folded out of `prune --help` (shown by --help-all) so the common case reads in one screen.
 FOLDED = {"prune": (P_TUNING, P_DS_TRAIN, P_DS_INFLUENCE)}
@@ -112,7 +114,17 @@ def training(panel: str) -> SimpleNamespace:
     seed_default = _config_default(TrainConfig, "seed")
     return SimpleNamespace(
         arch=Annotated[Optional[str], typer.Option(
-            "--arch", metavar="NAME", rich_help_panel=panel, help="convnet, resnet18 or resnet50. " + per_dataset("arch"))],
+            "--arch", metavar="NAME", rich_help_panel=panel,
+            help="convnet, resnet18 or resnet50, or a library model: torchvision:NAME (any torchvision.models "
+                 "classifier) or timm:NAME (pip install \"dpcli[timm]\"). " + per_dataset("arch"))],
+        weights=Annotated[Optional[str], typer.Option(
+            "--weights", metavar="W", rich_help_panel=panel,
+            help="torchvision:/timm: models: DEFAULT (the library's pretrained weights, downloaded by the library), "
+                 "a weights name (e.g. IMAGENET1K_V1), or a local state-dict file. " + default_note("random init"))],
+        head_module=Annotated[Optional[str], typer.Option(
+            "--head-module", metavar="NAME", rich_help_panel=panel,
+            help="Dotted name of the last linear layer when dpcli cannot find it (it looks for fc, classifier, head "
+                 "and timm's get_classifier()).")],
         width=Annotated[Optional[int], typer.Option(
             "--width", rich_help_panel=panel, help="ConvNet channels (convnet only). " + per_dataset("width"))],
         depth=Annotated[Optional[int], typer.Option(

@@ -75,7 +75,8 @@ def command(
     buckets: o.Buckets = 1, workers: o.Workers = None,
     arch: T.arch = None, width: T.width = None, depth: T.depth = None, epochs: T.epochs = None, lr: T.lr = None,
     momentum: T.momentum = None, weight_decay: T.weight_decay = None, batch_size: T.batch_size = None,
-    augment: T.augment = None, image_size: T.image_size = None, train_seed: T.train_seed = T.seed_default,
+    augment: T.augment = None, image_size: T.image_size = None, weights: T.weights = None,
+    head_module: T.head_module = None, train_seed: T.train_seed = T.seed_default,
     estimator: Estimator = o.ESTIMATOR_DEFAULT, damping: Damping = None,
     lissa_depth: L.depth = o.LISSA_DEFAULTS["depth"], lissa_scale: L.scale = o.LISSA_DEFAULTS["scale"],
     lissa_batch_size: L.batch = o.LISSA_DEFAULTS["batch"], lissa_repeats: L.repeats = o.LISSA_DEFAULTS["repeats"],
@@ -99,8 +100,12 @@ def command(
     pipeline.check_writable(out, "--out")
     pipeline.check_writable(indices_out, "--indices-out")
     from dpcli.artifacts.runs import mask_path
+    from dpcli.cli import embeddings
 
-    if pipeline.is_artifact_path(source):
+    if embeddings.is_external_S(source):  # an S computed elsewhere: no lineage, still certified from S
+        mask = embeddings.prune_external(source, pcfg, out, indices_out)
+        chain = {"lineage": "none known"}
+    elif pipeline.is_artifact_path(source):
         from dpcli.stages.core import read_influence_info
 
         info = read_influence_info(Path(source))  # kind and shape checks before any work
@@ -120,7 +125,7 @@ def command(
         ds = pipeline.load(source, data_root, image_size)
         pipeline.check_prune(pcfg, len(ds.train.labels))
         tcfg = pipeline.train_config(ds, o.training_overrides(
-            arch=arch, width=width, depth=depth, epochs=epochs, lr=lr, momentum=momentum,
+            arch=arch, weights=weights, head_module=head_module, width=width, depth=depth, epochs=epochs, lr=lr, momentum=momentum,
             weight_decay=weight_decay, batch_size=batch_size, augment=augment, seed=train_seed))
         run = pipeline.full_run(ds, tcfg, icfg, run_root=run_root, device=dev, data_root=data_root, force=force)
         mask = pipeline.run_prune(run.influence.path, pcfg, out or mask_path(run.influence.path, pcfg), indices_out,

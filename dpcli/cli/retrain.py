@@ -26,7 +26,8 @@ def command(
     time_budget: o.TimeBudget = None,
     arch: T.arch = None, width: T.width = None, depth: T.depth = None, epochs: T.epochs = None, lr: T.lr = None,
     momentum: T.momentum = None, weight_decay: T.weight_decay = None, batch_size: T.batch_size = None,
-    augment: T.augment = None, image_size: T.image_size = None,
+    augment: T.augment = None, image_size: T.image_size = None, weights: T.weights = None,
+    head_module: T.head_module = None,
     train_seed: Annotated[Optional[int], typer.Option(
         "--train-seed", rich_help_panel=o.P_TRAIN,
         help="Seed of the training run (initialization and batch order). "
@@ -48,7 +49,12 @@ def command(
     from dpcli.stages import pipeline
 
     console.set_quiet(quiet)
-    overrides = o.training_overrides(arch=arch, width=width, depth=depth, epochs=epochs, lr=lr, momentum=momentum,
+    if mask is not None:
+        from dpcli.cli import embeddings
+
+        if embeddings.retrain_embeddings(dataset, mask, out, json):  # a head refit on kept features
+            return
+    overrides = o.training_overrides(arch=arch, weights=weights, head_module=head_module, width=width, depth=depth, epochs=epochs, lr=lr, momentum=momentum,
                                      weight_decay=weight_decay, batch_size=batch_size, augment=augment,
                                      seed=train_seed)
     pcfg = None

@@ -33,11 +33,19 @@ def command(
                                                 help="Checkpoint path. " + o.default_note("in the run directory"))] = None,
     arch: T.arch = None, width: T.width = None, depth: T.depth = None, epochs: T.epochs = None, lr: T.lr = None,
     momentum: T.momentum = None, weight_decay: T.weight_decay = None, batch_size: T.batch_size = None,
-    augment: T.augment = None, image_size: T.image_size = None, train_seed: T.train_seed = T.seed_default,
+    augment: T.augment = None, image_size: T.image_size = None, weights: T.weights = None,
+    head_module: T.head_module = None, train_seed: T.train_seed = T.seed_default,
     snapshot_epochs: Annotated[Optional[str], typer.Option(
         "--snapshot-epochs", metavar="E,E,...", rich_help_panel=o.P_TRAIN,
         help="Epochs after which to keep a copy of the weights (0 = initialization), for prune --method el2n/grand "
              "--score-epoch. " + o.default_note("0 and 10 % of training"))] = None,
+    freeze_backbone: Annotated[bool, typer.Option(
+        "--freeze-backbone", rich_help_panel=o.P_MODEL,
+        help="Keep the backbone fixed: compute its features once (cached), fit only the last layer as "
+             "L2-regularized softmax regression to convergence (deterministic), and write influence.h5 at once; "
+             "S is then exact (Theorem 1 holds) and retrain is a head refit. L2 = --damping, else --weight-decay.")] = False,
+    damping: Annotated[Optional[float], typer.Option(
+        "--damping", rich_help_panel=o.P_MODEL, help="--freeze-backbone: the L2 strength of the head fit.")] = None,
     json: o.Json = False, quiet: o.Quiet = False,
     device: o.Device = "auto", data_root: o.DataRoot = None, run_root: o.RunRoot = None, force: o.Force = False,
     no_wait: o.NoWait = False,
@@ -66,9 +74,20 @@ def command(
     dev = resolve_device(device) if dist is None else dist.device
     ds = pipeline.load(dataset, data_root, image_size) if dist is None else dist.main_first(lambda: pipeline.load(dataset, data_root, image_size))
     cfg = pipeline.train_config(ds, o.training_overrides(
-        arch=arch, width=width, depth=depth, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
+        arch=arch, weights=weights, head_module=head_module, width=width, depth=depth, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
         batch_size=batch_size, augment=augment, seed=train_seed))
     path = out or checkpoint_path(pipeline.run_root_of(run_root), cfg)
+    if freeze_backbone:  # embeddings path: features once, exact head fit, influence.h5 beside them
+        from dpcli.config import InfluenceConfig
+        from dpcli.stages import embeddings
+
+        info = embeddings.freeze_backbone(cfg, ds, path.parent, device=dev, icfg=InfluenceConfig().validate(),
+                                          damping=damping, info=console.info)
+        console.info(f"frozen backbone: influence {info.path}  S is {info.n} x {info.d}; next: dpcli prune {info.path}")
+        if json:
+            console.emit_json({"command": "train", "freeze_backbone": True, "influence": str(info.path),
+                               "n": info.n, "d": info.d, "damping": info.damping, "seconds": info.seconds})
+        return
     t0 = time.perf_counter()
     ck = pipeline.ensure_checkpoint(cfg, ds, path, device=dev, force=force, dist=dist,
                                     snapshot_epochs=_epoch_list(snapshot_epochs, cfg.epochs))

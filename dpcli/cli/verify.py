@@ -57,7 +57,8 @@ def command(
     no_wait: o.NoWait = False,
     arch: T.arch = None, width: T.width = None, depth: T.depth = None, epochs: T.epochs = None, lr: T.lr = None,
     momentum: T.momentum = None, weight_decay: T.weight_decay = None, batch_size: T.batch_size = None,
-    augment: T.augment = None, image_size: T.image_size = None, train_seed: T.train_seed = T.seed_default, damping: Damping = None,
+    augment: T.augment = None, image_size: T.image_size = None, weights: T.weights = None,
+    head_module: T.head_module = None, train_seed: T.train_seed = T.seed_default, damping: Damping = None,
 ) -> None:
     """Theorem 1 check (Figure 2): predicted test-loss gap beside the observed one after retraining.
 
@@ -69,6 +70,10 @@ def command(
     from dpcli.stages import pipeline
 
     console.set_quiet(quiet)
+    from dpcli.cli import embeddings
+
+    if embeddings.verify_embeddings(dataset, masks, epsilons, out, random_seed, solver, time_budget, json):
+        return
     eps_list = _epsilons(epsilons)
     if not masks and not eps_list:
         raise DpcliError("give --mask (repeatable) or --epsilons")
@@ -94,7 +99,7 @@ def command(
         info = core.read_influence_info(Path(given[0].influence))
     else:
         tcfg = pipeline.train_config(ds, o.training_overrides(
-            arch=arch, width=width, depth=depth, epochs=epochs, lr=lr, momentum=momentum,
+            arch=arch, weights=weights, head_module=head_module, width=width, depth=depth, epochs=epochs, lr=lr, momentum=momentum,
             weight_decay=weight_decay, batch_size=batch_size, augment=augment, seed=train_seed))
         run = pipeline.full_run(ds, tcfg, icfg, run_root=run_root, device=dev, data_root=data_root, force=force)
         ck_path, ck, info = run.checkpoint_path, run.checkpoint, run.influence

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from dpcli.errors import DpcliError
 
-__all__ = ["ARCHS", "Classifier", "ConvNet", "ResNet", "build_model"]
+__all__ = ["ARCHS", "Classifier", "ConvNet", "ResNet", "build_model", "build_builtin"]
 
 ARCHS = ("convnet", "resnet18", "resnet50")
 
@@ -154,8 +154,20 @@ class ResNet(Classifier):
 
 
 def build_model(arch: str, num_classes: int, in_channels: int, image_size: int, width: int = 32,
-                depth: int = 3) -> Classifier:
-    """Build a fresh classifier (see the module docstring)."""
+                depth: int = 3, weights: str | None = None, head_module: str | None = None) -> Classifier:
+    """Build a classifier: a builtin name, or ``torchvision:NAME`` / ``timm:NAME`` (see dpcli.models.base)."""
+    from dpcli.models.base import ModelSpec, build
+
+    if num_classes < 1 or in_channels < 1 or image_size < 1:
+        raise DpcliError(
+            f"Invalid model shape (num_classes={num_classes}, in_channels={in_channels}, image_size={image_size})."
+        )
+    return build(arch, ModelSpec(num_classes, in_channels, image_size, width, depth, weights, head_module))
+
+
+def build_builtin(arch: str, num_classes: int, in_channels: int, image_size: int, width: int = 32,
+                  depth: int = 3) -> Classifier:
+    """Build a fresh builtin classifier (see the module docstring)."""
     key = arch.strip().lower()
     if key not in ARCHS:
         raise DpcliError(f"Unknown architecture {arch!r}; valid ones are: {', '.join(ARCHS)}.")

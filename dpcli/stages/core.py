@@ -323,7 +323,7 @@ def _influence_labels(path: Path) -> np.ndarray:
 
 def write_mask(out: Path, cert: Certificate, *, mode: str, target: float, solver: str,
                info: InfluenceInfo, config: dict, seconds: float, method: str = "optimization",
-               indices_out: Path | None = None) -> MaskInfo:
+               indices_out: Path | None = None, extra_attrs: dict | None = None) -> MaskInfo:
     """Write the keep mask of a certified selection; the norm stored is the certificate's, from S."""
     if not isinstance(cert, Certificate):
         raise TypeError("write_mask needs a Certificate from dpcli.select.certificate.certify")
@@ -339,6 +339,7 @@ def write_mask(out: Path, cert: Certificate, *, mode: str, target: float, solver
         "checkpoint": info.checkpoint, "dataset": info.dataset, "dataset_fingerprint": info.dataset_fingerprint,
         "fingerprint": fingerprint, "seconds": seconds,
         "convention": "keep[i] is True for samples to TRAIN ON; pruned_indices are the dropped samples",
+        **(extra_attrs or {}),
     }
     if indices_out is not None:
         check_outputs(out, indices_out)  # before publishing the mask: both or a clear error

@@ -96,11 +96,13 @@ def resolve_device(name: str) -> torch.device:
     raise DpcliError(f"unknown --device {name!r}; use auto, cpu or cuda")
 
 
-def make_model(config: TrainConfig, ds: Dataset) -> Classifier:
+def make_model(config: TrainConfig, ds: Dataset, pretrained: bool = True) -> Classifier:
+    """A fresh model; ``pretrained=False`` skips --weights (a checkpoint's state replaces them anyway)."""
     torch.manual_seed(config.seed)
     return build_model(
         config.arch, num_classes=ds.num_classes, in_channels=ds.channels,
         image_size=ds.image_size, width=config.width, depth=config.depth,
+        weights=config.weights if pretrained else None, head_module=config.head_module,
     )
 
 
@@ -416,7 +418,7 @@ def load_trained(path: Path | str, device: torch.device, data_root: Path | None 
     if ds is None:
         ds = load_dataset(ck.config.dataset, data_root, image_size=ck.config.image_size)
     check_dataset(ck, ds)
-    model = make_model(ck.config, ds)
+    model = make_model(ck.config, ds, pretrained=False)
     model.load_state_dict(ck.state)
     return model.to(device).eval(), ck, ds
 

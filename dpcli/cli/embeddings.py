@@ -1,0 +1,106 @@
+"""The CLI's embeddings branches: `influence --features`, an external S in `prune`, and `retrain` /
+`verify-bound` on a run whose last layer was fitted on features (dpcli.stages.embeddings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from dpcli import console
+from dpcli.errors import DpcliError
+
+
+def influence_from_features(features, labels, test_features, test_labels, icfg, checkpoint, out: Optional[Path],
+                            json: bool, dev: Any = None) -> None:
+    """influence --features: fit the head on the embeddings, then S with the registered estimator."""
+    from dpcli.stages import embeddings
+
+    if checkpoint:
+        raise DpcliError("give either a checkpoint or --features, not both")
+    if features is None or labels is None:
+        raise DpcliError("--features and --labels go together")
+    emb = embeddings.load_embeddings(features, labels, test_features, test_labels)
+    path = out or Path(features).with_name("influence.h5")
+    with console.progress_bar(f"influence ({icfg.method}, features)") as update:
+        info = embeddings.embeddings_influence(emb, path, icfg, damping=icfg.damping, device=dev,
+                                               progress=lambda done, total: update(done, total), info=console.info)
+    console.info(f"influence: {info.path}  S is {info.n} x {info.d} ({info.method}, head fitted with L2 "
+                 f"{info.damping:g}, {info.seconds:.1f}s)")
+    if json:
+        console.emit_json({"command": "influence", "influence": str(info.path), "n": info.n, "d": info.d,
+                           "method": info.method, "damping": info.damping, "seconds": info.seconds,
+                           "source": "embeddings", "fingerprint": info.fingerprint})
+
+
+def is_external_S(source: str) -> bool:
+    """A .npy, or an HDF5 file that is not a dpcli influence artifact: an S computed elsewhere."""
+    p = Path(source)
+    if p.suffix.lower() == ".npy":
+        return True
+    if p.suffix.lower() in (".h5", ".hdf5") and p.is_file():
+        import h5py
+
+        try:
+            with h5py.File(p, "r") as f:
+                return f.attrs.get("dpcli_kind") is None and "S" in f
+        except OSError:
+            return False
+    return False
+
+
+def prune_external(source: str, pcfg, out: Optional[Path], indices_out: Optional[Path]):
+    from dpcli.stages import embeddings
+
+    mask_file = out or Path(source).with_name(f"mask-{Path(source).stem}.h5")
+    return embeddings.prune_external(source, mask_file, pcfg, indices_out=indices_out, info=console.info)
+
+
+def retrain_embeddings(dataset: str, mask_path: Path, out: Optional[Path], json: bool) -> bool:
+    """retrain on an embeddings run: refit the head on the kept features (seconds). False if not one."""
+    from dpcli.stages import core, embeddings
+
+    m = core.read_mask(mask_path)
+    if not embeddings.is_embeddings_run(m.influence):
+        return False
+    named = (embeddings.load_array(dataset, "features", ("features", "x", "X", "embeddings"))
+             if Path(dataset).suffix else None)
+    if named is not None and named.shape[0] != m.n:
+        raise DpcliError(f"{mask_path}: mask has n={m.n} but {dataset} has {named.shape[0]} rows")
+    path = out or Path(m.path).with_name(f"head-{Path(m.path).stem}.npz")
+    metrics = embeddings.retrain_head(m, path)
+    test = "" if metrics["test_loss"] is None else (f": test accuracy {metrics['test_accuracy']:.2f}%, "
+                                                     f"loss {metrics['test_loss']:.4f}")
+    console.info(f"refitted the head on {m.n_kept} kept samples ({100 * m.n_pruned / m.n:.1f}% pruned){test}, "
+                 f"gradient norm {metrics['head_grad_norm']:.2g}, {metrics['train_seconds']:.2f}s")
+    console.info(f"head: {path}  metrics: {path.with_name('metrics.json')}")
+    if json:
+        console.emit_json({"command": "retrain", **metrics, "head": str(path)})
+    return True
+
+
+def verify_embeddings(source: str, masks, epsilons, out, random_seed: int, solver: str, time_budget,
+                      json: bool) -> bool:
+    """verify-bound on an embeddings run (SOURCE = its influence.h5, or --mask files from it)."""
+    from dpcli.artifacts.runs import mask_path
+    from dpcli.config import PruneConfig
+    from dpcli.stages import core, embeddings
+
+    influence = Path(source) if Path(source).suffix.lower() in (".h5", ".hdf5") else None
+    if influence is None and masks:
+        influence = Path(core.read_mask(masks[0]).influence)
+    if influence is None or not influence.is_file() or not embeddings.is_embeddings_run(influence):
+        return False
+    infos = [core.read_mask(p) for p in (masks or [])]
+    for eps in [float(x) for x in (epsilons or "").split(",") if x.strip()]:
+        pcfg = PruneConfig(epsilon=eps, solver=solver, time_budget=time_budget).validate()
+        infos.append(core.prune(influence, mask_path(influence, pcfg), pcfg))
+    if not infos:
+        raise DpcliError("give --mask (repeatable) or --epsilons")
+    out_dir = out or influence.parent / "verify-bound"
+    report = embeddings.verify_bound(influence, infos, out_dir, random_seed=random_seed)
+    for r in report["rows"]:
+        console.info(f"{r['label']}: observed gap {r['observed_gap']:+.4g}, predicted bound {r['predicted_bound']:.4g}")
+    console.info(f"report: {out_dir / 'bound.json'}")
+    if json:
+        console.emit_json(report)
+    return True
