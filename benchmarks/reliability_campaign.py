@@ -129,7 +129,7 @@ def concurrent_round(root: Path, stats: dict, overlap: bool) -> None:
 
 FS_CASES = """
 import contextlib, io, json, sys
-from dpcli.cli.commands import main
+from dpcli.cli import main
 ck, inf, ro, full = sys.argv[1:5]
 tiny = ["--epochs", "3", "--width", "8", "--depth", "2", "--device", "cpu", "--quiet"]
 cases = {

@@ -178,9 +178,9 @@ class PruneConfig:
         if self.match_features and self.epsilon is not None:
             raise DpcliError("--match-features needs --prune-ratio or --prune-count")
         if self.uses_coverage and not selector.coverage:
-            takes = ", ".join(n for n in SELECTORS.names() if SELECTORS.get(n).coverage)
-            raise DpcliError(f"--balance/--strata/--hard-cutoff/--match-features apply to --method {takes} only "
-                             f"(--hard-cutoff to all of them), not {self.method}")
+            takes = ", ".join(n for n in SELECTORS.names() if SELECTORS.get(n).coverage and n != "optimization")
+            raise DpcliError(f"--balance/--strata/--hard-cutoff/--match-features apply to --method optimization "
+                             f"(--hard-cutoff also to the others of {takes}), not {self.method}")
         if not selector.epsilon_mode and self.epsilon is not None:
             raise DpcliError(f"--method {self.method} has no epsilon mode; give --prune-ratio or --prune-count")
         if self.method != "optimization" and self.buckets != 1:

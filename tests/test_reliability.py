@@ -227,7 +227,7 @@ def _namespace_available() -> bool:
 
 FULL_DISK_SCRIPT = textwrap.dedent("""
     import contextlib, io, json, sys
-    from dpcli.cli.commands import main
+    from dpcli.cli import main
     ck, ro, full = sys.argv[1:4]
     cases = {
         "out_read_only": ["prune", sys.argv[4], "--epsilon", "0.05", "--out", ro + "/m.h5"],
