@@ -180,7 +180,7 @@ class PruneConfig:
         if self.uses_coverage and not selector.coverage:
             takes = ", ".join(n for n in SELECTORS.names() if SELECTORS.get(n).coverage and n != "optimization")
             raise DpcliError(f"--balance/--strata/--hard-cutoff/--match-features apply to --method optimization "
-                             f"(--hard-cutoff also to the others of {takes}), not {self.method}")
+                             f"(--hard-cutoff also to {takes}), not {self.method}")
         if not selector.epsilon_mode and self.epsilon is not None:
             raise DpcliError(f"--method {self.method} has no epsilon mode; give --prune-ratio or --prune-count")
         if self.method != "optimization" and self.buckets != 1:
