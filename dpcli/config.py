@@ -31,6 +31,10 @@ class TrainConfig:
     seed: int = 0
     # Content hash of the keep-mask when training on a subset (retrain); None = all data.
     subset: str | None = None
+    # Speed options (docs/gpu.md); each is part of the run key only when set, so older keys stay valid.
+    channels_last: bool = False  # conv models: NHWC activations (tensor cores on CUDA)
+    compile: bool = False  # torch.compile the model for training steps
+    deterministic: bool = False  # bitwise-repeatable CUDA runs (deterministic kernels, slower)
 
     def validate(self) -> "TrainConfig":
         from dpcli.models.zoo import ARCHS
@@ -47,7 +51,11 @@ class TrainConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        for key in _SPEED_FIELDS:
+            if not d[key]:
+                d.pop(key)  # unset speed options leave the run key of older runs unchanged
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
@@ -56,6 +64,9 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+_SPEED_FIELDS = ("channels_last", "compile", "deterministic")
 
 
 @dataclass(frozen=True)

@@ -145,13 +145,13 @@ class Distributed:
         tdist.all_reduce(t)
         return t.cpu()
 
-    def end_epoch(self, model: nn.Module, tot_loss: float, tot_correct: int, seen: int) -> tuple[float, int, int]:
-        """Sum the epoch's train metrics over ranks; give every rank rank 0's buffers."""
+    def end_epoch(self, model: nn.Module, stats: Tensor) -> Tensor:
+        """Sum the epoch's train metrics (a device tensor) over ranks; give every rank rank 0's buffers."""
         for buf in model.buffers():
             tdist.broadcast(buf.data, src=0)
-        t = torch.tensor([tot_loss, float(tot_correct), float(seen)], dtype=torch.float64, device=self.device)
+        t = stats.to(self.device, torch.float64)
         tdist.all_reduce(t)
-        return float(t[0]), int(round(float(t[1]))), int(round(float(t[2])))
+        return t
 
     def save(self, path, *args, **kwargs):
         """Rank 0 writes the checkpoint (atomically); the others wait, then read its header."""

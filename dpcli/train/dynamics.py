@@ -67,17 +67,22 @@ class DynamicsRecorder:
             inner = getattr(model, "module", model)
             self.snapshots[epoch] = {k: v.detach().cpu().clone() for k, v in inner.state_dict().items()}
 
-    def begin_epoch(self) -> None:
-        self._cur_loss = np.full(self.n, np.nan, dtype=np.float32)
-        self._cur_correct = np.full(self.n, NOT_SEEN, dtype=np.uint8)
+    def begin_epoch(self, device: torch.device | str = "cpu") -> None:
+        # rows 0/1 = loss/correct, kept on the training device: one host transfer per epoch, none per step
+        self._cur = torch.full((2, self.n), float("nan"), dtype=torch.float32, device=device)
 
     def add_batch(self, idx: Tensor, losses: Tensor, correct: Tensor) -> None:
-        i = idx.numpy()
-        self._cur_loss[i] = losses.detach().float().cpu().numpy()
-        self._cur_correct[i] = correct.detach().cpu().numpy().astype(np.uint8)
+        i = idx.to(self._cur.device, non_blocking=True)
+        self._cur[0, i] = losses.detach().float()
+        self._cur[1, i] = correct.detach().float()
 
     def end_epoch(self, dist=None) -> None:
         """Close the epoch; under torchrun every rank saw a slice, so the records are summed over ranks."""
+        cur = self._cur.cpu().numpy()
+        self._cur = None
+        seen = ~np.isnan(cur[0])
+        self._cur_loss = cur[0]
+        self._cur_correct = np.where(seen, cur[1], NOT_SEEN).astype(np.uint8)
         if dist is not None:
             seen = ~np.isnan(self._cur_loss)
             parts = np.stack([np.where(seen, self._cur_loss, 0.0), np.where(seen, self._cur_correct, 0), seen])
@@ -89,8 +94,13 @@ class DynamicsRecorder:
         self._correct.append(self._cur_correct)
         self._cur_loss = self._cur_correct = None
 
-    def write(self, f: h5py.File) -> None:
-        if self._loss:
+    def last_epoch(self) -> dict[str, np.ndarray]:
+        """The row of the epoch just closed (an append to ``checkpoint.h5.epochs/``)."""
+        return {"loss": self._loss[-1], "correct": self._correct[-1]} if self._loss else {}
+
+    def write(self, f: h5py.File, rows: bool = True) -> None:
+        """Snapshots, and (``rows``) the per-epoch records of every epoch so far."""
+        if self._loss and rows:
             g = f.create_group("dynamics")
             e = len(self._loss)
             chunks = (1, min(self.n, 1 << 20))
@@ -109,11 +119,17 @@ def read_dynamics(f: h5py.File, snapshots: bool = True) -> Dynamics | None:
     if "dynamics" not in f:
         return None
     g = f["dynamics"]
+    snaps = read_snapshots(f) if snapshots else {}
+    return Dynamics(loss=g["loss"][()], correct=g["correct"][()], snapshots=snaps)
+
+
+def read_snapshots(f: h5py.File) -> dict[int, dict[str, Tensor]]:
+    """The model snapshots stored in an open checkpoint file (empty if none)."""
     snaps = {}
-    if snapshots and "snapshots" in f:
+    if "snapshots" in f:
         for epoch, sg in f["snapshots"].items():
             snaps[int(epoch)] = {k: torch.from_numpy(np.asarray(v[()])) for k, v in sg.items()}
-    return Dynamics(loss=g["loss"][()], correct=g["correct"][()], snapshots=snaps)
+    return snaps
 
 
 def default_snapshot_epochs(epochs: int) -> tuple[int, ...]:
