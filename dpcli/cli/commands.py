@@ -204,6 +204,9 @@ def train(
     augment: Augment = None, seed: Annotated[int, typer.Option("--seed")] = 0, device: Device = "auto",
     snapshot_epochs: Annotated[Optional[str], typer.Option("--snapshot-epochs", help="Comma-separated epochs after which to keep a copy of the weights (0 = initialization), for prune --method el2n/grand --score-epoch [default: 0 and 10 % of training].")] = None,
     data_root: DataRoot = None, run_root: RunRoot = None, force: Force = False, json: Json = False, quiet: Quiet = False,
+    channels_last: Annotated[bool, typer.Option("--channels-last", help="Conv models: NHWC memory format (faster with CUDA tensor cores).")] = False,
+    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model (first epoch pays the compile time).")] = False,
+    deterministic: Annotated[bool, typer.Option("--deterministic", help="Bitwise-repeatable CUDA runs: deterministic kernels, slower (docs/gpu.md).")] = False,
 ) -> None:
     """Train the full-data model (ERM) and write checkpoint.h5; an interrupted run resumes.
 
@@ -222,6 +225,8 @@ def train(
     ds = _load(dataset, data_root) if dist is None else dist.main_first(lambda: _load(dataset, data_root))
     cfg = _train_config(dataset, ds, arch=arch, width=width, depth=depth, epochs=epochs, lr=lr, momentum=momentum,
                         weight_decay=weight_decay, batch_size=batch_size, augment=augment, seed=seed)
+    cfg = cfg.replace(channels_last=channels_last or None, compile=compile_model or None,
+                      deterministic=deterministic or None)
     path = out or pipeline.checkpoint_path(run_root or pipeline.default_run_root(), cfg)
     t0 = time.perf_counter()
     ck = _train_with_bar(cfg, ds, path, device=dev, force=force, dist=dist,
@@ -298,6 +303,7 @@ def prune(
     lissa_scale: LissaScale = 10.0, lissa_batch_size: LissaBatch = 512, lissa_repeats: LissaRepeats = 1,
     device: Device = "auto", data_root: DataRoot = None, run_root: RunRoot = None, force: Force = False,
     json: Json = False, quiet: Quiet = False,
+    proxy: Annotated[Optional[str], typer.Option("--proxy", help="ARCH[:EPOCHS]: compute S with this small, fast network and schedule instead of the target's (dataset mode); retrain the target on the mask.")] = None,
 ) -> None:
     """Select the samples to PRUNE and write mask.h5 (keep = train on it).
 
@@ -314,6 +320,15 @@ def prune(
                        score_epoch=score_epoch, score_seeds=score_seeds).validate()
     chain: dict[str, Any] = {}
     ds = None
+    if proxy is not None:
+        _prune_via_proxy(source, proxy, pcfg, out=out, indices_out=indices_out, device=device, data_root=data_root,
+                         run_root=run_root, force=force, json=json,
+                         train_kw=dict(arch=arch, width=width, depth=depth, epochs=epochs, lr=lr, momentum=momentum,
+                                       weight_decay=weight_decay, batch_size=batch_size, augment=augment,
+                                       seed=train_seed),
+                         icfg=_influence_config(influence_method, damping, lissa_depth, lissa_scale,
+                                                lissa_batch_size, lissa_repeats))
+        return
     if _is_artifact_path(source):
         influence_file = Path(source)
         stages.read_influence_info(influence_file)  # kind check before any work, then the device
@@ -337,6 +352,26 @@ def prune(
         if indices_out:
             summary["indices_out"] = str(indices_out)
         console.emit_json(summary)
+
+
+def _prune_via_proxy(source: str, proxy: str, pcfg: PruneConfig, *, out, indices_out, device, data_root, run_root,
+                     force: bool, json: bool, train_kw: dict, icfg: InfluenceConfig) -> None:
+    """`prune DATASET --proxy ARCH[:EPOCHS]`: S from the proxy run, a mask for the target (dpcli.stages.proxy)."""
+    from dpcli.stages.proxy import ProxySpec, select_via_proxy
+
+    if _is_artifact_path(source):
+        raise DpcliError("--proxy needs a dataset name as SOURCE (it trains the proxy itself), not an influence file")
+    spec = ProxySpec.parse(proxy)
+    dev = resolve_device(device)
+    ds = _load(source, data_root)
+    target = _train_config(source, ds, **train_kw)
+    sel = select_via_proxy(ds, target, spec, pcfg, device=dev, run_root=run_root or pipeline.default_run_root(),
+                           influence_cfg=icfg, force=force, out=out, indices_out=indices_out)
+    _print_mask(sel.mask)
+    if json:
+        console.emit_json({"command": "prune", **_mask_summary(sel.mask), "proxy": sel.proxy.to_dict(),
+                           "proxy_checkpoint": str(sel.checkpoint), "selection_seconds": sel.seconds,
+                           "target": target.to_dict()})
 
 
 @app.command()

@@ -535,8 +535,13 @@ def iterate_batches(
     augment: bool,
     generator: torch.Generator | None = None,
     indices: np.ndarray | None = None,
+    part: Callable[[int], tuple[int, int]] | None = None,
 ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     """One epoch over ``split`` (or over ``indices`` of it), in batches.
+
+    ``part(B) -> (lo, hi)`` (one torchrun rank's slice of a global batch of ``B``): the
+    randomness is drawn for the whole global batch as usual, but only rows ``[lo, hi)``
+    of ``x`` and ``y`` are built; ``idx`` stays the global batch's indices.
 
     Yields ``(x, y, idx)``: ``x`` float32 ``(B, C, H, W)`` contiguous on
     ``device``, ``(pixel / 255 - mean) / std``; ``y`` int64 ``(B,)`` on
@@ -584,6 +589,15 @@ def iterate_batches(
     for start in range(0, order.size, batch_size):
         idx = order_t[start : start + batch_size]
         b = idx.numel()
+        global_idx = idx
+        if augment:  # drawn for the global batch before any slicing: every rank draws the same numbers
+            offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator, device=gdev).to(device)
+            flips = torch.randint(0, 2, (b,), generator=generator, device=gdev).to(device).bool()
+        if part is not None:
+            lo, hi = part(b)
+            idx = idx[lo:hi]
+            if augment:
+                offsets, flips = offsets[lo:hi], flips[lo:hi]
         if resident is not None:
             idx_dev = idx.to(device)
             xb = resident[0].index_select(0, idx_dev)
@@ -593,12 +607,10 @@ def iterate_batches(
             xb = torch.from_numpy(split.images[sel]).to(device)
             yb = torch.from_numpy(split.labels[sel]).to(device)
         if augment:
-            offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator, device=gdev).to(device)
-            flips = torch.randint(0, 2, (b,), generator=generator, device=gdev).to(device).bool()
             xb = _crop_flip(xb, offsets, flips, pad)
         x = xb.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
         x.div_(255.0).sub_(mean_t).div_(std_t)
-        yield x, yb, idx.clone()
+        yield x, yb, global_idx.clone()
 
 
 def _crop_flip(xb: Tensor, offsets: Tensor, flips: Tensor, pad: int) -> Tensor:

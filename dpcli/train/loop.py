@@ -206,7 +206,7 @@ def train(
     n_used = len(ds.train.labels) if indices is None else len(indices)
     if n_used == 0:
         raise DpcliError("the training subset is empty: the mask keeps no sample")
-    use_amp = device.type == "cuda"
+    use_amp = device.type == "cuda" and not config.fp32
     net = model if dist is None else dist.wrap(model)  # DDP shares model's parameters and buffers
     if config.compile:
         net = _compiled(net)
@@ -226,7 +226,8 @@ def train(
         recorder.begin_epoch(epoch, model, optimizer, lr)
         batches = iterate_batches(ds.train, config.batch_size, mean=ds.mean, std=ds.std, device=device,
                                   shuffle=True, augment=config.augment and ds.augment,
-                                  generator=_epoch_generator(config.seed, epoch), indices=indices)
+                                  generator=_epoch_generator(config.seed, epoch), indices=indices,
+                                  part=None if dist is None else dist.bounds)  # a rank builds its slice only
         batches = recorder.watch(batches)  # records the global batches' dataset indices
         if dist is not None:
             batches = dist.shard(batches)  # same global batches on every rank; keep this rank's slice
