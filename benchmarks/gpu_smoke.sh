@@ -30,7 +30,6 @@ DATA="imagefolder:$WORK/data/cifar10-jpg"
 RUNS="$WORK/runs"
 STAGES="$WORK/stages.txt"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"  # this checkout even if the editable install fails
-export DPCLI_SKIP_COMPILE=1  # the CPU compile test; the CUDA tests compile on the GPU
 COMMON=(--device cuda --run-root "$RUNS" --quiet)
 TRAIN=(--arch resnet18 --epochs "$EPOCHS" --batch-size 512 --lr 0.2)
 

@@ -99,7 +99,7 @@ def _assert_same_records(a: Path, b: Path) -> None:
 
 
 def test_epoch_rows_go_to_side_files_and_checkpoint_size_stays_flat(digits, tmp_path):
-    cfg = _cfg(epochs=7, augment=True)
+    cfg = _cfg(epochs=5, augment=True)
     path = tmp_path / "ck.h5"
     sizes, side, has_groups = [], [], []
 
@@ -110,8 +110,8 @@ def test_epoch_rows_go_to_side_files_and_checkpoint_size_stays_flat(digits, tmp_
             has_groups.append("dynamics" in f or "trajectory" in f)
 
     train(cfg, digits, path, device=CPU, on_epoch=watch)
-    assert side[:-1] == [list(range(k + 1)) for k in range(6)]  # one appended file per epoch
-    assert has_groups == [False] * 6 + [True]  # consolidated once, at the end
+    assert side[:-1] == [list(range(k + 1)) for k in range(4)]  # one appended file per epoch
+    assert has_groups == [False] * 4 + [True]  # consolidated once, at the end
     assert not epochlog.log_dir(path).exists()  # complete: self-contained file
     # rows for 1437 samples (~13 kB/epoch uncompressed) are not rewritten: the file does not grow
     assert max(sizes[:-1]) - min(sizes[:-1]) < 1024, sizes
@@ -119,11 +119,11 @@ def test_epoch_rows_go_to_side_files_and_checkpoint_size_stays_flat(digits, tmp_
     train(cfg, digits, full, device=CPU)
     _assert_same_records(path, full)
     d, t = _rows(path)
-    assert d.epochs == 7 and len(t) == 7
+    assert d.epochs == 5 and len(t) == 5
 
 
 def test_resume_reads_appended_rows_and_rolls_back_a_torn_append(digits, tmp_path):
-    cfg = _cfg(epochs=4, augment=True)
+    cfg = _cfg(epochs=3, augment=True)
     full = tmp_path / "full.h5"
     train(cfg, digits, full, device=CPU)
     part = tmp_path / "part.h5"
@@ -207,9 +207,10 @@ def test_deterministic_runs_are_bitwise_equal_on_cpu(digits, tmp_path):
     assert a.fingerprint == b.fingerprint
 
 
-@pytest.mark.skipif(os.environ.get("DPCLI_SKIP_COMPILE") == "1", reason="DPCLI_SKIP_COMPILE=1")
+@pytest.mark.skipif(os.environ.get("DPCLI_TEST_COMPILE") != "1",
+                    reason="inductor compilation takes minutes on 2 shared cores; DPCLI_TEST_COMPILE=1 runs it")
 def test_compile_trains_like_eager_on_cpu(digits, tmp_path):
-    """torch.compile (inductor; ~40 s to compile on 2 cores) must give the eager model's training."""
+    """torch.compile (inductor) must give the eager model's training."""
     try:
         torch.compile(torch.nn.Linear(2, 2))(torch.zeros(1, 2))
     except Exception as exc:  # no C++ toolchain etc.
