@@ -67,18 +67,18 @@ run train 240 python3 -m dpcli train "$DATA" "${TRAIN[@]}" "${COMMON[@]}" --json
     > "$WORK/train.json"
 run influence 120 python3 -m dpcli influence "$RUNS/full/checkpoint.h5" --device cuda --quiet --json \
     --out "$RUNS/full/influence.h5" > "$WORK/influence.json"
-run prune 120 python3 -m dpcli prune "$RUNS/full/influence.h5" --prune-ratio 0.3 --device cuda --quiet --json \
+run prune 120 python3 -m dpcli prune "$RUNS/full/influence.h5" --prune-ratio 0.3 --time-budget 45 --device cuda --quiet --json \
     --out "$RUNS/full/mask.h5" > "$WORK/prune.json"
 run retrain 240 python3 -m dpcli retrain "$DATA" --mask "$RUNS/full/mask.h5" "${TRAIN[@]}" "${COMMON[@]}" --json \
     --out "$RUNS/full/retrain.h5" > "$WORK/retrain.json"
 # the same selection through the fast proxy, then the target retrained on the proxy's kept set
-run proxy-select 180 python3 -m dpcli prune "$DATA" --proxy "$PROXY" --prune-ratio 0.3 "${TRAIN[@]}" "${COMMON[@]}" \
+run proxy-select 180 python3 -m dpcli prune "$DATA" --proxy "$PROXY" --prune-ratio 0.3 --time-budget 45 "${TRAIN[@]}" "${COMMON[@]}" \
     --json --out "$RUNS/proxy/mask.h5" > "$WORK/proxy.json"
 run proxy-retrain 240 python3 -m dpcli retrain "$DATA" --mask "$RUNS/proxy/mask.h5" "${TRAIN[@]}" "${COMMON[@]}" \
     --json --out "$RUNS/proxy/retrain.h5" > "$WORK/proxy-retrain.json"
 # training throughput of the loop, per precision / memory format / compile
 run throughput 180 python3 benchmarks/train_throughput.py --data "$DATA" --device cuda --arch resnet18 \
-    --batch-size 512 --steps 40 --variants fp32,bf16,bf16+cl,bf16+cl+compile
+    --batch-size 512 --steps 40 --repeats 2 --variants fp32,bf16,bf16+cl,bf16+cl+compile
 
 if (( ! DRY )); then
     echo "== summary ($(date -u +%Y-%m-%dT%H:%MZ), $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1))"
