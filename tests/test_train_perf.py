@@ -157,6 +157,21 @@ def test_stop_after_leaves_a_consolidated_resumable_checkpoint(digits, tmp_path)
     _assert_same_records(path, full)
 
 
+def test_checkpoint_without_side_log_resumes_twice(digits, tmp_path):
+    """A checkpoint of an older dpcli (rows inside the file, no side log) survives two interruptions."""
+    cfg = _cfg(epochs=3)
+    path = tmp_path / "ck.h5"
+    train(cfg, digits, path, device=CPU, stop_after=1)  # consolidated: rows inside checkpoint.h5
+    epochlog.clear(path)  # = the old layout
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, digits, path, device=CPU, on_epoch=interrupt_after(2))
+    assert epochlog.epochs_on_disk(path) == [0, 1]  # epoch 0 copied over from the old file
+    train(cfg, digits, path, device=CPU)
+    full = tmp_path / "full.h5"
+    train(cfg, digits, full, device=CPU)
+    _assert_same_records(path, full)
+
+
 def test_damaged_side_file_is_one_line_error(digits, tmp_path):
     cfg = _cfg(epochs=3)
     part = tmp_path / "part.h5"

@@ -294,15 +294,32 @@ def _recorders(config: TrainConfig, n: int, snaps: tuple[int, ...], out: Path,
                 DynamicsRecorder(n, snaps))
     epochlog.rollback(out, start)
     rows = epochlog.read(out, start)
-    if rows is None:  # no complete side log: the groups inside checkpoint.h5 (as before)
-        return (TrajectoryRecorder.for_run(config, out, start), DynamicsRecorder.for_run(n, snaps, out, start))
+    if rows is None:  # no complete side log (a checkpoint of an older dpcli): the groups inside checkpoint.h5
+        recorder, dyn = TrajectoryRecorder.for_run(config, out, start), DynamicsRecorder.for_run(n, snaps, out, start)
+        _backfill(out, recorder, dyn, start)
+        return recorder, dyn
     with h5py.File(out, "r") as f:
         snapshots = read_snapshots(f)
     dyn_rows = epochlog.split(rows, "dynamics")
-    previous = Dynamics(loss=np.stack([r["loss"] for r in dyn_rows]),
-                        correct=np.stack([r["correct"] for r in dyn_rows]), snapshots=snapshots)
+    previous = None
+    if all("loss" in r for r in dyn_rows):  # else (rows backfilled from a checkpoint without dynamics): none
+        previous = Dynamics(loss=np.stack([r["loss"] for r in dyn_rows]),
+                            correct=np.stack([r["correct"] for r in dyn_rows]), snapshots=snapshots)
     return (TrajectoryRecorder.from_rows(config, epochlog.split(rows, "trajectory")),
             DynamicsRecorder(n, snaps, previous, start))
+
+
+def _backfill(out: Path, recorder: TrajectoryRecorder, dyn: DynamicsRecorder, start: int) -> None:
+    """Copy rows read from an old-style checkpoint into the side log, so a later resume finds them there."""
+    traj_rows = {int(rec[0]): rec for rec in recorder._records}
+    dyn_rows = list(zip(dyn._loss, dyn._correct))
+    for k in range(start):
+        row = {}
+        if k in traj_rows:
+            row.update({f"trajectory/{name}": np.asarray(v) for name, v in zip(TrajectoryRecorder._ROW, traj_rows[k])})
+        if k < len(dyn_rows):
+            row.update({"dynamics/loss": dyn_rows[k][0], "dynamics/correct": dyn_rows[k][1]})
+        epochlog.append(out, k, row)
 
 
 def _make_deterministic(device: torch.device) -> None:
