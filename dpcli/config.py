@@ -36,6 +36,11 @@ class TrainConfig:
     # library models (--arch torchvision:NAME / timm:NAME): --weights and --head-module; None = unset
     weights: str | None = None
     head_module: str | None = None
+    # Speed options (docs/gpu.md); each is part of the run key only when set, so older keys stay valid.
+    channels_last: bool = False  # conv models: NHWC activations (tensor cores on CUDA)
+    compile: bool = False  # torch.compile the model for training steps
+    deterministic: bool = False  # bitwise-repeatable CUDA runs (deterministic kernels, slower)
+    fp32: bool = False  # CUDA: no bf16 autocast (float32 throughout; TF32 matmuls are not enabled)
 
     def validate(self) -> "TrainConfig":
         from dpcli.models.base import check_arch
@@ -57,6 +62,9 @@ class TrainConfig:
         for key in ("image_size", "weights", "head_module"):  # only when set: older run keys stay valid
             if d[key] is None:
                 d.pop(key)
+        for key in _SPEED_FIELDS:
+            if not d[key]:
+                d.pop(key)  # unset speed options leave the run key of older runs unchanged
         return d
 
     @classmethod
@@ -66,6 +74,9 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+_SPEED_FIELDS = ("channels_last", "compile", "deterministic", "fp32")
 
 
 @dataclass(frozen=True)
@@ -85,6 +96,8 @@ class InfluenceConfig:
     sketch_k: int | None = None
     sketch_seed: int = 0
     sgd_epochs: int | None = None  # --method sgd: replay the last E recorded epochs (None: all)
+    # exact: float64 Cholesky, or a float32 one refined in float64 to cg_tol (GPUs with slow float64); "auto" picks
+    precision: str = "float64"
 
     def validate(self) -> "InfluenceConfig":
         from dpcli.influence.base import ESTIMATORS
@@ -103,6 +116,8 @@ class InfluenceConfig:
             _positive_int("--sketch", self.sketch_k)
         if self.sgd_epochs is not None:
             _positive_int("--sgd-epochs", self.sgd_epochs)
+        if self.precision not in ("float64", "float32-refined", "auto"):
+            raise DpcliError(f"unknown --precision {self.precision!r}; choose one of float64, float32-refined, auto")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,7 +127,8 @@ class InfluenceConfig:
         if self.method != "sgd":
             d.pop("sgd_epochs", None)
         # scale options appear only when set, so existing run-directory keys stay valid
-        for key, default in (("cg_tol", 1e-6), ("cg_max_iter", 1000), ("sketch_k", None), ("sketch_seed", 0)):
+        for key, default in (("cg_tol", 1e-6), ("cg_max_iter", 1000), ("sketch_k", None), ("sketch_seed", 0),
+                             ("precision", "float64")):
             if d.get(key) == default:
                 d.pop(key, None)
         return d

@@ -149,18 +149,32 @@ def test_torchrun_cli_writes_the_single_process_artifact(launch, capsys):
     assert not model.training
 
 
-def test_shard_slices_cover_each_global_batch():
-    x = torch.arange(10.0).view(10, 1)
-    y = torch.arange(10)
-    for world in (2, 3, 4, 11):
+def test_each_rank_builds_exactly_its_slice_of_the_global_batch():
+    """With part=bounds a rank builds only rows [lo, hi) of each global batch, equal to the full batch's rows."""
+    from dpcli.data.sources import iterate_batches, load_dataset
+
+    ds = load_dataset("digits")
+    keep = np.arange(0, 1400, 7)  # 200 samples: batches of 64, 64, 64, 8
+
+    def batches(part=None):
+        g = torch.Generator().manual_seed(3)
+        return list(iterate_batches(ds.train, 64, mean=ds.mean, std=ds.std, device=CPU, shuffle=True, augment=True,
+                                    generator=g, indices=keep, part=part))
+
+    full = batches()
+    for world in (2, 3, 11):
         parts = []
         for rank in range(world):
             d = distributed.Distributed(rank, world, rank, CPU)
-            got = list(d.shard(iter([(x, y, y.clone())])))
-            assert d.samples_done == 10
-            parts.append(got[0][1])
-        assert torch.equal(torch.cat(parts), y)  # contiguous, in order, sizes differ by at most one
-        assert max(p.numel() for p in parts) - min(p.numel() for p in parts) <= 1
+            got = list(d.shard(iter(batches(d.bounds))))
+            assert d.samples_done == len(keep)
+            parts.append(got)
+        for t, (x, y, idx) in enumerate(full):
+            assert torch.equal(torch.cat([p[t][0] for p in parts]), x)  # same pixels, augmentation included
+            assert torch.equal(torch.cat([p[t][1] for p in parts]), y)
+            assert torch.equal(torch.cat([p[t][2] for p in parts]), idx)
+            sizes = [p[t][1].numel() for p in parts]
+            assert max(sizes) - min(sizes) <= 1
 
 
 def test_scaled_loss_gives_the_global_mean_gradient():
@@ -172,8 +186,8 @@ def test_scaled_loss_gives_the_global_mean_gradient():
     grads = []
     for rank in range(2):
         d = distributed.Distributed(rank, 2, rank, CPU)
-        list(d.shard(iter([(logits, y, y)])))  # sets the global batch size
         lo, hi = d.bounds(7)
+        list(d.shard(iter([(logits[lo:hi], y[lo:hi], y)])))  # sets the global batch size
         part = logits.detach()[lo:hi].clone().requires_grad_(True)
         loss = d.loss(torch.nn.functional.cross_entropy(part, y[lo:hi], reduction="none"))
         assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(part, y[lo:hi]).item())

@@ -30,6 +30,7 @@ P_ESTIMATOR = "Estimator"
 P_SCALE = "Large runs"
 P_EMBED = "Embeddings (instead of a checkpoint)"
 P_MODEL = "Library models"
+P_SPEED = "Speed (GPU)"
 
 # Panels folded out of `prune --help` (shown by --help-all) so the common case reads in one screen.
 FOLDED = {"prune": (P_TUNING, P_DS_TRAIN, P_DS_INFLUENCE)}

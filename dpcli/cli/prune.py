@@ -81,6 +81,10 @@ def command(
     lissa_depth: L.depth = o.LISSA_DEFAULTS["depth"], lissa_scale: L.scale = o.LISSA_DEFAULTS["scale"],
     lissa_batch_size: L.batch = o.LISSA_DEFAULTS["batch"], lissa_repeats: L.repeats = o.LISSA_DEFAULTS["repeats"],
     lissa_seed: L.seed = o.LISSA_DEFAULTS["seed"],
+    proxy: Annotated[Optional[str], typer.Option(
+        "--proxy", metavar="ARCH[:EPOCHS]", rich_help_panel=o.P_DS_TRAIN,
+        help="Dataset mode: compute S with this small, fast network and schedule instead of the target's "
+             "(Selection via Proxy); retrain the target on the mask.")] = None,
 ) -> None:
     """Select the samples to PRUNE and write mask.h5 (keep = train on it); ||sum S_pruned|| is certified from S."""
     from dpcli.config import InfluenceConfig, PruneConfig
@@ -102,7 +106,25 @@ def command(
     from dpcli.artifacts.runs import mask_path
     from dpcli.cli import embeddings
 
-    if embeddings.is_external_S(source):  # an S computed elsewhere: no lineage, still certified from S
+    if proxy is not None:
+        if pipeline.is_artifact_path(source):
+            raise DpcliError("--proxy needs a dataset name as SOURCE (it trains the proxy itself), not a file")
+        from dpcli.stages.proxy import ProxySpec, select_via_proxy
+        from dpcli.train.loop import resolve_device
+
+        spec = ProxySpec.parse(proxy)
+        ds = pipeline.load(source, data_root, image_size)
+        pipeline.check_prune(pcfg, len(ds.train.labels))
+        target = pipeline.train_config(ds, o.training_overrides(
+            arch=arch, weights=weights, head_module=head_module, width=width, depth=depth, epochs=epochs, lr=lr,
+            momentum=momentum, weight_decay=weight_decay, batch_size=batch_size, augment=augment, seed=train_seed))
+        sel = select_via_proxy(ds, target, spec, pcfg, device=resolve_device(device),
+                               run_root=pipeline.run_root_of(run_root), influence_cfg=icfg, force=force, out=out,
+                               indices_out=indices_out)
+        mask = sel.mask
+        chain = {"proxy": sel.proxy.to_dict(), "proxy_checkpoint": str(sel.checkpoint),
+                 "selection_seconds": sel.seconds, "target": target.to_dict()}
+    elif embeddings.is_external_S(source):  # an S computed elsewhere: no lineage, still certified from S
         mask = embeddings.prune_external(source, pcfg, out, indices_out)
         chain = {"lineage": "none known"}
     elif pipeline.is_artifact_path(source):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -120,8 +120,14 @@ def iterate_batches(
     generator: torch.Generator | None = None,
     indices: np.ndarray | None = None,
     workers: int | None = None,
+    part: Callable[[int], tuple[int, int]] | None = None,
 ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     """One epoch over ``split`` (or over ``indices`` of it), in batches.
+
+    ``part(B) -> (lo, hi)`` (one torchrun rank's slice of a global batch of ``B``): the randomness is
+    drawn for the whole global batch as usual, and only rows ``[lo, hi)`` of ``x`` and ``y`` are
+    yielded; ``idx`` stays the global batch's indices.  (The global batch is still read and augmented
+    on every rank; only the forward and backward passes are split.)
 
     Yields ``(x, y, idx)``: ``x`` float32 ``(B, C, S, S)`` contiguous on ``device``,
     ``(pixel / 255 - mean) / std`` with ``S = split.out_size``; ``y`` int64 ``(B,)`` on ``device``;
@@ -181,14 +187,23 @@ def iterate_batches(
             box = random_resized_crop_params(b, h, w, generator, gdev)
             flips = torch.randint(0, 2, (b,), generator=generator, device=gdev).bool()
             x = resized_crop(xb, *(t.to(device) for t in box), split.crop, flips.to(device))
-            yield x.div_(255.0).sub_(mean_t).div_(std_t), yb, idx.clone()
+            yield _part(x.div_(255.0).sub_(mean_t).div_(std_t), yb, idx, part)
             continue
         else:
             top, left = int(round((h - split.crop) / 2.0)), int(round((w - split.crop) / 2.0))
             xb = xb[:, top : top + split.crop, left : left + split.crop]
         x = xb.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
         x.div_(255.0).sub_(mean_t).div_(std_t)
-        yield x, yb, idx.clone()
+        yield _part(x, yb, idx, part)
+
+
+def _part(x: Tensor, y: Tensor, idx: Tensor, part: Callable[[int], tuple[int, int]] | None
+          ) -> tuple[Tensor, Tensor, Tensor]:
+    """This rank's rows of a global batch (all of it without ``part``); ``idx`` stays global."""
+    if part is None:
+        return x, y, idx.clone()
+    lo, hi = part(idx.numel())
+    return x[lo:hi].contiguous(), y[lo:hi], idx.clone()
 
 
 def _crop_flip(xb: Tensor, offsets: Tensor, flips: Tensor, pad: int) -> Tensor:

@@ -7,8 +7,8 @@
 How a run stays the single-process run:
 
 * every rank draws the **same** permutation and augmentation from the epoch generator
-  (same seed), builds the whole global batch of ``--batch-size`` samples and keeps its
-  contiguous slice of it (:meth:`Distributed.shard`; slice sizes differ by at most one,
+  (same seed) for the whole global batch of ``--batch-size`` samples, but builds only its
+  contiguous slice of it (``iterate_batches(part=...)``, :meth:`Distributed.shard`; slice sizes differ by at most one,
   the first ranks get the extra sample, a rank may get none when the batch is smaller
   than K);
 * each rank backpropagates ``sum(local losses) * K / global_batch``; DDP averages the
@@ -119,14 +119,20 @@ class Distributed:
         return lo, lo + q + (1 if self.rank < r else 0)
 
     def shard(self, batches: Iterator[tuple[Tensor, Tensor, Tensor]]) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        """Each global batch (identical on every rank) cut down to this rank's slice."""
+        """Each global batch cut down to this rank's slice.
+
+        ``batches`` come from ``iterate_batches(..., part=self.bounds)``: ``x``/``y`` are already
+        this rank's rows only (no rank builds the others' samples), ``idx`` the global batch's indices.
+        """
         self.samples_done = 0
         for x, y, idx in batches:
-            b = y.shape[0]
+            b = idx.shape[0]
             lo, hi = self.bounds(b)
+            if y.shape[0] != hi - lo:
+                raise RuntimeError("Distributed.shard expects batches built with part=Distributed.bounds")
             self._global_batch = b
             self.samples_done += b
-            yield x[lo:hi], y[lo:hi], idx[lo:hi]
+            yield x, y, idx[lo:hi]
 
     def loss(self, losses: Tensor) -> Tensor:
         """Local mean of the per-sample ``losses`` in value; its gradient is ``K/B * sum(losses)``.
@@ -145,13 +151,13 @@ class Distributed:
         tdist.all_reduce(t)
         return t.cpu()
 
-    def end_epoch(self, model: nn.Module, tot_loss: float, tot_correct: int, seen: int) -> tuple[float, int, int]:
-        """Sum the epoch's train metrics over ranks; give every rank rank 0's buffers."""
+    def end_epoch(self, model: nn.Module, stats: Tensor) -> Tensor:
+        """Sum the epoch's train metrics (a device tensor) over ranks; give every rank rank 0's buffers."""
         for buf in model.buffers():
             tdist.broadcast(buf.data, src=0)
-        t = torch.tensor([tot_loss, float(tot_correct), float(seen)], dtype=torch.float64, device=self.device)
+        t = stats.to(self.device, torch.float64)
         tdist.all_reduce(t)
-        return float(t[0]), int(round(float(t[1]))), int(round(float(t[2])))
+        return t
 
     def save(self, path, *args, **kwargs):
         """Rank 0 writes the checkpoint (atomically); the others wait, then read its header."""

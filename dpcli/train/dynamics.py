@@ -97,32 +97,39 @@ class DynamicsRecorder:
     def _want_probs(self) -> bool:
         return self._extras and len(self._loss) < PROB_EPOCHS
 
-    def begin_epoch(self) -> None:
-        self._cur_loss = np.full(self.n, np.nan, dtype=np.float32)
-        self._cur_correct = np.full(self.n, NOT_SEEN, dtype=np.uint8)
-        self._cur_margin = np.full(self.n, np.nan, dtype=np.float32)
-        self._cur_probs = None  # allocated at the first batch, when the number of classes is known
+    def begin_epoch(self, device: torch.device | str = "cpu") -> None:
+        # rows loss / correct / margin kept on the training device: one host transfer per epoch, none per step
+        self._cur = torch.full((3, self.n), float("nan"), dtype=torch.float32, device=device)
+        self._cur_probs_dev: Tensor | None = None  # (n, C), allocated at the first batch (C known then)
 
     def add_batch(self, idx: Tensor, losses: Tensor, logits: Tensor, labels: Tensor) -> None:
-        """Record one training batch from its forward pass (``logits`` as the loss saw them)."""
-        i = idx.numpy()
+        """Record one training batch from its forward pass (``logits`` as the loss saw them), on its device."""
         with torch.no_grad():
+            i = idx.to(self._cur.device, non_blocking=True)
             z = logits.detach().float()
-            self._cur_loss[i] = losses.detach().float().cpu().numpy()
-            self._cur_correct[i] = (z.argmax(1) == labels).cpu().numpy().astype(np.uint8)
+            self._cur[0, i] = losses.detach().float()
+            self._cur[1, i] = (z.argmax(1) == labels).float()
             if not self._extras:
                 return
             p = torch.softmax(z, 1)
             y = labels.view(-1, 1)
             others = p.scatter(1, y, -1.0).amax(1)  # probabilities are >= 0: -1 hides the true class
-            self._cur_margin[i] = (p.gather(1, y).squeeze(1) - others).cpu().numpy()
+            self._cur[2, i] = p.gather(1, y).squeeze(1) - others
             if self._want_probs:
-                if self._cur_probs is None:
-                    self._cur_probs = np.full((self.n, p.shape[1]), np.nan, dtype=np.float32)
-                self._cur_probs[i] = p.cpu().numpy()
+                if self._cur_probs_dev is None:
+                    self._cur_probs_dev = torch.full((self.n, p.shape[1]), float("nan"), dtype=torch.float32,
+                                                     device=self._cur.device)
+                self._cur_probs_dev[i] = p
 
     def end_epoch(self, dist=None) -> None:
         """Close the epoch; under torchrun every rank saw a slice, so the records are summed over ranks."""
+        cur = self._cur.cpu().numpy()
+        seen = ~np.isnan(cur[0])
+        self._cur_loss = cur[0]
+        self._cur_correct = np.where(seen, cur[1], NOT_SEEN).astype(np.uint8)
+        self._cur_margin = cur[2]
+        self._cur_probs = None if self._cur_probs_dev is None else self._cur_probs_dev.cpu().numpy()
+        self._cur = self._cur_probs_dev = None
         if dist is not None:
             seen = ~np.isnan(self._cur_loss)
             parts = np.stack([np.where(seen, self._cur_loss, 0.0), np.where(seen, self._cur_correct, 0), seen,
@@ -152,8 +159,20 @@ class DynamicsRecorder:
         total = dist.all_sum(torch.from_numpy(local.astype(np.float32))).numpy()
         return np.where(hit[:, None], total, np.nan).astype(np.float32)
 
-    def write(self, f: h5py.File) -> None:
-        if self._loss:
+    def last_epoch(self) -> dict[str, np.ndarray]:
+        """The rows of the epoch just closed (an append to ``checkpoint.h5.epochs/``)."""
+        if not self._loss:
+            return {}
+        row = {"loss": self._loss[-1], "correct": self._correct[-1]}
+        if self._extras:
+            row["margin"] = self._margin[-1]
+            if len(self._probs) == len(self._loss):  # still within the first PROB_EPOCHS epochs
+                row["probs"] = self._probs[-1]
+        return row
+
+    def write(self, f: h5py.File, rows: bool = True) -> None:
+        """Snapshots, and (``rows``) the per-epoch records of every epoch so far."""
+        if self._loss and rows:
             g = f.create_group("dynamics")
             e = len(self._loss)
             chunks = (1, min(self.n, 1 << 20))
@@ -175,13 +194,19 @@ def read_dynamics(f: h5py.File, snapshots: bool = True) -> Dynamics | None:
     if "dynamics" not in f:
         return None
     g = f["dynamics"]
-    snaps = {}
-    if snapshots and "snapshots" in f:
-        for epoch, sg in f["snapshots"].items():
-            snaps[int(epoch)] = {k: torch.from_numpy(np.asarray(v[()])) for k, v in sg.items()}
+    snaps = read_snapshots(f) if snapshots else {}
     margin = g["margin"][()] if "margin" in g else None
     probs = g["probs"][()] if "probs" in g else None
     return Dynamics(loss=g["loss"][()], correct=g["correct"][()], snapshots=snaps, margin=margin, probs=probs)
+
+
+def read_snapshots(f: h5py.File) -> dict[int, dict[str, Tensor]]:
+    """The model snapshots stored in an open checkpoint file (empty if none)."""
+    snaps = {}
+    if "snapshots" in f:
+        for epoch, sg in f["snapshots"].items():
+            snaps[int(epoch)] = {k: torch.from_numpy(np.asarray(v[()])) for k, v in sg.items()}
+    return snaps
 
 
 def default_snapshot_epochs(epochs: int) -> tuple[int, ...]:

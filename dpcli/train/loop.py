@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +25,10 @@ from dpcli.artifacts.h5 import array_fingerprint, atomic_h5, check_writable, get
 from dpcli.artifacts.lock import artifact_lock
 from dpcli.config import TrainConfig
 from dpcli.data.sources import Dataset, Split, iterate_batches, load_dataset
-from dpcli.train.dynamics import DynamicsRecorder, default_snapshot_epochs
+from dpcli.train.dynamics import Dynamics, DynamicsRecorder, default_snapshot_epochs, read_snapshots
 from dpcli.errors import ArtifactBusy, DpcliError
 from dpcli.models.zoo import Classifier, build_model
+from dpcli.train import epochlog
 from dpcli.train.trajectory import TrajectoryRecorder
 
 if TYPE_CHECKING:
@@ -117,27 +119,32 @@ def evaluate(model: Classifier, split: Split, ds: Dataset, device: torch.device,
              batch_size: int = 1024) -> tuple[float, float]:
     """Mean cross-entropy and accuracy (%) on a split, un-augmented, in eval mode."""
     model.eval()
-    total_loss, correct, n = 0.0, 0, 0
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss, correct: summed on the device
+    n = 0
     for x, y, _ in iterate_batches(split, batch_size, mean=ds.mean, std=ds.std, device=device,
                                    shuffle=False, augment=False, generator=None):
-        logits = model(x).float()
-        total_loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(_memory_format(x, model)).float()
+        sums += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
+                             (logits.argmax(1) == y).sum().double()])
         n += y.numel()
+    total_loss, correct = sums.tolist()  # the one host sync of an evaluation
     return total_loss / max(n, 1), 100.0 * correct / max(n, 1)
 
 
 @torch.no_grad()
 def extract_features(model: Classifier, split: Split, ds: Dataset, device: torch.device,
                      batch_size: int = 1024, progress: RowsHook | None = None) -> torch.Tensor:
-    """Penultimate features of every sample, un-augmented, eval mode, float32."""
+    """Penultimate features of every sample, un-augmented, eval mode, in the training precision
+    (bf16 autocast on CUDA), returned as float32."""
     model.eval()
     out = []
     n = len(split.labels)
     done = 0
     for x, _, _ in iterate_batches(split, batch_size, mean=ds.mean, std=ds.std, device=device,
                                    shuffle=False, augment=False, generator=None):
-        out.append(model.features(x).float())
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out.append(model.features(_memory_format(x, model)).float())  # the training precision
         done += x.shape[0]
         if progress:
             progress(done, n)
@@ -218,12 +225,20 @@ def _train_locked(config: TrainConfig, ds: Dataset, out: Path, *, device: torch.
     if not (out.exists() and not force):
         check_writable(out)  # a read-only --run-root fails now, not after the first epoch
     fp = ds.fingerprint
+    if config.deterministic:
+        _make_deterministic(device)
     model = make_model(config, ds).to(device)
+    if config.deterministic:
+        _deterministic_modules(model)
+    if config.channels_last:
+        _to_channels_last(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     history: list[EpochRecord] = []
     start = 0
+    if force or not out.exists():
+        epochlog.clear(out)  # side files of an earlier run are not this run's
     if out.exists() and not force:
         ck = load_checkpoint(out)
         if ck.config != config or ck.dataset_fingerprint != fp:
@@ -244,14 +259,15 @@ def _train_locked(config: TrainConfig, ds: Dataset, out: Path, *, device: torch.
     n_used = len(ds.train.labels) if indices is None else len(indices)
     if n_used == 0:
         raise DpcliError("the training subset is empty: the mask keeps no sample")
-    use_amp = device.type == "cuda"
+    use_amp = device.type == "cuda" and not config.fp32
     net = model if dist is None else dist.wrap(model)  # DDP shares model's parameters and buffers
+    if config.compile:
+        net = _compiled(net)
     if dist is not None:
         on_batch = dist.progress(on_batch)
     save = save_checkpoint if dist is None else dist.save  # rank 0 writes, the others wait
-    recorder = TrajectoryRecorder.for_run(config, out if start > 0 else None, start)  # for --method sgd
     snaps = default_snapshot_epochs(config.epochs) if snapshot_epochs is None else snapshot_epochs
-    dyn = DynamicsRecorder.for_run(len(ds.train.labels), snaps, out if start > 0 else None, start)
+    recorder, dyn = _recorders(config, len(ds.train.labels), snaps, out, start)
     if start == 0:
         dyn.snapshot(0, model)
     last = config.epochs if stop_after is None else max(start, min(config.epochs, int(stop_after)))
@@ -261,33 +277,39 @@ def _train_locked(config: TrainConfig, ds: Dataset, out: Path, *, device: torch.
         net.train()
         lr = optimizer.param_groups[0]["lr"]
         recorder.begin_epoch(epoch, model, optimizer, lr)
-        tot_loss, tot_correct, seen, steps = 0.0, 0, 0, 0
         batches = iterate_batches(ds.train, config.batch_size, mean=ds.mean, std=ds.std, device=device,
                                   shuffle=True, augment=config.augment and ds.augment,
-                                  generator=_epoch_generator(config.seed, epoch), indices=indices)
+                                  generator=_epoch_generator(config.seed, epoch), indices=indices,
+                                  part=None if dist is None else dist.bounds)  # a rank builds its slice only
         batches = recorder.watch(batches)  # records the global batches' dataset indices
         if dist is not None:
             batches = dist.shard(batches)  # same global batches on every rank; keep this rank's slice
-        dyn.begin_epoch()
+        dyn.begin_epoch(device)
+        # [loss sum, correct, non-finite steps, samples], summed on the device: no host sync per step
+        stats = torch.zeros(4, dtype=torch.float64, device=device)
+        steps = seen = 0
         for x, y, idx in batches:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = net(x)
+                logits = net(_memory_format(x, model))
             losses = F.cross_entropy(logits.float(), y, reduction="none")
             loss = losses.mean() if dist is None else dist.loss(losses)
             dyn.add_batch(idx, losses, logits, y)
-            if not torch.isfinite(loss):
-                raise DpcliError(f"training diverged at epoch {epoch + 1} (loss is {loss.item()}); lower --lr")
+            correct = logits.detach().argmax(1) == y
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            tot_loss += loss.item() * y.numel()
-            tot_correct += (logits.argmax(1) == y).sum().item()
-            seen += y.numel()
+            stats[:3] += torch.stack([loss.detach().double() * y.numel(), correct.sum().double(),
+                                      (~torch.isfinite(loss.detach())).double()])
             steps += 1
+            seen += y.numel()
             if on_batch:
                 on_batch(epoch, seen, n_used)
+        stats[3] += seen  # a Python number into a device tensor: no sync
         if dist is not None:
-            tot_loss, tot_correct, seen = dist.end_epoch(model, tot_loss, tot_correct, seen)
+            stats = dist.end_epoch(model, stats)
+        tot_loss, tot_correct, bad, seen = stats.tolist()  # the epoch's one host sync for its metrics
+        if bad or not math.isfinite(tot_loss):
+            raise DpcliError(f"training diverged at epoch {epoch + 1} (loss is not finite); lower --lr")
         scheduler.step()
         dyn.end_epoch(dist)
         dyn.snapshot(epoch + 1, model)
@@ -295,21 +317,113 @@ def _train_locked(config: TrainConfig, ds: Dataset, out: Path, *, device: torch.
             test_loss, test_acc = evaluate(model, ds.test, ds, device)
         else:
             test_loss = test_acc = float("nan")
-        rec = EpochRecord(epoch=epoch + 1, train_loss=tot_loss / seen, train_acc=100.0 * tot_correct / seen,
+        rec = EpochRecord(epoch=epoch + 1, train_loss=tot_loss / max(seen, 1), train_acc=100.0 * tot_correct / max(seen, 1),
                           test_loss=test_loss, test_acc=test_acc, seconds=time.perf_counter() - t0,
                           steps=steps, lr=lr)
         history.append(rec)
         ck = save(out, model, optimizer, scheduler, config, ds, history,
                   complete=epoch + 1 == config.epochs, keep_indices=indices, lineage=lineage,
-                  trajectory=recorder, dynamics=dyn, replace_newer=force)
+                  trajectory=recorder, dynamics=dyn, consolidate=epoch + 1 == last, replace_newer=force)
         if on_epoch:
             on_epoch(rec)
     if ck is None and last < config.epochs:  # stop_after reached already: nothing to do
         return load_checkpoint(out)
     if ck is None:  # zero epochs left to run (complete flag lost): rewrite as complete
         ck = save(out, model, optimizer, scheduler, config, ds, history, complete=True,
-                  keep_indices=indices, lineage=lineage, trajectory=recorder, dynamics=dyn)
+                  keep_indices=indices, lineage=lineage, trajectory=recorder, dynamics=dyn, consolidate=True)
     return ck
+
+
+def _recorders(config: TrainConfig, n: int, snaps: tuple[int, ...], out: Path,
+               start: int) -> tuple[TrajectoryRecorder, DynamicsRecorder]:
+    """Trajectory and dynamics recorders, resumed from the epochs committed before ``start``.
+
+    Torn appends (side files past the checkpoint's epoch) are rolled back first; the
+    committed rows come from ``checkpoint.h5.epochs/`` or, for a checkpoint written
+    consolidated (or by an older dpcli), from the checkpoint's own groups.
+    """
+    if start == 0:
+        return (TrajectoryRecorder(config.batch_size, config.momentum, config.weight_decay),
+                DynamicsRecorder(n, snaps))
+    epochlog.rollback(out, start)
+    rows = epochlog.read(out, start)
+    if rows is None:  # no complete side log (a checkpoint of an older dpcli): the groups inside checkpoint.h5
+        recorder, dyn = TrajectoryRecorder.for_run(config, out, start), DynamicsRecorder.for_run(n, snaps, out, start)
+        _backfill(out, recorder, dyn, start)
+        return recorder, dyn
+    with h5py.File(out, "r") as f:
+        snapshots = read_snapshots(f)
+    dyn_rows = epochlog.split(rows, "dynamics")
+    previous = None
+    if all("loss" in r for r in dyn_rows):  # else (rows backfilled from a checkpoint without dynamics): none
+        has = lambda key: all(key in r for r in dyn_rows)  # noqa: E731
+        previous = Dynamics(loss=np.stack([r["loss"] for r in dyn_rows]),
+                            correct=np.stack([r["correct"] for r in dyn_rows]), snapshots=snapshots,
+                            margin=np.stack([r["margin"] for r in dyn_rows]) if has("margin") else None,
+                            probs=np.stack([r["probs"] for r in dyn_rows if "probs" in r])
+                            if has("margin") and any("probs" in r for r in dyn_rows) else None)
+    return (TrajectoryRecorder.from_rows(config, epochlog.split(rows, "trajectory")),
+            DynamicsRecorder(n, snaps, previous, start))
+
+
+def _backfill(out: Path, recorder: TrajectoryRecorder, dyn: DynamicsRecorder, start: int) -> None:
+    """Copy rows read from an old-style checkpoint into the side log, so a later resume finds them there."""
+    traj_rows = {int(rec[0]): rec for rec in recorder._records}
+    for k in range(start):
+        row = {}
+        if k in traj_rows:
+            row.update({f"trajectory/{name}": np.asarray(v) for name, v in zip(TrajectoryRecorder._ROW, traj_rows[k])})
+        if k < len(dyn._loss):
+            row.update({"dynamics/loss": dyn._loss[k], "dynamics/correct": dyn._correct[k]})
+            if k < len(dyn._margin):
+                row["dynamics/margin"] = dyn._margin[k]
+            if k < len(dyn._probs):
+                row["dynamics/probs"] = dyn._probs[k]
+        epochlog.append(out, k, row)
+
+
+def _make_deterministic(device: torch.device) -> None:
+    """Deterministic kernels for bitwise-repeatable runs; cuBLAS needs a fixed workspace (set before its first use)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+class _GlobalMeanPool(torch.nn.Module):
+    """``AdaptiveAvgPool2d(1)`` as a mean: same values, and a deterministic backward on CUDA."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((2, 3), keepdim=True)
+
+
+def _deterministic_modules(model: torch.nn.Module) -> None:
+    for name, child in list(model.named_children()):
+        if isinstance(child, torch.nn.AdaptiveAvgPool2d) and child.output_size in (1, (1, 1)):
+            setattr(model, name, _GlobalMeanPool())
+        else:
+            _deterministic_modules(child)
+
+
+def _to_channels_last(model: Classifier) -> None:
+    """NHWC weights and activations for conv models (tensor-core friendly); a no-op for others."""
+    if any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
+        model.to(memory_format=torch.channels_last)
+        model.dpcli_channels_last = True
+
+
+def _memory_format(x: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
+    if x.ndim == 4 and getattr(model, "dpcli_channels_last", False):
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def _compiled(net: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile`` for the training steps; a clear error where the platform cannot compile."""
+    try:
+        return torch.compile(net)
+    except RuntimeError as exc:  # e.g. unsupported Python/platform
+        raise DpcliError(f"--compile is not available here: {exc}") from None
 
 
 def save_checkpoint(path: Path, model: Classifier, optimizer: torch.optim.Optimizer,
@@ -317,8 +431,20 @@ def save_checkpoint(path: Path, model: Classifier, optimizer: torch.optim.Optimi
                     history: list[EpochRecord], *, complete: bool, keep_indices: np.ndarray | None,
                     lineage: dict | None, world_size: int = 1,
                     trajectory: TrajectoryRecorder | None = None,
-                    dynamics: DynamicsRecorder | None = None, replace_newer: bool = False) -> Checkpoint:
-    """Publish epoch ``len(history)`` atomically; refuses to replace a later epoch unless ``replace_newer``."""
+                    dynamics: DynamicsRecorder | None = None, consolidate: bool = True,
+                    replace_newer: bool = False) -> Checkpoint:
+    """Atomically replace ``path`` with this epoch's checkpoint (never with an older epoch unless ``replace_newer``).
+
+    Without ``consolidate`` the epoch's trajectory and dynamics rows are first appended to
+    ``path.epochs/`` (:mod:`dpcli.train.epochlog`) and ``path`` keeps only constant-size
+    parts, so the write costs the same at every epoch; with it (the last epoch of a
+    ``train`` call) the full groups go into ``path`` and, once complete, the side log is removed.
+    """
+    epoch = len(history)
+    if not consolidate:
+        rows = {f"trajectory/{k}": v for k, v in (trajectory.last_epoch() if trajectory else {}).items()}
+        rows.update({f"dynamics/{k}": v for k, v in (dynamics.last_epoch() if dynamics else {}).items()})
+        epochlog.append(path, epoch - 1, rows)  # before the checkpoint: its epoch attribute commits the row
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     fingerprint = array_fingerprint(*[v.numpy() for v in state.values()])
     attrs = {
@@ -348,9 +474,11 @@ def save_checkpoint(path: Path, model: Classifier, optimizer: torch.optim.Optimi
         if keep_indices is not None:
             f.create_dataset("keep_indices", data=keep_indices)
         if trajectory is not None:
-            trajectory.write(f)  # trajectory/: what --method sgd replays (dpcli/sgd_influence.py)
+            trajectory.write(f, rows=consolidate)  # trajectory/: what --method sgd replays (dpcli/sgd_influence.py)
         if dynamics is not None:
-            dynamics.write(f)  # dynamics/, snapshots/: what the score selectors read (dpcli/dynamics.py)
+            dynamics.write(f, rows=consolidate)  # dynamics/, snapshots/: what the score selectors read
+    if consolidate and complete:
+        epochlog.clear(path)  # everything is inside the checkpoint now
     return Checkpoint(path=path, config=config, dataset_fingerprint=ds.fingerprint, n_train=len(ds.train.labels),
                       num_classes=ds.num_classes, epoch=len(history), complete=complete, fingerprint=fingerprint,
                       history=list(history), state=state, keep_indices=keep_indices, lineage=lineage or {},

@@ -141,7 +141,8 @@ class TrajectoryRecorder:
         self._indices = []
 
     def add_batch(self, idx: Tensor) -> None:
-        self._indices.append(idx.detach().cpu().numpy().astype(np.int32, copy=False))
+        host = idx if idx.device.type == "cpu" else idx.cpu()  # the loader's indices are already on the host
+        self._indices.append(host.detach().numpy().astype(np.int32, copy=False))
 
     def watch(self, batches: Iterator[tuple[Tensor, Tensor, Tensor]]) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         """Pass ``iterate_batches``' (global) batches through, recording their dataset indices."""
@@ -155,10 +156,25 @@ class TrajectoryRecorder:
             self._records.append((*self._pending, order))
             self._pending, self._indices = None, []
 
-    def write(self, f: h5py.File | h5py.Group) -> None:
-        """Commit the epoch just finished and write every recorded epoch to ``f[GROUP]``."""
+    _ROW = ("epoch", "lr", "weight", "bias", "momentum_weight", "momentum_bias", "has_momentum", "order")
+
+    def last_epoch(self) -> dict[str, np.ndarray]:
+        """Commit the epoch just finished and return its row (an append to ``checkpoint.h5.epochs/``)."""
         self._commit()
-        if not self._records:
+        return {k: np.asarray(v) for k, v in zip(self._ROW, self._records[-1])} if self._records else {}
+
+    @classmethod
+    def from_rows(cls, config, rows: list[dict[str, np.ndarray]]) -> "TrajectoryRecorder":
+        """A recorder resumed from the appended rows of epochs ``0 .. len(rows)-1``."""
+        rec = cls(config.batch_size, config.momentum, config.weight_decay)
+        rec._records = [(int(r["epoch"]), float(r["lr"]), r["weight"], r["bias"], r["momentum_weight"],
+                         r["momentum_bias"], bool(r["has_momentum"]), r["order"]) for r in rows if r]
+        return rec
+
+    def write(self, f: h5py.File | h5py.Group, rows: bool = True) -> None:
+        """Commit the epoch just finished and (``rows``) write every recorded epoch to ``f[GROUP]``."""
+        self._commit()
+        if not self._records or not rows:
             return
         g = f.create_group(GROUP)
         cols = list(zip(*self._records))

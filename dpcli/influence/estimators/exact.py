@@ -28,6 +28,11 @@ class Exact(Estimator):
                      f"conjugate gradients (relative residual {self.cfg.cg_tol:g})")
             return CG(self.cfg).solve(problem, damping=damping, rows=rows, sink=sink, progress=progress,
                                       chunk_size=chunk_size)
+        precision = infl.resolve_precision(getattr(self.cfg, "precision", "float64"), f.device)
+        if precision == "float32-refined":
+            infl.exact_influence_refined(f, y, w, b, damping=damping, chunk_size=chunk_size, sink=sink,
+                                         progress=progress, tol=self.cfg.cg_tol, rows=rows)
+            return {"solver": "exact", "precision": precision, "refinement_tol": self.cfg.cg_tol}
         if rows == (0, problem.n):
             infl.exact_influence(f, y, w, b, damping=damping, chunk_size=chunk_size, sink=sink, progress=progress)
         else:
