@@ -41,6 +41,15 @@ class TinyRun:
     influence: Path
 
 
+@pytest.fixture(autouse=True)
+def _console_not_quiet():
+    """Every test starts with messages on: a `--quiet` command before it must not silence the next one."""
+    from dpcli import console
+
+    console.set_quiet(False)
+    yield
+
+
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str] | None = None) -> tuple[int, str, str]:
     """Run the real CLI entry point in-process; returns (exit code, stdout, stderr)."""
     code = main([str(a) for a in args])

@@ -139,7 +139,7 @@ def test_no_wait_is_passed_to_the_locks_for_this_command_only(monkeypatch, tmp_p
 
     seen = []
 
-    def load(dataset, data_root):
+    def load(dataset, data_root, *args, **kwargs):
         seen.append(os.environ.get("DPCLI_NO_WAIT"))
         raise DpcliError("stop here")
 
