@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 
 from tests.conftest import run_cli
-from tests.test_data_scale import mixed_folder
+from tests.data.test_data_scale import mixed_folder
 
 SMALL = ["--arch", "convnet", "--width", "4", "--depth", "1", "--epochs", "1", "--batch-size", "8", "--device", "cpu"]
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import tiny_config
+from tests.conftest import tiny_config
 from dpcli.data.sources import iterate_batches, load_dataset
 from dpcli.train import dynamics
 from dpcli.train.dynamics import read_dynamics

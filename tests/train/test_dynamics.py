@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_config
+from tests.conftest import tiny_config
 from dpcli.data.sources import load_dataset
 from dpcli.train.dynamics import read_dynamics
 from dpcli.train.loop import load_checkpoint, make_model, train

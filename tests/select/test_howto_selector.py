@@ -13,7 +13,7 @@ from dpcli.select.base import SELECTORS
 from dpcli.stages.core import prune
 from dpcli.select.signals import load_dynamics
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "howto-add-a-selector.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "howto-add-a-selector.md"
 
 
 def test_the_documented_selector_is_one_new_file(tmp_path, monkeypatch, tiny_run):

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import TINY, run_cli, run_json
+from tests.conftest import TINY, run_cli, run_json
 from dpcli.select import solvers as selection
 from dpcli.config import PruneConfig
 from dpcli.select.base import SELECTORS

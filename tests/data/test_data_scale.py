@@ -25,7 +25,7 @@ from dpcli.data.sources import load_dataset
 from dpcli.errors import DpcliError
 
 CPU = torch.device("cpu")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _img(rng: np.random.Generator, w: int, h: int, mode: str = "RGB") -> Image.Image:

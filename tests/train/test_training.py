@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import interrupt_after, tiny_config as _cfg
+from tests.conftest import interrupt_after, tiny_config as _cfg
 from dpcli.data.sources import load_dataset
 from dpcli.errors import DpcliError
 from dpcli.train.loop import evaluate, load_checkpoint, load_trained, time_to_accuracy, train, EpochRecord

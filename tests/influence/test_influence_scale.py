@@ -18,7 +18,7 @@ from dpcli.influence.cg import CGStats, cg_influence
 from dpcli.influence.sketch import Sketch, jl_failure_bound, parse_shard, shard_rows
 from dpcli.stages.core import read_influence_info
 from tests.conftest import run_cli, run_json
-from tests.test_cli import _assert_user_error
+from tests.cli.test_cli import _assert_user_error
 
 F64 = torch.float64
 

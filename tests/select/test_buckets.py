@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import run_cli, run_json
+from tests.conftest import run_cli, run_json
 from dpcli.select import solvers as selection
 from dpcli.select.buckets import partition, shares, solve_bucketed
 from dpcli.config import PruneConfig

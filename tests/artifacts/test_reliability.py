@@ -32,7 +32,7 @@ from dpcli.train.loop import EpochRecord, load_checkpoint, make_model, save_chec
 from dpcli.data.sources import load_dataset
 from tests.conftest import TINY, run_cli, tiny_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CHAIN = ["prune", "--epsilon", "0.05", "digits", *TINY]
 
 

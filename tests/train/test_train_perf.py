@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import interrupt_after, run_cli, tiny_config as _cfg
+from tests.conftest import interrupt_after, run_cli, tiny_config as _cfg
 from dpcli.config import InfluenceConfig, PruneConfig, TrainConfig
 from dpcli.data.sources import load_dataset
 from dpcli.errors import DpcliError
@@ -26,7 +26,7 @@ from dpcli.train.loop import _deterministic_modules, load_checkpoint, train
 from dpcli.train.trajectory import read_trajectory
 
 CPU = torch.device("cpu")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run benchmarks/gpu_smoke.sh)")
 
 
