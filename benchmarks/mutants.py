@@ -144,7 +144,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("train-accuracy-unsummed", "the device-side epoch metrics count one correct sample per step",
            "dpcli/train/loop.py",
            "correct.sum().double()", "correct[:1].sum().double()",
-           ("tests/train/test_training.py", "tests/train/test_train_perf.py")),
+           ("tests/train/test_training.py",)),
 )
 
 

@@ -73,3 +73,14 @@ def test_time_to_accuracy():
             for i, acc in enumerate([50.0, 70.0, 90.0])]
     assert time_to_accuracy(hist, 70.0) == (4.0, 2)
     assert time_to_accuracy(hist, 95.0) is None
+
+
+def test_epoch_metrics_equal_the_per_sample_records(digits, tmp_path):
+    """train_loss / train_acc (summed on the device) equal the mean of the per-sample records of the same passes."""
+    from dpcli.select.signals import load_dynamics
+
+    ck = train(_cfg(epochs=2), digits, tmp_path / "ck.h5", device=torch.device("cpu"))
+    dyn = load_dynamics(ck.path, snapshots=False)
+    for e, rec in enumerate(ck.history):
+        assert rec.train_acc == pytest.approx(100.0 * float(np.mean(dyn.correct[e] == 1)), abs=1e-9)
+        assert rec.train_loss == pytest.approx(float(np.mean(dyn.loss[e].astype(np.float64))), rel=1e-5)
