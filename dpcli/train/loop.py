@@ -189,9 +189,14 @@ def train(
         if lock.waited:
             _say_reused(out, lock.holder)
         force = force and not lock.reusable()  # what another job published while we waited is fresh
-        return _train_locked(config, ds, out, device=device, keep_indices=keep_indices, force=force,
-                             lineage=lineage, on_batch=on_batch, on_epoch=on_epoch, dist=dist,
-                             stop_after=stop_after, eval_every=eval_every, snapshot_epochs=snapshot_epochs)
+        try:
+            return _train_locked(config, ds, out, device=device, keep_indices=keep_indices, force=force,
+                                 lineage=lineage, on_batch=on_batch, on_epoch=on_epoch, dist=dist,
+                                 stop_after=stop_after, eval_every=eval_every, snapshot_epochs=snapshot_epochs)
+        except BaseException:
+            if not out.exists():  # no epoch was ever committed: its side log would be an orphan
+                epochlog.clear(out)
+            raise
 
 
 def _say_reused(out: Path, holder: int | None) -> None:

@@ -75,7 +75,7 @@ def test_eval_every_skips_intermediate_evaluations(digits, tmp_path):
 
 
 def test_cli_snapshot_epochs(tmp_path, capsys):
-    from conftest import TINY, run_cli
+    from tests.conftest import TINY, run_cli
 
     out = tmp_path / "c.h5"
     code, _, err = run_cli(["train", "digits", *TINY, "--snapshot-epochs", "1,3", "--out", out, "--quiet"], capsys)
