@@ -173,8 +173,7 @@ class PruneConfig:
         if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
                                          or self.workers < 1):
             raise DpcliError(f"--workers must be an integer >= 1, got {self.workers}")
-        from dpcli.select.base import SELECTORS
-        from dpcli.select.solvers.common import SOLVERS
+        from dpcli.select.registry import SELECTORS, SOLVERS
 
         selector = SELECTORS.get(self.method)  # one line naming the choices for an unknown name
         if self.solver not in SOLVERS:

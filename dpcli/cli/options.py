@@ -74,13 +74,13 @@ def fill_names(text: str) -> str:
 
 
 def selector_names() -> tuple[str, ...]:
-    from dpcli.select.base import SELECTORS
+    from dpcli.select.registry import SELECTORS
 
     return SELECTORS.names()
 
 
 def solver_names() -> tuple[str, ...]:
-    from dpcli.select.solvers.common import SOLVERS
+    from dpcli.select.registry import SOLVERS
 
     return tuple(SOLVERS)
 

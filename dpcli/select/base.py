@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 import numpy as np
 
 from dpcli.errors import DpcliError
-from dpcli.registry import Registry
+from dpcli.select.registry import SELECTORS  # noqa: F401 (re-exported: the selector registry)
 from dpcli.select.certificate import repair
 from dpcli.select.linalg import count_from_ratio, row_sq_norms
 from dpcli.select.scoring import longest_prefix, prune_lowest
@@ -39,7 +39,6 @@ if TYPE_CHECKING:  # torch-free at import time: the CLI lists selectors without 
     from dpcli.data.sources import Dataset
     from dpcli.train.dynamics import Dynamics
 
-SELECTORS: Registry["Selector"] = Registry("selector", "dpcli.select.methods", option="--method")
 NEEDS = frozenset({"features", "dynamics", "snapshots", "dataset"})
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from dpcli.errors import DpcliError
 
-SOLVERS = ("swap", "anneal", "brute")
+from dpcli.select.registry import SOLVERS  # noqa: F401 (re-exported)
 BRUTE_MAX_N = 20
 # anneal (and swap's annealing phase): proposals without a budget = clamp(300 n, MIN, MAX); the start
 # temperature accepts a typical uphill swap (median ||S_j - S_i||) with probability ACCEPT0; cools by COOL.

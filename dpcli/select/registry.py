@@ -1,0 +1,11 @@
+"""The names of the selectors and solvers, without importing numpy (for ``--help`` and option checks).
+
+Selector classes register themselves here by subclassing :class:`dpcli.select.base.Selector`.
+"""
+
+from __future__ import annotations
+
+from dpcli.registry import Registry
+
+SELECTORS: Registry = Registry("selector", "dpcli.select.methods", option="--method")
+SOLVERS = ("swap", "anneal", "brute")
