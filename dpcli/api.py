@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dpcli.select.certificate import KeepMask
 from dpcli.stages.embeddings import DEFAULT_DAMPING, DEFAULT_MAX_ITER, DEFAULT_TOL, HeadFit, Refit
 
 if TYPE_CHECKING:
@@ -60,21 +61,13 @@ def influence_file(features: str | Path, labels: str | Path, out: str | Path, *,
 
 
 @dataclass(frozen=True)
-class Selection:
+class Selection(KeepMask):
     """A certified pruning: ``norm`` is ``||sum_{pruned} S_i||`` recomputed from S."""
 
     keep: np.ndarray  # bool, True = train on it
     norm: float
     epsilon: float | None
     solver: str
-
-    @property
-    def keep_indices(self) -> np.ndarray:
-        return np.flatnonzero(self.keep)
-
-    @property
-    def pruned_indices(self) -> np.ndarray:
-        return np.flatnonzero(~self.keep)
 
 
 def prune(S: Any, *, epsilon: float | None = None, ratio: float | None = None, count: int | None = None,

@@ -32,6 +32,28 @@ ROUNDING = 1e-6
 _ISSUED = object()  # only certify() holds it
 
 
+class KeepMask:
+    """Indices and counts derived from a boolean ``keep`` (True = train on it), for every mask-like result."""
+
+    keep: np.ndarray
+
+    @property
+    def keep_indices(self) -> np.ndarray:
+        return np.flatnonzero(self.keep)
+
+    @property
+    def pruned_indices(self) -> np.ndarray:
+        return np.flatnonzero(~self.keep)
+
+    @property
+    def n_kept(self) -> int:
+        return int(np.count_nonzero(self.keep))
+
+    @property
+    def n_pruned(self) -> int:
+        return int(self.keep.size - np.count_nonzero(self.keep))
+
+
 @dataclass(frozen=True)
 class Certificate:
     """A pruned set together with its norm, recomputed from S; what a mask file is written from."""

@@ -25,7 +25,7 @@ from dpcli.artifacts.lock import artifact_lock
 from dpcli.config import InfluenceConfig, PruneConfig, TrainConfig, default_train_config
 from dpcli.data.sources import Dataset
 from dpcli.errors import DpcliError
-from dpcli.select.certificate import Certificate, certify
+from dpcli.select.certificate import Certificate, KeepMask, certify
 from dpcli.select.linalg import chunk_rows
 from dpcli.train.loop import (Checkpoint, extract_features, load_checkpoint, load_trained,
                             time_to_accuracy, train)
@@ -215,7 +215,7 @@ def load_S(path: Path) -> np.ndarray:
 
 # --------------------------------------------------------------------------- prune
 @dataclass(frozen=True)
-class MaskInfo:
+class MaskInfo(KeepMask):
     path: Path
     keep: np.ndarray
     mode: str
@@ -231,22 +231,6 @@ class MaskInfo:
     fingerprint: str
     seconds: float
     method: str = "optimization"
-
-    @property
-    def keep_indices(self) -> np.ndarray:
-        return np.flatnonzero(self.keep)
-
-    @property
-    def pruned_indices(self) -> np.ndarray:
-        return np.flatnonzero(~self.keep)
-
-    @property
-    def n_kept(self) -> int:
-        return int(self.keep.sum())
-
-    @property
-    def n_pruned(self) -> int:
-        return self.n - self.n_kept
 
 
 def prune(influence_path: Path, out: Path, cfg: PruneConfig, *, indices_out: Path | None = None,
