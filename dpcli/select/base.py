@@ -122,7 +122,10 @@ class Selector:
         self.cfg = cfg
 
     def select(self, ctx: Context, m: int | None, epsilon: float | None) -> tuple[np.ndarray, str]:
-        """The pruned mask (exactly ``m`` samples, or within ``epsilon`` of S) and a label of the rule used."""
+        """The pruned mask (exactly ``m`` samples, or within ``epsilon`` of S) and a label of the rule used.
+
+        ``m`` is None only in epsilon mode, and only for selectors that declare ``epsilon_mode``.
+        """
         raise NotImplementedError
 
 
@@ -157,5 +160,8 @@ def prune_count(cfg: "PruneConfig", n: int) -> int | None:
 
 def select(cfg: "PruneConfig", ctx: Context) -> tuple[np.ndarray, str]:
     """The pruned mask chosen by ``cfg.method`` and a label for the rule used (not yet certified)."""
-    selector = SELECTORS.get(cfg.method)(cfg)
-    return selector.select(ctx, prune_count(cfg, ctx.n), cfg.epsilon)
+    cls = SELECTORS.get(cfg.method)
+    m = prune_count(cfg, ctx.n)
+    if m is None and not cls.epsilon_mode:
+        raise DpcliError(f"--method {cfg.method} has no epsilon mode; give --prune-ratio or --prune-count")
+    return cls(cfg).select(ctx, m, cfg.epsilon)

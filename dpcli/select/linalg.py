@@ -126,3 +126,13 @@ def sum_rows(S: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return total
 
 
+def float32_rows(src, out: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """``src`` (an array or an HDF5 dataset, n x d) as float32, read byte-sized chunk by chunk, and the
+    number of rows holding NaN or inf: no full-size temporary or n x d boolean array."""
+    out = np.empty(src.shape, dtype=np.float32) if out is None else out
+    step = chunk_rows(src.shape[1])
+    bad = 0
+    for a in range(0, src.shape[0], step):
+        out[a:a + step] = src[a:a + step]
+        bad += int((~np.isfinite(out[a:a + step])).any(1).sum())
+    return out, bad

@@ -26,7 +26,7 @@ from dpcli.config import InfluenceConfig, PruneConfig, TrainConfig, default_trai
 from dpcli.data.sources import Dataset
 from dpcli.errors import DpcliError
 from dpcli.select.certificate import Certificate, KeepMask, certify
-from dpcli.select.linalg import chunk_rows
+from dpcli.select.linalg import float32_rows
 from dpcli.train.loop import (Checkpoint, extract_features, load_checkpoint, load_trained,
                             time_to_accuracy, train)
 
@@ -204,10 +204,7 @@ def load_S(path: Path) -> np.ndarray:
     with open_artifact(path, "influence") as f:
         if "S" not in f or f["S"].ndim != 2:
             raise DpcliError(f"{path}: influence artifact has no 2-D dataset 'S'")
-        S = np.empty(f["S"].shape, dtype=np.float32)
-        f["S"].read_direct(S)
-    step = chunk_rows(S.shape[1])  # finiteness checked chunk by chunk: no n x d boolean array
-    bad = sum(int((~np.isfinite(S[a:a + step])).any(1).sum()) for a in range(0, S.shape[0], step))
+        S, bad = float32_rows(f["S"])
     if bad:
         raise DpcliError(f"{path}: S has {bad} rows with non-finite values; recompute with larger --damping")
     return S

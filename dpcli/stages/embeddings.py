@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from dpcli.errors import DpcliError
+from dpcli.select.linalg import float32_rows
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -89,11 +90,7 @@ def check_features(x: np.ndarray, path: str) -> np.ndarray:
         raise DpcliError(f"{path}: features must be real numbers, got dtype {x.dtype}")
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise DpcliError(f"{path}: features are empty (shape {x.shape})")
-    out = np.empty(x.shape, dtype=np.float32)
-    bad = 0
-    for a in range(0, x.shape[0], _CHUNK):
-        out[a:a + _CHUNK] = x[a:a + _CHUNK]
-        bad += int((~np.isfinite(out[a:a + _CHUNK])).any(1).sum())
+    out, bad = float32_rows(x)
     if bad:
         raise DpcliError(f"{path}: {bad} feature rows contain NaN or inf")
     return out
@@ -589,12 +586,7 @@ def load_external_S(path: Path | str) -> tuple[np.ndarray, np.ndarray | None]:
 def _copy_rows(src, path: Path) -> np.ndarray:
     if len(src.shape) != 2 or src.shape[0] == 0:
         raise DpcliError(f"{path}: S must be 2-D (n samples x d parameters), got shape {tuple(src.shape)}")
-    S = np.empty(src.shape, dtype=np.float32)
-    step = max(1, (64 << 20) // (4 * src.shape[1]))
-    bad = 0
-    for a in range(0, src.shape[0], step):
-        S[a:a + step] = src[a:a + step]
-        bad += int((~np.isfinite(S[a:a + step])).any(1).sum())
+    S, bad = float32_rows(src)
     if bad:
         raise DpcliError(f"{path}: S has {bad} rows with NaN or inf")
     return S

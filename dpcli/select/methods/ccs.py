@@ -106,8 +106,6 @@ class CCS(Selector):
     help = "CCS as published: AUM strata (50, equal width) after a hard AUM cutoff (--hard-cutoff, default auto)"
 
     def select(self, ctx: Context, m: int | None, epsilon: float | None) -> tuple[np.ndarray, str]:
-        if m is None:
-            raise DpcliError("--method ccs needs --prune-ratio or --prune-count")
         cutoff = resolve_cutoff(self.cfg, m, ctx.n)
         score = aum(ctx.dynamics().require("margin", "--method ccs"))
         pruned = ccs_select(score, m, np.random.default_rng(self.cfg.seed), cutoff=cutoff)

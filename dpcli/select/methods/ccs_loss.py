@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from dpcli.errors import DpcliError
 from dpcli.select.base import Context, Selector
 from dpcli.select.methods.ccs import resolve_cutoff
 from dpcli.select.scoring import check_count
@@ -49,8 +48,6 @@ class CCSLoss(Selector):
     help = "variant of CCS stratified over the mean training loss (not the authors' score)"
 
     def select(self, ctx: Context, m: int | None, epsilon: float | None) -> tuple[np.ndarray, str]:
-        if m is None:
-            raise DpcliError("--method ccs-loss needs --prune-ratio or --prune-count")
         cutoff = resolve_cutoff(self.cfg, m, ctx.n)
         pruned = ccs_loss(ctx.difficulty(), m, np.random.default_rng(self.cfg.seed), cutoff=cutoff)
         return pruned, f"ccs-loss(cutoff={cutoff:g})"

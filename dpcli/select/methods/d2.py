@@ -137,8 +137,6 @@ class D2(Selector):
     help = "D2 pruning: forgetting-weighted message passing on per-class kNN feature graphs, after an AUM cutoff"
 
     def select(self, ctx: Context, m: int | None, epsilon: float | None) -> tuple[np.ndarray, str]:
-        if m is None:
-            raise DpcliError("--method d2 needs --prune-ratio or --prune-count")
         dyn = ctx.dynamics()
         cutoff = resolve_cutoff(self.cfg, m, ctx.n)
         pruned = d2_select(ctx.features(), ctx.labels, forgetting_events(dyn.correct),

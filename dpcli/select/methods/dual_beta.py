@@ -63,7 +63,5 @@ class DUALBeta(Selector):
     help = "DUAL with Beta sampling around the easy side, seeded by --seed (the paper's high-rate variant)"
 
     def select(self, ctx: Context, m: int | None, epsilon: float | None) -> tuple[np.ndarray, str]:
-        if m is None:
-            raise DpcliError("--method dual-beta needs --prune-ratio or --prune-count")
         p = true_class_probs(ctx.dynamics().loss)
         return dual_beta_select(p, dual_scores(p), m, np.random.default_rng(self.cfg.seed)), self.name

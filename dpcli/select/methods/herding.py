@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from dpcli.errors import DpcliError
 from dpcli.select.base import Context, Selector
 from dpcli.select.scoring import check_count, proportional_counts
 
@@ -48,6 +47,4 @@ class Herding(Selector):
     help = "class-wise herding towards each class mean of the final features"
 
     def select(self, ctx: Context, m: int | None, epsilon: float | None) -> tuple[np.ndarray, str]:
-        if m is None:
-            raise DpcliError("--method herding needs --prune-ratio or --prune-count")
         return herding(ctx.features(), ctx.labels, m), self.name

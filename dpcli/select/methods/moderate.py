@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from dpcli.errors import DpcliError
 from dpcli.select.base import Context, Selector
 from dpcli.select.scoring import check_count
 
@@ -46,6 +45,4 @@ class Moderate(Selector):
     help = "Moderate coreset: keep the band around the median distance to the class median feature"
 
     def select(self, ctx: Context, m: int | None, epsilon: float | None) -> tuple[np.ndarray, str]:
-        if m is None:
-            raise DpcliError("--method moderate needs --prune-ratio or --prune-count")
         return moderate_select(median_distance(ctx.features(), ctx.labels), m), self.name

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from dpcli.errors import DpcliError
 from dpcli.select.base import Context, Selector
 from dpcli.select.scoring import random_prune
 
@@ -14,6 +13,4 @@ class Random(Selector):
     help = "uniformly at random (seeded by --seed)"
 
     def select(self, ctx: Context, m: int | None, epsilon: float | None) -> tuple[np.ndarray, str]:
-        if m is None:
-            raise DpcliError("--method random needs --prune-ratio or --prune-count")
         return random_prune(ctx.n, m, np.random.default_rng(self.cfg.seed)), self.name
