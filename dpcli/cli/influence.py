@@ -33,6 +33,11 @@ def command(
     sgd_epochs: Annotated[Optional[int], typer.Option(
         "--sgd-epochs", rich_help_panel=o.P_ESTIMATOR,
         help="sgd: replay only the last E recorded epochs. " + o.default_note("all recorded epochs"))] = None,
+    precision: Annotated[str, typer.Option(
+        "--precision", metavar="P", rich_help_panel=o.P_ESTIMATOR,
+        help="exact: float64 = Cholesky in float64; float32-refined = float32 Cholesky refined in float64 to "
+             "--cg-tol (GPUs with slow float64); auto = float64 on CPUs and data-centre GPUs (A100/H100/H200), "
+             "float32-refined elsewhere (docs/gpu.md).")] = "float64",
     sketch: Annotated[Optional[int], typer.Option(
         "--sketch", metavar="K", rich_help_panel=o.P_SCALE,
         help="Store S @ R (n x K), R a seeded d x K Gaussian with N(0, 1/K) entries (Johnson-Lindenstrauss): for a "
@@ -76,7 +81,7 @@ def command(
     icfg = InfluenceConfig(method=estimator, damping=damping, lissa_depth=lissa_depth, lissa_scale=lissa_scale,
                            lissa_batch_size=lissa_batch_size, lissa_repeats=lissa_repeats, seed=lissa_seed,
                            cg_tol=cg_tol, cg_max_iter=cg_max_iter, sketch_k=sketch, sketch_seed=sketch_seed,
-                           sgd_epochs=sgd_epochs).validate()
+                           sgd_epochs=sgd_epochs, precision=precision).validate()
     pipeline.check_writable(out, "--out")
     from dpcli.train.loop import load_checkpoint, resolve_device
 

@@ -157,6 +157,30 @@ def training(panel: str) -> SimpleNamespace:
     )
 
 
+def speed() -> SimpleNamespace:
+    """The GPU speed options shared by every command that trains; unset ones stay out of the run key."""
+    return SimpleNamespace(
+        channels_last=Annotated[bool, typer.Option(
+            "--channels-last", rich_help_panel=P_SPEED,
+            help="Conv models: NHWC memory format (faster with CUDA tensor cores).")],
+        compile=Annotated[bool, typer.Option(
+            "--compile", rich_help_panel=P_SPEED,
+            help="torch.compile the model (the first epoch pays the compile time).")],
+        fp32=Annotated[bool, typer.Option(
+            "--fp32", rich_help_panel=P_SPEED,
+            help="CUDA: float32 throughout instead of bf16 autocast (slower; for comparisons).")],
+        deterministic=Annotated[bool, typer.Option(
+            "--deterministic", rich_help_panel=P_SPEED,
+            help="Bitwise-repeatable CUDA runs: deterministic kernels, slower (docs/gpu.md).")],
+    )
+
+
+def speed_overrides(channels_last: bool, compile: bool, fp32: bool, deterministic: bool) -> dict[str, Any]:
+    """The speed options the user set (False = off, and absent from the run key)."""
+    return {k: True for k, v in (("channels_last", channels_last), ("compile", compile), ("fp32", fp32),
+                                 ("deterministic", deterministic)) if v}
+
+
 def training_overrides(**kw: Any) -> dict[str, Any]:
     """The training options the user gave (None = the dataset's default)."""
     return {k: v for k, v in kw.items() if v is not None}

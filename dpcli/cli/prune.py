@@ -10,6 +10,7 @@ from dpcli.cli import options as o
 from dpcli.errors import DpcliError
 
 T = o.training(o.P_DS_TRAIN)
+S = o.speed()
 L = o.lissa(o.P_DS_INFLUENCE)
 Estimator = o.estimator(o.P_DS_INFLUENCE)
 Damping = o.damping(o.P_DS_INFLUENCE)
@@ -77,6 +78,8 @@ def command(
     momentum: T.momentum = None, weight_decay: T.weight_decay = None, batch_size: T.batch_size = None,
     augment: T.augment = None, image_size: T.image_size = None, weights: T.weights = None,
     head_module: T.head_module = None, train_seed: T.train_seed = T.seed_default,
+    channels_last: S.channels_last = False, compile_model: S.compile = False, fp32: S.fp32 = False,
+    deterministic: S.deterministic = False,
     estimator: Estimator = o.ESTIMATOR_DEFAULT, damping: Damping = None,
     lissa_depth: L.depth = o.LISSA_DEFAULTS["depth"], lissa_scale: L.scale = o.LISSA_DEFAULTS["scale"],
     lissa_batch_size: L.batch = o.LISSA_DEFAULTS["batch"], lissa_repeats: L.repeats = o.LISSA_DEFAULTS["repeats"],
@@ -98,6 +101,7 @@ def command(
                        match_features=match_features, score_epoch=score_epoch, score_seeds=score_seeds)
     pipeline.check_prune(pcfg)
     pipeline.check_estimator(estimator)
+    speed = o.speed_overrides(channels_last, compile_model, fp32, deterministic)
     icfg = InfluenceConfig(method=estimator, damping=damping, lissa_depth=lissa_depth, lissa_scale=lissa_scale,
                            lissa_batch_size=lissa_batch_size, lissa_repeats=lissa_repeats, seed=lissa_seed).validate()
     pipeline.check_indices_suffix(indices_out)
@@ -117,7 +121,8 @@ def command(
         pipeline.check_prune(pcfg, len(ds.train.labels))
         target = pipeline.train_config(ds, o.training_overrides(
             arch=arch, weights=weights, head_module=head_module, width=width, depth=depth, epochs=epochs, lr=lr,
-            momentum=momentum, weight_decay=weight_decay, batch_size=batch_size, augment=augment, seed=train_seed))
+            momentum=momentum, weight_decay=weight_decay, batch_size=batch_size, augment=augment, seed=train_seed,
+            **speed))
         sel = select_via_proxy(ds, target, spec, pcfg, device=resolve_device(device),
                                run_root=pipeline.run_root_of(run_root), influence_cfg=icfg, force=force, out=out,
                                indices_out=indices_out)
@@ -148,7 +153,7 @@ def command(
         pipeline.check_prune(pcfg, len(ds.train.labels))
         tcfg = pipeline.train_config(ds, o.training_overrides(
             arch=arch, weights=weights, head_module=head_module, width=width, depth=depth, epochs=epochs, lr=lr, momentum=momentum,
-            weight_decay=weight_decay, batch_size=batch_size, augment=augment, seed=train_seed))
+            weight_decay=weight_decay, batch_size=batch_size, augment=augment, seed=train_seed, **speed))
         run = pipeline.full_run(ds, tcfg, icfg, run_root=run_root, device=dev, data_root=data_root, force=force)
         mask = pipeline.run_prune(run.influence.path, pcfg, out or mask_path(run.influence.path, pcfg), indices_out,
                                   device=dev, data_root=data_root, ds=ds)

@@ -10,6 +10,7 @@ from dpcli.cli import options as o
 from dpcli.errors import DpcliError
 
 T = o.training(o.P_TRAIN)
+S = o.speed()
 
 
 def command(
@@ -28,6 +29,8 @@ def command(
     momentum: T.momentum = None, weight_decay: T.weight_decay = None, batch_size: T.batch_size = None,
     augment: T.augment = None, image_size: T.image_size = None, weights: T.weights = None,
     head_module: T.head_module = None,
+    channels_last: S.channels_last = False, compile_model: S.compile = False, fp32: S.fp32 = False,
+    deterministic: S.deterministic = False,
     train_seed: Annotated[Optional[int], typer.Option(
         "--train-seed", rich_help_panel=o.P_TRAIN,
         help="Seed of the training run (initialization and batch order). "
@@ -56,7 +59,8 @@ def command(
             return
     overrides = o.training_overrides(arch=arch, weights=weights, head_module=head_module, width=width, depth=depth, epochs=epochs, lr=lr, momentum=momentum,
                                      weight_decay=weight_decay, batch_size=batch_size, augment=augment,
-                                     seed=train_seed)
+                                     seed=train_seed,
+                                     **o.speed_overrides(channels_last, compile_model, fp32, deterministic))
     pcfg = None
     if mask is None:
         if epsilon is None and prune_ratio is None and prune_count is None:

@@ -11,6 +11,7 @@ from dpcli.cli import options as o
 from dpcli.errors import DpcliError
 
 T = o.training(o.P_TRAIN)
+S = o.speed()
 
 
 def _epoch_list(text: Optional[str], epochs: int) -> tuple[int, ...] | None:
@@ -46,14 +47,8 @@ def command(
              "S is then exact (Theorem 1 holds) and retrain is a head refit. L2 = --damping, else --weight-decay.")] = False,
     damping: Annotated[Optional[float], typer.Option(
         "--damping", rich_help_panel=o.P_MODEL, help="--freeze-backbone: the L2 strength of the head fit.")] = None,
-    channels_last: Annotated[bool, typer.Option(
-        "--channels-last", rich_help_panel=o.P_SPEED,
-        help="Conv models: NHWC memory format (faster with CUDA tensor cores).")] = False,
-    compile_model: Annotated[bool, typer.Option(
-        "--compile", rich_help_panel=o.P_SPEED, help="torch.compile the model (the first epoch pays the compile time).")] = False,
-    deterministic: Annotated[bool, typer.Option(
-        "--deterministic", rich_help_panel=o.P_SPEED,
-        help="Bitwise-repeatable CUDA runs: deterministic kernels, slower (docs/gpu.md).")] = False,
+    channels_last: S.channels_last = False, compile_model: S.compile = False, fp32: S.fp32 = False,
+    deterministic: S.deterministic = False,
     json: o.Json = False, quiet: o.Quiet = False,
     device: o.Device = "auto", data_root: o.DataRoot = None, run_root: o.RunRoot = None, force: o.Force = False,
     no_wait: o.NoWait = False,
@@ -83,8 +78,8 @@ def command(
     ds = pipeline.load(dataset, data_root, image_size) if dist is None else dist.main_first(lambda: pipeline.load(dataset, data_root, image_size))
     cfg = pipeline.train_config(ds, o.training_overrides(
         arch=arch, weights=weights, head_module=head_module, width=width, depth=depth, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
-        batch_size=batch_size, augment=augment, seed=train_seed)).replace(
-        channels_last=channels_last, compile=compile_model, deterministic=deterministic)
+        batch_size=batch_size, augment=augment, seed=train_seed,
+        **o.speed_overrides(channels_last, compile_model, fp32, deterministic)))
     path = out or checkpoint_path(pipeline.run_root_of(run_root), cfg)
     if freeze_backbone:  # embeddings path: features once, exact head fit, influence.h5 beside them
         from dpcli.config import InfluenceConfig

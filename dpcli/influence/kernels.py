@@ -552,18 +552,19 @@ def refined_solver(features: Tensor, labels: Tensor, weight: Tensor, bias: Tenso
                          f"{int(info)}); use --precision float64 or a larger --damping than {damping:g}")
 
     def solve(g: Tensor) -> Tensor:
-        rhs = g.T  # (d, rows), float64
-        norms = rhs.norm(dim=0).clamp_min(torch.finfo(torch.float64).tiny)
+        # Unit columns: a saturated sample's gradient (norm 1e-40, say) would underflow in float32.
+        norms = g.norm(dim=1).clamp_min(torch.finfo(torch.float64).tiny)
+        rhs = (g / norms[:, None]).T  # (d, rows), float64
         x = torch.cholesky_solve(rhs.to(torch.float32), factor).to(torch.float64)
         for _ in range(max_iter):
             r = rhs - a64 @ x
-            if float((r.norm(dim=0) / norms).max()) <= tol:
-                return x.T
+            if float(r.norm(dim=0).max()) <= tol:
+                return x.T * norms[:, None]
             x += torch.cholesky_solve(r.to(torch.float32), factor).to(torch.float64)
         r = rhs - a64 @ x
-        worst = float((r.norm(dim=0) / norms).max())
+        worst = float(r.norm(dim=0).max())
         if worst <= tol:
-            return x.T
+            return x.T * norms[:, None]
         raise DpcliError(f"float32 iterative refinement reached relative residual {worst:.2e} > {tol:g} after "
                          f"{max_iter} steps (the damped Hessian is too ill-conditioned); use --precision float64")
 

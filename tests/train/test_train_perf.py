@@ -264,6 +264,22 @@ def test_float32_refined_matches_float64_to_the_stated_tolerance():
     assert rel_plain.max() > 10 * rel.max()
 
 
+def test_float32_refined_handles_saturated_samples():
+    """Rows whose gradient is ~1e-20 (a sample fit with certainty) must not underflow in the float32 solve."""
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(600, 24, generator=g) * torch.logspace(0, 2.0, 24)  # large logits: some p_y == 1 - 1e-20
+    w, b = torch.randn(5, 24, generator=g) * 0.3, torch.randn(5, generator=g) * 0.1
+    y = torch.randint(0, 5, (600,), generator=g)
+    s64 = infl.exact_influence(f, y, w, b, damping=1e-3)
+    s32 = infl.exact_influence_refined(f, y, w, b, damping=1e-3, tol=1e-6)
+    norms = np.linalg.norm(s64, axis=1)
+    assert norms.min() < 1e-20 * norms.max()  # the problem does contain saturated samples
+    big = norms > 1e-30
+    rel = np.linalg.norm(s32 - s64, axis=1)[big] / norms[big]
+    assert rel.max() < 1e-5
+    assert np.abs(s32[~big]).max(initial=0.0) < 1e-20
+
+
 def test_refinement_reports_an_unreachable_tolerance():
     f, y, w, b = _problem(n=100, dim=6, classes=3)
     with pytest.raises(DpcliError, match="--precision float64"):
@@ -331,7 +347,7 @@ def test_gpu_smoke_script_parses_and_dry_runs(tmp_path):
     res = subprocess.run(["bash", str(script), "--dry-run", str(tmp_path / "cifar10-jpg.tar.gz")],
                          capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert res.returncode == 0, res.stderr
-    for stage in ("pip install --no-deps", "pytest", "train", "influence", "prune", "retrain", "--proxy",
+    for stage in ("pip install -q --no-deps", "pytest", "train", "influence", "prune", "retrain", "--proxy",
                   "train_throughput.py"):
         assert stage in res.stdout + res.stderr, stage
     missing = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60, cwd=ROOT)
