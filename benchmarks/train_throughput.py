@@ -40,7 +40,7 @@ def variant_config(base: TrainConfig, variant: str, device: torch.device) -> Tra
     unknown = parts - {"fp32", "bf16", "cl", "compile"}
     if unknown:
         raise SystemExit(f"unknown variant part(s) {sorted(unknown)} in {variant!r}")
-    return base.replace(fp32=("fp32" in parts) or None, channels_last=("cl" in parts) or None,
+    return base.replace(fp32=("fp32" in parts) or None, channels_last="cl" in parts,
                         compile=("compile" in parts) or None)
 
 
@@ -76,7 +76,8 @@ def time_plain(cfg: TrainConfig, ds, keep: np.ndarray, device: torch.device) -> 
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     mean = torch.tensor(ds.mean, dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(ds.std, dtype=torch.float32).view(1, -1, 1, 1)
-    x_all = ((torch.from_numpy(ds.train.images[keep]).permute(0, 3, 1, 2).float() / 255 - mean) / std).to(device)
+    # NCHW-contiguous like dpcli's batches (a bare permute would hand the model NHWC strides)
+    x_all = ((torch.from_numpy(ds.train.images[keep]).permute(0, 3, 1, 2).float() / 255 - mean) / std).contiguous().to(device)
     y_all = torch.from_numpy(ds.train.labels[keep]).to(device)
     amp = device.type == "cuda" and not cfg.fp32
     bs = cfg.batch_size

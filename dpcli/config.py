@@ -37,7 +37,7 @@ class TrainConfig:
     weights: str | None = None
     head_module: str | None = None
     # Speed options (docs/gpu.md); each is part of the run key only when set, so older keys stay valid.
-    channels_last: bool = False  # conv models: NHWC activations (tensor cores on CUDA)
+    channels_last: bool | None = None  # conv models: NHWC activations; None = on for CUDA, off on the CPU
     compile: bool = False  # torch.compile the model for training steps
     deterministic: bool = False  # bitwise-repeatable CUDA runs (deterministic kernels, slower)
     fp32: bool = False  # CUDA: no bf16 autocast (float32 throughout; TF32 matmuls are not enabled)

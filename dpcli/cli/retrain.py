@@ -29,7 +29,7 @@ def command(
     momentum: T.momentum = None, weight_decay: T.weight_decay = None, batch_size: T.batch_size = None,
     augment: T.augment = None, image_size: T.image_size = None, weights: T.weights = None,
     head_module: T.head_module = None,
-    channels_last: S.channels_last = False, compile_model: S.compile = False, fp32: S.fp32 = False,
+    channels_last: S.channels_last = None, compile_model: S.compile = False, fp32: S.fp32 = False,
     deterministic: S.deterministic = False,
     train_seed: Annotated[Optional[int], typer.Option(
         "--train-seed", rich_help_panel=o.P_TRAIN,

@@ -47,7 +47,7 @@ def command(
              "S is then exact (Theorem 1 holds) and retrain is a head refit. L2 = --damping, else --weight-decay.")] = False,
     damping: Annotated[Optional[float], typer.Option(
         "--damping", rich_help_panel=o.P_MODEL, help="--freeze-backbone: the L2 strength of the head fit.")] = None,
-    channels_last: S.channels_last = False, compile_model: S.compile = False, fp32: S.fp32 = False,
+    channels_last: S.channels_last = None, compile_model: S.compile = False, fp32: S.fp32 = False,
     deterministic: S.deterministic = False,
     json: o.Json = False, quiet: o.Quiet = False,
     device: o.Device = "auto", data_root: o.DataRoot = None, run_root: o.RunRoot = None, force: o.Force = False,

@@ -235,7 +235,7 @@ def _train_locked(config: TrainConfig, ds: Dataset, out: Path, *, device: torch.
     model = make_model(config, ds).to(device)
     if config.deterministic:
         _deterministic_modules(model)
-    if config.channels_last:
+    if config.channels_last if config.channels_last is not None else device.type == "cuda":  # docs/gpu.md
         _to_channels_last(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
@@ -265,9 +265,10 @@ def _train_locked(config: TrainConfig, ds: Dataset, out: Path, *, device: torch.
     if n_used == 0:
         raise DpcliError("the training subset is empty: the mask keeps no sample")
     use_amp = device.type == "cuda" and not config.fp32
-    net = model if dist is None else dist.wrap(model)  # DDP shares model's parameters and buffers
+    net = eager = model if dist is None else dist.wrap(model)  # DDP shares model's parameters and buffers
     if config.compile:
         net = _compiled(net)
+    compiled_unproven = config.compile  # until its first step has run: see _first_compiled_step
     if dist is not None:
         on_batch = dist.progress(on_batch)
     save = save_checkpoint if dist is None else dist.save  # rank 0 writes, the others wait
@@ -293,15 +294,23 @@ def _train_locked(config: TrainConfig, ds: Dataset, out: Path, *, device: torch.
         # [loss sum, correct, non-finite steps, samples], summed on the device: no host sync per step
         stats = torch.zeros(4, dtype=torch.float64, device=device)
         steps = seen = 0
-        for x, y, idx in batches:
+        def forward_backward(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = net(_memory_format(x, model))
+                logits = module(_memory_format(x, model))
             losses = F.cross_entropy(logits.float(), y, reduction="none")
             loss = losses.mean() if dist is None else dist.loss(losses)
-            dyn.add_batch(idx, losses, logits, y)
-            correct = logits.detach().argmax(1) == y
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            return logits, losses, loss
+
+        for x, y, idx in batches:
+            if compiled_unproven:
+                net, (logits, losses, loss) = _first_compiled_step(net, eager, forward_backward, x, y)
+                compiled_unproven = False
+            else:
+                logits, losses, loss = forward_backward(net, x, y)
+            dyn.add_batch(idx, losses, logits, y)
+            correct = logits.detach().argmax(1) == y
             optimizer.step()
             stats[:3] += torch.stack([loss.detach().double() * y.numel(), correct.sum().double(),
                                       (~torch.isfinite(loss.detach())).double()])
@@ -429,6 +438,26 @@ def _compiled(net: torch.nn.Module) -> torch.nn.Module:
         return torch.compile(net)
     except RuntimeError as exc:  # e.g. unsupported Python/platform
         raise DpcliError(f"--compile is not available here: {exc}") from None
+
+
+def _first_compiled_step(net: torch.nn.Module, eager: torch.nn.Module, forward_backward, x, y):
+    """The first step through ``torch.compile``; where the compiler fails on this model (it does on
+    some shape / memory-format combinations), one warning and the same step without it.
+
+    Nothing has changed the parameters yet when it fails (the optimizer step comes after), so the
+    eager retry gives exactly the run that ``--compile`` off would have given.
+    """
+    try:
+        return net, forward_backward(net, x, y)
+    except (DpcliError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 -- any compiler failure; the eager step below re-raises real bugs
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        from rich.markup import escape
+
+        console.info(escape(f"warning: --compile failed on this model ({type(exc).__name__}: {first}); "
+                            "training without it"))
+        return eager, forward_backward(eager, x, y)
 
 
 def save_checkpoint(path: Path, model: Classifier, optimizer: torch.optim.Optimizer,
