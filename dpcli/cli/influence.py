@@ -9,11 +9,7 @@ from dpcli import console
 from dpcli.cli import options as o
 from dpcli.errors import DpcliError
 
-L = o.lissa(o.P_ESTIMATOR)
-Estimator = o.estimator(o.P_ESTIMATOR)
-Damping = o.damping(o.P_ESTIMATOR)
-
-
+@o.expands
 def command(
     checkpoint: Annotated[Optional[list[Path]], typer.Argument(
         metavar="[CHECKPOINT [PART]...]", show_default=False,
@@ -21,10 +17,7 @@ def command(
              "--features.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", metavar="FILE", rich_help_panel=o.P_OUTPUT,
                                                 help="Influence path. " + o.default_note("beside the checkpoint"))] = None,
-    estimator: Estimator = o.ESTIMATOR_DEFAULT, damping: Damping = None,
-    lissa_depth: L.depth = o.LISSA_DEFAULTS["depth"], lissa_scale: L.scale = o.LISSA_DEFAULTS["scale"],
-    lissa_batch_size: L.batch = o.LISSA_DEFAULTS["batch"], lissa_repeats: L.repeats = o.LISSA_DEFAULTS["repeats"],
-    lissa_seed: L.seed = o.LISSA_DEFAULTS["seed"],
+    estimation: o.Estimation = o.estimation(o.P_ESTIMATOR),
     cg_tol: Annotated[float, typer.Option(
         "--cg-tol", rich_help_panel=o.P_ESTIMATOR,
         help="cg (and exact above the dense limit): stop each column at relative residual ||r|| <= TOL ||g_i||.")] = 1e-6,
@@ -61,22 +54,17 @@ def command(
         help="With --features: held-out features, for the test gradient and verify-bound.")] = None,
     test_labels: Annotated[Optional[Path], typer.Option(
         "--test-labels", metavar="FILE", rich_help_panel=o.P_EMBED, help="With --test-features: their labels.")] = None,
-    json: o.Json = False, quiet: o.Quiet = False,
-    device: o.Device = "auto", data_root: o.DataRoot = None, force: o.Force = False, no_wait: o.NoWait = False,
+    job: o.Job = o.job_options().without("run_root"),
 ) -> None:
     """Compute S (n x d): each sample's influence on the last linear layer, written to influence.h5.
 
     Large runs: --shard I/K --out part-I.h5 on K machines, then --merge part-*.h5 --out influence.h5.
     """
-    from dpcli.config import InfluenceConfig
     from dpcli.stages import pipeline
 
-    console.set_quiet(quiet)
-    pipeline.check_estimator(estimator)
-    icfg = InfluenceConfig(method=estimator, damping=damping, lissa_depth=lissa_depth, lissa_scale=lissa_scale,
-                           lissa_batch_size=lissa_batch_size, lissa_repeats=lissa_repeats, seed=lissa_seed,
-                           cg_tol=cg_tol, cg_max_iter=cg_max_iter, sketch_k=sketch, sketch_seed=sketch_seed,
-                           sgd_epochs=sgd_epochs).validate()
+    console.set_quiet(job.quiet)
+    icfg = estimation.config(cg_tol=cg_tol, cg_max_iter=cg_max_iter, sketch_k=sketch, sketch_seed=sketch_seed,
+                             sgd_epochs=sgd_epochs)
     pipeline.check_writable(out, "--out")
     from dpcli.train.loop import load_checkpoint, resolve_device
 
@@ -84,7 +72,7 @@ def command(
         from dpcli.cli import embeddings
 
         embeddings.influence_from_features(features, labels, test_features, test_labels, icfg, checkpoint, out,
-                                           json, resolve_device(device))
+                                           job.json, resolve_device(job.device))
         return
     if not checkpoint:
         raise DpcliError("give a checkpoint.h5, or --features and --labels")
@@ -93,8 +81,8 @@ def command(
         from dpcli.stages import shards
 
         summary = shards.run(checkpoint, parts, merge=merge, shard=shard, icfg=icfg, out=out,
-                             device_fn=lambda: resolve_device(device), data_root=data_root)
-        if json:
+                             device_fn=lambda: resolve_device(job.device), data_root=job.data_root)
+        if job.json:
             console.emit_json(summary)
         return
     load_checkpoint(checkpoint, weights=False)  # fail early on a wrong file
@@ -102,11 +90,11 @@ def command(
         from dpcli.influence import sgd
 
         sgd.load_trajectory(checkpoint)
-    info = pipeline.ensure_influence(checkpoint, icfg, device=resolve_device(device), ds=None, data_root=data_root,
-                                     force=force, out=out)
+    info = pipeline.ensure_influence(checkpoint, icfg, device=resolve_device(job.device), ds=None,
+                                     data_root=job.data_root, force=job.force, out=out)
     console.info(f"influence: {info.path}  S is {info.n} x {info.d} ({info.method}, damping {info.damping:g}, "
                  f"{info.seconds:.1f}s)")
-    if json:
+    if job.json:
         console.emit_json({"command": "influence", "influence": str(info.path), "n": info.n, "d": info.d,
                            "method": info.method, "damping": info.damping, "seconds": info.seconds,
                            "checkpoint": info.checkpoint, "fingerprint": info.fingerprint})
