@@ -61,7 +61,11 @@ def records(tmp_path, monkeypatch):
     return use
 
 
-@pytest.mark.parametrize("args", HELP + ERRORS, ids=" ".join)
+def _id(args: list[str]) -> str:
+    return "_".join(args) or "(none)"
+
+
+@pytest.mark.parametrize("args", HELP + ERRORS, ids=_id)
 def test_replayed_output_is_typers_and_needs_no_typer(records, capsys, args):
     records(False)
     expected = _run(capsys, args)
@@ -72,7 +76,7 @@ def test_replayed_output_is_typers_and_needs_no_typer(records, capsys, args):
     assert _run(capsys, args) == expected
 
 
-@pytest.mark.parametrize("args", TYPER_DECIDES, ids=" ".join)
+@pytest.mark.parametrize("args", TYPER_DECIDES, ids=_id)
 def test_what_the_fast_path_is_unsure_of_goes_to_typer(records, capsys, args):
     records(False)
     expected = _run(capsys, args)
