@@ -145,6 +145,23 @@ MUTANTS: tuple[Mutant, ...] = (
            "dpcli/train/loop.py",
            "correct.sum().double()", "correct[:1].sum().double()",
            ("tests/train/test_training.py",)),
+    # ---- the CLI's fast front door (help and option errors replayed without Typer)
+    Mutant("help-key-no-terminal", "a replayed help screen is keyed without the terminal (width, colour)",
+           "dpcli/cli/fast.py",
+           "json.dumps([fingerprint, _terminal(), request])", "json.dumps([fingerprint, request])",
+           ("tests/cli/test_fast.py::test_terminal_width_and_colour_are_part_of_the_key",)),
+    Mutant("help-key-no-mtime", "the source fingerprint leaves out file sizes and mtimes (a changed help stays)",
+           "dpcli/cli/fast.py",
+           'lines.append(f"{top}/{name} {st.st_size} {st.st_mtime_ns}")', 'lines.append(f"{top}/{name}")',
+           ("tests/cli/test_fast.py::test_a_changed_source_is_never_replayed_stale",)),
+    Mutant("help-record-drops-last-write", "the recorded help screen loses Typer's last write",
+           "dpcli/cli/fast.py",
+           '"stdout": "".join(out.text)}', '"stdout": "".join(out.text[:-1])}',
+           ("tests/cli/test_fast.py::test_replayed_output_is_typers_and_needs_no_typer",)),
+    Mutant("fast-parser-ignores-equals", "the replayed parser reads --opt=value as one unknown option",
+           "dpcli/cli/fast.py",
+           'name, explicit = arg.split("=", 1) if "=" in arg else (arg, None)', "name, explicit = arg, None",
+           ("tests/cli/test_fast.py::test_replayed_output_is_typers_and_needs_no_typer",)),
 )
 
 

@@ -9,11 +9,7 @@ from dpcli import console
 from dpcli.cli import options as o
 from dpcli.errors import DpcliError
 
-L = o.lissa(o.P_ESTIMATOR)
-Estimator = o.estimator(o.P_ESTIMATOR)
-Damping = o.damping(o.P_ESTIMATOR)
-
-
+@o.expands
 def command(
     checkpoint: Annotated[Optional[list[Path]], typer.Argument(
         metavar="[CHECKPOINT [PART]...]", show_default=False,
@@ -21,10 +17,12 @@ def command(
              "--features.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", metavar="FILE", rich_help_panel=o.P_OUTPUT,
                                                 help="Influence path. " + o.default_note("beside the checkpoint"))] = None,
-    estimator: Estimator = o.ESTIMATOR_DEFAULT, damping: Damping = None,
-    lissa_depth: L.depth = o.LISSA_DEFAULTS["depth"], lissa_scale: L.scale = o.LISSA_DEFAULTS["scale"],
-    lissa_batch_size: L.batch = o.LISSA_DEFAULTS["batch"], lissa_repeats: L.repeats = o.LISSA_DEFAULTS["repeats"],
-    lissa_seed: L.seed = o.LISSA_DEFAULTS["seed"],
+    estimation: o.Estimation = o.estimation(o.P_ESTIMATOR),
+    precision: Annotated[str, typer.Option(
+        "--precision", metavar="P", rich_help_panel=o.P_ESTIMATOR,
+        help="exact: float64 = Cholesky in float64; float32-refined = float32 Cholesky refined in float64 to "
+             "--cg-tol (GPUs with slow float64); auto = float64 on CPUs and data-centre GPUs (A100/H100/H200), "
+             "float32-refined elsewhere (docs/gpu.md).")] = "float64",
     cg_tol: Annotated[float, typer.Option(
         "--cg-tol", rich_help_panel=o.P_ESTIMATOR,
         help="cg (and exact above the dense limit): stop each column at relative residual ||r|| <= TOL ||g_i||.")] = 1e-6,
@@ -33,11 +31,6 @@ def command(
     sgd_epochs: Annotated[Optional[int], typer.Option(
         "--sgd-epochs", rich_help_panel=o.P_ESTIMATOR,
         help="sgd: replay only the last E recorded epochs. " + o.default_note("all recorded epochs"))] = None,
-    precision: Annotated[str, typer.Option(
-        "--precision", metavar="P", rich_help_panel=o.P_ESTIMATOR,
-        help="exact: float64 = Cholesky in float64; float32-refined = float32 Cholesky refined in float64 to "
-             "--cg-tol (GPUs with slow float64); auto = float64 on CPUs and data-centre GPUs (A100/H100/H200), "
-             "float32-refined elsewhere (docs/gpu.md).")] = "float64",
     sketch: Annotated[Optional[int], typer.Option(
         "--sketch", metavar="K", rich_help_panel=o.P_SCALE,
         help="Store S @ R (n x K), R a seeded d x K Gaussian with N(0, 1/K) entries (Johnson-Lindenstrauss): for a "
@@ -66,22 +59,17 @@ def command(
         help="With --features: held-out features, for the test gradient and verify-bound.")] = None,
     test_labels: Annotated[Optional[Path], typer.Option(
         "--test-labels", metavar="FILE", rich_help_panel=o.P_EMBED, help="With --test-features: their labels.")] = None,
-    json: o.Json = False, quiet: o.Quiet = False,
-    device: o.Device = "auto", data_root: o.DataRoot = None, force: o.Force = False, no_wait: o.NoWait = False,
+    job: o.Job = o.job_options().without("run_root"),
 ) -> None:
     """Compute S (n x d): each sample's influence on the last linear layer, written to influence.h5.
 
     Large runs: --shard I/K --out part-I.h5 on K machines, then --merge part-*.h5 --out influence.h5.
     """
-    from dpcli.config import InfluenceConfig
     from dpcli.stages import pipeline
 
-    console.set_quiet(quiet)
-    pipeline.check_estimator(estimator)
-    icfg = InfluenceConfig(method=estimator, damping=damping, lissa_depth=lissa_depth, lissa_scale=lissa_scale,
-                           lissa_batch_size=lissa_batch_size, lissa_repeats=lissa_repeats, seed=lissa_seed,
-                           cg_tol=cg_tol, cg_max_iter=cg_max_iter, sketch_k=sketch, sketch_seed=sketch_seed,
-                           sgd_epochs=sgd_epochs, precision=precision).validate()
+    console.set_quiet(job.quiet)
+    icfg = estimation.config(cg_tol=cg_tol, cg_max_iter=cg_max_iter, sketch_k=sketch, sketch_seed=sketch_seed,
+                             sgd_epochs=sgd_epochs, precision=precision)
     pipeline.check_writable(out, "--out")
     from dpcli.train.loop import load_checkpoint, resolve_device
 
@@ -89,7 +77,7 @@ def command(
         from dpcli.cli import embeddings
 
         embeddings.influence_from_features(features, labels, test_features, test_labels, icfg, checkpoint, out,
-                                           json, resolve_device(device))
+                                           job.json, resolve_device(job.device))
         return
     if not checkpoint:
         raise DpcliError("give a checkpoint.h5, or --features and --labels")
@@ -98,8 +86,8 @@ def command(
         from dpcli.stages import shards
 
         summary = shards.run(checkpoint, parts, merge=merge, shard=shard, icfg=icfg, out=out,
-                             device_fn=lambda: resolve_device(device), data_root=data_root)
-        if json:
+                             device_fn=lambda: resolve_device(job.device), data_root=job.data_root)
+        if job.json:
             console.emit_json(summary)
         return
     load_checkpoint(checkpoint, weights=False)  # fail early on a wrong file
@@ -107,11 +95,11 @@ def command(
         from dpcli.influence import sgd
 
         sgd.load_trajectory(checkpoint)
-    info = pipeline.ensure_influence(checkpoint, icfg, device=resolve_device(device), ds=None, data_root=data_root,
-                                     force=force, out=out)
+    info = pipeline.ensure_influence(checkpoint, icfg, device=resolve_device(job.device), ds=None,
+                                     data_root=job.data_root, force=job.force, out=out)
     console.info(f"influence: {info.path}  S is {info.n} x {info.d} ({info.method}, damping {info.damping:g}, "
                  f"{info.seconds:.1f}s)")
-    if json:
+    if job.json:
         console.emit_json({"command": "influence", "influence": str(info.path), "n": info.n, "d": info.d,
                            "method": info.method, "damping": info.damping, "seconds": info.seconds,
                            "checkpoint": info.checkpoint, "fingerprint": info.fingerprint})

@@ -9,9 +9,11 @@ answer fast.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
@@ -91,102 +93,150 @@ def estimator_names() -> tuple[str, ...]:
     return names()
 
 
+# ------------------------------------------------------------------ option groups
+class Group:
+    """Options that several commands share, declared once.
+
+    A command parameter whose default is a Group stands for all its options (:func:`expands` puts
+    them into the signature Typer reads, in that place) and receives their values as one object of
+    ``values`` type, attribute per option."""
+
+    def __init__(self, values: type, **options: tuple[Any, Any]) -> None:
+        self.values, self.options = values, options  # name -> (Annotated type, default)
+
+    def but(self, **options: tuple[Any, Any]) -> "Group":
+        """The same group with some options declared differently (same names, same order)."""
+        return Group(self.values, **{k: options.get(k, v) for k, v in self.options.items()})
+
+    def without(self, *names: str) -> "Group":
+        """The same group less some options (a command they mean nothing to)."""
+        return Group(self.values, **{k: v for k, v in self.options.items() if k not in names})
+
+
+def expands(func: Callable[..., Any]) -> Callable[..., Any]:
+    """A command whose Group parameters are spelled out for Typer and gathered again for the call."""
+    groups: dict[str, Group] = {}
+    params = []
+    for p in inspect.signature(func).parameters.values():
+        if isinstance(p.default, Group):
+            groups[p.name] = p.default
+            params += [inspect.Parameter(k, p.kind, annotation=a, default=d) for k, (a, d) in p.default.options.items()]
+        else:
+            params.append(p)
+
+    @functools.wraps(func)
+    def command(**kwargs: Any) -> Any:
+        for name, group in groups.items():
+            kwargs[name] = group.values(**{k: kwargs.pop(k) for k in group.options})
+        return func(**kwargs)
+
+    command.__signature__ = inspect.signature(func).replace(parameters=params)  # type: ignore[attr-defined]
+    return command
+
+
 # ------------------------------------------------------------------ run control and output
-DataRoot = Annotated[Optional[Path], typer.Option(
-    "--data-root", metavar="DIR", rich_help_panel=P_RUN,
-    help="Dataset cache. " + default_note("$DPCLI_DATA or ~/.cache/dpcli/data"))]
-RunRoot = Annotated[Optional[Path], typer.Option(
-    "--run-root", metavar="DIR", rich_help_panel=P_RUN,
-    help="Root of the run directories. " + default_note("$DPCLI_RUNS or ./dpcli-runs"))]
-Device = Annotated[str, typer.Option("--device", rich_help_panel=P_RUN, help="auto, cpu or cuda[:N].")]
-Force = Annotated[bool, typer.Option(
-    "--force", rich_help_panel=P_RUN, help="Recompute every stage of this command; reuse nothing cached.")]
-NoWait = Annotated[bool, typer.Option(
-    "--no-wait", rich_help_panel=P_RUN,
-    help="Exit at once if another job is writing an artifact this command needs, instead of waiting.")]
-Json = Annotated[bool, typer.Option(
-    "--json", rich_help_panel=P_OUTPUT, help="One JSON summary on stdout (human output stays on stderr).")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel=P_OUTPUT, help="No progress bars or human output.")]
+class Job(SimpleNamespace):
+    """Where and how a command runs and reports (every command has these options)."""
+
+
+def job_options() -> Group:
+    return Group(
+        Job,
+        json=(Annotated[bool, typer.Option(
+            "--json", rich_help_panel=P_OUTPUT, help="One JSON summary on stdout (human output stays on stderr).")],
+            False),
+        quiet=(Annotated[bool, typer.Option(
+            "--quiet", "-q", rich_help_panel=P_OUTPUT, help="No progress bars or human output.")], False),
+        device=(Annotated[str, typer.Option("--device", rich_help_panel=P_RUN, help="auto, cpu or cuda[:N].")], "auto"),
+        data_root=(Annotated[Optional[Path], typer.Option(
+            "--data-root", metavar="DIR", rich_help_panel=P_RUN,
+            help="Dataset cache. " + default_note("$DPCLI_DATA or ~/.cache/dpcli/data"))], None),
+        run_root=(Annotated[Optional[Path], typer.Option(
+            "--run-root", metavar="DIR", rich_help_panel=P_RUN,
+            help="Root of the run directories. " + default_note("$DPCLI_RUNS or ./dpcli-runs"))], None),
+        force=(Annotated[bool, typer.Option(
+            "--force", rich_help_panel=P_RUN, help="Recompute every stage of this command; reuse nothing cached.")],
+            False),
+        no_wait=(Annotated[bool, typer.Option(
+            "--no-wait", rich_help_panel=P_RUN,
+            help="Exit at once if another job is writing an artifact this command needs, instead of waiting.")],
+            False),
+    )
 
 
 # ------------------------------------------------------------------ training settings
-def training(panel: str) -> SimpleNamespace:
-    """The model/optimizer options, in ``panel``; None means the dataset's default from PROFILES."""
-    seed_default = _config_default(TrainConfig, "seed")
-    return SimpleNamespace(
-        arch=Annotated[Optional[str], typer.Option(
+class Training(SimpleNamespace):
+    """The model/optimizer options a user gave; None = the dataset's default from PROFILES."""
+
+    def overrides(self) -> dict[str, Any]:
+        """As ``pipeline.train_config`` takes them (the input size goes to the loader instead)."""
+        given = {("seed" if k == "train_seed" else k): v for k, v in vars(self).items() if k != "image_size"}
+        # an unset speed flag (False) keeps the default and stays out of the run key
+        return {k: v for k, v in given.items() if v is not None and not (k in _OFF_FLAGS and v is False)}
+
+
+_OFF_FLAGS = ("compile", "fp32", "deterministic")
+
+
+def training(panel: str) -> Group:
+    """The model/optimizer options, in ``panel``."""
+    return Group(
+        Training,
+        arch=(Annotated[Optional[str], typer.Option(
             "--arch", metavar="NAME", rich_help_panel=panel,
             help="convnet, resnet18 or resnet50, or a library model: torchvision:NAME (any torchvision.models "
-                 "classifier) or timm:NAME (pip install \"dpcli[timm]\"). " + per_dataset("arch"))],
-        weights=Annotated[Optional[str], typer.Option(
-            "--weights", metavar="W", rich_help_panel=panel,
-            help="torchvision:/timm: models: DEFAULT (the library's pretrained weights, downloaded by the library), "
-                 "a weights name (e.g. IMAGENET1K_V1), or a local state-dict file. " + default_note("random init"))],
-        head_module=Annotated[Optional[str], typer.Option(
-            "--head-module", metavar="NAME", rich_help_panel=panel,
-            help="Dotted name of the last linear layer when dpcli cannot find it (it looks for fc, classifier, head "
-                 "and timm's get_classifier()).")],
-        width=Annotated[Optional[int], typer.Option(
-            "--width", rich_help_panel=panel, help="ConvNet channels (convnet only). " + per_dataset("width"))],
-        depth=Annotated[Optional[int], typer.Option(
-            "--depth", rich_help_panel=panel, help="ConvNet blocks (convnet only). " + per_dataset("depth"))],
-        epochs=Annotated[Optional[int], typer.Option(
-            "--epochs", rich_help_panel=panel, help="Training epochs. " + per_dataset("epochs"))],
-        lr=Annotated[Optional[float], typer.Option(
-            "--lr", rich_help_panel=panel, help="SGD learning rate, cosine-decayed. " + per_dataset("lr"))],
-        momentum=Annotated[Optional[float], typer.Option(
+                 "classifier) or timm:NAME (pip install \"dpcli[timm]\"). " + per_dataset("arch"))], None),
+        width=(Annotated[Optional[int], typer.Option(
+            "--width", rich_help_panel=panel, help="ConvNet channels (convnet only). " + per_dataset("width"))], None),
+        depth=(Annotated[Optional[int], typer.Option(
+            "--depth", rich_help_panel=panel, help="ConvNet blocks (convnet only). " + per_dataset("depth"))], None),
+        epochs=(Annotated[Optional[int], typer.Option(
+            "--epochs", rich_help_panel=panel, help="Training epochs. " + per_dataset("epochs"))], None),
+        lr=(Annotated[Optional[float], typer.Option(
+            "--lr", rich_help_panel=panel, help="SGD learning rate, cosine-decayed. " + per_dataset("lr"))], None),
+        momentum=(Annotated[Optional[float], typer.Option(
             "--momentum", rich_help_panel=panel,
-            help="SGD momentum. " + default_note(_config_default(TrainConfig, "momentum")))],
-        weight_decay=Annotated[Optional[float], typer.Option(
+            help="SGD momentum. " + default_note(_config_default(TrainConfig, "momentum")))], None),
+        weight_decay=(Annotated[Optional[float], typer.Option(
             "--weight-decay", rich_help_panel=panel,
-            help="L2 weight decay. " + default_note(_config_default(TrainConfig, "weight_decay")))],
-        batch_size=Annotated[Optional[int], typer.Option(
-            "--batch-size", rich_help_panel=panel, help="Training batch size. " + per_dataset("batch_size"))],
-        augment=Annotated[Optional[bool], typer.Option(
+            help="L2 weight decay. " + default_note(_config_default(TrainConfig, "weight_decay")))], None),
+        batch_size=(Annotated[Optional[int], typer.Option(
+            "--batch-size", rich_help_panel=panel, help="Training batch size. " + per_dataset("batch_size"))], None),
+        augment=(Annotated[Optional[bool], typer.Option(
             "--augment/--no-augment", rich_help_panel=panel, show_default=False,
-            help="Random crop + horizontal flip. " + default_note("on for cifar, imagefolder; off for digits"))],
-        image_size=Annotated[Optional[int], typer.Option(
+            help="Random crop + horizontal flip. " + default_note("on for cifar, imagefolder; off for digits"))], None),
+        image_size=(Annotated[Optional[int], typer.Option(
             "--image-size", metavar="N", rich_help_panel=panel,
             help="Model input side for images of any size: train on random resized crops of N plus flips; "
                  "evaluate, score and compute influence on a resize to N/0.875 and a center crop of N. Needed for "
-                 "folders of mixed sizes. " + default_note("the images' own size"))],
-        train_seed=Annotated[int, typer.Option(
+                 "folders of mixed sizes. " + default_note("the images' own size"))], None),
+        weights=(Annotated[Optional[str], typer.Option(
+            "--weights", metavar="W", rich_help_panel=panel,
+            help="torchvision:/timm: models: DEFAULT (the library's pretrained weights, downloaded by the library), "
+                 "a weights name (e.g. IMAGENET1K_V1), or a local state-dict file. " + default_note("random init"))],
+            None),
+        head_module=(Annotated[Optional[str], typer.Option(
+            "--head-module", metavar="NAME", rich_help_panel=panel,
+            help="Dotted name of the last linear layer when dpcli cannot find it (it looks for fc, classifier, head "
+                 "and timm's get_classifier()).")], None),
+        train_seed=(Annotated[int, typer.Option(
             "--train-seed", rich_help_panel=panel,
-            help="Seed of the training run (initialization and batch order).")],
-        seed_default=seed_default,
-    )
-
-
-def speed() -> SimpleNamespace:
-    """The GPU speed options shared by every command that trains; unset ones stay out of the run key."""
-    return SimpleNamespace(
-        channels_last=Annotated[Optional[bool], typer.Option(
+            help="Seed of the training run (initialization and batch order).")], _config_default(TrainConfig, "seed")),
+        channels_last=(Annotated[Optional[bool], typer.Option(
             "--channels-last/--no-channels-last", rich_help_panel=P_SPEED, show_default=False,
             help="Conv models: NHWC memory format (tensor cores; 1.9x faster ResNet-18 training on an H200). "
-                 + default_note("on with CUDA, off on the CPU"))],
-        compile=Annotated[bool, typer.Option(
+                 + default_note("on with CUDA, off on the CPU"))], None),
+        compile=(Annotated[bool, typer.Option(
             "--compile", rich_help_panel=P_SPEED,
-            help="torch.compile the model (the first epoch pays the compile time).")],
-        fp32=Annotated[bool, typer.Option(
+            help="torch.compile the model (the first epoch pays the compile time; where the compiler fails on "
+                 "the model, one warning and the run goes on without it).")], False),
+        fp32=(Annotated[bool, typer.Option(
             "--fp32", rich_help_panel=P_SPEED,
-            help="CUDA: float32 throughout instead of bf16 autocast (slower; for comparisons).")],
-        deterministic=Annotated[bool, typer.Option(
+            help="CUDA: float32 throughout instead of bf16 autocast (slower; for comparisons).")], False),
+        deterministic=(Annotated[bool, typer.Option(
             "--deterministic", rich_help_panel=P_SPEED,
-            help="Bitwise-repeatable CUDA runs: deterministic kernels, slower (docs/gpu.md).")],
+            help="Bitwise-repeatable CUDA runs: deterministic kernels, slower (docs/gpu.md).")], False),
     )
-
-
-def speed_overrides(channels_last: bool | None, compile: bool, fp32: bool, deterministic: bool) -> dict[str, Any]:
-    """The speed options the user set (unset ones keep their defaults and stay out of the run key)."""
-    chosen = {k: True for k, v in (("compile", compile), ("fp32", fp32), ("deterministic", deterministic)) if v}
-    if channels_last is not None:
-        chosen["channels_last"] = channels_last
-    return chosen
-
-
-def training_overrides(**kw: Any) -> dict[str, Any]:
-    """The training options the user gave (None = the dataset's default)."""
-    return {k: v for k, v in kw.items() if v is not None}
 
 
 # ------------------------------------------------------------------ pruning
@@ -247,35 +297,49 @@ Workers = Annotated[Optional[int], typer.Option(
     help="Worker processes for --buckets; the result does not depend on it. " + default_note("min(K, CPU count)"))]
 
 # ------------------------------------------------------------------ influence
-ESTIMATOR_DEFAULT = _config_default(InfluenceConfig, "method")
-
-
-def estimator(panel: str) -> Any:
-    return Annotated[str, typer.Option(
-        "--estimator", metavar="NAME", rich_help_panel=panel,
-        help="Influence estimator: @ESTIMATORS@. exact = dense Hessian, Cholesky (cg above "
-             "d = 16384); cg = conjugate gradients; lissa = the paper's; sgd = SGD-Influence (replays training).")]
-
-
 def damping(panel: str) -> Any:
     return Annotated[Optional[float], typer.Option(
         "--damping", rich_help_panel=panel,
         help="lambda added to the last-layer Hessian. " + default_note("the checkpoint's weight decay; 1e-3 if 0"))]
 
 
-def lissa(panel: str) -> SimpleNamespace:
-    return SimpleNamespace(
-        depth=Annotated[int, typer.Option("--lissa-depth", rich_help_panel=panel, help="LiSSA recursion depth.")],
-        scale=Annotated[float, typer.Option(
+class Estimation(SimpleNamespace):
+    """The estimator options a user gave."""
+
+    def config(self, **more: Any) -> InfluenceConfig:
+        """The validated InfluenceConfig (``more``: the command's own estimator settings)."""
+        from dpcli.stages import pipeline
+
+        pipeline.check_estimator(self.estimator)
+        return InfluenceConfig(method=self.estimator, damping=self.damping, lissa_depth=self.lissa_depth,
+                               lissa_scale=self.lissa_scale, lissa_batch_size=self.lissa_batch_size,
+                               lissa_repeats=self.lissa_repeats, seed=self.lissa_seed, **more).validate()
+
+
+def estimation(panel: str) -> Group:
+    """The estimator, its damping and LiSSA's settings, in ``panel``."""
+    def default(field: str) -> Any:
+        return _config_default(InfluenceConfig, field)
+
+    return Group(
+        Estimation,
+        estimator=(Annotated[str, typer.Option(
+            "--estimator", metavar="NAME", rich_help_panel=panel,
+            help="Influence estimator: @ESTIMATORS@. exact = dense Hessian, Cholesky (cg above "
+                 "d = 16384); cg = conjugate gradients; lissa = the paper's; sgd = SGD-Influence (replays training).")],
+            default("method")),
+        damping=(damping(panel), None),
+        lissa_depth=(Annotated[int, typer.Option(
+            "--lissa-depth", rich_help_panel=panel, help="LiSSA recursion depth.")], default("lissa_depth")),
+        lissa_scale=(Annotated[float, typer.Option(
             "--lissa-scale", rich_help_panel=panel, help="LiSSA scale (above the largest Hessian eigenvalue).")],
-        batch=Annotated[int, typer.Option(
+            default("lissa_scale")),
+        lissa_batch_size=(Annotated[int, typer.Option(
             "--lissa-batch-size", rich_help_panel=panel, help="LiSSA minibatch for the stochastic Hessian.")],
-        repeats=Annotated[int, typer.Option(
+            default("lissa_batch_size")),
+        lissa_repeats=(Annotated[int, typer.Option(
             "--lissa-repeats", rich_help_panel=panel, help="Independent LiSSA runs averaged.")],
-        seed=Annotated[int, typer.Option("--lissa-seed", rich_help_panel=panel, help="LiSSA sampling seed.")],
+            default("lissa_repeats")),
+        lissa_seed=(Annotated[int, typer.Option(
+            "--lissa-seed", rich_help_panel=panel, help="LiSSA sampling seed.")], default("seed")),
     )
-
-
-LISSA_DEFAULTS = {k: _config_default(InfluenceConfig, f) for k, f in (
-    ("depth", "lissa_depth"), ("scale", "lissa_scale"), ("batch", "lissa_batch_size"), ("repeats", "lissa_repeats"),
-    ("seed", "seed"))}

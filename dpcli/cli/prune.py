@@ -9,12 +9,6 @@ from dpcli import console
 from dpcli.cli import options as o
 from dpcli.errors import DpcliError
 
-T = o.training(o.P_DS_TRAIN)
-S = o.speed()
-L = o.lissa(o.P_DS_INFLUENCE)
-Estimator = o.estimator(o.P_DS_INFLUENCE)
-Damping = o.damping(o.P_DS_INFLUENCE)
-
 EPILOG = ("SOURCE is a file when it ends in .h5/.hdf5 or contains a '/', else a dataset name. "
           "All options (selector tuning, dataset-mode training and influence): dpcli prune --help-all")
 
@@ -55,6 +49,7 @@ def print_mask(mask) -> None:
     console.info(f"mask: {mask.path}  (keep_indices = samples to train on)")
 
 
+@o.expands
 def command(
     source: Annotated[str, typer.Argument(
         metavar="SOURCE", show_default=False,
@@ -68,42 +63,29 @@ def command(
     indices_out: Annotated[Optional[Path], typer.Option(
         "--indices-out", metavar="FILE", rich_help_panel=o.P_OUTPUT,
         help="Also write the KEPT indices as .txt (one per line) or .npy.")] = None,
-    json: o.Json = False, quiet: o.Quiet = False,
-    device: o.Device = "auto", data_root: o.DataRoot = None, run_root: o.RunRoot = None, force: o.Force = False,
-    no_wait: o.NoWait = False,
+    job: o.Job = o.job_options(),
     balance: o.Balance = False, strata: o.Strata = 1, hard_cutoff: o.HardCutoff = None,
     match_features: o.MatchFeatures = False, score_epoch: o.ScoreEpoch = None, score_seeds: o.ScoreSeeds = 3,
     buckets: o.Buckets = 1, workers: o.Workers = None,
-    arch: T.arch = None, width: T.width = None, depth: T.depth = None, epochs: T.epochs = None, lr: T.lr = None,
-    momentum: T.momentum = None, weight_decay: T.weight_decay = None, batch_size: T.batch_size = None,
-    augment: T.augment = None, image_size: T.image_size = None, weights: T.weights = None,
-    head_module: T.head_module = None, train_seed: T.train_seed = T.seed_default,
-    channels_last: S.channels_last = None, compile_model: S.compile = False, fp32: S.fp32 = False,
-    deterministic: S.deterministic = False,
-    estimator: Estimator = o.ESTIMATOR_DEFAULT, damping: Damping = None,
-    lissa_depth: L.depth = o.LISSA_DEFAULTS["depth"], lissa_scale: L.scale = o.LISSA_DEFAULTS["scale"],
-    lissa_batch_size: L.batch = o.LISSA_DEFAULTS["batch"], lissa_repeats: L.repeats = o.LISSA_DEFAULTS["repeats"],
-    lissa_seed: L.seed = o.LISSA_DEFAULTS["seed"],
+    training: o.Training = o.training(o.P_DS_TRAIN),
+    estimation: o.Estimation = o.estimation(o.P_DS_INFLUENCE),
     proxy: Annotated[Optional[str], typer.Option(
         "--proxy", metavar="ARCH[:EPOCHS]", rich_help_panel=o.P_DS_TRAIN,
         help="Dataset mode: compute S with this small, fast network and schedule instead of the target's "
              "(Selection via Proxy); retrain the target on the mask.")] = None,
 ) -> None:
     """Select the samples to PRUNE and write mask.h5 (keep = train on it); ||sum S_pruned|| is certified from S."""
-    from dpcli.config import InfluenceConfig, PruneConfig
+    from dpcli.config import PruneConfig
     from dpcli.stages import pipeline
 
-    console.set_quiet(quiet)
+    console.set_quiet(job.quiet)
     cutoff, cutoff_ratio = _cutoff(hard_cutoff, method)
     pcfg = PruneConfig(epsilon=epsilon, ratio=prune_ratio, count=prune_count, solver=solver,
                        time_budget=time_budget, seed=solver_seed, buckets=buckets, workers=workers, method=method,
                        balance=balance, strata=strata, cutoff=cutoff, cutoff_ratio=cutoff_ratio,
                        match_features=match_features, score_epoch=score_epoch, score_seeds=score_seeds)
     pipeline.check_prune(pcfg)
-    pipeline.check_estimator(estimator)
-    speed = o.speed_overrides(channels_last, compile_model, fp32, deterministic)
-    icfg = InfluenceConfig(method=estimator, damping=damping, lissa_depth=lissa_depth, lissa_scale=lissa_scale,
-                           lissa_batch_size=lissa_batch_size, lissa_repeats=lissa_repeats, seed=lissa_seed).validate()
+    icfg = estimation.config()
     pipeline.check_indices_suffix(indices_out)
     pipeline.check_writable(out, "--out")
     pipeline.check_writable(indices_out, "--indices-out")
@@ -117,15 +99,12 @@ def command(
         from dpcli.train.loop import resolve_device
 
         spec = ProxySpec.parse(proxy)
-        ds = pipeline.load(source, data_root, image_size)
+        ds = pipeline.load(source, job.data_root, training.image_size)
         pipeline.check_prune(pcfg, len(ds.train.labels))
-        target = pipeline.train_config(ds, o.training_overrides(
-            arch=arch, weights=weights, head_module=head_module, width=width, depth=depth, epochs=epochs, lr=lr,
-            momentum=momentum, weight_decay=weight_decay, batch_size=batch_size, augment=augment, seed=train_seed,
-            **speed))
-        sel = select_via_proxy(ds, target, spec, pcfg, device=resolve_device(device),
-                               run_root=pipeline.run_root_of(run_root), influence_cfg=icfg, force=force, out=out,
-                               indices_out=indices_out)
+        target = pipeline.train_config(ds, training.overrides())
+        sel = select_via_proxy(ds, target, spec, pcfg, device=resolve_device(job.device),
+                               run_root=pipeline.run_root_of(job.run_root), influence_cfg=icfg, force=job.force,
+                               out=out, indices_out=indices_out)
         mask = sel.mask
         chain = {"proxy": sel.proxy.to_dict(), "proxy_checkpoint": str(sel.checkpoint),
                  "selection_seconds": sel.seconds, "target": target.to_dict()}
@@ -141,26 +120,25 @@ def command(
         pipeline.check_writable(mask_file, "--out")
         from dpcli.train.loop import resolve_device
 
-        mask = pipeline.run_prune(info.path, pcfg, mask_file, indices_out, device=resolve_device(device),
-                                  data_root=data_root)
+        mask = pipeline.run_prune(info.path, pcfg, mask_file, indices_out, device=resolve_device(job.device),
+                                  data_root=job.data_root)
         chain: dict = {}
     else:
-        pipeline.check_writable(pipeline.run_root_of(run_root), "--run-root", directory=True)
+        pipeline.check_writable(pipeline.run_root_of(job.run_root), "--run-root", directory=True)
         from dpcli.train.loop import resolve_device
 
-        dev = resolve_device(device)
-        ds = pipeline.load(source, data_root, image_size)
+        dev = resolve_device(job.device)
+        ds = pipeline.load(source, job.data_root, training.image_size)
         pipeline.check_prune(pcfg, len(ds.train.labels))
-        tcfg = pipeline.train_config(ds, o.training_overrides(
-            arch=arch, weights=weights, head_module=head_module, width=width, depth=depth, epochs=epochs, lr=lr, momentum=momentum,
-            weight_decay=weight_decay, batch_size=batch_size, augment=augment, seed=train_seed, **speed))
-        run = pipeline.full_run(ds, tcfg, icfg, run_root=run_root, device=dev, data_root=data_root, force=force)
+        tcfg = pipeline.train_config(ds, training.overrides())
+        run = pipeline.full_run(ds, tcfg, icfg, run_root=job.run_root, device=dev, data_root=job.data_root,
+                                force=job.force)
         mask = pipeline.run_prune(run.influence.path, pcfg, out or mask_path(run.influence.path, pcfg), indices_out,
-                                  device=dev, data_root=data_root, ds=ds)
+                                  device=dev, data_root=job.data_root, ds=ds)
         chain = {"checkpoint": str(run.checkpoint_path), "influence": str(run.influence.path),
                  "test_accuracy": run.checkpoint.final.test_acc}
     print_mask(mask)
-    if json:
+    if job.json:
         summary = {"command": "prune", **_summary(mask), **chain}
         if indices_out:
             summary["indices_out"] = str(indices_out)

@@ -9,10 +9,7 @@ from dpcli import console
 from dpcli.cli import options as o
 from dpcli.errors import DpcliError
 
-T = o.training(o.P_TRAIN)
-S = o.speed()
-
-
+@o.expands
 def command(
     dataset: Annotated[str, typer.Argument(metavar="DATASET", show_default=False,
                                            help="The dataset the mask was made for.")],
@@ -25,22 +22,14 @@ def command(
     epsilon: o.Epsilon = None, prune_ratio: o.Ratio = None, prune_count: o.Count = None,
     solver: o.Solver = o.SOLVER_DEFAULT, solver_seed: o.SolverSeed = o.SOLVER_SEED_DEFAULT,
     time_budget: o.TimeBudget = None,
-    arch: T.arch = None, width: T.width = None, depth: T.depth = None, epochs: T.epochs = None, lr: T.lr = None,
-    momentum: T.momentum = None, weight_decay: T.weight_decay = None, batch_size: T.batch_size = None,
-    augment: T.augment = None, image_size: T.image_size = None, weights: T.weights = None,
-    head_module: T.head_module = None,
-    channels_last: S.channels_last = None, compile_model: S.compile = False, fp32: S.fp32 = False,
-    deterministic: S.deterministic = False,
-    train_seed: Annotated[Optional[int], typer.Option(
+    training: o.Training = o.training(o.P_TRAIN).but(train_seed=(Annotated[Optional[int], typer.Option(
         "--train-seed", rich_help_panel=o.P_TRAIN,
         help="Seed of the training run (initialization and batch order). "
-             + o.default_note("the full-data run's; 0 for the full-data run in dataset mode"))] = None,
+             + o.default_note("the full-data run's; 0 for the full-data run in dataset mode"))], None)),
     out: Annotated[Optional[Path], typer.Option(
         "--out", metavar="FILE", rich_help_panel=o.P_OUTPUT,
         help="Checkpoint of the retrained model. " + o.default_note("beside the mask"))] = None,
-    json: o.Json = False, quiet: o.Quiet = False,
-    device: o.Device = "auto", data_root: o.DataRoot = None, run_root: o.RunRoot = None, force: o.Force = False,
-    no_wait: o.NoWait = False,
+    job: o.Job = o.job_options(),
 ) -> None:
     """Train a fresh model on the KEPT samples and report accuracy, loss, time and steps.
 
@@ -51,16 +40,13 @@ def command(
     from dpcli.config import InfluenceConfig, PruneConfig
     from dpcli.stages import pipeline
 
-    console.set_quiet(quiet)
+    console.set_quiet(job.quiet)
     if mask is not None:
         from dpcli.cli import embeddings
 
-        if embeddings.retrain_embeddings(dataset, mask, out, json):  # a head refit on kept features
+        if embeddings.retrain_embeddings(dataset, mask, out, job.json):  # a head refit on kept features
             return
-    overrides = o.training_overrides(arch=arch, weights=weights, head_module=head_module, width=width, depth=depth, epochs=epochs, lr=lr, momentum=momentum,
-                                     weight_decay=weight_decay, batch_size=batch_size, augment=augment,
-                                     seed=train_seed,
-                                     **o.speed_overrides(channels_last, compile_model, fp32, deterministic))
+    overrides = training.overrides()
     pcfg = None
     if mask is None:
         if epsilon is None and prune_ratio is None and prune_count is None:
@@ -68,22 +54,24 @@ def command(
         pcfg = PruneConfig(epsilon=epsilon, ratio=prune_ratio, count=prune_count, solver=solver,
                            time_budget=time_budget, seed=solver_seed)
         pipeline.check_prune(pcfg)
-        pipeline.check_writable(pipeline.run_root_of(run_root), "--run-root", directory=True)
+        pipeline.check_writable(pipeline.run_root_of(job.run_root), "--run-root", directory=True)
     pipeline.check_writable(out, "--out")
     from dpcli.stages import core
     from dpcli.train.loop import resolve_device
 
     given = core.read_mask(mask) if mask is not None else None
-    dev = resolve_device(device)
+    dev = resolve_device(job.device)
     upstream = core.upstream_checkpoint(given) if given is not None else None
-    ds = pipeline.load(dataset, data_root, image_size or (upstream.config.image_size if upstream else None))
+    ds = pipeline.load(dataset, job.data_root,
+                       training.image_size or (upstream.config.image_size if upstream else None))
     if pcfg is not None:
         pipeline.check_prune(pcfg, len(ds.train.labels))
         tcfg = pipeline.train_config(ds, {k: v for k, v in overrides.items() if k != "arch"})
-        run = pipeline.full_run(ds, tcfg, InfluenceConfig().validate(), run_root=run_root, device=dev,
-                                data_root=data_root, force=force)
-        given = pipeline.ensure_mask(run.influence, pcfg, force=force, device=dev, data_root=data_root, ds=ds)
-    metrics = pipeline.retrain(ds, given, overrides=overrides, reference=reference, out=out, device=dev, force=force)
+        run = pipeline.full_run(ds, tcfg, InfluenceConfig().validate(), run_root=job.run_root, device=dev,
+                                data_root=job.data_root, force=job.force)
+        given = pipeline.ensure_mask(run.influence, pcfg, force=job.force, device=dev, data_root=job.data_root, ds=ds)
+    metrics = pipeline.retrain(ds, given, overrides=overrides, reference=reference, out=out, device=dev,
+                               force=job.force)
     console.info(
         f"retrained on {given.n_kept} kept samples ({100 * given.n_pruned / given.n:.1f}% pruned): test accuracy "
         f"{metrics['test_accuracy']:.2f}%, loss {metrics['test_loss']:.4f}, "
@@ -92,5 +80,5 @@ def command(
         console.info(f"full data: test accuracy {metrics['full_data_test_accuracy']:.2f}%, "
                      f"{metrics['full_data_optimizer_steps']} steps, {metrics['full_data_train_seconds']:.1f}s")
     console.info(f"checkpoint: {metrics['checkpoint']}  metrics: {metrics['metrics_file']}")
-    if json:
+    if job.json:
         console.emit_json({"command": "retrain", **metrics})

@@ -10,10 +10,6 @@ from dpcli import console
 from dpcli.cli import options as o
 from dpcli.errors import DpcliError
 
-T = o.training(o.P_TRAIN)
-S = o.speed()
-
-
 def _epoch_list(text: Optional[str], epochs: int) -> tuple[int, ...] | None:
     if text is None:
         return None
@@ -27,15 +23,13 @@ def _epoch_list(text: Optional[str], epochs: int) -> tuple[int, ...] | None:
     return values
 
 
+@o.expands
 def command(
     dataset: Annotated[str, typer.Argument(metavar="DATASET", show_default=False,
                                            help="digits, cifar10, cifar100 or imagefolder:PATH.")],
     out: Annotated[Optional[Path], typer.Option("--out", metavar="FILE", rich_help_panel=o.P_OUTPUT,
                                                 help="Checkpoint path. " + o.default_note("in the run directory"))] = None,
-    arch: T.arch = None, width: T.width = None, depth: T.depth = None, epochs: T.epochs = None, lr: T.lr = None,
-    momentum: T.momentum = None, weight_decay: T.weight_decay = None, batch_size: T.batch_size = None,
-    augment: T.augment = None, image_size: T.image_size = None, weights: T.weights = None,
-    head_module: T.head_module = None, train_seed: T.train_seed = T.seed_default,
+    training: o.Training = o.training(o.P_TRAIN),
     snapshot_epochs: Annotated[Optional[str], typer.Option(
         "--snapshot-epochs", metavar="E,E,...", rich_help_panel=o.P_TRAIN,
         help="Epochs after which to keep a copy of the weights (0 = initialization), for prune --method el2n/grand "
@@ -47,11 +41,7 @@ def command(
              "S is then exact (Theorem 1 holds) and retrain is a head refit. L2 = --damping, else --weight-decay.")] = False,
     damping: Annotated[Optional[float], typer.Option(
         "--damping", rich_help_panel=o.P_MODEL, help="--freeze-backbone: the L2 strength of the head fit.")] = None,
-    channels_last: S.channels_last = None, compile_model: S.compile = False, fp32: S.fp32 = False,
-    deterministic: S.deterministic = False,
-    json: o.Json = False, quiet: o.Quiet = False,
-    device: o.Device = "auto", data_root: o.DataRoot = None, run_root: o.RunRoot = None, force: o.Force = False,
-    no_wait: o.NoWait = False,
+    job: o.Job = o.job_options(),
 ) -> None:
     """Train the full-data model (ERM) and write checkpoint.h5; an interrupted run resumes.
 
@@ -63,24 +53,22 @@ def command(
     """
     from dpcli.stages import pipeline
 
-    console.set_quiet(quiet)
+    console.set_quiet(job.quiet)
     pipeline.check_writable(out, "--out")
-    pipeline.check_writable(pipeline.run_root_of(run_root) if out is None else None, "--run-root", directory=True)
+    pipeline.check_writable(pipeline.run_root_of(job.run_root) if out is None else None, "--run-root", directory=True)
     from dpcli.artifacts.runs import checkpoint_path
     from dpcli.train import distributed
     from dpcli.train.loop import resolve_device
 
-    dist = distributed.from_env(device)  # None unless launched by torchrun
+    dist = distributed.from_env(job.device)  # None unless launched by torchrun
     if dist is not None and not dist.is_main:
         console.set_quiet(True)
-        json = False
-    dev = resolve_device(device) if dist is None else dist.device
-    ds = pipeline.load(dataset, data_root, image_size) if dist is None else dist.main_first(lambda: pipeline.load(dataset, data_root, image_size))
-    cfg = pipeline.train_config(ds, o.training_overrides(
-        arch=arch, weights=weights, head_module=head_module, width=width, depth=depth, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
-        batch_size=batch_size, augment=augment, seed=train_seed,
-        **o.speed_overrides(channels_last, compile_model, fp32, deterministic)))
-    path = out or checkpoint_path(pipeline.run_root_of(run_root), cfg)
+        job.json = False
+    dev = resolve_device(job.device) if dist is None else dist.device
+    ds = pipeline.load(dataset, job.data_root, training.image_size) if dist is None else dist.main_first(
+        lambda: pipeline.load(dataset, job.data_root, training.image_size))
+    cfg = pipeline.train_config(ds, training.overrides())
+    path = out or checkpoint_path(pipeline.run_root_of(job.run_root), cfg)
     if freeze_backbone:  # embeddings path: features once, exact head fit, influence.h5 beside them
         from dpcli.config import InfluenceConfig
         from dpcli.stages import embeddings
@@ -88,16 +76,16 @@ def command(
         info = embeddings.freeze_backbone(cfg, ds, path.parent, device=dev, icfg=InfluenceConfig().validate(),
                                           damping=damping, info=console.info)
         console.info(f"frozen backbone: influence {info.path}  S is {info.n} x {info.d}; next: dpcli prune {info.path}")
-        if json:
+        if job.json:
             console.emit_json({"command": "train", "freeze_backbone": True, "influence": str(info.path),
                                "n": info.n, "d": info.d, "damping": info.damping, "seconds": info.seconds})
         return
     t0 = time.perf_counter()
-    ck = pipeline.ensure_checkpoint(cfg, ds, path, device=dev, force=force, dist=dist,
+    ck = pipeline.ensure_checkpoint(cfg, ds, path, device=dev, force=job.force, dist=dist,
                                     snapshot_epochs=_epoch_list(snapshot_epochs, cfg.epochs))
     final = ck.final
     console.info(f"checkpoint: {path}  test accuracy {final.test_acc:.2f}%  test loss {final.test_loss:.4f}")
-    if json:
+    if job.json:
         console.emit_json({"command": "train", "checkpoint": str(path), "config": cfg.to_dict(), "epochs": ck.epoch,
                            "test_accuracy": final.test_acc, "test_loss": final.test_loss,
                            "train_accuracy": final.train_acc, "train_seconds": ck.seconds,

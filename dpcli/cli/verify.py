@@ -9,9 +9,6 @@ from dpcli import console
 from dpcli.cli import options as o
 from dpcli.errors import DpcliError
 
-T = o.training(o.P_DS_TRAIN)
-Damping = o.damping(o.P_DS_INFLUENCE)
-
 
 def _epsilons(text: Optional[str]) -> list[float]:
     if not text:
@@ -36,6 +33,7 @@ def _table(report: dict, rows: list) -> None:
     console.table(table)
 
 
+@o.expands
 def command(
     dataset: Annotated[str, typer.Argument(metavar="DATASET", show_default=False,
                                            help="Dataset name; its full-data model is trained if missing.")],
@@ -52,13 +50,8 @@ def command(
     out: Annotated[Optional[Path], typer.Option(
         "--out", metavar="DIR", rich_help_panel=o.P_OUTPUT,
         help="Directory for bound.json and bound.png. " + o.default_note("verify-bound/ in the run directory"))] = None,
-    json: o.Json = False, quiet: o.Quiet = False,
-    device: o.Device = "auto", data_root: o.DataRoot = None, run_root: o.RunRoot = None, force: o.Force = False,
-    no_wait: o.NoWait = False,
-    arch: T.arch = None, width: T.width = None, depth: T.depth = None, epochs: T.epochs = None, lr: T.lr = None,
-    momentum: T.momentum = None, weight_decay: T.weight_decay = None, batch_size: T.batch_size = None,
-    augment: T.augment = None, image_size: T.image_size = None, weights: T.weights = None,
-    head_module: T.head_module = None, train_seed: T.train_seed = T.seed_default, damping: Damping = None,
+    job: o.Job = o.job_options(),
+    training: o.Training = o.training(o.P_DS_TRAIN), damping: o.damping(o.P_DS_INFLUENCE) = None,
 ) -> None:
     """Theorem 1 check (Figure 2): predicted test-loss gap beside the observed one after retraining.
 
@@ -69,10 +62,10 @@ def command(
     from dpcli.config import InfluenceConfig, PruneConfig
     from dpcli.stages import pipeline
 
-    console.set_quiet(quiet)
+    console.set_quiet(job.quiet)
     from dpcli.cli import embeddings
 
-    if embeddings.verify_embeddings(dataset, masks, epsilons, out, random_seed, solver, time_budget, json):
+    if embeddings.verify_embeddings(dataset, masks, epsilons, out, random_seed, solver, time_budget, job.json):
         return
     eps_list = _epsilons(epsilons)
     if not masks and not eps_list:
@@ -83,14 +76,15 @@ def command(
     icfg = InfluenceConfig(damping=damping).validate()
     pipeline.check_writable(out / "bound.json" if out is not None else None, "--out")
     if not masks:
-        pipeline.check_writable(pipeline.run_root_of(run_root), "--run-root", directory=True)
+        pipeline.check_writable(pipeline.run_root_of(job.run_root), "--run-root", directory=True)
     from dpcli.stages import core
     from dpcli.train.loop import load_checkpoint, resolve_device
 
     given = [core.read_mask(p) for p in (masks or [])]
-    dev = resolve_device(device)
+    dev = resolve_device(job.device)
     upstream = core.upstream_checkpoint(given[0]) if given else None
-    ds = pipeline.load(dataset, data_root, image_size or (upstream.config.image_size if upstream else None))
+    ds = pipeline.load(dataset, job.data_root,
+                       training.image_size or (upstream.config.image_size if upstream else None))
     if given:
         ck_path = Path(given[0].checkpoint)
         if any(Path(m.checkpoint) != ck_path for m in given):
@@ -98,15 +92,14 @@ def command(
         ck = load_checkpoint(ck_path, weights=False)
         info = core.read_influence_info(Path(given[0].influence))
     else:
-        tcfg = pipeline.train_config(ds, o.training_overrides(
-            arch=arch, weights=weights, head_module=head_module, width=width, depth=depth, epochs=epochs, lr=lr, momentum=momentum,
-            weight_decay=weight_decay, batch_size=batch_size, augment=augment, seed=train_seed))
-        run = pipeline.full_run(ds, tcfg, icfg, run_root=run_root, device=dev, data_root=data_root, force=force)
+        tcfg = pipeline.train_config(ds, training.overrides())
+        run = pipeline.full_run(ds, tcfg, icfg, run_root=job.run_root, device=dev, data_root=job.data_root,
+                                force=job.force)
         ck_path, ck, info = run.checkpoint_path, run.checkpoint, run.influence
-    masks_all = given + [pipeline.ensure_mask(info, p, force=force) for p in pcfgs]
+    masks_all = given + [pipeline.ensure_mask(info, p, force=job.force) for p in pcfgs]
     report, rows = pipeline.verify_bound(ds, ck_path, ck, info, masks_all, random_seed=random_seed, out_dir=out,
-                                         device=dev, force=force)
+                                         device=dev, force=job.force)
     _table(report, rows)
     console.info(f"report: {report['report']}  plot: {report['plot']}")
-    if json:
+    if job.json:
         console.emit_json(report)

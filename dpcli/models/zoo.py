@@ -72,6 +72,13 @@ class ConvNet(Classifier):
         return torch.flatten(self.body(x), 1)
 
 
+def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
+    """A residual block's skip path: identity, or a strided 1x1 projection where the shape changes."""
+    if stride == 1 and in_planes == out_planes:
+        return nn.Sequential()
+    return nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False), nn.BatchNorm2d(out_planes))
+
+
 class BasicBlock(nn.Module):
     expansion = 1
 
@@ -82,12 +89,7 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or in_planes != planes * self.expansion:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes * self.expansion, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(planes * self.expansion),
-            )
+        self.shortcut = _shortcut(in_planes, planes * self.expansion, stride)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -107,12 +109,7 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or in_planes != planes * self.expansion:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes * self.expansion, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(planes * self.expansion),
-            )
+        self.shortcut = _shortcut(in_planes, planes * self.expansion, stride)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))

@@ -98,15 +98,34 @@ def ccs_select(score: np.ndarray, m: int, rng: np.random.Generator, *, cutoff: f
     return ~keep
 
 
-class CCS(Selector):
-    name = "ccs"
+class CutoffStrata(Selector):
+    """CCS's shape, shared with its ``ccs-loss`` variant: resolve the hard cutoff, score every sample's
+    difficulty from the training dynamics, and let ``prune`` cut and stratify (seeded)."""
+
     coverage = True
     auto_cutoff = True
     needs = frozenset({"dynamics"})
-    help = "CCS as published: AUM strata (50, equal width) after a hard AUM cutoff (--hard-cutoff, default auto)"
+    label = ""  # the rule as recorded in mask.h5, formatted with the cutoff
+
+    def difficulty(self, ctx: Context) -> np.ndarray:
+        raise NotImplementedError
+
+    def prune(self, difficulty: np.ndarray, m: int, rng: np.random.Generator, cutoff: float) -> np.ndarray:
+        raise NotImplementedError
 
     def select(self, ctx: Context, m: int | None, epsilon: float | None) -> tuple[np.ndarray, str]:
         cutoff = resolve_cutoff(self.cfg, m, ctx.n)
-        score = aum(ctx.dynamics().require("margin", "--method ccs"))
-        pruned = ccs_select(score, m, np.random.default_rng(self.cfg.seed), cutoff=cutoff)
-        return pruned, f"ccs(aum, cutoff={cutoff:g})"
+        pruned = self.prune(self.difficulty(ctx), m, np.random.default_rng(self.cfg.seed), cutoff)
+        return pruned, self.label.format(cutoff=cutoff)
+
+
+class CCS(CutoffStrata):
+    name = "ccs"
+    help = "CCS as published: AUM strata (50, equal width) after a hard AUM cutoff (--hard-cutoff, default auto)"
+    label = "ccs(aum, cutoff={cutoff:g})"
+
+    def difficulty(self, ctx: Context) -> np.ndarray:
+        return aum(ctx.dynamics().require("margin", "--method ccs"))
+
+    def prune(self, difficulty: np.ndarray, m: int, rng: np.random.Generator, cutoff: float) -> np.ndarray:
+        return ccs_select(difficulty, m, rng, cutoff=cutoff)

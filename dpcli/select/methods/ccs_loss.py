@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dpcli.select.base import Context, Selector
-from dpcli.select.methods.ccs import resolve_cutoff
+from dpcli.select.base import Context
+from dpcli.select.methods.ccs import CutoffStrata
 from dpcli.select.scoring import check_count
 
 
@@ -40,14 +40,13 @@ def ccs_loss(difficulty: np.ndarray, m: int, rng: np.random.Generator, *, cutoff
     return ~keep
 
 
-class CCSLoss(Selector):
+class CCSLoss(CutoffStrata):
     name = "ccs-loss"
-    coverage = True
-    auto_cutoff = True
-    needs = frozenset({"dynamics"})
     help = "variant of CCS stratified over the mean training loss (not the authors' score)"
+    label = "ccs-loss(cutoff={cutoff:g})"
 
-    def select(self, ctx: Context, m: int | None, epsilon: float | None) -> tuple[np.ndarray, str]:
-        cutoff = resolve_cutoff(self.cfg, m, ctx.n)
-        pruned = ccs_loss(ctx.difficulty(), m, np.random.default_rng(self.cfg.seed), cutoff=cutoff)
-        return pruned, f"ccs-loss(cutoff={cutoff:g})"
+    def difficulty(self, ctx: Context) -> np.ndarray:
+        return ctx.difficulty()
+
+    def prune(self, difficulty: np.ndarray, m: int, rng: np.random.Generator, cutoff: float) -> np.ndarray:
+        return ccs_loss(difficulty, m, rng, cutoff=cutoff)

@@ -19,14 +19,16 @@ from typing import Any, Callable, Iterator
 import typer
 
 from dpcli import __version__, console
-from dpcli.cli import influence, options, prune, retrain, train, verify
+from dpcli.cli import fast, influence, options, prune, retrain, train, verify
 from dpcli.errors import DpcliError
 
 try:  # Typer >= 0.29 vendors Click
     from typer._click.exceptions import NoArgsIsHelpError, UsageError
     _EXITS: tuple[type[BaseException], ...] = (typer.Exit,)
     _ABORTS: tuple[type[BaseException], ...] = (typer.Abort,)
+    _VENDORED_CLICK = True  # its parse errors are worded as dpcli.cli.fast replays them
 except ImportError:  # pragma: no cover - older Typer on Click
+    _VENDORED_CLICK = False
     import click
     from click.exceptions import NoArgsIsHelpError, UsageError
 
@@ -175,11 +177,22 @@ def _usage_error(exc: Any) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point; returns the exit code instead of exiting (so tests can call it in-process)."""
+    """Typer's side of :func:`dpcli.cli.main`: everything :mod:`dpcli.cli.fast` did not answer.
+
+    It records this command line's option tables for the fast path, and the help screen when one is
+    asked for."""
     args = list(sys.argv[1:] if argv is None else argv)
+    command = typer.main.get_command(app)
+    spec = fast.remember(command, "dpcli", click_messages=_VENDORED_CLICK)
+    with fast.recording(args, spec) as done:
+        code = _run(command, args)
+        done(code)
+    return code
+
+
+def _run(command: Any, args: list[str]) -> int:
     unfold = "--help-all" in args
     args = ["--help" if a == "--help-all" else a for a in args]
-    command = typer.main.get_command(app)
     if unfold or "--help" in args:
         _tidy(command, unfold)
     with _sigterm_as_interrupt():
