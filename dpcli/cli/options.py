@@ -35,7 +35,7 @@ P_MODEL = "Library models"
 P_SPEED = "Speed (GPU)"
 
 # Panels folded out of `prune --help` (shown by --help-all) so the common case reads in one screen.
-FOLDED = {"prune": (P_TUNING, P_DS_TRAIN, P_DS_INFLUENCE)}
+FOLDED = {"prune": (P_TUNING, P_DS_TRAIN, P_DS_INFLUENCE, P_SPEED)}
 
 
 def default_note(text: Any) -> str:
