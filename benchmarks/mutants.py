@@ -162,6 +162,19 @@ MUTANTS: tuple[Mutant, ...] = (
            "dpcli/cli/fast.py",
            'name, explicit = arg.split("=", 1) if "=" in arg else (arg, None)', "name, explicit = arg, None",
            ("tests/cli/test_fast.py::test_replayed_output_is_typers_and_needs_no_typer",)),
+    # ---- GPU-path fixes found by the H200 smoke run (docs/gpu.md)
+    Mutant("refined-unit-columns-unscaled", "the float32-refined solve forgets to divide by the column norms",
+           "dpcli/influence/kernels.py",
+           "rhs = (g / norms[:, None]).T", "rhs = g.T",
+           ("tests/train/test_train_perf.py::test_float32_refined_handles_saturated_samples",)),
+    Mutant("compile-no-fallback", "a compiler failure on the first step is not caught",
+           "dpcli/train/loop.py",
+           "    except Exception as exc:  # noqa: BLE001", "    except ZeroDivisionError as exc:  # noqa: BLE001",
+           ("tests/train/test_train_perf.py::test_a_compiler_failure_falls_back_to_the_eager_run",)),
+    Mutant("rank-reads-global-batch", "a torchrun rank reads the whole global batch, not its slice",
+           "dpcli/data/batches.py",
+           "    if part is None:\n        return start, stop\n", "    if True:\n        return start, stop\n",
+           ("tests/train/test_distributed.py",)),
 )
 
 

@@ -71,34 +71,51 @@ def _device_tensors(split: Split, device: torch.device) -> tuple[Tensor, Tensor]
 class _BatchReader(torch.utils.data.Dataset):
     """Task k = the uint8 images and labels of batch k (read in a worker process)."""
 
-    def __init__(self, images: DiskImages, labels: np.ndarray, order: np.ndarray, batch_size: int) -> None:
-        self.images, self.labels, self.order, self.batch_size = images, labels, order, batch_size
+    def __init__(self, images: DiskImages, labels: np.ndarray, order: np.ndarray, batch_size: int,
+                 part: "Part | None" = None) -> None:
+        self.images, self.labels, self.order, self.batch_size, self.part = images, labels, order, batch_size, part
 
     def __len__(self) -> int:
         return math.ceil(self.order.size / self.batch_size)
 
     def __getitem__(self, k: int) -> tuple[Tensor, Tensor]:
-        sel = self.order[k * self.batch_size : (k + 1) * self.batch_size]
+        lo, hi = batch_rows(k * self.batch_size, self.batch_size, self.order.size, self.part)
+        sel = self.order[lo:hi]
         return torch.from_numpy(self.images.read(sel)), torch.from_numpy(self.labels[sel])
 
 
+Part = Callable[[int], tuple[int, int]]
+
+
+def batch_rows(start: int, batch_size: int, n: int, part: Part | None) -> tuple[int, int]:
+    """Positions ``[lo, hi)`` in the epoch order that the batch at ``start`` reads: all of it, or
+    one torchrun rank's slice ``part(B)`` of it (so no rank reads or decodes another's samples)."""
+    stop = min(start + batch_size, n)
+    if part is None:
+        return start, stop
+    lo, hi = part(stop - start)
+    return start + lo, start + hi
+
+
 def _raw_batches(split: Split, order: np.ndarray, batch_size: int, device: torch.device,
-                 workers: int | None) -> Iterator[tuple[Tensor, Tensor]]:
-    """uint8 NHWC images and labels of each batch of ``order``, on ``device``."""
+                 workers: int | None, part: Part | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+    """uint8 NHWC images and labels of each batch of ``order`` (this rank's rows of it), on ``device``."""
     resident = _device_tensors(split, device)
     if resident is not None:
         order_dev = torch.from_numpy(order).to(device)
         for start in range(0, order.size, batch_size):
-            idx = order_dev[start : start + batch_size]
+            lo, hi = batch_rows(start, batch_size, order.size, part)
+            idx = order_dev[lo:hi]
             yield resident[0].index_select(0, idx), resident[1].index_select(0, idx)
         return
     if not split.streamed:
         for start in range(0, order.size, batch_size):
-            sel = order[start : start + batch_size]
+            lo, hi = batch_rows(start, batch_size, order.size, part)
+            sel = order[lo:hi]
             yield torch.from_numpy(split.images[sel]).to(device), torch.from_numpy(split.labels[sel]).to(device)
         return
     n_workers = loader_workers() if workers is None else workers
-    reader = _BatchReader(split.images, split.labels, order, batch_size)
+    reader = _BatchReader(split.images, split.labels, order, batch_size, part)
     loader = torch.utils.data.DataLoader(
         reader, batch_size=None, shuffle=False, num_workers=n_workers, pin_memory=device.type == "cuda",
         prefetch_factor=4 if n_workers else None,
@@ -125,9 +142,8 @@ def iterate_batches(
     """One epoch over ``split`` (or over ``indices`` of it), in batches.
 
     ``part(B) -> (lo, hi)`` (one torchrun rank's slice of a global batch of ``B``): the randomness is
-    drawn for the whole global batch as usual, and only rows ``[lo, hi)`` of ``x`` and ``y`` are
-    yielded; ``idx`` stays the global batch's indices.  (The global batch is still read and augmented
-    on every rank; only the forward and backward passes are split.)
+    drawn for the whole global batch as usual, but only rows ``[lo, hi)`` are read, decoded and
+    augmented, and only they are yielded as ``x`` and ``y``; ``idx`` stays the global batch's indices.
 
     Yields ``(x, y, idx)``: ``x`` float32 ``(B, C, S, S)`` contiguous on ``device``,
     ``(pixel / 255 - mean) / std`` with ``S = split.out_size``; ``y`` int64 ``(B,)`` on ``device``;
@@ -175,35 +191,28 @@ def iterate_batches(
     order_t = torch.from_numpy(order)
 
     for start, (xb, yb) in zip(range(0, order.size, batch_size),
-                               _raw_batches(split, order, batch_size, device, workers)):
+                               _raw_batches(split, order, batch_size, device, workers, part)):
         idx = order_t[start : start + batch_size]
         b = idx.numel()
+        lo, hi = batch_rows(start, batch_size, order.size, part)
+        mine = slice(lo - start, hi - start)  # the global batch's random draws, this rank's rows of them
         if split.crop is None:
             if augment:
-                offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator, device=gdev).to(device)
-                flips = torch.randint(0, 2, (b,), generator=generator, device=gdev).to(device).bool()
+                offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator, device=gdev)[mine].to(device)
+                flips = torch.randint(0, 2, (b,), generator=generator, device=gdev)[mine].to(device).bool()
                 xb = _crop_flip(xb, offsets, flips, pad)
         elif augment:
             box = random_resized_crop_params(b, h, w, generator, gdev)
-            flips = torch.randint(0, 2, (b,), generator=generator, device=gdev).bool()
-            x = resized_crop(xb, *(t.to(device) for t in box), split.crop, flips.to(device))
-            yield _part(x.div_(255.0).sub_(mean_t).div_(std_t), yb, idx, part)
+            flips = torch.randint(0, 2, (b,), generator=generator, device=gdev).bool()[mine]
+            x = resized_crop(xb, *(t[mine].to(device) for t in box), split.crop, flips.to(device))
+            yield x.div_(255.0).sub_(mean_t).div_(std_t), yb, idx.clone()
             continue
         else:
             top, left = int(round((h - split.crop) / 2.0)), int(round((w - split.crop) / 2.0))
             xb = xb[:, top : top + split.crop, left : left + split.crop]
         x = xb.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
         x.div_(255.0).sub_(mean_t).div_(std_t)
-        yield _part(x, yb, idx, part)
-
-
-def _part(x: Tensor, y: Tensor, idx: Tensor, part: Callable[[int], tuple[int, int]] | None
-          ) -> tuple[Tensor, Tensor, Tensor]:
-    """This rank's rows of a global batch (all of it without ``part``); ``idx`` stays global."""
-    if part is None:
-        return x, y, idx.clone()
-    lo, hi = part(idx.numel())
-    return x[lo:hi].contiguous(), y[lo:hi], idx.clone()
+        yield x, yb, idx.clone()
 
 
 def _crop_flip(xb: Tensor, offsets: Tensor, flips: Tensor, pad: int) -> Tensor:

@@ -177,6 +177,45 @@ def test_each_rank_builds_exactly_its_slice_of_the_global_batch():
             assert max(sizes) - min(sizes) <= 1
 
 
+class _CountingImages(np.ndarray):
+    """uint8 images that record how many rows each fancy-indexed read takes."""
+
+    reads: list[int] = []
+
+    def __getitem__(self, key):
+        if isinstance(key, np.ndarray):
+            _CountingImages.reads.append(len(key))
+        return np.asarray(super().__getitem__(key))
+
+
+@pytest.mark.parametrize("crop", [None, 6])  # crop-and-flip, and --image-size's random resized crop
+def test_a_rank_reads_and_augments_only_its_rows(crop):
+    from dpcli.data.base import Split
+    from dpcli.data.sources import iterate_batches, load_dataset
+
+    ds = load_dataset("digits")
+    split = Split(ds.train.images, ds.train.labels, crop=crop)
+    object.__setattr__(split, "images", ds.train.images.view(_CountingImages))  # Split would copy a subclass
+    keep = np.arange(0, 1400, 7)  # 200 samples: global batches of 64, 64, 64, 8
+
+    def batches(part=None):
+        g = torch.Generator().manual_seed(5)
+        return list(iterate_batches(split, 64, mean=ds.mean, std=ds.std, device=CPU, shuffle=True, augment=True,
+                                    generator=g, indices=keep, part=part))
+
+    full = batches()
+    world = 3
+    got = []
+    for rank in range(world):
+        d = distributed.Distributed(rank, world, rank, CPU)
+        _CountingImages.reads.clear()
+        got.append(batches(d.bounds))
+        assert _CountingImages.reads == [d.bounds(b)[1] - d.bounds(b)[0] for b in (64, 64, 64, 8)]
+    for t, (x, y, _) in enumerate(full):
+        assert torch.equal(torch.cat([g[t][0] for g in got]), x)
+        assert torch.equal(torch.cat([g[t][1] for g in got]), y)
+
+
 def test_scaled_loss_gives_the_global_mean_gradient():
     torch.manual_seed(0)
     logits = torch.randn(7, 3, requires_grad=True)
