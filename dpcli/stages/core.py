@@ -234,7 +234,7 @@ class MaskInfo(KeepMask):
 def prune(influence_path: Path, out: Path, cfg: PruneConfig, *, indices_out: Path | None = None,
           progress: Progress | None = None, device: torch.device | None = None,
           data_root: Path | None = None, ds: Dataset | None = None) -> MaskInfo:
-    """Apply ``cfg.method`` (the paper's optimization by default) to S, certify, write the keep mask.
+    """Apply ``cfg.method`` (``auto`` by default) to S, certify, write the keep mask.
 
     Outputs are checked writable before the solve; the mask's lock is held throughout, and a
     mask that another job published meanwhile with the same configuration is reused.

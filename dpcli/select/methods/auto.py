@@ -283,9 +283,11 @@ class Auto(Selector):
         diff, source = _difficulty(ctx, features)
         ctx._cache["difficulty"] = diff
         v = validate(ctx, cfg, m, features, diff)
+        measured = time.perf_counter() - t0  # features, difficulty and the validation, before the final solve
         pruned, label = Optimization(rung_config(cfg, v.chosen)).select(ctx, m, None)
         self._record(ctx, v.chosen, v.chosen.name, v, v.reason, pruned, t0,
-                     {"difficulty_source": source, "feature_dim": int(features.shape[1])})
+                     {"difficulty_source": source, "feature_dim": int(features.shape[1]),
+                      "validation_seconds": measured})
         return pruned, label
 
     def _why_not(self, ctx: Context, m: int | None) -> str | None:

@@ -17,7 +17,7 @@ from dpcli.select.methods.ccs import ccs_cutoff
 
 class Optimization(Selector):
     name = "optimization"
-    help = "the paper's: Eq. 3 (epsilon) / Eq. 4 (count) on S, the default"
+    help = "the paper's objective alone: Eq. 3 (epsilon) / Eq. 4 (count) on S"
     epsilon_mode = True
     coverage = True
 
