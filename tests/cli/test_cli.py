@@ -169,7 +169,8 @@ def test_within_bound_compares_the_gap_with_the_bound_itself():
 
 
 def test_verify_bound(tiny_run, tmp_path, capsys):
-    run_json(["prune", tiny_run.influence, "--prune-ratio", 0.3, "--out", tmp_path / "m.h5"], capsys)
+    run_json(["prune", tiny_run.influence, "--prune-ratio", 0.3, "--method", "optimization", "--out", tmp_path / "m.h5"],
+             capsys)
     rep = run_json(["verify-bound", "digits", "--mask", tmp_path / "m.h5", "--out", tmp_path / "vb", "--device", "cpu"], capsys)
     rows = rep["rows"]
     assert [r["method"] for r in rows] == ["optimization", "random"]

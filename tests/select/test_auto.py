@@ -212,3 +212,22 @@ def test_dataset_run_validates_on_the_checkpoints_features(tiny_run, tmp_path, c
     assert sum(sig["kept_per_class"].values()) == sig["n_kept"] and sig["n_fit"] + sig["n_val"] == sig["n"]
     with h5py.File(tmp_path / "m.h5", "r") as f:
         assert json.loads(f.attrs["auto"]) == rec
+
+
+def test_embeddings_run_validates_on_its_own_features(tmp_path, capsys):
+    """S fitted on features (influence --features): auto reads them back through the lineage and takes
+    the difficulty from the artifact's per-sample loss."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    np.save(tmp_path / "x.npy", (x[:600] / 16).astype(np.float32))
+    np.save(tmp_path / "y.npy", y[:600])
+    inf = tmp_path / "influence.h5"
+    assert run_cli(["influence", "--features", tmp_path / "x.npy", "--labels", tmp_path / "y.npy", "--out", inf,
+                    "--quiet"])[0] == 0
+    code, out, err = run_cli(["prune", inf, "--prune-ratio", 0.7, "--out", tmp_path / "m.h5", "--json"], capsys)
+    assert code == 0, err
+    rec = json.loads(out)["auto"]
+    assert rec["decided_by"] == "validation" and rec["signals"]["feature_dim"] == 64
+    assert rec["signals"]["difficulty_source"] == "per-sample loss at the trained model"
+    assert rec["signals"]["n_val"] == sum(round(0.2 * c) for c in np.bincount(y[:600]))
