@@ -175,6 +175,19 @@ MUTANTS: tuple[Mutant, ...] = (
            "dpcli/data/batches.py",
            "    if part is None:\n        return start, stop\n", "    if True:\n        return start, stop\n",
            ("tests/train/test_distributed.py",)),
+    # ---- the default selector (--method auto)
+    Mutant("auto-always-pure", "auto never leaves the pure objective, whatever validation says",
+           "dpcli/select/methods/auto.py",
+           "better = [s for s in scores[1:] if s.gain > s.noise and s.gain > 0]", "better = []",
+           ("tests/select/test_auto.py",)),
+    Mutant("auto-validate-on-fit", "auto scores every kept set on the fit part it was selected from",
+           "dpcli/select/methods/auto.py",
+           "correct, loss = evaluate(w, b, x[val], y[val])", "correct, loss = evaluate(w, b, x[fit], y[fit])",
+           ("tests/select/test_auto.py",)),
+    Mutant("auto-no-noise", "auto takes a coverage rung on any gain, ignoring the validation noise",
+           "dpcli/select/methods/auto.py",
+           "if s.gain > s.noise and s.gain > 0]", "if s.gain > 0]",
+           ("tests/select/test_auto.py",)),
 )
 
 

@@ -7,6 +7,8 @@ Same defaults as the CLI, built on the same stage functions (the CLI calls
     S, head = dp.influence(features, labels)              # n x d, exact at the fitted head's optimum
     sel = dp.prune(S, epsilon=1e-3)                       # largest set with ||sum S_pruned|| <= 1e-3
     sel.keep_indices, sel.norm                            # what to train on, the certified norm
+    sel = dp.prune(S, ratio=0.7, labels=labels, features=features)  # auto: validated on held-out features
+    sel.auto["line"]                                      # what auto chose and why
 
 ``influence`` fits the last layer as L2-regularized softmax regression to convergence (the
 frozen-backbone setting of the paper's Theorem 1), so S is the exact first-order parameter change.
@@ -68,15 +70,18 @@ class Selection(KeepMask):
     norm: float
     epsilon: float | None
     solver: str
+    auto: dict | None = None  # method="auto": what it measured and chose (as in mask.h5's ``auto`` attribute)
 
 
 def prune(S: Any, *, epsilon: float | None = None, ratio: float | None = None, count: int | None = None,
-          labels: Any = None, method: str = "optimization", solver: str = "swap", seed: int = 0,
+          labels: Any = None, features: Any = None, method: str = "auto", solver: str = "swap", seed: int = 0,
           balance: bool = False) -> Selection:
     """Choose the samples to prune from S exactly as ``dpcli prune`` does, and certify the result.
 
     Give one of ``epsilon`` (largest set within the norm bound), ``ratio`` or ``count`` (that many,
-    smallest norm).  ``labels`` are needed only by class-aware options (``balance``).
+    smallest norm).  ``labels`` are needed by class-aware options (``balance``) and by ``auto``, which
+    also needs the penultimate ``features`` (n x D) to validate its choice; without them it runs the
+    paper's objective (``method="optimization"``) and says why in ``Selection.auto``.
     """
     import torch
 
@@ -95,9 +100,16 @@ def prune(S: Any, *, epsilon: float | None = None, ratio: float | None = None, c
     y = np.zeros(S.shape[0], dtype=np.int64) if labels is None else np.asarray(_numpy(labels), dtype=np.int64)
     if balance and labels is None:
         raise DpcliError("balance=True needs labels")
-    pruned, used = select(cfg, Context(S=S, labels=y, device=torch.device("cpu")))
+    ctx = Context(S=S, labels=y, device=torch.device("cpu"))
+    if features is not None:
+        from dpcli.stages.embeddings import check_features
+
+        ctx._cache["features"] = check_features(np.asarray(_numpy(features)), "features")
+        if ctx._cache["features"].shape[0] != S.shape[0]:
+            raise DpcliError(f"features have {ctx._cache['features'].shape[0]} rows but S has {S.shape[0]}")
+    pruned, used = select(cfg, ctx)
     cert = certify(S, pruned, cfg.epsilon)
-    return Selection(np.array(cert.keep), cert.norm, cert.epsilon, used)
+    return Selection(np.array(cert.keep), cert.norm, cert.epsilon, used, ctx.record.get("auto"))
 
 
 def refit(features: Any, labels: Any, keep: Any, *, damping: float = DEFAULT_DAMPING,

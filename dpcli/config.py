@@ -147,7 +147,7 @@ class PruneConfig:
     buckets: int = 1  # > 1: bucketed, parallel selection (dpcli.buckets); not a run-directory key when 1
     workers: int | None = None  # processes for buckets [default: min(buckets, cpu count)]; never a key
     # which selector (a name in dpcli.select.base.SELECTORS); the options below appear in the key only when set
-    method: str = "optimization"
+    method: str = "auto"  # the paper's objective, moved toward coverage when held-out data says so
     balance: bool = False  # optimization: per-class prune counts
     strata: int = 1  # optimization: difficulty quantile bins with proportional counts
     cutoff: float | None = 0.0  # optimization/ccs: hardest share pruned first; None = CCS's schedule
@@ -193,13 +193,14 @@ class PruneConfig:
         if self.match_features and self.epsilon is not None:
             raise DpcliError("--match-features needs --prune-ratio or --prune-count")
         if self.uses_coverage and not selector.coverage:
-            takes = ", ".join(n for n in SELECTORS.names() if SELECTORS.get(n).coverage and n != "optimization")
+            takes = ", ".join(n for n in SELECTORS.names()
+                              if SELECTORS.get(n).coverage and n not in ("optimization", "auto"))
             raise DpcliError(f"--balance/--strata/--hard-cutoff/--match-features apply to --method optimization "
-                             f"(--hard-cutoff also to {takes}), not {self.method}")
+                             f"and auto (--hard-cutoff also to {takes}), not {self.method}")
         if not selector.epsilon_mode and self.epsilon is not None:
             raise DpcliError(f"--method {self.method} has no epsilon mode; give --prune-ratio or --prune-count")
-        if self.method != "optimization" and self.buckets != 1:
-            raise DpcliError("--buckets applies to --method optimization only")
+        if self.method not in ("optimization", "auto") and self.buckets != 1:
+            raise DpcliError("--buckets applies to --method optimization and auto only")
         return self
 
     def check_against(self, n: int) -> "PruneConfig":
@@ -227,6 +228,7 @@ class PruneConfig:
         d.pop("workers")  # the result does not depend on the worker count
         if self.buckets == 1:
             d.pop("buckets")  # unbucketed runs keep their existing keys
+        # "optimization" (the default before auto) stays out of the key, so masks made before auto keep theirs
         for key, default in (("method", "optimization"), ("balance", False), ("strata", 1), ("cutoff", 0.0),
                              ("cutoff_ratio", None), ("match_features", False)):
             if d[key] == default:

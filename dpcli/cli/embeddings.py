@@ -92,7 +92,8 @@ def verify_embeddings(source: str, masks, epsilons, out, random_seed: int, solve
         return False
     infos = [core.read_mask(p) for p in (masks or [])]
     for eps in [float(x) for x in (epsilons or "").split(",") if x.strip()]:
-        pcfg = PruneConfig(epsilon=eps, solver=solver, time_budget=time_budget).validate()
+        pcfg = PruneConfig(epsilon=eps, solver=solver, time_budget=time_budget,
+                           method="optimization").validate()
         infos.append(core.prune(influence, mask_path(influence, pcfg), pcfg))
     if not infos:
         raise DpcliError("give --mask (repeatable) or --epsilons")

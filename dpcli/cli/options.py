@@ -24,7 +24,7 @@ P_TARGET = "Pruning target (give exactly one)"
 P_SELECT = "Selection"
 P_OUTPUT = "Output"
 P_RUN = "Run control"
-P_TUNING = "Selector tuning (--method optimization, ccs, el2n, grand)"
+P_TUNING = "Selector tuning (--method optimization / auto, ccs, el2n, grand)"
 P_TRAIN = "Training"
 P_DS_TRAIN = "Dataset mode: training (when SOURCE is a dataset name)"
 P_DS_INFLUENCE = "Dataset mode: influence (when SOURCE is a dataset name)"
@@ -263,7 +263,8 @@ TimeBudget = Annotated[Optional[float], typer.Option(
          + default_note("a fixed amount of work"))]
 Method = Annotated[str, typer.Option(
     "--method", metavar="NAME", rich_help_panel=P_SELECT,
-    help="Selector: @SELECTORS@. optimization is the paper's; the others are baselines. "
+    help="Selector: @SELECTORS@. auto: the paper's objective, with coverage if a held-out check says the "
+         "data is scarce; optimization: the paper's objective alone; the others are baselines. "
          "Every mask is certified from S.")]
 
 SOLVER_DEFAULT = _config_default(PruneConfig, "solver")
@@ -271,18 +272,18 @@ METHOD_DEFAULT = _config_default(PruneConfig, "method")
 SOLVER_SEED_DEFAULT = _config_default(PruneConfig, "seed")
 
 Balance = Annotated[bool, typer.Option(
-    "--balance/--no-balance", rich_help_panel=P_TUNING, help="optimization: prune the same share of every class.")]
+    "--balance/--no-balance", rich_help_panel=P_TUNING, help="optimization / auto: prune the same share of every class.")]
 Strata = Annotated[int, typer.Option(
     "--strata", rich_help_panel=P_TUNING,
-    help="optimization: prune the same share of each of K difficulty quantile bins (mean training loss); 1 = off.")]
+    help="optimization / auto: prune the same share of each of K difficulty quantile bins (mean training loss); 1 = off.")]
 HardCutoff = Annotated[Optional[str], typer.Option(
     "--hard-cutoff", metavar="B|auto|Fx", rich_help_panel=P_TUNING,
     help="optimization / ccs / ccs-loss / d2: prune this share B of all samples, hardest first, before selecting; "
          "auto = CCS's schedule (B = ratio - 0.6 clipped to [0, 0.4]: CCS's published 0.2 at 80 % and 0.3 at 90 % "
-         "pruned); Fx = F times the prune ratio. " + default_note("0 for optimization, auto for ccs, ccs-loss, d2"))]
+         "pruned); Fx = F times the prune ratio. " + default_note("0 for optimization and --method auto, auto for ccs, ccs-loss, d2"))]
 MatchFeatures = Annotated[bool, typer.Option(
     "--match-features/--no-match-features", rich_help_panel=P_TUNING,
-    help="optimization: also keep each class / stratum's mean penultimate feature (herding's criterion).")]
+    help="optimization / auto: also keep each class / stratum's mean penultimate feature (herding's criterion).")]
 ScoreEpoch = Annotated[Optional[int], typer.Option(
     "--score-epoch", rich_help_panel=P_TUNING,
     help="el2n / grand: score the model after this many epochs. "
@@ -291,7 +292,7 @@ ScoreSeeds = Annotated[int, typer.Option(
     "--score-seeds", rich_help_panel=P_TUNING, help="el2n / grand: average over this many training seeds (the authors use 10; 3 is a cost-aware default).")]
 Buckets = Annotated[int, typer.Option(
     "--buckets", rich_help_panel=P_TUNING,
-    help="optimization: solve K buckets of rows in parallel, then refine on all of S; 1 = unbucketed.")]
+    help="optimization / auto: solve K buckets of rows in parallel, then refine on all of S; 1 = unbucketed.")]
 Workers = Annotated[Optional[int], typer.Option(
     "--workers", rich_help_panel=P_TUNING,
     help="Worker processes for --buckets; the result does not depend on it. " + default_note("min(K, CPU count)"))]

@@ -37,10 +37,13 @@ def _summary(mask) -> dict:
         "solver": mask.solver, "method": mask.method, "n": mask.n, "n_kept": mask.n_kept, "n_pruned": mask.n_pruned,
         "prune_ratio": mask.n_pruned / mask.n, "influence": mask.influence, "checkpoint": mask.checkpoint,
         "dataset": mask.dataset, "seconds": mask.seconds,
+        **({"auto": mask.auto} if mask.auto is not None else {}),
     }
 
 
 def print_mask(mask) -> None:
+    if mask.auto is not None:  # --method auto: what it chose and why, one line
+        console.info(mask.auto["line"])
     what = f"epsilon {mask.target:g}" if mask.mode == "epsilon" else f"prune count {int(mask.target)}"
     console.info(
         f"[bold]pruned {mask.n_pruned} of {mask.n}[/bold] ({100 * mask.n_pruned / mask.n:.1f}%), "

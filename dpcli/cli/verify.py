@@ -70,7 +70,8 @@ def command(
     eps_list = _epsilons(epsilons)
     if not masks and not eps_list:
         raise DpcliError("give --mask (repeatable) or --epsilons")
-    pcfgs = [PruneConfig(epsilon=eps, solver=solver, time_budget=time_budget, seed=solver_seed) for eps in eps_list]
+    pcfgs = [PruneConfig(epsilon=eps, solver=solver, time_budget=time_budget, seed=solver_seed,
+                         method="optimization") for eps in eps_list]
     for pcfg in pcfgs:
         pipeline.check_prune(pcfg)
     icfg = InfluenceConfig(damping=damping).validate()

@@ -53,6 +53,10 @@ class Context:
     data_root: Path | None = None
     ds: "Dataset | None" = None
     progress: Callable[[float], None] | None = None
+    influence: Path | None = None  # the influence.h5 S came from (features of an embeddings run, its loss)
+    proposals: int | None = None  # swap's annealing length past the local optimum; None = the solver's default
+    # attributes a selector wants stored in mask.h5 and the --json summary (``auto`` records its decision)
+    record: dict = field(default_factory=dict)
     _cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -90,8 +94,15 @@ class Context:
         return self._cache["difficulty"]
 
     def features(self) -> np.ndarray:
-        """The final model's penultimate features of the training set (n x D)."""
+        """The final model's penultimate features of the training set (n x D); for S fitted on
+        features (``influence --features``) the features themselves."""
         if "features" not in self._cache:
+            if self.checkpoint is None and self.influence is not None:
+                from dpcli.stages.embeddings import is_embeddings_run, reload_embeddings
+
+                if is_embeddings_run(self.influence):
+                    self._cache["features"] = reload_embeddings(self.influence)[0].x
+                    return self._cache["features"]
             from dpcli.train.loop import extract_features, load_trained
 
             model, _, ds = load_trained(self._require_checkpoint("features"), self.device, self.data_root, self.ds)

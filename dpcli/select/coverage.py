@@ -60,7 +60,7 @@ def groups_of(labels: np.ndarray, difficulty: np.ndarray | None, cov: Coverage) 
 def minimize_norm_covered(S: np.ndarray, m: int, labels: np.ndarray, difficulty: np.ndarray | None,
                           cov: Coverage, *, seed: int = 0, solver: str = "swap",
                           time_budget: float | None = None, progress=None,
-                          features: np.ndarray | None = None) -> np.ndarray:
+                          features: np.ndarray | None = None, proposals: int | None = None) -> np.ndarray:
     """Eq. 4 with per-group counts: the pruned mask (``m`` True) of smallest ``||sum S_i||``.
 
     With ``features`` (penultimate features, n x D) the objective also asks the pruned samples
@@ -102,7 +102,8 @@ def minimize_norm_covered(S: np.ndarray, m: int, labels: np.ndarray, difficulty:
         lam = _penalty_weight(Sf, ginv, counts, seed)
         Sa[:, col:] = -lam * counts / m_free
         Sa[np.arange(len(free)), col + ginv] += lam
-    sel = selection.minimize_norm(Sa, m_free, solver=solver, time_budget=time_budget, seed=seed, progress=progress)
+    sel = selection.minimize_norm(Sa, m_free, solver=solver, time_budget=time_budget, seed=seed, progress=progress,
+                                  proposals=proposals)
     mask = _repair_counts(Sf, sel.pruned.copy(), ginv, counts)
     pruned[free[mask]] = True
     return pruned

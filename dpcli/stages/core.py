@@ -228,12 +228,13 @@ class MaskInfo(KeepMask):
     fingerprint: str
     seconds: float
     method: str = "optimization"
+    auto: dict | None = None  # --method auto: what it measured and chose (the mask's ``auto`` attribute)
 
 
 def prune(influence_path: Path, out: Path, cfg: PruneConfig, *, indices_out: Path | None = None,
           progress: Progress | None = None, device: torch.device | None = None,
           data_root: Path | None = None, ds: Dataset | None = None) -> MaskInfo:
-    """Apply ``cfg.method`` (the paper's optimization by default) to S, certify, write the keep mask.
+    """Apply ``cfg.method`` (``auto`` by default) to S, certify, write the keep mask.
 
     Outputs are checked writable before the solve; the mask's lock is held throughout, and a
     mask that another job published meanwhile with the same configuration is reused.
@@ -286,15 +287,18 @@ def _prune(influence_path: Path, out: Path, cfg: PruneConfig, info: InfluenceInf
             progress(fraction)
 
     t0 = time.perf_counter()
-    ctx = Context(S=S, labels=_influence_labels(influence_path), checkpoint=Path(info.checkpoint),
-                  device=device or torch.device("cpu"), data_root=data_root, ds=ds, progress=on_progress)
+    ctx = Context(S=S, labels=_influence_labels(influence_path),
+                  checkpoint=Path(info.checkpoint) if info.checkpoint else None,
+                  device=device or torch.device("cpu"), data_root=data_root, ds=ds, progress=on_progress,
+                  influence=Path(influence_path))
     pruned, solver = select(cfg, ctx)
     cert = certify(S, pruned, cfg.epsilon, sketch_k=info.sketch_k)
     if cert.sketch_k:
         console.info(f"note: {cert.meaning}")
     target = float(cfg.epsilon) if cfg.epsilon is not None else float(prune_count(cfg, info.n))
     return write_mask(out, cert, mode=cfg.mode, target=target, solver=solver, info=info, config=cfg.to_dict(),
-                      seconds=time.perf_counter() - t0, method=cfg.method, indices_out=indices_out)
+                      seconds=time.perf_counter() - t0, method=cfg.method, indices_out=indices_out,
+                      extra_attrs=ctx.record)
 
 
 def _influence_labels(path: Path) -> np.ndarray:
@@ -357,6 +361,7 @@ def read_mask(path: Path) -> MaskInfo:
                 checkpoint=get_attr(f, "checkpoint"), dataset=get_attr(f, "dataset"),
                 dataset_fingerprint=get_attr(f, "dataset_fingerprint"), fingerprint=get_attr(f, "fingerprint"),
                 seconds=float(get_attr(f, "seconds", 0.0)), method=get_attr(f, "method", "optimization"),
+                auto=get_attr(f, "auto"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise DpcliError(f"{path}: damaged mask artifact ({exc})") from None

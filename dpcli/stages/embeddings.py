@@ -217,8 +217,8 @@ def objective(x: "Tensor", y: "Tensor", w: "Tensor", b: "Tensor", damping: float
 
 def fit_head(x: "Tensor", y: "Tensor", num_classes: int, damping: float = DEFAULT_DAMPING, *,
              tol: float = DEFAULT_TOL, max_iter: int = DEFAULT_MAX_ITER, init: tuple | None = None,
-             info: Callable[[str], None] | None = None) -> HeadFit:
-    """Fit the head to the optimum: Newton (dense Hessian) for small d, L-BFGS above; from zero."""
+             info: Callable[[str], None] | None = None, dense_limit: int = _DENSE_NEWTON_DIM) -> HeadFit:
+    """Fit the head to the optimum: Newton (dense Hessian) for d <= ``dense_limit``, L-BFGS above; from zero."""
     import torch
 
     from dpcli.influence import kernels as infl
@@ -231,7 +231,7 @@ def fit_head(x: "Tensor", y: "Tensor", num_classes: int, damping: float = DEFAUL
         b = torch.zeros(num_classes, dtype=torch.float64, device=x.device)
     else:
         w, b = (t.detach().to(device=x.device, dtype=torch.float64).clone() for t in init)
-    fit = _newton if d <= _DENSE_NEWTON_DIM else _lbfgs
+    fit = _newton if d <= dense_limit else _lbfgs
     out = fit(x, y, w, b, damping, tol, max_iter)
     if out.grad_norm > tol and info is not None:
         info(f"warning: the head fit stopped at gradient norm {out.grad_norm:.3g} > {tol:g} after "
@@ -621,7 +621,7 @@ def prune_external(path: Path | str, out: Path, cfg: "PruneConfig", *, indices_o
     target = float(cfg.epsilon) if cfg.epsilon is not None else float(prune_count(cfg, n))
     return write_mask(out, cert, mode=cfg.mode, target=target, solver=solver, info=meta, config=cfg.to_dict(),
                       seconds=time.perf_counter() - t0, method=cfg.method, indices_out=indices_out,
-                      extra_attrs={"lineage": NO_LINEAGE})
+                      extra_attrs={"lineage": NO_LINEAGE, **ctx.record})
 
 
 # ------------------------------------------------------------------------------------------ verify-bound

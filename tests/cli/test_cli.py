@@ -52,8 +52,8 @@ def test_explicit_chain_equals_dataset_mode(tiny_run, tmp_path, capsys):
 
 
 def test_cardinality_mode_and_npy_indices(tiny_run, tmp_path, capsys):
-    res = run_json(["prune", tiny_run.influence, "--prune-ratio", 0.4, "--out", tmp_path / "m.h5",
-                    "--indices-out", tmp_path / "keep.npy"], capsys)
+    res = run_json(["prune", tiny_run.influence, "--prune-ratio", 0.4, "--method", "optimization",
+                    "--out", tmp_path / "m.h5", "--indices-out", tmp_path / "keep.npy"], capsys)
     n = res["n"]
     assert res["n_pruned"] == round(0.4 * n) or res["n_pruned"] == int(0.4 * n)
     kept = np.load(tmp_path / "keep.npy")
@@ -74,12 +74,15 @@ def test_cardinality_mode_and_npy_indices(tiny_run, tmp_path, capsys):
 
 def test_same_seed_same_mask_and_anneal(tiny_run, tmp_path, capsys):
     # no --time-budget: a wall-clock budget makes any solver's result depend on machine speed
-    a = run_json(["prune", tiny_run.influence, "--prune-ratio", 0.3, "--solver-seed", 3, "--out", tmp_path / "a.h5"], capsys)
-    b = run_json(["prune", tiny_run.influence, "--prune-ratio", 0.3, "--solver-seed", 3, "--out", tmp_path / "b.h5"], capsys)
+    opt = ["--method", "optimization"]
+    a = run_json(["prune", tiny_run.influence, "--prune-ratio", 0.3, "--solver-seed", 3, *opt, "--out", tmp_path / "a.h5"],
+                 capsys)
+    b = run_json(["prune", tiny_run.influence, "--prune-ratio", 0.3, "--solver-seed", 3, *opt, "--out", tmp_path / "b.h5"],
+                 capsys)
     assert a["solver"] == "swap" and a["n_pruned"] == b["n_pruned"]
     assert np.array_equal(read_mask(tmp_path / "a.h5").keep, read_mask(tmp_path / "b.h5").keep)
     # the paper's annealer is selectable and its result is certified like any other
-    c = run_json(["prune", tiny_run.influence, "--prune-count", 50, "--solver", "anneal", "--time-budget", 0.5,
+    c = run_json(["prune", tiny_run.influence, "--prune-count", 50, "--solver", "anneal", "--time-budget", 0.5, *opt,
                   "--out", tmp_path / "c.h5"], capsys)
     S = _S(tiny_run.influence).astype(np.float64)
     assert c["solver"] == "anneal" and c["n_pruned"] == 50
@@ -166,7 +169,8 @@ def test_within_bound_compares_the_gap_with_the_bound_itself():
 
 
 def test_verify_bound(tiny_run, tmp_path, capsys):
-    run_json(["prune", tiny_run.influence, "--prune-ratio", 0.3, "--out", tmp_path / "m.h5"], capsys)
+    run_json(["prune", tiny_run.influence, "--prune-ratio", 0.3, "--method", "optimization", "--out", tmp_path / "m.h5"],
+             capsys)
     rep = run_json(["verify-bound", "digits", "--mask", tmp_path / "m.h5", "--out", tmp_path / "vb", "--device", "cpu"], capsys)
     rows = rep["rows"]
     assert [r["method"] for r in rows] == ["optimization", "random"]

@@ -89,7 +89,7 @@ def test_cli_buckets(tiny_run, tmp_path, capsys):
     with h5py.File(tiny_run.influence, "r") as f:
         S = f["S"][()]
     n = S.shape[0]
-    res = run_json(["prune", tiny_run.influence, "--prune-ratio", 0.3, "--buckets", 3, "--workers", 2,
+    res = run_json(["prune", tiny_run.influence, "--prune-ratio", 0.3, "--buckets", 3, "--workers", 2, "--method", "optimization",
                     "--out", tmp_path / "b.h5"], capsys)
     assert res["n_pruned"] == round(0.3 * n)
     mask = read_mask(tmp_path / "b.h5")

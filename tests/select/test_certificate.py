@@ -71,13 +71,14 @@ def test_score_rule_epsilon_masks_are_certified_strictly(tmp_path, tiny_run):
 def test_sketched_certificate_is_recorded_and_said(tmp_path, tiny_run, capsys):
     sk = tmp_path / "sk.h5"
     assert run_cli(["influence", tiny_run.checkpoint, "--out", sk, "--sketch", "16", "--device", "cpu", "--quiet"]) == (0, "", "")
-    code, _, err = run_cli(["prune", sk, "--prune-ratio", "0.3", "--out", tmp_path / "m.h5"], capsys)
+    code, _, err = run_cli(["prune", sk, "--prune-ratio", "0.3", "--method", "optimization", "--out", tmp_path / "m.h5"],
+                             capsys)
     assert code == 0, err
     assert "sketch" in err and "true norm is not certified" in err
     with h5py.File(tmp_path / "m.h5") as f:
         assert int(f.attrs["sketch_k"]) == 16
         assert "sketch" in str(f.attrs["certificate"])
-    plain = prune(tiny_run.influence, tmp_path / "p.h5", PruneConfig(ratio=0.3))
+    plain = prune(tiny_run.influence, tmp_path / "p.h5", PruneConfig(ratio=0.3, method="optimization"))
     with h5py.File(plain.path) as f:
         assert int(f.attrs["sketch_k"]) == 0 and "sketch" not in str(f.attrs["certificate"])
     assert read_mask(plain.path).n_pruned == read_mask(tmp_path / "m.h5").n_pruned

@@ -170,6 +170,9 @@ def test_user_errors(tiny_run, tmp_path, capsys):
 
 
 def test_default_keys_are_unchanged():
-    assert PruneConfig(ratio=0.5).to_dict() == {"epsilon": None, "ratio": 0.5, "count": None, "solver": "swap",
-                                                "time_budget": None, "seed": 0}
+    # the paper's objective keeps the keys masks had before auto became the default; auto has its own
+    assert PruneConfig(ratio=0.5, method="optimization").to_dict() == {
+        "epsilon": None, "ratio": 0.5, "count": None, "solver": "swap", "time_budget": None, "seed": 0}
+    assert PruneConfig(ratio=0.5).to_dict() == {**PruneConfig(ratio=0.5, method="optimization").to_dict(),
+                                                "method": "auto"}
     assert PruneConfig(ratio=0.5, method="el2n").to_dict()["score_seeds"] == 3

@@ -17,7 +17,7 @@ from dpcli.select.methods.ccs import ccs_cutoff
 
 class Optimization(Selector):
     name = "optimization"
-    help = "the paper's: Eq. 3 (epsilon) / Eq. 4 (count) on S, the default"
+    help = "the paper's objective alone: Eq. 3 (epsilon) / Eq. 4 (count) on S"
     epsilon_mode = True
     coverage = True
 
@@ -35,7 +35,7 @@ class Optimization(Selector):
                                           seed=cfg.seed, progress=ctx.progress)
         else:
             sel = solvers.minimize_norm(ctx.S, m, solver=cfg.solver, time_budget=cfg.time_budget, seed=cfg.seed,
-                                        progress=ctx.progress)
+                                        progress=ctx.progress, proposals=ctx.proposals)
         return sel.pruned, sel.solver
 
     def _covered(self, ctx: Context, m: int | None) -> tuple[np.ndarray, str]:
@@ -58,4 +58,5 @@ class Optimization(Selector):
         if feats is not None:
             label += "+features"
         return minimize_norm_covered(ctx.S, m, ctx.labels, diff, cov, seed=cfg.seed, solver=cfg.solver,
-                                     time_budget=cfg.time_budget, progress=ctx.progress, features=feats), label
+                                     time_budget=cfg.time_budget, progress=ctx.progress, features=feats,
+                                     proposals=ctx.proposals), label

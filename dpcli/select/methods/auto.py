@@ -1,0 +1,325 @@
+"""The default selector: the paper's objective, moved toward coverage only when held-out data says so.
+
+Minimizing ``||sum_W S_i||`` alone keeps the hard samples.  Sorscher et al. (2022) show, for linear
+classifiers, that keeping the hard samples is right when data is abundant and keeping the easy ones
+when it is scarce; on dpcli's scarce CIFAR proxy the pure objective trails random pruning while the
+coverage variant wins, and on a data-rich set the opposite holds (docs/benchmarks.md).  A user cannot
+know the regime, so ``auto`` measures it, cheaply, with the model the theory is about:
+
+1. split the training set (seeded, stratified by class) into a fit part and a validation part;
+2. for every rung of :data:`LADDER` (pure objective -> balance + strata -> + hard cutoff ->
+   + feature matching), select the same prune share on the fit part's rows of S;
+3. refit an L2-regularized softmax head on the kept fit rows' penultimate features (standardized,
+   deterministic full-batch Newton / L-BFGS) and score it on the validation part;
+4. keep the pure objective unless a rung beats it on validation accuracy by more than
+   :data:`Z` paired standard errors (the noise of the difference on the same validation samples);
+   then take the best such rung, and run it on all of S.
+
+No rule reads a dataset's name.  Without features (an external S with no lineage, the API without
+``features=``), without two classes, with too few samples to validate, or with ``--epsilon`` (the
+largest set within a norm bound: coverage constraints can only shrink it), it runs the pure objective
+and says why.  Explicit coverage options are the user's choice and are run as given.  Whatever it
+chooses, the mask is certified from S like every other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dpcli.errors import DpcliError
+from dpcli.select.base import Context, Selector
+from dpcli.select.methods.optimization import Optimization
+
+VAL_SHARE = 0.2  # share of every class held out for validation
+Z = 2.0  # a rung must beat the pure objective by Z paired standard errors
+MIN_VAL = 50  # fewer validation samples than this: too noisy to decide anything
+HEAD_L2 = 1e-3  # L2 of the validation head on standardized features (the embeddings default)
+HEAD_TOL = 1e-6
+HEAD_MAX_ITER = 200
+DENSE_NEWTON = 1024  # Newton with a dense Hessian up to this many head parameters, L-BFGS above
+# swap's annealing on the fit part: proposals per row (the full solve uses 300 n); the rungs differ by
+# far more than what the last stretch of annealing buys, and this keeps auto within ~2x optimization
+VAL_PROPOSALS_PER_ROW = 30
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One coverage strength: a name for the line and the optimization options it sets."""
+
+    name: str
+    strength: int
+    options: dict = field(default_factory=dict)
+
+
+LADDER: tuple[Rung, ...] = (
+    Rung("pure", 0, {}),
+    Rung("strata", 1, {"balance": True, "strata": 10}),
+    Rung("strata+cutoff", 2, {"balance": True, "strata": 10, "cutoff_ratio": 0.5}),
+    Rung("strata+cutoff+features", 3, {"balance": True, "strata": 10, "cutoff_ratio": 0.5, "match_features": True}),
+)
+
+
+@dataclass
+class Score:
+    """A kept fit-part set scored on the validation part."""
+
+    name: str
+    strength: int | None  # None: a reference (no pruning, random), never chosen
+    accuracy: float  # %
+    loss: float  # mean cross-entropy
+    correct: np.ndarray = field(repr=False)  # per validation sample
+    keep: np.ndarray = field(repr=False)  # bool over the fit part
+    gain: float = 0.0  # accuracy minus the pure objective's, percentage points
+    noise: float = 0.0  # Z paired standard errors of that gain, percentage points
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "strength": self.strength, "val_accuracy": float(self.accuracy),
+                "val_loss": float(self.loss), "gain_vs_pure": float(self.gain), "noise": float(self.noise),
+                "n_kept_fit": int(self.keep.sum())}
+
+
+@dataclass
+class Validation:
+    """The held-out comparison: the split, every rung's and reference's score, the choice."""
+
+    fit: np.ndarray  # indices into the training set
+    val: np.ndarray
+    m_fit: int
+    scores: list[Score]
+    references: list[Score]
+    chosen: Rung
+    reason: str
+
+
+def split(labels: np.ndarray, seed: int, share: float = VAL_SHARE) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, val) indices: ``round(share * size)`` of every class with at least two samples held out."""
+    rng = np.random.default_rng([seed, 0x6175746F])  # "auto": its own stream, not the solver's
+    val = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        k = int(round(share * len(idx))) if len(idx) >= 2 else 0
+        val.append(rng.permutation(idx)[:k])
+    val_idx = np.sort(np.concatenate(val)) if val else np.zeros(0, dtype=np.int64)
+    fit = np.ones(len(labels), dtype=bool)
+    fit[val_idx] = False
+    return np.flatnonzero(fit), val_idx.astype(np.int64)
+
+
+def standardize(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Features scaled by the mean and spread of ``rows``: the head's L2 then means the same on any backbone."""
+    x = np.asarray(features, dtype=np.float64)
+    mu = x[rows].mean(0)
+    sd = x[rows].std(0)
+    sd[sd < 1e-12] = 1.0
+    return (x - mu) / sd
+
+
+def fit_softmax(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float = HEAD_L2) -> tuple[np.ndarray, np.ndarray]:
+    """(W, b) minimizing mean cross-entropy + l2/2 ||[W, b]||^2 (deterministic; dpcli's head fit)."""
+    import torch
+
+    from dpcli.stages.embeddings import fit_head
+
+    head = fit_head(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.asarray(y, dtype=np.int64)),
+                    num_classes, l2, tol=HEAD_TOL, max_iter=HEAD_MAX_ITER, dense_limit=DENSE_NEWTON)
+    return head.weight.numpy(), head.bias.numpy()
+
+
+def evaluate(w: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+    """Per-sample correctness and the mean cross-entropy of a linear head."""
+    logits = x @ w.T + b
+    top = logits.max(1, keepdims=True)
+    lse = top[:, 0] + np.log(np.exp(logits - top).sum(1))
+    return logits.argmax(1) == y, float(np.mean(lse - logits[np.arange(len(y)), y]))
+
+
+def _score(name: str, strength: int | None, keep: np.ndarray, x: np.ndarray, y: np.ndarray, fit: np.ndarray,
+           val: np.ndarray, num_classes: int) -> Score:
+    rows = fit[keep]
+    w, b = fit_softmax(x[rows], y[rows], num_classes)
+    correct, loss = evaluate(w, b, x[val], y[val])
+    return Score(name, strength, 100.0 * float(correct.mean()), loss, correct, keep)
+
+
+def paired_noise(a: np.ndarray, b: np.ndarray) -> float:
+    """Z standard errors (percentage points) of mean(a) - mean(b) over the same validation samples."""
+    d = a.astype(np.float64) - b.astype(np.float64)
+    if len(d) < 2:
+        return float("inf")
+    return 100.0 * Z * float(d.std(ddof=1)) / np.sqrt(len(d))
+
+
+def decide(scores: list[Score]) -> tuple[Rung, str]:
+    """The pure objective unless a rung beats it by more than the noise; then the best such rung."""
+    pure = scores[0]
+    better = [s for s in scores[1:] if s.gain > s.noise and s.gain > 0]
+    if not better:
+        best = max(scores[1:], key=lambda s: s.gain, default=None)
+        if best is None:
+            return LADDER[0], "no coverage rung could be evaluated"
+        return LADDER[0], (f"held-out acc {pure.accuracy:.1f} % pure objective vs {best.accuracy:.1f} % "
+                           f"{best.name}, ±{best.noise:.1f}")
+    top = max(better, key=lambda s: (s.accuracy, -s.strength))
+    return LADDER[top.strength], (f"held-out acc {top.accuracy:.1f} % vs {pure.accuracy:.1f} % pure objective, "
+                                  f"±{top.noise:.1f}")
+
+
+def rung_config(cfg, rung: Rung):
+    """The optimization configuration of a rung (the user's solver, seed and budget kept)."""
+    base = dict(method="optimization", balance=False, strata=1, cutoff=0.0, cutoff_ratio=None, match_features=False)
+    return dataclasses.replace(cfg, **{**base, **rung.options})
+
+
+def validate(ctx: Context, cfg, m: int, features: np.ndarray, difficulty: np.ndarray) -> Validation:
+    """Select with every rung on the fit part, refit the head on each kept set, score on the validation part."""
+    labels = np.asarray(ctx.labels)
+    n = ctx.n
+    fit, val = split(labels, cfg.seed)
+    classes, y = np.unique(labels, return_inverse=True)
+    x = standardize(features, fit)
+    m_fit = int(round(m * len(fit) / n))
+    sub = Context(S=ctx.S[fit], labels=labels[fit], device=ctx.device, proposals=VAL_PROPOSALS_PER_ROW * len(fit))
+    sub._cache["difficulty"] = np.asarray(difficulty)[fit]
+    sub._cache["features"] = np.asarray(features)[fit]
+    refs = [_score("no pruning", None, np.ones(len(fit), dtype=bool), x, y, fit, val, len(classes))]
+    rnd = np.ones(len(fit), dtype=bool)
+    rnd[np.random.default_rng([cfg.seed, 1]).choice(len(fit), size=m_fit, replace=False)] = False
+    refs.append(_score("random", None, rnd, x, y, fit, val, len(classes)))
+    scores = []
+    for rung in LADDER:
+        pruned, _ = Optimization(rung_config(cfg, rung)).select(sub, m_fit, None)
+        scores.append(_score(rung.name, rung.strength, ~np.asarray(pruned, dtype=bool), x, y, fit, val,
+                             len(classes)))
+    for s in scores + refs:
+        s.gain = s.accuracy - scores[0].accuracy
+        s.noise = paired_noise(s.correct, scores[0].correct)
+    chosen, reason = decide(scores)
+    return Validation(fit, val, m_fit, scores, refs, chosen, reason)
+
+
+# ------------------------------------------------------------------------------------------ signals
+def _checkpoint_signals(ctx: Context) -> dict[str, Any]:
+    """The full model's last recorded train/test accuracy and loss, when S descends from a checkpoint."""
+    if ctx.checkpoint is None:
+        return {}
+    try:
+        from dpcli.train.loop import load_checkpoint
+
+        final = load_checkpoint(ctx.checkpoint, weights=False).final
+    except DpcliError:
+        return {}
+    if final is None:
+        return {}
+    return {"train_accuracy": final.train_acc, "train_loss": final.train_loss, "test_accuracy": final.test_acc,
+            "test_loss": final.test_loss, "generalization_gap": final.train_acc - final.test_acc}
+
+
+def _difficulty(ctx: Context, features: np.ndarray) -> tuple[np.ndarray, str]:
+    """Mean training loss from the dynamics; else the influence artifact's per-sample loss; else the
+    loss of a linear head fitted on all features."""
+    if ctx.checkpoint is not None:
+        try:
+            return ctx.difficulty(), "mean training loss (dynamics)"
+        except DpcliError:
+            pass
+    if ctx.influence is not None:
+        from dpcli.artifacts.h5 import open_artifact
+
+        with open_artifact(ctx.influence, "influence") as f:
+            if "loss" in f and f["loss"].shape == (ctx.n,):
+                return np.asarray(f["loss"][()], dtype=np.float64), "per-sample loss at the trained model"
+    classes, y = np.unique(ctx.labels, return_inverse=True)
+    x = standardize(features, np.arange(ctx.n))
+    w, b = fit_softmax(x, y, len(classes))
+    logits = x @ w.T + b
+    top = logits.max(1, keepdims=True)
+    loss = top[:, 0] + np.log(np.exp(logits - top).sum(1)) - logits[np.arange(ctx.n), y]
+    return loss, "per-sample loss of a linear head on the features"
+
+
+def _features(ctx: Context) -> tuple[np.ndarray | None, str]:
+    if "features" in ctx._cache:
+        return ctx._cache["features"], ""
+    if ctx.checkpoint is None and ctx.influence is None:
+        return None, "S has no known model or features (give features= in the API)"
+    try:
+        return ctx.features(), ""
+    except DpcliError as exc:
+        return None, f"no features to validate on ({exc})"
+
+
+class Auto(Selector):
+    name = "auto"
+    help = ("the default: the paper's objective, moved toward coverage (balance, strata, hard cutoff, feature "
+            "matching) only when a held-out linear-head check says the data is scarce; says what it chose")
+    epsilon_mode = True
+    coverage = True  # explicit coverage options are run as given
+
+    def select(self, ctx: Context, m: int | None, epsilon: float | None) -> tuple[np.ndarray, str]:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        if cfg.uses_coverage:
+            pruned, label = Optimization(dataclasses.replace(cfg, method="optimization")).select(ctx, m, epsilon)
+            self._record(ctx, None, "given", None, "coverage options given explicitly; running them as given",
+                         pruned, t0, {})
+            return pruned, label
+        why = self._why_not(ctx, m)
+        features = None
+        if why is None:
+            features, why = _features(ctx)
+            why = why or None
+        if why is not None:
+            pruned, label = Optimization(rung_config(cfg, LADDER[0])).select(ctx, m, epsilon)
+            self._record(ctx, LADDER[0], "pure", None, why, pruned, t0, {})
+            return pruned, label
+        features = np.asarray(features)
+        if features.ndim != 2 or features.shape[0] != ctx.n:
+            raise DpcliError(f"features have shape {features.shape}, S has {ctx.n} rows")
+        diff, source = _difficulty(ctx, features)
+        ctx._cache["difficulty"] = diff
+        v = validate(ctx, cfg, m, features, diff)
+        measured = time.perf_counter() - t0  # features, difficulty and the validation, before the final solve
+        pruned, label = Optimization(rung_config(cfg, v.chosen)).select(ctx, m, None)
+        self._record(ctx, v.chosen, v.chosen.name, v, v.reason, pruned, t0,
+                     {"difficulty_source": source, "feature_dim": int(features.shape[1]),
+                      "validation_seconds": measured})
+        return pruned, label
+
+    def _why_not(self, ctx: Context, m: int | None) -> str | None:
+        """Why no validation is possible, or None."""
+        if m is None:
+            return "--epsilon asks for the largest set within the norm bound, which coverage can only shrink"
+        if len(np.unique(ctx.labels)) < 2:
+            return "no class labels to validate with"
+        n_val = sum(int(round(VAL_SHARE * c)) for c in np.unique(ctx.labels, return_counts=True)[1] if c >= 2)
+        m_fit = int(round(m * (ctx.n - n_val) / max(ctx.n, 1)))
+        if n_val < MIN_VAL:
+            return f"too few samples to validate ({n_val} held out, at least {MIN_VAL} needed)"
+        if m_fit < 1 or m_fit >= ctx.n - n_val:
+            return "the prune count leaves nothing to compare on the fit part"
+        return None
+
+    def _record(self, ctx: Context, rung: Rung | None, coverage: str, v: Validation | None, reason: str,
+                pruned: np.ndarray, t0: float, extra: dict) -> None:
+        keep = ~np.asarray(pruned, dtype=bool)
+        classes, counts = np.unique(np.asarray(ctx.labels)[keep], return_counts=True)
+        signals = {"n": ctx.n, "n_kept": int(keep.sum()), "keep_share": float(keep.mean()),
+                   "kept_per_class": {str(int(c)): int(k) for c, k in zip(classes, counts)},
+                   **_checkpoint_signals(ctx), **extra}
+        line = f"auto: coverage={coverage} ({reason})"
+        if v is not None:
+            signals.update({"n_fit": int(len(v.fit)), "n_val": int(len(v.val)), "m_fit": v.m_fit})
+        ctx.record["auto"] = {
+            "chosen": coverage, "strength": None if rung is None else rung.strength,
+            "options": None if rung is None else rung.options, "decided_by": "validation" if v else "rule",
+            "reason": reason, "line": line, "z": Z, "val_share": VAL_SHARE, "head_l2": HEAD_L2,
+            "split_seed": int(self.cfg.seed),
+            "candidates": [] if v is None else [s.to_dict() for s in v.scores],
+            "references": [] if v is None else [s.to_dict() for s in v.references],
+            "signals": signals, "seconds": time.perf_counter() - t0,
+        }

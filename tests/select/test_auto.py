@@ -1,0 +1,233 @@
+"""``--method auto``: the regime it picks on problems whose right answer is known, its validation
+scores against a plain re-fit, determinism, and the fallbacks to the paper's objective."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+import dpcli.api as dp
+from dpcli.config import PruneConfig
+from dpcli.select.base import Context
+from dpcli.select.linalg import count_from_ratio
+from dpcli.select.methods import auto
+from tests.conftest import run_cli
+
+
+def _problem(n: int, dim: int, classes: int, noise: float, sep: float, seed: int):
+    """Gaussian classes; ``noise`` of the labels redrawn at random."""
+    rng = np.random.default_rng(seed)
+    mu = rng.normal(size=(classes, dim)) * sep
+    y = rng.integers(0, classes, n)
+    x = mu[y] + rng.normal(size=(n, dim))
+    flip = rng.random(n) < noise
+    y[flip] = rng.integers(0, classes, int(flip.sum()))
+    return x.astype(np.float32), y
+
+
+@pytest.fixture(scope="module")
+def rich():
+    """Abundant, separable data (many samples per dimension, clean labels): keeping the hard
+    samples is right (Sorscher et al.), so auto must stay with the pure objective."""
+    x, y = _problem(1200, 4, 3, 0.0, 4.0, 0)
+    S, _ = dp.influence(x, y)
+    return x, y, S
+
+
+@pytest.fixture(scope="module")
+def scarce():
+    """Scarce, noisy data (30 % random labels, 80 % pruned, 120 kept for 20 dimensions): the pure
+    objective keeps the hardest samples, mostly mislabelled ones, and coverage must win."""
+    x, y = _problem(750, 20, 3, 0.3, 1.0, 1)
+    S, _ = dp.influence(x, y)
+    return x, y, S
+
+
+def test_rich_separable_keeps_the_pure_objective(rich):
+    x, y, S = rich
+    sel = dp.prune(S, ratio=0.5, labels=y, features=x)
+    rec = sel.auto
+    assert rec["chosen"] == "pure" and rec["strength"] == 0 and rec["decided_by"] == "validation"
+    assert rec["line"].startswith("auto: coverage=pure (held-out acc ")
+    pure = dp.prune(S, ratio=0.5, labels=y, method="optimization")
+    assert np.array_equal(sel.keep, pure.keep) and sel.norm == pure.norm
+    assert [c["name"] for c in rec["candidates"]] == [r.name for r in auto.LADDER]
+    assert all(c["gain_vs_pure"] <= c["noise"] for c in rec["candidates"])
+
+
+def test_scarce_noisy_moves_to_coverage(scarce):
+    x, y, S = scarce
+    sel = dp.prune(S, ratio=0.8, labels=y, features=x)
+    rec = sel.auto
+    assert rec["strength"] >= 1, rec["line"]
+    chosen = rec["candidates"][rec["strength"]]
+    assert chosen["gain_vs_pure"] > chosen["noise"] > 0
+    assert chosen["val_accuracy"] == max(c["val_accuracy"] for c in rec["candidates"])
+    assert f"vs {rec['candidates'][0]['val_accuracy']:.1f} % pure objective" in rec["line"]
+    assert sel.n_kept == 150 and sel.solver.startswith("swap+coverage(balance=True,strata=10")
+    per_class = np.bincount(y[sel.keep], minlength=3)
+    assert rec["signals"]["kept_per_class"] == {str(c): int(k) for c, k in enumerate(per_class)}
+
+
+def _plain_head(x, y, classes, l2):
+    """Mean cross-entropy + l2/2 ||[W, b]||^2 by Newton's method written out in numpy (float64)."""
+    xa = np.hstack([x, np.ones((len(x), 1))])
+    n, k = xa.shape
+    theta = np.zeros((classes, k))
+    onehot = np.eye(classes)[y]
+    for _ in range(100):
+        z = xa @ theta.T
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        g = (p - onehot).T @ xa / n + l2 * theta
+        if np.linalg.norm(g) < 1e-11:
+            break
+        # H[(c,j),(e,l)] = mean_i (p_ic [c=e] - p_ic p_ie) x_ij x_il + l2 [c=e][j=l]
+        w = np.einsum("ic,ce->ice", p, np.eye(classes)) - np.einsum("ic,ie->ice", p, p)
+        h = np.einsum("ice,ij,il->cjel", w, xa, xa).reshape(classes * k, classes * k) / n
+        h += l2 * np.eye(classes * k)
+        theta -= np.linalg.solve(h, g.reshape(-1)).reshape(classes, k)
+    return theta
+
+
+def test_validation_scores_match_a_plain_refit(scarce):
+    x, y, S = scarce
+    cfg = PruneConfig(ratio=0.8, seed=0)
+    ctx = Context(S=S, labels=y)
+    diff = np.asarray(np.random.default_rng(5).random(len(y)))  # any difficulty: only the refit is checked
+    v = auto.validate(ctx, cfg, 600, x, diff)
+    # the split: disjoint, covering, a fifth of every class held out
+    assert len(np.intersect1d(v.fit, v.val)) == 0 and len(v.fit) + len(v.val) == len(y)
+    assert np.array_equal(np.bincount(y[v.val], minlength=3), np.round(0.2 * np.bincount(y)).astype(int))
+    mu, sd = x[v.fit].astype(np.float64).mean(0), x[v.fit].astype(np.float64).std(0)
+    z = (x - mu) / sd
+    assert v.m_fit == round(600 * len(v.fit) / len(y))
+    for s in v.scores + v.references:
+        rows = v.fit[s.keep]
+        if s.strength is not None:
+            assert len(rows) == len(v.fit) - v.m_fit
+        theta = _plain_head(z[rows], y[rows], 3, auto.HEAD_L2)
+        logits = np.hstack([z[v.val], np.ones((len(v.val), 1))]) @ theta.T
+        acc = 100.0 * np.mean(logits.argmax(1) == y[v.val])
+        lse = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
+        loss = np.mean(lse - logits[np.arange(len(v.val)), y[v.val]])
+        assert s.accuracy == pytest.approx(acc, abs=1e-9), s.name
+        assert s.loss == pytest.approx(loss, rel=1e-5), s.name
+        d = s.correct.astype(float) - v.scores[0].correct
+        assert s.noise == pytest.approx(100 * auto.Z * d.std(ddof=1) / np.sqrt(len(d)) if d.any() else 0.0)
+
+
+def test_recorded_choice_is_deterministic_given_the_seed(scarce):
+    x, y, S = scarce
+    a = dp.prune(S, count=600, labels=y, features=x, seed=3)
+    b = dp.prune(S, count=600, labels=y, features=x, seed=3)
+    def strip(r):  # everything but the timings
+        sig = {k: v for k, v in r["signals"].items() if k != "validation_seconds"}
+        return {**{k: v for k, v in r.items() if k != "seconds"}, "signals": sig}
+
+    assert np.array_equal(a.keep, b.keep) and strip(a.auto) == strip(b.auto)
+    f3, v3 = auto.split(y, 3)
+    f4, v4 = auto.split(y, 4)
+    assert np.array_equal(v3, auto.split(y, 3)[1]) and not np.array_equal(v3, v4)
+
+
+def test_fallbacks_run_the_pure_objective_and_say_why(rich):
+    x, y, S = rich
+    pure = dp.prune(S, ratio=0.5, labels=y, method="optimization")
+    no_features = dp.prune(S, ratio=0.5, labels=y)
+    assert np.array_equal(no_features.keep, pure.keep)
+    assert no_features.auto["decided_by"] == "rule" and "features" in no_features.auto["reason"]
+    assert no_features.auto["candidates"] == []
+    no_labels = dp.prune(S, ratio=0.5, features=x)
+    assert np.array_equal(no_labels.keep, pure.keep) and "labels" in no_labels.auto["reason"]
+    eps = 0.5 * float(np.linalg.norm(S.sum(0)))
+    by_eps = dp.prune(S, epsilon=eps, labels=y, features=x)
+    ref = dp.prune(S, epsilon=eps, labels=y, method="optimization")
+    assert np.array_equal(by_eps.keep, ref.keep) and by_eps.norm <= eps
+    assert "--epsilon" in by_eps.auto["reason"] and by_eps.auto["chosen"] == "pure"
+    tiny = dp.prune(S[:100], ratio=0.5, labels=y[:100], features=x[:100])
+    assert "too few samples" in tiny.auto["reason"]
+    given = dp.prune(S, ratio=0.5, labels=y, features=x, balance=True)
+    ref = dp.prune(S, ratio=0.5, labels=y, balance=True, method="optimization")
+    assert np.array_equal(given.keep, ref.keep) and given.auto["chosen"] == "given"
+
+
+def test_cli_prints_one_line_and_records_it(tmp_path, capsys, rich):
+    x, y, S = rich
+    path = tmp_path / "S.h5"
+    with h5py.File(path, "w") as f:  # an external S with labels but no lineage: no features to validate on
+        f["S"] = S
+        f["labels"] = y
+    code, out, err = run_cli(["prune", path, "--prune-ratio", "0.5", "--out", tmp_path / "m.h5", "--json"], capsys)
+    assert code == 0, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("auto:")]
+    assert lines == ["auto: coverage=pure (S has no known model or features (give features= in the API))"]
+    doc = json.loads(out)
+    assert doc["method"] == "auto" and doc["auto"]["line"] == lines[0]
+    with h5py.File(tmp_path / "m.h5", "r") as f:
+        assert json.loads(f.attrs["auto"])["chosen"] == "pure" and f.attrs["method"] == "auto"
+    code, out, err = run_cli(["prune", path, "--prune-ratio", "0.5", "--out", tmp_path / "q.h5", "--quiet"], capsys)
+    assert code == 0 and err == ""
+
+
+def _score(strength, acc, correct):
+    return auto.Score(auto.LADDER[strength].name, strength, acc, 0.0, np.asarray(correct, bool), np.ones(1, bool))
+
+
+def test_decide_needs_a_gain_beyond_the_paired_noise():
+    base = np.array([1, 0] * 50)  # 50 % correct on 100 validation samples
+    flip = lambda k: np.where(np.arange(100) < 2 * k, 1, base)  # noqa: E731  (k more correct)
+    for k, expected in ((1, 0), (3, 0), (12, 2)):
+        scores = [_score(0, 50.0, base), _score(1, 50.0, base), _score(2, 50.0 + k, flip(k)), _score(3, 40.0, base)]
+        for s in scores:
+            s.gain = s.accuracy - 50.0
+            s.noise = auto.paired_noise(s.correct, base)
+        rung, reason = auto.decide(scores)
+        assert rung.strength == expected, (k, reason)
+    # k = 3: a 3-point gain from 3 changed answers has noise 2 * sqrt(3/99 - ...) * 100 / 10 > 3
+    assert 3.0 < auto.paired_noise(flip(3), base)
+    # equal accuracy beyond the noise: the weaker rung wins
+    scores = [_score(0, 50.0, base), _score(1, 62.0, flip(12)), _score(2, 62.0, flip(12))]
+    for s in scores:
+        s.gain, s.noise = s.accuracy - 50.0, auto.paired_noise(s.correct, base)
+    assert auto.decide(scores)[0].strength == 1
+
+
+def test_dataset_run_validates_on_the_checkpoints_features(tiny_run, tmp_path, capsys):
+    """S from a trained model: features from the checkpoint, difficulty from its dynamics, the full
+    model's accuracies among the signals; one line on stderr and the same record in mask.h5 and --json."""
+    code, out, err = run_cli(["prune", tiny_run.influence, "--prune-ratio", 0.8, "--out", tmp_path / "m.h5",
+                              "--json"], capsys)
+    assert code == 0, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("auto:")]
+    assert len(lines) == 1 and "held-out acc" in lines[0]
+    rec = json.loads(out)["auto"]
+    assert rec["line"] == lines[0] and rec["decided_by"] == "validation" and len(rec["candidates"]) == 4
+    sig = rec["signals"]
+    assert sig["difficulty_source"].startswith("mean training loss") and sig["n_kept"] == sig["n"] - count_from_ratio(sig["n"], 0.8)
+    assert sig["generalization_gap"] == pytest.approx(sig["train_accuracy"] - sig["test_accuracy"])
+    assert sum(sig["kept_per_class"].values()) == sig["n_kept"] and sig["n_fit"] + sig["n_val"] == sig["n"]
+    with h5py.File(tmp_path / "m.h5", "r") as f:
+        assert json.loads(f.attrs["auto"]) == rec
+
+
+def test_embeddings_run_validates_on_its_own_features(tmp_path, capsys):
+    """S fitted on features (influence --features): auto reads them back through the lineage and takes
+    the difficulty from the artifact's per-sample loss."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    np.save(tmp_path / "x.npy", (x[:600] / 16).astype(np.float32))
+    np.save(tmp_path / "y.npy", y[:600])
+    inf = tmp_path / "influence.h5"
+    assert run_cli(["influence", "--features", tmp_path / "x.npy", "--labels", tmp_path / "y.npy", "--out", inf,
+                    "--quiet"])[0] == 0
+    code, out, err = run_cli(["prune", inf, "--prune-ratio", 0.7, "--out", tmp_path / "m.h5", "--json"], capsys)
+    assert code == 0, err
+    rec = json.loads(out)["auto"]
+    assert rec["decided_by"] == "validation" and rec["signals"]["feature_dim"] == 64
+    assert rec["signals"]["difficulty_source"] == "per-sample loss at the trained model"
+    assert rec["signals"]["n_val"] == sum(round(0.2 * c) for c in np.bincount(y[:600]))
