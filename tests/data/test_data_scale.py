@@ -531,3 +531,14 @@ def test_stored_square_holds_torchvision_center_crop_for_every_shape(n):
                 ours = np.asarray(imageio.resize_center_square(im, side, n))
                 assert ours.shape == (side, side, 3)
                 np.testing.assert_array_equal(ours[inner : inner + n, inner : inner + n], np.asarray(tv(im)))
+
+
+def test_hashing_and_statistics_blocks_are_bounded_in_bytes(monkeypatch):
+    import dpcli.data.base as base
+
+    images = np.random.default_rng(0).integers(0, 256, size=(10, 4, 4, 3), dtype=np.uint8)
+    split = Split(images, np.arange(10) % 2)
+    want = (base.split_fingerprint(split), base.channel_stats(images))
+    monkeypatch.setattr(base, "_BLOCK_BYTES", 3 * 4 * 4 * 3)  # 3 rows per block
+    assert [b.shape[0] for b in base.iter_blocks(images)] == [3, 3, 3, 1]
+    assert (base.split_fingerprint(split), base.channel_stats(images)) == want
