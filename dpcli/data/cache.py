@@ -152,6 +152,23 @@ def _pool_context():
     return multiprocessing.get_context("spawn")
 
 
+def _die_with_parent() -> None:
+    """Pool initializer: end this worker when the building process dies (killed by the OOM killer or
+    SIGKILL).  Without it, orphaned workers can block forever on the result queue's lock, holding
+    their memory."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - no prctl
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def _run(fn: Callable[[Any], Any], jobs: list[Any], workers: int, on_result: Callable[[int, Any], None]) -> None:
     """``on_result(k, fn(jobs[k]))`` for every job, in completion order, at most 2 x workers in flight."""
     if workers <= 1 or len(jobs) <= 1:
@@ -160,7 +177,7 @@ def _run(fn: Callable[[Any], Any], jobs: list[Any], workers: int, on_result: Cal
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # fork() in a multi-threaded process
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context())
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(), initializer=_die_with_parent)
     try:
         pending: dict[Future, int] = {}
         queue = iter(enumerate(jobs))
