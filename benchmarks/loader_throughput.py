@@ -13,6 +13,10 @@ sampled:
 The ratio is measured in one run, so machine load hits both sides alike.
 
     python3 benchmarks/loader_throughput.py /tmp/folder --image-size 64 --workers 2
+
+``--max-batches K`` times only the first K batches of each epoch (both sides alike), for folders too
+large to read whole on a small machine; ``--memory-limit 1G`` runs every phase in a memory cgroup
+of that size (see benchmarks/_measure.py).
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _measure import run_measured  # noqa: E402
+from _measure import MemoryCgroup, run_measured  # noqa: E402
+from pipeline_rss import _size  # noqa: E402
 
 
 def phase_build(folder: Path, root: Path, size: int) -> dict:
@@ -42,7 +47,7 @@ def phase_build(folder: Path, root: Path, size: int) -> dict:
     return {"images": n, "seconds": dt, "images_per_s": n / dt, "cache_gb": ds.train.images.nbytes / 1e9}
 
 
-def phase_dpcli(folder: Path, root: Path, size: int, batch: int, workers: int) -> dict:
+def phase_dpcli(folder: Path, root: Path, size: int, batch: int, workers: int, max_batches: int) -> dict:
     import torch
 
     from dpcli.data.batches import iterate_batches
@@ -54,11 +59,13 @@ def phase_dpcli(folder: Path, root: Path, size: int, batch: int, workers: int) -
     for x, _, _ in iterate_batches(ds.train, batch, mean=ds.mean, std=ds.std, device="cpu", shuffle=True,
                                    augment=True, generator=torch.Generator().manual_seed(0), workers=workers):
         n += x.shape[0]
+        if n >= max_batches * batch:
+            break
     dt = time.perf_counter() - t0
     return {"images": n, "seconds": dt, "images_per_s": n / dt}
 
 
-def phase_torchvision(folder: Path, size: int, batch: int, workers: int) -> dict:
+def phase_torchvision(folder: Path, size: int, batch: int, workers: int, max_batches: int) -> dict:
     import torch
     from torchvision import datasets
     from torchvision import transforms as T
@@ -73,6 +80,8 @@ def phase_torchvision(folder: Path, size: int, batch: int, workers: int) -> dict
     n = 0
     for x, _ in loader:
         n += x.shape[0]
+        if n >= max_batches * batch:
+            break
     dt = time.perf_counter() - t0
     return {"images": n, "seconds": dt, "images_per_s": n / dt}
 
@@ -84,6 +93,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--data-root", type=Path, default=None, help="cache location [default: a temp dir, removed]")
+    ap.add_argument("--max-batches", type=int, default=1 << 40, help="time only the first K batches of each epoch")
+    ap.add_argument("--memory-limit", default=None, help="run every phase in a memory cgroup of this size (e.g. 1G)")
     ap.add_argument("--phase", choices=["build", "dpcli", "torchvision"], default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     ap.add_argument("--phases", default="build,dpcli,torchvision",
@@ -95,24 +106,30 @@ def main() -> None:
         if args.phase == "build":
             res = phase_build(folder, root, args.image_size)
         elif args.phase == "dpcli":
-            res = phase_dpcli(folder, root, args.image_size, args.batch, args.workers)
+            res = phase_dpcli(folder, root, args.image_size, args.batch, args.workers, args.max_batches)
         else:
-            res = phase_torchvision(folder, args.image_size, args.batch, args.workers)
+            res = phase_torchvision(folder, args.image_size, args.batch, args.workers, args.max_batches)
         print("RESULT " + json.dumps(res))
         return
     root = args.data_root or Path(tempfile.mkdtemp(prefix="dpcli-bench-"))
     env = dict(os.environ, DPCLI_CACHE_WORKERS=str(max(1, args.workers)))
     results = {"folder": str(folder), "image_size": args.image_size, "batch": args.batch, "workers": args.workers,
-               "cpus": os.cpu_count(), "load_average": os.getloadavg()}
+               "cpus": os.cpu_count(), "load_average": os.getloadavg(), "max_batches": args.max_batches,
+               "memory_limit": args.memory_limit}
+    cgroup = MemoryCgroup(_size(args.memory_limit)) if args.memory_limit else None
     try:
         for phase in args.phases.split(","):
             cmd = [sys.executable, __file__, str(folder), "--phase", phase, "--image-size", str(args.image_size),
-                   "--batch", str(args.batch), "--workers", str(args.workers), "--data-root", str(root)]
-            m = run_measured(cmd, env=env)
+                   "--batch", str(args.batch), "--workers", str(args.workers), "--data-root", str(root),
+                   "--max-batches", str(args.max_batches)]
+            m = run_measured(cmd, env=env, cgroup=cgroup)
             line = [ln for ln in m.pop("output").splitlines() if ln.startswith("RESULT ")][-1]
-            results[phase] = {**json.loads(line[7:]), "max_rss_mb": m["max_rss_mb"], "tree_pss_mb": m["tree_pss_mb"]}
+            results[phase] = {**{k: v for k, v in m.items() if k not in ("returncode", "seconds")},
+                              "process_seconds": m["seconds"], **json.loads(line[7:])}
             print(phase, json.dumps(results[phase]), flush=True)
     finally:
+        if cgroup is not None:
+            cgroup.close()
         if args.data_root is None:
             shutil.rmtree(root, ignore_errors=True)
     if "dpcli" in results and "torchvision" in results:

@@ -1,4 +1,8 @@
-"""Write a synthetic image folder of mixed-size JPEGs (train/<class>/ and val/<class>/) for benchmarks.
+"""Write a synthetic image folder of mixed-size JPEGs (ImageFolder or ImageNet layout) for benchmarks.
+
+``--layout imagefolder`` (default): ``train/<class>/`` and ``val/<class>/``.  ``--layout imagenet``:
+ILSVRC2012's layout, ``train/<wnid>/<wnid>_<k>.JPEG``, a flat ``val/ILSVRC2012_val_<k>.JPEG`` and the
+val labels in ``meta.bin`` (the file torchvision's ImageNet class writes after parsing the devkit).
 
 Each image is smooth random colour structure (a small random grid resized up, like a blurry photo)
 plus a class-dependent tint, so it compresses like a photo and a model can learn the classes.
@@ -6,6 +10,7 @@ Sizes are uniform in [--min-size, --max-size] per side; aspect ratios vary.  Det
 --seed; written by a process pool.
 
     python3 benchmarks/make_image_folder.py /tmp/folder --train 20000 --val 1000 --classes 10
+    python3 benchmarks/make_image_folder.py /tmp/inet --layout imagenet --train 200000 --val 5000 --classes 100
 """
 
 from __future__ import annotations
@@ -24,9 +29,22 @@ def _tints(classes: int) -> np.ndarray:
     return np.random.default_rng(12345).integers(-60, 61, size=(classes, 3))
 
 
-def _write(job: tuple[str, int, int, int, int, int, int]) -> int:
+def wnid(label: int) -> str:
+    """A WordNet-id-like class name (ImageNet layout)."""
+    return f"n{label:08d}"
+
+
+def _name(folder: str, split: str, layout: str, label: int, i: int) -> Path:
+    if layout == "imagefolder":
+        return Path(folder) / split / f"c{label:03d}" / f"img{i:07d}.jpg"
+    if split == "train":
+        return Path(folder) / "train" / wnid(label) / f"{wnid(label)}_{i}.JPEG"
+    return Path(folder) / "val" / f"ILSVRC2012_val_{i + 1:08d}.JPEG"
+
+
+def _write(job: tuple[str, str, str, int, int, int, int, int, int]) -> int:
     """Write images [start, stop) of one split; returns bytes written."""
-    folder, start, stop, classes, lo, hi, seed = job
+    folder, split, layout, start, stop, classes, lo, hi, seed = job
     tints = _tints(classes)
     total = 0
     for i in range(start, stop):
@@ -36,7 +54,7 @@ def _write(job: tuple[str, int, int, int, int, int, int]) -> int:
         grid = rng.integers(0, 256, size=(int(rng.integers(3, 9)), int(rng.integers(3, 9)), 3)).astype(np.int64)
         grid = np.clip(grid + tints[label], 0, 255).astype(np.uint8)
         im = Image.fromarray(grid).resize((w, h), Image.BICUBIC)
-        path = Path(folder) / f"c{label:03d}" / f"img{i:07d}.jpg"
+        path = _name(folder, split, layout, label, i)
         im.save(path, quality=85)
         total += path.stat().st_size
     return total
@@ -51,18 +69,24 @@ def main() -> None:
     ap.add_argument("--min-size", type=int, default=64)
     ap.add_argument("--max-size", type=int, default=400)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--layout", choices=["imagefolder", "imagenet"], default="imagefolder")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
     t0 = time.perf_counter()
     jobs = []
     for split, n, seed in (("train", args.train, args.seed), ("val", args.val, args.seed + 1)):
         for c in range(args.classes):
-            (args.out / split / f"c{c:03d}").mkdir(parents=True, exist_ok=True)
+            _name(str(args.out), split, args.layout, c, 0).parent.mkdir(parents=True, exist_ok=True)
         step = 500
-        jobs += [(str(args.out / split), s, min(n, s + step), args.classes, args.min_size, args.max_size, seed)
-                 for s in range(0, n, step)]
+        jobs += [(str(args.out), split, args.layout, s, min(n, s + step), args.classes, args.min_size,
+                  args.max_size, seed) for s in range(0, n, step)]
     with ProcessPoolExecutor(args.workers) as pool:
         written = sum(pool.map(_write, jobs))
+    if args.layout == "imagenet":
+        import torch
+
+        val_wnids = [wnid(i % args.classes) for i in range(args.val)]  # val file k (sorted) is image k
+        torch.save(({wnid(c): (wnid(c),) for c in range(args.classes)}, val_wnids), args.out / "meta.bin")
     n = args.train + args.val
     print(f"wrote {n} JPEGs ({written / 1e9:.2f} GB) to {args.out} in {time.perf_counter() - t0:.0f} s")
 

@@ -6,7 +6,13 @@ process tree's summed PSS (proportional set size) (DataLoader workers included) 
 followed by ``dpcli retrain``; the dataset streams from the on-disk cache because its decoded size
 exceeds ``$DPCLI_MEMORY_BUDGET``.
 
+``--memory-limit 1G`` runs every stage inside a memory cgroup of that size (root or a delegated
+cgroup needed): the memory *available* to the process tree is then really that small, page cache
+included.  The ``in-memory`` stage loads the same split with streaming off under the same limit;
+it is expected to be killed (it proves that the data do not fit), and its exit status is recorded.
+
     python3 benchmarks/pipeline_rss.py /tmp/folder --work /tmp/work --image-size 64
+    python3 benchmarks/pipeline_rss.py /tmp/inet --work /tmp/w --memory-limit 1G --stages build,in-memory,train
 """
 
 from __future__ import annotations
@@ -20,19 +26,26 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _measure import run_measured  # noqa: E402
+from _measure import MemoryCgroup, run_measured  # noqa: E402
 
-STAGES = ("build", "train", "influence", "prune", "retrain")
+STAGES = ("build", "in-memory", "train", "influence", "prune", "retrain")
+DEFAULT_STAGES = "build,train,influence,prune,retrain"
 
 
-def _config(spec: str, size: int):
+def _size(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    text = text.strip().upper().rstrip("B").rstrip("I")
+    return int(float(text.rstrip("KMG")) * units[text[-1] if text[-1] in "KMG" else ""])
+
+
+def _config(spec: str, size: int, width: int, depth: int):
     from dpcli.config import TrainConfig
 
-    return TrainConfig(dataset=spec, arch="convnet", width=8, depth=5, epochs=1, batch_size=256, lr=0.05,
+    return TrainConfig(dataset=spec, arch="convnet", width=width, depth=depth, epochs=1, batch_size=256, lr=0.05,
                        image_size=size).validate()
 
 
-def stage(name: str, folder: Path, work: Path, size: int) -> dict:
+def stage(name: str, folder: Path, work: Path, size: int, device: str, width: int, depth: int) -> dict:
     import torch
 
     from dpcli.config import InfluenceConfig, PruneConfig
@@ -40,7 +53,7 @@ def stage(name: str, folder: Path, work: Path, size: int) -> dict:
     from dpcli.stages import core
     from dpcli.train.loop import load_checkpoint, train
 
-    cpu = torch.device("cpu")
+    dev = torch.device(device)
     root = work / "data"
     spec = f"imagefolder:{folder}"
     if name == "build":
@@ -48,21 +61,25 @@ def stage(name: str, folder: Path, work: Path, size: int) -> dict:
         return {"n_train": len(ds.train), "n_test": len(ds.test), "streamed": ds.train.streamed,
                 "decoded_train_gb": ds.train.images.nbytes / 1e9, "decoded_test_gb": ds.test.images.nbytes / 1e9,
                 "skipped": len(ds.skipped)}
+    if name == "in-memory":  # the same split with streaming off: must not fit under --memory-limit
+        ds = load_dataset(spec, root, image_size=size, stream=False)
+        return {"in_memory_gb": ds.train.images.nbytes / 1e9}
     if name == "train":
         ds = load_dataset(spec, root, image_size=size)
-        ck = train(_config(ds.name, size), ds, work / "ck.h5", device=cpu)
-        return {"test_acc": ck.final.test_acc, "train_seconds": ck.seconds, "streamed": ds.train.streamed}
+        ck = train(_config(ds.name, size, width, depth), ds, work / "ck.h5", device=dev)
+        return {"test_acc": ck.final.test_acc, "train_seconds": ck.seconds, "streamed": ds.train.streamed,
+                "n": len(ds.train)}
     if name == "influence":
-        info = core.compute_influence(work / "ck.h5", work / "S.h5", InfluenceConfig(), device=cpu, data_root=root)
+        info = core.compute_influence(work / "ck.h5", work / "S.h5", InfluenceConfig(), device=dev, data_root=root)
         return {"n": info.n, "d": info.d}
     if name == "prune":
         mask = core.prune(work / "S.h5", work / "mask.h5", PruneConfig(ratio=0.3, time_budget=60.0),
-                          device=cpu, data_root=root)
+                          device=dev, data_root=root)
         return {"n_pruned": mask.n_pruned, "n_kept": mask.n_kept}
     mask = core.read_mask(work / "mask.h5")
     base = load_checkpoint(work / "ck.h5", weights=False).config
     ds = load_dataset(base.dataset, root, image_size=base.image_size)
-    res = core.retrain(ds, mask, work / "retrain.h5", base=base, overrides={}, device=cpu)
+    res = core.retrain(ds, mask, work / "retrain.h5", base=base, overrides={}, device=dev)
     return {"test_acc": res.metrics["test_accuracy"], "n_kept": res.metrics["n_kept"]}
 
 
@@ -71,27 +88,44 @@ def main() -> None:
     ap.add_argument("folder", type=Path)
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--width", type=int, default=8)
+    ap.add_argument("--depth", type=int, default=5)
+    ap.add_argument("--stages", default=DEFAULT_STAGES, help=f"comma-separated, from {', '.join(STAGES)}")
+    ap.add_argument("--memory-limit", default=None, help="run every stage in a memory cgroup of this size (e.g. 1G)")
     ap.add_argument("--stage", choices=STAGES, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     folder = args.folder.resolve()
     if args.stage:
-        print("RESULT " + json.dumps(stage(args.stage, folder, args.work, args.image_size)), flush=True)
+        res = stage(args.stage, folder, args.work, args.image_size, args.device, args.width, args.depth)
+        print("RESULT " + json.dumps(res), flush=True)
         return
     args.work.mkdir(parents=True, exist_ok=True)
+    names = [n for n in args.stages.split(",") if n]
+    cgroup = MemoryCgroup(_size(args.memory_limit)) if args.memory_limit else None
     results: dict = {"folder": str(folder), "image_size": args.image_size, "cpus": os.cpu_count(),
+                     "device": args.device, "convnet": {"width": args.width, "depth": args.depth},
+                     "memory_limit_mb": cgroup.limit / 2**20 if cgroup else None,
                      "memory_budget": os.environ.get("DPCLI_MEMORY_BUDGET", "1G (default)"),
-                     "loader_workers": os.environ.get("DPCLI_LOADER_WORKERS", "min(4, cpus)")}
-    for name in STAGES:
-        cmd = [sys.executable, __file__, str(folder), "--work", str(args.work), "--image-size",
-               str(args.image_size), "--stage", name]
-        m = run_measured(cmd, log=args.work / f"{name}.log")
-        line = [ln for ln in m.pop("output").splitlines() if ln.startswith("RESULT ")][-1]
-        results[name] = {**json.loads(line[7:]), "seconds": m["seconds"], "max_rss_mb": m["max_rss_mb"],
-                         "tree_pss_mb": m["tree_pss_mb"]}
-        print(name, json.dumps(results[name]), flush=True)
-    results["peak_max_rss_mb"] = max(results[s]["max_rss_mb"] for s in STAGES)
-    results["peak_tree_pss_mb"] = max(results[s]["tree_pss_mb"] for s in STAGES)
+                     "loader_workers": os.environ.get("DPCLI_LOADER_WORKERS", "min(4, cpus)"),
+                     "jpeg_decode": os.environ.get("DPCLI_JPEG_DECODE", "auto")}
+    try:
+        for name in names:
+            cmd = [sys.executable, __file__, str(folder), "--work", str(args.work), "--image-size",
+                   str(args.image_size), "--device", args.device, "--width", str(args.width), "--depth",
+                   str(args.depth), "--stage", name]
+            m = run_measured(cmd, log=args.work / f"{name}.log", cgroup=cgroup, check=name != "in-memory")
+            lines = [ln for ln in m.pop("output").splitlines() if ln.startswith("RESULT ")]
+            results[name] = {**(json.loads(lines[-1][7:]) if lines else {}),
+                             **{k: v for k, v in m.items() if k != "output"}}
+            print(name, json.dumps(results[name]), flush=True)
+    finally:
+        if cgroup is not None:
+            cgroup.close()
+    done = [n for n in names if n != "in-memory"]
+    results["peak_max_rss_mb"] = max(results[s]["max_rss_mb"] for s in done)
+    results["peak_tree_pss_mb"] = max(results[s]["tree_pss_mb"] for s in done)
     print(json.dumps(results, indent=1))
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))

@@ -27,8 +27,10 @@ from dpcli.registry import Registry
 
 Progress = Callable[[int, int], None]
 
-# Rows per block when hashing or histogramming a split, so a streamed split is never loaded whole.
+# Rows per block when hashing or histogramming a split, so a streamed split is never loaded whole:
+# 4096 small rows, fewer large ones (at most 64 MiB of pixels; 4096 rows of 366 px would be 1.6 GB).
 _BLOCK_ROWS = 4096
+_BLOCK_BYTES = 64 << 20
 
 
 class DiskImages:
@@ -106,7 +108,7 @@ class DiskImages:
                 if got != want:
                     raise DpcliError(f"{self.path}: image cache is shorter than expected; delete it to rebuild")
         out = np.empty((n, *self.row_shape), dtype=np.uint8)
-        out.reshape(n, -1)[order] = buf
+        out.reshape(n, self.row_bytes)[order] = buf  # (n, -1) fails for n = 0
         return out
 
 
@@ -188,6 +190,8 @@ class Dataset:
 
 def iter_blocks(images: np.ndarray | DiskImages, rows: int = _BLOCK_ROWS) -> Iterator[np.ndarray]:
     """Consecutive row blocks of a split's images (bounded memory for a streamed split)."""
+    row_bytes = int(np.prod(images.shape[1:]))
+    rows = max(1, min(rows, _BLOCK_BYTES // max(1, row_bytes)))
     for start in range(0, int(images.shape[0]), rows):
         yield np.ascontiguousarray(images[start : start + rows])
 

@@ -86,15 +86,24 @@ def build_workers() -> int:
 
 
 def open_or_build(path: Path, files: Sequence[str], labels: np.ndarray, n_train: int, image_size: int | None,
-                  progress: Progress | None = None, workers: int | None = None) -> CacheInfo:
-    """The cache at ``path`` for ``files`` (train first), building or resuming it if needed."""
+                  progress: Progress | None = None, workers: int | None = None,
+                  decoder: str | None = None) -> CacheInfo:
+    """The cache at ``path`` for ``files`` (train first), building or resuming it if needed.
+
+    ``decoder``: ``"pil"`` (worker processes) or a torch device for batched ``decode_jpeg``
+    [default: :func:`dpcli.data.jpeg.decoder`, i.e. ``$DPCLI_JPEG_DECODE``, chosen only if a build is needed].
+    """
     if path.is_file():
         info = read_cache(path)
         if info is not None:
             return info
         path.unlink()  # foreign or damaged: rebuild
-    _build(path, list(files), np.asarray(labels, dtype=np.int64), n_train, image_size, progress,
-           build_workers() if workers is None else workers)
+    workers = build_workers() if workers is None else workers
+    if decoder is None:
+        from dpcli.data import jpeg
+
+        decoder = jpeg.decoder(files, workers=workers, side=None if image_size is None else stored_side(image_size))
+    _build(path, list(files), np.asarray(labels, dtype=np.int64), n_train, image_size, progress, workers, decoder)
     info = read_cache(path)
     if info is None:  # pragma: no cover - just written
         raise DpcliError(f"{path}: the image cache just written cannot be read back")
@@ -143,6 +152,23 @@ def _pool_context():
     return multiprocessing.get_context("spawn")
 
 
+def _die_with_parent() -> None:
+    """Pool initializer: end this worker when the building process dies (killed by the OOM killer or
+    SIGKILL).  Without it, orphaned workers can block forever on the result queue's lock, holding
+    their memory."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - no prctl
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def _run(fn: Callable[[Any], Any], jobs: list[Any], workers: int, on_result: Callable[[int, Any], None]) -> None:
     """``on_result(k, fn(jobs[k]))`` for every job, in completion order, at most 2 x workers in flight."""
     if workers <= 1 or len(jobs) <= 1:
@@ -151,7 +177,7 @@ def _run(fn: Callable[[Any], Any], jobs: list[Any], workers: int, on_result: Cal
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # fork() in a multi-threaded process
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context())
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(), initializer=_die_with_parent)
     try:
         pending: dict[Future, int] = {}
         queue = iter(enumerate(jobs))
@@ -239,7 +265,7 @@ def _open_partial(path: Path, key: dict, n: int, row_shape: tuple[int, int, int]
 
 
 def _build(path: Path, files: list[str], labels: np.ndarray, n_train: int, image_size: int | None,
-           progress: Progress | None, workers: int) -> None:
+           progress: Progress | None, workers: int, decoder: str = "pil") -> None:
     total = len(files)
     probes = _probe(files, workers)
     for p, r in zip(files, probes):
@@ -291,8 +317,15 @@ def _build(path: Path, files: list[str], labels: np.ndarray, n_train: int, image
             if progress:
                 progress(finished, total)
 
-        pool_workers = workers if total >= PARALLEL_MIN_FILES else 1
-        _run(imageio.decode_many, jobs, pool_workers, store)
+        previous = f.attrs.get("decoder")  # a resumed build may have started with another decoder
+        f.attrs["decoder"] = decoder if previous in (None, decoder) else "mixed"
+        if decoder == "pil":
+            _run(imageio.decode_many, jobs, workers if total >= PARALLEL_MIN_FILES else 1, store)
+        else:  # batched decode_jpeg on that device, in this process (CUDA cannot be used in forked workers)
+            from dpcli.data import jpeg
+
+            for k, (paths, size, is_gray) in enumerate(jobs):
+                store(k, jpeg.decode_many(paths, size, is_gray, decoder))
         _finalize(f, partial, files, probes, labels, n_train, image_size, row_shape, n_blocks)
     finally:
         f.close()

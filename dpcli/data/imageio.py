@@ -53,23 +53,27 @@ def probe(path: str) -> Tagged:
         return "skip", f"unreadable header ({type(exc).__name__}: {exc})"
 
 
-def resize_center_square(im, side: int, crop: int):
-    """Resize the shorter side to ``side`` (torchvision's Resize), then cut the ``side x side`` square whose
-    central ``crop x crop`` (offset ``round((side - crop) / 2)``) is exactly torchvision's CenterCrop(crop)."""
-    from PIL import Image
-
-    w, h = im.size
+def center_square_box(w: int, h: int, side: int, crop: int) -> tuple[int, int, int, int]:
+    """``(resized width, resized height, left, top)`` of the stored square of a ``w x h`` image
+    (shared by the PIL path and the batched JPEG path, so both cut the same pixels)."""
     if (w <= h and w == side) or (h <= w and h == side):
         rw, rh = w, h
     elif w <= h:
         rw, rh = side, int(side * h / w)
     else:
         rw, rh = int(side * w / h), side
-    if (rw, rh) != (w, h):
-        im = im.resize((rw, rh), Image.BILINEAR)
     inner = int(round((side - crop) / 2.0))
-    top = int(round((rh - crop) / 2.0)) - inner
-    left = int(round((rw - crop) / 2.0)) - inner
+    return rw, rh, int(round((rw - crop) / 2.0)) - inner, int(round((rh - crop) / 2.0)) - inner
+
+
+def resize_center_square(im, side: int, crop: int):
+    """Resize the shorter side to ``side`` (torchvision's Resize), then cut the ``side x side`` square whose
+    central ``crop x crop`` (offset ``round((side - crop) / 2)``) is exactly torchvision's CenterCrop(crop)."""
+    from PIL import Image
+
+    rw, rh, left, top = center_square_box(*im.size, side, crop)
+    if (rw, rh) != im.size:
+        im = im.resize((rw, rh), Image.BILINEAR)
     return im.crop((left, top, left + side, top + side))
 
 

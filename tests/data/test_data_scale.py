@@ -278,6 +278,58 @@ def test_cache_build_killed_midway_resumes_and_never_trusts_a_half_cache(tmp_pat
     assert len(decoded) == 26 and again.fingerprint == fresh.fingerprint
 
 
+_ORPHAN_SCRIPT = """
+import os, sys, time
+import dpcli.data.cache as cache, dpcli.data.imageio as imageio
+from dpcli.data.sources import load_dataset
+cache.PARALLEL_MIN_FILES = 0
+cache._BLOCK_BYTES = 1
+def slow(job):
+    print("WORKER", os.getpid(), flush=True)
+    time.sleep(60)
+imageio.decode_many = slow
+load_dataset("imagefolder:" + sys.argv[1], sys.argv[2], image_size=8)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+def test_cache_workers_die_with_a_killed_build(tmp_path):
+    """A build killed from outside (OOM killer, SIGKILL) must not leave its workers running."""
+    import time
+
+    folder = mixed_folder(tmp_path / "mixed", n_train=4, n_test=1)
+    env = dict(os.environ, PYTHONPATH=str(REPO), DPCLI_CACHE_WORKERS="2", DPCLI_JPEG_DECODE="pil")
+    proc = subprocess.Popen([sys.executable, "-c", _ORPHAN_SCRIPT, str(folder), str(tmp_path / "data")],
+                            env=env, stdout=subprocess.PIPE, text=True)
+    workers = []
+    try:
+        while len(workers) < 2:
+            line = proc.stdout.readline()
+            assert line, "the build ended before its workers started"
+            if line.startswith("WORKER "):
+                workers.append(int(line.split()[1]))
+        assert all(_alive(w) for w in workers)
+        proc.kill()
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(w) for w in workers)
+    finally:
+        proc.kill()
+        for w in workers:
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)
+
+
 def test_parallel_build_equals_serial(tmp_path, monkeypatch):
     folder = mixed_folder(tmp_path / "mixed", n_train=9, n_test=3)
     serial = load_dataset(f"imagefolder:{folder}", data_root=tmp_path / "a", image_size=8)
@@ -531,3 +583,14 @@ def test_stored_square_holds_torchvision_center_crop_for_every_shape(n):
                 ours = np.asarray(imageio.resize_center_square(im, side, n))
                 assert ours.shape == (side, side, 3)
                 np.testing.assert_array_equal(ours[inner : inner + n, inner : inner + n], np.asarray(tv(im)))
+
+
+def test_hashing_and_statistics_blocks_are_bounded_in_bytes(monkeypatch):
+    import dpcli.data.base as base
+
+    images = np.random.default_rng(0).integers(0, 256, size=(10, 4, 4, 3), dtype=np.uint8)
+    split = Split(images, np.arange(10) % 2)
+    want = (base.split_fingerprint(split), base.channel_stats(images))
+    monkeypatch.setattr(base, "_BLOCK_BYTES", 3 * 4 * 4 * 3)  # 3 rows per block
+    assert [b.shape[0] for b in base.iter_blocks(images)] == [3, 3, 3, 1]
+    assert (base.split_fingerprint(split), base.channel_stats(images)) == want
