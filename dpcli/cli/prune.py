@@ -113,7 +113,7 @@ def command(
         from dpcli.train.loop import resolve_device
 
         spec = ProxySpec.parse(proxy)
-        ds = pipeline.load(source, data_root, image_size)
+        ds = pipeline.load(source, data_root, image_size, pipeline.input_spec(arch, weights, image_size))
         pipeline.check_prune(pcfg, len(ds.train.labels))
         target = pipeline.train_config(ds, o.training_overrides(
             arch=arch, weights=weights, head_module=head_module, width=width, depth=depth, epochs=epochs, lr=lr,
@@ -144,7 +144,7 @@ def command(
         from dpcli.train.loop import resolve_device
 
         dev = resolve_device(device)
-        ds = pipeline.load(source, data_root, image_size)
+        ds = pipeline.load(source, data_root, image_size, pipeline.input_spec(arch, weights, image_size))
         pipeline.check_prune(pcfg, len(ds.train.labels))
         tcfg = pipeline.train_config(ds, o.training_overrides(
             arch=arch, weights=weights, head_module=head_module, width=width, depth=depth, epochs=epochs, lr=lr, momentum=momentum,

@@ -52,7 +52,7 @@ def command(
     if mask is not None:
         from dpcli.cli import embeddings
 
-        if embeddings.retrain_embeddings(dataset, mask, out, json):  # a head refit on kept features
+        if embeddings.retrain_embeddings(dataset, mask, out, json, force):  # a head refit on kept features
             return
     overrides = o.training_overrides(arch=arch, weights=weights, head_module=head_module, width=width, depth=depth, epochs=epochs, lr=lr, momentum=momentum,
                                      weight_decay=weight_decay, batch_size=batch_size, augment=augment,
@@ -72,7 +72,8 @@ def command(
     given = core.read_mask(mask) if mask is not None else None
     dev = resolve_device(device)
     upstream = core.upstream_checkpoint(given) if given is not None else None
-    ds = pipeline.load(dataset, data_root, image_size or (upstream.config.image_size if upstream else None))
+    ds = pipeline.load(dataset, data_root, image_size or (upstream.config.image_size if upstream else None),
+                       pipeline.input_spec(arch, weights, image_size, upstream))
     if pcfg is not None:
         pipeline.check_prune(pcfg, len(ds.train.labels))
         tcfg = pipeline.train_config(ds, {k: v for k, v in overrides.items() if k != "arch"})

@@ -80,7 +80,8 @@ def command(
         console.set_quiet(True)
         json = False
     dev = resolve_device(device) if dist is None else dist.device
-    ds = pipeline.load(dataset, data_root, image_size) if dist is None else dist.main_first(lambda: pipeline.load(dataset, data_root, image_size))
+    spec = pipeline.input_spec(arch, weights, image_size)  # the weights' own preprocessing, where they define it
+    ds = pipeline.load(dataset, data_root, image_size, spec) if dist is None else dist.main_first(lambda: pipeline.load(dataset, data_root, image_size, spec))
     cfg = pipeline.train_config(ds, o.training_overrides(
         arch=arch, weights=weights, head_module=head_module, width=width, depth=depth, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
         batch_size=batch_size, augment=augment, seed=train_seed)).replace(

@@ -72,7 +72,8 @@ def command(
     console.set_quiet(quiet)
     from dpcli.cli import embeddings
 
-    if embeddings.verify_embeddings(dataset, masks, epsilons, out, random_seed, solver, time_budget, json):
+    if embeddings.verify_embeddings(dataset, masks, epsilons, out, random_seed, solver, time_budget, json,
+                                    force):
         return
     eps_list = _epsilons(epsilons)
     if not masks and not eps_list:
@@ -90,7 +91,8 @@ def command(
     given = [core.read_mask(p) for p in (masks or [])]
     dev = resolve_device(device)
     upstream = core.upstream_checkpoint(given[0]) if given else None
-    ds = pipeline.load(dataset, data_root, image_size or (upstream.config.image_size if upstream else None))
+    ds = pipeline.load(dataset, data_root, image_size or (upstream.config.image_size if upstream else None),
+                       pipeline.input_spec(arch, weights, image_size, upstream))
     if given:
         ck_path = Path(given[0].checkpoint)
         if any(Path(m.checkpoint) != ck_path for m in given):

@@ -86,15 +86,19 @@ def build_workers() -> int:
 
 
 def open_or_build(path: Path, files: Sequence[str], labels: np.ndarray, n_train: int, image_size: int | None,
-                  progress: Progress | None = None, workers: int | None = None) -> CacheInfo:
-    """The cache at ``path`` for ``files`` (train first), building or resuming it if needed."""
+                  progress: Progress | None = None, workers: int | None = None,
+                  resize: tuple[int, str] | None = None) -> CacheInfo:
+    """The cache at ``path`` for ``files`` (train first), building or resuming it if needed.
+
+    ``resize = (side, interpolation)``: store the shorter side resized to ``side`` (a model's preprocessing)
+    instead of ``stored_side(image_size)`` bilinear."""
     if path.is_file():
         info = read_cache(path)
         if info is not None:
             return info
         path.unlink()  # foreign or damaged: rebuild
     _build(path, list(files), np.asarray(labels, dtype=np.int64), n_train, image_size, progress,
-           build_workers() if workers is None else workers)
+           build_workers() if workers is None else workers, resize)
     info = read_cache(path)
     if info is None:  # pragma: no cover - just written
         raise DpcliError(f"{path}: the image cache just written cannot be read back")
@@ -186,8 +190,8 @@ def _probe(files: list[str], workers: int) -> list[imageio.Tagged]:
     return [r for chunk in out for r in chunk]
 
 
-def _storage(files: list[str], probes: list[imageio.Tagged], n_train: int,
-             image_size: int | None) -> tuple[tuple[int, int, int], bool]:
+def _storage(files: list[str], probes: list[imageio.Tagged], n_train: int, image_size: int | None,
+             resize: tuple[int, str] | None = None) -> tuple[tuple[int, int, int], bool]:
     """Row shape and grayscale flag from the headers; one line naming the culprit otherwise."""
     ok = [(p, r[1]) for p, r in zip(files, probes) if r[0] == "ok"]
     if not any(r[0] == "ok" for r in probes[:n_train]):
@@ -195,7 +199,7 @@ def _storage(files: list[str], probes: list[imageio.Tagged], n_train: int,
     gray = all(g for _, (_, _, g) in ok)
     channels = 1 if gray else 3
     if image_size is not None:
-        side = stored_side(image_size)
+        side = stored_side(image_size) if resize is None else int(resize[0])
         return (side, side, channels), gray
     sizes = Counter((w, h) for _, (w, h, _) in ok)
     (w0, h0), _ = sizes.most_common(1)[0]
@@ -239,17 +243,19 @@ def _open_partial(path: Path, key: dict, n: int, row_shape: tuple[int, int, int]
 
 
 def _build(path: Path, files: list[str], labels: np.ndarray, n_train: int, image_size: int | None,
-           progress: Progress | None, workers: int) -> None:
+           progress: Progress | None, workers: int, resize: tuple[int, str] | None = None) -> None:
     total = len(files)
     probes = _probe(files, workers)
     for p, r in zip(files, probes):
         if r[0] == "fail":
             raise _fail(p, r[1])
-    row_shape, gray = _storage(files, probes, n_train, image_size)
+    row_shape, gray = _storage(files, probes, n_train, image_size, resize)
     row_bytes = int(np.prod(row_shape))
     block = int(min(512, max(8, _BLOCK_BYTES // row_bytes)))
     n_blocks = (total + block - 1) // block
     side = (row_shape[0], image_size) if image_size is not None else None
+    if side is not None and resize is not None:
+        side = (*side, resize[1])  # (stored side, crop, interpolation)
     key = {"files": total, "row_shape": list(row_shape), "gray": gray, "block": block, "side": side}
     partial = path.with_name(path.stem + ".partial.h5")
     f = _open_partial(partial, key, total, row_shape, n_blocks)

@@ -53,11 +53,12 @@ def probe(path: str) -> Tagged:
         return "skip", f"unreadable header ({type(exc).__name__}: {exc})"
 
 
-def resize_center_square(im, side: int, crop: int):
+def resize_center_square(im, side: int, crop: int, interpolation: str = "bilinear"):
     """Resize the shorter side to ``side`` (torchvision's Resize), then cut the ``side x side`` square whose
     central ``crop x crop`` (offset ``round((side - crop) / 2)``) is exactly torchvision's CenterCrop(crop)."""
     from PIL import Image
 
+    resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[interpolation]
     w, h = im.size
     if (w <= h and w == side) or (h <= w and h == side):
         rw, rh = w, h
@@ -66,7 +67,7 @@ def resize_center_square(im, side: int, crop: int):
     else:
         rw, rh = int(side * w / h), side
     if (rw, rh) != (w, h):
-        im = im.resize((rw, rh), Image.BILINEAR)
+        im = im.resize((rw, rh), resample)
     inner = int(round((side - crop) / 2.0))
     top = int(round((rh - crop) / 2.0)) - inner
     left = int(round((rw - crop) / 2.0)) - inner
