@@ -189,6 +189,12 @@ def test_retrain_writes_a_checkpoint_equal_to_an_independent_refit(tmp_path, cap
     assert code == 0, err
     assert f"reusing {metrics['checkpoint']}" in err and Path(metrics["checkpoint"]).stat().st_mtime_ns == before
     assert json.loads(out)["rows"][0]["test_loss"] == metrics["test_loss"]
+    # another mask into the same --out is refitted, not mistaken for the artifact already there
+    assert run_cli(["prune", inf, "--prune-ratio", "0.5", "--out", tmp_path / "m50.h5", "--quiet"]) == (0, "", "")
+    code, out, err = run_cli(["retrain", f, "--mask", tmp_path / "m50.h5", "--out", metrics["checkpoint"], "--json",
+                              "--quiet"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["n_kept"] == 60 and len(load_checkpoint(metrics["checkpoint"]).keep_indices) == 60
     _bad(tmp_path, capsys, ["retrain", f, "--mask", mask, "--out", tmp_path / "head.npz"], "ending in .h5")
 
 
