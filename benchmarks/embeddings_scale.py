@@ -78,7 +78,7 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=10_000)
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--classes", type=int, default=10)
-    ap.add_argument("--method", default="exact")
+    ap.add_argument("--estimator", dest="method", default="exact")
     ap.add_argument("--sketch", type=int, default=None)
     ap.add_argument("--cg-tol", type=float, default=1e-4)
     ap.add_argument("--damping", type=float, default=1e-3)
