@@ -1,7 +1,7 @@
 """Wall time and peak memory of the embeddings path at scale: influence -> prune -> retrain -> verify-bound.
 
     python3 benchmarks/embeddings_scale.py --n 1000000 --dim 64 --classes 10 --out /tmp/bench-emb
-    python3 benchmarks/embeddings_scale.py --n 100000 --dim 768 --classes 100 --method cg --sketch 32
+    python3 benchmarks/embeddings_scale.py --n 100000 --dim 768 --classes 100 --estimator cg --sketch 32
 
 Generates seeded Gaussian-mixture features (n x D float32, written to a memory-mapped .npy in blocks)
 with labels, and a test split, then runs each stage in its own process so that its wall time and
@@ -21,6 +21,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -48,8 +49,6 @@ def run(cmd: list[str], profile: Path | None = None) -> dict:
     ``profile``: also write ``<stage>.prof`` (cProfile) there and print its top functions."""
     t0 = time.perf_counter()
     prof = ["-m", "cProfile", "-o", str(profile / f"{cmd[0]}.prof")] if profile else []
-    import tempfile
-
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen([sys.executable, *prof, "-m", "dpcli", *cmd, "--json", "--quiet"], stdout=out, stderr=err,
                                 text=True)
@@ -68,7 +67,7 @@ def run(cmd: list[str], profile: Path | None = None) -> dict:
     if profile:
         import pstats
 
-        pstats.Stats(str(profile / f"{cmd[0]}.prof")).sort_stats("cumulative").print_stats(12)
+        pstats.Stats(str(profile / f"{cmd[0]}.prof")).sort_stats("cumulative").print_stats("dpcli/", 12)
     return step
 
 
