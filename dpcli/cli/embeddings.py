@@ -55,31 +55,35 @@ def prune_external(source: str, pcfg, out: Optional[Path], indices_out: Optional
     return embeddings.prune_external(source, mask_file, pcfg, indices_out=indices_out, info=console.info)
 
 
-def retrain_embeddings(dataset: str, mask_path: Path, out: Optional[Path], json: bool) -> bool:
-    """retrain on an embeddings run: refit the head on the kept features (seconds). False if not one."""
+def retrain_embeddings(dataset: str, mask_path: Path, out: Optional[Path], json: bool, force: bool = False) -> bool:
+    """retrain on an embeddings run: refit the head on the kept features (seconds), written as a checkpoint
+    artifact like every retrain. False if the mask is not from an embeddings run."""
     from dpcli.stages import core, embeddings
+    from dpcli.stages.pipeline import check_writable
 
     m = core.read_mask(mask_path)
     if not embeddings.is_embeddings_run(m.influence):
         return False
+    if out is not None and Path(out).suffix.lower() not in (".h5", ".hdf5"):
+        raise DpcliError(f"--out {out}: the refitted head is a checkpoint artifact; give a path ending in .h5")
+    check_writable(out, "--out")
     named = (embeddings.load_array(dataset, "features", ("features", "x", "X", "embeddings"))
              if Path(dataset).suffix else None)
     if named is not None and named.shape[0] != m.n:
         raise DpcliError(f"{mask_path}: mask has n={m.n} but {dataset} has {named.shape[0]} rows")
-    path = out or Path(m.path).with_name(f"head-{Path(m.path).stem}.npz")
-    metrics = embeddings.retrain_head(m, path)
+    metrics = embeddings.retrain_head(m, out, force=force, info=console.info)
     test = "" if metrics["test_loss"] is None else (f": test accuracy {metrics['test_accuracy']:.2f}%, "
                                                      f"loss {metrics['test_loss']:.4f}")
     console.info(f"refitted the head on {m.n_kept} kept samples ({100 * m.n_pruned / m.n:.1f}% pruned){test}, "
                  f"gradient norm {metrics['head_grad_norm']:.2g}, {metrics['train_seconds']:.2f}s")
-    console.info(f"head: {path}  metrics: {path.with_name('metrics.json')}")
+    console.info(f"checkpoint: {metrics['checkpoint']}  metrics: {metrics['metrics_file']}")
     if json:
-        console.emit_json({"command": "retrain", **metrics, "head": str(path)})
+        console.emit_json({"command": "retrain", **metrics})
     return True
 
 
 def verify_embeddings(source: str, masks, epsilons, out, random_seed: int, solver: str, time_budget,
-                      json: bool) -> bool:
+                      json: bool, force: bool = False) -> bool:
     """verify-bound on an embeddings run (SOURCE = its influence.h5, or --mask files from it)."""
     from dpcli.artifacts.runs import mask_path
     from dpcli.config import PruneConfig
@@ -98,7 +102,8 @@ def verify_embeddings(source: str, masks, epsilons, out, random_seed: int, solve
     if not infos:
         raise DpcliError("give --mask (repeatable) or --epsilons")
     out_dir = out or influence.parent / "verify-bound"
-    report = embeddings.verify_bound(influence, infos, out_dir, random_seed=random_seed)
+    report = embeddings.verify_bound(influence, infos, out_dir, random_seed=random_seed, force=force,
+                                    info_line=console.info)
     for r in report["rows"]:
         console.info(f"{r['label']}: observed gap {r['observed_gap']:+.4g}, predicted bound {r['predicted_bound']:.4g}")
     console.info(f"report: {out_dir / 'bound.json'}")

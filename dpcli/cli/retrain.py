@@ -44,7 +44,7 @@ def command(
     if mask is not None:
         from dpcli.cli import embeddings
 
-        if embeddings.retrain_embeddings(dataset, mask, out, job.json):  # a head refit on kept features
+        if embeddings.retrain_embeddings(dataset, mask, out, job.json, job.force):  # a head refit on kept features
             return
     overrides = training.overrides()
     pcfg = None
@@ -63,7 +63,8 @@ def command(
     dev = resolve_device(job.device)
     upstream = core.upstream_checkpoint(given) if given is not None else None
     ds = pipeline.load(dataset, job.data_root,
-                       training.image_size or (upstream.config.image_size if upstream else None))
+                       training.image_size or (upstream.config.image_size if upstream else None),
+                       pipeline.input_spec(training.arch, training.weights, training.image_size, upstream))
     if pcfg is not None:
         pipeline.check_prune(pcfg, len(ds.train.labels))
         tcfg = pipeline.train_config(ds, {k: v for k, v in overrides.items() if k != "arch"})

@@ -65,8 +65,9 @@ def command(
         console.set_quiet(True)
         job.json = False
     dev = resolve_device(job.device) if dist is None else dist.device
-    ds = pipeline.load(dataset, job.data_root, training.image_size) if dist is None else dist.main_first(
-        lambda: pipeline.load(dataset, job.data_root, training.image_size))
+    spec = pipeline.input_spec(training.arch, training.weights, training.image_size)  # the weights' own preprocessing
+    ds = pipeline.load(dataset, job.data_root, training.image_size, spec) if dist is None else dist.main_first(
+        lambda: pipeline.load(dataset, job.data_root, training.image_size, spec))
     cfg = pipeline.train_config(ds, training.overrides())
     path = out or checkpoint_path(pipeline.run_root_of(job.run_root), cfg)
     if freeze_backbone:  # embeddings path: features once, exact head fit, influence.h5 beside them

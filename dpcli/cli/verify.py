@@ -65,7 +65,8 @@ def command(
     console.set_quiet(job.quiet)
     from dpcli.cli import embeddings
 
-    if embeddings.verify_embeddings(dataset, masks, epsilons, out, random_seed, solver, time_budget, job.json):
+    if embeddings.verify_embeddings(dataset, masks, epsilons, out, random_seed, solver, time_budget, job.json,
+                                    job.force):
         return
     eps_list = _epsilons(epsilons)
     if not masks and not eps_list:
@@ -85,7 +86,8 @@ def command(
     dev = resolve_device(job.device)
     upstream = core.upstream_checkpoint(given[0]) if given else None
     ds = pipeline.load(dataset, job.data_root,
-                       training.image_size or (upstream.config.image_size if upstream else None))
+                       training.image_size or (upstream.config.image_size if upstream else None),
+                       pipeline.input_spec(training.arch, training.weights, training.image_size, upstream))
     if given:
         ck_path = Path(given[0].checkpoint)
         if any(Path(m.checkpoint) != ck_path for m in given):

@@ -153,6 +153,20 @@ class Split:
         return int(self.crop) if self.crop is not None else int(self.images.shape[1])
 
 
+@dataclass(frozen=True)
+class InputSpec:
+    """A model's own preprocessing (pretrained weights'): the shorter side resized to ``resize`` with
+    ``interpolation`` (PIL, antialiased), the center ``crop`` x ``crop``, then ``(x - mean) / std``, as in
+    torchvision's and timm's eval transforms.  ``source`` names where it came from."""
+
+    crop: int
+    resize: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bilinear"
+    source: str = ""
+
+
 @dataclass(frozen=True, eq=False)
 class Dataset:
     """A train/test pair plus what training needs to know about it.
@@ -169,6 +183,7 @@ class Dataset:
     std: tuple[float, ...]
     augment: bool
     skipped: tuple[tuple[str, str], ...] = ()
+    input: InputSpec | None = None  # the model's preprocessing it was loaded with; None: dpcli's defaults
 
     @property
     def num_classes(self) -> int:
@@ -279,6 +294,7 @@ class LoadRequest:
     progress: Progress | None = None
     image_size: int | None = None
     stream: bool | None = None  # None: stream when the decoded data exceed the memory budget
+    input: InputSpec | None = None  # resize / crop of a model's preprocessing (sources that resize)
 
 
 class DatasetSource:
@@ -338,17 +354,33 @@ def load_dataset(
     *,
     image_size: int | None = None,
     stream: bool | None = None,
+    input: InputSpec | None = None,
 ) -> Dataset:
     """Load a dataset by spec string (see docs/datasets.md for the names).
 
     ``image_size``: side of the model's input for image folders (``--image-size``); ``stream``:
     force (True) or forbid (False) streaming from the on-disk cache [default: stream when the
     decoded data exceed ``$DPCLI_MEMORY_BUDGET``].  ``progress(done, total)`` reports cache building.
+    ``input``: a model's preprocessing; its mean/std replace the dataset's statistics, and sources that
+    resize (image folders) store its resize and crop instead of ``image_size``'s.
     """
     if image_size is not None and (isinstance(image_size, bool) or int(image_size) != image_size or image_size < 1):
         raise DpcliError(f"--image-size must be a positive integer, got {image_size}")
     root = Path(data_root).expanduser() if data_root is not None else default_data_root()
     source = source_for(name)
     request = LoadRequest(data_root=root, download=download, progress=progress,
-                          image_size=None if image_size is None else int(image_size), stream=stream)
-    return source().load(name.strip(), request)
+                          image_size=None if image_size is None else int(image_size), stream=stream, input=input)
+    ds = source().load(name.strip(), request)
+    return ds if input is None else with_input(ds, input)
+
+
+def with_input(ds: Dataset, spec: InputSpec) -> Dataset:
+    """``ds`` normalized with ``spec``'s mean/std (their channel average for grey images into an RGB model)."""
+    mean, std = tuple(float(v) for v in spec.mean), tuple(float(v) for v in spec.std)
+    if ds.channels != len(mean):
+        mean, std = (sum(mean) / len(mean),) * ds.channels, (sum(std) / len(std),) * ds.channels
+    out = Dataset(name=ds.name, train=ds.train, test=ds.test, classes=ds.classes, mean=mean, std=std,
+                  augment=ds.augment, skipped=ds.skipped, input=spec)
+    if "_fingerprint" in ds.__dict__:
+        object.__setattr__(out, "_fingerprint", ds.__dict__["_fingerprint"])
+    return out

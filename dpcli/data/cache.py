@@ -87,11 +87,13 @@ def build_workers() -> int:
 
 def open_or_build(path: Path, files: Sequence[str], labels: np.ndarray, n_train: int, image_size: int | None,
                   progress: Progress | None = None, workers: int | None = None,
-                  decoder: str | None = None) -> CacheInfo:
+                  decoder: str | None = None, resize: tuple[int, str] | None = None) -> CacheInfo:
     """The cache at ``path`` for ``files`` (train first), building or resuming it if needed.
 
     ``decoder``: ``"pil"`` (worker processes) or a torch device for batched ``decode_jpeg``
     [default: :func:`dpcli.data.jpeg.decoder`, i.e. ``$DPCLI_JPEG_DECODE``, chosen only if a build is needed].
+    ``resize = (side, interpolation)``: store the shorter side resized to ``side`` (a model's preprocessing)
+    instead of ``stored_side(image_size)`` bilinear; such builds decode with PIL.
     """
     if path.is_file():
         info = read_cache(path)
@@ -99,11 +101,14 @@ def open_or_build(path: Path, files: Sequence[str], labels: np.ndarray, n_train:
             return info
         path.unlink()  # foreign or damaged: rebuild
     workers = build_workers() if workers is None else workers
-    if decoder is None:
+    if resize is not None:
+        decoder = "pil"  # the batched JPEG path resizes bilinearly only
+    elif decoder is None:
         from dpcli.data import jpeg
 
         decoder = jpeg.decoder(files, workers=workers, side=None if image_size is None else stored_side(image_size))
-    _build(path, list(files), np.asarray(labels, dtype=np.int64), n_train, image_size, progress, workers, decoder)
+    _build(path, list(files), np.asarray(labels, dtype=np.int64), n_train, image_size, progress, workers, decoder,
+           resize)
     info = read_cache(path)
     if info is None:  # pragma: no cover - just written
         raise DpcliError(f"{path}: the image cache just written cannot be read back")
@@ -212,8 +217,8 @@ def _probe(files: list[str], workers: int) -> list[imageio.Tagged]:
     return [r for chunk in out for r in chunk]
 
 
-def _storage(files: list[str], probes: list[imageio.Tagged], n_train: int,
-             image_size: int | None) -> tuple[tuple[int, int, int], bool]:
+def _storage(files: list[str], probes: list[imageio.Tagged], n_train: int, image_size: int | None,
+             resize: tuple[int, str] | None = None) -> tuple[tuple[int, int, int], bool]:
     """Row shape and grayscale flag from the headers; one line naming the culprit otherwise."""
     ok = [(p, r[1]) for p, r in zip(files, probes) if r[0] == "ok"]
     if not any(r[0] == "ok" for r in probes[:n_train]):
@@ -221,7 +226,7 @@ def _storage(files: list[str], probes: list[imageio.Tagged], n_train: int,
     gray = all(g for _, (_, _, g) in ok)
     channels = 1 if gray else 3
     if image_size is not None:
-        side = stored_side(image_size)
+        side = stored_side(image_size) if resize is None else int(resize[0])
         return (side, side, channels), gray
     sizes = Counter((w, h) for _, (w, h, _) in ok)
     (w0, h0), _ = sizes.most_common(1)[0]
@@ -265,17 +270,20 @@ def _open_partial(path: Path, key: dict, n: int, row_shape: tuple[int, int, int]
 
 
 def _build(path: Path, files: list[str], labels: np.ndarray, n_train: int, image_size: int | None,
-           progress: Progress | None, workers: int, decoder: str = "pil") -> None:
+           progress: Progress | None, workers: int, decoder: str = "pil",
+           resize: tuple[int, str] | None = None) -> None:
     total = len(files)
     probes = _probe(files, workers)
     for p, r in zip(files, probes):
         if r[0] == "fail":
             raise _fail(p, r[1])
-    row_shape, gray = _storage(files, probes, n_train, image_size)
+    row_shape, gray = _storage(files, probes, n_train, image_size, resize)
     row_bytes = int(np.prod(row_shape))
     block = int(min(512, max(8, _BLOCK_BYTES // row_bytes)))
     n_blocks = (total + block - 1) // block
     side = (row_shape[0], image_size) if image_size is not None else None
+    if side is not None and resize is not None:
+        side = (*side, resize[1])  # (stored side, crop, interpolation)
     key = {"files": total, "row_shape": list(row_shape), "gray": gray, "block": block, "side": side}
     partial = path.with_name(path.stem + ".partial.h5")
     f = _open_partial(partial, key, total, row_shape, n_blocks)

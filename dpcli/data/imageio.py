@@ -66,14 +66,15 @@ def center_square_box(w: int, h: int, side: int, crop: int) -> tuple[int, int, i
     return rw, rh, int(round((rw - crop) / 2.0)) - inner, int(round((rh - crop) / 2.0)) - inner
 
 
-def resize_center_square(im, side: int, crop: int):
+def resize_center_square(im, side: int, crop: int, interpolation: str = "bilinear"):
     """Resize the shorter side to ``side`` (torchvision's Resize), then cut the ``side x side`` square whose
     central ``crop x crop`` (offset ``round((side - crop) / 2)``) is exactly torchvision's CenterCrop(crop)."""
     from PIL import Image
 
+    resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[interpolation]
     rw, rh, left, top = center_square_box(*im.size, side, crop)
     if (rw, rh) != im.size:
-        im = im.resize((rw, rh), Image.BILINEAR)
+        im = im.resize((rw, rh), resample)
     return im.crop((left, top, left + side, top + side))
 
 

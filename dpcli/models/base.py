@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from dpcli.registry import Registry
 
 if TYPE_CHECKING:
+    from dpcli.data.base import InputSpec
     from dpcli.models.zoo import Classifier
 
 SOURCES: Registry["ModelSource"] = Registry("model source", "dpcli.models.sources", option="--arch source")
@@ -47,8 +48,8 @@ class ModelSource:
     def build(self, model: str, spec: ModelSpec) -> "Classifier":
         raise NotImplementedError
 
-    def preprocessing(self, model: str, weights: str | None) -> dict | None:
-        """Input size and normalization the weights were trained with, where they define it."""
+    def preprocessing(self, model: str, weights: str | None) -> "InputSpec | None":
+        """Input size and normalization the weights were trained with, where they define it (metadata only)."""
         return None
 
 

@@ -25,6 +25,7 @@ from dpcli.artifacts.lock import artifact_lock
 from dpcli.config import InfluenceConfig, PruneConfig, TrainConfig, default_train_config
 from dpcli.data.sources import Dataset
 from dpcli.errors import DpcliError
+from dpcli.select.base import Context
 from dpcli.select.certificate import Certificate, KeepMask, certify
 from dpcli.select.linalg import float32_rows
 from dpcli.train.loop import (Checkpoint, extract_features, load_checkpoint, load_trained,
@@ -275,10 +276,21 @@ def _reusable_mask(out: Path, info: InfluenceInfo, cfg: PruneConfig, holder: int
     return mask if same else None
 
 
+class _CheckpointContext(Context):
+    """A selector's context whose dataset is loaded as the checkpoint's model saw it (its preprocessing)."""
+
+    def dataset(self) -> Dataset:
+        if self.ds is None:
+            from dpcli.train.loop import dataset_of
+
+            self.ds = dataset_of(load_checkpoint(self._require_checkpoint("the dataset"), weights=False), self.data_root)
+        return self.ds
+
+
 def _prune(influence_path: Path, out: Path, cfg: PruneConfig, info: InfluenceInfo, *, indices_out: Path | None,
            progress: Progress | None, device: torch.device | None, data_root: Path | None,
            ds: Dataset | None) -> MaskInfo:
-    from dpcli.select.base import Context, prune_count, select
+    from dpcli.select.base import prune_count, select
 
     S = load_S(influence_path)
 
@@ -287,10 +299,10 @@ def _prune(influence_path: Path, out: Path, cfg: PruneConfig, info: InfluenceInf
             progress(fraction)
 
     t0 = time.perf_counter()
-    ctx = Context(S=S, labels=_influence_labels(influence_path),
-                  checkpoint=Path(info.checkpoint) if info.checkpoint else None,
-                  device=device or torch.device("cpu"), data_root=data_root, ds=ds, progress=on_progress,
-                  influence=Path(influence_path))
+    ctx = _CheckpointContext(S=S, labels=_influence_labels(influence_path),
+                             checkpoint=Path(info.checkpoint) if info.checkpoint else None,
+                             device=device or torch.device("cpu"), data_root=data_root, ds=ds, progress=on_progress,
+                             influence=Path(influence_path))
     pruned, solver = select(cfg, ctx)
     cert = certify(S, pruned, cfg.epsilon, sketch_k=info.sketch_k)
     if cert.sketch_k:

@@ -37,6 +37,7 @@ DEFAULT_TOL = 1e-7      # head fit: stop when ||grad of the regularized objectiv
 DEFAULT_MAX_ITER = 500
 SOURCE = "embeddings"
 _DENSE_NEWTON_DIM = 4096  # Newton with the dense Hessian up to this d, L-BFGS above
+_HESSIAN_ROWS = 65536     # Newton's Hessian from at most this many (strided) rows; the gradient uses all
 _CHUNK = 8192
 
 
@@ -239,6 +240,18 @@ def fit_head(x: "Tensor", y: "Tensor", num_classes: int, damping: float = DEFAUL
     return out
 
 
+def hessian_rows(n: int, device: Any = None) -> "Tensor | None":
+    """Rows the Newton steps' Hessian is built from: all up to ``_HESSIAN_ROWS``, else that many evenly
+    strided ones (deterministic).  Building the dense Hessian costs n d^2 and dominated the fit at large n;
+    the gradient stays exact, so Newton still converges to the exact optimum (linearly, at a rate set by
+    how well the subsample's curvature matches, instead of quadratically)."""
+    import torch
+
+    if n <= _HESSIAN_ROWS:
+        return None
+    return (torch.arange(_HESSIAN_ROWS, device=device) * n) // _HESSIAN_ROWS
+
+
 def _newton(x, y, w, b, damping: float, tol: float, max_iter: int) -> HeadFit:
     """Damped Newton with a backtracking line search: quadratic convergence on small heads."""
     import torch
@@ -249,11 +262,13 @@ def _newton(x, y, w, b, damping: float, tol: float, max_iter: int) -> HeadFit:
     f, gw, gb = objective(x, y, w, b, damping)
     it = 0
     eye = torch.eye(c * (dim + 1), dtype=torch.float64, device=x.device)
+    rows = hessian_rows(x.shape[0], x.device)
+    xh, yh = (x, y) if rows is None else (x[rows], y[rows])
     while it < max_iter:
         g = torch.cat([gw.reshape(-1), gb])
         if float(g.norm()) <= tol:
             break
-        h = infl.last_layer_hessian(x, y, w, b) + damping * eye
+        h = infl.last_layer_hessian(xh, yh, w, b) + damping * eye
         step = torch.linalg.solve(h, g)
         sw, sb = step[:c * dim].reshape(c, dim), step[c * dim:]
         t = 1.0
@@ -497,8 +512,9 @@ class Refit:
 
 
 def refit(emb: Embeddings, keep: np.ndarray, damping: float, tol: float = DEFAULT_TOL,
-          max_iter: int = DEFAULT_MAX_ITER) -> Refit:
-    """Refit the head on the kept rows only (mean CE over them + damping/2 ||theta||^2), from zero."""
+          max_iter: int = DEFAULT_MAX_ITER, init: tuple | None = None) -> Refit:
+    """Refit the head on the kept rows only (mean CE over them + damping/2 ||theta||^2), from zero or from
+    ``init = (W, b)``: the objective is strongly convex, so the start changes only the number of steps."""
     import torch
 
     keep = np.asarray(keep, dtype=bool)
@@ -509,41 +525,160 @@ def refit(emb: Embeddings, keep: np.ndarray, damping: float, tol: float = DEFAUL
     t0 = time.perf_counter()
     idx = torch.from_numpy(np.flatnonzero(keep))
     x, y = torch.from_numpy(emb.x), torch.from_numpy(emb.y)
-    head = fit_head(x[idx], y[idx], emb.num_classes, damping, tol=tol, max_iter=max_iter)
-    train_loss = _mean_ce(x, y, head)
-    test_loss = test_acc = None
-    if emb.x_test is not None:
-        xt, yt = torch.from_numpy(emb.x_test), torch.from_numpy(emb.y_test)
-        test_loss = _mean_ce(xt, yt, head)
-        test_acc = 100.0 * float((torch.addmm(head.bias, xt.double(), head.weight.T).argmax(1) == yt).double().mean())
-    return Refit(head, train_loss, test_loss, test_acc, time.perf_counter() - t0)
+    head = fit_head(x[idx], y[idx], emb.num_classes, damping, tol=tol, max_iter=max_iter, init=init)
+    return _evaluate(emb, head, time.perf_counter() - t0)
 
 
 def _mean_ce(x: "Tensor", y: "Tensor", head: HeadFit) -> float:
     return objective(x, y, head.weight, head.bias, 0.0)[0]
 
 
-def retrain_head(mask: "MaskInfo", out: Path) -> dict[str, Any]:
-    """``retrain`` for an embeddings run: refit on the kept rows, compare with the full fit; metrics.json."""
-    from dpcli.artifacts.h5 import write_json
+def full_fit(influence: Path | str, emb: Embeddings) -> Refit:
+    """The full-data optimum recorded in ``influence.h5`` (theta), with its losses: no second fit of all rows."""
+    import torch
 
-    emb, damping = reload_embeddings(mask.influence)
-    full = refit(emb, np.ones(emb.n, dtype=bool), damping)
-    sub = refit(emb, mask.keep, damping)
+    from dpcli.artifacts.h5 import get_attr, open_artifact
+
+    t0 = time.perf_counter()
+    with open_artifact(influence, "influence") as f:
+        theta = torch.from_numpy(np.asarray(f["theta"][()], dtype=np.float64))
+        damping = float(get_attr(f, "damping"))
+        fit = (get_attr(f, "head_grad_norm"), get_attr(f, "head_iterations"), get_attr(f, "head_solver"),
+               get_attr(f, "head_loss"))
+    c, dim = emb.num_classes, emb.x.shape[1]
+    head = HeadFit(theta[:c * dim].reshape(c, dim), theta[c * dim:], damping, float(fit[0]), int(fit[1]),
+                   str(fit[2]), float(fit[3]))
+    return _evaluate(emb, head, time.perf_counter() - t0)
+
+
+def _evaluate(emb: Embeddings, head: HeadFit, seconds: float) -> Refit:
+    import torch
+
+    train_loss = _mean_ce(torch.from_numpy(emb.x), torch.from_numpy(emb.y), head)
+    test_loss = test_acc = None
+    if emb.x_test is not None:
+        xt, yt = torch.from_numpy(emb.x_test), torch.from_numpy(emb.y_test)
+        test_loss = _mean_ce(xt, yt, head)
+        correct = 0
+        for a in range(0, xt.shape[0], _CHUNK):
+            logits = torch.addmm(head.bias, xt[a:a + _CHUNK].double(), head.weight.T)
+            correct += int((logits.argmax(1) == yt[a:a + _CHUNK]).sum())
+        test_acc = 100.0 * correct / xt.shape[0]
+    return Refit(head, train_loss, test_loss, test_acc, seconds)
+
+
+def head_config(emb: Embeddings, mask: "MaskInfo", damping: float):
+    """The TrainConfig a head refit is recorded under (its key names the run directory, as for other retrains):
+    a linear model, one full-batch solve, L2 = damping, on the mask's kept rows."""
+    from dpcli.config import TrainConfig
+
+    name = Path(emb.lineage.get("features", "in-memory")).name
+    return TrainConfig(dataset=f"{SOURCE}:{name}", arch="linear", width=int(emb.x.shape[1]), depth=1, epochs=1,
+                       lr=1.0, momentum=0.0, weight_decay=float(damping), batch_size=int(mask.n_kept),
+                       augment=False, seed=0, subset=mask.fingerprint)
+
+
+def head_checkpoint_path(mask: "MaskInfo", damping: float) -> Path:
+    """Where ``retrain`` (and ``verify-bound``) put the refit of ``mask``: beside it, keyed like other retrains."""
+    from dpcli.artifacts.runs import retrain_path
+
+    emb_stub = Embeddings(np.empty((0, 0), np.float32), np.empty(0, np.int64), 0)
+    return retrain_path(Path(mask.path), head_config(emb_stub, mask, damping).replace(dataset=SOURCE, width=1))
+
+
+def _reusable_head(out: Path, mask: "MaskInfo", emb: Embeddings, damping: float) -> dict | None:
+    """The metrics of a refit already at ``out`` for this very mask, features and L2 (else None)."""
+    import h5py
+
+    from dpcli.artifacts.h5 import get_attr
+
+    if not out.is_file() or not h5py.is_hdf5(str(out)):
+        return None
+    try:
+        with h5py.File(out, "r") as f:
+            lineage = get_attr(f, "lineage") or {}
+            ok = (get_attr(f, "dpcli_kind") == "checkpoint" and get_attr(f, "source") == SOURCE
+                  and lineage.get("mask_fingerprint") == mask.fingerprint
+                  and get_attr(f, "dataset_fingerprint") == emb.fingerprint
+                  and float(get_attr(f, "damping", float("nan"))) == float(damping) and bool(get_attr(f, "complete")))
+            return dict(get_attr(f, "metrics")) if ok else None
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+def write_head_checkpoint(out: Path, sub: Refit, emb: Embeddings, mask: "MaskInfo", damping: float,
+                          metrics: dict[str, Any]) -> None:
+    """The refit as a checkpoint artifact (atomic, lineage, readable by :func:`dpcli.train.loop.load_checkpoint`):
+    ``model/head.weight`` (C x D) and ``model/head.bias`` in float64, one history row, the kept indices."""
+    from dpcli.artifacts.h5 import array_fingerprint, atomic_h5, set_attr
+    from dpcli.train.loop import EpochRecord
+
+    weight, bias = sub.head.weight.cpu().numpy(), sub.head.bias.cpu().numpy()
+    config = head_config(emb, mask, damping)
+    rec = EpochRecord(epoch=1, train_loss=sub.train_loss,
+                      train_acc=float("nan"), test_loss=float("nan") if sub.test_loss is None else sub.test_loss,
+                      test_acc=float("nan") if sub.test_accuracy is None else sub.test_accuracy,
+                      seconds=sub.seconds, steps=sub.head.iterations, lr=1.0)
+    lineage = {"mask": str(Path(mask.path).resolve()), "mask_fingerprint": mask.fingerprint,
+               "influence": str(mask.influence), **emb.lineage}
+    attrs = {
+        "config": config.to_dict(), "dataset": config.dataset, "dataset_fingerprint": emb.fingerprint,
+        "n_train": emb.n, "skipped_files": {"count": 0, "first": []}, "num_classes": emb.num_classes, "epoch": 1,
+        "complete": True, "fingerprint": array_fingerprint(weight, bias), "lineage": lineage, "world_size": 1,
+        "source": SOURCE, "damping": float(damping), "head_solver": sub.head.solver,
+        "head_iterations": sub.head.iterations, "head_grad_norm": sub.head.grad_norm, "head_loss": sub.head.loss,
+        "metrics": metrics,
+        "note": "the last layer refitted to the optimum of mean CE + damping/2 ||[W, b]||^2 on the kept rows",
+    }
+    with atomic_h5(out, "checkpoint", attrs) as f:
+        g = f.create_group("model")
+        g.create_dataset("head.weight", data=weight)
+        g.create_dataset("head.bias", data=bias)
+        set_attr(f.create_group("optimizer"), "param_groups", [])
+        set_attr(f, "scheduler", {})
+        h = f.create_group("history")
+        for key in EpochRecord.__dataclass_fields__:
+            h.create_dataset(key, data=np.array([getattr(rec, key)], dtype=np.float64))
+        f.create_dataset("keep_indices", data=mask.keep_indices)
+
+
+def retrain_head(mask: "MaskInfo", out: Path | None = None, *, force: bool = False,
+                 info: Callable[[str], None] | None = None,
+                 loaded: tuple[Embeddings, float] | None = None) -> dict[str, Any]:
+    """``retrain`` for an embeddings run: refit on the kept rows, compared with the full-data optimum.
+
+    Writes a checkpoint artifact (reused when it was made from this mask, these features and this L2)
+    and ``metrics.json`` beside it; returns the metrics.  ``loaded``: the run's features, already
+    checked by :func:`reload_embeddings` (verify-bound refits several masks of one run)."""
+    from dpcli.artifacts.h5 import check_writable, write_json
+
+    emb, damping = loaded if loaded is not None else reload_embeddings(mask.influence)
+    if mask.n != emb.n:
+        raise DpcliError(f"{mask.path}: mask has n={mask.n} but the features have {emb.n} rows")
+    out = Path(out) if out is not None else head_checkpoint_path(mask, damping)
+    cached = None if force else _reusable_head(out, mask, emb, damping)
+    if cached is not None:
+        if info is not None:
+            info(f"reusing {out}")
+        return cached
+    check_writable(out)
+    full = full_fit(mask.influence, emb)
+    # from the full-data optimum: pruning moves it little, so Newton needs a few steps instead of ~8 from zero
+    sub = refit(emb, mask.keep, damping, init=(full.head.weight, full.head.bias))
     metrics = {
-        "mask": str(mask.path), "influence": mask.influence, "n_kept": mask.n_kept, "n_pruned": mask.n_pruned,
-        "prune_ratio": mask.n_pruned / mask.n, "mode": "head refit on frozen features", "damping": damping,
-        "head_grad_norm": sub.head.grad_norm, "head_iterations": sub.head.iterations,
-        "head_solver": sub.head.solver, "train_seconds": sub.seconds,
+        "checkpoint": str(out), "mask": str(mask.path), "influence": mask.influence, "n_kept": mask.n_kept,
+        "n_pruned": mask.n_pruned, "prune_ratio": mask.n_pruned / mask.n, "arch": "linear", "epochs": 1,
+        "mode": "head refit on frozen features", "damping": damping,
+        "head_grad_norm": sub.head.grad_norm, "head_iterations": sub.head.iterations, "head_solver": sub.head.solver,
+        "optimizer_steps": sub.head.iterations, "train_seconds": sub.seconds,
         "test_loss": sub.test_loss, "test_accuracy": sub.test_accuracy, "train_loss_all": sub.train_loss,
         "full_data_test_loss": full.test_loss, "full_data_test_accuracy": full.test_accuracy,
         "full_data_train_loss_all": full.train_loss,
         "parameter_change": float(np.sqrt(float((sub.head.weight - full.head.weight).pow(2).sum()
                                                 + (sub.head.bias - full.head.bias).pow(2).sum()))),
+        "metrics_file": str(out.with_name("metrics.json")),
     }
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, weight=sub.head.weight.numpy(), bias=sub.head.bias.numpy(), keep=mask.keep)
+    write_head_checkpoint(out, sub, emb, mask, damping, metrics)
     write_json(out.with_name("metrics.json"), metrics)
     return metrics
 
@@ -625,7 +760,8 @@ def prune_external(path: Path | str, out: Path, cfg: "PruneConfig", *, indices_o
 
 
 # ------------------------------------------------------------------------------------------ verify-bound
-def verify_bound(influence: Path, masks: list["MaskInfo"], out_dir: Path, *, random_seed: int = 0) -> dict:
+def verify_bound(influence: Path, masks: list["MaskInfo"], out_dir: Path, *, random_seed: int = 0,
+                 force: bool = False, info_line: Callable[[str], None] | None = None) -> dict:
     """Theorem 1 on an embeddings run: predicted bound beside the observed test-loss gap of exact refits
     (no seed noise: every fit is deterministic and run to its optimum).  Each mask is paired with random
     pruning of the same count."""
@@ -638,7 +774,7 @@ def verify_bound(influence: Path, masks: list["MaskInfo"], out_dir: Path, *, ran
         raise DpcliError(f"{influence}: verify-bound needs test features; rerun influence with "
                          "--test-features and --test-labels")
     info = read_influence_info(influence)
-    full = refit(emb, np.ones(emb.n, dtype=bool), damping)
+    full = full_fit(influence, emb)
     rows: list[BoundRow] = []
     for mi in masks:
         if Path(mi.influence).resolve() != Path(influence).resolve():
@@ -648,13 +784,13 @@ def verify_bound(influence: Path, masks: list["MaskInfo"], out_dir: Path, *, ran
         for label, m in ((f"{mi.mode} {mi.target:g}", mi), (f"random {mi.n_pruned}", rnd)):
             if m.n_pruned == 0:
                 continue
-            sub = refit(emb, m.keep, damping)
+            sub = retrain_head(m, force=force, info=info_line, loaded=(emb, damping))  # the same checkpoint `retrain` writes (reused)
             norm, bound, first = predict(Path(influence), ~m.keep)
             rows.append(BoundRow(label=label, method=m.method, mask=str(m.path), n_pruned=m.n_pruned,
                                  prune_ratio=m.n_pruned / m.n, epsilon=m.target if m.mode == "epsilon" else None,
                                  norm=norm, predicted_bound=bound, first_order=first,
-                                 observed_gap=sub.test_loss - full.test_loss, test_loss=sub.test_loss,
-                                 test_accuracy=sub.test_accuracy))
+                                 observed_gap=sub["test_loss"] - full.test_loss, test_loss=sub["test_loss"],
+                                 test_accuracy=sub["test_accuracy"]))
     report = {"command": "verify-bound", "source": SOURCE, "influence": str(influence), "n": emb.n,
               "full_test_loss": full.test_loss, "full_test_accuracy": full.test_accuracy,
               "note": "head refits to the optimum on frozen features: the observed gap has no seed noise",
@@ -680,7 +816,7 @@ def freeze_backbone(config, ds, out_dir: Path, *, device: Any, icfg: "InfluenceC
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     key = config_key({k: v for k, v in config.to_dict().items()
-                      if k in ("dataset", "arch", "weights", "head_module", "width", "depth", "seed")})
+                      if k in ("dataset", "arch", "weights", "head_module", "width", "depth", "seed", "image_size")})
     files = {s: (out_dir / f"{s}-features-{key}.npy", out_dir / f"{s}-labels-{key}.npy") for s in ("train", "test")}
     if not all(p.exists() for pair in files.values() for p in pair):
         model = make_model(config, ds).to(device).eval()
@@ -691,6 +827,10 @@ def freeze_backbone(config, ds, out_dir: Path, *, device: Any, icfg: "InfluenceC
     elif info is not None:
         info(f"reusing cached backbone features in {out_dir}")
     emb = load_embeddings(*files["train"], *files["test"], num_classes=ds.num_classes)
+    if ds.input is not None:  # the features were computed with the weights' own preprocessing
+        from dpcli.models import preprocess
+
+        emb.lineage[preprocess.LINEAGE_KEY] = preprocess.to_dict(ds.input)
     damping = damping if damping is not None else (config.weight_decay or DEFAULT_DAMPING)
     return embeddings_influence(emb, out_dir / "influence.h5", icfg, damping=damping,
                                 device=torch.device("cpu"), info=info)

@@ -23,6 +23,7 @@ from dpcli.errors import DpcliError
 if TYPE_CHECKING:
     import torch
 
+    from dpcli.data.base import InputSpec
     from dpcli.data.sources import Dataset
     from dpcli.stages.bound import BoundRow
     from dpcli.stages.core import InfluenceInfo, MaskInfo
@@ -89,21 +90,51 @@ def check_prune(cfg: PruneConfig, n: int | None = None) -> None:
 
 
 # --------------------------------------------------------------------------- the stages, cached
-def load(dataset: str, data_root: Path | None, image_size: int | None = None) -> "Dataset":
-    """The dataset, read the way the model sees it (``--image-size``: crop side for mixed-size images)."""
+def load(dataset: str, data_root: Path | None, image_size: int | None = None,
+         spec: "InputSpec | None" = None) -> "Dataset":
+    """The dataset, read the way the model sees it (``--image-size``: crop side for mixed-size images;
+    ``spec``: the pretrained weights' preprocessing, :func:`input_spec`)."""
     from dpcli.data.sources import load_dataset
 
     with console.progress_bar(f"load {dataset}", transient=True) as update:
-        return load_dataset(dataset, data_root, progress=lambda done, total: update(done, total),
-                            image_size=image_size)
+        ds = load_dataset(dataset, data_root, progress=lambda done, total: update(done, total),
+                          image_size=image_size, input=spec)
+    if spec is not None:
+        _, h, w, _ = ds.train.images.shape
+        size = f"{ds.train.crop}x{ds.train.crop} crops" if ds.train.crop else f"{h}x{w} (only image folders are resized)"
+        console.info(f"preprocessing of {spec.source}: {size}, mean {_fmt(ds.mean)}, std {_fmt(ds.std)}")
+    return ds
+
+
+def _fmt(values) -> str:
+    return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
+
+
+def input_spec(arch: str | None, weights: str | None, image_size: int | None,
+               upstream: "Checkpoint | None" = None) -> "InputSpec | None":
+    """The preprocessing a command's model expects: the upstream checkpoint's recorded one unless the
+    model options change, else the weights' own (dpcli.models.preprocess)."""
+    from dpcli.models import preprocess
+
+    if upstream is not None and arch is None and weights is None and image_size is None:
+        return preprocess.of_checkpoint(upstream)
+    base = upstream.config if upstream is not None else None
+    if arch is None and base is None:
+        return None
+    return preprocess.resolve(arch or base.arch, weights or (base.weights if base else None),
+                              image_size or (base.image_size if base else None))
 
 
 def train_config(ds: "Dataset", overrides: dict[str, Any]) -> TrainConfig:
     """The dataset's default training configuration with the user's overrides (None = default).
 
-    The input pipeline is part of the model, so ``image_size`` is the one the dataset was loaded with.
+    The input pipeline is part of the model, so ``image_size`` is the one the dataset was loaded with
+    (with the weights' preprocessing, only an explicit --image-size is recorded: the weights define the rest).
     """
-    return default_train_config(ds.name, ds.augment).replace(**overrides, image_size=ds.train.crop).validate()
+    from dpcli.models import preprocess
+
+    size = ds.train.crop if ds.input is None or preprocess.explicit_size(ds.input) else None
+    return default_train_config(ds.name, ds.augment).replace(**overrides).replace(image_size=size).validate()
 
 
 def run_root_of(run_root: Path | None) -> Path:

@@ -27,6 +27,7 @@ from dpcli.config import TrainConfig
 from dpcli.data.sources import Dataset, Split, iterate_batches, load_dataset
 from dpcli.train.dynamics import Dynamics, DynamicsRecorder, default_snapshot_epochs, read_snapshots
 from dpcli.errors import ArtifactBusy, DpcliError
+from dpcli.models import preprocess
 from dpcli.models.zoo import Classifier, build_model
 from dpcli.train import epochlog
 from dpcli.train.trajectory import TrajectoryRecorder
@@ -177,9 +178,7 @@ def train(
     Per-sample training dynamics and snapshots (:mod:`dpcli.dynamics`) are recorded too.
     """
     config.validate()
-    if config.image_size != ds.train.crop:  # the pipeline is part of the model: load the data the same way
-        raise DpcliError(f"the run is configured with --image-size {config.image_size} but the dataset was loaded "
-                         f"with {ds.train.crop}; pass the same --image-size to every command")
+    preprocess.check(preprocess.for_config(config), config.image_size, ds, "the run")  # the pipeline is part of the model
     out = Path(out)
     if dist is not None and not dist.is_main:  # rank 0 holds the lock and writes for all ranks
         return _train_locked(config, ds, out, device=device, keep_indices=keep_indices, force=force,
@@ -492,7 +491,7 @@ def save_checkpoint(path: Path, model: Classifier, optimizer: torch.optim.Optimi
         "epoch": len(history),
         "complete": bool(complete),
         "fingerprint": fingerprint,
-        "lineage": lineage or {},
+        "lineage": _with_input(lineage, ds),
         "world_size": int(world_size),  # processes that trained it (torchrun); 1 = single process
     }
     guard = None if replace_newer else _no_regression(len(history))
@@ -515,8 +514,16 @@ def save_checkpoint(path: Path, model: Classifier, optimizer: torch.optim.Optimi
         epochlog.clear(path)  # everything is inside the checkpoint now
     return Checkpoint(path=path, config=config, dataset_fingerprint=ds.fingerprint, n_train=len(ds.train.labels),
                       num_classes=ds.num_classes, epoch=len(history), complete=complete, fingerprint=fingerprint,
-                      history=list(history), state=state, keep_indices=keep_indices, lineage=lineage or {},
+                      history=list(history), state=state, keep_indices=keep_indices, lineage=_with_input(lineage, ds),
                       world_size=int(world_size))
+
+
+def _with_input(lineage: dict | None, ds: Dataset) -> dict:
+    """The lineage, plus the model's preprocessing when the data were loaded with one (later stages reuse it)."""
+    out = dict(lineage or {})
+    if ds.input is not None:
+        out[preprocess.LINEAGE_KEY] = preprocess.to_dict(ds.input)
+    return out
 
 
 def _write_optimizer(g: h5py.Group, optimizer: torch.optim.Optimizer) -> None:
@@ -578,17 +585,21 @@ def load_trained(path: Path | str, device: torch.device, data_root: Path | None 
     if not ck.complete:
         raise DpcliError(f"{path}: training is not complete (epoch {ck.epoch}/{ck.config.epochs}); run `dpcli train` again to resume")
     if ds is None:
-        ds = load_dataset(ck.config.dataset, data_root, image_size=ck.config.image_size)
+        ds = dataset_of(ck, data_root)
     check_dataset(ck, ds)
     model = make_model(ck.config, ds, pretrained=False)
     model.load_state_dict(ck.state)
     return model.to(device).eval(), ck, ds
 
 
+def dataset_of(ck: Checkpoint, data_root: Path | None = None) -> Dataset:
+    """The checkpoint's dataset, loaded as its model saw it (--image-size, the preprocessing in its lineage)."""
+    return load_dataset(ck.config.dataset, data_root, image_size=ck.config.image_size,
+                        input=preprocess.of_checkpoint(ck))
+
+
 def check_dataset(ck: Checkpoint, ds: Dataset) -> None:
-    if ck.config.image_size != ds.train.crop:
-        raise DpcliError(f"{ck.path}: the model was trained with --image-size {ck.config.image_size} but the dataset "
-                         f"was loaded with {ds.train.crop}; pass the same --image-size")
+    preprocess.check(preprocess.of_checkpoint(ck), ck.config.image_size, ds, str(ck.path))
     if ck.dataset_fingerprint != ds.fingerprint:
         raise DpcliError(
             f"{ck.path}: checkpoint was made for dataset {ck.config.dataset!r} with fingerprint "

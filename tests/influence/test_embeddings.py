@@ -4,6 +4,7 @@ solve, the CLI end to end on generated and on shipped data, external S, and ever
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -71,6 +72,21 @@ def test_head_fit_converges_to_the_optimum(solver):
     assert abs(float(obj.detach()) - f) < 1e-12
 
 
+def test_newton_with_a_subsampled_hessian_reaches_the_same_optimum(monkeypatch):
+    """Large n: the Newton steps' Hessian comes from strided rows, the gradient from all; same optimum."""
+    x, y = blobs(400, 5, 3, seed=3)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    exact = E.fit_head(xt, yt, 3, 1e-2, tol=1e-10)
+    monkeypatch.setattr(E, "_HESSIAN_ROWS", 100)
+    assert E.hessian_rows(400).tolist() == list(range(0, 400, 4)) and E.hessian_rows(100) is None
+    sub = E.fit_head(xt, yt, 3, 1e-2, tol=1e-10)
+    f, gw, gb = E.objective(xt, yt, sub.weight, sub.bias, 1e-2)
+    # linear instead of quadratic convergence (27 steps instead of 6 with 5.5 rows per parameter; dpcli's
+    # 65,536 rows give >= 16 per parameter at the largest dense head)
+    assert float(torch.cat([gw.reshape(-1), gb]).norm()) <= 1e-10 and exact.iterations < sub.iterations < 40
+    assert float(torch.cat([(sub.weight - exact.weight).reshape(-1), sub.bias - exact.bias]).norm()) < 1e-8 / 1e-2
+
+
 def test_sketch_first_solve_equals_S_times_R(tmp_path):
     x, y = blobs(90, 5, 3, seed=2)
     emb = E.from_arrays(x, y)
@@ -128,6 +144,73 @@ def test_cli_end_to_end_on_generated_features(tmp_path, capsys):
     assert rows[0]["n_pruned"] == summary["n_pruned"]
     assert abs(rows[0]["observed_gap"] - (ref.test_loss - full.test_loss)) < 1e-9  # deterministic: no seed noise
     assert abs(rows[0]["norm"] - norm) < 1e-6 and rows[1]["label"].startswith("random")
+
+
+def _independent_fit(x: np.ndarray, y: np.ndarray, c: int, lam: float) -> np.ndarray:
+    """Newton on mean CE + lam/2 ||[W, b]||^2 with autograd's gradient and Hessian (none of dpcli's kernels)."""
+    xt, yt = torch.from_numpy(x).double(), torch.from_numpy(y)
+    dim = x.shape[1]
+
+    def f(t):
+        logits = xt @ t[:c * dim].reshape(c, dim).T + t[c * dim:]
+        return torch.nn.functional.cross_entropy(logits, yt) + 0.5 * lam * t.pow(2).sum()
+
+    t = torch.zeros(c * (dim + 1), dtype=torch.float64)
+    for _ in range(30):
+        g = torch.autograd.functional.jacobian(f, t)
+        t = t - torch.linalg.solve(torch.autograd.functional.hessian(f, t), g)
+    assert float(torch.autograd.functional.jacobian(f, t).norm()) < 1e-12
+    return t.numpy()
+
+
+def test_retrain_writes_a_checkpoint_equal_to_an_independent_refit(tmp_path, capsys):
+    """retrain on an embeddings run: a checkpoint artifact (atomic, lineage, keep indices) holding the head
+    refitted on the kept rows; equal to an independent Newton refit; verify-bound reuses it."""
+    from dpcli.train.loop import load_checkpoint
+
+    lam = 0.02
+    x, y = blobs(120, 4, 3, seed=8)
+    xt, yt = blobs(50, 4, 3, seed=9)
+    f, l = _write(tmp_path, "f.npy", x), _write(tmp_path, "l.npy", y)
+    tf, tl = _write(tmp_path, "tf.npy", xt), _write(tmp_path, "tl.npy", yt)
+    inf, mask = tmp_path / "influence.h5", tmp_path / "mask.h5"
+    assert run_cli(["influence", "--features", f, "--labels", l, "--test-features", tf, "--test-labels", tl,
+                    "--damping", lam, "--out", inf, "--quiet"]) == (0, "", "")
+    assert run_cli(["prune", inf, "--prune-ratio", "0.25", "--out", mask, "--quiet"]) == (0, "", "")
+    with h5py.File(mask, "r") as h:
+        keep = h["keep"][()]
+        mask_fp = h.attrs["fingerprint"]
+    code, out, err = run_cli(["retrain", f, "--mask", mask, "--json", "--quiet"], capsys)
+    assert code == 0, err
+    metrics = json.loads(out)
+    ck = load_checkpoint(metrics["checkpoint"])  # the same reader as every other checkpoint
+    assert ck.complete and ck.config.subset == mask_fp and ck.lineage["mask_fingerprint"] == mask_fp
+    assert ck.lineage["features_sha256"] == E.file_sha256(f) and ck.n_train == 120 and ck.num_classes == 3
+    np.testing.assert_array_equal(ck.keep_indices, np.flatnonzero(keep))
+    want = _independent_fit(x[keep], y[keep], 3, lam)
+    got = torch.cat([ck.state["head.weight"].reshape(-1), ck.state["head.bias"]]).numpy()
+    # strong convexity (Hessian >= lam I): ||theta - theta*|| <= ||grad|| / lam, the solver's stopping point
+    assert np.linalg.norm(got - want) <= metrics["head_grad_norm"] / lam + 1e-12 and metrics["head_grad_norm"] < 1e-7
+    logits = xt.astype(np.float64) @ want[:12].reshape(3, 4).T + want[12:]
+    loss = float(np.mean(np.log(np.exp(logits).sum(1)) - logits[np.arange(50), yt]))
+    acc = 100.0 * float(np.mean(logits.argmax(1) == yt))
+    assert abs(metrics["test_loss"] - loss) < 1e-6 and metrics["test_accuracy"] == pytest.approx(acc, abs=1e-9)
+    assert ck.final.test_loss == metrics["test_loss"] and ck.final.test_acc == metrics["test_accuracy"]
+    full = _independent_fit(x, y, 3, lam)  # the full-data optimum comes from influence.h5's theta
+    assert metrics["parameter_change"] == pytest.approx(float(np.linalg.norm(want - full)), abs=1e-5)
+    # verify-bound refits the same mask through the same artifact: reused, not recomputed
+    before = Path(metrics["checkpoint"]).stat().st_mtime_ns
+    code, out, err = run_cli(["verify-bound", inf, "--mask", mask, "--out", tmp_path / "vb", "--json"], capsys)
+    assert code == 0, err
+    assert f"reusing {metrics['checkpoint']}" in err and Path(metrics["checkpoint"]).stat().st_mtime_ns == before
+    assert json.loads(out)["rows"][0]["test_loss"] == metrics["test_loss"]
+    # another mask into the same --out is refitted, not mistaken for the artifact already there
+    assert run_cli(["prune", inf, "--prune-ratio", "0.5", "--out", tmp_path / "m50.h5", "--quiet"]) == (0, "", "")
+    code, out, err = run_cli(["retrain", f, "--mask", tmp_path / "m50.h5", "--out", metrics["checkpoint"], "--json",
+                              "--quiet"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["n_kept"] == 60 and len(load_checkpoint(metrics["checkpoint"]).keep_indices) == 60
+    _bad(tmp_path, capsys, ["retrain", f, "--mask", mask, "--out", tmp_path / "head.npz"], "ending in .h5")
 
 
 def test_cli_on_shipped_digits_pixels(tmp_path, capsys):

@@ -45,10 +45,13 @@ def memory_budget() -> int:
     return int(float(m.group(1)) * scale)
 
 
-def _cache_key(root: Path, layout: layouts.Layout, image_size: int | None) -> str:
+def _cache_key(root: Path, layout: layouts.Layout, image_size: int | None,
+               resize: tuple[int, str] | None = None) -> str:
     prefix = len(str(root)) + 1
     h = hashlib.sha256()
     h.update(f"dpcli-imagefolder-v{cache.CACHE_VERSION}\0{root}\0{layout.kind}\0{image_size}\0".encode())
+    if resize is not None:  # absent otherwise: caches built before model preprocessing keep their keys
+        h.update(f"resize:{resize}\0".encode())
     for split, items in (("train", layout.train), ("test", layout.test)):
         h.update(f"[{split}]\0".encode())
         rows = []
@@ -79,13 +82,16 @@ class ImageFolder(DatasetSource):
             raise DpcliError("imagefolder: needs a path, e.g. imagefolder:/data/mydataset.")
         root = Path(path).expanduser().resolve()
         layout = layouts.scan(root)
-        key = _cache_key(root, layout, request.image_size)
+        spec = request.input
+        image_size = spec.crop if spec is not None else request.image_size
+        resize = (spec.resize, spec.interpolation) if spec is not None else None
+        key = _cache_key(root, layout, image_size, resize)
         cache_path = request.data_root / "imagefolder-cache" / f"{key}.h5"
         files = [p for p, _ in layout.train] + [p for p, _ in layout.test]
         labels = np.array([lab for _, lab in layout.train] + [lab for _, lab in layout.test], dtype=np.int64)
         try:
-            info = cache.open_or_build(cache_path, files, labels, len(layout.train), request.image_size,
-                                       request.progress)
+            info = cache.open_or_build(cache_path, files, labels, len(layout.train), image_size,
+                                       request.progress, resize=resize)
         except OSError as exc:
             raise DpcliError(f"cannot write the image cache in {cache_path.parent} ({exc.strerror or exc}); "
                              "pass --data-root or set DPCLI_DATA to a writable folder") from None

@@ -52,9 +52,28 @@ class Timm(ModelSource):
                                  expects_channels=int(getattr(net, "default_cfg", {}).get("input_size", (3,))[0]),
                                  head_module=spec.head_module)
 
-    def preprocessing(self, model: str, weights: str | None) -> dict | None:
-        timm = _timm()
-        if not weights or Path(weights).suffix:
+    def preprocessing(self, model: str, weights: str | None):
+        """The pretrained config's eval transform (timm's ``transforms_imagenet_eval``: resize the shorter side
+        to floor(size / crop_pct), center crop); read from timm's registry, nothing is downloaded."""
+        import math
+
+        from dpcli.models.preprocess import is_local, make_spec
+
+        if not weights or is_local(weights):
             return None
-        cfg = timm.data.resolve_data_config({}, model=timm.create_model(model, pretrained=False))
-        return {"mean": list(cfg["mean"]), "std": list(cfg["std"]), "crop_size": list(cfg["input_size"][1:])}
+        timm = _timm()
+        self.check(model)
+        name = model if weights.upper() == "DEFAULT" else f"{model.split('.')[0]}.{weights}"
+        try:
+            pretrained = timm.models.get_pretrained_cfg(name)
+        except Exception:  # noqa: BLE001 - an unknown tag
+            pretrained = None
+        if pretrained is None:
+            raise DpcliError(f"--weights {weights!r}: timm has no pretrained config {name!r} "
+                             "(timm.list_pretrained() lists them)")
+        cfg = timm.data.resolve_data_config(pretrained_cfg=pretrained.to_dict())
+        if cfg.get("crop_mode", "center") != "center":
+            raise DpcliError(f"timm:{name}: crop mode {cfg['crop_mode']!r} is not supported; pass --image-size N")
+        size = cfg["input_size"][1:]
+        resize = [math.floor(s / cfg["crop_pct"]) for s in size]
+        return make_spec(size, resize, cfg["mean"], cfg["std"], cfg["interpolation"], f"timm:{name}")

@@ -76,9 +76,13 @@ class TorchVision(ModelSource):
         return LibraryClassifier(net, spec.num_classes, f"torchvision:{model}", in_channels=spec.in_channels,
                                  head_module=spec.head_module)
 
-    def preprocessing(self, model: str, weights: str | None) -> dict | None:
-        if not weights or Path(weights).suffix:
+    def preprocessing(self, model: str, weights: str | None):
+        """The Weights enum's eval transforms (metadata only: building them downloads nothing)."""
+        from dpcli.models.preprocess import is_local, make_spec
+
+        if not weights or is_local(weights):
             return None
-        t = self.weights_enum(model, weights).transforms()
-        return {"mean": list(t.mean), "std": list(t.std), "crop_size": list(t.crop_size),
-                "resize_size": list(t.resize_size)}
+        self.check(model)
+        enum = self.weights_enum(model, weights)
+        t = enum.transforms()
+        return make_spec(t.crop_size, t.resize_size, t.mean, t.std, t.interpolation, f"torchvision:{enum}")
