@@ -682,7 +682,7 @@ def report(args: argparse.Namespace) -> None:
     text = path.read_text()
     for name, regime in REGIMES.items():
         cells = list(cells_by_regime.get(name, {}).values())
-        methods = [m for m in METHODS if (name, m) not in NOT_APPLICABLE]
+        methods = [m for m in regime.methods if (name, m) not in NOT_APPLICABLE]  # the preset's list, in order
         body = regime_report(regime, cells, methods, auto_present)
         text = replace_section(text, name, body)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
