@@ -126,7 +126,7 @@ class Regime:
     def train_config(self, dataset: str, device: torch.device, **changes) -> TrainConfig:
         cfg = TrainConfig(dataset=dataset, arch=self.arch, width=self.width, depth=self.depth, epochs=self.epochs,
                           lr=self.lr, batch_size=self.batch_size, augment=self.augment, seed=0,
-                          channels_last=device.type == "cuda")  # a speed flag only (bf16 autocast is dpcli's CUDA default)
+                          channels_last=True if device.type == "cuda" else None)  # a speed flag only (bf16 autocast is dpcli's CUDA default)
         return cfg.replace(**changes)
 
     def tiny(self) -> "Regime":

@@ -63,8 +63,9 @@ class TrainConfig:
             if d[key] is None:
                 d.pop(key)
         for key in _SPEED_FIELDS:
-            if not d[key]:
+            if d[key] is None or (d[key] is False and key != "channels_last"):
                 d.pop(key)  # unset speed options leave the run key of older runs unchanged
+            # channels_last=False (off even on CUDA) differs from None (the device's default) and is kept
         return d
 
     @classmethod

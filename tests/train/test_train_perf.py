@@ -190,6 +190,8 @@ def test_speed_options_enter_the_run_key_only_when_set():
     assert not {"channels_last", "compile", "deterministic"} & set(base.to_dict())
     on = base.replace(channels_last=True)
     assert on.to_dict()["channels_last"] is True and TrainConfig.from_dict(on.to_dict()) == on
+    off = base.replace(channels_last=False)  # off even on CUDA: a setting of its own, and it round-trips
+    assert off.to_dict()["channels_last"] is False and TrainConfig.from_dict(off.to_dict()) == off
     assert TrainConfig.from_dict(base.to_dict()) == base
 
 
