@@ -152,5 +152,7 @@ def test_start_up_budget(tmp_path):
             subprocess.run(cmd, capture_output=True, env=env, cwd=ROOT)
             times[name].append(time.perf_counter() - t0)
     base = min(times["pass"])
+    # a ratio on a slow interpreter start (pyenv shims: ~0.3 s), a fixed 0.15 s on a fast one (a venv: ~0.04 s,
+    # where reading the replay files alone is a sizeable ratio); Typer's path costs 0.5-2 s either way
     for name in ("help", "error"):
-        assert min(times[name]) < 1.6 * base, (name, min(times[name]), base)
+        assert min(times[name]) < max(1.6 * base, base + 0.15), (name, min(times[name]), base)
