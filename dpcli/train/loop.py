@@ -268,6 +268,16 @@ def _train_locked(config: TrainConfig, ds: Dataset, out: Path, *, device: torch.
     if config.compile:
         net = _compiled(net)
     compiled_unproven = config.compile  # until its first step has run: see _first_compiled_step
+
+    def forward_backward(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            logits = module(_memory_format(x, model))
+        losses = F.cross_entropy(logits.float(), y, reduction="none")
+        loss = losses.mean() if dist is None else dist.loss(losses)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        return logits, losses, loss
+
     if dist is not None:
         on_batch = dist.progress(on_batch)
     save = save_checkpoint if dist is None else dist.save  # rank 0 writes, the others wait
@@ -293,15 +303,6 @@ def _train_locked(config: TrainConfig, ds: Dataset, out: Path, *, device: torch.
         # [loss sum, correct, non-finite steps, samples], summed on the device: no host sync per step
         stats = torch.zeros(4, dtype=torch.float64, device=device)
         steps = seen = 0
-        def forward_backward(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = module(_memory_format(x, model))
-            losses = F.cross_entropy(logits.float(), y, reduction="none")
-            loss = losses.mean() if dist is None else dist.loss(losses)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            return logits, losses, loss
-
         for x, y, idx in batches:
             if compiled_unproven:
                 net, (logits, losses, loss) = _first_compiled_step(net, eager, forward_backward, x, y)
