@@ -193,15 +193,15 @@ class PruneConfig:
                 raise DpcliError("--hard-cutoff Fx is relative to the prune ratio; give --prune-ratio or --prune-count")
         if self.match_features and self.epsilon is not None:
             raise DpcliError("--match-features needs --prune-ratio or --prune-count")
+        solvers = [n for n in SELECTORS.names() if SELECTORS.get(n).solves]
         if self.uses_coverage and not selector.coverage:
-            takes = ", ".join(n for n in SELECTORS.names()
-                              if SELECTORS.get(n).coverage and n not in ("optimization", "auto"))
-            raise DpcliError(f"--balance/--strata/--hard-cutoff/--match-features apply to --method optimization "
-                             f"and auto (--hard-cutoff also to {takes}), not {self.method}")
+            takes = ", ".join(n for n in SELECTORS.names() if SELECTORS.get(n).coverage and n not in solvers)
+            raise DpcliError(f"--balance/--strata/--hard-cutoff/--match-features apply to --method "
+                             f"{' and '.join(solvers)} (--hard-cutoff also to {takes}), not {self.method}")
         if not selector.epsilon_mode and self.epsilon is not None:
             raise DpcliError(f"--method {self.method} has no epsilon mode; give --prune-ratio or --prune-count")
-        if self.method not in ("optimization", "auto") and self.buckets != 1:
-            raise DpcliError("--buckets applies to --method optimization and auto only")
+        if not selector.solves and self.buckets != 1:
+            raise DpcliError(f"--buckets applies to --method {' and '.join(solvers)} only")
         return self
 
     def check_against(self, n: int) -> "PruneConfig":

@@ -119,6 +119,7 @@ class Selector:
     help: ClassVar[str] = ""
     epsilon_mode: ClassVar[bool] = False  # can it honour --epsilon (prune within a norm bound)?
     coverage: ClassVar[bool] = False  # does it read --balance / --strata / --hard-cutoff / --match-features?
+    solves: ClassVar[bool] = False  # does it minimize ||sum S|| with --solver/--buckets (and all coverage options)?
     auto_cutoff: ClassVar[bool] = False  # is its default --hard-cutoff the CCS schedule ("auto") rather than 0?
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

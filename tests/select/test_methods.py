@@ -160,7 +160,7 @@ def test_user_errors(tiny_run, tmp_path, capsys):
     for args, fragment in [
         (["--method", "herding", "--epsilon", "0.1"], "no epsilon mode"),
         (["--method", "nope", "--prune-ratio", "0.1"], "unknown --method"),
-        (["--method", "random", "--balance", "--prune-ratio", "0.1"], "apply to --method optimization"),
+        (["--method", "random", "--balance", "--prune-ratio", "0.1"], "apply to --method auto and optimization"),
         (["--prune-ratio", "0.1", "--hard-cutoff", "lots"], "--hard-cutoff"),
         (["--epsilon", "0.1", "--hard-cutoff", "0.5x"], "relative to the prune ratio"),
     ]:

@@ -258,7 +258,8 @@ class Auto(Selector):
     help = ("the default: the paper's objective, moved toward coverage (balance, strata, hard cutoff, feature "
             "matching) only when a held-out linear-head check says the data is scarce; says what it chose")
     epsilon_mode = True
-    coverage = True  # explicit coverage options are run as given
+    coverage = True
+    solves = True  # explicit coverage options are run as given
 
     def select(self, ctx: Context, m: int | None, epsilon: float | None) -> tuple[np.ndarray, str]:
         cfg = self.cfg

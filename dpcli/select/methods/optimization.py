@@ -20,6 +20,7 @@ class Optimization(Selector):
     help = "the paper's objective alone: Eq. 3 (epsilon) / Eq. 4 (count) on S"
     epsilon_mode = True
     coverage = True
+    solves = True
 
     def select(self, ctx: Context, m: int | None, epsilon: float | None) -> tuple[np.ndarray, str]:
         cfg = self.cfg
