@@ -85,6 +85,8 @@ METHODS: dict[str, MethodSpec] = {s.name: s for s in (
                {"method": "optimization", "balance": True, "strata": 10, "cutoff_ratio": 0.5,
                 "match_features": True}),
     _m("auto", seeded=True),  # the regime-aware default, where this dpcli has it
+    MethodSpec("opt+balance", {"method": "optimization", "balance": True}, seeded=True),  # class quotas only
+    MethodSpec("opt+features", {"method": "optimization", "match_features": True}, seeded=True),
 )}
 DEFAULTS = ("auto", "optimization")  # whose margins over the baselines the report tabulates
 OURS = ("auto", "optimization", "opt+coverage+0.5x+features")

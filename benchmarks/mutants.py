@@ -205,7 +205,11 @@ MUTANTS: tuple[Mutant, ...] = (
            "    if part is None:\n        return start, stop\n", "    if True:\n        return start, stop\n",
            ("tests/train/test_distributed.py",)),
     # ---- the default selector (--method auto)
-    Mutant("auto-always-pure", "auto never leaves the pure objective, whatever validation says",
+    Mutant("auto-base-unbalanced", "auto's first rung is the objective alone, without class quotas",
+           "dpcli/select/methods/auto.py",
+           'Rung("balanced", 0, {"balance": True}),', 'Rung("balanced", 0, {}),',
+           ("tests/select/test_auto.py",)),
+    Mutant("auto-always-base", "auto never leaves its first rung, whatever validation says",
            "dpcli/select/methods/auto.py",
            "better = [s for s in scores[1:] if s.gain > s.noise and s.gain > 0]", "better = []",
            ("tests/select/test_auto.py",)),

@@ -81,7 +81,8 @@ def prune(S: Any, *, epsilon: float | None = None, ratio: float | None = None, c
     Give one of ``epsilon`` (largest set within the norm bound), ``ratio`` or ``count`` (that many,
     smallest norm).  ``labels`` are needed by class-aware options (``balance``) and by ``auto``, which
     also needs the penultimate ``features`` (n x D) to validate its choice; without them it runs the
-    paper's objective (``method="optimization"``) and says why in ``Selection.auto``.
+    paper's objective within class quotas (``method="optimization", balance=True``) and says why in
+    ``Selection.auto``.
     """
     import torch
 

@@ -31,7 +31,7 @@ def _problem(n: int, dim: int, classes: int, noise: float, sep: float, seed: int
 @pytest.fixture(scope="module")
 def rich():
     """Abundant, separable data (many samples per dimension, clean labels): keeping the hard
-    samples is right (Sorscher et al.), so auto must stay with the pure objective."""
+    samples is right (Sorscher et al.), so auto must stay with the objective (within class quotas)."""
     x, y = _problem(1200, 4, 3, 0.0, 4.0, 0)
     S, _ = dp.influence(x, y)
     return x, y, S
@@ -46,16 +46,18 @@ def scarce():
     return x, y, S
 
 
-def test_rich_separable_keeps_the_pure_objective(rich):
+def test_rich_separable_keeps_the_objective_within_class_quotas(rich):
     x, y, S = rich
     sel = dp.prune(S, ratio=0.5, labels=y, features=x)
     rec = sel.auto
-    assert rec["chosen"] == "pure" and rec["strength"] == 0 and rec["decided_by"] == "validation"
-    assert rec["line"].startswith("auto: coverage=pure (held-out acc ")
-    pure = dp.prune(S, ratio=0.5, labels=y, method="optimization")
-    assert np.array_equal(sel.keep, pure.keep) and sel.norm == pure.norm
+    assert rec["chosen"] == "balanced" and rec["strength"] == 0 and rec["decided_by"] == "validation"
+    assert rec["line"].startswith("auto: coverage=balanced (held-out acc ")
+    base = dp.prune(S, ratio=0.5, labels=y, method="optimization", balance=True)
+    assert np.array_equal(sel.keep, base.keep) and sel.norm == base.norm
+    # every class pruned by the same share: half of each class kept (rounding: one either way)
+    assert np.all(np.abs(np.bincount(y[sel.keep], minlength=3) - np.bincount(y) / 2) <= 1)
     assert [c["name"] for c in rec["candidates"]] == [r.name for r in auto.LADDER]
-    assert all(c["gain_vs_pure"] <= c["noise"] for c in rec["candidates"])
+    assert all(c["gain_vs_base"] <= c["noise"] for c in rec["candidates"])
 
 
 def test_scarce_noisy_moves_to_coverage(scarce):
@@ -64,9 +66,9 @@ def test_scarce_noisy_moves_to_coverage(scarce):
     rec = sel.auto
     assert rec["strength"] >= 1, rec["line"]
     chosen = rec["candidates"][rec["strength"]]
-    assert chosen["gain_vs_pure"] > chosen["noise"] > 0
+    assert chosen["gain_vs_base"] > chosen["noise"] > 0
     assert chosen["val_accuracy"] == max(c["val_accuracy"] for c in rec["candidates"])
-    assert f"vs {rec['candidates'][0]['val_accuracy']:.1f} % pure objective" in rec["line"]
+    assert f"vs {rec['candidates'][0]['val_accuracy']:.1f} % balanced" in rec["line"]
     assert sel.n_kept == 150 and sel.solver.startswith("swap+coverage(balance=True,strata=10")
     per_class = np.bincount(y[sel.keep], minlength=3)
     assert rec["signals"]["kept_per_class"] == {str(c): int(k) for c, k in enumerate(per_class)}
@@ -134,15 +136,17 @@ def test_recorded_choice_is_deterministic_given_the_seed(scarce):
     assert np.array_equal(v3, auto.split(y, 3)[1]) and not np.array_equal(v3, v4)
 
 
-def test_fallbacks_run_the_pure_objective_and_say_why(rich):
+def test_fallbacks_skip_the_validation_and_say_why(rich):
     x, y, S = rich
     pure = dp.prune(S, ratio=0.5, labels=y, method="optimization")
+    base = dp.prune(S, ratio=0.5, labels=y, method="optimization", balance=True)
     no_features = dp.prune(S, ratio=0.5, labels=y)
-    assert np.array_equal(no_features.keep, pure.keep)
+    assert np.array_equal(no_features.keep, base.keep) and no_features.auto["chosen"] == "balanced"
     assert no_features.auto["decided_by"] == "rule" and "features" in no_features.auto["reason"]
     assert no_features.auto["candidates"] == []
     no_labels = dp.prune(S, ratio=0.5, features=x)
     assert np.array_equal(no_labels.keep, pure.keep) and "labels" in no_labels.auto["reason"]
+    assert no_labels.auto["chosen"] == "pure"
     eps = 0.5 * float(np.linalg.norm(S.sum(0)))
     by_eps = dp.prune(S, epsilon=eps, labels=y, features=x)
     ref = dp.prune(S, epsilon=eps, labels=y, method="optimization")
@@ -155,6 +159,22 @@ def test_fallbacks_run_the_pure_objective_and_say_why(rich):
     assert np.array_equal(given.keep, ref.keep) and given.auto["chosen"] == "given"
 
 
+def test_buckets_keep_the_bucketed_objective_as_first_rung(rich):
+    """The bucketed solver has no class quotas: with --buckets the first rung is the objective alone, bucketed."""
+    from dpcli.select.methods.optimization import Optimization
+
+    x, y, S = rich
+    m = count_from_ratio(len(y), 0.5)
+    cfg = PruneConfig(ratio=0.5, buckets=2).validate()
+    ctx = Context(S=S, labels=y)
+    pruned, label = auto.Auto(cfg).select(ctx, m, None)
+    ref, ref_label = Optimization(PruneConfig(ratio=0.5, buckets=2, method="optimization").validate()).select(
+        Context(S=S, labels=y), m, None)
+    assert np.array_equal(pruned, ref) and label == ref_label
+    assert ctx.record["auto"]["chosen"] == "pure" and auto.ladder(cfg)[0] is auto.PURE
+    assert auto.ladder(PruneConfig(ratio=0.5).validate())[0].options == {"balance": True}
+
+
 def test_cli_prints_one_line_and_records_it(tmp_path, capsys, rich):
     x, y, S = rich
     path = tmp_path / "S.h5"
@@ -164,11 +184,11 @@ def test_cli_prints_one_line_and_records_it(tmp_path, capsys, rich):
     code, out, err = run_cli(["prune", path, "--prune-ratio", "0.5", "--out", tmp_path / "m.h5", "--json"], capsys)
     assert code == 0, err
     lines = [ln for ln in err.splitlines() if ln.startswith("auto:")]
-    assert lines == ["auto: coverage=pure (S has no known model or features (give features= in the API))"]
+    assert lines == ["auto: coverage=balanced (S has no known model or features (give features= in the API))"]
     doc = json.loads(out)
     assert doc["method"] == "auto" and doc["auto"]["line"] == lines[0]
     with h5py.File(tmp_path / "m.h5", "r") as f:
-        assert json.loads(f.attrs["auto"])["chosen"] == "pure" and f.attrs["method"] == "auto"
+        assert json.loads(f.attrs["auto"])["chosen"] == "balanced" and f.attrs["method"] == "auto"
     code, out, err = run_cli(["prune", path, "--prune-ratio", "0.5", "--out", tmp_path / "q.h5", "--quiet"], capsys)
     assert code == 0 and err == ""
 
