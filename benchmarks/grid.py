@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -275,6 +276,18 @@ def selection_context(S: np.ndarray, labels: np.ndarray, checkpoint: Path | None
     return Context(S=S, labels=labels, checkpoint=checkpoint, device=device, ds=ds)
 
 
+def selection_code() -> str:
+    """Hash of dpcli's selection code: cached masks (and the retrains beside them) are keyed on it, since a
+    mask's path names only its options, and a selector that changed must not reuse an older run's mask."""
+    import dpcli.select
+
+    h = hashlib.sha256()
+    root = Path(dpcli.select.__file__).parent
+    for f in sorted(root.rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:8]
+
+
 def make_mask(setup: Setup, spec: MethodSpec, ratio: float, seed: int) -> tuple[stages.MaskInfo, dict]:
     """Select with ``spec`` on the shared context (what ``stages.prune`` does, without re-reading S)."""
     from dpcli.select.base import prune_count, select
@@ -282,6 +295,7 @@ def make_mask(setup: Setup, spec: MethodSpec, ratio: float, seed: int) -> tuple[
 
     pcfg = PruneConfig(ratio=ratio, seed=seed if spec.seeded else 0, **spec.options).validate()
     path = pipeline.mask_path(setup.info.path, pcfg)
+    path = path.parent.with_name(f"{path.parent.name}-code{selection_code()}") / path.name
     if not path.exists() and pcfg.method == "auto" and setup.info.checkpoint:
         # the default goes through `prune` itself, so the mask holds whatever it records about its choice
         stages.prune(setup.info.path, path, pcfg, device=setup.ctx.device, ds=setup.ctx.ds)
