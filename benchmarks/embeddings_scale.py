@@ -83,6 +83,8 @@ def main() -> None:
     ap.add_argument("--damping", type=float, default=1e-3)
     ap.add_argument("--prune-ratio", type=float, default=0.3)
     ap.add_argument("--solver", default="swap")
+    ap.add_argument("--method", dest="select_method", default=None,
+                    help="prune --method (default: dpcli's default, auto)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("bench-emb"))
     ap.add_argument("--stages", default="influence,prune,retrain,verify-bound")
@@ -114,7 +116,7 @@ def main() -> None:
                       "--test-labels", str(tlabels), *scale, "--damping", str(args.damping), "--out", str(inf),
                       "--force"],
         "prune": ["prune", str(inf), "--prune-ratio", str(args.prune_ratio), "--solver", args.solver,
-                  "--out", str(mask)],
+                  *(["--method", args.select_method] if args.select_method else []), "--out", str(mask), "--force"],
         "retrain": ["retrain", str(feats), "--mask", str(mask)],  # beside the mask, where verify-bound looks
         "verify-bound": ["verify-bound", str(inf), "--mask", str(mask), "--out", str(args.out / "verify-bound")],
     }
@@ -133,7 +135,10 @@ def _write(args: argparse.Namespace, gen: float, steps: list[dict]) -> None:
               "generate_seconds": gen, "steps": steps,
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                           "load_average_after": os.getloadavg(), "threads": os.environ.get("OMP_NUM_THREADS")}}
-    (args.out / "results.json").write_text(json.dumps(report, indent=2, default=str))
+    name = "results.json" if args.stages == "influence,prune,retrain,verify-bound" else f"results-{args.stages}.json"
+    if args.select_method:
+        name = name.replace(".json", f"-{args.select_method}.json")
+    (args.out / name).write_text(json.dumps(report, indent=2, default=str))
 
 
 if __name__ == "__main__":

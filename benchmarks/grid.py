@@ -90,7 +90,7 @@ METHODS: dict[str, MethodSpec] = {s.name: s for s in (
     MethodSpec("opt+features", {"method": "optimization", "match_features": True}, seeded=True),
 )}
 DEFAULTS = ("auto", "optimization")  # whose margins over the baselines the report tabulates
-OURS = ("auto", "optimization", "opt+coverage+0.5x+features")
+OURS = ("auto", "optimization", "opt+coverage+0.5x+features", "opt+balance", "opt+features")
 # The CIFAR regimes run the strongest baselines only, so that a GPU budget of minutes reaches several seeds.
 SCARCE_METHODS = ("random", "herding", "ccs", "tdds", "dual", "d2", "moderate", "optimization", "auto")
 RICH_METHODS = ("random", "herding", "el2n", "ccs", "tdds", "dual", "d2", "moderate", "optimization", "auto")

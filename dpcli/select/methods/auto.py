@@ -130,18 +130,21 @@ def standardize(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 
 def fit_softmax(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float = HEAD_L2,
-                init: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                init: tuple[np.ndarray, np.ndarray] | None = None, device: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """(W, b) minimizing mean cross-entropy + l2/2 ||[W, b]||^2 (deterministic; dpcli's head fit).
 
-    ``init``: a start (the objective is strictly convex, so it changes the iterations, not the optimum)."""
+    ``init``: a start (the objective is strictly convex, so it changes the iterations, not the optimum).
+    ``device``: where the fit runs (the prune's device: at a million rows the fits dominate auto's cost)."""
     import torch
 
     from dpcli.stages.embeddings import fit_head
 
+    dev = torch.device(device if device is not None else "cpu")
     start = None if init is None else tuple(torch.from_numpy(np.asarray(t)) for t in init)
-    head = fit_head(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.asarray(y, dtype=np.int64)),
+    head = fit_head(torch.from_numpy(np.ascontiguousarray(x)).to(dev),
+                    torch.from_numpy(np.asarray(y, dtype=np.int64)).to(dev),
                     num_classes, l2, tol=HEAD_TOL, max_iter=HEAD_MAX_ITER, dense_limit=DENSE_NEWTON, init=start)
-    return head.weight.numpy(), head.bias.numpy()
+    return head.weight.cpu().numpy(), head.bias.cpu().numpy()
 
 
 def evaluate(w: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
@@ -153,11 +156,11 @@ def evaluate(w: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.ndarray) -> tupl
 
 
 def _score(name: str, strength: int | None, keep: np.ndarray, x: np.ndarray, y: np.ndarray, fit: np.ndarray,
-           val: np.ndarray, num_classes: int, init: "Score | None" = None) -> Score:
+           val: np.ndarray, num_classes: int, init: "Score | None" = None, device: Any = None) -> Score:
     """``init``: a scored set whose head starts this fit (the whole fit part's: every kept set is most of
     it, so at large n the refits take a few L-BFGS iterations instead of tens)."""
     rows = fit[keep]
-    w, b = fit_softmax(x[rows], y[rows], num_classes, init=None if init is None else init.head)
+    w, b = fit_softmax(x[rows], y[rows], num_classes, init=None if init is None else init.head, device=device)
     correct, loss = evaluate(w, b, x[val], y[val])
     return Score(name, strength, 100.0 * float(correct.mean()), loss, correct, keep, head=(w, b))
 
@@ -208,16 +211,17 @@ def validate(ctx: Context, cfg, m: int, features: np.ndarray, difficulty: np.nda
     sub = Context(S=ctx.S[fit], labels=labels[fit], device=ctx.device, proposals=VAL_PROPOSALS_PER_ROW * len(fit))
     sub._cache["difficulty"] = np.asarray(difficulty)[fit]
     sub._cache["features"] = np.asarray(features)[fit]
-    refs = [_score("no pruning", None, np.ones(len(fit), dtype=bool), x, y, fit, val, len(classes))]
+    dev = ctx.device
+    refs = [_score("no pruning", None, np.ones(len(fit), dtype=bool), x, y, fit, val, len(classes), device=dev)]
     rnd = np.ones(len(fit), dtype=bool)
     rnd[np.random.default_rng([cfg.seed, 1]).choice(len(fit), size=m_fit, replace=False)] = False
-    refs.append(_score("random", None, rnd, x, y, fit, val, len(classes), init=refs[0]))
+    refs.append(_score("random", None, rnd, x, y, fit, val, len(classes), init=refs[0], device=dev))
     scores = []
     rungs = ladder(cfg)
     for rung in rungs:
         pruned, _ = Optimization(rung_config(cfg, rung)).select(sub, m_fit, None)
         scores.append(_score(rung.name, rung.strength, ~np.asarray(pruned, dtype=bool), x, y, fit, val,
-                             len(classes), init=refs[0]))
+                             len(classes), init=refs[0], device=dev))
     for s in scores + refs:
         s.gain = s.accuracy - scores[0].accuracy
         s.noise = paired_noise(s.correct, scores[0].correct)
