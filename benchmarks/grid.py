@@ -699,6 +699,8 @@ def report(args: argparse.Namespace) -> None:
     for name, regime in REGIMES.items():
         cells = list(cells_by_regime.get(name, {}).values())
         methods = [m for m in regime.methods if (name, m) not in NOT_APPLICABLE]  # the preset's list, in order
+        ran = {c["method"] for c in cells}
+        methods += [m for m in METHODS if m in ran and m not in methods]  # and any other method run in it
         body = regime_report(regime, cells, methods, auto_present)
         text = replace_section(text, name, body)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
