@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -276,6 +277,7 @@ def selection_context(S: np.ndarray, labels: np.ndarray, checkpoint: Path | None
     return Context(S=S, labels=labels, checkpoint=checkpoint, device=device, ds=ds)
 
 
+@functools.lru_cache(maxsize=None)
 def selection_code() -> str:
     """Hash of dpcli's selection code: cached masks (and the retrains beside them) are keyed on it, since a
     mask's path names only its options, and a selector that changed must not reuse an older run's mask."""

@@ -176,7 +176,7 @@ def paired_noise(a: np.ndarray, b: np.ndarray) -> float:
 def ladder(cfg) -> tuple[Rung, ...]:
     """:data:`LADDER`; with ``--buckets`` its first rung is the objective alone, which the bucketed solver
     runs (it has no class quotas)."""
-    return (PURE, *LADDER[1:]) if getattr(cfg, "buckets", 1) != 1 else LADDER
+    return (PURE, *LADDER[1:]) if cfg.buckets != 1 else LADDER
 
 
 def decide(scores: list[Score], rungs: tuple[Rung, ...] = LADDER) -> tuple[Rung, str]:
