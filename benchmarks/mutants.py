@@ -258,6 +258,19 @@ MUTANTS: tuple[Mutant, ...] = (
            "dpcli/data/base.py",
            "rows = max(1, min(rows, _BLOCK_BYTES // max(1, row_bytes)))", "rows = max(1, rows)",
            ("tests/data/test_data_scale.py::test_hashing_and_statistics_blocks_are_bounded_in_bytes",)),
+    # ---- memory bounds on big data
+    Mutant("inference-batch-unbounded", "evaluation and features always run 1,024 rows, whatever the image size",
+           "dpcli/data/batches.py",
+           "return int(max(32, min(INFERENCE_BATCH, budget // per_row)))", "return INFERENCE_BATCH",
+           ("tests/data/test_data_scale.py::test_inference_batches_are_bounded_in_bytes_and_do_not_change_results",)),
+    Mutant("probs-budget-worst-case", "the probabilities' size counts 30 epochs even for a shorter run",
+           "dpcli/train/dynamics.py",
+           "need = self.n * classes * 2 * self.prob_epochs", "need = self.n * classes * 2 * PROB_EPOCHS",
+           ("tests/select/test_select_methods_dynamics.py",)),
+    Mutant("probs-skip-drops-margin", "over the probabilities' budget, the margins are not written either",
+           "dpcli/train/dynamics.py",
+           "            if self._extras:  # not compressed", "            if self._extras and self._probs:  # not compressed",
+           ("tests/select/test_select_methods_dynamics.py",)),
 )
 
 

@@ -2,8 +2,8 @@
 
 Each stage runs in its own process (as the CLI runs them) under ``/usr/bin/time -v``, and the
 process tree's summed PSS (proportional set size) (DataLoader workers included) is sampled.  The stages are those of
-``dpcli prune --prune-ratio 0.3 imagefolder:FOLDER --image-size 64 --arch convnet --epochs 1``
-followed by ``dpcli retrain``; the dataset streams from the on-disk cache because its decoded size
+``dpcli prune --prune-ratio 0.3 imagefolder:FOLDER --image-size 64 --arch convnet --epochs 1`` (``--sketch K``
+stores the JL sketch S R instead of S, for an S that would not fit the limit) followed by ``dpcli retrain``; the dataset streams from the on-disk cache because its decoded size
 exceeds ``$DPCLI_MEMORY_BUDGET``.
 
 ``--memory-limit 1G`` runs every stage inside a memory cgroup of that size (root or a delegated
@@ -45,7 +45,8 @@ def _config(spec: str, size: int, width: int, depth: int):
                        image_size=size).validate()
 
 
-def stage(name: str, folder: Path, work: Path, size: int, device: str, width: int, depth: int) -> dict:
+def stage(name: str, folder: Path, work: Path, size: int, device: str, width: int, depth: int,
+          sketch: int | None = None) -> dict:
     import torch
 
     from dpcli.config import InfluenceConfig, PruneConfig
@@ -70,10 +71,11 @@ def stage(name: str, folder: Path, work: Path, size: int, device: str, width: in
         return {"test_acc": ck.final.test_acc, "train_seconds": ck.seconds, "streamed": ds.train.streamed,
                 "n": len(ds.train)}
     if name == "influence":
-        info = core.compute_influence(work / "ck.h5", work / "S.h5", InfluenceConfig(), device=dev, data_root=root)
-        return {"n": info.n, "d": info.d}
+        cfg = InfluenceConfig(sketch_k=sketch).validate()
+        info = core.compute_influence(work / "ck.h5", work / "S.h5", cfg, device=dev, data_root=root)
+        return {"n": info.n, "d": info.d, "sketch_k": sketch}
     if name == "prune":
-        mask = core.prune(work / "S.h5", work / "mask.h5", PruneConfig(ratio=0.3, time_budget=60.0),
+        mask = core.prune(work / "S.h5", work / "mask.h5", PruneConfig(ratio=0.3),
                           device=dev, data_root=root)
         return {"n_pruned": mask.n_pruned, "n_kept": mask.n_kept}
     mask = core.read_mask(work / "mask.h5")
@@ -91,6 +93,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--width", type=int, default=8)
     ap.add_argument("--depth", type=int, default=5)
+    ap.add_argument("--sketch", type=int, default=None,
+                    help="store the JL sketch S R (n x K) instead of S: n x d would not fit the memory limit")
     ap.add_argument("--stages", default=DEFAULT_STAGES, help=f"comma-separated, from {', '.join(STAGES)}")
     ap.add_argument("--memory-limit", default=None, help="run every stage in a memory cgroup of this size (e.g. 1G)")
     ap.add_argument("--stage", choices=STAGES, default=None, help=argparse.SUPPRESS)
@@ -98,7 +102,8 @@ def main() -> None:
     args = ap.parse_args()
     folder = args.folder.resolve()
     if args.stage:
-        res = stage(args.stage, folder, args.work, args.image_size, args.device, args.width, args.depth)
+        res = stage(args.stage, folder, args.work, args.image_size, args.device, args.width, args.depth,
+                    args.sketch)
         print("RESULT " + json.dumps(res), flush=True)
         return
     args.work.mkdir(parents=True, exist_ok=True)
@@ -106,6 +111,7 @@ def main() -> None:
     cgroup = MemoryCgroup(_size(args.memory_limit)) if args.memory_limit else None
     results: dict = {"folder": str(folder), "image_size": args.image_size, "cpus": os.cpu_count(),
                      "device": args.device, "convnet": {"width": args.width, "depth": args.depth},
+                     "sketch_k": args.sketch,
                      "memory_limit_mb": cgroup.limit / 2**20 if cgroup else None,
                      "memory_budget": os.environ.get("DPCLI_MEMORY_BUDGET", "1G (default)"),
                      "loader_workers": os.environ.get("DPCLI_LOADER_WORKERS", "min(4, cpus)"),
@@ -114,7 +120,7 @@ def main() -> None:
         for name in names:
             cmd = [sys.executable, __file__, str(folder), "--work", str(args.work), "--image-size",
                    str(args.image_size), "--device", args.device, "--width", str(args.width), "--depth",
-                   str(args.depth), "--stage", name]
+                   str(args.depth), "--stage", name] + (["--sketch", str(args.sketch)] if args.sketch else [])
             m = run_measured(cmd, log=args.work / f"{name}.log", cgroup=cgroup, check=name != "in-memory")
             lines = [ln for ln in m.pop("output").splitlines() if ln.startswith("RESULT ")]
             results[name] = {**(json.loads(lines[-1][7:]) if lines else {}),

@@ -36,6 +36,22 @@ def augment_pad(image_size: int) -> int:
     return min(4, max(1, image_size // 8))
 
 
+INFERENCE_BATCH = 1024
+_INFERENCE_INPUT_BYTES = {"cpu": 16 << 20, "cuda": 256 << 20}
+
+
+def inference_batch(split: Split, device: torch.device | str) -> int:
+    """Rows per un-augmented forward pass (evaluation, features, scores).
+
+    1,024, or fewer where the float32 input alone would pass 16 MiB on a CPU (256 MiB on a GPU): a
+    batch's activations are host memory on a CPU (1,024 images of 64 px made a 1 GiB-bounded train
+    stage run out of memory), and CPU throughput stops growing far below that size anyway.
+    """
+    per_row = 4 * split.images.shape[3] * split.out_size ** 2
+    budget = _INFERENCE_INPUT_BYTES["cuda" if torch.device(device).type == "cuda" else "cpu"]
+    return int(max(32, min(INFERENCE_BATCH, budget // per_row)))
+
+
 def loader_workers() -> int:
     """DataLoader worker processes for streamed splits: ``$DPCLI_LOADER_WORKERS``, else min(4, CPUs)."""
     env = os.environ.get("DPCLI_LOADER_WORKERS")

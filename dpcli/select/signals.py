@@ -15,7 +15,7 @@ import torch
 from torch.func import functional_call, grad, vmap
 
 from dpcli.artifacts.h5 import open_artifact
-from dpcli.data.sources import Dataset, iterate_batches
+from dpcli.data.sources import Dataset, inference_batch, iterate_batches
 from dpcli.train.dynamics import Dynamics, read_dynamics
 from dpcli.errors import DpcliError
 from dpcli.train.loop import Checkpoint, make_model, train
@@ -98,11 +98,11 @@ def el2n_scores(ck: Checkpoint, ds: Dataset, states: list[dict], device: torch.d
     total = np.zeros(len(ds.train.labels))
     for state in states:
         model = _model(ck, ds, state, device)
-        probs = []
-        for x, _, _ in iterate_batches(ds.train, 1024, mean=ds.mean, std=ds.std, device=device,
-                                       shuffle=False, augment=False):
-            probs.append(torch.softmax(model(x).float(), 1).cpu().numpy())
-        total += el2n(np.concatenate(probs), ds.train.labels)
+        scores = []  # scored batch by batch: n x C probabilities would be 5 GB for ImageNet
+        for x, y, _ in iterate_batches(ds.train, inference_batch(ds.train, device), mean=ds.mean, std=ds.std,
+                                       device=device, shuffle=False, augment=False):
+            scores.append(el2n(torch.softmax(model(x).float(), 1).cpu().numpy(), y.cpu().numpy()))
+        total += np.concatenate(scores)
     return total / len(states)
 
 

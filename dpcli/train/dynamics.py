@@ -6,7 +6,10 @@ whether the prediction was correct, the margin ``p_y - max_{c != y} p_c`` (AUM, 
 and for the first :data:`PROB_EPOCHS` epochs the class probabilities (faithful TDDS needs every
 class); plus model snapshots at chosen epochs (EL2N and GraNd are scored "early in training").
 The cost is 9 bytes per sample per epoch, 2 C bytes per sample in each of the first 30 epochs,
-and a state-dict copy per snapshot; nothing is recomputed.
+and a state-dict copy per snapshot; nothing is recomputed.  The class probabilities are held in
+memory, so they are recorded only while ``n x C x 2 bytes x min(30, epochs)`` fits
+``$DPCLI_PROBS_BUDGET`` (default 2 GiB: Tiny-ImageNet fits, ImageNet-1k's 77 GB does not); above it
+they are skipped, the checkpoint says why, and only TDDS (which needs them) refuses to run.
 
 Stored in the checkpoint as ``dynamics/loss`` and ``dynamics/margin`` (epochs x n float32, NaN
 where a sample was not trained on, e.g. outside a retrain subset), ``dynamics/correct``
@@ -27,6 +30,14 @@ from torch import Tensor
 
 NOT_SEEN = 255
 PROB_EPOCHS = 30  # class probabilities are kept for this many first epochs (TDDS's T; 2 bytes x C each)
+DEFAULT_PROBS_BUDGET = 2 << 30
+
+
+def probs_budget() -> int:
+    """Bytes of recorded class probabilities at most: ``$DPCLI_PROBS_BUDGET`` (e.g. 512M, 8G)."""
+    from dpcli.data.sources.imagefolder import parse_size
+
+    return parse_size("DPCLI_PROBS_BUDGET", DEFAULT_PROBS_BUDGET)
 
 
 @dataclass
@@ -36,6 +47,7 @@ class Dynamics:
     snapshots: dict[int, dict[str, Tensor]] = field(default_factory=dict)
     margin: np.ndarray | None = None  # (epochs, n) float32 p_y - max_{c != y} p_c, NaN = not seen
     probs: np.ndarray | None = None  # (min(PROB_EPOCHS, epochs), n, C) float16 softmax, NaN = not seen
+    probs_skipped: str = ""  # why probs were not recorded (over $DPCLI_PROBS_BUDGET), if so
 
     @property
     def epochs(self) -> int:
@@ -47,6 +59,9 @@ class Dynamics:
         if value is None:
             from dpcli.errors import DpcliError
 
+            if what == "probs" and self.probs_skipped:
+                raise DpcliError(f"{user} needs the per-epoch class probabilities, which `train` did not record: "
+                                 f"{self.probs_skipped}")
             raise DpcliError(f"{user} needs the per-epoch {what} that `train` records since this version; "
                              f"retrain the checkpoint with `dpcli train --force`")
         return value
@@ -56,8 +71,10 @@ class DynamicsRecorder:
     """Collects per-sample loss/correctness and snapshots; an epoch counts once its checkpoint is written."""
 
     def __init__(self, n: int, snapshot_epochs: tuple[int, ...] = (), previous: Dynamics | None = None,
-                 start_epoch: int = 0) -> None:
+                 start_epoch: int = 0, epochs: int = PROB_EPOCHS) -> None:
         self.n = int(n)
+        self.prob_epochs = max(1, min(PROB_EPOCHS, int(epochs)))
+        self.probs_skipped = ""
         self.snapshot_epochs = tuple(sorted(set(int(e) for e in snapshot_epochs)))
         self._loss: list[np.ndarray] = []
         self._correct: list[np.ndarray] = []
@@ -67,9 +84,12 @@ class DynamicsRecorder:
         if previous is not None and previous.epochs >= start_epoch:
             self._loss = [previous.loss[e] for e in range(start_epoch)]
             self._correct = [previous.correct[e] for e in range(start_epoch)]
-            if previous.margin is not None and previous.probs is not None:
+            if previous.margin is not None:
                 self._margin = [previous.margin[e] for e in range(start_epoch)]
-                self._probs = [previous.probs[e] for e in range(min(start_epoch, PROB_EPOCHS))]
+                if previous.probs is not None:
+                    self._probs = [previous.probs[e] for e in range(min(start_epoch, PROB_EPOCHS))]
+                else:  # a gap cannot be filled: the run records no probabilities from here on
+                    self.probs_skipped = previous.probs_skipped or "not recorded in the epochs before the resume"
             self.snapshots = {e: s for e, s in previous.snapshots.items() if e <= start_epoch}
         # a resumed run from before margin/probs existed cannot fill its early epochs: record neither
         self._extras = len(self._margin) == len(self._loss)
@@ -80,12 +100,12 @@ class DynamicsRecorder:
 
     @classmethod
     def for_run(cls, n: int, snapshot_epochs: tuple[int, ...], resume_from: Path | None,
-                start_epoch: int) -> "DynamicsRecorder":
+                start_epoch: int, epochs: int = PROB_EPOCHS) -> "DynamicsRecorder":
         previous = None
         if resume_from is not None and start_epoch > 0:
             with h5py.File(resume_from, "r") as f:
                 previous = read_dynamics(f)
-        return cls(n, snapshot_epochs, previous, start_epoch)
+        return cls(n, snapshot_epochs, previous, start_epoch, epochs)
 
     def snapshot(self, epoch: int, model: torch.nn.Module) -> None:
         """Keep the weights as they are *after* ``epoch`` epochs (0 = at initialization)."""
@@ -95,8 +115,23 @@ class DynamicsRecorder:
 
     @property
     def _want_probs(self) -> bool:
-        return self._extras and len(self._loss) < PROB_EPOCHS
+        return self._extras and not self.probs_skipped and len(self._loss) < PROB_EPOCHS
 
+    def _probs_fit(self, classes: int) -> bool:
+        """Whether the run's probabilities fit $DPCLI_PROBS_BUDGET; if not, say so once and record why."""
+        need = self.n * classes * 2 * self.prob_epochs
+        budget = probs_budget()
+        if need <= budget:
+            return True
+        self.probs_skipped = (f"n x C x 2 bytes x {self.prob_epochs} epochs = {need / 2**30:.1f} GiB is over "
+                              f"$DPCLI_PROBS_BUDGET ({budget / 2**30:.1f} GiB); raise it and retrain "
+                              f"(`dpcli train --force`) to use tdds")
+        from rich.markup import escape
+
+        from dpcli import console
+
+        console.info(escape(f"warning: class probabilities not recorded: {self.probs_skipped}"))
+        return False
     def begin_epoch(self, device: torch.device | str = "cpu") -> None:
         # rows loss / correct / margin kept on the training device: one host transfer per epoch, none per step
         self._cur = torch.full((3, self.n), float("nan"), dtype=torch.float32, device=device)
@@ -115,11 +150,11 @@ class DynamicsRecorder:
             y = labels.view(-1, 1)
             others = p.scatter(1, y, -1.0).amax(1)  # probabilities are >= 0: -1 hides the true class
             self._cur[2, i] = p.gather(1, y).squeeze(1) - others
-            if self._want_probs:
-                if self._cur_probs_dev is None:
-                    self._cur_probs_dev = torch.full((self.n, p.shape[1]), float("nan"), dtype=torch.float32,
+            if self._want_probs and (self._cur_probs_dev is not None or self._probs_fit(p.shape[1])):
+                if self._cur_probs_dev is None:  # float16, as stored: half the memory of float32
+                    self._cur_probs_dev = torch.full((self.n, p.shape[1]), float("nan"), dtype=torch.float16,
                                                      device=self._cur.device)
-                self._cur_probs_dev[i] = p
+                self._cur_probs_dev[i] = p.half()
 
     def end_epoch(self, dist=None) -> None:
         """Close the epoch; under torchrun every rank saw a slice, so the records are summed over ranks."""
@@ -145,8 +180,8 @@ class DynamicsRecorder:
         self._correct.append(self._cur_correct)
         if self._extras:
             self._margin.append(self._cur_margin)
-            if len(self._loss) <= PROB_EPOCHS:
-                self._probs.append(self._cur_probs.astype(np.float16))
+            if len(self._loss) <= PROB_EPOCHS and self._cur_probs is not None:
+                self._probs.append(np.asarray(self._cur_probs, dtype=np.float16))
         self._cur_loss = self._cur_correct = self._cur_margin = self._cur_probs = None
 
     def _merge_probs(self, dist, seen: np.ndarray, hit: np.ndarray) -> np.ndarray:
@@ -179,9 +214,12 @@ class DynamicsRecorder:
             g.create_dataset("loss", data=np.stack(self._loss), chunks=chunks, compression="gzip", compression_opts=1)
             g.create_dataset("correct", data=np.stack(self._correct), chunks=chunks, compression="gzip",
                              compression_opts=1)
-            if self._extras and self._probs:  # not compressed: gzip saves little on these and costs most
+            if self._extras:  # not compressed: gzip saves little on these and costs most
                 g.create_dataset("margin", data=np.stack(self._margin))
-                g.create_dataset("probs", data=np.stack(self._probs))
+                if self._probs and len(self._probs) == min(e, PROB_EPOCHS):
+                    g.create_dataset("probs", data=np.stack(self._probs))
+            if self.probs_skipped:
+                g.attrs["probs_skipped"] = self.probs_skipped
             g.attrs["epochs"] = e
         for epoch, state in self.snapshots.items():
             sg = f.create_group(f"snapshots/{epoch}")
@@ -197,7 +235,8 @@ def read_dynamics(f: h5py.File, snapshots: bool = True) -> Dynamics | None:
     snaps = read_snapshots(f) if snapshots else {}
     margin = g["margin"][()] if "margin" in g else None
     probs = g["probs"][()] if "probs" in g else None
-    return Dynamics(loss=g["loss"][()], correct=g["correct"][()], snapshots=snaps, margin=margin, probs=probs)
+    return Dynamics(loss=g["loss"][()], correct=g["correct"][()], snapshots=snaps, margin=margin, probs=probs,
+                    probs_skipped=str(g.attrs.get("probs_skipped", "")))
 
 
 def read_snapshots(f: h5py.File) -> dict[int, dict[str, Tensor]]:

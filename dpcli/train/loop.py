@@ -24,7 +24,7 @@ from dpcli import console
 from dpcli.artifacts.h5 import array_fingerprint, atomic_h5, check_writable, get_attr, open_artifact, set_attr
 from dpcli.artifacts.lock import artifact_lock
 from dpcli.config import TrainConfig
-from dpcli.data.sources import Dataset, Split, iterate_batches, load_dataset
+from dpcli.data.sources import Dataset, Split, inference_batch, iterate_batches, load_dataset
 from dpcli.train.dynamics import Dynamics, DynamicsRecorder, default_snapshot_epochs, read_snapshots
 from dpcli.errors import ArtifactBusy, DpcliError
 from dpcli.models import preprocess
@@ -117,9 +117,10 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 @torch.no_grad()
 def evaluate(model: Classifier, split: Split, ds: Dataset, device: torch.device,
-             batch_size: int = 1024) -> tuple[float, float]:
+             batch_size: int | None = None) -> tuple[float, float]:
     """Mean cross-entropy and accuracy (%) on a split, un-augmented, in eval mode."""
     model.eval()
+    batch_size = batch_size or inference_batch(split, device)
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss, correct: summed on the device
     n = 0
     for x, y, _ in iterate_batches(split, batch_size, mean=ds.mean, std=ds.std, device=device,
@@ -135,10 +136,11 @@ def evaluate(model: Classifier, split: Split, ds: Dataset, device: torch.device,
 
 @torch.no_grad()
 def extract_features(model: Classifier, split: Split, ds: Dataset, device: torch.device,
-                     batch_size: int = 1024, progress: RowsHook | None = None) -> torch.Tensor:
+                     batch_size: int | None = None, progress: RowsHook | None = None) -> torch.Tensor:
     """Penultimate features of every sample, un-augmented, eval mode, in the training precision
     (bf16 autocast on CUDA), returned as float32."""
     model.eval()
+    batch_size = batch_size or inference_batch(split, device)
     out = []
     n = len(split.labels)
     done = 0
@@ -358,11 +360,11 @@ def _recorders(config: TrainConfig, n: int, snaps: tuple[int, ...], out: Path,
     """
     if start == 0:
         return (TrajectoryRecorder(config.batch_size, config.momentum, config.weight_decay),
-                DynamicsRecorder(n, snaps))
+                DynamicsRecorder(n, snaps, epochs=config.epochs))
     epochlog.rollback(out, start)
     rows = epochlog.read(out, start)
     if rows is None:  # no complete side log (a checkpoint of an older dpcli): the groups inside checkpoint.h5
-        recorder, dyn = TrajectoryRecorder.for_run(config, out, start), DynamicsRecorder.for_run(n, snaps, out, start)
+        recorder, dyn = TrajectoryRecorder.for_run(config, out, start), DynamicsRecorder.for_run(n, snaps, out, start, config.epochs)
         _backfill(out, recorder, dyn, start)
         return recorder, dyn
     with h5py.File(out, "r") as f:
@@ -377,7 +379,7 @@ def _recorders(config: TrainConfig, n: int, snaps: tuple[int, ...], out: Path,
                             probs=np.stack([r["probs"] for r in dyn_rows if "probs" in r])
                             if has("margin") and any("probs" in r for r in dyn_rows) else None)
     return (TrajectoryRecorder.from_rows(config, epochlog.split(rows, "trajectory")),
-            DynamicsRecorder(n, snaps, previous, start))
+            DynamicsRecorder(n, snaps, previous, start, config.epochs))
 
 
 def _backfill(out: Path, recorder: TrajectoryRecorder, dyn: DynamicsRecorder, start: int) -> None:

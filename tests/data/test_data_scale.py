@@ -594,3 +594,24 @@ def test_hashing_and_statistics_blocks_are_bounded_in_bytes(monkeypatch):
     monkeypatch.setattr(base, "_BLOCK_BYTES", 3 * 4 * 4 * 3)  # 3 rows per block
     assert [b.shape[0] for b in base.iter_blocks(images)] == [3, 3, 3, 1]
     assert (base.split_fingerprint(split), base.channel_stats(images)) == want
+
+
+def test_inference_batches_are_bounded_in_bytes_and_do_not_change_results(tmp_path):
+    """Evaluation, features and scores run 1,024 rows, fewer where the float input passes 16 MiB on a CPU;
+    a forward pass in eval mode is per sample, so the batch size cannot change what comes out."""
+    from dpcli.data.batches import inference_batch
+    from dpcli.train.loop import evaluate, extract_features, make_model
+    from tests.conftest import tiny_config
+
+    def split(side: int) -> Split:
+        return Split(np.zeros((2, side, side, 3), dtype=np.uint8), np.zeros(2, dtype=np.int64))
+
+    assert inference_batch(split(32), CPU) == 1024  # CIFAR: 12 KiB a row, 16 MiB holds 1,365
+    assert inference_batch(split(64), CPU) == (16 << 20) // (4 * 3 * 64 * 64) == 341
+    assert inference_batch(split(224), CPU) == 32  # the floor: 16 MiB holds only 27 rows
+    assert inference_batch(split(224), torch.device("cuda")) == (256 << 20) // (4 * 3 * 224 * 224) == 445
+    ds = load_dataset("digits")
+    model = make_model(tiny_config(), ds)
+    np.testing.assert_allclose(extract_features(model, ds.train, ds, CPU, batch_size=7).numpy(),
+                               extract_features(model, ds.train, ds, CPU).numpy(), rtol=1e-5, atol=1e-6)
+    assert evaluate(model, ds.test, ds, CPU, batch_size=13) == pytest.approx(evaluate(model, ds.test, ds, CPU))

@@ -84,3 +84,22 @@ def test_subset_training_marks_unseen_probs_and_margins(digits, tmp_path):
     unseen = np.setdiff1d(np.arange(len(digits.train.labels)), keep)
     assert np.isnan(dyn.margin[:, unseen]).all() and np.isnan(dyn.probs[:, unseen]).all()
     assert not np.isnan(dyn.margin[:, keep]).any() and not np.isnan(dyn.probs[:, keep]).any()
+
+
+def test_probs_over_the_budget_are_skipped_with_the_reason_and_margins_kept(digits, tmp_path, monkeypatch):
+    """n x C x 2 B x min(30, epochs) is the memory the probabilities take: 1438 x 10 x 2 x 3 = 86,280 B."""
+    from dpcli.errors import DpcliError
+
+    cfg = tiny_config(seed=5)
+    monkeypatch.setenv("DPCLI_PROBS_BUDGET", "90K")  # 92,160 B: fits
+    assert _dyn(train(cfg, digits, tmp_path / "fits.h5", device=CPU, snapshot_epochs=()).path).probs is not None
+    monkeypatch.setenv("DPCLI_PROBS_BUDGET", "80K")  # 81,920 B: does not
+    full = _dyn(train(cfg, digits, tmp_path / "a.h5", device=CPU, snapshot_epochs=()).path)
+    assert full.probs is None and "DPCLI_PROBS_BUDGET" in full.probs_skipped
+    assert full.margin.shape == (3, len(digits.train.labels))  # CCS and D2 still have what they read
+    with pytest.raises(DpcliError, match="did not record.*DPCLI_PROBS_BUDGET"):
+        full.require("probs", "--method tdds")
+    train(cfg, digits, tmp_path / "b.h5", device=CPU, snapshot_epochs=(), stop_after=1)
+    resumed = _dyn(train(cfg, digits, tmp_path / "b.h5", device=CPU, snapshot_epochs=()).path)
+    assert resumed.probs is None and resumed.probs_skipped
+    np.testing.assert_array_equal(resumed.margin, full.margin)

@@ -21,12 +21,12 @@ from dpcli.data.base import (
 
 __all__ = [
     "SOURCES", "Dataset", "DatasetSource", "DiskImages", "Split", "augment_pad", "dataset_fingerprint",
-    "default_data_root", "iterate_batches", "load_dataset", "source_for",
+    "default_data_root", "inference_batch", "iterate_batches", "load_dataset", "source_for",
 ]
 
 
 def __getattr__(name: str):
-    if name in ("iterate_batches", "augment_pad"):
+    if name in ("iterate_batches", "augment_pad", "inference_batch"):
         from dpcli.data import batches
 
         return getattr(batches, name)

@@ -35,12 +35,17 @@ _SHOWN_SKIPS = 10
 
 def memory_budget() -> int:
     """Bytes of decoded images held in memory at most: ``$DPCLI_MEMORY_BUDGET`` (e.g. 512M, 2G)."""
-    env = os.environ.get("DPCLI_MEMORY_BUDGET", "").strip()
+    return parse_size("DPCLI_MEMORY_BUDGET", DEFAULT_MEMORY_BUDGET)
+
+
+def parse_size(variable: str, default: int) -> int:
+    """A byte size from environment ``variable`` (512M, 2G, 1.5GiB), or ``default`` when unset."""
+    env = os.environ.get(variable, "").strip()
     if not env:
-        return DEFAULT_MEMORY_BUDGET
+        return default
     m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)i?[bB]?", env)
     if not m:
-        raise DpcliError(f"DPCLI_MEMORY_BUDGET must be a size such as 512M or 2G, got {env!r}")
+        raise DpcliError(f"{variable} must be a size such as 512M or 2G, got {env!r}")
     scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
     return int(float(m.group(1)) * scale)
 
