@@ -52,6 +52,36 @@ def inference_batch(split: Split, device: torch.device | str) -> int:
     return int(max(32, min(INFERENCE_BATCH, budget // per_row)))
 
 
+_TRIM_EVERY_BYTES = 64 << 20
+
+
+def heap_trimmer(every: int | None = None) -> Callable[[int], None]:
+    """``trim(nbytes)``: after every ``every`` bytes of input, hand glibc's freed heap pages back to the OS.
+
+    glibc raises its mmap threshold to the largest block freed (up to 32 MiB), so a streamed epoch's
+    batch-sized temporaries then come from the heap, whose fragments it keeps: the main process of a
+    200,000-image epoch at 64 px grew by about 0.7 GB and a 1 GiB-bounded train stage was killed.
+    ``malloc_trim(0)`` every 16 batches held it to about 0.15 GB at 12 % of the loading speed; pinning
+    the threshold instead halved the speed.  A no-op where there is no glibc.
+    """
+    try:
+        import ctypes
+
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return lambda nbytes: None
+    every = every or _TRIM_EVERY_BYTES
+    seen = [0]
+
+    def step(nbytes: int) -> None:
+        seen[0] += nbytes
+        if seen[0] >= every:
+            seen[0] = 0
+            trim(0)
+
+    return step
+
+
 def loader_workers() -> int:
     """DataLoader worker processes for streamed splits: ``$DPCLI_LOADER_WORKERS``, else min(4, CPUs)."""
     env = os.environ.get("DPCLI_LOADER_WORKERS")
@@ -205,9 +235,12 @@ def iterate_batches(
     std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, c, 1, 1)
     pad = augment_pad(h)
     order_t = torch.from_numpy(order)
+    trim = heap_trimmer() if split.streamed else None  # in memory, the data fit: keep the fastest path
 
     for start, (xb, yb) in zip(range(0, order.size, batch_size),
                                _raw_batches(split, order, batch_size, device, workers, part)):
+        if trim is not None:
+            trim(xb.numel() * xb.element_size())
         idx = order_t[start : start + batch_size]
         b = idx.numel()
         lo, hi = batch_rows(start, batch_size, order.size, part)

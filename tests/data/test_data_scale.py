@@ -615,3 +615,35 @@ def test_inference_batches_are_bounded_in_bytes_and_do_not_change_results(tmp_pa
     np.testing.assert_allclose(extract_features(model, ds.train, ds, CPU, batch_size=7).numpy(),
                                extract_features(model, ds.train, ds, CPU).numpy(), rtol=1e-5, atol=1e-6)
     assert evaluate(model, ds.test, ds, CPU, batch_size=13) == pytest.approx(evaluate(model, ds.test, ds, CPU))
+
+
+def test_streamed_batches_trim_the_heap_every_64_mib(tmp_path, monkeypatch):
+    """glibc keeps freed batch buffers; a streamed epoch hands them back every 64 MiB of input read."""
+    import ctypes
+
+    import dpcli.data.batches as batches
+
+    calls = []
+
+    class FakeLibc:
+        def malloc_trim(self, pad):
+            calls.append(pad)
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc())
+    step = batches.heap_trimmer(every=100)
+    for nbytes in (60, 30, 20, 99, 1, 250):
+        step(nbytes)
+    assert calls == [0, 0, 0]  # at 110, 100 and 250 bytes since the last trim
+    images = np.random.default_rng(0).integers(0, 256, size=(40, 8, 8, 3), dtype=np.uint8)
+    labels = np.zeros(40, dtype=np.int64)
+    (tmp_path / "raw").write_bytes(images.tobytes())
+    streamed = Split(DiskImages(tmp_path / "raw", 0, (8, 8, 3), np.arange(40)), labels)
+    monkeypatch.setattr(batches, "_TRIM_EVERY_BYTES", 8 * 8 * 3 * 10)  # 10 rows
+    kw = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), device=CPU, shuffle=False, augment=False, workers=0)
+    calls.clear()
+    out = list(iterate_batches(streamed, 5, **kw))  # 8 batches of 5 rows: a trim after every second one
+    assert calls == [0] * 4
+    calls.clear()
+    same = list(iterate_batches(Split(images, labels), 5, **kw))
+    assert calls == []  # in memory, the data fit: never
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(out, same))
