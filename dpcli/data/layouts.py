@@ -176,12 +176,18 @@ def _imagenet_val(root: Path, classes: tuple[str, ...]) -> list[tuple[str, int]]
     return [(p, index[w]) for p, w in zip(files, wnids)]
 
 
-def _imagenet_val_wnids(root: Path) -> list[str]:
-    """The wnid of every val file (sorted by name), as torchvision.datasets.ImageNet derives it."""
-    from torchvision.datasets import imagenet as tv
+META_FILE = "meta.bin"  # torchvision.datasets.imagenet.META_FILE
 
-    if (root / tv.META_FILE).is_file():
-        return list(tv.load_meta_file(str(root))[1])
+def _imagenet_val_wnids(root: Path) -> list[str]:
+    """The wnid of every val file (sorted by name), as torchvision.datasets.ImageNet derives it.
+
+    torchvision's ``meta.bin`` is read with ``torch.load`` as torchvision's ``load_meta_file`` does, without
+    importing torchvision.datasets: that import brings in torch._dynamo and sympy, 90 MB of memory in every
+    process that only reads a cache."""
+    if (root / META_FILE).is_file():
+        import torch
+
+        return list(torch.load(root / META_FILE, weights_only=True)[1])
     devkit = root / DEVKIT
     if (devkit / "data" / "meta.mat").is_file():
         return _wnids_from_devkit(str(devkit))
@@ -195,7 +201,7 @@ def _imagenet_val_wnids(root: Path) -> list[str]:
             tar.extractall(tmp, members=members, filter="data")
             return _wnids_from_devkit(os.path.join(tmp, DEVKIT))
     raise DpcliError(
-        f"{root / 'val'} is flat (ImageNet layout) but no labels were found: put torchvision's {tv.META_FILE}, "
+        f"{root / 'val'} is flat (ImageNet layout) but no labels were found: put torchvision's {META_FILE}, "
         f"the {DEVKIT}/ folder or {DEVKIT}.tar.gz in {root}."
     )
 
