@@ -63,6 +63,7 @@ _F64 = torch.float64
 # Budget for the dense path: the (d, d) float64 Hessian and its Cholesky factor
 # coexist, so 2 * d^2 * 8 bytes must stay under ~4 GiB.
 _DENSE_BYTES = 4 * 2**30
+_SOLVE_BYTES = 32 * 2**20  # float64 per-sample gradients per chunk of a row solve
 # Elements of the (rows, r, C) float64 intermediate in a Hessian-vector product.
 _HVP_ELEMENTS = 2**23
 
@@ -384,6 +385,9 @@ def solve_in_chunks(features: Tensor, labels: Tensor, weight: Tensor, bias: Tens
     n = features.shape[0]
     row_start, row_stop = (0, n) if rows is None else (int(rows[0]), int(rows[1]))
     w, b = layer64(features, weight, bias)
+    # a chunk's gradients and their solution are (chunk x d) float64 each, and d grows as C x D: 4,096 rows
+    # of d = 3,300 made 0.4 GB of temporaries.  The cap depends on d only, so every shard keeps one grid.
+    chunk_size = min(int(chunk_size), max(64, _SOLVE_BYTES // (8 * w.shape[0] * (w.shape[1] + 1))))
     y_all = labels.to(features.device)
     out = None if sink is not None else np.empty((row_stop - row_start, weight.shape[0] * (weight.shape[1] + 1)),
                                                  dtype=np.float32)

@@ -248,3 +248,31 @@ def test_bad_shard_specs(tiny_run, tmp_path, capsys) -> None:
     _assert_user_error(["influence", ck, "--shard", "0/2"], capsys, "--shard needs --out")
     _assert_user_error(["influence", ck, "--shard", "0/2", "--merge", "--out", tmp_path / "p.h5"], capsys, "not both")
     _assert_user_error(["influence", ck, ck], capsys, "unexpected extra arguments")
+
+
+def test_row_solves_cap_their_chunks_by_bytes_and_keep_the_rows(monkeypatch):
+    """A chunk of gradients is chunk x d float64: capped at 32 MiB, at least 64 rows; the rows do not change."""
+    import torch
+
+    from dpcli.influence import kernels
+
+    rng = torch.Generator().manual_seed(0)
+    feats, labels = torch.randn(300, 5, generator=rng), torch.randint(0, 3, (300,), generator=rng)
+    w, b = torch.randn(3, 5, generator=rng), torch.randn(3, generator=rng)
+    seen = []
+
+    def solve(g):
+        seen.append(g.shape[0])
+        return g.clone()
+
+    full = kernels.solve_in_chunks(feats, labels, w, b, solve, chunk_size=4096)
+    assert seen == [300]
+    seen.clear()
+    monkeypatch.setattr(kernels, "_SOLVE_BYTES", 8 * 18 * 100)  # d = 3 x 6 = 18: 100 rows a chunk
+    capped = kernels.solve_in_chunks(feats, labels, w, b, solve, chunk_size=4096)
+    assert seen == [100, 100, 100]
+    np.testing.assert_array_equal(capped, full)
+    seen.clear()
+    monkeypatch.setattr(kernels, "_SOLVE_BYTES", 8)  # the floor
+    kernels.solve_in_chunks(feats, labels, w, b, solve, chunk_size=4096)
+    assert seen == [64, 64, 64, 64, 44]
