@@ -35,7 +35,7 @@ DEFAULT_PROBS_BUDGET = 2 << 30
 
 def probs_budget() -> int:
     """Bytes of recorded class probabilities at most: ``$DPCLI_PROBS_BUDGET`` (e.g. 512M, 8G)."""
-    from dpcli.data.sources.imagefolder import parse_size
+    from dpcli.env import parse_size
 
     return parse_size("DPCLI_PROBS_BUDGET", DEFAULT_PROBS_BUDGET)
 

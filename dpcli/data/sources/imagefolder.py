@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import warnings
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 
 from dpcli.data import cache, layouts
 from dpcli.data.base import Dataset, DatasetSource, LoadRequest
+from dpcli.env import parse_size
 from dpcli.errors import DpcliError
 
 PREFIX = "imagefolder"
@@ -37,17 +37,6 @@ def memory_budget() -> int:
     """Bytes of decoded images held in memory at most: ``$DPCLI_MEMORY_BUDGET`` (e.g. 512M, 2G)."""
     return parse_size("DPCLI_MEMORY_BUDGET", DEFAULT_MEMORY_BUDGET)
 
-
-def parse_size(variable: str, default: int) -> int:
-    """A byte size from environment ``variable`` (512M, 2G, 1.5GiB), or ``default`` when unset."""
-    env = os.environ.get(variable, "").strip()
-    if not env:
-        return default
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)i?[bB]?", env)
-    if not m:
-        raise DpcliError(f"{variable} must be a size such as 512M or 2G, got {env!r}")
-    scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
-    return int(float(m.group(1)) * scale)
 
 
 def _cache_key(root: Path, layout: layouts.Layout, image_size: int | None,

@@ -1,0 +1,20 @@
+"""Settings read from the environment, parsed in one place so every variable fails the same way."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from dpcli.errors import DpcliError
+
+
+def parse_size(variable: str, default: int) -> int:
+    """A byte size from environment ``variable`` (512M, 2G, 1.5GiB), or ``default`` when unset."""
+    env = os.environ.get(variable, "").strip()
+    if not env:
+        return default
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)i?[bB]?", env)
+    if not m:
+        raise DpcliError(f"{variable} must be a size such as 512M or 2G, got {env!r}")
+    scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
+    return int(float(m.group(1)) * scale)
