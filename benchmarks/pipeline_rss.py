@@ -2,9 +2,10 @@
 
 Each stage runs in its own process (as the CLI runs them) under ``/usr/bin/time -v``, and the
 process tree's summed PSS (proportional set size) (DataLoader workers included) is sampled.  The stages are those of
-``dpcli prune --prune-ratio 0.3 imagefolder:FOLDER --image-size 64 --arch convnet --epochs 1`` (``--sketch K``
-stores the JL sketch S R instead of S, for an S that would not fit the limit) followed by ``dpcli retrain``; the dataset streams from the on-disk cache because its decoded size
-exceeds ``$DPCLI_MEMORY_BUDGET``.
+``dpcli prune --prune-ratio 0.3 imagefolder:FOLDER --image-size 64 --arch convnet --epochs 1``
+followed by ``dpcli retrain``; the dataset streams from the on-disk cache because its decoded size
+exceeds ``$DPCLI_MEMORY_BUDGET``.  ``--sketch K`` stores the JL sketch S R instead of S, for an S that
+would not fit the limit; ``--time-budget`` is the prune's.
 
 ``--memory-limit 1G`` runs every stage inside a memory cgroup of that size (root or a delegated
 cgroup needed): the memory *available* to the process tree is then really that small, page cache
@@ -46,7 +47,7 @@ def _config(spec: str, size: int, width: int, depth: int):
 
 
 def stage(name: str, folder: Path, work: Path, size: int, device: str, width: int, depth: int,
-          sketch: int | None = None) -> dict:
+          sketch: int | None = None, time_budget: float | None = None) -> dict:
     import torch
 
     from dpcli.config import InfluenceConfig, PruneConfig
@@ -75,7 +76,7 @@ def stage(name: str, folder: Path, work: Path, size: int, device: str, width: in
         info = core.compute_influence(work / "ck.h5", work / "S.h5", cfg, device=dev, data_root=root)
         return {"n": info.n, "d": info.d, "sketch_k": sketch}
     if name == "prune":
-        mask = core.prune(work / "S.h5", work / "mask.h5", PruneConfig(ratio=0.3),
+        mask = core.prune(work / "S.h5", work / "mask.h5", PruneConfig(ratio=0.3, time_budget=time_budget),
                           device=dev, data_root=root)
         return {"n_pruned": mask.n_pruned, "n_kept": mask.n_kept}
     mask = core.read_mask(work / "mask.h5")
@@ -93,6 +94,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--width", type=int, default=8)
     ap.add_argument("--depth", type=int, default=5)
+    ap.add_argument("--time-budget", type=float, default=None, help="seconds the prune's solver may spend")
     ap.add_argument("--sketch", type=int, default=None,
                     help="store the JL sketch S R (n x K) instead of S: n x d would not fit the memory limit")
     ap.add_argument("--stages", default=DEFAULT_STAGES, help=f"comma-separated, from {', '.join(STAGES)}")
@@ -103,7 +105,7 @@ def main() -> None:
     folder = args.folder.resolve()
     if args.stage:
         res = stage(args.stage, folder, args.work, args.image_size, args.device, args.width, args.depth,
-                    args.sketch)
+                    args.sketch, args.time_budget)
         print("RESULT " + json.dumps(res), flush=True)
         return
     args.work.mkdir(parents=True, exist_ok=True)
@@ -111,7 +113,7 @@ def main() -> None:
     cgroup = MemoryCgroup(_size(args.memory_limit)) if args.memory_limit else None
     results: dict = {"folder": str(folder), "image_size": args.image_size, "cpus": os.cpu_count(),
                      "device": args.device, "convnet": {"width": args.width, "depth": args.depth},
-                     "sketch_k": args.sketch,
+                     "sketch_k": args.sketch, "time_budget": args.time_budget,
                      "memory_limit_mb": cgroup.limit / 2**20 if cgroup else None,
                      "memory_budget": os.environ.get("DPCLI_MEMORY_BUDGET", "1G (default)"),
                      "loader_workers": os.environ.get("DPCLI_LOADER_WORKERS", "min(4, cpus)"),
@@ -120,7 +122,8 @@ def main() -> None:
         for name in names:
             cmd = [sys.executable, __file__, str(folder), "--work", str(args.work), "--image-size",
                    str(args.image_size), "--device", args.device, "--width", str(args.width), "--depth",
-                   str(args.depth), "--stage", name] + (["--sketch", str(args.sketch)] if args.sketch else [])
+                   str(args.depth), "--stage", name] + (["--sketch", str(args.sketch)] if args.sketch else []) \
+                + (["--time-budget", str(args.time_budget)] if args.time_budget else [])
             m = run_measured(cmd, log=args.work / f"{name}.log", cgroup=cgroup, check=name != "in-memory")
             lines = [ln for ln in m.pop("output").splitlines() if ln.startswith("RESULT ")]
             results[name] = {**(json.loads(lines[-1][7:]) if lines else {}),

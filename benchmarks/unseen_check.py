@@ -111,9 +111,7 @@ def dpcli(args: list[str], env: dict) -> dict:
 
 def image_cell(root: Path, work: Path, method: str, ratio: float, seed: int, env: dict) -> dict:
     spec = f"imagefolder:{root}"
-    masks = work / "masks" / "mnist5k"
-    masks.mkdir(parents=True, exist_ok=True)
-    mask = masks / f"{method}-{ratio}-{seed}" / "mask.h5"
+    mask = work / "masks" / "mnist5k" / f"{method}-{ratio}-{seed}" / "mask.h5"
     mask.parent.mkdir(parents=True, exist_ok=True)
     common = ["--data-root", str(work / "data"), "--run-root", str(work / "runs")]
     t0 = time.perf_counter()

@@ -29,6 +29,7 @@ from dpcli.errors import DpcliError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 DEVKIT = "ILSVRC2012_devkit_t12"
+META_FILE = "meta.bin"  # torchvision.datasets.imagenet.META_FILE
 
 
 @dataclass(frozen=True)
@@ -175,8 +176,6 @@ def _imagenet_val(root: Path, classes: tuple[str, ...]) -> list[tuple[str, int]]
             raise DpcliError(f"{p} is labelled {w!r} by the devkit, which has no folder in train/.")
     return [(p, index[w]) for p, w in zip(files, wnids)]
 
-
-META_FILE = "meta.bin"  # torchvision.datasets.imagenet.META_FILE
 
 def _imagenet_val_wnids(root: Path) -> list[str]:
     """The wnid of every val file (sorted by name), as torchvision.datasets.ImageNet derives it.

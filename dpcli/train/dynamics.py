@@ -132,6 +132,7 @@ class DynamicsRecorder:
 
         console.info(escape(f"warning: class probabilities not recorded: {self.probs_skipped}"))
         return False
+
     def begin_epoch(self, device: torch.device | str = "cpu") -> None:
         # rows loss / correct / margin kept on the training device: one host transfer per epoch, none per step
         self._cur = torch.full((3, self.n), float("nan"), dtype=torch.float32, device=device)

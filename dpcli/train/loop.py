@@ -364,7 +364,8 @@ def _recorders(config: TrainConfig, n: int, snaps: tuple[int, ...], out: Path,
     epochlog.rollback(out, start)
     rows = epochlog.read(out, start)
     if rows is None:  # no complete side log (a checkpoint of an older dpcli): the groups inside checkpoint.h5
-        recorder, dyn = TrajectoryRecorder.for_run(config, out, start), DynamicsRecorder.for_run(n, snaps, out, start, config.epochs)
+        recorder = TrajectoryRecorder.for_run(config, out, start)
+        dyn = DynamicsRecorder.for_run(n, snaps, out, start, config.epochs)
         _backfill(out, recorder, dyn, start)
         return recorder, dyn
     with h5py.File(out, "r") as f:

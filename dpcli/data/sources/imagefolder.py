@@ -38,7 +38,6 @@ def memory_budget() -> int:
     return parse_size("DPCLI_MEMORY_BUDGET", DEFAULT_MEMORY_BUDGET)
 
 
-
 def _cache_key(root: Path, layout: layouts.Layout, image_size: int | None,
                resize: tuple[int, str] | None = None) -> str:
     prefix = len(str(root)) + 1
