@@ -251,7 +251,7 @@ def extract_cifar(tarball: Path, work: Path) -> Path:
             subprocess.run(["tar", "-xzf", str(tarball), "-C", str(tmp)], check=True)
         else:
             with tarfile.open(tarball) as tar:
-                tar.extractall(tmp, filter="data")
+                tar.extractall(tmp, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
         root = next(p.parent for p in tmp.rglob("train") if p.is_dir() and (p.parent / "test").is_dir())
         os.replace(root, full)
     return full

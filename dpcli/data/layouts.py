@@ -195,9 +195,16 @@ def _imagenet_val_wnids(root: Path) -> list[str]:
         import tarfile
         import tempfile
 
+        # the two files are copied out by their base names: no path from the archive is ever written to,
+        # which extractall's filter="data" would ensure only on Pythons that have it (3.11.2 has not)
         with tempfile.TemporaryDirectory() as tmp, tarfile.open(archive) as tar:
-            members = [m for m in tar.getmembers() if m.name.endswith(("meta.mat", "ILSVRC2012_validation_ground_truth.txt"))]
-            tar.extractall(tmp, members=members, filter="data")
+            data = os.path.join(tmp, DEVKIT, "data")
+            os.makedirs(data)
+            for m in tar.getmembers():
+                name = os.path.basename(m.name)
+                if m.isfile() and name in ("meta.mat", "ILSVRC2012_validation_ground_truth.txt"):
+                    with tar.extractfile(m) as src, open(os.path.join(data, name), "wb") as dst:
+                        dst.write(src.read())
             return _wnids_from_devkit(os.path.join(tmp, DEVKIT))
     raise DpcliError(
         f"{root / 'val'} is flat (ImageNet layout) but no labels were found: put torchvision's {META_FILE}, "
