@@ -179,6 +179,9 @@ class PruneConfig:
         selector = SELECTORS.get(self.method)  # one line naming the choices for an unknown name
         if self.solver not in SOLVERS:
             raise DpcliError(f"unknown --solver {self.solver!r}; choose one of {', '.join(SOLVERS)}")
+        from dpcli.select.coverage import solve_budget
+
+        solve_budget()  # a malformed $DPCLI_SOLVE_BUDGET fails here, not after training and influence
         if isinstance(self.strata, bool) or int(self.strata) != self.strata or self.strata < 1:
             raise DpcliError(f"--strata must be an integer >= 1, got {self.strata}")
         if self.cutoff is not None and not (math.isfinite(self.cutoff) and 0 <= self.cutoff < 1):

@@ -34,6 +34,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from dpcli.errors import DpcliError
@@ -63,7 +64,7 @@ _F64 = torch.float64
 # Budget for the dense path: the (d, d) float64 Hessian and its Cholesky factor
 # coexist, so 2 * d^2 * 8 bytes must stay under ~4 GiB.
 _DENSE_BYTES = 4 * 2**30
-_SOLVE_BYTES = 32 * 2**20  # float64 per-sample gradients per chunk of a row solve
+_SOLVE_BYTES = 16 * 2**20  # float64 per-sample gradients per chunk of a row solve
 # Elements of the (rows, r, C) float64 intermediate in a Hessian-vector product.
 _HVP_ELEMENTS = 2**23
 
@@ -142,8 +143,13 @@ def residuals(phi: Tensor, y: Tensor, w: Tensor, b: Tensor) -> Tensor:
 
 def grads_from_residuals(phi: Tensor, e: Tensor) -> Tensor:
     """Per-sample ``[outer(e, phi).flatten(), e]`` in the public ordering."""
-    rows = phi.shape[0]
-    return torch.cat([(e[:, :, None] * phi[:, None, :]).reshape(rows, -1), e], dim=1)
+    rows, dim = phi.shape
+    num_classes = e.shape[1]
+    out = torch.empty(rows, num_classes * (dim + 1), dtype=torch.result_type(e, phi), device=phi.device)
+    # written in place: a cat of the outer products would hold a second (rows x d) copy
+    torch.mul(e[:, :, None], phi[:, None, :], out=out[:, :num_classes * dim].view(rows, num_classes, dim))
+    out[:, num_classes * dim:] = e
+    return out
 
 
 def _to_public_order(num_classes: int, dim: int, device: torch.device) -> Tensor:
@@ -198,6 +204,33 @@ def mean_grad(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor,
     return torch.cat([grad_w.reshape(-1), grad_b]) / n
 
 
+def loss_and_grad_norm(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor,
+                       chunk_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample CE loss and ``||g_i||`` (float64, ``(n,)`` each), chunked over rows.
+
+    ``||g_i||^2 = ||e_i||^2 (||phi_i||^2 + 1)`` for the closed-form last-layer gradient.  Chunked because
+    the whole-set float64 logits, probabilities and one-hots are n x C x 8 B each: 160 MB apiece at
+    200,000 images and 100 classes, which alone broke a 1 GiB bound.
+    """
+    n, num_classes, _ = shapes(features, weight, bias)
+    check_labels(labels, n, num_classes)
+    chunk_size = check_chunk(chunk_size)
+    w, b = layer64(features, weight, bias)
+    y_all = labels.to(features.device)
+    out = torch.empty(2, n, dtype=_F64, device=features.device)  # one transfer at the end, not one per chunk
+    for start in range(0, n, chunk_size):
+        phi = features[start:start + chunk_size].detach().to(_F64)
+        y = y_all[start:start + chunk_size]
+        logits = torch.addmm(b, phi, w.T)
+        stop = start + phi.shape[0]
+        out[0, start:stop] = F.cross_entropy(logits, y, reduction="none")
+        e = torch.softmax(logits, dim=1)
+        e[torch.arange(phi.shape[0], device=phi.device), y] -= 1.0
+        out[1, start:stop] = e.norm(dim=1) * torch.sqrt(phi.pow(2).sum(1) + 1)
+    losses, norms = out.cpu().numpy()
+    return losses, norms
+
+
 def _aug_hessian_gemm(features: Tensor, w: Tensor, b: Tensor, chunk_size: int) -> Tensor:
     """Unnormalised block-upper augmented Hessian via one GEMM per class and chunk.
 
@@ -224,8 +257,9 @@ def _aug_hessian_gemm(features: Tensor, w: Tensor, b: Tensor, chunk_size: int) -
     return h_aug
 
 
-def _aug_hessian_syrk(features: Tensor, w: Tensor, b: Tensor, chunk_size: int) -> Tensor:
-    """CPU variant of :func:`_aug_hessian_gemm` using BLAS ``dsyrk``: half the flops.
+def _hessian_syrk(features: Tensor, w: Tensor, b: Tensor, chunk_size: int) -> Tensor:
+    """CPU variant of :func:`_aug_hessian_gemm` using BLAS ``dsyrk``: half the flops; unnormalised,
+    whole and already in the public ordering.
 
     Every block is symmetric and its weights have a known sign
     (``p_c (1 - p_c) >= 0`` on the diagonal, ``-p_c p_c' <= 0`` off it), so
@@ -252,11 +286,33 @@ def _aug_hessian_syrk(features: Tensor, w: Tensor, b: Tensor, chunk_size: int) -
                 sign, root = -1.0, np.sqrt(p[:, c] * p[:, c2])
             blocks[c, c2] = _dsyrk(sign, root[:, None] * phi_t, beta=1.0, c=acc, trans=1,
                                    overwrite_c=1)
-    h_aug = torch.empty(num_classes * aug, num_classes * aug, dtype=_F64)
-    for (c, c2), acc in blocks.items():
-        upper = torch.from_numpy(np.triu(acc))
-        h_aug[c * aug:(c + 1) * aug, c2 * aug:(c2 + 1) * aug] = upper + upper.triu(1).T
-    return h_aug
+    return _public_from_blocks(blocks, num_classes, dim)
+
+
+def _public_from_blocks(blocks: dict[tuple[int, int], np.ndarray], num_classes: int, dim: int) -> Tensor:
+    """The full symmetric Hessian in the public ordering, written straight from the upper blocks.
+
+    Writing each block's W-W, W-b, b-W and b-b parts where they belong (and the mirror block as its
+    transpose) needs no augmented copy and no permuting gather: at d = 3,300 those were two more
+    87 MB float64 matrices at the stage's peak.  Consumes ``blocks`` as it goes.
+    """
+    cd = num_classes * dim
+    h = np.empty((cd + num_classes, cd + num_classes), dtype=np.float64)
+    for c, c2 in list(blocks):
+        acc = blocks.pop((c, c2))
+        block = np.triu(acc)
+        block += np.triu(block, 1).T  # dsyrk filled the upper triangle only
+        w1, w2 = slice(c * dim, (c + 1) * dim), slice(c2 * dim, (c2 + 1) * dim)
+        h[w1, w2] = block[:dim, :dim]
+        h[w1, cd + c2] = block[:dim, dim]
+        h[cd + c, w2] = block[dim, :dim]
+        h[cd + c, cd + c2] = block[dim, dim]
+        if c != c2:
+            h[w2, w1] = block[:dim, :dim].T
+            h[cd + c2, w1] = block[:dim, dim]
+            h[w2, cd + c] = block[dim, :dim]
+            h[cd + c2, cd + c] = block[dim, dim]
+    return torch.from_numpy(h)
 
 
 def last_layer_hessian(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor,
@@ -265,7 +321,8 @@ def last_layer_hessian(features: Tensor, labels: Tensor, weight: Tensor, bias: T
 
     Built block-wise in the augmented ordering (``dsyrk`` on CPU when SciPy's
     BLAS is available, GEMMs otherwise), block-upper part only; the rest follows
-    by symmetry, then one gather permutes to the public ordering.  ``labels``
+    by symmetry.  The CPU path writes the blocks straight into the public ordering;
+    the GEMM path permutes with one gather.  ``labels``
     are only validated: the CE Hessian does not depend on them.
     """
     n, num_classes, dim = shapes(features, weight, bias)
@@ -275,9 +332,10 @@ def last_layer_hessian(features: Tensor, labels: Tensor, weight: Tensor, bias: T
     device = features.device
     aug = dim + 1
     if device.type == "cpu" and _dsyrk is not None:
-        h_aug = _aug_hessian_syrk(features, w, b, chunk_size)
-    else:
-        h_aug = _aug_hessian_gemm(features, w, b, chunk_size)
+        hessian = _hessian_syrk(features, w, b, chunk_size)  # already whole and in the public order
+        hessian /= n
+        return hessian
+    h_aug = _aug_hessian_gemm(features, w, b, chunk_size)
     for c in range(num_classes):
         for c2 in range(c + 1, num_classes):
             h_aug[c2 * aug:(c2 + 1) * aug, c * aug:(c + 1) * aug] = (

@@ -41,6 +41,42 @@ class Coverage:
         return self
 
 
+DEFAULT_SOLVE_BUDGET = 4 << 30
+_FEATURE_ROWS = 8192
+
+
+def solve_budget() -> int:
+    """Bytes the covered solve's one matrix may take: ``$DPCLI_SOLVE_BUDGET`` (default 4 GiB; e.g. 512M, 32G)."""
+    from dpcli.env import parse_size
+
+    return parse_size("DPCLI_SOLVE_BUDGET", DEFAULT_SOLVE_BUDGET)
+
+
+def covered_bytes(rows: int, d: int, extra: int, itemsize: int) -> int:
+    """Size of the covered solve's matrix: S's rows plus one column per count group and feature."""
+    return int(rows) * (int(d) + int(extra)) * int(itemsize)
+
+
+def check_budget(rows: int, d: int, extra: int, group_cols: int, feature_cols: int, itemsize: int) -> None:
+    """One clear line, before anything is allocated, when the covered solve would pass its budget.
+
+    The count and feature constraints are dense columns (one per class x stratum, one per class x
+    feature), so they grow with the number of classes: 100 classes x 10 strata x 160,000 rows is
+    0.6 GB, and feature matching with 32 features adds 2 GB more.
+    """
+    need, budget = covered_bytes(rows, d, extra, itemsize), solve_budget()
+    if need > budget:
+        raise DpcliError(
+            f"the covered solve needs {need / 2**30:.2f} GiB ({rows:,} rows x ({d:,} of S + {group_cols:,} count + "
+            f"{feature_cols:,} feature columns)), above DPCLI_SOLVE_BUDGET = {budget / 2**30:.2f} GiB; use fewer "
+            f"--strata, drop --match-features or --balance, or raise DPCLI_SOLVE_BUDGET")
+
+
+def solve_dtype(S: np.ndarray) -> np.dtype:
+    """The precision the covered solve works in: S's own float type, else float64."""
+    return np.dtype(S.dtype if S.dtype in (np.float32, np.float64) else np.float64)
+
+
 def groups_of(labels: np.ndarray, difficulty: np.ndarray | None, cov: Coverage) -> np.ndarray:
     """Group id per sample: class (if balanced) x difficulty quantile bin (within the class)."""
     n = len(labels)
@@ -90,14 +126,17 @@ def minimize_norm_covered(S: np.ndarray, m: int, labels: np.ndarray, difficulty:
     gid, ginv, gsize = np.unique(groups, return_inverse=True, return_counts=True)
     counts = proportional_counts(gsize, m_free)
     feature_cols = 0 if features is None else len(np.unique(labels[free])) * np.asarray(features).shape[1]
-    Sa = _augmented(S, free, forced, m_free, extra=feature_cols + (len(gid) if len(gid) > 1 else 0))
+    extra = feature_cols + (len(gid) if len(gid) > 1 else 0)
+    check_budget(len(free), S.shape[1], extra, len(gid) if len(gid) > 1 else 0, feature_cols,
+                 solve_dtype(S).itemsize)
+    Sa = _augmented(S, free, forced, m_free, extra=extra)
     d = S.shape[1]
     Sf = Sa[:, :d]  # a view: the group and feature columns follow
     col = d
     if features is not None:
-        block = _feature_block(np.asarray(features, dtype=np.float64)[free], labels[free], ginv, Sf, counts, seed)
-        Sa[:, col:col + block.shape[1]] = block
-        col += block.shape[1]
+        _write_feature_block(Sa[:, col:col + feature_cols], np.asarray(features)[free], labels[free], ginv, Sf,
+                             counts, seed)
+        col += feature_cols
     if len(gid) > 1:
         lam = _penalty_weight(Sf, ginv, counts, seed)
         Sa[:, col:] = -lam * counts / m_free
@@ -115,7 +154,7 @@ def _augmented(S: np.ndarray, free: np.ndarray, forced: np.ndarray, m_free: int,
     One (n_free, d + extra) array is the only copy of S the covered solve makes (float32 for a float32
     S), so its peak is about twice S rather than the three float64 copies an hstack would build.
     """
-    dtype = S.dtype if S.dtype in (np.float32, np.float64) else np.float64
+    dtype = solve_dtype(S)
     d = S.shape[1]
     offset = masked_sum(S, forced) if forced.any() else np.zeros(d)
     shift = offset / m_free  # |W| = m_free: the offset sums to the forced part
@@ -148,23 +187,35 @@ def maximize_pruned_covered(S: np.ndarray, epsilon: float, labels: np.ndarray, d
     return best
 
 
-def _feature_block(F: np.ndarray, labels: np.ndarray, ginv: np.ndarray, Sf: np.ndarray, counts: np.ndarray,
-                   seed: int) -> np.ndarray:
-    """Per-class column blocks of features centred on their group's mean, scaled so that at a
-    stratified random start they weigh as much as the influence part."""
-    Fc = F.copy()
-    for g in np.unique(ginv):
-        rows = ginv == g
-        Fc[rows] -= F[rows].mean(0)
+def _write_feature_block(out: np.ndarray, F: np.ndarray, labels: np.ndarray, ginv: np.ndarray, Sf: np.ndarray,
+                         counts: np.ndarray, seed: int) -> None:
+    """Fill ``out`` (zeros, n x C*D) with per-class column blocks of the features centred on their group's
+    mean, scaled so that at a stratified random start they weigh as much as the influence part.
+
+    Written class by class into the solve's own matrix: the whole block as a float64 array, then scaled,
+    was two n x C x D float64 copies (8 GB at 160,000 rows of 100 classes x 32 features).
+    """
+    means = {g: np.asarray(F[ginv == g], dtype=np.float64).mean(0) for g in np.unique(ginv)}
     classes, cls = np.unique(labels, return_inverse=True)
-    block = np.zeros((len(F), len(classes) * F.shape[1]))
-    for c in range(len(classes)):
-        rows = cls == c
-        block[rows, c * F.shape[1]:(c + 1) * F.shape[1]] = Fc[rows]
+    dim = F.shape[1]
     start = _stratified_start(ginv, counts, seed)
+
+    def centred(rows: np.ndarray) -> np.ndarray:
+        x = np.asarray(F[rows], dtype=np.float64)
+        for g in np.unique(ginv[rows]):
+            x[ginv[rows] == g] -= means[g]
+        return x
+
+    got = 0.0
+    for c in range(len(classes)):
+        got += float(np.sum(centred(np.flatnonzero(start & (cls == c))).sum(0) ** 2))
     ref = np.linalg.norm(Sf[start].sum(0, dtype=np.float64))
-    got = np.linalg.norm(block[start].sum(0))
-    return block * (ref / got if got > 0 else 1.0)
+    scale = ref / np.sqrt(got) if got > 0 else 1.0
+    for c in range(len(classes)):
+        rows = np.flatnonzero(cls == c)
+        for a in range(0, len(rows), _FEATURE_ROWS):
+            part = rows[a:a + _FEATURE_ROWS]
+            out[part, c * dim:(c + 1) * dim] = centred(part) * scale
 
 
 def _stratified_start(ginv: np.ndarray, counts: np.ndarray, seed: int) -> np.ndarray:

@@ -13,7 +13,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from dpcli.influence import kernels as infl
 from dpcli import console
@@ -106,12 +105,7 @@ def _compute_influence(checkpoint: Path, out: Path, cfg: InfluenceConfig, *, dev
     c = weight.shape[0]
     d = c * (feat_dim + 1)
     with torch.no_grad():
-        logits = feats.double() @ weight.double().T + bias.double()
-        losses = F.cross_entropy(logits, labels, reduction="none").cpu().numpy()
-        probs = torch.softmax(logits, 1)
-        err = probs - F.one_hot(labels, c).double()
-        # ||g_i||^2 = ||e_i||^2 (||phi_i||^2 + 1) for the closed-form last-layer gradient
-        grad_norm = (err.norm(dim=1) * torch.sqrt(feats.double().pow(2).sum(1) + 1)).cpu().numpy()
+        losses, grad_norm = infl.loss_and_grad_norm(feats, labels, weight, bias)
     test_feats = extract_features(model, ds.test, ds, device)
     test_grad = infl.mean_grad(test_feats, torch.from_numpy(ds.test.labels).to(device), weight, bias)
     theta = torch.cat([weight.double().flatten(), bias.double()]).cpu().numpy()

@@ -93,6 +93,33 @@ def test_mean_grad_matches_autograd_and_rejects_bad_labels() -> None:
         mean_grad(features, torch.full_like(labels, 3), weight, bias)
 
 
+def test_loss_and_grad_norm_match_autograd_chunk_by_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per-sample losses and gradient norms equal autograd's, and no step sees more rows than a chunk.
+
+    The whole-set float64 logits were n x C x 8 B apiece (160 MB at 200,000 x 100), enough to break a
+    1 GiB bound on their own, so the chunking is checked, not just the numbers.
+    """
+    features, labels, weight, bias = _problem(37, 5, 3, seed=5)
+    theta = _theta(weight, bias)
+    expected_loss = torch.stack([_mean_ce(theta, features[i:i + 1], labels[i:i + 1], 3) for i in range(37)])
+    expected_norm = torch.stack([torch.func.grad(_mean_ce)(theta, features[i:i + 1], labels[i:i + 1], 3).norm()
+                                 for i in range(37)])
+    rows_seen: list[int] = []
+    real_ce = influence.F.cross_entropy
+
+    def spy(logits: Tensor, *args, **kwargs) -> Tensor:
+        rows_seen.append(logits.shape[0])
+        return real_ce(logits, *args, **kwargs)
+
+    monkeypatch.setattr(influence.F, "cross_entropy", spy)
+    losses, norms = influence.loss_and_grad_norm(features, labels, weight, bias, chunk_size=8)
+    assert rows_seen == [8, 8, 8, 8, 5]
+    np.testing.assert_allclose(losses, expected_loss.numpy(), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(norms, expected_norm.numpy(), rtol=1e-12, atol=1e-15)
+    with pytest.raises(DpcliError, match="labels"):
+        influence.loss_and_grad_norm(features, torch.full_like(labels, 3), weight, bias)
+
+
 @pytest.mark.parametrize("blas", ["syrk", "gemm"])
 def test_hessian_matches_autograd_and_hvp_matches_dense(
         blas: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -159,6 +159,34 @@ def test_fallbacks_skip_the_validation_and_say_why(rich):
     assert np.array_equal(given.keep, ref.keep) and given.auto["chosen"] == "given"
 
 
+def test_rungs_over_the_solve_budget_are_skipped_and_said(rich, monkeypatch):
+    """The count and feature columns grow with the classes: rungs whose covered solve on all of S would pass
+    DPCLI_SOLVE_BUDGET are dropped from the ladder (a prefix stays), and the line says which and why."""
+    x, y, S = rich
+    n, d, item = S.shape[0], S.shape[1], S.dtype.itemsize
+    need = {"balanced": n * (d + 3) * item, "strata": n * (d + 30) * item,
+            "strata+cutoff+features": n * (d + 30 + 3 * x.shape[1]) * item}
+    monkeypatch.setenv("DPCLI_SOLVE_BUDGET", str(need["strata"]))  # every rung but the feature rung fits
+    sel = dp.prune(S, ratio=0.5, labels=y, features=x)
+    rec = sel.auto
+    assert [c["name"] for c in rec["candidates"]] == [r.name for r in auto.LADDER[:3]]
+    assert rec["decided_by"] == "validation" and "strata+cutoff+features skipped" in rec["reason"]
+    assert f"covered solve {need['strata+cutoff+features'] / 2**30:.1f} GiB" in rec["reason"]
+
+    monkeypatch.setenv("DPCLI_SOLVE_BUDGET", str(need["balanced"]))  # only the first rung: nothing to compare
+    sel = dp.prune(S, ratio=0.5, labels=y, features=x)
+    base = dp.prune(S, ratio=0.5, labels=y, method="optimization", balance=True)
+    assert np.array_equal(sel.keep, base.keep) and sel.auto["chosen"] == "balanced"
+    assert sel.auto["decided_by"] == "rule" and sel.auto["candidates"] == []
+    assert "no coverage rung to compare; strata, strata+cutoff, strata+cutoff+features skipped" in sel.auto["reason"]
+
+    monkeypatch.setenv("DPCLI_SOLVE_BUDGET", str(need["balanced"] - 1))  # not even the class quotas
+    sel = dp.prune(S, ratio=0.5, labels=y, features=x)
+    pure = dp.prune(S, ratio=0.5, labels=y, method="optimization")
+    assert np.array_equal(sel.keep, pure.keep) and sel.auto["chosen"] == "pure"
+    assert "balanced, strata" in sel.auto["reason"] and "DPCLI_SOLVE_BUDGET" in sel.auto["reason"]
+
+
 def test_buckets_keep_the_bucketed_objective_as_first_rung(rich):
     """The bucketed solver has no class quotas: with --buckets the first rung is the objective alone, bucketed."""
     from dpcli.select.methods.optimization import Optimization

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from dpcli.select import solvers as selection
+from dpcli.errors import DpcliError
+from dpcli.select import coverage
 from dpcli.select.coverage import Coverage, groups_of, maximize_pruned_covered, minimize_norm_covered
 
 
@@ -113,3 +115,75 @@ def test_feature_matching_keeps_each_group_mean():
     for c in range(3):
         rand[rng.choice(np.flatnonzero(labels == c), 50, replace=False)] = True
     assert selection.subset_norm(S, with_f) < selection.subset_norm(S, rand)
+
+
+def test_feature_block_equals_a_dense_construction():
+    """Written class by class into the solve's matrix, the feature block equals the plain dense recipe:
+    per-group centred features in their class's columns, scaled to the influence part's weight at the
+    stratified start."""
+    rng = np.random.default_rng(5)
+    n, dim = 230, 3
+    labels = rng.integers(0, 4, n)
+    ginv = labels * 2 + rng.integers(0, 2, n)
+    F = rng.normal(size=(n, dim)).astype(np.float32)
+    Sf = rng.normal(size=(n, 5))
+    counts = np.array([int(np.sum(ginv == g)) // 3 for g in range(8)])
+    out = np.zeros((n, 4 * dim))
+    coverage._write_feature_block(out, F, labels, ginv, Sf, counts, seed=3)
+
+    centred = F.astype(np.float64).copy()
+    for g in range(8):
+        centred[ginv == g] -= F[ginv == g].astype(np.float64).mean(0)
+    dense = np.zeros((n, 4 * dim))
+    for i in range(n):
+        dense[i, labels[i] * dim:(labels[i] + 1) * dim] = centred[i]
+    start = coverage._stratified_start(ginv, counts, 3)
+    dense *= np.linalg.norm(Sf[start].sum(0)) / np.linalg.norm(dense[start].sum(0))
+    np.testing.assert_allclose(out, dense, rtol=1e-12, atol=1e-14)
+
+
+def test_covered_solve_over_its_budget_fails_in_one_line_before_allocating(monkeypatch):
+    rng = np.random.default_rng(6)
+    n = 400
+    S = rng.normal(size=(n, 8)).astype(np.float32)
+    labels = np.repeat(np.arange(4), 100)
+    diff, F = rng.random(n), rng.normal(size=(n, 5))
+    cov = Coverage(balance=True, strata=3)
+    need = n * (8 + 12 + 4 * 5) * 4  # 12 count columns (4 classes x 3 strata), 20 feature columns, float32
+    monkeypatch.setenv("DPCLI_SOLVE_BUDGET", str(need))
+    assert minimize_norm_covered(S, 100, labels, diff, cov, features=F).sum() == 100
+    monkeypatch.setenv("DPCLI_SOLVE_BUDGET", str(need - 1))
+    monkeypatch.setattr(coverage, "_augmented", lambda *a, **k: pytest.fail("allocated past the budget"))
+    with pytest.raises(DpcliError, match=r"^the covered solve needs 0\.00 GiB \(400 rows x \(8 of S \+ 12 count \+ "
+                                         r"20 feature columns\)\), above DPCLI_SOLVE_BUDGET") as err:
+        minimize_norm_covered(S, 100, labels, diff, cov, features=F)
+    assert "\n" not in str(err.value)
+
+
+def test_cli_explicit_coverage_over_the_budget_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    import h5py
+
+    from tests.conftest import run_cli
+
+    rng = np.random.default_rng(7)
+    path = tmp_path / "S.h5"
+    with h5py.File(path, "w") as f:
+        f["S"] = rng.normal(size=(300, 6)).astype(np.float32)
+        f["labels"] = np.repeat(np.arange(3), 100)
+    args = ["prune", path, "--prune-ratio", "0.5", "--method", "optimization", "--balance",
+            "--out", tmp_path / "m.h5"]
+    monkeypatch.setenv("DPCLI_SOLVE_BUDGET", "1K")
+    code, out, err = run_cli(args, capsys)
+    assert code == 2 and out == "" and not (tmp_path / "m.h5").exists()
+    errors = [ln for ln in err.splitlines() if ln.startswith("dpcli: error:")]
+    assert len(errors) == 1 and errors[0] == err.splitlines()[-1]
+    assert errors[0].startswith("dpcli: error: the covered solve needs 0.00 GiB (300 rows x (6 of S + 3 count + "
+                                "0 feature columns)), above DPCLI_SOLVE_BUDGET = 0.00 GiB")
+    monkeypatch.setenv("DPCLI_SOLVE_BUDGET", "lots")
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and err == "dpcli: error: DPCLI_SOLVE_BUDGET must be a size such as 512M or 2G, got 'lots'\n"
+    monkeypatch.setenv("DPCLI_SOLVE_BUDGET", "1M")
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    with h5py.File(tmp_path / "m.h5", "r") as f:
+        assert int((~f["keep"][()].astype(bool)).sum()) == 150

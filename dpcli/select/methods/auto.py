@@ -200,7 +200,34 @@ def rung_config(cfg, rung: Rung):
     return dataclasses.replace(cfg, **{**base, **rung.options})
 
 
-def validate(ctx: Context, cfg, m: int, features: np.ndarray, difficulty: np.ndarray) -> Validation:
+def affordable(rungs: tuple[Rung, ...], ctx: Context, feature_dim: int | None = None) -> tuple[tuple[Rung, ...], str]:
+    """The rungs whose covered solve on all of S fits ``$DPCLI_SOLVE_BUDGET``, and a note on the rest.
+
+    Count and feature constraints are dense columns (class x stratum, class x feature), so with many
+    classes the later rungs outgrow memory first; the ladder only adds columns, so the rungs that fit
+    are a prefix.  Without ``feature_dim`` the feature rung is kept for a second call once it is known.
+    """
+    from dpcli.select.coverage import covered_bytes, solve_budget, solve_dtype
+
+    classes = len(np.unique(ctx.labels))
+    itemsize = solve_dtype(ctx.S).itemsize
+    budget = solve_budget()
+    for i, rung in enumerate(rungs):
+        o = rung.options
+        if o.get("match_features") and feature_dim is None:
+            continue
+        groups = (classes if o.get("balance") else 1) * int(o.get("strata", 1))
+        extra = (groups if groups > 1 else 0) + (classes * feature_dim if o.get("match_features") else 0)
+        need = covered_bytes(ctx.n, ctx.S.shape[1], extra, itemsize) if o else 0
+        if need > budget:
+            names = ", ".join(r.name for r in rungs[i:])
+            return rungs[:i], (f"; {names} skipped: {classes:,} classes make the covered solve {need / 2**30:.1f} GiB, "
+                               f"above DPCLI_SOLVE_BUDGET = {budget / 2**30:.1f} GiB")
+    return rungs, ""
+
+
+def validate(ctx: Context, cfg, m: int, features: np.ndarray, difficulty: np.ndarray,
+             rungs: tuple[Rung, ...] | None = None) -> Validation:
     """Select with every rung on the fit part, refit the head on each kept set, score on the validation part."""
     labels = np.asarray(ctx.labels)
     n = ctx.n
@@ -217,7 +244,7 @@ def validate(ctx: Context, cfg, m: int, features: np.ndarray, difficulty: np.nda
     rnd[np.random.default_rng([cfg.seed, 1]).choice(len(fit), size=m_fit, replace=False)] = False
     refs.append(_score("random", None, rnd, x, y, fit, val, len(classes), init=refs[0], device=dev))
     scores = []
-    rungs = ladder(cfg)
+    rungs = ladder(cfg) if rungs is None else rungs
     for rung in rungs:
         pruned, _ = Optimization(rung_config(cfg, rung)).select(sub, m_fit, None)
         scores.append(_score(rung.name, rung.strength, ~np.asarray(pruned, dtype=bool), x, y, fit, val,
@@ -297,22 +324,31 @@ class Auto(Selector):
                          pruned, t0, {})
             return pruned, label
         why = self._why_not(ctx, m)
+        rungs, over = affordable(ladder(cfg), ctx)
+        if why is None and len(rungs) < 2:
+            why = f"no coverage rung to compare{over}"
         features = None
         if why is None:
             features, why = _features(ctx)
             why = why or None
+        if why is None:
+            features = np.asarray(features)
+            if features.ndim != 2 or features.shape[0] != ctx.n:
+                raise DpcliError(f"features have shape {features.shape}, S has {ctx.n} rows")
+            rungs, over = affordable(rungs, ctx, features.shape[1])
+            if len(rungs) < 2:
+                why = f"no coverage rung to compare{over}"
         if why is not None:
-            # class quotas need a count and two classes; otherwise the paper's objective alone
-            rung = ladder(cfg)[0] if m is not None and len(np.unique(ctx.labels)) >= 2 else PURE
+            # class quotas need a count, two classes and room for their columns; else the objective alone
+            rung = ladder(cfg)[0] if m is not None and len(np.unique(ctx.labels)) >= 2 and rungs else PURE
             pruned, label = Optimization(rung_config(cfg, rung)).select(ctx, m, epsilon)
             self._record(ctx, rung, rung.name, None, why, pruned, t0, {})
             return pruned, label
-        features = np.asarray(features)
-        if features.ndim != 2 or features.shape[0] != ctx.n:
-            raise DpcliError(f"features have shape {features.shape}, S has {ctx.n} rows")
         diff, source = _difficulty(ctx, features)
         ctx._cache["difficulty"] = diff
-        v = validate(ctx, cfg, m, features, diff)
+        v = validate(ctx, cfg, m, features, diff, rungs)
+        if over:
+            v.reason += over
         measured = time.perf_counter() - t0  # features, difficulty and the validation, before the final solve
         pruned, label = Optimization(rung_config(cfg, v.chosen)).select(ctx, m, None)
         self._record(ctx, v.chosen, v.chosen.name, v, v.reason, pruned, t0,
