@@ -11,9 +11,12 @@ would not fit the limit; ``--time-budget`` is the prune's.
 cgroup needed): the memory *available* to the process tree is then really that small, page cache
 included.  The ``in-memory`` stage loads the same split with streaming off under the same limit;
 it is expected to be killed (it proves that the data do not fit), and its exit status is recorded.
+The ``cli`` stage runs the user's one command, ``dpcli prune ... --json``, in one process with its own run
+root under ``WORK/cli-runs`` (train, influence and prune, nothing reused from the other stages).
 
     python3 benchmarks/pipeline_rss.py /tmp/folder --work /tmp/work --image-size 64
     python3 benchmarks/pipeline_rss.py /tmp/inet --work /tmp/w --memory-limit 1G --stages build,in-memory,train
+    DPCLI_SOLVE_BUDGET=320M python3 benchmarks/pipeline_rss.py /tmp/inet --work /tmp/w --memory-limit 1G --stages cli
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _measure import MemoryCgroup, run_measured  # noqa: E402
 
-STAGES = ("build", "in-memory", "train", "influence", "prune", "retrain")
+STAGES = ("build", "in-memory", "train", "influence", "prune", "retrain", "cli")
 DEFAULT_STAGES = "build,train,influence,prune,retrain"
 
 
@@ -86,6 +89,30 @@ def stage(name: str, folder: Path, work: Path, size: int, device: str, width: in
     return {"test_acc": res.metrics["test_accuracy"], "n_kept": res.metrics["n_kept"]}
 
 
+def _cli(folder: Path, args, cgroup) -> dict:
+    """``dpcli prune --prune-ratio 0.3 imagefolder:FOLDER ...`` as a user runs it: one process, one command."""
+    cmd = [sys.executable, "-m", "dpcli", "prune", "--prune-ratio", "0.3", f"imagefolder:{folder}",
+           "--image-size", str(args.image_size), "--arch", "convnet", "--width", str(args.width), "--depth",
+           str(args.depth), "--epochs", "1", "--batch-size", "256", "--lr", "0.05", "--device", args.device,
+           "--data-root", str(args.work / "data"), "--run-root", str(args.work / "cli-runs"), "--json"] \
+        + (["--sketch", str(args.sketch)] if args.sketch else []) \
+        + (["--time-budget", str(args.time_budget)] if args.time_budget else [])
+    m = run_measured(cmd, log=args.work / "cli.log", cgroup=cgroup, check=False)
+    out = m.pop("output")
+    summary: dict = {}
+    for i, line in enumerate(out.splitlines(keepends=True)):  # the --json summary, among stderr's lines
+        if line.startswith("{"):
+            try:
+                doc = json.JSONDecoder().raw_decode("".join(out.splitlines(keepends=True)[i:]))[0]
+            except ValueError:
+                continue
+            if isinstance(doc, dict) and doc.get("command") == "prune":
+                summary = doc
+    keep = ("n", "n_pruned", "n_kept", "norm", "test_accuracy", "method")
+    return {"command": " ".join(cmd[2:]), **{k: summary[k] for k in keep if k in summary},
+            "auto": (summary.get("auto") or {}).get("line"), **m}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folder", type=Path)
@@ -120,6 +147,10 @@ def main() -> None:
                      "jpeg_decode": os.environ.get("DPCLI_JPEG_DECODE", "auto")}
     try:
         for name in names:
+            if name == "cli":
+                results[name] = _cli(folder, args, cgroup)
+                print(name, json.dumps(results[name]), flush=True)
+                continue
             cmd = [sys.executable, __file__, str(folder), "--work", str(args.work), "--image-size",
                    str(args.image_size), "--device", args.device, "--width", str(args.width), "--depth",
                    str(args.depth), "--stage", name] + (["--sketch", str(args.sketch)] if args.sketch else []) \

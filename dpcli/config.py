@@ -179,7 +179,7 @@ class PruneConfig:
         selector = SELECTORS.get(self.method)  # one line naming the choices for an unknown name
         if self.solver not in SOLVERS:
             raise DpcliError(f"unknown --solver {self.solver!r}; choose one of {', '.join(SOLVERS)}")
-        from dpcli.select.coverage import solve_budget
+        from dpcli.env import solve_budget
 
         solve_budget()  # a malformed $DPCLI_SOLVE_BUDGET fails here, not after training and influence
         if isinstance(self.strata, bool) or int(self.strata) != self.strata or self.strata < 1:

@@ -18,3 +18,15 @@ def parse_size(variable: str, default: int) -> int:
         raise DpcliError(f"{variable} must be a size such as 512M or 2G, got {env!r}")
     scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
     return int(float(m.group(1)) * scale)
+
+
+DEFAULT_SOLVE_BUDGET = 4 << 30
+
+
+def solve_budget() -> int:
+    """Bytes one selection matrix may take: ``$DPCLI_SOLVE_BUDGET`` (default 4 GiB; e.g. 512M, 32G).
+
+    It bounds the covered solve's matrix (S plus its count and feature columns), and in dataset mode the
+    dense S that ``prune`` would hold: a larger S is stored as its sketch.
+    """
+    return parse_size("DPCLI_SOLVE_BUDGET", DEFAULT_SOLVE_BUDGET)

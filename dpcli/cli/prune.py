@@ -72,6 +72,10 @@ def command(
     buckets: o.Buckets = 1, workers: o.Workers = None,
     training: o.Training = o.training(o.P_DS_TRAIN),
     estimation: o.Estimation = o.estimation(o.P_DS_INFLUENCE),
+    sketch: Annotated[Optional[int], typer.Option(
+        "--sketch", metavar="K", rich_help_panel=o.P_DS_INFLUENCE,
+        help="Dataset mode: store S's Johnson-Lindenstrauss sketch S @ R (n x K) and bound the sketched norm. "
+             + o.default_note("the sketch only when the dense S would pass $DPCLI_SOLVE_BUDGET (4G)"))] = None,
     proxy: Annotated[Optional[str], typer.Option(
         "--proxy", metavar="ARCH[:EPOCHS]", rich_help_panel=o.P_DS_TRAIN,
         help="Dataset mode: compute S with this small, fast network and schedule instead of the target's "
@@ -88,7 +92,7 @@ def command(
                        balance=balance, strata=strata, cutoff=cutoff, cutoff_ratio=cutoff_ratio,
                        match_features=match_features, score_epoch=score_epoch, score_seeds=score_seeds)
     pipeline.check_prune(pcfg)
-    icfg = estimation.config()
+    icfg = estimation.config(sketch_k=sketch)
     pipeline.check_indices_suffix(indices_out)
     pipeline.check_writable(out, "--out")
     pipeline.check_writable(indices_out, "--indices-out")
@@ -137,7 +141,7 @@ def command(
         pipeline.check_prune(pcfg, len(ds.train.labels))
         tcfg = pipeline.train_config(ds, training.overrides())
         run = pipeline.full_run(ds, tcfg, icfg, run_root=job.run_root, device=dev, data_root=job.data_root,
-                                force=job.force)
+                                force=job.force, sketch_large=True)
         mask = pipeline.run_prune(run.influence.path, pcfg, out or mask_path(run.influence.path, pcfg), indices_out,
                                   device=dev, data_root=job.data_root, ds=ds)
         chain = {"checkpoint": str(run.checkpoint_path), "influence": str(run.influence.path),

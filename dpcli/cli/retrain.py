@@ -69,7 +69,7 @@ def command(
         pipeline.check_prune(pcfg, len(ds.train.labels))
         tcfg = pipeline.train_config(ds, {k: v for k, v in overrides.items() if k != "arch"})
         run = pipeline.full_run(ds, tcfg, InfluenceConfig().validate(), run_root=job.run_root, device=dev,
-                                data_root=job.data_root, force=job.force)
+                                data_root=job.data_root, force=job.force, sketch_large=True)
         given = pipeline.ensure_mask(run.influence, pcfg, force=job.force, device=dev, data_root=job.data_root, ds=ds)
     metrics = pipeline.retrain(ds, given, overrides=overrides, reference=reference, out=out, device=dev,
                                force=job.force)

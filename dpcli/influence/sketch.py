@@ -112,6 +112,27 @@ def output_attrs(cfg, n: int, shard: tuple[int, int] | None) -> dict:
     return attrs
 
 
+AUTO_SKETCH_MIN, AUTO_SKETCH_MAX = 256, 4096
+
+
+def auto_sketch_k(n: int, d: int) -> int | None:
+    """The sketch width for a dense S (n x d float32) that would pass ``$DPCLI_SOLVE_BUDGET``, else None.
+
+    ``prune`` holds S in memory, so a dataset-mode run whose S would not fit stores S R instead: the
+    widest K (a multiple of 64, 256..4096) whose n x K float32 takes at most half the budget, leaving the
+    rest for the covered solve's columns.  ImageNet-1k with a ResNet-50 head (d = 2,049,000) would
+    otherwise write a 10 TB S.
+    """
+    from dpcli.env import solve_budget
+
+    budget = solve_budget()
+    if n * d * 4 <= budget:
+        return None
+    k = (budget // 2) // (4 * max(n, 1)) // 64 * 64
+    k = max(AUTO_SKETCH_MIN, min(AUTO_SKETCH_MAX, k))
+    return k if k < d else None
+
+
 def make_sketch(cfg, d: int) -> Sketch | None:
     k = getattr(cfg, "sketch_k", None)
     return Sketch(d, k, getattr(cfg, "sketch_seed", 0)) if k else None

@@ -24,6 +24,7 @@ import numpy as np
 from dpcli.select import solvers as selection
 from dpcli.select.linalg import chunk_rows, masked_sum
 from dpcli.select.scoring import proportional_counts
+from dpcli.env import solve_budget
 from dpcli.errors import DpcliError
 
 
@@ -41,15 +42,7 @@ class Coverage:
         return self
 
 
-DEFAULT_SOLVE_BUDGET = 4 << 30
 _FEATURE_ROWS = 8192
-
-
-def solve_budget() -> int:
-    """Bytes the covered solve's one matrix may take: ``$DPCLI_SOLVE_BUDGET`` (default 4 GiB; e.g. 512M, 32G)."""
-    from dpcli.env import parse_size
-
-    return parse_size("DPCLI_SOLVE_BUDGET", DEFAULT_SOLVE_BUDGET)
 
 
 def covered_bytes(rows: int, d: int, extra: int, itemsize: int) -> int:

@@ -243,14 +243,41 @@ class FullRun:
 
 
 def full_run(ds: "Dataset", tcfg: TrainConfig, icfg: InfluenceConfig, *, run_root: Path | None,
-             device: "torch.device", data_root: Path | None, force: bool) -> FullRun:
-    """Train (cached) then compute S (cached, and only from this checkpoint)."""
+             device: "torch.device", data_root: Path | None, force: bool, sketch_large: bool = False) -> FullRun:
+    """Train (cached) then compute S (cached, and only from this checkpoint).
+
+    ``sketch_large``: without ``--sketch``, store S's sketch when the dense S would pass
+    ``$DPCLI_SOLVE_BUDGET`` (what prune holds; :func:`dpcli.influence.sketch.auto_sketch_k`), and say so.
+    """
     from dpcli.artifacts.runs import checkpoint_path
 
     ck_path = checkpoint_path(run_root_of(run_root), tcfg)
     ck = ensure_checkpoint(tcfg, ds, ck_path, device=device, force=force)
+    if sketch_large and icfg.sketch_k is None:
+        icfg = _sketched_if_large(icfg, ck, len(ds.train.labels))
     info = ensure_influence(ck_path, icfg, device=device, ds=ds, data_root=data_root, force=force)
     return FullRun(checkpoint_path=ck_path, checkpoint=ck, influence=info)
+
+
+def _sketched_if_large(icfg: InfluenceConfig, ck: "Checkpoint", n: int) -> InfluenceConfig:
+    import dataclasses
+
+    from dpcli.influence.sketch import auto_sketch_k
+
+    heads = [v for k, v in ck.state.items() if k.endswith("head.weight") and getattr(v, "ndim", 0) == 2]
+    if not heads:
+        return icfg
+    c, dim = heads[-1].shape
+    d = int(c) * (int(dim) + 1)
+    k = auto_sketch_k(n, d)
+    if k is None:
+        return icfg
+    size = n * d * 4
+    size_text = f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
+    console.info(f"S would be {size_text} ({n:,} x {d:,} float32), above DPCLI_SOLVE_BUDGET; "
+                 f"storing its Johnson-Lindenstrauss sketch S R ({n:,} x {k}) instead, so prune bounds the sketched "
+                 f"norm (--sketch K chooses K)")
+    return dataclasses.replace(icfg, sketch_k=k).validate()
 
 
 # --------------------------------------------------------------------------- retrain

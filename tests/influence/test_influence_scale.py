@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import h5py
@@ -17,7 +18,7 @@ from dpcli.influence.base import ESTIMATORS, LastLayer
 from dpcli.influence.cg import CGStats, cg_influence
 from dpcli.influence.sketch import Sketch, jl_failure_bound, parse_shard, shard_rows
 from dpcli.stages.core import read_influence_info
-from tests.conftest import run_cli, run_json
+from tests.conftest import TINY, run_cli, run_json
 from tests.cli.test_cli import _assert_user_error
 
 F64 = torch.float64
@@ -185,6 +186,48 @@ def test_sketch_through_cli_and_prune(tiny_run, tmp_path, capsys) -> None:
     from dpcli.stages.bound import predict
     with pytest.raises(DpcliError, match="sketched"):  # Theorem 1's check needs the real S
         predict(out, np.ones(S.shape[0], bool))
+
+
+def test_auto_sketch_width_follows_the_budget(monkeypatch) -> None:
+    from dpcli.influence.sketch import auto_sketch_k
+
+    monkeypatch.setenv("DPCLI_SOLVE_BUDGET", "4G")
+    assert auto_sketch_k(50_000, 2_570) is None  # CIFAR-10's dense S (0.5 GB) fits: nothing changes
+    assert auto_sketch_k(200_000, 3_300) is None  # 2.6 GB fits the 4 GiB default
+    k = auto_sketch_k(1_281_167, 1000 * 2049)  # ImageNet-1k, ResNet-50 head: 10.5 TB dense
+    assert k == (2 << 30) // (4 * 1_281_167) // 64 * 64 == 384 and 1_281_167 * k * 4 <= 2 << 30
+    monkeypatch.setenv("DPCLI_SOLVE_BUDGET", "320M")
+    assert auto_sketch_k(200_000, 3_300) == 256  # the floor: 160 MiB / 800 kB a column = 209 columns
+    monkeypatch.setenv("DPCLI_SOLVE_BUDGET", "64G")
+    assert auto_sketch_k(1_281_167, 1000 * 2049) == 4096  # the ceiling
+    monkeypatch.setenv("DPCLI_SOLVE_BUDGET", "1K")
+    assert auto_sketch_k(1000, 200) is None  # a sketch no narrower than S is no sketch
+
+
+def test_dataset_mode_prune_sketches_an_S_over_the_budget(tiny_run, tmp_path, capsys, monkeypatch) -> None:
+    """Without --sketch, dataset-mode prune stores S R once the dense S would pass DPCLI_SOLVE_BUDGET, says so,
+    and the stored rows are the dense S times the seeded R (computed here independently by `influence`)."""
+    args = ["prune", "digits", *TINY, "--prune-ratio", 0.3, "--method", "optimization", "--device", "cpu",
+            "--run-root", tmp_path / "runs", "--json"]
+    monkeypatch.setenv("DPCLI_SOLVE_BUDGET", "200K")  # digits' dense S is 1,438 x d float32, several MB
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert "above DPCLI_SOLVE_BUDGET; storing its Johnson-Lindenstrauss sketch S R (1,438 x 256)" in err
+    doc = json.loads(out)
+    with h5py.File(doc["influence"], "r") as f:
+        sketched, k = f["S"][()], int(f.attrs["sketch_k"])
+    with h5py.File(doc["mask"] if "mask" in doc else doc["out"], "r") as f:
+        assert "256-column sketch" in f.attrs["certificate"]
+    dense_path = tmp_path / "dense.h5"
+    assert run_cli(["influence", doc["checkpoint"], "--out", dense_path, "--device", "cpu", "--quiet"], capsys)[0] == 0
+    dense = _S(dense_path)
+    assert k == 256 and sketched.shape == (dense.shape[0], 256) and dense.shape[1] > 256
+    np.testing.assert_allclose(sketched, Sketch(dense.shape[1], 256, seed=0).apply(dense), rtol=1e-5, atol=1e-9)
+    monkeypatch.delenv("DPCLI_SOLVE_BUDGET")  # under the default budget the same command keeps the dense S
+    code, out, err = run_cli(args + ["--run-root", tmp_path / "runs2"], capsys)
+    assert code == 0 and "Johnson-Lindenstrauss" not in err
+    with h5py.File(json.loads(out)["influence"], "r") as f:
+        assert f["S"].shape == dense.shape and "sketch_k" not in f.attrs
 
 
 # ----------------------------------------------------------------------------- shards

@@ -26,6 +26,8 @@ No rule reads a dataset's name.  Without features (an external S with no lineage
 ``features=``), without two classes, with too few samples to validate, or with ``--epsilon`` (the
 largest set within a norm bound: coverage constraints can only shrink it), it skips the validation
 and says why: it runs the first rung, or the objective alone with ``--epsilon`` or a single class.
+Rungs whose covered solve on all of S would pass ``$DPCLI_SOLVE_BUDGET`` are dropped from
+the end of the ladder (their constraint columns grow with the classes), and the line says so.
 Explicit coverage options are the user's choice and are run as given.  Whatever it
 chooses, the mask is certified from S like every other.
 """
@@ -207,7 +209,8 @@ def affordable(rungs: tuple[Rung, ...], ctx: Context, feature_dim: int | None = 
     classes the later rungs outgrow memory first; the ladder only adds columns, so the rungs that fit
     are a prefix.  Without ``feature_dim`` the feature rung is kept for a second call once it is known.
     """
-    from dpcli.select.coverage import covered_bytes, solve_budget, solve_dtype
+    from dpcli.env import solve_budget
+    from dpcli.select.coverage import covered_bytes, solve_dtype
 
     classes = len(np.unique(ctx.labels))
     itemsize = solve_dtype(ctx.S).itemsize
