@@ -264,10 +264,11 @@ def _sketched_if_large(icfg: InfluenceConfig, ck: "Checkpoint", n: int) -> Influ
 
     from dpcli.influence.sketch import auto_sketch_k
 
-    heads = [v for k, v in ck.state.items() if k.endswith("head.weight") and getattr(v, "ndim", 0) == 2]
-    if not heads:
+    # the model's own last layer (``head``), not a head nested inside a library backbone
+    key = min((k for k in ck.state if k == "head.weight" or k.endswith(".head.weight")), key=len, default=None)
+    if key is None or getattr(ck.state[key], "ndim", 0) != 2:
         return icfg
-    c, dim = heads[-1].shape
+    c, dim = ck.state[key].shape
     d = int(c) * (int(dim) + 1)
     k = auto_sketch_k(n, d)
     if k is None:
