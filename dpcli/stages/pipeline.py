@@ -252,10 +252,14 @@ def full_run(ds: "Dataset", tcfg: TrainConfig, icfg: InfluenceConfig, *, run_roo
     from dpcli.artifacts.runs import checkpoint_path
 
     ck_path = checkpoint_path(run_root_of(run_root), tcfg)
+    from dpcli.data.batches import release_memory
+
     ck = ensure_checkpoint(tcfg, ds, ck_path, device=device, force=force)
+    release_memory()
     if sketch_large and icfg.sketch_k is None:
         icfg = _sketched_if_large(icfg, ck, len(ds.train.labels))
     info = ensure_influence(ck_path, icfg, device=device, ds=ds, data_root=data_root, force=force)
+    release_memory()
     return FullRun(checkpoint_path=ck_path, checkpoint=ck, influence=info)
 
 

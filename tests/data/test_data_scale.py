@@ -647,3 +647,27 @@ def test_streamed_batches_trim_the_heap_every_64_mib(tmp_path, monkeypatch):
     same = list(iterate_batches(Split(images, labels), 5, **kw))
     assert calls == []  # in memory, the data fit: never
     assert all(torch.equal(a[0], b[0]) for a, b in zip(out, same))
+
+
+def test_one_process_pipeline_hands_the_heap_back_between_stages(tmp_path, monkeypatch):
+    """`dpcli prune DATASET` trains, computes S and prunes in one process: each stage's freed heap goes back
+    to the OS before the next (on 200,000 images the prune otherwise started 0.1-0.2 GB higher)."""
+    import ctypes
+
+    from dpcli.config import InfluenceConfig
+    from dpcli.data.sources import load_dataset
+    from dpcli.stages import pipeline
+
+    calls = []
+
+    class FakeLibc:
+        def malloc_trim(self, pad):
+            calls.append(pad)
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc())
+    ds = load_dataset("digits")
+    tcfg = pipeline.train_config(ds, {"epochs": 1, "width": 4, "depth": 1})
+    run = pipeline.full_run(ds, tcfg, InfluenceConfig().validate(), run_root=tmp_path, device=CPU, data_root=None,
+                            force=False)
+    assert calls == [0, 0]  # after training, after the influence
+    assert run.influence.n == len(ds.train)
