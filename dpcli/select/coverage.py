@@ -50,14 +50,20 @@ def covered_bytes(rows: int, d: int, extra: int, itemsize: int) -> int:
     return int(rows) * (int(d) + int(extra)) * int(itemsize)
 
 
-def check_budget(rows: int, d: int, extra: int, group_cols: int, feature_cols: int, itemsize: int) -> None:
+def count_columns(classes: int, balance: bool, strata: int) -> int:
+    """Count-constraint columns of a covered solve: one per class (if balanced) x stratum, none for one group."""
+    groups = (int(classes) if balance else 1) * int(strata)
+    return groups if groups > 1 else 0
+
+
+def check_budget(rows: int, d: int, group_cols: int, feature_cols: int, itemsize: int) -> None:
     """One clear line, before anything is allocated, when the covered solve would pass its budget.
 
     The count and feature constraints are dense columns (one per class x stratum, one per class x
     feature), so they grow with the number of classes: 100 classes x 10 strata x 160,000 rows is
     0.6 GB, and feature matching with 32 features adds 2 GB more.
     """
-    need, budget = covered_bytes(rows, d, extra, itemsize), solve_budget()
+    need, budget = covered_bytes(rows, d, group_cols + feature_cols, itemsize), solve_budget()
     if need > budget:
         raise DpcliError(
             f"the covered solve needs {need / 2**30:.2f} GiB ({rows:,} rows x ({d:,} of S + {group_cols:,} count + "
@@ -119,10 +125,9 @@ def minimize_norm_covered(S: np.ndarray, m: int, labels: np.ndarray, difficulty:
     gid, ginv, gsize = np.unique(groups, return_inverse=True, return_counts=True)
     counts = proportional_counts(gsize, m_free)
     feature_cols = 0 if features is None else len(np.unique(labels[free])) * np.asarray(features).shape[1]
-    extra = feature_cols + (len(gid) if len(gid) > 1 else 0)
-    check_budget(len(free), S.shape[1], extra, len(gid) if len(gid) > 1 else 0, feature_cols,
-                 solve_dtype(S).itemsize)
-    Sa = _augmented(S, free, forced, m_free, extra=extra)
+    group_cols = len(gid) if len(gid) > 1 else 0
+    check_budget(len(free), S.shape[1], group_cols, feature_cols, solve_dtype(S).itemsize)
+    Sa = _augmented(S, free, forced, m_free, extra=group_cols + feature_cols)
     d = S.shape[1]
     Sf = Sa[:, :d]  # a view: the group and feature columns follow
     col = d
@@ -188,16 +193,15 @@ def _write_feature_block(out: np.ndarray, F: np.ndarray, labels: np.ndarray, gin
     Written class by class into the solve's own matrix: the whole block as a float64 array, then scaled,
     was two n x C x D float64 copies (8 GB at 160,000 rows of 100 classes x 32 features).
     """
-    means = {g: np.asarray(F[ginv == g], dtype=np.float64).mean(0) for g in np.unique(ginv)}
-    classes, cls = np.unique(labels, return_inverse=True)
     dim = F.shape[1]
+    means = np.zeros((int(ginv.max()) + 1, dim))  # ginv: 0..G-1, every group non-empty
+    for g in range(len(means)):
+        means[g] = np.asarray(F[ginv == g], dtype=np.float64).mean(0)
+    classes, cls = np.unique(labels, return_inverse=True)
     start = _stratified_start(ginv, counts, seed)
 
     def centred(rows: np.ndarray) -> np.ndarray:
-        x = np.asarray(F[rows], dtype=np.float64)
-        for g in np.unique(ginv[rows]):
-            x[ginv[rows] == g] -= means[g]
-        return x
+        return np.asarray(F[rows], dtype=np.float64) - means[ginv[rows]]
 
     got = 0.0
     for c in range(len(classes)):

@@ -210,7 +210,7 @@ def affordable(rungs: tuple[Rung, ...], ctx: Context, feature_dim: int | None = 
     are a prefix.  Without ``feature_dim`` the feature rung is kept for a second call once it is known.
     """
     from dpcli.env import solve_budget
-    from dpcli.select.coverage import covered_bytes, solve_dtype
+    from dpcli.select.coverage import count_columns, covered_bytes, solve_dtype
 
     classes = len(np.unique(ctx.labels))
     itemsize = solve_dtype(ctx.S).itemsize
@@ -219,8 +219,8 @@ def affordable(rungs: tuple[Rung, ...], ctx: Context, feature_dim: int | None = 
         o = rung.options
         if o.get("match_features") and feature_dim is None:
             continue
-        groups = (classes if o.get("balance") else 1) * int(o.get("strata", 1))
-        extra = (groups if groups > 1 else 0) + (classes * feature_dim if o.get("match_features") else 0)
+        extra = (count_columns(classes, bool(o.get("balance")), int(o.get("strata", 1)))
+                 + (classes * feature_dim if o.get("match_features") else 0))
         need = covered_bytes(ctx.n, ctx.S.shape[1], extra, itemsize) if o else 0
         if need > budget:
             names = ", ".join(r.name for r in rungs[i:])

@@ -40,8 +40,8 @@ class Optimization(Selector):
         return sel.pruned, sel.solver
 
     def _covered(self, ctx: Context, m: int | None) -> tuple[np.ndarray, str]:
-        from dpcli.select.coverage import (Coverage, check_budget, maximize_pruned_covered, minimize_norm_covered,
-                                           solve_dtype)
+        from dpcli.select.coverage import (Coverage, check_budget, count_columns, maximize_pruned_covered,
+                                           minimize_norm_covered, solve_dtype)
 
         cfg = self.cfg
         cutoff = cfg.cutoff
@@ -52,9 +52,8 @@ class Optimization(Selector):
             cutoff = min(ccs_cutoff(share) if cfg.cutoff is None else cfg.cutoff_ratio * share, 0.999999)
         cov = Coverage(balance=cfg.balance, strata=cfg.strata, cutoff=cutoff)
         # the count columns alone may pass the budget: say so before the difficulty and features are computed
-        groups = (len(np.unique(ctx.labels)) if cov.balance else 1) * int(cov.strata)
-        groups = groups if groups > 1 else 0
-        check_budget(ctx.n, ctx.S.shape[1], groups, groups, 0, solve_dtype(ctx.S).itemsize)
+        groups = count_columns(len(np.unique(ctx.labels)), cov.balance, cov.strata)
+        check_budget(ctx.n, ctx.S.shape[1], groups, 0, solve_dtype(ctx.S).itemsize)
         diff = ctx.difficulty() if (cov.strata > 1 or cov.cutoff > 0) else None
         label = f"{cfg.solver}+coverage(balance={cov.balance},strata={cov.strata},cutoff={cov.cutoff:g})"
         if m is None:
