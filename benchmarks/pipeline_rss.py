@@ -100,14 +100,16 @@ def _cli(folder: Path, args, cgroup) -> dict:
     m = run_measured(cmd, log=args.work / "cli.log", cgroup=cgroup, check=False)
     out = m.pop("output")
     summary: dict = {}
-    for i, line in enumerate(out.splitlines(keepends=True)):  # the --json summary, among stderr's lines
-        if line.startswith("{"):
-            try:
-                doc = json.JSONDecoder().raw_decode("".join(out.splitlines(keepends=True)[i:]))[0]
-            except ValueError:
-                continue
-            if isinstance(doc, dict) and doc.get("command") == "prune":
-                summary = doc
+    decoder, pos = json.JSONDecoder(), -1
+    while (pos := out.find("{", pos + 1)) >= 0:  # the --json summary, among stderr's lines
+        if pos and out[pos - 1] != "\n":
+            continue
+        try:
+            doc = decoder.raw_decode(out, pos)[0]
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and doc.get("command") == "prune":
+            summary = doc
     keep = ("n", "n_pruned", "n_kept", "norm", "test_accuracy", "method")
     return {"command": " ".join(cmd[2:]), **{k: summary[k] for k in keep if k in summary},
             "auto": (summary.get("auto") or {}).get("line"), **m}

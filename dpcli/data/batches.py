@@ -67,9 +67,9 @@ def _malloc_trim() -> Callable[[int], int] | None:
 def release_memory() -> None:
     """Between the stages of one process: collect, then hand glibc's freed heap back to the OS.
 
-    ``dpcli prune DATASET`` trains, computes S and prunes in one process; without this, each stage's
-    freed temporaries stayed in glibc's heap, and on 200,000 images the prune started 0.1-0.2 GB higher
-    than as its own process (and passed a 1 GiB limit).  A no-op where there is no glibc.
+    ``dpcli prune DATASET`` trains, computes S and prunes in one process, so each stage's freed temporaries
+    would otherwise stay in glibc's heap into the next.  (On 200,000 images under 1 GiB this alone did not
+    keep the one-process prune from being killed; see docs/datasets.md.)  A no-op where there is no glibc.
     """
     import gc
 

@@ -651,7 +651,7 @@ def test_streamed_batches_trim_the_heap_every_64_mib(tmp_path, monkeypatch):
 
 def test_one_process_pipeline_hands_the_heap_back_between_stages(tmp_path, monkeypatch):
     """`dpcli prune DATASET` trains, computes S and prunes in one process: each stage's freed heap goes back
-    to the OS before the next (on 200,000 images the prune otherwise started 0.1-0.2 GB higher)."""
+    to the OS before the next."""
     import ctypes
 
     from dpcli.config import InfluenceConfig
