@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dpcli.artifacts.h5 import StreamHash, atomic_h5, get_attr, open_artifact, row_chunks
+from dpcli.artifacts.h5 import StreamHash, atomic_h5, create_rows, get_attr, open_artifact, row_chunks
 from dpcli.errors import DpcliError
 
 # bytes of R kept in memory between chunks; above it, blocks are regenerated for every chunk
@@ -196,7 +196,7 @@ def merge_shards(parts: list[Path], out: Path, *, checkpoint_fingerprint: str | 
     attrs["merged_from"] = [str(m["path"].resolve()) for m in metas]
     hasher = StreamHash()
     with atomic_h5(out, "influence", attrs) as f:
-        dset = f.create_dataset("S", shape=(n, width), dtype=np.float32, chunks=row_chunks(n, width))
+        dset = create_rows(f, "S", n, width)
         step = row_chunks(n, width)[0]
         for m in metas:
             part_hash = StreamHash()

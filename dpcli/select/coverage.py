@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dpcli.select import solvers as selection
-from dpcli.select.linalg import chunk_rows, masked_sum
+from dpcli.select.linalg import masked_sum, row_step
 from dpcli.select.scoring import proportional_counts
 from dpcli.env import solve_budget
 from dpcli.errors import DpcliError
@@ -157,7 +157,7 @@ def _augmented(S: np.ndarray, free: np.ndarray, forced: np.ndarray, m_free: int,
     offset = masked_sum(S, forced) if forced.any() else np.zeros(d)
     shift = offset / m_free  # |W| = m_free: the offset sums to the forced part
     out = np.zeros((len(free), d + extra), dtype=dtype)
-    step = chunk_rows(d)
+    step = row_step(d)
     for a in range(0, len(free), step):
         out[a:a + step, :d] = S[free[a:a + step]] + shift.astype(dtype)
     return out

@@ -13,6 +13,9 @@ from dpcli.errors import DpcliError
 
 # float64 bytes materialized at once when S is streamed (64 MiB).
 CHUNK_BYTES = 64 << 20
+# for passes whose every row's result is independent of the chunking (norms, copies, checks):
+# smaller, since they run beside the largest allocations (a covered solve's matrix)
+ROW_CHUNK_BYTES = 16 << 20
 
 
 def count_from_ratio(n: int, ratio: float) -> int:
@@ -70,6 +73,11 @@ def chunk_rows(d: int, chunk_bytes: int = CHUNK_BYTES) -> int:
     return max(1, int(chunk_bytes) // (8 * max(int(d), 1)))
 
 
+def row_step(d: int) -> int:
+    """Rows of a chunk for row-independent passes (the smaller of the two byte sizes)."""
+    return chunk_rows(d, min(CHUNK_BYTES, ROW_CHUNK_BYTES))
+
+
 def masked_sum(S: np.ndarray, mask: np.ndarray, chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:
     """float64 sum of the rows selected by ``mask``, touching one chunk of S at a time."""
     n, d = S.shape
@@ -86,7 +94,7 @@ def row_sq_norms(S: np.ndarray) -> np.ndarray:
     """float64 ``||S_i||^2`` for every row; also refuses NaN/inf (one streaming pass)."""
     n, d = S.shape
     q = np.empty(n, dtype=np.float64)
-    step = chunk_rows(d)
+    step = row_step(d)
     for a in range(0, n, step):
         X = S[a:a + step]
         if not np.isfinite(X).all():
@@ -126,11 +134,17 @@ def sum_rows(S: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return total
 
 
+def nonfinite_rows(S: np.ndarray) -> int:
+    """How many rows of S hold NaN or inf, one chunk at a time (S may be a memory map)."""
+    step = row_step(S.shape[1])
+    return sum(int((~np.isfinite(S[a:a + step])).any(1).sum()) for a in range(0, S.shape[0], step))
+
+
 def float32_rows(src, out: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """``src`` (an array or an HDF5 dataset, n x d) as float32, read byte-sized chunk by chunk, and the
     number of rows holding NaN or inf: no full-size temporary or n x d boolean array."""
     out = np.empty(src.shape, dtype=np.float32) if out is None else out
-    step = chunk_rows(src.shape[1])
+    step = row_step(src.shape[1])
     bad = 0
     for a in range(0, src.shape[0], step):
         out[a:a + step] = src[a:a + step]

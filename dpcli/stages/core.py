@@ -18,15 +18,15 @@ from dpcli.influence import kernels as infl
 from dpcli import console
 from dpcli.influence.base import ESTIMATORS, LastLayer
 from dpcli.influence import sketch as influence_scale
-from dpcli.artifacts.h5 import (StreamHash, array_fingerprint, atomic_h5, atomic_path, check_writable, get_attr,
-                                open_artifact, row_chunks, set_attr, write_bytes)
+from dpcli.artifacts.h5 import (StreamHash, array_fingerprint, atomic_h5, atomic_path, check_writable, create_rows,
+                                get_attr, mapped_rows, open_artifact, set_attr, write_bytes)
 from dpcli.artifacts.lock import artifact_lock
 from dpcli.config import InfluenceConfig, PruneConfig, TrainConfig, default_train_config
 from dpcli.data.sources import Dataset
 from dpcli.errors import DpcliError
 from dpcli.select.base import Context
 from dpcli.select.certificate import Certificate, KeepMask, certify
-from dpcli.select.linalg import float32_rows
+from dpcli.select.linalg import float32_rows, nonfinite_rows
 from dpcli.train.loop import (Checkpoint, extract_features, load_checkpoint, load_trained,
                             time_to_accuracy, train)
 
@@ -121,8 +121,7 @@ def _compute_influence(checkpoint: Path, out: Path, cfg: InfluenceConfig, *, dev
     sketch = influence_scale.make_sketch(cfg, d)
     width = d if sketch is None else sketch.k
     with atomic_h5(out, "influence", attrs) as f:
-        dset = f.create_dataset("S", shape=(row_stop - row_start, width), dtype=np.float32,
-                                chunks=row_chunks(row_stop - row_start, width))
+        dset = create_rows(f, "S", row_stop - row_start, width)
         hasher = StreamHash()
 
         def sink(start: int, rows: np.ndarray) -> None:
@@ -194,12 +193,20 @@ def influence_config_of(path: Path) -> dict | None:
         return get_attr(f, "config")
 
 
-def load_S(path: Path) -> np.ndarray:
-    """Read S into memory, refusing a damaged or non-finite matrix."""
+def load_S(path: Path, *, mapped: bool = False) -> np.ndarray:
+    """S, refusing a damaged or non-finite matrix.
+
+    ``mapped``: a read-only memory map of the file where its layout allows (every S dpcli writes),
+    so that prune's peak heap is its solve, not S plus the solve; else a float32 copy in memory.
+    """
     with open_artifact(path, "influence") as f:
         if "S" not in f or f["S"].ndim != 2:
             raise DpcliError(f"{path}: influence artifact has no 2-D dataset 'S'")
-        S, bad = float32_rows(f["S"])
+        S = mapped_rows(path, "S") if mapped else None
+        if S is not None and S.dtype == np.float32:
+            bad = nonfinite_rows(S)
+        else:
+            S, bad = float32_rows(f["S"])
     if bad:
         raise DpcliError(f"{path}: S has {bad} rows with non-finite values; recompute with larger --damping")
     return S
@@ -286,7 +293,7 @@ def _prune(influence_path: Path, out: Path, cfg: PruneConfig, info: InfluenceInf
            ds: Dataset | None) -> MaskInfo:
     from dpcli.select.base import prune_count, select
 
-    S = load_S(influence_path)
+    S = load_S(influence_path, mapped=True)
 
     def on_progress(fraction: float) -> None:
         if progress:
@@ -378,7 +385,7 @@ def random_mask(info: InfluenceInfo, n_pruned: int, seed: int, out: Path) -> Mas
     from dpcli.select.scoring import random_prune
 
     pruned = random_prune(info.n, n_pruned, np.random.default_rng(seed))
-    cert = certify(load_S(info.path), pruned, None, sketch_k=info.sketch_k)
+    cert = certify(load_S(info.path, mapped=True), pruned, None, sketch_k=info.sketch_k)
     return write_mask(out, cert, mode="cardinality", target=float(n_pruned), solver="random",
                       info=info, config={"method": "random", "count": n_pruned, "seed": seed}, seconds=0.0,
                       method="random")

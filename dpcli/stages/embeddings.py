@@ -350,7 +350,7 @@ def embeddings_influence(emb: Embeddings, out: Path, cfg: "InfluenceConfig", *, 
     """Fit the head on ``emb`` and write ``influence.h5`` (S, loss, labels, theta, test gradient, lineage)."""
     import torch
 
-    from dpcli.artifacts.h5 import StreamHash, atomic_h5, row_chunks, set_attr
+    from dpcli.artifacts.h5 import StreamHash, atomic_h5, create_rows, set_attr
     from dpcli.influence import kernels as infl
     from dpcli.influence import sketch as influence_scale
     from dpcli.influence.base import ESTIMATORS, LastLayer
@@ -390,7 +390,7 @@ def embeddings_influence(emb: Embeddings, out: Path, cfg: "InfluenceConfig", *, 
     sketch = influence_scale.make_sketch(cfg, d)
     width = d if sketch is None else sketch.k
     with atomic_h5(out, "influence", attrs) as f:
-        dset = f.create_dataset("S", shape=(n, width), dtype=np.float32, chunks=row_chunks(n, width))
+        dset = create_rows(f, "S", n, width)
         hasher = StreamHash()
         presketched = sketch is not None and (cfg.method == "cg" or not dense_fits(c, dim))
 

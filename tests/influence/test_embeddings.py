@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from dpcli.artifacts.h5 import mapped_rows
 from dpcli.config import InfluenceConfig
 from dpcli.errors import DpcliError
 from dpcli.influence import kernels as infl
@@ -99,6 +100,7 @@ def test_sketch_first_solve_equals_S_times_R(tmp_path):
         assert f.attrs["solver"] == "cg-sketch"
     R = Sketch(S.shape[1], 7, 3).matrix()
     np.testing.assert_allclose(sk, S.astype(np.float64) @ R, rtol=1e-3, atol=1e-7)
+    np.testing.assert_array_equal(mapped_rows(out, "S"), sk)  # stored contiguously: prune maps it
 
 
 def _write(tmp_path, name, arr):

@@ -17,6 +17,7 @@ from dpcli.influence.kernels import exact_influence
 from dpcli.influence.base import ESTIMATORS, LastLayer
 from dpcli.influence.cg import CGStats, cg_influence
 from dpcli.influence.sketch import Sketch, jl_failure_bound, parse_shard, shard_rows
+from dpcli.artifacts.h5 import mapped_rows
 from dpcli.stages.core import read_influence_info
 from tests.conftest import TINY, run_cli, run_json
 from tests.cli.test_cli import _assert_user_error
@@ -255,6 +256,7 @@ def test_shards_merge_to_the_unsharded_artifact(tiny_run, tmp_path, capsys) -> N
     merged = tmp_path / "merged.h5"
     res = run_json(["influence", tiny_run.checkpoint, "--merge", parts[1], parts[0], "--out", merged], capsys)
     assert np.array_equal(_S(merged), _S(tiny_run.influence))  # byte-identical S
+    assert mapped_rows(merged, "S") is not None and mapped_rows(parts[0], "S") is not None  # contiguous: prune maps it
     info = read_influence_info(merged)
     assert info.fingerprint == full.fingerprint == res["fingerprint"]
     assert (info.n, info.d, info.method, info.checkpoint_fingerprint) == (n, full.d, full.method,

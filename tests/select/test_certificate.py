@@ -12,7 +12,7 @@ from dpcli.config import PruneConfig
 from dpcli.errors import DpcliError
 from dpcli.select import linalg
 from dpcli.select.certificate import Certificate, certify
-from dpcli.stages.core import prune, read_influence_info, read_mask, write_mask
+from dpcli.stages.core import load_S, prune, read_influence_info, read_mask, write_mask
 from tests.conftest import run_cli
 
 
@@ -98,6 +98,47 @@ def test_certify_memory_is_chunked_by_bytes(monkeypatch):
     tracemalloc.stop()
     assert cert.norm == pytest.approx(_plain_norm(S, pruned), rel=1e-9)
     assert peak < 4 << 20, peak
+
+
+def _copy_artifact(src_path, dst_path, S, chunks=None) -> None:
+    with h5py.File(src_path) as src, h5py.File(dst_path, "w") as dst:
+        for k, v in src.attrs.items():
+            dst.attrs[k] = v
+        for name in src:
+            if name == "S":
+                dst.create_dataset("S", data=S, chunks=chunks)
+            else:
+                dst.create_dataset(name, data=src[name][()])
+
+
+def test_prune_maps_S_instead_of_copying_it(tmp_path, tiny_run):
+    """prune reads S through a read-only memory map (page cache, not heap) with the same values;
+    an S stored in chunks (older artifacts, other tools) is copied into memory instead."""
+    with h5py.File(tiny_run.influence) as f:
+        dense = f["S"][()]
+    big = np.tile(dense, (8, 1))  # 11,504 rows: 3.6 row chunks of the finiteness check
+    path = tmp_path / "big.h5"
+    _copy_artifact(tiny_run.influence, path, big)
+    tracemalloc.start()
+    S = load_S(path, mapped=True)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert np.array_equal(S, big) and not S.flags.writeable
+    assert peak < big.nbytes / 3, (peak, big.nbytes)  # the check's chunk temporaries, no copy of S
+    chunked = tmp_path / "chunked.h5"
+    _copy_artifact(tiny_run.influence, chunked, dense, chunks=(100, dense.shape[1]))
+    S2 = load_S(chunked, mapped=True)
+    assert np.array_equal(S2, dense) and S2.flags.writeable  # the fallback copy
+    # the mapped S is refused on a non-finite row just like a copied one
+    bad = dense.copy()
+    bad[7, 3] = np.nan
+    _copy_artifact(tiny_run.influence, tmp_path / "nan.h5", bad)
+    with pytest.raises(DpcliError, match="1 rows with non-finite values"):
+        load_S(tmp_path / "nan.h5", mapped=True)
+    # and prune's result does not depend on how S was read
+    a = prune(tiny_run.influence, tmp_path / "a.h5", PruneConfig(ratio=0.3, method="optimization"))
+    b = prune(chunked, tmp_path / "b.h5", PruneConfig(ratio=0.3, method="optimization"))
+    assert np.array_equal(read_mask(a.path).keep, read_mask(b.path).keep)
 
 
 def test_load_S_refuses_rows_that_disagree_with_n(tmp_path, tiny_run):
