@@ -298,7 +298,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "dpcli/stages/pipeline.py", "    release_memory()\n    return FullRun(", "    return FullRun(",
            ("tests/data/test_data_scale.py::test_one_process_pipeline_hands_the_heap_back_between_stages",)),
     Mutant("S-copied-not-mapped", "prune copies S into the heap instead of mapping the file",
-           "dpcli/stages/core.py", "S = mapped_rows(path, \"S\") if mapped else None", "S = None",
+           "dpcli/stages/core.py", "S = mapped_rows(f[\"S\"]) if mapped else None", "S = None",
            ("tests/select/test_certificate.py::test_prune_maps_S_instead_of_copying_it",)),
     Mutant("S-written-chunked", "the influence stage stores S in chunks, which cannot be mapped",
            "dpcli/artifacts/h5.py", "dtype=np.float32, chunks=None)", "dtype=np.float32, chunks=True)",

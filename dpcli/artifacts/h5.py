@@ -393,25 +393,18 @@ def create_rows(f: "h5py.File", name: str, n: int, d: int) -> "h5py.Dataset":
     return f.create_dataset(name, shape=(n, d), dtype=np.float32, chunks=None)
 
 
-def mapped_rows(path: Path | str, name: str) -> np.ndarray | None:
-    """A read-only memory map of dataset ``name`` when it is stored contiguously and unfiltered, else None.
+def mapped_rows(dset: "h5py.Dataset") -> np.ndarray | None:
+    """A read-only memory map of a float32 dataset stored contiguously and unfiltered (:func:`create_rows`),
+    else None.
 
     Its pages belong to the OS page cache, which the kernel can drop and re-read under memory
     pressure (a memory cgroup included), so an S of GBs does not count against the process's heap.
     """
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        if name not in f or not isinstance(f[name], h5py.Dataset):
-            return None
-        dset = f[name]
-        offset = dset.id.get_offset()
-        if dset.chunks is not None or dset.compression is not None or offset is None or dset.dtype.kind != "f":
-            return None
-        shape, dtype = dset.shape, dset.dtype
-    if 0 in shape:
+    offset = dset.id.get_offset()
+    if dset.chunks is not None or dset.compression is not None or offset is None or dset.dtype != np.float32 \
+            or 0 in dset.shape:
         return None
-    return np.asarray(np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape))
+    return np.asarray(np.memmap(dset.file.filename, dtype=dset.dtype, mode="r", offset=offset, shape=dset.shape))
 
 
 def row_chunks(n: int, d: int, target_bytes: int = 4 << 20) -> tuple[int, int]:

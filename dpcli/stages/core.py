@@ -202,8 +202,8 @@ def load_S(path: Path, *, mapped: bool = False) -> np.ndarray:
     with open_artifact(path, "influence") as f:
         if "S" not in f or f["S"].ndim != 2:
             raise DpcliError(f"{path}: influence artifact has no 2-D dataset 'S'")
-        S = mapped_rows(path, "S") if mapped else None
-        if S is not None and S.dtype == np.float32:
+        S = mapped_rows(f["S"]) if mapped else None
+        if S is not None:
             bad = nonfinite_rows(S)
         else:
             S, bad = float32_rows(f["S"])
