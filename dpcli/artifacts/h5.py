@@ -404,7 +404,10 @@ def mapped_rows(dset: "h5py.Dataset") -> np.ndarray | None:
     if dset.chunks is not None or dset.compression is not None or offset is None or dset.dtype != np.float32 \
             or 0 in dset.shape:
         return None
-    return np.asarray(np.memmap(dset.file.filename, dtype=dset.dtype, mode="r", offset=offset, shape=dset.shape))
+    try:
+        return np.asarray(np.memmap(dset.file.filename, dtype=dset.dtype, mode="r", offset=offset, shape=dset.shape))
+    except (OSError, ValueError):  # a file system without mmap: the caller reads a copy instead
+        return None
 
 
 def row_chunks(n: int, d: int, target_bytes: int = 4 << 20) -> tuple[int, int]:

@@ -152,3 +152,15 @@ def test_load_S_refuses_rows_that_disagree_with_n(tmp_path, tiny_run):
     with pytest.raises(DpcliError, match="1000 rows but the artifact says n = 1438"):
         prune(bad, tmp_path / "m.h5", PruneConfig(ratio=0.3))
     assert not (tmp_path / "m.h5").exists()
+
+
+def test_load_S_reads_a_copy_where_the_file_cannot_be_mapped(tmp_path, tiny_run, monkeypatch):
+    """A file system without mmap (some network or FUSE mounts) gets the in-memory copy, not a traceback."""
+    def refuse(*args, **kwargs):
+        raise OSError(19, "No such device")
+
+    monkeypatch.setattr(np, "memmap", refuse)
+    with h5py.File(tiny_run.influence) as f:
+        dense = f["S"][()]
+    S = load_S(tiny_run.influence, mapped=True)
+    assert np.array_equal(S, dense) and S.flags.writeable
