@@ -134,10 +134,14 @@ def sum_rows(S: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return total
 
 
+def _bad_rows(X: np.ndarray) -> int:
+    return int((~np.isfinite(X)).any(1).sum())
+
+
 def nonfinite_rows(S: np.ndarray) -> int:
     """How many rows of S hold NaN or inf, one chunk at a time (S may be a memory map)."""
     step = row_step(S.shape[1])
-    return sum(int((~np.isfinite(S[a:a + step])).any(1).sum()) for a in range(0, S.shape[0], step))
+    return sum(_bad_rows(S[a:a + step]) for a in range(0, S.shape[0], step))
 
 
 def float32_rows(src, out: np.ndarray | None = None) -> tuple[np.ndarray, int]:
@@ -148,5 +152,5 @@ def float32_rows(src, out: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     bad = 0
     for a in range(0, src.shape[0], step):
         out[a:a + step] = src[a:a + step]
-        bad += int((~np.isfinite(out[a:a + step])).any(1).sum())
+        bad += _bad_rows(out[a:a + step])
     return out, bad

@@ -250,10 +250,9 @@ def full_run(ds: "Dataset", tcfg: TrainConfig, icfg: InfluenceConfig, *, run_roo
     ``$DPCLI_SOLVE_BUDGET`` (what prune holds; :func:`dpcli.influence.sketch.auto_sketch_k`), and say so.
     """
     from dpcli.artifacts.runs import checkpoint_path
-
-    ck_path = checkpoint_path(run_root_of(run_root), tcfg)
     from dpcli.data.batches import release_memory
 
+    ck_path = checkpoint_path(run_root_of(run_root), tcfg)
     ck = ensure_checkpoint(tcfg, ds, ck_path, device=device, force=force)
     release_memory()
     if sketch_large and icfg.sketch_k is None:

@@ -143,12 +143,8 @@ def test_prune_maps_S_instead_of_copying_it(tmp_path, tiny_run):
 
 def test_load_S_refuses_rows_that_disagree_with_n(tmp_path, tiny_run):
     bad = tmp_path / "bad.h5"
-    with h5py.File(tiny_run.influence) as src, h5py.File(bad, "w") as dst:
-        for k, v in src.attrs.items():
-            dst.attrs[k] = v
-        for name in src:
-            data = src[name][()]
-            dst.create_dataset(name, data=data[:1000] if name == "S" else data)
+    with h5py.File(tiny_run.influence) as f:
+        _copy_artifact(tiny_run.influence, bad, f["S"][:1000])
     with pytest.raises(DpcliError, match="1000 rows but the artifact says n = 1438"):
         prune(bad, tmp_path / "m.h5", PruneConfig(ratio=0.3))
     assert not (tmp_path / "m.h5").exists()
