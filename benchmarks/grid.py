@@ -535,7 +535,8 @@ def run(args: argparse.Namespace, regimes: list[Regime]) -> None:
                     store = stores[regime.name]
                     methods = [m for m in _methods(args, regime) if not (m == "auto" and auto_missing)]
                     todo = [(m, r) for r in group for m in methods if not store.has(m, r, seed)]
-                    want_full = (seed == 0 or k == len(passes) - 1) and not store.has("full", 0.0, seed)
+                    want_full = ((seed == 0 or k == len(passes) - 1) and not store.has("full", 0.0, seed)
+                                 and not args.no_full)
                     if not want_full and not todo:
                         continue
                     clock.check(f"{regime.name} seed {seed}")
@@ -766,6 +767,8 @@ def main() -> None:
                     help="torch CPU threads (on a shared CPU more than 1 oversubscribes and is many times slower)")
     ap.add_argument("--budget", type=float, default=0, help="stop cleanly after this many seconds (0: none)")
     ap.add_argument("--deadline", type=float, default=0, help="stop cleanly at this Unix time (0: none)")
+    ap.add_argument("--no-full", action="store_true",
+                    help="skip the full-data cells (when another process of the same regime runs them)")
     ap.add_argument("--tiny", action="store_true", help="toy sizes of every regime: a dry run of every code path")
     ap.add_argument("--docs", default="docs/benchmarks.md")
     ap.add_argument("--report-only", action="store_true", help="render --docs from the --results folders")

@@ -14,6 +14,7 @@ from dpcli.config import PruneConfig
 from dpcli.select.base import Context
 from dpcli.select.linalg import count_from_ratio
 from dpcli.select.methods import auto
+from dpcli.select.registry import SELECTORS
 from tests.conftest import run_cli
 
 
@@ -254,6 +255,9 @@ def test_dataset_run_validates_on_the_checkpoints_features(tiny_run, tmp_path, c
     assert len(lines) == 1 and "held-out acc" in lines[0]
     rec = json.loads(out)["auto"]
     assert rec["line"] == lines[0] and rec["decided_by"] == "validation" and len(rec["candidates"]) == 4
+    # the checkpoint's dynamics let DUAL's Beta sampling challenge the choice, on the same fit part
+    ch = rec["challenger"]
+    assert ch["name"] == "dual-beta" and ch["n_kept_fit"] == rec["candidates"][0]["n_kept_fit"]
     sig = rec["signals"]
     assert sig["difficulty_source"].startswith("mean training loss") and sig["n_kept"] == sig["n"] - count_from_ratio(sig["n"], 0.8)
     assert sig["generalization_gap"] == pytest.approx(sig["train_accuracy"] - sig["test_accuracy"])
@@ -279,3 +283,108 @@ def test_embeddings_run_validates_on_its_own_features(tmp_path, capsys):
     assert rec["decided_by"] == "validation" and rec["signals"]["feature_dim"] == 64
     assert rec["signals"]["difficulty_source"] == "per-sample loss at the trained model"
     assert rec["signals"]["n_val"] == sum(round(0.2 * c) for c in np.bincount(y[:600]))
+
+
+def _dynamics(y: np.ndarray, noisy: np.ndarray, epochs: int = 12, seed: int = 0):
+    """Training dynamics of a run that learns the clean samples (p_y rising, with jitter) and never the
+    mislabelled ones (p_y near 0): what DUAL reads."""
+    from dpcli.train.dynamics import Dynamics
+
+    rng = np.random.default_rng(seed)
+    speed = rng.uniform(0.5, 3.0, len(y))
+    t = np.linspace(0.0, 1.0, epochs)[:, None]
+    p = np.where(noisy[None, :], 0.03, 0.1 + 0.85 * (1 - np.exp(-speed[None, :] * 3 * t)))
+    p = np.clip(p + rng.normal(0, 0.04, p.shape), 1e-3, 1 - 1e-3)
+    return Dynamics(loss=(-np.log(p)).astype(np.float32), correct=(p > 0.5).astype(np.uint8))
+
+
+def _ctx_with_dynamics(scarce):
+    x, y, S = scarce
+    noisy = np.random.default_rng(9).random(len(y)) < 0.3
+    ctx = Context(S=S, labels=y)
+    ctx._cache["features"] = x
+    ctx._cache["dynamics"] = _dynamics(y, noisy)
+    return ctx
+
+
+def test_challenger_is_scored_like_a_rung(scarce):
+    """With training dynamics, DUAL's Beta sampling on the fit part's dynamics is scored on the validation
+    part; its recorded accuracy is that of a plain numpy refit on the set it keeps."""
+    from dpcli.select.methods.dual import dual_scores, true_class_probs
+    from dpcli.select.methods.dual_beta import dual_beta_select
+
+    x, y, S = scarce
+    ctx = _ctx_with_dynamics(scarce)
+    cfg = PruneConfig(ratio=0.8, seed=2)
+    m = count_from_ratio(len(y), 0.8)
+    pruned, label = auto.Auto(cfg).select(ctx, m, None)
+    rec = ctx.record["auto"]
+    ch = rec["challenger"]
+    assert ch["name"] == "dual-beta" and rec["challenger_skipped"] == ""
+    fit, val = auto.split(y, 2)
+    m_fit = round(m * len(fit) / len(y))
+    p = true_class_probs(ctx.dynamics().loss)[:, fit]
+    keep = ~dual_beta_select(p, dual_scores(p), m_fit, np.random.default_rng(2))
+    assert ch["n_kept_fit"] == int(keep.sum()) == len(fit) - m_fit
+    mu, sd = x[fit].astype(np.float64).mean(0), x[fit].astype(np.float64).std(0)
+    z = (x - mu) / sd
+    rows = fit[keep]
+    theta = _plain_head(z[rows], y[rows], 3, auto.HEAD_L2)
+    acc = 100.0 * np.mean((np.hstack([z[val], np.ones((len(val), 1))]) @ theta.T).argmax(1) == y[val])
+    assert ch["val_accuracy"] == pytest.approx(acc, abs=1e-9)
+    assert ch["gain_vs_base"] == pytest.approx(acc - rec["candidates"][0]["val_accuracy"])
+    assert len(rec["candidates"]) == len(auto.LADDER) and int((~pruned).sum()) == len(y) - m
+
+
+def test_challenger_that_wins_runs_on_all_of_S(scarce, monkeypatch):
+    """The winning challenger's mask is exactly `--method dual-beta` with the same seed, and the line says so."""
+    x, y, S = scarce
+    monkeypatch.setattr(auto, "challenge", lambda chosen, base, rival: (True, "forced"))
+    ctx = _ctx_with_dynamics(scarce)
+    cfg = PruneConfig(ratio=0.8, seed=4)
+    m = count_from_ratio(len(y), 0.8)
+    pruned, label = auto.Auto(cfg).select(ctx, m, None)
+    ref = _ctx_with_dynamics(scarce)
+    expected, _ = SELECTORS.get("dual-beta")(PruneConfig(ratio=0.8, seed=4, method="dual-beta")).select(ref, m, None)
+    assert label == "dual-beta" and np.array_equal(pruned, expected)
+    rec = ctx.record["auto"]
+    assert rec["chosen"] == "dual-beta" and rec["line"] == "auto: coverage=dual-beta (forced)"
+
+
+def test_without_dynamics_there_is_no_challenger(scarce):
+    x, y, S = scarce
+    rec = dp.prune(S, ratio=0.8, labels=y, features=x).auto
+    assert rec["challenger"] is None and rec["challenger_skipped"] == "no training dynamics"
+
+
+def _rival(acc, correct):
+    return auto.Score("dual-beta", 4, acc, 0.0, np.asarray(correct, bool), np.ones(1, bool))
+
+
+def test_challenger_beats_the_first_rung_by_z_and_a_chosen_coverage_rung_by_one_standard_error():
+    base = np.array([1, 0] * 50)  # 50 % correct on 100 validation samples
+    flip = lambda k: np.where(np.arange(100) < 2 * k, 1, base)  # noqa: E731  (k more correct)
+
+    def se(a, b, z):  # z standard errors of the paired difference, in points, written out
+        d = a.astype(float) - b
+        return z * 100 * np.sqrt(((d - d.mean()) ** 2).sum() / (len(d) - 1)) / np.sqrt(len(d))
+
+    first = _score(0, 50.0, base)
+    covered = _score(2, 62.0, flip(12))
+    for k, won_vs_base, won_vs_covered in ((2, False, False), (6, True, False), (14, True, True), (12, True, False)):
+        rival = _rival(50.0 + k, flip(k))
+        rival.gain, rival.noise = k, auto.paired_noise(rival.correct, base)
+        assert auto.challenge(first, first, rival)[0] == (k > se(flip(k), base, auto.Z)) == won_vs_base, k
+        lead = k - 12
+        expected = won_vs_base and lead > 0 and lead > se(flip(k), flip(12), auto.Z_SWITCH)
+        assert auto.challenge(covered, first, rival)[0] == expected == won_vs_covered, k
+    # the 14-vs-12 case is exactly where one standard error and two differ
+    assert se(flip(14), flip(12), 1.0) < 2 < se(flip(14), flip(12), 2.0)
+    # ahead of the chosen rung, but by less than one standard error: 3 answers gained, 2 lost
+    mixed = flip(12).copy()
+    mixed[[25, 27, 29]] = 1
+    mixed[[0, 1]] = 0
+    rival = _rival(63.0, mixed)
+    rival.gain, rival.noise = 13.0, auto.paired_noise(mixed, base)
+    assert rival.gain > rival.noise and 0 < 1.0 < se(mixed, flip(12), auto.Z_SWITCH)
+    assert auto.challenge(covered, first, rival)[0] is False
