@@ -231,7 +231,7 @@ MUTANTS: tuple[Mutant, ...] = (
            ("tests/select/test_auto.py",)),
     Mutant("auto-challenger-wrong-rows", "the challenger selects on the first rows' dynamics, not the fit part's",
            "dpcli/select/methods/auto.py",
-           "p = probs[:, fit]", "p = probs[:, :len(fit)]",
+           "beta_draw(probs[:, fit], m_fit, seed)", "beta_draw(probs[:, :len(fit)], m_fit, seed)",
            ("tests/select/test_auto.py",)),
     # ---- batched JPEG decoding (decode_jpeg, on the GPU when one is used)
     Mutant("jpeg-exif-ignored", "the batched JPEG path forgets the EXIF orientation",

@@ -237,15 +237,19 @@ def true_class_probs_of(ctx: Context) -> tuple[np.ndarray | None, str]:
         return None, str(exc)
 
 
-def score_challenger(probs: np.ndarray, m_fit: int, seed: int, x: np.ndarray, y: np.ndarray, fit: np.ndarray,
-                     val: np.ndarray, num_classes: int, init: Score, device: Any) -> tuple[Score | None, str]:
-    """DUAL's Beta sampling on the fit part's dynamics, scored like a rung; None where it cannot run."""
+def beta_draw(probs: np.ndarray, m: int, seed: int) -> np.ndarray:
+    """The pruned mask of DUAL's Beta sampling on ``probs`` (epochs x rows): ``--method dual-beta --seed seed``."""
     from dpcli.select.methods.dual import dual_scores
     from dpcli.select.methods.dual_beta import dual_beta_select
 
-    p = probs[:, fit]
+    return dual_beta_select(probs, dual_scores(probs), m, np.random.default_rng(seed))
+
+
+def score_challenger(probs: np.ndarray, m_fit: int, seed: int, x: np.ndarray, y: np.ndarray, fit: np.ndarray,
+                     val: np.ndarray, num_classes: int, init: Score, device: Any) -> tuple[Score | None, str]:
+    """DUAL's Beta sampling on the fit part's dynamics, scored like a rung; None where it cannot run."""
     try:
-        pruned = dual_beta_select(p, dual_scores(p), m_fit, np.random.default_rng(seed))
+        pruned = beta_draw(probs[:, fit], m_fit, seed)
     except DpcliError as exc:
         return None, str(exc)
     return _score(CHALLENGER.name, CHALLENGER.strength, ~pruned, x, y, fit, val, num_classes, init=init,
@@ -420,11 +424,7 @@ class Auto(Selector):
             v.reason += over
         measured = time.perf_counter() - t0  # features, difficulty and the validation, before the final solve
         if v.chosen is CHALLENGER:
-            from dpcli.select.methods.dual import dual_scores
-            from dpcli.select.methods.dual_beta import dual_beta_select
-
-            pruned = dual_beta_select(probs, dual_scores(probs), m, np.random.default_rng(cfg.seed))
-            label = CHALLENGER.name
+            pruned, label = beta_draw(probs, m, cfg.seed), CHALLENGER.name
         else:
             pruned, label = Optimization(rung_config(cfg, v.chosen)).select(ctx, m, None)
         self._record(ctx, v.chosen, v.chosen.name, v, v.reason, pruned, t0,
