@@ -263,9 +263,8 @@ TimeBudget = Annotated[Optional[float], typer.Option(
          + default_note("a fixed amount of work"))]
 Method = Annotated[str, typer.Option(
     "--method", metavar="NAME", rich_help_panel=P_SELECT,
-    help="Selector: @SELECTORS@. auto: the paper's objective, with coverage (or DUAL's Beta sampling) if a "
-         "held-out check says it keeps a better model; optimization: the paper's objective alone; the others "
-         "are baselines. "
+    help="Selector: @SELECTORS@. auto: the paper's objective, or coverage or dual-beta if a held-out "
+         "check prefers it; optimization: the paper's objective alone; the others are baselines. "
          "Every mask is certified from S.")]
 
 SOLVER_DEFAULT = _config_default(PruneConfig, "solver")
