@@ -388,3 +388,14 @@ def test_challenger_beats_the_first_rung_by_z_and_a_chosen_coverage_rung_by_one_
     rival.gain, rival.noise = 13.0, auto.paired_noise(mixed, base)
     assert rival.gain > rival.noise and 0 < 1.0 < se(mixed, flip(12), auto.Z_SWITCH)
     assert auto.challenge(covered, first, rival)[0] is False
+
+
+def test_a_challenger_dual_refuses_is_skipped_with_duals_reason(scarce):
+    """Dynamics that miss a sample: DUAL cannot run, the ladder decides alone and the record says DUAL's why."""
+    x, y, S = scarce
+    ctx = _ctx_with_dynamics(scarce)
+    ctx._cache["dynamics"].loss[0, 5] = np.nan
+    pruned, label = auto.Auto(PruneConfig(ratio=0.8, seed=0)).select(ctx, count_from_ratio(len(y), 0.8), None)
+    rec = ctx.record["auto"]
+    assert rec["challenger"] is None and rec["challenger_skipped"].startswith("DUAL needs the loss of every sample")
+    assert rec["chosen"] != "dual-beta" and label.startswith("swap")

@@ -237,17 +237,11 @@ def true_class_probs_of(ctx: Context) -> tuple[np.ndarray | None, str]:
         return None, str(exc)
 
 
-def beta_draw(probs: np.ndarray, m: int, seed: int) -> np.ndarray:
-    """The pruned mask of DUAL's Beta sampling on ``probs`` (epochs x rows): ``--method dual-beta --seed seed``."""
-    from dpcli.select.methods.dual import dual_scores
-    from dpcli.select.methods.dual_beta import dual_beta_select
-
-    return dual_beta_select(probs, dual_scores(probs), m, np.random.default_rng(seed))
-
-
 def score_challenger(probs: np.ndarray, m_fit: int, seed: int, x: np.ndarray, y: np.ndarray, fit: np.ndarray,
                      val: np.ndarray, num_classes: int, init: Score, device: Any) -> tuple[Score | None, str]:
     """DUAL's Beta sampling on the fit part's dynamics, scored like a rung; None where it cannot run."""
+    from dpcli.select.methods.dual_beta import beta_draw
+
     try:
         pruned = beta_draw(probs[:, fit], m_fit, seed)
     except DpcliError as exc:
@@ -290,11 +284,13 @@ def affordable(rungs: tuple[Rung, ...], ctx: Context, feature_dim: int | None = 
 
 
 def validate(ctx: Context, cfg, m: int, features: np.ndarray, difficulty: np.ndarray,
-             rungs: tuple[Rung, ...] | None = None, probs: np.ndarray | None = None) -> Validation:
+             rungs: tuple[Rung, ...] | None = None,
+             probs: tuple[np.ndarray | None, str] = (None, "no training dynamics")) -> Validation:
     """Select with every rung on the fit part, refit the head on each kept set, score on the validation part.
 
-    ``probs``: the true-class probabilities of the training dynamics; with them DUAL's Beta sampling
-    challenges the ladder's choice (:func:`challenge`)."""
+    ``probs``: the true-class probabilities of the training dynamics, or None and why not
+    (:func:`true_class_probs_of`); with them DUAL's Beta sampling challenges the ladder's choice
+    (:func:`challenge`)."""
     labels = np.asarray(ctx.labels)
     n = ctx.n
     fit, val = split(labels, cfg.seed)
@@ -315,8 +311,9 @@ def validate(ctx: Context, cfg, m: int, features: np.ndarray, difficulty: np.nda
         pruned, _ = Optimization(rung_config(cfg, rung)).select(sub, m_fit, None)
         scores.append(_score(rung.name, rung.strength, ~np.asarray(pruned, dtype=bool), x, y, fit, val,
                              len(classes), init=refs[0], device=dev))
-    rival, note = (None, "no training dynamics") if probs is None else score_challenger(
-        probs, m_fit, cfg.seed, x, y, fit, val, len(classes), refs[0], dev)
+    p, note = probs
+    rival, note = (None, note) if p is None else score_challenger(
+        p, m_fit, cfg.seed, x, y, fit, val, len(classes), refs[0], dev)
     for s in scores + refs + ([rival] if rival else []):
         s.gain = s.accuracy - scores[0].accuracy
         s.noise = paired_noise(s.correct, scores[0].correct)
@@ -418,13 +415,15 @@ class Auto(Selector):
             return pruned, label
         diff, source = _difficulty(ctx, features)
         ctx._cache["difficulty"] = diff
-        probs, _ = true_class_probs_of(ctx)
+        probs = true_class_probs_of(ctx)
         v = validate(ctx, cfg, m, features, diff, rungs, probs=probs)
         if over:
             v.reason += over
         measured = time.perf_counter() - t0  # features, difficulty and the validation, before the final solve
         if v.chosen is CHALLENGER:
-            pruned, label = beta_draw(probs, m, cfg.seed), CHALLENGER.name
+            from dpcli.select.methods.dual_beta import beta_draw
+
+            pruned, label = beta_draw(probs[0], m, cfg.seed), CHALLENGER.name
         else:
             pruned, label = Optimization(rung_config(cfg, v.chosen)).select(ctx, m, None)
         self._record(ctx, v.chosen, v.chosen.name, v, v.reason, pruned, t0,
@@ -459,7 +458,8 @@ class Auto(Selector):
         ctx.record["auto"] = {
             "chosen": coverage, "strength": None if rung is None else rung.strength,
             "options": None if rung is None else rung.options, "decided_by": "validation" if v else "rule",
-            "reason": reason, "line": line, "z": Z, "z_switch": Z_SWITCH, "val_share": VAL_SHARE, "head_l2": HEAD_L2,
+            "reason": reason, "line": line, "z": Z, "z_switch": Z_SWITCH, "val_share": VAL_SHARE,
+            "head_l2": HEAD_L2,
             "split_seed": int(self.cfg.seed),
             "candidates": [] if v is None else [s.to_dict() for s in v.scores],
             "challenger": None if v is None or v.challenger is None else v.challenger.to_dict(),

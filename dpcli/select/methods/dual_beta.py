@@ -57,11 +57,15 @@ def dual_beta_select(p: np.ndarray, score: np.ndarray, m: int, rng: np.random.Ge
     return ~keep
 
 
+def beta_draw(p: np.ndarray, m: int, seed: int) -> np.ndarray:
+    """The pruned mask of ``--method dual-beta --seed seed`` on true-class probabilities ``p`` (epochs x rows)."""
+    return dual_beta_select(p, dual_scores(p), m, np.random.default_rng(seed))
+
+
 class DUALBeta(Selector):
     name = "dual-beta"
     needs = frozenset({"dynamics"})
     help = "DUAL with Beta sampling around the easy side, seeded by --seed (the paper's high-rate variant)"
 
     def select(self, ctx: Context, m: int | None, epsilon: float | None) -> tuple[np.ndarray, str]:
-        p = true_class_probs(ctx.dynamics().loss)
-        return dual_beta_select(p, dual_scores(p), m, np.random.default_rng(self.cfg.seed)), self.name
+        return beta_draw(true_class_probs(ctx.dynamics().loss), m, self.cfg.seed), self.name
