@@ -26,7 +26,7 @@ from dpcli.select.certificate import KeepMask
 from dpcli.stages.embeddings import DEFAULT_DAMPING, DEFAULT_MAX_ITER, DEFAULT_TOL, HeadFit, Refit
 
 if TYPE_CHECKING:
-    from torch import Tensor, nn
+    from torch import nn
 
 __all__ = ["influence", "influence_file", "prune", "refit", "embed", "Selection", "HeadFit", "Refit"]
 

@@ -14,7 +14,6 @@ import torch
 from dpcli.artifacts.h5 import mapped_rows
 from dpcli.config import InfluenceConfig
 from dpcli.errors import DpcliError
-from dpcli.influence import kernels as infl
 from dpcli.influence.sketch import Sketch
 from dpcli.stages import embeddings as E
 from tests.conftest import run_cli

@@ -14,7 +14,7 @@ from torch import nn
 from dpcli.errors import DpcliError
 from dpcli.models.library import LibraryClassifier, find_head, split_head
 from dpcli.models.zoo import build_model
-from tests.conftest import TINY, run_cli
+from tests.conftest import run_cli
 
 # one member of every torchvision classification family -> where its last linear layer is
 FAMILIES = {
