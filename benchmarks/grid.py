@@ -8,10 +8,11 @@ and record the final test accuracy on the whole test set.  Full data is retraine
 The ``frozen-backbone`` regime differs only where a frozen backbone must: see :func:`frozen_setup`.
 
 Cells are appended as JSON lines to ``<results>/cells-<regime>.jsonl`` the moment they finish, so
-a run can be stopped at any time and resumed (finished cells are skipped).  Cells run in priority
-order: every regime's every method at seed 0, then seed 1, ...; ``--deadline`` / ``--budget`` stop
-the run cleanly (checked between cells and at every training epoch).  ``--report-only`` reads the
-JSON lines of one or more ``--results`` folders and rewrites the generated sections of ``--docs``.
+a run can be stopped at any time and resumed (finished cells are skipped).  A retrain is cached under
+the full-data run, keyed on the kept set and the seed, so methods that keep the same samples share it.
+Cells run in priority order: every regime's every method at seed 0, then seed 1, ...; ``--deadline`` /
+``--budget`` stop the run cleanly (checked between cells and at every training epoch).  ``--report-only``
+reads the JSON lines of one or more ``--results`` folders and rewrites the generated sections of ``--docs``.
 
     python3 benchmarks/grid.py --regimes digits frozen-backbone --work /tmp/grid
     python3 benchmarks/grid.py --report-only --results benchmarks/results/grid
@@ -360,7 +361,8 @@ def image_setup(regime: Regime, data: Path | str, work: Path, device: torch.devi
     def retrain(keep: np.ndarray, seed: int, mask_path: Path) -> dict:
         mask = stages.read_mask(mask_path)
         cfg = base.replace(seed=seed)
-        out = Path(mask_path).parent / f"retrain-s{seed}" / "checkpoint.h5"
+        # keyed on the kept set, not the method: auto's mask equals dual-beta's when it picks DUAL
+        out = ck_path.parent / "retrains" / f"{mask.fingerprint[:16]}-s{seed}" / "checkpoint.h5"
         ck = stages.retrain(ds, mask, out, base=cfg, overrides={}, device=device, eval_every=cfg.epochs,
                             snapshot_epochs=(), on_epoch=_epoch_hook(clock, "retraining")).checkpoint
         return {"test_accuracy": ck.final.test_acc, "test_loss": ck.final.test_loss, "train_seconds": ck.seconds,

@@ -194,10 +194,15 @@ def ladder(cfg) -> tuple[Rung, ...]:
     return (PURE, *LADDER[1:]) if cfg.buckets != 1 else LADDER
 
 
+def clears(gain: float, noise: float) -> bool:
+    """A lead counts only beyond its noise; NaN noise (too few validation samples) never clears."""
+    return gain > noise and gain > 0
+
+
 def decide(scores: list[Score], rungs: tuple[Rung, ...] = LADDER) -> tuple[Rung, str]:
     """The first rung unless a later one beats it by more than the noise; then the best such rung."""
     base = scores[0]
-    better = [s for s in scores[1:] if s.gain > s.noise and s.gain > 0]
+    better = [s for s in scores[1:] if clears(s.gain, s.noise)]
     if not better:
         best = max(scores[1:], key=lambda s: s.gain, default=None)
         if best is None:
@@ -212,14 +217,14 @@ def decide(scores: list[Score], rungs: tuple[Rung, ...] = LADDER) -> tuple[Rung,
 def challenge(chosen: Score, base: Score, rival: Score) -> tuple[bool, str]:
     """Whether ``rival`` replaces the ladder's choice: it beats the first rung by the Z noise (``rival.gain``
     and ``rival.noise`` are against it) and, where a coverage rung was chosen, that rung by Z_SWITCH."""
-    if not (rival.gain > rival.noise and rival.gain > 0):
+    if not clears(rival.gain, rival.noise):
         return False, f"{rival.name} {rival.accuracy:.1f} %"
     if chosen is base:
         return True, (f"held-out acc {rival.accuracy:.1f} % {rival.name} vs {base.accuracy:.1f} % {base.name}, "
                       f"±{rival.noise:.1f}")
     bar = paired_noise(rival.correct, chosen.correct, Z_SWITCH)
     lead = rival.accuracy - chosen.accuracy
-    if lead > bar and lead > 0:
+    if clears(lead, bar):
         return True, (f"held-out acc {rival.accuracy:.1f} % {rival.name} vs {chosen.accuracy:.1f} % {chosen.name}, "
                       f"±{bar:.1f} ({Z_SWITCH:g} SE); {base.accuracy:.1f} % {base.name}")
     return False, f"{rival.name} {rival.accuracy:.1f} %, ±{bar:.1f}"
