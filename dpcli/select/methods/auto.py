@@ -195,7 +195,7 @@ def ladder(cfg) -> tuple[Rung, ...]:
 
 
 def clears(gain: float, noise: float) -> bool:
-    """A lead counts only beyond its noise; NaN noise (too few validation samples) never clears."""
+    """A lead counts only when positive and beyond its noise (infinite with too few validation samples)."""
     return gain > noise and gain > 0
 
 
