@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 
 import typer
 
-from dpcli import __version__, console
+from dpcli import __version__, console, interrupts
 from dpcli.cli import fast, influence, options, prune, retrain, train, verify
 from dpcli.errors import DpcliError
 
@@ -68,13 +68,23 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         return
 
     def handler(signum: int, frame: Any) -> None:
+        interrupts.record(Terminated)  # raised again per batch if this raise lands in a __del__ and is lost
         raise Terminated()
 
+    default_hook = sys.unraisablehook
+
+    def unraisable(info: Any) -> None:
+        if not isinstance(info.exc_value, Terminated):  # a lost Terminated is re-raised, not printed
+            default_hook(info)
+
     previous = signal.signal(signal.SIGTERM, handler)
+    sys.unraisablehook = unraisable
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        sys.unraisablehook = default_hook
+        interrupts.clear()
 
 
 @contextlib.contextmanager

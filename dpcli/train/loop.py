@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dpcli import console
+from dpcli import console, interrupts
 from dpcli.artifacts.h5 import array_fingerprint, atomic_h5, check_writable, get_attr, open_artifact, set_attr
 from dpcli.artifacts.lock import artifact_lock
 from dpcli.config import TrainConfig
@@ -306,6 +306,7 @@ def _train_locked(config: TrainConfig, ds: Dataset, out: Path, *, device: torch.
         stats = torch.zeros(4, dtype=torch.float64, device=device)
         steps = seen = 0
         for x, y, idx in batches:
+            interrupts.check()  # a SIGTERM that Python swallowed in a __del__ (dpcli/interrupts.py)
             if compiled_unproven:
                 net, (logits, losses, loss) = _first_compiled_step(net, eager, forward_backward, x, y)
                 compiled_unproven = False

@@ -53,3 +53,35 @@ def test_rerun_says_where_it_resumes(tmp_path, capsys):
     assert code == 0, err
     assert "resuming from epoch 2 of 3" in err
     assert load_checkpoint(out, weights=False).complete
+
+
+def test_a_sigterm_lost_in_a_weakref_callback_still_stops_training_silently(tmp_path, monkeypatch):
+    """Python only prints an exception raised in a weakref callback; the recorded signal stops the next batch."""
+    import weakref
+
+    import torch
+
+    from dpcli.cli.application import Terminated, _sigterm_as_interrupt
+
+    class Owner:
+        pass
+
+    ds = load_dataset("digits")
+    cfg = pipeline.train_config(ds, {"epochs": 3, "width": 4, "depth": 1})
+    out = tmp_path / "ck.h5"
+    printed: list = []  # what Python's "Exception ignored" hook would have printed
+    monkeypatch.setattr(sys, "unraisablehook", printed.append)
+    with _sigterm_as_interrupt():
+        owner = Owner()
+        ref = weakref.ref(owner, lambda _: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(0.5)))
+        del owner  # the callback runs, the handler raises inside it, and Python swallows that raise
+        assert ref() is None
+        try:
+            train(cfg, ds, out, device=torch.device("cpu"))
+        except Terminated:
+            stopped = True
+        else:
+            stopped = False
+    assert stopped, "the lost SIGTERM did not stop training"
+    assert not out.exists() or not load_checkpoint(out, weights=False).complete
+    assert printed == []
