@@ -1,9 +1,9 @@
 """A stop signal whose exception Python swallowed is raised again at the next safe point.
 
-The CLI turns SIGTERM into an exception raised wherever the main thread is. If that is a ``__del__`` or
-a weakref callback (the garbage collector runs them at any allocation), Python only prints "Exception
-ignored" and goes on, and a job its scheduler killed would keep training. So the handler also records
-the signal, and the long loops call :func:`check` once per batch (a global read).
+The CLI turns SIGTERM and Ctrl-C into exceptions raised wherever the main thread is. If that is a
+``__del__`` or a weakref callback (the garbage collector runs them at any allocation), Python only prints
+"Exception ignored" and goes on, and a job its scheduler or its user stopped would keep training. So the
+handler also records the signal, and the training loop calls :func:`check` once per batch (a global read).
 """
 
 from __future__ import annotations

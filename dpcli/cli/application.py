@@ -62,27 +62,35 @@ class Terminated(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
+def _stops_as_interrupts() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated`, Ctrl-C ``KeyboardInterrupt``, in the main thread; both are also
+    recorded, so a stop whose raise lands in a ``__del__`` or weakref callback (where Python only prints it)
+    still stops training at the next batch, and is not printed.  A SIGINT the parent ignores (a background
+    job of a non-interactive shell) stays ignored."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: Any) -> None:
-        interrupts.record(Terminated)  # raised again per batch if this raise lands in a __del__ and is lost
-        raise Terminated()
+        stop = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        interrupts.record(stop)
+        raise stop()
 
     default_hook = sys.unraisablehook
 
     def unraisable(info: Any) -> None:
-        if not isinstance(info.exc_value, Terminated):  # a lost Terminated is re-raised, not printed
+        if not isinstance(info.exc_value, KeyboardInterrupt):  # a lost stop is re-raised, not printed
             default_hook(info)
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    stops = [signal.SIGTERM] + ([signal.SIGINT] if signal.getsignal(signal.SIGINT) is signal.default_int_handler
+                                else [])
+    previous = {s: signal.signal(s, handler) for s in stops}
     sys.unraisablehook = unraisable
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
         sys.unraisablehook = default_hook
         interrupts.clear()
 
@@ -205,7 +213,7 @@ def _run(command: Any, args: list[str]) -> int:
     args = ["--help" if a == "--help-all" else a for a in args]
     if unfold or "--help" in args:
         _tidy(command, unfold)
-    with _sigterm_as_interrupt():
+    with _stops_as_interrupts():
         try:
             code = command.main(args=args, prog_name="dpcli", standalone_mode=False)
         except NoArgsIsHelpError as exc:

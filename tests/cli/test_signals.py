@@ -1,4 +1,5 @@
-"""SIGTERM is handled like Ctrl-C (exit 143, one line, completed artifacts kept) and a rerun resumes."""
+"""SIGTERM is handled like Ctrl-C (exit 143, one line, completed artifacts kept) and a rerun resumes; a stop
+Python swallowed in a finalizer still stops training."""
 
 from __future__ import annotations
 
@@ -57,13 +58,23 @@ def test_rerun_says_where_it_resumes(tmp_path, capsys):
     assert load_checkpoint(out, weights=False).complete
 
 
-def test_a_sigterm_lost_in_a_weakref_callback_still_stops_training_silently(tmp_path, monkeypatch):
+@pytest.fixture
+def sigint_default():
+    """Python's own Ctrl-C handler, even where the test runner was started with SIGINT ignored."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+def test_a_stop_lost_in_a_weakref_callback_still_stops_training_silently(tmp_path, monkeypatch, sigint_default,
+                                                                          signum):
     """Python only prints an exception raised in a weakref callback; the recorded signal stops the next batch."""
     import weakref
 
     import torch
 
-    from dpcli.cli.application import Terminated, _sigterm_as_interrupt
+    from dpcli.cli.application import Terminated, _stops_as_interrupts
 
     class Owner:
         pass
@@ -73,12 +84,28 @@ def test_a_sigterm_lost_in_a_weakref_callback_still_stops_training_silently(tmp_
     out = tmp_path / "ck.h5"
     printed: list = []  # what Python's "Exception ignored" hook would have printed
     monkeypatch.setattr(sys, "unraisablehook", printed.append)
-    with _sigterm_as_interrupt():
+    with _stops_as_interrupts():
         owner = Owner()
-        ref = weakref.ref(owner, lambda _: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(0.5)))
+        ref = weakref.ref(owner, lambda _: (os.kill(os.getpid(), signum), time.sleep(0.5)))
         del owner  # the callback runs, the handler raises inside it, and Python swallows that raise
         assert ref() is None
-        with pytest.raises(Terminated):  # the lost SIGTERM stops training at its first batch
+        with pytest.raises(KeyboardInterrupt) as stopped:  # the lost stop ends training at its first batch
             train(cfg, ds, out, device=torch.device("cpu"))
+    assert stopped.type is (Terminated if signum == signal.SIGTERM else KeyboardInterrupt)
     assert not out.exists() or not load_checkpoint(out, weights=False).complete
     assert printed == []
+
+
+def test_an_ignored_sigint_stays_ignored(sigint_default):
+    """A background job of a non-interactive shell inherits SIGINT ignored: dpcli must not re-enable it."""
+    from dpcli.cli.application import _stops_as_interrupts
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with _stops_as_interrupts():
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGINT)  # ignored: nothing is raised or recorded
+        time.sleep(0.1)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    with _stops_as_interrupts():
+        assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored on exit
