@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from typing import Any, Callable, Iterator
 
 import typer
@@ -93,6 +94,23 @@ def _stops_as_interrupts() -> Iterator[None]:
             signal.signal(s, h)
         sys.unraisablehook = default_hook
         interrupts.clear()
+
+
+@contextlib.contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """dpcli's own warnings (they start with "dpcli:") print as the line they are, without Python's file,
+    line number and source line; other libraries' keep Python's format."""
+    default = warnings.formatwarning
+
+    def fmt(message: Any, category: Any, filename: str, lineno: int, line: str | None = None) -> str:
+        text = str(message)
+        return f"{text}\n" if text.startswith("dpcli:") else default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = fmt  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        warnings.formatwarning = default
 
 
 @contextlib.contextmanager
@@ -213,7 +231,7 @@ def _run(command: Any, args: list[str]) -> int:
     args = ["--help" if a == "--help-all" else a for a in args]
     if unfold or "--help" in args:
         _tidy(command, unfold)
-    with _stops_as_interrupts():
+    with _stops_as_interrupts(), _one_line_warnings():
         try:
             code = command.main(args=args, prog_name="dpcli", standalone_mode=False)
         except NoArgsIsHelpError as exc:

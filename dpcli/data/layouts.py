@@ -28,6 +28,10 @@ from pathlib import Path
 from dpcli.errors import DpcliError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# image formats torchvision's ImageFolder (and so dpcli) does not read: left out, but named in a warning,
+# since a user who put them there meant them as data (metadata such as .txt or .xml is left out silently)
+OTHER_IMAGE_EXTENSIONS = (".gif", ".jfif", ".jpe", ".apng", ".avif", ".heic", ".heif", ".ico", ".jp2", ".j2k",
+                          ".tga", ".dib", ".pbm", ".pnm", ".qoi", ".dng", ".cr2", ".nef")
 DEVKIT = "ILSVRC2012_devkit_t12"
 META_FILE = "meta.bin"  # torchvision.datasets.imagenet.META_FILE
 
@@ -39,14 +43,16 @@ class Layout:
     train: list[tuple[str, int]]
     test: list[tuple[str, int]]
     test_name: str
+    passed_over: tuple[str, ...] = ()  # files in another image format (OTHER_IMAGE_EXTENSIONS), left out
 
 
 def _is_image(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS)
 
 
-def list_images(folder: str) -> list[str]:
-    """Image files under ``folder`` (recursive, hidden entries ignored), sorted by path.
+def list_images(folder: str, passed_over: list[str] | None = None) -> list[str]:
+    """Image files under ``folder`` (recursive, hidden entries ignored), sorted by path; files in an image
+    format dpcli does not read are appended to ``passed_over``.
 
     A folder reached twice (a symlink loop) and a dangling or looping link with an image
     extension each end in one line naming the path.
@@ -73,6 +79,8 @@ def list_images(folder: str) -> list[str]:
                 elif e.is_file():
                     if _is_image(e.name):
                         found.append(e.path)
+                    elif passed_over is not None and e.name.lower().endswith(OTHER_IMAGE_EXTENSIONS):
+                        passed_over.append(e.path)
                 elif e.is_symlink():
                     os.stat(e.path)  # raises for a dangling or looping link
             except OSError as exc:
@@ -92,7 +100,8 @@ def _top_images(folder: Path) -> list[str]:
     return sorted(str(p) for p in folder.iterdir() if not p.name.startswith(".") and p.is_file() and _is_image(p.name))
 
 
-def _class_split(split_dir: Path, classes: tuple[str, ...], name: str) -> list[tuple[str, int]]:
+def _class_split(split_dir: Path, classes: tuple[str, ...], name: str,
+                 passed_over: list[str] | None = None) -> list[tuple[str, int]]:
     index = {c: i for i, c in enumerate(classes)}
     items: list[tuple[str, int]] = []
     stray = _top_images(split_dir)
@@ -103,7 +112,7 @@ def _class_split(split_dir: Path, classes: tuple[str, ...], name: str) -> list[t
             raise DpcliError(
                 f"{name} class folder {sub} has no counterpart in the train split (classes: {', '.join(classes)})."
             )
-        files = list_images(str(sub))
+        files = list_images(str(sub), passed_over)
         if name == "train" and not files:
             raise DpcliError(f"Train class folder {sub} contains no images ({', '.join(IMG_EXTENSIONS)}).")
         items.extend((p, index[sub.name]) for p in files)
@@ -122,16 +131,18 @@ def scan(root: Path) -> Layout:
     classes = tuple(p.name for p in _subdirs(train_dir))
     if not classes:
         raise DpcliError(f"{train_dir} has no class sub-folders (expected train/<class>/<images>).")
-    train = _class_split(train_dir, classes, "train")
+    other: list[str] = []
+    train = _class_split(train_dir, classes, "train", other)
     val = root / "val"
     if (val / "val_annotations.txt").is_file():
-        return Layout("tinyimagenet", classes, train, _tiny_val(val, classes), "val")
+        return Layout("tinyimagenet", classes, train, _tiny_val(val, classes), "val", tuple(sorted(other)))
     for name in ("test", "val"):
         d = root / name
         if d.is_dir() and _subdirs(d):
-            return Layout("imagefolder", classes, train, _class_split(d, classes, name), name)
+            test = _class_split(d, classes, name, other)
+            return Layout("imagefolder", classes, train, test, name, tuple(sorted(other)))
     if val.is_dir() and _top_images(val):
-        return Layout("imagenet", classes, train, _imagenet_val(root, classes), "val")
+        return Layout("imagenet", classes, train, _imagenet_val(root, classes), "val", tuple(sorted(other)))
     raise DpcliError(f"Image folder {root} has no 'test' (or 'val') sub-folder next to 'train'.")
 
 

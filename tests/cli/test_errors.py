@@ -65,6 +65,25 @@ def test_usage_error_through_the_entry_point(tmp_path):
     assert proc.stderr.startswith("dpcli: error: No such option: --epsilom") and proc.stderr.count("\n") == 1
 
 
+def test_dpcli_warnings_print_as_their_one_line(tmp_path):
+    """Not Python's 'file:line: UserWarning: ...' plus a source line: the message, as the user reads errors."""
+    from tests.data.test_data_scale import mixed_folder
+
+    folder = mixed_folder(tmp_path / "f", n_train=2, n_test=1)
+    from PIL import Image
+
+    Image.new("RGB", (9, 9)).save(folder / "train" / "ant" / "x.gif")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("PYTHONWARNINGS", None)
+    proc = subprocess.run([sys.executable, "-m", "dpcli", "train", f"imagefolder:{folder}", "--image-size", "8",
+                           "--epochs", "1", "--width", "2", "--depth", "1", "--run-root", str(tmp_path / "runs")],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    first = proc.stderr.splitlines()[0]
+    assert first.startswith("dpcli: left out 1 image file(s) in a format dpcli does not read (1 .gif;"), proc.stderr
+    assert "UserWarning" not in proc.stderr and "warnings.warn" not in proc.stderr
+
+
 def _artifacts(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
 

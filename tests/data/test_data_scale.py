@@ -487,6 +487,30 @@ def test_corrupt_truncated_and_non_image_files_are_skipped_and_recorded(tmp_path
     assert rec["count"] == 3 and sorted(p for p, _ in rec["first"]) == sorted(p for p, _ in ds.skipped)
 
 
+def test_images_in_formats_dpcli_does_not_read_are_left_out_and_counted(tmp_path):
+    """ImageFolder's extensions decide what is data; other image formats are named, metadata is not."""
+    folder = mixed_folder(tmp_path / "f", n_train=4)
+    rng = np.random.default_rng(3)
+    gif = folder / "train" / "ant" / "07.gif"
+    _img(rng, 20, 20).convert("P").save(gif)
+    jfif = folder / "val" / "bee" / "09.JFIF"
+    _img(rng, 20, 20).save(jfif, format="JPEG")
+    (folder / "train" / "bee" / "boxes.txt").write_text("0 0 4 4")
+    (folder / "train" / "ant" / "meta.xml").write_text("<a/>")
+    with pytest.warns(UserWarning, match="dpcli: left out") as record:
+        ds = load_dataset(f"imagefolder:{folder}", data_root=tmp_path / "data", image_size=8)
+    (message,) = [str(w.message) for w in record]
+    assert "left out 2 image file(s)" in message and "1 .gif, 1 .jfif" in message and "\n" not in message
+    assert "boxes.txt" not in message and "meta.xml" not in message
+    from dpcli.data import layouts
+
+    assert layouts.scan(folder).passed_over == tuple(sorted(map(str, (gif, jfif))))
+    clean = mixed_folder(tmp_path / "clean", n_train=4)
+    ref = load_dataset(f"imagefolder:{clean}", data_root=tmp_path / "data", image_size=8)
+    assert len(ds.train) == len(ref.train) and len(ds.test) == len(ref.test)
+    np.testing.assert_array_equal(np.asarray(ds.train.images), np.asarray(ref.train.images))
+
+
 def test_empty_train_class_folder_fails_naming_it(tmp_path):
     folder = mixed_folder(tmp_path / "f")
     (folder / "train" / "cat").mkdir()

@@ -11,7 +11,8 @@ The cache key hashes the absolute path, the layout, ``image_size`` and every fil
 label, size and mtime, so a changed file list rebuilds it.  The split is held in memory when the
 decoded data fit ``$DPCLI_MEMORY_BUDGET`` (default 1 GiB), and streamed from the cache otherwise.
 Files that are not readable images are skipped with a warning naming them, and recorded in
-``Dataset.skipped`` (and the cache).
+``Dataset.skipped`` (and the cache).  Files in an image format torchvision's ImageFolder does not read
+(``.gif``, ``.heic``, ...) are left out with a warning counting them.
 """
 
 from __future__ import annotations
@@ -64,6 +65,19 @@ def _warn_skipped(skipped: tuple[tuple[str, str], ...], cache_path: Path) -> Non
                   f"in {cache_path}: {shown}{more}", stacklevel=2)
 
 
+def _warn_passed_over(files: tuple[str, ...]) -> None:
+    if not files:
+        return
+    kinds: dict[str, int] = {}
+    for f in files:
+        ext = os.path.splitext(f)[1].lower()
+        kinds[ext] = kinds.get(ext, 0) + 1
+    counts = ", ".join(f"{n} {ext}" for ext, n in sorted(kinds.items()))
+    warnings.warn(f"dpcli: left out {len(files)} image file(s) in a format dpcli does not read ({counts}; it reads "
+                  f"{' '.join(layouts.IMG_EXTENSIONS)}), e.g. {files[0]}; convert them to include them",
+                  stacklevel=2)
+
+
 class ImageFolder(DatasetSource):
     name = PREFIX
     prefix = PREFIX
@@ -75,6 +89,7 @@ class ImageFolder(DatasetSource):
             raise DpcliError("imagefolder: needs a path, e.g. imagefolder:/data/mydataset.")
         root = Path(path).expanduser().resolve()
         layout = layouts.scan(root)
+        _warn_passed_over(layout.passed_over)
         spec = request.input
         image_size = spec.crop if spec is not None else request.image_size
         resize = (spec.resize, spec.interpolation) if spec is not None else None
