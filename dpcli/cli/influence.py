@@ -53,7 +53,7 @@ def command(
              "convergence, so S is exact.")] = None,
     labels: Annotated[Optional[Path], typer.Option(
         "--labels", metavar="FILE", rich_help_panel=o.P_EMBED,
-        help="With --features: integer labels 0..C-1, one per row.")] = None,
+        help="With --features: one label per row, integers 0..C-1 or class names (strings).")] = None,
     test_features: Annotated[Optional[Path], typer.Option(
         "--test-features", metavar="FILE", rich_help_panel=o.P_EMBED,
         help="With --features: held-out features, for the test gradient and verify-bound.")] = None,

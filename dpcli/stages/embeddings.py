@@ -70,6 +70,9 @@ def load_array(path: Path | str, what: str, keys: tuple[str, ...]) -> np.ndarray
                 names = [k for k in f.keys() if isinstance(f[k], h5py.Dataset)]
                 return np.asarray(f[_pick(names, keys, path, what)][()])
     except (ValueError, OSError) as exc:
+        if "Python objects" in str(exc) or "allow_pickle" in str(exc):
+            raise DpcliError(f"{path}: {what} are stored as Python objects, which dpcli does not unpickle; save "
+                             f"them as numbers or strings, e.g. np.save(path, np.asarray(labels, dtype=str))") from None
         raise DpcliError(f"{path}: cannot read {what} ({exc})") from None
     raise DpcliError(f"{path}: {what} must be a .npy, .npz or .h5 file")
 
@@ -98,7 +101,7 @@ def check_features(x: np.ndarray, path: str) -> np.ndarray:
 
 
 def check_labels(y: np.ndarray, n: int, num_classes: int | None, path: str) -> np.ndarray:
-    """One integer class per sample in 0..C-1 (integral floats are accepted)."""
+    """One integer class per sample in 0..C-1 (integral floats are accepted; names via :func:`encode_labels`)."""
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
@@ -108,12 +111,31 @@ def check_labels(y: np.ndarray, n: int, num_classes: int | None, path: str) -> n
         raise DpcliError(f"{path}: {len(y)} labels for {n} feature rows; they must have the same length")
     if not np.issubdtype(y.dtype, np.integer):
         if not np.issubdtype(y.dtype, np.floating) or not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
-            raise DpcliError(f"{path}: labels must be integer class indices, got dtype {y.dtype}")
+            raise DpcliError(f"{path}: labels must be integer class indices or class names, got dtype {y.dtype}")
     y = y.astype(np.int64)
     hi = int(y.max()) + 1 if num_classes is None else num_classes
     if y.min() < 0 or y.max() >= hi:
         raise DpcliError(f"{path}: labels must lie in 0..{hi - 1}, found range [{int(y.min())}, {int(y.max())}]")
     return y
+
+
+def encode_labels(y: np.ndarray, classes: tuple[str, ...] | None, path: str) -> tuple[np.ndarray, tuple[str, ...] | None]:
+    """Class names (a string array) as indices into ``classes``, by default their sorted distinct values, as
+    a text or audio pipeline usually stores them; integer labels are returned as they are."""
+    y = np.asarray(y)
+    if y.dtype.kind == "O" and y.size and all(isinstance(v, (str, bytes)) for v in y.ravel()):
+        y = np.array([v.decode() if isinstance(v, bytes) else v for v in y.ravel()]).reshape(y.shape)  # h5py strings
+    if y.dtype.kind not in "US":
+        return y, classes
+    names = y.astype(str)
+    if classes is None:
+        classes = tuple(np.unique(names).tolist())
+    known = np.asarray(classes)
+    idx = np.clip(np.searchsorted(known, names), 0, len(known) - 1)
+    unknown = names != known[idx]
+    if np.any(unknown):
+        raise DpcliError(f"{path}: class {str(names[unknown][0])!r} does not occur in the training labels")
+    return idx.astype(np.int64), classes
 
 
 @dataclass
@@ -126,6 +148,7 @@ class Embeddings:
     x_test: np.ndarray | None = None
     y_test: np.ndarray | None = None
     lineage: dict[str, Any] = field(default_factory=dict)
+    classes: tuple[str, ...] | None = None  # the class names, where the labels were given as names
 
     @property
     def n(self) -> int:
@@ -142,16 +165,17 @@ def from_arrays(x: np.ndarray, y: np.ndarray, x_test: np.ndarray | None = None, 
                 num_classes: int | None = None, lineage: dict[str, Any] | None = None) -> Embeddings:
     """Validate in-memory features and labels (the API's entry point)."""
     feats = check_features(np.asarray(x) if not isinstance(x, np.memmap) else x, "features")
+    y, classes = encode_labels(y, None, "labels")
     labels = check_labels(y, feats.shape[0], num_classes, "labels")
-    c = num_classes or int(labels.max()) + 1
+    c = num_classes or (len(classes) if classes else int(labels.max()) + 1)
     if (x_test is None) != (y_test is None):
         raise DpcliError("give both test features and test labels, or neither")
     if x_test is not None:
         x_test = check_features(np.asarray(x_test), "test features")
         if x_test.shape[1] != feats.shape[1]:
             raise DpcliError(f"test features have {x_test.shape[1]} dimensions, training features {feats.shape[1]}")
-        y_test = check_labels(y_test, x_test.shape[0], c, "test labels")
-    return Embeddings(feats, labels, c, x_test, y_test, dict(lineage or {}))
+        y_test = check_labels(encode_labels(y_test, classes, "test labels")[0], x_test.shape[0], c, "test labels")
+    return Embeddings(feats, labels, c, x_test, y_test, dict(lineage or {}), classes)
 
 
 def load_embeddings(features: Path, labels: Path, test_features: Path | None = None,
@@ -382,7 +406,7 @@ def embeddings_influence(emb: Embeddings, out: Path, cfg: "InfluenceConfig", *, 
         "checkpoint_fingerprint": "", "dataset": f"{SOURCE}:{Path(emb.lineage.get('features', 'in-memory')).name}",
         "dataset_fingerprint": emb.fingerprint, "source": SOURCE, "lineage": emb.lineage,
         "head_solver": head.solver, "head_iterations": head.iterations, "head_grad_norm": head.grad_norm,
-        "head_loss": head.loss, "head_seconds": head_seconds,
+        "head_loss": head.loss, "head_seconds": head_seconds, "class_names": list(emb.classes or ()),
         "epsilon_convention": "S_i includes the 1/n factor (Eq. 3): ||sum S_i|| is the predicted parameter change",
         "parameter_order": "last layer: weight (C x D) row-major, then bias (C)",
     }

@@ -283,6 +283,56 @@ def test_bad_feature_inputs(tmp_path, capsys):
          "labels must lie in 0..2")
 
 
+def test_class_names_as_labels_give_the_S_of_their_sorted_indices(tmp_path, capsys):
+    """Text and audio pipelines store labels as names: npy strings, h5 bytes and h5py's variable-length
+    strings all equal the integer labels of the sorted names, through influence, prune and retrain."""
+    x, y = blobs(90, 4, 3, seed=6)
+    xt, yt = blobs(30, 4, 3, seed=7)
+    names = np.array(["spam", "ham", "eggs"])  # sorted: eggs=0, ham=1, spam=2
+    as_index = {"eggs": 0, "ham": 1, "spam": 2}
+    y_int = np.array([as_index[v] for v in names[y]])
+    yt_int = np.array([as_index[v] for v in names[yt]])
+    f, ft = _write(tmp_path, "f.npy", x), _write(tmp_path, "ft.npy", xt)
+    with h5py.File(tmp_path / "lb.h5", "w") as h:
+        h["labels"] = names[y].astype("S")
+    with h5py.File(tmp_path / "lv.h5", "w") as h:
+        h.create_dataset("labels", data=names[y].tolist(), dtype=h5py.string_dtype())
+    ref = tmp_path / "ref.h5"
+    assert run_cli(["influence", "--features", f, "--labels", _write(tmp_path, "li.npy", y_int), "--test-features", ft,
+                    "--test-labels", _write(tmp_path, "lti.npy", yt_int), "--out", ref, "--quiet"])[0] == 0
+    S_ref = _S(ref)
+    for labels in (_write(tmp_path, "ls.npy", names[y]), tmp_path / "lb.h5", tmp_path / "lv.h5"):
+        out = tmp_path / f"{labels.stem}-inf.h5"
+        assert run_cli(["influence", "--features", f, "--labels", labels, "--test-features", ft,
+                        "--test-labels", _write(tmp_path, "lts.npy", names[yt]), "--out", out, "--quiet"])[0] == 0
+        np.testing.assert_array_equal(_S(out), S_ref)
+        with h5py.File(out, "r") as h:
+            from dpcli.artifacts.h5 import get_attr
+
+            assert get_attr(h, "class_names") == ["eggs", "ham", "spam"] and get_attr(h, "num_classes") == 3
+    mask = tmp_path / "m.h5"
+    assert run_cli(["prune", out, "--prune-count", "30", "--out", mask, "--quiet"])[0] == 0
+    code, out_text, err = run_cli(["retrain", f, "--mask", mask, "--json"], capsys)
+    assert code == 0, err
+    _bad(tmp_path, capsys, ["influence", "--features", f, "--labels", labels, "--test-features", ft, "--test-labels",
+                            _write(tmp_path, "ltx.npy", np.where(yt == 0, "toast", names[yt])), "--out",
+                            tmp_path / "i.h5"], "class 'toast' does not occur in the training labels")
+    _bad(tmp_path, capsys, ["influence", "--features", f, "--labels",
+                            _write_obj(tmp_path, "lo.npy", names[y].astype(object)), "--out", tmp_path / "i.h5"],
+         "stored as Python objects")
+
+
+def _S(path):
+    with h5py.File(path, "r") as h:
+        return h["S"][()]
+
+
+def _write_obj(tmp_path, name, arr):
+    p = tmp_path / name
+    np.save(p, arr, allow_pickle=True)
+    return p
+
+
 def test_retrain_with_wrong_n_and_external_S_errors(tmp_path, capsys):
     S = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
     _bad(tmp_path, capsys, ["prune", _write(tmp_path, "S.npy", np.where(S > 2, np.nan, S)), "--prune-count", "5",
