@@ -140,6 +140,10 @@ MUTANTS: tuple[Mutant, ...] = (
            "dpcli/stages/embeddings.py",
            "        classes = tuple(np.unique(names).tolist())", "        classes = tuple(dict.fromkeys(names.tolist()))",
            ("tests/influence/test_embeddings.py",)),
+    Mutant("model-options-after-load", "bad model options (--epochs 0, an unknown --arch) are found only after the "
+           "image cache is built", "dpcli/cli/options.py",
+           "        TrainConfig(dataset=\"\", **self.overrides(), image_size=self.image_size).validate()\n", "",
+           ("tests/cli/test_errors.py",)),
     Mutant("within-bound-2x", "verify-bound's within_bound compares with twice the predicted bound",
            "dpcli/stages/bound.py",
            "return abs(self.observed_gap) <= self.predicted_bound",

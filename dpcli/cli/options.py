@@ -174,6 +174,15 @@ class Training(SimpleNamespace):
         # an unset speed flag (False) keeps the default and stays out of the run key
         return {k: v for k, v in given.items() if v is not None and not (k in _OFF_FLAGS and v is False)}
 
+    def input_spec(self, upstream: Any = None) -> Any:
+        """The preprocessing the model expects (``pipeline.input_spec``), after the given values' own checks
+        (``TrainConfig.validate``): every command calls this before loading data, so a bad --arch or --epochs
+        fails in one line before an image cache is built."""
+        from dpcli.stages import pipeline
+
+        TrainConfig(dataset="", **self.overrides(), image_size=self.image_size).validate()
+        return pipeline.input_spec(self.arch, self.weights, self.image_size, upstream)
+
 
 _OFF_FLAGS = ("compile", "fp32", "deterministic")
 

@@ -107,7 +107,7 @@ def command(
 
         spec = ProxySpec.parse(proxy)
         ds = pipeline.load(source, job.data_root, training.image_size,
-                           pipeline.input_spec(training.arch, training.weights, training.image_size))
+                           training.input_spec())
         pipeline.check_prune(pcfg, len(ds.train.labels))
         target = pipeline.train_config(ds, training.overrides())
         sel = select_via_proxy(ds, target, spec, pcfg, device=resolve_device(job.device),
@@ -137,7 +137,7 @@ def command(
 
         dev = resolve_device(job.device)
         ds = pipeline.load(source, job.data_root, training.image_size,
-                           pipeline.input_spec(training.arch, training.weights, training.image_size))
+                           training.input_spec())
         pipeline.check_prune(pcfg, len(ds.train.labels))
         tcfg = pipeline.train_config(ds, training.overrides())
         run = pipeline.full_run(ds, tcfg, icfg, run_root=job.run_root, device=dev, data_root=job.data_root,

@@ -64,7 +64,7 @@ def command(
     upstream = core.upstream_checkpoint(given) if given is not None else None
     ds = pipeline.load(dataset, job.data_root,
                        training.image_size or (upstream.config.image_size if upstream else None),
-                       pipeline.input_spec(training.arch, training.weights, training.image_size, upstream))
+                       training.input_spec(upstream))
     if pcfg is not None:
         pipeline.check_prune(pcfg, len(ds.train.labels))
         tcfg = pipeline.train_config(ds, {k: v for k, v in overrides.items() if k != "arch"})

@@ -65,7 +65,7 @@ def command(
         console.set_quiet(True)
         job.json = False
     dev = resolve_device(job.device) if dist is None else dist.device
-    spec = pipeline.input_spec(training.arch, training.weights, training.image_size)  # the weights' own preprocessing
+    spec = training.input_spec()  # the weights' own preprocessing
     ds = pipeline.load(dataset, job.data_root, training.image_size, spec) if dist is None else dist.main_first(
         lambda: pipeline.load(dataset, job.data_root, training.image_size, spec))
     cfg = pipeline.train_config(ds, training.overrides())

@@ -87,7 +87,7 @@ def command(
     upstream = core.upstream_checkpoint(given[0]) if given else None
     ds = pipeline.load(dataset, job.data_root,
                        training.image_size or (upstream.config.image_size if upstream else None),
-                       pipeline.input_spec(training.arch, training.weights, training.image_size, upstream))
+                       training.input_spec(upstream))
     if given:
         ck_path = Path(given[0].checkpoint)
         if any(Path(m.checkpoint) != ck_path for m in given):

@@ -84,6 +84,23 @@ def test_dpcli_warnings_print_as_their_one_line(tmp_path):
     assert "UserWarning" not in proc.stderr and "warnings.warn" not in proc.stderr
 
 
+@pytest.mark.parametrize("command, extra, fragment", [
+    ("train", ["--epochs", "0"], "--epochs must be a positive integer"),
+    ("train", ["--arch", "torchvision:resnet1"], "unknown torchvision classification model 'resnet1'"),
+    ("prune", ["--prune-ratio", "0.5", "--lr", "-1"], "--lr must be a positive finite number"),
+    ("verify-bound", ["--epsilons", "0.1", "--width", "0"], "--width must be a positive integer"),
+])
+def test_model_options_are_checked_before_the_image_cache_is_built(command, extra, fragment, tmp_path, capsys):
+    """Building an ImageNet-size cache takes an hour: a typo in a model option must not cost it."""
+    from tests.data.test_data_scale import mixed_folder
+
+    folder = mixed_folder(tmp_path / "f", n_train=2, n_test=1)
+    data = tmp_path / "data"
+    _one_line_error([command, f"imagefolder:{folder}", "--image-size", "8", "--data-root", data,
+                     "--run-root", tmp_path / "runs", *extra], capsys, fragment)
+    assert _artifacts(data) == [] and _artifacts(tmp_path / "runs") == []
+
+
 def _artifacts(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
 
