@@ -88,7 +88,7 @@ def prune(S: Any, *, epsilon: float | None = None, ratio: float | None = None, c
 
     from dpcli.config import PruneConfig
     from dpcli.errors import DpcliError
-    from dpcli.select.base import Context, select
+    from dpcli.select.base import Context, select, warn_emptied_classes
     from dpcli.select.certificate import certify
 
     S = np.ascontiguousarray(_numpy(S), dtype=np.float32)
@@ -109,6 +109,7 @@ def prune(S: Any, *, epsilon: float | None = None, ratio: float | None = None, c
         if ctx._cache["features"].shape[0] != S.shape[0]:
             raise DpcliError(f"features have {ctx._cache['features'].shape[0]} rows but S has {S.shape[0]}")
     pruned, used = select(cfg, ctx)
+    warn_emptied_classes(ctx.labels, ~np.asarray(pruned, dtype=bool), ctx.record)
     cert = certify(S, pruned, cfg.epsilon)
     return Selection(np.array(cert.keep), cert.norm, cert.epsilon, used, ctx.record.get("auto"))
 

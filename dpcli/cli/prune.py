@@ -38,6 +38,8 @@ def _summary(mask) -> dict:
         "prune_ratio": mask.n_pruned / mask.n, "influence": mask.influence, "checkpoint": mask.checkpoint,
         "dataset": mask.dataset, "seconds": mask.seconds,
         **({"auto": mask.auto} if mask.auto is not None else {}),
+        **({"classes_without_kept_samples": mask.classes_without_kept_samples}
+           if mask.classes_without_kept_samples else {}),
     }
 
 

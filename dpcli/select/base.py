@@ -22,6 +22,7 @@ Adding one (see docs/howto-add-a-selector.md)::
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
@@ -86,12 +87,28 @@ class Context:
         return self._cache["dynamics"]
 
     def difficulty(self) -> np.ndarray:
-        """Mean training loss over the recorded epochs: large = hard."""
+        """Large = hard: the mean training loss over the recorded epochs; where S has no training run (fitted on
+        embeddings) the per-sample loss at the trained model that ``influence`` stored, as ``auto`` uses."""
         if "difficulty" not in self._cache:
-            from dpcli.select.signals import difficulty
+            loss = self.influence_loss() if self.checkpoint is None and "dynamics" not in self._cache else None
+            if loss is not None:
+                self._cache["difficulty"] = loss
+            else:
+                from dpcli.select.signals import difficulty
 
-            self._cache["difficulty"] = difficulty(self.dynamics())
+                self._cache["difficulty"] = difficulty(self.dynamics())
         return self._cache["difficulty"]
+
+    def influence_loss(self) -> np.ndarray | None:
+        """The per-sample training loss at the trained model, where the influence artifact stored it."""
+        if self.influence is None:
+            return None
+        from dpcli.artifacts.h5 import open_artifact
+
+        with open_artifact(self.influence, "influence") as f:
+            if "loss" in f and f["loss"].shape == (self.n,):
+                return np.asarray(f["loss"][()], dtype=np.float64)
+        return None
 
     def features(self) -> np.ndarray:
         """The final model's penultimate features of the training set (n x D); for S fitted on
@@ -177,3 +194,19 @@ def select(cfg: "PruneConfig", ctx: Context) -> tuple[np.ndarray, str]:
     if m is None and not cls.epsilon_mode:
         raise DpcliError(f"--method {cfg.method} has no epsilon mode; give --prune-ratio or --prune-count")
     return cls(cfg).select(ctx, m, cfg.epsilon)
+
+
+def warn_emptied_classes(labels: np.ndarray, keep: np.ndarray, record: dict) -> None:
+    """Say so (and record it in the mask) when the kept set lacks a class the training set has: a model
+    trained on it can never predict that class, whatever the norm bound says."""
+    classes, counts = np.unique(np.asarray(labels), return_counts=True)
+    gone = ~np.isin(classes, np.unique(np.asarray(labels)[keep]))
+    if not gone.any():
+        return
+    lost = {str(int(c)): int(k) for c, k in zip(classes[gone], counts[gone])}
+    record["classes_without_kept_samples"] = lost
+    shown = ", ".join(f"{c} ({k} sample{'s' if k > 1 else ''})" for c, k in list(lost.items())[:10])
+    more = f" and {len(lost) - 10} more" if len(lost) > 10 else ""
+    warnings.warn(f"dpcli: the kept set has no sample of {len(lost)} of the {len(classes)} classes: {shown}{more}; "
+                  "a model trained on it cannot predict them (--balance prunes every class by the same share; "
+                  "--hard-cutoff prunes the hardest samples of all classes first)", stacklevel=3)

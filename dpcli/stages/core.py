@@ -24,7 +24,7 @@ from dpcli.artifacts.lock import artifact_lock
 from dpcli.config import InfluenceConfig, PruneConfig, TrainConfig, default_train_config
 from dpcli.data.sources import Dataset
 from dpcli.errors import DpcliError
-from dpcli.select.base import Context
+from dpcli.select.base import Context, warn_emptied_classes
 from dpcli.select.certificate import Certificate, KeepMask, certify
 from dpcli.select.linalg import float32_rows, nonfinite_rows
 from dpcli.train.loop import (Checkpoint, extract_features, load_checkpoint, load_trained,
@@ -231,6 +231,7 @@ class MaskInfo(KeepMask):
     seconds: float
     method: str = "optimization"
     auto: dict | None = None  # --method auto: what it measured and chose (the mask's ``auto`` attribute)
+    classes_without_kept_samples: dict | None = None  # class -> its training samples, where none was kept
 
 
 def prune(influence_path: Path, out: Path, cfg: PruneConfig, *, indices_out: Path | None = None,
@@ -305,6 +306,7 @@ def _prune(influence_path: Path, out: Path, cfg: PruneConfig, info: InfluenceInf
                              device=device or torch.device("cpu"), data_root=data_root, ds=ds, progress=on_progress,
                              influence=Path(influence_path))
     pruned, solver = select(cfg, ctx)
+    warn_emptied_classes(ctx.labels, ~np.asarray(pruned, dtype=bool), ctx.record)
     cert = certify(S, pruned, cfg.epsilon, sketch_k=info.sketch_k)
     if cert.sketch_k:
         console.info(f"note: {cert.meaning}")
@@ -374,7 +376,7 @@ def read_mask(path: Path) -> MaskInfo:
                 checkpoint=get_attr(f, "checkpoint"), dataset=get_attr(f, "dataset"),
                 dataset_fingerprint=get_attr(f, "dataset_fingerprint"), fingerprint=get_attr(f, "fingerprint"),
                 seconds=float(get_attr(f, "seconds", 0.0)), method=get_attr(f, "method", "optimization"),
-                auto=get_attr(f, "auto"),
+                auto=get_attr(f, "auto"), classes_without_kept_samples=get_attr(f, "classes_without_kept_samples"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise DpcliError(f"{path}: damaged mask artifact ({exc})") from None

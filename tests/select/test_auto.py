@@ -399,3 +399,79 @@ def test_a_challenger_dual_refuses_is_skipped_with_duals_reason(scarce):
     rec = ctx.record["auto"]
     assert rec["challenger"] is None and rec["challenger_skipped"].startswith("DUAL needs the loss of every sample")
     assert rec["chosen"] != "dual-beta" and label.startswith("swap")
+
+
+@pytest.fixture(scope="module")
+def imbalanced():
+    """Five classes of 1500, 300, 40, 5 and 1 samples.  At 90 % pruned the hard cutoff prunes the rare classes
+    first (their samples have the highest loss) and the held-out part, as imbalanced, rewards that."""
+    rng = np.random.default_rng(2)
+    y = np.concatenate([np.full(c, i) for i, c in enumerate((1500, 300, 40, 5, 1))])
+    x = (rng.normal(0, 1, (len(y), 32)) + np.eye(32)[y] * 1.5).astype(np.float32)
+    S, _ = dp.influence(x, y)
+    return x, y, S
+
+
+def test_a_candidate_that_drops_a_class_the_first_rung_keeps_is_never_chosen(imbalanced):
+    x, y, S = imbalanced
+    sel = dp.prune(S, ratio=0.9, labels=y, features=x)
+    rec = sel.auto
+    # what the check measured: the cutoff rungs lead beyond the noise, but keep no sample of two classes the
+    # first rung keeps on the fit part (counted here from the split, not from auto's record)
+    fit, _ = auto.split(y, 0)
+    first = dp.prune(S[fit], count=int(round(0.9 * len(y) * len(fit) / len(y))), labels=y[fit],
+                     method="optimization", balance=True)
+    assert set(np.unique(y[fit][first.keep])) == {0, 1, 2, 3}
+    lost = [c for c in rec["candidates"] if c["classes_lost"]]
+    assert {c["name"] for c in lost} >= {"strata+cutoff", "strata+cutoff+features"}
+    assert any(c["gain_vs_base"] > c["noise"] for c in lost)
+    assert all(c["classes_lost"] == 2 for c in lost)
+    assert rec["chosen"] not in {c["name"] for c in lost}
+    assert "keeps no sample of 2 classes balanced keeps" in rec["line"]
+    assert set(np.unique(y[sel.keep])) == {0, 1, 2, 3}  # what the balanced quotas keep of 10 % of each
+
+
+def test_a_kept_set_without_some_class_is_warned_about_and_recorded(imbalanced, tmp_path, capsys):
+    x, y, S = imbalanced
+    with pytest.warns(UserWarning) as record:
+        sel = dp.prune(S, ratio=0.99, labels=y, method="optimization", balance=True)
+    gone = sorted(set(y) - set(y[sel.keep]))
+    assert gone == [2, 3, 4]  # 1 % of 40, 5 and 1 samples rounds to none
+    (message,) = [str(w.message) for w in record if "kept set has no sample" in str(w.message)]
+    counts = np.bincount(y)
+    assert message.startswith(f"dpcli: the kept set has no sample of {len(gone)} of the 5 classes: "
+                              + ", ".join(f"{c} ({counts[c]} sample{'s' if counts[c] > 1 else ''})" for c in gone))
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    inf = tmp_path / "influence.h5"
+    assert run_cli(["influence", "--features", tmp_path / "x.npy", "--labels", tmp_path / "y.npy", "--out", inf,
+                    "--quiet"])[0] == 0
+    code, out, err = run_cli(["prune", inf, "--prune-ratio", 0.9, "--balance", "--hard-cutoff", "0.5x", "--out",
+                              tmp_path / "m.h5", "--json"], capsys)
+    assert code == 0, err
+    with h5py.File(tmp_path / "m.h5", "r") as f:
+        keep = f["keep"][()]
+    expected = {str(c): int(counts[c]) for c in sorted(set(y) - set(y[keep]))}
+    assert expected and json.loads(out)["classes_without_kept_samples"] == expected
+
+
+def test_explicit_strata_on_an_embeddings_run_use_the_artifacts_loss(imbalanced, tmp_path, capsys):
+    """auto and the explicit options read the same difficulty: without dynamics, the stored per-sample loss."""
+    from dpcli.select.coverage import Coverage, minimize_norm_covered
+
+    x = imbalanced[0][:400]
+    y = (np.arange(400) % 3).astype(np.int64)  # three classes, enough samples for 10 strata each
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    inf = tmp_path / "influence.h5"
+    assert run_cli(["influence", "--features", tmp_path / "x.npy", "--labels", tmp_path / "y.npy", "--out", inf,
+                    "--quiet"])[0] == 0
+    code, out, err = run_cli(["prune", inf, "--prune-count", 200, "--balance", "--strata", 10, "--out",
+                              tmp_path / "m.h5", "--json"], capsys)
+    assert code == 0, err
+    with h5py.File(inf, "r") as f:
+        S, loss = f["S"][()], f["loss"][()]
+    with h5py.File(tmp_path / "m.h5", "r") as f:
+        keep = f["keep"][()]
+    pruned = minimize_norm_covered(S, 200, y, loss.astype(np.float64), Coverage(balance=True, strata=10), seed=0)
+    np.testing.assert_array_equal(keep, ~pruned)

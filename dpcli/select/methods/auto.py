@@ -99,11 +99,12 @@ class Score:
     head: tuple | None = field(default=None, repr=False)  # (W, b) of its validation head
     gain: float = 0.0  # accuracy minus the first rung's, percentage points
     noise: float = 0.0  # Z paired standard errors of that gain, percentage points
+    lost: int = 0  # classes the first rung keeps and this set does not: never chosen then
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "strength": self.strength, "val_accuracy": float(self.accuracy),
                 "val_loss": float(self.loss), "gain_vs_base": float(self.gain), "noise": float(self.noise),
-                "n_kept_fit": int(self.keep.sum())}
+                "n_kept_fit": int(self.keep.sum()), "classes_lost": int(self.lost)}
 
 
 @dataclass
@@ -199,10 +200,22 @@ def clears(gain: float, noise: float) -> bool:
     return gain > noise and gain > 0
 
 
+def eligible(s: Score) -> bool:
+    """A set that drops a class the first rung keeps can look better on an imbalanced validation part (the
+    class is rare there too), but a model trained on it never predicts that class: never chosen."""
+    return s.lost == 0
+
+
+def _lost_note(scores: list[Score]) -> str:
+    lost = [f"{s.name} keeps no sample of {s.lost} class{'es' if s.lost > 1 else ''} {scores[0].name} keeps"
+            for s in scores[1:] if s.lost]
+    return f"; {', '.join(lost)}" if lost else ""
+
+
 def decide(scores: list[Score], rungs: tuple[Rung, ...] = LADDER) -> tuple[Rung, str]:
     """The first rung unless a later one beats it by more than the noise; then the best such rung."""
     base = scores[0]
-    better = [s for s in scores[1:] if clears(s.gain, s.noise)]
+    better = [s for s in scores[1:] if clears(s.gain, s.noise) and eligible(s)]
     if not better:
         best = max(scores[1:], key=lambda s: s.gain, default=None)
         if best is None:
@@ -217,7 +230,7 @@ def decide(scores: list[Score], rungs: tuple[Rung, ...] = LADDER) -> tuple[Rung,
 def challenge(chosen: Score, base: Score, rival: Score) -> tuple[bool, str]:
     """Whether ``rival`` replaces the ladder's choice: it beats the first rung by the Z noise (``rival.gain``
     and ``rival.noise`` are against it) and, where a coverage rung was chosen, that rung by Z_SWITCH."""
-    if not clears(rival.gain, rival.noise):
+    if not clears(rival.gain, rival.noise) or not eligible(rival):
         return False, f"{rival.name} {rival.accuracy:.1f} %"
     if chosen is base:
         return True, (f"held-out acc {rival.accuracy:.1f} % {rival.name} vs {base.accuracy:.1f} % {base.name}, "
@@ -319,10 +332,14 @@ def validate(ctx: Context, cfg, m: int, features: np.ndarray, difficulty: np.nda
     p, note = probs
     rival, note = (None, note) if p is None else score_challenger(
         p, m_fit, cfg.seed, x, y, fit, val, len(classes), refs[0], dev)
+    fit_labels = labels[fit]
+    base_classes = np.unique(fit_labels[scores[0].keep])
     for s in scores + refs + ([rival] if rival else []):
         s.gain = s.accuracy - scores[0].accuracy
         s.noise = paired_noise(s.correct, scores[0].correct)
+        s.lost = int(np.count_nonzero(~np.isin(base_classes, fit_labels[s.keep])))
     chosen, reason = decide(scores, rungs)
+    reason += _lost_note(scores + ([rival] if rival else []))
     if rival is not None:
         won, why = challenge(next(s for s in scores if s.name == chosen.name), scores[0], rival)
         chosen, reason = (CHALLENGER, why) if won else (chosen, f"{reason}; {why}")
@@ -354,12 +371,9 @@ def _difficulty(ctx: Context, features: np.ndarray) -> tuple[np.ndarray, str]:
             return ctx.difficulty(), "mean training loss (dynamics)"
         except DpcliError:
             pass
-    if ctx.influence is not None:
-        from dpcli.artifacts.h5 import open_artifact
-
-        with open_artifact(ctx.influence, "influence") as f:
-            if "loss" in f and f["loss"].shape == (ctx.n,):
-                return np.asarray(f["loss"][()], dtype=np.float64), "per-sample loss at the trained model"
+    loss = ctx.influence_loss()
+    if loss is not None:
+        return loss, "per-sample loss at the trained model"
     classes, y = np.unique(ctx.labels, return_inverse=True)
     x = standardize(features, np.arange(ctx.n))
     w, b = fit_softmax(x, y, len(classes))
