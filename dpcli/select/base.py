@@ -203,6 +203,11 @@ def warn_emptied_classes(labels: np.ndarray, keep: np.ndarray, record: dict) -> 
     gone = ~np.isin(classes, np.unique(np.asarray(labels)[keep]))
     if not gone.any():
         return
+    if not np.any(keep):
+        record["classes_without_kept_samples"] = {str(int(c)): int(k) for c, k in zip(classes, counts)}
+        warnings.warn(f"dpcli: the kept set is empty: all {len(keep)} samples were pruned (the whole set's "
+                      "||sum S|| is within --epsilon); nothing is left to train on", stacklevel=3)
+        return
     lost = {str(int(c)): int(k) for c, k in zip(classes[gone], counts[gone])}
     record["classes_without_kept_samples"] = lost
     shown = ", ".join(f"{c} ({k} sample{'s' if k > 1 else ''})" for c, k in list(lost.items())[:10])

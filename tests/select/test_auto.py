@@ -475,3 +475,13 @@ def test_explicit_strata_on_an_embeddings_run_use_the_artifacts_loss(imbalanced,
         keep = f["keep"][()]
     pruned = minimize_norm_covered(S, 200, y, loss.astype(np.float64), Coverage(balance=True, strata=10), seed=0)
     np.testing.assert_array_equal(keep, ~pruned)
+
+
+def test_an_epsilon_that_admits_the_whole_set_warns_that_nothing_is_kept(rich):
+    """Eq. 3 takes the largest set within the bound; where the whole set's ||sum S|| is within it, that is
+    everything, and the user must hear it before a retrain on nothing."""
+    x, y, S = rich
+    whole = float(np.linalg.norm(S.astype(np.float64).sum(0)))
+    with pytest.warns(UserWarning, match=f"dpcli: the kept set is empty: all {len(y)} samples were pruned"):
+        sel = dp.prune(S, epsilon=whole * 1.01, labels=y)
+    assert not sel.keep.any() and sel.norm <= whole * 1.01
