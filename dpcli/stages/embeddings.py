@@ -168,6 +168,7 @@ def from_arrays(x: np.ndarray, y: np.ndarray, x_test: np.ndarray | None = None, 
     y, classes = encode_labels(y, None, "labels")
     labels = check_labels(y, feats.shape[0], num_classes, "labels")
     c = num_classes or (len(classes) if classes else int(labels.max()) + 1)
+    _warn_unused_classes(labels, c)
     if (x_test is None) != (y_test is None):
         raise DpcliError("give both test features and test labels, or neither")
     if x_test is not None:
@@ -176,6 +177,18 @@ def from_arrays(x: np.ndarray, y: np.ndarray, x_test: np.ndarray | None = None, 
             raise DpcliError(f"test features have {x_test.shape[1]} dimensions, training features {feats.shape[1]}")
         y_test = check_labels(encode_labels(y_test, classes, "test labels")[0], x_test.shape[0], c, "test labels")
     return Embeddings(feats, labels, c, x_test, y_test, dict(lineage or {}), classes)
+
+
+def _warn_unused_classes(labels: np.ndarray, num_classes: int) -> None:
+    """Every index 0..C-1 is a class of the fitted last layer, with its own S columns: say so when most of
+    them have no training sample (labels that are IDs rather than indices)."""
+    used = len(np.unique(labels))
+    if used < num_classes:
+        import warnings
+
+        warnings.warn(f"dpcli: the labels use {used} of the {num_classes} class indices 0..{num_classes - 1}; "
+                      f"every index is a class of the last layer (S gets {num_classes} x (D + 1) columns and the "
+                      "unused ones get no sample); give indices 0..C-1 or class names", stacklevel=3)
 
 
 def load_embeddings(features: Path, labels: Path, test_features: Path | None = None,

@@ -344,3 +344,17 @@ def test_retrain_with_wrong_n_and_external_S_errors(tmp_path, capsys):
          "n=50")
     with pytest.raises(DpcliError, match="1-D"):
         E.check_labels(np.zeros((3, 2)), 3, None, "labels")
+
+
+def test_labels_that_leave_most_class_indices_unused_are_warned_about():
+    """Labels that are IDs (0, 3, 6) make C = max + 1 = 7 last-layer classes, four of them without a sample."""
+    x, y = blobs(30, 3, 3)
+    with pytest.warns(UserWarning, match=r"dpcli: the labels use 3 of the 7 class indices 0\.\.6"):
+        emb = E.from_arrays(x, y * 3)
+    assert emb.num_classes == 7
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # indices 0..C-1 and class names: no warning
+        E.from_arrays(x, y)
+        E.from_arrays(x, np.array(["a", "b", "c"])[y])
