@@ -18,6 +18,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import re
 import secrets
 import time
@@ -391,6 +392,17 @@ def create_rows(f: "h5py.File", name: str, n: int, d: int) -> "h5py.Dataset":
     """An (n, d) float32 matrix written by row blocks, stored contiguously and unfiltered so that a
     reader can memory-map it (:func:`mapped_rows`) instead of copying it into the heap."""
     return f.create_dataset(name, shape=(n, d), dtype=np.float32, chunks=None)
+
+
+def check_space(path: Path | str, nbytes: int, what: str) -> None:
+    """Refuse, before any of it is computed, an artifact larger than the free space where it goes: a full
+    disk found after hours of solves is the failure this avoids."""
+    folder = _nearest_existing(Path(path).parent)
+    free = shutil.disk_usage(folder).free
+    if nbytes > free:
+        raise ArtifactWriteError(f"{path}: cannot write (No space left on device: {what} needs "
+                                 f"{nbytes / 2**30:.2f} GiB, {free / 2**30:.2f} GiB free in {folder}); free space, "
+                                 "write to another folder (--out, --run-root) or store a sketch (--sketch K)")
 
 
 def mapped_rows(dset: "h5py.Dataset") -> np.ndarray | None:

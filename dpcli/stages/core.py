@@ -18,8 +18,8 @@ from dpcli.influence import kernels as infl
 from dpcli import console
 from dpcli.influence.base import ESTIMATORS, LastLayer
 from dpcli.influence import sketch as influence_scale
-from dpcli.artifacts.h5 import (StreamHash, array_fingerprint, atomic_h5, atomic_path, check_writable, create_rows,
-                                get_attr, mapped_rows, open_artifact, set_attr, write_bytes)
+from dpcli.artifacts.h5 import (StreamHash, array_fingerprint, atomic_h5, atomic_path, check_space, check_writable,
+                                create_rows, get_attr, mapped_rows, open_artifact, set_attr, write_bytes)
 from dpcli.artifacts.lock import artifact_lock
 from dpcli.config import InfluenceConfig, PruneConfig, TrainConfig, default_train_config
 from dpcli.data.sources import Dataset
@@ -120,6 +120,7 @@ def _compute_influence(checkpoint: Path, out: Path, cfg: InfluenceConfig, *, dev
     row_start, row_stop = influence_scale.shard_rows(n, shard)
     sketch = influence_scale.make_sketch(cfg, d)
     width = d if sketch is None else sketch.k
+    check_space(out, 4 * (row_stop - row_start) * width, f"S ({row_stop - row_start:,} x {width:,} float32)")
     with atomic_h5(out, "influence", attrs) as f:
         dset = create_rows(f, "S", row_stop - row_start, width)
         hasher = StreamHash()

@@ -387,7 +387,7 @@ def embeddings_influence(emb: Embeddings, out: Path, cfg: "InfluenceConfig", *, 
     """Fit the head on ``emb`` and write ``influence.h5`` (S, loss, labels, theta, test gradient, lineage)."""
     import torch
 
-    from dpcli.artifacts.h5 import StreamHash, atomic_h5, create_rows, set_attr
+    from dpcli.artifacts.h5 import StreamHash, atomic_h5, check_space, create_rows, set_attr
     from dpcli.influence import kernels as infl
     from dpcli.influence import sketch as influence_scale
     from dpcli.influence.base import ESTIMATORS, LastLayer
@@ -426,6 +426,7 @@ def embeddings_influence(emb: Embeddings, out: Path, cfg: "InfluenceConfig", *, 
     attrs.update(influence_scale.output_attrs(cfg, n, None))
     sketch = influence_scale.make_sketch(cfg, d)
     width = d if sketch is None else sketch.k
+    check_space(out, 4 * n * width, f"S ({n:,} x {width:,} float32)")
     with atomic_h5(out, "influence", attrs) as f:
         dset = create_rows(f, "S", n, width)
         hasher = StreamHash()

@@ -279,6 +279,30 @@ def test_read_only_and_full_disk_end_in_one_line_without_leftovers(tiny_run, tmp
     assert listing == [], proc.stderr  # both file systems are empty afterwards: nothing half-written
 
 
+@pytest.mark.parametrize("mode", ["checkpoint", "features"])
+def test_an_S_larger_than_the_free_space_is_refused_before_it_is_computed(tiny_run, tmp_path, monkeypatch, capsys,
+                                                                          mode):
+    """The space S needs (n x d float32) against what the file system reports free: exit 74, one line, no file."""
+    import collections
+    import dpcli.artifacts.h5 as h5
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(h5.shutil, "disk_usage", lambda p: usage(10**9, 0, 4 * 1000))  # room for 1000 floats
+    out = tmp_path / "out" / "influence.h5"
+    if mode == "checkpoint":
+        args = ["influence", tiny_run.checkpoint, "--out", out, "--device", "cpu"]
+    else:
+        x = np.random.default_rng(0).normal(size=(60, 5)).astype(np.float32)
+        np.save(tmp_path / "x.npy", x)
+        np.save(tmp_path / "y.npy", np.arange(60) % 3)
+        args = ["influence", "--features", tmp_path / "x.npy", "--labels", tmp_path / "y.npy", "--out", out]
+    code, _, err = run_cli(args, capsys)
+    line = _one_error_line(err)
+    assert code == 74 and str(out) in line and "No space left on device: S (" in line, err
+    assert "needs" in line and "0.00 GiB free" in line
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
+
+
 # --------------------------------------------------------------------------- kill -9
 def _run_paths(root: Path) -> dict[str, Path]:
     found = {"checkpoint": next(root.glob("digits/train-*"), None)}
