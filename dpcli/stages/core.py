@@ -97,13 +97,18 @@ def _compute_influence(checkpoint: Path, out: Path, cfg: InfluenceConfig, *, dev
     if ck.keep_indices is not None:
         raise DpcliError(f"{checkpoint}: is a model retrained on a subset; influence needs the full-data checkpoint")
     damping = cfg.damping if cfg.damping is not None else default_damping(ck)
+    c, feat_dim = model.head.weight.shape
+    n = len(ds.train.labels)
+    d = c * (feat_dim + 1)
+    row_start, row_stop = influence_scale.shard_rows(n, shard)
+    sketch = influence_scale.make_sketch(cfg, d)
+    width = d if sketch is None else sketch.k
+    # before the features pass: at ImageNet size that pass alone takes minutes
+    check_space(out, 4 * (row_stop - row_start) * width, f"S ({row_stop - row_start:,} x {width:,} float32)")
     feats = extract_features(model, ds.train, ds, device)
     labels = torch.from_numpy(ds.train.labels).to(device)
     weight = model.head.weight.detach().float()
     bias = model.head.bias.detach().float()
-    n, feat_dim = feats.shape
-    c = weight.shape[0]
-    d = c * (feat_dim + 1)
     with torch.no_grad():
         losses, grad_norm = infl.loss_and_grad_norm(feats, labels, weight, bias)
     test_feats = extract_features(model, ds.test, ds, device)
@@ -117,10 +122,6 @@ def _compute_influence(checkpoint: Path, out: Path, cfg: InfluenceConfig, *, dev
         "parameter_order": "last layer: weight (C x D) row-major, then bias (C)",
     }
     attrs.update(influence_scale.output_attrs(cfg, n, shard))
-    row_start, row_stop = influence_scale.shard_rows(n, shard)
-    sketch = influence_scale.make_sketch(cfg, d)
-    width = d if sketch is None else sketch.k
-    check_space(out, 4 * (row_stop - row_start) * width, f"S ({row_stop - row_start:,} x {width:,} float32)")
     with atomic_h5(out, "influence", attrs) as f:
         dset = create_rows(f, "S", row_stop - row_start, width)
         hasher = StreamHash()
