@@ -113,7 +113,7 @@ MUTANTS: tuple[Mutant, ...] = (
            ("tests/train/test_training.py",)),
     Mutant("sigterm-lost", "a SIGTERM whose exception Python swallowed (in a weakref callback) never stops training",
            "dpcli/train/loop.py",
-           "            interrupts.check()  # a SIGTERM", "            pass  # a SIGTERM",
+           "            interrupts.check()  # a stop", "            pass  # a stop",
            ("tests/cli/test_signals.py",)),
     Mutant("sigterm-lost-printed", "a swallowed SIGTERM prints Python's 'Exception ignored' traceback",
            "dpcli/cli/application.py",

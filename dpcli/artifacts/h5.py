@@ -18,9 +18,9 @@ import errno
 import hashlib
 import json
 import os
-import shutil
 import re
 import secrets
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator

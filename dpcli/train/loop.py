@@ -306,7 +306,7 @@ def _train_locked(config: TrainConfig, ds: Dataset, out: Path, *, device: torch.
         stats = torch.zeros(4, dtype=torch.float64, device=device)
         steps = seen = 0
         for x, y, idx in batches:
-            interrupts.check()  # a SIGTERM that Python swallowed in a __del__ (dpcli/interrupts.py)
+            interrupts.check()  # a stop (SIGTERM, Ctrl-C) that Python swallowed in a __del__ (dpcli/interrupts.py)
             if compiled_unproven:
                 net, (logits, losses, loss) = _first_compiled_step(net, eager, forward_backward, x, y)
                 compiled_unproven = False

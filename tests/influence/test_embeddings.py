@@ -297,15 +297,17 @@ def test_class_names_as_labels_give_the_S_of_their_sorted_indices(tmp_path, caps
         h["labels"] = names[y].astype("S")
     with h5py.File(tmp_path / "lv.h5", "w") as h:
         h.create_dataset("labels", data=names[y].tolist(), dtype=h5py.string_dtype())
+    from dpcli.stages.core import load_S
+
     ref = tmp_path / "ref.h5"
     assert run_cli(["influence", "--features", f, "--labels", _write(tmp_path, "li.npy", y_int), "--test-features", ft,
                     "--test-labels", _write(tmp_path, "lti.npy", yt_int), "--out", ref, "--quiet"])[0] == 0
-    S_ref = _S(ref)
+    S_ref = load_S(ref)
     for labels in (_write(tmp_path, "ls.npy", names[y]), tmp_path / "lb.h5", tmp_path / "lv.h5"):
         out = tmp_path / f"{labels.stem}-inf.h5"
         assert run_cli(["influence", "--features", f, "--labels", labels, "--test-features", ft,
                         "--test-labels", _write(tmp_path, "lts.npy", names[yt]), "--out", out, "--quiet"])[0] == 0
-        np.testing.assert_array_equal(_S(out), S_ref)
+        np.testing.assert_array_equal(load_S(out), S_ref)
         with h5py.File(out, "r") as h:
             from dpcli.artifacts.h5 import get_attr
 
@@ -318,19 +320,8 @@ def test_class_names_as_labels_give_the_S_of_their_sorted_indices(tmp_path, caps
                             _write(tmp_path, "ltx.npy", np.where(yt == 0, "toast", names[yt])), "--out",
                             tmp_path / "i.h5"], "class 'toast' does not occur in the training labels")
     _bad(tmp_path, capsys, ["influence", "--features", f, "--labels",
-                            _write_obj(tmp_path, "lo.npy", names[y].astype(object)), "--out", tmp_path / "i.h5"],
+                            _write(tmp_path, "lo.npy", names[y].astype(object)), "--out", tmp_path / "i.h5"],
          "stored as Python objects")
-
-
-def _S(path):
-    with h5py.File(path, "r") as h:
-        return h["S"][()]
-
-
-def _write_obj(tmp_path, name, arr):
-    p = tmp_path / name
-    np.save(p, arr, allow_pickle=True)
-    return p
 
 
 def test_retrain_with_wrong_n_and_external_S_errors(tmp_path, capsys):

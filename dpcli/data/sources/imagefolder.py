@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import Counter
 import warnings
 from pathlib import Path
 
@@ -68,10 +69,7 @@ def _warn_skipped(skipped: tuple[tuple[str, str], ...], cache_path: Path) -> Non
 def _warn_passed_over(files: tuple[str, ...]) -> None:
     if not files:
         return
-    kinds: dict[str, int] = {}
-    for f in files:
-        ext = os.path.splitext(f)[1].lower()
-        kinds[ext] = kinds.get(ext, 0) + 1
+    kinds = Counter(os.path.splitext(f)[1].lower() for f in files)
     counts = ", ".join(f"{n} {ext}" for ext, n in sorted(kinds.items()))
     warnings.warn(f"dpcli: left out {len(files)} image file(s) in a format dpcli does not read ({counts}; it reads "
                   f"{' '.join(layouts.IMG_EXTENSIONS)}), e.g. {files[0]}; convert them to include them",

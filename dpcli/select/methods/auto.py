@@ -315,7 +315,8 @@ def validate(ctx: Context, cfg, m: int, features: np.ndarray, difficulty: np.nda
     classes, y = np.unique(labels, return_inverse=True)
     x = standardize(features, fit)
     m_fit = int(round(m * len(fit) / n))
-    sub = Context(S=ctx.S[fit], labels=labels[fit], device=ctx.device, proposals=VAL_PROPOSALS_PER_ROW * len(fit))
+    fit_labels = labels[fit]
+    sub = Context(S=ctx.S[fit], labels=fit_labels, device=ctx.device, proposals=VAL_PROPOSALS_PER_ROW * len(fit))
     sub._cache["difficulty"] = np.asarray(difficulty)[fit]
     sub._cache["features"] = np.asarray(features)[fit]
     dev = ctx.device
@@ -332,7 +333,6 @@ def validate(ctx: Context, cfg, m: int, features: np.ndarray, difficulty: np.nda
     p, note = probs
     rival, note = (None, note) if p is None else score_challenger(
         p, m_fit, cfg.seed, x, y, fit, val, len(classes), refs[0], dev)
-    fit_labels = labels[fit]
     base_classes = np.unique(fit_labels[scores[0].keep])
     for s in scores + refs + ([rival] if rival else []):
         s.gain = s.accuracy - scores[0].accuracy
