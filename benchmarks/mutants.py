@@ -376,6 +376,23 @@ MUTANTS: tuple[Mutant, ...] = (
            "dpcli/train/dynamics.py",
            "            if self._extras:  # not compressed", "            if self._extras and self._probs:  # not compressed",
            ("tests/select/test_select_methods_dynamics.py",)),
+    # ---- EVA (issue 30): the dual-window variance of the recorded error-vector norm
+    Mutant("eva-no-l1", "EVA mixes the two windows' raw variances instead of L1-normalized ones",
+           "dpcli/select/methods/eva.py",
+           "    return v / max(float(np.abs(v).sum()), L1_EPS)", "    return v",
+           ("tests/select/test_eva.py",)),
+    Mutant("eva-later-window-at-end", "EVA's later window is the last epochs instead of mid-training",
+           "dpcli/select/methods/eva.py",
+           "    later = min(epochs // 2, epochs - J)", "    later = epochs - J",
+           ("tests/select/test_eva.py",)),
+    Mutant("el2n-no-onehot", "the recorded error vector forgets the one-hot label: ||p|| instead of ||p - onehot||",
+           "dpcli/train/dynamics.py",
+           "torch.linalg.vector_norm(p.scatter(1, y, p_y - 1.0), dim=1)", "torch.linalg.vector_norm(p, dim=1)",
+           ("tests/select/test_eva.py",)),
+    Mutant("el2n-lost-on-resume", "a resumed run drops the error-vector norms of the epochs before the resume",
+           "dpcli/train/loop.py",
+           "el2n=np.stack([r[\"el2n\"] for r in dyn_rows]) if has(\"el2n\") else None", "el2n=None",
+           ("tests/select/test_eva.py",)),
 )
 
 
