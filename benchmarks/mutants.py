@@ -393,6 +393,23 @@ MUTANTS: tuple[Mutant, ...] = (
            "dpcli/train/loop.py",
            "el2n=np.stack([r[\"el2n\"] for r in dyn_rows]) if has(\"el2n\") else None", "el2n=None",
            ("tests/select/test_eva.py",)),
+    # ---- the grid's `paper` regime (issue 30): priority order, resume, epsilon cells
+    Mutant("grid-lead-not-paired", "the paper regime runs auto at every ratio, then random: no whole comparison early",
+           "benchmarks/grid.py",
+           "for r in ratios for m in regime.lead if m in methods]", "for m in regime.lead if m in methods for r in ratios]",
+           ("tests/test_grid.py",)),
+    Mutant("grid-resume-own-folder-only", "a resumed grid reruns the cells finished in the committed results folder",
+           "benchmarks/grid.py",
+           "cells = own + [c for folder in also for c in read_cells(Path(folder) / self.path.name)]", "cells = own",
+           ("tests/test_grid.py",)),
+    Mutant("grid-toy-counts-as-measured", "a --tiny rehearsal's toy cells count as finished measured cells",
+           "benchmarks/grid.py",
+           "self.done = {_key(c) for c in cells if bool(c.get(\"toy\")) == toy}", "self.done = {_key(c) for c in cells}",
+           ("tests/test_grid.py",)),
+    Mutant("grid-eps-random-nominal", "an epsilon cell's random reference prunes the nominal ratio, not the count reached",
+           "benchmarks/grid.py",
+           "PruneConfig(count=mask.n_pruned, method=\"random\", seed=seed)", "PruneConfig(ratio=0.4, method=\"random\", seed=seed)",
+           ("tests/test_grid.py",)),
 )
 
 
