@@ -55,7 +55,7 @@ timeout --kill-after=10 $((budget + 30)) python3 "$repo/benchmarks/grid.py" \
     --device cuda --threads "${GRID_THREADS:-8}" --deadline "$deadline" "$@" 2>&1 | tee -a "$out/log.txt"
 rc=${PIPESTATUS[0]}
 set -e
-cells=$(cat "$out"/cells-*.jsonl 2>/dev/null | wc -l)
+cells=$(cat "$out"/cells-*.jsonl 2>/dev/null | wc -l || true)  # none yet: cat fails, wc says 0
 echo "gpu_grid.sh: exit $rc after $(( $(date +%s) - start )) s; $cells cells in $out (this and earlier runs), also in $results" \
     | tee -a "$out/log.txt"
 exit "$rc"
