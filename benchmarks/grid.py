@@ -10,13 +10,16 @@ The ``frozen-backbone`` regime differs only where a frozen backbone must: see :f
 Cells are appended as JSON lines to ``<results>/cells-<regime>.jsonl`` the moment they finish, so
 a run can be stopped at any time and resumed (finished cells are skipped).  A retrain is cached under
 the full-data run, keyed on the kept set and the seed, so methods that keep the same samples share it.
-Cells run in priority order: every regime's every method at seed 0, then seed 1, ...; ``--deadline`` /
-``--budget`` stop the run cleanly (checked between cells and at every training epoch).  ``--report-only``
-reads the JSON lines of one or more ``--results`` folders and rewrites the generated sections of ``--docs``.
+Cells run in priority order: every regime's every method at seed 0, then seed 1, ...; a regime with
+``lead`` methods (``paper``) runs first and whole, seed by seed: its lead methods at every ratio, its
+epsilon cells, then its rivals (:func:`comparison_order`).  ``--deadline`` / ``--budget`` stop the run
+cleanly (checked between cells and at every training epoch).  Cells finished in any ``--results`` folder
+are skipped; new ones go to the first (and to ``--mirror``).  ``--report-only`` reads the JSON lines of one
+or more ``--results`` folders and rewrites the generated sections of ``--docs``.
 
     python3 benchmarks/grid.py --regimes digits frozen-backbone --work /tmp/grid
     python3 benchmarks/grid.py --report-only --results benchmarks/results/grid
-    bash benchmarks/gpu_grid.sh cifar10-jpg.tar.gz OUT        # cifar-scarce + cifar-rich on one GPU
+    bash benchmarks/gpu_grid.sh cifar10-jpg.tar.gz OUT        # paper, then cifar-scarce + cifar-rich, on one GPU
 """
 
 from __future__ import annotations
@@ -60,6 +63,15 @@ class MethodSpec:
     name: str
     options: dict
     seeded: bool = False  # the selection itself depends on the seed (else one mask per ratio)
+    # epsilon cells (Eq. 3): prune within this bound, or within the certified norm of ``calibrate``'s mask at
+    # the cell's ratio and seed; each is retrained beside random pruning of the count it reached
+    epsilon: float | None = None
+    calibrate: str = ""
+    ratios: tuple[float, ...] | None = None  # an epsilon cell's nominal ratios (its key; the reached share is recorded)
+
+    @property
+    def by_epsilon(self) -> bool:
+        return self.epsilon is not None or bool(self.calibrate)
 
 
 def _m(name: str, seeded: bool = False, **options) -> MethodSpec:
@@ -83,6 +95,7 @@ METHODS: dict[str, MethodSpec] = {s.name: s for s in (
     _m("dual-beta", seeded=True),
     _m("d2", cutoff=None),
     _m("moderate"),
+    _m("eva"),
     _m("optimization", seeded=True),  # the paper's objective alone
     MethodSpec("opt+coverage+0.5x+features",  # the variant the README recommended after the first grid
                {"method": "optimization", "balance": True, "strata": 10, "cutoff_ratio": 0.5,
@@ -90,14 +103,24 @@ METHODS: dict[str, MethodSpec] = {s.name: s for s in (
     _m("auto", seeded=True),  # the regime-aware default, where this dpcli has it
     MethodSpec("opt+balance", {"method": "optimization", "balance": True}, seeded=True),  # class quotas only
     MethodSpec("opt+features", {"method": "optimization", "match_features": True}, seeded=True),
+    # the paper's Eq. 3 at its headline 40 %: epsilon = the norm Eq. 4 reaches there, then the largest set within it
+    MethodSpec("optimization-eps", {"method": "optimization"}, seeded=True, calibrate="optimization", ratios=(0.4,)),
+    # the README's own command, `dpcli prune --epsilon 0.05 DATA` (the default method), on the regime's model
+    MethodSpec("readme-eps0.05", {"method": "auto"}, epsilon=0.05, ratios=(0.0,)),
 )}
 DEFAULTS = ("auto", "optimization")  # whose margins over the baselines the report tabulates
 OURS = ("auto", "optimization", "opt+coverage+0.5x+features", "opt+balance", "opt+features")
 # The CIFAR regimes run the strongest baselines only, so that a GPU budget of minutes reaches several seeds.
-SCARCE_METHODS = ("random", "herding", "ccs", "tdds", "dual", "d2", "moderate", "optimization", "auto")
+SCARCE_METHODS = ("random", "herding", "ccs", "tdds", "dual", "d2", "moderate", "optimization", "auto", "eva")
 # On the CPU, the rich regime runs the rivals that came closest to `auto` elsewhere, in this priority order.
-RICH_CPU_METHODS = ("random", "auto", "dual-beta", "herding", "d2", "opt+balance", "optimization", "ccs")
-RICH_METHODS = ("random", "herding", "el2n", "ccs", "tdds", "dual", "d2", "moderate", "optimization", "auto")
+RICH_CPU_METHODS = ("random", "auto", "dual-beta", "herding", "d2", "opt+balance", "optimization", "ccs", "eva")
+RICH_METHODS = ("random", "herding", "el2n", "ccs", "tdds", "dual", "d2", "moderate", "optimization", "auto", "eva")
+# The papers' setting: the default and random first (whole comparisons early), the paper's Eq. 3 at 40 % and the
+# README's command, then the published rivals closest to `auto` (DUAL's Beta sampling, CCS) and EVA.
+PAPER_LEAD = ("auto", "random")
+PAPER_METHODS = (*PAPER_LEAD, "optimization-eps", "readme-eps0.05", "dual-beta", "ccs", "eva")
+EPSILON_CELLS = tuple(m for m, spec in METHODS.items() if spec.by_epsilon)
+SELECTORS_ONLY = tuple(m for m in METHODS if m not in EPSILON_CELLS)  # one mask per (ratio, seed) each
 
 
 def has_selector(name: str) -> bool:
@@ -120,7 +143,7 @@ class Regime:
     lr: float = 0.05
     batch_size: int = 128
     augment: bool = True
-    methods: tuple[str, ...] = tuple(METHODS)
+    methods: tuple[str, ...] = SELECTORS_ONLY
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     # frozen-backbone: the backbone is a ConvNet trained by dpcli on `backbone_per_class` images per
     # class, disjoint from the pool; the head is an L2 softmax regression fit to convergence
@@ -129,6 +152,8 @@ class Regime:
     damping: float = 1e-3
     gpu: bool = False  # designed for a GPU (the CPU runs it only with --tiny)
     toy: bool = False  # --tiny: a dry run; its cells are marked and never reported as results
+    ratios: tuple[float, ...] | None = None  # the regime's own prune ratios, in priority order [default: RATIOS]
+    lead: tuple[str, ...] = ()  # run first and whole, seed by seed, in :func:`comparison_order` (else the passes)
 
     def train_config(self, dataset: str, device: torch.device, **changes) -> TrainConfig:
         cfg = TrainConfig(dataset=dataset, arch=self.arch, width=self.width, depth=self.depth, epochs=self.epochs,
@@ -137,9 +162,12 @@ class Regime:
         return cfg.replace(**changes)
 
     def tiny(self) -> "Regime":
-        """The same pipeline at toy size: a CPU dry run of every code path (numbers mean nothing)."""
-        return dataclasses.replace(self, per_class=min(self.per_class, 30),
-                                   width=8, epochs=3, batch_size=64, seeds=(0, 1), probe_epochs=4,
+        """The same pipeline at toy size: a CPU dry run of every code path (numbers mean nothing).  A tiny
+        subset (30 images per class, also for the all-data regimes), 3 epochs (EVA's and TDDS's least), a
+        ConvNet of width 8 in place of a ResNet (whose width is fixed)."""
+        return dataclasses.replace(self, per_class=min(self.per_class, 30) if self.per_class else 30,
+                                   arch="convnet", width=8, epochs=3, batch_size=64, lr=min(self.lr, 0.05),
+                                   seeds=(0, 1), probe_epochs=4,
                                    backbone_per_class=30 if self.backbone_per_class else 0, toy=True)
 
 
@@ -148,6 +176,12 @@ REGIMES: dict[str, Regime] = {r.name: r for r in (
            width=16, depth=3, epochs=15, lr=0.05, batch_size=128, methods=SCARCE_METHODS),
     Regime("cifar-rich", "CIFAR-10, rich (all 50,000 images, wider ConvNet, longer)", "cifar10", per_class=0,
            width=64, depth=4, epochs=20, lr=0.1, batch_size=512, gpu=True, methods=RICH_METHODS),
+    # The field's anchor (DUAL, CCS, D2, TDDS publish 30/50/70/80/90 % pruned): ResNet-18 on all of CIFAR-10,
+    # shortened from 200 epochs to 40 at batch 512 with CCS's lr per sample (0.1 at 256); width and depth are
+    # the CLI's defaults (ignored by ResNet-18) so that `dpcli` with the same options shares its run directory.
+    Regime("paper", "CIFAR-10, the papers' setting (ResNet-18, all 50,000 images, 40 epochs)", "cifar10",
+           per_class=0, arch="resnet18", width=32, depth=3, epochs=40, lr=0.2, batch_size=512, gpu=True,
+           methods=PAPER_METHODS, seeds=(0, 1, 2), ratios=(0.9, 0.8, 0.7, 0.5, 0.3), lead=PAPER_LEAD),
     Regime("cifar-rich-cpu", "CIFAR-10, richer on a CPU (all 50,000 images, small ConvNet, 3.3x the steps)",
            "cifar10", per_class=0, width=16, depth=3, epochs=10, lr=0.05, batch_size=128, seeds=(0, 1),
            methods=RICH_CPU_METHODS),
@@ -156,10 +190,10 @@ REGIMES: dict[str, Regime] = {r.name: r for r in (
            methods=RICH_CPU_METHODS),
     Regime("digits", "digits (scikit-learn, 1,438 training images)", "digits", per_class=0, width=32, depth=2,
            epochs=30, lr=0.05, batch_size=64, augment=False,
-           methods=tuple(m for m in METHODS if m not in ("grand", "influence-score", "ccs-loss", "tdds-loss"))),
+           methods=tuple(m for m in SELECTORS_ONLY if m not in ("grand", "influence-score", "ccs-loss", "tdds-loss"))),
     Regime("frozen-backbone", "frozen backbone (CIFAR-10 features, head fit to convergence)", "cifar10",
            per_class=1000, width=16, depth=4, epochs=12, lr=0.05, batch_size=128, backbone_per_class=1000,
-           methods=tuple(m for m in METHODS if m not in ("el2n", "grand"))),
+           methods=tuple(m for m in SELECTORS_ONLY if m not in ("el2n", "grand"))),
 )}
 NOT_APPLICABLE = {("frozen-backbone", "el2n"): "scores the image network at its early snapshots; no image "
                                                "network is trained on the pool",
@@ -188,22 +222,43 @@ def log(msg: str) -> None:
 
 
 class CellStore:
-    """One JSON-lines file per regime; a line is written (and flushed) when its cell finishes."""
+    """One JSON-lines file per regime; a line is written (and flushed) when its cell finishes.
 
-    def __init__(self, folder: Path, regime: str) -> None:
+    Cells finished in the ``also`` folders count as done too, so a resumed run skips them; ``mirror`` gets a
+    copy of every new line (the folder that comes back from a lent GPU machine).  Toy (``--tiny``) cells and
+    measured ones never mix: each run counts only its own kind as done, and a toy run refuses a file that
+    holds measured cells."""
+
+    def __init__(self, folder: Path, regime: str, toy: bool = False, also: tuple[str, ...] = (),
+                 mirror: Path | None = None) -> None:
         self.path = Path(folder) / f"cells-{regime}.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.done = {_key(c) for c in read_cells(self.path)}
+        self.mirror = None if mirror is None else Path(mirror) / f"cells-{regime}.jsonl"
+        own = read_cells(self.path)
+        if toy and any(not c.get("toy") for c in own):
+            raise SystemExit(f"{self.path}: holds measured cells, and --tiny writes toy ones; give another --results")
+        cells = own + [c for folder in also for c in read_cells(Path(folder) / self.path.name)]
+        self.done = {_key(c) for c in cells if bool(c.get("toy")) == toy}
 
     def has(self, method: str, ratio: float, seed: int) -> bool:
         return (method, round(ratio, 6), seed) in self.done
 
     def add(self, cell: dict) -> None:
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps(cell) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        line = json.dumps(cell) + "\n"
+        for path in (self.path, self.mirror):
+            if path is not None:
+                append_line(path, line)
         self.done.add(_key(cell))
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line durably; a torn last line (a run killed mid-write) is first closed, not extended."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torn = path.exists() and path.stat().st_size > 0 and path.read_bytes()[-1:] != b"\n"
+    with open(path, "a") as fh:
+        fh.write(("\n" if torn else "") + line)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def _key(c: dict) -> tuple:
@@ -299,12 +354,22 @@ def selection_code() -> str:
     return h.hexdigest()[:8]
 
 
-def make_mask(setup: Setup, spec: MethodSpec, ratio: float, seed: int) -> tuple[stages.MaskInfo, dict]:
-    """Select with ``spec`` on the shared context (what ``stages.prune`` does, without re-reading S)."""
+def spec_config(spec: MethodSpec, ratio: float, seed: int, epsilon: float | None = None) -> PruneConfig:
+    """One cell's prune configuration: the spec's options at the cell's ratio, or within ``epsilon``."""
+    size = {"ratio": ratio} if epsilon is None else {"epsilon": epsilon}
+    return PruneConfig(**size, seed=seed if spec.seeded else 0, **spec.options).validate()
+
+
+def make_mask(setup: Setup, spec: MethodSpec, ratio: float, seed: int,
+              epsilon: float | None = None) -> tuple[stages.MaskInfo, dict]:
+    return mask_for(setup, spec_config(spec, ratio, seed, epsilon))
+
+
+def mask_for(setup: Setup, pcfg: PruneConfig) -> tuple[stages.MaskInfo, dict]:
+    """Select with ``pcfg`` on the shared context (what ``stages.prune`` does, without re-reading S)."""
     from dpcli.select.base import prune_count, select
     from dpcli.select.certificate import certify
 
-    pcfg = PruneConfig(ratio=ratio, seed=seed if spec.seeded else 0, **spec.options).validate()
     path = pipeline.mask_path(setup.info.path, pcfg)
     path = path.parent.with_name(f"{path.parent.name}-code{selection_code()}") / path.name
     if not path.exists() and pcfg.method == "auto" and setup.info.checkpoint:
@@ -313,8 +378,9 @@ def make_mask(setup: Setup, spec: MethodSpec, ratio: float, seed: int) -> tuple[
     if not path.exists():
         t0 = time.perf_counter()
         pruned, rule = select(pcfg, setup.ctx)
-        cert = certify(setup.ctx.S, pruned, None, sketch_k=setup.info.sketch_k)
-        stages.write_mask(path, cert, mode="cardinality", target=float(prune_count(pcfg, setup.info.n)),
+        cert = certify(setup.ctx.S, pruned, pcfg.epsilon, sketch_k=setup.info.sketch_k)
+        m = prune_count(pcfg, setup.info.n)
+        stages.write_mask(path, cert, mode=pcfg.mode, target=float(pcfg.epsilon if m is None else m),
                           solver=rule, info=setup.info, config=pcfg.to_dict(), seconds=time.perf_counter() - t0,
                           method=pcfg.method)
     return stages.read_mask(path), mask_record(path)
@@ -374,13 +440,16 @@ def image_setup(regime: Regime, data: Path | str, work: Path, device: torch.devi
         ck = train(cfg, ds, path, device=device, eval_every=cfg.epochs, snapshot_epochs=(),
                    on_epoch=_epoch_hook(clock, "full-data training"))
         return {"test_accuracy": ck.final.test_acc, "test_loss": ck.final.test_loss, "train_seconds": ck.seconds,
-                "train_accuracy": ck.final.train_acc}
+                "train_accuracy": ck.final.train_acc, "model": ck.fingerprint[:12]}
 
     n = len(ds.train.labels)
+    net = (f"ConvNet width {regime.width} depth {regime.depth}" if regime.arch == "convnet"
+           else {"resnet18": "ResNet-18 (CIFAR stem)"}.get(regime.arch, regime.arch))
+    cuda = "; bf16 autocast, channels-last" if device.type == "cuda" else ""
     settings = (f"{n:,} training images ({ds.num_classes} classes), test set {len(ds.test.labels):,}; "
-                f"ConvNet width {regime.width} depth {regime.depth} ({info.feature_dim} features), "
+                f"{net} ({info.feature_dim} features), "
                 f"{regime.epochs} epochs, batch {regime.batch_size}, SGD lr {regime.lr} cosine, momentum 0.9, "
-                f"weight decay 5e-4, augmentation {'on' if regime.augment else 'off'}; exact S "
+                f"weight decay 5e-4, augmentation {'on' if regime.augment else 'off'}{cuda}; exact S "
                 f"({n:,} x {info.d:,})")
     return Setup(regime, info, ctx, retrain, full, settings)
 
@@ -489,7 +558,7 @@ def probe_dynamics(x: np.ndarray, y: np.ndarray, num_classes: int, regime: Regim
         sched.step()
         rec.end_epoch()
     return Dynamics(loss=np.stack(rec._loss), correct=np.stack(rec._correct), margin=np.stack(rec._margin),
-                    probs=np.stack(rec._probs))
+                    probs=np.stack(rec._probs), el2n=np.stack(rec._el2n))
 
 
 # --------------------------------------------------------------------------- the run
@@ -502,7 +571,8 @@ def run(args: argparse.Namespace, regimes: list[Regime]) -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here")
     results = Path(args.results)
-    stores = {r.name: CellStore(results, r.name) for r in regimes}
+    stores = {r.name: CellStore(results, r.name, toy=r.toy, also=tuple(args.results_all[1:]), mirror=args.mirror)
+              for r in regimes}
     auto_missing = "auto" in {m for r in regimes for m in _methods(args, r)} and not has_selector("auto")
     if auto_missing:
         log("skipping `auto`: this dpcli has no --method auto (the report marks its cells 'not run')")
@@ -525,20 +595,29 @@ def run(args: argparse.Namespace, regimes: list[Regime]) -> None:
                 setups[key] = image_setup(regime, data, work, device, clock)
         return setups[key]
 
-    seeds = sorted({s for r in regimes for s in _seeds(args, r)})
+    def methods_of(regime: Regime) -> list[str]:
+        return [m for m in _methods(args, regime) if not (m == "auto" and auto_missing)]
+
+    lead = [r for r in regimes if r.lead]
+    rest = [r for r in regimes if not r.lead]
+    seeds = sorted({s for r in rest for s in _seeds(args, r)})
     ratios = _ratios(args)
-    # priority: the high ratios (>= 70 %, where selectors differ most) for every seed, then the rest; within
-    # each pass, every regime, ratio and method at seed 0, then seed 1, ...  The full-data cell of seed 0
-    # comes with the selection model; the other seeds' full-data cells run in the second pass.
+    # priority: the lead regimes (`paper`) first and whole; then the high ratios (>= 70 %, where selectors differ
+    # most) for every seed, then the rest; within each pass, every regime, ratio and method at seed 0, then
+    # seed 1, ...  The full-data cell of seed 0 comes with the selection model; the other seeds' full-data
+    # cells run in the second pass.
     passes = [[r for r in ratios if r >= 0.7], [r for r in ratios if r < 0.7]]
     try:
+        for regime in lead:
+            run_comparisons(regime, methods_of(regime), lambda s, r=regime: setup_for(r, s), stores[regime.name],
+                            args, clock, device)
         for k, group in enumerate(passes):
             for seed in seeds:
-                for regime in regimes:
+                for regime in rest:
                     if seed not in _seeds(args, regime):
                         continue
                     store = stores[regime.name]
-                    methods = [m for m in _methods(args, regime) if not (m == "auto" and auto_missing)]
+                    methods = [m for m in methods_of(regime) if m not in EPSILON_CELLS]  # they need a lead regime
                     todo = [(m, r) for r in group for m in methods if not store.has(m, r, seed)]
                     want_full = ((seed == 0 or k == len(passes) - 1) and not store.has("full", 0.0, seed)
                                  and not args.no_full)
@@ -551,28 +630,69 @@ def run(args: argparse.Namespace, regimes: list[Regime]) -> None:
         log(f"time budget spent (at: {stop}); every finished cell is in {results}")
 
 
+def comparison_order(regime: Regime, methods: list[str], seeds: tuple[int, ...],
+                     ratios: list[float]) -> list[tuple[int, str, float]]:
+    """(seed, method, ratio) in the order a lead regime runs, so that whole comparisons finish early: per
+    seed, the lead methods at every ratio (interleaved: each ratio's pair completes at once), the epsilon
+    cells, then the rivals at every ratio; the full-data cell first for seed 0 (it comes with the selection
+    model), last for the others (a full training run)."""
+    order = []
+    for seed in seeds:
+        block = [(seed, m, r) for r in ratios for m in regime.lead if m in methods]
+        block += [(seed, m, r) for m in methods if m in EPSILON_CELLS for r in METHODS[m].ratios or ratios]
+        block += [(seed, m, r) for m in methods if m not in regime.lead and m not in EPSILON_CELLS for r in ratios]
+        full = [(seed, "full", 0.0)]
+        order += full + block if seed == 0 else block + full
+    return order
+
+
+def run_comparisons(regime: Regime, methods: list[str], setup_of: Callable[[int], Setup], store: CellStore,
+                    args: argparse.Namespace, clock: Clock, device) -> None:
+    """A lead regime's cells in :func:`comparison_order`, skipping those already finished."""
+    for seed, name, ratio in comparison_order(regime, methods, _seeds(args, regime), _ratios(args, regime)):
+        if store.has(name, ratio, seed) or (name == "full" and args.no_full):
+            continue
+        clock.check(f"{regime.name} {name} {ratio:.0%} s{seed}")
+        setup = setup_of(seed)
+        if name == "full":
+            run_full(setup, store, seed, device)
+        else:
+            run_cell(setup, store, name, ratio, seed, device)
+
+
 def run_block(setup: Setup, store: CellStore, todo: list[tuple[str, float]], seed: int, device, clock: Clock,
               want_full: bool) -> None:
     """One regime's cells at one seed: the full-data reference if wanted, then ``todo`` in order."""
-    regime = setup.regime
     if want_full:
-        t0 = time.perf_counter()
-        res = setup.full(seed)
-        store.add({"regime": regime.name, "method": "full", "ratio": 0.0, "seed": seed,
-                   **({"toy": True} if regime.toy else {}),
-                   "n": setup.info.n, "n_kept": setup.info.n, "wall_seconds": time.perf_counter() - t0,
-                   "settings": setup.settings, "device": str(device), **res})
-        log(f"{regime.name} full s{seed}: {res['test_accuracy']:.2f}%")
+        run_full(setup, store, seed, device)
     for name, ratio in todo:
-        clock.check(f"{regime.name} {name} {ratio:.0%} s{seed}")
+        clock.check(f"{setup.regime.name} {name} {ratio:.0%} s{seed}")
         run_cell(setup, store, name, ratio, seed, device)
+
+
+def run_full(setup: Setup, store: CellStore, seed: int, device) -> None:
+    """The full-data reference of one seed."""
+    regime = setup.regime
+    t0 = time.perf_counter()
+    res = setup.full(seed)
+    store.add({"regime": regime.name, "method": "full", "ratio": 0.0, "seed": seed,
+               **({"toy": True} if regime.toy else {}),
+               "n": setup.info.n, "n_kept": setup.info.n, "wall_seconds": time.perf_counter() - t0,
+               "settings": setup.settings, "device": str(device), **res})
+    log(f"{regime.name} full s{seed}: {res['test_accuracy']:.2f}%")
+
+
+def _cell(setup: Setup, name: str, ratio: float, seed: int, device) -> dict:
+    return {"regime": setup.regime.name, "method": name, "ratio": ratio, "seed": seed, "device": str(device),
+            "model": setup.info.checkpoint_fingerprint[:12], **({"toy": True} if setup.regime.toy else {})}
 
 
 def run_cell(setup: Setup, store: CellStore, name: str, ratio: float, seed: int, device) -> None:
     spec = METHODS[name]
+    if spec.by_epsilon:
+        return run_epsilon_cell(setup, store, name, ratio, seed, device)
     t0 = time.perf_counter()
-    cell = {"regime": setup.regime.name, "method": name, "ratio": ratio, "seed": seed, "device": str(device),
-            **({"toy": True} if setup.regime.toy else {})}
+    cell = _cell(setup, name, ratio, seed, device)
     try:
         mask, rec = make_mask(setup, spec, ratio, seed)
     except DpcliError as exc:  # a selector that cannot run here: recorded, the grid goes on
@@ -587,6 +707,32 @@ def run_cell(setup: Setup, store: CellStore, name: str, ratio: float, seed: int,
         f"({rec['rule']}, {time.perf_counter() - t0:.0f}s)")
 
 
+def run_epsilon_cell(setup: Setup, store: CellStore, name: str, ratio: float, seed: int, device) -> None:
+    """Eq. 3 within the spec's epsilon (or the norm its ``calibrate`` method reaches at ``ratio``), retrained
+    beside random pruning of the count it reached, same seed: the README's claim, measured."""
+    spec = METHODS[name]
+    t0 = time.perf_counter()
+    cell = _cell(setup, name, ratio, seed, device)
+    try:
+        eps = make_mask(setup, METHODS[spec.calibrate], ratio, seed)[0].norm if spec.calibrate else spec.epsilon
+        mask, rec = make_mask(setup, spec, ratio, seed, epsilon=eps)
+        if mask.n_pruned in (0, mask.n):
+            raise DpcliError(f"epsilon {eps:.4g} prunes {mask.n_pruned} of {mask.n} samples: nothing to compare")
+        rnd, _ = mask_for(setup, PruneConfig(count=mask.n_pruned, method="random", seed=seed).validate())
+    except DpcliError as exc:
+        store.add({**cell, "error": str(exc)})
+        log(f"{setup.regime.name} {name} s{seed}: selection failed: {exc}")
+        return
+    t1 = time.perf_counter()
+    res = setup.retrain(mask.keep, seed, mask.path)
+    other = setup.retrain(rnd.keep, seed, rnd.path)
+    store.add({**cell, "epsilon": eps, "n": mask.n, "n_kept": mask.n_kept, "pruned_share": mask.n_pruned / mask.n,
+               "norm": mask.norm, **rec, "select_seconds": t1 - t0, "wall_seconds": time.perf_counter() - t0, **res,
+               "random_norm": rnd.norm, **{f"random_{k}": v for k, v in other.items()}})
+    log(f"{setup.regime.name} {name} s{seed}: epsilon {eps:.4g} pruned {mask.n_pruned / mask.n:.1%}: "
+        f"{res['test_accuracy']:.2f}% vs random {other['test_accuracy']:.2f}%")
+
+
 def _methods(args, regime: Regime) -> list[str]:
     ms = args.methods or regime.methods
     return [m for m in ms if (regime.name, m) not in NOT_APPLICABLE]
@@ -596,8 +742,9 @@ def _seeds(args, regime: Regime) -> tuple[int, ...]:
     return tuple(args.seeds) if args.seeds else regime.seeds
 
 
-def _ratios(args) -> list[float]:
-    return list(args.ratios)
+def _ratios(args, regime: Regime | None = None) -> list[float]:
+    """``--ratios``, else the regime's own, else :data:`RATIOS`."""
+    return list(args.ratios or (regime.ratios if regime is not None and regime.ratios else RATIOS))
 
 
 # --------------------------------------------------------------------------- report
@@ -609,8 +756,11 @@ def mean_se(v: list[float]) -> tuple[float, float, float]:
 
 
 def regime_report(regime: Regime, cells: list[dict], methods: list[str], auto_present: bool) -> str:
-    """The generated part of one regime's section: settings, table, margins, auto's choices."""
+    """The generated part of one regime's section: settings, table, margins, auto's choices, epsilon cells."""
     toy = any(c.get("toy") for c in cells)
+    by_epsilon = [c for c in cells if c["method"] in EPSILON_CELLS]
+    cells = [c for c in cells if c["method"] not in EPSILON_CELLS]
+    methods = [m for m in methods if m not in EPSILON_CELLS]
     ok = [c for c in cells if "error" not in c]
     acc: dict = {}
     for c in ok:
@@ -618,7 +768,7 @@ def regime_report(regime: Regime, cells: list[dict], methods: list[str], auto_pr
     errors = {(c["method"], round(float(c["ratio"]), 6)): c["error"] for c in cells if "error" in c}
     full = acc.get(("full", 0.0), [])
     ratios = sorted({r for (m, r) in acc if r > 0} | {r for (m, r) in errors})
-    if not full and not ratios:
+    if not full and not ratios and not by_epsilon:
         return "_No cells recorded for this regime yet._\n"
     lines = ["**TOY DRY RUN (--tiny): these numbers mean nothing.**\n"] if toy else []
     settings = next((c.get("settings") for c in ok if c["method"] == "full"), None)
@@ -659,7 +809,28 @@ def regime_report(regime: Regime, cells: list[dict], methods: list[str], auto_pr
         if any((ours, r) in acc for r in ratios):
             lines.append(margins(acc, ours, baselines + [o for o in OURS if o != ours], ratios))
     lines.append(auto_choices(cells, ratios, auto_present))
+    lines.append(epsilon_report(by_epsilon))
     return "\n".join(lines) + "\n"
+
+
+def epsilon_report(cells: list[dict]) -> str:
+    """The epsilon cells: the bound, what it pruned, the retrained accuracy beside random pruning of that count."""
+    if not cells:
+        return ""
+    out = ["\nEpsilon cells (Eq. 3, the largest pruned set within a norm bound), each retrained beside random "
+           "pruning of the count it reached (same seed). `optimization-eps`: the bound is the norm that Eq. 4 "
+           "reaches at the nominal ratio; `readme-eps0.05`: the README's `prune --epsilon 0.05` (default method):\n",
+           "| cell | seed | epsilon | pruned | accuracy | random, same count | difference |",
+           "|---|---|---|---|---|---|---|"]
+    for c in sorted(cells, key=lambda c: (c["method"], float(c["ratio"]), int(c["seed"]))):
+        if "error" in c:
+            out.append(f"| {c['method']} | {c['seed']} | – | failed: `{c['error'].splitlines()[0]}` | – | – | – |")
+            continue
+        diff = c["test_accuracy"] - c["random_test_accuracy"]
+        out.append(f"| {c['method']} | {c['seed']} | {c['epsilon']:.4g} | {c['n'] - c['n_kept']:,} "
+                   f"({c['pruned_share']:.1%}) | {c['test_accuracy']:.2f} | {c['random_test_accuracy']:.2f} | "
+                   f"{diff:+.2f} |")
+    return "\n".join(out)
 
 
 def margins(acc: dict, ours: str, rivals: list[str], ratios: list[float]) -> str:
@@ -761,11 +932,13 @@ def main() -> None:
     ap.add_argument("--data", help="an extracted CIFAR-10 ImageFolder (train/ and test/); skips the tarball")
     ap.add_argument("--work", default="benchmark-runs/grid", help="runs, caches and masks")
     ap.add_argument("--results", nargs="+", default=None,
-                    help="folder(s) of the cells-<regime>.jsonl files; a run writes to the first, --report-only "
-                         "reads all (a later folder's cell replaces an earlier one's) [default: WORK/results]")
+                    help="folder(s) of the cells-<regime>.jsonl files; a run writes to the first and skips the "
+                         "cells finished in any; --report-only reads all (a later folder's cell replaces an "
+                         "earlier one's) [default: WORK/results]")
+    ap.add_argument("--mirror", type=Path, help="also append every new cell here (what a lent GPU machine returns)")
     ap.add_argument("--subset-seed", type=int, default=0)
     ap.add_argument("--methods", nargs="+", choices=list(METHODS), help="[default: the regime's list]")
-    ap.add_argument("--ratios", nargs="+", type=float, default=list(RATIOS))
+    ap.add_argument("--ratios", nargs="+", type=float, help="[default: the regime's, else 0.9 0.7 0.5 0.3]")
     ap.add_argument("--seeds", nargs="+", type=int, help="[default: the regime's, 0-4]")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     ap.add_argument("--threads", type=int, default=1,
@@ -786,8 +959,10 @@ def main() -> None:
     regimes = [REGIMES[r].tiny() if args.tiny else REGIMES[r] for r in args.regimes]
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
-    (results / "machine.json").write_text(json.dumps({**machine(), "argv": sys.argv[1:], "tiny": args.tiny,
-                                                      "auto": has_selector("auto")}, indent=1))
+    where = Path(args.mirror) if args.mirror else results  # a mirrored run describes its machine beside its cells
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "machine.json").write_text(json.dumps({**machine(), "argv": sys.argv[1:], "tiny": args.tiny,
+                                                    "auto": has_selector("auto")}, indent=1))
     run(args, regimes)
 
 

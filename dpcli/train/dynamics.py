@@ -1,21 +1,22 @@
 """Training dynamics recorded by :func:`dpcli.training.train` for the score-based selectors.
 
 Per epoch and per training sample, all taken from the very forward pass that trained on it
-(augmented, train mode: what forgetting events, AUM, TDDS and DUAL are defined on): the loss,
+(augmented, train mode: what forgetting events, AUM, TDDS, DUAL and EVA are defined on): the loss,
 whether the prediction was correct, the margin ``p_y - max_{c != y} p_c`` (AUM, for CCS and D2),
-and for the first :data:`PROB_EPOCHS` epochs the class probabilities (faithful TDDS needs every
+the error-vector norm ``||p - onehot(y)||`` (EL2N of every epoch, whose variance EVA scores), and
+for the first :data:`PROB_EPOCHS` epochs the class probabilities (faithful TDDS needs every
 class); plus model snapshots at chosen epochs (EL2N and GraNd are scored "early in training").
-The cost is 9 bytes per sample per epoch, 2 C bytes per sample in each of the first 30 epochs,
+The cost is 13 bytes per sample per epoch, 2 C bytes per sample in each of the first 30 epochs,
 and a state-dict copy per snapshot; nothing is recomputed.  The class probabilities are held in
 memory, so they are recorded only while ``n x C x 2 bytes x min(30, epochs)`` fits
 ``$DPCLI_PROBS_BUDGET`` (default 2 GiB: Tiny-ImageNet fits, ImageNet-1k's 77 GB does not); above it
 they are skipped, the checkpoint says why, and only TDDS (which needs them) refuses to run.
 
-Stored in the checkpoint as ``dynamics/loss`` and ``dynamics/margin`` (epochs x n float32, NaN
-where a sample was not trained on, e.g. outside a retrain subset), ``dynamics/correct``
+Stored in the checkpoint as ``dynamics/loss``, ``dynamics/margin`` and ``dynamics/el2n`` (epochs x n
+float32, NaN where a sample was not trained on, e.g. outside a retrain subset), ``dynamics/correct``
 (epochs x n uint8, 255 = not seen), ``dynamics/probs`` (min(30, epochs) x n x C float16, NaN =
 not seen) and ``snapshots/<epoch>/<state key>`` (epoch 0 = the initialization).  Checkpoints
-written before margin and probs were recorded read back with those fields ``None``.
+written before margin, probs or el2n were recorded read back with those fields ``None``.
 """
 
 from __future__ import annotations
@@ -48,13 +49,14 @@ class Dynamics:
     margin: np.ndarray | None = None  # (epochs, n) float32 p_y - max_{c != y} p_c, NaN = not seen
     probs: np.ndarray | None = None  # (min(PROB_EPOCHS, epochs), n, C) float16 softmax, NaN = not seen
     probs_skipped: str = ""  # why probs were not recorded (over $DPCLI_PROBS_BUDGET), if so
+    el2n: np.ndarray | None = None  # (epochs, n) float32 ||p - onehot(y)||, NaN = not seen
 
     @property
     def epochs(self) -> int:
         return int(self.loss.shape[0])
 
     def require(self, what: str, user: str) -> np.ndarray:
-        """``margin`` or ``probs``, or one clear error for checkpoints recorded before they existed."""
+        """``margin``, ``probs`` or ``el2n``, or one clear error for checkpoints recorded before they existed."""
         value = getattr(self, what)
         if value is None:
             from dpcli.errors import DpcliError
@@ -80,12 +82,15 @@ class DynamicsRecorder:
         self._correct: list[np.ndarray] = []
         self._margin: list[np.ndarray] = []
         self._probs: list[np.ndarray] = []
+        self._el2n: list[np.ndarray] = []
         self.snapshots: dict[int, dict[str, Tensor]] = {}
         if previous is not None and previous.epochs >= start_epoch:
             self._loss = [previous.loss[e] for e in range(start_epoch)]
             self._correct = [previous.correct[e] for e in range(start_epoch)]
             if previous.margin is not None:
                 self._margin = [previous.margin[e] for e in range(start_epoch)]
+                if previous.el2n is not None:
+                    self._el2n = [previous.el2n[e] for e in range(start_epoch)]
                 if previous.probs is not None:
                     self._probs = [previous.probs[e] for e in range(min(start_epoch, PROB_EPOCHS))]
                 else:  # a gap cannot be filled: the run records no probabilities from here on
@@ -93,9 +98,11 @@ class DynamicsRecorder:
             self.snapshots = {e: s for e, s in previous.snapshots.items() if e <= start_epoch}
         # a resumed run from before margin/probs existed cannot fill its early epochs: record neither
         self._extras = len(self._margin) == len(self._loss)
+        self._with_el2n = self._extras and len(self._el2n) == len(self._loss)  # same, for a run from before el2n
         self._cur_loss: np.ndarray | None = None
         self._cur_correct: np.ndarray | None = None
         self._cur_margin: np.ndarray | None = None
+        self._cur_el2n: np.ndarray | None = None
         self._cur_probs: np.ndarray | None = None
 
     @classmethod
@@ -134,8 +141,8 @@ class DynamicsRecorder:
         return False
 
     def begin_epoch(self, device: torch.device | str = "cpu") -> None:
-        # rows loss / correct / margin kept on the training device: one host transfer per epoch, none per step
-        self._cur = torch.full((3, self.n), float("nan"), dtype=torch.float32, device=device)
+        # rows loss / correct / margin / el2n kept on the training device: one host transfer per epoch, none per step
+        self._cur = torch.full((4, self.n), float("nan"), dtype=torch.float32, device=device)
         self._cur_probs_dev: Tensor | None = None  # (n, C), allocated at the first batch (C known then)
 
     def add_batch(self, idx: Tensor, losses: Tensor, logits: Tensor, labels: Tensor) -> None:
@@ -150,7 +157,9 @@ class DynamicsRecorder:
             p = torch.softmax(z, 1)
             y = labels.view(-1, 1)
             others = p.scatter(1, y, -1.0).amax(1)  # probabilities are >= 0: -1 hides the true class
-            self._cur[2, i] = p.gather(1, y).squeeze(1) - others
+            p_y = p.gather(1, y)
+            self._cur[2, i] = p_y.squeeze(1) - others
+            self._cur[3, i] = torch.linalg.vector_norm(p.scatter(1, y, p_y - 1.0), dim=1)  # ||p - onehot(y)||
             if self._want_probs and (self._cur_probs_dev is not None or self._probs_fit(p.shape[1])):
                 if self._cur_probs_dev is None:  # float16, as stored: half the memory of float32
                     self._cur_probs_dev = torch.full((self.n, p.shape[1]), float("nan"), dtype=torch.float16,
@@ -164,26 +173,30 @@ class DynamicsRecorder:
         self._cur_loss = cur[0]
         self._cur_correct = np.where(seen, cur[1], NOT_SEEN).astype(np.uint8)
         self._cur_margin = cur[2]
+        self._cur_el2n = cur[3]
         self._cur_probs = None if self._cur_probs_dev is None else self._cur_probs_dev.cpu().numpy()
         self._cur = self._cur_probs_dev = None
         if dist is not None:
             seen = ~np.isnan(self._cur_loss)
             parts = np.stack([np.where(seen, self._cur_loss, 0.0), np.where(seen, self._cur_correct, 0), seen,
-                              np.where(seen, self._cur_margin, 0.0)])
+                              np.where(seen, self._cur_margin, 0.0), np.where(seen, self._cur_el2n, 0.0)])
             total = dist.all_sum(torch.from_numpy(parts.astype(np.float64))).numpy()
             hit = total[2] > 0
             self._cur_loss = np.where(hit, total[0], np.nan).astype(np.float32)
             self._cur_correct = np.where(hit, np.rint(total[1]), NOT_SEEN).astype(np.uint8)
             self._cur_margin = np.where(hit, total[3], np.nan).astype(np.float32)
+            self._cur_el2n = np.where(hit, total[4], np.nan).astype(np.float32)
             if self._want_probs:
                 self._cur_probs = self._merge_probs(dist, seen, hit)
         self._loss.append(self._cur_loss)
         self._correct.append(self._cur_correct)
         if self._extras:
             self._margin.append(self._cur_margin)
+            if self._with_el2n:
+                self._el2n.append(self._cur_el2n)
             if len(self._loss) <= PROB_EPOCHS and self._cur_probs is not None:
                 self._probs.append(np.asarray(self._cur_probs, dtype=np.float16))
-        self._cur_loss = self._cur_correct = self._cur_margin = self._cur_probs = None
+        self._cur_loss = self._cur_correct = self._cur_margin = self._cur_el2n = self._cur_probs = None
 
     def _merge_probs(self, dist, seen: np.ndarray, hit: np.ndarray) -> np.ndarray:
         """Every sample's probabilities come from the one rank that trained on it: sum the zero-filled slices.
@@ -202,6 +215,8 @@ class DynamicsRecorder:
         row = {"loss": self._loss[-1], "correct": self._correct[-1]}
         if self._extras:
             row["margin"] = self._margin[-1]
+            if self._with_el2n:
+                row["el2n"] = self._el2n[-1]
             if len(self._probs) == len(self._loss):  # still within the first PROB_EPOCHS epochs
                 row["probs"] = self._probs[-1]
         return row
@@ -217,6 +232,8 @@ class DynamicsRecorder:
                              compression_opts=1)
             if self._extras:  # not compressed: gzip saves little on these and costs most
                 g.create_dataset("margin", data=np.stack(self._margin))
+                if self._with_el2n:
+                    g.create_dataset("el2n", data=np.stack(self._el2n))
                 if self._probs and len(self._probs) == min(e, PROB_EPOCHS):
                     g.create_dataset("probs", data=np.stack(self._probs))
             if self.probs_skipped:
@@ -236,8 +253,9 @@ def read_dynamics(f: h5py.File, snapshots: bool = True) -> Dynamics | None:
     snaps = read_snapshots(f) if snapshots else {}
     margin = g["margin"][()] if "margin" in g else None
     probs = g["probs"][()] if "probs" in g else None
+    el2n = g["el2n"][()] if "el2n" in g else None
     return Dynamics(loss=g["loss"][()], correct=g["correct"][()], snapshots=snaps, margin=margin, probs=probs,
-                    probs_skipped=str(g.attrs.get("probs_skipped", "")))
+                    probs_skipped=str(g.attrs.get("probs_skipped", "")), el2n=el2n)
 
 
 def read_snapshots(f: h5py.File) -> dict[int, dict[str, Tensor]]:

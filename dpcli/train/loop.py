@@ -379,7 +379,8 @@ def _recorders(config: TrainConfig, n: int, snaps: tuple[int, ...], out: Path,
                             correct=np.stack([r["correct"] for r in dyn_rows]), snapshots=snapshots,
                             margin=np.stack([r["margin"] for r in dyn_rows]) if has("margin") else None,
                             probs=np.stack([r["probs"] for r in dyn_rows if "probs" in r])
-                            if has("margin") and any("probs" in r for r in dyn_rows) else None)
+                            if has("margin") and any("probs" in r for r in dyn_rows) else None,
+                            el2n=np.stack([r["el2n"] for r in dyn_rows]) if has("el2n") else None)
     return (TrajectoryRecorder.from_rows(config, epochlog.split(rows, "trajectory")),
             DynamicsRecorder(n, snaps, previous, start, config.epochs))
 
@@ -395,6 +396,8 @@ def _backfill(out: Path, recorder: TrajectoryRecorder, dyn: DynamicsRecorder, st
             row.update({"dynamics/loss": dyn._loss[k], "dynamics/correct": dyn._correct[k]})
             if k < len(dyn._margin):
                 row["dynamics/margin"] = dyn._margin[k]
+            if k < len(dyn._el2n):
+                row["dynamics/el2n"] = dyn._el2n[k]
             if k < len(dyn._probs):
                 row["dynamics/probs"] = dyn._probs[k]
         epochlog.append(out, k, row)
