@@ -210,6 +210,7 @@ def _dataset_mode(source: str, pcfg, icfg, job, training, outputs, out: Optional
     dev = resolve_device(job.device)
     ds = pipeline.load(source, job.data_root, training.image_size, training.input_spec())
     pipeline.check_prune(pcfg, len(ds.train.labels))
+    outputs.check_source(ds.samples, source)  # file names exist for this dataset, before training
     tcfg = pipeline.train_config(ds, training.overrides())
     if proxy is not None:
         from dpcli.stages.proxy import ProxySpec, select_via_proxy

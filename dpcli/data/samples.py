@@ -73,6 +73,11 @@ class SampleSpace:
     def same_as(self, other: "SampleSpace") -> bool:
         return self.total == other.total and np.array_equal(self.rows, other.rows)
 
+    def first_difference(self, other: "SampleSpace") -> int | None:
+        """The first index unreadable in one numbering but not the other (None where none is)."""
+        odd = np.setxor1d(self.unreadable, other.unreadable)
+        return int(odd[0]) if odd.size else None
+
     def describe(self) -> str:
         bad = self.total - self.n
         return f"{self.total} samples" + (f" ({bad} unreadable)" if bad else "")

@@ -484,9 +484,12 @@ def retrain(ds: Dataset, mask: MaskInfo, out: Path, *, base: TrainConfig | None,
             on_batch=None, on_epoch=None, eval_every: int = 1,
             snapshot_epochs: tuple[int, ...] | None = None) -> RetrainResult:
     """Train a fresh model on the KEPT samples with the full run's settings (or overrides)."""
-    if mask.n != len(ds.train.labels) or not mask.samples.same_as(ds.samples):
+    if not mask.samples.same_as(ds.samples):
+        i = mask.samples.first_difference(ds.samples)
+        now = "" if i is None else (f"; sample {i} was unreadable then and is not now" if i in mask.samples.unreadable
+                                    else f"; sample {i} is unreadable now and was not then")
         raise DpcliError(f"{mask.path}: mask was made for {mask.samples.describe()} but dataset {ds.name!r} has "
-                         f"{ds.samples.describe()}")
+                         f"{ds.samples.describe()}{now}")
     if mask.dataset_fingerprint and mask.dataset_fingerprint != ds.fingerprint:
         raise DpcliError(f"{mask.path}: mask was made for dataset {mask.dataset!r} with another fingerprint than {ds.name!r}")
     if base is None:

@@ -184,3 +184,15 @@ def test_paths_are_refused_once_the_folder_changed_since_S(folder_run, tmp_path,
         kept = np.flatnonzero(f["keep"][()])
     listed = core.read_mask(res["mask"]).samples.total
     assert listed == 15 and len((tmp_path / "p.txt").read_text().splitlines()) == len(kept) == 13
+
+
+def test_retrain_refuses_an_out_that_is_its_mask_and_names_are_refused_before_training(tiny_run, tmp_path, capsys):
+    mask = tmp_path / "m.h5"
+    assert _quiet(["prune", tiny_run.influence, "--prune-count", "5", "--method", "random", "--out", mask], capsys)[0] == 0
+    before = mask.read_bytes()
+    code, err = _quiet(["retrain", "digits", "--mask", mask, "--out", mask, "--epochs", "1"], capsys)
+    assert code == 2 and "--out" in _one_line(err) and "--mask" in err and mask.read_bytes() == before
+    code, err = _quiet(["prune", "digits", "--prune-count", "5", "--paths-out", tmp_path / "p.txt", "--epochs", "1",
+                        "--run-root", tmp_path / "runs"], capsys)
+    assert code == 2 and "rows without file names" in _one_line(err)
+    assert not list((tmp_path / "runs").rglob("*.h5"))  # refused before training

@@ -171,13 +171,24 @@ def test_a_mask_that_keeps_an_unreadable_file_or_names_another_space_is_refused(
             f[name] = data
     with pytest.raises(DpcliError, match=f"keeps sample {unreadable[0]}, an unreadable file"):
         core.read_mask(edited)
-    # one unreadable file repaired: the folder is another sample space, and its old mask is refused
-    (root / "train" / "dog" / "text.jpg").unlink()
-    _solid(root / "train" / "dog" / "text.jpg", 99, (8, 8))
+    # the unreadable file repaired as a copy of its neighbour, which breaks: the readable images, and so the data's
+    # fingerprint, are as before, but the indices are not; the old mask is refused
+    def fingerprint() -> str:
+        with pytest.warns(UserWarning):
+            return load_dataset(f"imagefolder:{root}", data_root=tmp_path / "cache", image_size=8).fingerprint
+
+    before = fingerprint()
+    dog = root / "train" / "dog"
+    (dog / "text.jpg").unlink()
+    (dog / "text.jpg").write_bytes((dog / "q.png").read_bytes())
+    (dog / "q.png").write_bytes(b"broken")
+    items, now = _torchvision(root)
+    q, text = items.index(("dog/q.png", 1)), items.index(("dog/text.jpg", 1))
+    assert set(now) ^ set(unreadable) == {q, text} and fingerprint() == before
     code, _, err = run_cli(["retrain", f"imagefolder:{root}", "--mask", mask, *common, "--out", tmp_path / "r.h5"],
                            capsys)
-    assert code == 2 and "mask was made for 19 samples (5 unreadable)" in err and "has 19 samples (4 unreadable)" \
-        in err, err
+    assert code == 2 and "mask was made for 19 samples (5 unreadable) but dataset" in err, err
+    assert f"sample {q} is unreadable now and was not then" in err, err
 
 
 def test_tinyimagenet_and_imagenet_train_layouts_list_like_imagefolder(tmp_path):
