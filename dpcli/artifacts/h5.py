@@ -233,16 +233,9 @@ class Publication:
             tmp.mkdir()
         except OSError as exc:
             raise write_error(exc, path) or exc from None
-        try:
+        with _cleaned_up(tmp, path):
             yield tmp
-            self._staged.append((tmp, path))
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                shutil.rmtree(tmp)
-            converted = write_error(exc, path)
-            if converted is None or converted is exc:
-                raise
-            raise converted from None
+        self._staged.append((tmp, path))
 
     def discard(self) -> None:
         for tmp, _ in self._staged:
@@ -323,7 +316,7 @@ def atomic_path(path: Path | str, *, before_publish: Callable[[Path], None] | No
         raise write_error(exc, path) or exc from None
     remove_stale_partials(path)
     tmp = temp_path(path)
-    try:
+    with _cleaned_up(tmp, path):
         yield tmp
         if before_publish is not None:
             before_publish(path)
@@ -331,9 +324,17 @@ def atomic_path(path: Path | str, *, before_publish: Callable[[Path], None] | No
             publish(tmp, path)
         else:
             publication.stage(tmp, path)
+
+
+@contextlib.contextmanager
+def _cleaned_up(tmp: Path, path: Path) -> Iterator[None]:
+    """On any exit but success remove the temporary ``tmp``; an OSError of writing becomes one
+    ArtifactWriteError naming ``path``."""
+    try:
+        yield
     except BaseException as exc:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            _remove(tmp)
         converted = write_error(exc, path)
         if converted is None or converted is exc:
             raise
