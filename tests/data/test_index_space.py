@@ -233,3 +233,25 @@ def test_hugging_face_imagefolder_lists_a_flat_folder_in_the_same_order(tmp_path
     theirs = [(_rel(r["image"]["path"], root / "train"), names[r["label"]]) for r in rows]
     layout = layouts.scan(root.resolve())
     assert theirs == [(_rel(p, root.resolve() / "train"), layout.classes[y]) for p, y in layout.train]
+
+
+def test_cifar_samples_are_torchvisions_in_its_order(tmp_path, monkeypatch):
+    """CIFAR's index i is ``torchvision.datasets.CIFAR10(train=True)[i]`` (batches in file order), every one a row."""
+    import pickle
+
+    rng = np.random.default_rng(4)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name, n in [*((f"data_batch_{k}", 3) for k in range(1, 6)), ("test_batch", 2)]:
+        batch = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": rng.integers(0, 10, n).tolist()}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{k}" for k in range(10)]}))
+    import torchvision.datasets.cifar as tv_cifar
+
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda *a, **k: True)  # not the real archive's md5 sums
+    ds = load_dataset("cifar10", data_root=tmp_path, download=False)
+    tv = TV.CIFAR10(str(tmp_path), train=True)
+    assert ds.samples.total == len(tv) == ds.samples.n == 15 and ds.samples.unreadable.size == 0
+    for i in range(len(tv)):
+        image, label = tv[i]
+        assert np.array_equal(np.asarray(ds.train.images[i]), np.asarray(image)) and ds.train.labels[i] == label
