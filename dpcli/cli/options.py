@@ -346,6 +346,14 @@ def given() -> dict[str, str]:
             if p.name and p.opts and ctx.get_parameter_source(p.name) in told}
 
 
+def refuse(given: dict[str, str], names: Any, why: str) -> None:
+    """One line naming the options in ``names`` that this command line set (:func:`given`), and why they cannot
+    act."""
+    bad = [given[n] for n in names if n in given]
+    if bad:
+        raise DpcliError(f"{', '.join(bad)} {'has' if len(bad) == 1 else 'have'} no effect here: {why}")
+
+
 def epoch_list(text: Optional[str], epochs: int) -> tuple[int, ...] | None:
     """--snapshot-epochs E,E,...: sorted distinct epochs in [0, epochs]."""
     if text is None:

@@ -79,13 +79,6 @@ LOOP_ONLY = ("epochs", "lr", "momentum", "batch_size", "augment", "snapshot_epoc
              "fp32", "deterministic")
 
 
-def refuse(given: dict[str, str], names, why: str) -> None:
-    """One line naming the options in ``names`` that this command line set, and why they cannot act."""
-    bad = [given[n] for n in names if n in given]
-    if bad:
-        raise DpcliError(f"{', '.join(bad)} {'has' if len(bad) == 1 else 'have'} no effect here: {why}")
-
-
 def check_given(given: dict[str, str], kind: str, pcfg) -> None:
     """Refuse, before any work, an option the input at hand or the chosen selector would leave unused.
 
@@ -95,24 +88,24 @@ def check_given(given: dict[str, str], kind: str, pcfg) -> None:
 
     if kind != "dataset":
         names = [*DATASET_ONLY, *_group_names("training"), *_group_names("estimation"), *_group_names("solve")]
-        refuse(given, names, "they train the model and compute S when SOURCE is a dataset name, and SOURCE is "
+        o.refuse(given, names, "they train the model and compute S when SOURCE is a dataset name, and SOURCE is "
                              f"{'an influence file' if kind == 'influence' else 'an external S'}")
     if kind == "external":
-        refuse(given, ("data_root",), "an external S comes with no dataset to read")
+        o.refuse(given, ("data_root",), "an external S comes with no dataset to read")
     else:
-        refuse(given, ("labels",), "--labels gives the classes of an external S's rows; this SOURCE has its own")
-    refuse(given, ("link_kind",) if "link_dir" not in given else (), "it says how --link-dir links the kept files")
+        o.refuse(given, ("labels",), "--labels gives the classes of an external S's rows; this SOURCE has its own")
+    o.refuse(given, ("link_kind",) if "link_dir" not in given else (), "it says how --link-dir links the kept files")
     if "proxy" in given:
-        refuse(given, ("freeze_backbone",), "--proxy trains its own network to compute S")
+        o.refuse(given, ("freeze_backbone",), "--proxy trains its own network to compute S")
     if "freeze_backbone" in given:
-        refuse(given, LOOP_ONLY, "--freeze-backbone fits the last layer to convergence, without the training loop")
+        o.refuse(given, LOOP_ONLY, "--freeze-backbone fits the last layer to convergence, without the training loop")
     selector = SELECTORS.get(pcfg.method)
     if not selector.solves:
-        refuse(given, ("solver", "time_budget"), f"--method {pcfg.method} does not run a solver")
+        o.refuse(given, ("solver", "time_budget"), f"--method {pcfg.method} does not run a solver")
     if pcfg.buckets == 1:
-        refuse(given, ("workers",), "--workers sets the processes of --buckets K (K > 1)")
+        o.refuse(given, ("workers",), "--workers sets the processes of --buckets K (K > 1)")
     if pcfg.method not in ("el2n", "grand"):
-        refuse(given, ("score_epoch", "score_seeds"), f"they tune el2n and grand, not --method {pcfg.method}")
+        o.refuse(given, ("score_epoch", "score_seeds"), f"they tune el2n and grand, not --method {pcfg.method}")
 
 
 def _group_names(group: str) -> tuple[str, ...]:

@@ -46,6 +46,9 @@ def command(
     check_distinct({"--out": out}, {"--mask": mask, "--reference": reference,
                                     "DATASET": Path(dataset) if Path(dataset).suffix else None})
     if mask is not None:
+        o.refuse(o.given(), ("epsilon", "prune_ratio", "prune_count", "solver", "solver_seed", "time_budget"),
+                 "they make a mask when there is no --mask")
+    if mask is not None:
         from dpcli.cli import embeddings
 
         if embeddings.retrain_embeddings(dataset, mask, out, job.json, job.force):  # a head refit on kept features

@@ -421,7 +421,8 @@ def read_mask(path: Path) -> MaskInfo:
                 raise DpcliError(f"{path}: keeps sample {int(kept_bad[0])}, an unreadable file; a mask never keeps "
                                  "those (recompute it)")
             return MaskInfo(
-                path=Path(path), keep=space.to_rows(keep), mode=get_attr(f, "mode"), target=float(get_attr(f, "target")),
+                path=Path(path), keep=space.to_rows(keep), mode=get_attr(f, "mode"),
+                target=float(get_attr(f, "target")),
                 norm=float(get_attr(f, "achieved_norm")), solver=get_attr(f, "solver"), n=space.n,
                 influence=get_attr(f, "influence"), influence_fingerprint=get_attr(f, "influence_fingerprint"),
                 checkpoint=get_attr(f, "checkpoint"), dataset=get_attr(f, "dataset"),

@@ -181,3 +181,14 @@ def test_tiny_digits_summary_line(tiny_run, tmp_path, capsys):
                             str(tmp_path / "m.h5"), *TINY[-2:]], capsys)
     assert code == 0, err
     assert "method auto -> chose " in err and "solver dual-beta" not in err
+
+
+def test_retrain_and_verify_bound_refuse_the_pruning_options_a_given_mask_leaves_unused(tiny_run, tmp_path, capsys):
+    mask = tmp_path / "m.h5"
+    code, _, err = run_cli(["prune", str(tiny_run.influence), "--prune-count", "5", "--method", "random", "--out",
+                            str(mask)], capsys)
+    assert code == 0, err
+    line = _err(["retrain", "digits", "--mask", mask, "--prune-ratio", "0.3", "--solver", "anneal"], capsys)
+    assert "--prune-ratio, --solver have no effect here" in line
+    assert "--time-budget has no effect here" in _err(["verify-bound", "digits", "--mask", mask, "--time-budget",
+                                                         "5"], capsys)

@@ -188,7 +188,8 @@ def test_paths_are_refused_once_the_folder_changed_since_S(folder_run, tmp_path,
 
 def test_retrain_refuses_an_out_that_is_its_mask_and_names_are_refused_before_training(tiny_run, tmp_path, capsys):
     mask = tmp_path / "m.h5"
-    assert _quiet(["prune", tiny_run.influence, "--prune-count", "5", "--method", "random", "--out", mask], capsys)[0] == 0
+    code, _ = _quiet(["prune", tiny_run.influence, "--prune-count", "5", "--method", "random", "--out", mask], capsys)
+    assert code == 0
     before = mask.read_bytes()
     code, err = _quiet(["retrain", "digits", "--mask", mask, "--out", mask, "--epochs", "1"], capsys)
     assert code == 2 and "--out" in _one_line(err) and "--mask" in err and mask.read_bytes() == before
