@@ -23,7 +23,7 @@ import secrets
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn
 
 import numpy as np
 
@@ -178,14 +178,19 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def publish(tmp: str | Path, path: Path) -> None:
-    """fsync a finished temporary, give it ordinary permissions, rename it into place, fsync the directory."""
+def _finish(tmp: str | Path) -> None:
+    """Make a finished temporary durable and give it ordinary permissions, ready to be renamed."""
     fd = os.open(tmp, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
     os.chmod(tmp, FILE_MODE)
+
+
+def publish(tmp: str | Path, path: Path) -> None:
+    """fsync a finished temporary, give it ordinary permissions, rename it into place, fsync the directory."""
+    _finish(tmp)
     os.replace(tmp, path)
     _fsync_dir(Path(path).parent)
 
@@ -214,12 +219,7 @@ class Publication:
 
     def stage(self, tmp: Path, path: Path) -> None:
         """A finished temporary file, made durable now and renamed to ``path`` at :meth:`commit`."""
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.chmod(tmp, FILE_MODE)
+        _finish(tmp)
         self._staged.append((Path(tmp), Path(path)))
 
     @contextlib.contextmanager
@@ -269,13 +269,9 @@ class Publication:
                         _remove(path)
                     if aside is not None:
                         os.replace(aside, path)
-            for tmp, _ in staged:
-                with contextlib.suppress(OSError):
-                    _remove(tmp)
-            converted = write_error(exc, current)
-            if converted is None or converted is exc:
-                raise
-            raise converted from None
+            self._staged = staged
+            self.discard()
+            _raise_named(exc, current)
         for _, aside in placed:
             if aside is not None:
                 with contextlib.suppress(OSError):
@@ -335,10 +331,15 @@ def _cleaned_up(tmp: Path, path: Path) -> Iterator[None]:
     except BaseException as exc:
         with contextlib.suppress(OSError):
             _remove(tmp)
-        converted = write_error(exc, path)
-        if converted is None or converted is exc:
-            raise
-        raise converted from None
+        _raise_named(exc, path)
+
+
+def _raise_named(exc: BaseException, path: Path) -> NoReturn:
+    """Re-raise ``exc``, an OSError of writing as one ArtifactWriteError naming ``path``."""
+    converted = write_error(exc, path)
+    if converted is None or converted is exc:
+        raise exc
+    raise converted from None
 
 
 class _ShieldedFile:
