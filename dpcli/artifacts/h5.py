@@ -23,7 +23,7 @@ import secrets
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn
 
 import numpy as np
 
@@ -100,9 +100,17 @@ def remove_stale_partials(path: Path) -> list[Path]:
         tmp = path.parent / name
         if _is_stale(tmp, name[len(prefix):-len(suffix)]):
             with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+                _remove(tmp)
                 removed.append(tmp)
     return removed
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, or a folder staged for publication (a link folder), with its contents."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 # --------------------------------------------------------------------------- write errors
@@ -170,25 +178,131 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def publish(tmp: str | Path, path: Path) -> None:
-    """fsync a finished temporary, give it ordinary permissions, rename it into place, fsync the directory."""
+def _finish(tmp: str | Path) -> None:
+    """Make a finished temporary durable and give it ordinary permissions, ready to be renamed."""
     fd = os.open(tmp, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
     os.chmod(tmp, FILE_MODE)
+
+
+def publish(tmp: str | Path, path: Path) -> None:
+    """fsync a finished temporary, give it ordinary permissions, rename it into place, fsync the directory."""
+    _finish(tmp)
     os.replace(tmp, path)
     _fsync_dir(Path(path).parent)
 
 
+class Publication:
+    """The outputs of one command, published together or not at all (a mask and its index, path and link files).
+
+    Each output is first written in full to a temporary beside its destination (files through
+    :func:`atomic_path` with ``publication=``, folders through :meth:`staged_dir`); :meth:`commit` then renames
+    them into place.  If a write fails, nothing is renamed; if a rename fails, the outputs already renamed are
+    put back as they were (a replaced file from a hard link kept aside, a replaced folder from its renamed
+    copy).  Used as a context manager it commits on success and removes every temporary on any error.
+    """
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[Path, Path]] = []
+
+    def __enter__(self) -> "Publication":
+        return self
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        if kind is None:
+            self.commit()
+        else:
+            self.discard()
+
+    def stage(self, tmp: Path, path: Path) -> None:
+        """A finished temporary file, made durable now and renamed to ``path`` at :meth:`commit`."""
+        _finish(tmp)
+        self._staged.append((Path(tmp), Path(path)))
+
+    @contextlib.contextmanager
+    def staged_dir(self, path: Path) -> Iterator[Path]:
+        """Yield an empty temporary folder beside ``path`` to fill; it becomes ``path`` at :meth:`commit`."""
+        path = Path(path)
+        try:  # making the temporary is the writability check (check_writable refuses the folder it replaces)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_partials(path)
+            tmp = temp_path(path)
+            tmp.mkdir()
+        except OSError as exc:
+            raise write_error(exc, path) or exc from None
+        with _cleaned_up(tmp, path):
+            yield tmp
+        self._staged.append((tmp, path))
+
+    def discard(self) -> None:
+        for tmp, _ in self._staged:
+            with contextlib.suppress(OSError):
+                _remove(tmp)
+        self._staged.clear()
+
+    def commit(self) -> None:
+        placed: list[tuple[Path, Path | None]] = []  # (published path, what it replaced, set aside)
+        staged, self._staged = self._staged, []
+        current = staged[0][1] if staged else Path(".")
+        try:
+            for tmp, path in staged:
+                current = path
+                aside = _set_aside(path, directory=tmp.is_dir())
+                try:
+                    os.replace(tmp, path)
+                except BaseException:
+                    if aside is not None and tmp.is_dir():  # the folder moved aside goes back
+                        os.replace(aside, path)
+                    elif aside is not None:  # the file is still in place
+                        _remove(aside)
+                    raise
+                placed.append((path, aside))
+            for parent in {path.parent for _, path in staged}:
+                _fsync_dir(parent)
+        except BaseException as exc:
+            for path, aside in reversed(placed):
+                with contextlib.suppress(OSError):
+                    if os.path.lexists(path) and (aside is None or path.is_dir()):
+                        _remove(path)
+                    if aside is not None:
+                        os.replace(aside, path)
+            self._staged = staged
+            self.discard()
+            _raise_named(exc, current)
+        for _, aside in placed:
+            if aside is not None:
+                with contextlib.suppress(OSError):
+                    _remove(aside)
+
+
+def _set_aside(path: Path, *, directory: bool) -> Path | None:
+    """Keep what ``path`` holds now under a temporary name, so that a failed commit can put it back: a file as a
+    hard link (``path`` itself stays until the atomic replace), a folder renamed away (a folder cannot be
+    replaced by a rename).  None when there is nothing there, or no hard link can be made."""
+    if not os.path.lexists(path):
+        return None
+    aside = temp_path(path)
+    if directory:
+        os.replace(path, aside)
+        return aside
+    try:
+        os.link(path, aside, follow_symlinks=False)
+    except OSError:
+        return None
+    return aside
+
+
 @contextlib.contextmanager
-def atomic_path(path: Path | str, *, before_publish: Callable[[Path], None] | None = None) -> Iterator[Path]:
+def atomic_path(path: Path | str, *, before_publish: Callable[[Path], None] | None = None,
+                publication: Publication | None = None) -> Iterator[Path]:
     """Yield a temporary path to write; it replaces ``path`` only if the block succeeds.
 
     ``before_publish(path)`` runs just before the rename (e.g. refuse to replace a newer
     file).  Any exit other than success removes the temporary; OSErrors of writing become
-    one ArtifactWriteError naming ``path``.
+    one ArtifactWriteError naming ``path``.  With ``publication`` the rename waits for its commit.
     """
     path = Path(path)
     check_writable(path)
@@ -198,18 +312,34 @@ def atomic_path(path: Path | str, *, before_publish: Callable[[Path], None] | No
         raise write_error(exc, path) or exc from None
     remove_stale_partials(path)
     tmp = temp_path(path)
-    try:
+    with _cleaned_up(tmp, path):
         yield tmp
         if before_publish is not None:
             before_publish(path)
-        publish(tmp, path)
+        if publication is None:
+            publish(tmp, path)
+        else:
+            publication.stage(tmp, path)
+
+
+@contextlib.contextmanager
+def _cleaned_up(tmp: Path, path: Path) -> Iterator[None]:
+    """On any exit but success remove the temporary ``tmp``; an OSError of writing becomes one
+    ArtifactWriteError naming ``path``."""
+    try:
+        yield
     except BaseException as exc:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        converted = write_error(exc, path)
-        if converted is None or converted is exc:
-            raise
-        raise converted from None
+            _remove(tmp)
+        _raise_named(exc, path)
+
+
+def _raise_named(exc: BaseException, path: Path) -> NoReturn:
+    """Re-raise ``exc``, an OSError of writing as one ArtifactWriteError naming ``path``."""
+    converted = write_error(exc, path)
+    if converted is None or converted is exc:
+        raise exc
+    raise converted from None
 
 
 class _ShieldedFile:
@@ -267,11 +397,12 @@ class _ShieldedFile:
 
 
 @contextlib.contextmanager
-def atomic_hdf5(path: Path | str, *, before_publish: Callable[[Path], None] | None = None) -> Iterator["h5py.File"]:
+def atomic_hdf5(path: Path | str, *, before_publish: Callable[[Path], None] | None = None,
+                publication: Publication | None = None) -> Iterator["h5py.File"]:
     """A plain HDF5 file (caches) written through :func:`atomic_path`, closed safely on any error."""
     import h5py
 
-    with atomic_path(path, before_publish=before_publish) as tmp:
+    with atomic_path(path, before_publish=before_publish, publication=publication) as tmp:
         sink = _ShieldedFile(tmp)
         try:
             f = h5py.File(sink, "w")
@@ -291,13 +422,15 @@ def atomic_hdf5(path: Path | str, *, before_publish: Callable[[Path], None] | No
 
 @contextlib.contextmanager
 def atomic_h5(path: Path, kind: str, attrs: dict[str, Any] | None = None, *,
-              before_publish: Callable[[Path], None] | None = None) -> Iterator["h5py.File"]:
-    """Write a dpcli artifact under its lock; it replaces ``path`` only if the block succeeds."""
+              before_publish: Callable[[Path], None] | None = None,
+              publication: Publication | None = None) -> Iterator["h5py.File"]:
+    """Write a dpcli artifact under its lock; it replaces ``path`` only if the block succeeds (with
+    ``publication``: at its commit, which the caller makes while holding the artifact's lock)."""
     from dpcli.artifacts.lock import artifact_lock
 
     if kind not in KINDS:
         raise ValueError(f"unknown artifact kind {kind!r}")
-    with artifact_lock(path), atomic_hdf5(path, before_publish=before_publish) as f:
+    with artifact_lock(path), atomic_hdf5(path, before_publish=before_publish, publication=publication) as f:
         f.attrs["dpcli_kind"] = kind
         f.attrs["dpcli_schema"] = SCHEMA
         f.attrs["dpcli_version"] = __version__
@@ -434,9 +567,9 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     write_bytes(path, text.encode())
 
 
-def write_bytes(path: Path, data: bytes) -> None:
+def write_bytes(path: Path, data: bytes, publication: Publication | None = None) -> None:
     """Write a small file atomically (JSON, index lists)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+    with atomic_path(path, publication=publication) as tmp, open(tmp, "wb") as fh:
         fh.write(data)
 
 

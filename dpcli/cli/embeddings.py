@@ -48,13 +48,6 @@ def is_external_S(source: str) -> bool:
     return False
 
 
-def prune_external(source: str, pcfg, out: Optional[Path], indices_out: Optional[Path]):
-    from dpcli.stages import embeddings
-
-    mask_file = out or Path(source).with_name(f"mask-{Path(source).stem}.h5")
-    return embeddings.prune_external(source, mask_file, pcfg, indices_out=indices_out, info=console.info)
-
-
 def retrain_embeddings(dataset: str, mask_path: Path, out: Optional[Path], json: bool, force: bool = False) -> bool:
     """retrain on an embeddings run: refit the head on the kept features (seconds), written as a checkpoint
     artifact like every retrain. False if the mask is not from an embeddings run."""

@@ -18,26 +18,12 @@ def command(
     out: Annotated[Optional[Path], typer.Option("--out", metavar="FILE", rich_help_panel=o.P_OUTPUT,
                                                 help="Influence path. " + o.default_note("beside the checkpoint"))] = None,
     estimation: o.Estimation = o.estimation(o.P_ESTIMATOR),
-    precision: Annotated[str, typer.Option(
-        "--precision", metavar="P", rich_help_panel=o.P_ESTIMATOR,
-        help="exact: float64 = Cholesky in float64; float32-refined = float32 Cholesky refined in float64 to "
-             "--cg-tol (GPUs with slow float64); auto = float64 on CPUs and data-centre GPUs (A100/H100/H200), "
-             "float32-refined elsewhere (docs/gpu.md).")] = "float64",
-    cg_tol: Annotated[float, typer.Option(
-        "--cg-tol", rich_help_panel=o.P_ESTIMATOR,
-        help="cg (and exact above the dense limit): stop each column at relative residual ||r|| <= TOL ||g_i||.")] = 1e-6,
-    cg_max_iter: Annotated[int, typer.Option(
-        "--cg-max-iter", rich_help_panel=o.P_ESTIMATOR, help="cg: iteration cap per chunk (an error if reached).")] = 1000,
-    sgd_epochs: Annotated[Optional[int], typer.Option(
-        "--sgd-epochs", rich_help_panel=o.P_ESTIMATOR,
-        help="sgd: replay only the last E recorded epochs. " + o.default_note("all recorded epochs"))] = None,
+    solve: o.Solve = o.solve_options(o.P_ESTIMATOR, o.P_SCALE),
     sketch: Annotated[Optional[int], typer.Option(
         "--sketch", metavar="K", rich_help_panel=o.P_SCALE,
         help="Store S @ R (n x K), R a seeded d x K Gaussian with N(0, 1/K) entries (Johnson-Lindenstrauss): for a "
              "FIXED subset ||(sum S_i) R|| is within (1 +- t) of ||sum S_i|| with probability >= 1 - 2 exp(-K t^2/8). "
              "prune then bounds the sketched norm.")] = None,
-    sketch_seed: Annotated[int, typer.Option(
-        "--sketch-seed", rich_help_panel=o.P_SCALE, help="Seed of the sketch matrix R.")] = 0,
     shard: Annotated[Optional[str], typer.Option(
         "--shard", metavar="I/K", rich_help_panel=o.P_SCALE,
         help="Compute only part I of K of the rows of S (needs --out); the shared cost is repeated per shard. "
@@ -68,8 +54,7 @@ def command(
     from dpcli.stages import pipeline
 
     console.set_quiet(job.quiet)
-    icfg = estimation.config(cg_tol=cg_tol, cg_max_iter=cg_max_iter, sketch_k=sketch, sketch_seed=sketch_seed,
-                             sgd_epochs=sgd_epochs, precision=precision)
+    icfg = estimation.config(sketch_k=sketch, **solve.settings())
     pipeline.check_writable(out, "--out")
     from dpcli.train.loop import load_checkpoint, resolve_device
 

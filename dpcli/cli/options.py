@@ -18,6 +18,7 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 
 from dpcli.config import PROFILES, InfluenceConfig, PruneConfig, TrainConfig
+from dpcli.errors import DpcliError
 
 # ------------------------------------------------------------------ panels
 P_TARGET = "Pruning target (give exactly one)"
@@ -25,6 +26,7 @@ P_SELECT = "Selection"
 P_OUTPUT = "Output"
 P_RUN = "Run control"
 P_TUNING = "Selector tuning (--method optimization / auto, ccs, el2n, grand)"
+P_BOUNDARY = "External S labels, link folders"
 P_TRAIN = "Training"
 P_DS_TRAIN = "Dataset mode: training (when SOURCE is a dataset name)"
 P_DS_INFLUENCE = "Dataset mode: influence (when SOURCE is a dataset name)"
@@ -35,7 +37,7 @@ P_MODEL = "Library models"
 P_SPEED = "Speed (GPU)"
 
 # Panels folded out of `prune --help` (shown by --help-all) so the common case reads in one screen.
-FOLDED = {"prune": (P_TUNING, P_DS_TRAIN, P_DS_INFLUENCE, P_SPEED)}
+FOLDED = {"prune": (P_TUNING, P_BOUNDARY, P_DS_TRAIN, P_DS_INFLUENCE, P_SPEED)}
 
 
 def default_note(text: Any) -> str:
@@ -159,7 +161,7 @@ def job_options() -> Group:
             False),
         no_wait=(Annotated[bool, typer.Option(
             "--no-wait", rich_help_panel=P_RUN,
-            help="Exit at once if another job is writing an artifact this command needs, instead of waiting.")],
+            help="Exit (code 75) instead of waiting for another job's artifact.")],
             False),
     )
 
@@ -306,6 +308,81 @@ Workers = Annotated[Optional[int], typer.Option(
     "--workers", rich_help_panel=P_TUNING,
     help="Worker processes for --buckets; the result does not depend on it. " + default_note("min(K, CPU count)"))]
 
+# ------------------------------------------------------------------ what a prune writes besides the mask
+IndicesOut = Annotated[Optional[Path], typer.Option(
+    "--indices-out", metavar="FILE", rich_help_panel=P_OUTPUT,
+    help="Also write the KEPT indices (.txt or .npy), in the dataset's order.")]
+PathsOut = Annotated[Optional[Path], typer.Option(
+    "--paths-out", metavar="FILE", rich_help_panel=P_OUTPUT,
+    help="imagefolder: also write the KEPT files' paths, one per line.")]
+LinkDir = Annotated[Optional[Path], typer.Option(
+    "--link-dir", metavar="DIR", rich_help_panel=P_OUTPUT,
+    help="imagefolder: lay out the kept subset as a folder of links.")]
+LinkKind = Annotated[str, typer.Option(
+    "--link-kind", metavar="KIND", rich_help_panel=P_BOUNDARY,
+    help="--link-dir: symbolic links, or hard links (the dataset's file system; they outlive a moved source).")]
+LINK_KIND_DEFAULT = "symbolic"
+Labels = Annotated[Optional[Path], typer.Option(
+    "--labels", metavar="FILE", rich_help_panel=P_BOUNDARY,
+    help="External S (an .npy or a non-dpcli .h5): one class per row (.npy, .npz, .h5 or .txt; integers or names), "
+         "for --balance and auto's class quotas.")]
+
+
+def given() -> dict[str, str]:
+    """The options this command line set explicitly (parameter name -> the flag), to refuse those that would
+    have no effect on the input at hand instead of ignoring them."""
+    try:  # Typer >= 0.29 vendors Click (see dpcli.cli.application)
+        from typer._click.core import ParameterSource
+        from typer._click.globals import get_current_context
+    except ImportError:  # pragma: no cover - older Typer on Click
+        from click import get_current_context
+        from click.core import ParameterSource
+
+    ctx = get_current_context(silent=True)
+    if ctx is None:
+        return {}
+    told = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    return {p.name: p.opts[0] for p in ctx.command.params
+            if p.name and p.opts and ctx.get_parameter_source(p.name) in told}
+
+
+def refuse(given: dict[str, str], names: Any, why: str) -> None:
+    """One line naming the options in ``names`` that this command line set (:func:`given`), and why they cannot
+    act."""
+    bad = [given[n] for n in names if n in given]
+    if bad:
+        raise DpcliError(f"{', '.join(bad)} {'has' if len(bad) == 1 else 'have'} no effect here: {why}")
+
+
+def epoch_list(text: Optional[str], epochs: int) -> tuple[int, ...] | None:
+    """--snapshot-epochs E,E,...: sorted distinct epochs in [0, epochs]."""
+    if text is None:
+        return None
+    try:
+        values = tuple(sorted({int(t) for t in text.split(",") if t.strip()}))
+    except ValueError:
+        raise DpcliError(f"--snapshot-epochs must be comma-separated integers, got {text!r}") from None
+    bad = [e for e in values if not 0 <= e <= epochs]
+    if bad:
+        raise DpcliError(f"--snapshot-epochs must lie in [0, {epochs}], got {bad[0]}")
+    return values
+
+
+def snapshot_epochs(panel: str) -> Any:
+    return Annotated[Optional[str], typer.Option(
+        "--snapshot-epochs", metavar="E,E,...", rich_help_panel=panel,
+        help="Epochs after which to keep a copy of the weights (0 = initialization), for prune --method el2n/grand "
+             "--score-epoch. " + default_note("0 and 10 % of training"))]
+
+
+def freeze_backbone(panel: str) -> Any:
+    return Annotated[bool, typer.Option(
+        "--freeze-backbone", rich_help_panel=panel,
+        help="Keep the backbone fixed: compute its features once (cached), fit only the last layer as "
+             "L2-regularized softmax regression to convergence (deterministic), and write influence.h5 at once; "
+             "S is then exact (Theorem 1 holds) and retrain is a head refit. L2 = --damping, else --weight-decay.")]
+
+
 # ------------------------------------------------------------------ influence
 def damping(panel: str) -> Any:
     return Annotated[Optional[float], typer.Option(
@@ -324,6 +401,36 @@ class Estimation(SimpleNamespace):
         return InfluenceConfig(method=self.estimator, damping=self.damping, lissa_depth=self.lissa_depth,
                                lissa_scale=self.lissa_scale, lissa_batch_size=self.lissa_batch_size,
                                lissa_repeats=self.lissa_repeats, seed=self.lissa_seed, **more).validate()
+
+
+class Solve(SimpleNamespace):
+    """The estimator's solve settings (``influence``, and ``prune`` in dataset mode), as InfluenceConfig fields."""
+
+    def settings(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+def solve_options(panel: str, sketch_panel: str | None = None) -> Group:
+    """How the estimators solve: precision, CG's tolerance and cap, SGD-Influence's epochs, the sketch's seed."""
+    return Group(
+        Solve,
+        precision=(Annotated[str, typer.Option(
+            "--precision", metavar="P", rich_help_panel=panel,
+            help="exact: float64 = Cholesky in float64; float32-refined = float32 Cholesky refined in float64 to "
+                 "--cg-tol (GPUs with slow float64); auto = float64 on CPUs and data-centre GPUs (A100/H100/H200), "
+                 "float32-refined elsewhere (docs/gpu.md).")], "float64"),
+        cg_tol=(Annotated[float, typer.Option(
+            "--cg-tol", rich_help_panel=panel,
+            help="cg (and exact above the dense limit): stop each column at relative residual ||r|| <= TOL ||g_i||.")],
+            1e-6),
+        cg_max_iter=(Annotated[int, typer.Option(
+            "--cg-max-iter", rich_help_panel=panel, help="cg: iteration cap per chunk (an error if reached).")], 1000),
+        sgd_epochs=(Annotated[Optional[int], typer.Option(
+            "--sgd-epochs", rich_help_panel=panel,
+            help="sgd: replay only the last E recorded epochs. " + default_note("all recorded epochs"))], None),
+        sketch_seed=(Annotated[int, typer.Option(
+            "--sketch-seed", rich_help_panel=sketch_panel or panel, help="Seed of the sketch matrix R.")], 0),
+    )
 
 
 def estimation(panel: str) -> Group:

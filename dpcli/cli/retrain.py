@@ -41,6 +41,13 @@ def command(
     from dpcli.stages import pipeline
 
     console.set_quiet(job.quiet)
+    from dpcli.stages.outputs import check_distinct
+
+    check_distinct({"--out": out}, {"--mask": mask, "--reference": reference,
+                                    "DATASET": Path(dataset) if Path(dataset).suffix else None})
+    if mask is not None:
+        o.refuse(o.given(), ("epsilon", "prune_ratio", "prune_count", "solver", "solver_seed", "time_budget"),
+                 "they make a mask when there is no --mask")
     if mask is not None:
         from dpcli.cli import embeddings
 

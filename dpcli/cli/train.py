@@ -10,19 +10,6 @@ from dpcli import console
 from dpcli.cli import options as o
 from dpcli.errors import DpcliError
 
-def _epoch_list(text: Optional[str], epochs: int) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        values = tuple(sorted({int(t) for t in text.split(",") if t.strip()}))
-    except ValueError:
-        raise DpcliError(f"--snapshot-epochs must be comma-separated integers, got {text!r}") from None
-    bad = [e for e in values if not 0 <= e <= epochs]
-    if bad:
-        raise DpcliError(f"--snapshot-epochs must lie in [0, {epochs}], got {bad[0]}")
-    return values
-
-
 @o.expands
 def command(
     dataset: Annotated[str, typer.Argument(metavar="DATASET", show_default=False,
@@ -30,15 +17,8 @@ def command(
     out: Annotated[Optional[Path], typer.Option("--out", metavar="FILE", rich_help_panel=o.P_OUTPUT,
                                                 help="Checkpoint path. " + o.default_note("in the run directory"))] = None,
     training: o.Training = o.training(o.P_TRAIN),
-    snapshot_epochs: Annotated[Optional[str], typer.Option(
-        "--snapshot-epochs", metavar="E,E,...", rich_help_panel=o.P_TRAIN,
-        help="Epochs after which to keep a copy of the weights (0 = initialization), for prune --method el2n/grand "
-             "--score-epoch. " + o.default_note("0 and 10 % of training"))] = None,
-    freeze_backbone: Annotated[bool, typer.Option(
-        "--freeze-backbone", rich_help_panel=o.P_MODEL,
-        help="Keep the backbone fixed: compute its features once (cached), fit only the last layer as "
-             "L2-regularized softmax regression to convergence (deterministic), and write influence.h5 at once; "
-             "S is then exact (Theorem 1 holds) and retrain is a head refit. L2 = --damping, else --weight-decay.")] = False,
+    snapshot_epochs: o.snapshot_epochs(o.P_TRAIN) = None,
+    freeze_backbone: o.freeze_backbone(o.P_MODEL) = False,
     damping: Annotated[Optional[float], typer.Option(
         "--damping", rich_help_panel=o.P_MODEL, help="--freeze-backbone: the L2 strength of the head fit.")] = None,
     job: o.Job = o.job_options(),
@@ -83,7 +63,7 @@ def command(
         return
     t0 = time.perf_counter()
     ck = pipeline.ensure_checkpoint(cfg, ds, path, device=dev, force=job.force, dist=dist,
-                                    snapshot_epochs=_epoch_list(snapshot_epochs, cfg.epochs))
+                                    snapshot_epochs=o.epoch_list(snapshot_epochs, cfg.epochs))
     final = ck.final
     console.info(f"checkpoint: {path}  test accuracy {final.test_acc:.2f}%  test loss {final.test_loss:.4f}")
     if job.json:

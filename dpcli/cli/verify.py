@@ -63,6 +63,13 @@ def command(
     from dpcli.stages import pipeline
 
     console.set_quiet(job.quiet)
+    if out is not None:
+        from dpcli.stages.outputs import check_distinct
+
+        check_distinct({"--out bound.json": out / "bound.json", "--out bound.png": out / "bound.png"},
+                       {f"--mask {m}": m for m in masks or ()})
+    if not epsilons:
+        o.refuse(o.given(), ("solver", "solver_seed", "time_budget"), "they prune at --epsilons, which is not given")
     from dpcli.cli import embeddings
 
     if embeddings.verify_embeddings(dataset, masks, epsilons, out, random_seed, solver, time_budget, job.json,

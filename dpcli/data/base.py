@@ -22,6 +22,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from dpcli.data.samples import SampleSpace
 from dpcli.errors import DpcliError
 from dpcli.registry import Registry
 
@@ -172,7 +173,8 @@ class Dataset:
     """A train/test pair plus what training needs to know about it.
 
     ``skipped`` lists ``(path, reason)`` of input files left out (unreadable as images); stages
-    record it in their artifacts.
+    record it in their artifacts.  ``space`` maps the train rows to the user's sample indices, where files
+    that did not decode leave gaps (None: every listed sample is a row).
     """
 
     name: str
@@ -184,6 +186,12 @@ class Dataset:
     augment: bool
     skipped: tuple[tuple[str, str], ...] = ()
     input: InputSpec | None = None  # the model's preprocessing it was loaded with; None: dpcli's defaults
+    space: SampleSpace | None = None
+
+    @property
+    def samples(self) -> SampleSpace:
+        """The user's numbering of the training samples (:mod:`dpcli.data.samples`)."""
+        return self.space if self.space is not None else SampleSpace.identity(len(self.train))
 
     @property
     def num_classes(self) -> int:
@@ -380,7 +388,7 @@ def with_input(ds: Dataset, spec: InputSpec) -> Dataset:
     if ds.channels != len(mean):
         mean, std = (sum(mean) / len(mean),) * ds.channels, (sum(std) / len(std),) * ds.channels
     out = Dataset(name=ds.name, train=ds.train, test=ds.test, classes=ds.classes, mean=mean, std=std,
-                  augment=ds.augment, skipped=ds.skipped, input=spec)
+                  augment=ds.augment, skipped=ds.skipped, input=spec, space=ds.space)
     if "_fingerprint" in ds.__dict__:
         object.__setattr__(out, "_fingerprint", ds.__dict__["_fingerprint"])
     return out

@@ -2,12 +2,16 @@
 
 Runs in cache-building worker processes.  Results are tagged tuples so that a worker never raises:
 ``("ok", value)``, ``("skip", reason)`` for a file that is not a readable image (corrupt,
-truncated, not an image at all: left out with a warning and a record), ``("fail", reason)`` for
-a file that cannot even be opened (permissions, symlink loop: the user must fix it).
+truncated, not an image at all, a broken link, not a regular file: unreadable, it keeps its index and is
+never kept), ``("fail", reason)`` for a file that cannot be opened for another reason (permissions: the
+user must fix it).
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from typing import Any
 
 import numpy as np
@@ -24,8 +28,12 @@ def _open(path: str):
     from PIL import Image
 
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the open below
+            return None, ("skip", "not a regular file")
         fh = open(path, "rb")
     except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ELOOP):  # listed by name, as ImageFolder lists it: a broken link
+            return None, ("skip", "dangling or looping symbolic link")
         return None, ("fail", f"{type(exc).__name__}: {exc.strerror or exc}")
     try:
         return Image.open(fh), fh

@@ -13,15 +13,18 @@ Three layouts, detected in this order (``ROOT`` is the ``imagefolder:`` path):
     parsed copy), else ``ROOT/ILSVRC2012_devkit_t12/data/``, else ``ROOT/ILSVRC2012_devkit_t12.tar.gz``;
     the ground-truth lines belong to the val files in sorted file-name order.
 
-Classes are the sorted train sub-folders.  Order: train files class by class, each class's files
-(found recursively) in sorted path order; test files likewise (flat layouts: sorted paths).  Index
-files (masks, S) refer to this order.
+Index rule (the one every index file follows): sample ``i`` of a split is the ``i``-th item of
+``torchvision.datasets.ImageFolder(ROOT/<split>)``.  Classes are the split's sub-folders sorted by name (hidden
+ones too: ImageFolder counts them); a class's files are those of ``sorted(os.walk(class_dir, followlinks=True))``,
+each folder's names sorted, whose extension is one of :data:`IMG_EXTENSIONS` in any case (hidden files too).
+Every listed file keeps its place whether or not it decodes.  Flat test layouts list their files sorted by name.
 """
 
 from __future__ import annotations
 
-import errno
+import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,57 +46,69 @@ class Layout:
     train: list[tuple[str, int]]
     test: list[tuple[str, int]]
     test_name: str
+    root: Path
     passed_over: tuple[str, ...] = ()  # files in another image format (OTHER_IMAGE_EXTENSIONS), left out
+
+    def relative(self, path: str) -> str:
+        """``path`` relative to the dataset root, with '/' separators (as index files name it)."""
+        return Path(os.path.relpath(path, self.root)).as_posix()
+
+    def listing(self) -> str:
+        """16 hex chars naming the train listing (relative paths and labels, in order): artifacts record it, so
+        that names written later (``--paths-out``, ``--link-dir``) are refused for a folder that changed."""
+        h = hashlib.sha256(b"dpcli-listing-v1\0")
+        for path, label in self.train:
+            h.update(f"{self.relative(path)}\0{label}\n".encode())
+        return h.hexdigest()[:16]
 
 
 def _is_image(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS)
 
 
-def list_images(folder: str, passed_over: list[str] | None = None) -> list[str]:
-    """Image files under ``folder`` (recursive, hidden entries ignored), sorted by path; files in an image
-    format dpcli does not read are appended to ``passed_over``.
+def _walk(folder: str) -> Iterator[tuple[str, list[str]]]:
+    """``(dirpath, filenames)`` of ``os.walk(folder, followlinks=True)``; a folder that is its own ancestor (a
+    symlink loop, on which os.walk never ends) or that cannot be read ends in one line naming it."""
+    seen: dict[str, tuple[int, int]] = {}
 
-    A folder reached twice (a symlink loop) and a dangling or looping link with an image
-    extension each end in one line naming the path.
+    def fail(exc: OSError) -> None:
+        raise DpcliError(f"Cannot read folder {exc.filename} ({exc.strerror or exc}).")
+
+    for top, _, files in os.walk(folder, onerror=fail, followlinks=True):
+        st = os.stat(top)
+        seen[top] = (st.st_dev, st.st_ino)
+        up = os.path.dirname(top)
+        while len(up) >= len(folder) and up in seen:
+            if seen[up] == seen[top]:
+                raise DpcliError(f"Symlink loop: {top} leads back to {up}; remove or fix the link.")
+            up = os.path.dirname(up)
+        yield top, files
+
+
+def list_images(folder: str, passed_over: list[str] | None = None) -> list[str]:
+    """Image files under ``folder`` in torchvision's ``make_dataset`` order (see the module docstring); files in
+    an image format dpcli does not read are appended to ``passed_over``.
+
+    Like ImageFolder, a name is listed by its extension alone: a dangling link or a file that is no image keeps
+    its place and is found unreadable when decoded.
     """
     found: list[str] = []
-    seen: set[tuple[int, int]] = set()
-    stack = [folder]
-    while stack:
-        d = stack.pop()
-        try:
-            st = os.stat(d)
-            if (st.st_dev, st.st_ino) in seen:
-                raise DpcliError(f"Symlink loop: {d} leads to a folder already read; remove or fix the link.")
-            seen.add((st.st_dev, st.st_ino))
-            entries = list(os.scandir(d))
-        except OSError as exc:
-            raise DpcliError(f"Cannot read folder {d} ({exc.strerror or exc}).") from None
-        for e in entries:
-            if e.name.startswith("."):
-                continue
-            try:
-                if e.is_dir():
-                    stack.append(e.path)
-                elif e.is_file():
-                    if _is_image(e.name):
-                        found.append(e.path)
-                    elif passed_over is not None and e.name.lower().endswith(OTHER_IMAGE_EXTENSIONS):
-                        passed_over.append(e.path)
-                elif e.is_symlink():
-                    os.stat(e.path)  # raises for a dangling or looping link
-            except OSError as exc:
-                if exc.errno == errno.ELOOP:
-                    raise DpcliError(f"Symlink loop: {e.path} points to itself; remove or fix the link.") from None
-                if _is_image(e.name):
-                    raise DpcliError(f"Cannot read {e.path} ({exc.strerror or exc}); remove or fix it.") from None
-    found.sort()
+    for top, files in sorted(_walk(folder)):
+        for name in sorted(files):
+            if _is_image(name):
+                found.append(os.path.join(top, name))
+            elif passed_over is not None and name.lower().endswith(OTHER_IMAGE_EXTENSIONS):
+                passed_over.append(os.path.join(top, name))
     return found
 
 
 def _subdirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """ImageFolder's classes: every sub-folder (links followed, hidden ones included), sorted by name."""
+    try:
+        with os.scandir(folder) as entries:
+            return [folder / name for name in sorted(e.name for e in entries if e.is_dir())]
+    except OSError as exc:
+        raise DpcliError(f"Cannot read folder {folder} ({exc.strerror or exc}).") from None
 
 
 def _top_images(folder: Path) -> list[str]:
@@ -114,7 +129,8 @@ def _class_split(split_dir: Path, classes: tuple[str, ...], name: str,
             )
         files = list_images(str(sub), passed_over)
         if name == "train" and not files:
-            raise DpcliError(f"Train class folder {sub} contains no images ({', '.join(IMG_EXTENSIONS)}).")
+            raise DpcliError(f"Train class folder {sub} contains no images ({', '.join(IMG_EXTENSIONS)}); "
+                             "ImageFolder counts every sub-folder of train/ as a class, hidden ones too.")
         items.extend((p, index[sub.name]) for p in files)
     if not items:
         raise DpcliError(f"The {name} split {split_dir} contains no images in class sub-folders.")
@@ -135,14 +151,14 @@ def scan(root: Path) -> Layout:
     train = _class_split(train_dir, classes, "train", other)
     val = root / "val"
     if (val / "val_annotations.txt").is_file():
-        return Layout("tinyimagenet", classes, train, _tiny_val(val, classes), "val", tuple(sorted(other)))
+        return Layout("tinyimagenet", classes, train, _tiny_val(val, classes), "val", root, tuple(sorted(other)))
     for name in ("test", "val"):
         d = root / name
         if d.is_dir() and _subdirs(d):
             test = _class_split(d, classes, name, other)
-            return Layout("imagefolder", classes, train, test, name, tuple(sorted(other)))
+            return Layout("imagefolder", classes, train, test, name, root, tuple(sorted(other)))
     if val.is_dir() and _top_images(val):
-        return Layout("imagenet", classes, train, _imagenet_val(root, classes), "val", tuple(sorted(other)))
+        return Layout("imagenet", classes, train, _imagenet_val(root, classes), "val", root, tuple(sorted(other)))
     raise DpcliError(f"Image folder {root} has no 'test' (or 'val') sub-folder next to 'train'.")
 
 

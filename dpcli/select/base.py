@@ -215,3 +215,30 @@ def warn_emptied_classes(labels: np.ndarray, keep: np.ndarray, record: dict) -> 
     warnings.warn(f"dpcli: the kept set has no sample of {len(lost)} of the {len(classes)} classes: {shown}{more}; "
                   "a model trained on it cannot predict them (--balance prunes every class by the same share; "
                   "--hard-cutoff prunes the hardest samples of all classes first)", stacklevel=3)
+
+
+SHARE_FACTOR = 2.0  # a kept class share below 1/2 or above 2 times its training share is reported
+
+
+def warn_class_shares(labels: np.ndarray, keep: np.ndarray, record: dict) -> None:
+    """Say so (and record it in the mask) when a class's share of the kept set differs from its share of the
+    training set by more than :data:`SHARE_FACTOR`: a model trained on it sees another class balance.  Classes
+    with no kept sample are :func:`warn_emptied_classes`' to report."""
+    labels = np.asarray(labels)
+    if not np.any(keep):
+        return
+    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    kept = np.bincount(inverse[np.asarray(keep, dtype=bool)], minlength=len(classes))
+    ratio = (kept / kept.sum()) / (counts / counts.sum())
+    off = np.flatnonzero((kept > 0) & ((ratio < 1 / SHARE_FACTOR) | (ratio > SHARE_FACTOR)))
+    if not off.size:
+        return
+    off = off[np.argsort(-np.abs(np.log(ratio[off])), kind="stable")]
+    record["class_shares"] = {str(int(classes[i])): {"train": int(counts[i]), "kept": int(kept[i]),
+                                                    "ratio": float(ratio[i])} for i in off}
+    shown = ", ".join(f"class {int(classes[i])} at {ratio[i]:.2f}x ({int(kept[i])} of {int(kept.sum())} kept, "
+                      f"{int(counts[i])} of {int(counts.sum())} in training)" for i in off[:5])
+    more = f" and {len(off) - 5} more" if len(off) > 5 else ""
+    warnings.warn(f"dpcli: {len(off)} class(es) hold a share of the kept set more than {SHARE_FACTOR:g}x away from "
+                  f"their share of the training set: {shown}{more}; --balance prunes every class by the same share",
+                  stacklevel=3)

@@ -18,15 +18,17 @@ from dpcli.influence import kernels as infl
 from dpcli import console
 from dpcli.influence.base import ESTIMATORS, LastLayer
 from dpcli.influence import sketch as influence_scale
-from dpcli.artifacts.h5 import (StreamHash, array_fingerprint, atomic_h5, atomic_path, check_space, check_writable,
-                                create_rows, get_attr, mapped_rows, open_artifact, set_attr, write_bytes)
+from dpcli.artifacts.h5 import (Publication, StreamHash, array_fingerprint, atomic_h5, check_space, check_writable,
+                                create_rows, get_attr, mapped_rows, open_artifact, set_attr)
 from dpcli.artifacts.lock import artifact_lock
 from dpcli.config import InfluenceConfig, PruneConfig, TrainConfig, default_train_config
+from dpcli.data.samples import SampleSpace
 from dpcli.data.sources import Dataset
 from dpcli.errors import DpcliError
-from dpcli.select.base import Context, warn_emptied_classes
+from dpcli.select.base import Context, warn_class_shares, warn_emptied_classes
 from dpcli.select.certificate import Certificate, KeepMask, certify
 from dpcli.select.linalg import float32_rows, nonfinite_rows
+from dpcli.stages.outputs import MaskOutputs, check_distinct
 from dpcli.train.loop import (Checkpoint, extract_features, load_checkpoint, load_trained,
                             time_to_accuracy, train)
 
@@ -50,6 +52,11 @@ class InfluenceInfo:
     dataset_fingerprint: str
     seconds: float
     sketch_k: int | None = None  # S is the JL sketch S @ R (n x k) when set
+    space: SampleSpace | None = None  # the user index of each row (every row a sample, in order, when None)
+
+    @property
+    def samples(self) -> SampleSpace:
+        return self.space if self.space is not None else SampleSpace.identity(self.n)
 
 
 def default_damping(ck: Checkpoint) -> float:
@@ -149,6 +156,7 @@ def _compute_influence(checkpoint: Path, out: Path, cfg: InfluenceConfig, *, dev
         f.create_dataset("labels", data=ds.train.labels)
         f.create_dataset("test_grad", data=test_grad.detach().cpu().numpy().astype(np.float64))
         f.create_dataset("theta", data=theta)
+        ds.samples.write(f)
         fingerprint = hasher.hexdigest()
         f.attrs["fingerprint"] = fingerprint
         if shard is not None:
@@ -173,6 +181,7 @@ def read_influence_info(path: Path, allow_shard: bool = False) -> InfluenceInfo:
                 checkpoint=get_attr(f, "checkpoint"), checkpoint_fingerprint=get_attr(f, "checkpoint_fingerprint"),
                 dataset=get_attr(f, "dataset"), dataset_fingerprint=get_attr(f, "dataset_fingerprint"),
                 seconds=float(get_attr(f, "seconds", 0.0)), sketch_k=get_attr(f, "sketch_k"),
+                space=SampleSpace.read(f, int(get_attr(f, "n")), str(path)),
             )
         except (TypeError, ValueError) as exc:
             raise DpcliError(f"{path}: damaged influence artifact ({exc})") from None
@@ -217,6 +226,13 @@ def load_S(path: Path, *, mapped: bool = False) -> np.ndarray:
 # --------------------------------------------------------------------------- prune
 @dataclass(frozen=True)
 class MaskInfo(KeepMask):
+    """A mask as read from mask.h5.
+
+    ``keep`` and ``n`` are over S's rows, the samples that decoded: what retrain, verify-bound and the selectors
+    work on.  The file, and every index dpcli writes, is over the user's samples (``space``, :mod:`dpcli.data.samples`):
+    ``user_keep`` and ``n_samples``, where an unreadable file keeps its index and is never kept.
+    """
+
     path: Path
     keep: np.ndarray
     mode: str
@@ -234,37 +250,60 @@ class MaskInfo(KeepMask):
     method: str = "optimization"
     auto: dict | None = None  # --method auto: what it measured and chose (the mask's ``auto`` attribute)
     classes_without_kept_samples: dict | None = None  # class -> its training samples, where none was kept
+    class_shares: dict | None = None  # classes whose kept share strays from their training share (select.base)
+    space: SampleSpace | None = None
+
+    @property
+    def samples(self) -> SampleSpace:
+        return self.space if self.space is not None else SampleSpace.identity(self.n)
+
+    @property
+    def user_keep(self) -> np.ndarray:
+        return self.samples.to_user(self.keep)
+
+    @property
+    def n_samples(self) -> int:
+        return self.samples.total
+
+    @property
+    def n_unreadable(self) -> int:
+        return self.samples.total - self.samples.n
 
 
-def prune(influence_path: Path, out: Path, cfg: PruneConfig, *, indices_out: Path | None = None,
+def prune(influence_path: Path, out: Path, cfg: PruneConfig, *, outputs: MaskOutputs | None = None,
           progress: Progress | None = None, device: torch.device | None = None,
           data_root: Path | None = None, ds: Dataset | None = None) -> MaskInfo:
-    """Apply ``cfg.method`` (``auto`` by default) to S, certify, write the keep mask.
+    """Apply ``cfg.method`` (``auto`` by default) to S, certify, write the keep mask and ``outputs``.
 
-    Outputs are checked writable before the solve; the mask's lock is held throughout, and a
-    mask that another job published meanwhile with the same configuration is reused.
+    Outputs are checked before the solve (writable, none an input, names only for an image folder that has
+    not changed); the mask's lock is held throughout, and a mask that another job published meanwhile with the
+    same configuration is reused.  The mask and its outputs are published together or not at all.
     """
     info = read_influence_info(influence_path)
     cfg.validate().check_against(info.n)
-    check_outputs(out, indices_out)
+    outputs = check_outputs(out, outputs, info.samples, str(influence_path),
+                            {"the influence file S": Path(influence_path)})
     with artifact_lock(out) as lock:
         if lock.reusable():
             done = _reusable_mask(out, info, cfg, lock.holder)
             if done is not None:
-                if indices_out is not None:
-                    write_indices(indices_out, done.keep_indices)
+                with Publication() as pub:
+                    outputs.stage(pub, done.user_keep, done.samples, done.path)
                 return done
-        return _prune(influence_path, out, cfg, info, indices_out=indices_out, progress=progress, device=device,
+        return _prune(influence_path, out, cfg, info, outputs=outputs, progress=progress, device=device,
                       data_root=data_root, ds=ds)
 
 
-def check_outputs(out: Path, indices_out: Path | None = None) -> None:
-    """Refuse unwritable outputs and an unsupported --indices-out suffix before any work."""
-    if indices_out is not None and Path(indices_out).suffix.lower() not in (".txt", ".npy"):
-        raise DpcliError(f"--indices-out must end in .txt or .npy, got {Path(indices_out).name}")
+def check_outputs(out: Path, outputs: MaskOutputs | None, space: SampleSpace, source: str,
+                  inputs: dict[str, Path | None]) -> MaskOutputs:
+    """Refuse, before any work, outputs that cannot be written, that name an input or each other, and file
+    names for samples that have none."""
+    outputs = (outputs or MaskOutputs()).check_options()
     check_writable(out)
-    if indices_out is not None:
-        check_writable(indices_out)
+    check_distinct({"--out": out, "--indices-out": outputs.indices, "--paths-out": outputs.paths,
+                    "--link-dir": outputs.link_dir}, inputs)
+    outputs.check_source(space, source)
+    return outputs
 
 
 def _reusable_mask(out: Path, info: InfluenceInfo, cfg: PruneConfig, holder: int | None) -> MaskInfo | None:
@@ -291,7 +330,7 @@ class _CheckpointContext(Context):
         return self.ds
 
 
-def _prune(influence_path: Path, out: Path, cfg: PruneConfig, info: InfluenceInfo, *, indices_out: Path | None,
+def _prune(influence_path: Path, out: Path, cfg: PruneConfig, info: InfluenceInfo, *, outputs: MaskOutputs,
            progress: Progress | None, device: torch.device | None, data_root: Path | None,
            ds: Dataset | None) -> MaskInfo:
     from dpcli.select.base import prune_count, select
@@ -308,14 +347,23 @@ def _prune(influence_path: Path, out: Path, cfg: PruneConfig, info: InfluenceInf
                              device=device or torch.device("cpu"), data_root=data_root, ds=ds, progress=on_progress,
                              influence=Path(influence_path))
     pruned, solver = select(cfg, ctx)
-    warn_emptied_classes(ctx.labels, ~np.asarray(pruned, dtype=bool), ctx.record)
-    cert = certify(S, pruned, cfg.epsilon, sketch_k=info.sketch_k)
-    if cert.sketch_k:
-        console.info(f"note: {cert.meaning}")
+    cert = certify_selection(S, pruned, cfg, ctx, sketch_k=info.sketch_k)
     target = float(cfg.epsilon) if cfg.epsilon is not None else float(prune_count(cfg, info.n))
     return write_mask(out, cert, mode=cfg.mode, target=target, solver=solver, info=info, config=cfg.to_dict(),
-                      seconds=time.perf_counter() - t0, method=cfg.method, indices_out=indices_out,
-                      extra_attrs=ctx.record)
+                      seconds=time.perf_counter() - t0, method=cfg.method, outputs=outputs, extra_attrs=ctx.record)
+
+
+def certify_selection(S: np.ndarray, pruned: np.ndarray, cfg: PruneConfig, ctx: Context, *,
+                      sketch_k: int | None = None) -> Certificate:
+    """The certificate of a selection, after saying what its kept set lacks (classes, class shares)."""
+    keep = ~np.asarray(pruned, dtype=bool)
+    warn_emptied_classes(ctx.labels, keep, ctx.record)
+    if "classes_without_kept_samples" not in ctx.record:  # else the shares left are skewed by that alone
+        warn_class_shares(ctx.labels, keep, ctx.record)
+    cert = certify(S, pruned, cfg.epsilon, sketch_k=sketch_k)
+    if cert.sketch_k:
+        console.info(f"note: {cert.meaning}")
+    return cert
 
 
 def _influence_labels(path: Path) -> np.ndarray:
@@ -325,63 +373,85 @@ def _influence_labels(path: Path) -> np.ndarray:
 
 def write_mask(out: Path, cert: Certificate, *, mode: str, target: float, solver: str,
                info: InfluenceInfo, config: dict, seconds: float, method: str = "optimization",
-               indices_out: Path | None = None, extra_attrs: dict | None = None) -> MaskInfo:
-    """Write the keep mask of a certified selection; the norm stored is the certificate's, from S."""
+               outputs: MaskOutputs | None = None, extra_attrs: dict | None = None) -> MaskInfo:
+    """Write the keep mask of a certified selection, over the user's samples, with ``outputs``, all or none;
+    the norm stored is the certificate's, from S."""
     if not isinstance(cert, Certificate):
         raise TypeError("write_mask needs a Certificate from dpcli.select.certificate.certify")
     if cert.n != info.n:
         raise DpcliError(f"the certified mask has {cert.n} samples but S has {info.n}")
-    keep = np.array(cert.keep, dtype=bool)
+    space = info.samples
+    keep = space.to_user(np.array(cert.keep, dtype=bool))
     fingerprint = array_fingerprint(keep.astype(np.uint8))
     attrs = {
         "mode": mode, "target": target, "achieved_norm": cert.norm, "solver": solver, "method": method,
         "certificate": cert.meaning, "sketch_k": cert.sketch_k or 0,
-        "n": int(len(keep)), "n_kept": int(keep.sum()), "n_pruned": int((~keep).sum()), "config": config,
-        "influence": str(Path(info.path).resolve()), "influence_fingerprint": info.fingerprint,
+        "n": int(len(keep)), "n_kept": int(keep.sum()), "n_pruned": int((~keep).sum()), "n_rows": space.n,
+        "config": config, "influence": str(Path(info.path).resolve()), "influence_fingerprint": info.fingerprint,
         "checkpoint": info.checkpoint, "dataset": info.dataset, "dataset_fingerprint": info.dataset_fingerprint,
         "fingerprint": fingerprint, "seconds": seconds,
-        "convention": "keep[i] is True for samples to TRAIN ON; pruned_indices are the dropped samples",
+        "convention": ("keep[i] is True for samples to TRAIN ON; pruned_indices are the dropped samples; i is the "
+                       "i-th sample as the dataset lists it (unreadable files included, never kept)"),
         **(extra_attrs or {}),
     }
-    if indices_out is not None:
-        check_outputs(out, indices_out)  # before publishing the mask: both or a clear error
-    with atomic_h5(out, "mask", attrs) as f:
-        f.create_dataset("keep", data=keep)
-        f.create_dataset("keep_indices", data=np.flatnonzero(keep).astype(np.int64))
-        f.create_dataset("pruned_indices", data=np.flatnonzero(~keep).astype(np.int64))
-    if indices_out is not None:
-        write_indices(indices_out, np.flatnonzero(keep))
+    with artifact_lock(out), Publication() as pub:
+        with atomic_h5(out, "mask", attrs, publication=pub) as f:
+            f.create_dataset("keep", data=keep)
+            f.create_dataset("keep_indices", data=np.flatnonzero(keep).astype(np.int64))
+            f.create_dataset("pruned_indices", data=np.flatnonzero(~keep).astype(np.int64))
+            f.create_dataset("unreadable", data=space.unreadable)
+            space.write(f)
+        if outputs is not None:
+            outputs.stage(pub, keep, space, out)
     return read_mask(out)
 
 
-def write_indices(path: Path, indices: np.ndarray) -> None:
-    """The KEPT indices as .txt (one per line) or .npy, written atomically."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".txt", ".npy"):
-        raise DpcliError(f"--indices-out must end in .txt or .npy, got {path.name}")
-    if suffix == ".txt":
-        write_bytes(path, "".join(f"{int(i)}\n" for i in indices).encode())
-        return
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, np.asarray(indices, dtype=np.int64))
-
-
 def read_mask(path: Path) -> MaskInfo:
+    """A mask, refused unless its arrays agree (keep, keep_indices, pruned_indices, n, the sample index) and it
+    keeps no unreadable sample."""
     with open_artifact(path, "mask") as f:
         try:
-            keep = np.asarray(f["keep"][()], dtype=bool)
+            keep = _user_keep(f, path)
+            space = SampleSpace.read(f, int(get_attr(f, "n_rows", len(keep))), str(path))
+            if space.total != len(keep) or ("unreadable" in f and not np.array_equal(f["unreadable"][()],
+                                                                                      space.unreadable)):
+                raise DpcliError(f"{path}: damaged mask artifact (its sample index does not match keep); recompute it")
+            kept_bad = space.unreadable[keep[space.unreadable]]
+            if kept_bad.size:
+                raise DpcliError(f"{path}: keeps sample {int(kept_bad[0])}, an unreadable file; a mask never keeps "
+                                 "those (recompute it)")
             return MaskInfo(
-                path=Path(path), keep=keep, mode=get_attr(f, "mode"), target=float(get_attr(f, "target")),
-                norm=float(get_attr(f, "achieved_norm")), solver=get_attr(f, "solver"), n=int(get_attr(f, "n")),
+                path=Path(path), keep=space.to_rows(keep), mode=get_attr(f, "mode"),
+                target=float(get_attr(f, "target")),
+                norm=float(get_attr(f, "achieved_norm")), solver=get_attr(f, "solver"), n=space.n,
                 influence=get_attr(f, "influence"), influence_fingerprint=get_attr(f, "influence_fingerprint"),
                 checkpoint=get_attr(f, "checkpoint"), dataset=get_attr(f, "dataset"),
                 dataset_fingerprint=get_attr(f, "dataset_fingerprint"), fingerprint=get_attr(f, "fingerprint"),
                 seconds=float(get_attr(f, "seconds", 0.0)), method=get_attr(f, "method", "optimization"),
                 auto=get_attr(f, "auto"), classes_without_kept_samples=get_attr(f, "classes_without_kept_samples"),
+                class_shares=get_attr(f, "class_shares"), space=space,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise DpcliError(f"{path}: damaged mask artifact ({exc})") from None
+
+
+def _user_keep(f, path: Path) -> np.ndarray:
+    """``keep`` after the checks that it is one boolean per sample and that the index lists are derived from it."""
+    missing = [name for name in ("keep", "keep_indices", "pruned_indices") if name not in f]
+    if missing:
+        raise DpcliError(f"{path}: damaged mask artifact (no '{missing[0]}' dataset); recompute it")
+    keep = f["keep"][()]
+    if keep.ndim != 1 or keep.dtype != np.bool_:
+        raise DpcliError(f"{path}: damaged mask artifact ('keep' must be one boolean per sample, got "
+                         f"{keep.dtype} {keep.shape}); recompute it")
+    n = get_attr(f, "n")
+    if n != len(keep):
+        raise DpcliError(f"{path}: damaged mask artifact ('keep' has {len(keep)} entries but n = {n}); recompute it")
+    for name, want in (("keep_indices", np.flatnonzero(keep)), ("pruned_indices", np.flatnonzero(~keep))):
+        got = f[name][()]
+        if got.shape != want.shape or not np.array_equal(got, want):
+            raise DpcliError(f"{path}: damaged mask artifact ('{name}' disagrees with 'keep'); recompute it")
+    return keep
 
 
 def random_mask(info: InfluenceInfo, n_pruned: int, seed: int, out: Path) -> MaskInfo:
@@ -415,8 +485,12 @@ def retrain(ds: Dataset, mask: MaskInfo, out: Path, *, base: TrainConfig | None,
             on_batch=None, on_epoch=None, eval_every: int = 1,
             snapshot_epochs: tuple[int, ...] | None = None) -> RetrainResult:
     """Train a fresh model on the KEPT samples with the full run's settings (or overrides)."""
-    if mask.n != len(ds.train.labels):
-        raise DpcliError(f"{mask.path}: mask has n={mask.n} but dataset {ds.name!r} has {len(ds.train.labels)} training samples")
+    if not mask.samples.same_as(ds.samples):
+        i = mask.samples.first_difference(ds.samples)
+        now = "" if i is None else (f"; sample {i} was unreadable then and is not now" if i in mask.samples.unreadable
+                                    else f"; sample {i} is unreadable now and was not then")
+        raise DpcliError(f"{mask.path}: mask was made for {mask.samples.describe()} but dataset {ds.name!r} has "
+                         f"{ds.samples.describe()}{now}")
     if mask.dataset_fingerprint and mask.dataset_fingerprint != ds.fingerprint:
         raise DpcliError(f"{mask.path}: mask was made for dataset {mask.dataset!r} with another fingerprint than {ds.name!r}")
     if base is None:

@@ -383,8 +383,9 @@ def sketched_rows(x: "Tensor", y: "Tensor", w: "Tensor", b: "Tensor", damping: f
 def embeddings_influence(emb: Embeddings, out: Path, cfg: "InfluenceConfig", *, damping: float | None = None,
                          tol: float = DEFAULT_TOL, max_iter: int = DEFAULT_MAX_ITER, device: Any = None,
                          progress: Callable[[int, int], None] | None = None,
-                         info: Callable[[str], None] | None = None) -> "InfluenceInfo":
-    """Fit the head on ``emb`` and write ``influence.h5`` (S, loss, labels, theta, test gradient, lineage)."""
+                         info: Callable[[str], None] | None = None, space: Any = None) -> "InfluenceInfo":
+    """Fit the head on ``emb`` and write ``influence.h5`` (S, loss, labels, theta, test gradient, lineage);
+    ``space``: the user's index of each row (:class:`dpcli.data.samples.SampleSpace`), for a dataset's features."""
     import torch
 
     from dpcli.artifacts.h5 import StreamHash, atomic_h5, check_space, create_rows, set_attr
@@ -455,6 +456,8 @@ def embeddings_influence(emb: Embeddings, out: Path, cfg: "InfluenceConfig", *, 
         if test_grad is not None:
             f.create_dataset("test_grad", data=test_grad.cpu().numpy().astype(np.float64))
         f.create_dataset("theta", data=torch.cat([head.weight.reshape(-1), head.bias]).cpu().numpy())
+        if space is not None:
+            space.write(f)
         f.attrs["fingerprint"] = hasher.hexdigest()
         f.attrs["seconds"] = time.perf_counter() - t0
     return read_influence_info(out)
@@ -722,9 +725,6 @@ def retrain_head(mask: "MaskInfo", out: Path | None = None, *, force: bool = Fal
 
 
 # ------------------------------------------------------------------------------------------ external S
-NO_LINEAGE = "no lineage known: S was computed outside dpcli; the certificate is from S alone"
-
-
 def load_external_S(path: Path | str) -> tuple[np.ndarray, np.ndarray | None]:
     """S (n x d float32) from a ``.npy`` or an HDF5 file with a dataset ``S`` (read in row chunks),
     plus ``labels`` when the HDF5 file has them; finiteness is checked chunk by chunk."""
@@ -763,38 +763,6 @@ def _copy_rows(src, path: Path) -> np.ndarray:
     if bad:
         raise DpcliError(f"{path}: S has {bad} rows with NaN or inf")
     return S
-
-
-def prune_external(path: Path | str, out: Path, cfg: "PruneConfig", *, indices_out: Path | None = None,
-                   progress: Callable[[float], None] | None = None,
-                   info: Callable[[str], None] | None = None) -> "MaskInfo":
-    """``prune`` on an S computed elsewhere: select, certify from S, write mask.h5 saying no lineage is known."""
-    import torch
-
-    from dpcli.artifacts.h5 import array_fingerprint
-    from dpcli.select.base import Context, prune_count, select
-    from dpcli.select.certificate import certify
-    from dpcli.stages.core import InfluenceInfo, write_mask
-
-    cfg.validate()
-    S, labels = load_external_S(path)
-    n = S.shape[0]
-    if cfg.count is not None and cfg.count > n:
-        raise DpcliError(f"--prune-count {cfg.count} exceeds the {n} rows of S")
-    if info is not None:
-        info(f"{path}: {NO_LINEAGE}")
-    t0 = time.perf_counter()
-    ctx = Context(S=S, labels=labels if labels is not None else np.zeros(n, dtype=np.int64), checkpoint=None,
-                  device=torch.device("cpu"), progress=progress)
-    pruned, solver = select(cfg, ctx)
-    cert = certify(S, pruned, cfg.epsilon)
-    meta = InfluenceInfo(path=Path(path), method="external", damping=float("nan"), n=n, d=int(S.shape[1]),
-                         num_classes=0, feature_dim=0, fingerprint=array_fingerprint(S), checkpoint="",
-                         checkpoint_fingerprint="", dataset="", dataset_fingerprint="", seconds=0.0)
-    target = float(cfg.epsilon) if cfg.epsilon is not None else float(prune_count(cfg, n))
-    return write_mask(out, cert, mode=cfg.mode, target=target, solver=solver, info=meta, config=cfg.to_dict(),
-                      seconds=time.perf_counter() - t0, method=cfg.method, indices_out=indices_out,
-                      extra_attrs={"lineage": NO_LINEAGE, **ctx.record})
 
 
 # ------------------------------------------------------------------------------------------ verify-bound
@@ -871,4 +839,4 @@ def freeze_backbone(config, ds, out_dir: Path, *, device: Any, icfg: "InfluenceC
         emb.lineage[preprocess.LINEAGE_KEY] = preprocess.to_dict(ds.input)
     damping = damping if damping is not None else (config.weight_decay or DEFAULT_DAMPING)
     return embeddings_influence(emb, out_dir / "influence.h5", icfg, damping=damping,
-                                device=torch.device("cpu"), info=info)
+                                device=torch.device("cpu"), info=info, space=ds.samples)

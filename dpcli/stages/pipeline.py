@@ -27,10 +27,10 @@ if TYPE_CHECKING:
     from dpcli.data.sources import Dataset
     from dpcli.stages.bound import BoundRow
     from dpcli.stages.core import InfluenceInfo, MaskInfo
+    from dpcli.stages.outputs import MaskOutputs
     from dpcli.train.loop import Checkpoint
 
 ARTIFACT_SUFFIXES = (".h5", ".hdf5")
-INDEX_SUFFIXES = (".txt", ".npy")
 
 
 # --------------------------------------------------------------------------- checks before work
@@ -58,11 +58,6 @@ def check_estimator(name: str) -> None:
 
     if name not in ESTIMATORS.names():
         raise DpcliError(ESTIMATORS.unknown(name))
-
-
-def check_indices_suffix(path: Path | None) -> None:
-    if path is not None and Path(path).suffix.lower() not in INDEX_SUFFIXES:
-        raise DpcliError(f"--indices-out must end in .txt or .npy, got {Path(path).name}")
 
 
 def check_writable(path: Path | None, option: str, *, directory: bool = False) -> None:
@@ -183,15 +178,15 @@ def ensure_influence(checkpoint: Path, cfg: InfluenceConfig, *, device: "torch.d
                                       progress=lambda done, total: update(done, total))
 
 
-def run_prune(influence: Path, cfg: PruneConfig, out: Path, indices_out: Path | None = None, *,
+def run_prune(influence: Path, cfg: PruneConfig, out: Path, outputs: "MaskOutputs | None" = None, *,
               device: "torch.device | None" = None, data_root: Path | None = None,
               ds: "Dataset | None" = None) -> "MaskInfo":
-    """Select, certify from S and write the mask, with a progress bar (always recomputes)."""
+    """Select, certify from S and write the mask and ``outputs``, with a progress bar (always recomputes)."""
     from dpcli.stages import core
 
     what = cfg.solver if cfg.method == "optimization" else cfg.method
     with console.progress_bar(f"prune ({what})", total=1.0) as update:
-        return core.prune(influence, out, cfg, indices_out=indices_out, progress=lambda f: update(f),
+        return core.prune(influence, out, cfg, outputs=outputs, progress=lambda f: update(f),
                           device=device, data_root=data_root, ds=ds)
 
 
@@ -199,8 +194,12 @@ def _descends(mask_file: Path, info: "InfluenceInfo") -> "MaskInfo | None":
     """The cached mask at ``mask_file`` if it was made from this very S (same fingerprint), else None."""
     from dpcli.stages import core
 
-    mask = core.read_mask(mask_file)
-    if mask.influence_fingerprint == info.fingerprint and mask.n == info.n:
+    try:
+        mask = core.read_mask(mask_file)
+    except DpcliError as exc:  # a cached mask that fails its checks is recomputed, as a stale one is
+        console.info(f"{exc}; recomputing it")
+        return None
+    if mask.influence_fingerprint == info.fingerprint and mask.samples.same_as(info.samples):
         return mask
     console.info(f"{mask_file} was made from another influence.h5 than {info.path}; recomputing it")
     return None
@@ -243,17 +242,19 @@ class FullRun:
 
 
 def full_run(ds: "Dataset", tcfg: TrainConfig, icfg: InfluenceConfig, *, run_root: Path | None,
-             device: "torch.device", data_root: Path | None, force: bool, sketch_large: bool = False) -> FullRun:
+             device: "torch.device", data_root: Path | None, force: bool, sketch_large: bool = False,
+             snapshot_epochs: tuple[int, ...] | None = None) -> FullRun:
     """Train (cached) then compute S (cached, and only from this checkpoint).
 
     ``sketch_large``: without ``--sketch``, store S's sketch when the dense S would pass
     ``$DPCLI_SOLVE_BUDGET`` (what prune holds; :func:`dpcli.influence.sketch.auto_sketch_k`), and say so.
+    ``snapshot_epochs``: as ``train --snapshot-epochs``.
     """
     from dpcli.artifacts.runs import checkpoint_path
     from dpcli.data.batches import release_memory
 
     ck_path = checkpoint_path(run_root_of(run_root), tcfg)
-    ck = ensure_checkpoint(tcfg, ds, ck_path, device=device, force=force)
+    ck = ensure_checkpoint(tcfg, ds, ck_path, device=device, force=force, snapshot_epochs=snapshot_epochs)
     release_memory()
     if sketch_large and icfg.sketch_k is None:
         icfg = _sketched_if_large(icfg, ck, len(ds.train.labels))

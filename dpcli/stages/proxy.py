@@ -65,7 +65,7 @@ class ProxySelection:
 
 def select_via_proxy(ds, target: TrainConfig, spec: ProxySpec, prune_cfg: PruneConfig, *, device, run_root: Path,
                      influence_cfg: InfluenceConfig | None = None, force: bool = False,
-                     out: Path | None = None, indices_out: Path | None = None) -> ProxySelection:
+                     out: Path | None = None, outputs=None) -> ProxySelection:
     """Train the proxy (cached), compute its S, select; returns the keep mask for retraining ``target``.
 
     ``seconds`` holds wall times of this call's ``train``, ``influence`` and ``prune``; a
@@ -89,7 +89,7 @@ def select_via_proxy(ds, target: TrainConfig, spec: ProxySpec, prune_cfg: PruneC
     seconds["influence"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     mask = core.prune(infl_path, out or runs.mask_path(infl_path, prune_cfg), prune_cfg, device=device, ds=ds,
-                      indices_out=indices_out)
+                      outputs=outputs)
     seconds["prune"] = time.perf_counter() - t0
     return ProxySelection(mask=mask, proxy=proxy, checkpoint=ck_path, seconds=seconds)
 

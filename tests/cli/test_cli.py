@@ -247,7 +247,9 @@ def test_bad_inputs(tiny_run, tmp_path, capsys):
                                                    "checkpoint": "", "dataset": "digits", "dataset_fingerprint": "",
                                                    "fingerprint": "x"}) as f:
         f["keep"] = np.ones(5, bool)
-    _assert_user_error(["retrain", "digits", "--mask", tmp_path / "small.h5", "--epochs", "1"], capsys, "mask has n=5")
+        f["keep_indices"], f["pruned_indices"] = np.arange(5), np.arange(0)
+    _assert_user_error(["retrain", "digits", "--mask", tmp_path / "small.h5", "--epochs", "1"], capsys,
+                       "mask was made for 5 samples but dataset 'digits' has 1438 samples")
     # epsilon mode is refused if the certificate fails (simulated solver bug)
     from dpcli.stages import core as stages
     with pytest.raises(stages.DpcliError, match="refusing"):

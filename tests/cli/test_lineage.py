@@ -16,6 +16,9 @@ def _make_stale(mask_path, keep: np.ndarray) -> None:
     """Turn a cached mask into one made from another S: other samples pruned, another lineage."""
     with h5py.File(mask_path, "r+") as f:
         f["keep"][...] = keep
+        for name, rows in (("keep_indices", np.flatnonzero(keep)), ("pruned_indices", np.flatnonzero(~keep))):
+            del f[name]
+            f[name] = rows
         f.attrs["influence_fingerprint"] = "0" * 16
         f.attrs["fingerprint"] = "f" * 16
 

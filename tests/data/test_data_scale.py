@@ -528,19 +528,24 @@ def test_val_class_missing_from_train_fails_naming_it(tmp_path):
     assert str(folder / "val" / "dog") in str(err.value)
 
 
-def test_symlink_loops_fail_naming_the_link(tmp_path):
+def test_folder_symlink_loops_fail_naming_the_link_and_a_looping_file_is_unreadable(tmp_path):
     folder = mixed_folder(tmp_path / "f")
     link = folder / "train" / "ant" / "again"
     link.symlink_to(folder / "train" / "ant", target_is_directory=True)
-    with pytest.raises(DpcliError, match="Symlink loop") as err:
+    with pytest.raises(DpcliError, match="Symlink loop") as err:  # os.walk would never end
         load_dataset(f"imagefolder:{folder}", data_root=tmp_path / "data", image_size=8)
     assert str(link) in str(err.value)
     link.unlink()
-    self_link = folder / "train" / "bee" / "me.jpg"
+    self_link = folder / "train" / "bee" / "me.jpg"  # ImageFolder lists it by its name: it keeps its index
     self_link.symlink_to(self_link)
-    with pytest.raises(DpcliError, match="Symlink loop") as err:
-        load_dataset(f"imagefolder:{folder}", data_root=tmp_path / "data", image_size=8)
-    assert str(self_link) in str(err.value)
+    with pytest.warns(UserWarning, match="unreadable"):
+        ds = load_dataset(f"imagefolder:{folder}", data_root=tmp_path / "data", image_size=8)
+    from torchvision.datasets import ImageFolder
+
+    listed = [p for p, _ in ImageFolder(str(folder / "train")).samples]
+    assert ds.samples.total == len(listed) == len(ds.train) + 1
+    assert ds.samples.unreadable.tolist() == [listed.index(str(self_link))]
+    assert dict(ds.skipped)[str(self_link)] == "dangling or looping symbolic link"
 
 
 def test_unreadable_file_fails_naming_it_and_keeps_finished_work(tmp_path, monkeypatch):

@@ -332,7 +332,7 @@ def test_retrain_with_wrong_n_and_external_S_errors(tmp_path, capsys):
                     "--quiet"]) == (0, "", "")
     # digits has 1438 training samples (a fixed split): an S of 50 rows cannot be its mask
     _bad(tmp_path, capsys, ["retrain", "digits", "--mask", tmp_path / "m2.h5", "--epochs", "1", "--device", "cpu", "--quiet"],
-         "n=50")
+         "mask was made for 50 samples but dataset 'digits' has 1438")
     with pytest.raises(DpcliError, match="1-D"):
         E.check_labels(np.zeros((3, 2)), 3, None, "labels")
 

@@ -11,7 +11,7 @@ The cache key hashes the absolute path, the layout, ``image_size`` and every fil
 label, size and mtime, so a changed file list rebuilds it.  The split is held in memory when the
 decoded data fit ``$DPCLI_MEMORY_BUDGET`` (default 1 GiB), and streamed from the cache otherwise.
 Files that are not readable images are skipped with a warning naming them, and recorded in
-``Dataset.skipped`` (and the cache).  Files in an image format torchvision's ImageFolder does not read
+``Dataset.skipped`` (and the cache); they keep their index (``Dataset.space``: the user's index of each row).  Files in an image format torchvision's ImageFolder does not read
 (``.gif``, ``.heic``, ...) are left out with a warning counting them.
 """
 
@@ -27,6 +27,7 @@ import numpy as np
 
 from dpcli.data import cache, layouts
 from dpcli.data.base import Dataset, DatasetSource, LoadRequest
+from dpcli.data.samples import SampleSpace
 from dpcli.env import parse_size
 from dpcli.errors import DpcliError
 
@@ -51,7 +52,7 @@ def _cache_key(root: Path, layout: layouts.Layout, image_size: int | None,
         h.update(f"[{split}]\0".encode())
         rows = []
         for p, label in items:
-            st = os.stat(p)
+            st = os.stat(p) if os.path.exists(p) else os.lstat(p)  # a dangling link is listed too
             rows.append(f"{p[prefix:]}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\0")
         h.update("".join(rows).encode())
     return h.hexdigest()[:32]
@@ -62,8 +63,8 @@ def _warn_skipped(skipped: tuple[tuple[str, str], ...], cache_path: Path) -> Non
         return
     shown = "; ".join(f"{p} ({why})" for p, why in skipped[:_SHOWN_SKIPS])
     more = f"; and {len(skipped) - _SHOWN_SKIPS} more" if len(skipped) > _SHOWN_SKIPS else ""
-    warnings.warn(f"dpcli: skipped {len(skipped)} unreadable image file(s), recorded in the checkpoint and "
-                  f"in {cache_path}: {shown}{more}", stacklevel=2)
+    warnings.warn(f"dpcli: {len(skipped)} unreadable image file(s) keep their index and are never kept (every "
+                  f"mask prunes them; recorded in {cache_path}): {shown}{more}", stacklevel=2)
 
 
 def _warn_passed_over(files: tuple[str, ...]) -> None:
@@ -103,7 +104,10 @@ class ImageFolder(DatasetSource):
                              "pass --data-root or set DPCLI_DATA to a writable folder") from None
         _warn_skipped(info.skipped, cache_path)
         in_memory = not request.stream if request.stream is not None else info.nbytes <= memory_budget()
-        ds = Dataset(name=f"{PREFIX}:{root}", train=info.split("train", in_memory), test=info.split("test", in_memory),
-                     classes=layout.classes, mean=info.mean, std=info.std, augment=True, skipped=info.skipped)
+        name = f"{PREFIX}:{root}"
+        space = SampleSpace(info.train_rows, len(layout.train), name, layout.listing())  # train files come first
+        ds = Dataset(name=name, train=info.split("train", in_memory), test=info.split("test", in_memory),
+                     classes=layout.classes, mean=info.mean, std=info.std, augment=True, skipped=info.skipped,
+                     space=space)
         object.__setattr__(ds, "_fingerprint", info.fingerprint)  # computed over the same bytes at build time
         return ds
