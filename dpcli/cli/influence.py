@@ -68,6 +68,9 @@ def command(
     from dpcli.stages import pipeline
 
     console.set_quiet(job.quiet)
+    from dpcli.artifacts.runs import followed
+
+    checkpoint = [followed(p) for p in checkpoint] if checkpoint else checkpoint
     icfg = estimation.config(cg_tol=cg_tol, cg_max_iter=cg_max_iter, sketch_k=sketch, sketch_seed=sketch_seed,
                              sgd_epochs=sgd_epochs, precision=precision)
     pipeline.check_writable(out, "--out")
@@ -97,6 +100,9 @@ def command(
         sgd.load_trajectory(checkpoint)
     info = pipeline.ensure_influence(checkpoint, icfg, device=resolve_device(job.device), ds=None,
                                      data_root=job.data_root, force=job.force, out=out)
+    from dpcli.artifacts.runs import default_run_root, link_latest
+
+    link_latest(default_run_root(), {"influence": info.path})
     console.info(f"influence: {info.path}  S is {info.n} x {info.d} ({info.method}, damping {info.damping:g}, "
                  f"{info.seconds:.1f}s)")
     if job.json:

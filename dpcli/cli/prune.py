@@ -88,6 +88,9 @@ def command(
     from dpcli.stages import pipeline
 
     console.set_quiet(job.quiet)
+    from dpcli.artifacts.runs import followed
+
+    source = followed(source)
     cutoff, cutoff_ratio = _cutoff(hard_cutoff, method)
     pcfg = PruneConfig(epsilon=epsilon, ratio=prune_ratio, count=prune_count, solver=solver,
                        time_budget=time_budget, seed=solver_seed, buckets=buckets, workers=workers, method=method,
@@ -149,6 +152,10 @@ def command(
         chain = {"checkpoint": str(run.checkpoint_path), "influence": str(run.influence.path),
                  "test_accuracy": run.checkpoint.final.test_acc}
     print_mask(mask)
+    from dpcli.artifacts.runs import link_latest
+
+    link_latest(pipeline.run_root_of(job.run_root),
+                {"train": chain.get("checkpoint"), "influence": chain.get("influence"), "prune": mask.path})
     if job.json:
         summary = {"command": "prune", **_summary(mask), **chain}
         if indices_out:
