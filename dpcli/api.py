@@ -123,10 +123,13 @@ def prune(S: Any, *, epsilon: float | None = None, prune_ratio: float | None = N
     from dpcli.config import PruneConfig
     from dpcli.select.base import Context, select, warn_emptied_classes
     from dpcli.select.certificate import certify
+    from dpcli.select.linalg import float32_rows
     from dpcli.stages.embeddings import check_features, check_labels, encode_labels
 
     with console.library(progress):
-        S = _matrix(S, "S")
+        S, bad = float32_rows(_matrix(S, "S"))
+        if bad:
+            raise DpcliError(f"S has {bad} rows with NaN or inf")
         _numbers(epsilon=epsilon, prune_ratio=prune_ratio, prune_count=prune_count, solver_seed=solver_seed,
                  time_budget=time_budget)
         _names(method=method, solver=solver)
@@ -141,7 +144,7 @@ def prune(S: Any, *, epsilon: float | None = None, prune_ratio: float | None = N
         with console.progress_bar(f"prune ({solver if method == 'optimization' else method})", total=1.0) as update:
             ctx = Context(S=S, labels=y, device=torch.device("cpu"), progress=lambda f: update(f))
             if features is not None:
-                ctx._cache["features"] = check_features(_matrix(features, "features", finite=False), "features")
+                ctx._cache["features"] = check_features(_matrix(features, "features"), "features")
                 if ctx._cache["features"].shape[0] != n:
                     raise DpcliError(f"features have {ctx._cache['features'].shape[0]} rows but S has {n}")
             pruned, used = select(cfg, ctx)
@@ -202,8 +205,9 @@ def embed(model: "nn.Module", inputs: Any, *, batch_size: int = 256, head_module
 
 
 # ------------------------------------------------------------------------------------------ input checks
-def _matrix(a: Any, what: str, finite: bool = True) -> np.ndarray | None:
-    """A 2-D real array (torch tensors and nested lists too), refused in one line otherwise."""
+def _matrix(a: Any, what: str) -> np.ndarray | None:
+    """A 2-D real array (torch tensors and nested lists too), refused in one line otherwise; finiteness is
+    checked where the rows are copied to float32 (:func:`float32_rows`), without an n x d boolean array."""
     if a is None:
         return None
     x = _numpy(a, what)
@@ -213,10 +217,6 @@ def _matrix(a: Any, what: str, finite: bool = True) -> np.ndarray | None:
         raise DpcliError(f"{what} must be real numbers, got dtype {x.dtype}")
     if x.size == 0:
         raise DpcliError(f"{what} is empty (shape {x.shape})")
-    if finite:
-        bad = int(np.count_nonzero(~np.isfinite(x).all(axis=1)))
-        if bad:
-            raise DpcliError(f"{what} has {bad} rows with NaN or inf")
     return x
 
 

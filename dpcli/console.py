@@ -20,15 +20,17 @@ import logging
 import sys
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from rich.console import Console
-from rich.table import Column
 from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
+from rich.table import Column
 from rich.text import Text
+
+from dpcli.env import progress_interval
 
 
 class _StderrConsole(Console):
@@ -204,12 +206,6 @@ def emit_json(payload: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------------------ progress
-def progress_interval() -> float:
-    from dpcli.env import progress_interval as read
-
-    return read()
-
-
 @contextlib.contextmanager
 def progress_bar(description: str, total: float | None = None, transient: bool = False) -> Iterator[Callable[..., None]]:
     """Report one stage's progress; yields ``update(completed, total=None, status=None)``, cheap enough to
