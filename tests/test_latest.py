@@ -55,12 +55,13 @@ def test_prune_links_its_chain_and_verify_bound_leaves_it(tmp_path, capsys):
 
 def test_results_written_elsewhere_get_no_link(tmp_path, capsys):
     root = tmp_path / "runs"
+    (root / "latest").mkdir(parents=True)  # a run root in use
     code, _, err = run_cli(["train", "digits", *TINY, "--out", tmp_path / "ck.h5", "--run-root", root, "--quiet"],
                            capsys)
     assert code == 0, err
     assert _links(root) == {}
     # and a run root whose latest/ cannot be made: one note, the result stands
-    root.mkdir()
+    (root / "latest").rmdir()
     (root / "latest").write_text("not a directory")
     code, out, err = run_cli(["train", "digits", *TINY, "--run-root", root, "--json"], capsys)
     assert code == 0, err
