@@ -247,18 +247,23 @@ def _also(update: Callable[..., None], stage: _Stage, callback: Callable[[Progre
 
 
 class _Lines:
-    """Plain lines for a stage: a start line at its first update, a line every interval from a helper thread
-    (so a long step without updates, a factorization say, still shows it is alive), an end line on success."""
+    """Plain lines for a stage: a start line at its first update (none when that update finishes it), a line
+    every interval from a helper thread (so a long step without updates, a factorization say, still shows it
+    is alive), and an end line on success when it did work or took a while (a stage that only found its
+    artifact cached stays quiet)."""
 
     def __init__(self, stage: _Stage, emit: Callable[[str], None], announce: bool) -> None:
         self.stage, self.emit = stage, emit
         self.pending = announce  # the start line is still to be written
+        self.worked = False
 
     def update(self, completed: float, total: float | None = None, status: str | None = None) -> None:
         self.stage.update(completed, total, status)
+        self.worked = True
         if self.pending:
             self.pending = False
-            self.emit(self.stage.event().start_line())
+            if self.stage.total is None or completed < self.stage.total:
+                self.emit(self.stage.event().start_line())
 
     @contextlib.contextmanager
     def ticking(self) -> Iterator[None]:
@@ -279,7 +284,7 @@ class _Lines:
             stop.set()
             ticker.join()
         end = self.stage.event(finished=True)
-        if announce or end.elapsed > MINOR_STAGE_SECONDS:
+        if (announce and self.worked) or end.elapsed > MINOR_STAGE_SECONDS:
             self.emit(end.line())
 
 

@@ -159,6 +159,19 @@ def test_progress_lines_state_rate_and_eta():
     assert ProgressEvent("train", 10, 10, 61.0, "epoch 3/3", finished=True).line() == "train: done in 61.0s epoch 3/3"
 
 
+def test_a_cached_stage_stays_quiet_and_a_one_step_stage_prints_its_end_only(capsys):
+    with console.progress_bar("train", total=100):
+        pass  # the checkpoint was found cached: no update
+    with console.progress_bar("influence (exact)", total=50) as update:
+        update(50)  # every row in one step: a start line would say 50/50
+    with console.progress_bar("prune", total=1.0) as update:
+        update(0.5)
+        update(1.0)
+    lines = capsys.readouterr().err.splitlines()
+    assert [re.sub(r"done in [\d.]+s", "done in Xs", ln) for ln in lines] == [
+        "influence (exact): done in Xs", "prune: started, 50.0%", "prune: done in Xs"]
+
+
 # ------------------------------------------------------------------------------------------ the Python API
 def _blobs(n: int = 90, c: int = 3, d: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
@@ -185,8 +198,8 @@ def test_the_api_is_silent_by_default_and_reports_to_logging_and_a_callback(capf
     assert rows[0].done == 0 and events[-1].finished and events[-1].done == len(x) == events[-1].total
     assert [e.done for e in rows] == sorted(e.done for e in rows)
     records = [r.getMessage() for r in caplog.records if r.name == "dpcli"]
-    assert records[0].startswith("influence") and "started" in records[0]
-    assert records[-1].startswith("influence") and " done in " in records[-1]
+    assert records and all(r.startswith("influence") for r in records)
+    assert " done in " in records[-1] and all("started" in r for r in records[:-1])
     assert capfd.readouterr().err == ""  # logging's records, not stderr
 
     events.clear()
