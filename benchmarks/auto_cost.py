@@ -38,7 +38,7 @@ def main() -> None:
     print(f"influence: S {S.shape[0]} x {S.shape[1]} in {time.perf_counter() - t:.1f}s")
     for method in ("optimization", "auto"):
         w, c = time.perf_counter(), time.process_time()
-        sel = dp.prune(S, ratio=a.ratio, labels=y, features=x, method=method)
+        sel = dp.prune(S, prune_ratio=a.ratio, labels=y, features=x, method=method)
         print(f"{method}: {time.perf_counter() - w:.1f}s wall, {time.process_time() - c:.1f}s CPU, "
               f"kept {sel.n_kept}, norm {sel.norm:.4g}")
         if sel.auto:

@@ -30,3 +30,21 @@ def solve_budget() -> int:
     dense S that ``prune`` would hold: a larger S is stored as its sketch.
     """
     return parse_size("DPCLI_SOLVE_BUDGET", DEFAULT_SOLVE_BUDGET)
+
+
+DEFAULT_PROGRESS_INTERVAL = 30.0
+
+
+def progress_interval() -> float:
+    """Seconds between progress lines off a terminal and in the API's log: ``$DPCLI_PROGRESS_INTERVAL``
+    (default 30; e.g. 5 for a short job's log, 600 for a quiet cron mail)."""
+    env = os.environ.get("DPCLI_PROGRESS_INTERVAL", "").strip()
+    if not env:
+        return DEFAULT_PROGRESS_INTERVAL
+    try:
+        value = float(env)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value != float("inf")):
+        raise DpcliError(f"DPCLI_PROGRESS_INTERVAL must be a positive number of seconds, got {env!r}")
+    return value

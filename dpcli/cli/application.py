@@ -21,6 +21,7 @@ import typer
 
 from dpcli import __version__, console, interrupts
 from dpcli.cli import fast, influence, options, prune, retrain, train, verify
+from dpcli.env import progress_interval
 from dpcli.errors import DpcliError
 
 try:  # Typer >= 0.29 vendors Click
@@ -129,7 +130,7 @@ def _no_wait(enabled: bool) -> Iterator[None]:
 
 
 def _error(message: str) -> None:
-    console.err.print(f"dpcli: error: {message}", markup=False, highlight=False, soft_wrap=True)
+    console.error_line(f"dpcli: error: {message}")
 
 
 def _guard(func: Callable[..., None]) -> Callable[..., None]:
@@ -139,6 +140,7 @@ def _guard(func: Callable[..., None]) -> Callable[..., None]:
     def wrapper(*args: Any, **kwargs: Any) -> None:
         try:
             with _no_wait(bool(kwargs.get("no_wait"))):
+                progress_interval()  # a bad DPCLI_PROGRESS_INTERVAL fails now, not at the first stage
                 func(*args, **kwargs)
         except DpcliError as exc:
             _error(str(exc))
@@ -149,12 +151,11 @@ def _guard(func: Callable[..., None]) -> Callable[..., None]:
             _error(f"{exc.filename}: {exc.strerror or exc}")
             raise typer.Exit(74) from None
         except Terminated:
-            console.err.print("dpcli: terminated (SIGTERM); completed artifacts are kept, rerun the same command "
-                              "to resume", markup=False)
+            console.error_line("dpcli: terminated (SIGTERM); completed artifacts are kept, rerun the same command "
+                               "to resume")
             raise typer.Exit(EXIT_TERMINATED) from None
         except KeyboardInterrupt:
-            console.err.print("dpcli: interrupted; completed artifacts are kept, rerun the same command to resume",
-                              markup=False)
+            console.error_line("dpcli: interrupted; completed artifacts are kept, rerun the same command to resume")
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except MemoryError:
             _error("out of memory; use a smaller --batch-size or a larger machine")

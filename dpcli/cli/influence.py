@@ -54,6 +54,9 @@ def command(
     from dpcli.stages import pipeline
 
     console.set_quiet(job.quiet)
+    from dpcli.artifacts.runs import followed
+
+    checkpoint = [followed(p) for p in checkpoint] if checkpoint else checkpoint
     icfg = estimation.config(sketch_k=sketch, **solve.settings())
     pipeline.check_writable(out, "--out")
     from dpcli.train.loop import load_checkpoint, resolve_device
@@ -82,6 +85,9 @@ def command(
         sgd.load_trajectory(checkpoint)
     info = pipeline.ensure_influence(checkpoint, icfg, device=resolve_device(job.device), ds=None,
                                      data_root=job.data_root, force=job.force, out=out)
+    from dpcli.artifacts.runs import default_run_root, link_latest
+
+    link_latest(default_run_root(), {"influence": info.path})
     console.info(f"influence: {info.path}  S is {info.n} x {info.d} ({info.method}, damping {info.damping:g}, "
                  f"{info.seconds:.1f}s)")
     if job.json:

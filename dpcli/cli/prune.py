@@ -152,6 +152,9 @@ def command(
     from dpcli.stages.outputs import MaskOutputs
 
     console.set_quiet(job.quiet)
+    from dpcli.artifacts.runs import followed
+
+    source = followed(source)
     cutoff, cutoff_ratio = _cutoff(hard_cutoff, method)
     pcfg = PruneConfig(epsilon=epsilon, ratio=prune_ratio, count=prune_count, solver=solver,
                        time_budget=time_budget, seed=solver_seed, buckets=buckets, workers=workers, method=method,
@@ -188,6 +191,10 @@ def command(
         mask, chain = _dataset_mode(source, pcfg, icfg, job, training, outputs, out, proxy=proxy,
                                     freeze_backbone=freeze_backbone, snapshot_epochs=snapshot_epochs)
     print_mask(mask)
+    from dpcli.artifacts.runs import link_latest
+
+    link_latest(pipeline.run_root_of(job.run_root),
+                {"train": chain.get("checkpoint"), "influence": chain.get("influence"), "prune": mask.path})
     if job.json:
         console.emit_json({"command": "prune", **_summary(mask), **chain, **outputs.summary()})
 

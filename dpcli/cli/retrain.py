@@ -41,6 +41,9 @@ def command(
     from dpcli.stages import pipeline
 
     console.set_quiet(job.quiet)
+    from dpcli.artifacts.runs import followed
+
+    mask = followed(mask)
     from dpcli.stages.outputs import check_distinct
 
     check_distinct({"--out": out}, {"--mask": mask, "--reference": reference,
@@ -80,6 +83,11 @@ def command(
         given = pipeline.ensure_mask(run.influence, pcfg, force=job.force, device=dev, data_root=job.data_root, ds=ds)
     metrics = pipeline.retrain(ds, given, overrides=overrides, reference=reference, out=out, device=dev,
                                force=job.force)
+    from dpcli.artifacts.runs import link_latest
+
+    chain = {"train": run.checkpoint_path, "influence": run.influence.path, "prune": given.path} \
+        if pcfg is not None else {}
+    link_latest(pipeline.run_root_of(job.run_root), {**chain, "retrain": metrics["checkpoint"]})
     console.info(
         f"retrained on {given.n_kept} kept samples ({100 * given.n_pruned / given.n:.1f}% pruned): test accuracy "
         f"{metrics['test_accuracy']:.2f}%, loss {metrics['test_loss']:.4f}, "

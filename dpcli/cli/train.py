@@ -36,7 +36,7 @@ def command(
     console.set_quiet(job.quiet)
     pipeline.check_writable(out, "--out")
     pipeline.check_writable(pipeline.run_root_of(job.run_root) if out is None else None, "--run-root", directory=True)
-    from dpcli.artifacts.runs import checkpoint_path
+    from dpcli.artifacts.runs import checkpoint_path, link_latest
     from dpcli.train import distributed
     from dpcli.train.loop import resolve_device
 
@@ -57,6 +57,7 @@ def command(
         info = embeddings.freeze_backbone(cfg, ds, path.parent, device=dev, icfg=InfluenceConfig().validate(),
                                           damping=damping, info=console.info)
         console.info(f"frozen backbone: influence {info.path}  S is {info.n} x {info.d}; next: dpcli prune {info.path}")
+        link_latest(pipeline.run_root_of(job.run_root), {"influence": info.path})
         if job.json:
             console.emit_json({"command": "train", "freeze_backbone": True, "influence": str(info.path),
                                "n": info.n, "d": info.d, "damping": info.damping, "seconds": info.seconds})
@@ -65,6 +66,8 @@ def command(
     ck = pipeline.ensure_checkpoint(cfg, ds, path, device=dev, force=job.force, dist=dist,
                                     snapshot_epochs=o.epoch_list(snapshot_epochs, cfg.epochs))
     final = ck.final
+    if dist is None or dist.is_main:
+        link_latest(pipeline.run_root_of(job.run_root), {"train": path})
     console.info(f"checkpoint: {path}  test accuracy {final.test_acc:.2f}%  test loss {final.test_loss:.4f}")
     if job.json:
         console.emit_json({"command": "train", "checkpoint": str(path), "config": cfg.to_dict(), "epochs": ck.epoch,

@@ -63,6 +63,9 @@ def command(
     from dpcli.stages import pipeline
 
     console.set_quiet(job.quiet)
+    from dpcli.artifacts.runs import followed
+
+    masks = [followed(m) for m in masks] if masks else masks
     if out is not None:
         from dpcli.stages.outputs import check_distinct
 
@@ -110,6 +113,9 @@ def command(
     report, rows = pipeline.verify_bound(ds, ck_path, ck, info, masks_all, random_seed=random_seed, out_dir=out,
                                          device=dev, force=job.force)
     _table(report, rows)
+    from dpcli.artifacts.runs import link_latest
+
+    link_latest(pipeline.run_root_of(job.run_root), {"verify-bound": report["report"]})
     console.info(f"report: {report['report']}  plot: {report['plot']}")
     if job.json:
         console.emit_json(report)

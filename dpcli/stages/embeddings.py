@@ -217,7 +217,7 @@ def load_embeddings(features: Path, labels: Path, test_features: Path | None = N
 
 
 # ------------------------------------------------------------------------------------------ head fit
-@dataclass
+@dataclass(repr=False)
 class HeadFit:
     """The regularized softmax-regression optimum and how close to it the solver got."""
 
@@ -228,6 +228,11 @@ class HeadFit:
     iterations: int
     solver: str
     loss: float
+
+    def __repr__(self) -> str:  # one line, not the weights
+        c, dim = self.weight.shape
+        return (f"HeadFit(classes={c}, dim={dim}, damping={self.damping:g}, loss={self.loss:.6g}, "
+                f"grad_norm={self.grad_norm:.3g}, iterations={self.iterations}, solver={self.solver!r})")
 
 
 def objective(x: "Tensor", y: "Tensor", w: "Tensor", b: "Tensor", damping: float) -> tuple[float, "Tensor", "Tensor"]:
@@ -481,13 +486,14 @@ def _sample_stats(x: "Tensor", y: "Tensor", head: HeadFit) -> tuple[np.ndarray, 
 
 
 def influence_in_memory(emb: Embeddings, cfg: "InfluenceConfig", damping: float = DEFAULT_DAMPING,
-                        tol: float = DEFAULT_TOL, max_iter: int = DEFAULT_MAX_ITER) -> tuple[np.ndarray, HeadFit]:
+                        tol: float = DEFAULT_TOL, max_iter: int = DEFAULT_MAX_ITER,
+                        progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, HeadFit]:
     """S (n x d, or n x k sketched) and the fitted head, without files (for the Python API)."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "influence.h5"
-        embeddings_influence(emb, path, cfg, damping=damping, tol=tol, max_iter=max_iter)
+        embeddings_influence(emb, path, cfg, damping=damping, tol=tol, max_iter=max_iter, progress=progress)
         from dpcli.stages.core import load_S
 
         S = load_S(path)
@@ -541,7 +547,7 @@ def reload_embeddings(influence: Path | str) -> tuple[Embeddings, float]:
     return emb, damping
 
 
-@dataclass
+@dataclass(repr=False)
 class Refit:
     """The head refitted on a subset, and its losses."""
 
@@ -550,6 +556,11 @@ class Refit:
     test_loss: float | None
     test_accuracy: float | None
     seconds: float
+
+    def __repr__(self) -> str:  # one line, not the weights
+        test = "" if self.test_loss is None else \
+            f", test_loss={self.test_loss:.6g}, test_accuracy={self.test_accuracy:.2f}%"
+        return f"Refit(train_loss={self.train_loss:.6g}{test}, seconds={self.seconds:.2f}, head={self.head!r})"
 
 
 def refit(emb: Embeddings, keep: np.ndarray, damping: float, tol: float = DEFAULT_TOL,

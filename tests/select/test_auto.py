@@ -49,11 +49,11 @@ def scarce():
 
 def test_rich_separable_keeps_the_objective_within_class_quotas(rich):
     x, y, S = rich
-    sel = dp.prune(S, ratio=0.5, labels=y, features=x)
+    sel = dp.prune(S, prune_ratio=0.5, labels=y, features=x)
     rec = sel.auto
     assert rec["chosen"] == "balanced" and rec["strength"] == 0 and rec["decided_by"] == "validation"
     assert rec["line"].startswith("auto: coverage=balanced (held-out acc ")
-    base = dp.prune(S, ratio=0.5, labels=y, method="optimization", balance=True)
+    base = dp.prune(S, prune_ratio=0.5, labels=y, method="optimization", balance=True)
     assert np.array_equal(sel.keep, base.keep) and sel.norm == base.norm
     # every class pruned by the same share: half of each class kept (rounding: one either way)
     assert np.all(np.abs(np.bincount(y[sel.keep], minlength=3) - np.bincount(y) / 2) <= 1)
@@ -63,7 +63,7 @@ def test_rich_separable_keeps_the_objective_within_class_quotas(rich):
 
 def test_scarce_noisy_moves_to_coverage(scarce):
     x, y, S = scarce
-    sel = dp.prune(S, ratio=0.8, labels=y, features=x)
+    sel = dp.prune(S, prune_ratio=0.8, labels=y, features=x)
     rec = sel.auto
     assert rec["strength"] >= 1, rec["line"]
     chosen = rec["candidates"][rec["strength"]]
@@ -125,8 +125,8 @@ def test_validation_scores_match_a_plain_refit(scarce):
 
 def test_recorded_choice_is_deterministic_given_the_seed(scarce):
     x, y, S = scarce
-    a = dp.prune(S, count=600, labels=y, features=x, seed=3)
-    b = dp.prune(S, count=600, labels=y, features=x, seed=3)
+    a = dp.prune(S, prune_count=600, labels=y, features=x, solver_seed=3)
+    b = dp.prune(S, prune_count=600, labels=y, features=x, solver_seed=3)
     def strip(r):  # everything but the timings
         sig = {k: v for k, v in r["signals"].items() if k != "validation_seconds"}
         return {**{k: v for k, v in r.items() if k != "seconds"}, "signals": sig}
@@ -139,13 +139,13 @@ def test_recorded_choice_is_deterministic_given_the_seed(scarce):
 
 def test_fallbacks_skip_the_validation_and_say_why(rich):
     x, y, S = rich
-    pure = dp.prune(S, ratio=0.5, labels=y, method="optimization")
-    base = dp.prune(S, ratio=0.5, labels=y, method="optimization", balance=True)
-    no_features = dp.prune(S, ratio=0.5, labels=y)
+    pure = dp.prune(S, prune_ratio=0.5, labels=y, method="optimization")
+    base = dp.prune(S, prune_ratio=0.5, labels=y, method="optimization", balance=True)
+    no_features = dp.prune(S, prune_ratio=0.5, labels=y)
     assert np.array_equal(no_features.keep, base.keep) and no_features.auto["chosen"] == "balanced"
     assert no_features.auto["decided_by"] == "rule" and "features" in no_features.auto["reason"]
     assert no_features.auto["candidates"] == []
-    no_labels = dp.prune(S, ratio=0.5, features=x)
+    no_labels = dp.prune(S, prune_ratio=0.5, features=x)
     assert np.array_equal(no_labels.keep, pure.keep) and "labels" in no_labels.auto["reason"]
     assert no_labels.auto["chosen"] == "pure"
     eps = 0.5 * float(np.linalg.norm(S.sum(0)))
@@ -153,10 +153,10 @@ def test_fallbacks_skip_the_validation_and_say_why(rich):
     ref = dp.prune(S, epsilon=eps, labels=y, method="optimization")
     assert np.array_equal(by_eps.keep, ref.keep) and by_eps.norm <= eps
     assert "--epsilon" in by_eps.auto["reason"] and by_eps.auto["chosen"] == "pure"
-    tiny = dp.prune(S[:100], ratio=0.5, labels=y[:100], features=x[:100])
+    tiny = dp.prune(S[:100], prune_ratio=0.5, labels=y[:100], features=x[:100])
     assert "too few samples" in tiny.auto["reason"]
-    given = dp.prune(S, ratio=0.5, labels=y, features=x, balance=True)
-    ref = dp.prune(S, ratio=0.5, labels=y, balance=True, method="optimization")
+    given = dp.prune(S, prune_ratio=0.5, labels=y, features=x, balance=True)
+    ref = dp.prune(S, prune_ratio=0.5, labels=y, balance=True, method="optimization")
     assert np.array_equal(given.keep, ref.keep) and given.auto["chosen"] == "given"
 
 
@@ -168,22 +168,22 @@ def test_rungs_over_the_solve_budget_are_skipped_and_said(rich, monkeypatch):
     need = {"balanced": n * (d + 3) * item, "strata": n * (d + 30) * item,
             "strata+cutoff+features": n * (d + 30 + 3 * x.shape[1]) * item}
     monkeypatch.setenv("DPCLI_SOLVE_BUDGET", str(need["strata"]))  # every rung but the feature rung fits
-    sel = dp.prune(S, ratio=0.5, labels=y, features=x)
+    sel = dp.prune(S, prune_ratio=0.5, labels=y, features=x)
     rec = sel.auto
     assert [c["name"] for c in rec["candidates"]] == [r.name for r in auto.LADDER[:3]]
     assert rec["decided_by"] == "validation" and "strata+cutoff+features skipped" in rec["reason"]
     assert f"covered solve {need['strata+cutoff+features'] / 2**30:.1f} GiB" in rec["reason"]
 
     monkeypatch.setenv("DPCLI_SOLVE_BUDGET", str(need["balanced"]))  # only the first rung: nothing to compare
-    sel = dp.prune(S, ratio=0.5, labels=y, features=x)
-    base = dp.prune(S, ratio=0.5, labels=y, method="optimization", balance=True)
+    sel = dp.prune(S, prune_ratio=0.5, labels=y, features=x)
+    base = dp.prune(S, prune_ratio=0.5, labels=y, method="optimization", balance=True)
     assert np.array_equal(sel.keep, base.keep) and sel.auto["chosen"] == "balanced"
     assert sel.auto["decided_by"] == "rule" and sel.auto["candidates"] == []
     assert "no coverage rung to compare; strata, strata+cutoff, strata+cutoff+features skipped" in sel.auto["reason"]
 
     monkeypatch.setenv("DPCLI_SOLVE_BUDGET", str(need["balanced"] - 1))  # not even the class quotas
-    sel = dp.prune(S, ratio=0.5, labels=y, features=x)
-    pure = dp.prune(S, ratio=0.5, labels=y, method="optimization")
+    sel = dp.prune(S, prune_ratio=0.5, labels=y, features=x)
+    pure = dp.prune(S, prune_ratio=0.5, labels=y, method="optimization")
     assert np.array_equal(sel.keep, pure.keep) and sel.auto["chosen"] == "pure"
     assert "balanced, strata" in sel.auto["reason"] and "DPCLI_SOLVE_BUDGET" in sel.auto["reason"]
 
@@ -353,7 +353,7 @@ def test_challenger_that_wins_runs_on_all_of_S(scarce, monkeypatch):
 
 def test_without_dynamics_there_is_no_challenger(scarce):
     x, y, S = scarce
-    rec = dp.prune(S, ratio=0.8, labels=y, features=x).auto
+    rec = dp.prune(S, prune_ratio=0.8, labels=y, features=x).auto
     assert rec["challenger"] is None and rec["challenger_skipped"] == "no training dynamics"
 
 
@@ -414,12 +414,12 @@ def imbalanced():
 
 def test_a_candidate_that_drops_a_class_the_first_rung_keeps_is_never_chosen(imbalanced):
     x, y, S = imbalanced
-    sel = dp.prune(S, ratio=0.9, labels=y, features=x)
+    sel = dp.prune(S, prune_ratio=0.9, labels=y, features=x)
     rec = sel.auto
     # what the check measured: the cutoff rungs lead beyond the noise, but keep no sample of two classes the
     # first rung keeps on the fit part (counted here from the split, not from auto's record)
     fit, _ = auto.split(y, 0)
-    first = dp.prune(S[fit], count=int(round(0.9 * len(y) * len(fit) / len(y))), labels=y[fit],
+    first = dp.prune(S[fit], prune_count=int(round(0.9 * len(y) * len(fit) / len(y))), labels=y[fit],
                      method="optimization", balance=True)
     assert set(np.unique(y[fit][first.keep])) == {0, 1, 2, 3}
     lost = [c for c in rec["candidates"] if c["classes_lost"]]
@@ -434,7 +434,7 @@ def test_a_candidate_that_drops_a_class_the_first_rung_keeps_is_never_chosen(imb
 def test_a_kept_set_without_some_class_is_warned_about_and_recorded(imbalanced, tmp_path, capsys):
     x, y, S = imbalanced
     with pytest.warns(UserWarning) as record:
-        sel = dp.prune(S, ratio=0.99, labels=y, method="optimization", balance=True)
+        sel = dp.prune(S, prune_ratio=0.99, labels=y, method="optimization", balance=True)
     gone = sorted(set(y) - set(y[sel.keep]))
     assert gone == [2, 3, 4]  # 1 % of 40, 5 and 1 samples rounds to none
     (message,) = [str(w.message) for w in record if "kept set has no sample" in str(w.message)]
