@@ -15,6 +15,7 @@ import difflib
 import importlib
 import importlib.util
 import pkgutil
+import sys
 from typing import Generic, Iterator, TypeVar
 
 from dpcli.errors import DpcliError
@@ -43,8 +44,12 @@ class Registry(Generic[T]):
 
     def names(self) -> tuple[str, ...]:
         """Every registered name, in a stable order, without importing the implementations."""
-        spec = importlib.util.find_spec(self.package)  # the package's folder, without running its __init__
-        path = spec.submodule_search_locations if spec is not None else None
+        pkg = sys.modules.get(self.package)
+        if pkg is not None:  # its live path (a plugin folder may have been added to it)
+            path = list(pkg.__path__)
+        else:  # the package's folder, without running its __init__ (which may import numpy)
+            spec = importlib.util.find_spec(self.package)
+            path = spec.submodule_search_locations if spec is not None else None
         found = {m.name.replace("_", "-") for m in pkgutil.iter_modules(path or []) if not m.name.startswith("_")}
         return tuple(sorted(found | set(self._items)))
 

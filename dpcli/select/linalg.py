@@ -290,7 +290,9 @@ class Rows:
         return self.sum_rows(np.flatnonzero(mask))
 
     def row(self, i: int) -> np.ndarray:
-        return self.sum_rows(np.array([i]))
+        if self.t is None:
+            return self.S[i].astype(np.float64)
+        return self._host(self.t[i])
 
     def take(self, idx: np.ndarray) -> np.ndarray:
         """Rows ``idx`` as a float64 host array (a few rows: O(d) evaluations)."""

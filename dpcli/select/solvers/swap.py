@@ -30,6 +30,10 @@ from dpcli.select.solvers._common import ANNEAL_MIN_MOVES, Clock, Solver
 
 # A swap must improve ||s||^2 by this relative amount; below it we call the search converged.
 _REL_TOL = 1e-10
+# A pool search first scans the best-screened _FOCUS rows of each side, the whole block only when they stall.
+_FOCUS = 256
+# Bulk rounds continue while one pass over S buys a swap batch that keeps at most this share of ||s||^2.
+_BULK_KEEP = 0.99
 # Annealing stops when a cycle improves the best ||s||^2 by less than this share.
 CONVERGED = 0.01
 # Proposals of one annealing cycle: CYCLE_PER_ROW per row, within [ANNEAL_MIN_MOVES, CYCLE_MAX].
@@ -38,6 +42,8 @@ CYCLE_MAX = 2_000_000
 # Large problems: the start temperature accepts this share of the first pool's uphill swaps; cools by COOL.
 _POOL_ACCEPT0 = 0.05
 _POOL_COOL = 1e-2
+# After a gentle cycle that gains less than CONVERGED, one cycle starts hotter (this acceptance) before stopping.
+_HOT_ACCEPT0 = 0.3
 # float64 bytes of one pool (2k rows): bounds the solver's memory beyond S for wide S.
 _POOL_BYTES = 256 << 20
 # S S^T is computed once (float64 on the CPU: 128 MiB at FULL_N) when n <= FULL_N and n^2 d <= FULL_FLOPS.
@@ -190,30 +196,15 @@ def _pool_search(G: np.ndarray, vP: np.ndarray, inA: np.ndarray, ns2: float, sla
             outs, ins = order[:ko], order[ko:]
             a = (vP[outs] - 0.5 * (qP[outs] + slack[outs])).astype(np.float32)  # half gains: a_i - b_j + G_ij
             b = (vP[ins] + 0.5 * (qP[ins] + slack[ins])).astype(np.float32)
-            gain = W[:ko, ko:] + a[:, None]
-            gain -= b[None, :]
-            jb = gain.argmax(1)
-            g_row = gain[np.arange(ko), jb]
-            gain = W[ko:, :ko] - b[:, None]  # the transposed block: column maxima as contiguous row maxima
-            gain += a[None, :]
-            ib = gain.argmax(1)
-            g_col = gain[np.arange(ins.size), ib]
-            po = np.concatenate([outs, outs[ib]])
-            pj = np.concatenate([ins[jb], ins])
-            g = np.concatenate([g_row, g_col])
-            keep = g > 0.0
-            order_ = np.argsort(-g[keep], kind="stable")
-            for o, j in zip(po[keep][order_].tolist(), pj[keep][order_].tolist()):
-                if not inA[o] or inA[j]:
-                    continue
-                gij = 2.0 * (vP[o] - vP[j]) - qP[o] - qP[j] + 2.0 * G[o, j] - slack[o] - slack[j]
-                if gij <= _REL_TOL * ns2:
-                    continue
-                ns2 = max(ns2 - gij - slack[o] - slack[j], 0.0)
-                inA[o], inA[j] = False, True
-                vP += G[j] - G[o]
-                place(int(pos[o]), int(pos[j]))
-                progressed += 1
+            focus = max(ko, ins.size) > 2 * _FOCUS
+            if focus:  # first the best-screened rows of each side: most moves are there, at a 16th of the cost
+                ro = np.argpartition(-a, min(_FOCUS, ko) - 1)[:_FOCUS] if ko > _FOCUS else np.arange(ko)
+                ri = np.argpartition(b, min(_FOCUS, ins.size) - 1)[:_FOCUS] if ins.size > _FOCUS else np.arange(ins.size)
+                po, pj, g = _best_pairs(W[np.ix_(ro, ko + ri)], W[np.ix_(ko + ri, ro)], a[ro], b[ri], outs[ro], ins[ri])
+                progressed, ns2 = _apply_swaps(po, pj, g, G, vP, qP, inA, slack, ns2, place, pos)
+            if not progressed:
+                po, pj, g = _best_pairs(W[:ko, ko:], W[ko:, :ko], a, b, outs, ins)
+                progressed, ns2 = _apply_swaps(po, pj, g, G, vP, qP, inA, slack, ns2, place, pos)
         if progressed == 0 and ns2 > 0.0:
             ns2, pair = _pair_swap(G, vP, inA, ns2, slack)
             for o, j in pair:
@@ -222,6 +213,44 @@ def _pool_search(G: np.ndarray, vP: np.ndarray, inA: np.ndarray, ns2: float, sla
         applied += progressed
         if progressed == 0:
             return ns2, applied
+
+
+def _best_pairs(block: np.ndarray, block_t: np.ndarray, a: np.ndarray, b: np.ndarray, outs: np.ndarray,
+                ins: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The best swap of every row and every column of a gain block (``block`` and its transpose, float32),
+    as (member of A, outsider, half gain) candidates with a positive screened gain."""
+    gain = block + a[:, None]
+    gain -= b[None, :]
+    jb = gain.argmax(1)
+    g_row = gain[np.arange(outs.size), jb]
+    gain = block_t - b[:, None]  # column maxima as contiguous row maxima
+    gain += a[None, :]
+    ib = gain.argmax(1)
+    g_col = gain[np.arange(ins.size), ib]
+    po = np.concatenate([outs, outs[ib]])
+    pj = np.concatenate([ins[jb], ins])
+    g = np.concatenate([g_row, g_col])
+    keep = g > 0.0
+    order = np.argsort(-g[keep], kind="stable")
+    return po[keep][order], pj[keep][order], g[keep][order]
+
+
+def _apply_swaps(po: np.ndarray, pj: np.ndarray, g: np.ndarray, G: np.ndarray, vP: np.ndarray, qP: np.ndarray,
+                 inA: np.ndarray, slack: np.ndarray, ns2: float, place, pos: np.ndarray) -> tuple[int, float]:
+    """Apply candidate swaps best first, each re-evaluated in float64 against the current state."""
+    progressed = 0
+    for o, j in zip(po.tolist(), pj.tolist()):
+        if not inA[o] or inA[j]:
+            continue
+        gij = 2.0 * (vP[o] - vP[j]) - qP[o] - qP[j] + 2.0 * G[o, j] - slack[o] - slack[j]
+        if gij <= _REL_TOL * ns2:
+            continue
+        ns2 = max(ns2 - gij - slack[o] - slack[j], 0.0)
+        inA[o], inA[j] = False, True
+        vP += G[j] - G[o]
+        place(int(pos[o]), int(pos[j]))
+        progressed += 1
+    return progressed, ns2
 
 
 def _pair_swap(G: np.ndarray, vP: np.ndarray, inA: np.ndarray, ns2: float, slack: np.ndarray,
@@ -338,11 +367,11 @@ def _bulk_rounds(eng: Engine, st: SwapState, clock: Clock, eps2: float | None = 
         noise = np.cumsum(q[outs] + q[ins])
         model = (R - proj) ** 2 + noise
         T = int(np.argmin(model)) + 1
-        if T < min_batch or model[T - 1] >= 0.9 * ns2:
+        if T < min_batch or model[T - 1] >= _BULK_KEEP * ns2:
             return
         while T >= min_batch:
             s_new = st.s + eng.rows.sum_rows(ins[:T]) - eng.rows.sum_rows(outs[:T])
-            if float(s_new @ s_new) < 0.9 * ns2:
+            if float(s_new @ s_new) < _BULK_KEEP * ns2:
                 break
             T //= 2
         if T < min_batch:
@@ -504,15 +533,15 @@ class _Chain:
         return done
 
 
-def _calibrate(chain: _Chain, rng: np.random.Generator) -> float:
-    """Start temperature at which the mean acceptance of this pool's uphill swaps is ``_POOL_ACCEPT0``."""
+def _calibrate(chain: _Chain, rng: np.random.Generator, accept: float) -> float:
+    """Start temperature at which the mean acceptance of this pool's uphill swaps is ``accept``."""
     G, vP, inA = chain.G, chain.vP, chain.inA
     qP = np.diag(G)
     outs, ins = np.flatnonzero(inA), np.flatnonzero(~inA)
     ro, ri = outs[rng.integers(0, outs.size, 4096)], ins[rng.integers(0, ins.size, 4096)]
     gain = 2.0 * (vP[ro] - vP[ri]) - qP[ro] - qP[ri] + 2.0 * G[ro, ri]
     up = np.sqrt(np.maximum(chain.ns2 - gain, 0.0)) - math.sqrt(chain.ns2)
-    return _temperature_for(up[up > 0.0], _POOL_ACCEPT0)
+    return _temperature_for(up[up > 0.0], accept)
 
 
 class _WorkingSet:
@@ -541,7 +570,7 @@ class _WorkingSet:
 
 
 def _anneal_cycle(eng: Engine, st: SwapState, clock: Clock, rng: np.random.Generator, proposals: int,
-                  t0: float | None, cool: float) -> tuple[SwapState, int, float | None]:
+                  t0: float | None, cool: float, accept: float = 0.05) -> tuple[SwapState, int, float | None]:
     """One annealing cycle of ``proposals`` from ``st``: the best state seen, proposals made, start temperature.
 
     Pools are re-screened and ``s`` recomputed exactly every ``_REFRESH`` proposals; the
@@ -565,7 +594,7 @@ def _anneal_cycle(eng: Engine, st: SwapState, clock: Clock, rng: np.random.Gener
             break
         chain = _Chain(G, vP, inA, st.ns2, st.ns2)
         if t0 is None:
-            t0 = _calibrate(chain, rng)
+            t0 = _calibrate(chain, rng, accept)
             if t0 <= 0.0:
                 break
         t0_ = t0
@@ -594,14 +623,17 @@ def anneal(eng: Engine, st: SwapState, clock: Clock, rng: np.random.Generator,
     local search's (the top-k of each side by the O(1) gain part: random pairs over all of S are mostly
     wasted), re-screened every ``_REFRESH`` proposals.  The start temperature accepts 5% of the first
     pool's uphill swaps on average and cools by 100 over a cycle, refining a near-zero sum without
-    throwing it away.  Deterministic for a seed without a time budget.
+    throwing it away; when such a cycle gains less than ``CONVERGED``, one cycle starting at 30% tries
+    to leave the basin before the search is called converged.  Deterministic for a seed without a
+    time budget.
     """
-    t0: float | None = None
+    temps: dict[float, float | None] = {_POOL_ACCEPT0: None, _HOT_ACCEPT0: None}
+    accept = _POOL_ACCEPT0
     left = math.inf if proposals is None else int(proposals)
     best = st
     while left > 0 and not clock.expired() and best.ns2 > 0.0:
         length = int(min(cycle_proposals(eng.n), left))
-        cand, done, t0 = _anneal_cycle(eng, best, clock, rng, length, t0, _POOL_COOL)
+        cand, done, temps[accept] = _anneal_cycle(eng, best, clock, rng, length, temps[accept], _POOL_COOL, accept)
         left -= max(done, 1)
         local_search(eng, cand, clock)
         gain = best.ns2 - cand.ns2
@@ -609,8 +641,14 @@ def anneal(eng: Engine, st: SwapState, clock: Clock, rng: np.random.Generator,
         if cand.ns2 < best.ns2:
             best = cand
         best.moves = moves
-        if done == 0 or gain < CONVERGED * (best.ns2 + gain):
+        if done == 0:
             break
+        if gain < CONVERGED * (best.ns2 + gain):
+            if accept == _HOT_ACCEPT0:
+                break
+            accept = _HOT_ACCEPT0  # a gentle cycle found little: one hotter try before calling it converged
+        else:
+            accept = _POOL_ACCEPT0
     return best
 
 
