@@ -174,3 +174,30 @@ def test_cuda_solve_and_covered_solve_match_the_cpu():
     eps = 1.5 * cpu.norm
     e = selection.maximize_pruned(S, eps, device="cuda")
     assert _norm(S, e.pruned) <= eps and e.n_pruned >= m
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory: an S given as a float32 .npy is read through a memory map, not copied
+
+
+def test_an_external_float32_npy_S_is_mapped_and_checked_not_copied(tmp_path):
+    import tracemalloc
+
+    from dpcli.stages.embeddings import load_external_S
+
+    S = _S(12000, 512, 10)  # 24.6 MB: three row chunks of the finiteness check
+    np.save(tmp_path / "S.npy", S)
+    tracemalloc.start()
+    got, _ = load_external_S(tmp_path / "S.npy")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert np.array_equal(got, S) and not got.flags.writeable
+    assert peak < S.nbytes / 3, (peak, S.nbytes)  # chunk temporaries of the finiteness check only
+    bad = S.copy()
+    bad[[5, 11000], 3] = np.nan
+    np.save(tmp_path / "bad.npy", bad)
+    with pytest.raises(DpcliError, match="2 rows with NaN or inf"):
+        load_external_S(tmp_path / "bad.npy")
+    np.save(tmp_path / "S64.npy", S.astype(np.float64))  # another precision: copied to float32 as before
+    got64, _ = load_external_S(tmp_path / "S64.npy")
+    assert got64.dtype == np.float32 and got64.flags.writeable and np.array_equal(got64, S)
