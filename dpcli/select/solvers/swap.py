@@ -38,7 +38,7 @@ _BULK_KEEP = 0.99
 CONVERGED = 0.01
 # Proposals of one annealing cycle: CYCLE_PER_ROW per row, within [ANNEAL_MIN_MOVES, CYCLE_MAX].
 CYCLE_PER_ROW = 100
-CYCLE_MAX = 2_000_000
+CYCLE_MAX = 1_000_000
 # Large problems: the start temperature accepts this share of the first pool's uphill swaps; cools by COOL.
 _POOL_ACCEPT0 = 0.05
 _POOL_COOL = 1e-2
@@ -598,7 +598,8 @@ def _anneal_cycle(eng: Engine, st: SwapState, clock: Clock, rng: np.random.Gener
             if t0 <= 0.0:
                 break
         t0_ = t0
-        budget = min(_REFRESH * max(1, eng.d // 512), proposals - done)  # a wide pool's new Gram rows cost ~d
+        # a pool's set-up (new Gram rows ~ d, its screening ~ n) is amortized over more proposals when it costs more
+        budget = min(_REFRESH * max(1, eng.d // 512, eng.n // 65536), proposals - done)
         done += chain.run(budget, lambda extra: t0_ * cool ** min(1.0, share(extra)), rng)
         st.s, moved = eng.apply(st, P, chain.inA)
         st.A[P] = chain.inA
@@ -657,24 +658,37 @@ def swap_cardinality(eng: Engine, m: int, clock: Clock, rng: np.random.Generator
     """Eq. 4: start, local search to a swap local optimum, then anneal until it stops improving.
 
     Works on the smaller side: if m > n/2 it picks the n - m KEPT rows with target
-    ``sum_K S_i = sum_all S_i`` (the same objective).  Starts from a random set; where S S^T is held,
-    also from the greedy set, keeping the better after local search.
+    ``sum_K S_i = sum_all S_i`` (the same objective).  Starts: a random set, the rows of smallest norm
+    (influence norms are heavy-tailed: their sum is often near the optimum already) and, where it is
+    cheap, the greedy set.  Where S S^T is held each is searched and the best kept; otherwise the one
+    with the smallest norm after bulk rounds is.
     """
     n, d = eng.n, eng.d
     complement = m > n - m
     k = n - m if complement else m
     offset = -eng.rows.masked_sum(np.ones(n, dtype=bool)) if complement else np.zeros(d)
     eng.set_offset(offset)
-    st = SwapState(np.zeros(n, dtype=bool), offset.copy())
-    st.A[rng.choice(n, k, replace=False)] = True
-    st.s = offset + eng.rows.masked_sum(st.A)
-    local_search(eng, st, clock)
+
+    def start(rows: np.ndarray) -> SwapState:
+        A = np.zeros(n, dtype=bool)
+        A[rows] = True
+        return SwapState(A, offset + eng.rows.masked_sum(A))
+
+    starts = [start(rng.choice(n, k, replace=False)), start(np.argpartition(eng.q, k - 1)[:k])]
     if eng.full or k * n * d <= 5e7:  # the greedy start costs a row of S S^T (or a pass) per pick
         greedy = SwapState(np.zeros(n, dtype=bool), offset.copy())
         greedy_fill(eng, greedy, k)
-        local_search(eng, greedy, clock)
-        greedy.moves += st.moves
-        st = greedy if greedy.ns2 < st.ns2 else SwapState(st.A, st.s, greedy.moves)
+        starts.append(greedy)
+    if eng.full:
+        for st in starts:
+            local_search(eng, st, clock)
+    else:
+        for st in starts:
+            _bulk_rounds(eng, st, clock)
+        starts = [min(starts, key=lambda st: st.ns2)]
+        local_search(eng, starts[0], clock)
+    st = min(starts, key=lambda st: st.ns2)
+    st.moves = sum(s.moves for s in starts)
     if not clock.expired():
         st = anneal(eng, st, clock, rng, proposals)
     mask = ~st.A if complement else st.A
