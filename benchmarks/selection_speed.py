@@ -256,6 +256,32 @@ def run_problem(p: Problem, work: Path, seed: int, repeats: int) -> dict:
     return rec
 
 
+def kernels(repeats: int = 7) -> dict:
+    """numpy against torch on this CPU for the solver's kernels (medians, seconds): which backend the CPU uses."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    out: dict = {"torch_threads": torch.get_num_threads()}
+    S = rng.standard_normal((50_000, 5_130), dtype=np.float32)
+    St = torch.from_numpy(S)
+    x = rng.standard_normal(5_130).astype(np.float32)
+    idx = np.sort(rng.choice(50_000, 2_048, replace=False))
+
+    def med(fn) -> float:
+        return float(np.median([timed(fn)[0] for _ in range(repeats)]))
+
+    X, Xt = S[idx], St[torch.from_numpy(idx)]
+    out["pass 50000x5130 (S @ v)"] = (med(lambda: S @ x), med(lambda: St @ torch.from_numpy(x)))
+    out["pool Gram 2048x5130 float32"] = (med(lambda: X @ X.T), med(lambda: Xt @ Xt.T))
+    out["gather 2048 rows"] = (med(lambda: S[idx]), med(lambda: St[torch.from_numpy(idx)]))
+    v, vt = rng.standard_normal(2_048), torch.from_numpy(rng.standard_normal(2_048))
+    out["small op (2048-vector add), per call"] = (med(lambda: [v + v for _ in range(1000)]) / 1000,
+                                                   med(lambda: [vt + vt for _ in range(1000)]) / 1000)
+    for k, (a, b) in list(out.items())[1:]:
+        print(f"  {k}: numpy {a * 1e3:.3f} ms, torch {b * 1e3:.3f} ms (torch / numpy {b / a:.2f})", flush=True)
+    return out
+
+
 def plot(results: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -293,6 +319,7 @@ def main() -> None:
     ap.add_argument("--plot", type=Path, default=Path("docs/selection-speed.png"))
     ap.add_argument("--work", type=Path, default=None, help="scratch folder for the .npy problems")
     ap.add_argument("--plot-only", type=Path, default=None, help="redraw the plot from a results file")
+    ap.add_argument("--no-kernels", action="store_true", help="skip the numpy-against-torch kernel timings")
     args = ap.parse_args()
     if args.plot_only:
         plot(json.loads(args.plot_only.read_text())["results"], args.plot)
@@ -303,6 +330,8 @@ def main() -> None:
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                           "processor": platform.processor() or platform.machine(), "numpy": np.__version__},
               "results": []}
+    if not args.no_kernels:
+        report["kernels_numpy_torch_seconds"] = kernels()
     for name in args.problems:
         rec = run_problem(PROBLEMS[name], work, args.seed, 1 if PROBLEMS[name].n > GRAM_MAX_N else args.repeats)
         report["results"].append(rec)

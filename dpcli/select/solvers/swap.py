@@ -46,6 +46,8 @@ _POOL_COOL = 1e-2
 _HOT_ACCEPT0 = 0.3
 # float64 bytes of one pool (2k rows): bounds the solver's memory beyond S for wide S.
 _POOL_BYTES = 256 << 20
+# Every start is searched (the best kept) when n d is at most this; above it only the smallest after bulk rounds.
+SEARCH_ALL_STARTS = 1e8
 # S S^T is computed once (float64 on the CPU: 128 MiB at FULL_N) when n <= FULL_N and n^2 d <= FULL_FLOPS.
 FULL_N = 4096
 FULL_FLOPS = 1e11
@@ -660,8 +662,9 @@ def swap_cardinality(eng: Engine, m: int, clock: Clock, rng: np.random.Generator
     Works on the smaller side: if m > n/2 it picks the n - m KEPT rows with target
     ``sum_K S_i = sum_all S_i`` (the same objective).  Starts: a random set, the rows of smallest norm
     (influence norms are heavy-tailed: their sum is often near the optimum already) and, where it is
-    cheap, the greedy set.  Where S S^T is held each is searched and the best kept; otherwise the one
-    with the smallest norm after bulk rounds is.
+    cheap, the greedy set.  Each is searched and the best kept where that is cheap (S S^T held, or
+    ``n d <= SEARCH_ALL_STARTS``); otherwise only the one with the smallest norm after bulk rounds (a
+    smallest-norm start can end in a poorer local optimum: it leaves no small rows outside to swap in).
     """
     n, d = eng.n, eng.d
     complement = m > n - m
@@ -679,7 +682,7 @@ def swap_cardinality(eng: Engine, m: int, clock: Clock, rng: np.random.Generator
         greedy = SwapState(np.zeros(n, dtype=bool), offset.copy())
         greedy_fill(eng, greedy, k)
         starts.append(greedy)
-    if eng.full:
+    if eng.full or n * d <= SEARCH_ALL_STARTS:
         for st in starts:
             local_search(eng, st, clock)
     else:
