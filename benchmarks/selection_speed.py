@@ -191,6 +191,37 @@ def norm_of(S: np.ndarray, mask: np.ndarray) -> float:
     return subset_norm(S, mask)
 
 
+class Work:
+    """Counts what the solver asks of the hardware (wraps ``Rows``; adds no work): passes over all of S and
+    Gram-block flops."""
+
+    def __init__(self) -> None:
+        from dpcli.select import linalg
+
+        self.linalg, self.passes, self.gram_flops = linalg, 0, 0.0
+        self._matvec, self._gram, self._extend = linalg.Rows.matvec, linalg.Rows.gram, linalg.Rows._extend
+        work = self
+
+        def matvec(rows, x):
+            work.passes += rows.n == work.n
+            return work._matvec(rows, x)
+
+        def gram(rows, idx):
+            work.gram_flops += 2.0 * len(idx) ** 2 * rows.d
+            return work._gram(rows, idx)
+
+        def extend(rows, old, at, fresh):
+            work.gram_flops += 2.0 * len(fresh) * (len(at) + len(fresh)) * rows.d
+            return work._extend(rows, old, at, fresh)
+
+        linalg.Rows.matvec, linalg.Rows.gram, linalg.Rows._extend = matvec, gram, extend
+        self.n = -1
+
+    def close(self) -> None:
+        self.linalg.Rows.matvec, self.linalg.Rows.gram, self.linalg.Rows._extend = (self._matvec, self._gram,
+                                                                                   self._extend)
+
+
 def run_problem(p: Problem, work: Path, seed: int, repeats: int) -> dict:
     import dpcli.api as dp
     from dpcli.select.linalg import count_from_ratio
@@ -228,11 +259,17 @@ def run_problem(p: Problem, work: Path, seed: int, repeats: int) -> dict:
     reset_peak()
     rec["rss_before_gib"] = rss_gib()
     times, cpu, sel = [], [], None
-    for _ in range(repeats):
+    for r in range(repeats):
+        counter = Work() if r == 0 else None  # counts the first run's passes and Gram flops (a call each)
+        if counter is not None:
+            counter.n = S.shape[0]
         c = time.process_time()
         t, sel = timed(dp.prune, S, count=m, method="optimization", seed=seed)
         times.append(t)
         cpu.append(time.process_time() - c)
+        if counter is not None:
+            counter.close()
+            rec["passes_over_S"], rec["gram_gflop"] = counter.passes, counter.gram_flops / 1e9
     rec["dpcli_seconds"] = float(np.median(times))
     rec["dpcli_cpu_seconds"] = float(np.median(cpu))  # all threads: on a shared machine, the work itself
     rec["dpcli_runs"] = times

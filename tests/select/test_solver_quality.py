@@ -81,8 +81,8 @@ def test_the_annealing_phase_improves_on_the_local_optimum():
 
 
 def test_annealing_runs_whole_cycles_until_one_gains_less_than_the_tolerance(monkeypatch):
-    """Stop on convergence: every cycle runs its full length; the search ends after a gentle cycle and then a
-    hotter one each gain less than CONVERGED, and only then."""
+    """Stop on convergence: every cycle runs its full length, twice as long after one that gained; the
+    search ends after a gentle and then a hotter cycle each gain less than CONVERGED, or at the cap."""
     cycles: list[tuple[float, float, int, int, float]] = []
     real = swap_module._anneal_cycle
 
@@ -92,15 +92,23 @@ def test_annealing_runs_whole_cycles_until_one_gains_less_than_the_tolerance(mon
         return best, done, t0
 
     monkeypatch.setattr(swap_module, "_anneal_cycle", spy)
-    S = synthetic(1500, 64, 0, 0.5, 1.0)
-    selection.minimize_norm(S, selection.count_from_ratio(1500, 0.3))
-    assert len(cycles) >= 3
-    assert all(p == swap_module.cycle_proposals(1500) and done == p for _, _, p, done, _ in cycles)
+    n = 1500
+    S = synthetic(n, 64, 0, 0.5, 1.0)
+    selection.minimize_norm(S, selection.count_from_ratio(n, 0.3))
     small = [(a - b) / a < swap_module.CONVERGED for a, b, _, _, _ in cycles]
     hot = [acc == swap_module._HOT_ACCEPT0 for *_, acc in cycles]
-    assert small[-2:] == [True, True] and hot[-2:] == [False, True]  # converged: gentle, then hot, both small
+    lengths = [p for _, _, p, _, _ in cycles]
+    cap = swap_module.annealing_cap(n)
+    assert all(done == p for _, _, p, done, _ in cycles) and sum(lengths) <= cap
+    expected, length = [], swap_module.cycle_proposals(n)
+    for i in range(len(cycles)):
+        expected.append(min(length, cap - sum(expected)))
+        length = length if small[i] else 2 * length
+    assert lengths == expected
+    assert any(not s for s in small)  # annealing gained here
+    converged = small[-2:] == [True, True] and hot[-2:] == [False, True]
+    assert converged or sum(lengths) == cap
     assert not any(s and h for s, h in zip(small[:-1], hot[:-1]))  # no earlier stop was skipped
-    assert any(not s for s in small)  # and annealing did gain here before it converged
 
 
 def test_a_proposal_cap_bounds_the_annealing():

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dpcli.select.linalg import CHUNK_BYTES, Block, Rows
-from dpcli.select.solvers._common import ANNEAL_MIN_MOVES, Clock, Solver
+from dpcli.select.solvers._common import ANNEAL_MAX_MOVES, ANNEAL_MIN_MOVES, Clock, Solver
 
 # A swap must improve ||s||^2 by this relative amount; below it we call the search converged.
 _REL_TOL = 1e-10
@@ -457,8 +457,13 @@ def greedy_fill(eng: Engine, st: SwapState, count: int) -> None:
 
 
 def cycle_proposals(n: int) -> int:
-    """Proposals of one annealing cycle (O(1) each)."""
+    """Proposals of the first annealing cycle (O(1) each)."""
     return int(min(CYCLE_MAX, max(ANNEAL_MIN_MOVES, CYCLE_PER_ROW * n)))
+
+
+def annealing_cap(n: int) -> int:
+    """The most proposals annealing may make without a budget or ``proposals``: 300 per row, 5,000..20M."""
+    return int(min(ANNEAL_MAX_MOVES, max(ANNEAL_MIN_MOVES, 300 * n)))
 
 
 def _temperature_for(uphill: np.ndarray, accept: float) -> float:
@@ -626,16 +631,17 @@ def anneal(eng: Engine, st: SwapState, clock: Clock, rng: np.random.Generator,
     local search's (the top-k of each side by the O(1) gain part: random pairs over all of S are mostly
     wasted), re-screened every ``_REFRESH`` proposals.  The start temperature accepts 5% of the first
     pool's uphill swaps on average and cools by 100 over a cycle, refining a near-zero sum without
-    throwing it away; when such a cycle gains less than ``CONVERGED``, one cycle starting at 30% tries
-    to leave the basin before the search is called converged.  Deterministic for a seed without a
-    time budget.
+    throwing it away.  A cycle that gains ``CONVERGED`` or more is followed by one twice as long (slower
+    cooling where annealing pays); when a cycle gains less, one cycle starting at 30% tries to leave the
+    basin before the search is called converged.  At most :func:`annealing_cap` proposals in all (300 per
+    row).  Deterministic for a seed without a time budget.
     """
     temps: dict[float, float | None] = {_POOL_ACCEPT0: None, _HOT_ACCEPT0: None}
     accept = _POOL_ACCEPT0
-    left = math.inf if proposals is None else int(proposals)
-    best = st
+    left = annealing_cap(eng.n) if proposals is None else int(proposals)
+    best, length = st, cycle_proposals(eng.n)
     while left > 0 and not clock.expired() and best.ns2 > 0.0:
-        length = int(min(cycle_proposals(eng.n), left))
+        length = int(min(length, left))
         cand, done, temps[accept] = _anneal_cycle(eng, best, clock, rng, length, temps[accept], _POOL_COOL, accept)
         left -= max(done, 1)
         local_search(eng, cand, clock)
@@ -651,7 +657,7 @@ def anneal(eng: Engine, st: SwapState, clock: Clock, rng: np.random.Generator,
                 break
             accept = _HOT_ACCEPT0  # a gentle cycle found little: one hotter try before calling it converged
         else:
-            accept = _POOL_ACCEPT0
+            accept, length = _POOL_ACCEPT0, 2 * length  # annealing pays here: cool more slowly next time
     return best
 
 
