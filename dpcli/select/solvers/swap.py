@@ -53,7 +53,7 @@ FULL_N = 4096
 FULL_FLOPS = 1e11
 # Proposals between re-screenings of an annealing pool (and exact recomputations of s); the working set
 # the pools are screened from is itself re-screened by a pass over S every _WS_REFRESH pools.
-_REFRESH = 16384
+_REFRESH = 65536
 _WS_REFRESH = 8
 
 
