@@ -54,6 +54,7 @@ FULL_FLOPS = 1e11
 # Proposals between re-screenings of an annealing pool (and exact recomputations of s); the working set
 # the pools are screened from is itself re-screened by a pass over S every _WS_REFRESH pools.
 _REFRESH = 65536
+_REFRESH_MIN = 4096  # and at least 16 pools per cycle above that
 _WS_REFRESH = 8
 
 
@@ -606,7 +607,8 @@ def _anneal_cycle(eng: Engine, st: SwapState, clock: Clock, rng: np.random.Gener
                 break
         t0_ = t0
         # a pool's set-up (new Gram rows ~ d, its screening ~ n) is amortized over more proposals when it costs more
-        budget = min(_REFRESH * max(1, eng.d // 512, eng.n // 65536), proposals - done)
+        every = max(_REFRESH_MIN, min(_REFRESH, proposals // 16)) * max(1, eng.d // 512, eng.n // 65536)
+        budget = min(every, proposals - done)
         done += chain.run(budget, lambda extra: t0_ * cool ** min(1.0, share(extra)), rng)
         st.s, moved = eng.apply(st, P, chain.inA)
         st.A[P] = chain.inA
