@@ -90,11 +90,12 @@ def prune(S: Any, *, epsilon: float | None = None, ratio: float | None = None, c
     from dpcli.errors import DpcliError
     from dpcli.select.base import Context, select, warn_emptied_classes
     from dpcli.select.certificate import certify
+    from dpcli.select.linalg import nonfinite_rows
 
     S = np.ascontiguousarray(_numpy(S), dtype=np.float32)
     if S.ndim != 2:
         raise DpcliError(f"S must be 2-D (n x d), got shape {S.shape}")
-    if not np.isfinite(S).all():
+    if nonfinite_rows(S):  # by row chunks: an n x d boolean temporary would add a quarter of S at its peak
         raise DpcliError("S has NaN or inf entries")
     cfg = PruneConfig(epsilon=epsilon, ratio=ratio, count=count, solver=solver, seed=seed, method=method,
                       balance=balance).validate()

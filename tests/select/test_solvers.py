@@ -201,3 +201,26 @@ def test_an_external_float32_npy_S_is_mapped_and_checked_not_copied(tmp_path):
     np.save(tmp_path / "S64.npy", S.astype(np.float64))  # another precision: copied to float32 as before
     got64, _ = load_external_S(tmp_path / "S64.npy")
     assert got64.dtype == np.float32 and got64.flags.writeable and np.array_equal(got64, S)
+
+
+def test_api_prune_checks_S_by_row_chunks_and_refuses_nan(tmp_path, monkeypatch):
+    """dpcli.api.prune on a memory-mapped S: the finiteness check streams (no n x d temporary), and a NaN
+    anywhere is one clear error."""
+    import tracemalloc
+
+    import dpcli.api as dp
+    import dpcli.select.base as base
+
+    S = _S(12000, 512, 11)
+    np.save(tmp_path / "S.npy", S)
+    mapped = np.load(tmp_path / "S.npy", mmap_mode="r")
+    monkeypatch.setattr(base, "select", lambda cfg, ctx: (np.arange(ctx.n) < 10, "first-10"))
+    tracemalloc.start()
+    sel = dp.prune(mapped, count=10, method="optimization")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert sel.norm == pytest.approx(_norm(S, np.arange(12000) < 10), rel=1e-12)
+    assert peak < S.nbytes / 3, (peak, S.nbytes)
+    S[9000, 100] = np.inf
+    with pytest.raises(DpcliError, match="NaN or inf"):
+        dp.prune(S, count=10, method="optimization")

@@ -37,7 +37,7 @@ _BULK_KEEP = 0.99
 # Annealing stops when a cycle improves the best ||s||^2 by less than this share.
 CONVERGED = 0.01
 # Proposals of one annealing cycle: CYCLE_PER_ROW per row, within [ANNEAL_MIN_MOVES, CYCLE_MAX].
-CYCLE_PER_ROW = 100
+CYCLE_PER_ROW = 50
 CYCLE_MAX = 1_000_000
 # Large problems: the start temperature accepts this share of the first pool's uphill swaps; cools by COOL.
 _POOL_ACCEPT0 = 0.05
