@@ -10,14 +10,23 @@ and lognormal scales ``r_i`` (``--sigma``; influence norms are heavy-tailed in p
 typical row has norm ~1 and a random half of the rows sums to a norm in the hundreds.
 Prints markdown tables: cardinality mode (prune half) for every solver at the same budget, then
 ``swap`` alone on the large size in both modes (natural stopping) with time and peak memory.
+
+``--compare-tree DIR`` instead compares natural stopping (no budget) of ``swap`` in this tree against
+another dpcli tree (e.g. ``git archive ab05d0a dpcli | tar -x -C /tmp/base``), each instance solved in
+its own process per tree, on the ``--sizes`` instances and on S files (``--files path.h5@ratio``)::
+
+    python benchmarks/solvers.py --compare-tree /tmp/base --sizes 10000x64 10000x512 50000x64 50000x512 \\
+        --files influence.h5@0.5 --seeds 0 1 2
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import resource
+import subprocess
 import sys
 import time
 
@@ -52,6 +61,49 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
+def _solve_in(tree: str, spec: str, ratio: float, seed: int, args) -> dict:
+    """Natural-stopping swap on one instance, in a fresh process importing dpcli from ``tree``."""
+    code = f"""
+import json, sys, time, numpy as np
+sys.path.insert(0, {tree!r})
+from dpcli.select import solvers as selection
+spec = {spec!r}
+if spec.endswith('.h5'):
+    import h5py
+    with h5py.File(spec) as f:
+        S = np.asarray(f['S'][()], dtype=np.float32)
+else:
+    sys.path.insert(1, {os.path.dirname(os.path.abspath(__file__))!r})
+    from solvers import synthetic
+    n, d = (int(x) for x in spec.lower().split('x'))
+    S = synthetic(n, d, {args.seed}, {args.mean}, {args.sigma})
+m = selection.count_from_ratio(S.shape[0], {ratio})
+t, c = time.perf_counter(), time.process_time()
+sel = selection.minimize_norm(S, m, seed={seed})
+print(json.dumps({{'norm': sel.norm, 'seconds': time.perf_counter() - t, 'cpu': time.process_time() - c}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": tree})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def compare(args) -> None:
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cases = [(s, args.ratio) for s in args.sizes] + [(f.rsplit("@", 1)[0], float(f.rsplit("@", 1)[1]))
+                                                    for f in args.files]
+    print(f"### swap, natural stopping: this tree against {args.compare_tree} (median over seeds {args.seeds})\n")
+    print("| instance | prune ratio | norm before | norm now | now / before | CPU s before | CPU s now |")
+    print("|---|---|---|---|---|---|---|")
+    for spec, ratio in cases:
+        runs = {tree: [_solve_in(tree, spec, ratio, s, args) for s in args.seeds]
+                for tree in (args.compare_tree, here)}
+        med = {tree: (float(np.median([r["norm"] for r in rs])), float(np.median([r["cpu"] for r in rs])))
+               for tree, rs in runs.items()}
+        (nb, cb), (nn, cn) = med[args.compare_tree], med[here]
+        name = spec if not spec.endswith(".h5") else os.path.basename(os.path.dirname(spec)) or spec
+        print(f"| {name} | {ratio:g} | {nb:.5g} | {nn:.5g} | {nn / nb:.3f} | {cb:.1f} | {cn:.1f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", nargs="*", default=["10000x64", "10000x512", "50000x64", "50000x512"],
@@ -64,7 +116,13 @@ def main() -> None:
     ap.add_argument("--mean", type=float, default=0.5)
     ap.add_argument("--sigma", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--compare-tree", default=None, help="another dpcli tree to compare natural stopping with")
+    ap.add_argument("--files", nargs="*", default=[], help="S files (influence.h5@ratio) for --compare-tree")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0], help="solver seeds for --compare-tree")
     args = ap.parse_args()
+    if args.compare_tree:
+        compare(args)
+        return
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
           f"numpy {np.__version__}, python {platform.python_version()}")

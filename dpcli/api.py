@@ -123,11 +123,15 @@ def prune(S: Any, *, epsilon: float | None = None, prune_ratio: float | None = N
     from dpcli.config import PruneConfig
     from dpcli.select.base import Context, select, warn_emptied_classes
     from dpcli.select.certificate import certify
-    from dpcli.select.linalg import float32_rows
+    from dpcli.select.linalg import float32_rows, nonfinite_rows
     from dpcli.stages.embeddings import check_features, check_labels, encode_labels
 
     with console.library(progress):
-        S, bad = float32_rows(_matrix(S, "S"))
+        S = _matrix(S, "S")
+        if S.dtype == np.float32 and S.flags.c_contiguous:  # a memory map stays one: checked by row chunks
+            bad = nonfinite_rows(S)
+        else:
+            S, bad = float32_rows(S)
         if bad:
             raise DpcliError(f"S has {bad} rows with NaN or inf")
         _numbers(epsilon=epsilon, prune_ratio=prune_ratio, prune_count=prune_count, solver_seed=solver_seed,

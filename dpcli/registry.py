@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
 import pkgutil
-from typing import Generic, TypeVar
+import sys
+from typing import Generic, Iterator, TypeVar
 
 from dpcli.errors import DpcliError
 
@@ -42,9 +44,20 @@ class Registry(Generic[T]):
 
     def names(self) -> tuple[str, ...]:
         """Every registered name, in a stable order, without importing the implementations."""
-        pkg = importlib.import_module(self.package)
-        found = {m.name.replace("_", "-") for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_")}
+        pkg = sys.modules.get(self.package)
+        if pkg is not None:  # its live path (a plugin folder may have been added to it)
+            path = list(pkg.__path__)
+        else:  # the package's folder, without running its __init__ (which may import numpy)
+            spec = importlib.util.find_spec(self.package)
+            path = spec.submodule_search_locations if spec is not None else None
+        found = {m.name.replace("_", "-") for m in pkgutil.iter_modules(path or []) if not m.name.startswith("_")}
         return tuple(sorted(found | set(self._items)))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names()
 
     def get(self, name: str) -> type[T]:
         """The implementation registered as ``name``; one clear line listing the choices otherwise."""

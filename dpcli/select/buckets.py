@@ -34,8 +34,7 @@ import numpy as np
 from dpcli.select import solvers as selection
 from dpcli.select.certificate import certify, repair
 from dpcli.select.linalg import as_matrix, row_sq_norms
-from dpcli.select.solvers.common import ANNEAL_MIN_MOVES, check_budget
-from dpcli.select.solvers.swap import default_pool_proposals
+from dpcli.select.solvers._common import check_budget
 from dpcli.errors import DpcliError
 
 # Outer cycles of the global refinement (each is one gemv over S plus pool rounds).
@@ -51,15 +50,14 @@ def _init_worker(path: str | None) -> None:
 
 
 def _solve_bucket(idx: np.ndarray, m: int | None, eps: float | None, solver: str,
-                  budget: float | None, seed: int, proposals: int | None) -> tuple[np.ndarray, int]:
+                  budget: float | None, seed: int) -> tuple[np.ndarray, int]:
     S = _S_SHARED
     assert S is not None
     Sb = np.ascontiguousarray(S[idx])
     if eps is not None:
         sel = selection.maximize_pruned(Sb, eps, solver=solver, time_budget=budget, seed=seed)
     else:
-        sel = selection.minimize_norm(Sb, m, solver=solver, time_budget=budget, seed=seed,
-                                      proposals=proposals if solver == "swap" else None)
+        sel = selection.minimize_norm(Sb, m, solver=solver, time_budget=budget, seed=seed)
     return idx[sel.pruned], sel.iterations
 
 
@@ -134,10 +132,7 @@ def solve_bucketed(S: np.ndarray, *, m: int | None = None, epsilon: float | None
     eps_b = eps / math.sqrt(buckets) if m is None else None
     b_budget = None if budget is None else 0.8 * budget * min(1.0, workers / buckets)
     seeds = [int(np.random.SeedSequence([seed, b + 1]).generate_state(1)[0]) for b in range(buckets)]
-    # swap's fixed annealing phase is 300 n proposals capped at 20M: split the unbucketed total
-    # over the buckets, so bucketing never does more annealing work than the unbucketed solver.
-    props = max(ANNEAL_MIN_MOVES, default_pool_proposals(n) // buckets)
-    args = [(parts[b], targets[b], eps_b, solver, b_budget, seeds[b], props) for b in range(buckets)]
+    args = [(parts[b], targets[b], eps_b, solver, b_budget, seeds[b]) for b in range(buckets)]
 
     results: list[tuple[np.ndarray, int]] = []
     tmpdir = None

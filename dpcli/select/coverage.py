@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dpcli.select import solvers as selection
-from dpcli.select.linalg import masked_sum, row_step
+from dpcli.select.linalg import Rows, device_of, masked_sum, row_step
 from dpcli.select.scoring import proportional_counts
 from dpcli.env import solve_budget
 from dpcli.errors import DpcliError
@@ -95,12 +95,14 @@ def groups_of(labels: np.ndarray, difficulty: np.ndarray | None, cov: Coverage) 
 def minimize_norm_covered(S: np.ndarray, m: int, labels: np.ndarray, difficulty: np.ndarray | None,
                           cov: Coverage, *, seed: int = 0, solver: str = "swap",
                           time_budget: float | None = None, progress=None,
-                          features: np.ndarray | None = None, proposals: int | None = None) -> np.ndarray:
+                          features: np.ndarray | None = None, proposals: int | None = None,
+                          device=None) -> np.ndarray:
     """Eq. 4 with per-group counts: the pruned mask (``m`` True) of smallest ``||sum S_i||``.
 
     With ``features`` (penultimate features, n x D) the objective also asks the pruned samples
     of every group to have the group's mean feature, so the kept set keeps each class's and
-    stratum's feature mean (herding's criterion) while the influence still cancels.
+    stratum's feature mean (herding's criterion) while the influence still cancels.  With a
+    ``device`` other than the CPU the augmented matrix is built there (float32) and solved there.
     """
     cov.validate()
     S = np.asarray(S)
@@ -127,7 +129,7 @@ def minimize_norm_covered(S: np.ndarray, m: int, labels: np.ndarray, difficulty:
     feature_cols = 0 if features is None else len(np.unique(labels[free])) * np.asarray(features).shape[1]
     group_cols = len(gid) if len(gid) > 1 else 0
     check_budget(len(free), S.shape[1], group_cols, feature_cols, solve_dtype(S).itemsize)
-    Sa = _augmented(S, free, forced, m_free, extra=group_cols + feature_cols)
+    Sa = _augmented(S, free, forced, m_free, extra=group_cols + feature_cols, device=device)
     d = S.shape[1]
     Sf = Sa[:, :d]  # a view: the group and feature columns follow
     col = d
@@ -137,40 +139,70 @@ def minimize_norm_covered(S: np.ndarray, m: int, labels: np.ndarray, difficulty:
         col += feature_cols
     if len(gid) > 1:
         lam = _penalty_weight(Sf, ginv, counts, seed)
-        Sa[:, col:] = -lam * counts / m_free
-        Sa[np.arange(len(free)), col + ginv] += lam
+        _count_columns(Sa[:, col:], ginv, lam, -lam * counts / m_free)
     sel = selection.minimize_norm(Sa, m_free, solver=solver, time_budget=time_budget, seed=seed, progress=progress,
-                                  proposals=proposals)
+                                  proposals=proposals, device=device)
     mask = _repair_counts(Sf, sel.pruned.copy(), ginv, counts)
     pruned[free[mask]] = True
     return pruned
 
 
-def _augmented(S: np.ndarray, free: np.ndarray, forced: np.ndarray, m_free: int, extra: int) -> np.ndarray:
-    """``[S_free + offset / m_free, 0...]`` in S's precision, filled by byte-sized chunks.
+def _augmented(S: np.ndarray, free: np.ndarray, forced: np.ndarray, m_free: int, extra: int,
+               device=None):
+    """``[S_free + offset / m_free, 0...]`` in S's precision (float32 on a device), filled by byte-sized chunks.
 
     One (n_free, d + extra) array is the only copy of S the covered solve makes (float32 for a float32
-    S), so its peak is about twice S rather than the three float64 copies an hstack would build.
+    S), so its peak is about twice S rather than the three float64 copies an hstack would build.  On a
+    device other than the CPU it is a torch tensor there, and S crosses once.
     """
     dtype = solve_dtype(S)
     d = S.shape[1]
     offset = masked_sum(S, forced) if forced.any() else np.zeros(d)
     shift = offset / m_free  # |W| = m_free: the offset sums to the forced part
-    out = np.zeros((len(free), d + extra), dtype=dtype)
+    if device_of(device) == "cpu":
+        out = np.zeros((len(free), d + extra), dtype=dtype)
+    else:
+        import torch
+
+        out = torch.zeros((len(free), d + extra), dtype=torch.float32, device=device)
     step = row_step(d)
     for a in range(0, len(free), step):
-        out[a:a + step, :d] = S[free[a:a + step]] + shift.astype(dtype)
+        _put(out, slice(a, a + step), slice(0, d), S[free[a:a + step]] + shift.astype(dtype))
     return out
 
 
+def _put(out, rows: "slice | np.ndarray", cols: slice, values: np.ndarray) -> None:
+    """``out[rows, cols] = values`` for a numpy array or a torch tensor (values from the host)."""
+    if isinstance(out, np.ndarray):
+        out[rows, cols] = values
+        return
+    import torch
+
+    r = rows if isinstance(rows, slice) else torch.as_tensor(rows, device=out.device)
+    out[r, cols] = torch.as_tensor(np.ascontiguousarray(values), dtype=out.dtype, device=out.device)
+
+
+def _count_columns(out, ginv: np.ndarray, lam: float, base: np.ndarray) -> None:
+    """``out[i, g] = base[g] + lam 1[g = ginv[i]]``: the count constraints' columns, where ``out`` lives."""
+    n = len(ginv)
+    if isinstance(out, np.ndarray):
+        out[:] = base
+        out[np.arange(n), ginv] += lam
+        return
+    import torch
+
+    out.copy_(torch.as_tensor(base, dtype=out.dtype, device=out.device).expand(n, -1))
+    out[torch.arange(n, device=out.device), torch.as_tensor(ginv, device=out.device)] += lam
+
+
 def maximize_pruned_covered(S: np.ndarray, epsilon: float, labels: np.ndarray, difficulty: np.ndarray | None,
-                            cov: Coverage, *, seed: int = 0, solver: str = "swap") -> np.ndarray:
+                            cov: Coverage, *, seed: int = 0, solver: str = "swap", device=None) -> np.ndarray:
     """Eq. 3 with per-group counts: the largest covered prune set with ``||sum S_i|| <= epsilon``
     (bisection on the count; every probe is a covered Eq. 4 solve)."""
     n = S.shape[0]
 
     def solve(m: int) -> np.ndarray | None:
-        p = minimize_norm_covered(S, m, labels, difficulty, cov, seed=seed, solver=solver)
+        p = minimize_norm_covered(S, m, labels, difficulty, cov, seed=seed, solver=solver, device=device)
         return p if selection.subset_norm(S, p) <= epsilon else None
 
     best = np.zeros(n, dtype=bool)
@@ -206,13 +238,13 @@ def _write_feature_block(out: np.ndarray, F: np.ndarray, labels: np.ndarray, gin
     got = 0.0
     for c in range(len(classes)):
         got += float(np.sum(centred(np.flatnonzero(start & (cls == c))).sum(0) ** 2))
-    ref = np.linalg.norm(Sf[start].sum(0, dtype=np.float64))
+    ref = np.linalg.norm(Rows(Sf).masked_sum(start))
     scale = ref / np.sqrt(got) if got > 0 else 1.0
     for c in range(len(classes)):
         rows = np.flatnonzero(cls == c)
         for a in range(0, len(rows), _FEATURE_ROWS):
             part = rows[a:a + _FEATURE_ROWS]
-            out[part, c * dim:(c + 1) * dim] = centred(part) * scale
+            _put(out, part, slice(c * dim, (c + 1) * dim), centred(part) * scale)
 
 
 def _stratified_start(ginv: np.ndarray, counts: np.ndarray, seed: int) -> np.ndarray:
@@ -224,31 +256,31 @@ def _stratified_start(ginv: np.ndarray, counts: np.ndarray, seed: int) -> np.nda
     return start
 
 
-def _penalty_weight(Sf: np.ndarray, ginv: np.ndarray, counts: np.ndarray, seed: int) -> float:
+def _penalty_weight(Sf, ginv: np.ndarray, counts: np.ndarray, seed: int) -> float:
     """Large enough that one unit of count error costs more than any swap can gain."""
     start = _stratified_start(ginv, counts, seed)
-    r = float(np.sqrt(np.einsum("ij,ij->i", Sf, Sf).max()))
-    v0 = float(np.linalg.norm(Sf[start].sum(0, dtype=np.float64)))
+    rows = Rows(Sf)
+    r = float(np.sqrt(rows.sq_norms().max()))
+    v0 = float(np.linalg.norm(rows.masked_sum(start)))
     return 3.0 * (r + v0) + 1e-12
 
 
-def _repair_counts(Sf: np.ndarray, mask: np.ndarray, ginv: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def _repair_counts(Sf, mask: np.ndarray, ginv: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Move samples between over- and under-pruned groups, each time the move that keeps the norm lowest."""
-    v = Sf[mask].sum(0, dtype=np.float64)
+    rows = Rows(Sf)
+    v = rows.masked_sum(mask)
+    q: np.ndarray | None = None
     while True:
         have = np.bincount(ginv[mask], minlength=len(counts))
         over, under = np.flatnonzero(have > counts), np.flatnonzero(have < counts)
         if len(over) == 0:
             return mask
+        q = rows.sq_norms() if q is None else q
         out_idx = np.flatnonzero(mask & np.isin(ginv, over))
         in_idx = np.flatnonzero(~mask & (ginv == under[0]))
         # ||v - S_i + S_j||^2 = const - 2 v.S_i + 2 v.S_j + ||S_i - S_j||^2; pick i then j greedily
-        a = Sf[out_idx] @ v
-        qi = np.einsum("ij,ij->i", Sf[out_idx], Sf[out_idx])
-        i = int(out_idx[np.argmax(2 * a - qi)])
-        w = v - Sf[i]
-        b = Sf[in_idx] @ w
-        qj = np.einsum("ij,ij->i", Sf[in_idx], Sf[in_idx])
-        j = int(in_idx[np.argmin(2 * b + qj)])
+        i = int(out_idx[np.argmax(2 * rows.dot_rows(out_idx, v) - q[out_idx])])
+        w = v - rows.row(i)
+        j = int(in_idx[np.argmin(2 * rows.dot_rows(in_idx, w) + q[in_idx])])
         mask[i], mask[j] = False, True
-        v = w + Sf[j]
+        v = w + rows.row(j)

@@ -154,3 +154,199 @@ def float32_rows(src, out: np.ndarray | None = None) -> tuple[np.ndarray, int]:
         out[a:a + step] = src[a:a + step]
         bad += _bad_rows(out[a:a + step])
     return out, bad
+
+
+def device_of(device) -> str:
+    """``"cpu"`` or a torch device string, from None, a string or a ``torch.device``."""
+    return "cpu" if device is None else str(device)
+
+
+# On the CPU, Gram blocks are float64 up to this width (exact enough for the low-dimensional problems whose
+# sums get tiny; cheap there) and float32 above it, where their flops are the solver's main cost.
+EXACT_MAX_D = 1024
+
+
+class Rows:
+    """S where the solvers' heavy passes run: ``S @ x``, Gram blocks and row sums, results on the host in float64.
+
+    On the CPU this is numpy on S itself (a memory map stays a map, nothing is copied): numpy's BLAS was
+    measured as fast as torch's for these shapes there, and its per-call overhead 7x lower
+    (docs/performance.md).  On another device S is copied there once, float32, one row chunk at a time (or
+    used as it is when it is already a tensor there); products are float32 and only n- or k-sized results
+    cross back.  ``rel_err`` is the relative rounding a Gram entry or a row product may carry.
+    """
+
+    def __init__(self, S, device=None) -> None:
+        if device is None and not isinstance(S, np.ndarray) and hasattr(S, "device"):
+            device = S.device
+        self.device = device_of(device)
+        self.n, self.d = int(S.shape[0]), int(S.shape[1])
+        if self.device == "cpu" and isinstance(S, np.ndarray):
+            self.S, self.t = as_matrix(S), None
+            self.dtype = np.float64 if self.d <= EXACT_MAX_D else np.float32
+            self.rel_err = 2.0 ** -40 if self.dtype == np.float64 else 2.0 ** -20
+            return
+        import torch
+
+        self.S, self.dtype, self.rel_err = None, np.float32, 2.0 ** -20
+        if isinstance(S, torch.Tensor):
+            self.t = S.to(self.device, torch.float32)
+        else:
+            S = as_matrix(S)
+            self.t = torch.empty(S.shape, dtype=torch.float32, device=self.device)
+            step = row_step(self.d)
+            for a in range(0, self.n, step):
+                self.t[a:a + step] = torch.from_numpy(np.ascontiguousarray(S[a:a + step], dtype=np.float32))
+
+    # ---- backend primitives: the only places that know numpy from torch
+    def _gather(self, idx: np.ndarray):
+        """Rows ``idx`` where S lives, in the Gram precision."""
+        if self.t is None:
+            return self.S[idx].astype(self.dtype)
+        import torch
+
+        return self.t[torch.as_tensor(np.asarray(idx, dtype=np.int64), device=self.device)]
+
+    def _host(self, x) -> np.ndarray:
+        if self.t is None:
+            return np.asarray(x, dtype=np.float64)
+        import torch
+
+        return x.to(torch.float64).cpu().numpy()
+
+    def _vec(self, x: np.ndarray):
+        if self.t is None:
+            return x
+        import torch
+
+        return torch.as_tensor(x, dtype=torch.float32, device=self.device)
+
+    # ---- what the solvers call
+    def matvec(self, x: np.ndarray) -> np.ndarray:
+        """float64 ``S @ x``, multiplied in S's precision (float32 on a device): one pass over S."""
+        if self.t is None:
+            return matvec(self.S, x)
+        return self._host(self.t @ self._vec(x))
+
+    def gram(self, idx: np.ndarray) -> np.ndarray:
+        """``S[idx] S[idx]^T`` as float64, in the order of ``idx``."""
+        X = self._gather(idx)
+        return self._host(X @ X.T)
+
+    def full_gram(self) -> np.ndarray:
+        """``S S^T`` on the host (the caller checks that it fits)."""
+        return self.gram(np.arange(self.n))
+
+    def block(self, P: np.ndarray, reuse: "Block | None" = None) -> "Block":
+        """Pool ``P``: its rows kept where S lives and its Gram matrix on the host (see :class:`Block`).
+
+        With ``reuse`` (the previous pool) only the Gram rows of the rows new to the pool are multiplied,
+        ``|new| x |P| x d`` flops instead of ``|P|^2 d`` (successive pools share most rows); the block then
+        lists the rows it shares with ``reuse`` first, in ``reuse``'s order, and the new ones after.
+        """
+        if reuse is not None and reuse.rows is self:
+            at = np.flatnonzero(np.isin(reuse.P, P))
+            if 2 * at.size >= P.size:
+                if at.size == P.size == reuse.P.size:
+                    return reuse
+                return self._extend(reuse, at, P[~np.isin(P, reuse.P)])
+        X = self._gather(P)
+        return Block(self, P, X, self._host(X @ X.T))
+
+    def _extend(self, old: "Block", at: np.ndarray, fresh: np.ndarray) -> "Block":
+        k0 = at.size
+        if self.t is None:
+            X = np.concatenate([old.X[at], self._gather(fresh)])
+        else:
+            import torch
+
+            X = torch.cat([old.X[torch.as_tensor(at, device=old.X.device)], self._gather(fresh)])
+        P = np.concatenate([old.P[at], fresh])
+        G = np.empty((P.size, P.size))
+        G[:k0, :k0] = old.G.take(at, 0).take(at, 1)
+        if fresh.size:
+            C = self._host(X[k0:] @ X.T)
+            G[k0:] = C
+            G[:k0, k0:] = C[:, :k0].T
+        return Block(self, P, X, G)
+
+    def dot_rows(self, idx: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """``S[idx] @ x`` as float64 (float64 products on the CPU)."""
+        if self.t is None:
+            return take_rows(self.S, idx) @ x
+        return self._host(self._gather(idx) @ self._vec(x))
+
+    def sum_rows(self, idx: np.ndarray) -> np.ndarray:
+        """float64 sum of rows ``idx`` (exact in float64 for float32 rows)."""
+        if self.t is None:
+            return sum_rows(self.S, idx)
+        import torch
+
+        return self._gather(idx).to(torch.float64).sum(0).cpu().numpy()
+
+    def masked_sum(self, mask: np.ndarray) -> np.ndarray:
+        if self.t is None:
+            return masked_sum(self.S, mask)
+        return self.sum_rows(np.flatnonzero(mask))
+
+    def row(self, i: int) -> np.ndarray:
+        if self.t is None:
+            return self.S[i].astype(np.float64)
+        return self._host(self.t[i])
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        """Rows ``idx`` as a float64 host array (a few rows: O(d) evaluations)."""
+        if self.t is None:
+            return take_rows(self.S, idx)
+        return self._host(self._gather(idx))
+
+    def norm(self, mask: np.ndarray) -> float:
+        """``||sum_{mask} S_i||`` in float64 (on a host S: :func:`subset_norm`)."""
+        if self.t is None:
+            return subset_norm(self.S, mask)
+        return float(np.linalg.norm(self.masked_sum(as_mask(mask, self.n))))
+
+    def subset(self, idx: np.ndarray) -> "Rows":
+        """Rows ``idx`` (sorted) as their own contiguous Rows on the same device (a working set)."""
+        idx = np.sort(idx)
+        if self.t is None:
+            return Rows(np.ascontiguousarray(self.S[idx]))
+        return Rows(self._gather(idx), self.device)
+
+    def sq_norms(self) -> np.ndarray:
+        """float64 ``||S_i||^2``; refuses NaN/inf."""
+        if self.t is None:
+            return row_sq_norms(self.S)
+        import torch
+
+        q = torch.empty(self.n, dtype=torch.float64, device=self.device)
+        step = row_step(self.d)
+        for a in range(0, self.n, step):
+            X = self.t[a:a + step].to(torch.float64)
+            q[a:a + step] = (X * X).sum(1)
+        q = q.cpu().numpy()
+        if not np.isfinite(q).all():
+            raise DpcliError(f"the influence matrix has a non-finite value (NaN or inf) in row "
+                             f"{int(np.flatnonzero(~np.isfinite(q))[0])}")
+        return q
+
+
+class Block:
+    """A pool: rows ``P`` of S (``X``, where S lives, in the Gram precision) and their Gram matrix ``G``."""
+
+    def __init__(self, rows: Rows, P: np.ndarray, X, G: np.ndarray) -> None:
+        self.rows, self.P, self.X, self.G = rows, P, X, G
+
+    def dot(self, x: np.ndarray) -> np.ndarray:
+        """``X @ x`` as float64 (float64 products on the CPU)."""
+        if self.rows.t is None:
+            return self.X.astype(np.float64, copy=False) @ x
+        return self.rows._host(self.X @ self.rows._vec(x))
+
+    def sum(self, local: np.ndarray) -> np.ndarray:
+        """float64 sum of the pool rows at positions ``local``."""
+        if self.rows.t is None:
+            return self.X[local].sum(0, dtype=np.float64)
+        import torch
+
+        return self.X[torch.as_tensor(local, device=self.X.device)].to(torch.float64).sum(0).cpu().numpy()

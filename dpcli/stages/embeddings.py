@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from dpcli.errors import DpcliError
-from dpcli.select.linalg import float32_rows
+from dpcli.select.linalg import float32_rows, nonfinite_rows
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -749,7 +749,7 @@ def load_external_S(path: Path | str) -> tuple[np.ndarray, np.ndarray | None]:
             src = np.load(path, mmap_mode="r", allow_pickle=False)
         except ValueError as exc:
             raise DpcliError(f"{path}: cannot read S ({exc})") from None
-        S = _copy_rows(src, path)
+        S = _mapped_rows(src, path) if src.dtype == np.float32 and src.flags.c_contiguous else _copy_rows(src, path)
     elif suffix in (".h5", ".hdf5"):
         import h5py
 
@@ -765,6 +765,16 @@ def load_external_S(path: Path | str) -> tuple[np.ndarray, np.ndarray | None]:
     else:
         raise DpcliError(f"{path}: an external S must be .npy or .h5 with a dataset 'S'")
     return S, labels
+
+
+def _mapped_rows(src: np.ndarray, path: Path) -> np.ndarray:
+    """A float32 .npy stays a read-only memory map (page cache, not heap): checked chunk by chunk."""
+    if src.ndim != 2 or src.shape[0] == 0:
+        raise DpcliError(f"{path}: S must be 2-D (n samples x d parameters), got shape {tuple(src.shape)}")
+    bad = nonfinite_rows(src)
+    if bad:
+        raise DpcliError(f"{path}: S has {bad} rows with NaN or inf")
+    return src
 
 
 def _copy_rows(src, path: Path) -> np.ndarray:

@@ -13,6 +13,7 @@ from dpcli.errors import DpcliError
 from dpcli.select import linalg
 from dpcli.select.certificate import certify
 from dpcli.select.solvers import count_from_ratio, maximize_pruned, minimize_norm, subset_norm
+from dpcli.select.solvers.swap import Swap
 
 
 def own_norm(S: np.ndarray, mask: np.ndarray) -> float:
@@ -193,19 +194,19 @@ def test_solver_path_refuses_a_set_a_little_over_epsilon(monkeypatch):
     # "repaired" as if it were rounding (repair() only absorbs ~1e-6 relative).
     S = mean_plus_noise(60, 4, seed=22)
     mask, eps = _prefix_over(S, 1.2)
-    monkeypatch.setattr(selection, "swap_epsilon", lambda S, q, eps, clock, rng: (mask.copy(), 0))
+    monkeypatch.setattr(Swap, "epsilon", lambda self, rows, q, eps, clock, rng: (mask.copy(), 0))
     with pytest.raises(DpcliError, match="exceeds epsilon"):
         maximize_pruned(S, eps)
     # an overshoot of rounding size is repaired: the result then satisfies eps by the test's own norm
     near, eps = _prefix_over(S, 1.0 + 1e-9)
-    monkeypatch.setattr(selection, "swap_epsilon", lambda S, q, eps, clock, rng: (near.copy(), 0))
+    monkeypatch.setattr(Swap, "epsilon", lambda self, rows, q, eps, clock, rng: (near.copy(), 0))
     sel = maximize_pruned(S, eps)
     assert own_norm(S, sel.pruned) <= eps and 0 < sel.n_pruned < near.sum()
 
 
 def test_a_solver_returning_an_infeasible_set_is_refused(monkeypatch):
     S = mean_plus_noise(50, 4, seed=9)
-    monkeypatch.setattr(selection, "swap_epsilon", lambda S, q, eps, clock, rng: (np.ones(50, bool), 0))
+    monkeypatch.setattr(Swap, "epsilon", lambda self, rows, q, eps, clock, rng: (np.ones(50, bool), 0))
     # pruning everything violates eps (checked here), so the returned set must be refused
     assert own_norm(S, np.ones(50, bool)) > 0.1
     with pytest.raises(DpcliError, match="exceeds epsilon"):
@@ -336,7 +337,7 @@ def test_non_finite_S(value):
 
 def test_bad_solver_shape_and_budget():
     S = mean_plus_noise(30, 2, 0)
-    with pytest.raises(DpcliError, match="unknown solver"):
+    with pytest.raises(DpcliError, match="unknown --solver 'gurobi'"):
         minimize_norm(S, 3, solver="gurobi")
     with pytest.raises(DpcliError, match="at most 20"):
         minimize_norm(S, 3, solver="brute")

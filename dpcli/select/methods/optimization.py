@@ -33,10 +33,10 @@ class Optimization(Selector):
                                  solver=cfg.solver, time_budget=cfg.time_budget, seed=cfg.seed, progress=ctx.progress)
         elif epsilon is not None:
             sel = solvers.maximize_pruned(ctx.S, epsilon, solver=cfg.solver, time_budget=cfg.time_budget,
-                                          seed=cfg.seed, progress=ctx.progress)
+                                          seed=cfg.seed, progress=ctx.progress, device=ctx.device)
         else:
             sel = solvers.minimize_norm(ctx.S, m, solver=cfg.solver, time_budget=cfg.time_budget, seed=cfg.seed,
-                                        progress=ctx.progress, proposals=ctx.proposals)
+                                        progress=ctx.progress, proposals=ctx.proposals, device=ctx.device)
         return sel.pruned, sel.solver
 
     def _covered(self, ctx: Context, m: int | None) -> tuple[np.ndarray, str]:
@@ -58,10 +58,10 @@ class Optimization(Selector):
         label = f"{cfg.solver}+coverage(balance={cov.balance},strata={cov.strata},cutoff={cov.cutoff:g})"
         if m is None:
             return maximize_pruned_covered(ctx.S, cfg.epsilon, ctx.labels, diff, cov, seed=cfg.seed,
-                                           solver=cfg.solver), label
+                                           solver=cfg.solver, device=ctx.device), label
         feats = ctx.features() if cfg.match_features else None
         if feats is not None:
             label += "+features"
         return minimize_norm_covered(ctx.S, m, ctx.labels, diff, cov, seed=cfg.seed, solver=cfg.solver,
                                      time_budget=cfg.time_budget, progress=ctx.progress, features=feats,
-                                     proposals=ctx.proposals), label
+                                     proposals=ctx.proposals, device=ctx.device), label

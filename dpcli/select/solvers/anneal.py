@@ -8,9 +8,9 @@ from typing import Callable
 
 import numpy as np
 
-from dpcli.select.linalg import masked_sum, matvec
-from dpcli.select.solvers.common import (ANNEAL_ACCEPT0, ANNEAL_COOL, ANNEAL_MAX_MOVES, ANNEAL_MIN_MOVES, Clock,
-                                          typical_step)
+from dpcli.select.linalg import Rows
+from dpcli.select.solvers._common import (ANNEAL_ACCEPT0, ANNEAL_COOL, ANNEAL_MAX_MOVES, ANNEAL_MIN_MOVES, Clock,
+                                           Solver, typical_step)
 
 
 
@@ -113,12 +113,12 @@ class _Anneal:
     (proposals, or elapsed time when there is a budget).  The best state seen is returned.
     """
 
-    def __init__(self, S: np.ndarray, q: np.ndarray, mask: np.ndarray, clock: Clock,
+    def __init__(self, rows: Rows, q: np.ndarray, mask: np.ndarray, clock: Clock,
                  rng: np.random.Generator) -> None:
-        self.S, self.q, self.clock, self.rng = S, q, clock, rng
-        self.n, self.d = S.shape
+        self.rows, self.q, self.clock, self.rng = rows, q, clock, rng
+        self.n, self.d = rows.n, rows.d
         self.split = _Split.of(mask)
-        self.s = masked_sum(S, mask)
+        self.s = rows.masked_sum(mask)
         self.ns2 = float(self.s @ self.s)
         self.total_moves = _default_moves(self.n)
         self.evaluated = 0
@@ -138,7 +138,7 @@ class _Anneal:
         """New ``||s||^2`` for each move (i leaves A unless -1, j joins A unless -1)."""
         hi, hj = i >= 0, j >= 0
         ii, jj = np.where(hi, i, 0), np.where(hj, j, 0)
-        Xi, Xj = self.S[ii].astype(np.float64), self.S[jj].astype(np.float64)
+        Xi, Xj = self.rows.take(ii), self.rows.take(jj)
         si, sj = Xi @ self.s, Xj @ self.s
         cross = np.einsum("ij,ij->i", Xi, Xj)
         new = (self.ns2 - np.where(hi, 2.0 * si - self.q[ii], 0.0) + np.where(hj, 2.0 * sj + self.q[jj], 0.0)
@@ -147,9 +147,9 @@ class _Anneal:
 
     def _move(self, i: int, j: int, sign: float) -> None:
         if j >= 0:
-            self.s = self.s + sign * self.S[j].astype(np.float64)
+            self.s = self.s + sign * self.rows.row(j)
         if i >= 0:
-            self.s = self.s - sign * self.S[i].astype(np.float64)
+            self.s = self.s - sign * self.rows.row(i)
         self.ns2 = float(self.s @ self.s)
 
     def apply(self, i: int, j: int, feasible: Callable[[float], bool]) -> bool:
@@ -199,7 +199,7 @@ class _Anneal:
         return self.best.best_mask(self.split.mask())
 
 
-def anneal_cardinality(S: np.ndarray, q: np.ndarray, m: int, clock: Clock,
+def anneal_cardinality(rows: Rows, q: np.ndarray, m: int, clock: Clock,
                         rng: np.random.Generator) -> tuple[np.ndarray, int]:
     """Eq. 4 by SA over m-subsets from a random start; moves swap a pruned and a kept sample.
 
@@ -207,11 +207,11 @@ def anneal_cardinality(S: np.ndarray, q: np.ndarray, m: int, clock: Clock,
     the median ``||S_j - S_i||`` of random pairs) is accepted with probability ~0.3 at the start;
     cooling is geometric down to ``T0 * 1e-4``.
     """
-    n = S.shape[0]
+    n = rows.n
     mask = np.zeros(n, dtype=bool)
     mask[rng.choice(n, m, replace=False)] = True
-    an = _Anneal(S, q, mask, clock, rng)
-    t0 = typical_step(S, rng) / math.log(1 / ANNEAL_ACCEPT0)
+    an = _Anneal(rows, q, mask, clock, rng)
+    t0 = typical_step(rows, q, rng) / math.log(1 / ANNEAL_ACCEPT0)
 
     def propose(b: int) -> tuple[np.ndarray, np.ndarray]:
         sp = an.split
@@ -226,7 +226,7 @@ def anneal_cardinality(S: np.ndarray, q: np.ndarray, m: int, clock: Clock,
     return mask, an.evaluated
 
 
-def anneal_epsilon(S: np.ndarray, q: np.ndarray, eps: float, clock: Clock,
+def anneal_epsilon(rows: Rows, q: np.ndarray, eps: float, clock: Clock,
                     rng: np.random.Generator) -> tuple[np.ndarray, int]:
     """Eq. 3 by penalty SA from the empty set, returning the best FEASIBLE set visited.
 
@@ -238,10 +238,10 @@ def anneal_epsilon(S: np.ndarray, q: np.ndarray, eps: float, clock: Clock,
     one sample, cooling geometrically from 1 to 0.01.  A chain that ends just infeasible is
     repaired by greedy removals and kept if that beats the best feasible state visited.
     """
-    n = S.shape[0]
-    an = _Anneal(S, q, np.zeros(n, dtype=bool), clock, rng)
+    n = rows.n
+    an = _Anneal(rows, q, np.zeros(n, dtype=bool), clock, rng)
     eps2 = (eps * (1.0 - 1e-9)) ** 2
-    step = typical_step(S, rng)
+    step = typical_step(rows, q, rng)
 
     def propose(b: int) -> tuple[np.ndarray, np.ndarray]:
         sp = an.split
@@ -270,10 +270,10 @@ def anneal_epsilon(S: np.ndarray, q: np.ndarray, eps: float, clock: Clock,
     # visited: drop the most helpful samples until feasible and keep that if it is better.
     end = an.split.mask()
     for _ in range(256):
-        s = masked_sum(S, end)
+        s = rows.masked_sum(end)
         if float(s @ s) <= eps2 or not end.any():
             break
-        score = 2.0 * matvec(S, s) - q  # ||s||^2 - ||s - S_i||^2
+        score = 2.0 * rows.matvec(s) - q  # ||s||^2 - ||s - S_i||^2
         score[~end | (q == 0.0)] = -np.inf  # dropping an all-zero row never helps
         if not np.isfinite(score).any():
             break
@@ -281,3 +281,16 @@ def anneal_epsilon(S: np.ndarray, q: np.ndarray, eps: float, clock: Clock,
     if float(s @ s) <= eps2 and int(np.count_nonzero(end)) > int(np.count_nonzero(mask)):
         mask = end
     return mask, an.evaluated
+
+
+class Anneal(Solver):
+    name = "anneal"
+    help = "the paper's simulated annealing"
+
+    def cardinality(self, rows: Rows, q: np.ndarray, m: int, clock: Clock, rng: np.random.Generator,
+                    proposals: int | None = None) -> tuple[np.ndarray, int]:
+        return anneal_cardinality(rows, q, m, clock, rng)
+
+    def epsilon(self, rows: Rows, q: np.ndarray, eps: float, clock: Clock,
+                rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        return anneal_epsilon(rows, q, eps, clock, rng)

@@ -6,7 +6,12 @@ import math
 
 import numpy as np
 
-from dpcli.select.linalg import subset_norm
+from dpcli.errors import DpcliError
+
+from dpcli.select.linalg import Rows
+from dpcli.select.solvers._common import Clock, Solver
+
+BRUTE_MAX_N = 20
 
 
 def _half_sums(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -19,14 +24,14 @@ def _half_sums(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return sums, sizes
 
 
-def brute(S: np.ndarray, q: np.ndarray, m: int | None, eps: float | None) -> tuple[np.ndarray, int]:
+def brute(rows: Rows, q: np.ndarray, m: int | None, eps: float | None) -> tuple[np.ndarray, int]:
     """Exhaustive search by meet in the middle: norms of all 2^n sums via one Gram product.
 
     Candidates are ranked by the (rounded) expanded norm and the winners re-checked with
-    :func:`subset_norm`, so near-ties and the epsilon boundary are decided exactly.
+    :meth:`Rows.norm`, so near-ties and the epsilon boundary are decided exactly.
     """
-    n = S.shape[0]
-    X = np.asarray(S, dtype=np.float64)
+    n = rows.n
+    X = rows.take(np.arange(n))
     h = n // 2
     A, ca = _half_sums(X[:h])
     B, cb = _half_sums(X[h:])
@@ -45,14 +50,33 @@ def brute(S: np.ndarray, q: np.ndarray, m: int | None, eps: float | None) -> tup
         close = cand[norm2.ravel()[cand] <= best + slack]
         close = close[np.argsort(norm2.ravel()[close], kind="stable")][:256]
         masks = [mask_of(c) for c in close]
-        norms = [subset_norm(S, mk) for mk in masks]
+        norms = [rows.norm(mk) for mk in masks]
         return masks[int(np.argmin(norms))], int(math.comb(n, m))
     assert eps is not None
     for size in range(n, -1, -1):
         cand = np.flatnonzero(((sizes == size) & (norm2 <= eps * eps + slack)).ravel())
         for c in cand[np.argsort(norm2.ravel()[cand], kind="stable")]:
             mk = mask_of(c)
-            if subset_norm(S, mk) <= eps:
+            if rows.norm(mk) <= eps:
                 return mk, 1 << n
     return np.zeros(n, dtype=bool), 1 << n  # pragma: no cover - the empty set is always feasible
 
+
+
+class Brute(Solver):
+    name = "brute"
+    help = f"exhaustive enumeration (an oracle for n <= {BRUTE_MAX_N})"
+    max_n = BRUTE_MAX_N
+
+    def check(self, n: int) -> None:
+        if n > BRUTE_MAX_N:
+            raise DpcliError(f"the brute solver enumerates all subsets and accepts at most {BRUTE_MAX_N} "
+                             f"samples, got {n}; use --solver swap")
+
+    def cardinality(self, rows: Rows, q: np.ndarray, m: int, clock: Clock, rng: np.random.Generator,
+                    proposals: int | None = None) -> tuple[np.ndarray, int]:
+        return brute(rows, q, m=m, eps=None)
+
+    def epsilon(self, rows: Rows, q: np.ndarray, eps: float, clock: Clock,
+                rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        return brute(rows, q, m=None, eps=eps)

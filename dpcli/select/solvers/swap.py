@@ -1,9 +1,21 @@
-"""swap: bulk rounds, screened pool search, then annealing over pooled swaps (the default solver).
+"""swap: swap local search over screened pools, then annealing over pools until it stops improving (the default).
 
-Swap local search with maintained inner products ``v = S s`` (``s`` = current sum), so a swap's gain
-costs O(1) to screen: bulk rounds (thousands of swaps per gemv while ``||s||`` is large), then exact
-search over screened pools (a k x k Gram block), then annealing over pooled swaps at O(1) per proposal
-for the rest of the time budget, or without one for a fixed 300 n proposals (deterministic).
+The objective is ``||s||^2`` with ``s = offset + sum_{i in A} S_i``.  With ``v = S s`` and ``q_i = ||S_i||^2``, a
+swap (i leaves A, j joins it) lowers it by ``a_i - b_j + 2 G_ij`` where ``a = 2v - q``, ``b = 2v + q`` and
+``G = S S^T``: one pass over S screens every swap at O(1), and a k x k block of G evaluates k^2 swaps at once.
+
+1. Start: a random set whose bias bulk rounds remove (thousands of swaps per pass over S while ``||s||`` is
+   large); where S S^T is small enough to compute once, also the greedy set built from it, and the better of
+   the two after local search is kept.
+2. Local search: pools of the best-screened rows of each side, searched through their Gram block (best swap
+   per row and column, applied best first), until no swap improves.
+3. Annealing over the pools at O(1) per proposal, in cycles from the best set so far; it stops when a cycle
+   improves ``||s||^2`` by less than ``CONVERGED`` (relative), when the time budget ends, or after
+   ``proposals`` proposals.
+
+Heavy arithmetic (passes over S, Gram blocks) runs where :class:`dpcli.select.linalg.Rows` puts it; the
+sequential part works on n-vectors and k x k blocks on the host.  ``s`` is kept exact (float64 row sums);
+what a pool changes is recomputed from the rows before it is accepted.
 """
 
 from __future__ import annotations
@@ -13,18 +25,37 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dpcli.select.linalg import CHUNK_BYTES, masked_sum, matvec, sum_rows, take_rows
-from dpcli.select.solvers.common import (ANNEAL_ACCEPT0, ANNEAL_COOL, ANNEAL_MAX_MOVES, ANNEAL_MIN_MOVES, Clock,
-                                          typical_step)
+from dpcli.select.linalg import CHUNK_BYTES, Block, Rows
+from dpcli.select.solvers._common import ANNEAL_MAX_MOVES, ANNEAL_MIN_MOVES, Clock, Solver
 
 # A swap must improve ||s||^2 by this relative amount; below it we call the search converged.
 _REL_TOL = 1e-10
-# swap's budget phase on large problems: start temperature accepts this share of the first
-# pool's uphill swaps on average; cools by COOL.
+# A pool search first scans the best-screened _FOCUS rows of each side, the whole block only when they stall.
+_FOCUS = 256
+# Bulk rounds continue while one pass over S buys a swap batch that keeps at most this share of ||s||^2.
+_BULK_KEEP = 0.99
+# Annealing stops when a cycle improves the best ||s||^2 by less than this share.
+CONVERGED = 0.01
+# Proposals of one annealing cycle: CYCLE_PER_ROW per row, within [ANNEAL_MIN_MOVES, CYCLE_MAX].
+CYCLE_PER_ROW = 50
+CYCLE_MAX = 1_000_000
+# Large problems: the start temperature accepts this share of the first pool's uphill swaps; cools by COOL.
 _POOL_ACCEPT0 = 0.05
 _POOL_COOL = 1e-2
-# float64 bytes of one annealing pool (2k rows of S): bounds the solver's memory beyond S for wide S.
+# After a gentle cycle that gains less than CONVERGED, one cycle starts hotter (this acceptance) before stopping.
+_HOT_ACCEPT0 = 0.3
+# float64 bytes of one pool (2k rows): bounds the solver's memory beyond S for wide S.
 _POOL_BYTES = 256 << 20
+# Every start is searched (the best kept) when n d is at most this; above it only the smallest after bulk rounds.
+SEARCH_ALL_STARTS = 1e8
+# S S^T is computed once (float64 on the CPU: 128 MiB at FULL_N) when n <= FULL_N and n^2 d <= FULL_FLOPS.
+FULL_N = 4096
+FULL_FLOPS = 1e11
+# Proposals between re-screenings of an annealing pool (and exact recomputations of s); the working set
+# the pools are screened from is itself re-screened by a pass over S every _WS_REFRESH pools.
+_REFRESH = 65536
+_REFRESH_MIN = 4096  # and at least 16 pools per cycle above that
+_WS_REFRESH = 8
 
 
 @dataclass
@@ -46,8 +77,72 @@ class SwapState:
         return SwapState(self.A.copy(), self.s.copy(), self.moves)
 
 
+class Engine:
+    """S as the swap solver reads it: its rows where they live, ``q``, and S S^T when it is cheap enough.
+
+    S S^T is computed once when ``n <= FULL_N`` and ``n^2 d <= FULL_FLOPS``: then every pool is all of S,
+    its block a slice, and ``v = S offset + G 1_A`` exact without a pass over S.  ``offset`` is the constant
+    part of ``s`` (minus the total when the kept side is optimized).
+    """
+
+    def __init__(self, rows: Rows, q: np.ndarray, offset: np.ndarray | None = None) -> None:
+        self.rows, self.q = rows, q
+        self.n, self.d = rows.n, rows.d
+        self.k = pool_size(self.d)
+        self.r = np.sqrt(q)
+        full = self.n <= FULL_N and float(self.n) ** 2 * self.d <= FULL_FLOPS
+        self.G = rows.full_gram() if full else None
+        self._blk: Block | None = None
+        self.set_offset(np.zeros(self.d) if offset is None else offset)
+
+    def set_offset(self, offset: np.ndarray) -> None:
+        self.offset = offset
+        self.v_off = self.rows.matvec(offset) if self.G is not None and offset.any() else np.zeros(self.n)
+
+    @property
+    def full(self) -> bool:
+        return self.G is not None
+
+    def v(self, st: "SwapState") -> np.ndarray:
+        """``S s`` for every row: from S S^T where it is held (float64), else one pass over S."""
+        if self.G is not None:
+            return self.v_off + self.G @ st.A.astype(np.float64)
+        return self.rows.matvec(st.s)
+
+    def pool(self, st: "SwapState", P: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Pool ``P`` in the order it is held, its Gram block (float64) and ``S_P s``; the pool's rows are
+        kept for :meth:`apply`.  Successive pools share most rows: only new members' Gram rows are multiplied.
+        """
+        if self.G is not None:
+            self._blk = None
+            G = self.G if P.size == self.n else self.G[np.ix_(P, P)]
+            return P, G, self.v(st)[P]
+        self._blk = self.rows.block(P, self._blk)
+        return self._blk.P, self._blk.G, self._blk.dot(st.s)
+
+    def slack(self, P: np.ndarray, ns2: float) -> np.ndarray:
+        """Rounding allowance per pool row: a screened gain is trusted beyond the rows' share of it."""
+        return self.rows.rel_err * (self.q[P] + 2.0 * self.r[P] * math.sqrt(ns2))
+
+    def apply(self, st: "SwapState", P: np.ndarray, inA: np.ndarray) -> tuple[np.ndarray, int]:
+        """``s`` after pool ``P`` takes membership ``inA``, exact from the rows, and how many rows moved."""
+        was = st.A[P]
+        into, out = np.flatnonzero(inA & ~was), np.flatnonzero(~inA & was)
+        blk = self._blk
+        if blk is not None and blk.P is P:
+            s = st.s + blk.sum(into) - blk.sum(out)
+        else:
+            s = st.s + self.rows.sum_rows(P[into]) - self.rows.sum_rows(P[out])
+        return s, int(into.size + out.size)
+
+
+def pool_size(d: int) -> int:
+    """Rows per side of an annealing pool: 2k float64 rows within ``_POOL_BYTES``, 128..1024."""
+    return int(min(1024, max(128, 2 * d), max(64, _POOL_BYTES // (16 * d))))
+
+
 def _pool_size_cap(d: int) -> int:
-    """Largest per-side pool whose float64 Gram (2k x 2k x d) stays around a second of BLAS."""
+    """Largest per-side search pool whose Gram (2k x 2k x d) stays around a second of BLAS."""
     return int(max(64, min(1024, math.sqrt(1e9 / max(d, 1)))))
 
 
@@ -60,140 +155,204 @@ def _next_pool_size(k: int, applied: int, kmax: int) -> int:
     return k
 
 
-def _pool_search(X: np.ndarray, G: np.ndarray, vP: np.ndarray, inA: np.ndarray, s: np.ndarray,
-                 eps2: float | None) -> tuple[np.ndarray, int]:
-    """Exact local search restricted to a pool of rows ``X`` (Gram ``G``, ``vP = X @ s``).
+def _pool_search(G: np.ndarray, vP: np.ndarray, inA: np.ndarray, ns2: float, slack: np.ndarray,
+                 eps2: float | None) -> tuple[float, int]:
+    """Local search restricted to a pool (Gram block ``G``, ``vP = S_P s``); returns ``||s||^2`` and moves.
 
-    Moves: swap one pool member of A for one outside (gain ``a_i - b_j + 2 G_ij`` with
-    ``a = 2v - q``, ``b = 2v + q``), and, when ``eps2`` is given, additions that keep
-    ``||s||^2 <= eps2``.  Candidate swaps are ranked from the full k x k gain matrix and applied
-    best-first, each re-checked exactly against the current ``s``.  Returns ``s`` and the
-    number of moves applied; ``vP`` and ``inA`` are updated in place.
+    Moves: swap a member of A for an outsider (gain ``a_i - b_j + 2 G_ij``) and, with ``eps2``, additions
+    that keep ``||s||^2 <= eps2``.  Each round takes the best swap of every row and every column of the
+    k x k gain matrix and applies them best first, each re-evaluated in float64 against the current state;
+    gains are discounted by ``slack`` (rounding), so nothing applies that rounding could have made look good.
+    The gain matrix is screened in float32 from a copy of ``G`` kept permuted so that A's rows come first
+    (a move swaps two rows and two columns), so each round reads a block instead of gathering one.
+    ``vP`` and ``inA`` are updated in place.
     """
     qP = np.diag(G).copy()
-    ns2 = float(s @ s)
+    order = np.concatenate([np.flatnonzero(inA), np.flatnonzero(~inA)])  # pool row at each position
+    pos = np.empty_like(order)
+    pos[order] = np.arange(order.size)
+    ko = int(np.count_nonzero(inA))
+    W = G.astype(np.float32)[np.ix_(order, order)]
+
+    def place(p: int, r: int) -> None:
+        """Exchange positions p and r (rows and columns of W)."""
+        W[[p, r]] = W[[r, p]]
+        W[:, [p, r]] = W[:, [r, p]]
+        order[p], order[r] = order[r], order[p]
+        pos[order[p]], pos[order[r]] = p, r
+
     applied = 0
     while True:
         progressed = 0
         if eps2 is not None:  # additions first: they are what epsilon mode maximizes
-            ins = np.flatnonzero(~inA)
+            ins = order[ko:]
             for pj in ins[np.argsort(2.0 * vP[ins] + qP[ins], kind="stable")].tolist():
-                if ns2 + 2.0 * vP[pj] + qP[pj] > eps2:
-                    continue
-                s_new = s + X[pj]
-                ns2_new = float(s_new @ s_new)
-                if ns2_new <= eps2:
-                    s, ns2 = s_new, ns2_new
+                cost = 2.0 * vP[pj] + qP[pj] + slack[pj]
+                if ns2 + cost <= eps2:
+                    ns2 = max(ns2 + cost - slack[pj], 0.0)
                     inA[pj] = True
                     vP += G[pj]  # G is symmetric: a row is the column, contiguous
+                    place(int(pos[pj]), ko)
+                    ko += 1
                     progressed += 1
-        outs = np.flatnonzero(inA)
-        ins = np.flatnonzero(~inA)
-        if outs.size and ins.size and ns2 > 0.0:
-            a = 2.0 * vP[outs] - qP[outs]
-            b = 2.0 * vP[ins] + qP[ins]
-            gain = (a[:, None] - b[None, :] + 2.0 * G[np.ix_(outs, ins)]).ravel()
-            tol = _REL_TOL * ns2
-            top = min(gain.size, 4 * max(outs.size, ins.size))
-            cand = np.argpartition(-gain, top - 1)[:top] if top < gain.size else np.arange(gain.size)
-            cand = cand[gain[cand] > tol]
-            cand = cand[np.argsort(-gain[cand], kind="stable")]
-            for po, pj in zip(outs[cand // ins.size].tolist(), ins[cand % ins.size].tolist()):
-                if not inA[po] or inA[pj]:
-                    continue
-                if 2.0 * (vP[po] - vP[pj]) - qP[po] - qP[pj] + 2.0 * G[po, pj] <= _REL_TOL * ns2:
-                    continue
-                s_new = s + X[pj] - X[po]
-                ns2_new = float(s_new @ s_new)
-                if ns2_new >= ns2 * (1.0 - _REL_TOL):
-                    continue  # rounding disagreed with the screened gain: not a real improvement
-                s, ns2 = s_new, ns2_new
-                inA[po], inA[pj] = False, True
-                vP += G[pj] - G[po]
-                progressed += 1
+        if 0 < ko < order.size and ns2 > 0.0:
+            outs, ins = order[:ko], order[ko:]
+            a = (vP[outs] - 0.5 * (qP[outs] + slack[outs])).astype(np.float32)  # half gains: a_i - b_j + G_ij
+            b = (vP[ins] + 0.5 * (qP[ins] + slack[ins])).astype(np.float32)
+            focus = max(ko, ins.size) > 2 * _FOCUS
+            if focus:  # first the best-screened rows of each side: most moves are there, at a 16th of the cost
+                ro = np.argpartition(-a, min(_FOCUS, ko) - 1)[:_FOCUS] if ko > _FOCUS else np.arange(ko)
+                ri = np.argpartition(b, min(_FOCUS, ins.size) - 1)[:_FOCUS] if ins.size > _FOCUS else np.arange(ins.size)
+                po, pj, g = _best_pairs(W[np.ix_(ro, ko + ri)], W[np.ix_(ko + ri, ro)], a[ro], b[ri], outs[ro], ins[ri])
+                progressed, ns2 = _apply_swaps(po, pj, g, G, vP, qP, inA, slack, ns2, place, pos)
+            if not progressed:
+                po, pj, g = _best_pairs(W[:ko, ko:], W[ko:, :ko], a, b, outs, ins)
+                progressed, ns2 = _apply_swaps(po, pj, g, G, vP, qP, inA, slack, ns2, place, pos)
         if progressed == 0 and ns2 > 0.0:
-            s, ns2, progressed = _pair_swap(X, G, vP, inA, s, ns2)
+            ns2, pair = _pair_swap(G, vP, inA, ns2, slack)
+            for o, j in pair:
+                place(int(pos[o]), int(pos[j]))
+            progressed = len(pair)
         applied += progressed
         if progressed == 0:
-            return s, applied
+            return ns2, applied
 
 
-def _pair_swap(X: np.ndarray, G: np.ndarray, vP: np.ndarray, inA: np.ndarray, s: np.ndarray,
-               ns2: float, k2: int = 16) -> tuple[np.ndarray, float, int]:
+def _best_pairs(block: np.ndarray, block_t: np.ndarray, a: np.ndarray, b: np.ndarray, outs: np.ndarray,
+                ins: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The best swap of every row and every column of a gain block (``block`` and its transpose, float32),
+    as (member of A, outsider, half gain) candidates with a positive screened gain."""
+    gain = block + a[:, None]
+    gain -= b[None, :]
+    jb = gain.argmax(1)
+    g_row = gain[np.arange(outs.size), jb]
+    gain = block_t - b[:, None]  # column maxima as contiguous row maxima
+    gain += a[None, :]
+    ib = gain.argmax(1)
+    g_col = gain[np.arange(ins.size), ib]
+    po = np.concatenate([outs, outs[ib]])
+    pj = np.concatenate([ins[jb], ins])
+    g = np.concatenate([g_row, g_col])
+    keep = g > 0.0
+    order = np.argsort(-g[keep], kind="stable")
+    return po[keep][order], pj[keep][order], g[keep][order]
+
+
+def _apply_swaps(po: np.ndarray, pj: np.ndarray, g: np.ndarray, G: np.ndarray, vP: np.ndarray, qP: np.ndarray,
+                 inA: np.ndarray, slack: np.ndarray, ns2: float, place, pos: np.ndarray) -> tuple[int, float]:
+    """Apply candidate swaps best first, each re-evaluated in float64 against the current state."""
+    progressed = 0
+    for o, j in zip(po.tolist(), pj.tolist()):
+        if not inA[o] or inA[j]:
+            continue
+        gij = 2.0 * (vP[o] - vP[j]) - qP[o] - qP[j] + 2.0 * G[o, j] - slack[o] - slack[j]
+        if gij <= _REL_TOL * ns2:
+            continue
+        ns2 = max(ns2 - gij - slack[o] - slack[j], 0.0)
+        inA[o], inA[j] = False, True
+        vP += G[j] - G[o]
+        place(int(pos[o]), int(pos[j]))
+        progressed += 1
+    return progressed, ns2
+
+
+def _pair_swap(G: np.ndarray, vP: np.ndarray, inA: np.ndarray, ns2: float, slack: np.ndarray,
+               k2: int = 16) -> tuple[float, list[tuple[int, int]]]:
     """Best exchange of two members of A for two outsiders among the top-``k2`` of each side.
 
     Escapes many 1-swap local optima: two individually worsening swaps can cancel each other's
-    error.  Evaluated exactly from the pool Gram for all C(k2,2)^2 pairs of pairs.
+    error.  Evaluated from the pool Gram for all C(k2,2)^2 pairs of pairs; returns the swaps applied.
     """
     qP = np.diag(G)
     outs, ins = np.flatnonzero(inA), np.flatnonzero(~inA)
     if outs.size < 2 or ins.size < 2:
-        return s, ns2, 0
+        return ns2, []
     outs = outs[np.argsort(-(2.0 * vP[outs] - qP[outs]), kind="stable")[:k2]]
     ins = ins[np.argsort(2.0 * vP[ins] + qP[ins], kind="stable")[:k2]]
     ou, ow = np.triu_indices(outs.size, 1)
     ju, jw = np.triu_indices(ins.size, 1)
     Gs = G[np.ix_(outs, ins)]
     Go, Gi = G[np.ix_(outs, outs)], G[np.ix_(ins, ins)]
-    row = 2.0 * (vP[outs][ou] + vP[outs][ow]) - (qP[outs][ou] + qP[outs][ow] + 2.0 * Go[ou, ow])
-    col = 2.0 * (vP[ins][ju] + vP[ins][jw]) + (qP[ins][ju] + qP[ins][jw] + 2.0 * Gi[ju, jw])
+    so, si = slack[outs], slack[ins]
+    row = (2.0 * (vP[outs][ou] + vP[outs][ow]) - (qP[outs][ou] + qP[outs][ow] + 2.0 * Go[ou, ow])
+           - 2.0 * (so[ou] + so[ow]))
+    col = (2.0 * (vP[ins][ju] + vP[ins][jw]) + (qP[ins][ju] + qP[ins][jw] + 2.0 * Gi[ju, jw])
+           + 2.0 * (si[ju] + si[jw]))
     R = Gs[ou] + Gs[ow]
     gain = row[:, None] - col[None, :] + 2.0 * (R[:, ju] + R[:, jw])
     best = int(np.argmax(gain))
     if not gain.flat[best] > _REL_TOL * ns2:
-        return s, ns2, 0
+        return ns2, []
     r, c = divmod(best, ju.size)
     o1, o2, j1, j2 = outs[ou[r]], outs[ow[r]], ins[ju[c]], ins[jw[c]]
-    s_new = s - X[o1] - X[o2] + X[j1] + X[j2]
-    ns2_new = float(s_new @ s_new)
-    if ns2_new >= ns2 * (1.0 - _REL_TOL):
-        return s, ns2, 0
     inA[[o1, o2]] = False
     inA[[j1, j2]] = True
     vP += G[j1] + G[j2] - G[o1] - G[o2]
-    return s_new, ns2_new, 2
+    return max(ns2 - float(gain.flat[best]), 0.0), [(int(o1), int(j1)), (int(o2), int(j2))]
 
 
-def _pool_round(S: np.ndarray, q: np.ndarray, st: SwapState, v: np.ndarray, k: int,
-                eps2: float | None, universe: np.ndarray | None = None) -> int:
-    """Screen a pool from ``v`` (top-k of each side by its O(1) gain part), search it exactly.
-
-    ``universe`` restricts the candidates (indices into S; ``v`` is then indexed like it).
-    """
-    A = st.A if universe is None else st.A[universe]
-    a = 2.0 * v - (q if universe is None else q[universe])
-    b = 2.0 * v + (q if universe is None else q[universe])
-    a = np.where(A, a, -np.inf)
-    b = np.where(A, np.inf, b)
+def _screen(A: np.ndarray, v: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` members of A whose removal helps most and the ``k`` outsiders whose addition hurts least."""
+    a = np.where(A, 2.0 * v - q, -np.inf)
+    b = np.where(A, np.inf, 2.0 * v + q)
     n_in = int(np.count_nonzero(A))
     ko, ki = min(k, n_in), min(k, A.size - n_in)
     outs = np.argpartition(-a, ko - 1)[:ko] if 0 < ko < A.size else np.flatnonzero(A)[:ko]
     ins = np.argpartition(b, ki - 1)[:ki] if 0 < ki < A.size else np.flatnonzero(~A)[:ki]
-    P = np.sort(np.concatenate([outs, ins]))
-    if universe is not None:
-        P = universe[P]
-    X = take_rows(S, P)
-    G = X @ X.T
-    vP = X @ st.s
+    return outs, ins
+
+
+def _accepts(before: float, after: float, count_before: int, count_after: int, eps2: float | None) -> bool:
+    """Is the exactly recomputed result of a pool round better than where it started?"""
+    if eps2 is None or before > eps2:
+        return after < before * (1.0 - _REL_TOL)
+    return after <= eps2 and (count_after > count_before or after < before * (1.0 - _REL_TOL))
+
+
+def _pool_round(eng: Engine, st: SwapState, v: np.ndarray | None, k: int, eps2: float | None,
+                universe: np.ndarray | None = None) -> int:
+    """Screen a pool from ``v`` (top-k of each side by its O(1) gain part; all rows where S S^T is held),
+    search it, and keep the result if its exact ``||s||^2`` says so.  Returns the moves applied.
+
+    ``universe`` restricts the candidates (indices into S; ``v`` is then indexed like it).
+    """
+    if eng.full:
+        P = np.arange(eng.n)
+    else:
+        A = st.A if universe is None else st.A[universe]
+        q = eng.q if universe is None else eng.q[universe]
+        outs, ins = _screen(A, v, q, k)
+        P = np.concatenate([outs, ins])
+        if universe is not None:
+            P = universe[P]
+    P, G, vP = eng.pool(st, P)
     inA = st.A[P].copy()
-    st.s, applied = _pool_search(X, G, vP, inA, st.s, eps2)
+    before = st.ns2
+    _, applied = _pool_search(G, vP, inA, before, eng.slack(P, before), eps2)
+    if applied == 0:
+        return 0
+    s, moved = eng.apply(st, P, inA)
+    after = float(s @ s)
+    count_before = int(np.count_nonzero(st.A[P]))
+    if not _accepts(before, after, count_before, int(np.count_nonzero(inA)), eps2):
+        return 0
+    st.s = s
     st.A[P] = inA
-    st.moves += applied
-    return applied
+    st.moves += moved
+    return moved
 
 
-def _bulk_rounds(S: np.ndarray, q: np.ndarray, st: SwapState, clock: Clock,
-                 eps2: float | None = None, min_batch: int = 64) -> None:
-    """Many swaps per gemv while ``||s||`` is large compared with single rows.
+def _bulk_rounds(eng: Engine, st: SwapState, clock: Clock, eps2: float | None = None, min_batch: int = 64) -> None:
+    """Many swaps per pass over S while ``||s||`` is large compared with single rows.
 
     Far from the optimum the gain of a swap is dominated by its linear part, so the best
     ``T`` outs (largest ``a = 2v - q``) are paired with the best ``T`` ins (smallest
     ``b = 2v + q``), and ``T`` minimizes the model ``(R - P_T)^2 + sum_{t<T} (q_out + q_in)``,
     where ``P_T`` is the pairs' total projection on ``s`` and the second term the orthogonal
-    noise they add.  Each round is one gemv plus an O(T d) exact update; the exact pool search
+    noise they add.  Each round is one pass over S plus an O(T d) exact update; the pool search
     takes over once ``T`` falls below ``min_batch``.
     """
-    n = st.A.size
+    n, q = eng.n, eng.q
     while not clock.expired():
         ns2 = st.ns2
         if ns2 <= 0.0 or (eps2 is not None and ns2 <= eps2):
@@ -202,23 +361,20 @@ def _bulk_rounds(S: np.ndarray, q: np.ndarray, st: SwapState, clock: Clock,
         cap = min(n_in, n - n_in, max(1 << 12, n // 8))
         if cap < min_batch:
             return
-        v = matvec(S, st.s)
+        v = eng.rows.matvec(st.s)
         R = math.sqrt(ns2)
-        a = np.where(st.A, 2.0 * v - q, -np.inf)
-        b = np.where(st.A, np.inf, 2.0 * v + q)
-        outs = np.argpartition(-a, cap - 1)[:cap] if cap < n else np.flatnonzero(st.A)
-        ins = np.argpartition(b, cap - 1)[:cap] if cap < n else np.flatnonzero(~st.A)
-        outs = outs[np.argsort(-a[outs], kind="stable")]
-        ins = ins[np.argsort(b[ins], kind="stable")]
+        outs, ins = _screen(st.A, v, q, cap)
+        outs = outs[np.argsort(-(2.0 * v[outs] - q[outs]), kind="stable")]
+        ins = ins[np.argsort(2.0 * v[ins] + q[ins], kind="stable")]
         proj = np.cumsum((v[outs] - v[ins]) / R)
         noise = np.cumsum(q[outs] + q[ins])
         model = (R - proj) ** 2 + noise
         T = int(np.argmin(model)) + 1
-        if T < min_batch or model[T - 1] >= 0.9 * ns2:
+        if T < min_batch or model[T - 1] >= _BULK_KEEP * ns2:
             return
         while T >= min_batch:
-            s_new = st.s + sum_rows(S, ins[:T]) - sum_rows(S, outs[:T])
-            if float(s_new @ s_new) < 0.9 * ns2:
+            s_new = st.s + eng.rows.sum_rows(ins[:T]) - eng.rows.sum_rows(outs[:T])
+            if float(s_new @ s_new) < _BULK_KEEP * ns2:
                 break
             T //= 2
         if T < min_batch:
@@ -226,23 +382,22 @@ def _bulk_rounds(S: np.ndarray, q: np.ndarray, st: SwapState, clock: Clock,
         st.A[outs[:T]] = False
         st.A[ins[:T]] = True
         st.s = s_new
-        st.moves += T
+        st.moves += 2 * T
         clock.report(0.05)
 
 
-def local_search(S: np.ndarray, q: np.ndarray, st: SwapState, clock: Clock,
-                  eps2: float | None = None, k0: int = 256, give_up: bool = False,
-                  max_cycles: int | None = None) -> None:
-    """Bulk rounds, then screened swap (and, with ``eps2``, add) rounds until none improves.
+def local_search(eng: Engine, st: SwapState, clock: Clock, eps2: float | None = None, k0: int = 256,
+                 give_up: bool = False, max_cycles: int | None = None) -> None:
+    """Bulk rounds, then pool rounds (with ``eps2``, additions too) until none improves.
 
-    Each outer cycle refreshes ``v = S s`` with one gemv over all of S; inner rounds work on a
-    working set of the best-screened rows of each side (a much cheaper gemv), which is where
-    the late, fine-grained swaps happen.  With ``give_up`` (epsilon trials) the search ends
-    as soon as the set is feasible, or when a cycle leaves ``||s||`` above ``8 epsilon`` while
+    Each outer cycle refreshes ``v = S s`` with one pass over S; inner rounds work on a working set of the
+    best-screened rows of each side (a much cheaper pass), where the late, fine swaps happen.  Where the
+    whole Gram matrix is held, every round searches all rows.  With ``give_up`` (epsilon trials) the search
+    ends as soon as the set is feasible, or when a cycle leaves ``||s||`` above ``8 epsilon`` while
     shrinking it less than 4x.  ``max_cycles`` bounds the number of outer cycles.
     """
-    n, d = S.shape
-    _bulk_rounds(S, q, st, clock, eps2)
+    n, d = eng.n, eng.d
+    _bulk_rounds(eng, st, clock, eps2)
     kmax = _pool_size_cap(d)
     k = min(k0, kmax)
     ws_side = max(kmax, min(CHUNK_BYTES // (8 * d), n // 8))
@@ -252,23 +407,19 @@ def local_search(S: np.ndarray, q: np.ndarray, st: SwapState, clock: Clock,
         start_ns2 = st.ns2
         if give_up and eps2 is not None and start_ns2 <= eps2:
             return
-        v = matvec(S, st.s)
-        applied = _pool_round(S, q, st, v, k, eps2)
+        applied = _pool_round(eng, st, None if eng.full else eng.v(st), k, eps2)
         rounds += 1
         clock.report(1.0 - 1.0 / (1.0 + 0.1 * rounds))
         if applied == 0:
             return
         k = _next_pool_size(k, applied, kmax)
-        if 4 * ws_side < n:
+        if not eng.full and 4 * ws_side < n:
             # Working set: rows screened best on each side by the refreshed v.
-            v = matvec(S, st.s)
-            a = np.where(st.A, 2.0 * v - q, -np.inf)
-            b = np.where(st.A, np.inf, 2.0 * v + q)
-            U = np.unique(np.concatenate([np.argpartition(-a, ws_side - 1)[:ws_side],
-                                          np.argpartition(b, ws_side - 1)[:ws_side]]))
-            SU = np.ascontiguousarray(S[U])
+            outs, ins = _screen(st.A, eng.rows.matvec(st.s), eng.q, ws_side)
+            U = np.unique(np.concatenate([outs, ins]))
+            SU = eng.rows.subset(U)
             while not clock.expired():
-                applied = _pool_round(S, q, st, matvec(SU, st.s), k, eps2, universe=U)
+                applied = _pool_round(eng, st, SU.matvec(st.s), k, eps2, universe=U)
                 rounds += 1
                 clock.report(1.0 - 1.0 / (1.0 + 0.1 * rounds))
                 if applied == 0 or (give_up and eps2 is not None and st.ns2 <= eps2):
@@ -278,129 +429,41 @@ def local_search(S: np.ndarray, q: np.ndarray, st: SwapState, clock: Clock,
             return
 
 
-def _greedy_fill(S: np.ndarray, q: np.ndarray, st: SwapState, count: int) -> None:
-    """Add ``count`` rows one at a time, each minimizing ``||s + S_j||`` (one gemv per row)."""
+def greedy_fill(eng: Engine, st: SwapState, count: int) -> None:
+    """Add ``count`` rows one at a time, each minimizing ``||s + S_j||`` (a row of S S^T, or a pass over S, each)."""
+    if count <= 0:
+        return
+    if eng.full:
+        v = eng.v(st)
+        picked = np.empty(count, dtype=np.int64)
+        A = st.A.copy()
+        for t in range(count):
+            score = 2.0 * v + eng.q
+            score[A] = np.inf
+            j = int(np.argmin(score))
+            A[j] = True
+            picked[t] = j
+            v += eng.G[j]
+        st.s = st.s + eng.rows.sum_rows(picked)
+        st.A = A
+        st.moves += count
+        return
     for _ in range(count):
-        score = 2.0 * matvec(S, st.s) + q
+        score = 2.0 * eng.rows.matvec(st.s) + eng.q
         score[st.A] = np.inf
         j = int(np.argmin(score))
         st.A[j] = True
-        st.s = st.s + S[j].astype(np.float64)
+        st.s = st.s + eng.rows.row(j)
         st.moves += 1
 
 
-def _pool_anneal(S: np.ndarray, q: np.ndarray, st: SwapState, clock: Clock,
-                 rng: np.random.Generator, refresh: int = 200_000,
-                 proposals: int | None = None) -> SwapState:
-    """Spend the rest of a time budget annealing from the local optimum; return the best state.
-
-    Without a time budget the schedule runs over a fixed number of ``proposals`` instead of
-    elapsed time, so the result is deterministic for a seed.
-
-    Beyond a swap local optimum only uphill moves lead on.  Proposals come from a pool and
-    cost O(1) each from the pool Gram (O(d) per random pair in ``anneal``).  Small problems
-    (``n <= 4k``) use every row and a full annealing schedule (from 0.3 x anneal's start
-    temperature down by 1e4): there local optima are poor and re-annealing pays.  Large ones
-    use the top-k of each side by the O(1) gain part (as in :func:`_pool_round`), re-screened
-    every ``refresh`` proposals, and anneal gently: the start temperature accepts 5% of the
-    first pool's uphill swaps on average and cools by 100, refining a near-zero sum without
-    throwing it away.  Temperature is geometric in elapsed time.
-    """
-    n, d = S.shape
-    k = int(min(1024, max(128, 2 * d), max(64, _POOL_BYTES // (16 * d))))  # 2k float64 rows <= _POOL_BYTES
-    full = n <= 4 * k and 8 * n * d <= 2 * _POOL_BYTES
-    start, span = clock.elapsed(), max(clock.left(), 1e-9)
-    t0: float | None = None
-    t1 = 0.0
-    if full:
-        t0 = 0.3 * typical_step(S, rng) / math.log(1 / ANNEAL_ACCEPT0)
-        t1 = t0 * ANNEAL_COOL
-    best, best_ns2 = st.copy(), st.ns2
-    st = st.copy()
-    chunk = 1 << 16
-    total = 0
-
-    def more() -> bool:
-        return not clock.expired() and (proposals is None or total < proposals)
-
-    def progress_share() -> float:
-        if proposals is not None:
-            return min(1.0, total / proposals)
-        return min(1.0, (clock.elapsed() - start) / span)
-
-    while more() and st.ns2 > 0.0 and (t0 is None or t0 > 0.0):
-        n_in = int(np.count_nonzero(st.A))
-        if full:
-            P = np.concatenate([np.flatnonzero(st.A), np.flatnonzero(~st.A)])
-            ko, ki = n_in, n - n_in
-        else:
-            v = matvec(S, st.s)
-            ko, ki = min(k, n_in), min(k, n - n_in)
-            P = np.concatenate([np.argpartition(np.where(st.A, q - 2.0 * v, np.inf), ko - 1)[:ko],
-                                np.argpartition(np.where(st.A, np.inf, 2.0 * v + q), ki - 1)[:ki]])
-        X = take_rows(S, P)
-        G = X @ X.T  # symmetric: rows double as columns (contiguous)
-        qP = np.diag(G).copy()
-        vP = X @ st.s
-        inA = st.A[P].copy()
-        outs, ins = np.arange(ko), np.arange(ko, ko + ki)
-        ns2 = st.ns2
-        if t0 is None:  # calibrate on this first pool's proposals
-            ro, ri = outs[rng.integers(0, ko, 4096)], ins[rng.integers(0, ki, 4096)]
-            gain = 2.0 * (vP[ro] - vP[ri]) - qP[ro] - qP[ri] + 2.0 * G[ro, ri]
-            up = np.sqrt(np.maximum(ns2 - gain, 0.0)) - math.sqrt(ns2)
-            t0 = _temperature_for(up[up > 0.0], _POOL_ACCEPT0)
-            t1 = t0 * _POOL_COOL
-            if t0 <= 0.0:
-                break
-        pool_best, pool_best_inA = ns2, None
-        done, batch, acc_rate = 0, 16, 0.5
-        while done < refresh and more():
-            R1, R2 = rng.integers(0, ko, chunk), rng.integers(0, ki, chunk)
-            L = -np.log1p(-rng.random(chunk))  # accept uphill dE iff dE <= T * L
-            c = 0
-            while c < chunk and (proposals is None or total < proposals):
-                temp = t0 * (t1 / t0) ** progress_share()
-                ro, ri = R1[c:c + batch], R2[c:c + batch]
-                po, pj = outs[ro], ins[ri]
-                gain = 2.0 * (vP[po] - vP[pj]) - qP[po] - qP[pj] + 2.0 * G[po, pj]
-                # ||s'|| - ||s|| <= T L  <=>  gain >= ns2 - (||s|| + T L)^2
-                ok = np.flatnonzero(gain >= ns2 - (math.sqrt(ns2) + temp * L[c:c + batch]) ** 2)
-                got = ro.size
-                acc_rate = 0.9 * acc_rate + 0.1 * (ok.size / got)
-                if ok.size:
-                    t = int(ok[0])
-                    o, j = int(po[t]), int(pj[t])
-                    ns2 = max(ns2 - float(gain[t]), 0.0)
-                    inA[o], inA[j] = False, True
-                    vP += G[j] - G[o]
-                    outs[ro[t]], ins[ri[t]] = j, o
-                    st.moves += 1
-                    got = t + 1
-                    if ns2 < pool_best:
-                        pool_best, pool_best_inA = ns2, inA.copy()
-                c += got
-                done += got
-                total += got
-                batch = int(min(1024, max(1, 2.0 / max(acc_rate, 1e-6))))
-        # Write the pool back; exact sums from the rows that changed side.
-        moved_in, moved_out = P[inA & ~st.A[P]], P[~inA & st.A[P]]
-        st.s = st.s + sum_rows(S, moved_in) - sum_rows(S, moved_out)
-        st.A[P] = inA
-        if pool_best_inA is not None and pool_best < best_ns2:
-            cand = st.copy()
-            back_in, back_out = P[pool_best_inA & ~inA], P[inA & ~pool_best_inA]
-            cand.s = cand.s + sum_rows(S, back_in) - sum_rows(S, back_out)
-            cand.A[P] = pool_best_inA
-            if cand.ns2 < best_ns2:
-                best, best_ns2 = cand, cand.ns2
-        clock.report(0.0)
-    best.moves = st.moves
-    return best
+def cycle_proposals(n: int) -> int:
+    """Proposals of the first annealing cycle (O(1) each)."""
+    return int(min(CYCLE_MAX, max(ANNEAL_MIN_MOVES, CYCLE_PER_ROW * n)))
 
 
-def default_pool_proposals(n: int) -> int:
-    """Proposals of swap's final annealing phase when no time budget is given (O(1) each)."""
+def annealing_cap(n: int) -> int:
+    """The most proposals annealing may make without a budget or ``proposals``: 300 per row, 5,000..20M."""
     return int(min(ANNEAL_MAX_MOVES, max(ANNEAL_MIN_MOVES, 300 * n)))
 
 
@@ -418,36 +481,233 @@ def _temperature_for(uphill: np.ndarray, accept: float) -> float:
     return hi
 
 
-def swap_cardinality(S: np.ndarray, q: np.ndarray, m: int, clock: Clock,
-                      rng: np.random.Generator, proposals: int | None = None) -> tuple[np.ndarray, int]:
-    """Eq. 4: start, local search to a swap local optimum, then anneal while budget remains.
+@dataclass
+class _Chain:
+    """One pool's Metropolis chain: membership, ``vP``, the tracked ``||s||^2`` and the best membership seen."""
+
+    G: np.ndarray
+    vP: np.ndarray
+    inA: np.ndarray
+    ns2: float
+    best_ns2: float
+    best_inA: np.ndarray | None = None
+    accepted: int = 0
+
+    def run(self, proposals: int, temp: "callable", rng: np.random.Generator, chunk: int = 1 << 14) -> int:
+        """``proposals`` proposals (swap a random member for a random outsider), evaluated in batches.
+
+        A batch is evaluated at once from the Gram block; its first accepted proposal is applied and the
+        rest discarded, so the chain is exactly sequential; the batch size tracks twice the inverse
+        acceptance rate.  Accept an uphill step iff ``||s'|| - ||s|| <= T L``, L ~ Exp(1).
+        """
+        G, vP = self.G, self.vP
+        qP = np.diag(G).copy()
+        outs, ins = np.flatnonzero(self.inA), np.flatnonzero(~self.inA)
+        ko, ki = outs.size, ins.size
+        a, b = 2.0 * vP - qP, 2.0 * vP + qP
+        done, batch, acc_rate = 0, 16, 0.5
+        chunk = max(256, min(chunk, proposals // 64))
+        while done < proposals:
+            m = min(chunk, proposals - done)
+            R1, R2 = rng.integers(0, ko, m), rng.integers(0, ki, m)
+            L = -np.log1p(-rng.random(m))
+            T = temp(done)
+            c = 0
+            while c < m:
+                ro, ri = R1[c:c + batch], R2[c:c + batch]
+                po, pj = outs[ro], ins[ri]
+                gain = a[po] - b[pj] + 2.0 * G[po, pj]
+                root = math.sqrt(self.ns2)
+                ok = np.flatnonzero(gain >= self.ns2 - (root + T * L[c:c + batch]) ** 2)
+                got = ro.size
+                acc_rate = 0.9 * acc_rate + 0.1 * (ok.size / got)
+                if ok.size:
+                    t = int(ok[0])
+                    o, j = int(po[t]), int(pj[t])
+                    self.ns2 = max(self.ns2 - float(gain[t]), 0.0)
+                    self.inA[o], self.inA[j] = False, True
+                    delta = 2.0 * (G[j] - G[o])
+                    a += delta
+                    b += delta
+                    outs[ro[t]], ins[ri[t]] = j, o
+                    self.accepted += 1
+                    got = t + 1
+                    if self.ns2 < self.best_ns2:
+                        self.best_ns2, self.best_inA = self.ns2, self.inA.copy()
+                c += got
+                batch = int(min(1024, max(1, 2.0 / max(acc_rate, 1e-6))))
+            done += m
+        self.vP[:] = (a + b) / 4.0
+        return done
+
+
+def _calibrate(chain: _Chain, rng: np.random.Generator, accept: float) -> float:
+    """Start temperature at which the mean acceptance of this pool's uphill swaps is ``accept``."""
+    G, vP, inA = chain.G, chain.vP, chain.inA
+    qP = np.diag(G)
+    outs, ins = np.flatnonzero(inA), np.flatnonzero(~inA)
+    ro, ri = outs[rng.integers(0, outs.size, 4096)], ins[rng.integers(0, ins.size, 4096)]
+    gain = 2.0 * (vP[ro] - vP[ri]) - qP[ro] - qP[ri] + 2.0 * G[ro, ri]
+    up = np.sqrt(np.maximum(chain.ns2 - gain, 0.0)) - math.sqrt(chain.ns2)
+    return _temperature_for(up[up > 0.0], accept)
+
+
+class _WorkingSet:
+    """The rows an annealing pool is screened from: the best ``side`` of each side by a pass over all of S,
+    re-screened every ``_WS_REFRESH`` pools; in between a pool costs a pass over the working set only."""
+
+    def __init__(self, eng: Engine, side: int) -> None:
+        self.eng = eng
+        self.side = max(side, min(CHUNK_BYTES // (8 * eng.d), eng.n // 8))
+        self.U: np.ndarray | None = None
+        self.SU: Rows | None = None
+        self.age = _WS_REFRESH
+
+    def pool(self, st: SwapState, k: int) -> np.ndarray:
+        eng = self.eng
+        if eng.full or 4 * self.side >= eng.n:
+            return np.concatenate(_screen(st.A, eng.v(st), eng.q, k))
+        if self.age >= _WS_REFRESH:
+            self.age = 0
+            v = eng.rows.matvec(st.s)
+            self.U = np.unique(np.concatenate(_screen(st.A, v, eng.q, self.side)))
+            self.SU = eng.rows.subset(self.U)
+        self.age += 1
+        U = self.U
+        return U[np.concatenate(_screen(st.A[U], self.SU.matvec(st.s), eng.q[U], k))]
+
+
+def _anneal_cycle(eng: Engine, st: SwapState, clock: Clock, rng: np.random.Generator, proposals: int,
+                  t0: float | None, cool: float, accept: float = 0.05) -> tuple[SwapState, int, float | None]:
+    """One annealing cycle of ``proposals`` from ``st``: the best state seen, proposals made, start temperature.
+
+    Pools are re-screened and ``s`` recomputed exactly every ``_REFRESH`` proposals; the
+    temperature falls geometrically from ``t0`` (calibrated on the first pool when None) to ``t0 * cool``
+    over the proposals, or over the time left when the budget ends first.
+    """
+    best, best_ns2 = st.copy(), st.ns2
+    st = st.copy()
+    start, span = clock.elapsed(), max(clock.left(), 1e-9)
+    done = 0
+
+    def share(extra: int) -> float:
+        by_work = (done + extra) / proposals
+        return max(by_work, (clock.elapsed() - start) / span) if clock.budget is not None else by_work
+
+    ws = _WorkingSet(eng, 2 * eng.k)
+    while done < proposals and not clock.expired() and st.ns2 > 0.0:
+        P, G, vP = eng.pool(st, ws.pool(st, eng.k))
+        inA = st.A[P].copy()
+        if inA.all() or not inA.any():
+            break
+        chain = _Chain(G, vP, inA, st.ns2, st.ns2)
+        if t0 is None:
+            t0 = _calibrate(chain, rng, accept)
+            if t0 <= 0.0:
+                break
+        t0_ = t0
+        # a pool's set-up (new Gram rows ~ d, its screening ~ n) is amortized over more proposals when it costs more
+        every = max(_REFRESH_MIN, min(_REFRESH, proposals // 16)) * max(1, eng.d // 512, eng.n // 65536)
+        budget = min(every, proposals - done)
+        done += chain.run(budget, lambda extra: t0_ * cool ** min(1.0, share(extra)), rng)
+        st.s, moved = eng.apply(st, P, chain.inA)
+        st.A[P] = chain.inA
+        st.moves += chain.accepted
+        if chain.best_inA is not None and chain.best_ns2 < best_ns2:
+            cand = SwapState(st.A.copy(), st.s.copy(), st.moves)
+            cand.s, _ = eng.apply(cand, P, chain.best_inA)
+            cand.A[P] = chain.best_inA
+            if cand.ns2 < best_ns2:
+                best, best_ns2 = cand, cand.ns2
+        clock.report(0.0)
+    best.moves = st.moves
+    return best, done, t0
+
+
+def anneal(eng: Engine, st: SwapState, clock: Clock, rng: np.random.Generator,
+           proposals: int | None = None) -> SwapState:
+    """Annealing cycles from the best state, each followed by a local search, until one improves
+    ``||s||^2`` by less than ``CONVERGED`` (relative); at most ``proposals`` proposals in all.
+
+    Beyond a swap local optimum only uphill moves lead on.  Proposals come from pools screened like the
+    local search's (the top-k of each side by the O(1) gain part: random pairs over all of S are mostly
+    wasted), re-screened every ``_REFRESH`` proposals.  The start temperature accepts 5% of the first
+    pool's uphill swaps on average and cools by 100 over a cycle, refining a near-zero sum without
+    throwing it away.  A cycle that gains ``CONVERGED`` or more is followed by one twice as long (slower
+    cooling where annealing pays); when a cycle gains less, one cycle starting at 30% tries to leave the
+    basin before the search is called converged.  At most :func:`annealing_cap` proposals in all (300 per
+    row).  Deterministic for a seed without a time budget.
+    """
+    temps: dict[float, float | None] = {_POOL_ACCEPT0: None, _HOT_ACCEPT0: None}
+    accept = _POOL_ACCEPT0
+    left = annealing_cap(eng.n) if proposals is None else int(proposals)
+    best, length = st, cycle_proposals(eng.n)
+    while left > 0 and not clock.expired() and best.ns2 > 0.0:
+        length = int(min(length, left))
+        cand, done, temps[accept] = _anneal_cycle(eng, best, clock, rng, length, temps[accept], _POOL_COOL, accept)
+        left -= max(done, 1)
+        local_search(eng, cand, clock)
+        gain = best.ns2 - cand.ns2
+        moves = cand.moves
+        if cand.ns2 < best.ns2:
+            best = cand
+        best.moves = moves
+        if done == 0:
+            break
+        if gain < CONVERGED * (best.ns2 + gain):
+            if accept == _HOT_ACCEPT0:
+                break
+            accept = _HOT_ACCEPT0  # a gentle cycle found little: one hotter try before calling it converged
+        else:
+            accept, length = _POOL_ACCEPT0, 2 * length  # annealing pays here: cool more slowly next time
+    return best
+
+
+def swap_cardinality(eng: Engine, m: int, clock: Clock, rng: np.random.Generator,
+                     proposals: int | None = None) -> tuple[np.ndarray, int]:
+    """Eq. 4: start, local search to a swap local optimum, then anneal until it stops improving.
 
     Works on the smaller side: if m > n/2 it picks the n - m KEPT rows with target
-    ``sum_K S_i = sum_all S_i`` (the same objective).  Small problems start from exact greedy
-    construction; large ones from a random set, whose bias the bulk rounds remove cheaply.
+    ``sum_K S_i = sum_all S_i`` (the same objective).  Starts: a random set, the rows of smallest norm
+    (influence norms are heavy-tailed: their sum is often near the optimum already) and, where it is
+    cheap, the greedy set.  Each is searched and the best kept where that is cheap (S S^T held, or
+    ``n d <= SEARCH_ALL_STARTS``); otherwise only the one with the smallest norm after bulk rounds (a
+    smallest-norm start can end in a poorer local optimum: it leaves no small rows outside to swap in).
     """
-    n, d = S.shape
+    n, d = eng.n, eng.d
     complement = m > n - m
     k = n - m if complement else m
-    offset = -masked_sum(S, np.ones(n, dtype=bool)) if complement else np.zeros(d)
-    st = SwapState(np.zeros(n, dtype=bool), offset.copy())
-    if k * n * d <= 5e7:  # small: exact greedy construction is cheap and strong
-        _greedy_fill(S, q, st, k)
-    else:  # large: a random start; the first swap rounds remove its bias at k swaps per gemv
-        st.A[rng.choice(n, k, replace=False)] = True
-        st.s = offset + masked_sum(S, st.A)
-    local_search(S, q, st, clock)
-    if clock.budget is not None and not clock.expired():
-        st = _pool_anneal(S, q, st, clock, rng)
-    elif clock.budget is None:  # a fixed, deterministic annealing phase past the local optimum
-        st = _pool_anneal(S, q, st, clock, rng,
-                          proposals=default_pool_proposals(n) if proposals is None else proposals)
+    offset = -eng.rows.masked_sum(np.ones(n, dtype=bool)) if complement else np.zeros(d)
+    eng.set_offset(offset)
+
+    def start(rows: np.ndarray) -> SwapState:
+        A = np.zeros(n, dtype=bool)
+        A[rows] = True
+        return SwapState(A, offset + eng.rows.masked_sum(A))
+
+    starts = [start(rng.choice(n, k, replace=False)), start(np.argpartition(eng.q, k - 1)[:k])]
+    if eng.full or k * n * d <= 5e7:  # the greedy start costs a row of S S^T (or a pass) per pick
+        greedy = SwapState(np.zeros(n, dtype=bool), offset.copy())
+        greedy_fill(eng, greedy, k)
+        starts.append(greedy)
+    if eng.full or n * d <= SEARCH_ALL_STARTS:
+        for st in starts:
+            local_search(eng, st, clock)
+    else:
+        for st in starts:
+            _bulk_rounds(eng, st, clock)
+        starts = [min(starts, key=lambda st: st.ns2)]
+        local_search(eng, starts[0], clock)
+    st = min(starts, key=lambda st: st.ns2)
+    st.moves = sum(s.moves for s in starts)
+    if not clock.expired():
+        st = anneal(eng, st, clock, rng, proposals)
     mask = ~st.A if complement else st.A
     return mask, st.moves
 
 
-def swap_epsilon(S: np.ndarray, q: np.ndarray, eps: float, clock: Clock,
-                  rng: np.random.Generator, start: "SwapState | None" = None) -> tuple[np.ndarray, int]:
+def swap_epsilon(eng: Engine, eps: float, clock: Clock, rng: np.random.Generator,
+                 start: "SwapState | None" = None) -> tuple[np.ndarray, int]:
     """Eq. 3 as a bisection over the count, with the cardinality machinery as the oracle.
 
     Pruning all n is known to be infeasible, so the search brackets the count in [lo, n).
@@ -457,7 +717,7 @@ def swap_epsilon(S: np.ndarray, q: np.ndarray, eps: float, clock: Clock,
     are what the fine swaps use.  Small counts also probe +2..+64 past non-monotone gaps (a
     set can be feasible although no set one smaller is, e.g. two large rows that cancel).
     """
-    n, d = S.shape
+    n, d = eng.n, eng.d
     eps2 = (eps * (1.0 - 1e-9)) ** 2  # margin so the independent recomputation agrees
     best = start.copy() if start is not None else SwapState(np.zeros(n, dtype=bool), np.zeros(d))
     moves = 0
@@ -468,15 +728,15 @@ def swap_epsilon(S: np.ndarray, q: np.ndarray, eps: float, clock: Clock,
         trial = best.copy()
         trial.moves = moves
         extra = m_try - int(np.count_nonzero(trial.A))
-        if extra * n * d <= 5e7:
-            _greedy_fill(S, q, trial, extra)
+        if eng.full or extra * n * d <= 5e7:
+            greedy_fill(eng, trial, extra)
         else:
             add = np.flatnonzero(~trial.A)
             add = add[rng.choice(add.size, extra, replace=False)]
             trial.A[add] = True
-            trial.s = trial.s + sum_rows(S, add)
+            trial.s = trial.s + eng.rows.sum_rows(add)
             trial.moves += extra
-        local_search(S, q, trial, clock, eps2=eps2, give_up=True)
+        local_search(eng, trial, clock, eps2=eps2, give_up=True)
         moves = trial.moves
         if trial.ns2 <= eps2 and int(np.count_nonzero(trial.A)) >= m_try:
             best = trial
@@ -506,7 +766,18 @@ def swap_epsilon(S: np.ndarray, q: np.ndarray, eps: float, clock: Clock,
             break
     # A short add/swap polish of the winner (bounded: unbounded adding creeps slowly at scale).
     best.moves = moves
-    local_search(S, q, best, clock, eps2=eps2, max_cycles=3)
+    local_search(eng, best, clock, eps2=eps2, max_cycles=3)
     return best.A, best.moves
 
 
+class Swap(Solver):
+    name = "swap"
+    help = "swap local search over Gram blocks, then annealing until it stops improving (default)"
+
+    def cardinality(self, rows: Rows, q: np.ndarray, m: int, clock: Clock, rng: np.random.Generator,
+                    proposals: int | None = None) -> tuple[np.ndarray, int]:
+        return swap_cardinality(Engine(rows, q), m, clock, rng, proposals=proposals)
+
+    def epsilon(self, rows: Rows, q: np.ndarray, eps: float, clock: Clock,
+                rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        return swap_epsilon(Engine(rows, q), eps, clock, rng)

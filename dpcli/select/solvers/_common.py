@@ -1,18 +1,21 @@
-"""What every solver shares: the result type, option checks and a budgeted, throttled clock."""
+"""What every solver shares: the Solver base class (the registry), the result type, option checks and a
+budgeted, throttled clock."""
 
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import numpy as np
 
 from dpcli.errors import DpcliError
+from dpcli.select.registry import SOLVERS
 
-from dpcli.select.registry import SOLVERS  # noqa: F401 (re-exported)
-BRUTE_MAX_N = 20
+if TYPE_CHECKING:
+    from dpcli.select.linalg import Rows
+
 # anneal (and swap's annealing phase): proposals without a budget = clamp(300 n, MIN, MAX); the start
 # temperature accepts a typical uphill swap (median ||S_j - S_i||) with probability ACCEPT0; cools by COOL.
 ANNEAL_MIN_MOVES = 5_000
@@ -46,12 +49,44 @@ class Selection:
 
 
 
-def check_solver(solver: str, n: int) -> None:
-    if solver not in SOLVERS:
-        raise DpcliError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
-    if solver == "brute" and n > BRUTE_MAX_N:
-        raise DpcliError(f"the brute solver enumerates all subsets and accepts at most {BRUTE_MAX_N} "
-                         f"samples, got {n}; use --solver swap")
+class Solver:
+    """One way to solve Eq. 3 / Eq. 4 on S.  Subclass with a ``name`` to register it (``prune --solver NAME``).
+
+    A solver reads S through :class:`~dpcli.select.linalg.Rows` (S on its device) and ``q = ||S_i||^2``, and
+    returns the PRUNED mask and a count of its work (see :attr:`Selection.iterations`); the entry points in
+    :mod:`dpcli.select.solvers` validate, time and certify around it.
+    """
+
+    name: ClassVar[str] = ""
+    help: ClassVar[str] = ""
+    max_n: ClassVar[int | None] = None  # the most samples it accepts (None: any)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            SOLVERS.add(cls)
+
+    def check(self, n: int) -> None:
+        if self.max_n is not None and n > self.max_n:
+            raise DpcliError(f"the {self.name} solver accepts at most {self.max_n} samples, got {n}; "
+                             "use --solver swap")
+
+    def cardinality(self, rows: "Rows", q: np.ndarray, m: int, clock: "Clock", rng: np.random.Generator,
+                    proposals: int | None = None) -> tuple[np.ndarray, int]:
+        """Eq. 4: exactly ``m`` pruned, smallest ``||sum S_i||``; ``proposals`` caps annealing work, if any."""
+        raise NotImplementedError
+
+    def epsilon(self, rows: "Rows", q: np.ndarray, eps: float, clock: "Clock",
+                rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        """Eq. 3: as many pruned as possible with ``||sum S_i|| <= eps`` (repaired and certified by the caller)."""
+        raise NotImplementedError
+
+
+def get_solver(name: str, n: int) -> Solver:
+    """The registered solver ``name``, checked against the problem size."""
+    s = SOLVERS.get(name)()
+    s.check(n)
+    return s
 
 
 def check_budget(time_budget: float | None) -> float | None:
@@ -104,10 +139,13 @@ class Clock:
 
 
 
-def typical_step(S: np.ndarray, rng: np.random.Generator, pairs: int = 256) -> float:
-    """Median ``||S_j - S_i||`` over random pairs: the natural energy scale of one swap."""
-    n = S.shape[0]
+def typical_step(rows, q: np.ndarray, rng: np.random.Generator, pairs: int = 256) -> float:
+    """Median ``||S_j - S_i||`` over random pairs (``rows``: a :class:`~dpcli.select.linalg.Rows`): the
+    natural energy scale of one swap."""
+    n = q.size
     i, j = rng.integers(0, n, pairs), rng.integers(0, n, pairs)
-    diff = S[j].astype(np.float64) - S[i].astype(np.float64)
-    step = float(np.median(np.linalg.norm(diff, axis=1)))
+    idx = np.concatenate([i, j])
+    G = rows.gram(idx)
+    cross = G[np.arange(pairs), pairs + np.arange(pairs)]
+    step = float(np.median(np.sqrt(np.maximum(q[i] + q[j] - 2.0 * cross, 0.0))))
     return step if step > 0 else 1.0
