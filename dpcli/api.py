@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dpcli.select.certificate import KeepMask
-from dpcli.stages.embeddings import DEFAULT_DAMPING, DEFAULT_MAX_ITER, DEFAULT_TOL, HeadFit, Refit
+from dpcli.influence.head import DEFAULT_DAMPING, DEFAULT_MAX_ITER, DEFAULT_TOL, HeadFit
+from dpcli.stages.embeddings import Refit
 
 if TYPE_CHECKING:
     from torch import nn
@@ -41,9 +42,10 @@ def influence(features: Any, labels: Any, *, damping: float = DEFAULT_DAMPING, m
     to the optimum it got).
     """
     from dpcli.config import InfluenceConfig
+    from dpcli.data.embeddings import from_arrays
     from dpcli.stages import embeddings
 
-    emb = embeddings.from_arrays(_numpy(features), _numpy(labels), num_classes=num_classes)
+    emb = from_arrays(_numpy(features), _numpy(labels), num_classes=num_classes)
     cfg = InfluenceConfig(method=method, damping=damping, cg_tol=cg_tol, sketch_k=sketch,
                           sketch_seed=sketch_seed).validate()
     return embeddings.influence_in_memory(emb, cfg, damping=damping, tol=tol, max_iter=max_iter)
@@ -55,9 +57,10 @@ def influence_file(features: str | Path, labels: str | Path, out: str | Path, *,
                    cg_tol: float = 1e-6) -> Path:
     """What ``dpcli influence --features F --labels L --out OUT`` does: an influence.h5 with lineage."""
     from dpcli.config import InfluenceConfig
+    from dpcli.data.embeddings import load_embeddings
     from dpcli.stages import embeddings
 
-    emb = embeddings.load_embeddings(Path(features), Path(labels), _opt(test_features), _opt(test_labels))
+    emb = load_embeddings(Path(features), Path(labels), _opt(test_features), _opt(test_labels))
     cfg = InfluenceConfig(method=method, damping=damping, cg_tol=cg_tol, sketch_k=sketch).validate()
     return embeddings.embeddings_influence(emb, Path(out), cfg, damping=damping).path
 
@@ -103,7 +106,7 @@ def prune(S: Any, *, epsilon: float | None = None, ratio: float | None = None, c
         raise DpcliError("balance=True needs labels")
     ctx = Context(S=S, labels=y, device=torch.device("cpu"))
     if features is not None:
-        from dpcli.stages.embeddings import check_features
+        from dpcli.data.embeddings import check_features
 
         ctx._cache["features"] = check_features(np.asarray(_numpy(features)), "features")
         if ctx._cache["features"].shape[0] != S.shape[0]:
@@ -117,9 +120,10 @@ def prune(S: Any, *, epsilon: float | None = None, ratio: float | None = None, c
 def refit(features: Any, labels: Any, keep: Any, *, damping: float = DEFAULT_DAMPING,
           test_features: Any = None, test_labels: Any = None) -> Refit:
     """Refit the head on the kept rows (what ``retrain`` does on an embeddings run)."""
+    from dpcli.data.embeddings import from_arrays
     from dpcli.stages import embeddings
 
-    emb = embeddings.from_arrays(_numpy(features), _numpy(labels), _numpy(test_features), _numpy(test_labels))
+    emb = from_arrays(_numpy(features), _numpy(labels), _numpy(test_features), _numpy(test_labels))
     return embeddings.refit(emb, np.asarray(keep, dtype=bool), damping)
 
 

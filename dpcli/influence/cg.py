@@ -214,3 +214,30 @@ def cg_influence(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor,
         if progress is not None:
             progress(stop - row_start, total)
     return out
+
+
+def sketched_rows(x: Tensor, y: Tensor, w: Tensor, b: Tensor, damping: float, sketch, *, tol: float,
+                  max_iter: int, sink: Sink, progress: Progress | None = None) -> dict:
+    """``S R`` without S: solve ``(H + damping I) Y = R`` (k columns, preconditioned CG), then
+    ``(S R)_i = g_i^T Y / n`` chunk by chunk.  Cost O(k n d) instead of one CG solve per sample."""
+    n, dim = x.shape
+    c = w.shape[0]
+    r = torch.from_numpy(sketch.matrix()).to(device=x.device, dtype=_F64)  # (d, k) public order
+    k = r.shape[1]
+    rhs = torch.empty(k, c, dim + 1, dtype=_F64, device=x.device)  # augmented layout
+    rhs[:, :, :dim] = r[:c * dim].T.reshape(k, c, dim)
+    rhs[:, :, dim] = r[c * dim:].T
+    precond = KroneckerPreconditioner(x, w, b, damping)
+    rows_per_chunk = max(1, (1 << 23) // (k * c))
+    yy, iters, worst = block_cg(x, w, b, rhs, damping, tol, max_iter, precond, rows_per_chunk)
+    yw = yy[:, :, :dim].permute(2, 1, 0).reshape(dim, c * k)  # phi @ yw -> (rows, C, k)
+    yb = yy[:, :, dim].T  # (C, k)
+    step = max(1, (1 << 24) // (c * k))
+    for a in range(0, n, step):
+        phi = x[a:a + step].to(_F64)
+        e = infl.residuals(phi, y[a:a + step], w, b)
+        t = (phi @ yw).reshape(-1, c, k) + yb
+        sink(a, (torch.einsum("rc,rck->rk", e, t) / n).to(torch.float32).cpu().numpy())
+        if progress is not None:
+            progress(min(a + step, n), n)
+    return {"solver": "cg-sketch", "cg_iterations": iters, "cg_max_relative_residual": worst}

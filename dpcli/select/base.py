@@ -115,7 +115,7 @@ class Context:
         features (``influence --features``) the features themselves."""
         if "features" not in self._cache:
             if self.checkpoint is None and self.influence is not None:
-                from dpcli.stages.embeddings import is_embeddings_run, reload_embeddings
+                from dpcli.data.embeddings import is_embeddings_run, reload_embeddings
 
                 if is_embeddings_run(self.influence):
                     self._cache["features"] = reload_embeddings(self.influence)[0].x

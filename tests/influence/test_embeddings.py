@@ -15,6 +15,8 @@ from dpcli.artifacts.h5 import mapped_rows
 from dpcli.config import InfluenceConfig
 from dpcli.errors import DpcliError
 from dpcli.influence.sketch import Sketch
+from dpcli.data import embeddings as D
+from dpcli.influence import head as H
 from dpcli.stages import embeddings as E
 from tests.conftest import run_cli
 
@@ -27,7 +29,7 @@ def blobs(n: int, dim: int, c: int, seed: int = 0, sep: float = 1.5) -> tuple[np
     return x, y
 
 
-def theta(head: E.HeadFit) -> np.ndarray:
+def theta(head: H.HeadFit) -> np.ndarray:
     return torch.cat([head.weight.reshape(-1), head.bias]).numpy()
 
 
@@ -36,9 +38,9 @@ def test_S_matches_leave_one_out_refits():
     (refit with the same objective, weight -1/n: L2 scaled by n/(n-1) on the mean over n-1)."""
     n, lam = 60, 1e-2
     x, y = blobs(n, 4, 3)
-    emb = E.from_arrays(x, y)
+    emb = D.from_arrays(x, y)
     S, head = E.influence_in_memory(emb, InfluenceConfig(method="exact"), damping=lam)
-    assert head.grad_norm <= E.DEFAULT_TOL
+    assert head.grad_norm <= H.DEFAULT_TOL
     idx = np.arange(0, n, 5)
     loo = []
     for i in idx:
@@ -58,8 +60,8 @@ def test_head_fit_converges_to_the_optimum(solver):
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     w0 = torch.zeros(4, 6, dtype=torch.float64)
     b0 = torch.zeros(4, dtype=torch.float64)
-    fit = (E._newton if solver == "newton" else E._lbfgs)(xt, yt, w0, b0, 1e-3, 1e-8, 500)
-    f, gw, gb = E.objective(xt, yt, fit.weight, fit.bias, 1e-3)
+    fit = (H._newton if solver == "newton" else H._lbfgs)(xt, yt, w0, b0, 1e-3, 1e-8, 500)
+    f, gw, gb = H.objective(xt, yt, fit.weight, fit.bias, 1e-3)
     grad = float(torch.cat([gw.reshape(-1), gb]).norm())
     assert grad < 1e-7 and abs(grad - fit.grad_norm) < 1e-12
     # the gradient in closed form agrees with autograd on the same objective
@@ -76,11 +78,11 @@ def test_newton_with_a_subsampled_hessian_reaches_the_same_optimum(monkeypatch):
     """Large n: the Newton steps' Hessian comes from strided rows, the gradient from all; same optimum."""
     x, y = blobs(400, 5, 3, seed=3)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    exact = E.fit_head(xt, yt, 3, 1e-2, tol=1e-10)
-    monkeypatch.setattr(E, "_HESSIAN_ROWS", 100)
-    assert E.hessian_rows(400).tolist() == list(range(0, 400, 4)) and E.hessian_rows(100) is None
-    sub = E.fit_head(xt, yt, 3, 1e-2, tol=1e-10)
-    f, gw, gb = E.objective(xt, yt, sub.weight, sub.bias, 1e-2)
+    exact = H.fit_head(xt, yt, 3, 1e-2, tol=1e-10)
+    monkeypatch.setattr(H, "_HESSIAN_ROWS", 100)
+    assert H.hessian_rows(400).tolist() == list(range(0, 400, 4)) and H.hessian_rows(100) is None
+    sub = H.fit_head(xt, yt, 3, 1e-2, tol=1e-10)
+    f, gw, gb = H.objective(xt, yt, sub.weight, sub.bias, 1e-2)
     # linear instead of quadratic convergence (27 steps instead of 6 with 5.5 rows per parameter; dpcli's
     # 65,536 rows give >= 16 per parameter at the largest dense head)
     assert float(torch.cat([gw.reshape(-1), gb]).norm()) <= 1e-10 and exact.iterations < sub.iterations < 40
@@ -89,7 +91,7 @@ def test_newton_with_a_subsampled_hessian_reaches_the_same_optimum(monkeypatch):
 
 def test_sketch_first_solve_equals_S_times_R(tmp_path):
     x, y = blobs(90, 5, 3, seed=2)
-    emb = E.from_arrays(x, y)
+    emb = D.from_arrays(x, y)
     S, head = E.influence_in_memory(emb, InfluenceConfig(method="exact"), damping=1e-2)
     out = tmp_path / "sk.h5"
     E.embeddings_influence(emb, out, InfluenceConfig(method="cg", sketch_k=7, sketch_seed=3, cg_tol=1e-10),
@@ -120,7 +122,7 @@ def test_cli_end_to_end_on_generated_features(tmp_path, capsys):
     assert code == 0, err
     with h5py.File(inf, "r") as h:
         lineage = json.loads(h.attrs["lineage"])
-        assert lineage["features_sha256"] == E.file_sha256(f) and lineage["labels"] == str(f.with_name("l.npy"))
+        assert lineage["features_sha256"] == D.file_sha256(f) and lineage["labels"] == str(f.with_name("l.npy"))
         S = h["S"][()]
     assert S.shape == (150, 3 * 6)
     mask = tmp_path / "mask.h5"
@@ -136,13 +138,13 @@ def test_cli_end_to_end_on_generated_features(tmp_path, capsys):
     metrics = json.loads(out)
     assert metrics["head_grad_norm"] < 1e-6
     # the refit equals an independent refit on the kept rows (same objective, from scratch)
-    ref = E.refit(E.from_arrays(x[keep], y[keep], xt, yt, num_classes=3), np.ones(keep.sum(), bool), 0.01)
+    ref = E.refit(D.from_arrays(x[keep], y[keep], xt, yt, num_classes=3), np.ones(keep.sum(), bool), 0.01)
     assert abs(metrics["test_loss"] - ref.test_loss) < 1e-9
     code, out, err = run_cli(["verify-bound", inf, "--mask", mask, "--out", tmp_path / "vb", "--json", "--quiet"],
                              capsys)
     assert code == 0, err
     rows = json.loads(out)["rows"]
-    full = E.refit(E.from_arrays(x, y, xt, yt), np.ones(150, bool), 0.01)
+    full = E.refit(D.from_arrays(x, y, xt, yt), np.ones(150, bool), 0.01)
     assert rows[0]["n_pruned"] == summary["n_pruned"]
     assert abs(rows[0]["observed_gap"] - (ref.test_loss - full.test_loss)) < 1e-9  # deterministic: no seed noise
     assert abs(rows[0]["norm"] - norm) < 1e-6 and rows[1]["label"].startswith("random")
@@ -187,7 +189,7 @@ def test_retrain_writes_a_checkpoint_equal_to_an_independent_refit(tmp_path, cap
     metrics = json.loads(out)
     ck = load_checkpoint(metrics["checkpoint"])  # the same reader as every other checkpoint
     assert ck.complete and ck.config.subset == mask_fp and ck.lineage["mask_fingerprint"] == mask_fp
-    assert ck.lineage["features_sha256"] == E.file_sha256(f) and ck.n_train == 120 and ck.num_classes == 3
+    assert ck.lineage["features_sha256"] == D.file_sha256(f) and ck.n_train == 120 and ck.num_classes == 3
     np.testing.assert_array_equal(ck.keep_indices, np.flatnonzero(keep))
     want = _independent_fit(x[keep], y[keep], 3, lam)
     got = torch.cat([ck.state["head.weight"].reshape(-1), ck.state["head.bias"]]).numpy()
@@ -334,18 +336,18 @@ def test_retrain_with_wrong_n_and_external_S_errors(tmp_path, capsys):
     _bad(tmp_path, capsys, ["retrain", "digits", "--mask", tmp_path / "m2.h5", "--epochs", "1", "--device", "cpu", "--quiet"],
          "n=50")
     with pytest.raises(DpcliError, match="1-D"):
-        E.check_labels(np.zeros((3, 2)), 3, None, "labels")
+        D.check_labels(np.zeros((3, 2)), 3, None, "labels")
 
 
 def test_labels_that_leave_most_class_indices_unused_are_warned_about():
     """Labels that are IDs (0, 3, 6) make C = max + 1 = 7 last-layer classes, four of them without a sample."""
     x, y = blobs(30, 3, 3)
     with pytest.warns(UserWarning, match=r"dpcli: the labels use 3 of the 7 class indices 0\.\.6"):
-        emb = E.from_arrays(x, y * 3)
+        emb = D.from_arrays(x, y * 3)
     assert emb.num_classes == 7
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # indices 0..C-1 and class names: no warning
-        E.from_arrays(x, y)
-        E.from_arrays(x, np.array(["a", "b", "c"])[y])
+        D.from_arrays(x, y)
+        D.from_arrays(x, np.array(["a", "b", "c"])[y])

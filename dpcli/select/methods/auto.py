@@ -153,7 +153,7 @@ def fit_softmax(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float = HEAD
     ``device``: where the fit runs (the prune's device: at a million rows the fits dominate auto's cost)."""
     import torch
 
-    from dpcli.stages.embeddings import fit_head
+    from dpcli.influence.head import fit_head
 
     dev = torch.device(device if device is not None else "cpu")
     start = None if init is None else tuple(torch.from_numpy(np.asarray(t)) for t in init)
