@@ -11,20 +11,25 @@ from dpcli.errors import DpcliError
 
 
 def influence_from_features(features, labels, test_features, test_labels, icfg, checkpoint, out: Optional[Path],
-                            json: bool, dev: Any = None) -> None:
+                            json: bool, dev: Any = None, *, tol: Optional[float] = None,
+                            max_iter: Optional[int] = None) -> None:
     """influence --features: fit the head on the embeddings, then S with the registered estimator."""
     from dpcli.data.embeddings import load_embeddings
+    from dpcli.influence import head
     from dpcli.stages import embeddings
 
     if checkpoint:
         raise DpcliError("give either a checkpoint or --features, not both")
     if features is None or labels is None:
         raise DpcliError("--features and --labels go together")
+    tol, max_iter = head.check_options(head.DEFAULT_TOL if tol is None else tol,
+                                       head.DEFAULT_MAX_ITER if max_iter is None else max_iter)
     emb = load_embeddings(features, labels, test_features, test_labels)
     path = out or Path(features).with_name("influence.h5")
     with console.progress_bar(f"influence ({icfg.method}, features)") as update:
-        info = embeddings.embeddings_influence(emb, path, icfg, damping=icfg.damping, device=dev,
-                                               progress=lambda done, total: update(done, total), info=console.info)
+        info = embeddings.embeddings_influence(emb, path, icfg, damping=icfg.damping, tol=tol, max_iter=max_iter,
+                                               device=dev, progress=lambda done, total: update(done, total),
+                                               info=console.info)
     console.info(f"influence: {info.path}  S is {info.n} x {info.d} ({info.method}, head fitted with L2 "
                  f"{info.damping:g}, {info.seconds:.1f}s)")
     if json:

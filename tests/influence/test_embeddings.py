@@ -54,41 +54,6 @@ def test_S_matches_leave_one_out_refits():
     assert rel < 0.25, rel  # first-order error at n = 60; measured 0.19 (it shrinks ~1/n: 0.05 at n = 300)
 
 
-@pytest.mark.parametrize("solver", ["newton", "lbfgs"])
-def test_head_fit_converges_to_the_optimum(solver):
-    x, y = blobs(200, 6, 4, seed=1)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    w0 = torch.zeros(4, 6, dtype=torch.float64)
-    b0 = torch.zeros(4, dtype=torch.float64)
-    fit = (H._newton if solver == "newton" else H._lbfgs)(xt, yt, w0, b0, 1e-3, 1e-8, 500)
-    f, gw, gb = H.objective(xt, yt, fit.weight, fit.bias, 1e-3)
-    grad = float(torch.cat([gw.reshape(-1), gb]).norm())
-    assert grad < 1e-7 and abs(grad - fit.grad_norm) < 1e-12
-    # the gradient in closed form agrees with autograd on the same objective
-    w = fit.weight.clone().requires_grad_(True)
-    b = fit.bias.clone().requires_grad_(True)
-    logits = xt.double() @ w.T + b
-    obj = torch.nn.functional.cross_entropy(logits, yt) + 0.5e-3 * (w.pow(2).sum() + b.pow(2).sum())
-    obj.backward()
-    torch.testing.assert_close(w.grad, gw, atol=1e-12, rtol=0)
-    assert abs(float(obj.detach()) - f) < 1e-12
-
-
-def test_newton_with_a_subsampled_hessian_reaches_the_same_optimum(monkeypatch):
-    """Large n: the Newton steps' Hessian comes from strided rows, the gradient from all; same optimum."""
-    x, y = blobs(400, 5, 3, seed=3)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    exact = H.fit_head(xt, yt, 3, 1e-2, tol=1e-10)
-    monkeypatch.setattr(H, "_HESSIAN_ROWS", 100)
-    assert H.hessian_rows(400).tolist() == list(range(0, 400, 4)) and H.hessian_rows(100) is None
-    sub = H.fit_head(xt, yt, 3, 1e-2, tol=1e-10)
-    f, gw, gb = H.objective(xt, yt, sub.weight, sub.bias, 1e-2)
-    # linear instead of quadratic convergence (27 steps instead of 6 with 5.5 rows per parameter; dpcli's
-    # 65,536 rows give >= 16 per parameter at the largest dense head)
-    assert float(torch.cat([gw.reshape(-1), gb]).norm()) <= 1e-10 and exact.iterations < sub.iterations < 40
-    assert float(torch.cat([(sub.weight - exact.weight).reshape(-1), sub.bias - exact.bias]).norm()) < 1e-8 / 1e-2
-
-
 def test_sketch_first_solve_equals_S_times_R(tmp_path):
     x, y = blobs(90, 5, 3, seed=2)
     emb = D.from_arrays(x, y)
@@ -351,3 +316,28 @@ def test_labels_that_leave_most_class_indices_unused_are_warned_about():
         warnings.simplefilter("error")  # indices 0..C-1 and class names: no warning
         D.from_arrays(x, y)
         D.from_arrays(x, np.array(["a", "b", "c"])[y])
+
+
+def test_head_fit_options_on_the_command_line(tmp_path, capsys):
+    """--max-iter / --tol reach the head fit and are recorded; a fit stopped short says what to do; bad values
+    and the options without --features are refused in one line, before any file is written."""
+    x, y = blobs(150, 5, 3, seed=4)
+    f, l = _write(tmp_path, "f.npy", x), _write(tmp_path, "l.npy", y)
+    out = tmp_path / "short.h5"
+    code, _, err = run_cli(["influence", "--features", f, "--labels", l, "--max-iter", "1", "--out", out], capsys)
+    assert code == 0, err
+    with h5py.File(out, "r") as h:
+        gn, steps = float(h.attrs["head_grad_norm"]), int(h.attrs["head_iterations"])
+        assert steps == 1 and int(h.attrs["head_max_iter"]) == 1 and float(h.attrs["head_tol"]) == H.DEFAULT_TOL
+    assert gn > H.DEFAULT_TOL and f"gradient norm {gn:.3g} > --tol 1e-07 after 1 Newton steps" in err
+    assert "raise --max-iter" in err
+    code, _, err = run_cli(["influence", "--features", f, "--labels", l, "--tol", "1e-3", "--out", tmp_path / "t.h5",
+                            "--quiet"], capsys)
+    assert code == 0 and "stopped" not in err
+    with h5py.File(tmp_path / "t.h5", "r") as h:
+        assert float(h.attrs["head_grad_norm"]) <= 1e-3 < gn and float(h.attrs["head_tol"]) == 1e-3
+    for args, what in ((["--max-iter", "0"], "--max-iter must be a positive integer"),
+                       (["--tol", "-1"], "--tol must be a positive number")):
+        _bad(tmp_path, capsys, ["influence", "--features", f, "--labels", l, *args, "--out", tmp_path / "i.h5"], what)
+    _bad(tmp_path, capsys, ["influence", tmp_path / "ck.h5", "--tol", "1e-3", "--out", tmp_path / "i.h5"],
+         "--max-iter and --tol set the head fit of --features")

@@ -59,8 +59,6 @@ Z = 2.0  # a rung must beat the first rung by Z paired standard errors
 MIN_VAL = 50  # fewer validation samples than this: too noisy to decide anything
 HEAD_L2 = 1e-3  # L2 of the validation head on standardized features (the embeddings default)
 HEAD_TOL = 1e-6
-HEAD_MAX_ITER = 200
-DENSE_NEWTON = 1024  # Newton with a dense Hessian up to this many head parameters, L-BFGS above
 # swap's annealing on the fit part: proposals per row (the full solve uses 300 n); the rungs differ by
 # far more than what the last stretch of annealing buys, and this keeps auto within ~2x optimization
 VAL_PROPOSALS_PER_ROW = 30
@@ -159,7 +157,7 @@ def fit_softmax(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float = HEAD
     start = None if init is None else tuple(torch.from_numpy(np.asarray(t)) for t in init)
     head = fit_head(torch.from_numpy(np.ascontiguousarray(x)).to(dev),
                     torch.from_numpy(np.asarray(y, dtype=np.int64)).to(dev),
-                    num_classes, l2, tol=HEAD_TOL, max_iter=HEAD_MAX_ITER, dense_limit=DENSE_NEWTON, init=start)
+                    num_classes, l2, tol=HEAD_TOL, init=start)
     return head.weight.cpu().numpy(), head.bias.cpu().numpy()
 
 
