@@ -113,7 +113,11 @@ def verify_embeddings(source: str, masks, epsilons, out, random_seed: int, solve
     report = embeddings.verify_bound(influence, infos, out_dir, random_seed=random_seed, force=force,
                                     info_line=console.info)
     for r in report["rows"]:
-        console.info(f"{r['label']}: observed gap {r['observed_gap']:+.4g}, predicted bound {r['predicted_bound']:.4g}")
+        second = ("" if r["first_order_residual"] is None else
+                  f"; parameters moved {r['parameter_change']:.4g}, predicted {r['norm']:.4g}, "
+                  f"missed {r['first_order_residual']:.2g}")
+        console.info(f"{r['label']}: observed gap {r['observed_gap']:+.4g}, predicted bound {r['predicted_bound']:.4g}"
+                     f"{second}")
     console.info(f"report: {out_dir / 'bound.json'}")
     if json:
         console.emit_json(report)

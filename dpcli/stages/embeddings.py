@@ -197,10 +197,19 @@ class Refit:
     seconds: float
 
 
+REFIT_OBJECTIVE = "(1/n) sum_kept CE + damping/2 ||[W, b]||^2"
+
+
 def refit(emb: Embeddings, keep: np.ndarray, damping: float, tol: float = DEFAULT_TOL,
           max_iter: int = DEFAULT_MAX_ITER, init: tuple | None = None) -> Refit:
-    """Refit the head on the kept rows only (mean CE over them + damping/2 ||theta||^2), from zero or from
-    ``init = (W, b)``: the objective is strongly convex, so the start changes only the number of steps."""
+    """The model S predicts: the head refitted to the optimum of the full run's objective with the pruned
+    rows' weights set to zero, ``(1/n) sum_kept CE + damping/2 ||theta||^2`` (:data:`REFIT_OBJECTIVE`).
+
+    S_i = (1/n) (H + damping I)^-1 g_i is the first-order change of that optimum, so ``sum_pruned S_i``
+    matches the refit up to second order.  Over the kept rows' mean CE it is an L2 of
+    ``damping * n / n_kept``; a retrain on the kept set with the full run's weight decay and a mean loss
+    (the usual one) minimizes another objective, whose optimum differs at first order.  From zero or
+    from ``init = (W, b)``: the objective is strongly convex, so the start changes only the steps."""
     import torch
 
     keep = np.asarray(keep, dtype=bool)
@@ -211,7 +220,8 @@ def refit(emb: Embeddings, keep: np.ndarray, damping: float, tol: float = DEFAUL
     t0 = time.perf_counter()
     idx = torch.from_numpy(np.flatnonzero(keep))
     x, y = torch.from_numpy(emb.x), torch.from_numpy(emb.y)
-    head = fit_head(x[idx], y[idx], emb.num_classes, damping, tol=tol, max_iter=max_iter, init=init)
+    head = fit_head(x[idx], y[idx], emb.num_classes, damping * emb.n / len(idx), tol=tol, max_iter=max_iter,
+                    init=init)
     return _evaluate(emb, head, time.perf_counter() - t0)
 
 
@@ -286,7 +296,8 @@ def _reusable_head(out: Path, mask: "MaskInfo", emb: Embeddings, damping: float)
             ok = (get_attr(f, "dpcli_kind") == "checkpoint" and get_attr(f, "source") == SOURCE
                   and lineage.get("mask_fingerprint") == mask.fingerprint
                   and get_attr(f, "dataset_fingerprint") == emb.fingerprint
-                  and float(get_attr(f, "damping", float("nan"))) == float(damping) and bool(get_attr(f, "complete")))
+                  and float(get_attr(f, "damping", float("nan"))) == float(damping) and bool(get_attr(f, "complete"))
+                  and get_attr(f, "refit_objective") == REFIT_OBJECTIVE)
             return dict(get_attr(f, "metrics")) if ok else None
     except (OSError, KeyError, TypeError, ValueError):
         return None
@@ -313,8 +324,8 @@ def write_head_checkpoint(out: Path, sub: Refit, emb: Embeddings, mask: "MaskInf
         "complete": True, "fingerprint": array_fingerprint(weight, bias), "lineage": lineage, "world_size": 1,
         "source": SOURCE, "damping": float(damping), "head_solver": sub.head.solver,
         "head_iterations": sub.head.iterations, "head_grad_norm": sub.head.grad_norm, "head_loss": sub.head.loss,
-        "metrics": metrics,
-        "note": "the last layer refitted to the optimum of mean CE + damping/2 ||[W, b]||^2 on the kept rows",
+        "metrics": metrics, "refit_objective": REFIT_OBJECTIVE,
+        "note": f"the last layer refitted to the optimum of {REFIT_OBJECTIVE}: the model S predicts",
     }
     with atomic_h5(out, "checkpoint", attrs) as f:
         g = f.create_group("model")
@@ -336,7 +347,10 @@ def retrain_head(mask: "MaskInfo", out: Path | None = None, *, force: bool = Fal
     Writes a checkpoint artifact (reused when it was made from this mask, these features and this L2)
     and ``metrics.json`` beside it; returns the metrics.  ``loaded``: the run's features, already
     checked by :func:`reload_embeddings` (verify-bound refits several masks of one run)."""
+    import torch
+
     from dpcli.artifacts.h5 import check_writable, write_json
+    from dpcli.stages.bound import influence_sum
 
     emb, damping = loaded if loaded is not None else reload_embeddings(mask.influence)
     if mask.n != emb.n:
@@ -351,17 +365,23 @@ def retrain_head(mask: "MaskInfo", out: Path | None = None, *, force: bool = Fal
     full = full_fit(mask.influence, emb)
     # from the full-data optimum: pruning moves it little, so Newton needs a few steps instead of ~8 from zero
     sub = refit(emb, mask.keep, damping, init=(full.head.weight, full.head.bias))
+    change = torch.cat([(sub.head.weight - full.head.weight).reshape(-1), sub.head.bias - full.head.bias]).numpy()
+    predicted = influence_sum(Path(mask.influence), ~mask.keep)
     metrics = {
         "checkpoint": str(out), "mask": str(mask.path), "influence": mask.influence, "n_kept": mask.n_kept,
         "n_pruned": mask.n_pruned, "prune_ratio": mask.n_pruned / mask.n, "arch": "linear", "epochs": 1,
-        "mode": "head refit on frozen features", "damping": damping,
+        "mode": "head refit on frozen features", "damping": damping, "objective": REFIT_OBJECTIVE,
+        "l2_over_kept_mean": damping * mask.n / mask.n_kept,
         "head_grad_norm": sub.head.grad_norm, "head_iterations": sub.head.iterations, "head_solver": sub.head.solver,
         "optimizer_steps": sub.head.iterations, "train_seconds": sub.seconds,
         "test_loss": sub.test_loss, "test_accuracy": sub.test_accuracy, "train_loss_all": sub.train_loss,
         "full_data_test_loss": full.test_loss, "full_data_test_accuracy": full.test_accuracy,
         "full_data_train_loss_all": full.train_loss,
-        "parameter_change": float(np.sqrt(float((sub.head.weight - full.head.weight).pow(2).sum()
-                                                + (sub.head.bias - full.head.bias).pow(2).sum()))),
+        "parameter_change": float(np.linalg.norm(change)),
+        # Theorem 1's first-order prediction and what it misses (second order); None for a sketched S
+        "predicted_change": float(np.linalg.norm(predicted)) if predicted.shape == change.shape else None,
+        "first_order_residual": (float(np.linalg.norm(predicted - change)) if predicted.shape == change.shape
+                                 else None),
         "metrics_file": str(out.with_name("metrics.json")),
     }
     write_head_checkpoint(out, sub, emb, mask, damping, metrics)
@@ -438,10 +458,12 @@ def verify_bound(influence: Path, masks: list["MaskInfo"], out_dir: Path, *, ran
                                  prune_ratio=m.n_pruned / m.n, epsilon=m.target if m.mode == "epsilon" else None,
                                  norm=norm, predicted_bound=bound, first_order=first,
                                  observed_gap=sub["test_loss"] - full.test_loss, test_loss=sub["test_loss"],
-                                 test_accuracy=sub["test_accuracy"]))
+                                 test_accuracy=sub["test_accuracy"], parameter_change=sub["parameter_change"],
+                                 first_order_residual=sub["first_order_residual"]))
     report = {"command": "verify-bound", "source": SOURCE, "influence": str(influence), "n": emb.n,
               "full_test_loss": full.test_loss, "full_test_accuracy": full.test_accuracy,
-              "note": "head refits to the optimum on frozen features: the observed gap has no seed noise",
+              "note": f"head refits to the optimum of {REFIT_OBJECTIVE} on frozen features (the model S predicts): "
+                      "the observed gap has no seed noise",
               "rows": [r.to_dict() for r in rows]}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -34,8 +34,8 @@ def theta(head: H.HeadFit) -> np.ndarray:
 
 
 def test_S_matches_leave_one_out_refits():
-    """S_i = (1/n) H^-1 g_i against the actual change of the optimum when sample i is removed
-    (refit with the same objective, weight -1/n: L2 scaled by n/(n-1) on the mean over n-1)."""
+    """S_i = (1/n) H^-1 g_i against the actual change of the optimum when sample i is removed (weight -1/n:
+    the refit of the same objective, (1/n) sum_kept CE + lam/2 ||theta||^2)."""
     n, lam = 60, 1e-2
     x, y = blobs(n, 4, 3)
     emb = D.from_arrays(x, y)
@@ -46,7 +46,7 @@ def test_S_matches_leave_one_out_refits():
     for i in idx:
         keep = np.ones(n, dtype=bool)
         keep[i] = False
-        loo.append(theta(E.refit(emb, keep, lam * n / (n - 1)).head) - theta(head))
+        loo.append(theta(E.refit(emb, keep, lam).head) - theta(head))
     loo = np.array(loo)
     corr = np.corrcoef(loo.ravel(), S[idx].ravel())[0, 1]
     rel = np.linalg.norm(loo - S[idx]) / np.linalg.norm(loo)
@@ -102,8 +102,10 @@ def test_cli_end_to_end_on_generated_features(tmp_path, capsys):
     assert code == 0, err
     metrics = json.loads(out)
     assert metrics["head_grad_norm"] < 1e-6
-    # the refit equals an independent refit on the kept rows (same objective, from scratch)
-    ref = E.refit(D.from_arrays(x[keep], y[keep], xt, yt, num_classes=3), np.ones(keep.sum(), bool), 0.01)
+    # the refit equals one from scratch of the same objective on the kept rows alone: (1/n) sum_kept CE +
+    # lam/2 ||theta||^2 is their mean CE with L2 lam n / n_kept
+    ref = E.refit(D.from_arrays(x[keep], y[keep], xt, yt, num_classes=3), np.ones(keep.sum(), bool),
+                  0.01 * 150 / keep.sum())
     assert abs(metrics["test_loss"] - ref.test_loss) < 1e-9
     code, out, err = run_cli(["verify-bound", inf, "--mask", mask, "--out", tmp_path / "vb", "--json", "--quiet"],
                              capsys)
@@ -156,10 +158,11 @@ def test_retrain_writes_a_checkpoint_equal_to_an_independent_refit(tmp_path, cap
     assert ck.complete and ck.config.subset == mask_fp and ck.lineage["mask_fingerprint"] == mask_fp
     assert ck.lineage["features_sha256"] == D.file_sha256(f) and ck.n_train == 120 and ck.num_classes == 3
     np.testing.assert_array_equal(ck.keep_indices, np.flatnonzero(keep))
-    want = _independent_fit(x[keep], y[keep], 3, lam)
+    want = _independent_fit(x[keep], y[keep], 3, lam * 120 / keep.sum())  # (1/n) sum_kept CE + lam/2 ||theta||^2
     got = torch.cat([ck.state["head.weight"].reshape(-1), ck.state["head.bias"]]).numpy()
     # strong convexity (Hessian >= lam I): ||theta - theta*|| <= ||grad|| / lam, the solver's stopping point
     assert np.linalg.norm(got - want) <= metrics["head_grad_norm"] / lam + 1e-12 and metrics["head_grad_norm"] < 1e-7
+    assert metrics["l2_over_kept_mean"] == pytest.approx(lam * 120 / keep.sum())
     logits = xt.astype(np.float64) @ want[:12].reshape(3, 4).T + want[12:]
     loss = float(np.mean(np.log(np.exp(logits).sum(1)) - logits[np.arange(50), yt]))
     acc = 100.0 * float(np.mean(logits.argmax(1) == yt))
@@ -341,3 +344,37 @@ def test_head_fit_options_on_the_command_line(tmp_path, capsys):
         _bad(tmp_path, capsys, ["influence", "--features", f, "--labels", l, *args, "--out", tmp_path / "i.h5"], what)
     _bad(tmp_path, capsys, ["influence", tmp_path / "ck.h5", "--tol", "1e-3", "--out", tmp_path / "i.h5"],
          "--max-iter and --tol set the head fit of --features")
+
+
+def test_verify_bound_shows_the_refit_agrees_with_S_to_second_order(tmp_path, capsys):
+    """S predicts the refit of its own objective: ||sum S - delta theta|| is second order, so it shrinks
+    quadratically with the pruned share (x4 per doubling on nested random sets) and is a small part of the
+    change itself; against the mean-CE refit (the full run's L2 on the kept rows' mean) it would be first order
+    (x2 per doubling: 0.0055, 0.011, 0.027 at 2.5, 5 and 10 % here)."""
+    from dpcli.select.certificate import certify
+    from dpcli.stages.core import load_S, read_influence_info, write_mask
+
+    n, lam = 600, 1e-2
+    x, y = blobs(n, 5, 3)
+    xt, yt = blobs(200, 5, 3, seed=1)
+    inf = tmp_path / "influence.h5"
+    files = [_write(tmp_path, name, a) for name, a in (("f.npy", x), ("l.npy", y), ("tf.npy", xt), ("tl.npy", yt))]
+    assert run_cli(["influence", "--features", files[0], "--labels", files[1], "--test-features", files[2],
+                    "--test-labels", files[3], "--damping", lam, "--out", inf, "--quiet"]) == (0, "", "")
+    info, S = read_influence_info(inf), load_S(inf)
+    order = np.random.default_rng(1).permutation(n)
+    masks = []
+    for m in (15, 30, 60):  # nested random sets: 2.5, 5 and 10 % pruned
+        pruned = np.zeros(n, dtype=bool)
+        pruned[order[:m]] = True
+        masks.append(write_mask(tmp_path / f"m{m}.h5", certify(S, pruned), mode="cardinality", target=float(m),
+                                solver="test", info=info, config={"count": m}, seconds=0.0, method="test").path)
+    code, out, err = run_cli(["verify-bound", inf, *[a for p in masks for a in ("--mask", p)], "--out",
+                              tmp_path / "vb", "--json"], capsys)
+    assert code == 0, err
+    rows = [r for r in json.loads(out)["rows"] if r["method"] == "test"]
+    res = [r["first_order_residual"] for r in rows]
+    for r in rows:  # measured: 0.0007 of 0.032, 0.0029 of 0.062, 0.0105 of 0.10
+        assert r["first_order_residual"] < 0.12 * r["parameter_change"] and abs(r["norm"] - r["parameter_change"]) <= res[-1]
+    assert res[1] / res[0] > 3 and res[2] / res[1] > 3, res  # measured 4.2 and 3.6: quadratic
+    assert f"parameters moved {rows[0]['parameter_change']:.4g}, predicted {rows[0]['norm']:.4g}" in err
