@@ -442,8 +442,8 @@ def frozen_setup(regime: Regime, cifar: Path, work: Path, device: torch.device, 
     info = stages.read_influence_info(inf_path)
     S = stages.load_S(inf_path)
     ctx = selection_context(S, emb.y, None, torch.device("cpu"))
-    ctx._cache["features"] = emb.x  # what herding, moderate, d2 and --match-features read
-    ctx._cache["dynamics"] = probe_dynamics(emb.x, emb.y, emb.num_classes, regime, seed)
+    # what herding, moderate, d2 and --match-features read, and the probe's dynamics
+    ctx.supply(features=emb.x, dynamics=probe_dynamics(emb.x, emb.y, emb.num_classes, regime, seed))
 
     def retrain(keep: np.ndarray, _seed: int, _mask: Path) -> dict:
         r = emb_mod.refit(emb, keep, regime.damping)

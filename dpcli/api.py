@@ -108,9 +108,7 @@ def prune(S: Any, *, epsilon: float | None = None, ratio: float | None = None, c
     if features is not None:
         from dpcli.data.embeddings import check_features
 
-        ctx._cache["features"] = check_features(np.asarray(_numpy(features)), "features")
-        if ctx._cache["features"].shape[0] != S.shape[0]:
-            raise DpcliError(f"features have {ctx._cache['features'].shape[0]} rows but S has {S.shape[0]}")
+        ctx.supply(features=check_features(np.asarray(_numpy(features)), "features"))
     pruned, used = select(cfg, ctx)
     warn_emptied_classes(ctx.labels, ~np.asarray(pruned, dtype=bool), ctx.record)
     cert = certify(S, pruned, cfg.epsilon)

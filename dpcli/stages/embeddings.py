@@ -477,9 +477,8 @@ def verify_bound(influence: Path, masks: list["MaskInfo"], out_dir: Path, *, ran
 def freeze_backbone(config, ds, out_dir: Path, *, device: Any, icfg: "InfluenceConfig",
                     damping: float | None = None, info: Callable[[str], None] | None = None) -> "InfluenceInfo":
     """``train --freeze-backbone``: features of the (pretrained) backbone computed once and cached as
-    .npy in ``out_dir``, then the head fit and exact influence of :func:`embeddings_influence`."""
-    import torch
-
+    .npy in ``out_dir``, then the head fit and exact influence of :func:`embeddings_influence`, all on
+    ``device``."""
     from dpcli.artifacts.h5 import config_key
     from dpcli.train.loop import extract_features, make_model
 
@@ -502,5 +501,4 @@ def freeze_backbone(config, ds, out_dir: Path, *, device: Any, icfg: "InfluenceC
 
         emb.lineage[preprocess.LINEAGE_KEY] = preprocess.to_dict(ds.input)
     damping = damping if damping is not None else (config.weight_decay or DEFAULT_DAMPING)
-    return embeddings_influence(emb, out_dir / "influence.h5", icfg, damping=damping,
-                                device=torch.device("cpu"), info=info)
+    return embeddings_influence(emb, out_dir / "influence.h5", icfg, damping=damping, device=device, info=info)

@@ -378,3 +378,42 @@ def test_verify_bound_shows_the_refit_agrees_with_S_to_second_order(tmp_path, ca
         assert r["first_order_residual"] < 0.12 * r["parameter_change"] and abs(r["norm"] - r["parameter_change"]) <= res[-1]
     assert res[1] / res[0] > 3 and res[2] / res[1] > 3, res  # measured 4.2 and 3.6: quadratic
     assert f"parameters moved {rows[0]['parameter_change']:.4g}, predicted {rows[0]['norm']:.4g}" in err
+
+
+def _freeze(tmp_path, device):
+    from dpcli.data.sources import load_dataset
+    from tests.conftest import tiny_config
+
+    return E.freeze_backbone(tiny_config(), load_dataset("digits"), tmp_path, device=device,
+                             icfg=InfluenceConfig().validate())
+
+
+def test_freeze_backbone_fits_and_solves_on_its_device(tmp_path, monkeypatch):
+    """The head fit and the influence solve of --freeze-backbone run on the device the features came from."""
+    seen = []
+    real = E.fit_embeddings
+
+    def spy(emb, damping, **kw):
+        seen.append(kw["device"])
+        return real(emb, damping, **kw)
+
+    monkeypatch.setattr(E, "fit_embeddings", spy)
+    dev = torch.device("cpu")
+    info = _freeze(tmp_path, dev)
+    assert seen == [dev] and seen[0] is dev and info.n == 1438  # handed on, not replaced by a CPU device of its own
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_embeddings_on_cuda_match_the_cpu(tmp_path):
+    from dpcli.stages.core import load_S
+
+    x, y = blobs(500, 16, 4, seed=11)
+    emb = D.from_arrays(x, y)
+    S_cpu, h_cpu = E.influence_in_memory(emb, InfluenceConfig(method="exact"), damping=1e-2)
+    S_gpu, h_gpu = E.influence_in_memory(emb, InfluenceConfig(method="exact"), damping=1e-2, device="cuda")
+    assert h_gpu.weight.device.type == "cuda" and h_gpu.grad_norm <= H.DEFAULT_TOL
+    torch.testing.assert_close(h_gpu.weight.cpu(), h_cpu.weight, atol=1e-7 / 1e-2, rtol=0)
+    np.testing.assert_allclose(S_gpu, S_cpu, rtol=1e-4, atol=1e-7 * np.abs(S_cpu).max())
+    a = load_S(_freeze(tmp_path / "cpu", torch.device("cpu")).path)
+    b = load_S(_freeze(tmp_path / "gpu", torch.device("cuda")).path)
+    np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-5 * np.abs(a).max())

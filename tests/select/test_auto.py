@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import dpcli.api as dp
+from dpcli.errors import DpcliError
 from dpcli.config import PruneConfig
 from dpcli.select.base import Context
 from dpcli.select.linalg import count_from_ratio
@@ -302,8 +303,7 @@ def _ctx_with_dynamics(scarce):
     x, y, S = scarce
     noisy = np.random.default_rng(9).random(len(y)) < 0.3
     ctx = Context(S=S, labels=y)
-    ctx._cache["features"] = x
-    ctx._cache["dynamics"] = _dynamics(y, noisy)
+    ctx.supply(features=x, dynamics=_dynamics(y, noisy))
     return ctx
 
 
@@ -394,7 +394,7 @@ def test_a_challenger_dual_refuses_is_skipped_with_duals_reason(scarce):
     """Dynamics that miss a sample: DUAL cannot run, the ladder decides alone and the record says DUAL's why."""
     x, y, S = scarce
     ctx = _ctx_with_dynamics(scarce)
-    ctx._cache["dynamics"].loss[0, 5] = np.nan
+    ctx.dynamics().loss[0, 5] = np.nan
     pruned, label = auto.Auto(PruneConfig(ratio=0.8, seed=0)).select(ctx, count_from_ratio(len(y), 0.8), None)
     rec = ctx.record["auto"]
     assert rec["challenger"] is None and rec["challenger_skipped"].startswith("DUAL needs the loss of every sample")
@@ -485,3 +485,14 @@ def test_an_epsilon_that_admits_the_whole_set_warns_that_nothing_is_kept(rich):
     with pytest.warns(UserWarning, match=f"dpcli: the kept set is empty: all {len(y)} samples were pruned"):
         sel = dp.prune(S, epsilon=whole * 1.01, labels=y)
     assert not sel.keep.any() and sel.norm <= whole * 1.01
+
+
+def test_a_context_is_supplied_through_its_method_and_checks_the_rows(scarce):
+    x, y, S = scarce
+    ctx = Context(S=S, labels=y)
+    assert not ctx.has("features")
+    assert ctx.supply(features=x).has("features") and ctx.features() is x
+    with pytest.raises(DpcliError, match=f"difficulty have {len(y) - 1} rows but S has {len(y)}"):
+        ctx.supply(difficulty=np.zeros(len(y) - 1))
+    with pytest.raises(TypeError, match="unknown 'snapshots'"):
+        ctx.supply(snapshots={})

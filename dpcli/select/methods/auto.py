@@ -245,7 +245,7 @@ def true_class_probs_of(ctx: Context) -> tuple[np.ndarray | None, str]:
     """The true-class probabilities DUAL reads (epochs x n), or None and why not."""
     from dpcli.select.methods.dual import true_class_probs
 
-    if ctx.checkpoint is None and "dynamics" not in ctx._cache:
+    if ctx.checkpoint is None and not ctx.has("dynamics"):
         return None, "no training dynamics"
     try:
         return true_class_probs(ctx.dynamics().loss), ""
@@ -315,8 +315,7 @@ def validate(ctx: Context, cfg, m: int, features: np.ndarray, difficulty: np.nda
     m_fit = int(round(m * len(fit) / n))
     fit_labels = labels[fit]
     sub = Context(S=ctx.S[fit], labels=fit_labels, device=ctx.device, proposals=VAL_PROPOSALS_PER_ROW * len(fit))
-    sub._cache["difficulty"] = np.asarray(difficulty)[fit]
-    sub._cache["features"] = np.asarray(features)[fit]
+    sub.supply(difficulty=np.asarray(difficulty)[fit], features=np.asarray(features)[fit])
     dev = ctx.device
     refs = [_score("no pruning", None, np.ones(len(fit), dtype=bool), x, y, fit, val, len(classes), device=dev)]
     rnd = np.ones(len(fit), dtype=bool)
@@ -382,8 +381,8 @@ def _difficulty(ctx: Context, features: np.ndarray) -> tuple[np.ndarray, str]:
 
 
 def _features(ctx: Context) -> tuple[np.ndarray | None, str]:
-    if "features" in ctx._cache:
-        return ctx._cache["features"], ""
+    if ctx.has("features"):
+        return ctx.features(), ""
     if ctx.checkpoint is None and ctx.influence is None:
         return None, "S has no known model or features (give features= in the API)"
     try:
@@ -431,7 +430,7 @@ class Auto(Selector):
             self._record(ctx, rung, rung.name, None, why, pruned, t0, {})
             return pruned, label
         diff, source = _difficulty(ctx, features)
-        ctx._cache["difficulty"] = diff
+        ctx.supply(difficulty=diff)
         probs = true_class_probs_of(ctx)
         v = validate(ctx, cfg, m, features, diff, rungs, probs=probs)
         if over:
