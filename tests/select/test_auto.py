@@ -162,18 +162,24 @@ def test_fallbacks_skip_the_validation_and_say_why(rich):
 
 
 def test_rungs_over_the_solve_budget_are_skipped_and_said(rich, monkeypatch):
-    """The count and feature columns grow with the classes: rungs whose covered solve on all of S would pass
-    DPCLI_SOLVE_BUDGET are dropped from the ladder (a prefix stays), and the line says which and why."""
+    """The count and feature columns grow with the classes: rungs whose covered solves would pass
+    DPCLI_SOLVE_BUDGET are dropped from the ladder (a prefix stays), and the line says which and why.  A rung
+    needs its solve on all of S, and on the fit part beside the copy of the fit part's rows of S."""
     x, y, S = rich
     n, d, item = S.shape[0], S.shape[1], S.dtype.itemsize
-    need = {"balanced": n * (d + 3) * item, "strata": n * (d + 30) * item,
-            "strata+cutoff+features": n * (d + 30 + 3 * x.shape[1]) * item}
+    n_fit = n - sum(int(round(0.2 * k)) for k in np.bincount(y))  # every class holds out a fifth
+
+    def cost(extra: int) -> int:
+        return max(n * (d + extra), n_fit * d + n_fit * (d + extra)) * item
+
+    need = {"balanced": cost(3), "strata": cost(30), "strata+cutoff+features": cost(30 + 3 * x.shape[1])}
+    assert need["strata"] > n * (d + 30) * item  # the copy of the fit part's rows is counted
     monkeypatch.setenv("DPCLI_SOLVE_BUDGET", str(need["strata"]))  # every rung but the feature rung fits
     sel = dp.prune(S, ratio=0.5, labels=y, features=x)
     rec = sel.auto
     assert [c["name"] for c in rec["candidates"]] == [r.name for r in auto.LADDER[:3]]
     assert rec["decided_by"] == "validation" and "strata+cutoff+features skipped" in rec["reason"]
-    assert f"covered solve {need['strata+cutoff+features'] / 2**30:.1f} GiB" in rec["reason"]
+    assert f"covered solves {need['strata+cutoff+features'] / 2**30:.1f} GiB" in rec["reason"]
 
     monkeypatch.setenv("DPCLI_SOLVE_BUDGET", str(need["balanced"]))  # only the first rung: nothing to compare
     sel = dp.prune(S, ratio=0.5, labels=y, features=x)
@@ -182,11 +188,13 @@ def test_rungs_over_the_solve_budget_are_skipped_and_said(rich, monkeypatch):
     assert sel.auto["decided_by"] == "rule" and sel.auto["candidates"] == []
     assert "no coverage rung to compare; strata, strata+cutoff, strata+cutoff+features skipped" in sel.auto["reason"]
 
-    monkeypatch.setenv("DPCLI_SOLVE_BUDGET", str(need["balanced"] - 1))  # not even the class quotas
-    sel = dp.prune(S, ratio=0.5, labels=y, features=x)
     pure = dp.prune(S, ratio=0.5, labels=y, method="optimization")
-    assert np.array_equal(sel.keep, pure.keep) and sel.auto["chosen"] == "pure"
-    assert "balanced, strata" in sel.auto["reason"] and "DPCLI_SOLVE_BUDGET" in sel.auto["reason"]
+    # not even the class quotas; the second: their solve on all of S fits, but not the validation's copy beside it
+    for budget in (need["balanced"] - 1, n * (d + 3) * item):
+        monkeypatch.setenv("DPCLI_SOLVE_BUDGET", str(budget))
+        sel = dp.prune(S, ratio=0.5, labels=y, features=x)
+        assert np.array_equal(sel.keep, pure.keep) and sel.auto["chosen"] == "pure"
+        assert "balanced, strata" in sel.auto["reason"] and "DPCLI_SOLVE_BUDGET" in sel.auto["reason"]
 
 
 def test_buckets_keep_the_bucketed_objective_as_first_rung(rich):
@@ -496,3 +504,29 @@ def test_a_context_is_supplied_through_its_method_and_checks_the_rows(scarce):
         ctx.supply(difficulty=np.zeros(len(y) - 1))
     with pytest.raises(TypeError, match="unknown 'snapshots'"):
         ctx.supply(snapshots={})
+
+
+def test_time_budget_is_one_budget_split_across_the_solves(scarce, monkeypatch):
+    """--time-budget T bounds the whole prune: the rungs' solves share 0.4 T, the final solve gets what is left
+    (at least 0.1 T), instead of T each."""
+    import time
+
+    x, y, S = scarce
+    seen = []
+    real = auto.Optimization.select
+
+    def spy(self, ctx, m, eps):
+        seen.append((ctx.n, self.cfg.time_budget))
+        return real(self, ctx, m, eps)
+
+    monkeypatch.setattr(auto.Optimization, "select", spy)
+    T = 2.0
+    ctx = Context(S=S, labels=y).supply(features=x)
+    t0 = time.perf_counter()
+    auto.Auto(PruneConfig(ratio=0.5, time_budget=T)).select(ctx, count_from_ratio(len(y), 0.5), None)
+    wall = time.perf_counter() - t0
+    rungs, final = seen[:-1], seen[-1]
+    assert len(rungs) == len(auto.LADDER) and all(n < len(y) for n, _ in rungs) and final[0] == len(y)
+    assert all(b == pytest.approx(auto.VAL_BUDGET_SHARE * T / len(rungs)) for _, b in rungs)
+    # the rungs anneal to their slices, so what is left for the final solve is at most 0.6 T
+    assert 0.1 * T <= final[1] <= (1 - auto.VAL_BUDGET_SHARE) * T and final[1] <= max(T - (wall - final[1]), 0.1 * T) + 0.05
