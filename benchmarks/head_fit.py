@@ -11,6 +11,10 @@ at ``tol / sqrt(d)``, which implies ``||grad||_2 <= tol``, with ``max_iter`` hig
 gradient norm each reached is recomputed by one shared function.  Reported: median wall seconds over the
 repeats, the ratio dpcli / scikit-learn, iterations, and the gradient norms.
 
+``--influence`` also times the whole ``influence --features`` stage in process (the head fit, exact S by
+Cholesky, the artifact written) against its floor: scikit-learn's fit plus the same exact S solve at its optimum
+(``dpcli.influence.kernels.exact_influence``); the target is at most 2x.
+
 Problems (``kind:NxDxC``): ``blobs`` (Gaussian classes, well conditioned), ``relu`` (ReLU features of a
 random projection with per-dimension scales spanning e^+-2: nonnegative, offset and correlated, as
 penultimate features of a network are) and ``digits`` (scikit-learn's 8x8 digits pixels, 1,797 x 64 x 10).
@@ -64,16 +68,47 @@ def fit_dpcli(x: np.ndarray, y: np.ndarray, c: int, lam: float, tol: float) -> t
     return h.weight.numpy(), h.bias.numpy(), f"{h.iterations} Newton steps, {h.hvps} Hessian-vector products"
 
 
-def fit_sklearn(x: np.ndarray, y: np.ndarray, c: int, lam: float, tol: float) -> tuple[np.ndarray, np.ndarray, str]:
+def fit_sklearn(x: np.ndarray, y: np.ndarray, c: int, lam: float, tol: float,
+                threads: int | None = None) -> tuple[np.ndarray, np.ndarray, str]:
     from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
 
     n, dim = x.shape
     xa = np.hstack([x.astype(np.float64), np.ones((n, 1))])
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), threadpool_limits(limits=threads):
         warnings.simplefilter("ignore")  # ConvergenceWarning: the gradient norm reached is reported instead
         m = LogisticRegression(C=1.0 / (n * lam), fit_intercept=False, solver="lbfgs",
                                tol=tol / np.sqrt(c * (dim + 1)), max_iter=20_000).fit(xa, y)
     return m.coef_[:, :dim].copy(), m.coef_[:, dim].copy(), f"{int(np.max(m.n_iter_))} L-BFGS iterations"
+
+
+def influence_vs_floor(x: np.ndarray, y: np.ndarray, c: int, lam: float, tol: float,
+                       threads: int | None) -> dict[str, float]:
+    """Seconds of dpcli's ``influence --features`` stage and of scikit-learn's fit + the exact S solve."""
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    from dpcli.config import InfluenceConfig
+    from dpcli.data.embeddings import from_arrays
+    from dpcli.influence.kernels import exact_influence
+    from dpcli.stages.embeddings import embeddings_influence
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        embeddings_influence(from_arrays(x, y), Path(tmp) / "influence.h5", InfluenceConfig().validate(), damping=lam,
+                             tol=tol)
+        out["dpcli_influence_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    w, b, _ = fit_sklearn(x, y, c, lam, tol, threads)
+    out["sklearn_fit_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    exact_influence(torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(w), torch.from_numpy(b), lam)
+    out["S_solve_s"] = time.perf_counter() - t
+    out["ratio"] = out["dpcli_influence_s"] / (out["sklearn_fit_s"] + out["S_solve_s"])
+    return out
 
 
 def main() -> None:
@@ -84,6 +119,10 @@ def main() -> None:
     ap.add_argument("--tol", type=float, default=1e-7)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--sklearn-threads", type=int, default=None,
+                    help="BLAS/OpenMP threads of scikit-learn's fit (threadpoolctl; default: its own setting). dpcli runs "
+                         "a small fit on one thread, which on a shared machine is the faster choice for both")
+    ap.add_argument("--influence", action="store_true", help="also time influence --features against its floor")
     a = ap.parse_args()
     rows = []
     for spec in a.problems:
@@ -95,15 +134,23 @@ def main() -> None:
         notes, norms = {}, {}
         for _ in range(a.repeats):  # alternate, so both see the same machine load
             for name, fit in (("dpcli", fit_dpcli), ("sklearn", fit_sklearn)):
+                kw = {"threads": a.sklearn_threads} if name == "sklearn" else {}
                 t = time.perf_counter()
-                w, b, notes[name] = fit(x, y, c, a.lam, a.tol)
+                w, b, notes[name] = fit(x, y, c, a.lam, a.tol, **kw)
                 times[name].append(time.perf_counter() - t)
                 norms[name] = grad_norm(x, y, w, b, a.lam)
         med = {k: statistics.median(v) for k, v in times.items()}
         row = {"problem": spec, "n": len(y), "D": x.shape[1], "C": c, "lam": a.lam, "tol": a.tol,
+               "sklearn_threads": a.sklearn_threads,
                "dpcli_s": med["dpcli"], "sklearn_s": med["sklearn"], "ratio": med["dpcli"] / med["sklearn"],
                "dpcli_grad_norm": norms["dpcli"], "sklearn_grad_norm": norms["sklearn"],
                "dpcli": notes["dpcli"], "sklearn": notes["sklearn"], "times": times}
+        if a.influence:
+            runs = [influence_vs_floor(x, y, c, a.lam, a.tol, a.sklearn_threads) for _ in range(a.repeats)]
+            row["influence"] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+            inf = row["influence"]
+            print(f"{spec:>20}: influence --features {inf['dpcli_influence_s']:.2f} s; floor: scikit-learn fit "
+                  f"{inf['sklearn_fit_s']:.2f} s + S solve {inf['S_solve_s']:.2f} s; ratio {inf['ratio']:.2f}", flush=True)
         rows.append(row)
         print(f"{spec:>20}: dpcli {med['dpcli']:7.2f} s ({notes['dpcli']}, ||grad|| {norms['dpcli']:.1e})  "
               f"sklearn {med['sklearn']:7.2f} s ({notes['sklearn']}, ||grad|| {norms['sklearn']:.1e})  "

@@ -229,7 +229,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("head-cg-unpreconditioned", "the head fit's CG preconditioner ignores the features (identity factor)",
            "dpcli/influence/head.py",
            "    return torch.linalg.eigh(phi.T @ phi / phi.shape[0])",
-           "    return torch.linalg.eigh(torch.eye(dim + 1, dtype=torch.float64, device=xh.device))",
+           "    return torch.linalg.eigh(torch.eye(dim + 1, dtype=phi.dtype, device=xh.device))",
            ("tests/influence/test_head.py",)),
     Mutant("head-forcing-fixed", "the inner CG tolerance stays at 0.5 (no superlinear convergence)",
            "dpcli/influence/head.py", "min(0.5, math.sqrt(gn))", "0.5",

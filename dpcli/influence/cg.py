@@ -97,10 +97,10 @@ class KroneckerPreconditioner:
         return cls(a_sum / n, torch.linalg.eigh(f_sum / n), damping)
 
     def apply(self, x: Tensor) -> Tensor:
-        """``P^-1 x`` for ``x`` of shape ``(C, D+1)`` or ``(r, C, D+1)``."""
-        y = self.u.T @ x @ self.v
+        """``P^-1 x`` for ``x`` of shape ``(C, D+1)`` or ``(r, C, D+1)``, in the factors' precision."""
+        y = self.u.T @ x.to(self.u.dtype) @ self.v
         y *= self.inv
-        return self.u @ y @ self.v.T
+        return (self.u @ y @ self.v.T).to(x.dtype)
 
 
 def _aug_hvp(features: Tensor, w: Tensor, b: Tensor, x: Tensor, rows_per_chunk: int) -> Tensor:

@@ -9,7 +9,8 @@ Kronecker factorization ``mean(diag p - p p^T) (x) mean(phi~ phi~^T) + damping I
 absorbs the scale, offset and correlation of the features that make first-order methods (L-BFGS)
 crawl on real embeddings.  The inner tolerance shrinks with the gradient (superlinear convergence), the
 step is Armijo-backtracked, and the stopping test is the full gradient norm.  Everything runs in torch
-on the features' device, in float64, with one host sync per CG iteration.
+on the features' device, with one host sync per CG iteration: the gradient and objective in float64, the
+inner products (which only steer the step) in float32.
 """
 
 from __future__ import annotations
@@ -153,20 +154,28 @@ def _threads_for(x: "Tensor", num_classes: int) -> Iterator[None]:
 
 
 class _Curvature:
-    """Products with ``H + damping I`` on the Hessian rows at one point, and the preconditioner there."""
+    """Products with ``H + damping I`` on the Hessian rows at one point, and the preconditioner there.
 
-    def __init__(self, xh: "Tensor", rows: Callable[[], Any], w: "Tensor", b: "Tensor", damping: float,
+    The products run in float32 (2-3x faster than float64 on a CPU, more on a GPU): they only steer the
+    inner solve, whose inexactness the forcing tolerance already allows; the gradient, the objective and
+    the stopping test stay float64, so the optimum reached is the float64 one."""
+
+    def __init__(self, xh: "Tensor", w: "Tensor", b: "Tensor", damping: float,
                  factor: tuple["Tensor", "Tensor"]) -> None:
         import torch
 
         from dpcli.influence.cg import KroneckerPreconditioner
 
-        self.rows, self.n, self.damping, self.w, self.b = rows, xh.shape[0], damping, w, b
-        probs = [self._probs(phi) for _, phi in rows()]
+        self.xh, self.n, self.damping = xh, xh.shape[0], damping
+        self.w, self.b = w.to(torch.float32), b.to(torch.float32)
+        probs = [self._probs(phi) for phi in self._rows()]
         a = sum(torch.diag(p.sum(0)) - p.T @ p for p in probs) / self.n
-        self.precond: KroneckerPreconditioner = KroneckerPreconditioner(a, factor, damping)
-        # kept for the products where they fit (n_h x C float64), else recomputed with each product
-        self.p = probs if xh.shape[0] * w.shape[0] * 8 <= _F64_COPY_BYTES else None
+        self.precond: KroneckerPreconditioner = KroneckerPreconditioner(a, factor, damping)  # float32, like the products
+        # kept for the products where they fit (n_h x C), else recomputed with each product
+        self.p = probs if xh.shape[0] * w.shape[0] * 4 <= _F64_COPY_BYTES else None
+
+    def _rows(self):
+        return (self.xh[a:a + _CHUNK] for a in range(0, self.n, _CHUNK))
 
     def _probs(self, phi: "Tensor") -> "Tensor":
         import torch
@@ -178,14 +187,17 @@ class _Curvature:
         import torch
 
         dim = v.shape[1] - 1
-        out = torch.zeros_like(v)
-        for i, (_, phi) in enumerate(self.rows()):
+        v32 = v.to(torch.float32)
+        out_w = v32.new_zeros(v.shape[0], dim)  # contiguous: a GEMM into a strided view is twice as slow
+        out_b = v32.new_zeros(v.shape[0])
+        for i, phi in enumerate(self._rows()):
             p = self.p[i] if self.p is not None else self._probs(phi)
-            u = torch.addmm(v[:, dim], phi, v[:, :dim].T)  # logit perturbations J_i v
+            u = torch.addmm(v32[:, dim], phi, v32[:, :dim].T)  # logit perturbations J_i v
             q = p * (u - (u * p).sum(1, keepdim=True))  # A_i J_i v
-            out[:, :dim].addmm_(q.T, phi)
-            out[:, dim] += q.sum(0)
-        return out.div_(self.n).add_(v, alpha=self.damping)
+            out_w.addmm_(q.T, phi)
+            out_b += q.sum(0)
+        hv = torch.cat([out_w, out_b[:, None]], dim=1).to(torch.float64)
+        return hv.div_(self.n).add_(v, alpha=self.damping)
 
 
 def _pcg(apply: _Curvature, g: "Tensor", rtol: float, max_iter: int) -> tuple["Tensor", int]:
@@ -212,13 +224,13 @@ def _pcg(apply: _Curvature, g: "Tensor", rtol: float, max_iter: int) -> tuple["T
 
 
 def _feature_factor(xh: "Tensor") -> tuple["Tensor", "Tensor"]:
-    """Eigendecomposition of ``mean(phi~ phi~^T)`` over at most ``_FACTOR_ROWS`` strided Hessian rows."""
+    """Eigendecomposition of ``mean(phi~ phi~^T)`` over at most ``_FACTOR_ROWS`` strided Hessian rows (float32)."""
     import torch
 
     n, dim = xh.shape
     take = xh if n <= _FACTOR_ROWS else xh[(torch.arange(_FACTOR_ROWS, device=xh.device) * n) // _FACTOR_ROWS]
-    phi = torch.cat([take.to(torch.float64), torch.ones(take.shape[0], 1, dtype=torch.float64, device=xh.device)], 1)
-    return torch.linalg.eigh(phi.T @ phi / phi.shape[0])
+    phi = torch.cat([take, torch.ones(take.shape[0], 1, dtype=take.dtype, device=xh.device)], 1)
+    return torch.linalg.eigh(phi.T @ phi / phi.shape[0])  # float32, like the products it preconditions
 
 
 def _newton_cg(x: "Tensor", y: "Tensor", w: "Tensor", b: "Tensor", damping: float, tol: float,
@@ -229,7 +241,7 @@ def _newton_cg(x: "Tensor", y: "Tensor", w: "Tensor", b: "Tensor", damping: floa
     dim = x.shape[1]
     rows = _float64_rows(x)
     sub = hessian_rows(x.shape[0], x.device)
-    xh, hrows = (x, rows) if sub is None else (x[sub], _float64_rows(x[sub]))
+    xh = (x if sub is None else x[sub]).to(torch.float32)
     factor = _feature_factor(xh)
     f, gw, gb = objective(x, y, w, b, damping, rows)
     it = hvps = 0
@@ -238,7 +250,7 @@ def _newton_cg(x: "Tensor", y: "Tensor", w: "Tensor", b: "Tensor", damping: floa
         gn = float(g.norm())
         if gn <= tol or it >= max_iter:
             break
-        curvature = _Curvature(xh, hrows, w, b, damping, factor)
+        curvature = _Curvature(xh, w, b, damping, factor)
         step, k = _pcg(curvature, g, min(0.5, math.sqrt(gn)), CG_MAX_ITER)
         hvps += k
         slope = float((g * step).sum())
