@@ -9,7 +9,9 @@ the figures are the stages' own): ``dpcli.train.loop.train`` of the dataset's de
 ``--epochs`` / ``--arch`` overrides), ``dpcli.stages.core.compute_influence`` (exact S) and
 ``dpcli.stages.core.prune`` with the default selector, ``auto``, at ``--ratio``.  Reported: the seconds of
 each and influence, prune and their sum in percent of train (the target: at most 10 %), with auto's line.
-A ``--repeats`` > 1 repeats influence and prune (train once) and reports their medians.
+A ``--repeats`` > 1 repeats influence and prune (train once) and reports their medians; ``--reuse`` takes an
+existing complete checkpoint of the same configuration and its recorded training seconds (the sum of its
+epochs' times) instead of training again.
 
 ``make_subset`` builds a class-balanced folder of symlinks (``--subset PER_CLASS`` images of every class from
 ``train/``, all of ``test/``), e.g. the 10,000-image CIFAR-10 folder from ../shared/data/cifar10-jpg.tar.gz.
@@ -55,6 +57,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/pruned-set-cost"))
     ap.add_argument("--subset", type=int, default=None, help="PER_CLASS: prune a class-balanced subset folder")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--reuse", action="store_true", help="reuse a complete checkpoint and its recorded train time")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     import torch
@@ -74,8 +77,8 @@ def main() -> None:
     cfg = pipeline.train_config(ds, {"arch": a.arch, "epochs": a.epochs})
     ck = runs.checkpoint_path(a.work / "runs", cfg)
     t = time.perf_counter()
-    train(cfg, ds, ck, device=dev, force=True)
-    seconds = {"train": time.perf_counter() - t}
+    trained = train(cfg, ds, ck, device=dev, force=not a.reuse)
+    seconds = {"train": trained.seconds if a.reuse else time.perf_counter() - t}
     icfg, pcfg = InfluenceConfig().validate(), PruneConfig(ratio=a.ratio).validate()
     inf = runs.influence_path(ck, icfg)
     every: dict[str, list[float]] = {"influence": [], "prune": []}

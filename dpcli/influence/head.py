@@ -29,7 +29,10 @@ DEFAULT_DAMPING = 1e-3  # L2 coefficient of the head fit = the Hessian's damping
 DEFAULT_TOL = 1e-7      # head fit: stop when ||grad of the regularized objective|| <= this
 DEFAULT_MAX_ITER = 100  # Newton steps
 CG_MAX_ITER = 250       # CG iterations per Newton step (a truncated step is still a descent direction)
-_HESSIAN_ROWS = 65536   # the Newton steps' curvature from at most this many (strided) rows; the gradient uses all
+# the Newton steps' curvature from at most this many (strided) rows, the gradient from all: a smaller share of
+# the rows' curvature slows convergence (at 100,000 x 768 x 100: 17 steps from 65,536 rows, 6 from all, 2.6x
+# the time), while a float32 product over all of them costs less than a float64 gradient pass
+_HESSIAN_ROWS = 1 << 18
 _FACTOR_ROWS = 16384    # the preconditioner's feature factor from at most this many of them
 _F64_COPY_BYTES = 256 << 20  # features held as one float64 copy up to this size; converted by chunks above
 _CHUNK = 8192
