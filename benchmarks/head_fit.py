@@ -120,8 +120,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", default=None)
     ap.add_argument("--sklearn-threads", type=int, default=None,
-                    help="BLAS/OpenMP threads of scikit-learn's fit (threadpoolctl; default: its own setting). dpcli runs "
-                         "a small fit on one thread, which on a shared machine is the faster choice for both")
+                    help="BLAS/OpenMP threads of scikit-learn's fit (threadpoolctl; default: its own setting). "
+                         "dpcli runs a small fit on one thread, which on a shared machine is the faster choice")
     ap.add_argument("--influence", action="store_true", help="also time influence --features against its floor")
     a = ap.parse_args()
     rows = []
@@ -150,7 +150,8 @@ def main() -> None:
             row["influence"] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
             inf = row["influence"]
             print(f"{spec:>20}: influence --features {inf['dpcli_influence_s']:.2f} s; floor: scikit-learn fit "
-                  f"{inf['sklearn_fit_s']:.2f} s + S solve {inf['S_solve_s']:.2f} s; ratio {inf['ratio']:.2f}", flush=True)
+                  f"{inf['sklearn_fit_s']:.2f} s + S solve {inf['S_solve_s']:.2f} s; ratio {inf['ratio']:.2f}",
+                  flush=True)
         rows.append(row)
         print(f"{spec:>20}: dpcli {med['dpcli']:7.2f} s ({notes['dpcli']}, ||grad|| {norms['dpcli']:.1e})  "
               f"sklearn {med['sklearn']:7.2f} s ({notes['sklearn']}, ||grad|| {norms['sklearn']:.1e})  "

@@ -33,7 +33,8 @@ def _package_of(path: Path) -> str:
 
 
 def test_the_import_scan_sees_imports_inside_functions_and_relative_ones():
-    src = "import numpy\n\ndef f():\n    if True:\n        from ..stages import core\n    import dpcli.stages.embeddings as e\n"
+    src = ("import numpy\n\ndef f():\n    if True:\n        from ..stages import core\n"
+           "    import dpcli.stages.embeddings as e\n")
     names = imported_modules(src, "dpcli.select")
     assert {"numpy", "dpcli.stages", "dpcli.stages.core", "dpcli.stages.embeddings"} <= names
     assert "dpcli.select.methods.base" in imported_modules("from .base import X\n", "dpcli.select.methods")

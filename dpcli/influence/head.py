@@ -173,7 +173,7 @@ class _Curvature:
         self.w, self.b = w.to(torch.float32), b.to(torch.float32)
         probs = [self._probs(phi) for phi in self._rows()]
         a = sum(torch.diag(p.sum(0)) - p.T @ p for p in probs) / self.n
-        self.precond: KroneckerPreconditioner = KroneckerPreconditioner(a, factor, damping)  # float32, like the products
+        self.precond: KroneckerPreconditioner = KroneckerPreconditioner(a, factor, damping)  # float32 too
         # kept for the products where they fit (n_h x C), else recomputed with each product
         self.p = probs if xh.shape[0] * w.shape[0] * 4 <= _F64_COPY_BYTES else None
 

@@ -452,7 +452,8 @@ def verify_bound(influence: Path, masks: list["MaskInfo"], out_dir: Path, *, ran
         for label, m in ((f"{mi.mode} {mi.target:g}", mi), (f"random {mi.n_pruned}", rnd)):
             if m.n_pruned == 0:
                 continue
-            sub = retrain_head(m, force=force, info=info_line, loaded=(emb, damping))  # the same checkpoint `retrain` writes (reused)
+            # the same checkpoint `retrain` writes (reused)
+            sub = retrain_head(m, force=force, info=info_line, loaded=(emb, damping))
             norm, bound, first = predict(Path(influence), ~m.keep)
             rows.append(BoundRow(label=label, method=m.method, mask=str(m.path), n_pruned=m.n_pruned,
                                  prune_ratio=m.n_pruned / m.n, epsilon=m.target if m.mode == "epsilon" else None,

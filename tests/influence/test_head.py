@@ -10,14 +10,7 @@ import torch
 
 from dpcli.errors import DpcliError
 from dpcli.influence import head as H
-
-
-def blobs(n: int, dim: int, c: int, seed: int = 0, sep: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, c, n)
-    x = rng.normal(size=(n, dim)).astype(np.float32)
-    x[np.arange(n), y % dim] += sep
-    return x, y
+from tests.influence.test_embeddings import blobs
 
 
 def relu_features(n: int, dim: int, c: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

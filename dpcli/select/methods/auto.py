@@ -287,9 +287,10 @@ def remaining(cfg, t0: float) -> float | None:
     return max(cfg.time_budget - (time.perf_counter() - t0), 0.1 * cfg.time_budget)
 
 
-def affordable(rungs: tuple[Rung, ...], ctx: Context, feature_dim: int | None = None) -> tuple[tuple[Rung, ...], str]:
+def affordable(rungs: tuple[Rung, ...], ctx: Context, feature_dim: int | None = None, *,
+               validating: bool = True) -> tuple[tuple[Rung, ...], str]:
     """The rungs whose covered solves fit ``$DPCLI_SOLVE_BUDGET``, and a note on the rest: on all of S (the
-    final solve), and on the fit part together with the copy of its rows of S that the validation holds.
+    final solve) and, when ``validating``, on the fit part beside the copy of its rows of S the validation holds.
 
     Count and feature constraints are dense columns (class x stratum, class x feature), so with many
     classes the later rungs outgrow memory first; the ladder only adds columns, so the rungs that fit
@@ -302,18 +303,21 @@ def affordable(rungs: tuple[Rung, ...], ctx: Context, feature_dim: int | None = 
     itemsize = solve_dtype(ctx.S).itemsize
     budget = solve_budget()
     n_fit, d = ctx.n - n_held_out(ctx.labels), ctx.S.shape[1]
-    s_fit = n_fit * d * np.dtype(ctx.S.dtype).itemsize  # validate()'s ctx.S[fit]
+    s_fit = n_fit * d * np.dtype(ctx.S.dtype).itemsize if validating else 0  # validate()'s ctx.S[fit]
     for i, rung in enumerate(rungs):
         o = rung.options
         if o.get("match_features") and feature_dim is None:
             continue
         extra = (count_columns(classes, bool(o.get("balance")), int(o.get("strata", 1)))
                  + (classes * feature_dim if o.get("match_features") else 0))
-        need = max(covered_bytes(ctx.n, d, extra, itemsize), s_fit + covered_bytes(n_fit, d, extra, itemsize))
+        # the objective alone (no options) is solved on S itself, without a covered copy
+        full = covered_bytes(ctx.n, d, extra, itemsize) if o else 0
+        part = covered_bytes(n_fit, d, extra, itemsize) if o else 0
+        need = max(full, s_fit + part if validating else 0)
         if need > budget:
             names = ", ".join(r.name for r in rungs[i:])
-            return rungs[:i], (f"; {names} skipped: {classes:,} classes make the covered solves {need / 2**30:.1f} GiB, "
-                               f"above DPCLI_SOLVE_BUDGET = {budget / 2**30:.1f} GiB")
+            return rungs[:i], (f"; {names} skipped: {classes:,} classes make the covered solves "
+                               f"{need / 2**30:.1f} GiB, above DPCLI_SOLVE_BUDGET = {budget / 2**30:.1f} GiB")
     return rungs, ""
 
 
@@ -428,7 +432,7 @@ class Auto(Selector):
                          pruned, t0, {})
             return pruned, label
         why = self._why_not(ctx, m)
-        rungs, over = affordable(ladder(cfg), ctx)
+        rungs, over = affordable(ladder(cfg), ctx, validating=why is None)
         if why is None and len(rungs) < 2:
             why = f"no coverage rung to compare{over}"
         features = None
