@@ -1,18 +1,24 @@
-"""What ``--method auto`` costs beside the paper's objective alone, on in-memory features.
+"""What ``--method auto`` costs beside one ``optimization`` solve of the same S, measured in one process.
 
 Run by hand::
 
-    nice python3 benchmarks/auto_cost.py                 # 10,000 x 256 features, 10 classes, 50 % pruned
-    nice python3 benchmarks/auto_cost.py --n 2000 --dim 64
+    nice python3 benchmarks/auto_cost.py                        # 3,000 x 512 features, 10 classes: S 3,000 x 5,130
+    nice python3 benchmarks/auto_cost.py --n 10000 --dim 256 --repeats 3 --json out.json
 
-S is the exact last-layer influence of an L2 softmax head on Gaussian-class features (dpcli.api.influence);
-then ``dpcli.api.prune`` is timed with ``method="optimization"`` and ``method="auto"`` (wall and CPU seconds),
-and auto's line is printed.
+S is the exact last-layer influence of an L2 softmax head on Gaussian-class features with a share of labels
+redrawn at random (``dpcli.api.influence``); then ``dpcli.api.prune`` runs ``method="optimization"`` and
+``method="auto"`` alternately (so both see the same machine load), ``--repeats`` times.  Reported: median wall
+seconds of each, the ratio auto / optimization (the target is at most 1.5), auto's validation seconds (features,
+difficulty, the rungs' solves and head fits) and its line.  With ``--time-budget B`` both run with that budget:
+auto's whole prune should then take about B.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import statistics
 import time
 
 import numpy as np
@@ -20,29 +26,61 @@ import numpy as np
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=10_000)
-    ap.add_argument("--dim", type=int, default=256)
+    ap.add_argument("--n", type=int, default=3000)
+    ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--noise", type=float, default=0.2, help="share of labels redrawn at random")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--time-budget", type=float, default=None)
+    ap.add_argument("--json", default=None)
     a = ap.parse_args()
+    import dataclasses
+
+    import torch
+
     import dpcli.api as dp
+    from dpcli.config import PruneConfig
+    from dpcli.select.base import Context, prune_count, select
+    from dpcli.select.certificate import certify
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, a.classes, a.n)
-    x = (rng.normal(size=(a.classes, a.dim)) * 0.3)[y] + rng.normal(size=(a.n, a.dim))
+    x = ((rng.normal(size=(a.classes, a.dim)) * 0.3)[y] + rng.normal(size=(a.n, a.dim))).astype(np.float32)
     flip = rng.random(a.n) < a.noise
     y[flip] = rng.integers(0, a.classes, int(flip.sum()))
     t = time.perf_counter()
-    S, _ = dp.influence(x.astype(np.float32), y)
-    print(f"influence: S {S.shape[0]} x {S.shape[1]} in {time.perf_counter() - t:.1f}s")
-    for method in ("optimization", "auto"):
-        w, c = time.perf_counter(), time.process_time()
-        sel = dp.prune(S, prune_ratio=a.ratio, labels=y, features=x, method=method)
-        print(f"{method}: {time.perf_counter() - w:.1f}s wall, {time.process_time() - c:.1f}s CPU, "
-              f"kept {sel.n_kept}, norm {sel.norm:.4g}")
-        if sel.auto:
-            print(f"  {sel.auto['line']}  (auto's own seconds: {sel.auto['seconds']:.1f})")
+    S, _ = dp.influence(x, y)
+    print(f"influence: S {S.shape[0]} x {S.shape[1]} in {time.perf_counter() - t:.1f}s", flush=True)
+    base = PruneConfig(ratio=a.ratio, time_budget=a.time_budget).validate()
+    times: dict[str, list[float]] = {"optimization": [], "auto": []}
+    validation, line, norms = [], "", {}
+    for _ in range(a.repeats):
+        for method in ("optimization", "auto"):
+            cfg = dataclasses.replace(base, method=method)
+            ctx = Context(S=S, labels=y, device=torch.device("cpu")).supply(features=x)
+            t = time.perf_counter()
+            pruned, _ = select(cfg, ctx)
+            times[method].append(time.perf_counter() - t)
+            norms[method] = certify(S, pruned).norm
+            if method == "auto":
+                validation.append(ctx.record["auto"]["signals"].get("validation_seconds", 0.0))
+                line = ctx.record["auto"]["line"]
+    med = {k: statistics.median(v) for k, v in times.items()}
+    report = {"n": a.n, "dim": a.dim, "classes": a.classes, "d": S.shape[1], "ratio": a.ratio,
+              "prune_count": prune_count(base, a.n), "time_budget": a.time_budget, "times": times,
+              "optimization_s": med["optimization"], "auto_s": med["auto"],
+              "auto_over_optimization": med["auto"] / med["optimization"],
+              "validation_s": statistics.median(validation),
+              "validation_over_optimization": statistics.median(validation) / med["optimization"],
+              "norms": norms, "auto_line": line, "load_average_after": os.getloadavg()}
+    print(f"optimization {med['optimization']:.1f} s (norm {norms['optimization']:.4g}); auto {med['auto']:.1f} s "
+          f"(norm {norms['auto']:.4g}), of which validation {report['validation_s']:.1f} s; "
+          f"auto / optimization {report['auto_over_optimization']:.2f}, validation / optimization "
+          f"{report['validation_over_optimization']:.2f}\n{line}", flush=True)
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump(report, fh, indent=2)
 
 
 if __name__ == "__main__":

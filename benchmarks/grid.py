@@ -473,6 +473,7 @@ def frozen_setup(regime: Regime, cifar: Path, work: Path, device: torch.device, 
     dynamics of an SGD linear probe trained on the pool's features (``probe_epochs`` epochs,
     recorded by dpcli's DynamicsRecorder, seed = the cell seed).
     """
+    from dpcli.data.embeddings import from_arrays
     from dpcli.data.sources import load_dataset
     from dpcli.stages import embeddings as emb_mod
     from dpcli.train.loop import extract_features, load_trained, train
@@ -502,7 +503,7 @@ def frozen_setup(regime: Regime, cifar: Path, work: Path, device: torch.device, 
     y_all = z["y"]
     pool = np.sort(np.concatenate([rng.choice(np.flatnonzero(y_all == c), regime.per_class, replace=False)
                                    for c in np.unique(y_all)]))
-    emb = emb_mod.from_arrays(z["x"][pool].astype(np.float32), y_all[pool], z["xt"].astype(np.float32), z["yt"])
+    emb = from_arrays(z["x"][pool].astype(np.float32), y_all[pool], z["xt"].astype(np.float32), z["yt"])
     icfg = InfluenceConfig().validate()
     inf_path = ck_path.parent / f"pool-{regime.per_class}pc-s{seed}" / "influence.h5"
     if not inf_path.exists():
@@ -510,8 +511,8 @@ def frozen_setup(regime: Regime, cifar: Path, work: Path, device: torch.device, 
     info = stages.read_influence_info(inf_path)
     S = stages.load_S(inf_path)
     ctx = selection_context(S, emb.y, None, torch.device("cpu"))
-    ctx._cache["features"] = emb.x  # what herding, moderate, d2 and --match-features read
-    ctx._cache["dynamics"] = probe_dynamics(emb.x, emb.y, emb.num_classes, regime, seed)
+    # what herding, moderate, d2 and --match-features read, and the probe's dynamics
+    ctx.supply(features=emb.x, dynamics=probe_dynamics(emb.x, emb.y, emb.num_classes, regime, seed))
 
     def retrain(keep: np.ndarray, _seed: int, _mask: Path) -> dict:
         r = emb_mod.refit(emb, keep, regime.damping)

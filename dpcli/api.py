@@ -32,7 +32,8 @@ from dpcli import console
 from dpcli.console import ProgressEvent
 from dpcli.errors import DpcliError
 from dpcli.select.certificate import KeepMask
-from dpcli.stages.embeddings import DEFAULT_DAMPING, DEFAULT_MAX_ITER, DEFAULT_TOL, HeadFit, Refit
+from dpcli.influence.head import DEFAULT_DAMPING, DEFAULT_MAX_ITER, DEFAULT_TOL, HeadFit
+from dpcli.stages.embeddings import Refit
 
 if TYPE_CHECKING:
     from torch import nn
@@ -55,14 +56,14 @@ def influence(features: Any, labels: Any, *, damping: float = DEFAULT_DAMPING, e
     to the optimum it got).
     """
     from dpcli.config import InfluenceConfig
+    from dpcli.data.embeddings import from_arrays
     from dpcli.stages import embeddings
 
     with console.library(progress):
         _numbers(damping=damping, sketch=sketch, sketch_seed=sketch_seed, cg_tol=cg_tol, cg_max_iter=cg_max_iter,
                  num_classes=num_classes, tol=tol, max_iter=max_iter)
         _names(estimator=estimator)
-        emb = embeddings.from_arrays(_matrix(features, "features"), _vector(labels, "labels"),
-                                     num_classes=num_classes)
+        emb = from_arrays(_matrix(features, "features"), _vector(labels, "labels"), num_classes=num_classes)
         cfg = InfluenceConfig(method=estimator, damping=damping, cg_tol=cg_tol, cg_max_iter=cg_max_iter,
                               sketch_k=sketch, sketch_seed=sketch_seed).validate()
         with console.progress_bar(f"influence ({estimator}, features)", total=emb.n) as update:
@@ -77,6 +78,7 @@ def influence_file(features: str | Path, labels: str | Path, out: str | Path, *,
                    progress: Progress = None) -> Path:
     """What ``dpcli influence --features F --labels L --out OUT`` does: an influence.h5 with lineage."""
     from dpcli.config import InfluenceConfig
+    from dpcli.data.embeddings import load_embeddings
     from dpcli.stages import embeddings
 
     with console.library(progress):
@@ -84,7 +86,7 @@ def influence_file(features: str | Path, labels: str | Path, out: str | Path, *,
         _names(estimator=estimator)
         cfg = InfluenceConfig(method=estimator, damping=damping, cg_tol=cg_tol, cg_max_iter=cg_max_iter,
                               sketch_k=sketch, sketch_seed=sketch_seed).validate()
-        emb = embeddings.load_embeddings(Path(features), Path(labels), _opt(test_features), _opt(test_labels))
+        emb = load_embeddings(Path(features), Path(labels), _opt(test_features), _opt(test_labels))
         with console.progress_bar(f"influence ({estimator}, features)", total=emb.n) as update:
             return embeddings.embeddings_influence(emb, Path(out), cfg, damping=damping, info=console.info,
                                                    progress=lambda done, total: update(done, total)).path
@@ -124,7 +126,7 @@ def prune(S: Any, *, epsilon: float | None = None, prune_ratio: float | None = N
     from dpcli.select.base import Context, select, warn_emptied_classes
     from dpcli.select.certificate import certify
     from dpcli.select.linalg import float32_rows, nonfinite_rows
-    from dpcli.stages.embeddings import check_features, check_labels, encode_labels
+    from dpcli.data.embeddings import check_features, check_labels, encode_labels
 
     with console.library(progress):
         S = _matrix(S, "S")
@@ -148,9 +150,10 @@ def prune(S: Any, *, epsilon: float | None = None, prune_ratio: float | None = N
         with console.progress_bar(f"prune ({solver if method == 'optimization' else method})", total=1.0) as update:
             ctx = Context(S=S, labels=y, device=torch.device("cpu"), progress=lambda f: update(f))
             if features is not None:
-                ctx._cache["features"] = check_features(_matrix(features, "features"), "features")
-                if ctx._cache["features"].shape[0] != n:
-                    raise DpcliError(f"features have {ctx._cache['features'].shape[0]} rows but S has {n}")
+                x = check_features(_matrix(features, "features"), "features")
+                if x.shape[0] != n:
+                    raise DpcliError(f"features have {x.shape[0]} rows but S has {n}")
+                ctx.supply(features=x)
             pruned, used = select(cfg, ctx)
             update(1.0)
         warn_emptied_classes(ctx.labels, ~np.asarray(pruned, dtype=bool), ctx.record)
@@ -163,11 +166,12 @@ def refit(features: Any, labels: Any, keep: Any, *, damping: float = DEFAULT_DAM
     """Refit the head on the kept rows (what ``retrain`` does on an embeddings run).
 
     ``keep`` is a boolean mask, True = train on it (``Selection.keep``), or a :class:`Selection`."""
+    from dpcli.data.embeddings import from_arrays
     from dpcli.stages import embeddings
 
     with console.library(progress):
-        emb = embeddings.from_arrays(_matrix(features, "features"), _vector(labels, "labels"),
-                                     _matrix(test_features, "test features"), _vector(test_labels, "test labels"))
+        emb = from_arrays(_matrix(features, "features"), _vector(labels, "labels"),
+                          _matrix(test_features, "test features"), _vector(test_labels, "test labels"))
         mask = _keep_mask(keep, emb.n)
         with console.progress_bar("refit"):
             return embeddings.refit(emb, mask, _damping(damping))

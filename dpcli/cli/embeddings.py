@@ -11,19 +11,25 @@ from dpcli.errors import DpcliError
 
 
 def influence_from_features(features, labels, test_features, test_labels, icfg, checkpoint, out: Optional[Path],
-                            json: bool, dev: Any = None) -> None:
+                            json: bool, dev: Any = None, *, tol: Optional[float] = None,
+                            max_iter: Optional[int] = None) -> None:
     """influence --features: fit the head on the embeddings, then S with the registered estimator."""
+    from dpcli.data.embeddings import load_embeddings
+    from dpcli.influence import head
     from dpcli.stages import embeddings
 
     if checkpoint:
         raise DpcliError("give either a checkpoint or --features, not both")
     if features is None or labels is None:
         raise DpcliError("--features and --labels go together")
-    emb = embeddings.load_embeddings(features, labels, test_features, test_labels)
+    tol, max_iter = head.check_options(head.DEFAULT_TOL if tol is None else tol,
+                                       head.DEFAULT_MAX_ITER if max_iter is None else max_iter)
+    emb = load_embeddings(features, labels, test_features, test_labels)
     path = out or Path(features).with_name("influence.h5")
     with console.progress_bar(f"influence ({icfg.method}, features)") as update:
-        info = embeddings.embeddings_influence(emb, path, icfg, damping=icfg.damping, device=dev,
-                                               progress=lambda done, total: update(done, total), info=console.info)
+        info = embeddings.embeddings_influence(emb, path, icfg, damping=icfg.damping, tol=tol, max_iter=max_iter,
+                                               device=dev, progress=lambda done, total: update(done, total),
+                                               info=console.info)
     console.info(f"influence: {info.path}  S is {info.n} x {info.d} ({info.method}, head fitted with L2 "
                  f"{info.damping:g}, {info.seconds:.1f}s)")
     if json:
@@ -51,16 +57,17 @@ def is_external_S(source: str) -> bool:
 def retrain_embeddings(dataset: str, mask_path: Path, out: Optional[Path], json: bool, force: bool = False) -> bool:
     """retrain on an embeddings run: refit the head on the kept features (seconds), written as a checkpoint
     artifact like every retrain. False if the mask is not from an embeddings run."""
+    from dpcli.data.embeddings import is_embeddings_run, load_array
     from dpcli.stages import core, embeddings
     from dpcli.stages.pipeline import check_writable
 
     m = core.read_mask(mask_path)
-    if not embeddings.is_embeddings_run(m.influence):
+    if not is_embeddings_run(m.influence):
         return False
     if out is not None and Path(out).suffix.lower() not in (".h5", ".hdf5"):
         raise DpcliError(f"--out {out}: the refitted head is a checkpoint artifact; give a path ending in .h5")
     check_writable(out, "--out")
-    named = (embeddings.load_array(dataset, "features", ("features", "x", "X", "embeddings"))
+    named = (load_array(dataset, "features", ("features", "x", "X", "embeddings"))
              if Path(dataset).suffix else None)
     if named is not None and named.shape[0] != m.n:
         raise DpcliError(f"{mask_path}: mask has n={m.n} but {dataset} has {named.shape[0]} rows")
@@ -80,12 +87,13 @@ def verify_embeddings(source: str, masks, epsilons, out, random_seed: int, solve
     """verify-bound on an embeddings run (SOURCE = its influence.h5, or --mask files from it)."""
     from dpcli.artifacts.runs import mask_path
     from dpcli.config import PruneConfig
+    from dpcli.data.embeddings import is_embeddings_run
     from dpcli.stages import core, embeddings
 
     influence = Path(source) if Path(source).suffix.lower() in (".h5", ".hdf5") else None
     if influence is None and masks:
         influence = Path(core.read_mask(masks[0]).influence)
-    if influence is None or not influence.is_file() or not embeddings.is_embeddings_run(influence):
+    if influence is None or not influence.is_file() or not is_embeddings_run(influence):
         return False
     infos = [core.read_mask(p) for p in (masks or [])]
     for eps in [float(x) for x in (epsilons or "").split(",") if x.strip()]:
@@ -98,7 +106,11 @@ def verify_embeddings(source: str, masks, epsilons, out, random_seed: int, solve
     report = embeddings.verify_bound(influence, infos, out_dir, random_seed=random_seed, force=force,
                                     info_line=console.info)
     for r in report["rows"]:
-        console.info(f"{r['label']}: observed gap {r['observed_gap']:+.4g}, predicted bound {r['predicted_bound']:.4g}")
+        second = ("" if r["first_order_residual"] is None else
+                  f"; parameters moved {r['parameter_change']:.4g}, predicted {r['norm']:.4g}, "
+                  f"missed {r['first_order_residual']:.2g}")
+        console.info(f"{r['label']}: observed gap {r['observed_gap']:+.4g}, predicted bound {r['predicted_bound']:.4g}"
+                     f"{second}")
     console.info(f"report: {out_dir / 'bound.json'}")
     if json:
         console.emit_json(report)

@@ -45,6 +45,14 @@ def command(
         help="With --features: held-out features, for the test gradient and verify-bound.")] = None,
     test_labels: Annotated[Optional[Path], typer.Option(
         "--test-labels", metavar="FILE", rich_help_panel=o.P_EMBED, help="With --test-features: their labels.")] = None,
+    max_iter: Annotated[Optional[int], typer.Option(
+        "--max-iter", metavar="N", rich_help_panel=o.P_EMBED,
+        help="With --features: at most N Newton steps for the head fit (a fit stopped short of --tol says so, "
+             "with what to do). " + o.default_note(100))] = None,
+    tol: Annotated[Optional[float], typer.Option(
+        "--tol", rich_help_panel=o.P_EMBED,
+        help="With --features: the head fit stops at ||gradient|| <= TOL of its objective (mean CE + damping/2 "
+             "||theta||^2). " + o.default_note("1e-7"))] = None,
     job: o.Job = o.job_options().without("run_root"),
 ) -> None:
     """Compute S (n x d): each sample's influence on the last linear layer, written to influence.h5.
@@ -65,8 +73,10 @@ def command(
         from dpcli.cli import embeddings
 
         embeddings.influence_from_features(features, labels, test_features, test_labels, icfg, checkpoint, out,
-                                           job.json, resolve_device(job.device))
+                                           job.json, resolve_device(job.device), tol=tol, max_iter=max_iter)
         return
+    if max_iter is not None or tol is not None:
+        raise DpcliError("--max-iter and --tol set the head fit of --features; a checkpoint's head is trained already")
     if not checkpoint:
         raise DpcliError("give a checkpoint.h5, or --features and --labels")
     checkpoint, parts = checkpoint[0], checkpoint[1:]

@@ -70,9 +70,19 @@ def rhs_chunk(d: int, chunk_size: int) -> int:
 
 
 class KroneckerPreconditioner:
-    """``(mean A) (x) (mean phi~ phi~^T) + damping I``, inverted via two small eigendecompositions."""
+    """``A (x) F + damping I``: ``A`` the mean softmax curvature ``mean(diag p - p p^T)`` (C x C), ``F`` the
+    mean ``phi~ phi~^T`` ((D+1) x (D+1)); inverted exactly via the eigendecompositions of the two factors."""
 
-    def __init__(self, features: Tensor, w: Tensor, b: Tensor, damping: float, chunk_rows: int = 4096) -> None:
+    def __init__(self, a: Tensor, f: tuple[Tensor, Tensor], damping: float) -> None:
+        a_vals, self.u = torch.linalg.eigh(a)
+        f_vals, self.v = f
+        # both factors are PSD; clip round-off negatives so the inverse stays positive
+        self.inv = 1.0 / (a_vals.clamp_min(0)[:, None] * f_vals.clamp_min(0)[None, :] + damping)
+
+    @classmethod
+    def at(cls, features: Tensor, w: Tensor, b: Tensor, damping: float,
+           chunk_rows: int = 4096) -> "KroneckerPreconditioner":
+        """Both factors from every row of ``features`` at the layer ``(w, b)``."""
         n, dim = features.shape
         c = w.shape[0]
         dev = features.device
@@ -84,16 +94,13 @@ class KroneckerPreconditioner:
             a_sum += torch.diag(p.sum(0)) - p.T @ p
             phi_t = torch.cat([phi, torch.ones(phi.shape[0], 1, dtype=_F64, device=dev)], dim=1)
             f_sum += phi_t.T @ phi_t
-        a_vals, self.u = torch.linalg.eigh(a_sum / n)
-        f_vals, self.v = torch.linalg.eigh(f_sum / n)
-        # both factors are PSD; clip round-off negatives so the inverse stays positive
-        self.inv = 1.0 / (a_vals.clamp_min(0)[:, None] * f_vals.clamp_min(0)[None, :] + damping)
+        return cls(a_sum / n, torch.linalg.eigh(f_sum / n), damping)
 
     def apply(self, x: Tensor) -> Tensor:
-        """``P^-1 x`` for ``x`` of shape ``(r, C, D+1)``."""
-        y = self.u.T @ x @ self.v
+        """``P^-1 x`` for ``x`` of shape ``(C, D+1)`` or ``(r, C, D+1)``, in the factors' precision."""
+        y = self.u.T @ x.to(self.u.dtype) @ self.v
         y *= self.inv
-        return self.u @ y @ self.v.T
+        return (self.u @ y @ self.v.T).to(x.dtype)
 
 
 def _aug_hvp(features: Tensor, w: Tensor, b: Tensor, x: Tensor, rows_per_chunk: int) -> Tensor:
@@ -190,7 +197,7 @@ def cg_influence(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor,
     d = num_classes * (dim + 1)
     t0 = time.perf_counter()
     w, b = infl.layer64(features, weight, bias)
-    precond = KroneckerPreconditioner(features, w, b, damping) if preconditioner == "kronecker" else None
+    precond = KroneckerPreconditioner.at(features, w, b, damping) if preconditioner == "kronecker" else None
     if stats is not None:
         stats.seconds_setup = time.perf_counter() - t0
     r_chunk = rhs_chunk(d, chunk_size)
@@ -214,3 +221,30 @@ def cg_influence(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor,
         if progress is not None:
             progress(stop - row_start, total)
     return out
+
+
+def sketched_rows(x: Tensor, y: Tensor, w: Tensor, b: Tensor, damping: float, sketch, *, tol: float,
+                  max_iter: int, sink: Sink, progress: Progress | None = None) -> dict:
+    """``S R`` without S: solve ``(H + damping I) Y = R`` (k columns, preconditioned CG), then
+    ``(S R)_i = g_i^T Y / n`` chunk by chunk.  Cost O(k n d) instead of one CG solve per sample."""
+    n, dim = x.shape
+    c = w.shape[0]
+    r = torch.from_numpy(sketch.matrix()).to(device=x.device, dtype=_F64)  # (d, k) public order
+    k = r.shape[1]
+    rhs = torch.empty(k, c, dim + 1, dtype=_F64, device=x.device)  # augmented layout
+    rhs[:, :, :dim] = r[:c * dim].T.reshape(k, c, dim)
+    rhs[:, :, dim] = r[c * dim:].T
+    precond = KroneckerPreconditioner.at(x, w, b, damping)
+    rows_per_chunk = max(1, (1 << 23) // (k * c))
+    yy, iters, worst = block_cg(x, w, b, rhs, damping, tol, max_iter, precond, rows_per_chunk)
+    yw = yy[:, :, :dim].permute(2, 1, 0).reshape(dim, c * k)  # phi @ yw -> (rows, C, k)
+    yb = yy[:, :, dim].T  # (C, k)
+    step = max(1, (1 << 24) // (c * k))
+    for a in range(0, n, step):
+        phi = x[a:a + step].to(_F64)
+        e = infl.residuals(phi, y[a:a + step], w, b)
+        t = (phi @ yw).reshape(-1, c, k) + yb
+        sink(a, (torch.einsum("rc,rck->rk", e, t) / n).to(torch.float32).cpu().numpy())
+        if progress is not None:
+            progress(min(a + step, n), n)
+    return {"solver": "cg-sketch", "cg_iterations": iters, "cg_max_relative_residual": worst}

@@ -24,16 +24,3 @@ def exact_rows(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, d
     factor = infl.damped_cholesky(features, labels, weight, bias, damping, chunk_size)
     infl.solve_in_chunks(features, labels, weight, bias, lambda g: torch.cholesky_solve(g.T, factor).T, rows=rows,
                          chunk_size=chunk_size, sink=sink, progress=progress)
-
-
-def lissa_rows(features, labels, weight, bias, *, rows, sink, progress, depth, scale, batch_size, repeats, seed,
-               damping, chunk_size) -> None:
-    """LiSSA for a row range: its minibatch sequence depends only on the seed, not on the rows."""
-    n, num_classes, dim = infl.shapes(features, weight, bias)
-    infl.check_labels(labels, n, num_classes)
-    damping = infl.check_damping(damping)
-    w, b = infl.layer64(features, weight, bias)
-    infl.solve_in_chunks(features, labels, weight, bias,
-                         lambda g: infl.lissa_solve(features, w, b, g, damping, int(depth), float(scale),
-                                                    int(batch_size), int(repeats), int(seed)),
-                         rows=rows, chunk_size=chunk_size, sink=sink, progress=progress)

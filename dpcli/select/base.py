@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # torch-free at import time: the CLI lists selectors without 
     from dpcli.train.dynamics import Dynamics
 
 NEEDS = frozenset({"features", "dynamics", "snapshots", "dataset"})
+SUPPLIED = ("features", "difficulty", "dynamics")  # what a caller may hand a Context (Context.supply)
 
 
 @dataclass
@@ -63,6 +64,22 @@ class Context:
     @property
     def n(self) -> int:
         return int(self.S.shape[0])
+
+    def supply(self, **known: Any) -> "Context":
+        """Hand over what the caller already holds (``features``, ``difficulty``, ``dynamics``), one entry per
+        sample of S, so that it is read from here instead of loaded."""
+        for name, value in known.items():
+            if name not in SUPPLIED:
+                raise TypeError(f"Context.supply: unknown {name!r}; one of {', '.join(SUPPLIED)}")
+            rows = value.loss.shape[1] if name == "dynamics" else len(value)
+            if rows != self.n:
+                raise DpcliError(f"{name} have {rows} rows but S has {self.n}")
+            self._cache[name] = value
+        return self
+
+    def has(self, name: str) -> bool:
+        """Whether ``name`` is at hand (supplied or loaded already), so asking for it costs nothing."""
+        return name in self._cache
 
     def _require_checkpoint(self, what: str) -> Path:
         if self.checkpoint is None:
@@ -115,7 +132,7 @@ class Context:
         features (``influence --features``) the features themselves."""
         if "features" not in self._cache:
             if self.checkpoint is None and self.influence is not None:
-                from dpcli.stages.embeddings import is_embeddings_run, reload_embeddings
+                from dpcli.data.embeddings import is_embeddings_run, reload_embeddings
 
                 if is_embeddings_run(self.influence):
                     self._cache["features"] = reload_embeddings(self.influence)[0].x

@@ -32,6 +32,10 @@ class BoundRow:
     observed_gap: float        # L_test(retrained on kept) - L_test(full data)
     test_loss: float
     test_accuracy: float
+    # head refits on frozen features: the observed ||theta_kept - theta|| and ||sum S_i - (theta_kept - theta)||,
+    # the second-order part Theorem 1's first-order prediction leaves out (None where not measured)
+    parameter_change: float | None = None
+    first_order_residual: float | None = None
 
     @property
     def within_bound(self) -> bool:

@@ -40,7 +40,7 @@ def check_options(cfg: "PruneConfig") -> None:
 
 def read_labels(path: Path, n: int) -> np.ndarray:
     """One class per row of S from ``path`` (.npy, .npz, .h5, or .txt with one label per line; names or integers)."""
-    from dpcli.stages.embeddings import check_labels, encode_labels, load_array
+    from dpcli.data.embeddings import check_labels, encode_labels, load_array
 
     path = Path(path)
     if path.suffix.lower() == ".txt":
@@ -57,7 +57,7 @@ def read_labels(path: Path, n: int) -> np.ndarray:
 
 
 def _stored_labels(y: np.ndarray | None, n: int, path: Path) -> np.ndarray | None:
-    from dpcli.stages.embeddings import check_labels, encode_labels
+    from dpcli.data.embeddings import check_labels, encode_labels
 
     return None if y is None else check_labels(encode_labels(y, None, str(path))[0], n, None, str(path))
 
@@ -72,7 +72,7 @@ def prune_external(path: Path | str, out: Path, cfg: "PruneConfig", *, labels: P
     from dpcli.data.samples import SampleSpace
     from dpcli.select.base import Context, prune_count, select
     from dpcli.stages.core import InfluenceInfo, certify_selection, check_outputs, write_mask
-    from dpcli.stages.embeddings import load_external_S
+    from dpcli.data.embeddings import load_external_S
 
     cfg.validate()
     check_options(cfg)

@@ -15,6 +15,8 @@ from dpcli.artifacts.h5 import mapped_rows
 from dpcli.config import InfluenceConfig
 from dpcli.errors import DpcliError
 from dpcli.influence.sketch import Sketch
+from dpcli.data import embeddings as D
+from dpcli.influence import head as H
 from dpcli.stages import embeddings as E
 from tests.conftest import run_cli
 
@@ -27,24 +29,24 @@ def blobs(n: int, dim: int, c: int, seed: int = 0, sep: float = 1.5) -> tuple[np
     return x, y
 
 
-def theta(head: E.HeadFit) -> np.ndarray:
+def theta(head: H.HeadFit) -> np.ndarray:
     return torch.cat([head.weight.reshape(-1), head.bias]).numpy()
 
 
 def test_S_matches_leave_one_out_refits():
-    """S_i = (1/n) H^-1 g_i against the actual change of the optimum when sample i is removed
-    (refit with the same objective, weight -1/n: L2 scaled by n/(n-1) on the mean over n-1)."""
+    """S_i = (1/n) H^-1 g_i against the actual change of the optimum when sample i is removed (weight -1/n:
+    the refit of the same objective, (1/n) sum_kept CE + lam/2 ||theta||^2)."""
     n, lam = 60, 1e-2
     x, y = blobs(n, 4, 3)
-    emb = E.from_arrays(x, y)
+    emb = D.from_arrays(x, y)
     S, head = E.influence_in_memory(emb, InfluenceConfig(method="exact"), damping=lam)
-    assert head.grad_norm <= E.DEFAULT_TOL
+    assert head.grad_norm <= H.DEFAULT_TOL
     idx = np.arange(0, n, 5)
     loo = []
     for i in idx:
         keep = np.ones(n, dtype=bool)
         keep[i] = False
-        loo.append(theta(E.refit(emb, keep, lam * n / (n - 1)).head) - theta(head))
+        loo.append(theta(E.refit(emb, keep, lam).head) - theta(head))
     loo = np.array(loo)
     corr = np.corrcoef(loo.ravel(), S[idx].ravel())[0, 1]
     rel = np.linalg.norm(loo - S[idx]) / np.linalg.norm(loo)
@@ -52,44 +54,9 @@ def test_S_matches_leave_one_out_refits():
     assert rel < 0.25, rel  # first-order error at n = 60; measured 0.19 (it shrinks ~1/n: 0.05 at n = 300)
 
 
-@pytest.mark.parametrize("solver", ["newton", "lbfgs"])
-def test_head_fit_converges_to_the_optimum(solver):
-    x, y = blobs(200, 6, 4, seed=1)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    w0 = torch.zeros(4, 6, dtype=torch.float64)
-    b0 = torch.zeros(4, dtype=torch.float64)
-    fit = (E._newton if solver == "newton" else E._lbfgs)(xt, yt, w0, b0, 1e-3, 1e-8, 500)
-    f, gw, gb = E.objective(xt, yt, fit.weight, fit.bias, 1e-3)
-    grad = float(torch.cat([gw.reshape(-1), gb]).norm())
-    assert grad < 1e-7 and abs(grad - fit.grad_norm) < 1e-12
-    # the gradient in closed form agrees with autograd on the same objective
-    w = fit.weight.clone().requires_grad_(True)
-    b = fit.bias.clone().requires_grad_(True)
-    logits = xt.double() @ w.T + b
-    obj = torch.nn.functional.cross_entropy(logits, yt) + 0.5e-3 * (w.pow(2).sum() + b.pow(2).sum())
-    obj.backward()
-    torch.testing.assert_close(w.grad, gw, atol=1e-12, rtol=0)
-    assert abs(float(obj.detach()) - f) < 1e-12
-
-
-def test_newton_with_a_subsampled_hessian_reaches_the_same_optimum(monkeypatch):
-    """Large n: the Newton steps' Hessian comes from strided rows, the gradient from all; same optimum."""
-    x, y = blobs(400, 5, 3, seed=3)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    exact = E.fit_head(xt, yt, 3, 1e-2, tol=1e-10)
-    monkeypatch.setattr(E, "_HESSIAN_ROWS", 100)
-    assert E.hessian_rows(400).tolist() == list(range(0, 400, 4)) and E.hessian_rows(100) is None
-    sub = E.fit_head(xt, yt, 3, 1e-2, tol=1e-10)
-    f, gw, gb = E.objective(xt, yt, sub.weight, sub.bias, 1e-2)
-    # linear instead of quadratic convergence (27 steps instead of 6 with 5.5 rows per parameter; dpcli's
-    # 65,536 rows give >= 16 per parameter at the largest dense head)
-    assert float(torch.cat([gw.reshape(-1), gb]).norm()) <= 1e-10 and exact.iterations < sub.iterations < 40
-    assert float(torch.cat([(sub.weight - exact.weight).reshape(-1), sub.bias - exact.bias]).norm()) < 1e-8 / 1e-2
-
-
 def test_sketch_first_solve_equals_S_times_R(tmp_path):
     x, y = blobs(90, 5, 3, seed=2)
-    emb = E.from_arrays(x, y)
+    emb = D.from_arrays(x, y)
     S, head = E.influence_in_memory(emb, InfluenceConfig(method="exact"), damping=1e-2)
     out = tmp_path / "sk.h5"
     E.embeddings_influence(emb, out, InfluenceConfig(method="cg", sketch_k=7, sketch_seed=3, cg_tol=1e-10),
@@ -120,7 +87,7 @@ def test_cli_end_to_end_on_generated_features(tmp_path, capsys):
     assert code == 0, err
     with h5py.File(inf, "r") as h:
         lineage = json.loads(h.attrs["lineage"])
-        assert lineage["features_sha256"] == E.file_sha256(f) and lineage["labels"] == str(f.with_name("l.npy"))
+        assert lineage["features_sha256"] == D.file_sha256(f) and lineage["labels"] == str(f.with_name("l.npy"))
         S = h["S"][()]
     assert S.shape == (150, 3 * 6)
     mask = tmp_path / "mask.h5"
@@ -135,14 +102,16 @@ def test_cli_end_to_end_on_generated_features(tmp_path, capsys):
     assert code == 0, err
     metrics = json.loads(out)
     assert metrics["head_grad_norm"] < 1e-6
-    # the refit equals an independent refit on the kept rows (same objective, from scratch)
-    ref = E.refit(E.from_arrays(x[keep], y[keep], xt, yt, num_classes=3), np.ones(keep.sum(), bool), 0.01)
+    # the refit equals one from scratch of the same objective on the kept rows alone: (1/n) sum_kept CE +
+    # lam/2 ||theta||^2 is their mean CE with L2 lam n / n_kept
+    ref = E.refit(D.from_arrays(x[keep], y[keep], xt, yt, num_classes=3), np.ones(keep.sum(), bool),
+                  0.01 * 150 / keep.sum())
     assert abs(metrics["test_loss"] - ref.test_loss) < 1e-9
     code, out, err = run_cli(["verify-bound", inf, "--mask", mask, "--out", tmp_path / "vb", "--json", "--quiet"],
                              capsys)
     assert code == 0, err
     rows = json.loads(out)["rows"]
-    full = E.refit(E.from_arrays(x, y, xt, yt), np.ones(150, bool), 0.01)
+    full = E.refit(D.from_arrays(x, y, xt, yt), np.ones(150, bool), 0.01)
     assert rows[0]["n_pruned"] == summary["n_pruned"]
     assert abs(rows[0]["observed_gap"] - (ref.test_loss - full.test_loss)) < 1e-9  # deterministic: no seed noise
     assert abs(rows[0]["norm"] - norm) < 1e-6 and rows[1]["label"].startswith("random")
@@ -187,12 +156,13 @@ def test_retrain_writes_a_checkpoint_equal_to_an_independent_refit(tmp_path, cap
     metrics = json.loads(out)
     ck = load_checkpoint(metrics["checkpoint"])  # the same reader as every other checkpoint
     assert ck.complete and ck.config.subset == mask_fp and ck.lineage["mask_fingerprint"] == mask_fp
-    assert ck.lineage["features_sha256"] == E.file_sha256(f) and ck.n_train == 120 and ck.num_classes == 3
+    assert ck.lineage["features_sha256"] == D.file_sha256(f) and ck.n_train == 120 and ck.num_classes == 3
     np.testing.assert_array_equal(ck.keep_indices, np.flatnonzero(keep))
-    want = _independent_fit(x[keep], y[keep], 3, lam)
+    want = _independent_fit(x[keep], y[keep], 3, lam * 120 / keep.sum())  # (1/n) sum_kept CE + lam/2 ||theta||^2
     got = torch.cat([ck.state["head.weight"].reshape(-1), ck.state["head.bias"]]).numpy()
     # strong convexity (Hessian >= lam I): ||theta - theta*|| <= ||grad|| / lam, the solver's stopping point
     assert np.linalg.norm(got - want) <= metrics["head_grad_norm"] / lam + 1e-12 and metrics["head_grad_norm"] < 1e-7
+    assert metrics["l2_over_kept_mean"] == pytest.approx(lam * 120 / keep.sum())
     logits = xt.astype(np.float64) @ want[:12].reshape(3, 4).T + want[12:]
     loss = float(np.mean(np.log(np.exp(logits).sum(1)) - logits[np.arange(50), yt]))
     acc = 100.0 * float(np.mean(logits.argmax(1) == yt))
@@ -334,18 +304,117 @@ def test_retrain_with_wrong_n_and_external_S_errors(tmp_path, capsys):
     _bad(tmp_path, capsys, ["retrain", "digits", "--mask", tmp_path / "m2.h5", "--epochs", "1", "--device", "cpu", "--quiet"],
          "mask was made for 50 samples but dataset 'digits' has 1438")
     with pytest.raises(DpcliError, match="1-D"):
-        E.check_labels(np.zeros((3, 2)), 3, None, "labels")
+        D.check_labels(np.zeros((3, 2)), 3, None, "labels")
 
 
 def test_labels_that_leave_most_class_indices_unused_are_warned_about():
     """Labels that are IDs (0, 3, 6) make C = max + 1 = 7 last-layer classes, four of them without a sample."""
     x, y = blobs(30, 3, 3)
     with pytest.warns(UserWarning, match=r"dpcli: the labels use 3 of the 7 class indices 0\.\.6"):
-        emb = E.from_arrays(x, y * 3)
+        emb = D.from_arrays(x, y * 3)
     assert emb.num_classes == 7
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # indices 0..C-1 and class names: no warning
-        E.from_arrays(x, y)
-        E.from_arrays(x, np.array(["a", "b", "c"])[y])
+        D.from_arrays(x, y)
+        D.from_arrays(x, np.array(["a", "b", "c"])[y])
+
+
+def test_head_fit_options_on_the_command_line(tmp_path, capsys):
+    """--max-iter / --tol reach the head fit and are recorded; a fit stopped short says what to do; bad values
+    and the options without --features are refused in one line, before any file is written."""
+    x, y = blobs(150, 5, 3, seed=4)
+    f, l = _write(tmp_path, "f.npy", x), _write(tmp_path, "l.npy", y)
+    out = tmp_path / "short.h5"
+    code, _, err = run_cli(["influence", "--features", f, "--labels", l, "--max-iter", "1", "--out", out], capsys)
+    assert code == 0, err
+    with h5py.File(out, "r") as h:
+        gn, steps = float(h.attrs["head_grad_norm"]), int(h.attrs["head_iterations"])
+        assert steps == 1 and int(h.attrs["head_max_iter"]) == 1 and float(h.attrs["head_tol"]) == H.DEFAULT_TOL
+    assert gn > H.DEFAULT_TOL and f"gradient norm {gn:.3g} > --tol 1e-07 after 1 Newton steps" in err
+    assert "raise --max-iter" in err
+    code, _, err = run_cli(["influence", "--features", f, "--labels", l, "--tol", "1e-3", "--out", tmp_path / "t.h5",
+                            "--quiet"], capsys)
+    assert code == 0 and "stopped" not in err
+    with h5py.File(tmp_path / "t.h5", "r") as h:
+        assert float(h.attrs["head_grad_norm"]) <= 1e-3 < gn and float(h.attrs["head_tol"]) == 1e-3
+    for args, what in ((["--max-iter", "0"], "--max-iter must be a positive integer"),
+                       (["--tol", "-1"], "--tol must be a positive number")):
+        _bad(tmp_path, capsys, ["influence", "--features", f, "--labels", l, *args, "--out", tmp_path / "i.h5"], what)
+    _bad(tmp_path, capsys, ["influence", tmp_path / "ck.h5", "--tol", "1e-3", "--out", tmp_path / "i.h5"],
+         "--max-iter and --tol set the head fit of --features")
+
+
+def test_verify_bound_shows_the_refit_agrees_with_S_to_second_order(tmp_path, capsys):
+    """S predicts the refit of its own objective: ||sum S - delta theta|| is second order, so it shrinks
+    quadratically with the pruned share (x4 per doubling on nested random sets) and is a small part of the
+    change itself; against the mean-CE refit (the full run's L2 on the kept rows' mean) it would be first order
+    (x2 per doubling: 0.0055, 0.011, 0.027 at 2.5, 5 and 10 % here)."""
+    from dpcli.select.certificate import certify
+    from dpcli.stages.core import load_S, read_influence_info, write_mask
+
+    n, lam = 600, 1e-2
+    x, y = blobs(n, 5, 3)
+    xt, yt = blobs(200, 5, 3, seed=1)
+    inf = tmp_path / "influence.h5"
+    files = [_write(tmp_path, name, a) for name, a in (("f.npy", x), ("l.npy", y), ("tf.npy", xt), ("tl.npy", yt))]
+    assert run_cli(["influence", "--features", files[0], "--labels", files[1], "--test-features", files[2],
+                    "--test-labels", files[3], "--damping", lam, "--out", inf, "--quiet"]) == (0, "", "")
+    info, S = read_influence_info(inf), load_S(inf)
+    order = np.random.default_rng(1).permutation(n)
+    masks = []
+    for m in (15, 30, 60):  # nested random sets: 2.5, 5 and 10 % pruned
+        pruned = np.zeros(n, dtype=bool)
+        pruned[order[:m]] = True
+        masks.append(write_mask(tmp_path / f"m{m}.h5", certify(S, pruned), mode="cardinality", target=float(m),
+                                solver="test", info=info, config={"count": m}, seconds=0.0, method="test").path)
+    code, out, err = run_cli(["verify-bound", inf, *[a for p in masks for a in ("--mask", p)], "--out",
+                              tmp_path / "vb", "--json"], capsys)
+    assert code == 0, err
+    rows = [r for r in json.loads(out)["rows"] if r["method"] == "test"]
+    res = [r["first_order_residual"] for r in rows]
+    for r in rows:  # measured: 0.0007 of 0.032, 0.0029 of 0.062, 0.0105 of 0.10
+        assert r["first_order_residual"] < 0.12 * r["parameter_change"]
+        assert abs(r["norm"] - r["parameter_change"]) <= res[-1]
+    assert res[1] / res[0] > 3 and res[2] / res[1] > 3, res  # measured 4.2 and 3.6: quadratic
+    assert f"parameters moved {rows[0]['parameter_change']:.4g}, predicted {rows[0]['norm']:.4g}" in err
+
+
+def _freeze(tmp_path, device):
+    from dpcli.data.sources import load_dataset
+    from tests.conftest import tiny_config
+
+    return E.freeze_backbone(tiny_config(), load_dataset("digits"), tmp_path, device=device,
+                             icfg=InfluenceConfig().validate())
+
+
+def test_freeze_backbone_fits_and_solves_on_its_device(tmp_path, monkeypatch):
+    """The head fit and the influence solve of --freeze-backbone run on the device the features came from."""
+    seen = []
+    real = E.fit_embeddings
+
+    def spy(emb, damping, **kw):
+        seen.append(kw["device"])
+        return real(emb, damping, **kw)
+
+    monkeypatch.setattr(E, "fit_embeddings", spy)
+    dev = torch.device("cpu")
+    info = _freeze(tmp_path, dev)
+    assert seen == [dev] and seen[0] is dev and info.n == 1438  # handed on, not replaced by a CPU device of its own
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_embeddings_on_cuda_match_the_cpu(tmp_path):
+    from dpcli.stages.core import load_S
+
+    x, y = blobs(500, 16, 4, seed=11)
+    emb = D.from_arrays(x, y)
+    S_cpu, h_cpu = E.influence_in_memory(emb, InfluenceConfig(method="exact"), damping=1e-2)
+    S_gpu, h_gpu = E.influence_in_memory(emb, InfluenceConfig(method="exact"), damping=1e-2, device="cuda")
+    assert h_gpu.weight.device.type == "cuda" and h_gpu.grad_norm <= H.DEFAULT_TOL
+    torch.testing.assert_close(h_gpu.weight.cpu(), h_cpu.weight, atol=1e-7 / 1e-2, rtol=0)
+    np.testing.assert_allclose(S_gpu, S_cpu, rtol=1e-4, atol=1e-7 * np.abs(S_cpu).max())
+    a = load_S(_freeze(tmp_path / "cpu", torch.device("cpu")).path)
+    b = load_S(_freeze(tmp_path / "gpu", torch.device("cuda")).path)
+    np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-5 * np.abs(a).max())

@@ -19,11 +19,12 @@ from torch.func import functional_call, grad, hessian, vmap
 
 from dpcli.influence import kernels as influence
 from dpcli.errors import DpcliError
+from dpcli.influence.cg import cg_influence
+from dpcli.influence.lissa import lissa_influence
 from dpcli.influence.kernels import (
     exact_influence,
     hessian_vector_product,
     last_layer_hessian,
-    lissa_influence,
     max_dense_dim,
     mean_grad,
     per_sample_grads,
@@ -386,10 +387,11 @@ def test_exact_matches_float64_numpy_solve() -> None:
     np.testing.assert_allclose(got, expected, rtol=2e-6, atol=1e-7 * np.abs(expected).max())
 
 
-def test_dense_limit_names_lissa(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dense_limit_names_an_estimator_that_needs_no_dense_hessian(monkeypatch: pytest.MonkeyPatch) -> None:
     assert 5130 <= max_dense_dim() and 2 * 8 * max_dense_dim() ** 2 <= 4.01 * 2**30
     args = _small()
     monkeypatch.setattr(influence, "max_dense_dim", lambda: 14)  # d = 3 * 5 = 15
-    with pytest.raises(DpcliError, match="--method lissa"):
+    with pytest.raises(DpcliError, match="use --estimator cg"):
         exact_influence(*args, damping=0.1)
     assert math.isfinite(float(lissa_influence(*args, **LISSA)[0, 0]))
+    assert np.isfinite(cg_influence(*args, damping=0.1)).all()

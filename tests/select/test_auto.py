@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import dpcli.api as dp
+from dpcli.errors import DpcliError
 from dpcli.config import PruneConfig
 from dpcli.select.base import Context
 from dpcli.select.linalg import count_from_ratio
@@ -161,18 +162,24 @@ def test_fallbacks_skip_the_validation_and_say_why(rich):
 
 
 def test_rungs_over_the_solve_budget_are_skipped_and_said(rich, monkeypatch):
-    """The count and feature columns grow with the classes: rungs whose covered solve on all of S would pass
-    DPCLI_SOLVE_BUDGET are dropped from the ladder (a prefix stays), and the line says which and why."""
+    """The count and feature columns grow with the classes: rungs whose covered solves would pass
+    DPCLI_SOLVE_BUDGET are dropped from the ladder (a prefix stays), and the line says which and why.  A rung
+    needs its solve on all of S, and on the fit part beside the copy of the fit part's rows of S."""
     x, y, S = rich
     n, d, item = S.shape[0], S.shape[1], S.dtype.itemsize
-    need = {"balanced": n * (d + 3) * item, "strata": n * (d + 30) * item,
-            "strata+cutoff+features": n * (d + 30 + 3 * x.shape[1]) * item}
+    n_fit = n - sum(int(round(0.2 * k)) for k in np.bincount(y))  # every class holds out a fifth
+
+    def cost(extra: int) -> int:
+        return max(n * (d + extra), n_fit * d + n_fit * (d + extra)) * item
+
+    need = {"balanced": cost(3), "strata": cost(30), "strata+cutoff+features": cost(30 + 3 * x.shape[1])}
+    assert need["strata"] > n * (d + 30) * item  # the copy of the fit part's rows is counted
     monkeypatch.setenv("DPCLI_SOLVE_BUDGET", str(need["strata"]))  # every rung but the feature rung fits
     sel = dp.prune(S, prune_ratio=0.5, labels=y, features=x)
     rec = sel.auto
     assert [c["name"] for c in rec["candidates"]] == [r.name for r in auto.LADDER[:3]]
     assert rec["decided_by"] == "validation" and "strata+cutoff+features skipped" in rec["reason"]
-    assert f"covered solve {need['strata+cutoff+features'] / 2**30:.1f} GiB" in rec["reason"]
+    assert f"covered solves {need['strata+cutoff+features'] / 2**30:.1f} GiB" in rec["reason"]
 
     monkeypatch.setenv("DPCLI_SOLVE_BUDGET", str(need["balanced"]))  # only the first rung: nothing to compare
     sel = dp.prune(S, prune_ratio=0.5, labels=y, features=x)
@@ -181,11 +188,13 @@ def test_rungs_over_the_solve_budget_are_skipped_and_said(rich, monkeypatch):
     assert sel.auto["decided_by"] == "rule" and sel.auto["candidates"] == []
     assert "no coverage rung to compare; strata, strata+cutoff, strata+cutoff+features skipped" in sel.auto["reason"]
 
-    monkeypatch.setenv("DPCLI_SOLVE_BUDGET", str(need["balanced"] - 1))  # not even the class quotas
-    sel = dp.prune(S, prune_ratio=0.5, labels=y, features=x)
     pure = dp.prune(S, prune_ratio=0.5, labels=y, method="optimization")
-    assert np.array_equal(sel.keep, pure.keep) and sel.auto["chosen"] == "pure"
-    assert "balanced, strata" in sel.auto["reason"] and "DPCLI_SOLVE_BUDGET" in sel.auto["reason"]
+    # not even the class quotas; the second: their solve on all of S fits, but not the validation's copy beside it
+    for budget in (need["balanced"] - 1, n * (d + 3) * item):
+        monkeypatch.setenv("DPCLI_SOLVE_BUDGET", str(budget))
+        sel = dp.prune(S, prune_ratio=0.5, labels=y, features=x)
+        assert np.array_equal(sel.keep, pure.keep) and sel.auto["chosen"] == "pure"
+        assert "balanced, strata" in sel.auto["reason"] and "DPCLI_SOLVE_BUDGET" in sel.auto["reason"]
 
 
 def test_buckets_keep_the_bucketed_objective_as_first_rung(rich):
@@ -302,8 +311,7 @@ def _ctx_with_dynamics(scarce):
     x, y, S = scarce
     noisy = np.random.default_rng(9).random(len(y)) < 0.3
     ctx = Context(S=S, labels=y)
-    ctx._cache["features"] = x
-    ctx._cache["dynamics"] = _dynamics(y, noisy)
+    ctx.supply(features=x, dynamics=_dynamics(y, noisy))
     return ctx
 
 
@@ -394,7 +402,7 @@ def test_a_challenger_dual_refuses_is_skipped_with_duals_reason(scarce):
     """Dynamics that miss a sample: DUAL cannot run, the ladder decides alone and the record says DUAL's why."""
     x, y, S = scarce
     ctx = _ctx_with_dynamics(scarce)
-    ctx._cache["dynamics"].loss[0, 5] = np.nan
+    ctx.dynamics().loss[0, 5] = np.nan
     pruned, label = auto.Auto(PruneConfig(ratio=0.8, seed=0)).select(ctx, count_from_ratio(len(y), 0.8), None)
     rec = ctx.record["auto"]
     assert rec["challenger"] is None and rec["challenger_skipped"].startswith("DUAL needs the loss of every sample")
@@ -485,3 +493,41 @@ def test_an_epsilon_that_admits_the_whole_set_warns_that_nothing_is_kept(rich):
     with pytest.warns(UserWarning, match=f"dpcli: the kept set is empty: all {len(y)} samples were pruned"):
         sel = dp.prune(S, epsilon=whole * 1.01, labels=y)
     assert not sel.keep.any() and sel.norm <= whole * 1.01
+
+
+def test_a_context_is_supplied_through_its_method_and_checks_the_rows(scarce):
+    x, y, S = scarce
+    ctx = Context(S=S, labels=y)
+    assert not ctx.has("features")
+    assert ctx.supply(features=x).has("features") and ctx.features() is x
+    with pytest.raises(DpcliError, match=f"difficulty have {len(y) - 1} rows but S has {len(y)}"):
+        ctx.supply(difficulty=np.zeros(len(y) - 1))
+    with pytest.raises(TypeError, match="unknown 'snapshots'"):
+        ctx.supply(snapshots={})
+
+
+def test_time_budget_is_one_budget_split_across_the_solves(scarce, monkeypatch):
+    """--time-budget T bounds the whole prune: the rungs' solves share 0.4 T, the final solve gets what is left
+    (at least 0.1 T), instead of T each."""
+    import time
+
+    x, y, S = scarce
+    seen = []
+    real = auto.Optimization.select
+
+    def spy(self, ctx, m, eps):
+        seen.append((ctx.n, self.cfg.time_budget))
+        return real(self, ctx, m, eps)
+
+    monkeypatch.setattr(auto.Optimization, "select", spy)
+    T = 2.0
+    ctx = Context(S=S, labels=y).supply(features=x)
+    t0 = time.perf_counter()
+    auto.Auto(PruneConfig(ratio=0.5, time_budget=T)).select(ctx, count_from_ratio(len(y), 0.5), None)
+    wall = time.perf_counter() - t0
+    rungs, final = seen[:-1], seen[-1]
+    assert len(rungs) == len(auto.LADDER) and all(n < len(y) for n, _ in rungs) and final[0] == len(y)
+    assert all(b == pytest.approx(auto.VAL_BUDGET_SHARE * T / len(rungs)) for _, b in rungs)
+    # the rungs anneal to their slices, so what is left for the final solve is at most 0.6 T
+    assert 0.1 * T <= final[1] <= (1 - auto.VAL_BUDGET_SHARE) * T
+    assert final[1] <= max(T - (wall - final[1]), 0.1 * T) + 0.05

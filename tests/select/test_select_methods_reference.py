@@ -195,7 +195,7 @@ def _ctx(labels, **dyn) -> Context:
     ctx = Context(S=np.zeros((n, 2)), labels=np.asarray(labels))
     base = dict(loss=np.zeros((1, n), np.float32), correct=np.zeros((1, n), np.uint8))
     base.update(dyn)
-    ctx._cache["dynamics"] = Dynamics(**base)
+    ctx.supply(dynamics=Dynamics(**base))
     return ctx
 
 
@@ -331,7 +331,7 @@ def test_moderate_matches_the_reference_band(r):
     want, distance = oracle_moderate(features, labels, (N - m) / N)
     np.testing.assert_allclose(moderate.median_distance(features, labels), distance, rtol=1e-12)
     ctx = _ctx(labels)
-    ctx._cache["features"] = features
+    ctx.supply(features=features)
     pruned, _ = moderate.Moderate(PruneConfig(ratio=r)).select(ctx, m, None)
     kept = _kept(pruned)
     assert len(kept) == N - m
@@ -385,7 +385,7 @@ def test_d2_matches_the_reference_per_class(r):
         members = pool[labels[pool] == c]
         want |= set(members[oracle_d2_select(features[members], imp[members], int(b))].tolist())
     ctx = _ctx(labels, correct=correct, margin=margin)
-    ctx._cache["features"] = features
+    ctx.supply(features=features)
     pruned, _ = d2.D2(PruneConfig(ratio=r, method="d2", cutoff=None)).select(ctx, m, None)
     assert _kept(pruned) == want and len(want) == N - m
 
@@ -396,7 +396,7 @@ def test_checkpoints_without_the_new_records_get_one_clear_error(selector):
 
     labels = np.arange(20) % 2
     ctx = _ctx(labels, loss=np.zeros((3, 20), np.float32), correct=np.zeros((3, 20), np.uint8))
-    ctx._cache["features"] = np.random.default_rng(0).normal(size=(20, 3))
+    ctx.supply(features=np.random.default_rng(0).normal(size=(20, 3)))
     with pytest.raises(DpcliError, match="train --force"):
         selector(PruneConfig(ratio=0.5, cutoff=None)).select(ctx, 10, None)
 

@@ -183,7 +183,7 @@ def test_cuda_solve_and_covered_solve_match_the_cpu():
 def test_an_external_float32_npy_S_is_mapped_and_checked_not_copied(tmp_path):
     import tracemalloc
 
-    from dpcli.stages.embeddings import load_external_S
+    from dpcli.data.embeddings import load_external_S
 
     S = _S(12000, 512, 10)  # 24.6 MB: three row chunks of the finiteness check
     np.save(tmp_path / "S.npy", S)

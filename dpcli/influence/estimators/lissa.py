@@ -27,8 +27,7 @@ class LiSSA(Estimator):
 
     def solve(self, problem: LastLayer, *, damping, rows, sink, progress=None, info=None,
               chunk_size: int = 4096) -> dict[str, Any]:
-        from dpcli.influence import kernels as infl
-        from dpcli.influence.rows import lissa_rows
+        from dpcli.influence.lissa import lissa_influence
 
         cfg = self.cfg
         check = self._check_rows(rows)
@@ -43,10 +42,7 @@ class LiSSA(Estimator):
         kw = dict(depth=cfg.lissa_depth, scale=cfg.lissa_scale, batch_size=cfg.lissa_batch_size,
                   repeats=cfg.lissa_repeats, seed=cfg.seed, damping=damping, chunk_size=chunk_size)
         f, y, w, b = problem.features, problem.labels, problem.weight, problem.bias
-        if rows == (0, problem.n):
-            infl.lissa_influence(f, y, w, b, sink=keep, progress=progress, **kw)
-        else:
-            lissa_rows(f, y, w, b, rows=rows, sink=keep, progress=progress, **kw)
+        lissa_influence(f, y, w, b, sink=keep, progress=progress, rows=rows, **kw)
         errors = self._errors(problem, damping, check, captured, chunk_size)
         attrs: dict[str, Any] = {"solver": "lissa", "lissa_check_rows": list(check),
                                  "lissa_rel_error_median": float(np.median(errors)),

@@ -59,11 +59,10 @@ Z = 2.0  # a rung must beat the first rung by Z paired standard errors
 MIN_VAL = 50  # fewer validation samples than this: too noisy to decide anything
 HEAD_L2 = 1e-3  # L2 of the validation head on standardized features (the embeddings default)
 HEAD_TOL = 1e-6
-HEAD_MAX_ITER = 200
-DENSE_NEWTON = 1024  # Newton with a dense Hessian up to this many head parameters, L-BFGS above
-# swap's annealing on the fit part: proposals per row (the full solve uses 300 n); the rungs differ by
-# far more than what the last stretch of annealing buys, and this keeps auto within ~2x optimization
-VAL_PROPOSALS_PER_ROW = 30
+# the rungs' solves on the fit part stop at their local optimum (no annealing): the rungs differ by far
+# more than annealing buys, and four local searches on 80 % of S cost about one annealed solve on all of it
+VAL_PROPOSALS = 0
+VAL_BUDGET_SHARE = 0.4  # with --time-budget: the rungs' solves share this part of it, the final solve the rest
 Z_SWITCH = 1.0  # the challenger must beat a chosen coverage rung by this many paired standard errors
 
 
@@ -153,13 +152,13 @@ def fit_softmax(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float = HEAD
     ``device``: where the fit runs (the prune's device: at a million rows the fits dominate auto's cost)."""
     import torch
 
-    from dpcli.stages.embeddings import fit_head
+    from dpcli.influence.head import fit_head
 
     dev = torch.device(device if device is not None else "cpu")
     start = None if init is None else tuple(torch.from_numpy(np.asarray(t)) for t in init)
     head = fit_head(torch.from_numpy(np.ascontiguousarray(x)).to(dev),
                     torch.from_numpy(np.asarray(y, dtype=np.int64)).to(dev),
-                    num_classes, l2, tol=HEAD_TOL, max_iter=HEAD_MAX_ITER, dense_limit=DENSE_NEWTON, init=start)
+                    num_classes, l2, tol=HEAD_TOL, init=start)
     return head.weight.cpu().numpy(), head.bias.cpu().numpy()
 
 
@@ -247,7 +246,7 @@ def true_class_probs_of(ctx: Context) -> tuple[np.ndarray | None, str]:
     """The true-class probabilities DUAL reads (epochs x n), or None and why not."""
     from dpcli.select.methods.dual import true_class_probs
 
-    if ctx.checkpoint is None and "dynamics" not in ctx._cache:
+    if ctx.checkpoint is None and not ctx.has("dynamics"):
         return None, "no training dynamics"
     try:
         return true_class_probs(ctx.dynamics().loss), ""
@@ -268,14 +267,30 @@ def score_challenger(probs: np.ndarray, m_fit: int, seed: int, x: np.ndarray, y:
                   device=device), ""
 
 
-def rung_config(cfg, rung: Rung):
-    """The optimization configuration of a rung (the user's solver, seed and budget kept)."""
-    base = dict(method="optimization", balance=False, strata=1, cutoff=0.0, cutoff_ratio=None, match_features=False)
+def rung_config(cfg, rung: Rung, time_budget: float | None = None):
+    """The optimization configuration of a rung: the user's solver and seed, and ``time_budget`` (its part
+    of the user's, which is one budget for the whole prune)."""
+    base = dict(method="optimization", balance=False, strata=1, cutoff=0.0, cutoff_ratio=None, match_features=False,
+                time_budget=time_budget)
     return dataclasses.replace(cfg, **{**base, **rung.options})
 
 
-def affordable(rungs: tuple[Rung, ...], ctx: Context, feature_dim: int | None = None) -> tuple[tuple[Rung, ...], str]:
-    """The rungs whose covered solve on all of S fits ``$DPCLI_SOLVE_BUDGET``, and a note on the rest.
+def n_held_out(labels: np.ndarray) -> int:
+    """The validation part's size (:func:`split`), from the class sizes alone."""
+    return sum(int(round(VAL_SHARE * c)) for c in np.unique(labels, return_counts=True)[1] if c >= 2)
+
+
+def remaining(cfg, t0: float) -> float | None:
+    """What is left of the user's ``--time-budget`` for the final solve (at least a tenth of it)."""
+    if cfg.time_budget is None:
+        return None
+    return max(cfg.time_budget - (time.perf_counter() - t0), 0.1 * cfg.time_budget)
+
+
+def affordable(rungs: tuple[Rung, ...], ctx: Context, feature_dim: int | None = None, *,
+               validating: bool = True) -> tuple[tuple[Rung, ...], str]:
+    """The rungs whose covered solves fit ``$DPCLI_SOLVE_BUDGET``, and a note on the rest: on all of S (the
+    final solve) and, when ``validating``, on the fit part beside the copy of its rows of S the validation holds.
 
     Count and feature constraints are dense columns (class x stratum, class x feature), so with many
     classes the later rungs outgrow memory first; the ladder only adds columns, so the rungs that fit
@@ -287,17 +302,22 @@ def affordable(rungs: tuple[Rung, ...], ctx: Context, feature_dim: int | None = 
     classes = len(np.unique(ctx.labels))
     itemsize = solve_dtype(ctx.S).itemsize
     budget = solve_budget()
+    n_fit, d = ctx.n - n_held_out(ctx.labels), ctx.S.shape[1]
+    s_fit = n_fit * d * np.dtype(ctx.S.dtype).itemsize if validating else 0  # validate()'s ctx.S[fit]
     for i, rung in enumerate(rungs):
         o = rung.options
         if o.get("match_features") and feature_dim is None:
             continue
         extra = (count_columns(classes, bool(o.get("balance")), int(o.get("strata", 1)))
                  + (classes * feature_dim if o.get("match_features") else 0))
-        need = covered_bytes(ctx.n, ctx.S.shape[1], extra, itemsize) if o else 0
+        # the objective alone (no options) is solved on S itself, without a covered copy
+        full = covered_bytes(ctx.n, d, extra, itemsize) if o else 0
+        part = covered_bytes(n_fit, d, extra, itemsize) if o else 0
+        need = max(full, s_fit + part if validating else 0)
         if need > budget:
             names = ", ".join(r.name for r in rungs[i:])
-            return rungs[:i], (f"; {names} skipped: {classes:,} classes make the covered solve {need / 2**30:.1f} GiB, "
-                               f"above DPCLI_SOLVE_BUDGET = {budget / 2**30:.1f} GiB")
+            return rungs[:i], (f"; {names} skipped: {classes:,} classes make the covered solves "
+                               f"{need / 2**30:.1f} GiB, above DPCLI_SOLVE_BUDGET = {budget / 2**30:.1f} GiB")
     return rungs, ""
 
 
@@ -308,7 +328,7 @@ def validate(ctx: Context, cfg, m: int, features: np.ndarray, difficulty: np.nda
 
     ``probs``: the true-class probabilities of the training dynamics, or None and why not
     (:func:`true_class_probs_of`); with them DUAL's Beta sampling challenges the ladder's choice
-    (:func:`challenge`)."""
+    (:func:`challenge`).  With ``cfg.time_budget`` the rungs' solves share :data:`VAL_BUDGET_SHARE` of it."""
     labels = np.asarray(ctx.labels)
     n = ctx.n
     fit, val = split(labels, cfg.seed)
@@ -316,9 +336,8 @@ def validate(ctx: Context, cfg, m: int, features: np.ndarray, difficulty: np.nda
     x = standardize(features, fit)
     m_fit = int(round(m * len(fit) / n))
     fit_labels = labels[fit]
-    sub = Context(S=ctx.S[fit], labels=fit_labels, device=ctx.device, proposals=VAL_PROPOSALS_PER_ROW * len(fit))
-    sub._cache["difficulty"] = np.asarray(difficulty)[fit]
-    sub._cache["features"] = np.asarray(features)[fit]
+    sub = Context(S=ctx.S[fit], labels=fit_labels, device=ctx.device, proposals=VAL_PROPOSALS)  # in affordable()
+    sub.supply(difficulty=np.asarray(difficulty)[fit], features=np.asarray(features)[fit])
     dev = ctx.device
     refs = [_score("no pruning", None, np.ones(len(fit), dtype=bool), x, y, fit, val, len(classes), device=dev)]
     rnd = np.ones(len(fit), dtype=bool)
@@ -326,8 +345,9 @@ def validate(ctx: Context, cfg, m: int, features: np.ndarray, difficulty: np.nda
     refs.append(_score("random", None, rnd, x, y, fit, val, len(classes), init=refs[0], device=dev))
     scores = []
     rungs = ladder(cfg) if rungs is None else rungs
+    share = None if cfg.time_budget is None else VAL_BUDGET_SHARE * cfg.time_budget / len(rungs)
     for rung in rungs:
-        pruned, _ = Optimization(rung_config(cfg, rung)).select(sub, m_fit, None)
+        pruned, _ = Optimization(rung_config(cfg, rung, share)).select(sub, m_fit, None)
         scores.append(_score(rung.name, rung.strength, ~np.asarray(pruned, dtype=bool), x, y, fit, val,
                              len(classes), init=refs[0], device=dev))
     p, note = probs
@@ -384,8 +404,8 @@ def _difficulty(ctx: Context, features: np.ndarray) -> tuple[np.ndarray, str]:
 
 
 def _features(ctx: Context) -> tuple[np.ndarray | None, str]:
-    if "features" in ctx._cache:
-        return ctx._cache["features"], ""
+    if ctx.has("features"):
+        return ctx.features(), ""
     if ctx.checkpoint is None and ctx.influence is None:
         return None, "S has no known model or features (give features= in the API)"
     try:
@@ -412,7 +432,7 @@ class Auto(Selector):
                          pruned, t0, {})
             return pruned, label
         why = self._why_not(ctx, m)
-        rungs, over = affordable(ladder(cfg), ctx)
+        rungs, over = affordable(ladder(cfg), ctx, validating=why is None)
         if why is None and len(rungs) < 2:
             why = f"no coverage rung to compare{over}"
         features = None
@@ -429,11 +449,11 @@ class Auto(Selector):
         if why is not None:
             # class quotas need a count, two classes and room for their columns; else the objective alone
             rung = ladder(cfg)[0] if m is not None and len(np.unique(ctx.labels)) >= 2 and rungs else PURE
-            pruned, label = Optimization(rung_config(cfg, rung)).select(ctx, m, epsilon)
+            pruned, label = Optimization(rung_config(cfg, rung, cfg.time_budget)).select(ctx, m, epsilon)
             self._record(ctx, rung, rung.name, None, why, pruned, t0, {})
             return pruned, label
         diff, source = _difficulty(ctx, features)
-        ctx._cache["difficulty"] = diff
+        ctx.supply(difficulty=diff)
         probs = true_class_probs_of(ctx)
         v = validate(ctx, cfg, m, features, diff, rungs, probs=probs)
         if over:
@@ -444,7 +464,7 @@ class Auto(Selector):
 
             pruned, label = beta_draw(probs[0], m, cfg.seed), CHALLENGER.name
         else:
-            pruned, label = Optimization(rung_config(cfg, v.chosen)).select(ctx, m, None)
+            pruned, label = Optimization(rung_config(cfg, v.chosen, remaining(cfg, t0))).select(ctx, m, None)
         self._record(ctx, v.chosen, v.chosen.name, v, v.reason, pruned, t0,
                      {"difficulty_source": source, "feature_dim": int(features.shape[1]),
                       "validation_seconds": measured})
@@ -456,7 +476,7 @@ class Auto(Selector):
             return "--epsilon asks for the largest set within the norm bound, which coverage can only shrink"
         if len(np.unique(ctx.labels)) < 2:
             return "no class labels to validate with"
-        n_val = sum(int(round(VAL_SHARE * c)) for c in np.unique(ctx.labels, return_counts=True)[1] if c >= 2)
+        n_val = n_held_out(ctx.labels)
         m_fit = int(round(m * (ctx.n - n_val) / max(ctx.n, 1)))
         if n_val < MIN_VAL:
             return f"too few samples to validate ({n_val} held out, at least {MIN_VAL} needed)"
