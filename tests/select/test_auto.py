@@ -528,6 +528,6 @@ def test_time_budget_is_one_budget_split_across_the_solves(scarce, monkeypatch):
     rungs, final = seen[:-1], seen[-1]
     assert len(rungs) == len(auto.LADDER) and all(n < len(y) for n, _ in rungs) and final[0] == len(y)
     assert all(b == pytest.approx(auto.VAL_BUDGET_SHARE * T / len(rungs)) for _, b in rungs)
-    # the rungs anneal to their slices, so what is left for the final solve is at most 0.6 T
-    assert 0.1 * T <= final[1] <= (1 - auto.VAL_BUDGET_SHARE) * T
+    # the final solve gets what the rungs (which may stop early, on convergence) and the fits left of T
+    assert 0.1 * T <= final[1] < T
     assert final[1] <= max(T - (wall - final[1]), 0.1 * T) + 0.05
