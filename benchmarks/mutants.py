@@ -604,6 +604,10 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("undeclared-scipy", "scipy is imported but not declared (issue 27 item 8)",
            "pyproject.toml", '    "scipy>=1.10",', "",
            ("tests/test_dependencies.py",)),
+    Mutant("api-no-share-warning", "dpcli.api.prune certifies without saying a class's kept share strayed",
+           "dpcli/api.py", "cert = certify_selection(S, pruned, cfg, ctx)",
+           "cert = certify_selection(S, pruned, cfg, Context(S=S, labels=np.zeros(n, dtype=np.int64)))",
+           ("tests/test_api.py::test_prune_warns_of_a_skewed_class_share_like_the_cli",)),
 )
 
 

@@ -123,8 +123,8 @@ def prune(S: Any, *, epsilon: float | None = None, prune_ratio: float | None = N
     import torch
 
     from dpcli.config import PruneConfig
-    from dpcli.select.base import Context, select, warn_emptied_classes
-    from dpcli.select.certificate import certify
+    from dpcli.select.base import Context, select
+    from dpcli.stages.core import certify_selection
     from dpcli.select.linalg import float32_rows, nonfinite_rows
     from dpcli.data.embeddings import check_features, check_labels, encode_labels
 
@@ -156,8 +156,7 @@ def prune(S: Any, *, epsilon: float | None = None, prune_ratio: float | None = N
                 ctx.supply(features=x)
             pruned, used = select(cfg, ctx)
             update(1.0)
-        warn_emptied_classes(ctx.labels, ~np.asarray(pruned, dtype=bool), ctx.record)
-        cert = certify(S, pruned, cfg.epsilon)
+        cert = certify_selection(S, pruned, cfg, ctx)  # says what the kept set lacks: classes, class shares
         return Selection(np.array(cert.keep), cert.norm, cert.epsilon, used, ctx.record.get("auto"))
 
 

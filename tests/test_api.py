@@ -240,3 +240,17 @@ def test_embed_reads_an_image_folder_dataset_like_a_direct_forward_pass(tmp_path
     np.testing.assert_allclose(dp.embed(net, xs, batch_size=2), feats, rtol=1e-6, atol=1e-7)
     with pytest.raises(DpcliError, match="ToTensor"):
         dp.embed(net, datasets.ImageFolder(tmp_path))
+
+
+def test_prune_warns_of_a_skewed_class_share_like_the_cli():
+    """The API says what the CLI says when a class's kept share strays more than 2x from its training share."""
+    rng = np.random.default_rng(3)
+    y = np.repeat(np.arange(3), (20, 40, 60))
+    S = rng.normal(size=(len(y), 6)).astype(np.float32)
+    S[y == 2] *= 1e-4  # near-zero rows: the unconstrained solve prunes them first
+    with pytest.warns(UserWarning, match="more than 2x away") as warned:
+        sel = dp.prune(S, prune_ratio=0.4, labels=y, method="optimization")
+    kept, train = np.bincount(y[sel.keep], minlength=3), np.bincount(y, minlength=3)
+    ratio = (kept / kept.sum()) / (train / train.sum())  # the recount
+    assert [c for c in range(3) if ratio[c] < 0.5 or ratio[c] > 2] == [2]
+    assert f"class 2 at {ratio[2]:.2f}x" in " ".join(str(w.message) for w in warned)
