@@ -608,6 +608,14 @@ MUTANTS: tuple[Mutant, ...] = (
            "dpcli/api.py", "cert = certify_selection(S, pruned, cfg, ctx)",
            "cert = certify_selection(S, pruned, cfg, Context(S=S, labels=np.zeros(n, dtype=np.int64)))",
            ("tests/test_api.py::test_prune_warns_of_a_skewed_class_share_like_the_cli",)),
+    Mutant("freeze-head-fit-options-dropped", "--max-iter/--tol never reach the --freeze-backbone head fit",
+           "dpcli/stages/embeddings.py", "damping=damping, tol=tol, max_iter=max_iter,",
+           "damping=damping,",
+           ("tests/cli/test_options_act.py::test_the_head_fit_options_reach_the_frozen_backbone_fit",)),
+    Mutant("train-damping-ignored", "train takes --damping without --freeze-backbone and ignores it",
+           "dpcli/cli/train.py", 'o.refuse(o.given(), ("damping", "max_iter", "tol"),',
+           'o.refuse(o.given(), ("max_iter", "tol"),',
+           ("tests/cli/test_options_act.py::test_train_refuses_options_its_path_would_leave_unused",)),
 )
 
 

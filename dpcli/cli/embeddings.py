@@ -4,10 +4,40 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
+
+import typer
 
 from dpcli import console
 from dpcli.errors import DpcliError
+
+
+def max_iter_option(panel: str, where: str) -> Any:
+    """``--max-iter`` of the head fit (``influence --features``, ``--freeze-backbone``)."""
+    from dpcli.cli.options import default_note
+
+    return Annotated[Optional[int], typer.Option(
+        "--max-iter", metavar="N", rich_help_panel=panel,
+        help=f"{where}: at most N Newton steps for the head fit (a fit stopped short of --tol says so, with what "
+             "to do). " + default_note(100))]
+
+
+def tol_option(panel: str, where: str) -> Any:
+    """``--tol`` of the head fit."""
+    from dpcli.cli.options import default_note
+
+    return Annotated[Optional[float], typer.Option(
+        "--tol", rich_help_panel=panel,
+        help=f"{where}: the head fit stops at ||gradient|| <= TOL of its objective (mean CE + damping/2 "
+             "||theta||^2). " + default_note("1e-7"))]
+
+
+def head_fit_settings(tol: Optional[float], max_iter: Optional[int]) -> tuple[float, int]:
+    """The head fit's (tol, max_iter), the defaults filled in, refused in one line when out of range."""
+    from dpcli.influence import head
+
+    return head.check_options(head.DEFAULT_TOL if tol is None else tol,
+                              head.DEFAULT_MAX_ITER if max_iter is None else max_iter)
 
 
 def influence_from_features(features, labels, test_features, test_labels, icfg, checkpoint, out: Optional[Path],
@@ -15,15 +45,13 @@ def influence_from_features(features, labels, test_features, test_labels, icfg, 
                             max_iter: Optional[int] = None) -> None:
     """influence --features: fit the head on the embeddings, then S with the registered estimator."""
     from dpcli.data.embeddings import load_embeddings
-    from dpcli.influence import head
     from dpcli.stages import embeddings
 
     if checkpoint:
         raise DpcliError("give either a checkpoint or --features, not both")
     if features is None or labels is None:
         raise DpcliError("--features and --labels go together")
-    tol, max_iter = head.check_options(head.DEFAULT_TOL if tol is None else tol,
-                                       head.DEFAULT_MAX_ITER if max_iter is None else max_iter)
+    tol, max_iter = head_fit_settings(tol, max_iter)
     emb = load_embeddings(features, labels, test_features, test_labels)
     path = out or Path(features).with_name("influence.h5")
     with console.progress_bar(f"influence ({icfg.method}, features)") as update:

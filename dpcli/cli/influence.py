@@ -7,6 +7,7 @@ import typer
 
 from dpcli import console
 from dpcli.cli import options as o
+from dpcli.cli.embeddings import max_iter_option, tol_option
 from dpcli.errors import DpcliError
 
 @o.expands
@@ -45,14 +46,8 @@ def command(
         help="With --features: held-out features, for the test gradient and verify-bound.")] = None,
     test_labels: Annotated[Optional[Path], typer.Option(
         "--test-labels", metavar="FILE", rich_help_panel=o.P_EMBED, help="With --test-features: their labels.")] = None,
-    max_iter: Annotated[Optional[int], typer.Option(
-        "--max-iter", metavar="N", rich_help_panel=o.P_EMBED,
-        help="With --features: at most N Newton steps for the head fit (a fit stopped short of --tol says so, "
-             "with what to do). " + o.default_note(100))] = None,
-    tol: Annotated[Optional[float], typer.Option(
-        "--tol", rich_help_panel=o.P_EMBED,
-        help="With --features: the head fit stops at ||gradient|| <= TOL of its objective (mean CE + damping/2 "
-             "||theta||^2). " + o.default_note("1e-7"))] = None,
+    max_iter: max_iter_option(o.P_EMBED, "With --features") = None,
+    tol: tol_option(o.P_EMBED, "With --features") = None,
     job: o.Job = o.job_options().without("run_root"),
 ) -> None:
     """Compute S (n x d): each sample's influence on the last linear layer, written to influence.h5.

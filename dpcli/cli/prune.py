@@ -7,6 +7,7 @@ import typer
 
 from dpcli import console
 from dpcli.cli import options as o
+from dpcli.cli.embeddings import max_iter_option, tol_option
 from dpcli.errors import DpcliError
 
 EPILOG = ("SOURCE is a file when it ends in .h5/.hdf5 or contains a '/', else a dataset name. "
@@ -73,7 +74,7 @@ def print_mask(mask) -> None:
 
 
 # options that act only when SOURCE is a dataset name (they train the model and compute S)
-DATASET_ONLY = ("sketch", "proxy", "freeze_backbone", "snapshot_epochs", "run_root")
+DATASET_ONLY = ("sketch", "proxy", "freeze_backbone", "snapshot_epochs", "run_root", "max_iter", "tol")
 # training options that only the training loop reads (not a frozen backbone's head fit)
 LOOP_ONLY = ("epochs", "lr", "momentum", "batch_size", "augment", "snapshot_epochs", "channels_last", "compile",
              "fp32", "deterministic")
@@ -99,6 +100,8 @@ def check_given(given: dict[str, str], kind: str, pcfg) -> None:
         o.refuse(given, ("freeze_backbone",), "--proxy trains its own network to compute S")
     if "freeze_backbone" in given:
         o.refuse(given, LOOP_ONLY, "--freeze-backbone fits the last layer to convergence, without the training loop")
+    else:
+        o.refuse(given, ("max_iter", "tol"), "they set the --freeze-backbone head fit")
     selector = SELECTORS.get(pcfg.method)
     if not selector.solves:
         o.refuse(given, ("solver", "time_budget"), f"--method {pcfg.method} does not run a solver")
@@ -135,6 +138,8 @@ def command(
     training: o.Training = o.training(o.P_DS_TRAIN),
     snapshot_epochs: o.snapshot_epochs(o.P_DS_TRAIN) = None,
     freeze_backbone: o.freeze_backbone(o.P_DS_TRAIN) = False,
+    max_iter: max_iter_option(o.P_DS_TRAIN, "Dataset mode, --freeze-backbone") = None,
+    tol: tol_option(o.P_DS_TRAIN, "Dataset mode, --freeze-backbone") = None,
     estimation: o.Estimation = o.estimation(o.P_DS_INFLUENCE),
     solve: o.Solve = o.solve_options(o.P_DS_INFLUENCE),
     sketch: Annotated[Optional[int], typer.Option(
@@ -170,6 +175,7 @@ def command(
     kind = ("external" if embeddings.is_external_S(source) else "influence" if pipeline.is_artifact_path(source)
             else "dataset")
     check_given(given, kind, pcfg)
+    head_fit = embeddings.head_fit_settings(tol, max_iter)
     o.epoch_list(snapshot_epochs, 1 << 30)  # its syntax now; its range once the dataset's epochs are known
     if kind == "external":  # an S computed elsewhere: no lineage, still certified from S
         from dpcli.stages.external import prune_external
@@ -189,7 +195,8 @@ def command(
         chain = {}
     else:
         mask, chain = _dataset_mode(source, pcfg, icfg, job, training, outputs, out, proxy=proxy,
-                                    freeze_backbone=freeze_backbone, snapshot_epochs=snapshot_epochs)
+                                    freeze_backbone=freeze_backbone, snapshot_epochs=snapshot_epochs,
+                                    head_fit=head_fit)
     print_mask(mask)
     from dpcli.artifacts.runs import link_latest
 
@@ -200,7 +207,7 @@ def command(
 
 
 def _dataset_mode(source: str, pcfg, icfg, job, training, outputs, out: Optional[Path], *, proxy: Optional[str],
-                  freeze_backbone: bool, snapshot_epochs: Optional[str]):
+                  freeze_backbone: bool, snapshot_epochs: Optional[str], head_fit: tuple[float, int]):
     """train -> influence -> prune on a dataset name (or Selection via Proxy); the mask and what led to it."""
     from dpcli.artifacts.runs import checkpoint_path, influence_path, mask_path
     from dpcli.stages import pipeline
@@ -226,7 +233,7 @@ def _dataset_mode(source: str, pcfg, icfg, job, training, outputs, out: Optional
         from dpcli.stages import embeddings
 
         info = embeddings.freeze_backbone(tcfg, ds, ck_path.parent, device=dev, icfg=icfg, damping=icfg.damping,
-                                          info=console.info)
+                                          info=console.info, head_fit=head_fit)
         mask = pipeline.run_prune(info.path, pcfg, out or mask_path(info.path, pcfg), outputs, device=dev,
                                   data_root=job.data_root, ds=ds)
         return mask, {"influence": str(info.path), "freeze_backbone": True}

@@ -8,6 +8,7 @@ import typer
 
 from dpcli import console
 from dpcli.cli import options as o
+from dpcli.cli.embeddings import head_fit_settings, max_iter_option, tol_option
 from dpcli.errors import DpcliError
 
 @o.expands
@@ -21,6 +22,8 @@ def command(
     freeze_backbone: o.freeze_backbone(o.P_MODEL) = False,
     damping: Annotated[Optional[float], typer.Option(
         "--damping", rich_help_panel=o.P_MODEL, help="--freeze-backbone: the L2 strength of the head fit.")] = None,
+    max_iter: max_iter_option(o.P_MODEL, "--freeze-backbone") = None,
+    tol: tol_option(o.P_MODEL, "--freeze-backbone") = None,
     job: o.Job = o.job_options(),
 ) -> None:
     """Train the full-data model (ERM) and write checkpoint.h5; an interrupted run resumes.
@@ -34,6 +37,13 @@ def command(
     from dpcli.stages import pipeline
 
     console.set_quiet(job.quiet)
+    from dpcli.cli.prune import LOOP_ONLY
+
+    if freeze_backbone:
+        o.refuse(o.given(), LOOP_ONLY, "--freeze-backbone fits the last layer to convergence, without the training loop")
+        head_fit = head_fit_settings(tol, max_iter)
+    else:
+        o.refuse(o.given(), ("damping", "max_iter", "tol"), "they set the --freeze-backbone head fit")
     pipeline.check_writable(out, "--out")
     pipeline.check_writable(pipeline.run_root_of(job.run_root) if out is None else None, "--run-root", directory=True)
     from dpcli.artifacts.runs import checkpoint_path, link_latest
@@ -55,7 +65,7 @@ def command(
         from dpcli.stages import embeddings
 
         info = embeddings.freeze_backbone(cfg, ds, path.parent, device=dev, icfg=InfluenceConfig().validate(),
-                                          damping=damping, info=console.info)
+                                          damping=damping, info=console.info, head_fit=head_fit)
         console.info(f"frozen backbone: influence {info.path}  S is {info.n} x {info.d}; next: dpcli prune {info.path}")
         link_latest(pipeline.run_root_of(job.run_root), {"influence": info.path})
         if job.json:

@@ -449,10 +449,11 @@ def verify_bound(influence: Path, masks: list["MaskInfo"], out_dir: Path, *, ran
 
 # ------------------------------------------------------------------------------------------ frozen backbone
 def freeze_backbone(config, ds, out_dir: Path, *, device: Any, icfg: "InfluenceConfig",
-                    damping: float | None = None, info: Callable[[str], None] | None = None) -> "InfluenceInfo":
+                    damping: float | None = None, info: Callable[[str], None] | None = None,
+                    head_fit: tuple[float, int] = (DEFAULT_TOL, DEFAULT_MAX_ITER)) -> "InfluenceInfo":
     """``train --freeze-backbone``: features of the (pretrained) backbone computed once and cached as
-    .npy in ``out_dir``, then the head fit and exact influence of :func:`embeddings_influence`, all on
-    ``device``."""
+    .npy in ``out_dir``, then the head fit (``head_fit`` = its tol and max_iter) and exact influence of
+    :func:`embeddings_influence`, all on ``device``."""
     from dpcli.artifacts.h5 import config_key
     from dpcli.train.loop import extract_features, make_model
 
@@ -475,5 +476,6 @@ def freeze_backbone(config, ds, out_dir: Path, *, device: Any, icfg: "InfluenceC
 
         emb.lineage[preprocess.LINEAGE_KEY] = preprocess.to_dict(ds.input)
     damping = damping if damping is not None else (config.weight_decay or DEFAULT_DAMPING)
-    return embeddings_influence(emb, out_dir / "influence.h5", icfg, damping=damping, device=device, info=info,
-                                space=ds.samples)
+    tol, max_iter = head_fit
+    return embeddings_influence(emb, out_dir / "influence.h5", icfg, damping=damping, tol=tol, max_iter=max_iter,
+                                device=device, info=info, space=ds.samples)

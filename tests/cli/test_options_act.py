@@ -124,7 +124,7 @@ def test_options_that_need_what_an_external_S_lacks_are_refused(tmp_path, capsys
 
 
 def test_dataset_mode_prune_takes_freeze_backbone(tmp_path, capsys):
-    from dpcli.stages.embeddings import is_embeddings_run
+    from dpcli.data.embeddings import is_embeddings_run
 
     args = ["prune", "digits", "--freeze-backbone", "--arch", "convnet", "--width", "4", "--depth", "1",
             "--device", "cpu", "--prune-ratio", "0.3", "--method", "optimization", "--run-root", tmp_path / "runs"]
@@ -192,3 +192,28 @@ def test_retrain_and_verify_bound_refuse_the_pruning_options_a_given_mask_leaves
     assert "--prune-ratio, --solver have no effect here" in line
     assert "--time-budget has no effect here" in _err(["verify-bound", "digits", "--mask", mask, "--time-budget",
                                                          "5"], capsys)
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--freeze-backbone", "--epochs", "2"], "--epochs has no effect here: --freeze-backbone fits the last layer"),
+    (["--freeze-backbone", "--lr", "0.1", "--snapshot-epochs", "1"], "--lr, --snapshot-epochs have no effect here"),
+    (["--damping", "0.01", "--tol", "1e-5"], "--damping, --tol have no effect here: they set the --freeze-backbone"),
+    (["--freeze-backbone", "--max-iter", "0"], "--max-iter must be a positive integer"),
+])
+def test_train_refuses_options_its_path_would_leave_unused(tmp_path, capsys, extra, fragment):
+    assert fragment in _err(["train", "digits", "--run-root", tmp_path / "runs", *extra], capsys)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_head_fit_options_reach_the_frozen_backbone_fit(tmp_path, capsys):
+    """train --freeze-backbone --max-iter/--tol set the head fit that S is taken at (recorded in influence.h5)."""
+    args = ["train", "digits", "--freeze-backbone", "--arch", "convnet", "--width", "4", "--depth", "1",
+            "--device", "cpu", "--run-root", tmp_path / "runs", "--json"]
+    code, out, err = run_cli([*map(str, args), "--max-iter", "1", "--tol", "1e-12"], capsys)
+    assert code == 0, err
+    with h5py.File(json.loads(out)["influence"], "r") as f:
+        assert f.attrs["head_max_iter"] == 1 and f.attrs["head_tol"] == 1e-12
+        assert f.attrs["head_iterations"] == 1 and f.attrs["head_grad_norm"] > 1e-12
+    assert "raise --max-iter" in err  # a fit stopped short says what to do
+    assert "--max-iter has no effect here" in _err(["prune", "digits", "--max-iter", "3", "--prune-ratio", "0.3",
+                                                    "--run-root", tmp_path / "runs"], capsys)
