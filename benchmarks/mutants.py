@@ -616,6 +616,9 @@ MUTANTS: tuple[Mutant, ...] = (
            "dpcli/cli/train.py", 'o.refuse(o.given(), ("damping", "max_iter", "tol"),',
            'o.refuse(o.given(), ("max_iter", "tol"),',
            ("tests/cli/test_options_act.py::test_train_refuses_options_its_path_would_leave_unused",)),
+    Mutant("reference-drops-an-option", "the generated CLI reference leaves out each panel's first option",
+           "dpcli/cli/reference.py", "        for p in params:", "        for p in params[1:]:",
+           ("tests/cli/test_reference.py::test_every_option_row_of_the_help_screen_is_in_the_command_table",)),
 )
 
 
