@@ -12,6 +12,7 @@ cells at two or more shares are drawn, so a panel shows trends rather than isola
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import statistics
@@ -63,7 +64,7 @@ def plot(cells: dict[str, list[dict]], out: Path) -> None:
     for ax, regime in zip(axes.flat, regimes):
         stats, full = summarize(cells[regime])
         order = [m for m in PREFERRED if m in stats] + sorted(m for m in stats if m not in PREFERRED)
-        palette = iter(plt.cm.tab20.colors[2:])  # the first pair (blue) is auto's alone
+        palette = itertools.cycle(plt.cm.tab20.colors[2:])  # the first pair (blue) is auto's alone
         for method in order:
             pts = stats[method]
             if len(pts) < 2:
