@@ -289,7 +289,7 @@ Strata = Annotated[int, typer.Option(
     help="optimization / auto: prune the same share of each of K difficulty quantile bins (mean training loss); 1 = off.")]
 HardCutoff = Annotated[Optional[str], typer.Option(
     "--hard-cutoff", metavar="B|auto|Fx", rich_help_panel=P_TUNING,
-    help="optimization / ccs / ccs-loss / d2: prune this share B of all samples, hardest first, before selecting; "
+    help="optimization / ccs / ccs-loss / d2: prune this share B of all samples (of each class with --balance), hardest first, before selecting; "
          "auto = CCS's schedule (B = ratio - 0.6 clipped to [0, 0.4]: CCS's published 0.2 at 80 % and 0.3 at 90 % "
          "pruned); Fx = F times the prune ratio. " + default_note("0 for optimization and --method auto, auto for ccs, ccs-loss, d2"))]
 MatchFeatures = Annotated[bool, typer.Option(

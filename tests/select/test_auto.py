@@ -16,6 +16,7 @@ from dpcli.select.linalg import count_from_ratio
 from dpcli.select.methods import auto
 from dpcli.select.registry import SELECTORS
 from tests.conftest import run_cli
+from tests.select.quotas import class_quotas
 
 
 def _problem(n: int, dim: int, classes: int, noise: float, sep: float, seed: int):
@@ -55,8 +56,8 @@ def test_rich_separable_keeps_the_objective_within_class_quotas(rich):
     assert rec["line"].startswith("auto: coverage=balanced (held-out acc ")
     base = dp.prune(S, prune_ratio=0.5, labels=y, method="optimization", balance=True)
     assert np.array_equal(sel.keep, base.keep) and sel.norm == base.norm
-    # every class pruned by the same share: half of each class kept (rounding: one either way)
-    assert np.all(np.abs(np.bincount(y[sel.keep], minlength=3) - np.bincount(y) / 2) <= 1)
+    # every class pruned by exactly its largest-remainder share of the count
+    assert np.bincount(y[~sel.keep], minlength=3).tolist() == class_quotas(np.bincount(y).tolist(), count_from_ratio(len(y), 0.5))
     assert [c["name"] for c in rec["candidates"]] == [r.name for r in auto.LADDER]
     assert all(c["gain_vs_base"] <= c["noise"] for c in rec["candidates"])
 
