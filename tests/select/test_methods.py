@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import TINY, run_cli, run_json
+from tests.select.quotas import class_quotas
 from dpcli.select import solvers as selection
 from dpcli.config import PruneConfig
 from dpcli.select.base import SELECTORS
@@ -137,8 +138,8 @@ def test_covered_optimization_via_cli_and_retrain(tiny_run, tmp_path, capsys):
                      "--strata", "3", "--hard-cutoff", "0.05")
     with h5py.File(tiny_run.influence, "r") as f:
         labels = f["labels"][()]
-    for c in np.unique(labels):  # the hard cutoff is global, so per-class shares differ by its spill-over
-        assert abs((~mask.keep)[labels == c].mean() - 0.5) < 0.1
+    sizes = np.bincount(labels).tolist()  # each class pruned by exactly its share (the cutoff is per class)
+    assert np.bincount(labels[~mask.keep], minlength=len(sizes)).tolist() == class_quotas(sizes, mask.n_pruned)
     summary = run_json(["retrain", "digits", "--mask", mask.path, *TINY, "--out", tmp_path / "r.h5"], capsys)
     assert summary["n_kept"] == mask.n_kept
     ck = load_checkpoint(tmp_path / "r.h5", weights=False)
@@ -151,8 +152,12 @@ def test_relative_hard_cutoff_prunes_the_hardest_share(tiny_run, tmp_path, capsy
     _, mask = _prune(tiny_run, tmp_path, capsys, "optimization", "--prune-ratio", "0.4", "--balance",
                      "--hard-cutoff", "0.5x", "--match-features")
     diff = difficulty(load_dynamics(tiny_run.checkpoint))
-    hardest = np.lexsort((np.arange(len(diff)), -diff))[:round(0.2 * len(diff))]
-    assert (~mask.keep)[hardest].all()
+    with h5py.File(tiny_run.influence, "r") as f:
+        labels = f["labels"][()]
+    for c in np.unique(labels):  # --balance: the hardest fifth of each class
+        members = np.flatnonzero(labels == c)
+        hardest = members[np.lexsort((members, -diff[members]))[:round(0.2 * len(members))]]
+        assert (~mask.keep)[hardest].all()
     assert mask.n_pruned == selection.count_from_ratio(len(diff), 0.4)
 
 
