@@ -84,7 +84,7 @@ _SPEED_FIELDS = ("channels_last", "compile", "deterministic", "fp32")
 class InfluenceConfig:
     """How S is estimated from a checkpoint."""
 
-    method: str = "exact"
+    estimator: str = "exact"
     damping: float | None = None  # None: the checkpoint's weight decay (the true L2 curvature)
     lissa_depth: int = 1000
     lissa_scale: float = 10.0
@@ -96,14 +96,14 @@ class InfluenceConfig:
     cg_max_iter: int = 1000
     sketch_k: int | None = None
     sketch_seed: int = 0
-    sgd_epochs: int | None = None  # --method sgd: replay the last E recorded epochs (None: all)
+    sgd_epochs: int | None = None  # --estimator sgd: replay the last E recorded epochs (None: all)
     # exact: float64 Cholesky, or a float32 one refined in float64 to cg_tol (GPUs with slow float64); "auto" picks
     precision: str = "float64"
 
     def validate(self) -> "InfluenceConfig":
         from dpcli.influence.base import ESTIMATORS
 
-        ESTIMATORS.get(self.method)  # one line naming the choices for an unknown name
+        ESTIMATORS.get(self.estimator)  # one line naming the choices for an unknown name
         if self.damping is not None and not (math.isfinite(self.damping) and self.damping > 0):
             raise DpcliError(f"--damping must be a positive finite number, got {self.damping}")
         _positive_int("--lissa-depth", self.lissa_depth)
@@ -123,9 +123,9 @@ class InfluenceConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        if self.method != "lissa":  # LiSSA knobs do not change an exact S
+        if self.estimator != "lissa":  # LiSSA knobs do not change an exact S
             d = {k: v for k, v in d.items() if not k.startswith("lissa") and k != "seed"}
-        if self.method != "sgd":
+        if self.estimator != "sgd":
             d.pop("sgd_epochs", None)
         # scale options appear only when set, so existing run-directory keys stay valid
         for key, default in (("cg_tol", 1e-6), ("cg_max_iter", 1000), ("sketch_k", None), ("sketch_seed", 0),

@@ -21,7 +21,7 @@ def influence_from_features(features, labels, test_features, test_labels, icfg, 
         raise DpcliError("--features and --labels go together")
     emb = embeddings.load_embeddings(features, labels, test_features, test_labels)
     path = out or Path(features).with_name("influence.h5")
-    with console.progress_bar(f"influence ({icfg.method}, features)") as update:
+    with console.progress_bar(f"influence ({icfg.estimator}, features)") as update:
         info = embeddings.embeddings_influence(emb, path, icfg, damping=icfg.damping, device=dev,
                                                progress=lambda done, total: update(done, total), info=console.info)
     console.info(f"influence: {info.path}  S is {info.n} x {info.d} ({info.method}, head fitted with L2 "

@@ -398,7 +398,7 @@ class Estimation(SimpleNamespace):
         from dpcli.stages import pipeline
 
         pipeline.check_estimator(self.estimator)
-        return InfluenceConfig(method=self.estimator, damping=self.damping, lissa_depth=self.lissa_depth,
+        return InfluenceConfig(estimator=self.estimator, damping=self.damping, lissa_depth=self.lissa_depth,
                                lissa_scale=self.lissa_scale, lissa_batch_size=self.lissa_batch_size,
                                lissa_repeats=self.lissa_repeats, seed=self.lissa_seed, **more).validate()
 
@@ -444,7 +444,7 @@ def estimation(panel: str) -> Group:
             "--estimator", metavar="NAME", rich_help_panel=panel,
             help="Influence estimator: @ESTIMATORS@. exact = dense Hessian, Cholesky (cg above "
                  "d = 16384); cg = conjugate gradients; lissa = the paper's; sgd = SGD-Influence (replays training).")],
-            default("method")),
+            default("estimator")),
         damping=(damping(panel), None),
         lissa_depth=(Annotated[int, typer.Option(
             "--lissa-depth", rich_help_panel=panel, help="LiSSA recursion depth.")], default("lissa_depth")),

@@ -401,8 +401,8 @@ def embeddings_influence(emb: Embeddings, out: Path, cfg: "InfluenceConfig", *, 
     from dpcli.stages.core import read_influence_info
 
     cfg.validate()
-    if cfg.method == "sgd":
-        raise DpcliError("--method sgd replays a recorded training run; on features use exact, cg or lissa")
+    if cfg.estimator == "sgd":
+        raise DpcliError("--estimator sgd replays a recorded training run; on features use exact, cg or lissa")
     t0 = time.perf_counter()
     dev = device or torch.device("cpu")
     damping = DEFAULT_DAMPING if damping is None else float(damping)
@@ -420,7 +420,7 @@ def embeddings_influence(emb: Embeddings, out: Path, cfg: "InfluenceConfig", *, 
     else:
         test_grad = None
     attrs = {
-        "method": cfg.method, "damping": float(damping), "n": n, "d": d, "num_classes": c, "feature_dim": dim,
+        "method": cfg.estimator, "damping": float(damping), "n": n, "d": d, "num_classes": c, "feature_dim": dim,
         "config": {**cfg.to_dict(), "damping": damping, "source": SOURCE}, "checkpoint": "",
         "checkpoint_fingerprint": "", "dataset": f"{SOURCE}:{Path(emb.lineage.get('features', 'in-memory')).name}",
         "dataset_fingerprint": emb.fingerprint, "source": SOURCE, "lineage": emb.lineage,
@@ -436,7 +436,7 @@ def embeddings_influence(emb: Embeddings, out: Path, cfg: "InfluenceConfig", *, 
     with atomic_h5(out, "influence", attrs) as f:
         dset = create_rows(f, "S", n, width)
         hasher = StreamHash()
-        presketched = sketch is not None and (cfg.method == "cg" or not dense_fits(c, dim))
+        presketched = sketch is not None and (cfg.estimator == "cg" or not dense_fits(c, dim))
 
         def sink(start: int, rows: np.ndarray) -> None:
             if not np.all(np.isfinite(rows)):
@@ -451,7 +451,7 @@ def embeddings_influence(emb: Embeddings, out: Path, cfg: "InfluenceConfig", *, 
                                    max_iter=cfg.cg_max_iter, sink=sink, progress=progress)
         else:
             problem = LastLayer(x, y, head.weight, head.bias)  # float64: the optimum, not a rounding of it
-            solved = ESTIMATORS.get(cfg.method)(cfg).solve(problem, damping=damping, rows=(0, n), sink=sink,
+            solved = ESTIMATORS.get(cfg.estimator)(cfg).solve(problem, damping=damping, rows=(0, n), sink=sink,
                                                             progress=progress, info=info)
         for key, value in solved.items():
             set_attr(f, key, value)

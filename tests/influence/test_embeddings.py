@@ -37,7 +37,7 @@ def test_S_matches_leave_one_out_refits():
     n, lam = 60, 1e-2
     x, y = blobs(n, 4, 3)
     emb = E.from_arrays(x, y)
-    S, head = E.influence_in_memory(emb, InfluenceConfig(method="exact"), damping=lam)
+    S, head = E.influence_in_memory(emb, InfluenceConfig(estimator="exact"), damping=lam)
     assert head.grad_norm <= E.DEFAULT_TOL
     idx = np.arange(0, n, 5)
     loo = []
@@ -90,9 +90,9 @@ def test_newton_with_a_subsampled_hessian_reaches_the_same_optimum(monkeypatch):
 def test_sketch_first_solve_equals_S_times_R(tmp_path):
     x, y = blobs(90, 5, 3, seed=2)
     emb = E.from_arrays(x, y)
-    S, head = E.influence_in_memory(emb, InfluenceConfig(method="exact"), damping=1e-2)
+    S, head = E.influence_in_memory(emb, InfluenceConfig(estimator="exact"), damping=1e-2)
     out = tmp_path / "sk.h5"
-    E.embeddings_influence(emb, out, InfluenceConfig(method="cg", sketch_k=7, sketch_seed=3, cg_tol=1e-10),
+    E.embeddings_influence(emb, out, InfluenceConfig(estimator="cg", sketch_k=7, sketch_seed=3, cg_tol=1e-10),
                            damping=1e-2)
     with h5py.File(out, "r") as f:
         sk = f["S"][()]
