@@ -399,6 +399,14 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("env-cache-workers-lenient", "a malformed DPCLI_CACHE_WORKERS is silently ignored",
            "dpcli/env.py", "    if not env.isdigit():\n        raise DpcliError(", "    if False:\n        raise DpcliError(",
            ("tests/test_env.py",)),
+    # ---- issue 29: the mask's run key holds every option of its selector
+    Mutant("run-key-drops-option", "the mask's run key leaves out --time-budget (a stale mask is reused)",
+           "dpcli/config.py", "for k, v in dataclasses.asdict(self).items() if k in names}",
+           "for k, v in dataclasses.asdict(self).items() if k in names and k != \"time_budget\"}",
+           ("tests/select/test_run_key.py",)),
+    Mutant("run-key-no-coverage", "selectors' declared options leave out the coverage options",
+           "dpcli/select/base.py", "*(COVERAGE_OPTIONS if cls.coverage else ())", "*()",
+           ("tests/select/test_run_key.py",)),
     # ---- issue 29: class quotas with strata, the hard cutoff per class
     Mutant("quotas-over-groups", "strata quotas rounded over class x stratum groups at once (a class drifts from "
            "its share; a class of 3 in 3 strata is emptied)",

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from tests.conftest import TINY, run_cli, run_json
 from tests.select.quotas import class_quotas
 from dpcli.select import solvers as selection
-from dpcli.config import PruneConfig
 from dpcli.select.base import SELECTORS
 from dpcli.data.sources import load_dataset
 from dpcli.stages.core import load_S, read_mask
@@ -172,12 +171,3 @@ def test_user_errors(tiny_run, tmp_path, capsys):
         code, out, err = run_cli(["prune", tiny_run.influence, *args, "--out", tmp_path / "x.h5"], capsys)
         assert code == 2 and out == "" and "Traceback" not in err
         assert fragment in err and err.startswith("dpcli: error:") and err.strip().count("\n") == 0, err
-
-
-def test_default_keys_are_unchanged():
-    # the paper's objective keeps the keys masks had before auto became the default; auto has its own
-    assert PruneConfig(ratio=0.5, method="optimization").to_dict() == {
-        "epsilon": None, "ratio": 0.5, "count": None, "solver": "swap", "time_budget": None, "seed": 0}
-    assert PruneConfig(ratio=0.5).to_dict() == {**PruneConfig(ratio=0.5, method="optimization").to_dict(),
-                                                "method": "auto"}
-    assert PruneConfig(ratio=0.5, method="el2n").to_dict()["score_seeds"] == 3
