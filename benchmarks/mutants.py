@@ -407,6 +407,14 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("run-key-no-coverage", "selectors' declared options leave out the coverage options",
            "dpcli/select/base.py", "*(COVERAGE_OPTIONS if cls.coverage else ())", "*()",
            ("tests/select/test_run_key.py",)),
+    # ---- issue 29: the sketch over more than one block of R
+    Mutant("sketch-blocks-one-seed", "every block of the sketch's R is drawn from the same seed (repeated rows)",
+           "dpcli/influence/sketch.py", "np.random.SeedSequence([self.seed, j])", "np.random.SeedSequence([self.seed, 0])",
+           ("tests/influence/test_sketch_blocks.py",)),
+    Mutant("sketch-blocks-offset", "apply() multiplies every column block by R's first block",
+           "dpcli/influence/sketch.py", "out += rows[:, lo:lo + self.block_rows].astype(np.float64) @ self.block(j)",
+           "out += rows[:, lo:lo + self.block_rows].astype(np.float64) @ self.block(0)[:rows[:, lo:lo + self.block_rows].shape[1]]",
+           ("tests/influence/test_sketch_blocks.py",)),
     # ---- issue 29: class quotas with strata, the hard cutoff per class
     Mutant("quotas-over-groups", "strata quotas rounded over class x stratum groups at once (a class drifts from "
            "its share; a class of 3 in 3 strata is emptied)",
