@@ -415,6 +415,11 @@ MUTANTS: tuple[Mutant, ...] = (
            "dpcli/influence/sketch.py", "out += rows[:, lo:lo + self.block_rows].astype(np.float64) @ self.block(j)",
            "out += rows[:, lo:lo + self.block_rows].astype(np.float64) @ self.block(0)[:rows[:, lo:lo + self.block_rows].shape[1]]",
            ("tests/influence/test_sketch_blocks.py",)),
+    # ---- issue 29: the lock-reuse path of prune
+    Mutant("lock-reuse-no-indices", "a prune that waited and reuses the published mask skips --indices-out",
+           "dpcli/stages/core.py", "                    outputs.stage(pub, done.user_keep, done.samples, done.path)\n",
+           "                    pass\n",
+           ("tests/cli/test_lock_reuse.py",)),
     # ---- issue 29: class quotas with strata, the hard cutoff per class
     Mutant("quotas-over-groups", "strata quotas rounded over class x stratum groups at once (a class drifts from "
            "its share; a class of 3 in 3 strata is emptied)",
