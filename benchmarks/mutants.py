@@ -420,6 +420,16 @@ MUTANTS: tuple[Mutant, ...] = (
            "dpcli/stages/core.py", "                    outputs.stage(pub, done.user_keep, done.samples, done.path)\n",
            "                    pass\n",
            ("tests/cli/test_lock_reuse.py",)),
+    # ---- issue 29: messages name only flags, choices and modules that exist
+    Mutant("message-method-for-estimator", "an error tells the user to pass --method lissa (it is --estimator)",
+           "dpcli/influence/kernels.py", 'use --estimator lissa"', 'use --method lissa"',
+           ("tests/test_messages.py",)),
+    Mutant("message-unknown-flag", "a selector's help names --seed, which the CLI does not have",
+           "dpcli/select/methods/random.py", "(seeded by --solver-seed)", "(seeded by --seed)",
+           ("tests/test_messages.py",)),
+    Mutant("docstring-missing-module", "a docstring points at a module that does not exist",
+           "dpcli/stages/core.py", ":mod:`dpcli.influence.sketch`", ":mod:`dpcli.influence_scale`",
+           ("tests/test_messages.py",)),
     # ---- issue 29: class quotas with strata, the hard cutoff per class
     Mutant("quotas-over-groups", "strata quotas rounded over class x stratum groups at once (a class drifts from "
            "its share; a class of 3 in 3 strata is emptied)",

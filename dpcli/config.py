@@ -205,7 +205,7 @@ class PruneConfig:
 
     @property
     def uses_coverage(self) -> bool:
-        """Any of the coverage options (dpcli.coverage) is set."""
+        """Any of the coverage options (dpcli.select.coverage) is set."""
         return (self.balance or self.strata > 1 or self.cutoff != 0.0 or self.cutoff_ratio is not None
                 or self.match_features)
 

@@ -494,7 +494,7 @@ def exact_influence(features: Tensor, labels: Tensor, weight: Tensor, bias: Tens
     if d > max_dense_dim():
         raise DpcliError(
             f"the last layer has d={d} parameters, above the exact method's limit of "
-            f"{max_dense_dim()} (dense d x d Hessian); use --method lissa"
+            f"{max_dense_dim()} (dense d x d Hessian); use --estimator lissa"
         )
     factor = damped_cholesky(features, labels, weight, bias, damping, chunk_size)
     return solve_in_chunks(features, labels, weight, bias, lambda g: torch.cholesky_solve(g.T, factor).T,

@@ -70,7 +70,7 @@ def compute_influence(checkpoint: Path, out: Path, cfg: InfluenceConfig, *, devi
     """S_i = (1/n) (H + damping I)^-1 grad L(z_i) on the last linear layer, streamed to HDF5.
 
     ``shard=(i, k)`` writes only rows [floor(i n/k), floor((i+1) n/k)) (the Hessian still uses
-    all rows); ``cfg.sketch_k`` stores S @ R instead of S (see :mod:`dpcli.influence_scale`).
+    all rows); ``cfg.sketch_k`` stores S @ R instead of S (see :mod:`dpcli.influence.sketch`).
     """
     cfg.validate()
     with artifact_lock(out) as lock:

@@ -1,4 +1,4 @@
-"""Training dynamics recorded by :func:`dpcli.training.train` for the score-based selectors.
+"""Training dynamics recorded by :func:`dpcli.train.loop.train` for the score-based selectors.
 
 Per epoch and per training sample, all taken from the very forward pass that trained on it
 (augmented, train mode: what forgetting events, AUM, TDDS, DUAL and EVA are defined on): the loss,
