@@ -390,6 +390,6 @@ def test_dense_limit_names_lissa(monkeypatch: pytest.MonkeyPatch) -> None:
     assert 5130 <= max_dense_dim() and 2 * 8 * max_dense_dim() ** 2 <= 4.01 * 2**30
     args = _small()
     monkeypatch.setattr(influence, "max_dense_dim", lambda: 14)  # d = 3 * 5 = 15
-    with pytest.raises(DpcliError, match="--method lissa"):
+    with pytest.raises(DpcliError, match="--estimator lissa"):
         exact_influence(*args, damping=0.1)
     assert math.isfinite(float(lissa_influence(*args, **LISSA)[0, 0]))
