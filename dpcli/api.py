@@ -64,7 +64,7 @@ def influence(features: Any, labels: Any, *, damping: float = DEFAULT_DAMPING, e
                  num_classes=num_classes, tol=tol, max_iter=max_iter)
         _names(estimator=estimator)
         emb = from_arrays(_matrix(features, "features"), _vector(labels, "labels"), num_classes=num_classes)
-        cfg = InfluenceConfig(method=estimator, damping=damping, cg_tol=cg_tol, cg_max_iter=cg_max_iter,
+        cfg = InfluenceConfig(estimator=estimator, damping=damping, cg_tol=cg_tol, cg_max_iter=cg_max_iter,
                               sketch_k=sketch, sketch_seed=sketch_seed).validate()
         with console.progress_bar(f"influence ({estimator}, features)", total=emb.n) as update:
             return embeddings.influence_in_memory(emb, cfg, damping=damping, tol=tol, max_iter=max_iter,
@@ -84,7 +84,7 @@ def influence_file(features: str | Path, labels: str | Path, out: str | Path, *,
     with console.library(progress):
         _numbers(damping=damping, sketch=sketch, sketch_seed=sketch_seed, cg_tol=cg_tol, cg_max_iter=cg_max_iter)
         _names(estimator=estimator)
-        cfg = InfluenceConfig(method=estimator, damping=damping, cg_tol=cg_tol, cg_max_iter=cg_max_iter,
+        cfg = InfluenceConfig(estimator=estimator, damping=damping, cg_tol=cg_tol, cg_max_iter=cg_max_iter,
                               sketch_k=sketch, sketch_seed=sketch_seed).validate()
         emb = load_embeddings(Path(features), Path(labels), _opt(test_features), _opt(test_labels))
         with console.progress_bar(f"influence ({estimator}, features)", total=emb.n) as update:

@@ -36,7 +36,7 @@ class TrainConfig:
     # library models (--arch torchvision:NAME / timm:NAME): --weights and --head-module; None = unset
     weights: str | None = None
     head_module: str | None = None
-    # Speed options (docs/gpu.md); each is part of the run key only when set, so older keys stay valid.
+    # Speed options (docs/gpu.md)
     channels_last: bool | None = None  # conv models: NHWC activations; None = on for CUDA, off on the CPU
     compile: bool = False  # torch.compile the model for training steps
     deterministic: bool = False  # bitwise-repeatable CUDA runs (deterministic kernels, slower)
@@ -58,15 +58,7 @@ class TrainConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        for key in ("image_size", "weights", "head_module"):  # only when set: older run keys stay valid
-            if d[key] is None:
-                d.pop(key)
-        for key in _SPEED_FIELDS:
-            if d[key] is None or (d[key] is False and key != "channels_last"):
-                d.pop(key)  # unset speed options leave the run key of older runs unchanged
-            # channels_last=False (off even on CUDA) differs from None (the device's default) and is kept
-        return d
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
@@ -77,14 +69,13 @@ class TrainConfig:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
-_SPEED_FIELDS = ("channels_last", "compile", "deterministic", "fp32")
 
 
 @dataclass(frozen=True)
 class InfluenceConfig:
     """How S is estimated from a checkpoint."""
 
-    method: str = "exact"
+    estimator: str = "exact"
     damping: float | None = None  # None: the checkpoint's weight decay (the true L2 curvature)
     lissa_depth: int = 1000
     lissa_scale: float = 10.0
@@ -96,14 +87,14 @@ class InfluenceConfig:
     cg_max_iter: int = 1000
     sketch_k: int | None = None
     sketch_seed: int = 0
-    sgd_epochs: int | None = None  # --method sgd: replay the last E recorded epochs (None: all)
+    sgd_epochs: int | None = None  # --estimator sgd: replay the last E recorded epochs (None: all)
     # exact: float64 Cholesky, or a float32 one refined in float64 to cg_tol (GPUs with slow float64); "auto" picks
     precision: str = "float64"
 
     def validate(self) -> "InfluenceConfig":
         from dpcli.influence.base import ESTIMATORS
 
-        ESTIMATORS.get(self.method)  # one line naming the choices for an unknown name
+        ESTIMATORS.get(self.estimator)  # one line naming the choices for an unknown name
         if self.damping is not None and not (math.isfinite(self.damping) and self.damping > 0):
             raise DpcliError(f"--damping must be a positive finite number, got {self.damping}")
         _positive_int("--lissa-depth", self.lissa_depth)
@@ -123,15 +114,10 @@ class InfluenceConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        if self.method != "lissa":  # LiSSA knobs do not change an exact S
+        if self.estimator != "lissa":  # LiSSA knobs do not change an exact S
             d = {k: v for k, v in d.items() if not k.startswith("lissa") and k != "seed"}
-        if self.method != "sgd":
+        if self.estimator != "sgd":
             d.pop("sgd_epochs", None)
-        # scale options appear only when set, so existing run-directory keys stay valid
-        for key, default in (("cg_tol", 1e-6), ("cg_max_iter", 1000), ("sketch_k", None), ("sketch_seed", 0),
-                             ("precision", "float64")):
-            if d.get(key) == default:
-                d.pop(key, None)
         return d
 
 
@@ -145,9 +131,9 @@ class PruneConfig:
     solver: str = "swap"
     time_budget: float | None = None
     seed: int = 0
-    buckets: int = 1  # > 1: bucketed, parallel selection (dpcli.buckets); not a run-directory key when 1
+    buckets: int = 1  # > 1: bucketed, parallel selection (dpcli.buckets)
     workers: int | None = None  # processes for buckets [default: min(buckets, cpu count)]; never a key
-    # which selector (a name in dpcli.select.base.SELECTORS); the options below appear in the key only when set
+    # which selector (a name in dpcli.select.base.SELECTORS); the run key holds the options it reads
     method: str = "auto"  # the paper's objective, moved toward coverage when held-out data says so
     balance: bool = False  # optimization: per-class prune counts
     strata: int = 1  # optimization: difficulty quantile bins with proportional counts
@@ -219,7 +205,7 @@ class PruneConfig:
 
     @property
     def uses_coverage(self) -> bool:
-        """Any of the coverage options (dpcli.coverage) is set."""
+        """Any of the coverage options (dpcli.select.coverage) is set."""
         return (self.balance or self.strata > 1 or self.cutoff != 0.0 or self.cutoff_ratio is not None
                 or self.match_features)
 
@@ -228,19 +214,11 @@ class PruneConfig:
         return "epsilon" if self.epsilon is not None else "cardinality"
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d.pop("workers")  # the result does not depend on the worker count
-        if self.buckets == 1:
-            d.pop("buckets")  # unbucketed runs keep their existing keys
-        # "optimization" (the default before auto) stays out of the key, so masks made before auto keep theirs
-        for key, default in (("method", "optimization"), ("balance", False), ("strata", 1), ("cutoff", 0.0),
-                             ("cutoff_ratio", None), ("match_features", False)):
-            if d[key] == default:
-                d.pop(key)  # masks made before these options keep their keys
-        if self.method not in ("el2n", "grand"):
-            d.pop("score_epoch")
-            d.pop("score_seeds")
-        return d
+        """The fields that can change the mask of this selector (:meth:`Selector.options`): its run key."""
+        from dpcli.select.registry import SELECTORS
+
+        names = SELECTORS.get(self.method).options()
+        return {k: v for k, v in dataclasses.asdict(self).items() if k in names}
 
 
 

@@ -34,7 +34,9 @@ def set_no_wait(no_wait: bool | None) -> None:
 def no_wait() -> bool:
     if _NO_WAIT is not None:
         return _NO_WAIT
-    return os.environ.get("DPCLI_NO_WAIT", "").strip().lower() in ("1", "true", "yes", "on")
+    from dpcli.env import no_wait as from_env
+
+    return from_env()
 
 
 def lock_path(path: Path) -> Path:

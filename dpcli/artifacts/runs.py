@@ -28,7 +28,9 @@ from dpcli.config import InfluenceConfig, PruneConfig, TrainConfig
 
 
 def default_run_root() -> Path:
-    return Path(os.environ.get("DPCLI_RUNS", "dpcli-runs"))
+    from dpcli.env import runs_root
+
+    return runs_root()
 
 
 def dataset_slug(name: str) -> str:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 import typer
 
 from dpcli import __version__, console, interrupts
-from dpcli.cli import fast, influence, options, prune, retrain, train, verify
+from dpcli.cli import influence, options, prune, retrain, train, verify
 from dpcli.env import progress_interval
 from dpcli.errors import DpcliError
 
@@ -28,9 +28,7 @@ try:  # Typer >= 0.29 vendors Click
     from typer._click.exceptions import NoArgsIsHelpError, UsageError
     _EXITS: tuple[type[BaseException], ...] = (typer.Exit,)
     _ABORTS: tuple[type[BaseException], ...] = (typer.Abort,)
-    _VENDORED_CLICK = True  # its parse errors are worded as dpcli.cli.fast replays them
 except ImportError:  # pragma: no cover - older Typer on Click
-    _VENDORED_CLICK = False
     import click
     from click.exceptions import NoArgsIsHelpError, UsageError
 
@@ -116,17 +114,16 @@ def _one_line_warnings() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _no_wait(enabled: bool) -> Iterator[None]:
-    """``--no-wait``: the artifact locks (dpcli.artifacts) read DPCLI_NO_WAIT=1; set for this command only."""
-    old = os.environ.get("DPCLI_NO_WAIT")
+    """``--no-wait``: the artifact locks fail at once instead of waiting, for this command only."""
+    from dpcli.artifacts.lock import set_no_wait
+
     if enabled:
-        os.environ["DPCLI_NO_WAIT"] = "1"
+        set_no_wait(True)
     try:
         yield
     finally:
-        if enabled and old is None:
-            os.environ.pop("DPCLI_NO_WAIT", None)
-        elif enabled:
-            os.environ["DPCLI_NO_WAIT"] = old  # type: ignore[assignment]
+        if enabled:
+            set_no_wait(None)
 
 
 def _error(message: str) -> None:
@@ -214,20 +211,9 @@ def _usage_error(exc: Any) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Typer's side of :func:`dpcli.cli.main`: everything :mod:`dpcli.cli.fast` did not answer.
-
-    It records this command line's option tables for the fast path, and the help screen when one is
-    asked for."""
+    """Run one command line through Typer; the exit code (usage errors: one line, code 2)."""
     args = list(sys.argv[1:] if argv is None else argv)
     command = typer.main.get_command(app)
-    spec = fast.remember(command, "dpcli", click_messages=_VENDORED_CLICK)
-    with fast.recording(args, spec) as done:
-        code = _run(command, args)
-        done(code)
-    return code
-
-
-def _run(command: Any, args: list[str]) -> int:
     unfold = "--help-all" in args
     args = ["--help" if a == "--help-all" else a for a in args]
     if unfold or "--help" in args:

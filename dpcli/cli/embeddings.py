@@ -54,7 +54,7 @@ def influence_from_features(features, labels, test_features, test_labels, icfg, 
     tol, max_iter = head_fit_settings(tol, max_iter)
     emb = load_embeddings(features, labels, test_features, test_labels)
     path = out or Path(features).with_name("influence.h5")
-    with console.progress_bar(f"influence ({icfg.method}, features)") as update:
+    with console.progress_bar(f"influence ({icfg.estimator}, features)") as update:
         info = embeddings.embeddings_influence(emb, path, icfg, damping=icfg.damping, tol=tol, max_iter=max_iter,
                                                device=dev, progress=lambda done, total: update(done, total),
                                                info=console.info)

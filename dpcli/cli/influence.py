@@ -84,7 +84,7 @@ def command(
             console.emit_json(summary)
         return
     load_checkpoint(checkpoint, weights=False)  # fail early on a wrong file
-    if icfg.method == "sgd":  # ... or on one without a recorded SGD trajectory
+    if icfg.estimator == "sgd":  # ... or on one without a recorded SGD trajectory
         from dpcli.influence import sgd
 
         sgd.load_trajectory(checkpoint)

@@ -289,7 +289,7 @@ Strata = Annotated[int, typer.Option(
     help="optimization / auto: prune the same share of each of K difficulty quantile bins (mean training loss); 1 = off.")]
 HardCutoff = Annotated[Optional[str], typer.Option(
     "--hard-cutoff", metavar="B|auto|Fx", rich_help_panel=P_TUNING,
-    help="optimization / ccs / ccs-loss / d2: prune this share B of all samples, hardest first, before selecting; "
+    help="optimization / ccs / ccs-loss / d2: prune this share B of all samples (of each class with --balance), hardest first, before selecting; "
          "auto = CCS's schedule (B = ratio - 0.6 clipped to [0, 0.4]: CCS's published 0.2 at 80 % and 0.3 at 90 % "
          "pruned); Fx = F times the prune ratio. " + default_note("0 for optimization and --method auto, auto for ccs, ccs-loss, d2"))]
 MatchFeatures = Annotated[bool, typer.Option(
@@ -398,7 +398,7 @@ class Estimation(SimpleNamespace):
         from dpcli.stages import pipeline
 
         pipeline.check_estimator(self.estimator)
-        return InfluenceConfig(method=self.estimator, damping=self.damping, lissa_depth=self.lissa_depth,
+        return InfluenceConfig(estimator=self.estimator, damping=self.damping, lissa_depth=self.lissa_depth,
                                lissa_scale=self.lissa_scale, lissa_batch_size=self.lissa_batch_size,
                                lissa_repeats=self.lissa_repeats, seed=self.lissa_seed, **more).validate()
 
@@ -444,7 +444,7 @@ def estimation(panel: str) -> Group:
             "--estimator", metavar="NAME", rich_help_panel=panel,
             help="Influence estimator: @ESTIMATORS@. exact = dense Hessian, Cholesky (cg above "
                  "d = 16384); cg = conjugate gradients; lissa = the paper's; sgd = SGD-Influence (replays training).")],
-            default("method")),
+            default("estimator")),
         damping=(damping(panel), None),
         lissa_depth=(Annotated[int, typer.Option(
             "--lissa-depth", rich_help_panel=panel, help="LiSSA recursion depth.")], default("lissa_depth")),

@@ -278,13 +278,9 @@ def make_dataset(name: str, train: Split, test: Split, classes: Sequence[str], a
 
 def default_data_root() -> Path:
     """``$DPCLI_DATA``, else ``$XDG_CACHE_HOME/dpcli/data``, else ``~/.cache/dpcli/data``."""
-    env = os.environ.get("DPCLI_DATA")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    if xdg:
-        return Path(xdg).expanduser() / "dpcli" / "data"
-    return Path.home() / ".cache" / "dpcli" / "data"
+    from dpcli.env import data_root
+
+    return data_root()
 
 
 # --------------------------------------------------------------------------- sources

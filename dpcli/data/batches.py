@@ -10,7 +10,6 @@ batches whichever way the images are stored.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -105,17 +104,9 @@ def heap_trimmer(every: int | None = None) -> Callable[[int], None]:
 
 def loader_workers() -> int:
     """DataLoader worker processes for streamed splits: ``$DPCLI_LOADER_WORKERS``, else min(4, CPUs)."""
-    env = os.environ.get("DPCLI_LOADER_WORKERS")
-    if env:
-        try:
-            return max(0, int(env))
-        except ValueError:
-            raise DpcliError(f"DPCLI_LOADER_WORKERS must be an integer, got {env!r}") from None
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        n = os.cpu_count() or 1
-    return min(4, n)
+    from dpcli.env import loader_workers as from_env
+
+    return from_env()
 
 
 def _device_tensors(split: Split, device: torch.device) -> tuple[Tensor, Tensor] | None:

@@ -75,14 +75,9 @@ def stored_side(image_size: int) -> int:
 
 def build_workers() -> int:
     """Cache-building processes: ``$DPCLI_CACHE_WORKERS``, else the CPUs this process may use (<= 16)."""
-    env = os.environ.get("DPCLI_CACHE_WORKERS")
-    if env and env.isdigit():
-        return max(1, int(env))
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        n = os.cpu_count() or 1
-    return max(1, min(n, 16))
+    from dpcli.env import cache_workers
+
+    return cache_workers()
 
 
 def open_or_build(path: Path, files: Sequence[str], labels: np.ndarray, n_train: int, image_size: int | None,

@@ -19,7 +19,6 @@ it is expected to beat the PIL worker processes, see :func:`decoder`), ``cuda`` 
 from __future__ import annotations
 
 import io
-import os
 import warnings
 from collections.abc import Sequence
 
@@ -58,7 +57,9 @@ def decoder(files: Sequence[str] = (), env: str | None = None, workers: int = 1,
     would be slower than PIL's parallel workers), and :func:`gpu_beats_pil` for ``workers`` PIL
     processes at the stored ``side``.
     """
-    raw = (os.environ.get(ENV, "") if env is None else env).strip().lower() or "auto"
+    from dpcli.env import jpeg_decode
+
+    raw = jpeg_decode() if env is None else env.strip().lower() or "auto"
     if raw not in CHOICES:
         raise DpcliError(f"{ENV} must be one of {', '.join(CHOICES)}, got {raw!r}")
     if raw == "pil":

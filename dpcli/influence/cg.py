@@ -179,7 +179,7 @@ def cg_influence(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor,
                  stats: CGStats | None = None) -> np.ndarray | None:
     """``S_i = (1/n) (H + damping I)^{-1} g_i`` by preconditioned CG, to relative residual ``tol``.
 
-    Same conventions as :func:`dpcli.influence.exact_influence` (float32 chunks to
+    Same conventions as :func:`dpcli.influence.kernels.exact_influence` (float32 chunks to
     ``sink(row_start, rows)`` or an in-memory result, ``progress(done, total)``).
     ``rows=(start, stop)`` restricts the output to those rows (sink starts are global
     row indices); the Hessian always uses every sample.

@@ -37,7 +37,7 @@ Assumption: the **features are frozen** at the final network's (evaluation-mode,
 un-augmented) features, the standard last-layer assumption; the replayed last
 layer therefore differs from the trained one wherever the features moved during
 training.  Batch Hessian-vector products use the closed form of
-:func:`dpcli.influence.hessian_vector_product`; one step costs
+:func:`dpcli.influence.kernels.hessian_vector_product`; one step costs
 ``O(n |B| C D)``, one epoch ``O(n^2 C D)``.
 
 The recording side (:class:`TrajectoryRecorder`) is hooked into
@@ -174,7 +174,7 @@ def sgd_influence(features: Tensor, labels: Tensor, traj: Trajectory, *, epochs:
     as many as keep one ``(rows, d)`` float64 array near 128 MiB), each chunk
     replaying the trajectory.  ``rows=(start, stop)`` computes only those samples
     (a shard; the sink still receives absolute row offsets).  Output conventions
-    (``sink``/``progress``/return) are those of :func:`dpcli.influence.exact_influence`.
+    (``sink``/``progress``/return) are those of :func:`dpcli.influence.kernels.exact_influence`.
     """
     n, num_classes, dim = infl.shapes(features, torch.as_tensor(traj.weight[0]), torch.as_tensor(traj.bias[0]))
     infl.check_labels(labels, n, num_classes)

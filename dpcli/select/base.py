@@ -42,6 +42,9 @@ if TYPE_CHECKING:  # torch-free at import time: the CLI lists selectors without 
 
 NEEDS = frozenset({"features", "dynamics", "snapshots", "dataset"})
 SUPPLIED = ("features", "difficulty", "dynamics")  # what a caller may hand a Context (Context.supply)
+TARGET_OPTIONS = ("epsilon", "ratio", "count", "method", "seed")  # every selector's (seed: random, ties)
+SOLVER_OPTIONS = ("solver", "time_budget", "buckets")  # --workers never changes a mask
+COVERAGE_OPTIONS = ("balance", "strata", "cutoff", "cutoff_ratio", "match_features")
 
 
 @dataclass
@@ -155,6 +158,13 @@ class Selector:
     coverage: ClassVar[bool] = False  # does it read --balance / --strata / --hard-cutoff / --match-features?
     solves: ClassVar[bool] = False  # does it minimize ||sum S|| with --solver/--buckets (and all coverage options)?
     auto_cutoff: ClassVar[bool] = False  # is its default --hard-cutoff the CCS schedule ("auto") rather than 0?
+    reads: ClassVar[frozenset[str]] = frozenset()  # PruneConfig fields it reads beyond :meth:`options`' own
+
+    @classmethod
+    def options(cls) -> tuple[str, ...]:
+        """The PruneConfig fields that can change its mask: they, and only they, key its run directory."""
+        return (*TARGET_OPTIONS, *(SOLVER_OPTIONS if cls.solves else ()), *(COVERAGE_OPTIONS if cls.coverage else ()),
+                *sorted(cls.reads))
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -1,7 +1,7 @@
 """Bucketed, parallel selection (the journal extension's "distributed discrete optimization").
 
 The rows of S are split into ``buckets`` buckets, each bucket is solved by
-:mod:`dpcli.selection` in its own worker process, and the union is repaired so that the GLOBAL
+:mod:`dpcli.select.solvers` in its own worker process, and the union is repaired so that the GLOBAL
 constraint holds on the whole of S:
 
 * cardinality: bucket ``b`` prunes ``m_b`` rows, shares proportional to bucket size by largest

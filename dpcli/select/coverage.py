@@ -5,7 +5,8 @@ the kept set drifts to the hard end and, at high prune ratios, to a few classes;
 scarce data that costs accuracy (see docs/benchmarks.md).  Here the solver keeps the
 objective but must prune, in every group, the same share as the whole: groups are the
 classes (``balance``) crossed with ``strata`` quantile bins of a difficulty score, and the
-hardest ``cutoff`` share can be pruned up front (CCS's hard cutoff).  The kept set then
+hardest ``cutoff`` share (of each class under ``balance``) can be pruned up front (CCS's hard
+cutoff).  Counts are allocated per class first, then per stratum (:func:`allocate`).  The kept set then
 covers the classes and the difficulty distribution like a stratified random sample, and
 inside each stratum the solver picks the samples whose influences cancel.
 
@@ -78,18 +79,71 @@ def solve_dtype(S: np.ndarray) -> np.dtype:
 
 def groups_of(labels: np.ndarray, difficulty: np.ndarray | None, cov: Coverage) -> np.ndarray:
     """Group id per sample: class (if balanced) x difficulty quantile bin (within the class)."""
-    n = len(labels)
-    parts = np.unique(labels, return_inverse=True)[1] if cov.balance else np.zeros(n, dtype=np.int64)
-    if cov.strata <= 1:
-        return parts.astype(np.int64)
+    return _grouped(_parts(labels, cov.balance), difficulty, cov.strata)
+
+
+def _parts(labels: np.ndarray, balance: bool) -> np.ndarray:
+    """The class index of every sample under ``balance``, else one part."""
+    return np.unique(labels, return_inverse=True)[1].astype(np.int64) if balance else np.zeros(len(labels), np.int64)
+
+
+def _grouped(parts: np.ndarray, difficulty: np.ndarray | None, strata: int) -> np.ndarray:
+    """``part * strata + bin``: the bin of each sample's difficulty among its part's quantiles."""
+    if strata <= 1:
+        return parts
     if difficulty is None:
         raise DpcliError("--strata needs a difficulty score (training dynamics or the influence artifact's loss)")
-    bins = np.zeros(n, dtype=np.int64)
+    bins = np.zeros(len(parts), dtype=np.int64)
     for p in np.unique(parts):
         idx = np.flatnonzero(parts == p)
         order = idx[np.lexsort((idx, difficulty[idx]))]
-        bins[order] = (np.arange(len(order)) * cov.strata) // len(order)
-    return parts.astype(np.int64) * cov.strata + bins
+        bins[order] = (np.arange(len(order)) * strata) // len(order)
+    return parts * strata + bins
+
+
+def class_quotas(sizes: np.ndarray, m: int) -> np.ndarray:
+    """Prune counts per class: each class its share of ``m`` (largest remainder, summing to ``m``), and none
+    emptied while ``m`` leaves every class a sample (a class of 1 at 50 % keeps its sample)."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    return proportional_counts(sizes, m, caps=sizes - 1 if m <= int(sizes.sum()) - len(sizes) else sizes)
+
+
+def allocate(labels: np.ndarray, difficulty: np.ndarray | None, cov: Coverage,
+             m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Who is pruned up front and how many of the rest each group prunes: ``(forced, ginv, counts)``.
+
+    Under ``balance`` every class gets its quota first (:func:`class_quotas`); the hard cutoff then
+    prunes the hardest ``cutoff`` share of each class (never more than its quota), and the class's
+    remaining quota is split over its strata.  Rounding over class x stratum groups at once would let
+    a rare class drift from its share (or vanish when its groups hold ~3 samples).  ``ginv``: the group
+    (0..G-1, each non-empty) of every sample not forced, in index order; ``counts``: their prune counts.
+    """
+    n = len(labels)
+    if cov.cutoff > 0 and difficulty is None:
+        raise DpcliError("--hard-cutoff needs a difficulty score")
+    parts = _parts(labels, cov.balance)
+    sizes = np.bincount(parts)
+    quotas = class_quotas(sizes, m) if cov.balance else np.array([m])
+    forced = np.zeros(n, dtype=bool)
+    if cov.cutoff > 0:
+        for p, idx in enumerate(_members(parts, len(sizes))):
+            k = min(int(round(cov.cutoff * len(idx))), int(quotas[p]))
+            forced[idx[np.lexsort((idx, -difficulty[idx]))[:k]]] = True
+    free = np.flatnonzero(~forced)
+    groups = _grouped(parts[free], None if difficulty is None else difficulty[free], cov.strata)
+    gid, ginv, gsize = np.unique(groups, return_inverse=True, return_counts=True)
+    left = quotas - np.bincount(parts[forced], minlength=len(sizes))
+    counts = np.zeros(len(gid), dtype=np.int64)
+    owner = gid // max(cov.strata, 1)  # the class (or the one part) of each group
+    for p in range(len(sizes)):
+        mine = np.flatnonzero(owner == p)
+        counts[mine] = proportional_counts(gsize[mine], int(left[p]))
+    return forced, ginv.astype(np.int64), counts
+
+
+def _members(parts: np.ndarray, count: int) -> list[np.ndarray]:
+    order = np.argsort(parts, kind="stable")
+    return np.split(order, np.cumsum(np.bincount(parts, minlength=count))[:-1])
 
 
 def minimize_norm_covered(S: np.ndarray, m: int, labels: np.ndarray, difficulty: np.ndarray | None,
@@ -109,12 +163,7 @@ def minimize_norm_covered(S: np.ndarray, m: int, labels: np.ndarray, difficulty:
     n = S.shape[0]
     if not 0 <= m <= n:
         raise DpcliError(f"the prune count must lie in [0, {n}], got {m}")
-    forced = np.zeros(n, dtype=bool)
-    if cov.cutoff > 0:
-        if difficulty is None:
-            raise DpcliError("--hard-cutoff needs a difficulty score")
-        k = min(int(round(cov.cutoff * n)), m)
-        forced[np.lexsort((np.arange(n), -difficulty))[:k]] = True
+    forced, ginv, counts = allocate(labels, difficulty, cov, m)
     free = np.flatnonzero(~forced)
     m_free = m - int(forced.sum())
     pruned = forced.copy()
@@ -123,9 +172,7 @@ def minimize_norm_covered(S: np.ndarray, m: int, labels: np.ndarray, difficulty:
     if m_free == len(free):
         pruned[free] = True
         return pruned
-    groups = groups_of(labels[free], None if difficulty is None else difficulty[free], cov)
-    gid, ginv, gsize = np.unique(groups, return_inverse=True, return_counts=True)
-    counts = proportional_counts(gsize, m_free)
+    gid = np.arange(len(counts))
     feature_cols = 0 if features is None else len(np.unique(labels[free])) * np.asarray(features).shape[1]
     group_cols = len(gid) if len(gid) > 1 else 0
     check_budget(len(free), S.shape[1], group_cols, feature_cols, solve_dtype(S).itemsize)

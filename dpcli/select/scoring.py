@@ -36,26 +36,28 @@ def random_prune(n: int, m: int, rng: np.random.Generator) -> np.ndarray:
     return pruned
 
 
-def proportional_counts(sizes: np.ndarray, total: int) -> np.ndarray:
-    """Split ``total`` over groups in proportion to ``sizes`` (largest remainder, capped at size)."""
+def proportional_counts(sizes: np.ndarray, total: int, caps: np.ndarray | None = None) -> np.ndarray:
+    """Split ``total`` over groups in proportion to ``sizes`` (largest remainder, capped at ``caps``, default
+    the sizes)."""
     sizes = np.asarray(sizes, dtype=np.int64)
-    if total > sizes.sum():
-        raise DpcliError(f"cannot take {total} samples from groups holding {int(sizes.sum())}")
+    caps = sizes if caps is None else np.asarray(caps, dtype=np.int64)
+    if total > caps.sum():
+        raise DpcliError(f"cannot take {total} samples from groups holding {int(caps.sum())}")
     if sizes.sum() == 0:
         return np.zeros_like(sizes)
     exact = sizes * (total / sizes.sum())
-    counts = np.minimum(np.floor(exact).astype(np.int64), sizes)
+    counts = np.minimum(np.floor(exact).astype(np.int64), caps)
     rest = total - int(counts.sum())
     order = np.lexsort((np.arange(len(sizes)), -(exact - counts)))
     for g in order:
         if rest == 0:
             break
-        if counts[g] < sizes[g]:
+        if counts[g] < caps[g]:
             counts[g] += 1
             rest -= 1
     while rest:  # only when capped groups left remainders: fill any group with room
-        g = int(np.flatnonzero(counts < sizes)[0])
-        take = min(rest, int(sizes[g] - counts[g]))
+        g = int(np.flatnonzero(counts < caps)[0])
+        take = min(rest, int(caps[g] - counts[g]))
         counts[g] += take
         rest -= take
     return counts

@@ -70,7 +70,7 @@ def compute_influence(checkpoint: Path, out: Path, cfg: InfluenceConfig, *, devi
     """S_i = (1/n) (H + damping I)^-1 grad L(z_i) on the last linear layer, streamed to HDF5.
 
     ``shard=(i, k)`` writes only rows [floor(i n/k), floor((i+1) n/k)) (the Hessian still uses
-    all rows); ``cfg.sketch_k`` stores S @ R instead of S (see :mod:`dpcli.influence_scale`).
+    all rows); ``cfg.sketch_k`` stores S @ R instead of S (see :mod:`dpcli.influence.sketch`).
     """
     cfg.validate()
     with artifact_lock(out) as lock:
@@ -122,7 +122,7 @@ def _compute_influence(checkpoint: Path, out: Path, cfg: InfluenceConfig, *, dev
     test_grad = infl.mean_grad(test_feats, torch.from_numpy(ds.test.labels).to(device), weight, bias)
     theta = torch.cat([weight.double().flatten(), bias.double()]).cpu().numpy()
     attrs = {
-        "method": cfg.method, "damping": float(damping), "n": n, "d": d, "num_classes": c,
+        "method": cfg.estimator, "damping": float(damping), "n": n, "d": d, "num_classes": c,
         "feature_dim": feat_dim, "config": cfg.to_dict(), "checkpoint": str(Path(checkpoint).resolve()),
         "checkpoint_fingerprint": ck.fingerprint, "dataset": ds.name, "dataset_fingerprint": ds.fingerprint,
         "epsilon_convention": "S_i includes the 1/n factor (Eq. 3): ||sum S_i|| is the predicted parameter change",
@@ -145,7 +145,7 @@ def _compute_influence(checkpoint: Path, out: Path, cfg: InfluenceConfig, *, dev
             if progress:
                 progress(done, total)
 
-        estimator = ESTIMATORS.get(cfg.method)(cfg)
+        estimator = ESTIMATORS.get(cfg.estimator)(cfg)
         problem = LastLayer(feats, labels, weight, bias, checkpoint=Path(checkpoint))
         solved = estimator.solve(problem, damping=damping, rows=(row_start, row_stop), sink=sink,
                                  progress=on_rows, info=console.info)

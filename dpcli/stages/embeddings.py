@@ -92,7 +92,7 @@ def solve_rows(fitted: Fitted, cfg: "InfluenceConfig", sink: Sink, *,
     x, y, head = fitted.x, fitted.y, fitted.head
     n, dim = x.shape
     sketch = sketch_of(cfg, head.weight.shape[0], dim)
-    presketched = sketch is not None and (cfg.method == "cg" or not dense_fits(head.weight.shape[0], dim))
+    presketched = sketch is not None and (cfg.estimator == "cg" or not dense_fits(head.weight.shape[0], dim))
 
     def checked(start: int, rows: np.ndarray) -> None:
         if not np.all(np.isfinite(rows)):
@@ -103,13 +103,13 @@ def solve_rows(fitted: Fitted, cfg: "InfluenceConfig", sink: Sink, *,
         return sketched_rows(x, y, head.weight, head.bias, fitted.damping, sketch, tol=cfg.cg_tol,
                              max_iter=cfg.cg_max_iter, sink=checked, progress=progress)
     problem = LastLayer(x, y, head.weight, head.bias)  # float64: the optimum, not a rounding of it
-    return ESTIMATORS.get(cfg.method)(cfg).solve(problem, damping=fitted.damping, rows=(0, n), sink=checked,
+    return ESTIMATORS.get(cfg.estimator)(cfg).solve(problem, damping=fitted.damping, rows=(0, n), sink=checked,
                                                  progress=progress, info=info)
 
 
 def _check_estimator(cfg: "InfluenceConfig") -> None:
     cfg.validate()
-    if cfg.method == "sgd":
+    if cfg.estimator == "sgd":
         raise DpcliError("--estimator sgd replays a recorded training run; on features use exact, cg or lissa")
 
 
@@ -155,7 +155,7 @@ def embeddings_influence(emb: Embeddings, out: Path, cfg: "InfluenceConfig", *, 
     fitted = fit_embeddings(emb, damping, tol=tol, max_iter=max_iter, device=device, info=info)
     head = fitted.head
     attrs = {
-        "method": cfg.method, "damping": float(damping), "n": n, "d": d, "num_classes": c, "feature_dim": dim,
+        "method": cfg.estimator, "damping": float(damping), "n": n, "d": d, "num_classes": c, "feature_dim": dim,
         "config": {**cfg.to_dict(), "damping": damping, "source": SOURCE}, "checkpoint": "",
         "checkpoint_fingerprint": "", "dataset": f"{SOURCE}:{Path(emb.lineage.get('features', 'in-memory')).name}",
         "dataset_fingerprint": emb.fingerprint, "source": SOURCE, "lineage": emb.lineage,

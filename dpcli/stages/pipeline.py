@@ -173,7 +173,7 @@ def ensure_influence(checkpoint: Path, cfg: InfluenceConfig, *, device: "torch.d
         if info.checkpoint_fingerprint == ck.fingerprint and core.influence_config_of(out) == cfg.to_dict():
             console.info(f"reusing {out}")
             return info
-    with console.progress_bar(f"influence ({cfg.method})") as update:
+    with console.progress_bar(f"influence ({cfg.estimator})") as update:
         return core.compute_influence(checkpoint, out, cfg, device=device, data_root=data_root, ds=ds,
                                       progress=lambda done, total: update(done, total))
 

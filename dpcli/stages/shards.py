@@ -39,7 +39,7 @@ def run(checkpoint: Path, parts: list[Path], *, merge: bool, shard: str | None, 
     assert spec is not None
     if out is None:
         raise DpcliError("--shard needs --out for the part file (e.g. --out part-0.h5)")
-    with console.progress_bar(f"influence ({icfg.method}) shard {spec[0]}/{spec[1]}") as update:
+    with console.progress_bar(f"influence ({icfg.estimator}) shard {spec[0]}/{spec[1]}") as update:
         info = stages.compute_influence(checkpoint, out, icfg, device=device_fn(), data_root=data_root,
                                         progress=lambda done, total: update(done, total), shard=spec)
     with open_artifact(out, "influence") as f:

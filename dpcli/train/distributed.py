@@ -41,7 +41,6 @@ from torch import Tensor, nn
 
 from dpcli.errors import DpcliError
 
-DEFAULT_TIMEOUT_S = 1800.0
 
 
 def launched() -> bool:
@@ -50,14 +49,9 @@ def launched() -> bool:
 
 
 def _timeout() -> datetime.timedelta:
-    raw = os.environ.get("DPCLI_DIST_TIMEOUT", "")
-    try:
-        seconds = float(raw) if raw else DEFAULT_TIMEOUT_S
-    except ValueError:
-        raise DpcliError(f"DPCLI_DIST_TIMEOUT must be a number of seconds, got {raw!r}") from None
-    if not seconds > 0:
-        raise DpcliError(f"DPCLI_DIST_TIMEOUT must be positive, got {raw!r}")
-    return datetime.timedelta(seconds=seconds)
+    from dpcli.env import dist_timeout
+
+    return datetime.timedelta(seconds=dist_timeout())
 
 
 class Distributed:
@@ -218,4 +212,4 @@ def from_env(device_name: str = "auto") -> Distributed | None:
     return ctx
 
 
-__all__ = ["Distributed", "from_env", "launched", "DEFAULT_TIMEOUT_S"]
+__all__ = ["Distributed", "from_env", "launched"]

@@ -1,4 +1,4 @@
-"""Training dynamics recorded by :func:`dpcli.training.train` for the score-based selectors.
+"""Training dynamics recorded by :func:`dpcli.train.loop.train` for the score-based selectors.
 
 Per epoch and per training sample, all taken from the very forward pass that trained on it
 (augmented, train mode: what forgetting events, AUM, TDDS, DUAL and EVA are defined on): the loss,
@@ -31,14 +31,13 @@ from torch import Tensor
 
 NOT_SEEN = 255
 PROB_EPOCHS = 30  # class probabilities are kept for this many first epochs (TDDS's T; 2 bytes x C each)
-DEFAULT_PROBS_BUDGET = 2 << 30
 
 
 def probs_budget() -> int:
     """Bytes of recorded class probabilities at most: ``$DPCLI_PROBS_BUDGET`` (e.g. 512M, 8G)."""
-    from dpcli.env import parse_size
+    from dpcli.env import probs_budget as from_env
 
-    return parse_size("DPCLI_PROBS_BUDGET", DEFAULT_PROBS_BUDGET)
+    return from_env()
 
 
 @dataclass

@@ -172,12 +172,12 @@ def train(
 ) -> Checkpoint:
     """Train (or resume, or reuse) the model that ``config`` describes; checkpoint every epoch.
 
-    ``dist`` (from :func:`dpcli.distributed.from_env`, under torchrun) splits every global
+    ``dist`` (from :func:`dpcli.train.distributed.from_env`, under torchrun) splits every global
     batch across ranks; the update and the artifact are those of a single process.
     ``stop_after=E`` stops after epoch E, leaving a resumable checkpoint that is exactly
     epoch E of the full run (the score selectors' extra seeds). ``eval_every=K`` measures
     test accuracy every K epochs and at the end only (NaN in between), to save time.
-    Per-sample training dynamics and snapshots (:mod:`dpcli.dynamics`) are recorded too.
+    Per-sample training dynamics and snapshots (:mod:`dpcli.train.dynamics`) are recorded too.
     """
     config.validate()
     preprocess.check(preprocess.for_config(config), config.image_size, ds, "the run")  # the pipeline is part of the model
@@ -515,7 +515,7 @@ def save_checkpoint(path: Path, model: Classifier, optimizer: torch.optim.Optimi
         if keep_indices is not None:
             f.create_dataset("keep_indices", data=keep_indices)
         if trajectory is not None:
-            trajectory.write(f, rows=consolidate)  # trajectory/: what --method sgd replays (dpcli/sgd_influence.py)
+            trajectory.write(f, rows=consolidate)  # trajectory/: what --estimator sgd replays (dpcli/influence/sgd.py)
         if dynamics is not None:
             dynamics.write(f, rows=consolidate)  # dynamics/, snapshots/: what the score selectors read
     if consolidate and complete:

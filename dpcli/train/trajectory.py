@@ -83,7 +83,7 @@ def load_trajectory(path: Path | str) -> Trajectory:
     if traj is None or len(traj) == 0:
         raise DpcliError(
             f"{path}: checkpoint has no SGD trajectory (it was trained by a dpcli that did not record "
-            f"one); retrain it with `dpcli train ... --force` to use --method sgd"
+            f"one); retrain it with `dpcli train ... --force` to use --estimator sgd"
         )
     if int(traj.epochs[-1]) + 1 != epochs_done or np.any(np.diff(traj.epochs) != 1):
         raise DpcliError(f"{path}: the recorded SGD trajectory does not end at the checkpoint's final epoch")
@@ -91,7 +91,7 @@ def load_trajectory(path: Path | str) -> Trajectory:
 
 
 class TrajectoryRecorder:
-    """Collects the trajectory during :func:`dpcli.training.train`; written with each checkpoint.
+    """Collects the trajectory during :func:`dpcli.train.loop.train`; written with each checkpoint.
 
     Cost per epoch: one copy of the last layer and its momentum buffers, and the
     visited indices (int32, ``n`` per epoch); an epoch is committed only when its

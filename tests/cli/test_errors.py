@@ -170,17 +170,18 @@ def test_a_file_named_like_a_dataset_does_not_shadow_it(tmp_path, monkeypatch, c
 
 
 def test_no_wait_is_passed_to_the_locks_for_this_command_only(monkeypatch, tmp_path, capsys):
+    from dpcli.artifacts.lock import no_wait
     from dpcli.errors import DpcliError
     from dpcli.stages import pipeline
 
     seen = []
 
     def load(dataset, data_root, *args, **kwargs):
-        seen.append(os.environ.get("DPCLI_NO_WAIT"))
+        seen.append(no_wait())
         raise DpcliError("stop here")
 
     monkeypatch.delenv("DPCLI_NO_WAIT", raising=False)
     monkeypatch.setattr(pipeline, "load", load)
     for extra in (["--no-wait"], []):
         _one_line_error(["train", "digits", "--run-root", tmp_path, *extra], capsys, "stop here")
-    assert seen == ["1", None] and "DPCLI_NO_WAIT" not in os.environ
+    assert seen == [True, False] and "DPCLI_NO_WAIT" not in os.environ and not no_wait()

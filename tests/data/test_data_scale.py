@@ -593,7 +593,7 @@ def test_training_refuses_data_loaded_with_another_image_size(tmp_path):
     with pytest.raises(DpcliError, match="--image-size"):
         train(cfg, ds, tmp_path / "ck.h5", device=CPU)
     assert not (tmp_path / "ck.h5").exists()
-    assert "image_size" not in cfg.to_dict()  # runs without it keep their run-directory keys
+    assert cfg.to_dict()["image_size"] is None
     assert TrainConfig(dataset="x", image_size=8).to_dict()["image_size"] == 8
 
 

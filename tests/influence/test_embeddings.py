@@ -39,7 +39,7 @@ def test_S_matches_leave_one_out_refits():
     n, lam = 60, 1e-2
     x, y = blobs(n, 4, 3)
     emb = D.from_arrays(x, y)
-    S, head = E.influence_in_memory(emb, InfluenceConfig(method="exact"), damping=lam)
+    S, head = E.influence_in_memory(emb, InfluenceConfig(estimator="exact"), damping=lam)
     assert head.grad_norm <= H.DEFAULT_TOL
     idx = np.arange(0, n, 5)
     loo = []
@@ -57,9 +57,9 @@ def test_S_matches_leave_one_out_refits():
 def test_sketch_first_solve_equals_S_times_R(tmp_path):
     x, y = blobs(90, 5, 3, seed=2)
     emb = D.from_arrays(x, y)
-    S, head = E.influence_in_memory(emb, InfluenceConfig(method="exact"), damping=1e-2)
+    S, head = E.influence_in_memory(emb, InfluenceConfig(estimator="exact"), damping=1e-2)
     out = tmp_path / "sk.h5"
-    E.embeddings_influence(emb, out, InfluenceConfig(method="cg", sketch_k=7, sketch_seed=3, cg_tol=1e-10),
+    E.embeddings_influence(emb, out, InfluenceConfig(estimator="cg", sketch_k=7, sketch_seed=3, cg_tol=1e-10),
                            damping=1e-2)
     with h5py.File(out, "r") as f:
         sk = f["S"][()]
@@ -410,8 +410,8 @@ def test_embeddings_on_cuda_match_the_cpu(tmp_path):
 
     x, y = blobs(500, 16, 4, seed=11)
     emb = D.from_arrays(x, y)
-    S_cpu, h_cpu = E.influence_in_memory(emb, InfluenceConfig(method="exact"), damping=1e-2)
-    S_gpu, h_gpu = E.influence_in_memory(emb, InfluenceConfig(method="exact"), damping=1e-2, device="cuda")
+    S_cpu, h_cpu = E.influence_in_memory(emb, InfluenceConfig(estimator="exact"), damping=1e-2)
+    S_gpu, h_gpu = E.influence_in_memory(emb, InfluenceConfig(estimator="exact"), damping=1e-2, device="cuda")
     assert h_gpu.weight.device.type == "cuda" and h_gpu.grad_norm <= H.DEFAULT_TOL
     torch.testing.assert_close(h_gpu.weight.cpu(), h_cpu.weight, atol=1e-7 / 1e-2, rtol=0)
     np.testing.assert_allclose(S_gpu, S_cpu, rtol=1e-4, atol=1e-7 * np.abs(S_cpu).max())

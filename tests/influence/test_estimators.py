@@ -30,11 +30,11 @@ def test_registries_list_their_modules_and_name_the_choices():
     with pytest.raises(DpcliError, match=r"unknown --estimator 'lisa' \(did you mean 'lissa'\?\); choose one of cg, exact"):
         ESTIMATORS.get("lisa")
     with pytest.raises(DpcliError, match="unknown --method 'herd'"):
-        InfluenceConfig(method="exact").validate() and SELECTORS.get("herd")
+        InfluenceConfig(estimator="exact").validate() and SELECTORS.get("herd")
 
 
 def _lissa(problem: LastLayer, depth: int, scale: float, damping: float):
-    cfg = InfluenceConfig(method="lissa", lissa_depth=depth, lissa_scale=scale, lissa_batch_size=10**6,
+    cfg = InfluenceConfig(estimator="lissa", lissa_depth=depth, lissa_scale=scale, lissa_batch_size=10**6,
                           damping=damping).validate()
     rows: dict[int, np.ndarray] = {}
     said: list[str] = []

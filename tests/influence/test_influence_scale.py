@@ -83,7 +83,7 @@ def test_cg_rows_streaming_and_chunk_independence() -> None:
     parts = [cg_influence(*args, damping=1e-2, chunk_size=16, rows=r) for r in ((0, 40), (40, 97))]
     assert np.array_equal(np.concatenate(parts), single)
     for method in ("exact", "lissa"):
-        cfg = InfluenceConfig(method=method, lissa_depth=10, lissa_batch_size=32)
+        cfg = InfluenceConfig(estimator=method, lissa_depth=10, lissa_batch_size=32)
         runs = []
         for r in ((0, 97), (0, 40), (40, 97)):
             rows: list[np.ndarray] = []

@@ -228,7 +228,7 @@ def test_cli_influence_sgd_end_to_end(tiny_run, tmp_path, capsys):
 def test_config_keys_sgd_epochs_only_for_sgd():
     from dpcli.config import InfluenceConfig
 
-    assert "sgd_epochs" not in InfluenceConfig(method="exact", sgd_epochs=3).to_dict()  # old run keys unchanged
-    assert InfluenceConfig(method="sgd", sgd_epochs=3).validate().to_dict()["sgd_epochs"] == 3
+    assert "sgd_epochs" not in InfluenceConfig(estimator="exact", sgd_epochs=3).to_dict()  # it does not change an exact S
+    assert InfluenceConfig(estimator="sgd", sgd_epochs=3).validate().to_dict()["sgd_epochs"] == 3
     with pytest.raises(DpcliError, match="--sgd-epochs"):
-        InfluenceConfig(method="sgd", sgd_epochs=0).validate()
+        InfluenceConfig(estimator="sgd", sgd_epochs=0).validate()

@@ -17,6 +17,7 @@ from dpcli.select.linalg import count_from_ratio
 from dpcli.select.methods import auto
 from dpcli.select.registry import SELECTORS
 from tests.conftest import run_cli
+from tests.select.quotas import class_quotas
 
 
 def _problem(n: int, dim: int, classes: int, noise: float, sep: float, seed: int):
@@ -56,8 +57,8 @@ def test_rich_separable_keeps_the_objective_within_class_quotas(rich):
     assert rec["line"].startswith("auto: coverage=balanced (held-out acc ")
     base = dp.prune(S, prune_ratio=0.5, labels=y, method="optimization", balance=True)
     assert np.array_equal(sel.keep, base.keep) and sel.norm == base.norm
-    # every class pruned by the same share: half of each class kept (rounding: one either way)
-    assert np.all(np.abs(np.bincount(y[sel.keep], minlength=3) - np.bincount(y) / 2) <= 1)
+    # every class pruned by exactly its largest-remainder share of the count
+    assert np.bincount(y[~sel.keep], minlength=3).tolist() == class_quotas(np.bincount(y).tolist(), count_from_ratio(len(y), 0.5))
     assert [c["name"] for c in rec["candidates"]] == [r.name for r in auto.LADDER]
     assert all(c["gain_vs_base"] <= c["noise"] for c in rec["candidates"])
 
@@ -420,33 +421,31 @@ def imbalanced():
     return x, y, S
 
 
-def test_a_candidate_that_drops_a_class_the_first_rung_keeps_is_never_chosen(imbalanced):
+def test_no_rung_drops_a_class_while_the_count_leaves_each_a_sample(imbalanced):
+    """Class quotas come first and the hard cutoff is per class (each at most its class's quota), so at 90 %
+    pruned no rung keeps fewer classes than the first: the class of one sample keeps it throughout."""
     x, y, S = imbalanced
     sel = dp.prune(S, prune_ratio=0.9, labels=y, features=x)
-    rec = sel.auto
-    # what the check measured: the cutoff rungs lead beyond the noise, but keep no sample of two classes the
-    # first rung keeps on the fit part (counted here from the split, not from auto's record)
     fit, _ = auto.split(y, 0)
-    first = dp.prune(S[fit], prune_count=int(round(0.9 * len(y) * len(fit) / len(y))), labels=y[fit],
-                     method="optimization", balance=True)
-    assert set(np.unique(y[fit][first.keep])) == {0, 1, 2, 3}
-    lost = [c for c in rec["candidates"] if c["classes_lost"]]
-    assert {c["name"] for c in lost} >= {"strata+cutoff", "strata+cutoff+features"}
-    assert any(c["gain_vs_base"] > c["noise"] for c in lost)
-    assert all(c["classes_lost"] == 2 for c in lost)
-    assert rec["chosen"] not in {c["name"] for c in lost}
-    assert "keeps no sample of 2 classes balanced keeps" in rec["line"]
-    assert set(np.unique(y[sel.keep])) == {0, 1, 2, 3}  # what the balanced quotas keep of 10 % of each
+    m_fit = int(round(0.9 * len(y) * len(fit) / len(y)))
+    sizes = np.bincount(y[fit], minlength=5).tolist()
+    assert min(q - s for q, s in zip(class_quotas(sizes, m_fit), sizes)) < 0  # every class keeps a sample
+    first = dp.prune(S[fit], prune_count=m_fit, labels=y[fit], method="optimization", balance=True)
+    assert set(np.unique(y[fit][first.keep])) == set(np.unique(y[fit]))
+    assert [c["classes_lost"] for c in sel.auto["candidates"]] == [0] * len(auto.LADDER)
+    assert set(np.unique(y[sel.keep])) == {0, 1, 2, 3, 4}
 
 
 def test_a_kept_set_without_some_class_is_warned_about_and_recorded(imbalanced, tmp_path, capsys):
     x, y, S = imbalanced
-    with pytest.warns(UserWarning) as record:
-        sel = dp.prune(S, prune_ratio=0.99, labels=y, method="optimization", balance=True)
-    gone = sorted(set(y) - set(y[sel.keep]))
-    assert gone == [2, 3, 4]  # 1 % of 40, 5 and 1 samples rounds to none
-    (message,) = [str(w.message) for w in record if "kept set has no sample" in str(w.message)]
+    m = len(y) - 3  # fewer kept than classes: the quotas cannot leave every class a sample
     counts = np.bincount(y)
+    quotas = class_quotas(counts.tolist(), m)
+    with pytest.warns(UserWarning) as record:
+        sel = dp.prune(S, prune_count=m, labels=y, method="optimization", balance=True)
+    gone = sorted(set(y) - set(y[sel.keep]))
+    assert gone == [c for c in range(5) if quotas[c] == counts[c]] == [2, 3, 4]
+    (message,) = [str(w.message) for w in record if "kept set has no sample" in str(w.message)]
     assert message.startswith(f"dpcli: the kept set has no sample of {len(gone)} of the 5 classes: "
                               + ", ".join(f"{c} ({counts[c]} sample{'s' if counts[c] > 1 else ''})" for c in gone))
     np.save(tmp_path / "x.npy", x)
@@ -454,7 +453,7 @@ def test_a_kept_set_without_some_class_is_warned_about_and_recorded(imbalanced, 
     inf = tmp_path / "influence.h5"
     assert run_cli(["influence", "--features", tmp_path / "x.npy", "--labels", tmp_path / "y.npy", "--out", inf,
                     "--quiet"])[0] == 0
-    code, out, err = run_cli(["prune", inf, "--prune-ratio", 0.9, "--balance", "--hard-cutoff", "0.5x", "--out",
+    code, out, err = run_cli(["prune", inf, "--prune-count", m, "--balance", "--hard-cutoff", "0.1", "--out",
                               tmp_path / "m.h5", "--json"], capsys)
     assert code == 0, err
     with h5py.File(tmp_path / "m.h5", "r") as f:

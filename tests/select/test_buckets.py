@@ -77,7 +77,7 @@ def test_validation():
         PruneConfig(count=3, buckets=0).validate()
     with pytest.raises(DpcliError):
         PruneConfig(count=3, workers=0).validate()
-    assert "buckets" not in PruneConfig(count=3).to_dict()
+    assert PruneConfig(count=3).to_dict()["buckets"] == 1
     assert PruneConfig(count=3, buckets=4, workers=2).to_dict()["buckets"] == 4
     assert "workers" not in PruneConfig(count=3, buckets=4, workers=2).to_dict()
 

@@ -12,6 +12,8 @@ from dpcli.select import solvers as selection
 from dpcli.errors import DpcliError
 from dpcli.select import coverage
 from dpcli.select.coverage import Coverage, groups_of, maximize_pruned_covered, minimize_norm_covered
+from tests.select.quotas import class_quotas as quotas_of
+from tests.select.quotas import largest_remainder, quantile_bins
 
 
 def _enumerate_optimum(S, groups, counts, forced):
@@ -49,29 +51,76 @@ def test_swap_solve_meets_counts_and_is_near_optimal():
     assert selection.subset_norm(S, pruned) <= opt * 1.05 + 1e-12
 
 
-def test_strata_and_cutoff():
+def _expected_counts(labels, diff, m, strata, cutoff):
+    """Per (class, stratum) prune counts and the forced set, from :mod:`tests.select.quotas` alone: class quotas
+    first, then the hardest ``cutoff`` share of each class, then each class's rest split over its strata."""
+    classes = sorted(set(labels.tolist()))
+    members = {c: [i for i in range(len(labels)) if labels[i] == c] for c in classes}
+    quotas = dict(zip(classes, quotas_of([len(members[c]) for c in classes], m)))
+    forced, expected = set(), {}
+    for c in classes:
+        hardest = sorted(members[c], key=lambda i: (-diff[i], i))[:min(round(cutoff * len(members[c])), quotas[c])]
+        forced |= set(hardest)
+        free = [i for i in members[c] if i not in forced]
+        bins = quantile_bins([diff[i] for i in free], strata)
+        sizes = [bins.count(b) for b in range(strata)]
+        for b, k in enumerate(largest_remainder(sizes, quotas[c] - len(hardest))):
+            expected[c, b] = (k, [i for i, bb in zip(free, bins) if bb == b])
+    return quotas, forced, expected
+
+
+@pytest.mark.parametrize("cutoff", [0.0, 0.1])
+def test_each_class_then_each_stratum_prunes_its_exact_share(cutoff):
+    """Classes of 210/114/53/21/2 at 50 % with 10 strata: every class prunes its largest-remainder share of the
+    count (105/57/27/10/1), the hard cutoff takes each class's hardest, and each stratum its share of the rest.
+    Rounding over class x stratum groups at once pruned 9 of 21 and 0 of 2."""
     rng = np.random.default_rng(4)
-    n = 400
-    S = rng.normal(size=(n, 8)) / n
-    labels = rng.integers(0, 4, size=n)
+    labels = rng.permutation(np.repeat(np.arange(5), [210, 114, 53, 21, 2]))
+    n, m = len(labels), 200
+    S = rng.normal(size=(n, 6)) / n
     diff = rng.random(n)
-    cov = Coverage(balance=True, strata=5, cutoff=0.1)
-    pruned = minimize_norm_covered(S, 240, labels, diff, cov)
-    assert pruned.sum() == 240
-    hardest = np.argsort(-diff)[:40]
-    assert pruned[hardest].all()
-    free = np.setdiff1d(np.arange(n), hardest)
-    g = groups_of(labels[free], diff[free], cov)
-    for gid in np.unique(g):  # every (class, stratum) group prunes its proportional share (+-1)
-        members = free[g == gid]
-        assert abs(pruned[members].sum() - len(members) * 200 / len(free)) < 1 + 1e-9
-    # the objective still acts: better than stratified random with the same counts
+    pruned = minimize_norm_covered(S, m, labels, diff, Coverage(balance=True, strata=10, cutoff=cutoff))
+    quotas, forced, expected = _expected_counts(labels, diff, m, 10, cutoff)
+    assert list(quotas.values()) == [105, 57, 27, 10, 1]
+    assert [int(pruned[labels == c].sum()) for c in range(5)] == [105, 57, 27, 10, 1]
+    assert pruned[sorted(forced)].all() and len(forced) == (0 if cutoff == 0 else 21 + 11 + 5 + 2 + 0)
+    for (c, b), (k, free) in expected.items():
+        assert int(pruned[free].sum()) == k, (c, b)
+    # the objective still acts: better than a random choice with the same counts
     rand = np.zeros(n, bool)
-    rand[hardest] = True
-    for gid in np.unique(g):
-        members = free[g == gid]
-        rand[rng.choice(members, size=int(pruned[members].sum()), replace=False)] = True
+    rand[sorted(forced)] = True
+    for k, free in expected.values():
+        rand[rng.choice(np.array(free, dtype=int), size=k, replace=False)] = True
     assert selection.subset_norm(S, pruned) < 0.5 * selection.subset_norm(S, rand)
+
+
+def test_strata_of_three_samples_never_empty_a_class():
+    """--balance --strata 10 at 60 %: a class of 3 is 3 groups of one sample; rounded together they were all
+    pruned.  Per class first, each small class prunes its share and keeps the rest."""
+    rng = np.random.default_rng(2)
+    labels = np.repeat(np.arange(4), [200, 3, 3, 3])
+    n = len(labels)
+    S, diff = rng.normal(size=(n, 5)), rng.random(n)
+    m = int(0.6 * n)
+    pruned = minimize_norm_covered(S, m, labels, diff, Coverage(balance=True, strata=10))
+    assert [int(pruned[labels == c].sum()) for c in range(4)] == quotas_of([200, 3, 3, 3], m) == [119, 2, 2, 2]
+    # a class of one at 50 % keeps its sample (its share, 0.5, ties 1.5's and wins on index); the count goes on
+    assert largest_remainder([1, 3], 2) == [1, 1] and quotas_of([1, 3], 2) == [0, 2]
+    one = np.array([0, 1, 1, 1])
+    small = minimize_norm_covered(S[:4], 2, one, None, Coverage(balance=True))
+    assert not small[0] and small.sum() == 2
+
+
+def test_hard_cutoff_under_balance_is_per_class():
+    """The hardest share of each class goes first, never a whole rare class whose samples are the hardest."""
+    rng = np.random.default_rng(3)
+    labels = np.repeat([0, 1], [60, 4])
+    diff = np.concatenate([rng.random(60), [5.0, 6.0, 7.0, 8.0]])  # the rare class is the hardest
+    S = rng.normal(size=(64, 4))
+    pruned = minimize_norm_covered(S, 32, labels, diff, Coverage(balance=True, cutoff=0.3))
+    assert [int(pruned[labels == c].sum()) for c in (0, 1)] == [30, 2]
+    hardest0 = np.argsort(-diff[:60])[:18]
+    assert pruned[hardest0].all() and pruned[[62, 63]].all() and not pruned[[60, 61]].any()
 
 
 def test_groups_are_quantile_bins_within_classes():

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import TINY, run_cli, run_json
+from tests.select.quotas import class_quotas
 from dpcli.select import solvers as selection
-from dpcli.config import PruneConfig
 from dpcli.select.base import SELECTORS
 from dpcli.data.sources import load_dataset
 from dpcli.stages.core import load_S, read_mask
@@ -137,8 +137,8 @@ def test_covered_optimization_via_cli_and_retrain(tiny_run, tmp_path, capsys):
                      "--strata", "3", "--hard-cutoff", "0.05")
     with h5py.File(tiny_run.influence, "r") as f:
         labels = f["labels"][()]
-    for c in np.unique(labels):  # the hard cutoff is global, so per-class shares differ by its spill-over
-        assert abs((~mask.keep)[labels == c].mean() - 0.5) < 0.1
+    sizes = np.bincount(labels).tolist()  # each class pruned by exactly its share (the cutoff is per class)
+    assert np.bincount(labels[~mask.keep], minlength=len(sizes)).tolist() == class_quotas(sizes, mask.n_pruned)
     summary = run_json(["retrain", "digits", "--mask", mask.path, *TINY, "--out", tmp_path / "r.h5"], capsys)
     assert summary["n_kept"] == mask.n_kept
     ck = load_checkpoint(tmp_path / "r.h5", weights=False)
@@ -151,8 +151,12 @@ def test_relative_hard_cutoff_prunes_the_hardest_share(tiny_run, tmp_path, capsy
     _, mask = _prune(tiny_run, tmp_path, capsys, "optimization", "--prune-ratio", "0.4", "--balance",
                      "--hard-cutoff", "0.5x", "--match-features")
     diff = difficulty(load_dynamics(tiny_run.checkpoint))
-    hardest = np.lexsort((np.arange(len(diff)), -diff))[:round(0.2 * len(diff))]
-    assert (~mask.keep)[hardest].all()
+    with h5py.File(tiny_run.influence, "r") as f:
+        labels = f["labels"][()]
+    for c in np.unique(labels):  # --balance: the hardest fifth of each class
+        members = np.flatnonzero(labels == c)
+        hardest = members[np.lexsort((members, -diff[members]))[:round(0.2 * len(members))]]
+        assert (~mask.keep)[hardest].all()
     assert mask.n_pruned == selection.count_from_ratio(len(diff), 0.4)
 
 
@@ -167,12 +171,3 @@ def test_user_errors(tiny_run, tmp_path, capsys):
         code, out, err = run_cli(["prune", tiny_run.influence, *args, "--out", tmp_path / "x.h5"], capsys)
         assert code == 2 and out == "" and "Traceback" not in err
         assert fragment in err and err.startswith("dpcli: error:") and err.strip().count("\n") == 0, err
-
-
-def test_default_keys_are_unchanged():
-    # the paper's objective keeps the keys masks had before auto became the default; auto has its own
-    assert PruneConfig(ratio=0.5, method="optimization").to_dict() == {
-        "epsilon": None, "ratio": 0.5, "count": None, "solver": "swap", "time_budget": None, "seed": 0}
-    assert PruneConfig(ratio=0.5).to_dict() == {**PruneConfig(ratio=0.5, method="optimization").to_dict(),
-                                                "method": "auto"}
-    assert PruneConfig(ratio=0.5, method="el2n").to_dict()["score_seeds"] == 3

@@ -28,17 +28,17 @@ import numpy as np
 from dpcli.data import cache, layouts
 from dpcli.data.base import Dataset, DatasetSource, LoadRequest
 from dpcli.data.samples import SampleSpace
-from dpcli.env import parse_size
 from dpcli.errors import DpcliError
 
 PREFIX = "imagefolder"
-DEFAULT_MEMORY_BUDGET = 1 << 30
 _SHOWN_SKIPS = 10
 
 
 def memory_budget() -> int:
     """Bytes of decoded images held in memory at most: ``$DPCLI_MEMORY_BUDGET`` (e.g. 512M, 2G)."""
-    return parse_size("DPCLI_MEMORY_BUDGET", DEFAULT_MEMORY_BUDGET)
+    from dpcli.env import memory_budget as from_env
+
+    return from_env()
 
 
 def _cache_key(root: Path, layout: layouts.Layout, image_size: int | None,

@@ -23,7 +23,7 @@ WARN_ERROR = 0.05
 
 class LiSSA(Estimator):
     name = "lissa"
-    help = "the paper's LiSSA (--lissa-*), with a reported residual check against cg"
+    help = "the paper's LiSSA (--lissa-depth, --lissa-scale, ...), with a reported residual check against cg"
 
     def solve(self, problem: LastLayer, *, damping, rows, sink, progress=None, info=None,
               chunk_size: int = 4096) -> dict[str, Any]:

@@ -4,7 +4,7 @@ Reference: github.com/behaapyy/dual-pruning @ 4ab525d (``exp_cifar/data_subset.p
 ``m_i`` = mean true-class probability over the first 30 epochs; ``anchor`` = mean of m over the 10
 highest DUAL scores; ``b = 15 (1 - anchor)(1 - r^4)``, ``a = 16 - b`` (r = prune ratio); the kept set is
 drawn without replacement with probability proportional to ``BetaPDF(m_i; a, b) * score_i``, seeded by
-``--seed`` (the reference never seeds numpy).  The reference's README passes the argsort mask where the
+``--solver-seed`` (the reference never seeds numpy).  The reference's README passes the argsort mask where the
 score belongs; dpcli uses the score, as intended.
 """
 
@@ -58,14 +58,14 @@ def dual_beta_select(p: np.ndarray, score: np.ndarray, m: int, rng: np.random.Ge
 
 
 def beta_draw(p: np.ndarray, m: int, seed: int) -> np.ndarray:
-    """The pruned mask of ``--method dual-beta --seed seed`` on true-class probabilities ``p`` (epochs x rows)."""
+    """The pruned mask of ``--method dual-beta --solver-seed seed`` on true-class probabilities ``p`` (epochs x rows)."""
     return dual_beta_select(p, dual_scores(p), m, np.random.default_rng(seed))
 
 
 class DUALBeta(Selector):
     name = "dual-beta"
     needs = frozenset({"dynamics"})
-    help = "DUAL with Beta sampling around the easy side, seeded by --seed (the paper's high-rate variant)"
+    help = "DUAL with Beta sampling around the easy side, seeded by --solver-seed (the paper's high-rate variant)"
 
     def select(self, ctx: Context, m: int | None, epsilon: float | None) -> tuple[np.ndarray, str]:
         return beta_draw(true_class_probs(ctx.dynamics().loss), m, self.cfg.seed), self.name

@@ -14,6 +14,7 @@ from dpcli.select.base import Context, ScoreSelector
 class EL2N(ScoreSelector):
     name = "el2n"
     needs = frozenset({"snapshots", "dataset"})
+    reads = frozenset({"score_epoch", "score_seeds"})
     help = "error norm after 10 % of training, averaged over --score-seeds"
 
     def scores(self, ctx: Context) -> np.ndarray:

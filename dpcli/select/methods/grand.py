@@ -11,6 +11,7 @@ from dpcli.select.base import Context, ScoreSelector
 class GraNd(ScoreSelector):
     name = "grand"
     needs = frozenset({"snapshots", "dataset"})
+    reads = frozenset({"score_epoch", "score_seeds"})
     help = "gradient norm at initialization, averaged over --score-seeds"
 
     def scores(self, ctx: Context) -> np.ndarray:

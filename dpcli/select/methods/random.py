@@ -10,7 +10,7 @@ from dpcli.select.scoring import random_prune
 
 class Random(Selector):
     name = "random"
-    help = "uniformly at random (seeded by --seed)"
+    help = "uniformly at random (seeded by --solver-seed)"
 
     def select(self, ctx: Context, m: int | None, epsilon: float | None) -> tuple[np.ndarray, str]:
         return random_prune(ctx.n, m, np.random.default_rng(self.cfg.seed)), self.name
