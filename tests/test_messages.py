@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9]*(?:-[a-z0-9]+)*(?![\w])")
 MODULE = re.compile(r"\bdpcli(?:\.[A-Za-z_]\w*)+")
 # flags of other programs that dpcli's text quotes (torchrun's launcher option)
-OTHERS = {"--nproc_per_node", "--nproc-per-node"}
+OTHERS = {"--nproc_per_node", "--nproc-per-node",  # torchrun's
+          "--write"}  # python -m dpcli.cli.reference, the generator of docs/reference-cli.md's tables
 
 
 def cli_flags() -> set[str]:
