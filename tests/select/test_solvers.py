@@ -216,11 +216,11 @@ def test_api_prune_checks_S_by_row_chunks_and_refuses_nan(tmp_path, monkeypatch)
     mapped = np.load(tmp_path / "S.npy", mmap_mode="r")
     monkeypatch.setattr(base, "select", lambda cfg, ctx: (np.arange(ctx.n) < 10, "first-10"))
     tracemalloc.start()
-    sel = dp.prune(mapped, count=10, method="optimization")
+    sel = dp.prune(mapped, prune_count=10, method="optimization")
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert sel.norm == pytest.approx(_norm(S, np.arange(12000) < 10), rel=1e-12)
     assert peak < S.nbytes / 3, (peak, S.nbytes)
     S[9000, 100] = np.inf
     with pytest.raises(DpcliError, match="NaN or inf"):
-        dp.prune(S, count=10, method="optimization")
+        dp.prune(S, prune_count=10, method="optimization")
