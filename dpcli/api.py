@@ -22,6 +22,7 @@ stage starts, every ``$DPCLI_PROGRESS_INTERVAL`` seconds, and when it ends) and,
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -36,6 +37,7 @@ from dpcli.influence.head import DEFAULT_DAMPING, DEFAULT_MAX_ITER, DEFAULT_TOL,
 from dpcli.stages.embeddings import Refit
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
 __all__ = ["influence", "influence_file", "prune", "refit", "embed", "Selection", "HeadFit", "Refit",
@@ -170,7 +172,8 @@ def refit(features: Any, labels: Any, keep: Any, *, damping: float = DEFAULT_DAM
 
     with console.library(progress):
         emb = from_arrays(_matrix(features, "features"), _vector(labels, "labels"),
-                          _matrix(test_features, "test features"), _vector(test_labels, "test labels"))
+                          None if test_features is None else _matrix(test_features, "test features"),
+                          None if test_labels is None else _vector(test_labels, "test labels"))
         mask = _keep_mask(keep, emb.n)
         with console.progress_bar("refit"):
             return embeddings.refit(emb, mask, _damping(damping))
@@ -212,12 +215,10 @@ def embed(model: "nn.Module", inputs: Any, *, batch_size: int = 256, head_module
 
 
 # ------------------------------------------------------------------------------------------ input checks
-def _matrix(a: Any, what: str) -> np.ndarray | None:
+def _matrix(a: Any, what: str) -> np.ndarray:
     """A 2-D real array (torch tensors and nested lists too), refused in one line otherwise; finiteness is
     checked where the rows are copied to float32 (:func:`float32_rows`), without an n x d boolean array."""
-    if a is None:
-        return None
-    x = _numpy(a, what)
+    x = _numpy(_given(a, what), what)
     if x.ndim != 2:
         raise DpcliError(f"{what} must be 2-D (n x d), got shape {x.shape}")
     if x.dtype.kind not in "biuf":
@@ -227,13 +228,18 @@ def _matrix(a: Any, what: str) -> np.ndarray | None:
     return x
 
 
-def _vector(a: Any, what: str) -> np.ndarray | None:
-    if a is None:
-        return None
-    y = _numpy(a, what)
+def _vector(a: Any, what: str) -> np.ndarray:
+    y = _numpy(_given(a, what), what)
     if y.ndim == 0:
         raise DpcliError(f"{what} must be one entry per sample, got a scalar")
     return y
+
+
+def _given(a: Any, what: str) -> Any:
+    """``a``, refused in one line when None (a required array left out)."""
+    if a is None:
+        raise DpcliError(f"{what} is required, got None")
+    return a
 
 
 def _numpy(a: Any, what: str) -> np.ndarray:
@@ -283,7 +289,9 @@ def _batches(inputs: Any, batch_size: int) -> tuple[Any, int]:
 
     if isinstance(inputs, Dataset) or (hasattr(inputs, "__getitem__") and hasattr(inputs, "__len__")
                                        and not isinstance(inputs, (np.ndarray, torch.Tensor, list, tuple))):
-        loader = DataLoader(inputs, batch_size=batch_size, shuffle=False, collate_fn=_collate)
+        loader: DataLoader[Any] = DataLoader(inputs, batch_size=batch_size, shuffle=False, collate_fn=_collate)
+        if not isinstance(inputs, Sized):  # an IterableDataset: its size is unknown up front
+            raise DpcliError(f"inputs must be a map-style Dataset (with __len__), got {type(inputs).__name__}")
         return iter(loader), len(inputs)
     x = inputs if isinstance(inputs, torch.Tensor) else _numpy(inputs, "inputs")
     if x.ndim < 2 or (x.dtype.is_complex if isinstance(x, torch.Tensor) else x.dtype.kind not in "biuf"):

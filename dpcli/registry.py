@@ -46,7 +46,7 @@ class Registry(Generic[T]):
         """Every registered name, in a stable order, without importing the implementations."""
         pkg = sys.modules.get(self.package)
         if pkg is not None:  # its live path (a plugin folder may have been added to it)
-            path = list(pkg.__path__)
+            path: list[str] | None = list(pkg.__path__)
         else:  # the package's folder, without running its __init__ (which may import numpy)
             spec = importlib.util.find_spec(self.package)
             path = spec.submodule_search_locations if spec is not None else None

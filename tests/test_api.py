@@ -125,6 +125,13 @@ def _mlp(d_in: int) -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(d_in, 5), torch.nn.ReLU(), torch.nn.Linear(5, 2))
 
 
+class _Stream(torch.utils.data.IterableDataset):
+    """A dataset without a length: embed cannot size its output up front."""
+
+    def __iter__(self):
+        return iter([torch.zeros(3)] * 4)
+
+
 _X, _Y = _problem(n=30)
 _S = np.random.default_rng(0).normal(size=(30, 6)).astype(np.float32)
 _NAN = _X.copy()
@@ -145,6 +152,9 @@ BAD = [  # (function, args, kwargs, a fragment of the one-line message)
     (dp.influence, (_X, _Y), {"estimator": "exactly"}, "exact"),
     (dp.influence, (_X, _Y), {"estimator": None}, "estimator must be a name"),
     (dp.influence, (_X, _Y), {"sketch": 0}, "--sketch"),
+    (dp.influence, (None, _Y), {}, "features is required"),
+    (dp.influence, (_X, None), {}, "labels is required"),
+    (dp.prune, (None,), {"prune_ratio": 0.5}, "S is required"),
     (dp.prune, (_S[:, 0],), {"prune_ratio": 0.5}, "2-D"),
     (dp.prune, (_S.astype(str),), {"prune_ratio": 0.5}, "real numbers"),
     (dp.prune, (np.where(np.eye(30, 6) > 0, np.nan, _S),), {"prune_ratio": 0.5}, "NaN or inf"),
@@ -168,6 +178,7 @@ BAD = [  # (function, args, kwargs, a fragment of the one-line message)
     (dp.refit, (_X, _Y, np.zeros(30, bool)), {}, "keeps no samples"),
     (dp.refit, (_NAN, _Y, np.ones(30, bool)), {}, "NaN or inf"),
     (dp.refit, (_X, _Y, np.ones(30, bool)), {"test_features": _X}, "both test features and test labels"),
+    (dp.refit, (_X, None, np.ones(30, bool)), {}, "labels is required"),
     (dp.refit, (_X, _Y, np.ones(30, bool)), {"damping": 0.0}, "damping"),
     (dp.embed, (torch.nn.Linear(3, 2), _X), {"batch_size": 0}, "batch_size"),
     (dp.embed, (torch.nn.Linear(3, 2), _X), {"device": "tpu"}, "--device"),
@@ -176,6 +187,7 @@ BAD = [  # (function, args, kwargs, a fragment of the one-line message)
     (dp.embed, (_mlp(3), np.array(["a", "b"])), {"head_module": "2"}, "inputs must be"),
     (dp.embed, (_mlp(3), torch.utils.data.TensorDataset(torch.zeros(0, 3))), {"head_module": "2"}, "empty"),
     (dp.embed, (_mlp(3), _X), {}, "no last linear layer"),
+    (dp.embed, (_mlp(3), _Stream()), {"head_module": "2"}, "map-style Dataset"),
 ]
 
 

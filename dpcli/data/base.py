@@ -105,7 +105,7 @@ class DiskImages:
             fd = self._file()
             for s, e in zip(np.r_[0, breaks].tolist(), np.r_[breaks, n].tolist()):
                 want = (e - s) * self.row_bytes
-                got = os.preadv(fd, [memoryview(buf[s:e]).cast("B")], self.offset + int(sorted_rows[s]) * self.row_bytes)
+                got = os.preadv(fd, [buf[s:e].data.cast("B")], self.offset + int(sorted_rows[s]) * self.row_bytes)
                 if got != want:
                     raise DpcliError(f"{self.path}: image cache is shorter than expected; delete it to rebuild")
         out = np.empty((n, *self.row_shape), dtype=np.uint8)
@@ -226,7 +226,7 @@ def split_fingerprint(split: Split) -> str:
     h.update(json.dumps([list(split.images.shape), list(split.labels.shape)]).encode())
     h.update(np.ascontiguousarray(split.labels, dtype="<i8").tobytes())
     for block in iter_blocks(split.images):
-        h.update(memoryview(block).cast("B"))
+        h.update(block.data.cast("B"))
     if split.crop is not None:  # absent otherwise, so fingerprints made before --image-size stay valid
         h.update(f"crop:{split.crop}".encode())
     return h.hexdigest()[:16]

@@ -166,14 +166,15 @@ def _raw_batches(split: Split, order: np.ndarray, batch_size: int, device: torch
             idx = order_dev[lo:hi]
             yield resident[0].index_select(0, idx), resident[1].index_select(0, idx)
         return
-    if not split.streamed:
+    images = split.images
+    if not isinstance(images, DiskImages):  # not split.streamed, spelled so that the type narrows
         for start in range(0, order.size, batch_size):
             lo, hi = batch_rows(start, batch_size, order.size, part)
             sel = order[lo:hi]
-            yield torch.from_numpy(split.images[sel]).to(device), torch.from_numpy(split.labels[sel]).to(device)
+            yield torch.from_numpy(images[sel]).to(device), torch.from_numpy(split.labels[sel]).to(device)
         return
     n_workers = loader_workers() if workers is None else workers
-    reader = _BatchReader(split.images, split.labels, order, batch_size, part)
+    reader = _BatchReader(images, split.labels, order, batch_size, part)
     loader = torch.utils.data.DataLoader(
         reader, batch_size=None, shuffle=False, num_workers=n_workers, pin_memory=device.type == "cuda",
         prefetch_factor=4 if n_workers else None,
@@ -265,7 +266,8 @@ def iterate_batches(
         elif augment:
             box = random_resized_crop_params(b, h, w, generator, gdev)
             flips = torch.randint(0, 2, (b,), generator=generator, device=gdev).bool()[mine]
-            x = resized_crop(xb, *(t[mine].to(device) for t in box), split.crop, flips.to(device))
+            tops, lefts, heights, widths = (t[mine].to(device) for t in box)
+            x = resized_crop(xb, tops, lefts, heights, widths, split.crop, flips.to(device))
             yield x.div_(255.0).sub_(mean_t).div_(std_t), yb, idx.clone()
             continue
         else:

@@ -121,8 +121,9 @@ def read_cache(path: Path) -> CacheInfo | None:
                 return None
             offset = f["images"].id.get_offset()
             crop = int(a["crop"])
+            h, w, c = (int(s) for s in f["images"].shape[1:])
             return CacheInfo(
-                path=path, offset=int(offset), row_shape=tuple(int(s) for s in f["images"].shape[1:]),
+                path=path, offset=int(offset), row_shape=(h, w, c),
                 labels=f["labels"][()], train_rows=f["train_rows"][()], test_rows=f["test_rows"][()],
                 crop=crop or None, mean=tuple(float(v) for v in a["mean"]), std=tuple(float(v) for v in a["std"]),
                 fingerprint=str(a["fingerprint"]), skipped=tuple(tuple(s) for s in _get_json(f, "skipped", [])),
@@ -276,9 +277,9 @@ def _build(path: Path, files: list[str], labels: np.ndarray, n_train: int, image
     row_bytes = int(np.prod(row_shape))
     block = int(min(512, max(8, _BLOCK_BYTES // row_bytes)))
     n_blocks = (total + block - 1) // block
-    side = (row_shape[0], image_size) if image_size is not None else None
-    if side is not None and resize is not None:
-        side = (*side, resize[1])  # (stored side, crop, interpolation)
+    side: imageio.Square | None = None
+    if image_size is not None:
+        side = (row_shape[0], image_size) if resize is None else (row_shape[0], image_size, resize[1])
     key = {"files": total, "row_shape": list(row_shape), "gray": gray, "block": block, "side": side}
     partial = path.with_name(path.stem + ".partial.h5")
     f = _open_partial(partial, key, total, row_shape, n_blocks)
@@ -328,6 +329,7 @@ def _build(path: Path, files: list[str], labels: np.ndarray, n_train: int, image
             from dpcli.data import jpeg
 
             for k, (paths, size, is_gray) in enumerate(jobs):
+                assert size is None or len(size) == 2  # a build that resizes decodes with PIL (open_or_build)
                 store(k, jpeg.decode_many(paths, size, is_gray, decoder))
         _finalize(f, partial, files, probes, labels, n_train, image_size, row_shape, n_blocks)
     finally:

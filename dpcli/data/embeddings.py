@@ -149,7 +149,7 @@ def from_arrays(x: np.ndarray, y: np.ndarray, x_test: np.ndarray | None = None, 
     _warn_unused_classes(labels, c)
     if (x_test is None) != (y_test is None):
         raise DpcliError("give both test features and test labels, or neither")
-    if x_test is not None:
+    if x_test is not None and y_test is not None:  # both or neither, checked above
         x_test = check_features(np.asarray(x_test), "test features")
         if x_test.shape[1] != feats.shape[1]:
             raise DpcliError(f"test features have {x_test.shape[1]} dimensions, training features {feats.shape[1]}")
@@ -182,11 +182,11 @@ def load_embeddings(features: Path, labels: Path, test_features: Path | None = N
         arrays[key] = load_array(path, key.replace("_", " "), keys)
         lineage[key] = str(Path(path).resolve())
         lineage[f"{key}_sha256"] = file_sha256(Path(path))
-    x = arrays["features"]
-    if x is not None and x.ndim != 2:
+    x, y = arrays["features"], arrays["labels"]
+    assert x is not None and y is not None  # their paths are required
+    if x.ndim != 2:
         raise DpcliError(f"{features}: features must be 2-D (n samples x D dimensions), got shape {x.shape}")
-    y = arrays["labels"]
-    if y is not None and x is not None and np.asarray(y).shape[0] != x.shape[0]:
+    if np.asarray(y).shape[0] != x.shape[0]:
         raise DpcliError(f"{labels}: {np.asarray(y).shape[0]} labels for {x.shape[0]} feature rows "
                          f"in {features}; they must have the same length")
     return from_arrays(x, y, arrays["test_features"], arrays["test_labels"], num_classes, lineage)

@@ -12,15 +12,20 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 EXIF_ORIENTATION = 0x0112
 _TRANSPOSED = frozenset({5, 6, 7, 8})  # orientations that swap width and height
 
 Tagged = tuple[str, Any]
+# (stored side, crop) of the centered square an image is resized to, and the resampling when not bilinear
+Square = tuple[int, int] | tuple[int, int, str]
 
 
 def _open(path: str):
@@ -74,19 +79,22 @@ def center_square_box(w: int, h: int, side: int, crop: int) -> tuple[int, int, i
     return rw, rh, int(round((rw - crop) / 2.0)) - inner, int(round((rh - crop) / 2.0)) - inner
 
 
-def resize_center_square(im, side: int, crop: int, interpolation: str = "bilinear"):
+def resize_center_square(
+    im: PIL.Image.Image, side: int, crop: int, interpolation: str = "bilinear"
+) -> PIL.Image.Image:
     """Resize the shorter side to ``side`` (torchvision's Resize), then cut the ``side x side`` square whose
     central ``crop x crop`` (offset ``round((side - crop) / 2)``) is exactly torchvision's CenterCrop(crop)."""
     from PIL import Image
 
-    resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[interpolation]
+    modes = Image.Resampling
+    resample = {"bilinear": modes.BILINEAR, "bicubic": modes.BICUBIC, "nearest": modes.NEAREST}[interpolation]
     rw, rh, left, top = center_square_box(*im.size, side, crop)
     if (rw, rh) != im.size:
         im = im.resize((rw, rh), resample)
     return im.crop((left, top, left + side, top + side))
 
 
-def decode(path: str, size: tuple[int, int] | None, gray: bool) -> Tagged:
+def decode(path: str, size: Square | None, gray: bool) -> Tagged:
     """``("ok", uint8 (H, W, C))``: EXIF-rotated, converted to L (``gray``) or RGB, and when ``side``
     is ``(side, crop)`` resized so the shorter side is ``side`` and cut to a centered square."""
     from PIL import ImageOps
@@ -111,6 +119,6 @@ def probe_many(paths: list[str]) -> list[Tagged]:
     return [probe(p) for p in paths]
 
 
-def decode_many(job: tuple[list[str], tuple[int, int] | None, bool]) -> list[Tagged]:
+def decode_many(job: tuple[list[str], Square | None, bool]) -> list[Tagged]:
     paths, size, gray = job
     return [decode(p, size, gray) for p in paths]

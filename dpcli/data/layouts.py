@@ -230,7 +230,9 @@ def _imagenet_val_wnids(root: Path) -> list[str]:
             for m in tar.getmembers():
                 name = os.path.basename(m.name)
                 if m.isfile() and name in ("meta.mat", "ILSVRC2012_validation_ground_truth.txt"):
-                    with tar.extractfile(m) as src, open(os.path.join(data, name), "wb") as dst:
+                    src = tar.extractfile(m)
+                    assert src is not None  # extractfile opens every regular member
+                    with src, open(os.path.join(data, name), "wb") as dst:
                         dst.write(src.read())
             return _wnids_from_devkit(os.path.join(tmp, DEVKIT))
     raise DpcliError(

@@ -213,11 +213,7 @@ def cg_influence(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor,
             stats.iterations.append(its)
             stats.max_relative_residual = max(stats.max_relative_residual, worst)
         solved = _to_public(x[start - g_start:stop - g_start]).div_(n)
-        block = solved.to(torch.float32).contiguous().cpu().numpy()
-        if sink is not None:
-            sink(start, block)
-        else:
-            out[start - row_start:stop - row_start] = block
+        infl.emit(sink, out, start - (0 if sink is not None else row_start), solved)
         if progress is not None:
             progress(stop - row_start, total)
     return out

@@ -15,6 +15,7 @@ inner products (which only steer the step) in float32.
 
 from __future__ import annotations
 
+import functools
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -177,7 +178,7 @@ class _Curvature:
         self.xh, self.n, self.damping = xh, xh.shape[0], damping
         self.w, self.b = w.to(torch.float32), b.to(torch.float32)
         probs = [self._probs(phi) for phi in self._rows()]
-        a = sum(torch.diag(p.sum(0)) - p.T @ p for p in probs) / self.n
+        a = functools.reduce(torch.add, [torch.diag(p.sum(0)) - p.T @ p for p in probs]) / self.n
         self.precond: KroneckerPreconditioner = KroneckerPreconditioner(a, factor, damping)  # float32 too
         # kept for the products where they fit (n_h x C), else recomputed with each product
         self.p = probs if xh.shape[0] * w.shape[0] * 4 <= _F64_COPY_BYTES else None

@@ -112,12 +112,12 @@ def _replay(features: Tensor, labels: Tensor, traj: Trajectory, first: int,
     as64 = lambda a: torch.as_tensor(np.asarray(a), dtype=_F64, device=device)  # noqa: E731
     w, b = as64(traj.weight[first]).clone(), as64(traj.bias[first]).clone()
     mw, mb = as64(traj.momentum_weight[first]).clone(), as64(traj.momentum_bias[first]).clone()
+    delta: Tensor | None = None  # D for the rows, and its momentum: both or neither
+    mom: Tensor | None = None
     if rows is not None:
         r0, r1 = rows
         delta = torch.zeros(r1 - r0, d, dtype=_F64, device=device)
         mom = torch.zeros_like(delta)
-    else:
-        delta = mom = None
     y_all = labels.to(device)
     for k in range(first, len(traj)):
         lr = float(traj.lr[k])
@@ -126,7 +126,7 @@ def _replay(features: Tensor, labels: Tensor, traj: Trajectory, first: int,
             phi = features[idx].detach().to(_F64)
             grads = infl.per_sample_grads(phi, y_all[idx], w, b)  # (|B|, d) float64 at theta_t
             gbar = grads.mean(dim=0)
-            if delta is not None:
+            if delta is not None and mom is not None:
                 dg = infl.hessian_vector_product(phi, w, b, delta)  # H_B(theta_t) D_t
                 inside = (idx >= r0) & (idx < r1)
                 if bool(inside.any()):
@@ -195,6 +195,7 @@ def sgd_influence(features: Tensor, labels: Tensor, traj: Trajectory, *, epochs:
                 progress(start + (stop - start) * done // total, n)
 
         _, _, delta = _replay(features, labels, traj, first, (start, stop), on_epoch)
+        assert delta is not None  # rows given
         infl.emit(sink, out, start if sink is not None else start - lo, delta)
         if progress is not None:
             progress(stop, n)

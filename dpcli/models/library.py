@@ -81,6 +81,7 @@ def split_head(model: nn.Module, head_module: str | None = None, *, copy_model: 
     name = find_head(model, head_module)
     body = copy.deepcopy(model) if copy_model else model
     head = body.get_submodule(name)
+    assert isinstance(head, nn.Linear)  # find_head names only a Linear
     _set(body, name, nn.Identity())
     return body, head
 

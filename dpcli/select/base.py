@@ -202,6 +202,7 @@ class ScoreSelector(Selector):
             return prune_lowest(s, m), self.name
         if np.isnan(s).any():
             raise DpcliError("a selection score is NaN; the training dynamics do not cover every sample")
+        assert epsilon is not None  # select() gives one of m and epsilon
         pruned = longest_prefix(ctx.S, s, float(epsilon))
         # the prefix sums add in another order than the certificate: settle boundary rounding here
         return repair(ctx.S, row_sq_norms(ctx.S), pruned, float(epsilon))[0], self.name
@@ -209,9 +210,19 @@ class ScoreSelector(Selector):
 
 def prune_count(cfg: "PruneConfig", n: int) -> int | None:
     """The number of samples to prune in cardinality mode (None in epsilon mode)."""
-    if cfg.epsilon is not None:
-        return None
-    return cfg.count if cfg.count is not None else count_from_ratio(n, cfg.ratio)
+    return None if cfg.epsilon is not None else _count(cfg, n)
+
+
+def prune_target(cfg: "PruneConfig", n: int) -> float:
+    """A mask's target: epsilon, or the number of samples to prune."""
+    return float(cfg.epsilon) if cfg.epsilon is not None else float(_count(cfg, n))
+
+
+def _count(cfg: "PruneConfig", n: int) -> int:
+    if cfg.count is not None:
+        return cfg.count
+    assert cfg.ratio is not None  # a validated PruneConfig sets exactly one of epsilon, count, ratio
+    return count_from_ratio(n, cfg.ratio)
 
 
 def select(cfg: "PruneConfig", ctx: Context) -> tuple[np.ndarray, str]:

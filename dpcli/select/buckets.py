@@ -27,6 +27,7 @@ import os
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from multiprocessing.context import BaseContext
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,7 @@ def _solve_bucket(idx: np.ndarray, m: int | None, eps: float | None, solver: str
     if eps is not None:
         sel = selection.maximize_pruned(Sb, eps, solver=solver, time_budget=budget, seed=seed)
     else:
+        assert m is not None  # exactly one of the two (solve_bucketed)
         sel = selection.minimize_norm(Sb, m, solver=solver, time_budget=budget, seed=seed)
     return idx[sel.pruned], sel.iterations
 
@@ -117,6 +119,7 @@ def solve_bucketed(S: np.ndarray, *, m: int | None = None, epsilon: float | None
             raise DpcliError(f"the prune count must be an integer in [0, {n}], got {m!r}")
         m = int(m)
     else:
+        assert epsilon is not None  # exactly one, checked above
         eps = float(epsilon)
         if not (math.isfinite(eps) and eps >= 0.0):
             raise DpcliError(f"epsilon must be a finite number >= 0, got {epsilon!r}")
@@ -145,6 +148,7 @@ def solve_bucketed(S: np.ndarray, *, m: int | None = None, epsilon: float | None
                     progress(0.8 * (b + 1) / buckets)
         else:
             methods = mp.get_all_start_methods()
+            ctx: BaseContext
             if "fork" in methods:
                 ctx, init = mp.get_context("fork"), None
                 _S_SHARED = S  # inherited by the forked workers, no copy

@@ -6,10 +6,14 @@ Everything here chunks by bytes, not rows, so the temporaries stay near ``CHUNK_
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dpcli.errors import DpcliError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 # float64 bytes materialized at once when S is streamed (64 MiB).
 CHUNK_BYTES = 64 << 20
@@ -181,6 +185,8 @@ class Rows:
             device = S.device
         self.device = device_of(device)
         self.n, self.d = int(S.shape[0]), int(S.shape[1])
+        self.S: np.ndarray | None  # S on the host (a numpy array on the CPU) ...
+        self.t: Tensor | None  # ... or as a float32 tensor: exactly one of the two is set
         if self.device == "cpu" and isinstance(S, np.ndarray):
             self.S, self.t = as_matrix(S), None
             self.dtype = np.float64 if self.d <= EXACT_MAX_D else np.float32
@@ -199,10 +205,16 @@ class Rows:
                 self.t[a:a + step] = torch.from_numpy(np.ascontiguousarray(S[a:a + step], dtype=np.float32))
 
     # ---- backend primitives: the only places that know numpy from torch
+    @property
+    def _host_S(self) -> np.ndarray:
+        """S where it lives on the host: the branches taken when ``self.t is None``."""
+        assert self.S is not None
+        return self.S
+
     def _gather(self, idx: np.ndarray):
         """Rows ``idx`` where S lives, in the Gram precision."""
         if self.t is None:
-            return self.S[idx].astype(self.dtype)
+            return self._host_S[idx].astype(self.dtype)
         import torch
 
         return self.t[torch.as_tensor(np.asarray(idx, dtype=np.int64), device=self.device)]
@@ -225,7 +237,7 @@ class Rows:
     def matvec(self, x: np.ndarray) -> np.ndarray:
         """float64 ``S @ x``, multiplied in S's precision (float32 on a device): one pass over S."""
         if self.t is None:
-            return matvec(self.S, x)
+            return matvec(self._host_S, x)
         return self._host(self.t @ self._vec(x))
 
     def gram(self, idx: np.ndarray) -> np.ndarray:
@@ -255,6 +267,7 @@ class Rows:
 
     def _extend(self, old: "Block", at: np.ndarray, fresh: np.ndarray) -> "Block":
         k0 = at.size
+        X: np.ndarray | Tensor
         if self.t is None:
             X = np.concatenate([old.X[at], self._gather(fresh)])
         else:
@@ -273,50 +286,50 @@ class Rows:
     def dot_rows(self, idx: np.ndarray, x: np.ndarray) -> np.ndarray:
         """``S[idx] @ x`` as float64 (float64 products on the CPU)."""
         if self.t is None:
-            return take_rows(self.S, idx) @ x
+            return take_rows(self._host_S, idx) @ x
         return self._host(self._gather(idx) @ self._vec(x))
 
     def sum_rows(self, idx: np.ndarray) -> np.ndarray:
         """float64 sum of rows ``idx`` (exact in float64 for float32 rows)."""
         if self.t is None:
-            return sum_rows(self.S, idx)
+            return sum_rows(self._host_S, idx)
         import torch
 
         return self._gather(idx).to(torch.float64).sum(0).cpu().numpy()
 
     def masked_sum(self, mask: np.ndarray) -> np.ndarray:
         if self.t is None:
-            return masked_sum(self.S, mask)
+            return masked_sum(self._host_S, mask)
         return self.sum_rows(np.flatnonzero(mask))
 
     def row(self, i: int) -> np.ndarray:
         if self.t is None:
-            return self.S[i].astype(np.float64)
+            return self._host_S[i].astype(np.float64)
         return self._host(self.t[i])
 
     def take(self, idx: np.ndarray) -> np.ndarray:
         """Rows ``idx`` as a float64 host array (a few rows: O(d) evaluations)."""
         if self.t is None:
-            return take_rows(self.S, idx)
+            return take_rows(self._host_S, idx)
         return self._host(self._gather(idx))
 
     def norm(self, mask: np.ndarray) -> float:
         """``||sum_{mask} S_i||`` in float64 (on a host S: :func:`subset_norm`)."""
         if self.t is None:
-            return subset_norm(self.S, mask)
+            return subset_norm(self._host_S, mask)
         return float(np.linalg.norm(self.masked_sum(as_mask(mask, self.n))))
 
     def subset(self, idx: np.ndarray) -> "Rows":
         """Rows ``idx`` (sorted) as their own contiguous Rows on the same device (a working set)."""
         idx = np.sort(idx)
         if self.t is None:
-            return Rows(np.ascontiguousarray(self.S[idx]))
+            return Rows(np.ascontiguousarray(self._host_S[idx]))
         return Rows(self._gather(idx), self.device)
 
     def sq_norms(self) -> np.ndarray:
         """float64 ``||S_i||^2``; refuses NaN/inf."""
         if self.t is None:
-            return row_sq_norms(self.S)
+            return row_sq_norms(self._host_S)
         import torch
 
         q = torch.empty(self.n, dtype=torch.float64, device=self.device)
@@ -324,11 +337,11 @@ class Rows:
         for a in range(0, self.n, step):
             X = self.t[a:a + step].to(torch.float64)
             q[a:a + step] = (X * X).sum(1)
-        q = q.cpu().numpy()
-        if not np.isfinite(q).all():
+        host = q.cpu().numpy()
+        if not np.isfinite(host).all():
             raise DpcliError(f"the influence matrix has a non-finite value (NaN or inf) in row "
-                             f"{int(np.flatnonzero(~np.isfinite(q))[0])}")
-        return q
+                             f"{int(np.flatnonzero(~np.isfinite(host))[0])}")
+        return host
 
 
 class Block:

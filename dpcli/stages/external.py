@@ -70,7 +70,7 @@ def prune_external(path: Path | str, out: Path, cfg: "PruneConfig", *, labels: P
 
     from dpcli.artifacts.h5 import array_fingerprint
     from dpcli.data.samples import SampleSpace
-    from dpcli.select.base import Context, prune_count, select
+    from dpcli.select.base import Context, prune_target, select
     from dpcli.stages.core import InfluenceInfo, certify_selection, check_outputs, write_mask
     from dpcli.data.embeddings import load_external_S
 
@@ -99,7 +99,7 @@ def prune_external(path: Path | str, out: Path, cfg: "PruneConfig", *, labels: P
                          num_classes=0, feature_dim=0, fingerprint=array_fingerprint(S), checkpoint="",
                          checkpoint_fingerprint="", dataset="", dataset_fingerprint="", seconds=0.0,
                          space=SampleSpace.identity(n))
-    target = float(cfg.epsilon) if cfg.epsilon is not None else float(prune_count(cfg, n))
+    target = prune_target(cfg, n)
     extra = {"lineage": NO_LINEAGE, "labels_file": str(Path(labels).resolve()) if labels else "", **ctx.record}
     return write_mask(out, cert, mode=cfg.mode, target=target, solver=solver, info=meta, config=cfg.to_dict(),
                       seconds=time.perf_counter() - t0, method=cfg.method, outputs=outputs, extra_attrs=extra)

@@ -113,11 +113,10 @@ def input_spec(arch: str | None, weights: str | None, image_size: int | None,
 
     if upstream is not None and arch is None and weights is None and image_size is None:
         return preprocess.of_checkpoint(upstream)
-    base = upstream.config if upstream is not None else None
-    if arch is None and base is None:
-        return None
-    return preprocess.resolve(arch or base.arch, weights or (base.weights if base else None),
-                              image_size or (base.image_size if base else None))
+    if upstream is None:
+        return None if arch is None else preprocess.resolve(arch, weights or None, image_size or None)
+    base = upstream.config
+    return preprocess.resolve(arch or base.arch, weights or base.weights, image_size or base.image_size)
 
 
 def train_config(ds: "Dataset", overrides: dict[str, Any]) -> TrainConfig:
@@ -322,7 +321,9 @@ def verify_bound(ds: "Dataset", ck_path: Path, ck: "Checkpoint", info: "Influenc
 
     if ck.dataset_fingerprint != ds.fingerprint:
         raise DpcliError(f"{ck_path}: checkpoint was made for another dataset than {ds.name!r}")
-    full_loss = ck.final.test_loss
+    final = ck.final
+    assert final is not None  # dpcli writes a checkpoint once an epoch is recorded
+    full_loss = final.test_loss
     rows: list[BoundRow] = []
     for mi in masks:
         rnd = ensure_random_mask(info, mi.n_pruned, random_seed, force=force)
@@ -343,7 +344,7 @@ def verify_bound(ds: "Dataset", ck_path: Path, ck: "Checkpoint", info: "Influenc
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {
         "command": "verify-bound", "dataset": ds.name, "checkpoint": str(ck_path), "influence": str(info.path),
-        "n": info.n, "full_test_loss": full_loss, "full_test_accuracy": ck.final.test_acc,
+        "n": info.n, "full_test_loss": full_loss, "full_test_accuracy": final.test_acc,
         "epsilon_convention": "epsilon = ||sum_{pruned} S_i||, S_i = (1/n) H^-1 grad L(z_i); Theorem 1's eps/n equals it",
         "rows": [r.to_dict() for r in rows],
     }

@@ -33,7 +33,7 @@ from __future__ import annotations
 import atexit
 import datetime
 import os
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as tdist
@@ -201,7 +201,7 @@ def from_env(device_name: str = "auto") -> Distributed | None:
     else:
         device = torch.device("cpu")
     if not tdist.is_initialized():
-        kwargs = {"device_id": device} if use_cuda else {}
+        kwargs: dict[str, Any] = {"device_id": device} if use_cuda else {}
         try:
             tdist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world_size,
                                      timeout=_timeout(), **kwargs)

@@ -103,6 +103,8 @@ class DynamicsRecorder:
         self._cur_margin: np.ndarray | None = None
         self._cur_el2n: np.ndarray | None = None
         self._cur_probs: np.ndarray | None = None
+        self._cur: Tensor | None = None  # this epoch's records on the device, between begin_epoch and end_epoch
+        self._cur_probs_dev: Tensor | None = None  # (n, C), allocated at the first batch (C known then)
 
     @classmethod
     def for_run(cls, n: int, snapshot_epochs: tuple[int, ...], resume_from: Path | None,
@@ -142,31 +144,34 @@ class DynamicsRecorder:
     def begin_epoch(self, device: torch.device | str = "cpu") -> None:
         # rows loss / correct / margin / el2n kept on the training device: one host transfer per epoch, none per step
         self._cur = torch.full((4, self.n), float("nan"), dtype=torch.float32, device=device)
-        self._cur_probs_dev: Tensor | None = None  # (n, C), allocated at the first batch (C known then)
+        self._cur_probs_dev = None
 
     def add_batch(self, idx: Tensor, losses: Tensor, logits: Tensor, labels: Tensor) -> None:
         """Record one training batch from its forward pass (``logits`` as the loss saw them), on its device."""
+        cur = self._cur
+        assert cur is not None, "add_batch comes between begin_epoch and end_epoch"
         with torch.no_grad():
-            i = idx.to(self._cur.device, non_blocking=True)
+            i = idx.to(cur.device, non_blocking=True)
             z = logits.detach().float()
-            self._cur[0, i] = losses.detach().float()
-            self._cur[1, i] = (z.argmax(1) == labels).float()
+            cur[0, i] = losses.detach().float()
+            cur[1, i] = (z.argmax(1) == labels).float()
             if not self._extras:
                 return
             p = torch.softmax(z, 1)
             y = labels.view(-1, 1)
             others = p.scatter(1, y, -1.0).amax(1)  # probabilities are >= 0: -1 hides the true class
             p_y = p.gather(1, y)
-            self._cur[2, i] = p_y.squeeze(1) - others
-            self._cur[3, i] = torch.linalg.vector_norm(p.scatter(1, y, p_y - 1.0), dim=1)  # ||p - onehot(y)||
+            cur[2, i] = p_y.squeeze(1) - others
+            cur[3, i] = torch.linalg.vector_norm(p.scatter(1, y, p_y - 1.0), dim=1)  # ||p - onehot(y)||
             if self._want_probs and (self._cur_probs_dev is not None or self._probs_fit(p.shape[1])):
                 if self._cur_probs_dev is None:  # float16, as stored: half the memory of float32
                     self._cur_probs_dev = torch.full((self.n, p.shape[1]), float("nan"), dtype=torch.float16,
-                                                     device=self._cur.device)
+                                                     device=cur.device)
                 self._cur_probs_dev[i] = p.half()
 
     def end_epoch(self, dist=None) -> None:
         """Close the epoch; under torchrun every rank saw a slice, so the records are summed over ranks."""
+        assert self._cur is not None, "end_epoch comes after begin_epoch"
         cur = self._cur.cpu().numpy()
         seen = ~np.isnan(cur[0])
         self._cur_loss = cur[0]

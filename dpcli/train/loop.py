@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import h5py
 import numpy as np
@@ -288,7 +288,7 @@ def _train_locked(config: TrainConfig, ds: Dataset, out: Path, *, device: torch.
     if start == 0:
         dyn.snapshot(0, model)
     last = config.epochs if stop_after is None else max(start, min(config.epochs, int(stop_after)))
-    ck = None
+    saved: Checkpoint | None = None
     for epoch in range(start, last):
         t0 = time.perf_counter()
         net.train()
@@ -338,17 +338,17 @@ def _train_locked(config: TrainConfig, ds: Dataset, out: Path, *, device: torch.
                           test_loss=test_loss, test_acc=test_acc, seconds=time.perf_counter() - t0,
                           steps=steps, lr=lr)
         history.append(rec)
-        ck = save(out, model, optimizer, scheduler, config, ds, history,
-                  complete=epoch + 1 == config.epochs, keep_indices=indices, lineage=lineage,
-                  trajectory=recorder, dynamics=dyn, consolidate=epoch + 1 == last, replace_newer=force)
+        saved = save(out, model, optimizer, scheduler, config, ds, history,
+                     complete=epoch + 1 == config.epochs, keep_indices=indices, lineage=lineage,
+                     trajectory=recorder, dynamics=dyn, consolidate=epoch + 1 == last, replace_newer=force)
         if on_epoch:
             on_epoch(rec)
-    if ck is None and last < config.epochs:  # stop_after reached already: nothing to do
+    if saved is None and last < config.epochs:  # stop_after reached already: nothing to do
         return load_checkpoint(out)
-    if ck is None:  # zero epochs left to run (complete flag lost): rewrite as complete
-        ck = save(out, model, optimizer, scheduler, config, ds, history, complete=True,
-                  keep_indices=indices, lineage=lineage, trajectory=recorder, dynamics=dyn, consolidate=True)
-    return ck
+    if saved is None:  # zero epochs left to run (complete flag lost): rewrite as complete
+        saved = save(out, model, optimizer, scheduler, config, ds, history, complete=True,
+                     keep_indices=indices, lineage=lineage, trajectory=recorder, dynamics=dyn, consolidate=True)
+    return saved
 
 
 def _recorders(config: TrainConfig, n: int, snaps: tuple[int, ...], out: Path,
@@ -430,7 +430,8 @@ def _to_channels_last(model: Classifier) -> None:
     """NHWC weights and activations for conv models (tensor-core friendly); a no-op for others."""
     if any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
         model.to(memory_format=torch.channels_last)
-        model.dpcli_channels_last = True
+        # Module.__setattr__ is annotated for tensors and modules only; a plain attribute is stored as usual
+        model.dpcli_channels_last = True  # type: ignore[assignment]
 
 
 def _memory_format(x: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
@@ -442,9 +443,11 @@ def _memory_format(x: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
 def _compiled(net: torch.nn.Module) -> torch.nn.Module:
     """``torch.compile`` for the training steps; a clear error where the platform cannot compile."""
     try:
-        return torch.compile(net)
+        compiled = torch.compile(net)
     except RuntimeError as exc:  # e.g. unsupported Python/platform
         raise DpcliError(f"--compile is not available here: {exc}") from None
+    assert isinstance(compiled, torch.nn.Module)  # compiling a module gives a module (typed as any callable)
+    return compiled
 
 
 def _first_compiled_step(net: torch.nn.Module, eager: torch.nn.Module, forward_backward, x, y):
@@ -563,11 +566,12 @@ def load_checkpoint(path: Path | str, *, weights: bool = True) -> Checkpoint:
             config = TrainConfig.from_dict(get_attr(f, "config"))
             h = f["history"]
             n_epochs = len(h["epoch"])
-            history = [
-                EpochRecord(**{k: (int(h[k][i]) if k in ("epoch", "steps") else float(h[k][i]))
-                               for k in EpochRecord.__dataclass_fields__})
-                for i in range(n_epochs)
-            ]
+            def record(i: int) -> EpochRecord:
+                row: dict[str, Any] = {k: (int(h[k][i]) if k in ("epoch", "steps") else float(h[k][i]))
+                                       for k in EpochRecord.__dataclass_fields__}  # ints and floats, by field
+                return EpochRecord(**row)
+
+            history = [record(i) for i in range(n_epochs)]
             ck = Checkpoint(
                 path=path, config=config, dataset_fingerprint=get_attr(f, "dataset_fingerprint"),
                 n_train=int(get_attr(f, "n_train")), num_classes=int(get_attr(f, "num_classes")),

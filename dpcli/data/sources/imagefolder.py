@@ -89,9 +89,9 @@ class ImageFolder(DatasetSource):
         root = Path(path).expanduser().resolve()
         layout = layouts.scan(root)
         _warn_passed_over(layout.passed_over)
-        spec = request.input
-        image_size = spec.crop if spec is not None else request.image_size
-        resize = (spec.resize, spec.interpolation) if spec is not None else None
+        weights_input = request.input
+        image_size = weights_input.crop if weights_input is not None else request.image_size
+        resize = (weights_input.resize, weights_input.interpolation) if weights_input is not None else None
         key = _cache_key(root, layout, image_size, resize)
         cache_path = request.data_root / "imagefolder-cache" / f"{key}.h5"
         files = [p for p, _ in layout.train] + [p for p, _ in layout.test]

@@ -46,7 +46,7 @@ class Timm(ModelSource):
                                  "download them elsewhere and pass the file: --weights PATH") from None
         else:
             net = timm.create_model(model, pretrained=False)
-            if local:
+            if weights is not None and local:
                 load_state_file(net, weights, f"timm:{model}")
         return LibraryClassifier(net, spec.num_classes, f"timm:{model}", in_channels=spec.in_channels,
                                  expects_channels=int(getattr(net, "default_cfg", {}).get("input_size", (3,))[0]),

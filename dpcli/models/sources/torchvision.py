@@ -71,7 +71,7 @@ class TorchVision(ModelSource):
                     net.aux1 = net.aux2 = None
         else:
             net = tvm.get_model(model, weights=None, **kwargs)
-            if local:
+            if weights is not None and local:
                 load_state_file(net, weights, f"torchvision:{model}")
         return LibraryClassifier(net, spec.num_classes, f"torchvision:{model}", in_channels=spec.in_channels,
                                  head_module=spec.head_module)

@@ -21,6 +21,7 @@ what a pool changes is recomputed from the rows before it is accepted.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -321,6 +322,7 @@ def _pool_round(eng: Engine, st: SwapState, v: np.ndarray | None, k: int, eps2: 
     else:
         A = st.A if universe is None else st.A[universe]
         q = eng.q if universe is None else eng.q[universe]
+        assert v is not None  # the callers give v whenever S S^T is not held
         outs, ins = _screen(A, v, q, k)
         P = np.concatenate([outs, ins])
         if universe is not None:
@@ -433,7 +435,7 @@ def greedy_fill(eng: Engine, st: SwapState, count: int) -> None:
     """Add ``count`` rows one at a time, each minimizing ``||s + S_j||`` (a row of S S^T, or a pass over S, each)."""
     if count <= 0:
         return
-    if eng.full:
+    if eng.G is not None:  # eng.full: S S^T is held
         v = eng.v(st)
         picked = np.empty(count, dtype=np.int64)
         A = st.A.copy()
@@ -493,7 +495,7 @@ class _Chain:
     best_inA: np.ndarray | None = None
     accepted: int = 0
 
-    def run(self, proposals: int, temp: "callable", rng: np.random.Generator, chunk: int = 1 << 14) -> int:
+    def run(self, proposals: int, temp: Callable[[int], float], rng: np.random.Generator, chunk: int = 1 << 14) -> int:
         """``proposals`` proposals (swap a random member for a random outsider), evaluated in batches.
 
         A batch is evaluated at once from the Gram block; its first accepted proposal is applied and the
@@ -573,8 +575,9 @@ class _WorkingSet:
             self.U = np.unique(np.concatenate(_screen(st.A, v, eng.q, self.side)))
             self.SU = eng.rows.subset(self.U)
         self.age += 1
-        U = self.U
-        return U[np.concatenate(_screen(st.A[U], self.SU.matvec(st.s), eng.q[U], k))]
+        U, SU = self.U, self.SU
+        assert U is not None and SU is not None  # screened on the first call: age starts at _WS_REFRESH
+        return U[np.concatenate(_screen(st.A[U], SU.matvec(st.s), eng.q[U], k))]
 
 
 def _anneal_cycle(eng: Engine, st: SwapState, clock: Clock, rng: np.random.Generator, proposals: int,
