@@ -251,8 +251,8 @@ def warn_emptied_classes(labels: np.ndarray, keep: np.ndarray, record: dict) -> 
     shown = ", ".join(f"{c} ({k} sample{'s' if k > 1 else ''})" for c, k in list(lost.items())[:10])
     more = f" and {len(lost) - 10} more" if len(lost) > 10 else ""
     warnings.warn(f"dpcli: the kept set has no sample of {len(lost)} of the {len(classes)} classes: {shown}{more}; "
-                  "a model trained on it cannot predict them (--balance prunes every class by the same share; "
-                  "--hard-cutoff prunes the hardest samples of all classes first)", stacklevel=3)
+                  "a model trained on it cannot predict them (--balance prunes every class by the same share, and "
+                  "with it --hard-cutoff takes each class's hardest samples within that share)", stacklevel=3)
 
 
 SHARE_FACTOR = 2.0  # a kept class share below 1/2 or above 2 times its training share is reported
