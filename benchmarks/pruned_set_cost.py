@@ -8,7 +8,8 @@ Each stage is the library call the CLI makes, in one process (the interpreter an
 the figures are the stages' own): ``dpcli.train.loop.train`` of the dataset's default configuration (with
 ``--epochs`` / ``--arch`` overrides), ``dpcli.stages.core.compute_influence`` (exact S) and
 ``dpcli.stages.core.prune`` with the default selector, ``auto``, at ``--ratio``.  Reported: the seconds of
-each and influence, prune and their sum in percent of train (the target: at most 10 %), with auto's line.
+each and influence, prune and their sum in percent of train (the target: at most 10 %), with auto's line and
+its validation seconds (everything before its final solve) in the last repeat.
 A ``--repeats`` > 1 repeats influence and prune (train once) and reports their medians; ``--reuse`` takes an
 existing complete checkpoint of the same configuration and its recorded training seconds (the sum of its
 epochs' times) instead of training again.
@@ -97,9 +98,12 @@ def main() -> None:
     from dpcli.artifacts.h5 import get_attr, open_artifact
 
     with open_artifact(mask.path, "mask") as f:
-        line = (get_attr(f, "auto") or {}).get("line", "")
+        auto = get_attr(f, "auto") or {}
+    line = auto.get("line", "")
+    validation = auto.get("signals", {}).get("validation_seconds")  # the last repeat's: before its final solve
     report = {"dataset": dataset, "n": len(ds.train.labels), "config": cfg.to_dict(), "ratio": a.ratio,
               "seconds": seconds, "every": every, "percent_of_train": share, "auto_line": line,
+              "auto_validation_seconds_last": validation,
               "device": str(dev), "threads": torch.get_num_threads(), "load_average_after": os.getloadavg()}
     print(f"{dataset} (n = {report['n']}, {cfg.arch}, {cfg.epochs} epochs): train {seconds['train']:.1f} s, "
           f"influence {seconds['influence']:.1f} s ({share['influence']:.1f} %), prune (auto, {a.ratio:g}) "
