@@ -69,7 +69,7 @@ def fit_dpcli(x: np.ndarray, y: np.ndarray, c: int, lam: float, tol: float) -> t
 
 
 def fit_sklearn(x: np.ndarray, y: np.ndarray, c: int, lam: float, tol: float,
-                threads: int | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+                threads: int | None = None, max_iter: int = 20_000) -> tuple[np.ndarray, np.ndarray, str]:
     from sklearn.linear_model import LogisticRegression
     from threadpoolctl import threadpool_limits
 
@@ -78,7 +78,7 @@ def fit_sklearn(x: np.ndarray, y: np.ndarray, c: int, lam: float, tol: float,
     with warnings.catch_warnings(), threadpool_limits(limits=threads):
         warnings.simplefilter("ignore")  # ConvergenceWarning: the gradient norm reached is reported instead
         m = LogisticRegression(C=1.0 / (n * lam), fit_intercept=False, solver="lbfgs",
-                               tol=tol / np.sqrt(c * (dim + 1)), max_iter=20_000).fit(xa, y)
+                               tol=tol / np.sqrt(c * (dim + 1)), max_iter=max_iter).fit(xa, y)
     return m.coef_[:, :dim].copy(), m.coef_[:, dim].copy(), f"{int(np.max(m.n_iter_))} L-BFGS iterations"
 
 

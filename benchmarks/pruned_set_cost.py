@@ -8,7 +8,9 @@ Each stage is the library call the CLI makes, in one process (the interpreter an
 the figures are the stages' own): ``dpcli.train.loop.train`` of the dataset's default configuration (with
 ``--epochs`` / ``--arch`` overrides), ``dpcli.stages.core.compute_influence`` (exact S) and
 ``dpcli.stages.core.prune`` with the default selector, ``auto``, at ``--ratio``.  Reported: the seconds of
-each and influence, prune and their sum in percent of train (the target: at most 10 %), with auto's line.
+each and influence, prune and their sum in percent of train (the target: at most 10 %), with auto's line and
+its validation seconds (everything before its final solve) in the last repeat.  ``--optimization`` also times
+``prune --method optimization`` of the same S after each auto prune: auto's target is at most 1.5x of it.
 A ``--repeats`` > 1 repeats influence and prune (train once) and reports their medians; ``--reuse`` takes an
 existing complete checkpoint of the same configuration and its recorded training seconds (the sum of its
 epochs' times) instead of training again.
@@ -58,6 +60,8 @@ def main() -> None:
     ap.add_argument("--subset", type=int, default=None, help="PER_CLASS: prune a class-balanced subset folder")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--reuse", action="store_true", help="reuse a complete checkpoint and its recorded train time")
+    ap.add_argument("--optimization", action="store_true",
+                    help="also time prune --method optimization after each auto prune (auto's floor)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     import torch
@@ -80,10 +84,11 @@ def main() -> None:
     trained = train(cfg, ds, ck, device=dev, force=not a.reuse)
     seconds = {"train": trained.seconds if a.reuse else time.perf_counter() - t}
     icfg, pcfg = InfluenceConfig().validate(), PruneConfig(ratio=a.ratio).validate()
+    ocfg = PruneConfig(ratio=a.ratio, method="optimization").validate()
     inf = runs.influence_path(ck, icfg)
-    every: dict[str, list[float]] = {"influence": [], "prune": []}
+    every: dict[str, list[float]] = {"influence": [], "prune": []} | ({"optimization": []} if a.optimization else {})
     for _ in range(a.repeats):  # computed afresh each time: earlier artifacts are removed first
-        for path in (inf, runs.mask_path(inf, pcfg)):
+        for path in (inf, runs.mask_path(inf, pcfg), runs.mask_path(inf, ocfg)):
             path.unlink(missing_ok=True)
         t = time.perf_counter()
         core.compute_influence(ck, inf, icfg, device=dev, ds=ds)
@@ -91,20 +96,30 @@ def main() -> None:
         t = time.perf_counter()
         mask = core.prune(inf, runs.mask_path(inf, pcfg), pcfg, device=dev, ds=ds)
         every["prune"].append(time.perf_counter() - t)
+        if a.optimization:
+            t = time.perf_counter()
+            core.prune(inf, runs.mask_path(inf, ocfg), ocfg, device=dev, ds=ds)
+            every["optimization"].append(time.perf_counter() - t)
     seconds.update({k: statistics.median(v) for k, v in every.items()})
-    share = {k: 100 * seconds[k] / seconds["train"] for k in ("influence", "prune")}
+    share = {k: 100 * seconds[k] / seconds["train"] for k in every}
     share["influence+prune"] = share["influence"] + share["prune"]
     from dpcli.artifacts.h5 import get_attr, open_artifact
 
     with open_artifact(mask.path, "mask") as f:
-        line = (get_attr(f, "auto") or {}).get("line", "")
+        auto = get_attr(f, "auto") or {}
+    line = auto.get("line", "")
+    validation = auto.get("signals", {}).get("validation_seconds")  # the last repeat's: before its final solve
     report = {"dataset": dataset, "n": len(ds.train.labels), "config": cfg.to_dict(), "ratio": a.ratio,
               "seconds": seconds, "every": every, "percent_of_train": share, "auto_line": line,
+              "auto_validation_seconds_last": validation,
               "device": str(dev), "threads": torch.get_num_threads(), "load_average_after": os.getloadavg()}
     print(f"{dataset} (n = {report['n']}, {cfg.arch}, {cfg.epochs} epochs): train {seconds['train']:.1f} s, "
           f"influence {seconds['influence']:.1f} s ({share['influence']:.1f} %), prune (auto, {a.ratio:g}) "
           f"{seconds['prune']:.1f} s ({share['prune']:.1f} %); influence + prune {share['influence+prune']:.1f} % "
           f"of train\n{line}", flush=True)
+    if a.optimization:
+        print(f"prune --method optimization {seconds['optimization']:.1f} s: auto / optimization "
+              f"{seconds['prune'] / seconds['optimization']:.2f}", flush=True)
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(report, indent=2, default=str))

@@ -13,7 +13,8 @@ Problems (``--problems``; S realistic, see :func:`softmax_influence`):
   pruned 50 / 30 / 30 %;
 * ``s1.28m``: 1,280,000 x 512 (8 classes x 63 + 1), pruned 40 %, given as a ``.npy`` and memory-mapped;
 * ``emb3k``: 3,000 x 512 features, 10 classes, through ``dpcli.api.influence`` then ``dpcli.api.prune``;
-* ``emb100k``: 100,000 x 768 features, 100 classes, ``influence(method="cg", sketch=512)`` then ``prune``.
+* ``emb100k``: 100,000 x 768 features, 100 classes: S would be 100,000 x 76,900 (28.6 GiB), so
+  ``influence(estimator="cg", sketch=8, cg_tol=1e-3)`` stores the sketch ``S R`` (100,000 x 8), then ``prune``.
 
 For every problem: dpcli's time (``dpcli.api.prune(S, method="optimization")``; for the embeddings rows
 also ``dpcli.api.influence``) and its floor measured right beside it in the same process:
@@ -22,7 +23,12 @@ also ``dpcli.api.influence``) and its floor measured right beside it in the same
   (n <= 20,000), with the norm it reaches;
 * one pass over S (a BLAS ``S @ v``) for every S: the least any method that reads S must spend;
 * for the embeddings rows, scikit-learn's ``LogisticRegression(lbfgs)`` on the same L2 objective (the
-  head fit dpcli's influence needs).
+  head fit dpcli's influence needs; ``benchmarks/head_fit.py``'s, same tolerance), plus for an exact S the
+  same S solve at scikit-learn's optimum: the influence stage's floor.  On ``emb100k`` lbfgs is capped at
+  ``sklearn_max_iter`` iterations and the gradient norm each fit reached is recorded.
+
+``--update`` keeps the other problems' rows of an existing ``--out`` and replaces only those run now
+(every row records its own command and load average).
 
 Peak memory is each problem's own high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``
 before it), S's resident pages included.  Results go to ``--out`` (JSON, written after each problem) and a
@@ -44,6 +50,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # head_fit's scikit-learn floor
 
 GRAM_MAX_N = 20_000  # S S^T (float32) up to 1.6 GB
 
@@ -57,6 +64,8 @@ class Problem:
     ratio: float
     kind: str = "S"   # "S": S given; "npy": S given as a memory-mapped .npy; "emb": from features
     sketch: int | None = None
+    cg_tol: float = 1e-6
+    sklearn_max_iter: int = 20_000
 
 
 PROBLEMS = {p.name: p for p in (
@@ -65,7 +74,7 @@ PROBLEMS = {p.name: p for p in (
     Problem("s200k", 200_000, 10, 512, 0.3),
     Problem("s1.28m", 1_280_000, 8, 63, 0.4, kind="npy"),
     Problem("emb3k", 3_000, 10, 512, 0.5, kind="emb"),
-    Problem("emb100k", 100_000, 100, 768, 0.3, kind="emb", sketch=512),
+    Problem("emb100k", 100_000, 100, 768, 0.3, kind="emb", sketch=8, cg_tol=1e-3, sklearn_max_iter=30),
 )}
 
 
@@ -152,11 +161,28 @@ def one_pass(S: np.ndarray) -> None:
         S[a:a + step] @ v
 
 
-def sklearn_fit(x: np.ndarray, y: np.ndarray, damping: float) -> None:
-    """scikit-learn's lbfgs on dpcli's head objective: mean cross-entropy + damping/2 ||W||^2."""
-    from sklearn.linear_model import LogisticRegression
+def sklearn_floor(x: np.ndarray, y: np.ndarray, p: Problem, damping: float = 1e-3, tol: float = 1e-7) -> dict:
+    """scikit-learn's lbfgs on dpcli's head objective (head_fit.py's), and for an exact S the S solve at its
+    optimum: the seconds of each and the gradient norm the fit reached.  Small fits run on one thread, as
+    dpcli's do (both are several times slower with two on a shared 2-core machine; head_fit.py)."""
+    import torch
 
-    LogisticRegression(C=1.0 / (damping * len(y)), solver="lbfgs", max_iter=10_000, tol=1e-6).fit(x, y)
+    from head_fit import fit_sklearn, grad_norm
+
+    from dpcli.influence.kernels import exact_influence
+
+    from dpcli.influence.head import _SMALL_PASS
+
+    threads = 1 if x.shape[0] * x.shape[1] * p.classes < _SMALL_PASS else None  # as dpcli's fit chooses
+    t = time.perf_counter()
+    w, b, note = fit_sklearn(x, y, p.classes, damping, tol, threads=threads, max_iter=p.sklearn_max_iter)
+    out = {"sklearn_fit_seconds": time.perf_counter() - t, "sklearn_fit": note,
+           "sklearn_grad_norm": grad_norm(x, y, w, b, damping)}
+    if p.sketch is None:
+        t = time.perf_counter()
+        exact_influence(torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(w), torch.from_numpy(b), damping)
+        out["S_solve_seconds"] = time.perf_counter() - t
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- measuring
@@ -232,12 +258,16 @@ def run_problem(p: Problem, work: Path, seed: int, repeats: int) -> dict:
     if p.kind == "emb":
         x, y = features(p.n, p.classes, p.dim, seed)
         rec["generate_seconds"] = time.perf_counter() - t_gen
+        dp.influence(x[:500], y[:500], num_classes=p.classes)  # warm: first-call imports are not the stage's
         reset_peak()
-        rec["influence_seconds"], (S, head) = timed(dp.influence, x, y, method="cg" if p.sketch else "exact",
-                                                    sketch=p.sketch)
+        rec["influence_seconds"], (S, head) = timed(dp.influence, x, y, estimator="cg" if p.sketch else "exact",
+                                                    sketch=p.sketch, cg_tol=p.cg_tol)
         rec["influence_peak_gib"] = peak_gib()
-        rec["head_grad_norm"] = float(getattr(head, "grad_norm", float("nan")))
-        rec["sklearn_fit_seconds"], _ = timed(sklearn_fit, x, y, 1e-3)
+        rec["head_grad_norm"], rec["head_newton_steps"] = float(head.grad_norm), int(head.iterations)
+        rec.update(sklearn_floor(x, y, p))
+        if "S_solve_seconds" in rec:
+            rec["influence_ratio_to_floor"] = rec["influence_seconds"] / (rec["sklearn_fit_seconds"]
+                                                                         + rec["S_solve_seconds"])
         del x
     elif p.kind == "npy":
         path = work / f"{p.name}-S.npy"
@@ -264,7 +294,7 @@ def run_problem(p: Problem, work: Path, seed: int, repeats: int) -> dict:
         if counter is not None:
             counter.n = S.shape[0]
         c = time.process_time()
-        t, sel = timed(dp.prune, S, count=m, method="optimization", seed=seed)
+        t, sel = timed(dp.prune, S, prune_count=m, method="optimization", solver_seed=seed)
         times.append(t)
         cpu.append(time.process_time() - c)
         if counter is not None:
@@ -357,20 +387,28 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="scratch folder for the .npy problems")
     ap.add_argument("--plot-only", type=Path, default=None, help="redraw the plot from a results file")
     ap.add_argument("--no-kernels", action="store_true", help="skip the numpy-against-torch kernel timings")
+    ap.add_argument("--update", action="store_true", help="keep --out's rows of the problems not run now")
     args = ap.parse_args()
     if args.plot_only:
         plot(json.loads(args.plot_only.read_text())["results"], args.plot)
         return
     work = args.work or Path(tempfile.mkdtemp(prefix="dpcli-selection-speed-"))
     work.mkdir(parents=True, exist_ok=True)
-    report = {"command": "python3 benchmarks/selection_speed.py " + " ".join(sys.argv[1:]),
+    command = "python3 benchmarks/selection_speed.py " + " ".join(sys.argv[1:])
+    report = {"command": command,
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                           "processor": platform.processor() or platform.machine(), "numpy": np.__version__},
               "results": []}
+    if args.update and args.out.exists():
+        old = json.loads(args.out.read_text())
+        for rec in old["results"]:
+            rec.setdefault("command", old["command"])
+        report = {**old, "results": [r for r in old["results"] if r["problem"] not in args.problems]}
     if not args.no_kernels:
         report["kernels_numpy_torch_seconds"] = kernels()
     for name in args.problems:
         rec = run_problem(PROBLEMS[name], work, args.seed, 1 if PROBLEMS[name].n > GRAM_MAX_N else args.repeats)
+        rec["command"] = command
         report["results"].append(rec)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2, default=float))
