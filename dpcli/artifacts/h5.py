@@ -167,7 +167,7 @@ def check_writable(path: Path | str) -> None:
         os.unlink(probe)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     """Make the rename durable: without it a power loss can forget the new name."""
     try:
         fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
@@ -196,7 +196,7 @@ def publish(tmp: str | Path, path: Path) -> None:
     """fsync a finished temporary, give it ordinary permissions, rename it into place, fsync the directory."""
     _finish(tmp)
     os.replace(tmp, path)
-    _fsync_dir(Path(path).parent)
+    fsync_dir(Path(path).parent)
 
 
 class Publication:
@@ -265,7 +265,7 @@ class Publication:
                     raise
                 placed.append((path, aside))
             for parent in {path.parent for _, path in staged}:
-                _fsync_dir(parent)
+                fsync_dir(parent)
         except BaseException as exc:
             for path, aside in reversed(placed):
                 with contextlib.suppress(OSError):
@@ -597,6 +597,54 @@ def verify_dataset(dset: h5py.Dataset, path: Path | str, name: str | None = None
     if found != (stored.decode() if isinstance(stored, bytes) else str(stored)):
         raise DpcliError(f"{path}: checksum mismatch in dataset '{name}': the file is damaged (a bad disk, an "
                          "incomplete copy or an edit); recompute it")
+
+
+# --------------------------------------------------------------------------- arrays from other tools
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def check_npy(path: Path | str, what: str, *, numeric: bool) -> None:
+    """Refuse, from its header alone, a ``.npy`` that is not one (empty, text), that declares more data than it
+    holds, or (``numeric``) that holds no numbers: each case its own true line, before anything is allocated."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(len(NPY_MAGIC)) != NPY_MAGIC:
+                size = path.stat().st_size
+                raise DpcliError(f"{path}: not a .npy file ({'empty' if size == 0 else 'no NumPy header'}); "
+                                 f"save the {what} with numpy.save")
+            fh.seek(0)
+            version = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(fh, max_header_size=1 << 20)
+            offset = fh.tell()
+    except (ValueError, EOFError) as exc:
+        raise DpcliError(f"{path}: damaged .npy header ({exc}); save the {what} again with numpy.save") from None
+    except OSError as exc:
+        raise DpcliError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    if dtype.hasobject:
+        raise DpcliError(f"{path}: {what} are stored as Python objects, which dpcli does not unpickle; save them "
+                         "as numbers or strings, e.g. np.save(path, np.asarray(labels, dtype=str))")
+    if numeric and (dtype.kind not in "biuf"):
+        raise DpcliError(f"{path}: {what} must be real numbers, got dtype {dtype}")
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    held = path.stat().st_size - offset
+    if held < declared:
+        raise DpcliError(f"{path}: declares {what} of shape {tuple(shape)} ({human_bytes(declared)}) but holds "
+                         f"{human_bytes(held)}; the file is truncated or damaged")
+
+
+def check_stored(dset: "h5py.Dataset", path: Path | str, what: str) -> None:
+    """Refuse a dataset that declares more data than it can hold before it is read (an unfiltered dataset whose
+    stored bytes are fewer than its shape needs: unwritten chunks read as fill values, not data), or that is not
+    real numbers."""
+    if dset.dtype.kind not in "biuf":
+        raise DpcliError(f"{path}: {what} must be real numbers, got dtype {dset.dtype}")
+    declared = int(np.prod(dset.shape, dtype=object)) * dset.dtype.itemsize
+    held = dset.id.get_storage_size()
+    if not dset.compression and not dset.fletcher32 and held < declared:
+        raise DpcliError(f"{path}: declares {what} of shape {tuple(dset.shape)} ({human_bytes(declared)}) but stores "
+                         f"{human_bytes(held)}; the file is incomplete or damaged")
 
 
 class StreamHash:

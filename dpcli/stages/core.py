@@ -74,6 +74,7 @@ def compute_influence(checkpoint: Path, out: Path, cfg: InfluenceConfig, *, devi
     all rows); ``cfg.sketch_k`` stores S @ R instead of S (see :mod:`dpcli.influence_scale`).
     """
     cfg.validate()
+    check_distinct({"--out": out}, {"the checkpoint": Path(checkpoint)})
     with artifact_lock(out) as lock:
         if lock.reusable():
             done = _reusable_influence(out, checkpoint, cfg, lock.holder)

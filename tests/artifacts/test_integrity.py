@@ -98,3 +98,105 @@ def test_seal_keeps_a_streamed_checksum_and_force_recomputes(tmp_path):
         assert f["a"].attrs[DIGEST_ATTR] == "given"
         seal(f, force=True)
         assert f["a"].attrs[DIGEST_ATTR] == digest_of(np.arange(5))
+
+
+def test_a_checkpoint_copied_without_its_epoch_records_does_not_resume(tmp_path):
+    """Stopped after epoch 1 of 3, then copied without ck.h5.epochs/: resuming it would be marked complete with a
+    trajectory of epochs 2..3 only (SGD-Influence 90 % off); refused, and the recorded trajectory is checked too."""
+    import torch
+
+    from dpcli.data.sources import load_dataset
+    from dpcli.stages import pipeline
+    from dpcli.train.loop import load_checkpoint, train
+    from dpcli.train.trajectory import load_trajectory
+
+    ds = load_dataset("digits")
+    cfg = pipeline.train_config(ds, {"epochs": 3, "width": 4, "depth": 1})
+    src = tmp_path / "a" / "ck.h5"
+
+    def stop(record):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, ds, src, device=torch.device("cpu"), on_epoch=stop)
+    assert load_checkpoint(src, weights=False).epoch == 1 and (tmp_path / "a" / "ck.h5.epochs").is_dir()
+    copy = tmp_path / "b" / "ck.h5"
+    copy.parent.mkdir()
+    shutil.copy(src, copy)
+    with pytest.raises(DpcliError, match=r"records of 1 of its 1 trained epochs are missing \(.*ck\.h5\.epochs is "
+                                         r"absent or incomplete\)"):
+        train(cfg, ds, copy, device=torch.device("cpu"))
+    full = train(cfg, ds, src, device=torch.device("cpu"))  # with its records it resumes to the end
+    assert full.complete and len(load_trajectory(src)) == 3
+    with h5py.File(src, "r+") as f:  # a trajectory that lost its first epoch, checksums valid
+        g = f["trajectory"]
+        for name in list(g):
+            data = g[name][()][1:]
+            del g[name]
+            g[name] = data
+        seal(f, force=True)
+    with pytest.raises(DpcliError, match=r"holds 2 of the 3 trained epochs \(epochs 2\.\.3\)"):
+        load_trajectory(src)
+
+
+def _npy_cases(tmp_path):
+    (tmp_path / "zero.npy").write_bytes(b"")
+    (tmp_path / "text.npy").write_text("hello world\n1 2 3\n")
+    np.save(tmp_path / "str.npy", np.array([["a", "b"], ["c", "d"]]))
+    with open(tmp_path / "huge.npy", "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": (10**6, 10**6)})
+        fh.write(b"\0" * 64)
+    with h5py.File(tmp_path / "huge.h5", "w") as f:
+        f.create_dataset("S", shape=(10**6, 10**6), dtype=np.float32, chunks=(1, 1024))
+    return [("zero.npy", "not a .npy file (empty)"), ("text.npy", "not a .npy file (no NumPy header)"),
+            ("str.npy", "S must be real numbers, got dtype <U1"),
+            ("huge.npy", "declares S of shape (1000000, 1000000) (3725.3 GiB) but holds 64 bytes"),
+            ("huge.h5", "declares S of shape (1000000, 1000000) (3725.3 GiB) but stores 0 bytes")]
+
+
+def test_odd_array_files_are_one_true_line_each(tmp_path, capsys):
+    """Each read from its header alone, before any allocation: a zero-byte file was exit 130 with nothing printed,
+    a text file 'pickled data', a huge declared shape 'use a smaller --batch-size', strings a traceback."""
+    for name, fragment in _npy_cases(tmp_path):
+        code, out, err = run_cli(["prune", tmp_path / name, "--prune-count", "1", "--out", tmp_path / "m.h5"], capsys)
+        assert code == 2 and out == "" and err == f"dpcli: error: {tmp_path / name}: {fragment}" + err[len(
+            f"dpcli: error: {tmp_path / name}: {fragment}"):], (name, err)
+        assert err.count("\n") == 1 and not (tmp_path / "m.h5").exists()
+    np.save(tmp_path / "y.npy", np.arange(300) % 3)
+    code, _, err = run_cli(["influence", "--features", tmp_path / "zero.npy", "--labels", tmp_path / "y.npy",
+                            "--out", tmp_path / "i.h5"], capsys)
+    assert code == 2 and "zero.npy: not a .npy file (empty); save the features with numpy.save" in err
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    ("nan", "the model's weights hold NaN or inf (in "),
+    ("head", "damaged checkpoint: its weights do not fit the model of its configuration (size mismatch for "
+             "head.weight"),
+])
+def test_a_checkpoint_with_bad_weights_is_one_true_line(tiny_run, tmp_path, capsys, edit, fragment):
+    """Checksums valid (a bad writer, not a bad disk): NaN weights were 'use a larger --damping', a head of
+    another shape a traceback."""
+    ck = tmp_path / "ck.h5"
+    shutil.copy(tiny_run.checkpoint, ck)
+    with h5py.File(ck, "r+") as f:
+        model = f["model"]
+        if edit == "nan":
+            model["head.bias"][...] = np.nan
+        else:
+            w = model["head.weight"][()]
+            del model["head.weight"]
+            model["head.weight"] = w[:, :-1]
+        seal(f, force=True)
+    code, _, err = run_cli(["influence", ck, "--out", tmp_path / "i.h5", "--device", "cpu"], capsys)
+    assert code == 2 and err.count("\n") == 1 and fragment in err and "--damping" not in err, err
+    assert not (tmp_path / "i.h5").exists()
+
+
+def test_influence_out_equal_to_its_checkpoint_is_refused(tiny_run, tmp_path, capsys):
+    ck = tmp_path / "ck.h5"
+    shutil.copy(tiny_run.checkpoint, ck)
+    before = ck.read_bytes()
+    code, _, err = run_cli(["influence", ck, "--out", ck, "--device", "cpu"], capsys)
+    assert code == 2 and err == f"dpcli: error: --out {ck} is the checkpoint; writing it would destroy the input: " \
+                                "give another path\n"
+    assert ck.read_bytes() == before
