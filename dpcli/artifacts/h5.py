@@ -574,9 +574,10 @@ def seal(f: h5py.Group, *, force: bool = False) -> None:
             dset.attrs[DIGEST_ATTR] = digest_of(dset)
 
 
-def verify(f: h5py.Group, path: Path | str, *, limit: int = EAGER_VERIFY_BYTES) -> None:
-    """Check the checksum of every dataset of up to ``limit`` bytes; one line naming the file and the dataset
-    on a mismatch."""
+def verify(f: h5py.Group, path: Path | str, *, limit: int | None = None) -> None:
+    """Check the checksum of every dataset of up to ``limit`` bytes (:data:`EAGER_VERIFY_BYTES`); one line naming
+    the file and the dataset on a mismatch."""
+    limit = EAGER_VERIFY_BYTES if limit is None else limit
     for name, dset in _datasets(f):
         if dset.size * dset.dtype.itemsize <= limit:
             verify_dataset(dset, path, name)

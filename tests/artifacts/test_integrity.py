@@ -37,10 +37,16 @@ def test_the_checksum_is_blake2b_of_the_values_as_stored(tmp_path):
         assert f.attrs["dpcli_schema"] == SCHEMA
 
 
-def test_a_bit_flipped_S_is_refused_naming_the_file(tiny_run, tmp_path, capsys):
-    """2 KB of S's data flipped (no NaN appears): read by prune, one line naming the file and S, exit 2."""
+def test_a_bit_flipped_S_is_refused_naming_the_file(tiny_run, tmp_path, capsys, monkeypatch):
+    """2 KB of S's data flipped (no NaN appears): read by prune, one line naming the file and S, exit 2.  S is
+    made larger than what an open verifies at once, so its streamed check in load_S is the one tested."""
+    import dpcli.artifacts.h5 as h5
+
+    monkeypatch.setattr(h5, "EAGER_VERIFY_BYTES", 1 << 20)
     bad = tmp_path / "flipped.h5"
     shutil.copy(tiny_run.influence, bad)
+    with h5py.File(bad, "r") as f:
+        assert f["S"].nbytes > h5.EAGER_VERIFY_BYTES
     _flip(bad, "S", 4000, 2048)
     for mapped in (True, False):
         with pytest.raises(DpcliError, match=f"{bad}: checksum mismatch in dataset 'S'"):
