@@ -174,7 +174,7 @@ MUTANTS: tuple[Mutant, ...] = (
            ("tests/cli/test_signals.py",)),
     Mutant("sigint-lost", "Ctrl-C keeps Python's handler: a SIGINT swallowed in a weakref callback never stops training",
            "dpcli/cli/application.py",
-           "(signal.SIGINT, signal.default_int_handler),\n", "",
+           "(signal.SIGINT, signal.default_int_handler),", "(signal.SIGINT, None),",
            ("tests/cli/test_signals.py",)),
     Mutant("sigint-unignored", "dpcli handles a SIGINT its parent shell ignored (a background job stops on Ctrl-C)",
            "dpcli/cli/application.py",
