@@ -4,7 +4,7 @@
         --json benchmarks/results/checksum_cost.json
 
 Write: S streamed by row blocks into an unfiltered contiguous dataset (what ``influence`` does), plain, and with
-the blake2b digest fed the same blocks (:class:`dpcli.artifacts.h5.DatasetDigest`).  Read: the memory map and
+the CRC-32 digest fed the same blocks (:class:`dpcli.artifacts.h5.DatasetDigest`).  Read: the memory map and
 its finiteness pass (what ``prune`` did before), plain, and with the digest verified over the same map
 (:func:`dpcli.stages.core.load_S`).  Each repeat runs the four in turn on one file in --work; the figures are
 medians and ratios to the plain pass of the same repeat.

@@ -22,6 +22,7 @@ import re
 import secrets
 import shutil
 import time
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn
 
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
 SCHEMA = 2  # 2: every dataset carries its checksum (DIGEST_ATTR); a mask its sample index and unreadable files
 KINDS = ("checkpoint", "influence", "mask")
-DIGEST_ATTR = "dpcli_digest"  # blake2b of a dataset's bytes in C order, written by seal() and checked by verify()
+DIGEST_ATTR = "dpcli_digest"  # CRC-32 of a dataset's dtype, shape and bytes in C order, written by seal() and checked by verify()
 EAGER_VERIFY_BYTES = 64 << 20  # datasets up to this size are verified when the artifact is opened; larger ones
 #                                (S) by the reader that streams them (verify_dataset)
 _DIGEST_CHUNK_BYTES = 16 << 20
@@ -537,19 +538,22 @@ def _link_target(link: Any) -> str:
 
 
 class DatasetDigest:
-    """The checksum of a dataset fed block by block as it is written (a streamed S is never read back)."""
+    """The checksum of a dataset fed block by block as it is written (a streamed S is never read back).
+
+    CRC-32 (zlib), not a cryptographic hash: it guards against bad disks and torn copies, not tampering, and it
+    runs about four times as fast as blake2b on one core."""
 
     def __init__(self, dtype: Any, shape: tuple[int, ...]) -> None:
-        self._h = hashlib.blake2b(digest_size=16)
-        self._h.update(f"{np.dtype(dtype).str}{tuple(shape)}".encode())
+        self._crc = zlib.crc32(f"{np.dtype(dtype).str}{tuple(shape)}".encode())
 
     def update(self, block: np.ndarray) -> None:
         block = np.asarray(block)
-        self._h.update(json.dumps(block.tolist(), default=str).encode() if block.dtype.kind == "O"
-                       else np.ascontiguousarray(block).data)
+        data = json.dumps(block.tolist(), default=str).encode() if block.dtype.kind == "O" else \
+            memoryview(np.ascontiguousarray(block)).cast("B")
+        self._crc = zlib.crc32(data, self._crc)
 
     def hexdigest(self) -> str:
-        return self._h.hexdigest()
+        return f"crc32:{self._crc:08x}"
 
 
 def digest_of(dset: h5py.Dataset | np.ndarray) -> str:
