@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import errno
 import json
 import logging
 import sys
@@ -201,8 +202,20 @@ def table(renderable: Any) -> None:
 
 
 def emit_json(payload: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-    sys.stdout.flush()
+    """The ``--json`` report, the last thing a command does: a reader gone away (EPIPE) is ReaderGone, any other
+    refusal (stdout closed or full) one ReportLost line; the artifacts are complete either way."""
+    from dpcli.errors import ReaderGone, ReportLost
+
+    try:
+        if sys.stdout is None:  # started with stdout closed (>&-)
+            raise OSError(errno.EBADF, "stdout is closed")
+        sys.stdout.write(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise ReaderGone() from None
+    except (OSError, ValueError) as exc:  # ValueError: a closed file object
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ReportLost(f"stdout: cannot write the --json report ({reason}); the artifacts are complete") from None
 
 
 # ------------------------------------------------------------------------------------------ progress

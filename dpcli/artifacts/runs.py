@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import TypeVar
 
-from dpcli.artifacts.h5 import _fsync_dir, config_key
+from dpcli.artifacts.h5 import config_key, fsync_dir
 from dpcli.config import InfluenceConfig, PruneConfig, TrainConfig
 
 
@@ -96,7 +96,7 @@ def link_latest(run_root: Path, links: dict[str, Path | str | None]) -> list[str
             continue
         done.append(stage)
     if done:
-        _fsync_dir(latest)
+        fsync_dir(latest)
     return done
 
 

@@ -1,9 +1,11 @@
 """The Typer application: command registration, one-line errors, signals, exit codes.
 
 Exit codes: 0 success; 2 a user error or a command-line usage error (one line ``dpcli: error: ...``
-on stderr); 1 out of memory; 130 interrupted (Ctrl-C, SIGINT); 143 terminated (SIGTERM, as sent by
-cron, ``timeout`` and systemd).  After 130 or 143 every completed artifact is kept and no partial
-one is left under an artifact's name, so rerunning the same command resumes.
+on stderr); 1 out of memory; 74 an output (the ``--json`` report on stdout included) could not be written;
+129 hung up (SIGHUP: the terminal or ssh session closed); 130 interrupted (Ctrl-C, SIGINT); 141 the reader
+of stdout went away (as git: quiet, the artifacts complete); 143 terminated (SIGTERM, as sent by cron,
+``timeout`` and systemd).  After 129, 130 or 143 every completed artifact is kept and no partial one is left
+under an artifact's name, so rerunning the same command resumes.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import typer
 from dpcli import __version__, console, interrupts
 from dpcli.cli import influence, options, prune, retrain, train, verify
 from dpcli.env import progress_interval
-from dpcli.errors import DpcliError
+from dpcli.errors import DpcliError, ReaderGone
 
 try:  # Typer >= 0.29 vendors Click
     from typer._click.exceptions import NoArgsIsHelpError, UsageError
@@ -37,7 +39,9 @@ except ImportError:  # pragma: no cover - older Typer on Click
 
 EXIT_USER = 2
 EXIT_MEMORY = 1
+EXIT_HANGUP = 129
 EXIT_INTERRUPTED = 130
+EXIT_READER_GONE = 141  # 128 + SIGPIPE, what a shell reports for git and other tools a closed pipe stopped
 EXIT_TERMINATED = 143
 
 app = typer.Typer(
@@ -60,6 +64,17 @@ def _root(version: bool = typer.Option(False, "--version", help="Print the versi
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread like Ctrl-C so every writer cleans up the same way."""
 
+    signal_name, exit_code = "SIGTERM", EXIT_TERMINATED
+
+
+class HungUp(Terminated):
+    """SIGHUP (the terminal or ssh session went away): stopped like SIGTERM, with its own exit code."""
+
+    signal_name, exit_code = "SIGHUP", EXIT_HANGUP
+
+
+_STOPS: dict[int, type[KeyboardInterrupt]] = {signal.SIGTERM: Terminated, signal.SIGHUP: HungUp}
+
 
 @contextlib.contextmanager
 def _stops_as_interrupts() -> Iterator[None]:
@@ -72,7 +87,7 @@ def _stops_as_interrupts() -> Iterator[None]:
         return
 
     def handler(signum: int, frame: Any) -> None:
-        stop = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        stop = _STOPS.get(signum, KeyboardInterrupt)
         interrupts.record(stop)
         raise stop()
 
@@ -82,8 +97,8 @@ def _stops_as_interrupts() -> Iterator[None]:
         if not isinstance(info.exc_value, KeyboardInterrupt):  # a lost stop is re-raised, not printed
             default_hook(info)
 
-    stops = [signal.SIGTERM] + ([signal.SIGINT] if signal.getsignal(signal.SIGINT) is signal.default_int_handler
-                                else [])
+    stops = [signal.SIGTERM] + [s for s, default in ((signal.SIGINT, signal.default_int_handler),
+                                                      (signal.SIGHUP, signal.SIG_DFL)) if signal.getsignal(s) is default]
     previous = {s: signal.signal(s, handler) for s in stops}
     sys.unraisablehook = unraisable
     try:
@@ -147,18 +162,32 @@ def _guard(func: Callable[..., None]) -> Callable[..., None]:
                 raise
             _error(f"{exc.filename}: {exc.strerror or exc}")
             raise typer.Exit(74) from None
-        except Terminated:
-            console.error_line("dpcli: terminated (SIGTERM); completed artifacts are kept, rerun the same command "
-                               "to resume")
-            raise typer.Exit(EXIT_TERMINATED) from None
+        except ReaderGone:  # git's way: no message (nobody reads it), the artifacts are complete
+            _silence_stdout()
+            raise typer.Exit(EXIT_READER_GONE) from None
+        except Terminated as exc:
+            what = "hung up" if isinstance(exc, HungUp) else "terminated"
+            console.error_line(f"dpcli: {what} ({exc.signal_name}); completed artifacts are kept, rerun the same "
+                               "command to resume")
+            raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             console.error_line("dpcli: interrupted; completed artifacts are kept, rerun the same command to resume")
             raise typer.Exit(EXIT_INTERRUPTED) from None
-        except MemoryError:
-            _error("out of memory; use a smaller --batch-size or a larger machine")
+        except MemoryError as exc:
+            detail = f" ({str(exc).rstrip('.')})" if str(exc) else ""
+            _error(f"out of memory{detail}; if an input file declares that size, it is damaged; else run on a machine "
+                   "with more memory (training and retraining need less with a smaller --batch-size)")
             raise typer.Exit(EXIT_MEMORY) from None
 
     return wrapper
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush of a broken pipe prints nothing."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _paragraphs(doc: str | None) -> str:

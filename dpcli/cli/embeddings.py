@@ -54,6 +54,10 @@ def influence_from_features(features, labels, test_features, test_labels, icfg, 
     tol, max_iter = head_fit_settings(tol, max_iter)
     emb = load_embeddings(features, labels, test_features, test_labels)
     path = out or Path(features).with_name("influence.h5")
+    from dpcli.stages.outputs import check_distinct
+
+    check_distinct({"--out": path}, {"--features": Path(features), "--labels": Path(labels),
+                                     "--test-features": test_features, "--test-labels": test_labels})
     with console.progress_bar(f"influence ({icfg.estimator}, features)") as update:
         info = embeddings.embeddings_influence(emb, path, icfg, damping=icfg.damping, tol=tol, max_iter=max_iter,
                                                device=dev, progress=lambda done, total: update(done, total),

@@ -75,6 +75,9 @@ def command(
     if not checkpoint:
         raise DpcliError("give a checkpoint.h5, or --features and --labels")
     checkpoint, parts = checkpoint[0], checkpoint[1:]
+    from dpcli.stages.outputs import check_distinct
+
+    check_distinct({"--out": out}, {"the checkpoint": Path(checkpoint)})  # before a reuse check reads --out
     if merge or shard is not None or parts:
         from dpcli.stages import shards
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from dpcli.artifacts.h5 import check_npy, check_stored
 from dpcli.errors import DpcliError
 from dpcli.select.linalg import float32_rows, nonfinite_rows
 
@@ -37,6 +38,7 @@ def load_array(path: Path | str, what: str, keys: tuple[str, ...]) -> np.ndarray
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
+            check_npy(path, what, numeric="labels" not in what)
             return np.load(path, mmap_mode="r", allow_pickle=False)
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
@@ -146,7 +148,7 @@ def from_arrays(x: np.ndarray, y: np.ndarray, x_test: np.ndarray | None = None, 
     y, classes = encode_labels(y, None, "labels")
     labels = check_labels(y, feats.shape[0], num_classes, "labels")
     c = num_classes or (len(classes) if classes else int(labels.max()) + 1)
-    _warn_unused_classes(labels, c)
+    _check_classes(labels, c, declared=num_classes is not None)
     if (x_test is None) != (y_test is None):
         raise DpcliError("give both test features and test labels, or neither")
     if x_test is not None and y_test is not None:  # both or neither, checked above
@@ -157,14 +159,24 @@ def from_arrays(x: np.ndarray, y: np.ndarray, x_test: np.ndarray | None = None, 
     return Embeddings(feats, labels, c, x_test, y_test, dict(lineage or {}), classes)
 
 
-def _warn_unused_classes(labels: np.ndarray, num_classes: int) -> None:
-    """Every index 0..C-1 is a class of the fitted last layer, with its own S columns: say so when most of
-    them have no training sample (labels that are IDs rather than indices)."""
-    used = len(np.unique(labels))
-    if used < num_classes:
-        warnings.warn(f"dpcli: the labels use {used} of the {num_classes} class indices 0..{num_classes - 1}; "
-                      f"every index is a class of the last layer (S gets {num_classes} x (D + 1) columns and the "
-                      "unused ones get no sample); give indices 0..C-1 or class names", stacklevel=3)
+def _check_classes(labels: np.ndarray, num_classes: int, *, declared: bool) -> None:
+    """Every index 0..C-1 is a class of the fitted last layer, with its own S columns: indices without a sample
+    (one stray label 99 among 0..9 makes a 100-class S) are an error unless ``num_classes`` was declared; one
+    class is always one (a one-class softmax has zero loss, so S is zero)."""
+    used = np.unique(labels)
+    if len(used) < 2:
+        raise DpcliError(f"labels: every sample has class {int(used[0])}; pruning needs at least two classes")
+    if len(used) < num_classes:
+        gap = int(np.setdiff1d(np.arange(num_classes), used)[0])
+        text = (f"the labels use {len(used)} of the {num_classes} class indices 0..{num_classes - 1} (none is {gap}"
+                f"; the largest is {int(used[-1])}); every index is a class of the last layer (S gets {num_classes} x "
+                "(D + 1) columns and the unused ones get no sample)")
+        if not declared:
+            raise DpcliError(f"labels: {text}; give indices 0..C-1 or class names (strings), or declare the classes "
+                             "(num_classes=C in the API)")
+        import warnings
+
+        warnings.warn(f"dpcli: {text}", stacklevel=3)
 
 
 def load_embeddings(features: Path, labels: Path, test_features: Path | None = None,
@@ -239,6 +251,7 @@ def load_external_S(path: Path | str) -> tuple[np.ndarray, np.ndarray | None]:
     suffix = path.suffix.lower()
     labels = None
     if suffix == ".npy":
+        check_npy(path, "S", numeric=True)
         try:
             src = np.load(path, mmap_mode="r", allow_pickle=False)
         except ValueError as exc:
@@ -249,8 +262,9 @@ def load_external_S(path: Path | str) -> tuple[np.ndarray, np.ndarray | None]:
 
         try:
             with h5py.File(path, "r") as f:
-                if "S" not in f or not isinstance(f["S"], h5py.Dataset):
+                if "S" not in f or not isinstance(f.get("S"), h5py.Dataset):
                     raise DpcliError(f"{path}: has no dataset 'S' (an n x d influence matrix)")
+                check_stored(f["S"], path, "S")
                 S = _copy_rows(f["S"], path)
                 if "labels" in f:
                     labels = np.asarray(f["labels"][()])

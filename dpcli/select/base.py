@@ -241,11 +241,10 @@ def warn_emptied_classes(labels: np.ndarray, keep: np.ndarray, record: dict) -> 
     gone = ~np.isin(classes, np.unique(np.asarray(labels)[keep]))
     if not gone.any():
         return
-    if not np.any(keep):
-        record["classes_without_kept_samples"] = {str(int(c)): int(k) for c, k in zip(classes, counts)}
-        warnings.warn(f"dpcli: the kept set is empty: all {len(keep)} samples were pruned (the whole set's "
-                      "||sum S|| is within --epsilon); nothing is left to train on", stacklevel=3)
-        return
+    if not np.any(keep):  # as --prune-count n is refused: a mask that keeps nothing trains nothing
+        raise DpcliError(f"every one of the {len(keep)} samples would be pruned (the whole set's ||sum S|| is "
+                         "within --epsilon), leaving nothing to train on; give a smaller --epsilon, or "
+                         "--prune-count/--prune-ratio")
     lost = {str(int(c)): int(k) for c, k in zip(classes[gone], counts[gone])}
     record["classes_without_kept_samples"] = lost
     shown = ", ".join(f"{c} ({k} sample{'s' if k > 1 else ''})" for c, k in list(lost.items())[:10])

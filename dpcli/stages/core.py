@@ -18,8 +18,9 @@ from dpcli.influence import kernels as infl
 from dpcli import console
 from dpcli.influence.base import ESTIMATORS, LastLayer
 from dpcli.influence import sketch as influence_scale
-from dpcli.artifacts.h5 import (Publication, StreamHash, array_fingerprint, atomic_h5, check_space, check_writable,
-                                create_rows, get_attr, mapped_rows, open_artifact, set_attr)
+from dpcli.artifacts.h5 import (DIGEST_ATTR, DatasetDigest, Publication, StreamHash, array_fingerprint, atomic_h5,
+                                check_space, check_writable, create_rows, get_attr, mapped_rows, open_artifact,
+                                set_attr, verify_dataset)
 from dpcli.artifacts.lock import artifact_lock
 from dpcli.config import InfluenceConfig, PruneConfig, TrainConfig, default_train_config
 from dpcli.data.samples import SampleSpace
@@ -73,6 +74,7 @@ def compute_influence(checkpoint: Path, out: Path, cfg: InfluenceConfig, *, devi
     all rows); ``cfg.sketch_k`` stores S @ R instead of S (see :mod:`dpcli.influence.sketch`).
     """
     cfg.validate()
+    check_distinct({"--out": out}, {"the checkpoint": Path(checkpoint)})
     with artifact_lock(out) as lock:
         if lock.reusable():
             done = _reusable_influence(out, checkpoint, cfg, lock.holder)
@@ -131,15 +133,17 @@ def _compute_influence(checkpoint: Path, out: Path, cfg: InfluenceConfig, *, dev
     attrs.update(influence_scale.output_attrs(cfg, n, shard))
     with atomic_h5(out, "influence", attrs) as f:
         dset = create_rows(f, "S", row_stop - row_start, width)
-        hasher = StreamHash()
+        hasher, digest = StreamHash(), DatasetDigest(dset.dtype, dset.shape)
 
         def sink(start: int, rows: np.ndarray) -> None:
             if not np.all(np.isfinite(rows)):
                 raise DpcliError("influence produced non-finite values; increase --damping")
             if sketch is not None:
                 rows = sketch.apply(rows)
-            dset[start - row_start:start - row_start + len(rows)] = rows
+            stored = np.asarray(rows, dtype=np.float32)  # the bytes the file holds, for its checksum
+            dset[start - row_start:start - row_start + len(rows)] = stored
             hasher.update(rows)
+            digest.update(stored)
 
         def on_rows(done: int, total: int) -> None:
             if progress:
@@ -151,6 +155,7 @@ def _compute_influence(checkpoint: Path, out: Path, cfg: InfluenceConfig, *, dev
                                  progress=on_rows, info=console.info)
         for key, value in solved.items():
             set_attr(f, key, value)
+        dset.attrs[DIGEST_ATTR] = digest.hexdigest()  # rows arrive in order (the estimators' sink contract)
         f.create_dataset("loss", data=losses.astype(np.float32))
         f.create_dataset("grad_norm", data=grad_norm.astype(np.float32))
         f.create_dataset("labels", data=ds.train.labels)
@@ -211,13 +216,14 @@ def load_S(path: Path, *, mapped: bool = False) -> np.ndarray:
     so that prune's peak heap is its solve, not S plus the solve; else a float32 copy in memory.
     """
     with open_artifact(path, "influence") as f:
-        if "S" not in f or f["S"].ndim != 2:
-            raise DpcliError(f"{path}: influence artifact has no 2-D dataset 'S'")
+        if "S" not in f or f["S"].ndim != 2 or f["S"].dtype != np.float32:
+            raise DpcliError(f"{path}: influence artifact has no 2-D float32 dataset 'S'")
         S = mapped_rows(f["S"]) if mapped else None
         if S is not None:
             bad = nonfinite_rows(S)
         else:
             S, bad = float32_rows(f["S"])
+        verify_dataset(f["S"], path, "S", values=S)  # a flipped bit is no NaN: only the checksum sees it
     if bad:
         raise DpcliError(f"{path}: S has {bad} rows with non-finite values; recompute with larger --damping")
     return S

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dpcli.artifacts.h5 import Publication, atomic_path, check_writable, write_bytes
+from dpcli.artifacts.h5 import Publication, atomic_path, check_writable, fsync_dir, write_bytes
 from dpcli.data.samples import SampleSpace
 from dpcli.errors import ArtifactWriteError, DpcliError
 
@@ -216,6 +216,17 @@ def lay_out_links(folder: Path, layout: "Layout", kept: np.ndarray, kind: str, m
         link(os.path.abspath(src), dst)
     (folder / LINK_MARKER).write_text(json.dumps({"mask": str(Path(mask).resolve()), "source": str(root),
                                                   "kind": kind, "kept": int(len(kept))}) + "\n")
+    _fsync_tree(folder, made | {folder / "train" / c for c in layout.classes})
+
+
+def _fsync_tree(folder: Path, dirs: set[Path]) -> None:
+    """Make the links durable before the folder is renamed into place: every subfolder, deepest first (the
+    rename's own fsync covers only the parent of ``folder``)."""
+    every = {folder}
+    for d in dirs:
+        every.update(p for p in (d, *d.parents) if folder in p.parents)
+    for d in sorted(every, key=lambda p: len(p.parts), reverse=True):
+        fsync_dir(d)
 
 
 def _label_files(layout: "Layout") -> list[str]:

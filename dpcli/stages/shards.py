@@ -11,6 +11,7 @@ from dpcli.artifacts.h5 import get_attr, open_artifact
 from dpcli.config import InfluenceConfig
 from dpcli.errors import DpcliError
 from dpcli.influence.sketch import merge_shards, parse_shard
+from dpcli.stages.outputs import check_distinct
 from dpcli.train.loop import load_checkpoint
 
 
@@ -20,6 +21,8 @@ def run(checkpoint: Path, parts: list[Path], *, merge: bool, shard: str | None, 
     if merge and shard is not None:
         raise DpcliError("give either --shard (compute one part) or --merge (join parts), not both")
     ck = load_checkpoint(checkpoint, weights=False)  # fail early on a wrong file
+    check_distinct({"--out": out}, {"the checkpoint": Path(checkpoint),
+                                    **{f"the shard {p}": Path(p) for p in (parts if merge else [])}})
     if merge:
         if out is None:
             raise DpcliError("--merge needs --out for the merged influence.h5")

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dpcli.artifacts.h5 import fsync_dir
 from dpcli.errors import DpcliError
 
 SUFFIX = ".epochs"
@@ -58,17 +59,8 @@ def append(checkpoint: Path, epoch: int, arrays: dict[str, np.ndarray]) -> Path:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(d)
+    fsync_dir(d)
     return final
-
-
-def _fsync_dir(d: Path) -> None:
-    with contextlib.suppress(OSError):  # not every file system lets a directory be fsynced
-        fd = os.open(d, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def epochs_on_disk(checkpoint: Path) -> list[int]:
@@ -112,6 +104,17 @@ def read(checkpoint: Path, stop: int) -> list[dict[str, np.ndarray]] | None:
         except (OSError, ValueError) as exc:
             raise DpcliError(f"{p}: damaged epoch record ({exc}); pass --force to retrain from scratch") from None
     return rows
+
+
+def check_complete(checkpoint: Path, committed: int, held: int) -> None:
+    """Refuse to resume a checkpoint whose first ``committed`` epochs' records are neither in its side folder nor
+    inside it (``held`` of them are): a copy made without ``NAME.epochs/`` would otherwise resume, be marked
+    complete and hold a trajectory of the last epochs only, which SGD-Influence replays as if it were all."""
+    if held < committed:
+        missing = committed - held
+        raise DpcliError(f"{checkpoint}: the records of {missing} of its {committed} trained epochs are missing "
+                         f"({log_dir(checkpoint)} is absent or incomplete); copy that folder with the checkpoint to "
+                         "resume, or pass --force to train from scratch")
 
 
 def split(rows: list[dict[str, np.ndarray]], prefix: str) -> list[dict[str, np.ndarray]]:

@@ -265,6 +265,10 @@ def _train_locked(config: TrainConfig, ds: Dataset, out: Path, *, device: torch.
     n_used = len(ds.train.labels) if indices is None else len(indices)
     if n_used == 0:
         raise DpcliError("the training subset is empty: the mask keeps no sample")
+    if indices is None and len(np.unique(ds.train.labels)) < 2:  # a one-class softmax has zero loss: S would be 0
+        only = ds.classes[int(ds.train.labels[0])] if ds.classes else int(ds.train.labels[0])
+        raise DpcliError(f"dataset {ds.name!r}: every training sample has class {only!r}; a classifier, and so "
+                         "pruning, needs at least two classes")
     use_amp = device.type == "cuda" and not config.fp32
     net = eager = model if dist is None else dist.wrap(model)  # DDP shares model's parameters and buffers
     if config.compile:
@@ -364,9 +368,10 @@ def _recorders(config: TrainConfig, n: int, snaps: tuple[int, ...], out: Path,
                 DynamicsRecorder(n, snaps, epochs=config.epochs))
     epochlog.rollback(out, start)
     rows = epochlog.read(out, start)
-    if rows is None:  # no complete side log (a checkpoint of an older dpcli): the groups inside checkpoint.h5
+    if rows is None:  # no complete side log (a checkpoint written consolidated): the groups inside checkpoint.h5
         recorder = TrajectoryRecorder.for_run(config, out, start)
         dyn = DynamicsRecorder.for_run(n, snaps, out, start, config.epochs)
+        epochlog.check_complete(out, start, len(recorder._records))
         _backfill(out, recorder, dyn, start)
         return recorder, dyn
     with h5py.File(out, "r") as f:
@@ -600,8 +605,22 @@ def load_trained(path: Path | str, device: torch.device, data_root: Path | None 
         ds = dataset_of(ck, data_root)
     check_dataset(ck, ds)
     model = make_model(ck.config, ds, pretrained=False)
-    model.load_state_dict(ck.state)
+    _check_weights(path, ck.state)
+    try:
+        model.load_state_dict(ck.state)
+    except RuntimeError as exc:  # a tensor of another shape than its configuration's model
+        detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+        raise DpcliError(f"{path}: damaged checkpoint: its weights do not fit the model of its configuration "
+                         f"({detail.rstrip('.')}); retrain it (--force)") from None
     return model.to(device).eval(), ck, ds
+
+
+def _check_weights(path: Path | str, state: dict[str, torch.Tensor]) -> None:
+    """Finite weights: NaN in a model is damage or a diverged run, which no later option (--damping) can mend."""
+    bad = next((name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+    if bad is not None:
+        raise DpcliError(f"{path}: the model's weights hold NaN or inf (in {bad}); the checkpoint is damaged or its "
+                         "training diverged: retrain it (--force, a lower --lr)")
 
 
 def dataset_of(ck: Checkpoint, data_root: Path | None = None) -> Dataset:

@@ -85,9 +85,15 @@ def load_trajectory(path: Path | str) -> Trajectory:
             f"{path}: checkpoint has no SGD trajectory (it was trained by a dpcli that did not record "
             f"one); retrain it with `dpcli train ... --force` to use --estimator sgd"
         )
-    if int(traj.epochs[-1]) + 1 != epochs_done or np.any(np.diff(traj.epochs) != 1):
-        raise DpcliError(f"{path}: the recorded SGD trajectory does not end at the checkpoint's final epoch")
+    if not np.array_equal(traj.epochs, np.arange(epochs_done)):
+        raise DpcliError(f"{path}: the recorded SGD trajectory holds {len(traj)} of the {epochs_done} trained epochs "
+                         f"(epochs {_span(traj.epochs)}); the others' records were lost (e.g. resumed without its "
+                         ".epochs/ folder): retrain it with --force to use --estimator sgd")
     return traj
+
+
+def _span(epochs: np.ndarray) -> str:
+    return "none" if len(epochs) == 0 else f"{int(epochs.min()) + 1}..{int(epochs.max()) + 1}"
 
 
 class TrajectoryRecorder:

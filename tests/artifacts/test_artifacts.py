@@ -56,7 +56,7 @@ def test_open_artifact_refuses_wrong_inputs(tmp_path):
     mask = tmp_path / "m.h5"
     with atomic_h5(mask, "mask"):
         pass
-    with pytest.raises(DpcliError, match="a dpcli mask artifact, expected a influence"):
+    with pytest.raises(DpcliError, match="a dpcli mask artifact, expected an influence"):
         open_artifact(mask, "influence")
     with pytest.raises(DpcliError, match="is a directory"):
         open_artifact(tmp_path, "mask")

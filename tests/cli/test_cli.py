@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
-from dpcli.artifacts.h5 import atomic_h5
+from dpcli.artifacts.h5 import atomic_h5, seal
 from dpcli.stages.core import read_influence_info, read_mask
 from dpcli.train.loop import load_checkpoint
 from tests.conftest import TINY, run_cli, run_json
@@ -212,6 +212,7 @@ def _corrupt_copy(src, dst, edit):
     shutil.copy(src, dst)
     with h5py.File(dst, "r+") as f:
         edit(f)
+        seal(f, force=True)  # an edit with valid checksums: what is checked is the content behind them
 
 
 def test_bad_inputs(tiny_run, tmp_path, capsys):
@@ -220,7 +221,7 @@ def test_bad_inputs(tiny_run, tmp_path, capsys):
     (tmp_path / "text.h5").write_text("hello")
     _assert_user_error(["prune", tmp_path / "text.h5", "--epsilon", 1], capsys, "not an HDF5 file")
     _assert_user_error(["influence", inf], capsys, "expected a checkpoint artifact")
-    _assert_user_error(["prune", tiny_run.checkpoint, "--epsilon", 1], capsys, "expected a influence artifact")
+    _assert_user_error(["prune", tiny_run.checkpoint, "--epsilon", 1], capsys, "expected an influence artifact")
     _assert_user_error(["prune", inf, "--epsilon", -1], capsys, "--epsilon must be")
     _assert_user_error(["prune", inf, "--epsilon", "nan"], capsys, "--epsilon must be")
     _assert_user_error(["prune", inf, "--prune-ratio", 1.0], capsys, "--prune-ratio must lie strictly between 0 and 1")

@@ -7,6 +7,7 @@ import shutil
 import h5py
 import numpy as np
 
+from dpcli.artifacts.h5 import seal
 from dpcli.config import PruneConfig
 from dpcli.stages import core, pipeline
 from tests.conftest import TINY, run_json
@@ -21,6 +22,7 @@ def _make_stale(mask_path, keep: np.ndarray) -> None:
             f[name] = rows
         f.attrs["influence_fingerprint"] = "0" * 16
         f.attrs["fingerprint"] = "f" * 16
+        seal(f, force=True)
 
 
 def test_retrain_recomputes_a_mask_that_descends_from_another_influence(tmp_path, capsys):

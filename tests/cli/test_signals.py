@@ -20,7 +20,11 @@ from tests.conftest import run_cli
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_sigterm_exits_143_with_one_line_and_keeps_the_checkpoint(tmp_path):
+@pytest.mark.parametrize("signum, code, line", [
+    (signal.SIGTERM, 143, "dpcli: terminated (SIGTERM)"),
+    (signal.SIGHUP, 129, "dpcli: hung up (SIGHUP)"),  # an ssh session or terminal closed: stopped the same way
+], ids=["sigterm", "sighup"])
+def test_sigterm_exits_143_with_one_line_and_keeps_the_checkpoint(tmp_path, signum, code, line):
     out = tmp_path / "ck.h5"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "dpcli", "train", "digits", "--epochs", "400", "--width", "4",
@@ -30,11 +34,10 @@ def test_sigterm_exits_143_with_one_line_and_keeps_the_checkpoint(tmp_path):
     while not out.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, proc.communicate()[1]
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 143, stderr
-    assert stderr == ("dpcli: terminated (SIGTERM); completed artifacts are kept, rerun the same command to "
-                      "resume\n") and stdout == ""
+    assert proc.returncode == code, stderr
+    assert stderr == f"{line}; completed artifacts are kept, rerun the same command to resume\n" and stdout == ""
     ck = load_checkpoint(out, weights=False)
     assert 1 <= ck.epoch < 400 and not ck.complete
     # the checkpoint and its per-epoch side log (what a resume reads), and no partial file anywhere
@@ -109,3 +112,51 @@ def test_an_ignored_sigint_stays_ignored(sigint_default):
     with _stops_as_interrupts():
         assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored on exit
+
+
+def _cli(args, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "dpcli", *map(str, args)], env=env, text=True, **kw)
+
+
+def _mask_is_whole(path) -> None:
+    from dpcli.stages.core import read_mask
+
+    assert read_mask(path).n_pruned == 5  # published, consistent and checksummed: the work was not lost
+
+
+@pytest.mark.parametrize("redirect, code", [(">&-", 74), (">/dev/full", 74)], ids=["closed", "full"])
+def test_a_closed_or_full_stdout_keeps_the_mask_and_says_so_in_one_line(tiny_run, tmp_path, redirect, code):
+    """The --json report is the last step: its loss is exit 74 and one line, never a traceback or a lost mask."""
+    out = tmp_path / "m.h5"
+    cmd = (f"exec {sys.executable} -m dpcli prune {tiny_run.influence} --prune-count 5 --out {out} --json --quiet "
+           f"{redirect}")
+    proc = subprocess.run(["sh", "-c", cmd], capture_output=False, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == code, proc.stderr
+    assert proc.stderr.startswith("dpcli: error: stdout: cannot write the --json report (") and \
+        proc.stderr.count("\n") == 1, proc.stderr
+    _mask_is_whole(out)
+
+
+def test_a_reader_gone_from_stdout_exits_141_quietly_like_git(tiny_run, tmp_path):
+    """`dpcli ... --json | head -0`: the pipe's reader is gone before the report; SIGPIPE's exit code, no words."""
+    out = tmp_path / "m.h5"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([sys.executable, "-m", "dpcli", "prune", tiny_run.influence, "--prune-count", "5",
+                             "--out", out, "--json", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env)
+    proc.stdout.close()  # the reader goes away at once
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and stderr == "", stderr
+    _mask_is_whole(out)
+
+
+def test_a_full_stderr_decides_nothing(tiny_run, tmp_path):
+    """Progress and messages to a full disk (2>/dev/full) are dropped; the job finishes and exits 0."""
+    out = tmp_path / "m.h5"
+    with open("/dev/full", "w") as full:
+        proc = _cli(["prune", tiny_run.influence, "--prune-count", 5, "--out", out], stdout=subprocess.PIPE,
+                    stderr=full)
+    assert proc.returncode == 0 and proc.stdout == ""
+    _mask_is_whole(out)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dpcli.artifacts.h5 import seal
 from dpcli.data import layouts
 from dpcli.data.sources import load_dataset
 from dpcli.errors import DpcliError
@@ -169,6 +170,7 @@ def test_a_mask_that_keeps_an_unreadable_file_or_names_another_space_is_refused(
                            ("pruned_indices", np.flatnonzero(~keep))):
             del f[name]
             f[name] = data
+        seal(f, force=True)  # a consistent edit with valid checksums: the index rule is what refuses it
     with pytest.raises(DpcliError, match=f"keeps sample {unreadable[0]}, an unreadable file"):
         core.read_mask(edited)
     # the unreadable file repaired as a copy of its neighbour, which breaks: the readable images, and so the data's

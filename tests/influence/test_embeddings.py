@@ -307,12 +307,18 @@ def test_retrain_with_wrong_n_and_external_S_errors(tmp_path, capsys):
         D.check_labels(np.zeros((3, 2)), 3, None, "labels")
 
 
-def test_labels_that_leave_most_class_indices_unused_are_warned_about():
-    """Labels that are IDs (0, 3, 6) make C = max + 1 = 7 last-layer classes, four of them without a sample."""
+def test_labels_that_leave_class_indices_unused_are_refused_unless_declared():
+    """Labels that are IDs (0, 3, 6) would make C = max + 1 = 7 last-layer classes, four of them without a sample:
+    an error (a stray label 99 among 0..9 would build a 100-class S), a warning where C is declared; one class
+    is always refused (its S is zero)."""
     x, y = blobs(30, 3, 3)
+    with pytest.raises(DpcliError, match=r"the labels use 3 of the 7 class indices 0\.\.6 \(none is 1; the largest is 6\)"):
+        D.from_arrays(x, y * 3)
     with pytest.warns(UserWarning, match=r"dpcli: the labels use 3 of the 7 class indices 0\.\.6"):
-        emb = D.from_arrays(x, y * 3)
+        emb = D.from_arrays(x, y * 3, num_classes=7)
     assert emb.num_classes == 7
+    with pytest.raises(DpcliError, match="every sample has class 0; pruning needs at least two classes"):
+        D.from_arrays(x, np.zeros_like(y))
     import warnings
 
     with warnings.catch_warnings():

@@ -484,14 +484,17 @@ def test_explicit_strata_on_an_embeddings_run_use_the_artifacts_loss(imbalanced,
     np.testing.assert_array_equal(keep, ~pruned)
 
 
-def test_an_epsilon_that_admits_the_whole_set_warns_that_nothing_is_kept(rich):
+def test_an_epsilon_that_admits_the_whole_set_is_refused_like_pruning_every_sample(rich):
     """Eq. 3 takes the largest set within the bound; where the whole set's ||sum S|| is within it, that is
-    everything, and the user must hear it before a retrain on nothing."""
+    everything: refused like --prune-count n, since a retrain on nothing cannot run.  Just below the whole
+    set's norm a mask keeps samples."""
+    from dpcli.errors import DpcliError
+
     x, y, S = rich
     whole = float(np.linalg.norm(S.astype(np.float64).sum(0)))
-    with pytest.warns(UserWarning, match=f"dpcli: the kept set is empty: all {len(y)} samples were pruned"):
-        sel = dp.prune(S, epsilon=whole * 1.01, labels=y)
-    assert not sel.keep.any() and sel.norm <= whole * 1.01
+    with pytest.raises(DpcliError, match=f"every one of the {len(y)} samples would be pruned"):
+        dp.prune(S, epsilon=whole * 1.01, labels=y)
+    assert dp.prune(S, epsilon=whole * 0.99, labels=y).keep.any()
 
 
 def test_a_context_is_supplied_through_its_method_and_checks_the_rows(scarce):
