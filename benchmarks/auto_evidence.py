@@ -1,0 +1,146 @@
+"""What the selection grid says about ``auto``'s candidates: the tie table it ships and its hit rate.
+
+Run by hand (not a test); reads the grid's JSON lines (benchmarks/results/grid/cells-*.jsonl), trains nothing.
+
+``--prior``: for every prune share of the grid, ``auto``'s candidates ranked by their mean *regret* across the
+regimes: in each regime, the best mean retrained accuracy of any selector at that share minus the candidate's
+mean there, averaged over the regimes that ran the candidate.  The order is :data:`auto.TIE_ORDER`, which
+decides a tie on ``auto``'s validation.  A candidate is read from the grid cells of the method that makes the
+same selection (:data:`GRID_NAME`; ``random-stratified`` from plain ``random``, the nearest the grid ran).
+Candidates no regime ran (``strata``, ``strata+cutoff``) rank last, in candidate order.
+
+``--hits``: for every regime x share, the selector with the best mean retrained accuracy vs what ``auto``
+chose there (its recorded choice per seed, read as the grid method that makes it): a hit where they are the
+same method; *within spread* where the chosen method's mean is within the best's seed standard deviation;
+and ``auto``'s own retrained mean against the best's and random's.  Cells of the current default (those that
+record ``selection_code``) and of earlier defaults (the rest, and ``--superseded`` folders) are counted apart.
+
+    python3 benchmarks/auto_evidence.py --prior
+    python3 benchmarks/auto_evidence.py --hits --superseded benchmarks/results/grid/superseded
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.grid import EPSILON_CELLS, REGIMES, mean_se, read_cells  # noqa: E402
+
+# auto's candidate -> the grid method whose cells make the same selection
+GRID_NAME = {"pure": "optimization", "balanced": "opt+balance", "strata+cutoff+features": "opt+coverage+0.5x+features",
+             "dual-beta": "dual-beta", "random-stratified": "random"}
+CANDIDATES = ("balanced", "pure", "strata", "strata+cutoff", "strata+cutoff+features", "dual-beta",
+              "random-stratified")
+NOT_SELECTORS = {"full", "auto", *EPSILON_CELLS}
+
+
+def accuracies(cells: list[dict]) -> dict[tuple[str, float], list[float]]:
+    acc: dict = {}
+    for c in cells:
+        if "error" in c or c.get("toy") or c["method"] in {"full", *EPSILON_CELLS}:
+            continue
+        acc.setdefault((c["method"], round(float(c["ratio"]), 6)), []).append(float(c["test_accuracy"]))
+    return acc
+
+
+def load(folder: Path) -> dict[str, list[dict]]:
+    return {name: read_cells(folder / f"cells-{name}.jsonl") for name in REGIMES}
+
+
+def best_selector(acc: dict, ratio: float) -> tuple[str, float, float] | None:
+    """(method, mean, seed sd) of the best mean retrained accuracy at ``ratio`` among the selectors."""
+    rows = [(m, *mean_se(v)[::2]) for (m, r), v in acc.items() if r == ratio and m not in NOT_SELECTORS]
+    return max(rows, key=lambda t: t[1]) if rows else None
+
+
+def prior(cells: dict[str, list[dict]]) -> dict[float, list[tuple[str, float, int]]]:
+    """Per share: (candidate, mean regret in points, regimes) in ascending regret, then the unmeasured ones."""
+    acc = {name: accuracies(cs) for name, cs in cells.items()}
+    ratios = sorted({r for a in acc.values() for (_, r) in a}, reverse=True)
+    out = {}
+    for r in ratios:
+        regret: dict[str, list[float]] = {}
+        for a in acc.values():
+            best = best_selector(a, r)
+            for cand, method in GRID_NAME.items():
+                if best and (method, r) in a:
+                    regret.setdefault(cand, []).append(best[1] - float(np.mean(a[(method, r)])))
+        ranked = sorted(((c, float(np.mean(v)), len(v)) for c, v in regret.items()),
+                        key=lambda t: (t[1], CANDIDATES.index(t[0])))
+        out[r] = ranked + [(c, float("nan"), 0) for c in CANDIDATES if c not in regret]
+    return out
+
+
+def print_prior(table: dict) -> None:
+    print("| pruned | " + " | ".join(f"#{i + 1}" for i in range(len(CANDIDATES))) + " |")
+    print("|---|" + "---|" * len(CANDIDATES))
+    for r, ranked in table.items():
+        print(f"| {r:.0%} | " + " | ".join(f"`{c}` {g:.2f} ({k})" if k else f"`{c}` –" for c, g, k in ranked) + " |")
+    print("\nTIE_ORDER = {")
+    for r, ranked in table.items():
+        print(f"    {r}: ({', '.join(repr(c) for c, _, _ in ranked)}),")
+    print("}")
+
+
+def chosen_method(c: dict) -> str:
+    rec = c.get("auto", {}).get("auto", {})
+    name = rec.get("chosen", c.get("rule", "?")) if isinstance(rec, dict) else c.get("rule", "?")
+    return GRID_NAME.get(name, name)
+
+
+def hits(cells: dict[str, list[dict]], old: dict[str, list[dict]]) -> None:
+    print("| regime | pruned | best selector (mean ± sd) | auto chose (seeds) | hit | within spread | auto | "
+          "auto − best | auto − random | default |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    totals: dict = {}
+    for name in REGIMES:
+        acc = accuracies(cells[name])
+        for gen, source in (("current", cells[name]), ("earlier", cells[name] + old.get(name, []))):
+            mine = [c for c in source if c["method"] == "auto" and "error" not in c and not c.get("toy")
+                    and (("selection_code" in c) == (gen == "current"))]
+            for r in sorted({round(float(c["ratio"]), 6) for c in mine}, reverse=True):
+                best = best_selector(acc, r)
+                at = [c for c in mine if round(float(c["ratio"]), 6) == r]
+                if best is None:
+                    continue
+                picks = [chosen_method(c) for c in at]
+                hit = sum(p == best[0] for p in picks)
+                near = sum((p, r) in acc and best[1] - np.mean(acc[(p, r)]) <= best[2] for p in picks)
+                mean = float(np.mean([c["test_accuracy"] for c in at]))
+                rnd = f"{mean - np.mean(acc[('random', r)]):+.2f}" if ("random", r) in acc else "–"
+                counts = {p: picks.count(p) for p in sorted(set(picks))}
+                t = totals.setdefault((name, gen), [0, 0, 0])
+                t[0], t[1], t[2] = t[0] + hit, t[1] + near, t[2] + len(picks)
+                print(f"| {name} | {r:.0%} | `{best[0]}` {best[1]:.2f} ± {best[2]:.2f} | "
+                      + ", ".join(f"`{p}` ×{k}" for p, k in counts.items())
+                      + f" | {hit}/{len(picks)} | {near}/{len(picks)} | {mean:.2f} | {mean - best[1]:+.2f} | {rnd} "
+                      f"| {gen} |")
+    print("\n| regime | default | hit rate | within the best's spread |")
+    print("|---|---|---|---|")
+    for (name, gen), (h, n_near, n) in totals.items():
+        print(f"| {name} | {gen} | {h}/{n} ({h / n:.0%}) | {n_near}/{n} ({n_near / n:.0%}) |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results", type=Path, default=Path("benchmarks/results/grid"))
+    ap.add_argument("--superseded", type=Path, help="a folder of earlier defaults' auto cells")
+    ap.add_argument("--prior", action="store_true")
+    ap.add_argument("--hits", action="store_true")
+    args = ap.parse_args()
+    cells = load(args.results)
+    if args.prior or not args.hits:
+        print_prior(prior(cells))
+    if args.hits:
+        old = load(args.superseded) if args.superseded else {}
+        hits(cells, {k: [c for c in v if c["method"] == "auto"] for k, v in old.items()})
+
+
+if __name__ == "__main__":
+    main()
