@@ -15,7 +15,13 @@ same method; *within spread* where the chosen method's mean is within the best's
 and ``auto``'s own retrained mean against the best's and random's.  Cells of the current default (those that
 record ``selection_code``) and of earlier defaults (the rest, and ``--superseded`` folders) are counted apart.
 
+``--cost``: what a validation that sees retraining would cost (SVP: train each candidate's kept set from
+scratch for a few epochs), from the grid's own timings: one full-data training (its ``train_seconds``), one epoch
+on a kept set at each share (``random``'s retrains: ``train_seconds / epochs``) and ``auto``'s current selection
+(``select_seconds``); the epochs per candidate that fit in 10 % of one training beside what auto costs already.
+
     python3 benchmarks/auto_evidence.py --prior
+    python3 benchmarks/auto_evidence.py --cost
     python3 benchmarks/auto_evidence.py --hits --superseded benchmarks/results/grid/superseded
 """
 
@@ -30,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.grid import EPSILON_CELLS, REGIMES, mean_se, read_cells  # noqa: E402
+from benchmarks.grid import EPSILON_CELLS, REGIMES, mean_se, read_cells
 
 # auto's candidate -> the grid method whose cells make the same selection
 GRID_NAME = {"pure": "optimization", "balanced": "opt+balance", "strata+cutoff+features": "opt+coverage+0.5x+features",
@@ -127,15 +133,41 @@ def hits(cells: dict[str, list[dict]], old: dict[str, list[dict]]) -> None:
         print(f"| {name} | {gen} | {h}/{n} ({h / n:.0%}) | {n_near}/{n} ({n_near / n:.0%}) |")
 
 
+def cost(cells: dict[str, list[dict]], share: float = 0.1) -> None:
+    """Epochs of from-scratch training per candidate that fit in ``share`` of one full-data training."""
+    print("| regime | pruned | one training (s) | one epoch on the kept set (s) | auto's selection (s) | candidates | "
+          "proxy epochs per candidate within 10 % | the regime's epochs |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, regime in REGIMES.items():
+        full = [c["train_seconds"] for c in cells[name] if c["method"] == "full" and "train_seconds" in c]
+        if not full or regime.backbone_per_class:  # frozen-backbone: the "retraining" is the head refit auto runs
+            continue
+        for r in sorted({round(float(c["ratio"]), 6) for c in cells[name] if c["method"] == "random"}, reverse=True):
+            at = lambda m: [c for c in cells[name] if c["method"] == m and round(float(c["ratio"]), 6) == r  # noqa: E731
+                            and "error" not in c]
+            epoch = float(np.median([c["train_seconds"] for c in at("random")])) / regime.epochs
+            mine = [c for c in at("auto") if "selection_code" in c] or at("auto")
+            select = float(np.median([c["select_seconds"] for c in mine])) if mine else 0.0
+            k = max((len(c.get("auto", {}).get("auto", {}).get("candidates", [])) for c in mine), default=0) or 7
+            bound = share * float(np.median(full)) / (k * epoch)  # were auto's own selection free
+            room = max(share * float(np.median(full)) - select, 0.0) / (k * epoch)
+            print(f"| {name} | {r:.0%} | {np.median(full):.0f} | {epoch:.1f} | "
+                  f"{f'{select:.1f}' if mine else 'not run'} | {k} | {room:.2f} (free selection: {bound:.2f}) | "
+                  f"{regime.epochs} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", type=Path, default=Path("benchmarks/results/grid"))
     ap.add_argument("--superseded", type=Path, help="a folder of earlier defaults' auto cells")
     ap.add_argument("--prior", action="store_true")
     ap.add_argument("--hits", action="store_true")
+    ap.add_argument("--cost", action="store_true")
     args = ap.parse_args()
     cells = load(args.results)
-    if args.prior or not args.hits:
+    if args.cost:
+        cost(cells)
+    if args.prior or not (args.hits or args.cost):
         print_prior(prior(cells))
     if args.hits:
         old = load(args.superseded) if args.superseded else {}

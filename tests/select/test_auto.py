@@ -554,8 +554,8 @@ def test_a_context_is_supplied_through_its_method_and_checks_the_rows(scarce):
 
 
 def test_time_budget_is_one_budget_split_across_the_solves(scarce, monkeypatch):
-    """--time-budget T bounds the whole prune: the candidates' solves (the rungs and the objective alone) share 0.4 T, the final solve gets what is left
-    (at least 0.1 T), instead of T each."""
+    """--time-budget T bounds the whole prune: the candidates' solves (the rungs and the objective alone) share
+    0.4 T, the final solve gets what is left when it starts (at least 0.1 T), instead of T each."""
     import time
 
     x, y, S = scarce
@@ -563,7 +563,7 @@ def test_time_budget_is_one_budget_split_across_the_solves(scarce, monkeypatch):
     real = auto.Optimization.select
 
     def spy(self, ctx, m, eps):
-        seen.append((ctx.n, self.cfg.time_budget))
+        seen.append((ctx.n, self.cfg.time_budget, time.perf_counter()))
         return real(self, ctx, m, eps)
 
     monkeypatch.setattr(auto.Optimization, "select", spy)
@@ -572,10 +572,10 @@ def test_time_budget_is_one_budget_split_across_the_solves(scarce, monkeypatch):
     ctx = Context(S=S, labels=y).supply(features=x)
     t0 = time.perf_counter()
     auto.Auto(PruneConfig(ratio=0.5, time_budget=T)).select(ctx, count_from_ratio(len(y), 0.5), None)
-    wall = time.perf_counter() - t0
     rungs, final = seen[:-1], seen[-1]
-    assert len(rungs) == len(auto.LADDER) + 1 and all(n < len(y) for n, _ in rungs) and final[0] == len(y)
-    assert all(b == pytest.approx(auto.VAL_BUDGET_SHARE * T / len(rungs)) for _, b in rungs)
-    # the final solve gets what the rungs (which may stop early, on convergence) and the fits left of T
+    assert len(rungs) == len(auto.LADDER) + 1 and all(n < len(y) for n, _, _ in rungs) and final[0] == len(y)
+    assert all(b == pytest.approx(auto.VAL_BUDGET_SHARE * T / len(rungs)) for _, b, _ in rungs)
+    # the final solve gets what the candidates (whose solves may stop early, on convergence) and the fits left
+    # of T when it starts: timed at its call, so a loaded machine's overshoot of the solve itself does not count
     assert 0.1 * T <= final[1] < T
-    assert final[1] <= max(T - (wall - final[1]), 0.1 * T) + 0.05
+    assert final[1] == pytest.approx(max(T - (final[2] - t0), 0.1 * T), abs=0.05)

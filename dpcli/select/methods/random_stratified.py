@@ -17,7 +17,7 @@ def stratified_prune(labels: np.ndarray, m: int, seed: int) -> np.ndarray:
     """The pruned mask: ``m`` samples, each class's share of them proportional to its size, drawn at random."""
     labels = np.asarray(labels)
     check_count(m, len(labels))
-    classes, inverse, sizes = np.unique(labels, return_inverse=True, return_counts=True)
+    _, inverse, sizes = np.unique(labels, return_inverse=True, return_counts=True)
     counts = proportional_counts(sizes, m)
     rng = np.random.default_rng(seed)
     # one permutation, then the first counts[c] members of each class in that order: no loop over samples
