@@ -94,9 +94,23 @@ def print_prior(table: dict) -> None:
     print("}")
 
 
+def candidate_of(rule: str) -> str:
+    """The candidate a solver label names (cells without auto's record: the frozen backbone's masks)."""
+    if not rule.startswith("swap"):
+        return rule  # dual-beta, random-stratified
+    if "+coverage(" not in rule:
+        return "pure"
+    if "strata=1," in rule:
+        return "balanced"
+    if rule.endswith("+features"):
+        return "strata+cutoff+features"
+    return "strata" if "cutoff=0)" in rule else "strata+cutoff"
+
+
 def chosen_method(c: dict) -> str:
+    """The grid method that makes the selection auto chose in cell ``c``."""
     rec = c.get("auto", {}).get("auto", {})
-    name = rec.get("chosen", c.get("rule", "?")) if isinstance(rec, dict) else c.get("rule", "?")
+    name = rec.get("chosen") if isinstance(rec, dict) and rec.get("chosen") else candidate_of(c.get("rule", "?"))
     return GRID_NAME.get(name, name)
 
 

@@ -296,10 +296,11 @@ def test_a_tie_goes_to_the_grid_tables_first_and_a_clear_win_does_not():
 def test_an_ineligible_best_is_passed_over():
     base = np.array([1, 0] * 50)
     flip = lambda k: np.where(np.arange(100) < 2 * k, 1, base)  # noqa: E731
-    scores = [_score("balanced", 50.0, base), _score("pure", 62.0, flip(12))]
-    scores[1].short = 1
-    pick, reason = auto.decide(scores, 0.5)
-    assert pick.name == "balanced" and not scores[1].tied and scores[1].behind == pytest.approx(-12.0)
+    for lost, short in ((0, 1), (1, 0)):  # starves a class / drops one the first candidate keeps
+        scores = [_score("balanced", 50.0, base), _score("pure", 62.0, flip(12))]
+        scores[1].lost, scores[1].short = lost, short
+        pick, reason = auto.decide(scores, 0.5)
+        assert pick.name == "balanced" and not scores[1].tied and scores[1].behind == pytest.approx(-12.0)
 
 
 def test_the_tie_table_is_what_the_grid_results_give():
