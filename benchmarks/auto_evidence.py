@@ -20,8 +20,11 @@ scratch for a few epochs), from the grid's own timings: one full-data training (
 on a kept set at each share (``random``'s retrains: ``train_seconds / epochs``) and ``auto``'s current selection
 (``select_seconds``); the epochs per candidate that fit in 10 % of one training beside what auto costs already.
 
+``--docs FILE`` writes the three tables between ``<!-- auto-evidence:NAME:begin/end -->`` markers instead.
+
     python3 benchmarks/auto_evidence.py --prior
     python3 benchmarks/auto_evidence.py --cost
+    python3 benchmarks/auto_evidence.py --docs docs/benchmarks.md --superseded benchmarks/results/grid/superseded
     python3 benchmarks/auto_evidence.py --hits --superseded benchmarks/results/grid/superseded
 """
 
@@ -36,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.grid import EPSILON_CELLS, REGIMES, mean_se, read_cells
+from benchmarks.grid import EPSILON_CELLS, REGIMES, _replace, mean_se, read_cells
 
 # auto's candidate -> the grid method whose cells make the same selection
 GRID_NAME = {"pure": "optimization", "balanced": "opt+balance", "strata+cutoff+features": "opt+coverage+0.5x+features",
@@ -107,15 +110,14 @@ def candidate_of(rule: str) -> str:
     return "strata" if "cutoff=0)" in rule else "strata+cutoff"
 
 
-def chosen_method(c: dict) -> str:
-    """The grid method that makes the selection auto chose in cell ``c``."""
+def chosen(c: dict) -> str:
+    """The candidate auto chose in cell ``c``."""
     rec = c.get("auto", {}).get("auto", {})
-    name = rec.get("chosen") if isinstance(rec, dict) and rec.get("chosen") else candidate_of(c.get("rule", "?"))
-    return GRID_NAME.get(name, name)
+    return rec.get("chosen") if isinstance(rec, dict) and rec.get("chosen") else candidate_of(c.get("rule", "?"))
 
 
 def hits(cells: dict[str, list[dict]], old: dict[str, list[dict]]) -> None:
-    print("| regime | pruned | best selector (mean ± sd) | auto chose (seeds) | hit | within spread | auto | "
+    print("| regime | pruned | best selector (mean ± sd) | auto chose (seeds; read as GRID_NAME's method) | hit | within spread | auto | "
           "auto − best | auto − random | default |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     totals: dict = {}
@@ -129,12 +131,13 @@ def hits(cells: dict[str, list[dict]], old: dict[str, list[dict]]) -> None:
                 at = [c for c in mine if round(float(c["ratio"]), 6) == r]
                 if best is None:
                     continue
-                picks = [chosen_method(c) for c in at]
+                names = [chosen(c) for c in at]
+                picks = [GRID_NAME.get(n, n) for n in names]  # the grid method that makes that selection
                 hit = sum(p == best[0] for p in picks)
                 near = sum((p, r) in acc and best[1] - np.mean(acc[(p, r)]) <= best[2] for p in picks)
                 mean = float(np.mean([c["test_accuracy"] for c in at]))
                 rnd = f"{mean - np.mean(acc[('random', r)]):+.2f}" if ("random", r) in acc else "–"
-                counts = {p: picks.count(p) for p in sorted(set(picks))}
+                counts = {n: names.count(n) for n in sorted(set(names))}
                 t = totals.setdefault((name, gen), [0, 0, 0])
                 t[0], t[1], t[2] = t[0] + hit, t[1] + near, t[2] + len(picks)
                 print(f"| {name} | {r:.0%} | `{best[0]}` {best[1]:.2f} ± {best[2]:.2f} | "
@@ -162,12 +165,32 @@ def cost(cells: dict[str, list[dict]], share: float = 0.1) -> None:
             epoch = float(np.median([c["train_seconds"] for c in at("random")])) / regime.epochs
             mine = [c for c in at("auto") if "selection_code" in c] or at("auto")
             select = float(np.median([c["select_seconds"] for c in mine])) if mine else 0.0
-            k = max((len(c.get("auto", {}).get("auto", {}).get("candidates", [])) for c in mine), default=0) or 7
+            k = len(CANDIDATES)  # the current default's, with training dynamics
             bound = share * float(np.median(full)) / (k * epoch)  # were auto's own selection free
             room = max(share * float(np.median(full)) - select, 0.0) / (k * epoch)
             print(f"| {name} | {r:.0%} | {np.median(full):.0f} | {epoch:.1f} | "
                   f"{f'{select:.1f}' if mine else 'not run'} | {k} | {room:.2f} (free selection: {bound:.2f}) | "
                   f"{regime.epochs} |")
+
+
+def write_docs(path: Path, cells: dict[str, list[dict]], old: dict[str, list[dict]]) -> None:
+    """Each table between its markers in ``path`` (the prior's Python literal left out: it is in auto.py)."""
+    import contextlib
+    import io
+
+    def text(fn, *a) -> str:
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            fn(*a)
+        return buf.getvalue().split("\nTIE_ORDER = {")[0].rstrip("\n")
+
+    doc = path.read_text()
+    autos = {k: [c for c in v if c["method"] == "auto"] for k, v in old.items()}
+    for name, body in (("prior", text(print_prior, prior(cells))), ("hits", text(hits, cells, autos)),
+                       ("cost", text(cost, cells))):
+        begin, end = f"<!-- auto-evidence:{name}:begin -->", f"<!-- auto-evidence:{name}:end -->"
+        doc = _replace(doc, begin, end, f"{begin}\n{body}\n{end}")
+    path.write_text(doc)
 
 
 def main() -> None:
@@ -177,8 +200,12 @@ def main() -> None:
     ap.add_argument("--prior", action="store_true")
     ap.add_argument("--hits", action="store_true")
     ap.add_argument("--cost", action="store_true")
+    ap.add_argument("--docs", type=Path, help="write the tables into this markdown file's auto-evidence sections")
     args = ap.parse_args()
     cells = load(args.results)
+    if args.docs:
+        write_docs(args.docs, cells, load(args.superseded) if args.superseded else {})
+        return
     if args.cost:
         cost(cells)
     if args.prior or not (args.hits or args.cost):
