@@ -702,7 +702,8 @@ def run_cell(setup: Setup, store: CellStore, name: str, ratio: float, seed: int,
         return
     t1 = time.perf_counter()
     res = setup.retrain(mask.keep, seed, mask.path)
-    store.add({**cell, "n": mask.n, "n_kept": mask.n_kept, "norm": mask.norm, **rec,
+    # the selection code's hash tells a cell of the current default from an earlier one (benchmarks/auto_evidence.py)
+    store.add({**cell, "n": mask.n, "n_kept": mask.n_kept, "norm": mask.norm, **rec, "selection_code": selection_code(),
                "select_seconds": t1 - t0, "wall_seconds": time.perf_counter() - t0, **res})
     log(f"{setup.regime.name} {name} {ratio:.0%} s{seed}: {res['test_accuracy']:.2f}% "
         f"({rec['rule']}, {time.perf_counter() - t0:.0f}s)")
@@ -857,17 +858,21 @@ def margins(acc: dict, ours: str, rivals: list[str], ratios: list[float]) -> str
 def auto_choices(cells: list[dict], ratios: list[float], auto_present: bool) -> str:
     """What `auto` chose in each cell: the rule label it recorded, counted over seeds."""
     mine = [c for c in cells if c["method"] == "auto" and "error" not in c]
-    out = ["\n`auto`'s choice per ratio (the rule it recorded in mask.h5, with the number of seeds):\n",
-           "| ratio | choice |", "|---|---|"]
+    out = ["\n`auto`'s choice per ratio (the rule it recorded in mask.h5, with the number of seeds), and how many "
+           "of those cells ran the current default (every part a candidate; the cells that record their "
+           "`selection_code`):\n",
+           "| ratio | choice | current default |", "|---|---|---|"]
     for r in ratios:
         at = [c for c in mine if round(float(c["ratio"]), 6) == r]
         if not at:
-            out.append(f"| {r:.0%} | not run{'' if auto_present else ' (no `--method auto` in this dpcli)'} |")
+            out.append(f"| {r:.0%} | not run{'' if auto_present else ' (no `--method auto` in this dpcli)'} | – |")
             continue
         counts: dict = {}
         for c in at:
             counts[c.get("rule", "?")] = counts.get(c.get("rule", "?"), 0) + 1
-        out.append(f"| {r:.0%} | " + "; ".join(f"`{k}` ×{v}" for k, v in sorted(counts.items())) + " |")
+        current = sum("selection_code" in c for c in at)
+        out.append(f"| {r:.0%} | " + "; ".join(f"`{k}` ×{v}" for k, v in sorted(counts.items()))
+                   + f" | {current} of {len(at)} |")
     return "\n".join(out)
 
 

@@ -1,44 +1,37 @@
-"""The default selector: the paper's objective within class quotas, moved toward coverage when held-out data says so.
+"""The default selector: every selection dpcli composes is a candidate; a held-out linear head picks one.
 
 Minimizing ``||sum_W S_i||`` alone keeps the hard samples.  Sorscher et al. (2022) show, for linear
 classifiers, that keeping the hard samples is right when data is abundant and keeping the easy ones
-when it is scarce; on dpcli's scarce CIFAR proxy the pure objective trails random pruning while the
-coverage variant wins, and on a data-rich set the opposite holds (docs/benchmarks.md).  A user cannot
-know the regime, so ``auto`` measures it, cheaply, with the model the theory is about:
+when it is scarce; no selector leads in every regime of docs/benchmarks.md.  A user cannot know the
+regime, so ``auto`` measures it, cheaply, with the model the theory is about:
 
 1. split the training set (seeded, stratified by class) into a fit part and a validation part;
-2. for every rung of :data:`LADDER` (the objective within class quotas -> + difficulty strata ->
-   + hard cutoff -> + feature matching), select the same prune share on the fit part's rows of S;
-3. refit an L2-regularized softmax head on the kept fit rows' penultimate features (standardized,
-   deterministic full-batch Newton / L-BFGS) and score it on the validation part;
-4. keep the first rung unless a later one beats it on validation accuracy by more than
-   :data:`Z` paired standard errors (the noise of the difference on the same validation samples);
-   then take the best such rung;
-5. where the checkpoint recorded training dynamics, let DUAL's Beta sampling (:data:`CHALLENGER`, the
-   published rule that led at 70 % pruned on two CIFAR regimes) challenge that choice: it must beat the
-   first rung by the same :data:`Z` and, where a coverage rung was chosen, that rung by :data:`Z_SWITCH`
-   paired standard errors; run the winner on all of S.
+2. select the same prune share on the fit part with every candidate: the objective within class quotas
+   (``balanced``), the objective alone (``pure``), the coverage rungs (+ difficulty strata, + hard cutoff,
+   + feature matching), DUAL's Beta sampling (``dual-beta``, where the checkpoint recorded training
+   dynamics) and class-stratified random pruning (``random-stratified``);
+3. refit an L2-regularized softmax head on each kept set's penultimate features (standardized,
+   deterministic Newton-CG) and score it on the validation part;
+4. take the best eligible candidate; every candidate within :data:`Z` paired standard errors of it (the
+   noise of the difference on the same validation samples) is tied with it, and a tie goes to the
+   candidate that retrained best across the grid's regimes at the nearest prune share
+   (:data:`TIE_ORDER`, derived from benchmarks/results/grid by ``benchmarks/auto_evidence.py --prior``);
+5. run the choice on all of S.
 
-The first rung is the paper's objective with every class pruned by the same share (``--balance``),
-not the objective alone.  Alone, it drops classes unevenly at high prune shares (on digits at 90 %
-it kept 5 samples of one class and 23 of another), which costs a network trained from scratch on the
-kept set far more than the validation's linear head on full-data features can show: the retrained
-accuracy rose by 1.5 points there, and it was never lower beyond the seed noise in any regime of
-docs/benchmarks.md.  Class-wise quotas are also what the class-wise baselines (herding, CCS) do.
+A candidate is eligible unless its kept set drops a class the first candidate keeps, or keeps fewer than
+:data:`SHARE_FLOOR` of some class's proportional share: the objective alone is not forced into class
+quotas but checked (on digits at 90 % it kept 5 samples of one class and 23 of another, which costs a
+network trained from scratch far more than the validation's head on full-data features can show).
 
-The challenger's bar is lower against a coverage rung than against the first rung because only the
-first rung carries the paper's objective: leaving it trades a smaller ``||sum S||`` for coverage and
-needs strong evidence, while two coverage selections are both away from it (the bar of 1 was set on
-the cifar-scarce and cifar-rich-cpu validations, docs/benchmarks.md, and re-checked on mnist5k).
-
-No rule reads a dataset's name.  Without features (an external S with no lineage, the API without
-``features=``), without two classes, with too few samples to validate, or with ``--epsilon`` (the
-largest set within a norm bound: coverage constraints can only shrink it), it skips the validation
-and says why: it runs the first rung, or the objective alone with ``--epsilon`` or a single class.
-Rungs whose covered solve on all of S would pass ``$DPCLI_SOLVE_BUDGET`` are dropped from
-the end of the ladder (their constraint columns grow with the classes), and the line says so.
-Explicit coverage options are the user's choice and are run as given.  Whatever it
-chooses, the mask is certified from S like every other.
+The head cannot tell the candidates apart on most data-rich sets (all approach the full-data accuracy),
+so ties are the common case and the table decides them; it ranks by retrained accuracy, which the head
+does not see.  No rule reads a dataset's name.  Without features (an external S with no lineage, the API
+without ``features=``), without two classes, with too few samples to validate, or with ``--epsilon`` (the
+largest set within a norm bound: coverage constraints can only shrink it), it skips the validation and
+says why: it runs the objective within class quotas, or alone with ``--epsilon`` or a single class.
+Rungs whose covered solve on all of S would pass ``$DPCLI_SOLVE_BUDGET`` are dropped from the end of the
+ladder (their constraint columns grow with the classes), and the line says so.  Explicit coverage options
+are the user's choice and are run as given.  Whatever it chooses, the mask is certified from S like every other.
 """
 
 from __future__ import annotations
@@ -55,34 +48,49 @@ from dpcli.select.base import Context, Selector
 from dpcli.select.methods.optimization import Optimization
 
 VAL_SHARE = 0.2  # share of every class held out for validation
-Z = 2.0  # a rung must beat the first rung by Z paired standard errors
+Z = 2.0  # candidates within Z paired standard errors of the best are tied with it
 MIN_VAL = 50  # fewer validation samples than this: too noisy to decide anything
 HEAD_L2 = 1e-3  # L2 of the validation head on standardized features (the embeddings default)
 HEAD_TOL = 1e-6
-# the rungs' solves on the fit part stop at their local optimum (no annealing): the rungs differ by far
-# more than annealing buys, and four local searches on 80 % of S cost about one annealed solve on all of it
+# the candidates' solves on the fit part stop at their local optimum (no annealing): the candidates differ by far
+# more than annealing buys, and five local searches on 80 % of S cost less than one annealed solve on all of it
 VAL_PROPOSALS = 0
-VAL_BUDGET_SHARE = 0.4  # with --time-budget: the rungs' solves share this part of it, the final solve the rest
-Z_SWITCH = 1.0  # the challenger must beat a chosen coverage rung by this many paired standard errors
+VAL_BUDGET_SHARE = 0.4  # with --time-budget: the candidates' solves share this part of it, the final solve the rest
+SHARE_FLOOR = 0.5  # a kept set with a class below this share of its proportional quota is never chosen
 
 
 @dataclass(frozen=True)
 class Rung:
-    """One coverage strength: a name for the line and the optimization options it sets."""
+    """One candidate: a name for the line and the options it sets (the optimization's, or another method)."""
 
     name: str
-    strength: int
+    strength: int  # the coverage strength of the objective's variants; 4, 5: rival rules
     options: dict = field(default_factory=dict)
 
+    @property
+    def solved(self) -> bool:
+        """A variant of the paper's objective (an optimization solve), not a rival rule."""
+        return "method" not in self.options
 
-CHALLENGER = Rung("dual-beta", 4, {"method": "dual-beta"})  # not a coverage strength: a rival rule
-PURE = Rung("pure", 0, {})  # the paper's objective alone: --epsilon, or no classes to balance
+
+PURE = Rung("pure", 0, {})  # the paper's objective alone
 LADDER: tuple[Rung, ...] = (
     Rung("balanced", 0, {"balance": True}),
     Rung("strata", 1, {"balance": True, "strata": 10}),
     Rung("strata+cutoff", 2, {"balance": True, "strata": 10, "cutoff_ratio": 0.5}),
     Rung("strata+cutoff+features", 3, {"balance": True, "strata": 10, "cutoff_ratio": 0.5, "match_features": True}),
 )
+DUAL_BETA = Rung("dual-beta", 4, {"method": "dual-beta"})  # where the checkpoint recorded training dynamics
+STRATIFIED = Rung("random-stratified", 5, {"method": "random-stratified"})
+# Who wins a tie on the validation, per prune share of the grid (the nearest share applies): the candidates in
+# ascending mean regret (best retrained accuracy of any selector minus the candidate's, points) over the regimes of
+# benchmarks/results/grid, written by `python3 benchmarks/auto_evidence.py --prior` (docs/benchmarks.md).
+TIE_ORDER: dict[float, tuple[str, ...]] = {
+    0.9: ("dual-beta", "random-stratified", "strata+cutoff+features", "pure", "balanced", "strata", "strata+cutoff"),
+    0.7: ("dual-beta", "random-stratified", "balanced", "strata+cutoff+features", "pure", "strata", "strata+cutoff"),
+    0.5: ("random-stratified", "dual-beta", "pure", "balanced", "strata+cutoff+features", "strata", "strata+cutoff"),
+    0.3: ("random-stratified", "dual-beta", "pure", "balanced", "strata+cutoff+features", "strata", "strata+cutoff"),
+}
 
 
 @dataclass
@@ -96,19 +104,24 @@ class Score:
     correct: np.ndarray = field(repr=False)  # per validation sample
     keep: np.ndarray = field(repr=False)  # bool over the fit part
     head: tuple | None = field(default=None, repr=False)  # (W, b) of its validation head
-    gain: float = 0.0  # accuracy minus the first rung's, percentage points
+    gain: float = 0.0  # accuracy minus the first candidate's, percentage points
     noise: float = 0.0  # Z paired standard errors of that gain, percentage points
-    lost: int = 0  # classes the first rung keeps and this set does not: never chosen then
+    lost: int = 0  # classes the first candidate keeps and this set does not: never chosen then
+    short: int = 0  # classes kept below SHARE_FLOOR of their quota: never chosen then
+    behind: float = 0.0  # the best eligible candidate's accuracy minus this one's, points
+    spread: float = 0.0  # Z paired standard errors of that difference: tied where behind <= spread
+    tied: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "strength": self.strength, "val_accuracy": float(self.accuracy),
                 "val_loss": float(self.loss), "gain_vs_base": float(self.gain), "noise": float(self.noise),
-                "n_kept_fit": int(self.keep.sum()), "classes_lost": int(self.lost)}
+                "n_kept_fit": int(self.keep.sum()), "classes_lost": int(self.lost), "classes_short": int(self.short),
+                "behind_best": float(self.behind), "spread": float(self.spread), "tied": bool(self.tied)}
 
 
 @dataclass
 class Validation:
-    """The held-out comparison: the split, every rung's and reference's score, the choice."""
+    """The held-out comparison: the split, every candidate's and reference's score, the choice."""
 
     fit: np.ndarray  # indices into the training set
     val: np.ndarray
@@ -117,8 +130,7 @@ class Validation:
     references: list[Score]
     chosen: Rung
     reason: str
-    challenger: Score | None = None  # DUAL's Beta sampling, when the dynamics allow it
-    challenger_note: str = ""  # why it was not scored, if so
+    skipped: dict[str, str] = field(default_factory=dict)  # candidate -> why it was not scored
 
 
 def split(labels: np.ndarray, seed: int, share: float = VAL_SHARE) -> tuple[np.ndarray, np.ndarray]:
@@ -194,52 +206,73 @@ def ladder(cfg) -> tuple[Rung, ...]:
     return (PURE, *LADDER[1:]) if cfg.buckets != 1 else LADDER
 
 
-def clears(gain: float, noise: float) -> bool:
-    """A lead counts only when positive and beyond its noise (infinite with too few validation samples)."""
-    return gain > noise and gain > 0
+def candidates(rungs: tuple[Rung, ...], dynamics: bool) -> tuple[Rung, ...]:
+    """The affordable rungs with the objective alone second (it needs no covered copy), then the rival rules."""
+    solved = rungs if not rungs or rungs[0] is PURE else (rungs[0], PURE, *rungs[1:])
+    return (*solved, *((DUAL_BETA,) if dynamics else ()), STRATIFIED)
 
 
 def eligible(s: Score) -> bool:
-    """A set that drops a class the first rung keeps can look better on an imbalanced validation part (the
-    class is rare there too), but a model trained on it never predicts that class: never chosen."""
-    return s.lost == 0
+    """A set that drops a class the first candidate keeps, or starves one, can look better on an imbalanced
+    validation part (the class is rare there too), but a model trained on it rarely predicts that class."""
+    return s.lost == 0 and s.short == 0
 
 
-def _lost_note(scores: list[Score]) -> str:
-    lost = [f"{s.name} keeps no sample of {s.lost} class{'es' if s.lost > 1 else ''} {scores[0].name} keeps"
-            for s in scores[1:] if s.lost]
-    return f"; {', '.join(lost)}" if lost else ""
+def short_classes(kept_labels: np.ndarray, labels: np.ndarray) -> int:
+    """Classes of ``labels`` that keep fewer than :data:`SHARE_FLOOR` of their proportional share of the kept set."""
+    from dpcli.select.scoring import proportional_counts
+
+    classes, sizes = np.unique(labels, return_counts=True)
+    quota = proportional_counts(sizes, len(kept_labels))
+    have = np.bincount(np.searchsorted(classes, kept_labels), minlength=len(classes))
+    return int(np.count_nonzero(have < SHARE_FLOOR * quota))
 
 
-def decide(scores: list[Score], rungs: tuple[Rung, ...] = LADDER) -> tuple[Rung, str]:
-    """The first rung unless a later one beats it by more than the noise; then the best such rung."""
-    base = scores[0]
-    better = [s for s in scores[1:] if clears(s.gain, s.noise) and eligible(s)]
-    if not better:
-        best = max(scores[1:], key=lambda s: s.gain, default=None)
-        if best is None:
-            return rungs[0], "no coverage rung could be evaluated"
-        return rungs[0], (f"held-out acc {base.accuracy:.1f} % {base.name} vs {best.accuracy:.1f} % "
-                           f"{best.name}, ±{best.noise:.1f}")
-    top = max(better, key=lambda s: (s.accuracy, -s.strength))
-    return rungs[top.strength], (f"held-out acc {top.accuracy:.1f} % vs {base.accuracy:.1f} % {base.name}, "
-                                  f"±{top.noise:.1f}")
+def grid_share(share: float) -> float:
+    """The grid's prune share nearest ``share`` (a key of :data:`TIE_ORDER`)."""
+    return min(TIE_ORDER, key=lambda r: (abs(r - share), r))
 
 
-def challenge(chosen: Score, base: Score, rival: Score) -> tuple[bool, str]:
-    """Whether ``rival`` replaces the ladder's choice: it beats the first rung by the Z noise (``rival.gain``
-    and ``rival.noise`` are against it) and, where a coverage rung was chosen, that rung by Z_SWITCH."""
-    if not clears(rival.gain, rival.noise) or not eligible(rival):
-        return False, f"{rival.name} {rival.accuracy:.1f} %"
-    if chosen is base:
-        return True, (f"held-out acc {rival.accuracy:.1f} % {rival.name} vs {base.accuracy:.1f} % {base.name}, "
-                      f"±{rival.noise:.1f}")
-    bar = paired_noise(rival.correct, chosen.correct, Z_SWITCH)
-    lead = rival.accuracy - chosen.accuracy
-    if clears(lead, bar):
-        return True, (f"held-out acc {rival.accuracy:.1f} % {rival.name} vs {chosen.accuracy:.1f} % {chosen.name}, "
-                      f"±{bar:.1f} ({Z_SWITCH:g} SE); {base.accuracy:.1f} % {base.name}")
-    return False, f"{rival.name} {rival.accuracy:.1f} %, ±{bar:.1f}"
+def tie_order(share: float) -> tuple[str, ...]:
+    return TIE_ORDER[grid_share(share)]
+
+
+def prior_rank(name: str, share: float) -> int:
+    """``name``'s place in the tie order at ``share``; unlisted names last."""
+    order = tie_order(share)
+    return order.index(name) if name in order else len(order)
+
+
+def _excluded_note(scores: list[Score]) -> str:
+    out = [f"{s.name} keeps no sample of {s.lost} class{'es' if s.lost > 1 else ''} {scores[0].name} keeps"
+           for s in scores[1:] if s.lost]
+    out += [f"{s.name} keeps under {100 * SHARE_FLOOR:.0f} % of its share of {s.short} class{'es' if s.short > 1 else ''}"
+            for s in scores if s.short and not s.lost]
+    return f"; {', '.join(out)}" if out else ""
+
+
+def decide(scores: list[Score], share: float) -> tuple[Score, str]:
+    """The best eligible candidate, or, where others are within its paired noise, the tie's first in
+    :data:`TIE_ORDER` at ``share``; marks each score's distance to the best and whether it tied."""
+    ok = [s for s in scores if eligible(s)] or scores[:1]
+    best = max(ok, key=lambda s: s.accuracy)
+    for s in scores:
+        s.behind = best.accuracy - s.accuracy
+        s.spread = paired_noise(best.correct, s.correct)
+        s.tied = any(s is o for o in ok) and s.behind <= s.spread
+    tied = [s for s in ok if s.tied]
+    pick = min(tied, key=lambda s: prior_rank(s.name, share))
+    if len(tied) == 1:
+        rest = [s for s in ok if s is not best]
+        if not rest:
+            return best, f"held-out acc {best.accuracy:.1f} % {best.name}, no other eligible candidate"
+        second = max(rest, key=lambda s: s.accuracy)
+        return best, (f"held-out acc {best.accuracy:.1f} % {best.name} vs {second.accuracy:.1f} % {second.name}, "
+                      f"±{second.spread:.1f}")
+    names = ", ".join(s.name for s in sorted(tied, key=lambda s: prior_rank(s.name, share)) if s is not pick)
+    return pick, (f"held-out acc {best.accuracy:.1f} % {best.name}; tied within ±{max(s.spread for s in tied):.1f}: "
+                  f"{pick.name} ({pick.accuracy:.1f} %) retrained best in the grid at {100 * grid_share(share):.0f} % "
+                  f"pruned, before {names}")
 
 
 def true_class_probs_of(ctx: Context) -> tuple[np.ndarray | None, str]:
@@ -254,25 +287,27 @@ def true_class_probs_of(ctx: Context) -> tuple[np.ndarray | None, str]:
         return None, str(exc)
 
 
-def score_challenger(probs: np.ndarray, m_fit: int, seed: int, x: np.ndarray, y: np.ndarray, fit: np.ndarray,
-                     val: np.ndarray, num_classes: int, init: Score, device: Any) -> tuple[Score | None, str]:
-    """DUAL's Beta sampling on the fit part's dynamics, scored like a rung; None where it cannot run."""
-    from dpcli.select.methods.dual_beta import beta_draw
-
-    try:
-        pruned = beta_draw(probs[:, fit], m_fit, seed)
-    except DpcliError as exc:
-        return None, str(exc)
-    return _score(CHALLENGER.name, CHALLENGER.strength, ~pruned, x, y, fit, val, num_classes, init=init,
-                  device=device), ""
-
-
 def rung_config(cfg, rung: Rung, time_budget: float | None = None):
-    """The optimization configuration of a rung: the user's solver and seed, and ``time_budget`` (its part
-    of the user's, which is one budget for the whole prune)."""
+    """The configuration of a candidate: the user's solver and seed, and ``time_budget`` (its part of the
+    user's, which is one budget for the whole prune)."""
     base = dict(method="optimization", balance=False, strata=1, cutoff=0.0, cutoff_ratio=None, match_features=False,
                 time_budget=time_budget)
     return dataclasses.replace(cfg, **{**base, **rung.options})
+
+
+def run_rung(rung: Rung, cfg, ctx: Context, m: int, probs: np.ndarray | None,
+             time_budget: float | None = None) -> tuple[np.ndarray, str]:
+    """The pruned mask and label of ``rung`` on ``ctx`` (the fit part's or all of S); ``probs``: DUAL's
+    true-class probabilities of ``ctx``'s rows."""
+    if rung is DUAL_BETA:
+        from dpcli.select.methods.dual_beta import beta_draw
+
+        return beta_draw(probs, m, cfg.seed), rung.name
+    if rung is STRATIFIED:
+        from dpcli.select.methods.random_stratified import stratified_prune
+
+        return stratified_prune(ctx.labels, m, cfg.seed), rung.name
+    return Optimization(rung_config(cfg, rung, time_budget)).select(ctx, m, None)
 
 
 def n_held_out(labels: np.ndarray) -> int:
@@ -324,17 +359,17 @@ def affordable(rungs: tuple[Rung, ...], ctx: Context, feature_dim: int | None = 
 def validate(ctx: Context, cfg, m: int, features: np.ndarray, difficulty: np.ndarray,
              rungs: tuple[Rung, ...] | None = None,
              probs: tuple[np.ndarray | None, str] = (None, "no training dynamics")) -> Validation:
-    """Select with every rung on the fit part, refit the head on each kept set, score on the validation part.
+    """Select with every candidate on the fit part, refit the head on each kept set, score on the validation part.
 
+    ``rungs``: the affordable coverage rungs (:func:`candidates` adds the objective alone and the rival rules);
     ``probs``: the true-class probabilities of the training dynamics, or None and why not
-    (:func:`true_class_probs_of`); with them DUAL's Beta sampling challenges the ladder's choice
-    (:func:`challenge`).  With ``cfg.time_budget`` the rungs' solves share :data:`VAL_BUDGET_SHARE` of it."""
+    (:func:`true_class_probs_of`), for DUAL's Beta sampling.  With ``cfg.time_budget`` the solves share
+    :data:`VAL_BUDGET_SHARE` of it."""
     labels = np.asarray(ctx.labels)
-    n = ctx.n
     fit, val = split(labels, cfg.seed)
     classes, y = np.unique(labels, return_inverse=True)
     x = standardize(features, fit)
-    m_fit = int(round(m * len(fit) / n))
+    m_fit = int(round(m * len(fit) / ctx.n))
     fit_labels = labels[fit]
     sub = Context(S=ctx.S[fit], labels=fit_labels, device=ctx.device, proposals=VAL_PROPOSALS)  # in affordable()
     sub.supply(difficulty=np.asarray(difficulty)[fit], features=np.asarray(features)[fit])
@@ -343,27 +378,29 @@ def validate(ctx: Context, cfg, m: int, features: np.ndarray, difficulty: np.nda
     rnd = np.ones(len(fit), dtype=bool)
     rnd[np.random.default_rng([cfg.seed, 1]).choice(len(fit), size=m_fit, replace=False)] = False
     refs.append(_score("random", None, rnd, x, y, fit, val, len(classes), init=refs[0], device=dev))
-    scores = []
-    rungs = ladder(cfg) if rungs is None else rungs
-    share = None if cfg.time_budget is None else VAL_BUDGET_SHARE * cfg.time_budget / len(rungs)
-    for rung in rungs:
-        pruned, _ = Optimization(rung_config(cfg, rung, share)).select(sub, m_fit, None)
+    p, p_note = probs
+    cands = candidates(ladder(cfg) if rungs is None else rungs, p is not None)
+    share = None if cfg.time_budget is None else VAL_BUDGET_SHARE * cfg.time_budget / sum(r.solved for r in cands)
+    scores, skipped = [], {} if p is not None else {DUAL_BETA.name: p_note}
+    for rung in cands:
+        try:
+            pruned, _ = run_rung(rung, cfg, sub, m_fit, None if p is None else p[:, fit], share)
+        except DpcliError as exc:  # DUAL refuses dynamics that miss a sample, or whose weights are not finite
+            if rung.solved:
+                raise
+            skipped[rung.name] = str(exc)
+            continue
         scores.append(_score(rung.name, rung.strength, ~np.asarray(pruned, dtype=bool), x, y, fit, val,
                              len(classes), init=refs[0], device=dev))
-    p, note = probs
-    rival, note = (None, note) if p is None else score_challenger(
-        p, m_fit, cfg.seed, x, y, fit, val, len(classes), refs[0], dev)
     base_classes = np.unique(fit_labels[scores[0].keep])
-    for s in scores + refs + ([rival] if rival else []):
+    for s in scores + refs:
         s.gain = s.accuracy - scores[0].accuracy
         s.noise = paired_noise(s.correct, scores[0].correct)
         s.lost = int(np.count_nonzero(~np.isin(base_classes, fit_labels[s.keep])))
-    chosen, reason = decide(scores, rungs)
-    reason += _lost_note(scores + ([rival] if rival else []))
-    if rival is not None:
-        won, why = challenge(next(s for s in scores if s.name == chosen.name), scores[0], rival)
-        chosen, reason = (CHALLENGER, why) if won else (chosen, f"{reason}; {why}")
-    return Validation(fit, val, m_fit, scores, refs, chosen, reason, rival, note)
+        s.short = short_classes(fit_labels[s.keep], fit_labels)
+    pick, reason = decide(scores, m / ctx.n)
+    reason += _excluded_note(scores)
+    return Validation(fit, val, m_fit, scores, refs, next(r for r in cands if r.name == pick.name), reason, skipped)
 
 
 # ------------------------------------------------------------------------------------------ signals
@@ -416,9 +453,9 @@ def _features(ctx: Context) -> tuple[np.ndarray | None, str]:
 
 class Auto(Selector):
     name = "auto"
-    help = ("the default: the paper's objective within class quotas, moved toward coverage (strata, hard cutoff, "
-            "feature matching) or DUAL's Beta sampling only when a held-out linear-head check says so; "
-            "says what it chose")
+    help = ("the default: the paper's objective within class quotas or alone, its coverage variants, DUAL's Beta "
+            "sampling or class-stratified random, whichever a held-out linear-head check prefers (ties go to the "
+            "one that retrained best in dpcli's grid); says what it chose")
     epsilon_mode = True
     coverage = True  # explicit coverage options are run as given
     solves = True
@@ -433,8 +470,8 @@ class Auto(Selector):
             return pruned, label
         why = self._why_not(ctx, m)
         rungs, over = affordable(ladder(cfg), ctx, validating=why is None)
-        if why is None and len(rungs) < 2:
-            why = f"no coverage rung to compare{over}"
+        if why is None and not rungs:
+            why = f"no candidate to compare{over}"
         features = None
         if why is None:
             features, why = _features(ctx)
@@ -443,9 +480,8 @@ class Auto(Selector):
             features = np.asarray(features)
             if features.ndim != 2 or features.shape[0] != ctx.n:
                 raise DpcliError(f"features have shape {features.shape}, S has {ctx.n} rows")
-            rungs, over = affordable(rungs, ctx, features.shape[1])
-            if len(rungs) < 2:
-                why = f"no coverage rung to compare{over}"
+            rungs, more = affordable(rungs, ctx, features.shape[1])
+            over = more or over  # the first call's note stands where it dropped the tail already
         if why is not None:
             # class quotas need a count, two classes and room for their columns; else the objective alone
             rung = ladder(cfg)[0] if m is not None and len(np.unique(ctx.labels)) >= 2 and rungs else PURE
@@ -459,12 +495,7 @@ class Auto(Selector):
         if over:
             v.reason += over
         measured = time.perf_counter() - t0  # features, difficulty and the validation, before the final solve
-        if v.chosen is CHALLENGER:
-            from dpcli.select.methods.dual_beta import beta_draw
-
-            pruned, label = beta_draw(probs[0], m, cfg.seed), CHALLENGER.name
-        else:
-            pruned, label = Optimization(rung_config(cfg, v.chosen, remaining(cfg, t0))).select(ctx, m, None)
+        pruned, label = run_rung(v.chosen, cfg, ctx, m, probs[0], remaining(cfg, t0))
         self._record(ctx, v.chosen, v.chosen.name, v, v.reason, pruned, t0,
                      {"difficulty_source": source, "feature_dim": int(features.shape[1]),
                       "validation_seconds": measured})
@@ -497,12 +528,11 @@ class Auto(Selector):
         ctx.record["auto"] = {
             "chosen": coverage, "strength": None if rung is None else rung.strength,
             "options": None if rung is None else rung.options, "decided_by": "validation" if v else "rule",
-            "reason": reason, "line": line, "z": Z, "z_switch": Z_SWITCH, "val_share": VAL_SHARE,
-            "head_l2": HEAD_L2,
-            "split_seed": int(self.cfg.seed),
+            "reason": reason, "line": line, "z": Z, "val_share": VAL_SHARE, "head_l2": HEAD_L2,
+            "share_floor": SHARE_FLOOR, "split_seed": int(self.cfg.seed),
+            "tie_order": [] if v is None else list(tie_order(float(np.mean(pruned)))),
             "candidates": [] if v is None else [s.to_dict() for s in v.scores],
-            "challenger": None if v is None or v.challenger is None else v.challenger.to_dict(),
-            "challenger_skipped": "" if v is None or v.challenger is not None else v.challenger_note,
+            "skipped": {} if v is None else v.skipped,
             "references": [] if v is None else [s.to_dict() for s in v.references],
             "signals": signals, "seconds": time.perf_counter() - t0,
         }
