@@ -17,7 +17,8 @@ FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9]*(?:-[a-z0-9]+)*(?![\w])")
 MODULE = re.compile(r"\bdpcli(?:\.[A-Za-z_]\w*)+")
 # flags of other programs that dpcli's text quotes (torchrun's launcher option)
 OTHERS = {"--nproc_per_node", "--nproc-per-node",  # torchrun's
-          "--write"}  # python -m dpcli.cli.reference, the generator of docs/reference-cli.md's tables
+          "--write",  # python -m dpcli.cli.reference, the generator of docs/reference-cli.md's tables
+          "--prior"}  # benchmarks/auto_evidence.py, which writes auto's tie table
 
 
 def cli_flags() -> set[str]:

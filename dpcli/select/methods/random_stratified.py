@@ -31,7 +31,7 @@ def stratified_prune(labels: np.ndarray, m: int, seed: int) -> np.ndarray:
 
 class RandomStratified(Selector):
     name = "random-stratified"
-    help = "at random within each class, every class pruned by the same share (seeded by --seed)"
+    help = "at random within each class, every class pruned by the same share (seeded by --solver-seed)"
 
     def select(self, ctx: Context, m: int | None, epsilon: float | None) -> tuple[np.ndarray, str]:
         return stratified_prune(ctx.labels, m, self.cfg.seed), self.name
