@@ -893,9 +893,10 @@ def report(args: argparse.Namespace) -> None:
         methods += [m for m in METHODS if m in ran and m not in methods]  # and any other method run in it
         body = regime_report(regime, cells, methods, auto_present)
         text = replace_section(text, name, body)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    # the code that ran each cell is in its record (benchmarks/results/grid); the page names the command only
     stamp = (f"<!-- grid:stamp:begin -->\nTables written by `python3 benchmarks/grid.py --report-only "
-             f"--results {' '.join(str(f) for f in args.results_all)}` at commit {commit or '?'}.\n"
+             f"--results {' '.join(str(f) for f in args.results_all)}`; the plot by `python3 benchmarks/plot_grid.py`."
+             "\n\n![Retrained test accuracy against the pruned share, per regime](grid-accuracy.png)\n"
              f"<!-- grid:stamp:end -->")
     text = _replace(text, "<!-- grid:stamp:begin -->", "<!-- grid:stamp:end -->", stamp)
     path.write_text(text)
