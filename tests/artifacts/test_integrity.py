@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
+from dpcli.artifacts import integrity
 from dpcli.artifacts.h5 import DIGEST_ATTR, SCHEMA, atomic_h5, digest_of, open_artifact, seal
 from dpcli.errors import DpcliError
 from dpcli.stages.core import load_S
@@ -42,11 +43,11 @@ def test_a_bit_flipped_S_is_refused_naming_the_file(tiny_run, tmp_path, capsys, 
     made larger than what an open verifies at once, so its streamed check in load_S is the one tested."""
     import dpcli.artifacts.h5 as h5
 
-    monkeypatch.setattr(h5, "EAGER_VERIFY_BYTES", 1 << 20)
+    monkeypatch.setattr(integrity, "EAGER_VERIFY_BYTES", 1 << 20)
     bad = tmp_path / "flipped.h5"
     shutil.copy(tiny_run.influence, bad)
     with h5py.File(bad, "r") as f:
-        assert f["S"].nbytes > h5.EAGER_VERIFY_BYTES
+        assert f["S"].nbytes > integrity.EAGER_VERIFY_BYTES
     _flip(bad, "S", 4000, 2048)
     for mapped in (True, False):
         with pytest.raises(DpcliError, match=f"{bad}: checksum mismatch in dataset 'S'"):
