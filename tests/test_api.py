@@ -55,7 +55,10 @@ def test_prune_count_is_brute_force_optimal_and_certified():
 def test_prune_epsilon_is_honoured_and_matches_the_cli_default(tmp_path):
     x, y = _problem(n=80, seed=2)
     S, _ = dp.influence(x, y)
-    eps = 0.9 * float(np.linalg.norm(S.astype(np.float64).sum(0)))  # below the whole set's: a mask keeps some
+    whole = float(np.linalg.norm(S.astype(np.float64).sum(0)))
+    with pytest.raises(DpcliError, match="every one of the 80 samples would be pruned"):
+        dp.prune(S, epsilon=0.02)  # above the whole set's norm (0.0085): a mask keeping nothing is refused
+    eps = 0.99 * whole
     sel = dp.prune(S, epsilon=eps)
     assert np.linalg.norm(S[~sel.keep].astype(np.float64).sum(0)) <= eps and (~sel.keep).any() and sel.keep.any()
     # the file path of the API and the CLI give the same S

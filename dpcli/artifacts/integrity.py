@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 DIGEST_ATTR = "dpcli_digest"  # CRC-32 of a dataset's dtype, shape and bytes in C order, written by seal() and checked by verify()
 EAGER_VERIFY_BYTES = 64 << 20  # datasets up to this size are verified when the artifact is opened; larger ones
 #                                (S) by the reader that streams them (verify_dataset)
-_DIGEST_CHUNK_BYTES = 16 << 20
+_DIGEST_CHUNK_BYTES = 1 << 20  # small blocks: verifying a dataset never holds a copy of it
 
 
 def _datasets(f: h5py.Group) -> list[tuple[str, h5py.Dataset]]:
@@ -64,7 +64,7 @@ class DatasetDigest:
 
 
 def digest_of(dset: h5py.Dataset | np.ndarray) -> str:
-    """The checksum of a dataset (or of its values in memory), read by row blocks of ~16 MiB."""
+    """The checksum of a dataset (or of its values in memory), read by row blocks of ~1 MiB."""
     h = DatasetDigest(dset.dtype, dset.shape)
     if len(dset.shape) == 0:
         h.update(dset[()])
