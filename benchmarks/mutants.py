@@ -81,7 +81,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("swap-start-only", "the swap solver stops after its random start (no local search, no annealing)",
            "dpcli/select/solvers/swap.py",
            "    if eng.full or n * d <= SEARCH_ALL_STARTS:\n        for st in starts:\n            local_search(eng, st, clock)",
-           "    if eng.full or n * d <= SEARCH_ALL_STARTS:\n        for st in []:\n            local_search(eng, st, clock)",
+           "    return (~starts[0].A if complement else starts[0].A), starts[0].moves\n"
+           "    if eng.full or n * d <= SEARCH_ALL_STARTS:\n        for st in starts:\n            local_search(eng, st, clock)",
            ("tests/select/test_selection.py",)),
     Mutant("swap-anneal-always-accepts", "swap's annealing chain accepts every proposal (a random walk)",
            "dpcli/select/solvers/swap.py",
