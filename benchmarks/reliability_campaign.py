@@ -209,6 +209,18 @@ def _replace(f, name: str, data) -> None:
     f[name] = data
 
 
+def write_odd_arrays(w: Path) -> None:
+    """Array files only their header shows wrong: zero bytes, text, strings, a huge declared shape (.npy, .h5)."""
+    (w / "zero.npy").write_bytes(b"")
+    (w / "text.npy").write_text("hello world\n1 2 3\n")
+    np.save(w / "S_str.npy", np.array([["a", "b"], ["c", "d"]]))
+    with open(w / "huge.npy", "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": (10**6, 10**6)})
+        fh.write(b"\0" * 64)
+    with h5py.File(w / "huge.h5", "w") as f:
+        f.create_dataset("S", shape=(10**6, 10**6), dtype=np.float32, chunks=(1, 1024))
+
+
 def _fixtures(w: Path, ck: Path, inf: Path, mask: Path) -> dict:
     """The damaged and odd inputs of issue 32, made from one tiny run."""
     rng = np.random.default_rng(0)
@@ -219,14 +231,7 @@ def _fixtures(w: Path, ck: Path, inf: Path, mask: Path) -> dict:
     y99[5] = 99
     np.save(w / "lab99.npy", y99)
     np.save(w / "lab1.npy", np.zeros(300, np.int64))
-    (w / "zero.npy").write_bytes(b"")
-    (w / "text.npy").write_text("hello world\n1 2 3\n")
-    np.save(w / "S_str.npy", np.array([["a", "b"], ["c", "d"]]))
-    with open(w / "huge.npy", "wb") as fh:
-        np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": (10**6, 10**6)})
-        fh.write(b"\0" * 64)
-    with h5py.File(w / "huge.h5", "w") as f:
-        f.create_dataset("S", shape=(10**6, 10**6), dtype=np.float32, chunks=(1, 1024))
+    write_odd_arrays(w)
     with h5py.File(w / "ext_link.h5", "w") as f:
         f["S"] = h5py.ExternalLink(str(w / "text.npy"), "/S")
     shutil.copy(inf, w / "S_flip.h5")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,3 +75,15 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
     assert main(["train", "digits", *TINY, "--out", str(ck), "--quiet"]) == 0
     assert main(["influence", str(ck), "--out", str(inf), "--device", "cpu", "--quiet"]) == 0
     return TinyRun(root=root, checkpoint=ck, influence=inf)
+
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """A script of benchmarks/ imported as a module, for tests of its pure logic (benchmarks is no package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module

@@ -4,11 +4,8 @@ cells (Eq. 3 beside random pruning of the count it reached), on a real tiny S.""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,17 +16,13 @@ from dpcli.select.base import Context
 from dpcli.select.linalg import count_from_ratio, subset_norm
 from dpcli.select.solvers import minimize_norm
 from dpcli.stages import core as stages
+from tests.conftest import load_benchmark
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def grid():
-    spec = importlib.util.spec_from_file_location("grid_under_test", ROOT / "benchmarks" / "grid.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("grid")
 
 
 def test_the_paper_regime_runs_whole_comparisons_first(grid):

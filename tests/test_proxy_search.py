@@ -4,27 +4,20 @@ the JSON lines, and the proxy schedule against the steps dpcli's training loop r
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from tests.conftest import load_benchmark
 
-ROOT = Path(__file__).resolve().parent.parent
 NAMES = ["w8-d2-lr0.02", "w8-d2-lr0.08", "w16-d3-lr0.02", "w16-d3-lr0.08", "w32-d3-lr0.02"]
 
 
 @pytest.fixture(scope="module")
 def ps():
-    spec = importlib.util.spec_from_file_location("proxy_search_under_test", ROOT / "benchmarks" / "proxy_search.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("proxy_search")
 
 
 def _records() -> list[dict]:

@@ -13,7 +13,7 @@ from dpcli.artifacts import integrity
 from dpcli.artifacts.h5 import DIGEST_ATTR, SCHEMA, atomic_h5, digest_of, open_artifact, seal
 from dpcli.errors import DpcliError
 from dpcli.stages.core import load_S
-from tests.conftest import run_cli
+from tests.conftest import load_benchmark, run_cli
 
 
 def _flip(path, dataset: str, offset: int, nbytes: int) -> None:
@@ -41,8 +41,6 @@ def test_the_checksum_is_crc32_of_the_values_as_stored(tmp_path):
 def test_a_bit_flipped_S_is_refused_naming_the_file(tiny_run, tmp_path, capsys, monkeypatch):
     """2 KB of S's data flipped (no NaN appears): read by prune, one line naming the file and S, exit 2.  S is
     made larger than what an open verifies at once, so its streamed check in load_S is the one tested."""
-    import dpcli.artifacts.h5 as h5
-
     monkeypatch.setattr(integrity, "EAGER_VERIFY_BYTES", 1 << 20)
     bad = tmp_path / "flipped.h5"
     shutil.copy(tiny_run.influence, bad)
@@ -147,16 +145,9 @@ def test_a_checkpoint_copied_without_its_epoch_records_does_not_resume(tmp_path)
 
 
 def _npy_cases(tmp_path):
-    (tmp_path / "zero.npy").write_bytes(b"")
-    (tmp_path / "text.npy").write_text("hello world\n1 2 3\n")
-    np.save(tmp_path / "str.npy", np.array([["a", "b"], ["c", "d"]]))
-    with open(tmp_path / "huge.npy", "wb") as fh:
-        np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": (10**6, 10**6)})
-        fh.write(b"\0" * 64)
-    with h5py.File(tmp_path / "huge.h5", "w") as f:
-        f.create_dataset("S", shape=(10**6, 10**6), dtype=np.float32, chunks=(1, 1024))
+    load_benchmark("reliability_campaign").write_odd_arrays(tmp_path)  # the files the campaign replays
     return [("zero.npy", "not a .npy file (empty)"), ("text.npy", "not a .npy file (no NumPy header)"),
-            ("str.npy", "S must be real numbers, got dtype <U1"),
+            ("S_str.npy", "S must be real numbers, got dtype <U1"),
             ("huge.npy", "declares S of shape (1000000, 1000000) (3725.3 GiB) but holds 64 bytes"),
             ("huge.h5", "declares S of shape (1000000, 1000000) (3725.3 GiB) but stores 0 bytes")]
 

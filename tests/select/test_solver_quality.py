@@ -7,9 +7,6 @@ instances are ``benchmarks/solvers.py``'s and ``benchmarks/selection_speed.py``'
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,20 +14,12 @@ import pytest
 from dpcli.select import solvers as selection
 from dpcli.select.solvers import anneal as anneal_module
 from dpcli.select.solvers import swap as swap_module
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _bench(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # its dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+from tests.conftest import load_benchmark
 
 
-synthetic = _bench("solvers").synthetic
-softmax_influence = _bench("selection_speed").softmax_influence
+
+synthetic = load_benchmark("solvers").synthetic
+softmax_influence = load_benchmark("selection_speed").softmax_influence
 
 
 def norm(S: np.ndarray, mask: np.ndarray) -> float:
