@@ -8,6 +8,7 @@ torch, h5py and the stages only when they run, so ``--help`` costs Typer's own s
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -18,7 +19,23 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit code instead of exiting (so tests can call it in-process)."""
     from dpcli.cli.application import main as typer_main
 
-    return typer_main(list(sys.argv[1:] if argv is None else argv))
+    code = typer_main(list(sys.argv[1:] if argv is None else argv))
+    _settle_stderr()
+    return code
+
+
+def _settle_stderr() -> None:
+    """A stderr that cannot take its last buffered bytes (a full disk, a gone reader) must not turn the exit
+    code into Python's 120 at shutdown: human output never decides the result, so what is left goes nowhere."""
+    if sys.stderr is None:  # started with stderr closed
+        return
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+        except (OSError, ValueError):
+            pass
 
 
 def __getattr__(name: str) -> Any:
