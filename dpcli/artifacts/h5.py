@@ -94,7 +94,8 @@ def _is_stale(tmp: Path, middle: str) -> bool:
 def remove_stale_partials(path: Path) -> list[Path]:
     """Remove ``.NAME.<pid>.*.partial`` left by writers that are gone; returns what was removed."""
     path = Path(path)
-    prefix, suffix, removed = f".{path.name}.", ".partial", []
+    prefix, suffix = f".{path.name}.", ".partial"
+    removed: list[Path] = []
     try:
         names = [n for n in os.listdir(path.parent) if n.startswith(prefix) and n.endswith(suffix)]
     except OSError:

@@ -56,7 +56,7 @@ class DatasetDigest:
     def update(self, block: np.ndarray) -> None:
         block = np.asarray(block)
         data = json.dumps(block.tolist(), default=str).encode() if block.dtype.kind == "O" else \
-            memoryview(np.ascontiguousarray(block)).cast("B")
+            np.ascontiguousarray(block).data.cast("B")
         self._crc = zlib.crc32(data, self._crc)
 
     def hexdigest(self) -> str:

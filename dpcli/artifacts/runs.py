@@ -115,7 +115,7 @@ def followed(path: PathLike | None) -> PathLike | None:
         return path
     below = os.path.relpath(real)
     shown = real if below.startswith("..") else below
-    return shown if isinstance(path, str) else Path(shown)  # type: ignore[return-value]
+    return shown if isinstance(path, str) else Path(shown)
 
 
 def _replace_link(link: Path, target: str) -> None:

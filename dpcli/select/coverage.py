@@ -19,6 +19,7 @@ gain; the rare leftover violation is repaired by best pairwise moves.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +28,9 @@ from dpcli.select.linalg import Rows, device_of, masked_sum, row_step
 from dpcli.select.scoring import proportional_counts
 from dpcli.env import solve_budget
 from dpcli.errors import DpcliError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -119,13 +123,13 @@ def allocate(labels: np.ndarray, difficulty: np.ndarray | None, cov: Coverage,
     (0..G-1, each non-empty) of every sample not forced, in index order; ``counts``: their prune counts.
     """
     n = len(labels)
-    if cov.cutoff > 0 and difficulty is None:
-        raise DpcliError("--hard-cutoff needs a difficulty score")
     parts = _parts(labels, cov.balance)
     sizes = np.bincount(parts)
     quotas = class_quotas(sizes, m) if cov.balance else np.array([m])
     forced = np.zeros(n, dtype=bool)
     if cov.cutoff > 0:
+        if difficulty is None:
+            raise DpcliError("--hard-cutoff needs a difficulty score")
         for p, idx in enumerate(_members(parts, len(sizes))):
             k = min(int(round(cov.cutoff * len(idx))), int(quotas[p]))
             forced[idx[np.lexsort((idx, -difficulty[idx]))[:k]]] = True
@@ -206,6 +210,7 @@ def _augmented(S: np.ndarray, free: np.ndarray, forced: np.ndarray, m_free: int,
     d = S.shape[1]
     offset = masked_sum(S, forced) if forced.any() else np.zeros(d)
     shift = offset / m_free  # |W| = m_free: the offset sums to the forced part
+    out: np.ndarray | torch.Tensor
     if device_of(device) == "cpu":
         out = np.zeros((len(free), d + extra), dtype=dtype)
     else:

@@ -339,7 +339,7 @@ class _CheckpointContext(Context):
 def _prune(influence_path: Path, out: Path, cfg: PruneConfig, info: InfluenceInfo, *, outputs: MaskOutputs,
            progress: Progress | None, device: torch.device | None, data_root: Path | None,
            ds: Dataset | None) -> MaskInfo:
-    from dpcli.select.base import prune_count, select
+    from dpcli.select.base import prune_target, select
 
     S = load_S(influence_path, mapped=True)
 
@@ -354,7 +354,7 @@ def _prune(influence_path: Path, out: Path, cfg: PruneConfig, info: InfluenceInf
                              influence=Path(influence_path))
     pruned, solver = select(cfg, ctx)
     cert = certify_selection(S, pruned, cfg, ctx, sketch_k=info.sketch_k)
-    target = float(cfg.epsilon) if cfg.epsilon is not None else float(prune_count(cfg, info.n))
+    target = prune_target(cfg, info.n)
     return write_mask(out, cert, mode=cfg.mode, target=target, solver=solver, info=info, config=cfg.to_dict(),
                       seconds=time.perf_counter() - t0, method=cfg.method, outputs=outputs, extra_attrs=ctx.record)
 
@@ -506,6 +506,7 @@ def retrain(ds: Dataset, mask: MaskInfo, out: Path, *, base: TrainConfig | None,
                lineage={"mask": str(Path(mask.path).resolve()), "mask_fingerprint": mask.fingerprint},
                on_batch=on_batch, on_epoch=on_epoch, eval_every=eval_every, snapshot_epochs=snapshot_epochs)
     final = ck.final
+    assert final is not None  # TrainConfig refuses epochs < 1: a finished training has a last epoch
     metrics: dict = {
         "checkpoint": str(out), "mask": str(mask.path), "n_kept": mask.n_kept, "n_pruned": mask.n_pruned,
         "prune_ratio": mask.n_pruned / mask.n, "arch": config.arch, "epochs": config.epochs,

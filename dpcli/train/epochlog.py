@@ -50,7 +50,7 @@ def append(checkpoint: Path, epoch: int, arrays: dict[str, np.ndarray]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=".", suffix=".partial", dir=d)
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
+            np.savez(fh, allow_pickle=False, **arrays)
             fh.flush()
             os.fsync(fh.fileno())
         final = d / _name(epoch)

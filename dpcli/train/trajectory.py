@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, cast
 
 import h5py
 import numpy as np
@@ -133,7 +133,7 @@ class TrajectoryRecorder:
 
     def begin_epoch(self, epoch: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     lr: float) -> None:
-        head = getattr(model, "module", model).head
+        head = cast(torch.nn.Linear, getattr(model, "module", model).head)
         w, b = head.weight.detach(), head.bias.detach()
         bufs = []
         for p in (w, b):

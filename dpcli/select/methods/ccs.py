@@ -114,6 +114,7 @@ class CutoffStrata(Selector):
         raise NotImplementedError
 
     def select(self, ctx: Context, m: int | None, epsilon: float | None) -> tuple[np.ndarray, str]:
+        assert m is not None  # no epsilon mode: base.select refuses --epsilon for it
         cutoff = resolve_cutoff(self.cfg, m, ctx.n)
         pruned = self.prune(self.difficulty(ctx), m, np.random.default_rng(self.cfg.seed), cutoff)
         return pruned, self.label.format(cutoff=cutoff)

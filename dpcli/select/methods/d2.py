@@ -137,6 +137,7 @@ class D2(Selector):
     help = "D2 pruning: forgetting-weighted message passing on per-class kNN feature graphs, after an AUM cutoff"
 
     def select(self, ctx: Context, m: int | None, epsilon: float | None) -> tuple[np.ndarray, str]:
+        assert m is not None  # no epsilon mode: base.select refuses --epsilon for it
         dyn = ctx.dynamics()
         cutoff = resolve_cutoff(self.cfg, m, ctx.n)
         pruned = d2_select(ctx.features(), ctx.labels, forgetting_events(dyn.correct),

@@ -68,4 +68,5 @@ class DUALBeta(Selector):
     help = "DUAL with Beta sampling around the easy side, seeded by --solver-seed (the paper's high-rate variant)"
 
     def select(self, ctx: Context, m: int | None, epsilon: float | None) -> tuple[np.ndarray, str]:
+        assert m is not None  # no epsilon mode: base.select refuses --epsilon for it
         return beta_draw(true_class_probs(ctx.dynamics().loss), m, self.cfg.seed), self.name

@@ -47,4 +47,5 @@ class Herding(Selector):
     help = "class-wise herding towards each class mean of the final features"
 
     def select(self, ctx: Context, m: int | None, epsilon: float | None) -> tuple[np.ndarray, str]:
+        assert m is not None  # no epsilon mode: base.select refuses --epsilon for it
         return herding(ctx.features(), ctx.labels, m), self.name

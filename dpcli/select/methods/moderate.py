@@ -45,4 +45,5 @@ class Moderate(Selector):
     help = "Moderate coreset: keep the band around the median distance to the class median feature"
 
     def select(self, ctx: Context, m: int | None, epsilon: float | None) -> tuple[np.ndarray, str]:
+        assert m is not None  # no epsilon mode: base.select refuses --epsilon for it
         return moderate_select(median_distance(ctx.features(), ctx.labels), m), self.name

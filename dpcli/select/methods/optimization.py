@@ -31,7 +31,8 @@ class Optimization(Selector):
 
             sel = solve_bucketed(ctx.S, m=m, epsilon=epsilon, buckets=cfg.buckets, workers=cfg.workers,
                                  solver=cfg.solver, time_budget=cfg.time_budget, seed=cfg.seed, progress=ctx.progress)
-        elif epsilon is not None:
+        elif m is None:
+            assert epsilon is not None  # base.select gives one of m and epsilon
             sel = solvers.maximize_pruned(ctx.S, epsilon, solver=cfg.solver, time_budget=cfg.time_budget,
                                           seed=cfg.seed, progress=ctx.progress, device=ctx.device)
         else:
@@ -44,12 +45,13 @@ class Optimization(Selector):
                                            minimize_norm_covered, solve_dtype)
 
         cfg = self.cfg
-        cutoff = cfg.cutoff
-        if cfg.cutoff is None or cfg.cutoff_ratio is not None:  # relative to the prune share
+        if cfg.cutoff is not None and cfg.cutoff_ratio is None:
+            cutoff = cfg.cutoff
+        else:  # relative to the prune share
             if m is None:
                 raise DpcliError("--hard-cutoff auto / Fx needs a prune ratio or count")
             share = m / ctx.n
-            cutoff = min(ccs_cutoff(share) if cfg.cutoff is None else cfg.cutoff_ratio * share, 0.999999)
+            cutoff = min(ccs_cutoff(share) if cfg.cutoff_ratio is None else cfg.cutoff_ratio * share, 0.999999)
         cov = Coverage(balance=cfg.balance, strata=cfg.strata, cutoff=cutoff)
         # the count columns alone may pass the budget: say so before the difficulty and features are computed
         groups = count_columns(len(np.unique(ctx.labels)), cov.balance, cov.strata)
@@ -57,6 +59,7 @@ class Optimization(Selector):
         diff = ctx.difficulty() if (cov.strata > 1 or cov.cutoff > 0) else None
         label = f"{cfg.solver}+coverage(balance={cov.balance},strata={cov.strata},cutoff={cov.cutoff:g})"
         if m is None:
+            assert cfg.epsilon is not None  # base.select gives one of m and epsilon
             return maximize_pruned_covered(ctx.S, cfg.epsilon, ctx.labels, diff, cov, seed=cfg.seed,
                                            solver=cfg.solver, device=ctx.device), label
         feats = ctx.features() if cfg.match_features else None

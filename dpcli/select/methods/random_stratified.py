@@ -34,4 +34,5 @@ class RandomStratified(Selector):
     help = "at random within each class, every class pruned by the same share (seeded by --solver-seed)"
 
     def select(self, ctx: Context, m: int | None, epsilon: float | None) -> tuple[np.ndarray, str]:
+        assert m is not None  # no epsilon mode: base.select refuses --epsilon for it
         return stratified_prune(ctx.labels, m, self.cfg.seed), self.name
