@@ -22,7 +22,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from dpcli.artifacts.h5 import DIGEST_ATTR, DatasetDigest, atomic_h5, create_rows, mapped_rows
+from dpcli.artifacts.h5 import DIGEST_ATTR, DatasetDigest, atomic_h5
+from dpcli.artifacts.rows import create_rows, mapped_rows
 from dpcli.select.linalg import nonfinite_rows
 from dpcli.stages.core import load_S
 

@@ -53,6 +53,7 @@ from dpcli.config import InfluenceConfig, PruneConfig, TrainConfig  # noqa: E402
 from dpcli.errors import DpcliError  # noqa: E402
 from dpcli.select.registry import SELECTORS  # noqa: E402
 from dpcli.stages import core as stages  # noqa: E402
+from dpcli.stages import masks as mask_stage  # noqa: E402
 
 RATIOS = (0.9, 0.7, 0.5, 0.3)  # priority order: the high ratios, where selectors differ most, run first
 
@@ -361,12 +362,12 @@ def spec_config(spec: MethodSpec, ratio: float, seed: int, epsilon: float | None
 
 
 def make_mask(setup: Setup, spec: MethodSpec, ratio: float, seed: int,
-              epsilon: float | None = None) -> tuple[stages.MaskInfo, dict]:
+              epsilon: float | None = None) -> tuple[mask_stage.MaskInfo, dict]:
     return mask_for(setup, spec_config(spec, ratio, seed, epsilon))
 
 
-def mask_for(setup: Setup, pcfg: PruneConfig) -> tuple[stages.MaskInfo, dict]:
-    """Select with ``pcfg`` on the shared context (what ``stages.prune`` does, without re-reading S)."""
+def mask_for(setup: Setup, pcfg: PruneConfig) -> tuple[mask_stage.MaskInfo, dict]:
+    """Select with ``pcfg`` on the shared context (what ``mask_stage.prune`` does, without re-reading S)."""
     from dpcli.select.base import prune_count, select
     from dpcli.select.certificate import certify
 
@@ -374,16 +375,16 @@ def mask_for(setup: Setup, pcfg: PruneConfig) -> tuple[stages.MaskInfo, dict]:
     path = path.parent.with_name(f"{path.parent.name}-code{selection_code()}") / path.name
     if not path.exists() and pcfg.method == "auto" and setup.info.checkpoint:
         # the default goes through `prune` itself, so the mask holds whatever it records about its choice
-        stages.prune(setup.info.path, path, pcfg, device=setup.ctx.device, ds=setup.ctx.ds)
+        mask_stage.prune(setup.info.path, path, pcfg, device=setup.ctx.device, ds=setup.ctx.ds)
     if not path.exists():
         t0 = time.perf_counter()
         pruned, rule = select(pcfg, setup.ctx)
         cert = certify(setup.ctx.S, pruned, pcfg.epsilon, sketch_k=setup.info.sketch_k)
         m = prune_count(pcfg, setup.info.n)
-        stages.write_mask(path, cert, mode=pcfg.mode, target=float(pcfg.epsilon if m is None else m),
+        mask_stage.write_mask(path, cert, mode=pcfg.mode, target=float(pcfg.epsilon if m is None else m),
                           solver=rule, info=setup.info, config=pcfg.to_dict(), seconds=time.perf_counter() - t0,
                           method=pcfg.method)
-    return stages.read_mask(path), mask_record(path)
+    return mask_stage.read_mask(path), mask_record(path)
 
 
 def mask_record(path: Path) -> dict:
@@ -425,11 +426,11 @@ def image_setup(regime: Regime, data: Path | str, work: Path, device: torch.devi
     ctx = selection_context(S, np.asarray(ds.train.labels), ck_path, device, ds)
 
     def retrain(keep: np.ndarray, seed: int, mask_path: Path) -> dict:
-        mask = stages.read_mask(mask_path)
+        mask = mask_stage.read_mask(mask_path)
         cfg = base.replace(seed=seed)
         # keyed on the kept set, not the method: auto's mask equals dual-beta's when it picks DUAL
         out = ck_path.parent / "retrains" / f"{mask.fingerprint[:16]}-s{seed}" / "checkpoint.h5"
-        ck = stages.retrain(ds, mask, out, base=cfg, overrides={}, device=device, eval_every=cfg.epochs,
+        ck = mask_stage.retrain(ds, mask, out, base=cfg, overrides={}, device=device, eval_every=cfg.epochs,
                             snapshot_epochs=(), on_epoch=_epoch_hook(clock, "retraining")).checkpoint
         return {"test_accuracy": ck.final.test_acc, "test_loss": ck.final.test_loss, "train_seconds": ck.seconds,
                 "steps": ck.steps}
@@ -476,6 +477,7 @@ def frozen_setup(regime: Regime, cifar: Path, work: Path, device: torch.device, 
     from dpcli.data.embeddings import from_arrays
     from dpcli.data.sources import load_dataset
     from dpcli.stages import embeddings as emb_mod
+    from dpcli.stages import heads
     from dpcli.train.loop import extract_features, load_trained, train
 
     bb_dir = link_subset(cifar, work / f"cifar10-backbone-{regime.backbone_per_class}pc", regime.backbone_per_class,
@@ -515,7 +517,7 @@ def frozen_setup(regime: Regime, cifar: Path, work: Path, device: torch.device, 
     ctx.supply(features=emb.x, dynamics=probe_dynamics(emb.x, emb.y, emb.num_classes, regime, seed))
 
     def retrain(keep: np.ndarray, _seed: int, _mask: Path) -> dict:
-        r = emb_mod.refit(emb, keep, regime.damping)
+        r = heads.refit(emb, keep, regime.damping)
         return {"test_accuracy": r.test_accuracy, "test_loss": r.test_loss, "train_seconds": r.seconds,
                 "head_iterations": r.head.iterations}
 

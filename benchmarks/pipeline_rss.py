@@ -56,7 +56,9 @@ def stage(name: str, folder: Path, work: Path, size: int, device: str, width: in
     from dpcli.config import InfluenceConfig, PruneConfig
     from dpcli.data.sources import load_dataset
     from dpcli.stages import core
-    from dpcli.train.loop import load_checkpoint, train
+    from dpcli.stages import masks
+    from dpcli.train.loop import train
+    from dpcli.train.checkpoint import load_checkpoint
 
     dev = torch.device(device)
     root = work / "data"
@@ -79,13 +81,13 @@ def stage(name: str, folder: Path, work: Path, size: int, device: str, width: in
         info = core.compute_influence(work / "ck.h5", work / "S.h5", cfg, device=dev, data_root=root)
         return {"n": info.n, "d": info.d, "sketch_k": sketch}
     if name == "prune":
-        mask = core.prune(work / "S.h5", work / "mask.h5", PruneConfig(ratio=0.3, time_budget=time_budget),
+        mask = masks.prune(work / "S.h5", work / "mask.h5", PruneConfig(ratio=0.3, time_budget=time_budget),
                           device=dev, data_root=root)
         return {"n_pruned": mask.n_pruned, "n_kept": mask.n_kept}
-    mask = core.read_mask(work / "mask.h5")
+    mask = masks.read_mask(work / "mask.h5")
     base = load_checkpoint(work / "ck.h5", weights=False).config
     ds = load_dataset(base.dataset, root, image_size=base.image_size)
-    res = core.retrain(ds, mask, work / "retrain.h5", base=base, overrides={}, device=dev)
+    res = masks.retrain(ds, mask, work / "retrain.h5", base=base, overrides={}, device=dev)
     return {"test_acc": res.metrics["test_accuracy"], "n_kept": res.metrics["n_kept"]}
 
 

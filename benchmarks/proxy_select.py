@@ -35,6 +35,7 @@ from dpcli.artifacts import runs  # noqa: E402
 from dpcli.config import InfluenceConfig, PruneConfig, default_train_config  # noqa: E402
 from dpcli.data.sources import load_dataset  # noqa: E402
 from dpcli.stages import core  # noqa: E402
+from dpcli.stages import masks as mask_stage
 from dpcli.stages.proxy import ProxySpec, select_via_proxy  # noqa: E402
 from dpcli.train.loop import train  # noqa: E402
 
@@ -111,7 +112,7 @@ def main() -> None:
             for method in methods:
                 pcfg = PruneConfig(ratio=ratio, method=method)
                 t0 = time.perf_counter()
-                own = core.prune(s_path, runs.mask_path(s_path, pcfg), pcfg, device=cpu, ds=ds)
+                own = mask_stage.prune(s_path, runs.mask_path(s_path, pcfg), pcfg, device=cpu, ds=ds)
                 t_own = time.perf_counter() - t0
                 sel = select_via_proxy(ds, target, spec, pcfg, device=cpu, run_root=root)
                 if not proxy_fixed:
@@ -123,13 +124,13 @@ def main() -> None:
                 print(f"masks ratio {ratio} {method}: target prune {t_own:.1f}s, proxy {sel.seconds}", flush=True)
             info = core.read_influence_info(s_path)
             cells.append((ratio, "random", "random", own, {},  # selection seed = retraining seed
-                          {s: core.random_mask(info, own.n_pruned, s, root / f"random-{ratio}-{s}" / "mask.h5")
+                          {s: mask_stage.random_mask(info, own.n_pruned, s, root / f"random-{ratio}-{s}" / "mask.h5")
                            for s in seeds}))
         accs: dict[int, list[float]] = {i: [] for i in range(len(cells))}
         for seed in seeds:
             for i, (ratio, method, name, own, cost, masks) in enumerate(cells):
                 t0 = time.perf_counter()
-                res = core.retrain(ds, masks[seed], root / f"re-{i}-{seed}" / "checkpoint.h5", base=target,
+                res = mask_stage.retrain(ds, masks[seed], root / f"re-{i}-{seed}" / "checkpoint.h5", base=target,
                                    overrides={"seed": seed}, device=cpu, eval_every=target.epochs)
                 accs[i].append(float(res.metrics["test_accuracy"]))
                 print(f"  retrain seed {seed} ratio {ratio} {method} {name}: {accs[i][-1]:.2f}% "

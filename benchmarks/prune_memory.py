@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dpcli.artifacts.h5 import StreamHash, atomic_h5, row_chunks  # noqa: E402
+from dpcli.artifacts.h5 import StreamHash, atomic_h5
+from dpcli.artifacts.rows import row_chunks
 
 
 def write_influence(path: Path, n: int, d: int, classes: int, seed: int = 0) -> None:

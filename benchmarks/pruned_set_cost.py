@@ -7,7 +7,7 @@
 Each stage is the library call the CLI makes, in one process (the interpreter and torch are imported once, so
 the figures are the stages' own): ``dpcli.train.loop.train`` of the dataset's default configuration (with
 ``--epochs`` / ``--arch`` overrides), ``dpcli.stages.core.compute_influence`` (exact S) and
-``dpcli.stages.core.prune`` with the default selector, ``auto``, at ``--ratio``.  Reported: the seconds of
+``dpcli.stages.masks.prune`` with the default selector, ``auto``, at ``--ratio``.  Reported: the seconds of
 each and influence, prune and their sum in percent of train (the target: at most 10 %), with auto's line and
 its validation seconds (everything before its final solve) in the last repeat.  ``--optimization`` also times
 ``prune --method optimization`` of the same S after each auto prune: auto's target is at most 1.5x of it.
@@ -69,6 +69,7 @@ def main() -> None:
     from dpcli.artifacts import runs
     from dpcli.config import InfluenceConfig, PruneConfig
     from dpcli.stages import core, pipeline
+    from dpcli.stages import masks
     from dpcli.train.loop import train
 
     dataset = a.dataset
@@ -94,11 +95,11 @@ def main() -> None:
         core.compute_influence(ck, inf, icfg, device=dev, ds=ds)
         every["influence"].append(time.perf_counter() - t)
         t = time.perf_counter()
-        mask = core.prune(inf, runs.mask_path(inf, pcfg), pcfg, device=dev, ds=ds)
+        mask = masks.prune(inf, runs.mask_path(inf, pcfg), pcfg, device=dev, ds=ds)
         every["prune"].append(time.perf_counter() - t)
         if a.optimization:
             t = time.perf_counter()
-            core.prune(inf, runs.mask_path(inf, ocfg), ocfg, device=dev, ds=ds)
+            masks.prune(inf, runs.mask_path(inf, ocfg), ocfg, device=dev, ds=ds)
             every["optimization"].append(time.perf_counter() - t)
     seconds.update({k: statistics.median(v) for k, v in every.items()})
     share = {k: 100 * seconds[k] / seconds["train"] for k in every}

@@ -377,7 +377,7 @@ def _stopped_checkpoint(w: Path) -> Path:
 
 def _stream_cases(w: Path, inf: Path) -> list[dict]:
     """stdout closed, full, its reader gone; stderr full; SIGHUP: the artifacts are whole and the exit documented."""
-    from dpcli.stages.core import read_mask
+    from dpcli.stages.masks import read_mask
 
     rows = []
     base = [sys.executable, "-m", "dpcli", "prune", str(inf), "--prune-count", "5"]

@@ -114,7 +114,7 @@ def checkpoint_bench(ds, n: int, epochs: int, out_dir: Path) -> list[dict]:
     checkpoint), timed at the same epochs for comparison.
     """
     from dpcli.train.dynamics import DynamicsRecorder
-    from dpcli.train.loop import EpochRecord, save_checkpoint
+    from dpcli.train.checkpoint import EpochRecord, save_checkpoint
     from dpcli.train.trajectory import TrajectoryRecorder
 
     cfg = TrainConfig(dataset=ds.name, arch="convnet", width=32, depth=2, epochs=epochs + 1, augment=False)

@@ -34,7 +34,7 @@ from dpcli.console import ProgressEvent
 from dpcli.errors import DpcliError
 from dpcli.select.certificate import KeepMask
 from dpcli.influence.head import DEFAULT_DAMPING, DEFAULT_MAX_ITER, DEFAULT_TOL, HeadFit
-from dpcli.stages.embeddings import Refit
+from dpcli.stages.heads import Refit
 
 if TYPE_CHECKING:
     import torch
@@ -126,7 +126,7 @@ def prune(S: Any, *, epsilon: float | None = None, prune_ratio: float | None = N
 
     from dpcli.config import PruneConfig
     from dpcli.select.base import Context, select
-    from dpcli.stages.core import certify_selection
+    from dpcli.stages.masks import certify_selection
     from dpcli.select.linalg import float32_rows, nonfinite_rows
     from dpcli.data.embeddings import check_features, check_labels, encode_labels
 
@@ -168,7 +168,7 @@ def refit(features: Any, labels: Any, keep: Any, *, damping: float = DEFAULT_DAM
 
     ``keep`` is a boolean mask, True = train on it (``Selection.keep``), or a :class:`Selection`."""
     from dpcli.data.embeddings import from_arrays
-    from dpcli.stages import embeddings
+    from dpcli.stages import heads
 
     with console.library(progress):
         emb = from_arrays(_matrix(features, "features"), _vector(labels, "labels"),
@@ -176,7 +176,7 @@ def refit(features: Any, labels: Any, keep: Any, *, damping: float = DEFAULT_DAM
                           None if test_labels is None else _vector(test_labels, "test labels"))
         mask = _keep_mask(keep, emb.n)
         with console.progress_bar("refit"):
-            return embeddings.refit(emb, mask, _damping(damping))
+            return heads.refit(emb, mask, _damping(damping))
 
 
 def embed(model: "nn.Module", inputs: Any, *, batch_size: int = 256, head_module: str | None = None,

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from dpcli.artifacts.runs import followed, link_latest
-from dpcli.stages.core import read_mask
+from dpcli.stages.masks import read_mask
 from tests.conftest import TINY, run_cli
 
 

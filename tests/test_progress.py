@@ -18,7 +18,7 @@ import pytest
 from dpcli import console
 from dpcli.console import ProgressEvent
 from dpcli.data.sources import load_dataset
-from dpcli.train.loop import load_checkpoint
+from dpcli.train.checkpoint import load_checkpoint
 from tests.conftest import TINY, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]

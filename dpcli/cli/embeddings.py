@@ -90,10 +90,10 @@ def retrain_embeddings(dataset: str, mask_path: Path, out: Optional[Path], json:
     """retrain on an embeddings run: refit the head on the kept features (seconds), written as a checkpoint
     artifact like every retrain. False if the mask is not from an embeddings run."""
     from dpcli.data.embeddings import is_embeddings_run, load_array
-    from dpcli.stages import core, embeddings
+    from dpcli.stages import heads, masks
     from dpcli.stages.pipeline import check_writable
 
-    m = core.read_mask(mask_path)
+    m = masks.read_mask(mask_path)
     if not is_embeddings_run(m.influence):
         return False
     if out is not None and Path(out).suffix.lower() not in (".h5", ".hdf5"):
@@ -103,7 +103,7 @@ def retrain_embeddings(dataset: str, mask_path: Path, out: Optional[Path], json:
              if Path(dataset).suffix else None)
     if named is not None and named.shape[0] != m.n:
         raise DpcliError(f"{mask_path}: mask has n={m.n} but {dataset} has {named.shape[0]} rows")
-    metrics = embeddings.retrain_head(m, out, force=force, info=console.info)
+    metrics = heads.retrain_head(m, out, force=force, info=console.info)
     test = "" if metrics["test_loss"] is None else (f": test accuracy {metrics['test_accuracy']:.2f}%, "
                                                      f"loss {metrics['test_loss']:.4f}")
     console.info(f"refitted the head on {m.n_kept} kept samples ({100 * m.n_pruned / m.n:.1f}% pruned){test}, "
@@ -120,18 +120,19 @@ def verify_embeddings(source: str, masks, epsilons, out, random_seed: int, solve
     from dpcli.artifacts.runs import mask_path
     from dpcli.config import PruneConfig
     from dpcli.data.embeddings import is_embeddings_run
-    from dpcli.stages import core, embeddings
+    from dpcli.stages import embeddings
+    from dpcli.stages import masks as mask_stage
 
     influence = Path(source) if Path(source).suffix.lower() in (".h5", ".hdf5") else None
     if influence is None and masks:
-        influence = Path(core.read_mask(masks[0]).influence)
+        influence = Path(mask_stage.read_mask(masks[0]).influence)
     if influence is None or not influence.is_file() or not is_embeddings_run(influence):
         return False
-    infos = [core.read_mask(p) for p in (masks or [])]
+    infos = [mask_stage.read_mask(p) for p in (masks or [])]
     for eps in [float(x) for x in (epsilons or "").split(",") if x.strip()]:
         pcfg = PruneConfig(epsilon=eps, solver=solver, time_budget=time_budget,
                            method="optimization").validate()
-        infos.append(core.prune(influence, mask_path(influence, pcfg), pcfg))
+        infos.append(mask_stage.prune(influence, mask_path(influence, pcfg), pcfg))
     if not infos:
         raise DpcliError("give --mask (repeatable) or --epsilons")
     out_dir = out or influence.parent / "verify-bound"

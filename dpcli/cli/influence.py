@@ -62,7 +62,8 @@ def command(
     checkpoint = [followed(p) for p in checkpoint] if checkpoint else checkpoint
     icfg = estimation.config(sketch_k=sketch, **solve.settings())
     pipeline.check_writable(out, "--out")
-    from dpcli.train.loop import load_checkpoint, resolve_device
+    from dpcli.train.loop import resolve_device
+    from dpcli.train.checkpoint import load_checkpoint
 
     if features is not None or labels is not None:
         from dpcli.cli import embeddings

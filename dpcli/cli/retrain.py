@@ -66,12 +66,12 @@ def command(
         pipeline.check_prune(pcfg)
         pipeline.check_writable(pipeline.run_root_of(job.run_root), "--run-root", directory=True)
     pipeline.check_writable(out, "--out")
-    from dpcli.stages import core
+    from dpcli.stages import masks
     from dpcli.train.loop import resolve_device
 
-    given = core.read_mask(mask) if mask is not None else None
+    given = masks.read_mask(mask) if mask is not None else None
     dev = resolve_device(job.device)
-    upstream = core.upstream_checkpoint(given) if given is not None else None
+    upstream = masks.upstream_checkpoint(given) if given is not None else None
     ds = pipeline.load(dataset, job.data_root,
                        training.image_size or (upstream.config.image_size if upstream else None),
                        training.input_spec(upstream))

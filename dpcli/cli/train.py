@@ -9,7 +9,6 @@ import typer
 from dpcli import console
 from dpcli.cli import options as o
 from dpcli.cli.embeddings import head_fit_settings, max_iter_option, tol_option
-from dpcli.errors import DpcliError
 
 @o.expands
 def command(

@@ -90,11 +90,13 @@ def command(
     if not masks:
         pipeline.check_writable(pipeline.run_root_of(job.run_root), "--run-root", directory=True)
     from dpcli.stages import core
-    from dpcli.train.loop import load_checkpoint, resolve_device
+    from dpcli.stages import masks as mask_stage
+    from dpcli.train.loop import resolve_device
+    from dpcli.train.checkpoint import load_checkpoint
 
-    given = [core.read_mask(p) for p in (masks or [])]
+    given = [mask_stage.read_mask(p) for p in (masks or [])]
     dev = resolve_device(job.device)
-    upstream = core.upstream_checkpoint(given[0]) if given else None
+    upstream = mask_stage.upstream_checkpoint(given[0]) if given else None
     ds = pipeline.load(dataset, job.data_root,
                        training.image_size or (upstream.config.image_size if upstream else None),
                        training.input_spec(upstream))

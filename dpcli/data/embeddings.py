@@ -8,7 +8,6 @@ rows (:func:`reload_embeddings`).  An S computed by another tool is read here to
 from __future__ import annotations
 
 import hashlib
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dpcli.artifacts.h5 import StreamHash, atomic_h5, create_rows, get_attr, open_artifact, row_chunks
+from dpcli.artifacts.h5 import StreamHash, atomic_h5, get_attr, open_artifact
+from dpcli.artifacts.rows import create_rows, row_chunks
 from dpcli.errors import DpcliError
 
 # bytes of R kept in memory between chunks; above it, blocks are regenerated for every chunk

@@ -92,7 +92,7 @@ class Context:
     def dataset(self) -> "Dataset":
         if self.ds is None:
             from dpcli.data.sources import load_dataset
-            from dpcli.train.loop import load_checkpoint
+            from dpcli.train.checkpoint import load_checkpoint
 
             ck = load_checkpoint(self._require_checkpoint("the dataset"), weights=False)
             self.ds = load_dataset(ck.config.dataset, self.data_root, image_size=ck.config.image_size)

@@ -8,7 +8,7 @@ in epsilon mode, refuses a set whose norm exceeds epsilon.  The tolerance rule i
 
 A solver's running sum may differ from ``subset_norm`` by rounding at the boundary; :func:`repair`
 drops samples until the strict rule holds, and only a real violation is refused.  A mask file can only
-be written from a :class:`Certificate` (see :func:`dpcli.stages.core.write_mask`), and a Certificate
+be written from a :class:`Certificate` (see :func:`dpcli.stages.masks.write_mask`), and a Certificate
 can only be made by :func:`certify`, so no caller can store a norm it did not compute from S.
 
 On a sketched S (``influence --sketch K``) the certified norm is that of ``(sum_pruned S_i) R``.  For a

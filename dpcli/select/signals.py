@@ -18,7 +18,8 @@ from dpcli.artifacts.h5 import open_artifact
 from dpcli.data.sources import Dataset, inference_batch, iterate_batches
 from dpcli.train.dynamics import Dynamics, read_dynamics
 from dpcli.errors import DpcliError
-from dpcli.train.loop import Checkpoint, make_model, train
+from dpcli.train.loop import make_model, train
+from dpcli.train.checkpoint import Checkpoint
 
 def el2n(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Error L2 norm ||softmax - onehot|| (Paul et al., 2021)."""
@@ -31,7 +32,7 @@ def el2n(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def snapshot_scores(method: str, cfg, ctx) -> np.ndarray:
     """EL2N or GraNd averaged over ``cfg.score_seeds`` training seeds at ``cfg.score_epoch``."""
     from dpcli.train.dynamics import default_snapshot_epochs
-    from dpcli.train.loop import load_checkpoint
+    from dpcli.train.checkpoint import load_checkpoint
 
     ck = load_checkpoint(ctx._require_checkpoint("weight snapshots"), weights=False)
     ds = ctx.dataset()

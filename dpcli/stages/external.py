@@ -17,7 +17,7 @@ from dpcli.errors import DpcliError
 
 if TYPE_CHECKING:
     from dpcli.config import PruneConfig
-    from dpcli.stages.core import MaskInfo
+    from dpcli.stages.masks import MaskInfo
     from dpcli.stages.outputs import MaskOutputs
 
 NO_LINEAGE = "no lineage known: S was computed outside dpcli; the certificate is from S alone"
@@ -71,7 +71,8 @@ def prune_external(path: Path | str, out: Path, cfg: "PruneConfig", *, labels: P
     from dpcli.artifacts.h5 import array_fingerprint
     from dpcli.data.samples import SampleSpace
     from dpcli.select.base import Context, prune_target, select
-    from dpcli.stages.core import InfluenceInfo, certify_selection, check_outputs, write_mask
+    from dpcli.stages.core import InfluenceInfo
+    from dpcli.stages.masks import certify_selection, check_outputs, write_mask
     from dpcli.data.embeddings import load_external_S
 
     cfg.validate()

@@ -26,9 +26,10 @@ if TYPE_CHECKING:
     from dpcli.data.base import InputSpec
     from dpcli.data.sources import Dataset
     from dpcli.stages.bound import BoundRow
-    from dpcli.stages.core import InfluenceInfo, MaskInfo
+    from dpcli.stages.core import InfluenceInfo
+    from dpcli.stages.masks import MaskInfo
     from dpcli.stages.outputs import MaskOutputs
-    from dpcli.train.loop import Checkpoint
+    from dpcli.train.checkpoint import Checkpoint
 
 ARTIFACT_SUFFIXES = (".h5", ".hdf5")
 
@@ -163,7 +164,7 @@ def ensure_influence(checkpoint: Path, cfg: InfluenceConfig, *, device: "torch.d
     """S of ``checkpoint``: reused when computed from this very checkpoint with this configuration."""
     from dpcli.artifacts.runs import influence_path
     from dpcli.stages import core
-    from dpcli.train.loop import load_checkpoint
+    from dpcli.train.checkpoint import load_checkpoint
 
     out = Path(out) if out is not None else influence_path(checkpoint, cfg)
     if out.exists() and not force:
@@ -181,20 +182,20 @@ def run_prune(influence: Path, cfg: PruneConfig, out: Path, outputs: "MaskOutput
               device: "torch.device | None" = None, data_root: Path | None = None,
               ds: "Dataset | None" = None) -> "MaskInfo":
     """Select, certify from S and write the mask and ``outputs``, with a progress bar (always recomputes)."""
-    from dpcli.stages import core
+    from dpcli.stages import masks
 
     what = cfg.solver if cfg.method == "optimization" else cfg.method
     with console.progress_bar(f"prune ({what})", total=1.0) as update:
-        return core.prune(influence, out, cfg, outputs=outputs, progress=lambda f: update(f),
+        return masks.prune(influence, out, cfg, outputs=outputs, progress=lambda f: update(f),
                           device=device, data_root=data_root, ds=ds)
 
 
 def _descends(mask_file: Path, info: "InfluenceInfo") -> "MaskInfo | None":
     """The cached mask at ``mask_file`` if it was made from this very S (same fingerprint), else None."""
-    from dpcli.stages import core
+    from dpcli.stages import masks
 
     try:
-        mask = core.read_mask(mask_file)
+        mask = masks.read_mask(mask_file)
     except DpcliError as exc:  # a cached mask that fails its checks is recomputed, as a stale one is
         console.info(f"{exc}; recomputing it")
         return None
@@ -221,14 +222,14 @@ def ensure_mask(info: "InfluenceInfo", cfg: PruneConfig, *, force: bool, out: Pa
 def ensure_random_mask(info: "InfluenceInfo", n_pruned: int, seed: int, *, force: bool) -> "MaskInfo":
     """Random pruning of ``n_pruned`` samples (verify-bound's reference), cached beside S."""
     from dpcli.artifacts.runs import random_mask_path
-    from dpcli.stages import core
+    from dpcli.stages import masks
 
     path = random_mask_path(info.path, n_pruned, seed)
     if path.exists() and not force:
         cached = _descends(path, info)
         if cached is not None:
             return cached
-    return core.random_mask(info, n_pruned, seed, path)
+    return masks.random_mask(info, n_pruned, seed, path)
 
 
 @dataclass(frozen=True)
@@ -290,17 +291,17 @@ def retrain(ds: "Dataset", mask: "MaskInfo", *, overrides: dict[str, Any], refer
     """Retrain on the mask's KEPT samples; returns the metrics (also written as metrics.json)."""
     from dpcli.artifacts.h5 import write_json
     from dpcli.artifacts.runs import retrain_path
-    from dpcli.stages import core
-    from dpcli.train.loop import load_checkpoint
+    from dpcli.stages import masks
+    from dpcli.train.checkpoint import load_checkpoint
 
-    ref = load_checkpoint(reference, weights=False) if reference else core.upstream_checkpoint(mask)
+    ref = load_checkpoint(reference, weights=False) if reference else masks.upstream_checkpoint(mask)
     base = ref.config if ref is not None else None
     if ref is not None and ref.config.dataset != ds.name:
         raise DpcliError(f"reference checkpoint was trained on {ref.config.dataset!r}, not {ds.name!r}")
     preview = (base or default_train_config(ds.name, ds.augment)).replace(**overrides).replace(subset=mask.fingerprint)
     path = Path(out) if out is not None else retrain_path(mask.path, preview)
     with console.progress_bar("retrain", total=preview.epochs * mask.n_kept) as update:
-        result = core.retrain(ds, mask, path, base=base, overrides=overrides, device=device, force=force,
+        result = masks.retrain(ds, mask, path, base=base, overrides=overrides, device=device, force=force,
                               reference=ref, on_batch=lambda e, s, per: update(e * per + s),
                               on_epoch=lambda r: update(r.epoch * mask.n_kept, status=f"epoch {r.epoch} test {r.test_acc:.1f}%"))
     metrics = result.metrics
@@ -316,7 +317,7 @@ def verify_bound(ds: "Dataset", ck_path: Path, ck: "Checkpoint", info: "Influenc
     """Retrain every mask and a random mask of the same count; compare observed and predicted loss gaps."""
     from dpcli.artifacts.h5 import write_json
     from dpcli.artifacts.runs import retrain_path
-    from dpcli.stages import core
+    from dpcli.stages import masks as mask_stage
     from dpcli.stages.bound import BoundRow, plot, predict
 
     if ck.dataset_fingerprint != ds.fingerprint:
@@ -332,7 +333,7 @@ def verify_bound(ds: "Dataset", ck_path: Path, ck: "Checkpoint", info: "Influenc
                 console.info(f"skipping {label}: it prunes nothing")
                 continue
             path = retrain_path(m.path, ck.config.replace(subset=m.fingerprint))
-            res = core.retrain(ds, m, path, base=ck.config, overrides={}, device=device, force=force, reference=ck)
+            res = mask_stage.retrain(ds, m, path, base=ck.config, overrides={}, device=device, force=force, reference=ck)
             norm, bound, first = predict(info.path, ~m.keep)
             rows.append(BoundRow(
                 label=label, method=m.method, mask=str(m.path), n_pruned=m.n_pruned, prune_ratio=m.n_pruned / m.n,

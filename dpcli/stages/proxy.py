@@ -4,7 +4,7 @@ The expensive part of pruning is the full training run that S (and the training 
 come from.  A proxy run -- a smaller network and/or fewer epochs, same data, same seed --
 produces S much sooner; the keep mask it yields is a set of dataset indices, so it applies
 unchanged to the user's target network, which is then trained on the kept set only
-(:func:`dpcli.stages.core.retrain`).  Every artifact lands in the ordinary run directory of
+(:func:`dpcli.stages.masks.retrain`).  Every artifact lands in the ordinary run directory of
 the proxy's configuration, so it is cached and reused like any other run.
 """
 
@@ -53,7 +53,7 @@ class ProxySpec:
 class ProxySelection:
     """The mask selected on the proxy, the proxy's configuration and what each stage cost (seconds)."""
 
-    mask: "object"  # dpcli.stages.core.MaskInfo
+    mask: "object"  # dpcli.stages.masks.MaskInfo
     proxy: TrainConfig
     checkpoint: Path
     seconds: dict[str, float] = field(default_factory=dict)
@@ -72,6 +72,7 @@ def select_via_proxy(ds, target: TrainConfig, spec: ProxySpec, prune_cfg: PruneC
     cached stage costs only its check.  The mask is valid for any model on the same dataset.
     """
     from dpcli.stages import core
+    from dpcli.stages import masks
     from dpcli.train.loop import train
 
     proxy = spec.config(target)
@@ -88,7 +89,7 @@ def select_via_proxy(ds, target: TrainConfig, spec: ProxySpec, prune_cfg: PruneC
         core.compute_influence(ck_path, infl_path, icfg, device=device, ds=ds)
     seconds["influence"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    mask = core.prune(infl_path, out or runs.mask_path(infl_path, prune_cfg), prune_cfg, device=device, ds=ds,
+    mask = masks.prune(infl_path, out or runs.mask_path(infl_path, prune_cfg), prune_cfg, device=device, ds=ds,
                       outputs=outputs)
     seconds["prune"] = time.perf_counter() - t0
     return ProxySelection(mask=mask, proxy=proxy, checkpoint=ck_path, seconds=seconds)

@@ -12,7 +12,7 @@ from dpcli.config import InfluenceConfig
 from dpcli.errors import DpcliError
 from dpcli.influence.sketch import merge_shards, parse_shard
 from dpcli.stages.outputs import check_distinct
-from dpcli.train.loop import load_checkpoint
+from dpcli.train.checkpoint import load_checkpoint
 
 
 def run(checkpoint: Path, parts: list[Path], *, merge: bool, shard: str | None, icfg: InfluenceConfig,

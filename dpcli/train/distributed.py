@@ -155,7 +155,7 @@ class Distributed:
 
     def save(self, path, *args, **kwargs):
         """Rank 0 writes the checkpoint (atomically); the others wait, then read its header."""
-        from dpcli.train.loop import load_checkpoint, save_checkpoint
+        from dpcli.train.checkpoint import load_checkpoint, save_checkpoint
 
         ck = None
         if self.is_main:

@@ -13,8 +13,8 @@ import h5py
 import numpy as np
 import pytest
 
-from dpcli.artifacts.h5 import (array_fingerprint, atomic_h5, check_writable, config_key, get_attr, open_artifact,
-                                row_chunks, temp_path, write_error, write_json)
+from dpcli.artifacts.h5 import array_fingerprint, atomic_h5, check_writable, config_key, get_attr, open_artifact, temp_path, write_error, write_json
+from dpcli.artifacts.rows import row_chunks
 from dpcli.errors import ArtifactWriteError, DpcliError
 
 

@@ -112,7 +112,8 @@ def test_a_checkpoint_copied_without_its_epoch_records_does_not_resume(tmp_path)
 
     from dpcli.data.sources import load_dataset
     from dpcli.stages import pipeline
-    from dpcli.train.loop import load_checkpoint, train
+    from dpcli.train.loop import train
+    from dpcli.train.checkpoint import load_checkpoint
     from dpcli.train.trajectory import load_trajectory
 
     ds = load_dataset("digits")

@@ -28,8 +28,10 @@ from dpcli.artifacts.h5 import atomic_h5, get_attr, open_artifact
 from dpcli.artifacts.lock import artifact_lock, lock_path, no_wait, set_no_wait
 from dpcli.errors import ArtifactBusy
 from dpcli.stages import core as stages
+from dpcli.stages import masks as mask_stage
 from dpcli.config import InfluenceConfig
-from dpcli.train.loop import EpochRecord, load_checkpoint, make_model, save_checkpoint
+from dpcli.train.loop import make_model
+from dpcli.train.checkpoint import EpochRecord, load_checkpoint, save_checkpoint
 from dpcli.data.sources import load_dataset
 from tests.conftest import TINY, run_cli, tiny_config
 
@@ -194,8 +196,8 @@ def test_a_checkpoint_never_goes_back_to_an_older_epoch(tmp_path):
 # --------------------------------------------------------------------------- write failures
 def test_unwritable_outputs_fail_before_the_solve_in_one_line(tiny_run, tmp_path, capsys, monkeypatch):
     solved: list[int] = []
-    real = stages._prune
-    monkeypatch.setattr(stages, "_prune", lambda *a, **k: solved.append(1) or real(*a, **k))
+    real = mask_stage._prune
+    monkeypatch.setattr(mask_stage, "_prune", lambda *a, **k: solved.append(1) or real(*a, **k))
     cases = [["--out", tmp_path]]  # an existing directory
     if os.path.isdir("/proc/self"):
         cases += [["--out", "/proc/m.h5"], ["--out", tmp_path / "m.h5", "--indices-out", "/proc/x/kept.txt"]]
@@ -351,7 +353,7 @@ def test_kill_9_in_every_stage_then_rerun_gives_the_uninterrupted_result(tiny_ru
     assert code == 0, err
     summary = json.loads(out)
     assert _leftovers(root) == []  # stale temporaries of the killed writers are gone, no lock file remains
-    ref, got = stages.read_mask(reference), stages.read_mask(summary["mask"])
+    ref, got = mask_stage.read_mask(reference), mask_stage.read_mask(summary["mask"])
     assert np.array_equal(ref.keep, got.keep) and ref.norm == got.norm
     with open_artifact(tiny_run.checkpoint, "checkpoint") as a, open_artifact(summary["checkpoint"], "checkpoint") as b:
         for name in a["model"]:
@@ -377,6 +379,6 @@ def test_two_identical_jobs_compute_once_and_agree(tmp_path, capsys):
     assert f"complete, written by pid {first.pid} while this job waited" in err  # train reused, not rerun
     a, b = json.loads(first_out), json.loads(out)
     assert a["checkpoint"] == b["checkpoint"] and a["influence"] == b["influence"]
-    assert np.array_equal(stages.read_mask(a["mask"]).keep, stages.read_mask(b["mask"]).keep)
+    assert np.array_equal(mask_stage.read_mask(a["mask"]).keep, mask_stage.read_mask(b["mask"]).keep)
     assert load_checkpoint(a["checkpoint"], weights=False).epoch == 3
     assert _leftovers(root) == []

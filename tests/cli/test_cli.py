@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from dpcli.artifacts.h5 import atomic_h5, seal
-from dpcli.stages.core import read_influence_info, read_mask
-from dpcli.train.loop import load_checkpoint
+from dpcli.stages.core import read_influence_info
+from dpcli.stages.masks import read_mask
+from dpcli.train.checkpoint import load_checkpoint
 from tests.conftest import TINY, run_cli, run_json
 
 
@@ -252,10 +253,11 @@ def test_bad_inputs(tiny_run, tmp_path, capsys):
     _assert_user_error(["retrain", "digits", "--mask", tmp_path / "small.h5", "--epochs", "1"], capsys,
                        "mask was made for 5 samples but dataset 'digits' has 1438 samples")
     # epsilon mode is refused if the certificate fails (simulated solver bug)
-    from dpcli.stages import core as stages
-    with pytest.raises(stages.DpcliError, match="refusing"):
+    from dpcli.errors import DpcliError
+    from dpcli.select.certificate import certify
+    with pytest.raises(DpcliError, match="refusing"):
         S = _S(inf)
-        stages.certify(S, np.ones(len(S), bool), epsilon=1e-12)
+        certify(S, np.ones(len(S), bool), epsilon=1e-12)
 
 
 def test_entry_point_exit_codes(tmp_path):

@@ -10,6 +10,7 @@ import numpy as np
 from dpcli.artifacts.h5 import seal
 from dpcli.config import PruneConfig
 from dpcli.stages import core, pipeline
+from dpcli.stages import masks
 from tests.conftest import TINY, run_json
 
 
@@ -29,7 +30,7 @@ def test_retrain_recomputes_a_mask_that_descends_from_another_influence(tmp_path
     args = ["retrain", "digits", "--prune-count", 20, *TINY, "--epochs", 1, "--run-root", tmp_path / "runs"]
     first = run_json(args, capsys)
     mask_file = first["mask"]
-    original = core.read_mask(mask_file)
+    original = masks.read_mask(mask_file)
     stale = np.ones(original.n, bool)
     stale[:20] = False
     assert not np.array_equal(stale, original.keep)
@@ -37,11 +38,11 @@ def test_retrain_recomputes_a_mask_that_descends_from_another_influence(tmp_path
 
     second = run_json(args, capsys)
     assert second["mask"] == mask_file
-    used = core.read_mask(mask_file)
+    used = masks.read_mask(mask_file)
     # the mask the command used is the one prune computes from this S, independently, right now
     info = core.read_influence_info(original.influence)
     reference = run_json(["prune", info.path, "--prune-count", 20, "--out", tmp_path / "ref.h5"], capsys)
-    assert np.array_equal(used.keep, core.read_mask(reference["mask"]).keep)
+    assert np.array_equal(used.keep, masks.read_mask(reference["mask"]).keep)
     assert used.influence_fingerprint == info.fingerprint
     assert second["n_kept"] == original.n - 20
 

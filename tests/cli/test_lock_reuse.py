@@ -9,7 +9,7 @@ import numpy as np
 
 from dpcli.artifacts.lock import artifact_lock
 from dpcli.config import PruneConfig
-from dpcli.stages import core
+from dpcli.stages import masks
 from tests.conftest import run_cli
 
 
@@ -22,7 +22,7 @@ def test_a_job_that_waited_and_reuses_the_mask_writes_its_indices(tiny_run, tmp_
         with artifact_lock(out):
             holding.set()
             time.sleep(1.0)  # the main job is waiting on the lock by now
-            core.prune(tiny_run.influence, out, cfg)
+            masks.prune(tiny_run.influence, out, cfg)
         done.set()
 
     thread = threading.Thread(target=other_job)
@@ -33,6 +33,6 @@ def test_a_job_that_waited_and_reuses_the_mask_writes_its_indices(tiny_run, tmp_
     thread.join(60)
     assert done.is_set() and code == 0, err
     assert "while this job waited" in err  # the reuse path, not a second selection
-    mask = core.read_mask(out)
+    mask = masks.read_mask(out)
     np.testing.assert_array_equal(np.loadtxt(kept, dtype=np.int64), np.flatnonzero(mask.keep))
     assert 0 < len(np.loadtxt(kept)) == mask.n_kept < len(mask.keep)

@@ -11,7 +11,8 @@ import h5py
 import numpy as np
 import pytest
 
-from dpcli.stages import core
+
+from dpcli.stages import masks
 from tests.conftest import TINY, run_cli
 
 # train's and influence's options that dataset-mode prune does not take, and why
@@ -132,7 +133,7 @@ def test_dataset_mode_prune_takes_freeze_backbone(tmp_path, capsys):
     code, out, err = run_cli([*map(str, args), "--json", "--quiet"], capsys)
     assert code == 0, err
     res = json.loads(out)
-    mask = core.read_mask(res["mask"])
+    mask = masks.read_mask(res["mask"])
     assert is_embeddings_run(mask.influence) and res["freeze_backbone"] is True
     assert mask.n == 1438 and mask.n_pruned == round(0.3 * 1438)
 

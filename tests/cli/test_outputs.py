@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from dpcli.artifacts import h5 as artifacts
-from dpcli.stages import core
+from dpcli.stages import masks
 from tests.conftest import run_cli, run_json
 
 TINY_NET = ["--epochs", "1", "--width", "4", "--depth", "1", "--batch-size", "8", "--device", "cpu"]
@@ -34,7 +34,7 @@ def folder_run(tmp_path_factory):
                           "--data-root", work / "cache", "--run-root", work / "runs", "--out", work / "first.h5",
                           "--quiet"])
     assert code == 0
-    return root, Path(core.read_mask(work / "first.h5").influence)
+    return root, Path(masks.read_mask(work / "first.h5").influence)
 
 
 def _quiet(args, capsys):
@@ -182,7 +182,7 @@ def test_paths_are_refused_once_the_folder_changed_since_S(folder_run, tmp_path,
                     "--out", tmp_path / "m.h5"], capsys)
     with h5py.File(res["mask"], "r") as f:
         kept = np.flatnonzero(f["keep"][()])
-    listed = core.read_mask(res["mask"]).samples.total
+    listed = masks.read_mask(res["mask"]).samples.total
     assert listed == 15 and len((tmp_path / "p.txt").read_text().splitlines()) == len(kept) == 13
 
 

@@ -14,7 +14,8 @@ import pytest
 
 from dpcli.data.sources import load_dataset
 from dpcli.stages import pipeline
-from dpcli.train.loop import load_checkpoint, train
+from dpcli.train.loop import train
+from dpcli.train.checkpoint import load_checkpoint
 from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,7 +121,7 @@ def _cli(args, **kw) -> subprocess.CompletedProcess:
 
 
 def _mask_is_whole(path) -> None:
-    from dpcli.stages.core import read_mask
+    from dpcli.stages.masks import read_mask
 
     assert read_mask(path).n_pruned == 5  # published, consistent and checksummed: the work was not lost
 

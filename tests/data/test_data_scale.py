@@ -196,7 +196,8 @@ def test_streamed_and_in_memory_give_the_same_batches(tmp_path, workers):
 def test_streamed_and_in_memory_give_the_same_model_and_S(tmp_path, monkeypatch):
     from dpcli.config import InfluenceConfig, TrainConfig
     from dpcli.stages.core import compute_influence, load_S
-    from dpcli.train.loop import load_checkpoint, train
+    from dpcli.train.loop import train
+    from dpcli.train.checkpoint import load_checkpoint
 
     folder = mixed_folder(tmp_path / "mixed", n_train=12, n_test=3)
     spec = f"imagefolder:{folder}"

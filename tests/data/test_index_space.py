@@ -21,7 +21,7 @@ from dpcli.data import layouts
 from dpcli.data.sources import load_dataset
 from dpcli.errors import DpcliError
 from dpcli.select.linalg import count_from_ratio
-from dpcli.stages import core
+from dpcli.stages import masks
 from tests.conftest import run_cli, run_json
 
 TV = pytest.importorskip("torchvision.datasets")
@@ -142,7 +142,7 @@ def test_prune_writes_user_indices_paths_and_a_link_folder_imagefolder_reads(odd
     assert [(_rel(p, root / "test"), y) for p, y in test_src.samples] == \
         [(_rel(p, out / "pruned" / "test"), y) for p, y in test_link.samples]
     # a mask read back maps to the readable rows that retrain and verify-bound train on
-    mask = core.read_mask(out / "mask.h5")
+    mask = masks.read_mask(out / "mask.h5")
     assert mask.n == readable and np.array_equal(mask.samples.rows[mask.keep_indices], kept)
     # the same S pruned as a file gives the same user-space indices
     again = run_json(["prune", res["influence"], "--prune-ratio", "0.5", "--method", "optimization",
@@ -172,7 +172,7 @@ def test_a_mask_that_keeps_an_unreadable_file_or_names_another_space_is_refused(
             f[name] = data
         seal(f, force=True)  # a consistent edit with valid checksums: the index rule is what refuses it
     with pytest.raises(DpcliError, match=f"keeps sample {unreadable[0]}, an unreadable file"):
-        core.read_mask(edited)
+        masks.read_mask(edited)
     # the unreadable file repaired as a copy of its neighbour, which breaks: the readable images, and so the data's
     # fingerprint, are as before, but the indices are not; the old mask is refused
     def fingerprint() -> str:

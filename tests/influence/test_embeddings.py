@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from dpcli.artifacts.h5 import mapped_rows
+from dpcli.artifacts.rows import mapped_rows
 from dpcli.config import InfluenceConfig
 from dpcli.errors import DpcliError
 from dpcli.influence.sketch import Sketch
 from dpcli.data import embeddings as D
 from dpcli.influence import head as H
 from dpcli.stages import embeddings as E
+from dpcli.stages import heads
 from tests.conftest import run_cli
 
 
@@ -46,7 +47,7 @@ def test_S_matches_leave_one_out_refits():
     for i in idx:
         keep = np.ones(n, dtype=bool)
         keep[i] = False
-        loo.append(theta(E.refit(emb, keep, lam).head) - theta(head))
+        loo.append(theta(heads.refit(emb, keep, lam).head) - theta(head))
     loo = np.array(loo)
     corr = np.corrcoef(loo.ravel(), S[idx].ravel())[0, 1]
     rel = np.linalg.norm(loo - S[idx]) / np.linalg.norm(loo)
@@ -104,14 +105,14 @@ def test_cli_end_to_end_on_generated_features(tmp_path, capsys):
     assert metrics["head_grad_norm"] < 1e-6
     # the refit equals one from scratch of the same objective on the kept rows alone: (1/n) sum_kept CE +
     # lam/2 ||theta||^2 is their mean CE with L2 lam n / n_kept
-    ref = E.refit(D.from_arrays(x[keep], y[keep], xt, yt, num_classes=3), np.ones(keep.sum(), bool),
+    ref = heads.refit(D.from_arrays(x[keep], y[keep], xt, yt, num_classes=3), np.ones(keep.sum(), bool),
                   0.01 * 150 / keep.sum())
     assert abs(metrics["test_loss"] - ref.test_loss) < 1e-9
     code, out, err = run_cli(["verify-bound", inf, "--mask", mask, "--out", tmp_path / "vb", "--json", "--quiet"],
                              capsys)
     assert code == 0, err
     rows = json.loads(out)["rows"]
-    full = E.refit(D.from_arrays(x, y, xt, yt), np.ones(150, bool), 0.01)
+    full = heads.refit(D.from_arrays(x, y, xt, yt), np.ones(150, bool), 0.01)
     assert rows[0]["n_pruned"] == summary["n_pruned"]
     assert abs(rows[0]["observed_gap"] - (ref.test_loss - full.test_loss)) < 1e-9  # deterministic: no seed noise
     assert abs(rows[0]["norm"] - norm) < 1e-6 and rows[1]["label"].startswith("random")
@@ -137,7 +138,7 @@ def _independent_fit(x: np.ndarray, y: np.ndarray, c: int, lam: float) -> np.nda
 def test_retrain_writes_a_checkpoint_equal_to_an_independent_refit(tmp_path, capsys):
     """retrain on an embeddings run: a checkpoint artifact (atomic, lineage, keep indices) holding the head
     refitted on the kept rows; equal to an independent Newton refit; verify-bound reuses it."""
-    from dpcli.train.loop import load_checkpoint
+    from dpcli.train.checkpoint import load_checkpoint
 
     lam = 0.02
     x, y = blobs(120, 4, 3, seed=8)
@@ -358,7 +359,8 @@ def test_verify_bound_shows_the_refit_agrees_with_S_to_second_order(tmp_path, ca
     change itself; against the mean-CE refit (the full run's L2 on the kept rows' mean) it would be first order
     (x2 per doubling: 0.0055, 0.011, 0.027 at 2.5, 5 and 10 % here)."""
     from dpcli.select.certificate import certify
-    from dpcli.stages.core import load_S, read_influence_info, write_mask
+    from dpcli.stages.core import load_S, read_influence_info
+    from dpcli.stages.masks import write_mask
 
     n, lam = 600, 1e-2
     x, y = blobs(n, 5, 3)

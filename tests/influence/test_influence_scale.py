@@ -17,7 +17,7 @@ from dpcli.influence.kernels import exact_influence
 from dpcli.influence.base import ESTIMATORS, LastLayer
 from dpcli.influence.cg import CGStats, cg_influence
 from dpcli.influence.sketch import Sketch, jl_failure_bound, parse_shard, shard_rows
-from dpcli.artifacts.h5 import mapped_rows
+from dpcli.artifacts.rows import mapped_rows
 from dpcli.stages.core import read_influence_info
 from tests.conftest import TINY, run_cli, run_json
 from tests.cli.test_cli import _assert_user_error

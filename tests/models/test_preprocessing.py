@@ -105,7 +105,7 @@ def test_train_and_influence_feed_the_model_what_weights_transforms_give(tmp_pat
     got = torch.cat(recorded[:2])  # shuffled: each row equals one expected row
     dist = (got.flatten(1)[:, None, :] - want["train"].flatten(1)[None]).abs().amax(2)
     assert sorted(dist.argmin(1).tolist()) == list(range(len(want["train"]))) and float(dist.amin(1).max()) < 1e-6
-    from dpcli.train.loop import load_checkpoint
+    from dpcli.train.checkpoint import load_checkpoint
 
     lineage = load_checkpoint(ck, weights=False).lineage
     assert preprocess.from_dict(lineage["preprocessing"]) == preprocess.resolve(

@@ -85,7 +85,7 @@ def test_validation():
 def test_cli_buckets(tiny_run, tmp_path, capsys):
     import h5py
 
-    from dpcli.stages.core import read_mask
+    from dpcli.stages.masks import read_mask
     with h5py.File(tiny_run.influence, "r") as f:
         S = f["S"][()]
     n = S.shape[0]

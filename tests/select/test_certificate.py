@@ -13,7 +13,8 @@ from dpcli.config import PruneConfig
 from dpcli.errors import DpcliError
 from dpcli.select import linalg
 from dpcli.select.certificate import Certificate, certify
-from dpcli.stages.core import load_S, prune, read_influence_info, read_mask, write_mask
+from dpcli.stages.core import load_S, read_influence_info
+from dpcli.stages.masks import prune, read_mask, write_mask
 from tests.conftest import run_cli
 
 

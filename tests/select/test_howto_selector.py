@@ -10,7 +10,7 @@ import numpy as np
 import dpcli.select.methods as methods_pkg
 from dpcli.config import PruneConfig
 from dpcli.select.base import SELECTORS
-from dpcli.stages.core import prune
+from dpcli.stages.masks import prune
 from dpcli.select.signals import load_dynamics
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "howto-add-a-selector.md"

@@ -14,8 +14,10 @@ from tests.select.quotas import class_quotas
 from dpcli.select import solvers as selection
 from dpcli.select.base import SELECTORS
 from dpcli.data.sources import load_dataset
-from dpcli.stages.core import load_S, read_mask
-from dpcli.train.loop import load_checkpoint, make_model
+from dpcli.stages.core import load_S
+from dpcli.stages.masks import read_mask
+from dpcli.train.loop import make_model
+from dpcli.train.checkpoint import load_checkpoint
 
 CPU = torch.device("cpu")
 

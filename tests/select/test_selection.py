@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 
-from dpcli.select import solvers as selection
 from dpcli.errors import DpcliError
 from dpcli.select import linalg
 from dpcli.select.certificate import certify

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from dpcli.train import distributed
+from dpcli.train import checkpoint
 from dpcli.train import loop as training
 from dpcli.cli import main
 from dpcli.config import TrainConfig
@@ -55,19 +56,19 @@ def jobs(ds, out: Path, dist) -> None:
 
 def run(out: Path, run_root: Path) -> int:
     rank = int(os.environ["RANK"])
-    real_save, real_make = training.save_checkpoint, training.make_model
+    real_save, real_make = checkpoint.save_checkpoint, training.make_model
 
     def counting_save(*args, **kwargs):
         with open(out / f"saves-rank{rank}.txt", "a") as fh:
             fh.write(f"{args[0]}\n")
         return real_save(*args, **kwargs)
 
-    training.save_checkpoint, training.make_model = counting_save, bn_free_model
+    checkpoint.save_checkpoint, training.make_model = counting_save, bn_free_model  # rank 0 saves through it
     try:
         dist = distributed.from_env("cpu")
         jobs(load_dataset("digits"), out, dist)
     finally:
-        training.save_checkpoint, training.make_model = real_save, real_make
+        checkpoint.save_checkpoint, training.make_model = real_save, real_make
     return main(["train", "digits", *TINY, "--run-root", str(run_root), "--json"])  # joins the same group
 
 

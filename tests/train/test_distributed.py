@@ -27,7 +27,8 @@ from dpcli.train import distributed
 from dpcli.train import loop as training
 from dpcli.cli import main
 from dpcli.data.sources import load_dataset
-from dpcli.train.loop import load_checkpoint, train
+from dpcli.train.loop import train
+from dpcli.train.checkpoint import load_checkpoint
 
 CPU = torch.device("cpu")
 WORKER = Path(__file__).with_name("ddp_worker.py")

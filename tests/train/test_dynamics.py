@@ -11,7 +11,8 @@ import torch
 from tests.conftest import tiny_config
 from dpcli.data.sources import load_dataset
 from dpcli.train.dynamics import read_dynamics
-from dpcli.train.loop import load_checkpoint, make_model, train
+from dpcli.train.loop import make_model, train
+from dpcli.train.checkpoint import load_checkpoint
 
 CPU = torch.device("cpu")
 

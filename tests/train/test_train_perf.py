@@ -22,7 +22,8 @@ from dpcli.errors import DpcliError
 from dpcli.influence import kernels as infl
 from dpcli.train import epochlog
 from dpcli.train.dynamics import read_dynamics
-from dpcli.train.loop import _deterministic_modules, load_checkpoint, train
+from dpcli.train.loop import _deterministic_modules, train
+from dpcli.train.checkpoint import load_checkpoint
 from dpcli.train.trajectory import read_trajectory
 
 CPU = torch.device("cpu")
@@ -320,6 +321,7 @@ def test_precision_option_and_auto():
 
 def test_proxy_mask_equals_the_proxy_pipeline_run_by_hand(digits, tmp_path):
     from dpcli.stages import core
+    from dpcli.stages import masks
     from dpcli.stages.proxy import ProxySpec, select_via_proxy
 
     target = _cfg(epochs=4, width=16)
@@ -332,7 +334,7 @@ def test_proxy_mask_equals_the_proxy_pipeline_run_by_hand(digits, tmp_path):
     ck = tmp_path / "hand" / "ck.h5"
     train(target.replace(epochs=2), digits, ck, device=CPU)
     core.compute_influence(ck, tmp_path / "hand" / "s.h5", InfluenceConfig(), device=CPU, ds=digits)
-    hand = core.prune(tmp_path / "hand" / "s.h5", tmp_path / "hand" / "m.h5", pcfg, device=CPU, ds=digits)
+    hand = masks.prune(tmp_path / "hand" / "s.h5", tmp_path / "hand" / "m.h5", pcfg, device=CPU, ds=digits)
     np.testing.assert_array_equal(sel.mask.keep, hand.keep)
     assert sel.mask.n_pruned == round(0.3 * len(digits.train.labels))
 

@@ -9,7 +9,8 @@ import torch
 from tests.conftest import interrupt_after, tiny_config as _cfg
 from dpcli.data.sources import load_dataset
 from dpcli.errors import DpcliError
-from dpcli.train.loop import evaluate, load_checkpoint, load_trained, time_to_accuracy, train, EpochRecord
+from dpcli.train.loop import evaluate, load_trained, train
+from dpcli.train.checkpoint import load_checkpoint, time_to_accuracy, EpochRecord
 
 CPU = torch.device("cpu")
 

@@ -409,7 +409,7 @@ def _checkpoint_signals(ctx: Context) -> dict[str, Any]:
     if ctx.checkpoint is None:
         return {}
     try:
-        from dpcli.train.loop import load_checkpoint
+        from dpcli.train.checkpoint import load_checkpoint
 
         final = load_checkpoint(ctx.checkpoint, weights=False).final
     except DpcliError:
