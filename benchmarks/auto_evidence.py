@@ -117,8 +117,8 @@ def chosen(c: dict) -> str:
 
 
 def hits(cells: dict[str, list[dict]], old: dict[str, list[dict]]) -> None:
-    print("| regime | pruned | best selector (mean ± sd) | auto chose (seeds; read as GRID_NAME's method) | hit | within spread | auto | "
-          "auto − best | auto − random | default |")
+    print("| regime | pruned | best selector (mean ± sd) | auto chose (seeds; read as GRID_NAME's method) | hit | "
+          "within spread | auto | auto − best | auto − random | default |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     totals: dict = {}
     for name in REGIMES:
@@ -160,8 +160,10 @@ def cost(cells: dict[str, list[dict]], share: float = 0.1) -> None:
         if not full or regime.backbone_per_class:  # frozen-backbone: the "retraining" is the head refit auto runs
             continue
         for r in sorted({round(float(c["ratio"]), 6) for c in cells[name] if c["method"] == "random"}, reverse=True):
-            at = lambda m: [c for c in cells[name] if c["method"] == m and round(float(c["ratio"]), 6) == r  # noqa: E731
-                            and "error" not in c]
+            def at(m: str, name: str = name, r: float = r) -> list[dict]:
+                return [c for c in cells[name] if c["method"] == m and round(float(c["ratio"]), 6) == r
+                        and "error" not in c]
+
             epoch = float(np.median([c["train_seconds"] for c in at("random")])) / regime.epochs
             mine = [c for c in at("auto") if "selection_code" in c] or at("auto")
             select = float(np.median([c["select_seconds"] for c in mine])) if mine else 0.0

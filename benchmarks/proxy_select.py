@@ -128,7 +128,7 @@ def main() -> None:
                            for s in seeds}))
         accs: dict[int, list[float]] = {i: [] for i in range(len(cells))}
         for seed in seeds:
-            for i, (ratio, method, name, own, cost, masks) in enumerate(cells):
+            for i, (ratio, method, name, _own, _cost, masks) in enumerate(cells):
                 t0 = time.perf_counter()
                 res = mask_stage.retrain(ds, masks[seed], root / f"re-{i}-{seed}" / "checkpoint.h5", base=target,
                                    overrides={"seed": seed}, device=cpu, eval_every=target.epochs)

@@ -4,7 +4,8 @@
     python3 benchmarks/train_throughput.py --data imagefolder:DIR --device cuda --arch resnet18 \\
         --variants fp32,bf16,bf16+cl,bf16+cl+compile
 
-Each timing is the best of ``--repeats`` interleaved runs.  For each variant (fp32 | bf16 autocast, +cl = channels_last, +compile = torch.compile) it runs
+Each timing is the best of ``--repeats`` interleaved runs.  For each variant (fp32 | bf16 autocast,
++cl = channels_last, +compile = torch.compile) it runs
 ``dpcli.train.loop.train`` for two epochs over a subset of ``steps * batch_size`` samples and
 times the second epoch's steps (from the end of its first step to its last, with a device
 synchronization at both ends: warm-up and compilation excluded), then the same number of steps
@@ -195,7 +196,8 @@ def main() -> None:
                    "ratio": (images / sec) / (pimages / psec), "peak_gpu_mib": peak / 2**20}
             rows.append(row)
             print(f"THROUGHPUT {variant:<18} dpcli {row['dpcli_images_per_s']:9.0f} img/s   plain "
-                  f"{row['plain_images_per_s']:9.0f} img/s   ratio {row['ratio']:.3f}   peak {row['peak_gpu_mib']:.0f} MiB",
+                  f"{row['plain_images_per_s']:9.0f} img/s   ratio {row['ratio']:.3f}   "
+                  f"peak {row['peak_gpu_mib']:.0f} MiB",
                   flush=True)
     if args.json:
         print(json.dumps(rows))

@@ -41,7 +41,8 @@ training.  Batch Hessian-vector products use the closed form of
 ``O(n |B| C D)``, one epoch ``O(n^2 C D)``.
 
 The recording side (:class:`TrajectoryRecorder`) is hooked into
-:func:`dpcli.train.loop.train` (see :mod:`dpcli.train.trajectory`) and writes the group ``trajectory/`` of ``checkpoint.h5``.
+:func:`dpcli.train.loop.train` (see :mod:`dpcli.train.trajectory`) and writes the group ``trajectory/``
+of ``checkpoint.h5``.
 """
 
 from __future__ import annotations

@@ -346,7 +346,8 @@ def verify_bound(ds: "Dataset", ck_path: Path, ck: "Checkpoint", info: "Influenc
     report = {
         "command": "verify-bound", "dataset": ds.name, "checkpoint": str(ck_path), "influence": str(info.path),
         "n": info.n, "full_test_loss": full_loss, "full_test_accuracy": final.test_acc,
-        "epsilon_convention": "epsilon = ||sum_{pruned} S_i||, S_i = (1/n) H^-1 grad L(z_i); Theorem 1's eps/n equals it",
+        "epsilon_convention": ("epsilon = ||sum_{pruned} S_i||, S_i = (1/n) H^-1 grad L(z_i); "
+                               "Theorem 1's eps/n equals it"),
         "rows": [r.to_dict() for r in rows],
     }
     write_json(out_dir / "bound.json", report)

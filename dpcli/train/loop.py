@@ -190,7 +190,8 @@ def _train_locked(config: TrainConfig, ds: Dataset, out: Path, *, device: torch.
         ck = load_checkpoint(out)
         if ck.config != config or ck.dataset_fingerprint != fp:
             raise DpcliError(
-                f"{out}: holds a checkpoint of another configuration or dataset; pass --force to overwrite or choose another --out"
+                f"{out}: holds a checkpoint of another configuration or dataset; pass --force to overwrite or "
+                "choose another --out"
             )
         if ck.complete:
             return ck

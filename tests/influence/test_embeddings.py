@@ -80,10 +80,10 @@ def _write(tmp_path, name, arr):
 def test_cli_end_to_end_on_generated_features(tmp_path, capsys):
     x, y = blobs(150, 5, 3, seed=4)
     xt, yt = blobs(60, 5, 3, seed=5)
-    f, l = _write(tmp_path, "f.npy", x), _write(tmp_path, "l.npy", y)
+    f, lab = _write(tmp_path, "f.npy", x), _write(tmp_path, "l.npy", y)
     tf, tl = _write(tmp_path, "tf.npy", xt), _write(tmp_path, "tl.npy", yt)
     inf = tmp_path / "influence.h5"
-    code, out, err = run_cli(["influence", "--features", f, "--labels", l, "--test-features", tf, "--test-labels", tl,
+    code, out, err = run_cli(["influence", "--features", f, "--labels", lab, "--test-features", tf, "--test-labels", tl,
                               "--damping", "0.01", "--out", inf, "--json", "--quiet"], capsys)
     assert code == 0, err
     with h5py.File(inf, "r") as h:
@@ -143,10 +143,10 @@ def test_retrain_writes_a_checkpoint_equal_to_an_independent_refit(tmp_path, cap
     lam = 0.02
     x, y = blobs(120, 4, 3, seed=8)
     xt, yt = blobs(50, 4, 3, seed=9)
-    f, l = _write(tmp_path, "f.npy", x), _write(tmp_path, "l.npy", y)
+    f, lab = _write(tmp_path, "f.npy", x), _write(tmp_path, "l.npy", y)
     tf, tl = _write(tmp_path, "tf.npy", xt), _write(tmp_path, "tl.npy", yt)
     inf, mask = tmp_path / "influence.h5", tmp_path / "mask.h5"
-    assert run_cli(["influence", "--features", f, "--labels", l, "--test-features", tf, "--test-labels", tl,
+    assert run_cli(["influence", "--features", f, "--labels", lab, "--test-features", tf, "--test-labels", tl,
                     "--damping", lam, "--out", inf, "--quiet"]) == (0, "", "")
     assert run_cli(["prune", inf, "--prune-ratio", "0.25", "--out", mask, "--quiet"]) == (0, "", "")
     with h5py.File(mask, "r") as h:
@@ -191,11 +191,11 @@ def test_cli_on_shipped_digits_pixels(tmp_path, capsys):
 
     x, y = load_digits(return_X_y=True)
     x = (x / 16).astype(np.float32)[:400]
-    f, l = tmp_path / "digits.npz", tmp_path / "labels.npy"
+    f, lab = tmp_path / "digits.npz", tmp_path / "labels.npy"
     np.savez(f, features=x)
-    np.save(l, y[:400])
+    np.save(lab, y[:400])
     inf = tmp_path / "influence.h5"
-    code, _, err = run_cli(["influence", "--features", f, "--labels", l, "--out", inf, "--quiet"], capsys)
+    code, _, err = run_cli(["influence", "--features", f, "--labels", lab, "--out", inf, "--quiet"], capsys)
     assert code == 0, err
     code, out, err = run_cli(["prune", inf, "--prune-ratio", "0.2", "--out", tmp_path / "m.h5", "--json", "--quiet"],
                              capsys)
@@ -247,8 +247,8 @@ def test_bad_feature_inputs(tmp_path, capsys):
         (good_f, _write(tmp_path, "neg.npy", y - 1), "labels must lie in"),
         (good_f, _write(tmp_path, "frac.npy", y + 0.5), "integer class indices"),
     ]
-    for f, l, what in cases:
-        _bad(tmp_path, capsys, ["influence", "--features", f, "--labels", l, "--out", tmp_path / "i.h5"], what)
+    for f, lab, what in cases:
+        _bad(tmp_path, capsys, ["influence", "--features", f, "--labels", lab, "--out", tmp_path / "i.h5"], what)
     _bad(tmp_path, capsys, ["influence", "--features", good_f, "--labels", good_l, "--test-features", good_f,
                             "--test-labels", _write(tmp_path, "big.npy", y + 3), "--out", tmp_path / "i.h5"],
          "labels must lie in 0..2")
@@ -332,23 +332,23 @@ def test_head_fit_options_on_the_command_line(tmp_path, capsys):
     """--max-iter / --tol reach the head fit and are recorded; a fit stopped short says what to do; bad values
     and the options without --features are refused in one line, before any file is written."""
     x, y = blobs(150, 5, 3, seed=4)
-    f, l = _write(tmp_path, "f.npy", x), _write(tmp_path, "l.npy", y)
+    f, lab = _write(tmp_path, "f.npy", x), _write(tmp_path, "l.npy", y)
     out = tmp_path / "short.h5"
-    code, _, err = run_cli(["influence", "--features", f, "--labels", l, "--max-iter", "1", "--out", out], capsys)
+    code, _, err = run_cli(["influence", "--features", f, "--labels", lab, "--max-iter", "1", "--out", out], capsys)
     assert code == 0, err
     with h5py.File(out, "r") as h:
         gn, steps = float(h.attrs["head_grad_norm"]), int(h.attrs["head_iterations"])
         assert steps == 1 and int(h.attrs["head_max_iter"]) == 1 and float(h.attrs["head_tol"]) == H.DEFAULT_TOL
     assert gn > H.DEFAULT_TOL and f"gradient norm {gn:.3g} > --tol 1e-07 after 1 Newton steps" in err
     assert "raise --max-iter" in err
-    code, _, err = run_cli(["influence", "--features", f, "--labels", l, "--tol", "1e-3", "--out", tmp_path / "t.h5",
+    code, _, err = run_cli(["influence", "--features", f, "--labels", lab, "--tol", "1e-3", "--out", tmp_path / "t.h5",
                             "--quiet"], capsys)
     assert code == 0 and "stopped" not in err
     with h5py.File(tmp_path / "t.h5", "r") as h:
         assert float(h.attrs["head_grad_norm"]) <= 1e-3 < gn and float(h.attrs["head_tol"]) == 1e-3
     for args, what in ((["--max-iter", "0"], "--max-iter must be a positive integer"),
                        (["--tol", "-1"], "--tol must be a positive number")):
-        _bad(tmp_path, capsys, ["influence", "--features", f, "--labels", l, *args, "--out", tmp_path / "i.h5"], what)
+        _bad(tmp_path, capsys, ["influence", "--features", f, "--labels", lab, *args, "--out", tmp_path / "i.h5"], what)
     _bad(tmp_path, capsys, ["influence", tmp_path / "ck.h5", "--tol", "1e-3", "--out", tmp_path / "i.h5"],
          "--max-iter and --tol set the head fit of --features")
 

@@ -149,7 +149,7 @@ def test_chunking_streaming_and_window_validation(oracle_run):
 # --------------------------------------------------------------------------- #
 
 from dpcli.data.sources import load_dataset  # noqa: E402
-from dpcli.train.loop import _epoch_generator, extract_features, load_trained, make_model, train
+from dpcli.train.loop import _epoch_generator, extract_features, load_trained, make_model, train  # noqa: E402
 from dpcli.train.checkpoint import load_checkpoint
 
 from tests.conftest import interrupt_after, run_cli, run_json, tiny_config  # noqa: E402

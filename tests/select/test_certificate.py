@@ -62,8 +62,8 @@ def test_a_certificate_cannot_be_forged_and_a_mask_needs_one(tmp_path, tiny_run)
 def test_score_rule_epsilon_masks_are_certified_strictly(tmp_path, tiny_run):
     with h5py.File(tiny_run.influence) as f:
         S = f["S"][()]
-    eps = 2.0 * float(np.sort(np.linalg.norm(S.astype(np.float64), axis=1))[len(S) // 2])
-    for eps in (eps, 4 * eps):
+    base = 2.0 * float(np.sort(np.linalg.norm(S.astype(np.float64), axis=1))[len(S) // 2])
+    for eps in (base, 4 * base):
         m = prune(tiny_run.influence, tmp_path / f"m{eps}.h5", PruneConfig(epsilon=eps, method="forgetting"))
         assert m.n_pruned > 0
         assert _plain_norm(S, ~m.keep) <= eps

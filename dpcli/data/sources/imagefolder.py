@@ -11,7 +11,8 @@ The cache key hashes the absolute path, the layout, ``image_size`` and every fil
 label, size and mtime, so a changed file list rebuilds it.  The split is held in memory when the
 decoded data fit ``$DPCLI_MEMORY_BUDGET`` (default 1 GiB), and streamed from the cache otherwise.
 Files that are not readable images are skipped with a warning naming them, and recorded in
-``Dataset.skipped`` (and the cache); they keep their index (``Dataset.space``: the user's index of each row).  Files in an image format torchvision's ImageFolder does not read
+``Dataset.skipped`` (and the cache); they keep their index (``Dataset.space``: the user's index of each
+row).  Files in an image format torchvision's ImageFolder does not read
 (``.gif``, ``.heic``, ...) are left out with a warning counting them.
 """
 

@@ -58,7 +58,8 @@ def dual_beta_select(p: np.ndarray, score: np.ndarray, m: int, rng: np.random.Ge
 
 
 def beta_draw(p: np.ndarray, m: int, seed: int) -> np.ndarray:
-    """The pruned mask of ``--method dual-beta --solver-seed seed`` on true-class probabilities ``p`` (epochs x rows)."""
+    """The pruned mask of ``--method dual-beta --solver-seed seed`` on true-class probabilities ``p``
+    (epochs x rows)."""
     return dual_beta_select(p, dual_scores(p), m, np.random.default_rng(seed))
 
 
