@@ -743,6 +743,16 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("unused-classes-warned", "a stray label 99 among 0..9 builds a 100-class S after a warning",
            "dpcli/data/embeddings.py", "        if not declared:\n", "        if False:\n",
            ("tests/influence/test_embeddings.py::test_labels_that_leave_class_indices_unused_are_refused_unless_declared",)),
+    # ---- issue 29 item 6: shared options spelled out per command and gathered in its body
+    Mutant("gather-swapped", "verify-bound gathers --lr into momentum and --momentum into lr",
+           "dpcli/cli/verify.py", "lr=lr, momentum=momentum,", "lr=momentum, momentum=lr,",
+           ("tests/cli/test_gather.py",)),
+    Mutant("gather-run-root-dropped", "retrain leaves --run-root out of its Job (the field's default, None, is used)",
+           "dpcli/cli/retrain.py", "run_root=run_root, ", "", ("tests/cli/test_gather.py",)),
+    Mutant("gather-sgd-epochs-dropped", "influence ignores --sgd-epochs (gathered as None: replays every epoch)",
+           "dpcli/cli/influence.py", "sgd_epochs=sgd_epochs,", "sgd_epochs=None,", ("tests/cli/test_gather.py",)),
+    Mutant("stderr-unsettled", "the entry point leaves stderr's last bytes to Python's shutdown (exit 120 under env -i)",
+           "dpcli/cli/__init__.py", "    _settle_stderr()\n", "", ("tests/cli/test_bare_env.py",)),
 )
 
 
