@@ -1,5 +1,10 @@
 """Options shared by several commands, each with one meaning everywhere, grouped into help panels.
 
+Each is an ``Annotated`` alias that a command lists as an ordinary parameter, the way Typer reads it;
+where ``prune`` and ``verify-bound`` show an option under a dataset-mode panel, a ``Ds`` alias says so.
+The command body gathers the values into :class:`Job`, :class:`Training`, :class:`Estimation` and
+:class:`Solve`, whose fields are named as the options.
+
 Defaults shown in ``--help`` are read from the objects that apply them (``dpcli.config``'s
 dataclasses and ``PROFILES``, the selector and solver registries), so help never drifts from
 behaviour.  Nothing here imports torch, h5py or matplotlib: ``--help`` and argument errors must
@@ -21,12 +26,14 @@ from dpcli.errors import DpcliError
 # Click as Typer runs it: vendored from Typer 0.29 on, the click package before (both are supported)
 if TYPE_CHECKING or importlib.util.find_spec("typer._click") is not None:
     from typer._click.core import ParameterSource
-    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+    from typer._click.exceptions import NoArgsIsHelpError as NoArgsIsHelpError  # for application.py
+    from typer._click.exceptions import UsageError as UsageError
     from typer._click.globals import get_current_context
 else:  # pragma: no cover - older Typer on Click
     from click import get_current_context
     from click.core import ParameterSource
-    from click.exceptions import NoArgsIsHelpError, UsageError
+    from click.exceptions import NoArgsIsHelpError as NoArgsIsHelpError
+    from click.exceptions import UsageError as UsageError
 
 # ------------------------------------------------------------------ panels
 P_TARGET = "Pruning target (give exactly one)"
