@@ -187,7 +187,7 @@ MUTANTS: tuple[Mutant, ...] = (
            ("tests/data/test_data_scale.py", "tests/cli/test_errors.py")),
     Mutant("warnings-python-format", "dpcli's warnings print in Python's file:line: UserWarning format",
            "dpcli/cli/application.py",
-           "    warnings.formatwarning = fmt  # type: ignore[assignment]", "    pass",
+           "    warnings.formatwarning = fmt\n", "    pass\n",
            ("tests/cli/test_errors.py",)),
     Mutant("label-names-first-seen", "class names are numbered in order of first appearance, not sorted",
            "dpcli/data/embeddings.py",
@@ -726,7 +726,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "dpcli/artifacts/integrity.py", "    if held < declared:\n        raise DpcliError(f\"{path}: declares {what} of shape {tuple(shape)}",
            "    if False:\n        raise DpcliError(f\"{path}: declares {what} of shape {tuple(shape)}", ("tests/artifacts/test_integrity.py",)),
     Mutant("influence-out-checkpoint", "influence --out equal to its checkpoint is not refused before work",
-           "dpcli/cli/influence.py", '    check_distinct({"--out": out}, {"the checkpoint": Path(checkpoint)})', "    pass",
+           "dpcli/cli/influence.py", '    check_distinct({"--out": out}, {"the checkpoint": ck_path})', "    pass",
            ("tests/artifacts/test_integrity.py",)),
     Mutant("sighup-default", "SIGHUP keeps its default action: the job dies silently, exit -1",
            "dpcli/cli/application.py", "(signal.SIGHUP, signal.SIG_DFL)", "(signal.SIGHUP, None)",
@@ -743,6 +743,16 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("unused-classes-warned", "a stray label 99 among 0..9 builds a 100-class S after a warning",
            "dpcli/data/embeddings.py", "        if not declared:\n", "        if False:\n",
            ("tests/influence/test_embeddings.py::test_labels_that_leave_class_indices_unused_are_refused_unless_declared",)),
+    # ---- issue 29 item 6: shared options spelled out per command and gathered in its body
+    Mutant("gather-swapped", "verify-bound gathers --lr into momentum and --momentum into lr",
+           "dpcli/cli/verify.py", "lr=lr, momentum=momentum,", "lr=momentum, momentum=lr,",
+           ("tests/cli/test_gather.py",)),
+    Mutant("gather-run-root-dropped", "retrain leaves --run-root out of its Job (the field's default, None, is used)",
+           "dpcli/cli/retrain.py", "run_root=run_root, ", "", ("tests/cli/test_gather.py",)),
+    Mutant("gather-sgd-epochs-dropped", "influence ignores --sgd-epochs (gathered as None: replays every epoch)",
+           "dpcli/cli/influence.py", "sgd_epochs=sgd_epochs,", "sgd_epochs=None,", ("tests/cli/test_gather.py",)),
+    Mutant("stderr-unsettled", "the entry point leaves stderr's last bytes to Python's shutdown (exit 120 under env -i)",
+           "dpcli/cli/__init__.py", "    _settle_stderr()\n", "", ("tests/cli/test_bare_env.py",)),
 )
 
 

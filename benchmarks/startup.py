@@ -7,15 +7,17 @@ Run by hand (not a test)::
 
 Each round runs every case once, one after the other, so a change of machine load hits all of them
 alike.  The floor is `python3 -c pass` and the peer an empty two-command Typer app, both measured in
-the same rounds.  ``--also`` runs the same cases against another checkout (e.g. ``git worktree add
-/tmp/old HEAD~1``); HOME and XDG_CACHE_HOME point at a fresh folder, so nothing a checkout kept in a
-cache is replayed.
+the same rounds; CPU s is the median user + system time of the case's process (less sensitive to the
+machine's load than the wall time).  ``--also`` runs the same cases against another checkout (e.g.
+``git worktree add /tmp/old HEAD~1``); HOME and XDG_CACHE_HOME point at a fresh folder, so nothing a
+checkout kept in a cache is replayed.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -62,18 +64,25 @@ def main() -> None:
     for _, cmd, env in runs:  # warms the OS file cache and the bytecode
         subprocess.run(cmd, capture_output=True, env=env, cwd=tempfile.gettempdir())
     times: dict[str, list[float]] = {name: [] for name, _, _ in runs}
+    cpu: dict[str, list[float]] = {name: [] for name, _, _ in runs}  # user + system seconds of the child
     for _ in range(args.rounds):
         for name, cmd, env in runs:
-            t0 = time.perf_counter()
+            c0, t0 = _child_cpu(), time.perf_counter()
             subprocess.run(cmd, capture_output=True, env=env, cwd=tempfile.gettempdir())
             times[name].append(time.perf_counter() - t0)
+            cpu[name].append(_child_cpu() - c0)
     base = statistics.median(times["python3 -c pass"])
     print(f"{args.rounds} interleaved rounds; load average {os.getloadavg()[0]:.1f} at the end; "
           f"PYTHONDONTWRITEBYTECODE={os.environ.get('PYTHONDONTWRITEBYTECODE', '')!r}")
-    print(f"{'case':48} {'median s':>9} {'min s':>7} {'/ pass':>7}")
+    print(f"{'case':48} {'median s':>9} {'min s':>7} {'/ pass':>7} {'CPU s':>7}")
     for name, values in times.items():
         med = statistics.median(values)
-        print(f"{name:48} {med:9.3f} {min(values):7.3f} {med / base:7.2f}")
+        print(f"{name:48} {med:9.3f} {min(values):7.3f} {med / base:7.2f} {statistics.median(cpu[name]):7.3f}")
+
+
+def _child_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 if __name__ == "__main__":

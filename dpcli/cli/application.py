@@ -23,19 +23,9 @@ import typer
 
 from dpcli import __version__, console, interrupts
 from dpcli.cli import influence, options, prune, retrain, train, verify
+from dpcli.cli.options import NoArgsIsHelpError, UsageError
 from dpcli.env import progress_interval
 from dpcli.errors import DpcliError, ReaderGone
-
-try:  # Typer >= 0.29 vendors Click
-    from typer._click.exceptions import NoArgsIsHelpError, UsageError
-    _EXITS: tuple[type[BaseException], ...] = (typer.Exit,)
-    _ABORTS: tuple[type[BaseException], ...] = (typer.Abort,)
-except ImportError:  # pragma: no cover - older Typer on Click
-    import click
-    from click.exceptions import NoArgsIsHelpError, UsageError
-
-    _EXITS = (typer.Exit, click.exceptions.Exit)
-    _ABORTS = (typer.Abort, click.Abort)
 
 EXIT_USER = 2
 EXIT_MEMORY = 1
@@ -120,7 +110,7 @@ def _one_line_warnings() -> Iterator[None]:
         text = str(message)
         return f"{text}\n" if text.startswith("dpcli:") else default(message, category, filename, lineno, line)
 
-    warnings.formatwarning = fmt  # type: ignore[assignment]
+    warnings.formatwarning = fmt
     try:
         yield
     finally:
@@ -242,7 +232,7 @@ def _usage_error(exc: Any) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run one command line through Typer; the exit code (usage errors: one line, code 2)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    command = typer.main.get_command(app)
+    command = typer.main.get_group(app)
     unfold = "--help-all" in args
     args = ["--help" if a == "--help-all" else a for a in args]
     if unfold or "--help" in args:
@@ -258,9 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         except typer.TyperException as exc:
             _error(" ".join(exc.format_message().split()))
             return getattr(exc, "exit_code", 1)
-        except _EXITS as exc:
+        except typer.Exit as exc:  # Click's own Exit and Abort before Typer 0.29 vendored Click
             return exc.exit_code
-        except _ABORTS:
+        except typer.Abort:
             return EXIT_INTERRUPTED
         except SystemExit as exc:
             code = exc.code

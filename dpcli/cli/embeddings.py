@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Any, Optional
 
 import typer
 
@@ -13,23 +13,23 @@ from dpcli.errors import DpcliError
 
 
 def max_iter_option(panel: str, where: str) -> Any:
-    """``--max-iter`` of the head fit (``influence --features``, ``--freeze-backbone``)."""
+    """``--max-iter`` of the head fit (``influence --features``, ``--freeze-backbone``), for an ``Optional[int]``."""
     from dpcli.cli.options import default_note
 
-    return Annotated[Optional[int], typer.Option(
+    return typer.Option(
         "--max-iter", metavar="N", rich_help_panel=panel,
         help=f"{where}: at most N Newton steps for the head fit (a fit stopped short of --tol says so, with what "
-             "to do). " + default_note(100))]
+             "to do). " + default_note(100))
 
 
 def tol_option(panel: str, where: str) -> Any:
-    """``--tol`` of the head fit."""
+    """``--tol`` of the head fit, for an ``Optional[float]``."""
     from dpcli.cli.options import default_note
 
-    return Annotated[Optional[float], typer.Option(
+    return typer.Option(
         "--tol", rich_help_panel=panel,
         help=f"{where}: the head fit stops at ||gradient|| <= TOL of its objective (mean CE + damping/2 "
-             "||theta||^2). " + default_note("1e-7"))]
+             "||theta||^2). " + default_note("1e-7"))
 
 
 def head_fit_settings(tol: Optional[float], max_iter: Optional[int]) -> tuple[float, int]:

@@ -10,7 +10,7 @@ from dpcli.cli import options as o
 from dpcli.cli.embeddings import max_iter_option, tol_option
 from dpcli.errors import DpcliError
 
-@o.expands
+
 def command(
     checkpoint: Annotated[Optional[list[Path]], typer.Argument(
         metavar="[CHECKPOINT [PART]...]", show_default=False,
@@ -18,8 +18,15 @@ def command(
              "--features.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", metavar="FILE", rich_help_panel=o.P_OUTPUT,
                                                 help="Influence path. " + o.default_note("beside the checkpoint"))] = None,
-    estimation: o.Estimation = o.estimation(o.P_ESTIMATOR),
-    solve: o.Solve = o.solve_options(o.P_ESTIMATOR, o.P_SCALE),
+    estimator: o.Estimator = o.INFLUENCE_DEFAULTS.estimator, damping: o.Damping = None,
+    lissa_depth: o.LissaDepth = o.INFLUENCE_DEFAULTS.lissa_depth,
+    lissa_scale: o.LissaScale = o.INFLUENCE_DEFAULTS.lissa_scale,
+    lissa_batch_size: o.LissaBatchSize = o.INFLUENCE_DEFAULTS.lissa_batch_size,
+    lissa_repeats: o.LissaRepeats = o.INFLUENCE_DEFAULTS.lissa_repeats,
+    lissa_seed: o.LissaSeed = o.INFLUENCE_DEFAULTS.seed,
+    precision: o.Precision = o.INFLUENCE_DEFAULTS.precision, cg_tol: o.CgTol = o.INFLUENCE_DEFAULTS.cg_tol,
+    cg_max_iter: o.CgMaxIter = o.INFLUENCE_DEFAULTS.cg_max_iter, sgd_epochs: o.SgdEpochs = None,
+    sketch_seed: o.SketchSeed = o.INFLUENCE_DEFAULTS.sketch_seed,
     sketch: Annotated[Optional[int], typer.Option(
         "--sketch", metavar="K", rich_help_panel=o.P_SCALE,
         help="Store S @ R (n x K), R a seeded d x K Gaussian with N(0, 1/K) entries (Johnson-Lindenstrauss): for a "
@@ -46,9 +53,10 @@ def command(
         help="With --features: held-out features, for the test gradient and verify-bound.")] = None,
     test_labels: Annotated[Optional[Path], typer.Option(
         "--test-labels", metavar="FILE", rich_help_panel=o.P_EMBED, help="With --test-features: their labels.")] = None,
-    max_iter: max_iter_option(o.P_EMBED, "With --features") = None,
-    tol: tol_option(o.P_EMBED, "With --features") = None,
-    job: o.Job = o.job_options().without("run_root"),
+    max_iter: Annotated[Optional[int], max_iter_option(o.P_EMBED, "With --features")] = None,
+    tol: Annotated[Optional[float], tol_option(o.P_EMBED, "With --features")] = None,
+    json: o.JsonOption = False, quiet: o.Quiet = False, device: o.Device = "auto", data_root: o.DataRoot = None,
+    force: o.Force = False, no_wait: o.NoWait = False,
 ) -> None:
     """Compute S (n x d): each sample's influence on the last linear layer, written to influence.h5.
 
@@ -56,10 +64,13 @@ def command(
     """
     from dpcli.stages import pipeline
 
+    estimation = o.Estimation(estimator=estimator, damping=damping, lissa_depth=lissa_depth, lissa_scale=lissa_scale,
+                              lissa_batch_size=lissa_batch_size, lissa_repeats=lissa_repeats, lissa_seed=lissa_seed)
+    solve = o.Solve(precision=precision, cg_tol=cg_tol, cg_max_iter=cg_max_iter, sgd_epochs=sgd_epochs,
+                    sketch_seed=sketch_seed)
+    job = o.Job(json=json, quiet=quiet, device=device, data_root=data_root, force=force, no_wait=no_wait)
     console.set_quiet(job.quiet)
-    from dpcli.artifacts.runs import followed
-
-    checkpoint = [followed(p) for p in checkpoint] if checkpoint else checkpoint
+    inputs = [o.follow(p) for p in checkpoint or ()]
     icfg = estimation.config(sketch_k=sketch, **solve.settings())
     pipeline.check_writable(out, "--out")
     from dpcli.train.loop import resolve_device
@@ -68,31 +79,31 @@ def command(
     if features is not None or labels is not None:
         from dpcli.cli import embeddings
 
-        embeddings.influence_from_features(features, labels, test_features, test_labels, icfg, checkpoint, out,
+        embeddings.influence_from_features(features, labels, test_features, test_labels, icfg, inputs, out,
                                            job.json, resolve_device(job.device), tol=tol, max_iter=max_iter)
         return
     if max_iter is not None or tol is not None:
         raise DpcliError("--max-iter and --tol set the head fit of --features; a checkpoint's head is trained already")
-    if not checkpoint:
+    if not inputs:
         raise DpcliError("give a checkpoint.h5, or --features and --labels")
-    checkpoint, parts = checkpoint[0], checkpoint[1:]
+    ck_path, parts = inputs[0], inputs[1:]
     from dpcli.stages.outputs import check_distinct
 
-    check_distinct({"--out": out}, {"the checkpoint": Path(checkpoint)})  # before a reuse check reads --out
+    check_distinct({"--out": out}, {"the checkpoint": ck_path})  # before a reuse check reads --out
     if merge or shard is not None or parts:
         from dpcli.stages import shards
 
-        summary = shards.run(checkpoint, parts, merge=merge, shard=shard, icfg=icfg, out=out,
+        summary = shards.run(ck_path, parts, merge=merge, shard=shard, icfg=icfg, out=out,
                              device_fn=lambda: resolve_device(job.device), data_root=job.data_root)
         if job.json:
             console.emit_json(summary)
         return
-    load_checkpoint(checkpoint, weights=False)  # fail early on a wrong file
+    load_checkpoint(ck_path, weights=False)  # fail early on a wrong file
     if icfg.estimator == "sgd":  # ... or on one without a recorded SGD trajectory
         from dpcli.influence import sgd
 
-        sgd.load_trajectory(checkpoint)
-    info = pipeline.ensure_influence(checkpoint, icfg, device=resolve_device(job.device), ds=None,
+        sgd.load_trajectory(ck_path)
+    info = pipeline.ensure_influence(ck_path, icfg, device=resolve_device(job.device), ds=None,
                                      data_root=job.data_root, force=job.force, out=out)
     from dpcli.artifacts.runs import default_run_root, link_latest
 

@@ -1,5 +1,10 @@
 """Options shared by several commands, each with one meaning everywhere, grouped into help panels.
 
+Each is an ``Annotated`` alias that a command lists as an ordinary parameter, the way Typer reads it;
+where ``prune`` and ``verify-bound`` show an option under a dataset-mode panel, a ``Ds`` alias says so.
+The command body gathers the values into :class:`Job`, :class:`Training`, :class:`Estimation` and
+:class:`Solve`, whose fields are named as the options.
+
 Defaults shown in ``--help`` are read from the objects that apply them (``dpcli.config``'s
 dataclasses and ``PROFILES``, the selector and solver registries), so help never drifts from
 behaviour.  Nothing here imports torch, h5py or matplotlib: ``--help`` and argument errors must
@@ -9,16 +14,26 @@ answer fast.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import inspect
+import importlib.util
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Annotated, Any, Callable, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
 
 import typer
 
 from dpcli.config import PROFILES, InfluenceConfig, PruneConfig, TrainConfig
 from dpcli.errors import DpcliError
+
+# Click as Typer runs it: vendored from Typer 0.29 on, the click package before (both are supported)
+if TYPE_CHECKING or importlib.util.find_spec("typer._click") is not None:
+    from typer._click.core import ParameterSource
+    from typer._click.exceptions import NoArgsIsHelpError as NoArgsIsHelpError  # for application.py
+    from typer._click.exceptions import UsageError as UsageError
+    from typer._click.globals import get_current_context
+else:  # pragma: no cover - older Typer on Click
+    from click import get_current_context
+    from click.core import ParameterSource
+    from click.exceptions import NoArgsIsHelpError as NoArgsIsHelpError
+    from click.exceptions import UsageError as UsageError
 
 # ------------------------------------------------------------------ panels
 P_TARGET = "Pruning target (give exactly one)"
@@ -95,80 +110,174 @@ def estimator_names() -> tuple[str, ...]:
     return names()
 
 
-# ------------------------------------------------------------------ option groups
-class Group:
-    """Options that several commands share, declared once.
-
-    A command parameter whose default is a Group stands for all its options (:func:`expands` puts
-    them into the signature Typer reads, in that place) and receives their values as one object of
-    ``values`` type, attribute per option."""
-
-    def __init__(self, values: type, **options: tuple[Any, Any]) -> None:
-        self.values, self.options = values, options  # name -> (Annotated type, default)
-
-    def but(self, **options: tuple[Any, Any]) -> "Group":
-        """The same group with some options declared differently (same names, same order)."""
-        return Group(self.values, **{k: options.get(k, v) for k, v in self.options.items()})
-
-    def without(self, *names: str) -> "Group":
-        """The same group less some options (a command they mean nothing to)."""
-        return Group(self.values, **{k: v for k, v in self.options.items() if k not in names})
+# ------------------------------------------------------------------ run control and output (every command)
+JsonOption = Annotated[bool, typer.Option(
+    "--json", rich_help_panel=P_OUTPUT, help="One JSON summary on stdout (human output stays on stderr).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel=P_OUTPUT, help="No progress bars or human output.")]
+Device = Annotated[str, typer.Option("--device", rich_help_panel=P_RUN, help="auto, cpu or cuda[:N].")]
+DataRoot = Annotated[Optional[Path], typer.Option(
+    "--data-root", metavar="DIR", rich_help_panel=P_RUN,
+    help="Dataset cache. " + default_note("$DPCLI_DATA or ~/.cache/dpcli/data"))]
+RunRoot = Annotated[Optional[Path], typer.Option(
+    "--run-root", metavar="DIR", rich_help_panel=P_RUN,
+    help="Root of the run directories. " + default_note("$DPCLI_RUNS or ./dpcli-runs"))]
+Force = Annotated[bool, typer.Option(
+    "--force", rich_help_panel=P_RUN, help="Recompute every stage of this command; reuse nothing cached.")]
+NoWait = Annotated[bool, typer.Option(
+    "--no-wait", rich_help_panel=P_RUN, help="Exit (code 75) instead of waiting for another job's artifact.")]
 
 
-def expands(func: Callable[..., Any]) -> Callable[..., Any]:
-    """A command whose Group parameters are spelled out for Typer and gathered again for the call."""
-    groups: dict[str, Group] = {}
-    params = []
-    for p in inspect.signature(func).parameters.values():
-        if isinstance(p.default, Group):
-            groups[p.name] = p.default
-            params += [inspect.Parameter(k, p.kind, annotation=a, default=d) for k, (a, d) in p.default.options.items()]
-        else:
-            params.append(p)
+@dataclasses.dataclass
+class Job:
+    """Where and how a command runs and reports (``influence`` writes beside its input: no run root)."""
 
-    @functools.wraps(func)
-    def command(**kwargs: Any) -> Any:
-        for name, group in groups.items():
-            kwargs[name] = group.values(**{k: kwargs.pop(k) for k in group.options})
-        return func(**kwargs)
-
-    command.__signature__ = inspect.signature(func).replace(parameters=params)  # type: ignore[attr-defined]
-    return command
-
-
-# ------------------------------------------------------------------ run control and output
-class Job(SimpleNamespace):
-    """Where and how a command runs and reports (every command has these options)."""
-
-
-def job_options() -> Group:
-    return Group(
-        Job,
-        json=(Annotated[bool, typer.Option(
-            "--json", rich_help_panel=P_OUTPUT, help="One JSON summary on stdout (human output stays on stderr).")],
-            False),
-        quiet=(Annotated[bool, typer.Option(
-            "--quiet", "-q", rich_help_panel=P_OUTPUT, help="No progress bars or human output.")], False),
-        device=(Annotated[str, typer.Option("--device", rich_help_panel=P_RUN, help="auto, cpu or cuda[:N].")], "auto"),
-        data_root=(Annotated[Optional[Path], typer.Option(
-            "--data-root", metavar="DIR", rich_help_panel=P_RUN,
-            help="Dataset cache. " + default_note("$DPCLI_DATA or ~/.cache/dpcli/data"))], None),
-        run_root=(Annotated[Optional[Path], typer.Option(
-            "--run-root", metavar="DIR", rich_help_panel=P_RUN,
-            help="Root of the run directories. " + default_note("$DPCLI_RUNS or ./dpcli-runs"))], None),
-        force=(Annotated[bool, typer.Option(
-            "--force", rich_help_panel=P_RUN, help="Recompute every stage of this command; reuse nothing cached.")],
-            False),
-        no_wait=(Annotated[bool, typer.Option(
-            "--no-wait", rich_help_panel=P_RUN,
-            help="Exit (code 75) instead of waiting for another job's artifact.")],
-            False),
-    )
+    json: bool
+    quiet: bool
+    device: str
+    data_root: Optional[Path]
+    force: bool
+    no_wait: bool
+    run_root: Optional[Path] = None
 
 
 # ------------------------------------------------------------------ training settings
-class Training(SimpleNamespace):
+def _arch(panel: str) -> Any:
+    return typer.Option(
+        "--arch", metavar="NAME", rich_help_panel=panel,
+        help="convnet, resnet18 or resnet50, or a library model: torchvision:NAME (any torchvision.models "
+             "classifier) or timm:NAME (pip install \"dpcli[timm]\"). " + per_dataset("arch"))
+
+
+def _width(panel: str) -> Any:
+    return typer.Option("--width", rich_help_panel=panel, help="ConvNet channels (convnet only). " + per_dataset("width"))
+
+
+def _depth(panel: str) -> Any:
+    return typer.Option("--depth", rich_help_panel=panel, help="ConvNet blocks (convnet only). " + per_dataset("depth"))
+
+
+def _epochs(panel: str) -> Any:
+    return typer.Option("--epochs", rich_help_panel=panel, help="Training epochs. " + per_dataset("epochs"))
+
+
+def _lr(panel: str) -> Any:
+    return typer.Option("--lr", rich_help_panel=panel, help="SGD learning rate, cosine-decayed. " + per_dataset("lr"))
+
+
+def _momentum(panel: str) -> Any:
+    return typer.Option("--momentum", rich_help_panel=panel,
+                        help="SGD momentum. " + default_note(_config_default(TrainConfig, "momentum")))
+
+
+def _weight_decay(panel: str) -> Any:
+    return typer.Option("--weight-decay", rich_help_panel=panel,
+                        help="L2 weight decay. " + default_note(_config_default(TrainConfig, "weight_decay")))
+
+
+def _batch_size(panel: str) -> Any:
+    return typer.Option("--batch-size", rich_help_panel=panel, help="Training batch size. " + per_dataset("batch_size"))
+
+
+def _augment(panel: str) -> Any:
+    return typer.Option(
+        "--augment/--no-augment", rich_help_panel=panel, show_default=False,
+        help="Random crop + horizontal flip. " + default_note("on for cifar, imagefolder; off for digits"))
+
+
+def _image_size(panel: str) -> Any:
+    return typer.Option(
+        "--image-size", metavar="N", rich_help_panel=panel,
+        help="Model input side for images of any size: train on random resized crops of N plus flips; "
+             "evaluate, score and compute influence on a resize to N/0.875 and a center crop of N. Needed for "
+             "folders of mixed sizes. " + default_note("the images' own size"))
+
+
+def _weights(panel: str) -> Any:
+    return typer.Option(
+        "--weights", metavar="W", rich_help_panel=panel,
+        help="torchvision:/timm: models: DEFAULT (the library's pretrained weights, downloaded by the library), "
+             "a weights name (e.g. IMAGENET1K_V1), or a local state-dict file. " + default_note("random init"))
+
+
+def _head_module(panel: str) -> Any:
+    return typer.Option(
+        "--head-module", metavar="NAME", rich_help_panel=panel,
+        help="Dotted name of the last linear layer when dpcli cannot find it (it looks for fc, classifier, head "
+             "and timm's get_classifier()).")
+
+
+TRAIN_SEED_HELP = "Seed of the training run (initialization and batch order)."
+TRAIN_SEED_DEFAULT: int = _config_default(TrainConfig, "seed")
+
+
+def _train_seed(panel: str) -> Any:
+    return typer.Option("--train-seed", rich_help_panel=panel, help=TRAIN_SEED_HELP)
+
+
+# `train` and `retrain` show them under "Training", `prune` and `verify-bound` under dataset mode (Ds...)
+Arch = Annotated[Optional[str], _arch(P_TRAIN)]
+DsArch = Annotated[Optional[str], _arch(P_DS_TRAIN)]
+Width = Annotated[Optional[int], _width(P_TRAIN)]
+DsWidth = Annotated[Optional[int], _width(P_DS_TRAIN)]
+Depth = Annotated[Optional[int], _depth(P_TRAIN)]
+DsDepth = Annotated[Optional[int], _depth(P_DS_TRAIN)]
+Epochs = Annotated[Optional[int], _epochs(P_TRAIN)]
+DsEpochs = Annotated[Optional[int], _epochs(P_DS_TRAIN)]
+Lr = Annotated[Optional[float], _lr(P_TRAIN)]
+DsLr = Annotated[Optional[float], _lr(P_DS_TRAIN)]
+Momentum = Annotated[Optional[float], _momentum(P_TRAIN)]
+DsMomentum = Annotated[Optional[float], _momentum(P_DS_TRAIN)]
+WeightDecay = Annotated[Optional[float], _weight_decay(P_TRAIN)]
+DsWeightDecay = Annotated[Optional[float], _weight_decay(P_DS_TRAIN)]
+BatchSize = Annotated[Optional[int], _batch_size(P_TRAIN)]
+DsBatchSize = Annotated[Optional[int], _batch_size(P_DS_TRAIN)]
+Augment = Annotated[Optional[bool], _augment(P_TRAIN)]
+DsAugment = Annotated[Optional[bool], _augment(P_DS_TRAIN)]
+ImageSize = Annotated[Optional[int], _image_size(P_TRAIN)]
+DsImageSize = Annotated[Optional[int], _image_size(P_DS_TRAIN)]
+Weights = Annotated[Optional[str], _weights(P_TRAIN)]
+DsWeights = Annotated[Optional[str], _weights(P_DS_TRAIN)]
+HeadModule = Annotated[Optional[str], _head_module(P_TRAIN)]
+DsHeadModule = Annotated[Optional[str], _head_module(P_DS_TRAIN)]
+TrainSeed = Annotated[int, _train_seed(P_TRAIN)]
+DsTrainSeed = Annotated[int, _train_seed(P_DS_TRAIN)]
+ChannelsLast = Annotated[Optional[bool], typer.Option(
+    "--channels-last/--no-channels-last", rich_help_panel=P_SPEED, show_default=False,
+    help="Conv models: NHWC memory format (tensor cores; 1.9x faster ResNet-18 training on an H200). "
+         + default_note("on with CUDA, off on the CPU"))]
+Compile = Annotated[bool, typer.Option(
+    "--compile", rich_help_panel=P_SPEED,
+    help="torch.compile the model (the first epoch pays the compile time; where the compiler fails on "
+         "the model, one warning and the run goes on without it).")]
+Fp32 = Annotated[bool, typer.Option(
+    "--fp32", rich_help_panel=P_SPEED,
+    help="CUDA: float32 throughout instead of bf16 autocast (slower; for comparisons).")]
+Deterministic = Annotated[bool, typer.Option(
+    "--deterministic", rich_help_panel=P_SPEED,
+    help="Bitwise-repeatable CUDA runs: deterministic kernels, slower (docs/gpu.md).")]
+
+
+@dataclasses.dataclass
+class Training:
     """The model/optimizer options a user gave; None = the dataset's default from PROFILES."""
+
+    arch: Optional[str]
+    width: Optional[int]
+    depth: Optional[int]
+    epochs: Optional[int]
+    lr: Optional[float]
+    momentum: Optional[float]
+    weight_decay: Optional[float]
+    batch_size: Optional[int]
+    augment: Optional[bool]
+    image_size: Optional[int]
+    weights: Optional[str]
+    head_module: Optional[str]
+    train_seed: Optional[int]  # None: retrain's "the full-data run's"
+    channels_last: Optional[bool]
+    compile: bool
+    fp32: bool
+    deterministic: bool
 
     def overrides(self) -> dict[str, Any]:
         """As ``pipeline.train_config`` takes them (the input size goes to the loader instead)."""
@@ -189,65 +298,9 @@ class Training(SimpleNamespace):
 _OFF_FLAGS = ("compile", "fp32", "deterministic")
 
 
-def training(panel: str) -> Group:
-    """The model/optimizer options, in ``panel``."""
-    return Group(
-        Training,
-        arch=(Annotated[Optional[str], typer.Option(
-            "--arch", metavar="NAME", rich_help_panel=panel,
-            help="convnet, resnet18 or resnet50, or a library model: torchvision:NAME (any torchvision.models "
-                 "classifier) or timm:NAME (pip install \"dpcli[timm]\"). " + per_dataset("arch"))], None),
-        width=(Annotated[Optional[int], typer.Option(
-            "--width", rich_help_panel=panel, help="ConvNet channels (convnet only). " + per_dataset("width"))], None),
-        depth=(Annotated[Optional[int], typer.Option(
-            "--depth", rich_help_panel=panel, help="ConvNet blocks (convnet only). " + per_dataset("depth"))], None),
-        epochs=(Annotated[Optional[int], typer.Option(
-            "--epochs", rich_help_panel=panel, help="Training epochs. " + per_dataset("epochs"))], None),
-        lr=(Annotated[Optional[float], typer.Option(
-            "--lr", rich_help_panel=panel, help="SGD learning rate, cosine-decayed. " + per_dataset("lr"))], None),
-        momentum=(Annotated[Optional[float], typer.Option(
-            "--momentum", rich_help_panel=panel,
-            help="SGD momentum. " + default_note(_config_default(TrainConfig, "momentum")))], None),
-        weight_decay=(Annotated[Optional[float], typer.Option(
-            "--weight-decay", rich_help_panel=panel,
-            help="L2 weight decay. " + default_note(_config_default(TrainConfig, "weight_decay")))], None),
-        batch_size=(Annotated[Optional[int], typer.Option(
-            "--batch-size", rich_help_panel=panel, help="Training batch size. " + per_dataset("batch_size"))], None),
-        augment=(Annotated[Optional[bool], typer.Option(
-            "--augment/--no-augment", rich_help_panel=panel, show_default=False,
-            help="Random crop + horizontal flip. " + default_note("on for cifar, imagefolder; off for digits"))], None),
-        image_size=(Annotated[Optional[int], typer.Option(
-            "--image-size", metavar="N", rich_help_panel=panel,
-            help="Model input side for images of any size: train on random resized crops of N plus flips; "
-                 "evaluate, score and compute influence on a resize to N/0.875 and a center crop of N. Needed for "
-                 "folders of mixed sizes. " + default_note("the images' own size"))], None),
-        weights=(Annotated[Optional[str], typer.Option(
-            "--weights", metavar="W", rich_help_panel=panel,
-            help="torchvision:/timm: models: DEFAULT (the library's pretrained weights, downloaded by the library), "
-                 "a weights name (e.g. IMAGENET1K_V1), or a local state-dict file. " + default_note("random init"))],
-            None),
-        head_module=(Annotated[Optional[str], typer.Option(
-            "--head-module", metavar="NAME", rich_help_panel=panel,
-            help="Dotted name of the last linear layer when dpcli cannot find it (it looks for fc, classifier, head "
-                 "and timm's get_classifier()).")], None),
-        train_seed=(Annotated[int, typer.Option(
-            "--train-seed", rich_help_panel=panel,
-            help="Seed of the training run (initialization and batch order).")], _config_default(TrainConfig, "seed")),
-        channels_last=(Annotated[Optional[bool], typer.Option(
-            "--channels-last/--no-channels-last", rich_help_panel=P_SPEED, show_default=False,
-            help="Conv models: NHWC memory format (tensor cores; 1.9x faster ResNet-18 training on an H200). "
-                 + default_note("on with CUDA, off on the CPU"))], None),
-        compile=(Annotated[bool, typer.Option(
-            "--compile", rich_help_panel=P_SPEED,
-            help="torch.compile the model (the first epoch pays the compile time; where the compiler fails on "
-                 "the model, one warning and the run goes on without it).")], False),
-        fp32=(Annotated[bool, typer.Option(
-            "--fp32", rich_help_panel=P_SPEED,
-            help="CUDA: float32 throughout instead of bf16 autocast (slower; for comparisons).")], False),
-        deterministic=(Annotated[bool, typer.Option(
-            "--deterministic", rich_help_panel=P_SPEED,
-            help="Bitwise-repeatable CUDA runs: deterministic kernels, slower (docs/gpu.md).")], False),
-    )
+def field_names(values: type) -> tuple[str, ...]:
+    """The options a value object gathers (its fields are named as the command's parameters)."""
+    return tuple(f.name for f in dataclasses.fields(values))
 
 
 # ------------------------------------------------------------------ pruning
@@ -331,19 +384,22 @@ Labels = Annotated[Optional[Path], typer.Option(
 def given() -> dict[str, str]:
     """The options this command line set explicitly (parameter name -> the flag), to refuse those that would
     have no effect on the input at hand instead of ignoring them."""
-    try:  # Typer >= 0.29 vendors Click (see dpcli.cli.application)
-        from typer._click.core import ParameterSource
-        from typer._click.globals import get_current_context
-    except ImportError:  # pragma: no cover - older Typer on Click
-        from click import get_current_context
-        from click.core import ParameterSource
-
     ctx = get_current_context(silent=True)
     if ctx is None:
         return {}
     told = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
     return {p.name: p.opts[0] for p in ctx.command.params
             if p.name and p.opts and ctx.get_parameter_source(p.name) in told}
+
+
+PathT = TypeVar("PathT", str, Path)
+
+
+def follow(path: PathT) -> PathT:
+    """A given input (path or dataset name) with its links followed, as ``runs.followed`` does."""
+    from dpcli.artifacts.runs import followed
+
+    return followed(path) or path
 
 
 def refuse(given: dict[str, str], names: Any, why: str) -> None:
@@ -368,30 +424,92 @@ def epoch_list(text: Optional[str], epochs: int) -> tuple[int, ...] | None:
     return values
 
 
-def snapshot_epochs(panel: str) -> Any:
-    return Annotated[Optional[str], typer.Option(
+def _snapshot_epochs(panel: str) -> Any:
+    return typer.Option(
         "--snapshot-epochs", metavar="E,E,...", rich_help_panel=panel,
         help="Epochs after which to keep a copy of the weights (0 = initialization), for prune --method el2n/grand "
-             "--score-epoch. " + default_note("0 and 10 % of training"))]
+             "--score-epoch. " + default_note("0 and 10 % of training"))
 
 
-def freeze_backbone(panel: str) -> Any:
-    return Annotated[bool, typer.Option(
+def _freeze_backbone(panel: str) -> Any:
+    return typer.Option(
         "--freeze-backbone", rich_help_panel=panel,
         help="Keep the backbone fixed: compute its features once (cached), fit only the last layer as "
              "L2-regularized softmax regression to convergence (deterministic), and write influence.h5 at once; "
-             "S is then exact (Theorem 1 holds) and retrain is a head refit. L2 = --damping, else --weight-decay.")]
+             "S is then exact (Theorem 1 holds) and retrain is a head refit. L2 = --damping, else --weight-decay.")
+
+
+SnapshotEpochs = Annotated[Optional[str], _snapshot_epochs(P_TRAIN)]
+DsSnapshotEpochs = Annotated[Optional[str], _snapshot_epochs(P_DS_TRAIN)]
+FreezeBackbone = Annotated[bool, _freeze_backbone(P_MODEL)]
+DsFreezeBackbone = Annotated[bool, _freeze_backbone(P_DS_TRAIN)]
 
 
 # ------------------------------------------------------------------ influence
-def damping(panel: str) -> Any:
-    return Annotated[Optional[float], typer.Option(
+INFLUENCE_DEFAULTS = InfluenceConfig()  # what an option left out means (help shows it)
+
+
+def _estimator(panel: str) -> Any:
+    return typer.Option(
+        "--estimator", metavar="NAME", rich_help_panel=panel,
+        help="Influence estimator: @ESTIMATORS@. exact = dense Hessian, Cholesky (cg above "
+             "d = 16384); cg = conjugate gradients; lissa = the paper's; sgd = SGD-Influence (replays training).")
+
+
+def _damping(panel: str) -> Any:
+    return typer.Option(
         "--damping", rich_help_panel=panel,
-        help="lambda added to the last-layer Hessian. " + default_note("the checkpoint's weight decay; 1e-3 if 0"))]
+        help="lambda added to the last-layer Hessian. " + default_note("the checkpoint's weight decay; 1e-3 if 0"))
 
 
-class Estimation(SimpleNamespace):
+def _lissa_depth(panel: str) -> Any:
+    return typer.Option("--lissa-depth", rich_help_panel=panel, help="LiSSA recursion depth.")
+
+
+def _lissa_scale(panel: str) -> Any:
+    return typer.Option("--lissa-scale", rich_help_panel=panel, help="LiSSA scale (above the largest Hessian eigenvalue).")
+
+
+def _lissa_batch_size(panel: str) -> Any:
+    return typer.Option("--lissa-batch-size", rich_help_panel=panel, help="LiSSA minibatch for the stochastic Hessian.")
+
+
+def _lissa_repeats(panel: str) -> Any:
+    return typer.Option("--lissa-repeats", rich_help_panel=panel, help="Independent LiSSA runs averaged.")
+
+
+def _lissa_seed(panel: str) -> Any:
+    return typer.Option("--lissa-seed", rich_help_panel=panel, help="LiSSA sampling seed.")
+
+
+# `influence` shows them under "Estimator", `prune` (and verify-bound's --damping) under dataset mode (Ds...)
+Estimator = Annotated[str, _estimator(P_ESTIMATOR)]
+DsEstimator = Annotated[str, _estimator(P_DS_INFLUENCE)]
+Damping = Annotated[Optional[float], _damping(P_ESTIMATOR)]
+DsDamping = Annotated[Optional[float], _damping(P_DS_INFLUENCE)]
+LissaDepth = Annotated[int, _lissa_depth(P_ESTIMATOR)]
+DsLissaDepth = Annotated[int, _lissa_depth(P_DS_INFLUENCE)]
+LissaScale = Annotated[float, _lissa_scale(P_ESTIMATOR)]
+DsLissaScale = Annotated[float, _lissa_scale(P_DS_INFLUENCE)]
+LissaBatchSize = Annotated[int, _lissa_batch_size(P_ESTIMATOR)]
+DsLissaBatchSize = Annotated[int, _lissa_batch_size(P_DS_INFLUENCE)]
+LissaRepeats = Annotated[int, _lissa_repeats(P_ESTIMATOR)]
+DsLissaRepeats = Annotated[int, _lissa_repeats(P_DS_INFLUENCE)]
+LissaSeed = Annotated[int, _lissa_seed(P_ESTIMATOR)]
+DsLissaSeed = Annotated[int, _lissa_seed(P_DS_INFLUENCE)]
+
+
+@dataclasses.dataclass
+class Estimation:
     """The estimator options a user gave."""
+
+    estimator: str
+    damping: Optional[float]
+    lissa_depth: int
+    lissa_scale: float
+    lissa_batch_size: int
+    lissa_repeats: int
+    lissa_seed: int
 
     def config(self, **more: Any) -> InfluenceConfig:
         """The validated InfluenceConfig (``more``: the command's own estimator settings)."""
@@ -403,60 +521,56 @@ class Estimation(SimpleNamespace):
                                lissa_repeats=self.lissa_repeats, seed=self.lissa_seed, **more).validate()
 
 
-class Solve(SimpleNamespace):
-    """The estimator's solve settings (``influence``, and ``prune`` in dataset mode), as InfluenceConfig fields."""
+# how the estimators solve: precision, CG's tolerance and cap, SGD-Influence's epochs, the sketch's seed
+def _precision(panel: str) -> Any:
+    return typer.Option(
+        "--precision", metavar="P", rich_help_panel=panel,
+        help="exact: float64 = Cholesky in float64; float32-refined = float32 Cholesky refined in float64 to "
+             "--cg-tol (GPUs with slow float64); auto = float64 on CPUs and data-centre GPUs (A100/H100/H200), "
+             "float32-refined elsewhere (docs/gpu.md).")
+
+
+def _cg_tol(panel: str) -> Any:
+    return typer.Option(
+        "--cg-tol", rich_help_panel=panel,
+        help="cg (and exact above the dense limit): stop each column at relative residual ||r|| <= TOL ||g_i||.")
+
+
+def _cg_max_iter(panel: str) -> Any:
+    return typer.Option("--cg-max-iter", rich_help_panel=panel, help="cg: iteration cap per chunk (an error if reached).")
+
+
+def _sgd_epochs(panel: str) -> Any:
+    return typer.Option("--sgd-epochs", rich_help_panel=panel,
+                        help="sgd: replay only the last E recorded epochs. " + default_note("all recorded epochs"))
+
+
+def _sketch_seed(panel: str) -> Any:
+    return typer.Option("--sketch-seed", rich_help_panel=panel, help="Seed of the sketch matrix R.")
+
+
+Precision = Annotated[str, _precision(P_ESTIMATOR)]
+DsPrecision = Annotated[str, _precision(P_DS_INFLUENCE)]
+CgTol = Annotated[float, _cg_tol(P_ESTIMATOR)]
+DsCgTol = Annotated[float, _cg_tol(P_DS_INFLUENCE)]
+CgMaxIter = Annotated[int, _cg_max_iter(P_ESTIMATOR)]
+DsCgMaxIter = Annotated[int, _cg_max_iter(P_DS_INFLUENCE)]
+SgdEpochs = Annotated[Optional[int], _sgd_epochs(P_ESTIMATOR)]
+DsSgdEpochs = Annotated[Optional[int], _sgd_epochs(P_DS_INFLUENCE)]
+SketchSeed = Annotated[int, _sketch_seed(P_SCALE)]
+DsSketchSeed = Annotated[int, _sketch_seed(P_DS_INFLUENCE)]
+
+
+@dataclasses.dataclass
+class Solve:
+    """The estimator's solve settings (``influence``, and ``prune`` in dataset mode), named as InfluenceConfig's
+    fields."""
+
+    precision: str
+    cg_tol: float
+    cg_max_iter: int
+    sgd_epochs: Optional[int]
+    sketch_seed: int
 
     def settings(self) -> dict[str, Any]:
-        return dict(vars(self))
-
-
-def solve_options(panel: str, sketch_panel: str | None = None) -> Group:
-    """How the estimators solve: precision, CG's tolerance and cap, SGD-Influence's epochs, the sketch's seed."""
-    return Group(
-        Solve,
-        precision=(Annotated[str, typer.Option(
-            "--precision", metavar="P", rich_help_panel=panel,
-            help="exact: float64 = Cholesky in float64; float32-refined = float32 Cholesky refined in float64 to "
-                 "--cg-tol (GPUs with slow float64); auto = float64 on CPUs and data-centre GPUs (A100/H100/H200), "
-                 "float32-refined elsewhere (docs/gpu.md).")], "float64"),
-        cg_tol=(Annotated[float, typer.Option(
-            "--cg-tol", rich_help_panel=panel,
-            help="cg (and exact above the dense limit): stop each column at relative residual ||r|| <= TOL ||g_i||.")],
-            1e-6),
-        cg_max_iter=(Annotated[int, typer.Option(
-            "--cg-max-iter", rich_help_panel=panel, help="cg: iteration cap per chunk (an error if reached).")], 1000),
-        sgd_epochs=(Annotated[Optional[int], typer.Option(
-            "--sgd-epochs", rich_help_panel=panel,
-            help="sgd: replay only the last E recorded epochs. " + default_note("all recorded epochs"))], None),
-        sketch_seed=(Annotated[int, typer.Option(
-            "--sketch-seed", rich_help_panel=sketch_panel or panel, help="Seed of the sketch matrix R.")], 0),
-    )
-
-
-def estimation(panel: str) -> Group:
-    """The estimator, its damping and LiSSA's settings, in ``panel``."""
-    def default(field: str) -> Any:
-        return _config_default(InfluenceConfig, field)
-
-    return Group(
-        Estimation,
-        estimator=(Annotated[str, typer.Option(
-            "--estimator", metavar="NAME", rich_help_panel=panel,
-            help="Influence estimator: @ESTIMATORS@. exact = dense Hessian, Cholesky (cg above "
-                 "d = 16384); cg = conjugate gradients; lissa = the paper's; sgd = SGD-Influence (replays training).")],
-            default("estimator")),
-        damping=(damping(panel), None),
-        lissa_depth=(Annotated[int, typer.Option(
-            "--lissa-depth", rich_help_panel=panel, help="LiSSA recursion depth.")], default("lissa_depth")),
-        lissa_scale=(Annotated[float, typer.Option(
-            "--lissa-scale", rich_help_panel=panel, help="LiSSA scale (above the largest Hessian eigenvalue).")],
-            default("lissa_scale")),
-        lissa_batch_size=(Annotated[int, typer.Option(
-            "--lissa-batch-size", rich_help_panel=panel, help="LiSSA minibatch for the stochastic Hessian.")],
-            default("lissa_batch_size")),
-        lissa_repeats=(Annotated[int, typer.Option(
-            "--lissa-repeats", rich_help_panel=panel, help="Independent LiSSA runs averaged.")],
-            default("lissa_repeats")),
-        lissa_seed=(Annotated[int, typer.Option(
-            "--lissa-seed", rich_help_panel=panel, help="LiSSA sampling seed.")], default("seed")),
-    )
+        return dataclasses.asdict(self)

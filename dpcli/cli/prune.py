@@ -88,7 +88,7 @@ def check_given(given: dict[str, str], kind: str, pcfg) -> None:
     from dpcli.select.registry import SELECTORS
 
     if kind != "dataset":
-        names = [*DATASET_ONLY, *_group_names("training"), *_group_names("estimation"), *_group_names("solve")]
+        names = [*DATASET_ONLY, *o.field_names(o.Training), *o.field_names(o.Estimation), *o.field_names(o.Solve)]
         o.refuse(given, names, "they train the model and compute S when SOURCE is a dataset name, and SOURCE is "
                              f"{'an influence file' if kind == 'influence' else 'an external S'}")
     if kind == "external":
@@ -111,13 +111,6 @@ def check_given(given: dict[str, str], kind: str, pcfg) -> None:
         o.refuse(given, ("score_epoch", "score_seeds"), f"they tune el2n and grand, not --method {pcfg.method}")
 
 
-def _group_names(group: str) -> tuple[str, ...]:
-    factory = {"training": lambda: o.training(o.P_DS_TRAIN), "estimation": lambda: o.estimation(o.P_DS_INFLUENCE),
-               "solve": lambda: o.solve_options(o.P_DS_INFLUENCE)}[group]
-    return tuple(factory().options)
-
-
-@o.expands
 def command(
     source: Annotated[str, typer.Argument(
         metavar="SOURCE", show_default=False,
@@ -131,17 +124,30 @@ def command(
         help="Mask path. " + o.default_note("beside S in the run directory"))] = None,
     indices_out: o.IndicesOut = None, paths_out: o.PathsOut = None, link_dir: o.LinkDir = None,
     link_kind: o.LinkKind = o.LINK_KIND_DEFAULT,
-    job: o.Job = o.job_options(),
+    json: o.JsonOption = False, quiet: o.Quiet = False, device: o.Device = "auto", data_root: o.DataRoot = None,
+    run_root: o.RunRoot = None, force: o.Force = False, no_wait: o.NoWait = False,
     balance: o.Balance = False, strata: o.Strata = 1, hard_cutoff: o.HardCutoff = None,
     match_features: o.MatchFeatures = False, score_epoch: o.ScoreEpoch = None, score_seeds: o.ScoreSeeds = 3,
     buckets: o.Buckets = 1, workers: o.Workers = None,
-    training: o.Training = o.training(o.P_DS_TRAIN),
-    snapshot_epochs: o.snapshot_epochs(o.P_DS_TRAIN) = None,
-    freeze_backbone: o.freeze_backbone(o.P_DS_TRAIN) = False,
-    max_iter: max_iter_option(o.P_DS_TRAIN, "Dataset mode, --freeze-backbone") = None,
-    tol: tol_option(o.P_DS_TRAIN, "Dataset mode, --freeze-backbone") = None,
-    estimation: o.Estimation = o.estimation(o.P_DS_INFLUENCE),
-    solve: o.Solve = o.solve_options(o.P_DS_INFLUENCE),
+    arch: o.DsArch = None, width: o.DsWidth = None, depth: o.DsDepth = None, epochs: o.DsEpochs = None,
+    lr: o.DsLr = None, momentum: o.DsMomentum = None, weight_decay: o.DsWeightDecay = None,
+    batch_size: o.DsBatchSize = None, augment: o.DsAugment = None, image_size: o.DsImageSize = None,
+    weights: o.DsWeights = None, head_module: o.DsHeadModule = None, train_seed: o.DsTrainSeed = o.TRAIN_SEED_DEFAULT,
+    channels_last: o.ChannelsLast = None, compile: o.Compile = False, fp32: o.Fp32 = False,
+    deterministic: o.Deterministic = False,
+    snapshot_epochs: o.DsSnapshotEpochs = None,
+    freeze_backbone: o.DsFreezeBackbone = False,
+    max_iter: Annotated[Optional[int], max_iter_option(o.P_DS_TRAIN, "Dataset mode, --freeze-backbone")] = None,
+    tol: Annotated[Optional[float], tol_option(o.P_DS_TRAIN, "Dataset mode, --freeze-backbone")] = None,
+    estimator: o.DsEstimator = o.INFLUENCE_DEFAULTS.estimator, damping: o.DsDamping = None,
+    lissa_depth: o.DsLissaDepth = o.INFLUENCE_DEFAULTS.lissa_depth,
+    lissa_scale: o.DsLissaScale = o.INFLUENCE_DEFAULTS.lissa_scale,
+    lissa_batch_size: o.DsLissaBatchSize = o.INFLUENCE_DEFAULTS.lissa_batch_size,
+    lissa_repeats: o.DsLissaRepeats = o.INFLUENCE_DEFAULTS.lissa_repeats,
+    lissa_seed: o.DsLissaSeed = o.INFLUENCE_DEFAULTS.seed,
+    precision: o.DsPrecision = o.INFLUENCE_DEFAULTS.precision, cg_tol: o.DsCgTol = o.INFLUENCE_DEFAULTS.cg_tol,
+    cg_max_iter: o.DsCgMaxIter = o.INFLUENCE_DEFAULTS.cg_max_iter, sgd_epochs: o.DsSgdEpochs = None,
+    sketch_seed: o.DsSketchSeed = o.INFLUENCE_DEFAULTS.sketch_seed,
     sketch: Annotated[Optional[int], typer.Option(
         "--sketch", metavar="K", rich_help_panel=o.P_DS_INFLUENCE,
         help="Dataset mode: store S's Johnson-Lindenstrauss sketch S @ R (n x K) and bound the sketched norm. "
@@ -156,10 +162,18 @@ def command(
     from dpcli.stages import pipeline
     from dpcli.stages.outputs import MaskOutputs
 
+    training = o.Training(arch=arch, width=width, depth=depth, epochs=epochs, lr=lr, momentum=momentum,
+                          weight_decay=weight_decay, batch_size=batch_size, augment=augment, image_size=image_size,
+                          weights=weights, head_module=head_module, train_seed=train_seed,
+                          channels_last=channels_last, compile=compile, fp32=fp32, deterministic=deterministic)
+    estimation = o.Estimation(estimator=estimator, damping=damping, lissa_depth=lissa_depth, lissa_scale=lissa_scale,
+                              lissa_batch_size=lissa_batch_size, lissa_repeats=lissa_repeats, lissa_seed=lissa_seed)
+    solve = o.Solve(precision=precision, cg_tol=cg_tol, cg_max_iter=cg_max_iter, sgd_epochs=sgd_epochs,
+                    sketch_seed=sketch_seed)
+    job = o.Job(json=json, quiet=quiet, device=device, data_root=data_root, run_root=run_root, force=force,
+                no_wait=no_wait)
     console.set_quiet(job.quiet)
-    from dpcli.artifacts.runs import followed
-
-    source = followed(source)
+    source = o.follow(source)
     cutoff, cutoff_ratio = _cutoff(hard_cutoff, method)
     pcfg = PruneConfig(epsilon=epsilon, ratio=prune_ratio, count=prune_count, solver=solver,
                        time_budget=time_budget, seed=solver_seed, buckets=buckets, workers=workers, method=method,
@@ -242,8 +256,10 @@ def _dataset_mode(source: str, pcfg, icfg, job, training, outputs, out: Optional
                             snapshot_epochs=o.epoch_list(snapshot_epochs, tcfg.epochs))
     mask = pipeline.run_prune(run.influence.path, pcfg, out or mask_path(run.influence.path, pcfg), outputs,
                               device=dev, data_root=job.data_root, ds=ds)
+    final = run.checkpoint.final
+    assert final is not None  # dpcli writes a checkpoint once an epoch is recorded
     return mask, {"checkpoint": str(run.checkpoint_path), "influence": str(run.influence.path),
-                  "test_accuracy": run.checkpoint.final.test_acc}
+                  "test_accuracy": final.test_acc}
 
 
 def outputs_vs_run(out: Optional[Path], outputs, run: dict) -> None:

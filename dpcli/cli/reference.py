@@ -69,7 +69,7 @@ def generate() -> str:
 
     from dpcli.cli.application import app
 
-    group = typer.main.get_command(app)
+    group = typer.main.get_group(app)
     lines = [BEGIN, "", "## Every command and option", "",
              "Generated from the command-line parser itself; `dpcli COMMAND --help-all` prints the same.", ""]
     for name in COMMANDS:

@@ -9,7 +9,7 @@ from dpcli import console
 from dpcli.cli import options as o
 from dpcli.errors import DpcliError
 
-@o.expands
+
 def command(
     dataset: Annotated[str, typer.Argument(metavar="DATASET", show_default=False,
                                            help="The dataset the mask was made for.")],
@@ -22,14 +22,20 @@ def command(
     epsilon: o.Epsilon = None, prune_ratio: o.Ratio = None, prune_count: o.Count = None,
     solver: o.Solver = o.SOLVER_DEFAULT, solver_seed: o.SolverSeed = o.SOLVER_SEED_DEFAULT,
     time_budget: o.TimeBudget = None,
-    training: o.Training = o.training(o.P_TRAIN).but(train_seed=(Annotated[Optional[int], typer.Option(
-        "--train-seed", rich_help_panel=o.P_TRAIN,
-        help="Seed of the training run (initialization and batch order). "
-             + o.default_note("the full-data run's; 0 for the full-data run in dataset mode"))], None)),
+    arch: o.Arch = None, width: o.Width = None, depth: o.Depth = None, epochs: o.Epochs = None, lr: o.Lr = None,
+    momentum: o.Momentum = None, weight_decay: o.WeightDecay = None, batch_size: o.BatchSize = None,
+    augment: o.Augment = None, image_size: o.ImageSize = None, weights: o.Weights = None,
+    head_module: o.HeadModule = None,
+    train_seed: Annotated[Optional[int], typer.Option(
+        "--train-seed", rich_help_panel=o.P_TRAIN, help=o.TRAIN_SEED_HELP + " " + o.default_note(
+            "the full-data run's; 0 for the full-data run in dataset mode"))] = None,
+    channels_last: o.ChannelsLast = None, compile: o.Compile = False, fp32: o.Fp32 = False,
+    deterministic: o.Deterministic = False,
     out: Annotated[Optional[Path], typer.Option(
         "--out", metavar="FILE", rich_help_panel=o.P_OUTPUT,
         help="Checkpoint of the retrained model. " + o.default_note("beside the mask"))] = None,
-    job: o.Job = o.job_options(),
+    json: o.JsonOption = False, quiet: o.Quiet = False, device: o.Device = "auto", data_root: o.DataRoot = None,
+    run_root: o.RunRoot = None, force: o.Force = False, no_wait: o.NoWait = False,
 ) -> None:
     """Train a fresh model on the KEPT samples and report accuracy, loss, time and steps.
 
@@ -40,10 +46,14 @@ def command(
     from dpcli.config import InfluenceConfig, PruneConfig
     from dpcli.stages import pipeline
 
+    training = o.Training(arch=arch, width=width, depth=depth, epochs=epochs, lr=lr, momentum=momentum,
+                          weight_decay=weight_decay, batch_size=batch_size, augment=augment, image_size=image_size,
+                          weights=weights, head_module=head_module, train_seed=train_seed,
+                          channels_last=channels_last, compile=compile, fp32=fp32, deterministic=deterministic)
+    job = o.Job(json=json, quiet=quiet, device=device, data_root=data_root, run_root=run_root, force=force,
+                no_wait=no_wait)
     console.set_quiet(job.quiet)
-    from dpcli.artifacts.runs import followed
-
-    mask = followed(mask)
+    mask = o.follow(mask) if mask is not None else None
     from dpcli.stages.outputs import check_distinct
 
     check_distinct({"--out": out}, {"--mask": mask, "--reference": reference,
@@ -81,6 +91,7 @@ def command(
         run = pipeline.full_run(ds, tcfg, InfluenceConfig().validate(), run_root=job.run_root, device=dev,
                                 data_root=job.data_root, force=job.force, sketch_large=True)
         given = pipeline.ensure_mask(run.influence, pcfg, force=job.force, device=dev, data_root=job.data_root, ds=ds)
+    assert given is not None  # read from --mask, or made for the pruning target
     metrics = pipeline.retrain(ds, given, overrides=overrides, reference=reference, out=out, device=dev,
                                force=job.force)
     from dpcli.artifacts.runs import link_latest

@@ -10,20 +10,26 @@ from dpcli import console
 from dpcli.cli import options as o
 from dpcli.cli.embeddings import head_fit_settings, max_iter_option, tol_option
 
-@o.expands
+
 def command(
     dataset: Annotated[str, typer.Argument(metavar="DATASET", show_default=False,
                                            help="digits, cifar10, cifar100 or imagefolder:PATH.")],
     out: Annotated[Optional[Path], typer.Option("--out", metavar="FILE", rich_help_panel=o.P_OUTPUT,
                                                 help="Checkpoint path. " + o.default_note("in the run directory"))] = None,
-    training: o.Training = o.training(o.P_TRAIN),
-    snapshot_epochs: o.snapshot_epochs(o.P_TRAIN) = None,
-    freeze_backbone: o.freeze_backbone(o.P_MODEL) = False,
+    arch: o.Arch = None, width: o.Width = None, depth: o.Depth = None, epochs: o.Epochs = None, lr: o.Lr = None,
+    momentum: o.Momentum = None, weight_decay: o.WeightDecay = None, batch_size: o.BatchSize = None,
+    augment: o.Augment = None, image_size: o.ImageSize = None, weights: o.Weights = None,
+    head_module: o.HeadModule = None, train_seed: o.TrainSeed = o.TRAIN_SEED_DEFAULT,
+    channels_last: o.ChannelsLast = None, compile: o.Compile = False, fp32: o.Fp32 = False,
+    deterministic: o.Deterministic = False,
+    snapshot_epochs: o.SnapshotEpochs = None,
+    freeze_backbone: o.FreezeBackbone = False,
     damping: Annotated[Optional[float], typer.Option(
         "--damping", rich_help_panel=o.P_MODEL, help="--freeze-backbone: the L2 strength of the head fit.")] = None,
-    max_iter: max_iter_option(o.P_MODEL, "--freeze-backbone") = None,
-    tol: tol_option(o.P_MODEL, "--freeze-backbone") = None,
-    job: o.Job = o.job_options(),
+    max_iter: Annotated[Optional[int], max_iter_option(o.P_MODEL, "--freeze-backbone")] = None,
+    tol: Annotated[Optional[float], tol_option(o.P_MODEL, "--freeze-backbone")] = None,
+    json: o.JsonOption = False, quiet: o.Quiet = False, device: o.Device = "auto", data_root: o.DataRoot = None,
+    run_root: o.RunRoot = None, force: o.Force = False, no_wait: o.NoWait = False,
 ) -> None:
     """Train the full-data model (ERM) and write checkpoint.h5; an interrupted run resumes.
 
@@ -35,6 +41,12 @@ def command(
     """
     from dpcli.stages import pipeline
 
+    training = o.Training(arch=arch, width=width, depth=depth, epochs=epochs, lr=lr, momentum=momentum,
+                          weight_decay=weight_decay, batch_size=batch_size, augment=augment, image_size=image_size,
+                          weights=weights, head_module=head_module, train_seed=train_seed,
+                          channels_last=channels_last, compile=compile, fp32=fp32, deterministic=deterministic)
+    job = o.Job(json=json, quiet=quiet, device=device, data_root=data_root, run_root=run_root, force=force,
+                no_wait=no_wait)
     console.set_quiet(job.quiet)
     from dpcli.cli.prune import LOOP_ONLY
 
@@ -75,6 +87,7 @@ def command(
     ck = pipeline.ensure_checkpoint(cfg, ds, path, device=dev, force=job.force, dist=dist,
                                     snapshot_epochs=o.epoch_list(snapshot_epochs, cfg.epochs))
     final = ck.final
+    assert final is not None  # dpcli writes a checkpoint once an epoch is recorded
     if dist is None or dist.is_main:
         link_latest(pipeline.run_root_of(job.run_root), {"train": path})
     console.info(f"checkpoint: {path}  test accuracy {final.test_acc:.2f}%  test loss {final.test_loss:.4f}")

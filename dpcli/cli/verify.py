@@ -33,7 +33,6 @@ def _table(report: dict, rows: list) -> None:
     console.table(table)
 
 
-@o.expands
 def command(
     dataset: Annotated[str, typer.Argument(metavar="DATASET", show_default=False,
                                            help="Dataset name; its full-data model is trained if missing.")],
@@ -50,8 +49,15 @@ def command(
     out: Annotated[Optional[Path], typer.Option(
         "--out", metavar="DIR", rich_help_panel=o.P_OUTPUT,
         help="Directory for bound.json and bound.png. " + o.default_note("verify-bound/ in the run directory"))] = None,
-    job: o.Job = o.job_options(),
-    training: o.Training = o.training(o.P_DS_TRAIN), damping: o.damping(o.P_DS_INFLUENCE) = None,
+    json: o.JsonOption = False, quiet: o.Quiet = False, device: o.Device = "auto", data_root: o.DataRoot = None,
+    run_root: o.RunRoot = None, force: o.Force = False, no_wait: o.NoWait = False,
+    arch: o.DsArch = None, width: o.DsWidth = None, depth: o.DsDepth = None, epochs: o.DsEpochs = None,
+    lr: o.DsLr = None, momentum: o.DsMomentum = None, weight_decay: o.DsWeightDecay = None,
+    batch_size: o.DsBatchSize = None, augment: o.DsAugment = None, image_size: o.DsImageSize = None,
+    weights: o.DsWeights = None, head_module: o.DsHeadModule = None, train_seed: o.DsTrainSeed = o.TRAIN_SEED_DEFAULT,
+    channels_last: o.ChannelsLast = None, compile: o.Compile = False, fp32: o.Fp32 = False,
+    deterministic: o.Deterministic = False,
+    damping: o.DsDamping = None,
 ) -> None:
     """Theorem 1 check (Figure 2): predicted test-loss gap beside the observed one after retraining.
 
@@ -62,15 +68,19 @@ def command(
     from dpcli.config import InfluenceConfig, PruneConfig
     from dpcli.stages import pipeline
 
+    training = o.Training(arch=arch, width=width, depth=depth, epochs=epochs, lr=lr, momentum=momentum,
+                          weight_decay=weight_decay, batch_size=batch_size, augment=augment, image_size=image_size,
+                          weights=weights, head_module=head_module, train_seed=train_seed,
+                          channels_last=channels_last, compile=compile, fp32=fp32, deterministic=deterministic)
+    job = o.Job(json=json, quiet=quiet, device=device, data_root=data_root, run_root=run_root, force=force,
+                no_wait=no_wait)
     console.set_quiet(job.quiet)
-    from dpcli.artifacts.runs import followed
-
-    masks = [followed(m) for m in masks] if masks else masks
+    masks = [o.follow(m) for m in masks or ()]
     if out is not None:
         from dpcli.stages.outputs import check_distinct
 
         check_distinct({"--out bound.json": out / "bound.json", "--out bound.png": out / "bound.png"},
-                       {f"--mask {m}": m for m in masks or ()})
+                       {f"--mask {m}": m for m in masks})
     if not epsilons:
         o.refuse(o.given(), ("solver", "solver_seed", "time_budget"), "they prune at --epsilons, which is not given")
     from dpcli.cli import embeddings
@@ -94,7 +104,7 @@ def command(
     from dpcli.train.loop import resolve_device
     from dpcli.train.checkpoint import load_checkpoint
 
-    given = [mask_stage.read_mask(p) for p in (masks or [])]
+    given = [mask_stage.read_mask(p) for p in masks]
     dev = resolve_device(job.device)
     upstream = mask_stage.upstream_checkpoint(given[0]) if given else None
     ds = pipeline.load(dataset, job.data_root,
