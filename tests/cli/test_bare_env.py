@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dpcli.stages.core import read_mask
+from dpcli.stages.masks import read_mask
 
 ROOT = Path(__file__).resolve().parents[2]
 
