@@ -6,7 +6,8 @@ when it is scarce; no selector leads in every regime of docs/benchmarks.md.  A u
 regime, so ``auto`` measures it, cheaply, with the model the theory is about:
 
 1. split the training set (seeded, stratified by class) into a fit part and a validation part;
-2. select the same prune share on the fit part with every candidate: the objective within class quotas
+2. select the same prune share on the fit part (its rows of S through a Johnson-Lindenstrauss sketch) with
+   every candidate: the objective within class quotas
    (``balanced``), the objective alone (``pure``), the coverage rungs (+ difficulty strata, + hard cutoff,
    + feature matching), DUAL's Beta sampling (``dual-beta``, where the checkpoint recorded training
    dynamics) and class-stratified random pruning (``random-stratified``);
@@ -353,7 +354,7 @@ def remaining(cfg, t0: float) -> float | None:
 def affordable(rungs: tuple[Rung, ...], ctx: Context, feature_dim: int | None = None, *,
                validating: bool = True) -> tuple[tuple[Rung, ...], str]:
     """The rungs whose covered solves fit ``$DPCLI_SOLVE_BUDGET``, and a note on the rest: on all of S (the
-    final solve) and, when ``validating``, on the fit part beside the copy of its rows of S the validation holds.
+    final solve) and, when ``validating``, on the fit part's sketch (:data:`SKETCH_COLUMNS`) beside that sketch.
 
     Count and feature constraints are dense columns (class x stratum, class x feature), so with many
     classes the later rungs outgrow memory first; the ladder only adds columns, so the rungs that fit
