@@ -1,12 +1,10 @@
-"""What ``auto``'s validation solves on: a Johnson-Lindenstrauss sketch of the fit part's rows of S (and of
-its features for feature matching), checked against the sketch product written out and an independent solve."""
+"""What ``auto``'s feature rung matches on the fit part: a Johnson-Lindenstrauss sketch of its features,
+checked against the sketch product written out and an independent covered solve."""
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
-import pytest
 
 import dpcli.api as dp
 from dpcli.config import PruneConfig
@@ -36,28 +34,6 @@ def test_sketch_rows_is_the_rows_times_the_seeded_gaussian(monkeypatch):
     assert abs(ratio - 1) < 0.15
 
 
-def test_validation_solves_the_candidates_on_the_sketch_of_the_fit_rows(monkeypatch):
-    """With a sketch narrower than S, the objective alone's kept fit-part set is the solve of S[fit] R (R
-    written out), not of S[fit]; the final solve on all of S is the method's own on S itself."""
-    x, y = _problem(900, 5, 3, 0.1, 2.0, 4)
-    S, _ = dp.influence(x, y)  # 900 x 18
-    monkeypatch.setattr(auto, "SKETCH_COLUMNS", 6)
-    cfg = PruneConfig(ratio=0.5, seed=0).validate()
-    ctx = Context(S=S, labels=y)
-    m = count_from_ratio(len(y), 0.5)
-    v = auto.validate(ctx, cfg, m, x, auto._difficulty(ctx, x)[0])
-    fit = v.fit
-    sk = (S[fit].astype(np.float64) @ Sketch(S.shape[1], 6, 0).matrix()).astype(np.float32)
-    plain = dataclasses.replace(cfg, method="optimization")
-    on_sketch, _ = Optimization(plain).select(Context(S=sk, labels=y[fit], proposals=0), v.m_fit, None)
-    on_S, _ = Optimization(plain).select(Context(S=S[fit], labels=y[fit], proposals=0), v.m_fit, None)
-    pure = next(s for s in v.scores if s.name == "pure")
-    assert np.array_equal(pure.keep, ~on_sketch) and not np.array_equal(on_sketch, on_S)
-    sel = dp.prune(S, prune_ratio=0.5, labels=y, features=x)
-    own = dp.prune(S, prune_ratio=0.5, labels=y, method=sel.auto["chosen"], solver_seed=0)
-    assert np.array_equal(sel.keep, own.keep)
-
-
 def test_feature_matching_in_the_validation_reads_sketched_features(monkeypatch):
     """The feature rung's validation solve matches features through FEATURE_SKETCH directions: a kept set
     equal to the covered solve given the sketched features, written out."""
@@ -80,18 +56,24 @@ def test_feature_matching_in_the_validation_reads_sketched_features(monkeypatch)
     assert not np.array_equal(Optimization(auto.rung_config(cfg, rung)).select(dense, v.m_fit, None)[0], want)
 
 
-@pytest.mark.parametrize("kd", [6, 512])
-def test_the_budget_counts_the_sketch_not_the_fit_rows_of_s(monkeypatch, kd):
-    """The validation holds the fit part's sketch (float32, n_fit x k), not a copy of its rows of S: the
-    objective alone fits a budget just above that sketch and not one just below it."""
-    x, y = _problem(600, 5, 3, 0.1, 2.0, 6)
-    S, _ = dp.influence(x, y)  # 600 x 18
-    monkeypatch.setattr(auto, "SKETCH_COLUMNS", kd)
+def test_the_budget_counts_the_feature_rungs_sketched_columns(monkeypatch):
+    """The feature rung's validation solve holds C x FEATURE_SKETCH feature columns, not C x D: with 40
+    features sketched to 4 it fits a budget just above the final solve's need (which the dense columns on the
+    fit part, beside its copy of S, would pass) and not one just below."""
+    from dpcli.select.coverage import count_columns
+
+    x, y = _problem(600, 40, 3, 0.1, 2.0, 6)
+    S, _ = dp.influence(x, y)  # 600 x 123
+    monkeypatch.setattr(auto, "FEATURE_SKETCH", 4)
     ctx = Context(S=S, labels=y)
-    n_fit = len(y) - auto.n_held_out(y)
-    width = min(kd, S.shape[1])
-    held = n_fit * width * (4 if width < S.shape[1] else S.dtype.itemsize)
-    for budget, fits in ((held + 1, True), (held - 1, False)):
+    n, d, size = len(y), S.shape[1], S.dtype.itemsize
+    n_fit = n - auto.n_held_out(y)
+    counts = count_columns(3, True, 10)
+    full = n * (d + counts + 3 * 40) * size
+    dense = n_fit * d * size + n_fit * (d + counts + 3 * 40) * size
+    sketched = n_fit * d * size + n_fit * (d + counts + 3 * 4) * size
+    assert sketched < full < dense  # what makes the budgets below tell the two apart
+    for budget, fits in ((full + 1, True), (full - 1, False)):
         monkeypatch.setenv("DPCLI_SOLVE_BUDGET", str(budget))
-        rungs, _ = auto.affordable((auto.PURE,), ctx, 5)
-        assert (rungs == (auto.PURE,)) is fits
+        rungs, _ = auto.affordable(auto.LADDER, ctx, 40)
+        assert (auto.LADDER[3] in rungs) is fits and auto.LADDER[2] in rungs

@@ -6,8 +6,8 @@ when it is scarce; no selector leads in every regime of docs/benchmarks.md.  A u
 regime, so ``auto`` measures it, cheaply, with the model the theory is about:
 
 1. split the training set (seeded, stratified by class) into a fit part and a validation part;
-2. select the same prune share on the fit part (its rows of S through a Johnson-Lindenstrauss sketch) with
-   every candidate: the objective within class quotas
+2. select the same prune share on the fit part with every candidate (feature matching through a sketch of the
+   features): the objective within class quotas
    (``balanced``), the objective alone (``pure``), the coverage rungs (+ difficulty strata, + hard cutoff,
    + feature matching), DUAL's Beta sampling (``dual-beta``, where the checkpoint recorded training
    dynamics) and class-stratified random pruning (``random-stratified``);
@@ -56,11 +56,10 @@ HEAD_TOL = 1e-6
 # the candidates' solves on the fit part stop at their local optimum (no annealing): the candidates differ by far
 # more than annealing buys, and five local searches on 80 % of S cost less than one annealed solve on all of it
 VAL_PROPOSALS = 0
-# the candidates' solves read the fit part's S through a Johnson-Lindenstrauss sketch of this many columns, and
-# feature matching its features through one of FEATURE_SKETCH: ||sum_W S_i R|| is within a few % of ||sum_W S_i||
-# for any fixed W, the candidates differ by far more than that, and the chosen one is solved on S itself; on the
-# CIFAR-10 folder's S (5,130 columns, 512 features) this cut the validation's solves about tenfold
-SKETCH_COLUMNS = 512
+# the feature rung's solve on the fit part matches features through a Johnson-Lindenstrauss sketch of this many
+# directions: its C x D feature columns (5,120 on the CIFAR-10 folder, as many as S has) halved that solve's time,
+# with the same norm and feature-mean gap within 2 % there.  S itself is not sketched: a 512-column sketch of the
+# CIFAR-10 S made the objective's solve on it no better than random on S (norm 3.8x the exact solve's)
 FEATURE_SKETCH = 64
 VAL_BUDGET_SHARE = 0.4  # with --time-budget: the candidates' solves share this part of it, the final solve the rest
 SHARE_FLOOR = 0.5  # a kept set with a class below this share of its proportional quota is never chosen
@@ -171,9 +170,9 @@ def sketch_rows(a: np.ndarray, rows: np.ndarray, k: int, seed: int) -> np.ndarra
 
 
 def sketch_width(d: int, k: int | None = None) -> int:
-    """Columns the validation's solves see of a matrix with ``d`` (:func:`sketch_rows`; ``k``: the sketch's,
-    :data:`SKETCH_COLUMNS` unless given)."""
-    return min(int(d), int(SKETCH_COLUMNS if k is None else k))
+    """Columns the validation's feature rung sees of ``d`` features (:func:`sketch_rows`; ``k``: the sketch's,
+    :data:`FEATURE_SKETCH` unless given)."""
+    return min(int(d), int(FEATURE_SKETCH if k is None else k))
 
 
 def standardize(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -354,7 +353,8 @@ def remaining(cfg, t0: float) -> float | None:
 def affordable(rungs: tuple[Rung, ...], ctx: Context, feature_dim: int | None = None, *,
                validating: bool = True) -> tuple[tuple[Rung, ...], str]:
     """The rungs whose covered solves fit ``$DPCLI_SOLVE_BUDGET``, and a note on the rest: on all of S (the
-    final solve) and, when ``validating``, on the fit part's sketch (:data:`SKETCH_COLUMNS`) beside that sketch.
+    final solve) and, when ``validating``, on the fit part (its features sketched) beside the copy of its rows of S
+    the validation holds.
 
     Count and feature constraints are dense columns (class x stratum, class x feature), so with many
     classes the later rungs outgrow memory first; the ladder only adds columns, so the rungs that fit
@@ -367,9 +367,7 @@ def affordable(rungs: tuple[Rung, ...], ctx: Context, feature_dim: int | None = 
     itemsize = solve_dtype(ctx.S).itemsize
     budget = solve_budget()
     n_fit, d = ctx.n - n_held_out(ctx.labels), ctx.S.shape[1]
-    kd = sketch_width(d)
-    vsize = 4 if kd < d else itemsize  # the sketch is float32
-    s_fit = n_fit * kd * vsize if validating else 0  # validate()'s sketch of the fit part's rows
+    s_fit = n_fit * d * np.dtype(ctx.S.dtype).itemsize if validating else 0  # validate()'s ctx.S[fit]
     for i, rung in enumerate(rungs):
         o = rung.options
         if o.get("match_features") and feature_dim is None:
@@ -378,7 +376,7 @@ def affordable(rungs: tuple[Rung, ...], ctx: Context, feature_dim: int | None = 
         feats = feature_dim if o.get("match_features") else 0
         # the objective alone (no options) is solved on S itself, without a covered copy
         full = covered_bytes(ctx.n, d, counts + classes * feats, itemsize) if o else 0
-        part = covered_bytes(n_fit, kd, counts + classes * sketch_width(feats, FEATURE_SKETCH), vsize) if o else 0
+        part = covered_bytes(n_fit, d, counts + classes * sketch_width(feats), itemsize) if o else 0  # sketched
         need = max(full, s_fit + part if validating else 0)
         if need > budget:
             names = ", ".join(r.name for r in rungs[i:])
@@ -402,8 +400,7 @@ def validate(ctx: Context, cfg, m: int, features: np.ndarray, difficulty: np.nda
     x = standardize(features, fit)
     m_fit = int(round(m * len(fit) / ctx.n))
     fit_labels = labels[fit]
-    sub = Context(S=sketch_rows(ctx.S, fit, SKETCH_COLUMNS, cfg.seed), labels=fit_labels, device=ctx.device,
-                  proposals=VAL_PROPOSALS)  # its size: affordable()
+    sub = Context(S=ctx.S[fit], labels=fit_labels, device=ctx.device, proposals=VAL_PROPOSALS)  # in affordable()
     sub.supply(difficulty=np.asarray(difficulty)[fit],
                features=sketch_rows(np.asarray(features), fit, FEATURE_SKETCH, cfg.seed))
     dev = ctx.device
