@@ -10,7 +10,10 @@ redrawn at random (``dpcli.api.influence``); then ``dpcli.api.prune`` runs ``met
 ``method="auto"`` alternately (so both see the same machine load), ``--repeats`` times.  Reported: median wall
 seconds of each, the ratio auto / optimization (the target is at most 1.5), auto's validation seconds (features,
 difficulty, the rungs' solves and head fits) and its line.  With ``--time-budget B`` both run with that budget:
-auto's whole prune should then take about B.
+auto's whole prune should then take about B.  ``--choices INFLUENCE_H5`` runs only auto's validation on that
+S at ``--shares`` (its choices and their cost; with PYTHONPATH at another tree, that tree's)::
+
+    nice python3 benchmarks/auto_cost.py --choices RUN/influence.h5 --json now.json
 """
 
 from __future__ import annotations
@@ -24,6 +27,40 @@ import time
 import numpy as np
 
 
+def choices(influence: str, shares: list[float], seed: int = 0) -> dict:
+    """``auto``'s validation alone on a real S (its checkpoint's features and dynamics, as ``prune`` reads them) at
+    each prune share: the choice, the tie, every candidate's held-out accuracy, wall and CPU seconds.  Run with
+    PYTHONPATH at another tree (``git archive BASE dpcli``) to compare choices before and after a change."""
+    from pathlib import Path
+
+    import torch
+
+    from dpcli.config import PruneConfig
+    from dpcli.select.base import Context
+    from dpcli.select.methods import auto
+    from dpcli.select.signals import difficulty
+    from dpcli.stages.core import _CheckpointContext, _influence_labels, load_S, read_influence_info
+
+    info = read_influence_info(Path(influence))
+    S = np.asarray(load_S(Path(influence), mapped=True))
+    y = _influence_labels(Path(influence))
+    ck = _CheckpointContext(S=S, labels=y, checkpoint=Path(info.checkpoint), device=torch.device("cpu"),
+                            influence=Path(influence))
+    features, dyn = ck.features(), ck.dynamics()
+    probs = auto.true_class_probs_of(ck)
+    out = {}
+    for share in shares:
+        t, c = time.perf_counter(), time.process_time()
+        v = auto.validate(Context(S=S, labels=y), PruneConfig(ratio=share, seed=seed).validate(),
+                          int(round(share * len(y))), features, difficulty(dyn), probs=probs)
+        out[share] = {"chosen": v.chosen.name, "reason": v.reason, "wall": time.perf_counter() - t,
+                      "cpu": time.process_time() - c, "acc": {s.name: s.accuracy for s in v.scores},
+                      "tied": [s.name for s in v.scores if s.tied]}
+        print(share, out[share]["chosen"], f"{out[share]['wall']:.1f} s ({out[share]['cpu']:.1f} CPU s)",
+              out[share]["tied"], flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=3000)
@@ -34,7 +71,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--time-budget", type=float, default=None)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--choices", metavar="INFLUENCE_H5", help="only auto's validation on this S, at --shares")
+    ap.add_argument("--shares", default="0.3,0.4,0.5,0.7,0.9")
     a = ap.parse_args()
+    if a.choices:
+        report = choices(a.choices, [float(v) for v in a.shares.split(",")])
+        if a.json:
+            with open(a.json, "w") as fh:
+                json.dump(report, fh, indent=2)
+        return
     import dataclasses
 
     import torch
