@@ -61,6 +61,29 @@ def choices(influence: str, shares: list[float], seed: int = 0) -> dict:
     return out
 
 
+def profile_parts() -> dict[str, float]:
+    """Wrap auto's candidates' runs, head fits and difficulty fit with CPU timers; returns their running sums."""
+    from collections import defaultdict
+
+    from dpcli.select.methods import auto
+
+    sums: dict[str, float] = defaultdict(float)
+
+    def timed(key, fn):
+        def run(*args, **kw):
+            c = time.process_time()
+            try:
+                return fn(*args, **kw)
+            finally:
+                sums[key(args) if callable(key) else key] += time.process_time() - c
+        return run
+
+    auto.run_rung = timed(lambda args: f"candidate {args[0].name} on {args[2].n} rows", auto.run_rung)
+    auto._score = timed("head fits", auto._score)
+    auto._difficulty = timed("difficulty", auto._difficulty)
+    return sums
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=3000)
@@ -71,6 +94,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--time-budget", type=float, default=None)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--profile", action="store_true", help="CPU seconds of auto's parts (candidates, head fits)")
     ap.add_argument("--choices", metavar="INFLUENCE_H5", help="only auto's validation on this S, at --shares")
     ap.add_argument("--shares", default="0.3,0.4,0.5,0.7,0.9")
     a = ap.parse_args()
@@ -97,6 +121,7 @@ def main() -> None:
     t = time.perf_counter()
     S, _ = dp.influence(x, y)
     print(f"influence: S {S.shape[0]} x {S.shape[1]} in {time.perf_counter() - t:.1f}s", flush=True)
+    parts = profile_parts() if a.profile else {}
     base = PruneConfig(ratio=a.ratio, time_budget=a.time_budget).validate()
     times: dict[str, list[float]] = {"optimization": [], "auto": []}
     cpu: dict[str, list[float]] = {"optimization": [], "auto": []}  # the process's CPU seconds, all threads
@@ -121,7 +146,10 @@ def main() -> None:
               "auto_over_optimization": med["auto"] / med["optimization"],
               "validation_s": statistics.median(validation),
               "validation_over_optimization": statistics.median(validation) / med["optimization"],
-              "norms": norms, "auto_line": line, "load_average_after": os.getloadavg()}
+              "norms": norms, "auto_line": line, "load_average_after": os.getloadavg(),
+              "auto_parts_cpu_s_all_repeats": dict(parts)}
+    for name, sec in parts.items():
+        print(f"  {name}: {sec / a.repeats:.2f} CPU s per auto run", flush=True)
     print(f"CPU s: optimization {report['optimization_cpu_s']:.1f}, auto {report['auto_cpu_s']:.1f}")
     print(f"optimization {med['optimization']:.1f} s (norm {norms['optimization']:.4g}); auto {med['auto']:.1f} s "
           f"(norm {norms['auto']:.4g}), of which validation {report['validation_s']:.1f} s; "
