@@ -13,7 +13,9 @@ its validation seconds (everything before its final solve) in the last repeat.  
 ``prune --method optimization`` of the same S after each auto prune: auto's target is at most 1.5x of it.
 A ``--repeats`` > 1 repeats influence and prune (train once) and reports their medians; ``--reuse`` takes an
 existing complete checkpoint of the same configuration and its recorded training seconds (the sum of its
-epochs' times) instead of training again.
+epochs' times) instead of training again; ``--precision float32-refined`` times influence with the float32
+factor and float64 refinement instead of the float64 solve.  CPU seconds (the process's, all threads) are
+recorded beside the wall seconds.
 
 ``make_subset`` builds a class-balanced folder of symlinks (``--subset PER_CLASS`` images of every class from
 ``train/``, all of ``test/``), e.g. the 10,000-image CIFAR-10 folder from ../shared/data/cifar10-jpg.tar.gz.
@@ -62,6 +64,7 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="reuse a complete checkpoint and its recorded train time")
     ap.add_argument("--optimization", action="store_true",
                     help="also time prune --method optimization after each auto prune (auto's floor)")
+    ap.add_argument("--precision", default="float64", help="influence's --precision (float64, float32-refined)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     import torch
@@ -81,27 +84,33 @@ def main() -> None:
     ds = pipeline.load(dataset, a.work / "data")
     cfg = pipeline.train_config(ds, {"arch": a.arch, "epochs": a.epochs})
     ck = runs.checkpoint_path(a.work / "runs", cfg)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     trained = train(cfg, ds, ck, device=dev, force=not a.reuse)
     seconds = {"train": trained.seconds if a.reuse else time.perf_counter() - t}
-    icfg, pcfg = InfluenceConfig().validate(), PruneConfig(ratio=a.ratio).validate()
+    cpu = {"train": None if a.reuse else time.process_time() - c}  # the process's CPU seconds, all threads
+    icfg, pcfg = InfluenceConfig(precision=a.precision).validate(), PruneConfig(ratio=a.ratio).validate()
     ocfg = PruneConfig(ratio=a.ratio, method="optimization").validate()
     inf = runs.influence_path(ck, icfg)
     every: dict[str, list[float]] = {"influence": [], "prune": []} | ({"optimization": []} if a.optimization else {})
+    every_cpu: dict[str, list[float]] = {k: [] for k in every}
     for _ in range(a.repeats):  # computed afresh each time: earlier artifacts are removed first
         for path in (inf, runs.mask_path(inf, pcfg), runs.mask_path(inf, ocfg)):
             path.unlink(missing_ok=True)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         core.compute_influence(ck, inf, icfg, device=dev, ds=ds)
         every["influence"].append(time.perf_counter() - t)
-        t = time.perf_counter()
+        every_cpu["influence"].append(time.process_time() - c)
+        t, c = time.perf_counter(), time.process_time()
         mask = masks.prune(inf, runs.mask_path(inf, pcfg), pcfg, device=dev, ds=ds)
         every["prune"].append(time.perf_counter() - t)
+        every_cpu["prune"].append(time.process_time() - c)
         if a.optimization:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             masks.prune(inf, runs.mask_path(inf, ocfg), ocfg, device=dev, ds=ds)
             every["optimization"].append(time.perf_counter() - t)
+            every_cpu["optimization"].append(time.process_time() - c)
     seconds.update({k: statistics.median(v) for k, v in every.items()})
+    cpu.update({k: statistics.median(v) for k, v in every_cpu.items()})
     share = {k: 100 * seconds[k] / seconds["train"] for k in every}
     share["influence+prune"] = share["influence"] + share["prune"]
     from dpcli.artifacts.h5 import get_attr, open_artifact
@@ -111,9 +120,9 @@ def main() -> None:
     line = auto.get("line", "")
     validation = auto.get("signals", {}).get("validation_seconds")  # the last repeat's: before its final solve
     report = {"dataset": dataset, "n": len(ds.train.labels), "config": cfg.to_dict(), "ratio": a.ratio,
-              "seconds": seconds, "every": every, "percent_of_train": share, "auto_line": line,
+              "seconds": seconds, "cpu_seconds": cpu, "every": every, "every_cpu": every_cpu, "percent_of_train": share, "auto_line": line,
               "auto_validation_seconds_last": validation,
-              "device": str(dev), "threads": torch.get_num_threads(), "load_average_after": os.getloadavg()}
+              "precision": a.precision, "device": str(dev), "threads": torch.get_num_threads(), "load_average_after": os.getloadavg()}
     print(f"{dataset} (n = {report['n']}, {cfg.arch}, {cfg.epochs} epochs): train {seconds['train']:.1f} s, "
           f"influence {seconds['influence']:.1f} s ({share['influence']:.1f} %), prune (auto, {a.ratio:g}) "
           f"{seconds['prune']:.1f} s ({share['prune']:.1f} %); influence + prune {share['influence+prune']:.1f} % "

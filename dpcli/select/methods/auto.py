@@ -6,7 +6,8 @@ when it is scarce; no selector leads in every regime of docs/benchmarks.md.  A u
 regime, so ``auto`` measures it, cheaply, with the model the theory is about:
 
 1. split the training set (seeded, stratified by class) into a fit part and a validation part;
-2. select the same prune share on the fit part with every candidate: the objective within class quotas
+2. select the same prune share on the fit part with every candidate (feature matching through a sketch of the
+   features): the objective within class quotas
    (``balanced``), the objective alone (``pure``), the coverage rungs (+ difficulty strata, + hard cutoff,
    + feature matching), DUAL's Beta sampling (``dual-beta``, where the checkpoint recorded training
    dynamics) and class-stratified random pruning (``random-stratified``);
@@ -55,6 +56,11 @@ HEAD_TOL = 1e-6
 # the candidates' solves on the fit part stop at their local optimum (no annealing): the candidates differ by far
 # more than annealing buys, and five local searches on 80 % of S cost less than one annealed solve on all of it
 VAL_PROPOSALS = 0
+# the feature rung's solve on the fit part matches features through a Johnson-Lindenstrauss sketch of this many
+# directions: its C x D feature columns (5,120 on the CIFAR-10 folder, as many as S has) halved that solve's time,
+# with the same norm and feature-mean gap within 2 % there.  S itself is not sketched: a 512-column sketch of the
+# CIFAR-10 S made the objective's solve on it no better than random on S (norm 3.8x the exact solve's)
+FEATURE_SKETCH = 64
 VAL_BUDGET_SHARE = 0.4  # with --time-budget: the candidates' solves share this part of it, the final solve the rest
 SHARE_FLOOR = 0.5  # a kept set with a class below this share of its proportional quota is never chosen
 
@@ -145,6 +151,28 @@ def split(labels: np.ndarray, seed: int, share: float = VAL_SHARE) -> tuple[np.n
     fit = np.ones(len(labels), dtype=bool)
     fit[val_idx] = False
     return np.flatnonzero(fit), val_idx.astype(np.int64)
+
+
+def sketch_rows(a: np.ndarray, rows: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """``a[rows] @ R`` (float32) with R the seeded d x ``k`` Gaussian sketch of ``influence --sketch``, read
+    chunk by chunk; ``a[rows]`` itself where it has at most ``k`` columns (a sketch would only add noise)."""
+    from dpcli.influence.sketch import Sketch
+    from dpcli.select.linalg import row_step
+
+    d = a.shape[1]
+    if d <= k:
+        return np.asarray(a[rows])
+    sk, out = Sketch(d, k, seed), np.empty((len(rows), k), dtype=np.float32)
+    step = row_step(d)
+    for i in range(0, len(rows), step):
+        out[i:i + step] = sk.apply(np.asarray(a[rows[i:i + step]]))
+    return out
+
+
+def sketch_width(d: int, k: int | None = None) -> int:
+    """Columns the validation's feature rung sees of ``d`` features (:func:`sketch_rows`; ``k``: the sketch's,
+    :data:`FEATURE_SKETCH` unless given)."""
+    return min(int(d), int(FEATURE_SKETCH if k is None else k))
 
 
 def standardize(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -302,6 +330,7 @@ def run_rung(rung: Rung, cfg, ctx: Context, m: int, probs: np.ndarray | None,
     if rung is DUAL_BETA:
         from dpcli.select.methods.dual_beta import beta_draw
 
+        assert probs is not None  # the callers pass DUAL's probabilities whenever the ladder holds dual-beta
         return beta_draw(probs, m, cfg.seed), rung.name
     if rung is STRATIFIED:
         from dpcli.select.methods.random_stratified import stratified_prune
@@ -325,7 +354,8 @@ def remaining(cfg, t0: float) -> float | None:
 def affordable(rungs: tuple[Rung, ...], ctx: Context, feature_dim: int | None = None, *,
                validating: bool = True) -> tuple[tuple[Rung, ...], str]:
     """The rungs whose covered solves fit ``$DPCLI_SOLVE_BUDGET``, and a note on the rest: on all of S (the
-    final solve) and, when ``validating``, on the fit part beside the copy of its rows of S the validation holds.
+    final solve) and, when ``validating``, on the fit part (its features sketched) beside the copy of its rows of S
+    the validation holds.
 
     Count and feature constraints are dense columns (class x stratum, class x feature), so with many
     classes the later rungs outgrow memory first; the ladder only adds columns, so the rungs that fit
@@ -343,11 +373,11 @@ def affordable(rungs: tuple[Rung, ...], ctx: Context, feature_dim: int | None = 
         o = rung.options
         if o.get("match_features") and feature_dim is None:
             continue
-        extra = (count_columns(classes, bool(o.get("balance")), int(o.get("strata", 1)))
-                 + (classes * feature_dim if o.get("match_features") else 0))
+        counts = count_columns(classes, bool(o.get("balance")), int(o.get("strata", 1)))
+        feats = feature_dim if o.get("match_features") and feature_dim is not None else 0
         # the objective alone (no options) is solved on S itself, without a covered copy
-        full = covered_bytes(ctx.n, d, extra, itemsize) if o else 0
-        part = covered_bytes(n_fit, d, extra, itemsize) if o else 0
+        full = covered_bytes(ctx.n, d, counts + classes * feats, itemsize) if o else 0
+        part = covered_bytes(n_fit, d, counts + classes * sketch_width(feats), itemsize) if o else 0  # sketched
         need = max(full, s_fit + part if validating else 0)
         if need > budget:
             names = ", ".join(r.name for r in rungs[i:])
@@ -372,7 +402,8 @@ def validate(ctx: Context, cfg, m: int, features: np.ndarray, difficulty: np.nda
     m_fit = int(round(m * len(fit) / ctx.n))
     fit_labels = labels[fit]
     sub = Context(S=ctx.S[fit], labels=fit_labels, device=ctx.device, proposals=VAL_PROPOSALS)  # in affordable()
-    sub.supply(difficulty=np.asarray(difficulty)[fit], features=np.asarray(features)[fit])
+    sub.supply(difficulty=np.asarray(difficulty)[fit],
+               features=sketch_rows(np.asarray(features), fit, FEATURE_SKETCH, cfg.seed))
     dev = ctx.device
     refs = [_score("no pruning", None, np.ones(len(fit), dtype=bool), x, y, fit, val, len(classes), device=dev)]
     rnd = np.ones(len(fit), dtype=bool)
@@ -488,6 +519,7 @@ class Auto(Selector):
             pruned, label = Optimization(rung_config(cfg, rung, cfg.time_budget)).select(ctx, m, epsilon)
             self._record(ctx, rung, rung.name, None, why, pruned, t0, {})
             return pruned, label
+        assert m is not None and features is not None  # _why_not refuses no count; _features gave them or a why
         diff, source = _difficulty(ctx, features)
         ctx.supply(difficulty=diff)
         probs = true_class_probs_of(ctx)
