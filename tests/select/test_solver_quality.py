@@ -106,7 +106,7 @@ def test_annealing_runs_whole_cycles_until_one_gains_less_than_the_tolerance(mon
     lengths = [p for _, _, p, _, _ in cycles]
     cap = swap_module.annealing_cap(n)
     assert all(done == p for _, _, p, done, _ in cycles) and sum(lengths) <= cap
-    expected, length = [], swap_module.cycle_proposals(n)
+    expected, length = [], swap_module.cycle_proposals(n, 64)
     for i in range(len(cycles)):
         expected.append(min(min(length, swap_module.HOT_MAX) if hot[i] else length, cap - sum(expected)))
         length = length if small[i] else 2 * length
