@@ -129,86 +129,141 @@ def _pool_search(G: np.ndarray, vP: np.ndarray, inA: np.ndarray, ns2: float, sla
     """Local search restricted to a pool (Gram block ``G``, ``vP = S_P s``); returns ``||s||^2`` and moves.
 
     Moves: swap a member of A for an outsider (gain ``a_i - b_j + 2 G_ij``) and, with ``eps2``, additions
-    that keep ``||s||^2 <= eps2``.  Each round takes the best swap of every row and every column of the
-    k x k gain matrix and applies them best first, each re-evaluated in float64 against the current state;
-    gains are discounted by ``slack`` (rounding), so nothing applies that rounding could have made look good.
-    The gain matrix is screened in float32 from a copy of ``G`` kept permuted so that A's rows come first
-    (a move swaps two rows and two columns), so each round reads a block instead of gathering one.
-    ``vP`` and ``inA`` are updated in place.
+    that keep ``||s||^2 <= eps2``.  Each round screens the gain matrix in float32 (first the best-screened
+    ``_FOCUS`` rows of each side, the whole block when they stall) and applies, as one update, the batch
+    of disjoint swaps whose exact float64 gain is largest (:func:`_apply_batch`); where no batch beats a
+    single swap, the best swap of every row and column best first, each re-evaluated against the current
+    state.  Gains are discounted by ``slack`` (rounding), so nothing applies that rounding could have made
+    look good.  ``vP`` and ``inA`` are updated in place.
     """
     qP = np.diag(G).copy()
-    order = np.concatenate([np.flatnonzero(inA), np.flatnonzero(~inA)])  # pool row at each position
-    pos = np.empty_like(order)
-    pos[order] = np.arange(order.size)
-    ko = int(np.count_nonzero(inA))
-    W = G.astype(np.float32)[np.ix_(order, order)]
-
-    def place(p: int, r: int) -> None:
-        """Exchange positions p and r (rows and columns of W)."""
-        W[[p, r]] = W[[r, p]]
-        W[:, [p, r]] = W[:, [r, p]]
-        order[p], order[r] = order[r], order[p]
-        pos[order[p]], pos[order[r]] = p, r
-
+    W = G.astype(np.float32)
     applied = 0
     while True:
         progressed = 0
         if eps2 is not None:  # additions first: they are what epsilon mode maximizes
-            ins = order[ko:]
+            ins = np.flatnonzero(~inA)
             for pj in ins[np.argsort(2.0 * vP[ins] + qP[ins], kind="stable")].tolist():
                 cost = 2.0 * vP[pj] + qP[pj] + slack[pj]
                 if ns2 + cost <= eps2:
                     ns2 = max(ns2 + cost - slack[pj], 0.0)
                     inA[pj] = True
                     vP += G[pj]  # G is symmetric: a row is the column, contiguous
-                    place(int(pos[pj]), ko)
-                    ko += 1
                     progressed += 1
-        if 0 < ko < order.size and ns2 > 0.0:
-            outs, ins = order[:ko], order[ko:]
+        outs, ins = np.flatnonzero(inA), np.flatnonzero(~inA)
+        if outs.size and ins.size and ns2 > 0.0:
             a = (vP[outs] - 0.5 * (qP[outs] + slack[outs])).astype(np.float32)  # half gains: a_i - b_j + G_ij
             b = (vP[ins] + 0.5 * (qP[ins] + slack[ins])).astype(np.float32)
-            focus = max(ko, ins.size) > 2 * _FOCUS
-            if focus:  # first the best-screened rows of each side: most moves are there, at a 16th of the cost
-                ro = np.argpartition(-a, min(_FOCUS, ko) - 1)[:_FOCUS] if ko > _FOCUS else np.arange(ko)
-                ri = np.argpartition(b, min(_FOCUS, ins.size) - 1)[:_FOCUS] if ins.size > _FOCUS else np.arange(ins.size)
-                po, pj, g = _best_pairs(W[np.ix_(ro, ko + ri)], W[np.ix_(ko + ri, ro)], a[ro], b[ri], outs[ro], ins[ri])
-                progressed, ns2 = _apply_swaps(po, pj, g, G, vP, qP, inA, slack, ns2, place, pos)
+            if max(outs.size, ins.size) > 2 * _FOCUS:  # most moves are among the best-screened rows
+                ro = np.argpartition(-a, _FOCUS - 1)[:_FOCUS] if outs.size > _FOCUS else np.arange(outs.size)
+                ri = np.argpartition(b, _FOCUS - 1)[:_FOCUS] if ins.size > _FOCUS else np.arange(ins.size)
+                progressed, ns2 = _search_block(outs[ro], ins[ri], a[ro], b[ri], W, G, vP, qP, inA, slack, ns2)
             if not progressed:
-                po, pj, g = _best_pairs(W[:ko, ko:], W[ko:, :ko], a, b, outs, ins)
-                progressed, ns2 = _apply_swaps(po, pj, g, G, vP, qP, inA, slack, ns2, place, pos)
+                progressed, ns2 = _search_block(outs, ins, a, b, W, G, vP, qP, inA, slack, ns2)
         if progressed == 0 and ns2 > 0.0:
-            ns2, pair = _pair_swap(G, vP, inA, ns2, slack)
-            for o, j in pair:
-                place(int(pos[o]), int(pos[j]))
-            progressed = len(pair)
+            ns2, progressed = _pair_swap(G, vP, inA, ns2, slack)
         applied += progressed
         if progressed == 0:
             return ns2, applied
 
 
-def _best_pairs(block: np.ndarray, block_t: np.ndarray, a: np.ndarray, b: np.ndarray, outs: np.ndarray,
-                ins: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The best swap of every row and every column of a gain block (``block`` and its transpose, float32),
-    as (member of A, outsider, half gain) candidates with a positive screened gain."""
+def _search_block(outs: np.ndarray, ins: np.ndarray, a: np.ndarray, b: np.ndarray, W: np.ndarray, G: np.ndarray,
+                  vP: np.ndarray, qP: np.ndarray, inA: np.ndarray, slack: np.ndarray, ns2: float) -> tuple[int, float]:
+    """One round on the swaps between ``outs`` and ``ins``: a batch if one beats a single swap, else the
+    best swaps per row and column one at a time.  Returns the swaps applied and ``||s||^2``."""
+    po, pj = _best_pairs(W[np.ix_(outs, ins)], a, b, outs, ins)
+    progressed, ns2 = _apply_batch(_ranked(outs, ins, a, b), (po, pj), G, vP, inA, slack, ns2)
+    if not progressed:
+        progressed, ns2 = _apply_swaps(po, pj, G, vP, qP, inA, slack, ns2)
+    return progressed, ns2
+
+
+def _best_pairs(block: np.ndarray, a: np.ndarray, b: np.ndarray, outs: np.ndarray, ins: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The best swap of every row and every column of a gain block (float32), as (member of A, outsider)
+    candidates with a positive screened gain, best first."""
     gain = block + a[:, None]
     gain -= b[None, :]
     jb = gain.argmax(1)
-    g_row = gain[np.arange(outs.size), jb]
-    gain = block_t - b[:, None]  # column maxima as contiguous row maxima
-    gain += a[None, :]
-    ib = gain.argmax(1)
-    g_col = gain[np.arange(ins.size), ib]
+    ib = gain.argmax(0)
     po = np.concatenate([outs, outs[ib]])
     pj = np.concatenate([ins[jb], ins])
-    g = np.concatenate([g_row, g_col])
-    keep = g > 0.0
-    order = np.argsort(-g[keep], kind="stable")
-    return po[keep][order], pj[keep][order], g[keep][order]
+    g = np.concatenate([gain[np.arange(outs.size), jb], gain[ib, np.arange(ins.size)]])
+    keep = np.flatnonzero(g > 0.0)
+    keep = keep[np.argsort(-g[keep], kind="stable")]
+    return po[keep], pj[keep]
 
 
-def _apply_swaps(po: np.ndarray, pj: np.ndarray, g: np.ndarray, G: np.ndarray, vP: np.ndarray, qP: np.ndarray,
-                 inA: np.ndarray, slack: np.ndarray, ns2: float, place, pos: np.ndarray) -> tuple[int, float]:
+def _ranked(outs: np.ndarray, ins: np.ndarray, a: np.ndarray, b: np.ndarray, cap: int = 2 * _FOCUS
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Rank pairing: the t-th best member of A (largest ``a``) with the t-th best outsider (smallest ``b``).
+
+    Where ``||s||`` is large against single rows, every row's best partner is the same few rows, so the
+    best swap per row and column names few disjoint swaps; pairing by rank names up to ``cap`` of them.
+    """
+    t = min(cap, outs.size, ins.size)
+    ro = np.argpartition(-a, t - 1)[:t] if t < outs.size else np.arange(outs.size)
+    ri = np.argpartition(b, t - 1)[:t] if t < ins.size else np.arange(ins.size)
+    return outs[ro[np.argsort(-a[ro], kind="stable")]][:t], ins[ri[np.argsort(b[ri], kind="stable")]][:t]
+
+
+def _disjoint(po: np.ndarray, pj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The candidates (in order) that are the first to name both their member and their outsider: no two
+    of those share a row."""
+    first_o = np.zeros(po.size, dtype=bool)
+    first_j = np.zeros(pj.size, dtype=bool)
+    first_o[np.unique(po, return_index=True)[1]] = True
+    first_j[np.unique(pj, return_index=True)[1]] = True
+    keep = first_o & first_j
+    return po[keep], pj[keep]
+
+
+def _batch_gain(po: np.ndarray, pj: np.ndarray, G: np.ndarray, vP: np.ndarray, slack: np.ndarray,
+                first: int = 32) -> tuple[int, float, float]:
+    """The best prefix of disjoint swaps ``(po[t], pj[t])`` applied together: its length, exact float64 gain
+    in ``||s||^2`` and that gain less the rows' rounding allowance.
+
+    With ``e = sum_t (S_j - S_o)`` the change is ``2 s.e + ||e||^2``; ``||e||^2`` of every prefix is the
+    cumulative sum of the pairs' interaction block ``M`` (from the Gram block: one gather, no pass over S).
+    The first ``first`` pairs are tried alone (O(T^2)): most batches end there.
+    """
+    if po.size > 2 * first:
+        t, gain, net = _batch_gain(po[:first], pj[:first], G, vP, slack, first)
+        if t < first:
+            return t, gain, net
+    T = po.size
+    idx = np.concatenate([pj, po])
+    Gs = G[np.ix_(idx, idx)]
+    M = Gs[:T, :T] - Gs[:T, T:] - Gs[T:, :T] + Gs[T:, T:]
+    lower = np.tril(M, -1).sum(1)
+    change = np.cumsum(2.0 * (vP[pj] - vP[po]) + np.diagonal(M) + 2.0 * lower)
+    net = -change - np.cumsum(slack[po] + slack[pj])
+    t = int(np.argmax(net))
+    return t + 1, float(-change[t]), float(net[t])
+
+
+def _apply_batch(ranked: tuple[np.ndarray, np.ndarray], best: tuple[np.ndarray, np.ndarray], G: np.ndarray,
+                 vP: np.ndarray, inA: np.ndarray, slack: np.ndarray, ns2: float) -> tuple[int, float]:
+    """Apply the better of two batches of disjoint swaps (the rank pairing and the best swaps per row and
+    column, first claims kept) as one update, if it gains more than one swap would: the prefix whose exact
+    gain is largest.  Returns the swaps applied (0: nothing beat a single swap) and ``||s||^2``."""
+    found = (0, 0.0, 0.0, ranked)
+    for po, pj in (ranked, _disjoint(*best)):
+        if po.size < 2:
+            continue
+        t, gain, net = _batch_gain(po, pj, G, vP, slack)
+        if t >= 2 and net > _REL_TOL * ns2 and net > found[2]:
+            found = (t, gain, net, (po[:t], pj[:t]))
+    t, gain, _, (po, pj) = found
+    if t < 2:
+        return 0, ns2
+    inA[po], inA[pj] = False, True
+    vP += G[pj].sum(0) - G[po].sum(0)
+    return t, max(ns2 - gain, 0.0)
+
+
+def _apply_swaps(po: np.ndarray, pj: np.ndarray, G: np.ndarray, vP: np.ndarray, qP: np.ndarray, inA: np.ndarray,
+                 slack: np.ndarray, ns2: float) -> tuple[int, float]:
     """Apply candidate swaps best first, each re-evaluated in float64 against the current state."""
     progressed = 0
     for o, j in zip(po.tolist(), pj.tolist()):
@@ -220,22 +275,22 @@ def _apply_swaps(po: np.ndarray, pj: np.ndarray, g: np.ndarray, G: np.ndarray, v
         ns2 = max(ns2 - gij - slack[o] - slack[j], 0.0)
         inA[o], inA[j] = False, True
         vP += G[j] - G[o]
-        place(int(pos[o]), int(pos[j]))
         progressed += 1
     return progressed, ns2
 
 
 def _pair_swap(G: np.ndarray, vP: np.ndarray, inA: np.ndarray, ns2: float, slack: np.ndarray,
-               k2: int = 16) -> tuple[float, list[tuple[int, int]]]:
+               k2: int = 16) -> tuple[float, int]:
     """Best exchange of two members of A for two outsiders among the top-``k2`` of each side.
 
     Escapes many 1-swap local optima: two individually worsening swaps can cancel each other's
-    error.  Evaluated from the pool Gram for all C(k2,2)^2 pairs of pairs; returns the swaps applied.
+    error.  Evaluated from the pool Gram for all C(k2,2)^2 pairs of pairs; returns ``||s||^2`` and the
+    swaps applied.
     """
     qP = np.diag(G)
     outs, ins = np.flatnonzero(inA), np.flatnonzero(~inA)
     if outs.size < 2 or ins.size < 2:
-        return ns2, []
+        return ns2, 0
     outs = outs[np.argsort(-(2.0 * vP[outs] - qP[outs]), kind="stable")[:k2]]
     ins = ins[np.argsort(2.0 * vP[ins] + qP[ins], kind="stable")[:k2]]
     ou, ow = np.triu_indices(outs.size, 1)
@@ -251,13 +306,13 @@ def _pair_swap(G: np.ndarray, vP: np.ndarray, inA: np.ndarray, ns2: float, slack
     gain = row[:, None] - col[None, :] + 2.0 * (R[:, ju] + R[:, jw])
     best = int(np.argmax(gain))
     if not gain.flat[best] > _REL_TOL * ns2:
-        return ns2, []
+        return ns2, 0
     r, c = divmod(best, ju.size)
     o1, o2, j1, j2 = outs[ou[r]], outs[ow[r]], ins[ju[c]], ins[jw[c]]
     inA[[o1, o2]] = False
     inA[[j1, j2]] = True
     vP += G[j1] + G[j2] - G[o1] - G[o2]
-    return max(ns2 - float(gain.flat[best]), 0.0), [(int(o1), int(j1)), (int(o2), int(j2))]
+    return max(ns2 - float(gain.flat[best]), 0.0), 2
 
 
 def _screen(A: np.ndarray, v: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -312,7 +367,8 @@ def _pool_round(eng: Engine, st: SwapState, v: np.ndarray | None, k: int, eps2: 
     return moved
 
 
-def _bulk_rounds(eng: Engine, st: SwapState, clock: Clock, eps2: float | None = None, min_batch: int = 64) -> None:
+def _bulk_rounds(eng: Engine, st: SwapState, clock: Clock, eps2: float | None = None,
+                 min_batch: int = 64) -> np.ndarray | None:
     """Many swaps per pass over S while ``||s||`` is large compared with single rows.
 
     Far from the optimum the gain of a swap is dominated by its linear part, so the best
@@ -320,17 +376,18 @@ def _bulk_rounds(eng: Engine, st: SwapState, clock: Clock, eps2: float | None = 
     ``b = 2v + q``), and ``T`` minimizes the model ``(R - P_T)^2 + sum_{t<T} (q_out + q_in)``,
     where ``P_T`` is the pairs' total projection on ``s`` and the second term the orthogonal
     noise they add.  Each round is one pass over S plus an O(T d) exact update; the pool search
-    takes over once ``T`` falls below ``min_batch``.
+    takes over once ``T`` falls below ``min_batch``.  Returns ``S s`` of the final state where the last
+    pass computed it (the local search that follows needs it: one pass fewer), else None.
     """
     n, q = eng.n, eng.q
     while not clock.expired():
         ns2 = st.ns2
         if ns2 <= 0.0 or (eps2 is not None and ns2 <= eps2):
-            return
+            return None
         n_in = int(np.count_nonzero(st.A))
         cap = min(n_in, n - n_in, max(1 << 12, n // 8))
         if cap < min_batch:
-            return
+            return None
         v = eng.rows.matvec(st.s)
         R = math.sqrt(ns2)
         outs, ins = _screen(st.A, v, q, cap)
@@ -341,60 +398,72 @@ def _bulk_rounds(eng: Engine, st: SwapState, clock: Clock, eps2: float | None = 
         model = (R - proj) ** 2 + noise
         T = int(np.argmin(model)) + 1
         if T < min_batch or model[T - 1] >= _BULK_KEEP * ns2:
-            return
+            return v
         while T >= min_batch:
             s_new = st.s + eng.rows.sum_rows(ins[:T]) - eng.rows.sum_rows(outs[:T])
             if float(s_new @ s_new) < _BULK_KEEP * ns2:
                 break
             T //= 2
         if T < min_batch:
-            return
+            return v
         st.A[outs[:T]] = False
         st.A[ins[:T]] = True
         st.s = s_new
         st.moves += 2 * T
         clock.report(0.05)
+    return None
 
 
 def local_search(eng: Engine, st: SwapState, clock: Clock, eps2: float | None = None, k0: int = 256,
                  give_up: bool = False, max_cycles: int | None = None) -> None:
     """Bulk rounds, then pool rounds (with ``eps2``, additions too) until none improves.
 
-    Each outer cycle refreshes ``v = S s`` with one pass over S; inner rounds work on a working set of the
-    best-screened rows of each side (a much cheaper pass), where the late, fine swaps happen.  Where the
-    whole Gram matrix is held, every round searches all rows.  With ``give_up`` (epsilon trials) the search
+    Each outer cycle refreshes ``v = S s`` with one pass over S and screens from it a working set of the
+    best rows of each side (its first pool is the one all of S would give); inner rounds work on the working
+    set (a much cheaper pass), where the late, fine swaps happen.  Where the whole Gram matrix is held,
+    every round searches all rows.  With ``give_up`` (epsilon trials) the search
     ends as soon as the set is feasible, or when a cycle leaves ``||s||`` above ``8 epsilon`` while
     shrinking it less than 4x.  ``max_cycles`` bounds the number of outer cycles.
     """
     n, d = eng.n, eng.d
-    _bulk_rounds(eng, st, clock, eps2)
+    v = _bulk_rounds(eng, st, clock, eps2)
     kmax = _pool_size_cap(d)
     k = min(k0, kmax)
     ws_side = max(kmax, min(CHUNK_BYTES // (8 * d), n // 8))
     rounds = cycles = 0
+
+    def round_done(applied: int) -> bool:
+        """Count a round; is the search to go on with this pool size?"""
+        nonlocal rounds, k
+        rounds += 1
+        clock.report(1.0 - 1.0 / (1.0 + 0.1 * rounds))
+        k = _next_pool_size(k, applied, kmax) if applied else k
+        return applied > 0 and not (give_up and eps2 is not None and st.ns2 <= eps2)
+
     while not clock.expired() and (max_cycles is None or cycles < max_cycles):
         cycles += 1
         start_ns2 = st.ns2
         if give_up and eps2 is not None and start_ns2 <= eps2:
             return
-        applied = _pool_round(eng, st, None if eng.full else eng.v(st), k, eps2)
-        rounds += 1
-        clock.report(1.0 - 1.0 / (1.0 + 0.1 * rounds))
-        if applied == 0:
-            return
-        k = _next_pool_size(k, applied, kmax)
-        if not eng.full and 4 * ws_side < n:
-            # Working set: rows screened best on each side by the refreshed v.
-            outs, ins = _screen(st.A, eng.rows.matvec(st.s), eng.q, ws_side)
-            U = np.unique(np.concatenate([outs, ins]))
+        if eng.full or 4 * ws_side >= n:
+            applied = _pool_round(eng, st, None if eng.full else (eng.v(st) if v is None else v), k, eps2)
+            v = None
+            round_done(applied)
+            if applied == 0:
+                return
+        else:
+            v = eng.rows.matvec(st.s) if v is None else v
+            U = np.unique(np.concatenate(_screen(st.A, v, eng.q, ws_side)))
             SU = eng.rows.subset(U)
+            vU, v, total = v[U], None, 0
             while not clock.expired():
-                applied = _pool_round(eng, st, SU.matvec(st.s), k, eps2, universe=U)
-                rounds += 1
-                clock.report(1.0 - 1.0 / (1.0 + 0.1 * rounds))
-                if applied == 0 or (give_up and eps2 is not None and st.ns2 <= eps2):
+                applied = _pool_round(eng, st, vU, k, eps2, universe=U)
+                total += applied
+                if not round_done(applied):
                     break
-                k = _next_pool_size(k, applied, kmax)
+                vU = SU.matvec(st.s)
+            if total == 0:
+                return
         if give_up and eps2 is not None and st.ns2 > 64.0 * eps2 and st.ns2 > start_ns2 / 16.0:
             return
 

@@ -7,11 +7,12 @@ swap (i leaves A, j joins it) lowers it by ``a_i - b_j + 2 G_ij`` where ``a = 2v
 1. Start: a random set whose bias bulk rounds remove (thousands of swaps per pass over S while ``||s||`` is
    large); where S S^T is small enough to compute once, also the greedy set built from it, and the better of
    the two after local search is kept.
-2. Local search: pools of the best-screened rows of each side, searched through their Gram block (best swap
-   per row and column, applied best first), until no swap improves.
-3. Annealing over the pools at O(1) per proposal, in cycles from the best set so far; it stops when a cycle
-   improves ``||s||^2`` by less than ``CONVERGED`` (relative), when the time budget ends, or after
-   ``proposals`` proposals.
+2. Local search: pools of the best-screened rows of each side, searched through their Gram block (batches of
+   disjoint swaps applied as one update where their exact gain beats a single swap, else the best swap per
+   row and column, best first), until no swap improves.
+3. Annealing over the pools at O(1) per proposal, in cycles from the best set so far; it stops when a gentle
+   and then a hotter cycle each improve ``||s||^2`` by less than ``CONVERGED`` (relative), when the time
+   budget ends, or after ``proposals`` proposals.
 
 Heavy arithmetic (passes over S, Gram blocks) runs where :class:`dpcli.select.linalg.Rows` puts it; the
 sequential part works on n-vectors and k x k blocks on the host.  ``s`` is kept exact (float64 row sums);
@@ -32,9 +33,14 @@ from dpcli.select.solvers._swap_search import _bulk_rounds, _screen, Engine, gre
 
 # Annealing stops when a cycle improves the best ||s||^2 by less than this share.
 CONVERGED = 0.01
-# Proposals of one annealing cycle: CYCLE_PER_ROW per row, within [ANNEAL_MIN_MOVES, CYCLE_MAX].
-CYCLE_PER_ROW = 50
-CYCLE_MAX = 1_000_000
+# Proposals of a gentle annealing cycle: CYCLE_PER_ROW per row, within [ANNEAL_MIN_MOVES, CYCLE_MAX]; above
+# CYCLE_FULL_N rows or 512 columns the cap shrinks in proportion, to no less than CYCLE_LARGE_MIN.
+CYCLE_PER_ROW = 100
+CYCLE_MAX = 5_000_000
+CYCLE_FULL_N = 200_000
+CYCLE_LARGE_MIN = 1_000_000
+# The hotter cycle that tries to leave a basin makes at most this many proposals (it need not cool slowly).
+HOT_MAX = 1_000_000
 # Large problems: the start temperature accepts this share of the first pool's uphill swaps; cools by COOL.
 _POOL_ACCEPT0 = 0.05
 _POOL_COOL = 1e-2
@@ -49,9 +55,17 @@ _REFRESH_MIN = 4096  # and at least 16 pools per cycle above that
 _WS_REFRESH = 8
 
 
-def cycle_proposals(n: int) -> int:
-    """Proposals of the first annealing cycle (O(1) each)."""
-    return int(min(CYCLE_MAX, max(ANNEAL_MIN_MOVES, CYCLE_PER_ROW * n)))
+def cycle_proposals(n: int, d: int) -> int:
+    """Proposals of the first annealing cycle (O(1) each).
+
+    Slow cooling is what finds the better basins (at 50,000 x 512 a 5M-proposal cycle ends 12 % below a
+    1M one).  Above ``CYCLE_FULL_N`` rows the batched local search from the smallest rows already ends
+    where annealing finds nothing more (1,280,000 x 512: two cycles, no gain); above 512 columns each pool
+    the proposals run on costs d (50,000 x 5,130: a 5M cycle gained 0.03 % for 3 s more).  There the cap
+    shrinks in proportion.
+    """
+    cap = CYCLE_MAX * min(1.0, CYCLE_FULL_N / n, 512 / max(d, 1))
+    return int(min(max(CYCLE_LARGE_MIN, cap), max(ANNEAL_MIN_MOVES, CYCLE_PER_ROW * n)))
 
 
 def annealing_cap(n: int) -> int:
@@ -227,17 +241,18 @@ def anneal(eng: Engine, st: SwapState, clock: Clock, rng: np.random.Generator,
     wasted), re-screened every ``_REFRESH`` proposals.  The start temperature accepts 5% of the first
     pool's uphill swaps on average and cools by 100 over a cycle, refining a near-zero sum without
     throwing it away.  A cycle that gains ``CONVERGED`` or more is followed by one twice as long (slower
-    cooling where annealing pays); when a cycle gains less, one cycle starting at 30% tries to leave the
-    basin before the search is called converged.  At most :func:`annealing_cap` proposals in all (300 per
+    cooling where annealing pays); when a cycle gains less, one cycle starting at 30% (at most ``HOT_MAX``
+    proposals) tries to leave the basin before the search is called converged.  At most :func:`annealing_cap` proposals in all (300 per
     row).  Deterministic for a seed without a time budget.
     """
     temps: dict[float, float | None] = {_POOL_ACCEPT0: None, _HOT_ACCEPT0: None}
     accept = _POOL_ACCEPT0
     left = annealing_cap(eng.n) if proposals is None else int(proposals)
-    best, length = st, cycle_proposals(eng.n)
+    best, length = st, cycle_proposals(eng.n, eng.d)
     while left > 0 and not clock.expired() and best.ns2 > 0.0:
         length = int(min(length, left))
-        cand, done, temps[accept] = _anneal_cycle(eng, best, clock, rng, length, temps[accept], _POOL_COOL, accept)
+        this = min(length, HOT_MAX) if accept == _HOT_ACCEPT0 else length
+        cand, done, temps[accept] = _anneal_cycle(eng, best, clock, rng, this, temps[accept], _POOL_COOL, accept)
         left -= max(done, 1)
         local_search(eng, cand, clock)
         gain = best.ns2 - cand.ns2
