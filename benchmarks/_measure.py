@@ -91,11 +91,16 @@ class MemoryCgroup:
         if self.v2:
             peak = self.path / "memory.peak"
             events = dict(ln.split() for ln in (self.path / "memory.events").read_text().splitlines())
-            return {"cgroup_peak_mb": int(peak.read_text()) / 2**20 if peak.exists() else None,
-                    "oom_kills": int(events.get("oom_kill", 0))}
+            return {
+                "cgroup_peak_mb": int(peak.read_text()) / 2**20 if peak.exists() else None,
+                "oom_kills": int(events.get("oom_kill", 0)),
+            }
         oom = dict(ln.split() for ln in (self.path / "memory.oom_control").read_text().splitlines())
-        return {"cgroup_peak_mb": int((self.path / "memory.max_usage_in_bytes").read_text()) / 2**20,
-                "oom_kills": int(oom.get("oom_kill", 0)), "limit_hits": int((self.path / "memory.failcnt").read_text())}
+        return {
+            "cgroup_peak_mb": int((self.path / "memory.max_usage_in_bytes").read_text()) / 2**20,
+            "oom_kills": int(oom.get("oom_kill", 0)),
+            "limit_hits": int((self.path / "memory.failcnt").read_text()),
+        }
 
     def close(self) -> None:
         try:
@@ -104,8 +109,13 @@ class MemoryCgroup:
             pass
 
 
-def run_measured(cmd: list[str], env: dict | None = None, log: Path | None = None,
-                 cgroup: MemoryCgroup | None = None, check: bool = True) -> dict:
+def run_measured(
+    cmd: list[str],
+    env: dict | None = None,
+    log: Path | None = None,
+    cgroup: MemoryCgroup | None = None,
+    check: bool = True,
+) -> dict:
     """Wall seconds, peak RSS of the largest process (GNU time) and peak PSS summed over the tree.
 
     With ``cgroup`` the command runs inside it (and its peak usage and OOM kills are added);
@@ -114,9 +124,14 @@ def run_measured(cmd: list[str], env: dict | None = None, log: Path | None = Non
     t0 = time.perf_counter()
     if cgroup is not None:
         cgroup.reset_peak()
-    proc = subprocess.Popen(["/usr/bin/time", "-v", *cmd], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=cgroup.enter if cgroup is not None else None)
+    proc = subprocess.Popen(
+        ["/usr/bin/time", "-v", *cmd],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=cgroup.enter if cgroup is not None else None,
+    )
     peak = [0]
 
     def sample() -> None:
@@ -134,9 +149,14 @@ def run_measured(cmd: list[str], env: dict | None = None, log: Path | None = Non
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{out[-3000:]}")
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", out)
     status = re.search(r"Command terminated by signal (\d+)|Exit status: (\d+)", out)
-    res = {"seconds": time.perf_counter() - t0, "max_rss_mb": int(m.group(1)) / 1024 if m else None,
-           "tree_pss_mb": peak[0] / 2**20, "output": out, "returncode": proc.returncode,
-           "child_status": status.group(0) if status else None}
+    res = {
+        "seconds": time.perf_counter() - t0,
+        "max_rss_mb": int(m.group(1)) / 1024 if m else None,
+        "tree_pss_mb": peak[0] / 2**20,
+        "output": out,
+        "returncode": proc.returncode,
+        "child_status": status.group(0) if status else None,
+    }
     if cgroup is not None:
         res.update(cgroup.stats())
     return res

@@ -45,20 +45,37 @@ def choices(influence: str, shares: list[float], seed: int = 0) -> dict:
     info = read_influence_info(Path(influence))
     S = np.asarray(load_S(Path(influence), mapped=True))
     y = _influence_labels(Path(influence))
-    ck = _CheckpointContext(S=S, labels=y, checkpoint=Path(info.checkpoint), device=torch.device("cpu"),
-                            influence=Path(influence))
+    ck = _CheckpointContext(
+        S=S, labels=y, checkpoint=Path(info.checkpoint), device=torch.device("cpu"), influence=Path(influence)
+    )
     features, dyn = ck.features(), ck.dynamics()
     probs = auto.true_class_probs_of(ck)
     out = {}
     for share in shares:
         t, c = time.perf_counter(), time.process_time()
-        v = auto.validate(Context(S=S, labels=y), PruneConfig(ratio=share, seed=seed).validate(),
-                          int(round(share * len(y))), features, difficulty(dyn), probs=probs)
-        out[share] = {"chosen": v.chosen.name, "reason": v.reason, "wall": time.perf_counter() - t,
-                      "cpu": time.process_time() - c, "acc": {s.name: s.accuracy for s in v.scores},
-                      "tied": [s.name for s in v.scores if s.tied]}
-        print(share, out[share]["chosen"], f"{out[share]['wall']:.1f} s ({out[share]['cpu']:.1f} CPU s)",
-              out[share]["tied"], flush=True)
+        v = auto.validate(
+            Context(S=S, labels=y),
+            PruneConfig(ratio=share, seed=seed).validate(),
+            int(round(share * len(y))),
+            features,
+            difficulty(dyn),
+            probs=probs,
+        )
+        out[share] = {
+            "chosen": v.chosen.name,
+            "reason": v.reason,
+            "wall": time.perf_counter() - t,
+            "cpu": time.process_time() - c,
+            "acc": {s.name: s.accuracy for s in v.scores},
+            "tied": [s.name for s in v.scores if s.tied],
+        }
+        print(
+            share,
+            out[share]["chosen"],
+            f"{out[share]['wall']:.1f} s ({out[share]['cpu']:.1f} CPU s)",
+            out[share]["tied"],
+            flush=True,
+        )
     return out
 
 
@@ -77,6 +94,7 @@ def profile_parts() -> dict[str, float]:
                 return fn(*args, **kw)
             finally:
                 sums[key(args) if callable(key) else key] += time.process_time() - c
+
         return run
 
     auto.run_rung = timed(lambda args: f"candidate {args[0].name} on {args[2].n} rows", auto.run_rung)
@@ -140,22 +158,38 @@ def main() -> None:
                 validation.append(ctx.record["auto"]["signals"].get("validation_seconds", 0.0))
                 line = ctx.record["auto"]["line"]
     med = {k: statistics.median(v) for k, v in times.items()}
-    report = {"n": a.n, "dim": a.dim, "classes": a.classes, "d": S.shape[1], "ratio": a.ratio,
-              "prune_count": prune_count(base, a.n), "time_budget": a.time_budget, "times": times, "cpu": cpu,
-              "optimization_cpu_s": statistics.median(cpu["optimization"]), "auto_cpu_s": statistics.median(cpu["auto"]),
-              "optimization_s": med["optimization"], "auto_s": med["auto"],
-              "auto_over_optimization": med["auto"] / med["optimization"],
-              "validation_s": statistics.median(validation),
-              "validation_over_optimization": statistics.median(validation) / med["optimization"],
-              "norms": norms, "auto_line": line, "load_average_after": os.getloadavg(),
-              "auto_parts_cpu_s_all_repeats": dict(parts)}
+    report = {
+        "n": a.n,
+        "dim": a.dim,
+        "classes": a.classes,
+        "d": S.shape[1],
+        "ratio": a.ratio,
+        "prune_count": prune_count(base, a.n),
+        "time_budget": a.time_budget,
+        "times": times,
+        "cpu": cpu,
+        "optimization_cpu_s": statistics.median(cpu["optimization"]),
+        "auto_cpu_s": statistics.median(cpu["auto"]),
+        "optimization_s": med["optimization"],
+        "auto_s": med["auto"],
+        "auto_over_optimization": med["auto"] / med["optimization"],
+        "validation_s": statistics.median(validation),
+        "validation_over_optimization": statistics.median(validation) / med["optimization"],
+        "norms": norms,
+        "auto_line": line,
+        "load_average_after": os.getloadavg(),
+        "auto_parts_cpu_s_all_repeats": dict(parts),
+    }
     for name, sec in parts.items():
         print(f"  {name}: {sec / a.repeats:.2f} CPU s per auto run", flush=True)
     print(f"CPU s: optimization {report['optimization_cpu_s']:.1f}, auto {report['auto_cpu_s']:.1f}")
-    print(f"optimization {med['optimization']:.1f} s (norm {norms['optimization']:.4g}); auto {med['auto']:.1f} s "
-          f"(norm {norms['auto']:.4g}), of which validation {report['validation_s']:.1f} s; "
-          f"auto / optimization {report['auto_over_optimization']:.2f}, validation / optimization "
-          f"{report['validation_over_optimization']:.2f}\n{line}", flush=True)
+    print(
+        f"optimization {med['optimization']:.1f} s (norm {norms['optimization']:.4g}); auto {med['auto']:.1f} s "
+        f"(norm {norms['auto']:.4g}), of which validation {report['validation_s']:.1f} s; "
+        f"auto / optimization {report['auto_over_optimization']:.2f}, validation / optimization "
+        f"{report['validation_over_optimization']:.2f}\n{line}",
+        flush=True,
+    )
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(report, fh, indent=2)

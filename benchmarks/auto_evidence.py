@@ -42,10 +42,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.grid import EPSILON_CELLS, REGIMES, _replace, mean_se, read_cells
 
 # auto's candidate -> the grid method whose cells make the same selection
-GRID_NAME = {"pure": "optimization", "balanced": "opt+balance", "strata+cutoff+features": "opt+coverage+0.5x+features",
-             "dual-beta": "dual-beta", "random-stratified": "random"}
-CANDIDATES = ("balanced", "pure", "strata", "strata+cutoff", "strata+cutoff+features", "dual-beta",
-              "random-stratified")
+GRID_NAME = {
+    "pure": "optimization",
+    "balanced": "opt+balance",
+    "strata+cutoff+features": "opt+coverage+0.5x+features",
+    "dual-beta": "dual-beta",
+    "random-stratified": "random",
+}
+CANDIDATES = ("balanced", "pure", "strata", "strata+cutoff", "strata+cutoff+features", "dual-beta", "random-stratified")
 NOT_SELECTORS = {"full", "auto", *EPSILON_CELLS}
 
 
@@ -80,8 +84,9 @@ def prior(cells: dict[str, list[dict]]) -> dict[float, list[tuple[str, float, in
             for cand, method in GRID_NAME.items():
                 if best and (method, r) in a:
                     regret.setdefault(cand, []).append(best[1] - float(np.mean(a[(method, r)])))
-        ranked = sorted(((c, float(np.mean(v)), len(v)) for c, v in regret.items()),
-                        key=lambda t: (t[1], CANDIDATES.index(t[0])))
+        ranked = sorted(
+            ((c, float(np.mean(v)), len(v)) for c, v in regret.items()), key=lambda t: (t[1], CANDIDATES.index(t[0]))
+        )
         out[r] = ranked + [(c, float("nan"), 0) for c in CANDIDATES if c not in regret]
     return out
 
@@ -117,15 +122,23 @@ def chosen(c: dict) -> str:
 
 
 def hits(cells: dict[str, list[dict]], old: dict[str, list[dict]]) -> None:
-    print("| regime | pruned | best selector (mean ± sd) | auto chose (seeds; read as GRID_NAME's method) | hit | "
-          "within spread | auto | auto − best | auto − random | default |")
+    print(
+        "| regime | pruned | best selector (mean ± sd) | auto chose (seeds; read as GRID_NAME's method) | hit | "
+        "within spread | auto | auto − best | auto − random | default |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     totals: dict = {}
     for name in REGIMES:
         acc = accuracies(cells[name])
         for gen, source in (("current", cells[name]), ("earlier", cells[name] + old.get(name, []))):
-            mine = [c for c in source if c["method"] == "auto" and "error" not in c and not c.get("toy")
-                    and (("selection_code" in c) == (gen == "current"))]
+            mine = [
+                c
+                for c in source
+                if c["method"] == "auto"
+                and "error" not in c
+                and not c.get("toy")
+                and (("selection_code" in c) == (gen == "current"))
+            ]
             for r in sorted({round(float(c["ratio"]), 6) for c in mine}, reverse=True):
                 best = best_selector(acc, r)
                 at = [c for c in mine if round(float(c["ratio"]), 6) == r]
@@ -140,10 +153,12 @@ def hits(cells: dict[str, list[dict]], old: dict[str, list[dict]]) -> None:
                 counts = {n: names.count(n) for n in sorted(set(names))}
                 t = totals.setdefault((name, gen), [0, 0, 0])
                 t[0], t[1], t[2] = t[0] + hit, t[1] + near, t[2] + len(picks)
-                print(f"| {name} | {r:.0%} | `{best[0]}` {best[1]:.2f} ± {best[2]:.2f} | "
-                      + ", ".join(f"`{p}` ×{k}" for p, k in counts.items())
-                      + f" | {hit}/{len(picks)} | {near}/{len(picks)} | {mean:.2f} | {mean - best[1]:+.2f} | {rnd} "
-                      f"| {gen} |")
+                print(
+                    f"| {name} | {r:.0%} | `{best[0]}` {best[1]:.2f} ± {best[2]:.2f} | "
+                    + ", ".join(f"`{p}` ×{k}" for p, k in counts.items())
+                    + f" | {hit}/{len(picks)} | {near}/{len(picks)} | {mean:.2f} | {mean - best[1]:+.2f} | {rnd} "
+                    f"| {gen} |"
+                )
     print("\n| regime | default | hit rate | within the best's spread |")
     print("|---|---|---|---|")
     for (name, gen), (h, n_near, n) in totals.items():
@@ -152,17 +167,21 @@ def hits(cells: dict[str, list[dict]], old: dict[str, list[dict]]) -> None:
 
 def cost(cells: dict[str, list[dict]], share: float = 0.1) -> None:
     """Epochs of from-scratch training per candidate that fit in ``share`` of one full-data training."""
-    print("| regime | pruned | one training (s) | one epoch on the kept set (s) | auto's selection (s) | candidates | "
-          "proxy epochs per candidate within 10 % | the regime's epochs |")
+    print(
+        "| regime | pruned | one training (s) | one epoch on the kept set (s) | auto's selection (s) | candidates | "
+        "proxy epochs per candidate within 10 % | the regime's epochs |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name, regime in REGIMES.items():
         full = [c["train_seconds"] for c in cells[name] if c["method"] == "full" and "train_seconds" in c]
         if not full or regime.backbone_per_class:  # frozen-backbone: the "retraining" is the head refit auto runs
             continue
         for r in sorted({round(float(c["ratio"]), 6) for c in cells[name] if c["method"] == "random"}, reverse=True):
+
             def at(m: str, name: str = name, r: float = r) -> list[dict]:
-                return [c for c in cells[name] if c["method"] == m and round(float(c["ratio"]), 6) == r
-                        and "error" not in c]
+                return [
+                    c for c in cells[name] if c["method"] == m and round(float(c["ratio"]), 6) == r and "error" not in c
+                ]
 
             epoch = float(np.median([c["train_seconds"] for c in at("random")])) / regime.epochs
             mine = [c for c in at("auto") if "selection_code" in c] or at("auto")
@@ -170,9 +189,11 @@ def cost(cells: dict[str, list[dict]], share: float = 0.1) -> None:
             k = len(CANDIDATES)  # the current default's, with training dynamics
             bound = share * float(np.median(full)) / (k * epoch)  # were auto's own selection free
             room = max(share * float(np.median(full)) - select, 0.0) / (k * epoch)
-            print(f"| {name} | {r:.0%} | {np.median(full):.0f} | {epoch:.1f} | "
-                  f"{f'{select:.1f}' if mine else 'not run'} | {k} | {room:.2f} (free selection: {bound:.2f}) | "
-                  f"{regime.epochs} |")
+            print(
+                f"| {name} | {r:.0%} | {np.median(full):.0f} | {epoch:.1f} | "
+                f"{f'{select:.1f}' if mine else 'not run'} | {k} | {room:.2f} (free selection: {bound:.2f}) | "
+                f"{regime.epochs} |"
+            )
 
 
 def write_docs(path: Path, cells: dict[str, list[dict]], old: dict[str, list[dict]]) -> None:
@@ -188,8 +209,11 @@ def write_docs(path: Path, cells: dict[str, list[dict]], old: dict[str, list[dic
 
     doc = path.read_text()
     autos = {k: [c for c in v if c["method"] == "auto"] for k, v in old.items()}
-    for name, body in (("prior", text(print_prior, prior(cells))), ("hits", text(hits, cells, autos)),
-                       ("cost", text(cost, cells))):
+    for name, body in (
+        ("prior", text(print_prior, prior(cells))),
+        ("hits", text(hits, cells, autos)),
+        ("cost", text(cost, cells)),
+    ):
         begin, end = f"<!-- auto-evidence:{name}:begin -->", f"<!-- auto-evidence:{name}:end -->"
         doc = _replace(doc, begin, end, f"{begin}\n{body}\n{end}")
     path.write_text(doc)

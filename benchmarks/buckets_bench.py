@@ -1,8 +1,9 @@
 """Bucketed vs unbucketed selection on synthetic S: quality, time, peak RSS (one config per process).
 
-    python benchmarks/buckets_bench.py --n 200000 --d 512 --mode cardinality --buckets 1
-    python benchmarks/buckets_bench.py --n 200000 --d 512 --mode epsilon --buckets 8 --workers 2
+python benchmarks/buckets_bench.py --n 200000 --d 512 --mode cardinality --buckets 1
+python benchmarks/buckets_bench.py --n 200000 --d 512 --mode epsilon --buckets 8 --workers 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,10 +51,25 @@ def main() -> None:
     secs = time.perf_counter() - t0
     rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, 0) / 1024
     rss_c = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(json.dumps({"n": a.n, "d": a.d, "mode": a.mode, "buckets": a.buckets, "workers": a.workers,
-                      "m": m, "epsilon": eps, "n_pruned": sel.n_pruned, "norm": sel.norm,
-                      "random_half_norm": half, "seconds": round(secs, 1),
-                      "peak_rss_mib": round(rss), "peak_rss_child_mib": round(rss_c)}))
+    print(
+        json.dumps(
+            {
+                "n": a.n,
+                "d": a.d,
+                "mode": a.mode,
+                "buckets": a.buckets,
+                "workers": a.workers,
+                "m": m,
+                "epsilon": eps,
+                "n_pruned": sel.n_pruned,
+                "norm": sel.norm,
+                "random_half_norm": half,
+                "seconds": round(secs, 1),
+                "peak_rss_mib": round(rss),
+                "peak_rss_child_mib": round(rss_c),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

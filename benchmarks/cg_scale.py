@@ -44,18 +44,35 @@ def main() -> None:
     rows = a.rhs * a.chunks
     stats = CGStats()
     t0 = time.perf_counter()
-    cg_influence(feats, labels, W, b, a.damping, tol=a.tol, chunk_size=a.rhs, rows=(0, rows),
-                 sink=lambda s, r: None, stats=stats, preconditioner=a.preconditioner)
+    cg_influence(
+        feats,
+        labels,
+        W,
+        b,
+        a.damping,
+        tol=a.tol,
+        chunk_size=a.rhs,
+        rows=(0, rows),
+        sink=lambda s, r: None,
+        stats=stats,
+        preconditioner=a.preconditioner,
+    )
     total = time.perf_counter() - t0
     solve = total - stats.seconds_setup
     d = C * (D + 1)
-    print(f"n={n} D={D} C={C} d={d} train acc {100 * acc:.1f}% damping {a.damping:g} tol {a.tol:g} "
-          f"preconditioner {a.preconditioner} threads {a.threads}")
-    print(f"setup (preconditioner) {stats.seconds_setup:.1f}s; {rows} RHS in {a.chunks} chunks of {a.rhs}: "
-          f"iterations {stats.iterations}, max rel residual {stats.max_relative_residual:.2e}, solve {solve:.1f}s")
+    print(
+        f"n={n} D={D} C={C} d={d} train acc {100 * acc:.1f}% damping {a.damping:g} tol {a.tol:g} "
+        f"preconditioner {a.preconditioner} threads {a.threads}"
+    )
+    print(
+        f"setup (preconditioner) {stats.seconds_setup:.1f}s; {rows} RHS in {a.chunks} chunks of {a.rhs}: "
+        f"iterations {stats.iterations}, max rel residual {stats.max_relative_residual:.2e}, solve {solve:.1f}s"
+    )
     per_rhs = solve / rows
-    print(f"per RHS {per_rhs:.2f}s -> all {n} rows ~{per_rhs * n / 3600:.2f} h on this machine "
-          f"(~{per_rhs * n / 3600 / 8:.2f} h with --shard i/8)")
+    print(
+        f"per RHS {per_rhs:.2f}s -> all {n} rows ~{per_rhs * n / 3600:.2f} h on this machine "
+        f"(~{per_rhs * n / 3600 / 8:.2f} h with --shard i/8)"
+    )
 
 
 if __name__ == "__main__":

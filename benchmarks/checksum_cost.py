@@ -36,7 +36,7 @@ def write(path: Path, n: int, d: int, block: np.ndarray, digest: bool) -> float:
         h = DatasetDigest(dset.dtype, dset.shape) if digest else None
         for a in range(0, n, len(block)):
             rows = block[: min(len(block), n - a)]
-            dset[a:a + len(rows)] = rows
+            dset[a : a + len(rows)] = rows
             if h is not None:
                 h.update(rows)
         dset.attrs[DIGEST_ATTR] = h.hexdigest() if h is not None else "unchecked"  # seal() skips a marked S
@@ -70,9 +70,12 @@ def main() -> None:
     runs = []
     for r in range(ns.repeats):
         plain, checked = ns.work / "plain.h5", ns.work / "checked.h5"
-        row = {"write_plain": write(plain, ns.rows, ns.cols, block, digest=False),
-               "write_checked": write(checked, ns.rows, ns.cols, block, digest=True),
-               "read_plain": read_plain(checked), "read_checked": read_checked(checked)}
+        row = {
+            "write_plain": write(plain, ns.rows, ns.cols, block, digest=False),
+            "write_checked": write(checked, ns.rows, ns.cols, block, digest=True),
+            "read_plain": read_plain(checked),
+            "read_checked": read_checked(checked),
+        }
         row["write_ratio"] = row["write_checked"] / row["write_plain"]
         row["read_ratio"] = row["read_checked"] / row["read_plain"]
         runs.append(row)
@@ -80,8 +83,15 @@ def main() -> None:
         plain.unlink()
         checked.unlink()
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-    summary = {"rows": ns.rows, "cols": ns.cols, "gib": ns.rows * ns.cols * 4 / 2**30, "repeats": ns.repeats,
-               "median": med, "runs": runs, "load_average": os.getloadavg()[0]}
+    summary = {
+        "rows": ns.rows,
+        "cols": ns.cols,
+        "gib": ns.rows * ns.cols * 4 / 2**30,
+        "repeats": ns.repeats,
+        "median": med,
+        "runs": runs,
+        "load_average": os.getloadavg()[0],
+    }
     print(json.dumps(summary["median"], indent=2))
     if ns.json:
         ns.json.write_text(json.dumps(summary, indent=2) + "\n")

@@ -21,10 +21,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from dpcli.train import loop as training  # noqa: E402
-from dpcli.train import dynamics
 from dpcli.config import TrainConfig  # noqa: E402
 from dpcli.data.sources import load_dataset  # noqa: E402
+from dpcli.train import dynamics
+from dpcli.train import loop as training  # noqa: E402
 
 
 class NullRecorder(dynamics.DynamicsRecorder):
@@ -51,8 +51,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     ds = load_dataset(args.dataset, args.data_root)
-    cfg = TrainConfig(dataset=ds.name, arch="convnet", width=args.width, depth=3, epochs=args.epochs, lr=0.05,
-                      batch_size=128)
+    cfg = TrainConfig(
+        dataset=ds.name, arch="convnet", width=args.width, depth=3, epochs=args.epochs, lr=0.05, batch_size=128
+    )
     times: dict[str, list[tuple[float, float]]] = {"recording": [], "no-op recorder": []}
     for _ in range(args.repeats):
         for name, recorder in (("recording", dynamics.DynamicsRecorder), ("no-op recorder", NullRecorder)):
@@ -63,8 +64,13 @@ def main() -> None:
                 times[name].append((time.perf_counter() - t0, time.process_time() - c0))
                 print(f"{name}: wall {times[name][-1][0]:.2f} s, cpu {times[name][-1][1]:.2f} s", flush=True)
     for name, values in times.items():
-        print(f"{name}: wall " + ", ".join(f"{w:.2f}" for w, _ in values) + " s; cpu "
-              + ", ".join(f"{c:.2f}" for _, c in values) + " s")
+        print(
+            f"{name}: wall "
+            + ", ".join(f"{w:.2f}" for w, _ in values)
+            + " s; cpu "
+            + ", ".join(f"{c:.2f}" for _, c in values)
+            + " s"
+        )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,8 @@ def make_split(out: Path, name: str, n: int, centers: np.ndarray, rng: np.random
     path = out / f"{name}-features.npy"
     f = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, dim))
     for a in range(0, n, _BLOCK):
-        yy = y[a:a + _BLOCK]
-        f[a:a + len(yy)] = centers[yy] + rng.normal(size=(len(yy), dim)).astype(np.float32)
+        yy = y[a : a + _BLOCK]
+        f[a : a + len(yy)] = centers[yy] + rng.normal(size=(len(yy), dim)).astype(np.float32)
     f.flush()
     del f
     np.save(out / f"{name}-labels.npy", y)
@@ -50,8 +50,9 @@ def run(cmd: list[str], profile: Path | None = None) -> dict:
     t0 = time.perf_counter()
     prof = ["-m", "cProfile", "-o", str(profile / f"{cmd[0]}.prof")] if profile else []
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([sys.executable, *prof, "-m", "dpcli", *cmd, "--json", "--quiet"], stdout=out, stderr=err,
-                                text=True)
+        proc = subprocess.Popen(
+            [sys.executable, *prof, "-m", "dpcli", *cmd, "--json", "--quiet"], stdout=out, stderr=err, text=True
+        )
         _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage (subprocess has not reaped it)
         out.seek(0)
         err.seek(0)
@@ -61,8 +62,12 @@ def run(cmd: list[str], profile: Path | None = None) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"dpcli {' '.join(cmd)} failed ({proc.returncode}): {stderr.strip()[-2000:]}")
     result = json.loads(stdout) if stdout.strip() else {}
-    step = {"command": "dpcli " + " ".join(cmd), "wall_seconds": round(wall, 2),
-            "peak_rss_gib": round(usage.ru_maxrss / 2**20, 3), "result": result}
+    step = {
+        "command": "dpcli " + " ".join(cmd),
+        "wall_seconds": round(wall, 2),
+        "peak_rss_gib": round(usage.ru_maxrss / 2**20, 3),
+        "result": result,
+    }
     print(f"  {cmd[0]:<13} {wall:8.1f} s  peak RSS {step['peak_rss_gib']:.2f} GiB", flush=True)
     if profile:
         import pstats
@@ -83,8 +88,9 @@ def main() -> None:
     ap.add_argument("--damping", type=float, default=1e-3)
     ap.add_argument("--prune-ratio", type=float, default=0.3)
     ap.add_argument("--solver", default="swap")
-    ap.add_argument("--method", dest="select_method", default=None,
-                    help="prune --method (default: dpcli's default, auto)")
+    ap.add_argument(
+        "--method", dest="select_method", default=None, help="prune --method (default: dpcli's default, auto)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("bench-emb"))
     ap.add_argument("--stages", default="influence,prune,retrain,verify-bound")
@@ -112,16 +118,42 @@ def main() -> None:
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     commands = {
-        "influence": ["influence", "--features", str(feats), "--labels", str(labels), "--test-features", str(tfeats),
-                      "--test-labels", str(tlabels), *scale, "--damping", str(args.damping), "--out", str(inf),
-                      "--force"],
-        "prune": ["prune", str(inf), "--prune-ratio", str(args.prune_ratio), "--solver", args.solver,
-                  *(["--method", args.select_method] if args.select_method else []), "--out", str(mask), "--force"],
+        "influence": [
+            "influence",
+            "--features",
+            str(feats),
+            "--labels",
+            str(labels),
+            "--test-features",
+            str(tfeats),
+            "--test-labels",
+            str(tlabels),
+            *scale,
+            "--damping",
+            str(args.damping),
+            "--out",
+            str(inf),
+            "--force",
+        ],
+        "prune": [
+            "prune",
+            str(inf),
+            "--prune-ratio",
+            str(args.prune_ratio),
+            "--solver",
+            args.solver,
+            *(["--method", args.select_method] if args.select_method else []),
+            "--out",
+            str(mask),
+            "--force",
+        ],
         "retrain": ["retrain", str(feats), "--mask", str(mask)],  # beside the mask, where verify-bound looks
         "verify-bound": ["verify-bound", str(inf), "--mask", str(mask), "--out", str(args.out / "verify-bound")],
     }
-    print(f"n={args.n} D={args.dim} C={args.classes} d={args.classes * (args.dim + 1)} "
-          f"(data generated in {gen:.1f} s)", flush=True)
+    print(
+        f"n={args.n} D={args.dim} C={args.classes} d={args.classes * (args.dim + 1)} (data generated in {gen:.1f} s)",
+        flush=True,
+    )
     steps = []
     for stage in args.stages.split(","):
         steps.append(run(commands[stage], args.profile))
@@ -130,11 +162,23 @@ def main() -> None:
 
 def _write(args: argparse.Namespace, gen: float, steps: list[dict]) -> None:
     """results.json after every stage (a run stopped midway keeps what it measured)."""
-    report = {"n": args.n, "n_test": args.n_test, "dim": args.dim, "classes": args.classes,
-              "d": args.classes * (args.dim + 1), "method": args.method, "sketch": args.sketch,
-              "generate_seconds": gen, "steps": steps,
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                          "load_average_after": os.getloadavg(), "threads": os.environ.get("OMP_NUM_THREADS")}}
+    report = {
+        "n": args.n,
+        "n_test": args.n_test,
+        "dim": args.dim,
+        "classes": args.classes,
+        "d": args.classes * (args.dim + 1),
+        "method": args.method,
+        "sketch": args.sketch,
+        "generate_seconds": gen,
+        "steps": steps,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_average_after": os.getloadavg(),
+            "threads": os.environ.get("OMP_NUM_THREADS"),
+        },
+    }
     name = "results.json" if args.stages == "influence,prune,retrain,verify-bound" else f"results-{args.stages}.json"
     if args.select_method:
         name = name.replace(".json", f"-{args.select_method}.json")

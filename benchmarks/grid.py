@@ -81,34 +81,40 @@ def _m(name: str, seeded: bool = False, **options) -> MethodSpec:
 
 # Every method is named explicitly (never PruneConfig's default), so the grid means the same thing
 # before and after the default changes.
-METHODS: dict[str, MethodSpec] = {s.name: s for s in (
-    _m("random", seeded=True),
-    _m("herding"),
-    _m("forgetting"),
-    _m("grand"),
-    _m("el2n"),
-    _m("influence-score"),
-    _m("ccs", seeded=True, cutoff=None),
-    _m("ccs-loss", seeded=True, cutoff=None),
-    _m("tdds"),
-    _m("tdds-loss"),
-    _m("dual"),
-    _m("dual-beta", seeded=True),
-    _m("d2", cutoff=None),
-    _m("moderate"),
-    _m("eva"),
-    _m("optimization", seeded=True),  # the paper's objective alone
-    MethodSpec("opt+coverage+0.5x+features",  # the variant the README recommended after the first grid
-               {"method": "optimization", "balance": True, "strata": 10, "cutoff_ratio": 0.5,
-                "match_features": True}),
-    _m("auto", seeded=True),  # the regime-aware default, where this dpcli has it
-    MethodSpec("opt+balance", {"method": "optimization", "balance": True}, seeded=True),  # class quotas only
-    MethodSpec("opt+features", {"method": "optimization", "match_features": True}, seeded=True),
-    # the paper's Eq. 3 at its headline 40 %: epsilon = the norm Eq. 4 reaches there, then the largest set within it
-    MethodSpec("optimization-eps", {"method": "optimization"}, seeded=True, calibrate="optimization", ratios=(0.4,)),
-    # the README's own command, `dpcli prune --epsilon 0.05 DATA` (the default method), on the regime's model
-    MethodSpec("readme-eps0.05", {"method": "auto"}, epsilon=0.05, ratios=(0.0,)),
-)}
+METHODS: dict[str, MethodSpec] = {
+    s.name: s
+    for s in (
+        _m("random", seeded=True),
+        _m("herding"),
+        _m("forgetting"),
+        _m("grand"),
+        _m("el2n"),
+        _m("influence-score"),
+        _m("ccs", seeded=True, cutoff=None),
+        _m("ccs-loss", seeded=True, cutoff=None),
+        _m("tdds"),
+        _m("tdds-loss"),
+        _m("dual"),
+        _m("dual-beta", seeded=True),
+        _m("d2", cutoff=None),
+        _m("moderate"),
+        _m("eva"),
+        _m("optimization", seeded=True),  # the paper's objective alone
+        MethodSpec(
+            "opt+coverage+0.5x+features",  # the variant the README recommended after the first grid
+            {"method": "optimization", "balance": True, "strata": 10, "cutoff_ratio": 0.5, "match_features": True},
+        ),
+        _m("auto", seeded=True),  # the regime-aware default, where this dpcli has it
+        MethodSpec("opt+balance", {"method": "optimization", "balance": True}, seeded=True),  # class quotas only
+        MethodSpec("opt+features", {"method": "optimization", "match_features": True}, seeded=True),
+        # the paper's Eq. 3 at its headline 40 %: epsilon = the norm Eq. 4 reaches there, then the largest set within it
+        MethodSpec(
+            "optimization-eps", {"method": "optimization"}, seeded=True, calibrate="optimization", ratios=(0.4,)
+        ),
+        # the README's own command, `dpcli prune --epsilon 0.05 DATA` (the default method), on the regime's model
+        MethodSpec("readme-eps0.05", {"method": "auto"}, epsilon=0.05, ratios=(0.0,)),
+    )
+}
 DEFAULTS = ("auto", "optimization")  # whose margins over the baselines the report tabulates
 OURS = ("auto", "optimization", "opt+coverage+0.5x+features", "opt+balance", "opt+features")
 # The CIFAR regimes run the strongest baselines only, so that a GPU budget of minutes reaches several seeds.
@@ -157,48 +163,146 @@ class Regime:
     lead: tuple[str, ...] = ()  # run first and whole, seed by seed, in :func:`comparison_order` (else the passes)
 
     def train_config(self, dataset: str, device: torch.device, **changes) -> TrainConfig:
-        cfg = TrainConfig(dataset=dataset, arch=self.arch, width=self.width, depth=self.depth, epochs=self.epochs,
-                          lr=self.lr, batch_size=self.batch_size, augment=self.augment, seed=0,
-                          channels_last=True if device.type == "cuda" else None)  # a speed flag only (bf16 autocast is dpcli's CUDA default)
+        cfg = TrainConfig(
+            dataset=dataset,
+            arch=self.arch,
+            width=self.width,
+            depth=self.depth,
+            epochs=self.epochs,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            augment=self.augment,
+            seed=0,
+            channels_last=True if device.type == "cuda" else None,
+        )  # a speed flag only (bf16 autocast is dpcli's CUDA default)
         return cfg.replace(**changes)
 
     def tiny(self) -> "Regime":
         """The same pipeline at toy size: a CPU dry run of every code path (numbers mean nothing).  A tiny
         subset (30 images per class, also for the all-data regimes), 3 epochs (EVA's and TDDS's least), a
         ConvNet of width 8 in place of a ResNet (whose width is fixed)."""
-        return dataclasses.replace(self, per_class=min(self.per_class, 30) if self.per_class else 30,
-                                   arch="convnet", width=8, epochs=3, batch_size=64, lr=min(self.lr, 0.05),
-                                   seeds=(0, 1), probe_epochs=4,
-                                   backbone_per_class=30 if self.backbone_per_class else 0, toy=True)
+        return dataclasses.replace(
+            self,
+            per_class=min(self.per_class, 30) if self.per_class else 30,
+            arch="convnet",
+            width=8,
+            epochs=3,
+            batch_size=64,
+            lr=min(self.lr, 0.05),
+            seeds=(0, 1),
+            probe_epochs=4,
+            backbone_per_class=30 if self.backbone_per_class else 0,
+            toy=True,
+        )
 
 
-REGIMES: dict[str, Regime] = {r.name: r for r in (
-    Regime("cifar-scarce", "CIFAR-10, scarce (10,000 images, small ConvNet)", "cifar10", per_class=1000,
-           width=16, depth=3, epochs=15, lr=0.05, batch_size=128, methods=SCARCE_METHODS),
-    Regime("cifar-rich", "CIFAR-10, rich (all 50,000 images, wider ConvNet, longer)", "cifar10", per_class=0,
-           width=64, depth=4, epochs=20, lr=0.1, batch_size=512, gpu=True, methods=RICH_METHODS),
-    # The field's anchor (DUAL, CCS, D2, TDDS publish 30/50/70/80/90 % pruned): ResNet-18 on all of CIFAR-10,
-    # shortened from 200 epochs to 40 at batch 512 with CCS's lr per sample (0.1 at 256); width and depth are
-    # the CLI's defaults (ignored by ResNet-18) so that `dpcli` with the same options shares its run directory.
-    Regime("paper", "CIFAR-10, the papers' setting (ResNet-18, all 50,000 images, 40 epochs)", "cifar10",
-           per_class=0, arch="resnet18", width=32, depth=3, epochs=40, lr=0.2, batch_size=512, gpu=True,
-           methods=PAPER_METHODS, seeds=(0, 1, 2), ratios=(0.9, 0.8, 0.7, 0.5, 0.3), lead=PAPER_LEAD),
-    Regime("cifar-rich-cpu", "CIFAR-10, richer on a CPU (all 50,000 images, small ConvNet, 3.3x the steps)",
-           "cifar10", per_class=0, width=16, depth=3, epochs=10, lr=0.05, batch_size=128, seeds=(0, 1),
-           methods=RICH_CPU_METHODS),
-    Regime("cifar-wide-cpu", "CIFAR-10, wider on a CPU (all 50,000 images, 2x wider ConvNet, 4x the steps)",
-           "cifar10", per_class=0, width=32, depth=3, epochs=12, lr=0.05, batch_size=128, seeds=(0, 1, 2),
-           methods=RICH_CPU_METHODS),
-    Regime("digits", "digits (scikit-learn, 1,438 training images)", "digits", per_class=0, width=32, depth=2,
-           epochs=30, lr=0.05, batch_size=64, augment=False,
-           methods=tuple(m for m in SELECTORS_ONLY if m not in ("grand", "influence-score", "ccs-loss", "tdds-loss"))),
-    Regime("frozen-backbone", "frozen backbone (CIFAR-10 features, head fit to convergence)", "cifar10",
-           per_class=1000, width=16, depth=4, epochs=12, lr=0.05, batch_size=128, backbone_per_class=1000,
-           methods=tuple(m for m in SELECTORS_ONLY if m not in ("el2n", "grand"))),
-)}
-NOT_APPLICABLE = {("frozen-backbone", "el2n"): "scores the image network at its early snapshots; no image "
-                                               "network is trained on the pool",
-                  ("frozen-backbone", "grand"): "same as el2n"}
+REGIMES: dict[str, Regime] = {
+    r.name: r
+    for r in (
+        Regime(
+            "cifar-scarce",
+            "CIFAR-10, scarce (10,000 images, small ConvNet)",
+            "cifar10",
+            per_class=1000,
+            width=16,
+            depth=3,
+            epochs=15,
+            lr=0.05,
+            batch_size=128,
+            methods=SCARCE_METHODS,
+        ),
+        Regime(
+            "cifar-rich",
+            "CIFAR-10, rich (all 50,000 images, wider ConvNet, longer)",
+            "cifar10",
+            per_class=0,
+            width=64,
+            depth=4,
+            epochs=20,
+            lr=0.1,
+            batch_size=512,
+            gpu=True,
+            methods=RICH_METHODS,
+        ),
+        # The field's anchor (DUAL, CCS, D2, TDDS publish 30/50/70/80/90 % pruned): ResNet-18 on all of CIFAR-10,
+        # shortened from 200 epochs to 40 at batch 512 with CCS's lr per sample (0.1 at 256); width and depth are
+        # the CLI's defaults (ignored by ResNet-18) so that `dpcli` with the same options shares its run directory.
+        Regime(
+            "paper",
+            "CIFAR-10, the papers' setting (ResNet-18, all 50,000 images, 40 epochs)",
+            "cifar10",
+            per_class=0,
+            arch="resnet18",
+            width=32,
+            depth=3,
+            epochs=40,
+            lr=0.2,
+            batch_size=512,
+            gpu=True,
+            methods=PAPER_METHODS,
+            seeds=(0, 1, 2),
+            ratios=(0.9, 0.8, 0.7, 0.5, 0.3),
+            lead=PAPER_LEAD,
+        ),
+        Regime(
+            "cifar-rich-cpu",
+            "CIFAR-10, richer on a CPU (all 50,000 images, small ConvNet, 3.3x the steps)",
+            "cifar10",
+            per_class=0,
+            width=16,
+            depth=3,
+            epochs=10,
+            lr=0.05,
+            batch_size=128,
+            seeds=(0, 1),
+            methods=RICH_CPU_METHODS,
+        ),
+        Regime(
+            "cifar-wide-cpu",
+            "CIFAR-10, wider on a CPU (all 50,000 images, 2x wider ConvNet, 4x the steps)",
+            "cifar10",
+            per_class=0,
+            width=32,
+            depth=3,
+            epochs=12,
+            lr=0.05,
+            batch_size=128,
+            seeds=(0, 1, 2),
+            methods=RICH_CPU_METHODS,
+        ),
+        Regime(
+            "digits",
+            "digits (scikit-learn, 1,438 training images)",
+            "digits",
+            per_class=0,
+            width=32,
+            depth=2,
+            epochs=30,
+            lr=0.05,
+            batch_size=64,
+            augment=False,
+            methods=tuple(m for m in SELECTORS_ONLY if m not in ("grand", "influence-score", "ccs-loss", "tdds-loss")),
+        ),
+        Regime(
+            "frozen-backbone",
+            "frozen backbone (CIFAR-10 features, head fit to convergence)",
+            "cifar10",
+            per_class=1000,
+            width=16,
+            depth=4,
+            epochs=12,
+            lr=0.05,
+            batch_size=128,
+            backbone_per_class=1000,
+            methods=tuple(m for m in SELECTORS_ONLY if m not in ("el2n", "grand")),
+        ),
+    )
+}
+NOT_APPLICABLE = {
+    ("frozen-backbone", "el2n"): "scores the image network at its early snapshots; no image "
+    "network is trained on the pool",
+    ("frozen-backbone", "grand"): "same as el2n",
+}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -230,8 +334,9 @@ class CellStore:
     measured ones never mix: each run counts only its own kind as done, and a toy run refuses a file that
     holds measured cells."""
 
-    def __init__(self, folder: Path, regime: str, toy: bool = False, also: tuple[str, ...] = (),
-                 mirror: Path | None = None) -> None:
+    def __init__(
+        self, folder: Path, regime: str, toy: bool = False, also: tuple[str, ...] = (), mirror: Path | None = None
+    ) -> None:
         self.path = Path(folder) / f"cells-{regime}.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.mirror = None if mirror is None else Path(mirror) / f"cells-{regime}.jsonl"
@@ -278,8 +383,9 @@ def read_cells(path: Path) -> list[dict]:
     return out
 
 
-def link_subset(src: Path, dst: Path, per_class: int, seed: int, exclude: dict[str, set[str]] | None = None,
-                test: bool = True) -> Path:
+def link_subset(
+    src: Path, dst: Path, per_class: int, seed: int, exclude: dict[str, set[str]] | None = None, test: bool = True
+) -> Path:
     """An ImageFolder of ``per_class`` training images per class (seeded; all if 0) and the whole test set,
     as symlinks; ``exclude`` removes files (per class) from the draw."""
     if dst.exists():
@@ -361,8 +467,9 @@ def spec_config(spec: MethodSpec, ratio: float, seed: int, epsilon: float | None
     return PruneConfig(**size, seed=seed if spec.seeded else 0, **spec.options).validate()
 
 
-def make_mask(setup: Setup, spec: MethodSpec, ratio: float, seed: int,
-              epsilon: float | None = None) -> tuple[mask_stage.MaskInfo, dict]:
+def make_mask(
+    setup: Setup, spec: MethodSpec, ratio: float, seed: int, epsilon: float | None = None
+) -> tuple[mask_stage.MaskInfo, dict]:
     return mask_for(setup, spec_config(spec, ratio, seed, epsilon))
 
 
@@ -381,9 +488,17 @@ def mask_for(setup: Setup, pcfg: PruneConfig) -> tuple[mask_stage.MaskInfo, dict
         pruned, rule = select(pcfg, setup.ctx)
         cert = certify(setup.ctx.S, pruned, pcfg.epsilon, sketch_k=setup.info.sketch_k)
         m = prune_count(pcfg, setup.info.n)
-        mask_stage.write_mask(path, cert, mode=pcfg.mode, target=float(pcfg.epsilon if m is None else m),
-                          solver=rule, info=setup.info, config=pcfg.to_dict(), seconds=time.perf_counter() - t0,
-                          method=pcfg.method)
+        mask_stage.write_mask(
+            path,
+            cert,
+            mode=pcfg.mode,
+            target=float(pcfg.epsilon if m is None else m),
+            solver=rule,
+            info=setup.info,
+            config=pcfg.to_dict(),
+            seconds=time.perf_counter() - t0,
+            method=pcfg.method,
+        )
     return mask_stage.read_mask(path), mask_record(path)
 
 
@@ -395,8 +510,11 @@ def mask_record(path: Path) -> dict:
 
     with h5py.File(path, "r") as f:
         rec = {"rule": get_attr(f, "solver")}
-        extra = {k: get_attr(f, k) for k in f.attrs
-                 if any(w in k.lower() for w in ("auto", "choice", "chose", "regime", "reason", "signal"))}
+        extra = {
+            k: get_attr(f, k)
+            for k in f.attrs
+            if any(w in k.lower() for w in ("auto", "choice", "chose", "regime", "reason", "signal"))
+        }
     if extra:
         rec["auto"] = extra
     return rec
@@ -430,28 +548,58 @@ def image_setup(regime: Regime, data: Path | str, work: Path, device: torch.devi
         cfg = base.replace(seed=seed)
         # keyed on the kept set, not the method: auto's mask equals dual-beta's when it picks DUAL
         out = ck_path.parent / "retrains" / f"{mask.fingerprint[:16]}-s{seed}" / "checkpoint.h5"
-        ck = mask_stage.retrain(ds, mask, out, base=cfg, overrides={}, device=device, eval_every=cfg.epochs,
-                            snapshot_epochs=(), on_epoch=_epoch_hook(clock, "retraining")).checkpoint
-        return {"test_accuracy": ck.final.test_acc, "test_loss": ck.final.test_loss, "train_seconds": ck.seconds,
-                "steps": ck.steps}
+        ck = mask_stage.retrain(
+            ds,
+            mask,
+            out,
+            base=cfg,
+            overrides={},
+            device=device,
+            eval_every=cfg.epochs,
+            snapshot_epochs=(),
+            on_epoch=_epoch_hook(clock, "retraining"),
+        ).checkpoint
+        return {
+            "test_accuracy": ck.final.test_acc,
+            "test_loss": ck.final.test_loss,
+            "train_seconds": ck.seconds,
+            "steps": ck.steps,
+        }
 
     def full(seed: int) -> dict:
         cfg = base.replace(seed=seed)
         path = ck_path if seed == 0 else pipeline.checkpoint_path(runs, cfg)
-        ck = train(cfg, ds, path, device=device, eval_every=cfg.epochs, snapshot_epochs=(),
-                   on_epoch=_epoch_hook(clock, "full-data training"))
-        return {"test_accuracy": ck.final.test_acc, "test_loss": ck.final.test_loss, "train_seconds": ck.seconds,
-                "train_accuracy": ck.final.train_acc, "model": ck.fingerprint[:12]}
+        ck = train(
+            cfg,
+            ds,
+            path,
+            device=device,
+            eval_every=cfg.epochs,
+            snapshot_epochs=(),
+            on_epoch=_epoch_hook(clock, "full-data training"),
+        )
+        return {
+            "test_accuracy": ck.final.test_acc,
+            "test_loss": ck.final.test_loss,
+            "train_seconds": ck.seconds,
+            "train_accuracy": ck.final.train_acc,
+            "model": ck.fingerprint[:12],
+        }
 
     n = len(ds.train.labels)
-    net = (f"ConvNet width {regime.width} depth {regime.depth}" if regime.arch == "convnet"
-           else {"resnet18": "ResNet-18 (CIFAR stem)"}.get(regime.arch, regime.arch))
+    net = (
+        f"ConvNet width {regime.width} depth {regime.depth}"
+        if regime.arch == "convnet"
+        else {"resnet18": "ResNet-18 (CIFAR stem)"}.get(regime.arch, regime.arch)
+    )
     cuda = "; bf16 autocast, channels-last" if device.type == "cuda" else ""
-    settings = (f"{n:,} training images ({ds.num_classes} classes), test set {len(ds.test.labels):,}; "
-                f"{net} ({info.feature_dim} features), "
-                f"{regime.epochs} epochs, batch {regime.batch_size}, SGD lr {regime.lr} cosine, momentum 0.9, "
-                f"weight decay 5e-4, augmentation {'on' if regime.augment else 'off'}{cuda}; exact S "
-                f"({n:,} x {info.d:,})")
+    settings = (
+        f"{n:,} training images ({ds.num_classes} classes), test set {len(ds.test.labels):,}; "
+        f"{net} ({info.feature_dim} features), "
+        f"{regime.epochs} epochs, batch {regime.batch_size}, SGD lr {regime.lr} cosine, momentum 0.9, "
+        f"weight decay 5e-4, augmentation {'on' if regime.augment else 'off'}{cuda}; exact S "
+        f"({n:,} x {info.d:,})"
+    )
     return Setup(regime, info, ctx, retrain, full, settings)
 
 
@@ -462,8 +610,7 @@ def _epoch_hook(clock: Clock, what: str):
     return hook
 
 
-def frozen_setup(regime: Regime, cifar: Path, work: Path, device: torch.device, clock: Clock,
-                 seed: int) -> Setup:
+def frozen_setup(regime: Regime, cifar: Path, work: Path, device: torch.device, clock: Clock, seed: int) -> Setup:
     """frozen-backbone: features of a ConvNet trained by dpcli on images disjoint from the pool, frozen.
 
     The backbone sees ``backbone_per_class`` training images per class (draw seed 1000); the pool of
@@ -480,8 +627,9 @@ def frozen_setup(regime: Regime, cifar: Path, work: Path, device: torch.device, 
     from dpcli.stages import heads
     from dpcli.train.loop import extract_features, load_trained, train
 
-    bb_dir = link_subset(cifar, work / f"cifar10-backbone-{regime.backbone_per_class}pc", regime.backbone_per_class,
-                         seed=1000)
+    bb_dir = link_subset(
+        cifar, work / f"cifar10-backbone-{regime.backbone_per_class}pc", regime.backbone_per_class, seed=1000
+    )
     used = {c: set(os.listdir(bb_dir / "train" / c)) for c in os.listdir(bb_dir / "train")}
     rest_dir = link_subset(cifar, work / f"cifar10-rest-{regime.backbone_per_class}pc", 0, seed=0, exclude=used)
     ds_bb = load_dataset(f"imagefolder:{bb_dir.resolve()}", work / "data")
@@ -489,22 +637,38 @@ def frozen_setup(regime: Regime, cifar: Path, work: Path, device: torch.device, 
     cfg = regime.train_config(ds_bb.name, device)
     ck_path = pipeline.checkpoint_path(work / "runs", cfg)
     log(f"{regime.name}: backbone {ck_path}")
-    train(cfg, ds_bb, ck_path, device=device, eval_every=cfg.epochs, snapshot_epochs=(),
-          on_epoch=_epoch_hook(clock, "backbone training"))
+    train(
+        cfg,
+        ds_bb,
+        ck_path,
+        device=device,
+        eval_every=cfg.epochs,
+        snapshot_epochs=(),
+        on_epoch=_epoch_hook(clock, "backbone training"),
+    )
     feat_file = ck_path.parent / "rest-features.npz"
     if not feat_file.exists():
         model, ck, _ = load_trained(ck_path, device, ds=ds_bb)
         # the backbone's own normalization (ds_bb's mean/std) on the pool's and test images
         x = extract_features(model, ds_rest.train, ds_bb, device).cpu().numpy()
         xt = extract_features(model, ds_rest.test, ds_bb, device).cpu().numpy()
-        np.savez(feat_file.with_suffix(".partial.npz"), x=x, y=ds_rest.train.labels, xt=xt, yt=ds_rest.test.labels,
-                 backbone_test_acc=ck.final.test_acc)
+        np.savez(
+            feat_file.with_suffix(".partial.npz"),
+            x=x,
+            y=ds_rest.train.labels,
+            xt=xt,
+            yt=ds_rest.test.labels,
+            backbone_test_acc=ck.final.test_acc,
+        )
         os.replace(feat_file.with_suffix(".partial.npz"), feat_file)
     z = np.load(feat_file)
     rng = np.random.default_rng(seed)
     y_all = z["y"]
-    pool = np.sort(np.concatenate([rng.choice(np.flatnonzero(y_all == c), regime.per_class, replace=False)
-                                   for c in np.unique(y_all)]))
+    pool = np.sort(
+        np.concatenate(
+            [rng.choice(np.flatnonzero(y_all == c), regime.per_class, replace=False) for c in np.unique(y_all)]
+        )
+    )
     emb = from_arrays(z["x"][pool].astype(np.float32), y_all[pool], z["xt"].astype(np.float32), z["yt"])
     icfg = InfluenceConfig().validate()
     inf_path = ck_path.parent / f"pool-{regime.per_class}pc-s{seed}" / "influence.h5"
@@ -518,19 +682,25 @@ def frozen_setup(regime: Regime, cifar: Path, work: Path, device: torch.device, 
 
     def retrain(keep: np.ndarray, _seed: int, _mask: Path) -> dict:
         r = heads.refit(emb, keep, regime.damping)
-        return {"test_accuracy": r.test_accuracy, "test_loss": r.test_loss, "train_seconds": r.seconds,
-                "head_iterations": r.head.iterations}
+        return {
+            "test_accuracy": r.test_accuracy,
+            "test_loss": r.test_loss,
+            "train_seconds": r.seconds,
+            "head_iterations": r.head.iterations,
+        }
 
     def full(_seed: int) -> dict:
         return retrain(np.ones(emb.n, dtype=bool), _seed, Path())
 
-    settings = (f"backbone: ConvNet width {regime.width} depth {regime.depth} ({emb.x.shape[1]} features) trained "
-                f"by dpcli on {len(ds_bb.train.labels):,} CIFAR-10 training images ({regime.epochs} epochs, "
-                f"{float(z['backbone_test_acc']):.1f} % test accuracy), then frozen; pool: {emb.n:,} other "
-                f"training images ({regime.per_class} per class, drawn per seed from the "
-                f"{len(y_all):,} the backbone never saw); head: L2 softmax regression fit to convergence "
-                f"(damping {regime.damping:g}), exact S ({emb.n:,} x {info.d:,}); score baselines read the "
-                f"dynamics of a {regime.probe_epochs}-epoch SGD linear probe on the same features")
+    settings = (
+        f"backbone: ConvNet width {regime.width} depth {regime.depth} ({emb.x.shape[1]} features) trained "
+        f"by dpcli on {len(ds_bb.train.labels):,} CIFAR-10 training images ({regime.epochs} epochs, "
+        f"{float(z['backbone_test_acc']):.1f} % test accuracy), then frozen; pool: {emb.n:,} other "
+        f"training images ({regime.per_class} per class, drawn per seed from the "
+        f"{len(y_all):,} the backbone never saw); head: L2 softmax regression fit to convergence "
+        f"(damping {regime.damping:g}), exact S ({emb.n:,} x {info.d:,}); score baselines read the "
+        f"dynamics of a {regime.probe_epochs}-epoch SGD linear probe on the same features"
+    )
     return Setup(regime, info, ctx, retrain, full, settings)
 
 
@@ -560,8 +730,13 @@ def probe_dynamics(x: np.ndarray, y: np.ndarray, num_classes: int, regime: Regim
             opt.step()
         sched.step()
         rec.end_epoch()
-    return Dynamics(loss=np.stack(rec._loss), correct=np.stack(rec._correct), margin=np.stack(rec._margin),
-                    probs=np.stack(rec._probs), el2n=np.stack(rec._el2n))
+    return Dynamics(
+        loss=np.stack(rec._loss),
+        correct=np.stack(rec._correct),
+        margin=np.stack(rec._margin),
+        probs=np.stack(rec._probs),
+        el2n=np.stack(rec._el2n),
+    )
 
 
 # --------------------------------------------------------------------------- the run
@@ -574,8 +749,10 @@ def run(args: argparse.Namespace, regimes: list[Regime]) -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here")
     results = Path(args.results)
-    stores = {r.name: CellStore(results, r.name, toy=r.toy, also=tuple(args.results_all[1:]), mirror=args.mirror)
-              for r in regimes}
+    stores = {
+        r.name: CellStore(results, r.name, toy=r.toy, also=tuple(args.results_all[1:]), mirror=args.mirror)
+        for r in regimes
+    }
     auto_missing = "auto" in {m for r in regimes for m in _methods(args, r)} and not has_selector("auto")
     if auto_missing:
         log("skipping `auto`: this dpcli has no --method auto (the report marks its cells 'not run')")
@@ -593,8 +770,16 @@ def run(args: argparse.Namespace, regimes: list[Regime]) -> None:
                 setups[key] = frozen_setup(regime, cifar, work, device, clock, seed)
             else:
                 if regime.dataset == "cifar10":
-                    data = link_subset(cifar, work / f"cifar10-{regime.per_class or 'all'}pc", regime.per_class,
-                                       seed=args.subset_seed) if regime.per_class else cifar
+                    data = (
+                        link_subset(
+                            cifar,
+                            work / f"cifar10-{regime.per_class or 'all'}pc",
+                            regime.per_class,
+                            seed=args.subset_seed,
+                        )
+                        if regime.per_class
+                        else cifar
+                    )
                 setups[key] = image_setup(regime, data, work, device, clock)
         return setups[key]
 
@@ -612,8 +797,15 @@ def run(args: argparse.Namespace, regimes: list[Regime]) -> None:
     passes = [[r for r in ratios if r >= 0.7], [r for r in ratios if r < 0.7]]
     try:
         for regime in lead:
-            run_comparisons(regime, methods_of(regime), lambda s, r=regime: setup_for(r, s), stores[regime.name],
-                            args, clock, device)
+            run_comparisons(
+                regime,
+                methods_of(regime),
+                lambda s, r=regime: setup_for(r, s),
+                stores[regime.name],
+                args,
+                clock,
+                device,
+            )
         for k, group in enumerate(passes):
             for seed in seeds:
                 for regime in rest:
@@ -622,8 +814,9 @@ def run(args: argparse.Namespace, regimes: list[Regime]) -> None:
                     store = stores[regime.name]
                     methods = [m for m in methods_of(regime) if m not in EPSILON_CELLS]  # they need a lead regime
                     todo = [(m, r) for r in group for m in methods if not store.has(m, r, seed)]
-                    want_full = ((seed == 0 or k == len(passes) - 1) and not store.has("full", 0.0, seed)
-                                 and not args.no_full)
+                    want_full = (
+                        (seed == 0 or k == len(passes) - 1) and not store.has("full", 0.0, seed) and not args.no_full
+                    )
                     if not want_full and not todo:
                         continue
                     clock.check(f"{regime.name} seed {seed}")
@@ -633,8 +826,9 @@ def run(args: argparse.Namespace, regimes: list[Regime]) -> None:
         log(f"time budget spent (at: {stop}); every finished cell is in {results}")
 
 
-def comparison_order(regime: Regime, methods: list[str], seeds: tuple[int, ...],
-                     ratios: list[float]) -> list[tuple[int, str, float]]:
+def comparison_order(
+    regime: Regime, methods: list[str], seeds: tuple[int, ...], ratios: list[float]
+) -> list[tuple[int, str, float]]:
     """(seed, method, ratio) in the order a lead regime runs, so that whole comparisons finish early: per
     seed, the lead methods at every ratio (interleaved: each ratio's pair completes at once), the epsilon
     cells, then the rivals at every ratio; the full-data cell first for seed 0 (it comes with the selection
@@ -649,8 +843,15 @@ def comparison_order(regime: Regime, methods: list[str], seeds: tuple[int, ...],
     return order
 
 
-def run_comparisons(regime: Regime, methods: list[str], setup_of: Callable[[int], Setup], store: CellStore,
-                    args: argparse.Namespace, clock: Clock, device) -> None:
+def run_comparisons(
+    regime: Regime,
+    methods: list[str],
+    setup_of: Callable[[int], Setup],
+    store: CellStore,
+    args: argparse.Namespace,
+    clock: Clock,
+    device,
+) -> None:
     """A lead regime's cells in :func:`comparison_order`, skipping those already finished."""
     for seed, name, ratio in comparison_order(regime, methods, _seeds(args, regime), _ratios(args, regime)):
         if store.has(name, ratio, seed) or (name == "full" and args.no_full):
@@ -663,8 +864,9 @@ def run_comparisons(regime: Regime, methods: list[str], setup_of: Callable[[int]
             run_cell(setup, store, name, ratio, seed, device)
 
 
-def run_block(setup: Setup, store: CellStore, todo: list[tuple[str, float]], seed: int, device, clock: Clock,
-              want_full: bool) -> None:
+def run_block(
+    setup: Setup, store: CellStore, todo: list[tuple[str, float]], seed: int, device, clock: Clock, want_full: bool
+) -> None:
     """One regime's cells at one seed: the full-data reference if wanted, then ``todo`` in order."""
     if want_full:
         run_full(setup, store, seed, device)
@@ -678,16 +880,34 @@ def run_full(setup: Setup, store: CellStore, seed: int, device) -> None:
     regime = setup.regime
     t0 = time.perf_counter()
     res = setup.full(seed)
-    store.add({"regime": regime.name, "method": "full", "ratio": 0.0, "seed": seed,
-               **({"toy": True} if regime.toy else {}),
-               "n": setup.info.n, "n_kept": setup.info.n, "wall_seconds": time.perf_counter() - t0,
-               "settings": setup.settings, "device": str(device), **res})
+    store.add(
+        {
+            "regime": regime.name,
+            "method": "full",
+            "ratio": 0.0,
+            "seed": seed,
+            **({"toy": True} if regime.toy else {}),
+            "n": setup.info.n,
+            "n_kept": setup.info.n,
+            "wall_seconds": time.perf_counter() - t0,
+            "settings": setup.settings,
+            "device": str(device),
+            **res,
+        }
+    )
     log(f"{regime.name} full s{seed}: {res['test_accuracy']:.2f}%")
 
 
 def _cell(setup: Setup, name: str, ratio: float, seed: int, device) -> dict:
-    return {"regime": setup.regime.name, "method": name, "ratio": ratio, "seed": seed, "device": str(device),
-            "model": setup.info.checkpoint_fingerprint[:12], **({"toy": True} if setup.regime.toy else {})}
+    return {
+        "regime": setup.regime.name,
+        "method": name,
+        "ratio": ratio,
+        "seed": seed,
+        "device": str(device),
+        "model": setup.info.checkpoint_fingerprint[:12],
+        **({"toy": True} if setup.regime.toy else {}),
+    }
 
 
 def run_cell(setup: Setup, store: CellStore, name: str, ratio: float, seed: int, device) -> None:
@@ -705,10 +925,23 @@ def run_cell(setup: Setup, store: CellStore, name: str, ratio: float, seed: int,
     t1 = time.perf_counter()
     res = setup.retrain(mask.keep, seed, mask.path)
     # the selection code's hash tells a cell of the current default from an earlier one (benchmarks/auto_evidence.py)
-    store.add({**cell, "n": mask.n, "n_kept": mask.n_kept, "norm": mask.norm, **rec, "selection_code": selection_code(),
-               "select_seconds": t1 - t0, "wall_seconds": time.perf_counter() - t0, **res})
-    log(f"{setup.regime.name} {name} {ratio:.0%} s{seed}: {res['test_accuracy']:.2f}% "
-        f"({rec['rule']}, {time.perf_counter() - t0:.0f}s)")
+    store.add(
+        {
+            **cell,
+            "n": mask.n,
+            "n_kept": mask.n_kept,
+            "norm": mask.norm,
+            **rec,
+            "selection_code": selection_code(),
+            "select_seconds": t1 - t0,
+            "wall_seconds": time.perf_counter() - t0,
+            **res,
+        }
+    )
+    log(
+        f"{setup.regime.name} {name} {ratio:.0%} s{seed}: {res['test_accuracy']:.2f}% "
+        f"({rec['rule']}, {time.perf_counter() - t0:.0f}s)"
+    )
 
 
 def run_epsilon_cell(setup: Setup, store: CellStore, name: str, ratio: float, seed: int, device) -> None:
@@ -730,11 +963,26 @@ def run_epsilon_cell(setup: Setup, store: CellStore, name: str, ratio: float, se
     t1 = time.perf_counter()
     res = setup.retrain(mask.keep, seed, mask.path)
     other = setup.retrain(rnd.keep, seed, rnd.path)
-    store.add({**cell, "epsilon": eps, "n": mask.n, "n_kept": mask.n_kept, "pruned_share": mask.n_pruned / mask.n,
-               "norm": mask.norm, **rec, "select_seconds": t1 - t0, "wall_seconds": time.perf_counter() - t0, **res,
-               "random_norm": rnd.norm, **{f"random_{k}": v for k, v in other.items()}})
-    log(f"{setup.regime.name} {name} s{seed}: epsilon {eps:.4g} pruned {mask.n_pruned / mask.n:.1%}: "
-        f"{res['test_accuracy']:.2f}% vs random {other['test_accuracy']:.2f}%")
+    store.add(
+        {
+            **cell,
+            "epsilon": eps,
+            "n": mask.n,
+            "n_kept": mask.n_kept,
+            "pruned_share": mask.n_pruned / mask.n,
+            "norm": mask.norm,
+            **rec,
+            "select_seconds": t1 - t0,
+            "wall_seconds": time.perf_counter() - t0,
+            **res,
+            "random_norm": rnd.norm,
+            **{f"random_{k}": v for k, v in other.items()},
+        }
+    )
+    log(
+        f"{setup.regime.name} {name} s{seed}: epsilon {eps:.4g} pruned {mask.n_pruned / mask.n:.1%}: "
+        f"{res['test_accuracy']:.2f}% vs random {other['test_accuracy']:.2f}%"
+    )
 
 
 def _methods(args, regime: Regime) -> list[str]:
@@ -801,8 +1049,10 @@ def regime_report(regime: Regime, cells: list[dict], methods: list[str], auto_pr
             else:
                 row.append("–")
         lines.append(f"| {m} | " + " | ".join(row) + " |")
-    lines.append("\nTest accuracy (%) after retraining on the kept samples: mean ± standard error over seeds "
-                 "(n = seeds); bold = best mean per ratio.")
+    lines.append(
+        "\nTest accuracy (%) after retraining on the kept samples: mean ± standard error over seeds "
+        "(n = seeds); bold = best mean per ratio."
+    )
     if errors:
         first = sorted({e.splitlines()[0] for e in errors.values()})
         lines.append("¹ The selector stopped with an error: " + "; ".join(f"`{e}`" for e in first[:3]))
@@ -821,27 +1071,34 @@ def epsilon_report(cells: list[dict]) -> str:
     """The epsilon cells: the bound, what it pruned, the retrained accuracy beside random pruning of that count."""
     if not cells:
         return ""
-    out = ["\nEpsilon cells (Eq. 3, the largest pruned set within a norm bound), each retrained beside random "
-           "pruning of the count it reached (same seed). `optimization-eps`: the bound is the norm that Eq. 4 "
-           "reaches at the nominal ratio; `readme-eps0.05`: the README's `prune --epsilon 0.05` (default method):\n",
-           "| cell | seed | epsilon | pruned | accuracy | random, same count | difference |",
-           "|---|---|---|---|---|---|---|"]
+    out = [
+        "\nEpsilon cells (Eq. 3, the largest pruned set within a norm bound), each retrained beside random "
+        "pruning of the count it reached (same seed). `optimization-eps`: the bound is the norm that Eq. 4 "
+        "reaches at the nominal ratio; `readme-eps0.05`: the README's `prune --epsilon 0.05` (default method):\n",
+        "| cell | seed | epsilon | pruned | accuracy | random, same count | difference |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for c in sorted(cells, key=lambda c: (c["method"], float(c["ratio"]), int(c["seed"]))):
         if "error" in c:
             out.append(f"| {c['method']} | {c['seed']} | – | failed: `{c['error'].splitlines()[0]}` | – | – | – |")
             continue
         diff = c["test_accuracy"] - c["random_test_accuracy"]
-        out.append(f"| {c['method']} | {c['seed']} | {c['epsilon']:.4g} | {c['n'] - c['n_kept']:,} "
-                   f"({c['pruned_share']:.1%}) | {c['test_accuracy']:.2f} | {c['random_test_accuracy']:.2f} | "
-                   f"{diff:+.2f} |")
+        out.append(
+            f"| {c['method']} | {c['seed']} | {c['epsilon']:.4g} | {c['n'] - c['n_kept']:,} "
+            f"({c['pruned_share']:.1%}) | {c['test_accuracy']:.2f} | {c['random_test_accuracy']:.2f} | "
+            f"{diff:+.2f} |"
+        )
     return "\n".join(out)
 
 
 def margins(acc: dict, ours: str, rivals: list[str], ratios: list[float]) -> str:
     """Our mean minus each rival's; ``*`` where the difference exceeds both methods' seed standard deviations."""
-    out = [f"\nMargin of `{ours}` over each other method (difference of means, points; `*` = larger in size "
-           "than both methods' seed-to-seed standard deviations, so a `-x.xx*` is a clear loss):\n",
-           "| rival | " + " | ".join(f"{r:.0%}" for r in ratios) + " |", "|---|" + "---|" * len(ratios)]
+    out = [
+        f"\nMargin of `{ours}` over each other method (difference of means, points; `*` = larger in size "
+        "than both methods' seed-to-seed standard deviations, so a `-x.xx*` is a clear loss):\n",
+        "| rival | " + " | ".join(f"{r:.0%}" for r in ratios) + " |",
+        "|---|" + "---|" * len(ratios),
+    ]
     for b in rivals:
         row = []
         for r in ratios:
@@ -860,10 +1117,13 @@ def margins(acc: dict, ours: str, rivals: list[str], ratios: list[float]) -> str
 def auto_choices(cells: list[dict], ratios: list[float], auto_present: bool) -> str:
     """What `auto` chose in each cell: the rule label it recorded, counted over seeds."""
     mine = [c for c in cells if c["method"] == "auto" and "error" not in c]
-    out = ["\n`auto`'s choice per ratio (the rule it recorded in mask.h5, with the number of seeds), and how many "
-           "of those cells ran the current default (every part a candidate; the cells that record their "
-           "`selection_code`):\n",
-           "| ratio | choice | current default |", "|---|---|---|"]
+    out = [
+        "\n`auto`'s choice per ratio (the rule it recorded in mask.h5, with the number of seeds), and how many "
+        "of those cells ran the current default (every part a candidate; the cells that record their "
+        "`selection_code`):\n",
+        "| ratio | choice | current default |",
+        "|---|---|---|",
+    ]
     for r in ratios:
         at = [c for c in mine if round(float(c["ratio"]), 6) == r]
         if not at:
@@ -873,8 +1133,11 @@ def auto_choices(cells: list[dict], ratios: list[float], auto_present: bool) -> 
         for c in at:
             counts[c.get("rule", "?")] = counts.get(c.get("rule", "?"), 0) + 1
         current = sum("selection_code" in c for c in at)
-        out.append(f"| {r:.0%} | " + "; ".join(f"`{k}` ×{v}" for k, v in sorted(counts.items()))
-                   + f" | {current} of {len(at)} |")
+        out.append(
+            f"| {r:.0%} | "
+            + "; ".join(f"`{k}` ×{v}" for k, v in sorted(counts.items()))
+            + f" | {current} of {len(at)} |"
+        )
     return "\n".join(out)
 
 
@@ -884,8 +1147,9 @@ def report(args: argparse.Namespace) -> None:
         for name in REGIMES:
             for c in read_cells(Path(folder) / f"cells-{name}.jsonl"):
                 cells_by_regime.setdefault(name, {})[_key(c)] = c  # a later folder's cell replaces an earlier one
-    auto_present = has_selector("auto") or any(c["method"] == "auto" for cs in cells_by_regime.values()
-                                               for c in cs.values())
+    auto_present = has_selector("auto") or any(
+        c["method"] == "auto" for cs in cells_by_regime.values() for c in cs.values()
+    )
     path = Path(args.docs)
     text = path.read_text()
     for name, regime in REGIMES.items():
@@ -896,10 +1160,12 @@ def report(args: argparse.Namespace) -> None:
         body = regime_report(regime, cells, methods, auto_present)
         text = replace_section(text, name, body)
     # the code that ran each cell is in its record (benchmarks/results/grid); the page names the command only
-    stamp = (f"<!-- grid:stamp:begin -->\nTables written by `python3 benchmarks/grid.py --report-only "
-             f"--results {' '.join(str(f) for f in args.results_all)}`; the plot by `python3 benchmarks/plot_grid.py`."
-             "\n\n![Retrained test accuracy against the pruned share, per regime](grid-accuracy.png)\n"
-             f"<!-- grid:stamp:end -->")
+    stamp = (
+        f"<!-- grid:stamp:begin -->\nTables written by `python3 benchmarks/grid.py --report-only "
+        f"--results {' '.join(str(f) for f in args.results_all)}`; the plot by `python3 benchmarks/plot_grid.py`."
+        "\n\n![Retrained test accuracy against the pruned share, per regime](grid-accuracy.png)\n"
+        f"<!-- grid:stamp:end -->"
+    )
     text = _replace(text, "<!-- grid:stamp:begin -->", "<!-- grid:stamp:end -->", stamp)
     path.write_text(text)
     log(f"wrote {path}")
@@ -929,8 +1195,13 @@ def machine() -> dict:
     except OSError:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__,
-            "python": platform.python_version()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
 
 
 # --------------------------------------------------------------------------- entry point
@@ -940,22 +1211,33 @@ def main() -> None:
     ap.add_argument("--tarball", default="../shared/data/cifar10-jpg.tar.gz")
     ap.add_argument("--data", help="an extracted CIFAR-10 ImageFolder (train/ and test/); skips the tarball")
     ap.add_argument("--work", default="benchmark-runs/grid", help="runs, caches and masks")
-    ap.add_argument("--results", nargs="+", default=None,
-                    help="folder(s) of the cells-<regime>.jsonl files; a run writes to the first and skips the "
-                         "cells finished in any; --report-only reads all (a later folder's cell replaces an "
-                         "earlier one's) [default: WORK/results]")
+    ap.add_argument(
+        "--results",
+        nargs="+",
+        default=None,
+        help="folder(s) of the cells-<regime>.jsonl files; a run writes to the first and skips the "
+        "cells finished in any; --report-only reads all (a later folder's cell replaces an "
+        "earlier one's) [default: WORK/results]",
+    )
     ap.add_argument("--mirror", type=Path, help="also append every new cell here (what a lent GPU machine returns)")
     ap.add_argument("--subset-seed", type=int, default=0)
     ap.add_argument("--methods", nargs="+", choices=list(METHODS), help="[default: the regime's list]")
     ap.add_argument("--ratios", nargs="+", type=float, help="[default: the regime's, else 0.9 0.7 0.5 0.3]")
     ap.add_argument("--seeds", nargs="+", type=int, help="[default: the regime's, 0-4]")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (on a shared CPU more than 1 oversubscribes and is many times slower)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (on a shared CPU more than 1 oversubscribes and is many times slower)",
+    )
     ap.add_argument("--budget", type=float, default=0, help="stop cleanly after this many seconds (0: none)")
     ap.add_argument("--deadline", type=float, default=0, help="stop cleanly at this Unix time (0: none)")
-    ap.add_argument("--no-full", action="store_true",
-                    help="skip the full-data cells (when another process of the same regime runs them)")
+    ap.add_argument(
+        "--no-full",
+        action="store_true",
+        help="skip the full-data cells (when another process of the same regime runs them)",
+    )
     ap.add_argument("--tiny", action="store_true", help="toy sizes of every regime: a dry run of every code path")
     ap.add_argument("--docs", default="docs/benchmarks.md")
     ap.add_argument("--report-only", action="store_true", help="render --docs from the --results folders")
@@ -970,8 +1252,9 @@ def main() -> None:
     results.mkdir(parents=True, exist_ok=True)
     where = Path(args.mirror) if args.mirror else results  # a mirrored run describes its machine beside its cells
     where.mkdir(parents=True, exist_ok=True)
-    (where / "machine.json").write_text(json.dumps({**machine(), "argv": sys.argv[1:], "tiny": args.tiny,
-                                                    "auto": has_selector("auto")}, indent=1))
+    (where / "machine.json").write_text(
+        json.dumps({**machine(), "argv": sys.argv[1:], "tiny": args.tiny, "auto": has_selector("auto")}, indent=1)
+    )
     run(args, regimes)
 
 

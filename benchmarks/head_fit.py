@@ -68,8 +68,9 @@ def fit_dpcli(x: np.ndarray, y: np.ndarray, c: int, lam: float, tol: float) -> t
     return h.weight.numpy(), h.bias.numpy(), f"{h.iterations} Newton steps, {h.hvps} Hessian-vector products"
 
 
-def fit_sklearn(x: np.ndarray, y: np.ndarray, c: int, lam: float, tol: float,
-                threads: int | None = None, max_iter: int = 20_000) -> tuple[np.ndarray, np.ndarray, str]:
+def fit_sklearn(
+    x: np.ndarray, y: np.ndarray, c: int, lam: float, tol: float, threads: int | None = None, max_iter: int = 20_000
+) -> tuple[np.ndarray, np.ndarray, str]:
     from sklearn.linear_model import LogisticRegression
     from threadpoolctl import threadpool_limits
 
@@ -77,13 +78,15 @@ def fit_sklearn(x: np.ndarray, y: np.ndarray, c: int, lam: float, tol: float,
     xa = np.hstack([x.astype(np.float64), np.ones((n, 1))])
     with warnings.catch_warnings(), threadpool_limits(limits=threads):
         warnings.simplefilter("ignore")  # ConvergenceWarning: the gradient norm reached is reported instead
-        m = LogisticRegression(C=1.0 / (n * lam), fit_intercept=False, solver="lbfgs",
-                               tol=tol / np.sqrt(c * (dim + 1)), max_iter=max_iter).fit(xa, y)
+        m = LogisticRegression(
+            C=1.0 / (n * lam), fit_intercept=False, solver="lbfgs", tol=tol / np.sqrt(c * (dim + 1)), max_iter=max_iter
+        ).fit(xa, y)
     return m.coef_[:, :dim].copy(), m.coef_[:, dim].copy(), f"{int(np.max(m.n_iter_))} L-BFGS iterations"
 
 
-def influence_vs_floor(x: np.ndarray, y: np.ndarray, c: int, lam: float, tol: float,
-                       threads: int | None) -> dict[str, float]:
+def influence_vs_floor(
+    x: np.ndarray, y: np.ndarray, c: int, lam: float, tol: float, threads: int | None
+) -> dict[str, float]:
     """Seconds of dpcli's ``influence --features`` stage and of scikit-learn's fit + the exact S solve."""
     import tempfile
     from pathlib import Path
@@ -98,8 +101,9 @@ def influence_vs_floor(x: np.ndarray, y: np.ndarray, c: int, lam: float, tol: fl
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        embeddings_influence(from_arrays(x, y), Path(tmp) / "influence.h5", InfluenceConfig().validate(), damping=lam,
-                             tol=tol)
+        embeddings_influence(
+            from_arrays(x, y), Path(tmp) / "influence.h5", InfluenceConfig().validate(), damping=lam, tol=tol
+        )
         out["dpcli_influence_s"] = time.perf_counter() - t
     t = time.perf_counter()
     w, b, _ = fit_sklearn(x, y, c, lam, tol, threads)
@@ -113,15 +117,22 @@ def influence_vs_floor(x: np.ndarray, y: np.ndarray, c: int, lam: float, tol: fl
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--problems", nargs="+", default=["blobs:3000x512x10", "relu:3000x512x10", "digits:1797x64x10",
-                                                       "relu:20000x128x20"])
+    ap.add_argument(
+        "--problems",
+        nargs="+",
+        default=["blobs:3000x512x10", "relu:3000x512x10", "digits:1797x64x10", "relu:20000x128x20"],
+    )
     ap.add_argument("--lam", type=float, default=1e-3)
     ap.add_argument("--tol", type=float, default=1e-7)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", default=None)
-    ap.add_argument("--sklearn-threads", type=int, default=None,
-                    help="BLAS/OpenMP threads of scikit-learn's fit (threadpoolctl; default: its own setting). "
-                         "dpcli runs a small fit on one thread, which on a shared machine is the faster choice")
+    ap.add_argument(
+        "--sklearn-threads",
+        type=int,
+        default=None,
+        help="BLAS/OpenMP threads of scikit-learn's fit (threadpoolctl; default: its own setting). "
+        "dpcli runs a small fit on one thread, which on a shared machine is the faster choice",
+    )
     ap.add_argument("--influence", action="store_true", help="also time influence --features against its floor")
     a = ap.parse_args()
     rows = []
@@ -140,22 +151,39 @@ def main() -> None:
                 times[name].append(time.perf_counter() - t)
                 norms[name] = grad_norm(x, y, w, b, a.lam)
         med = {k: statistics.median(v) for k, v in times.items()}
-        row = {"problem": spec, "n": len(y), "D": x.shape[1], "C": c, "lam": a.lam, "tol": a.tol,
-               "sklearn_threads": a.sklearn_threads,
-               "dpcli_s": med["dpcli"], "sklearn_s": med["sklearn"], "ratio": med["dpcli"] / med["sklearn"],
-               "dpcli_grad_norm": norms["dpcli"], "sklearn_grad_norm": norms["sklearn"],
-               "dpcli": notes["dpcli"], "sklearn": notes["sklearn"], "times": times}
+        row = {
+            "problem": spec,
+            "n": len(y),
+            "D": x.shape[1],
+            "C": c,
+            "lam": a.lam,
+            "tol": a.tol,
+            "sklearn_threads": a.sklearn_threads,
+            "dpcli_s": med["dpcli"],
+            "sklearn_s": med["sklearn"],
+            "ratio": med["dpcli"] / med["sklearn"],
+            "dpcli_grad_norm": norms["dpcli"],
+            "sklearn_grad_norm": norms["sklearn"],
+            "dpcli": notes["dpcli"],
+            "sklearn": notes["sklearn"],
+            "times": times,
+        }
         if a.influence:
             runs = [influence_vs_floor(x, y, c, a.lam, a.tol, a.sklearn_threads) for _ in range(a.repeats)]
             row["influence"] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
             inf = row["influence"]
-            print(f"{spec:>20}: influence --features {inf['dpcli_influence_s']:.2f} s; floor: scikit-learn fit "
-                  f"{inf['sklearn_fit_s']:.2f} s + S solve {inf['S_solve_s']:.2f} s; ratio {inf['ratio']:.2f}",
-                  flush=True)
+            print(
+                f"{spec:>20}: influence --features {inf['dpcli_influence_s']:.2f} s; floor: scikit-learn fit "
+                f"{inf['sklearn_fit_s']:.2f} s + S solve {inf['S_solve_s']:.2f} s; ratio {inf['ratio']:.2f}",
+                flush=True,
+            )
         rows.append(row)
-        print(f"{spec:>20}: dpcli {med['dpcli']:7.2f} s ({notes['dpcli']}, ||grad|| {norms['dpcli']:.1e})  "
-              f"sklearn {med['sklearn']:7.2f} s ({notes['sklearn']}, ||grad|| {norms['sklearn']:.1e})  "
-              f"ratio {row['ratio']:.2f}", flush=True)
+        print(
+            f"{spec:>20}: dpcli {med['dpcli']:7.2f} s ({notes['dpcli']}, ||grad|| {norms['dpcli']:.1e})  "
+            f"sklearn {med['sklearn']:7.2f} s ({notes['sklearn']}, ||grad|| {norms['sklearn']:.1e})  "
+            f"ratio {row['ratio']:.2f}",
+            flush=True,
+        )
     if a.json:
         with open(a.json, "w") as fh:
             json.dump({"rows": rows, "load_average_after": os.getloadavg(), "cpus": os.cpu_count()}, fh, indent=2)

@@ -40,8 +40,14 @@ def main() -> None:
     files = [p for p, _ in layouts.scan(args.folder.resolve()).train][: args.n]
     size = (cache.stored_side(args.image_size), args.image_size)
     jobs = [(files[i : i + BLOCK], size, False) for i in range(0, len(files), BLOCK)]
-    res: dict = {"files": len(files), "image_size": args.image_size, "stored": size[0], "workers": args.workers,
-                 "cpus": os.cpu_count(), "device": args.device}
+    res: dict = {
+        "files": len(files),
+        "image_size": args.image_size,
+        "stored": size[0],
+        "workers": args.workers,
+        "cpus": os.cpu_count(),
+        "device": args.device,
+    }
     pil: list = [None] * len(jobs)
 
     def keep(k: int, out: list) -> None:
@@ -58,8 +64,12 @@ def main() -> None:
     t0 = time.perf_counter()
     batched = [jpeg.decode_many(paths, sz, gray, args.device) for paths, sz, gray in jobs]
     res[f"{args.device}_images_per_s"] = len(files) / (time.perf_counter() - t0)
-    diffs = [np.abs(a[1].astype(np.int16) - b[1].astype(np.int16))
-             for ja, jb in zip(pil, batched) for a, b in zip(ja, jb) if a[0] == b[0] == "ok"]
+    diffs = [
+        np.abs(a[1].astype(np.int16) - b[1].astype(np.int16))
+        for ja, jb in zip(pil, batched)
+        for a, b in zip(ja, jb)
+        if a[0] == b[0] == "ok"
+    ]
     res["max_abs_diff"] = int(max(int(d.max()) for d in diffs))
     res["mean_abs_diff"] = float(np.mean([d.mean() for d in diffs]))
     res["speedup"] = res[f"{args.device}_images_per_s"] / res["pil_images_per_s"]

@@ -99,9 +99,16 @@ def main() -> None:
         floor_links = median_seconds(floor, args.repeats)
 
     result = {
-        "files": len(layout.train), "classes": args.classes, "repeats": args.repeats, "kept": int(len(kept)),
-        "listing_dpcli_s": ours, "listing_torchvision_s": theirs, "listing_ratio": ours / theirs,
-        "links_dpcli_s": ours_links, "links_floor_s": floor_links, "links_ratio": ours_links / floor_links,
+        "files": len(layout.train),
+        "classes": args.classes,
+        "repeats": args.repeats,
+        "kept": int(len(kept)),
+        "listing_dpcli_s": ours,
+        "listing_torchvision_s": theirs,
+        "listing_ratio": ours / theirs,
+        "links_dpcli_s": ours_links,
+        "links_floor_s": floor_links,
+        "links_ratio": ours_links / floor_links,
     }
     print(json.dumps(result, indent=2))
     if args.out is not None:

@@ -56,8 +56,17 @@ def phase_dpcli(folder: Path, root: Path, size: int, batch: int, workers: int, m
     ds = load_dataset(f"imagefolder:{folder}", root, image_size=size, stream=True)
     t0 = time.perf_counter()
     n = 0
-    for x, _, _ in iterate_batches(ds.train, batch, mean=ds.mean, std=ds.std, device="cpu", shuffle=True,
-                                   augment=True, generator=torch.Generator().manual_seed(0), workers=workers):
+    for x, _, _ in iterate_batches(
+        ds.train,
+        batch,
+        mean=ds.mean,
+        std=ds.std,
+        device="cpu",
+        shuffle=True,
+        augment=True,
+        generator=torch.Generator().manual_seed(0),
+        workers=workers,
+    ):
         n += x.shape[0]
         if n >= max_batches * batch:
             break
@@ -70,11 +79,18 @@ def phase_torchvision(folder: Path, size: int, batch: int, workers: int, max_bat
     from torchvision import datasets
     from torchvision import transforms as T
 
-    tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(),
-                    T.Normalize((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))])
+    tf = T.Compose(
+        [
+            T.RandomResizedCrop(size),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+        ]
+    )
     ds = datasets.ImageFolder(str(folder / "train"), transform=tf)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers,
-                                         prefetch_factor=4 if workers else None)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=batch, shuffle=True, num_workers=workers, prefetch_factor=4 if workers else None
+    )
     torch.manual_seed(0)
     t0 = time.perf_counter()
     n = 0
@@ -97,8 +113,11 @@ def main() -> None:
     ap.add_argument("--memory-limit", default=None, help="run every phase in a memory cgroup of this size (e.g. 1G)")
     ap.add_argument("--phase", choices=["build", "dpcli", "torchvision"], default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
-    ap.add_argument("--phases", default="build,dpcli,torchvision",
-                    help="comma-separated subset; without build, --data-root must hold a built cache")
+    ap.add_argument(
+        "--phases",
+        default="build,dpcli,torchvision",
+        help="comma-separated subset; without build, --data-root must hold a built cache",
+    )
     args = ap.parse_args()
     folder = args.folder.resolve()
     if args.phase:  # child process: one phase, result as the last line
@@ -113,19 +132,43 @@ def main() -> None:
         return
     root = args.data_root or Path(tempfile.mkdtemp(prefix="dpcli-bench-"))
     env = dict(os.environ, DPCLI_CACHE_WORKERS=str(max(1, args.workers)))
-    results = {"folder": str(folder), "image_size": args.image_size, "batch": args.batch, "workers": args.workers,
-               "cpus": os.cpu_count(), "load_average": os.getloadavg(), "max_batches": args.max_batches,
-               "memory_limit": args.memory_limit}
+    results = {
+        "folder": str(folder),
+        "image_size": args.image_size,
+        "batch": args.batch,
+        "workers": args.workers,
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "max_batches": args.max_batches,
+        "memory_limit": args.memory_limit,
+    }
     cgroup = MemoryCgroup(_size(args.memory_limit)) if args.memory_limit else None
     try:
         for phase in args.phases.split(","):
-            cmd = [sys.executable, __file__, str(folder), "--phase", phase, "--image-size", str(args.image_size),
-                   "--batch", str(args.batch), "--workers", str(args.workers), "--data-root", str(root),
-                   "--max-batches", str(args.max_batches)]
+            cmd = [
+                sys.executable,
+                __file__,
+                str(folder),
+                "--phase",
+                phase,
+                "--image-size",
+                str(args.image_size),
+                "--batch",
+                str(args.batch),
+                "--workers",
+                str(args.workers),
+                "--data-root",
+                str(root),
+                "--max-batches",
+                str(args.max_batches),
+            ]
             m = run_measured(cmd, env=env, cgroup=cgroup)
             line = [ln for ln in m.pop("output").splitlines() if ln.startswith("RESULT ")][-1]
-            results[phase] = {**{k: v for k, v in m.items() if k not in ("returncode", "seconds")},
-                              "process_seconds": m["seconds"], **json.loads(line[7:])}
+            results[phase] = {
+                **{k: v for k, v in m.items() if k not in ("returncode", "seconds")},
+                "process_seconds": m["seconds"],
+                **json.loads(line[7:]),
+            }
             print(phase, json.dumps(results[phase]), flush=True)
     finally:
         if cgroup is not None:
@@ -133,10 +176,13 @@ def main() -> None:
         if args.data_root is None:
             shutil.rmtree(root, ignore_errors=True)
     if "dpcli" in results and "torchvision" in results:
-        results["epoch_speedup_vs_torchvision"] = results["dpcli"]["images_per_s"] / results["torchvision"]["images_per_s"]
+        results["epoch_speedup_vs_torchvision"] = (
+            results["dpcli"]["images_per_s"] / results["torchvision"]["images_per_s"]
+        )
     if "build" in results and "epoch_speedup_vs_torchvision" in results:
-        results["build_plus_epoch_vs_torchvision_epoch"] = (
-            results["torchvision"]["seconds"] / (results["build"]["seconds"] + results["dpcli"]["seconds"]))
+        results["build_plus_epoch_vs_torchvision_epoch"] = results["torchvision"]["seconds"] / (
+            results["build"]["seconds"] + results["dpcli"]["seconds"]
+        )
     print(json.dumps(results, indent=1))
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))

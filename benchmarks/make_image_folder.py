@@ -78,8 +78,10 @@ def main() -> None:
         for c in range(args.classes):
             _name(str(args.out), split, args.layout, c, 0).parent.mkdir(parents=True, exist_ok=True)
         step = 500
-        jobs += [(str(args.out), split, args.layout, s, min(n, s + step), args.classes, args.min_size,
-                  args.max_size, seed) for s in range(0, n, step)]
+        jobs += [
+            (str(args.out), split, args.layout, s, min(n, s + step), args.classes, args.min_size, args.max_size, seed)
+            for s in range(0, n, step)
+        ]
     with ProcessPoolExecutor(args.workers) as pool:
         written = sum(pool.map(_write, jobs))
     if args.layout == "imagenet":

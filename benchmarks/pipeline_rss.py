@@ -45,44 +45,63 @@ def _size(text: str) -> int:
 def _config(spec: str, size: int, width: int, depth: int):
     from dpcli.config import TrainConfig
 
-    return TrainConfig(dataset=spec, arch="convnet", width=width, depth=depth, epochs=1, batch_size=256, lr=0.05,
-                       image_size=size).validate()
+    return TrainConfig(
+        dataset=spec, arch="convnet", width=width, depth=depth, epochs=1, batch_size=256, lr=0.05, image_size=size
+    ).validate()
 
 
-def stage(name: str, folder: Path, work: Path, size: int, device: str, width: int, depth: int,
-          sketch: int | None = None, time_budget: float | None = None) -> dict:
+def stage(
+    name: str,
+    folder: Path,
+    work: Path,
+    size: int,
+    device: str,
+    width: int,
+    depth: int,
+    sketch: int | None = None,
+    time_budget: float | None = None,
+) -> dict:
     import torch
 
     from dpcli.config import InfluenceConfig, PruneConfig
     from dpcli.data.sources import load_dataset
-    from dpcli.stages import core
-    from dpcli.stages import masks
-    from dpcli.train.loop import train
+    from dpcli.stages import core, masks
     from dpcli.train.checkpoint import load_checkpoint
+    from dpcli.train.loop import train
 
     dev = torch.device(device)
     root = work / "data"
     spec = f"imagefolder:{folder}"
     if name == "build":
         ds = load_dataset(spec, root, image_size=size)
-        return {"n_train": len(ds.train), "n_test": len(ds.test), "streamed": ds.train.streamed,
-                "decoded_train_gb": ds.train.images.nbytes / 1e9, "decoded_test_gb": ds.test.images.nbytes / 1e9,
-                "skipped": len(ds.skipped)}
+        return {
+            "n_train": len(ds.train),
+            "n_test": len(ds.test),
+            "streamed": ds.train.streamed,
+            "decoded_train_gb": ds.train.images.nbytes / 1e9,
+            "decoded_test_gb": ds.test.images.nbytes / 1e9,
+            "skipped": len(ds.skipped),
+        }
     if name == "in-memory":  # the same split with streaming off: must not fit under --memory-limit
         ds = load_dataset(spec, root, image_size=size, stream=False)
         return {"in_memory_gb": ds.train.images.nbytes / 1e9}
     if name == "train":
         ds = load_dataset(spec, root, image_size=size)
         ck = train(_config(ds.name, size, width, depth), ds, work / "ck.h5", device=dev)
-        return {"test_acc": ck.final.test_acc, "train_seconds": ck.seconds, "streamed": ds.train.streamed,
-                "n": len(ds.train)}
+        return {
+            "test_acc": ck.final.test_acc,
+            "train_seconds": ck.seconds,
+            "streamed": ds.train.streamed,
+            "n": len(ds.train),
+        }
     if name == "influence":
         cfg = InfluenceConfig(sketch_k=sketch).validate()
         info = core.compute_influence(work / "ck.h5", work / "S.h5", cfg, device=dev, data_root=root)
         return {"n": info.n, "d": info.d, "sketch_k": sketch}
     if name == "prune":
-        mask = masks.prune(work / "S.h5", work / "mask.h5", PruneConfig(ratio=0.3, time_budget=time_budget),
-                          device=dev, data_root=root)
+        mask = masks.prune(
+            work / "S.h5", work / "mask.h5", PruneConfig(ratio=0.3, time_budget=time_budget), device=dev, data_root=root
+        )
         return {"n_pruned": mask.n_pruned, "n_kept": mask.n_kept}
     mask = masks.read_mask(work / "mask.h5")
     base = load_checkpoint(work / "ck.h5", weights=False).config
@@ -93,12 +112,40 @@ def stage(name: str, folder: Path, work: Path, size: int, device: str, width: in
 
 def _cli(folder: Path, args, cgroup) -> dict:
     """``dpcli prune --prune-ratio 0.3 imagefolder:FOLDER ...`` as a user runs it: one process, one command."""
-    cmd = [sys.executable, "-m", "dpcli", "prune", "--prune-ratio", "0.3", f"imagefolder:{folder}",
-           "--image-size", str(args.image_size), "--arch", "convnet", "--width", str(args.width), "--depth",
-           str(args.depth), "--epochs", "1", "--batch-size", "256", "--lr", "0.05", "--device", args.device,
-           "--data-root", str(args.work / "data"), "--run-root", str(args.work / "cli-runs"), "--json"] \
-        + (["--sketch", str(args.sketch)] if args.sketch else []) \
+    cmd = (
+        [
+            sys.executable,
+            "-m",
+            "dpcli",
+            "prune",
+            "--prune-ratio",
+            "0.3",
+            f"imagefolder:{folder}",
+            "--image-size",
+            str(args.image_size),
+            "--arch",
+            "convnet",
+            "--width",
+            str(args.width),
+            "--depth",
+            str(args.depth),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "256",
+            "--lr",
+            "0.05",
+            "--device",
+            args.device,
+            "--data-root",
+            str(args.work / "data"),
+            "--run-root",
+            str(args.work / "cli-runs"),
+            "--json",
+        ]
+        + (["--sketch", str(args.sketch)] if args.sketch else [])
         + (["--time-budget", str(args.time_budget)] if args.time_budget else [])
+    )
     m = run_measured(cmd, log=args.work / "cli.log", cgroup=cgroup, check=False)
     out = m.pop("output")
     summary: dict = {}
@@ -113,8 +160,12 @@ def _cli(folder: Path, args, cgroup) -> dict:
         if isinstance(doc, dict) and doc.get("command") == "prune":
             summary = doc
     keep = ("n", "n_pruned", "n_kept", "norm", "test_accuracy", "method")
-    return {"command": " ".join(cmd[2:]), **{k: summary[k] for k in keep if k in summary},
-            "auto": (summary.get("auto") or {}).get("line"), **m}
+    return {
+        "command": " ".join(cmd[2:]),
+        **{k: summary[k] for k in keep if k in summary},
+        "auto": (summary.get("auto") or {}).get("line"),
+        **m,
+    }
 
 
 def main() -> None:
@@ -126,8 +177,12 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=8)
     ap.add_argument("--depth", type=int, default=5)
     ap.add_argument("--time-budget", type=float, default=None, help="seconds the prune's solver may spend")
-    ap.add_argument("--sketch", type=int, default=None,
-                    help="store the JL sketch S R (n x K) instead of S: n x d would not fit the memory limit")
+    ap.add_argument(
+        "--sketch",
+        type=int,
+        default=None,
+        help="store the JL sketch S R (n x K) instead of S: n x d would not fit the memory limit",
+    )
     ap.add_argument("--stages", default=DEFAULT_STAGES, help=f"comma-separated, from {', '.join(STAGES)}")
     ap.add_argument("--memory-limit", default=None, help="run every stage in a memory cgroup of this size (e.g. 1G)")
     ap.add_argument("--stage", choices=STAGES, default=None, help=argparse.SUPPRESS)
@@ -135,34 +190,68 @@ def main() -> None:
     args = ap.parse_args()
     folder = args.folder.resolve()
     if args.stage:
-        res = stage(args.stage, folder, args.work, args.image_size, args.device, args.width, args.depth,
-                    args.sketch, args.time_budget)
+        res = stage(
+            args.stage,
+            folder,
+            args.work,
+            args.image_size,
+            args.device,
+            args.width,
+            args.depth,
+            args.sketch,
+            args.time_budget,
+        )
         print("RESULT " + json.dumps(res), flush=True)
         return
     args.work.mkdir(parents=True, exist_ok=True)
     names = [n for n in args.stages.split(",") if n]
     cgroup = MemoryCgroup(_size(args.memory_limit)) if args.memory_limit else None
-    results: dict = {"folder": str(folder), "image_size": args.image_size, "cpus": os.cpu_count(),
-                     "device": args.device, "convnet": {"width": args.width, "depth": args.depth},
-                     "sketch_k": args.sketch, "time_budget": args.time_budget,
-                     "memory_limit_mb": cgroup.limit / 2**20 if cgroup else None,
-                     "memory_budget": os.environ.get("DPCLI_MEMORY_BUDGET", "1G (default)"),
-                     "loader_workers": os.environ.get("DPCLI_LOADER_WORKERS", "min(4, cpus)"),
-                     "jpeg_decode": os.environ.get("DPCLI_JPEG_DECODE", "auto")}
+    results: dict = {
+        "folder": str(folder),
+        "image_size": args.image_size,
+        "cpus": os.cpu_count(),
+        "device": args.device,
+        "convnet": {"width": args.width, "depth": args.depth},
+        "sketch_k": args.sketch,
+        "time_budget": args.time_budget,
+        "memory_limit_mb": cgroup.limit / 2**20 if cgroup else None,
+        "memory_budget": os.environ.get("DPCLI_MEMORY_BUDGET", "1G (default)"),
+        "loader_workers": os.environ.get("DPCLI_LOADER_WORKERS", "min(4, cpus)"),
+        "jpeg_decode": os.environ.get("DPCLI_JPEG_DECODE", "auto"),
+    }
     try:
         for name in names:
             if name == "cli":
                 results[name] = _cli(folder, args, cgroup)
                 print(name, json.dumps(results[name]), flush=True)
                 continue
-            cmd = [sys.executable, __file__, str(folder), "--work", str(args.work), "--image-size",
-                   str(args.image_size), "--device", args.device, "--width", str(args.width), "--depth",
-                   str(args.depth), "--stage", name] + (["--sketch", str(args.sketch)] if args.sketch else []) \
+            cmd = (
+                [
+                    sys.executable,
+                    __file__,
+                    str(folder),
+                    "--work",
+                    str(args.work),
+                    "--image-size",
+                    str(args.image_size),
+                    "--device",
+                    args.device,
+                    "--width",
+                    str(args.width),
+                    "--depth",
+                    str(args.depth),
+                    "--stage",
+                    name,
+                ]
+                + (["--sketch", str(args.sketch)] if args.sketch else [])
                 + (["--time-budget", str(args.time_budget)] if args.time_budget else [])
+            )
             m = run_measured(cmd, log=args.work / f"{name}.log", cgroup=cgroup, check=name != "in-memory")
             lines = [ln for ln in m.pop("output").splitlines() if ln.startswith("RESULT ")]
-            results[name] = {**(json.loads(lines[-1][7:]) if lines else {}),
-                             **{k: v for k, v in m.items() if k != "output"}}
+            results[name] = {
+                **(json.loads(lines[-1][7:]) if lines else {}),
+                **{k: v for k, v in m.items() if k != "output"},
+            }
             print(name, json.dumps(results[name]), flush=True)
     finally:
         if cgroup is not None:

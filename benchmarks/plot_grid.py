@@ -46,8 +46,10 @@ def summarize(cells: list[dict]) -> tuple[dict[str, dict[float, tuple[float, flo
             acc[c["method"]][round(float(c["ratio"]), 4)].append(float(c["test_accuracy"]))
     out: dict[str, dict[float, tuple[float, float, int]]] = {}
     for method, by_ratio in acc.items():
-        out[method] = {r: (statistics.fmean(v), statistics.stdev(v) / math.sqrt(len(v)) if len(v) > 1 else 0.0,
-                           len(v)) for r, v in sorted(by_ratio.items())}
+        out[method] = {
+            r: (statistics.fmean(v), statistics.stdev(v) / math.sqrt(len(v)) if len(v) > 1 else 0.0, len(v))
+            for r, v in sorted(by_ratio.items())
+        }
     return out, statistics.fmean(full) if full else None
 
 
@@ -72,12 +74,22 @@ def plot(cells: dict[str, list[dict]], out: Path) -> None:
             xs = [100 * r for r in pts]
             ys = [m for m, _, _ in pts.values()]
             es = [e for _, e, _ in pts.values()]
-            style = {"color": "black", "linestyle": "--", "linewidth": 2} if method == "random" else \
-                {"color": plt.cm.tab20.colors[0], "linewidth": 2.6} if method == "auto" else \
-                {"color": next(palette), "linewidth": 1.1, "alpha": 0.85}
-            line, = ax.plot(xs, ys, marker="o", markersize=3, label=method, **style)
-            ax.fill_between(xs, [y - e for y, e in zip(ys, es)], [y + e for y, e in zip(ys, es)],
-                            color=line.get_color(), alpha=0.15, linewidth=0)
+            style = (
+                {"color": "black", "linestyle": "--", "linewidth": 2}
+                if method == "random"
+                else {"color": plt.cm.tab20.colors[0], "linewidth": 2.6}
+                if method == "auto"
+                else {"color": next(palette), "linewidth": 1.1, "alpha": 0.85}
+            )
+            (line,) = ax.plot(xs, ys, marker="o", markersize=3, label=method, **style)
+            ax.fill_between(
+                xs,
+                [y - e for y, e in zip(ys, es)],
+                [y + e for y, e in zip(ys, es)],
+                color=line.get_color(),
+                alpha=0.15,
+                linewidth=0,
+            )
         if full is not None:
             ax.axhline(full, color="grey", linewidth=0.8, label="full data")
         ax.set_title(regime)
@@ -85,7 +97,7 @@ def plot(cells: dict[str, list[dict]], out: Path) -> None:
         ax.set_ylabel("test accuracy after retraining (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
-    for ax in list(axes.flat)[len(regimes):]:
+    for ax in list(axes.flat)[len(regimes) :]:
         ax.axis("off")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)

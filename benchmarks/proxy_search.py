@@ -44,10 +44,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import grid  # noqa: E402  (benchmarks/grid.py: the pool, the reference run, the selectors, the JSON lines)
 import torch  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
-
-import grid  # noqa: E402  (benchmarks/grid.py: the pool, the reference run, the selectors, the JSON lines)
 
 SELECTORS = ("auto", "optimization", "random", "herding", "forgetting")
 KEPT = (0.02, 0.10)  # kept shares of the pool: the paper's 2 % (100 images per class of 50,000) and 10 %
@@ -76,8 +75,13 @@ def proxy_epochs(kept: int, batch_size: int, epochs: int, min_steps: int) -> int
 
 # --------------------------------------------------------------------------- records
 def key(rec: dict) -> tuple:
-    return rec["kind"], rec.get("config", ""), rec.get("selector", ""), round(float(rec.get("kept", 1.0)), 6), \
-        int(rec.get("seed", 0))
+    return (
+        rec["kind"],
+        rec.get("config", ""),
+        rec.get("selector", ""),
+        round(float(rec.get("kept", 1.0)), 6),
+        int(rec.get("seed", 0)),
+    )
 
 
 class Records:
@@ -113,8 +117,9 @@ def validation_split(cifar: Path, pool: Path, work: Path, per_class: int, seed: 
     from dpcli.data.sources import load_dataset
 
     used = {c: set(os.listdir(pool / "train" / c)) for c in os.listdir(pool / "train")}
-    folder = grid.link_subset(cifar, work / f"cifar10-val-{per_class}pc-s{seed}", per_class, seed=seed,
-                              exclude=used, test=False)
+    folder = grid.link_subset(
+        cifar, work / f"cifar10-val-{per_class}pc-s{seed}", per_class, seed=seed, exclude=used, test=False
+    )
     if not (folder / "test").exists():
         os.symlink("train", folder / "test")  # an ImageFolder needs a test split; only .train is read
     return load_dataset(f"imagefolder:{folder.resolve()}", work / "data").train
@@ -129,17 +134,36 @@ def run(args: argparse.Namespace) -> None:
     clock = grid.Clock(time.time() + args.budget if args.budget else None)
     cifar = Path(args.data) if args.data else grid.extract_cifar(Path(args.tarball), work)
     pool = grid.link_subset(cifar, work / f"cifar10-{args.per_class}pc", args.per_class, seed=args.subset_seed)
-    regime = grid.Regime("proxy-reference", "proxy search reference", "cifar10", per_class=args.per_class,
-                         width=args.ref_width, depth=args.ref_depth, epochs=args.epochs, lr=args.ref_lr,
-                         batch_size=args.batch_size, toy=args.tiny)
+    regime = grid.Regime(
+        "proxy-reference",
+        "proxy search reference",
+        "cifar10",
+        per_class=args.per_class,
+        width=args.ref_width,
+        depth=args.ref_depth,
+        epochs=args.epochs,
+        lr=args.ref_lr,
+        batch_size=args.batch_size,
+        toy=args.tiny,
+    )
     t = Timer()
     setup = grid.image_setup(regime, pool, work, device, clock)  # train (dynamics recorded) -> exact S
     if store.get(("reference", "", "", 1.0, 0)) is None:
-        store.add({"kind": "reference", **t.read(), "settings": setup.settings, "n": setup.info.n,
-                   "model": setup.info.checkpoint_fingerprint[:12], "machine": grid.machine(), "argv": sys.argv[1:],
-                   **({"toy": True} if args.tiny else {})})
-    ds = dataclasses.replace(setup.ctx.ds, test=validation_split(cifar, pool, work, args.val_per_class,
-                                                                 args.subset_seed + 1))
+        store.add(
+            {
+                "kind": "reference",
+                **t.read(),
+                "settings": setup.settings,
+                "n": setup.info.n,
+                "model": setup.info.checkpoint_fingerprint[:12],
+                "machine": grid.machine(),
+                "argv": sys.argv[1:],
+                **({"toy": True} if args.tiny else {}),
+            }
+        )
+    ds = dataclasses.replace(
+        setup.ctx.ds, test=validation_split(cifar, pool, work, args.val_per_class, args.subset_seed + 1)
+    )
     cands = candidates(args.widths, args.depths, args.lrs)
     base = regime.train_config(f"imagefolder:{pool.resolve()}", device, epochs=args.epochs)
     try:
@@ -152,8 +176,7 @@ def run(args: argparse.Namespace) -> None:
                     mask = selection(store, setup, selector, kept, seed)
                     for c in cands:
                         clock.check(f"proxy {selector} {kept:.0%} s{seed} {c.name}")
-                        proxy_training(store, ds, base, c, mask, selector, kept, seed, work, device,
-                                       args.proxy_steps)
+                        proxy_training(store, ds, base, c, mask, selector, kept, seed, work, device, args.proxy_steps)
     except grid.BudgetSpent as stop:
         grid.log(f"time budget spent (at: {stop}); every finished record is in {store.path}")
 
@@ -178,9 +201,22 @@ def whole_training(store: Records, ds, test, base, c: Candidate, work: Path, dev
     search = t.read()  # the search pays the training and the validation only
     model, _, _ = load_trained(out, device, ds=ds)
     _, test_acc = evaluate(model, test, ds, device)
-    rec = store.add({"kind": "whole", "config": c.name, "seed": 0, "kept": 1.0, "n_kept": len(ds.train),
-                     "epochs": ck.config.epochs, "steps": ck.steps, "val_accuracy": ck.final.test_acc,
-                     "test_accuracy": test_acc, **search, "resumed": resumed, **_toy(store)})
+    rec = store.add(
+        {
+            "kind": "whole",
+            "config": c.name,
+            "seed": 0,
+            "kept": 1.0,
+            "n_kept": len(ds.train),
+            "epochs": ck.config.epochs,
+            "steps": ck.steps,
+            "val_accuracy": ck.final.test_acc,
+            "test_accuracy": test_acc,
+            **search,
+            "resumed": resumed,
+            **_toy(store),
+        }
+    )
     grid.log(f"whole {c.name}: val {rec['val_accuracy']:.2f}% test {test_acc:.2f}% ({search['cpu_seconds']:.0f} cpu s)")
     return rec
 
@@ -193,13 +229,35 @@ def selection(store: Records, setup: grid.Setup, selector: str, kept: float, see
     mask, rec = grid.make_mask(setup, spec, 1.0 - kept, seed)
     k = ("selection", "", selector, kept, seed)
     if store.get(k) is None:
-        store.add({"kind": "selection", "selector": selector, "kept": kept, "seed": seed, "n_kept": mask.n_kept,
-                   "norm": mask.norm, **rec, **t.read(), **_toy(store)})
+        store.add(
+            {
+                "kind": "selection",
+                "selector": selector,
+                "kept": kept,
+                "seed": seed,
+                "n_kept": mask.n_kept,
+                "norm": mask.norm,
+                **rec,
+                **t.read(),
+                **_toy(store),
+            }
+        )
     return mask
 
 
-def proxy_training(store: Records, ds, base, c: Candidate, mask, selector: str, kept: float, seed: int, work: Path,
-                   device, min_steps: int) -> dict:
+def proxy_training(
+    store: Records,
+    ds,
+    base,
+    c: Candidate,
+    mask,
+    selector: str,
+    kept: float,
+    seed: int,
+    work: Path,
+    device,
+    min_steps: int,
+) -> dict:
     k = ("proxy", c.name, selector, kept, seed)
     if (rec := store.get(k)) is not None:
         return rec
@@ -207,13 +265,32 @@ def proxy_training(store: Records, ds, base, c: Candidate, mask, selector: str, 
     out = work / "trainings" / f"proxy-{selector}-{kept:g}-s{seed}-{c.name}" / "checkpoint.h5"
     resumed = out.exists()
     t = Timer()
-    ck = _train(base.replace(width=c.width, depth=c.depth, lr=c.lr, seed=seed, epochs=epochs), ds, out, device,
-                keep=np.flatnonzero(mask.keep))
-    rec = store.add({"kind": "proxy", "config": c.name, "selector": selector, "kept": kept, "seed": seed,
-                     "n_kept": mask.n_kept, "epochs": epochs, "steps": ck.steps, "val_accuracy": ck.final.test_acc,
-                     **t.read(), "resumed": resumed, **_toy(store)})
-    grid.log(f"proxy {selector} {kept:.0%} s{seed} {c.name}: val {rec['val_accuracy']:.2f}% "
-             f"({rec['cpu_seconds']:.0f} cpu s)")
+    ck = _train(
+        base.replace(width=c.width, depth=c.depth, lr=c.lr, seed=seed, epochs=epochs),
+        ds,
+        out,
+        device,
+        keep=np.flatnonzero(mask.keep),
+    )
+    rec = store.add(
+        {
+            "kind": "proxy",
+            "config": c.name,
+            "selector": selector,
+            "kept": kept,
+            "seed": seed,
+            "n_kept": mask.n_kept,
+            "epochs": epochs,
+            "steps": ck.steps,
+            "val_accuracy": ck.final.test_acc,
+            **t.read(),
+            "resumed": resumed,
+            **_toy(store),
+        }
+    )
+    grid.log(
+        f"proxy {selector} {kept:.0%} s{seed} {c.name}: val {rec['val_accuracy']:.2f}% ({rec['cpu_seconds']:.0f} cpu s)"
+    )
     return rec
 
 
@@ -247,8 +324,9 @@ def outcomes(records: list[dict]) -> tuple[list[Outcome], dict]:
     whole_cpu = sum(whole[n]["cpu_seconds"] for n in names)
     top = names[int(np.argmax(whole_val))]
     ref = next((r["cpu_seconds"] for r in records if r["kind"] == "reference"), 0.0)
-    sel = {(r["selector"], round(r["kept"], 6), r["seed"]): r["cpu_seconds"]
-           for r in records if r["kind"] == "selection"}
+    sel = {
+        (r["selector"], round(r["kept"], 6), r["seed"]): r["cpu_seconds"] for r in records if r["kind"] == "selection"
+    }
     proxies: dict[tuple, dict[str, dict]] = {}
     for r in records:
         if r["kind"] == "proxy":
@@ -260,22 +338,36 @@ def outcomes(records: list[dict]) -> tuple[list[Outcome], dict]:
         val = [by_config[n]["val_accuracy"] for n in names]
         chosen = names[int(np.argmax(val))]
         mask_seed = seed if grid.METHODS[selector].seeded else 0
-        cost = (ref if selector != "random" else 0.0) + sel.get((selector, kept, mask_seed), 0.0) \
+        cost = (
+            (ref if selector != "random" else 0.0)
+            + sel.get((selector, kept, mask_seed), 0.0)
             + sum(by_config[n]["cpu_seconds"] for n in names)
+        )
         n_kept = next(iter(by_config.values()))["n_kept"]
         rho = float(spearmanr(val, whole_val).statistic) if len(set(val)) > 1 else math.nan  # all tied: undefined
-        out.append(Outcome(selector, kept, seed, n_kept, rho, chosen,
-                           whole[chosen]["test_accuracy"], cost, cost / whole_cpu))
+        out.append(
+            Outcome(selector, kept, seed, n_kept, rho, chosen, whole[chosen]["test_accuracy"], cost, cost / whole_cpu)
+        )
     best = max(names, key=lambda n: whole[n]["test_accuracy"])
-    return out, {"k": len(names), "chosen": top, "chosen_test": whole[top]["test_accuracy"], "best": best,
-                 "best_test": whole[best]["test_accuracy"], "cpu_seconds": whole_cpu, "reference_cpu": ref,
-                 "wall_seconds": sum(whole[n]["wall_seconds"] for n in names)}
+    return out, {
+        "k": len(names),
+        "chosen": top,
+        "chosen_test": whole[top]["test_accuracy"],
+        "best": best,
+        "best_test": whole[best]["test_accuracy"],
+        "cpu_seconds": whole_cpu,
+        "reference_cpu": ref,
+        "wall_seconds": sum(whole[n]["wall_seconds"] for n in names),
+    }
 
 
 def table(outs: list[Outcome], whole: dict) -> str:
     """The markdown table: one row per (selector, kept share), mean ± standard deviation over seeds."""
-    lines = ["| selector | proxy | seeds | rank correlation | chosen candidate: whole-pool test accuracy | "
-             "vs the best | time ratio |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| selector | proxy | seeds | rank correlation | chosen candidate: whole-pool test accuracy | "
+        "vs the best | time ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
     groups: dict[tuple, list[Outcome]] = {}
     for o in outs:
         groups.setdefault((o.kept, o.selector), []).append(o)
@@ -287,11 +379,15 @@ def table(outs: list[Outcome], whole: dict) -> str:
         ties = int(np.isnan(rho).sum())  # every candidate tied on the proxy: no ranking at all
         rho_text = f"{np.nanmean(rho):.2f}{_sd(rho[~np.isnan(rho)])}" if ties < len(rho) else "undefined"
         rho_text += f" ({ties} undefined: all tied)" if 0 < ties < len(rho) else ""
-        lines.append(f"| {selector} | {kept:.0%} ({group[0].n_kept:,} images) | {len(group)} | "
-                     f"{rho_text} | {acc.mean():.2f}{_sd(acc)} ({picks}) | {acc.mean() - whole['best_test']:+.2f} | "
-                     f"{np.mean([o.ratio for o in group]):.3f} |")
-    lines.append(f"| whole pool | 100 % | 1 | 1.00 | {whole['chosen_test']:.2f} ({whole['chosen']}) | "
-                 f"{whole['chosen_test'] - whole['best_test']:+.2f} | 1 |")
+        lines.append(
+            f"| {selector} | {kept:.0%} ({group[0].n_kept:,} images) | {len(group)} | "
+            f"{rho_text} | {acc.mean():.2f}{_sd(acc)} ({picks}) | {acc.mean() - whole['best_test']:+.2f} | "
+            f"{np.mean([o.ratio for o in group]):.3f} |"
+        )
+    lines.append(
+        f"| whole pool | 100 % | 1 | 1.00 | {whole['chosen_test']:.2f} ({whole['chosen']}) | "
+        f"{whole['chosen_test'] - whole['best_test']:+.2f} | 1 |"
+    )
     return "\n".join(lines)
 
 
@@ -331,7 +427,9 @@ def plot(outs: list[Outcome], whole: dict, path: Path) -> None:
         ax.set_xticks(range(len(SELECTORS)), SELECTORS)
         ax.legend(fontsize=7, loc="lower right")
     axes[0].axhline(0, color="k", lw=0.5)
-    fig.suptitle(f"Proxy search over K = {whole['k']} candidates (bars and ticks: mean over seeds; dots: seeds)", fontsize=10)
+    fig.suptitle(
+        f"Proxy search over K = {whole['k']} candidates (bars and ticks: mean over seeds; dots: seeds)", fontsize=10
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -344,10 +442,12 @@ def report(args: argparse.Namespace) -> None:
         raise SystemExit(f"{args.results}: no finished proxy search yet")
     ref = next(r for r in records if r["kind"] == "reference")
     toy = "**TOY DRY RUN (--tiny): these numbers mean nothing.**\n\n" if args.tiny else ""
-    body = (f"{toy}Reference training: {ref['settings']}. K = {whole['k']} candidates; the whole-pool search "
-            f"(the K trainings) took {whole['cpu_seconds']:,.0f} CPU seconds ({whole['wall_seconds']:,.0f} s wall), "
-            f"the reference training and S {whole['reference_cpu']:,.0f}; best candidate on the test set "
-            f"{whole['best']} ({whole['best_test']:.2f} %).\n\n" + table(outs, whole) + "\n")
+    body = (
+        f"{toy}Reference training: {ref['settings']}. K = {whole['k']} candidates; the whole-pool search "
+        f"(the K trainings) took {whole['cpu_seconds']:,.0f} CPU seconds ({whole['wall_seconds']:,.0f} s wall), "
+        f"the reference training and S {whole['reference_cpu']:,.0f}; best candidate on the test set "
+        f"{whole['best']} ({whole['best_test']:.2f} %).\n\n" + table(outs, whole) + "\n"
+    )
     print(body)
     if args.docs:
         path = Path(args.docs)
@@ -408,8 +508,11 @@ def main() -> None:
 def check(args: argparse.Namespace) -> None:
     """Every option before the first expensive step: one line and exit status 2."""
     bad = [f"--kept {k:g} is not in (0, 1)" for k in args.kept if not 0 < k < 1]
-    bad += [f"--{n} must be positive" for n in ("per_class", "val_per_class", "epochs", "batch_size", "proxy_steps")
-            if getattr(args, n) <= 0]
+    bad += [
+        f"--{n} must be positive"
+        for n in ("per_class", "val_per_class", "epochs", "batch_size", "proxy_steps")
+        if getattr(args, n) <= 0
+    ]
     bad += [f"--lrs {lr:g} must be positive" for lr in args.lrs if lr <= 0]
     if len(candidates(args.widths, args.depths, args.lrs)) < 2:
         bad.append("a search needs at least 2 candidates (--widths x --depths x --lrs)")
@@ -417,8 +520,11 @@ def check(args: argparse.Namespace) -> None:
         bad.append(f"--data {args.data}: no train/ folder")
     if not args.data and not Path(args.tarball).is_file():
         bad.append(f"--tarball {args.tarball}: no such file")
-    bad += [f"--kept {k:g} keeps no image of a {args.per_class * 10:,}-image pool" for k in args.kept
-            if round(k * args.per_class * 10) < 1]
+    bad += [
+        f"--kept {k:g} keeps no image of a {args.per_class * 10:,}-image pool"
+        for k in args.kept
+        if round(k * args.per_class * 10) < 1
+    ]
     if bad:
         print(f"proxy_search.py: {bad[0]}", file=sys.stderr)
         raise SystemExit(2)

@@ -46,8 +46,11 @@ def dataset_name(args: argparse.Namespace) -> str:
         return args.data
     from grid import prepare_subset  # benchmarks/grid.py: extraction + seeded per-class subset
 
-    sub = prepare_subset(argparse.Namespace(data=None, work=args.work, tarball=args.tarball,
-                                            per_class=args.per_class, subset_seed=args.subset_seed))
+    sub = prepare_subset(
+        argparse.Namespace(
+            data=None, work=args.work, tarball=args.tarball, per_class=args.per_class, subset_seed=args.subset_seed
+        )
+    )
     return f"imagefolder:{sub.resolve()}"
 
 
@@ -87,9 +90,13 @@ def main() -> None:
         PruneConfig(ratio=0.5, method=m).validate()
     ds = load_dataset(dataset_name(args))
     target = default_train_config(ds.name, ds.augment).replace(
-        arch=args.arch, epochs=args.epochs, width=args.width, depth=args.depth, batch_size=args.batch_size, lr=args.lr)
-    print(f"data {ds.name}: {len(ds.train.labels)} train / {len(ds.test.labels)} test; target {target.arch} "
-          f"w{target.width} d{target.depth} {target.epochs} ep bs{target.batch_size} lr{target.lr}", flush=True)
+        arch=args.arch, epochs=args.epochs, width=args.width, depth=args.depth, batch_size=args.batch_size, lr=args.lr
+    )
+    print(
+        f"data {ds.name}: {len(ds.train.labels)} train / {len(ds.test.labels)} test; target {target.arch} "
+        f"w{target.width} d{target.depth} {target.epochs} ep bs{target.batch_size} lr{target.lr}",
+        flush=True,
+    )
     rows: list[dict] = []
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -102,8 +109,10 @@ def main() -> None:
         s_path = runs.influence_path(ck, InfluenceConfig())
         core.compute_influence(ck, s_path, InfluenceConfig(), device=cpu, ds=ds)
         t_infl = time.perf_counter() - t0
-        print(f"target full data: test {full.final.test_acc:.2f}%  train {t_train:.1f}s  influence {t_infl:.1f}s",
-              flush=True)
+        print(
+            f"target full data: test {full.final.test_acc:.2f}%  train {t_train:.1f}s  influence {t_infl:.1f}s",
+            flush=True,
+        )
         # every mask first (cheap), then the retrains seed by seed: a run stopped early still has
         # complete tables for the seeds it finished
         proxy_fixed: dict[str, float] = {}  # the proxy's train + influence, paid once
@@ -117,29 +126,72 @@ def main() -> None:
                 sel = select_via_proxy(ds, target, spec, pcfg, device=cpu, run_root=root)
                 if not proxy_fixed:
                     proxy_fixed = {k: sel.seconds[k] for k in ("train", "influence")}
-                cells.append((ratio, method, "target", own, {"train": t_train, "influence": t_infl, "prune": t_own},
-                              {s: own for s in seeds}))
-                cells.append((ratio, method, "proxy", own, {**proxy_fixed, "prune": sel.seconds["prune"]},
-                              {s: sel.mask for s in seeds}))
+                cells.append(
+                    (
+                        ratio,
+                        method,
+                        "target",
+                        own,
+                        {"train": t_train, "influence": t_infl, "prune": t_own},
+                        {s: own for s in seeds},
+                    )
+                )
+                cells.append(
+                    (
+                        ratio,
+                        method,
+                        "proxy",
+                        own,
+                        {**proxy_fixed, "prune": sel.seconds["prune"]},
+                        {s: sel.mask for s in seeds},
+                    )
+                )
                 print(f"masks ratio {ratio} {method}: target prune {t_own:.1f}s, proxy {sel.seconds}", flush=True)
             info = core.read_influence_info(s_path)
-            cells.append((ratio, "random", "random", own, {},  # selection seed = retraining seed
-                          {s: mask_stage.random_mask(info, own.n_pruned, s, root / f"random-{ratio}-{s}" / "mask.h5")
-                           for s in seeds}))
+            cells.append(
+                (
+                    ratio,
+                    "random",
+                    "random",
+                    own,
+                    {},  # selection seed = retraining seed
+                    {
+                        s: mask_stage.random_mask(info, own.n_pruned, s, root / f"random-{ratio}-{s}" / "mask.h5")
+                        for s in seeds
+                    },
+                )
+            )
         accs: dict[int, list[float]] = {i: [] for i in range(len(cells))}
         for seed in seeds:
             for i, (ratio, method, name, _own, _cost, masks) in enumerate(cells):
                 t0 = time.perf_counter()
-                res = mask_stage.retrain(ds, masks[seed], root / f"re-{i}-{seed}" / "checkpoint.h5", base=target,
-                                   overrides={"seed": seed}, device=cpu, eval_every=target.epochs)
+                res = mask_stage.retrain(
+                    ds,
+                    masks[seed],
+                    root / f"re-{i}-{seed}" / "checkpoint.h5",
+                    base=target,
+                    overrides={"seed": seed},
+                    device=cpu,
+                    eval_every=target.epochs,
+                )
                 accs[i].append(float(res.metrics["test_accuracy"]))
-                print(f"  retrain seed {seed} ratio {ratio} {method} {name}: {accs[i][-1]:.2f}% "
-                      f"({time.perf_counter() - t0:.0f}s)", flush=True)
+                print(
+                    f"  retrain seed {seed} ratio {ratio} {method} {name}: {accs[i][-1]:.2f}% "
+                    f"({time.perf_counter() - t0:.0f}s)",
+                    flush=True,
+                )
         for i, (ratio, method, name, own, cost, masks) in enumerate(cells):
             add_row(rows, ratio, method, name, masks[seeds[-1]], own, cost, accs[i])
-    result = {"data": ds.name, "n_train": len(ds.train.labels), "target": target.to_dict(), "proxy": args.proxy,
-              "full_test_acc": full.final.test_acc, "seeds": seeds, "wall_seconds": time.perf_counter() - t_start,
-              "rows": rows}
+    result = {
+        "data": ds.name,
+        "n_train": len(ds.train.labels),
+        "target": target.to_dict(),
+        "proxy": args.proxy,
+        "full_test_acc": full.final.test_acc,
+        "seeds": seeds,
+        "wall_seconds": time.perf_counter() - t_start,
+        "rows": rows,
+    }
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     print(json.dumps(result))
@@ -148,13 +200,25 @@ def main() -> None:
 def add_row(rows: list[dict], ratio: float, method: str, name: str, mask, own, cost: dict, accs: list[float]) -> None:
     mean, se = summary(accs)
     overlap = float(np.mean(~own.keep[~mask.keep])) if name != "target" else 1.0
-    row = {"ratio": ratio, "method": method, "selection": name, "selection_seconds": float(sum(cost.values())),
-           "cost": cost, "kept": int(mask.n_kept), "test_acc_mean": mean, "test_acc_se": se, "test_acc": accs,
-           "overlap_with_target_pruned": overlap}
+    row = {
+        "ratio": ratio,
+        "method": method,
+        "selection": name,
+        "selection_seconds": float(sum(cost.values())),
+        "cost": cost,
+        "kept": int(mask.n_kept),
+        "test_acc_mean": mean,
+        "test_acc_se": se,
+        "test_acc": accs,
+        "overlap_with_target_pruned": overlap,
+    }
     rows.append(row)
-    print(f"ratio {ratio:.2f}  {method:<12} {name:<7} selection {row['selection_seconds']:7.1f}s "
-          f"{ {k: round(v, 1) for k, v in cost.items()} }  kept {row['kept']:5d}  target acc {mean:.2f} ± {se:.2f}% "
-          f"{accs}  pruned-overlap {overlap:.2f}", flush=True)
+    print(
+        f"ratio {ratio:.2f}  {method:<12} {name:<7} selection {row['selection_seconds']:7.1f}s "
+        f"{ {k: round(v, 1) for k, v in cost.items()} }  kept {row['kept']:5d}  target acc {mean:.2f} ± {se:.2f}% "
+        f"{accs}  pruned-overlap {overlap:.2f}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

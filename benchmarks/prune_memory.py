@@ -26,16 +26,26 @@ from dpcli.artifacts.rows import row_chunks
 def write_influence(path: Path, n: int, d: int, classes: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, classes, n)
-    attrs = {"method": "exact", "damping": 5e-4, "n": n, "d": d, "num_classes": classes,
-             "feature_dim": d // classes - 1, "checkpoint": "", "checkpoint_fingerprint": "synthetic",
-             "dataset": "synthetic", "dataset_fingerprint": "synthetic", "config": {"method": "exact"}}
+    attrs = {
+        "method": "exact",
+        "damping": 5e-4,
+        "n": n,
+        "d": d,
+        "num_classes": classes,
+        "feature_dim": d // classes - 1,
+        "checkpoint": "",
+        "checkpoint_fingerprint": "synthetic",
+        "dataset": "synthetic",
+        "dataset_fingerprint": "synthetic",
+        "config": {"method": "exact"},
+    }
     drift = rng.normal(size=d).astype(np.float32) * 0.3
     with atomic_h5(path, "influence", attrs) as f:
         S = f.create_dataset("S", shape=(n, d), dtype=np.float32, chunks=row_chunks(n, d))
         h = StreamHash()
         for a in range(0, n, 1000):
             block = (rng.normal(size=(min(1000, n - a), d)).astype(np.float32) + drift) * 1e-4
-            S[a:a + len(block)] = block
+            S[a : a + len(block)] = block
             h.update(block)
         f.create_dataset("labels", data=labels)
         f.attrs["fingerprint"] = h.hexdigest()
@@ -69,8 +79,9 @@ def main() -> None:
         "coverage --balance --prune-ratio 0.3": ["--prune-ratio", "0.3", "--balance"],
     }
     for label, extra in runs.items():
-        gb, secs = peak_rss([sys.executable, "-m", "dpcli", "prune", str(src), *extra, "--out",
-                             str(args.dir / "mask.h5"), "--quiet"])
+        gb, secs = peak_rss(
+            [sys.executable, "-m", "dpcli", "prune", str(src), *extra, "--out", str(args.dir / "mask.h5"), "--quiet"]
+        )
         print(f"{label:45s} peak RSS {gb:6.2f} GiB = {gb / s_gb:4.2f} x S   ({secs:.0f} s)")
 
 

@@ -62,8 +62,11 @@ def main() -> None:
     ap.add_argument("--subset", type=int, default=None, help="PER_CLASS: prune a class-balanced subset folder")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--reuse", action="store_true", help="reuse a complete checkpoint and its recorded train time")
-    ap.add_argument("--optimization", action="store_true",
-                    help="also time prune --method optimization after each auto prune (auto's floor)")
+    ap.add_argument(
+        "--optimization",
+        action="store_true",
+        help="also time prune --method optimization after each auto prune (auto's floor)",
+    )
     ap.add_argument("--precision", default="float64", help="influence's --precision (float64, float32-refined)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
@@ -71,8 +74,7 @@ def main() -> None:
 
     from dpcli.artifacts import runs
     from dpcli.config import InfluenceConfig, PruneConfig
-    from dpcli.stages import core, pipeline
-    from dpcli.stages import masks
+    from dpcli.stages import core, masks, pipeline
     from dpcli.train.loop import train
 
     dataset = a.dataset
@@ -119,17 +121,36 @@ def main() -> None:
         auto = get_attr(f, "auto") or {}
     line = auto.get("line", "")
     validation = auto.get("signals", {}).get("validation_seconds")  # the last repeat's: before its final solve
-    report = {"dataset": dataset, "n": len(ds.train.labels), "config": cfg.to_dict(), "ratio": a.ratio,
-              "seconds": seconds, "cpu_seconds": cpu, "every": every, "every_cpu": every_cpu, "percent_of_train": share, "auto_line": line,
-              "auto_validation_seconds_last": validation,
-              "precision": a.precision, "device": str(dev), "threads": torch.get_num_threads(), "load_average_after": os.getloadavg()}
-    print(f"{dataset} (n = {report['n']}, {cfg.arch}, {cfg.epochs} epochs): train {seconds['train']:.1f} s, "
-          f"influence {seconds['influence']:.1f} s ({share['influence']:.1f} %), prune (auto, {a.ratio:g}) "
-          f"{seconds['prune']:.1f} s ({share['prune']:.1f} %); influence + prune {share['influence+prune']:.1f} % "
-          f"of train\n{line}", flush=True)
+    report = {
+        "dataset": dataset,
+        "n": len(ds.train.labels),
+        "config": cfg.to_dict(),
+        "ratio": a.ratio,
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "every": every,
+        "every_cpu": every_cpu,
+        "percent_of_train": share,
+        "auto_line": line,
+        "auto_validation_seconds_last": validation,
+        "precision": a.precision,
+        "device": str(dev),
+        "threads": torch.get_num_threads(),
+        "load_average_after": os.getloadavg(),
+    }
+    print(
+        f"{dataset} (n = {report['n']}, {cfg.arch}, {cfg.epochs} epochs): train {seconds['train']:.1f} s, "
+        f"influence {seconds['influence']:.1f} s ({share['influence']:.1f} %), prune (auto, {a.ratio:g}) "
+        f"{seconds['prune']:.1f} s ({share['prune']:.1f} %); influence + prune {share['influence+prune']:.1f} % "
+        f"of train\n{line}",
+        flush=True,
+    )
     if a.optimization:
-        print(f"prune --method optimization {seconds['optimization']:.1f} s: auto / optimization "
-              f"{seconds['prune'] / seconds['optimization']:.2f}", flush=True)
+        print(
+            f"prune --method optimization {seconds['optimization']:.1f} s: auto / optimization "
+            f"{seconds['prune'] / seconds['optimization']:.2f}",
+            flush=True,
+        )
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(report, indent=2, default=str))

@@ -34,10 +34,26 @@ def commands(root: Path) -> dict[str, list[str]]:
     return {
         "floor": [sys.executable, "-c", FLOOR],
         "main": [*dp, "prune", "--epsilon", "0.05", "digits", "--run-root", str(root), "--quiet"],
-        "retrain": [*dp, "retrain", "digits", "--mask", str(root / "latest" / "prune" / "mask.h5"),
-                    "--run-root", str(root), "--quiet"],
-        "verify-bound": [*dp, "verify-bound", "digits", "--epsilons", "0.02,0.05,0.2", "--run-root", str(root),
-                         "--quiet"],
+        "retrain": [
+            *dp,
+            "retrain",
+            "digits",
+            "--mask",
+            str(root / "latest" / "prune" / "mask.h5"),
+            "--run-root",
+            str(root),
+            "--quiet",
+        ],
+        "verify-bound": [
+            *dp,
+            "verify-bound",
+            "digits",
+            "--epsilons",
+            "0.02,0.05,0.2",
+            "--run-root",
+            str(root),
+            "--quiet",
+        ],
     }
 
 
@@ -61,8 +77,11 @@ def main() -> int:
     args = ap.parse_args()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}
     rows = []
-    machine = {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-               "python": platform.python_version()}
+    machine = {
+        "cpus": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+    }
     wanted = set(args.only or commands(Path()))
     if wanted & {"retrain", "verify-bound"}:
         wanted.add("main")  # they read its run directory
@@ -71,8 +90,7 @@ def main() -> int:
             for name, cmd in commands(Path(tmp) / "runs").items():
                 if name not in wanted:
                     continue
-                row = {**run_once(name, cmd, env), "round": r, **machine,
-                       "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                row = {**run_once(name, cmd, env), "round": r, **machine, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -84,8 +102,10 @@ def main() -> int:
         walls = [r["wall_s"] for r in rows if r["case"] == name]
         ratio = statistics.median(walls) / statistics.median(floor) if floor else float("nan")
         load = max(r["load_1min_before"] for r in rows if r["case"] == name)
-        print(f"{name:14} {statistics.median(walls):11.2f}s {min(walls):6.2f}s {max(walls):6.2f}s "
-              f"{ratio:8.1f} {load:11.2f}")
+        print(
+            f"{name:14} {statistics.median(walls):11.2f}s {min(walls):6.2f}s {max(walls):6.2f}s "
+            f"{ratio:8.1f} {load:11.2f}"
+        )
     return 0
 
 

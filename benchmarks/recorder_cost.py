@@ -28,8 +28,10 @@ from dpcli.train.dynamics import DynamicsRecorder  # noqa: E402
 def run(n: int, classes: int, batch: int, epochs: int, extras: bool) -> tuple[float, float]:
     """(CPU seconds per epoch for add_batch + end_epoch, CPU seconds per checkpoint write, averaged)."""
     g = torch.Generator().manual_seed(0)
-    batches = [(torch.arange(s, min(s + batch, n)), torch.randn(min(batch, n - s), classes, generator=g))
-               for s in range(0, n, batch)]
+    batches = [
+        (torch.arange(s, min(s + batch, n)), torch.randn(min(batch, n - s), classes, generator=g))
+        for s in range(0, n, batch)
+    ]
     rec = DynamicsRecorder(n)
     rec._extras = extras  # False = only loss and correctness, as before margins and probabilities
     record = write = 0.0

@@ -35,8 +35,14 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
 def dpcli(*args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "dpcli", *map(str, args)], env=ENV, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "dpcli", *map(str, args)],
+        env=ENV,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kw,
+    )
 
 
 def leftovers(root: Path) -> list[str]:
@@ -166,14 +172,17 @@ def fs_cases(work: Path, stats: dict, sizes: list[str]) -> None:
         full.mkdir()
         script = work / "fs_cases.py"
         script.write_text(FS_CASES)
-        shell = (f"mount -t tmpfs -o size=1m,ro none {ro} && mount -t tmpfs -o size={size} none {full} && "
-                 f"{sys.executable} {script} {ck} {inf} {ro} {full}; rc=$?; "
-                 f"echo LEFT $(ls -A {ro} {full} | grep -v ':$' | grep -v '^m.h5$' | wc -l); exit $rc")
+        shell = (
+            f"mount -t tmpfs -o size=1m,ro none {ro} && mount -t tmpfs -o size={size} none {full} && "
+            f"{sys.executable} {script} {ck} {inf} {ro} {full}; rc=$?; "
+            f"echo LEFT $(ls -A {ro} {full} | grep -v ':$' | grep -v '^m.h5$' | wc -l); exit $rc"
+        )
         proc = subprocess.run(["unshare", "-rm", "sh", "-c", shell], capture_output=True, text=True, env=ENV)
         lines = proc.stdout.strip().splitlines()
         report = json.loads(lines[-2]) if proc.returncode == 0 else {}
-        stats["fs"].append({"tmpfs": size, "exit": proc.returncode, "left": lines[-1] if lines else "",
-                            "cases": report})
+        stats["fs"].append(
+            {"tmpfs": size, "exit": proc.returncode, "left": lines[-1] if lines else "", "cases": report}
+        )
 
 
 # --------------------------------------------------------------------------- issue 32: one true line, or a result
@@ -268,55 +277,147 @@ def _case_list(w: Path, ck: Path, inf: Path, mask: Path, ck_mid: Path) -> list[t
     """(name, argv, expected exit, a fragment of the one error line); exit 0 cases check their result apart."""
     P = ["--prune-count", "5"]
     return [
-        ("mask: keep of 100 entries for n = 1438", ["retrain", "digits", "--mask", w / "m_short.h5", *TINY], 2,
-         "'keep' has 100 entries but n = 1438"),
-        ("mask: keep_indices disagrees with keep", ["retrain", "digits", "--mask", w / "m_disagree.h5", *TINY], 2,
-         "'keep_indices' disagrees with 'keep'"),
-        ("mask: float keep with NaN", ["retrain", "digits", "--mask", w / "m_float.h5", *TINY], 2,
-         "'keep' must be one boolean per sample"),
-        ("mask: keep_indices holds -1", ["retrain", "digits", "--mask", w / "m_neg.h5", *TINY], 2,
-         "'keep_indices' disagrees"),
-        ("mask: keep_indices holds 1e9", ["retrain", "digits", "--mask", w / "m_big.h5", *TINY], 2,
-         "'keep_indices' disagrees"),
-        ("mask: verify-bound on an inconsistent mask",
-         ["verify-bound", "digits", "--mask", w / "m_disagree.h5", *TINY, "--out", w / "vb"], 2, "disagrees"),
-        ("mask: one flipped bit in keep", ["retrain", "digits", "--mask", w / "m_flip.h5", *TINY], 2,
-         "checksum mismatch in dataset 'keep'"),
-        ("S: 2 KB bit-flipped", ["prune", w / "S_flip.h5", "--epsilon", "0.05", "--out", w / "o.h5"], 2,
-         "checksum mismatch in dataset 'S'"),
-        ("checkpoint copied without .epochs/ resumes",
-         ["train", "digits", *MID, "--out", ck_mid], 2, "trained epochs are missing"),
+        (
+            "mask: keep of 100 entries for n = 1438",
+            ["retrain", "digits", "--mask", w / "m_short.h5", *TINY],
+            2,
+            "'keep' has 100 entries but n = 1438",
+        ),
+        (
+            "mask: keep_indices disagrees with keep",
+            ["retrain", "digits", "--mask", w / "m_disagree.h5", *TINY],
+            2,
+            "'keep_indices' disagrees with 'keep'",
+        ),
+        (
+            "mask: float keep with NaN",
+            ["retrain", "digits", "--mask", w / "m_float.h5", *TINY],
+            2,
+            "'keep' must be one boolean per sample",
+        ),
+        (
+            "mask: keep_indices holds -1",
+            ["retrain", "digits", "--mask", w / "m_neg.h5", *TINY],
+            2,
+            "'keep_indices' disagrees",
+        ),
+        (
+            "mask: keep_indices holds 1e9",
+            ["retrain", "digits", "--mask", w / "m_big.h5", *TINY],
+            2,
+            "'keep_indices' disagrees",
+        ),
+        (
+            "mask: verify-bound on an inconsistent mask",
+            ["verify-bound", "digits", "--mask", w / "m_disagree.h5", *TINY, "--out", w / "vb"],
+            2,
+            "disagrees",
+        ),
+        (
+            "mask: one flipped bit in keep",
+            ["retrain", "digits", "--mask", w / "m_flip.h5", *TINY],
+            2,
+            "checksum mismatch in dataset 'keep'",
+        ),
+        (
+            "S: 2 KB bit-flipped",
+            ["prune", w / "S_flip.h5", "--epsilon", "0.05", "--out", w / "o.h5"],
+            2,
+            "checksum mismatch in dataset 'S'",
+        ),
+        (
+            "checkpoint copied without .epochs/ resumes",
+            ["train", "digits", *MID, "--out", ck_mid],
+            2,
+            "trained epochs are missing",
+        ),
         ("prune S.h5 --out S.h5", ["prune", inf, "--epsilon", "0.05", "--out", inf], 2, "is the influence file S"),
-        ("influence --out equal to the checkpoint", ["influence", ck, "--out", ck, "--device", "cpu"], 2,
-         "is the checkpoint"),
-        ("--epsilon 1e300 prunes everything", ["prune", inf, "--epsilon", "1e300", "--out", w / "o.h5"], 2,
-         "every one of the 1438 samples would be pruned"),
-        ("one-class features", ["influence", "--features", w / "feat.npy", "--labels", w / "lab1.npy",
-                                "--out", w / "o.h5"], 2, "needs at least two classes"),
+        (
+            "influence --out equal to the checkpoint",
+            ["influence", ck, "--out", ck, "--device", "cpu"],
+            2,
+            "is the checkpoint",
+        ),
+        (
+            "--epsilon 1e300 prunes everything",
+            ["prune", inf, "--epsilon", "1e300", "--out", w / "o.h5"],
+            2,
+            "every one of the 1438 samples would be pruned",
+        ),
+        (
+            "one-class features",
+            ["influence", "--features", w / "feat.npy", "--labels", w / "lab1.npy", "--out", w / "o.h5"],
+            2,
+            "needs at least two classes",
+        ),
         ("zero-byte .npy as S", ["prune", w / "zero.npy", *P, "--out", w / "o.h5"], 2, "not a .npy file (empty)"),
-        ("zero-byte .npy as features", ["influence", "--features", w / "zero.npy", "--labels", w / "lab.npy",
-                                        "--out", w / "o.h5"], 2, "not a .npy file (empty)"),
-        ("checkpoint head of the wrong shape", ["influence", w / "ck_head.h5", "--out", w / "o.h5", "--device",
-                                                "cpu"], 2, "weights do not fit the model"),
-        ("checkpoint of a newer schema", ["influence", w / "ck_newer.h5", "--out", w / "o.h5"], 2,
-         "written by a newer dpcli"),
-        ("checkpoint of an older schema", ["influence", w / "ck_older.h5", "--out", w / "o.h5"], 2,
-         "written by an older dpcli"),
-        ("S of strings", ["prune", w / "S_str.npy", "--prune-count", "1", "--out", w / "o.h5"], 2,
-         "must be real numbers"),
-        ("HDF5 external link to a non-HDF5 file", ["prune", w / "ext_link.h5", *P, "--out", w / "o.h5"], 2,
-         "no dataset 'S'"),
-        ("NaN weights", ["influence", w / "ck_nan.h5", "--out", w / "o.h5", "--device", "cpu"], 2,
-         "weights hold NaN or inf"),
-        ("a huge declared shape (.npy)", ["prune", w / "huge.npy", *P, "--out", w / "o.h5"], 2,
-         "declares S of shape (1000000, 1000000)"),
-        ("a huge declared shape (.h5)", ["prune", w / "huge.h5", *P, "--out", w / "o.h5"], 2,
-         "declares S of shape (1000000, 1000000)"),
-        ("a text file as .npy", ["influence", "--features", w / "text.npy", "--labels", w / "lab.npy",
-                                 "--out", w / "o.h5"], 2, "not a .npy file (no NumPy header)"),
+        (
+            "zero-byte .npy as features",
+            ["influence", "--features", w / "zero.npy", "--labels", w / "lab.npy", "--out", w / "o.h5"],
+            2,
+            "not a .npy file (empty)",
+        ),
+        (
+            "checkpoint head of the wrong shape",
+            ["influence", w / "ck_head.h5", "--out", w / "o.h5", "--device", "cpu"],
+            2,
+            "weights do not fit the model",
+        ),
+        (
+            "checkpoint of a newer schema",
+            ["influence", w / "ck_newer.h5", "--out", w / "o.h5"],
+            2,
+            "written by a newer dpcli",
+        ),
+        (
+            "checkpoint of an older schema",
+            ["influence", w / "ck_older.h5", "--out", w / "o.h5"],
+            2,
+            "written by an older dpcli",
+        ),
+        (
+            "S of strings",
+            ["prune", w / "S_str.npy", "--prune-count", "1", "--out", w / "o.h5"],
+            2,
+            "must be real numbers",
+        ),
+        (
+            "HDF5 external link to a non-HDF5 file",
+            ["prune", w / "ext_link.h5", *P, "--out", w / "o.h5"],
+            2,
+            "no dataset 'S'",
+        ),
+        (
+            "NaN weights",
+            ["influence", w / "ck_nan.h5", "--out", w / "o.h5", "--device", "cpu"],
+            2,
+            "weights hold NaN or inf",
+        ),
+        (
+            "a huge declared shape (.npy)",
+            ["prune", w / "huge.npy", *P, "--out", w / "o.h5"],
+            2,
+            "declares S of shape (1000000, 1000000)",
+        ),
+        (
+            "a huge declared shape (.h5)",
+            ["prune", w / "huge.h5", *P, "--out", w / "o.h5"],
+            2,
+            "declares S of shape (1000000, 1000000)",
+        ),
+        (
+            "a text file as .npy",
+            ["influence", "--features", w / "text.npy", "--labels", w / "lab.npy", "--out", w / "o.h5"],
+            2,
+            "not a .npy file (no NumPy header)",
+        ),
         ("a missing X.h5", ["prune", w / "missing.h5", *P, "--out", w / "o.h5"], 2, "missing.h5: no such file"),
-        ("one label 99 among 0-9", ["influence", "--features", w / "feat.npy", "--labels", w / "lab99.npy",
-                                    "--out", w / "o.h5"], 2, "the labels use 11 of the 100 class indices"),
+        (
+            "one label 99 among 0-9",
+            ["influence", "--features", w / "feat.npy", "--labels", w / "lab99.npy", "--out", w / "o.h5"],
+            2,
+            "the labels use 11 of the 100 class indices",
+        ),
     ]
 
 
@@ -330,8 +431,11 @@ def run_cases(work: Path, stats: dict) -> None:
     w = work / "cases"
     w.mkdir(parents=True)
     ck, inf, mask = w / "ck.h5", w / "inf.h5", w / "m.h5"
-    for args in (["train", "digits", *TINY, "--out", ck], ["influence", ck, "--out", inf, "--device", "cpu"],
-                 ["prune", inf, "--epsilon", "0.05", "--out", mask]):
+    for args in (
+        ["train", "digits", *TINY, "--out", ck],
+        ["influence", ck, "--out", inf, "--device", "cpu"],
+        ["prune", inf, "--epsilon", "0.05", "--out", mask],
+    ):
         p = dpcli(*args, "--quiet")
         p.communicate()
         assert p.returncode == 0, args
@@ -344,21 +448,37 @@ def run_cases(work: Path, stats: dict) -> None:
         out, err = p.communicate()
         lines = [line for line in err.splitlines() if line.startswith("dpcli: error:")]
         left = sorted(str(q.relative_to(w)) for q in set(w.rglob("*")) - before)
-        rows.append(_row(name, p.returncode, want, err, ok_line=len(lines) == 1 and fragment in lines[0],
-                         left=left, line=lines[-1] if lines else err.strip()[-300:]))
+        rows.append(
+            _row(
+                name,
+                p.returncode,
+                want,
+                err,
+                ok_line=len(lines) == 1 and fragment in lines[0],
+                left=left,
+                line=lines[-1] if lines else err.strip()[-300:],
+            )
+        )
     rows += _stream_cases(w, inf)
     stats["cases"] = rows
-    stats["case_counts"] = {k: sum(r[k] for r in rows) for k in ("silent_wrong", "traceback", "unexplained_exit",
-                                                                   "left_behind")}
+    stats["case_counts"] = {
+        k: sum(r[k] for r in rows) for k in ("silent_wrong", "traceback", "unexplained_exit", "left_behind")
+    }
     stats["case_counts"]["cases"] = len(rows)
 
 
 def _row(name: str, code: int, want: int, err: str, *, ok_line: bool, left: list, line: str) -> dict:
-    return {"case": name, "exit": code, "expected_exit": want, "line": line,
-            "silent_wrong": int(code == 0 and want != 0),
-            "traceback": int(_traceback(err)),
-            "unexplained_exit": int(code != want or code not in DOCUMENTED_EXITS or (want != 0 and not ok_line)),
-            "left_behind": len(left), "left": left}
+    return {
+        "case": name,
+        "exit": code,
+        "expected_exit": want,
+        "line": line,
+        "silent_wrong": int(code == 0 and want != 0),
+        "traceback": int(_traceback(err)),
+        "unexplained_exit": int(code != want or code not in DOCUMENTED_EXITS or (want != 0 and not ok_line)),
+        "left_behind": len(left),
+        "left": left,
+    }
 
 
 def _stopped_checkpoint(w: Path) -> Path:
@@ -381,11 +501,13 @@ def _stream_cases(w: Path, inf: Path) -> list[dict]:
 
     rows = []
     base = [sys.executable, "-m", "dpcli", "prune", str(inf), "--prune-count", "5"]
-    for name, redirect, want in (("stdout closed (>&-) with --json", ">&-", 74),
-                                 ("stdout full (>/dev/full) with --json", ">/dev/full", 74),
-                                 ("stdout reader gone (| head -0) with --json", "| head -c 0", 141),
-                                 ("stderr full (2>/dev/full)", "2>/dev/full", 0),
-                                 ("stdout and stderr into a pipe closed early (2>&1 | head -1)", "2>&1 | head -1", 0)):
+    for name, redirect, want in (
+        ("stdout closed (>&-) with --json", ">&-", 74),
+        ("stdout full (>/dev/full) with --json", ">/dev/full", 74),
+        ("stdout reader gone (| head -0) with --json", "| head -c 0", 141),
+        ("stderr full (2>/dev/full)", "2>/dev/full", 0),
+        ("stdout and stderr into a pipe closed early (2>&1 | head -1)", "2>&1 | head -1", 0),
+    ):
         out = w / f"stream-{len(rows)}.h5"
         json_flag = "--json" if "--json" in name else ""
         cmd = " ".join(map(str, base)) + f" --out {out} {json_flag} {redirect}"
@@ -408,8 +530,15 @@ def _stream_cases(w: Path, inf: Path) -> list[dict]:
         time.sleep(0.05)
     p.send_signal(signal.SIGHUP)
     _, err = p.communicate()
-    row = _row("SIGHUP during train", p.returncode, 129, err, ok_line=err.startswith("dpcli: hung up (SIGHUP)"),
-               left=[q.name for q in ck.parent.rglob("*.partial")], line=err.strip())
+    row = _row(
+        "SIGHUP during train",
+        p.returncode,
+        129,
+        err,
+        ok_line=err.startswith("dpcli: hung up (SIGHUP)"),
+        left=[q.name for q in ck.parent.rglob("*.partial")],
+        line=err.strip(),
+    )
     row["unexplained_exit"] = int(p.returncode != 129 or not err.startswith("dpcli: hung up (SIGHUP)"))
     rows.append(row)
     return rows
@@ -424,12 +553,28 @@ def main() -> None:
     ap.add_argument("--cases-only", action="store_true", help="Only the cases of issue 32 (a few minutes).")
     ns = ap.parse_args()
     rng = random.Random(ns.seed)
-    stats: dict = {"rounds": ns.rounds, "kills": {s: {"tried": 0, "landed": 0} for s in NAMES},
-                   "orphans_after_kill": 0, "reruns": 0, "rerun_failures": 0, "leftovers_after_rerun": 0,
-                   "identical_to_uninterrupted": 0, "fs": [],
-                   "concurrent": {k: {"rounds": 0, "both_succeeded": 0, "one_waited": 0, "train_ran_once": 0,
-                                      "epoch_went_back": 0, "leftovers": 0, "same_mask": 0}
-                                  for k in ("identical", "overlapping")}}
+    stats: dict = {
+        "rounds": ns.rounds,
+        "kills": {s: {"tried": 0, "landed": 0} for s in NAMES},
+        "orphans_after_kill": 0,
+        "reruns": 0,
+        "rerun_failures": 0,
+        "leftovers_after_rerun": 0,
+        "identical_to_uninterrupted": 0,
+        "fs": [],
+        "concurrent": {
+            k: {
+                "rounds": 0,
+                "both_succeeded": 0,
+                "one_waited": 0,
+                "train_ran_once": 0,
+                "epoch_went_back": 0,
+                "leftovers": 0,
+                "same_mask": 0,
+            }
+            for k in ("identical", "overlapping")
+        },
+    }
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="dpcli-campaign-") as tmp:
         work = Path(tmp)

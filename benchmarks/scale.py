@@ -46,12 +46,14 @@ def _rss_gib() -> float:
 def have_buckets() -> bool:
     try:
         from dpcli.select import buckets  # noqa: F401
+
         return hasattr(buckets, "solve_bucketed")
     except Exception:
         return False
 
 
 # ----------------------------------------------------------------------------- selection child
+
 
 def one(args: argparse.Namespace) -> None:
     """Run a single configuration and print one JSON line."""
@@ -63,8 +65,9 @@ def one(args: argparse.Namespace) -> None:
     gen_s = time.perf_counter() - t
     gen_peak = _rss_gib()
     # row norms chunk by chunk: np.linalg.norm(S, axis=1) would allocate an S-sized temporary
-    row_norms = np.concatenate([np.sqrt(np.einsum("ij,ij->i", S[a:a + 65536], S[a:a + 65536]))
-                                for a in range(0, args.n, 65536)])
+    row_norms = np.concatenate(
+        [np.sqrt(np.einsum("ij,ij->i", S[a : a + 65536], S[a : a + 65536])) for a in range(0, args.n, 65536)]
+    )
     med = float(np.median(row_norms))
     del row_norms
     m = args.n // 2
@@ -73,6 +76,7 @@ def one(args: argparse.Namespace) -> None:
     t = time.perf_counter()
     if args.solver == "bucketed":
         from dpcli.select.buckets import solve_bucketed
+
         kw = dict(m=m) if args.mode == "cardinality" else dict(epsilon=eps)
         res = solve_bucketed(S, buckets=args.buckets, workers=args.workers, **kw)
         wall = time.perf_counter() - t
@@ -87,19 +91,55 @@ def one(args: argparse.Namespace) -> None:
             sel = selection.maximize_pruned(S, eps, solver=args.solver, time_budget=budget, seed=SEED)
         wall = time.perf_counter() - t
         pruned, norm, iters = sel.n_pruned, sel.norm, sel.iterations
-    print(json.dumps(dict(n=args.n, d=args.d, solver=args.solver, mode=args.mode, m=m, eps=eps,
-                          median_row_norm=med, budget=budget, wall_s=wall, norm=norm, pruned=pruned,
-                          iterations=iters, gen_s=gen_s, S_gib=S.nbytes / 2**30, base_rss_gib=base,
-                          gen_peak_gib=gen_peak, peak_rss_gib=_rss_gib(),
-                          worker_peak_gib=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20)),
-          flush=True)
+    print(
+        json.dumps(
+            dict(
+                n=args.n,
+                d=args.d,
+                solver=args.solver,
+                mode=args.mode,
+                m=m,
+                eps=eps,
+                median_row_norm=med,
+                budget=budget,
+                wall_s=wall,
+                norm=norm,
+                pruned=pruned,
+                iterations=iters,
+                gen_s=gen_s,
+                S_gib=S.nbytes / 2**30,
+                base_rss_gib=base,
+                gen_peak_gib=gen_peak,
+                peak_rss_gib=_rss_gib(),
+                worker_peak_gib=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20,
+            )
+        ),
+        flush=True,
+    )
 
 
 def run_child(n: int, d: int, solver: str, mode: str, budget: float, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "_one", "--n", str(n), "--d", str(d),
-           "--solver", solver, "--mode", mode, "--budget", f"{budget:.3f}",
-           "--eps-factor", str(args.eps_factor), "--buckets", str(args.buckets),
-           "--workers", str(args.workers)]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "_one",
+        "--n",
+        str(n),
+        "--d",
+        str(d),
+        "--solver",
+        solver,
+        "--mode",
+        mode,
+        "--budget",
+        f"{budget:.3f}",
+        "--eps-factor",
+        str(args.eps_factor),
+        "--buckets",
+        str(args.buckets),
+        "--workers",
+        str(args.workers),
+    ]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
     except subprocess.TimeoutExpired:
@@ -112,8 +152,10 @@ def run_child(n: int, d: int, solver: str, mode: str, budget: float, args: argpa
 def selection_bench(args: argparse.Namespace) -> None:
     bucketed = have_buckets() and not args.no_buckets
     print(f"bucketed selection (dpcli.buckets) available: {bucketed}", flush=True)
-    print("| n | d | S (GiB) | mode | target | solver | budget (s) | wall (s) | norm | pruned | "
-          "peak RSS (GiB) | after generating S (GiB) |")
+    print(
+        "| n | d | S (GiB) | mode | target | solver | budget (s) | wall (s) | norm | pruned | "
+        "peak RSS (GiB) | after generating S (GiB) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
     for n in args.sizes:
         for mode in args.modes:
@@ -134,19 +176,23 @@ def selection_bench(args: argparse.Namespace) -> None:
                     swap_wall = r["wall_s"]
                 target = f"m={r['m']:,}" if mode == "cardinality" else f"eps={r['eps']:.3g}"
                 b = f"{r['budget']:.1f}" if r["budget"] else "none"
-                print(f"| {n:,} | {args.d} | {r['S_gib']:.2f} | {mode} | {target} | {solver} | {b} | "
-                      f"{r['wall_s']:.1f} | {r['norm']:.4g} | {r['pruned']:,} | {r['peak_rss_gib']:.2f} | "
-                      f"{r['gen_peak_gib']:.2f} |" + (f" largest worker {r['worker_peak_gib']:.2f} GiB |"
-                                                 if r.get("worker_peak_gib") else ""), flush=True)
+                print(
+                    f"| {n:,} | {args.d} | {r['S_gib']:.2f} | {mode} | {target} | {solver} | {b} | "
+                    f"{r['wall_s']:.1f} | {r['norm']:.4g} | {r['pruned']:,} | {r['peak_rss_gib']:.2f} | "
+                    f"{r['gen_peak_gib']:.2f} |"
+                    + (f" largest worker {r['worker_peak_gib']:.2f} GiB |" if r.get("worker_peak_gib") else ""),
+                    flush=True,
+                )
 
 
 # ----------------------------------------------------------------------------- influence
 
+
 def influence_bench(args: argparse.Namespace) -> None:
     import torch
 
-    from dpcli.influence import kernels as influence
     from dpcli.data.sources import Dataset, Split, iterate_batches
+    from dpcli.influence import kernels as influence
     from dpcli.models.zoo import build_model
     from dpcli.train.loop import extract_features
 
@@ -155,6 +201,7 @@ def influence_bench(args: argparse.Namespace) -> None:
     caches = sorted(glob.glob("/tmp/cifarrun/data/imagefolder-cache/*.h5"))
     if caches:
         import h5py
+
         with h5py.File(caches[0], "r") as f:
             images = f["train/images"][:n]
             labels = f["train/labels"][:n]
@@ -165,19 +212,30 @@ def influence_bench(args: argparse.Namespace) -> None:
         labels = rng.integers(0, 10, n).astype(np.int64)
         source = f"random uint8 32x32x3 images (n={n:,})"
     split = Split(images, labels)
-    ds = Dataset("cifar10", split, split, tuple(str(i) for i in range(10)),
-                 (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), False)
+    ds = Dataset(
+        "cifar10",
+        split,
+        split,
+        tuple(str(i) for i in range(10)),
+        (0.4914, 0.4822, 0.4465),
+        (0.2470, 0.2435, 0.2616),
+        False,
+    )
     model = build_model("convnet", 10, 3, 32, width=32, depth=3).eval()
     dev = torch.device("cpu")
-    print(f"data: {source}; torch {torch.__version__}, threads {torch.get_num_threads()}; "
-          f"model: ConvNet width 32 depth 3, feature dim {model.feature_dim}, untrained weights "
-          f"(throughput does not depend on the weights)", flush=True)
+    print(
+        f"data: {source}; torch {torch.__version__}, threads {torch.get_num_threads()}; "
+        f"model: ConvNet width 32 depth 3, feature dim {model.feature_dim}, untrained weights "
+        f"(throughput does not depend on the weights)",
+        flush=True,
+    )
 
     # (a) plain inference: forward pass, eval, no grad, same batching as extract_features
     with torch.no_grad():
         t = time.perf_counter()
-        for x, _, _ in iterate_batches(split, args.batch, mean=ds.mean, std=ds.std, device=dev,
-                                       shuffle=False, augment=False, generator=None):
+        for x, _, _ in iterate_batches(
+            split, args.batch, mean=ds.mean, std=ds.std, device=dev, shuffle=False, augment=False, generator=None
+        ):
             model(x)
         t_inf = time.perf_counter() - t
 
@@ -188,9 +246,15 @@ def influence_bench(args: argparse.Namespace) -> None:
     y = torch.as_tensor(labels)
     stamps: list[tuple[float, int]] = []
     t0 = time.perf_counter()
-    S = influence.exact_influence(feats, y, model.head.weight, model.head.bias, damping=args.damping,
-                                  chunk_size=args.chunk,
-                                  progress=lambda done, total: stamps.append((time.perf_counter(), done)))
+    S = influence.exact_influence(
+        feats,
+        y,
+        model.head.weight,
+        model.head.bias,
+        damping=args.damping,
+        chunk_size=args.chunk,
+        progress=lambda done, total: stamps.append((time.perf_counter(), done)),
+    )
     t_inflx = time.perf_counter() - t0
     C, D = 10, model.feature_dim + 1
     d = S.shape[1]
@@ -202,8 +266,9 @@ def influence_bench(args: argparse.Namespace) -> None:
     t_solve = per_row * n
     t_setup = t_inflx - t_solve
     total = t_feat + t_inflx
-    print(f"\nn = {n:,}, d = C(D) = {C} x {D} = {d}, batch {args.batch}, chunk {args.chunk}, "
-          f"damping {args.damping:g}\n")
+    print(
+        f"\nn = {n:,}, d = C(D) = {C} x {D} = {d}, batch {args.batch}, chunk {args.chunk}, damping {args.damping:g}\n"
+    )
     print("| stage | seconds | samples/s |")
     print("|---|---|---|")
     print(f"| (a) plain inference (forward, eval, no grad) | {t_inf:.2f} | {n / t_inf:,.0f} |")
@@ -212,8 +277,22 @@ def influence_bench(args: argparse.Namespace) -> None:
     print(f"|   of which Hessian build + Cholesky (inferred) | {t_setup:.2f} | |")
     print(f"|   of which per-row solves (measured per chunk) | {t_solve:.2f} | {1 / per_row:,.0f} |")
     print(f"| (b) influence stage (features + exact_influence) | {total:.2f} | {n / total:,.0f} |")
-    print(json.dumps(dict(n=n, d=d, t_inf=t_inf, t_feat=t_feat, t_inflx=t_inflx, t_setup=t_setup,
-                          t_solve=t_solve, per_row=per_row, peak_rss_gib=_rss_gib())), flush=True)
+    print(
+        json.dumps(
+            dict(
+                n=n,
+                d=d,
+                t_inf=t_inf,
+                t_feat=t_feat,
+                t_inflx=t_inflx,
+                t_setup=t_setup,
+                t_solve=t_solve,
+                per_row=per_row,
+                peak_rss_gib=_rss_gib(),
+            )
+        ),
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -245,8 +324,11 @@ def main() -> None:
     i.add_argument("--chunk", type=int, default=1024)
     i.add_argument("--damping", type=float, default=1e-3)
     args = ap.parse_args()
-    print(f"# {platform.machine()}, {os.cpu_count()} CPU cores, python {platform.python_version()}, "
-          f"numpy {np.__version__}; load: {os.getloadavg()}", file=sys.stderr)
+    print(
+        f"# {platform.machine()}, {os.cpu_count()} CPU cores, python {platform.python_version()}, "
+        f"numpy {np.__version__}; load: {os.getloadavg()}",
+        file=sys.stderr,
+    )
     {"selection": selection_bench, "_one": one, "influence": influence_bench}[args.cmd](args)
 
 

@@ -60,22 +60,25 @@ class Problem:
     name: str
     n: int
     classes: int
-    dim: int          # features; S has classes * (dim + 1) columns
+    dim: int  # features; S has classes * (dim + 1) columns
     ratio: float
-    kind: str = "S"   # "S": S given; "npy": S given as a memory-mapped .npy; "emb": from features
+    kind: str = "S"  # "S": S given; "npy": S given as a memory-mapped .npy; "emb": from features
     sketch: int | None = None
     cg_tol: float = 1e-6
     sklearn_max_iter: int = 20_000
 
 
-PROBLEMS = {p.name: p for p in (
-    Problem("s3k", 3_000, 10, 512, 0.5),
-    Problem("s50k", 50_000, 10, 512, 0.3),
-    Problem("s200k", 200_000, 10, 512, 0.3),
-    Problem("s1.28m", 1_280_000, 8, 63, 0.4, kind="npy"),
-    Problem("emb3k", 3_000, 10, 512, 0.5, kind="emb"),
-    Problem("emb100k", 100_000, 100, 768, 0.3, kind="emb", sketch=8, cg_tol=1e-3, sklearn_max_iter=30),
-)}
+PROBLEMS = {
+    p.name: p
+    for p in (
+        Problem("s3k", 3_000, 10, 512, 0.5),
+        Problem("s50k", 50_000, 10, 512, 0.3),
+        Problem("s200k", 200_000, 10, 512, 0.3),
+        Problem("s1.28m", 1_280_000, 8, 63, 0.4, kind="npy"),
+        Problem("emb3k", 3_000, 10, 512, 0.5, kind="emb"),
+        Problem("emb100k", 100_000, 100, 768, 0.3, kind="emb", sketch=8, cg_tol=1e-3, sklearn_max_iter=30),
+    )
+}
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -85,7 +88,7 @@ def features(n: int, classes: int, dim: int, seed: int) -> tuple[np.ndarray, np.
     rng = np.random.default_rng(seed)
     y = rng.integers(0, classes, n)
     spectrum = (1.0 + np.arange(dim)) ** -0.5
-    spectrum = (spectrum / np.sqrt(np.mean(spectrum ** 2))).astype(np.float32)
+    spectrum = (spectrum / np.sqrt(np.mean(spectrum**2))).astype(np.float32)
     means = (rng.standard_normal((classes, dim)) * 1.5 / np.sqrt(dim) * spectrum * np.sqrt(dim) / 4).astype(np.float32)
     x = np.empty((n, dim), dtype=np.float32)
     step = max(1, (1 << 22) // dim)
@@ -95,8 +98,9 @@ def features(n: int, classes: int, dim: int, seed: int) -> tuple[np.ndarray, np.
     return x, y
 
 
-def softmax_influence(n: int, classes: int, dim: int, seed: int, out: np.ndarray | None = None,
-                      damping: float = 1e-3) -> np.ndarray:
+def softmax_influence(
+    n: int, classes: int, dim: int, seed: int, out: np.ndarray | None = None, damping: float = 1e-3
+) -> np.ndarray:
     """S with the structure of a real last-layer influence matrix, at any size, in O(n C D).
 
     ``S_i = (A^-1 r_i) (x) (B^-1 [x_i, 1]) / n``: the per-sample gradient of the softmax cross-entropy,
@@ -109,14 +113,16 @@ def softmax_influence(n: int, classes: int, dim: int, seed: int, out: np.ndarray
     x, y = features(n, classes, dim, seed)
     rng = np.random.default_rng(seed + 1)
     means = np.stack([x[y == c].mean(0) if np.any(y == c) else np.zeros(dim, np.float32) for c in range(classes)])
-    W = (10.0 * means / np.mean(np.linalg.norm(means, axis=1)) ** 2
-         + 0.3 * rng.standard_normal(means.shape) / np.sqrt(dim)).astype(np.float64)
+    W = (
+        10.0 * means / np.mean(np.linalg.norm(means, axis=1)) ** 2
+        + 0.3 * rng.standard_normal(means.shape) / np.sqrt(dim)
+    ).astype(np.float64)
     S = np.empty((n, classes * (dim + 1)), dtype=np.float32) if out is None else out
     step = max(1, (1 << 24) // (classes * (dim + 1)))
     A = np.zeros((classes, classes))
     B = np.zeros((dim + 1, dim + 1))
     for a in range(0, n, step):  # the Hessian factors: one pass
-        xt = np.hstack([x[a:a + step].astype(np.float64), np.ones((min(step, n - a), 1))])
+        xt = np.hstack([x[a : a + step].astype(np.float64), np.ones((min(step, n - a), 1))])
         p = _softmax(xt[:, :dim] @ W.T)
         A += np.einsum("ic,id->cd", p, -p) + np.diag(p.sum(0))
         B += xt.T @ xt
@@ -124,10 +130,10 @@ def softmax_influence(n: int, classes: int, dim: int, seed: int, out: np.ndarray
     B = B / n + np.sqrt(damping) * np.eye(dim + 1)
     Ai, Bi = np.linalg.inv(A), np.linalg.inv(B)
     for a in range(0, n, step):
-        xt = np.hstack([x[a:a + step].astype(np.float64), np.ones((min(step, n - a), 1))])
+        xt = np.hstack([x[a : a + step].astype(np.float64), np.ones((min(step, n - a), 1))])
         r = _softmax(xt[:, :dim] @ W.T)
-        r[np.arange(len(r)), y[a:a + step]] -= 1.0
-        S[a:a + step] = (np.einsum("ic,id->icd", r @ Ai.T, xt @ Bi.T) / n).reshape(len(r), -1)
+        r[np.arange(len(r)), y[a : a + step]] -= 1.0
+        S[a : a + step] = (np.einsum("ic,id->icd", r @ Ai.T, xt @ Bi.T) / n).reshape(len(r), -1)
     return S
 
 
@@ -158,7 +164,7 @@ def one_pass(S: np.ndarray) -> None:
     v = np.ones(S.shape[1], dtype=S.dtype)
     step = max(1, (64 << 20) // (4 * S.shape[1]))
     for a in range(0, S.shape[0], step):
-        S[a:a + step] @ v
+        S[a : a + step] @ v
 
 
 def sklearn_floor(x: np.ndarray, y: np.ndarray, p: Problem, damping: float = 1e-3, tol: float = 1e-7) -> dict:
@@ -166,18 +172,19 @@ def sklearn_floor(x: np.ndarray, y: np.ndarray, p: Problem, damping: float = 1e-
     optimum: the seconds of each and the gradient norm the fit reached.  Small fits run on one thread, as
     dpcli's do (both are several times slower with two on a shared 2-core machine; head_fit.py)."""
     import torch
-
     from head_fit import fit_sklearn, grad_norm
 
-    from dpcli.influence.kernels import exact_influence
-
     from dpcli.influence.head import _SMALL_PASS
+    from dpcli.influence.kernels import exact_influence
 
     threads = 1 if x.shape[0] * x.shape[1] * p.classes < _SMALL_PASS else None  # as dpcli's fit chooses
     t = time.perf_counter()
     w, b, note = fit_sklearn(x, y, p.classes, damping, tol, threads=threads, max_iter=p.sklearn_max_iter)
-    out = {"sklearn_fit_seconds": time.perf_counter() - t, "sklearn_fit": note,
-           "sklearn_grad_norm": grad_norm(x, y, w, b, damping)}
+    out = {
+        "sklearn_fit_seconds": time.perf_counter() - t,
+        "sklearn_fit": note,
+        "sklearn_grad_norm": grad_norm(x, y, w, b, damping),
+    }
     if p.sketch is None:
         t = time.perf_counter()
         exact_influence(torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(w), torch.from_numpy(b), damping)
@@ -194,14 +201,14 @@ def reset_peak() -> None:
 def rss_gib() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 2 ** 20
+            return int(line.split()[1]) / 2**20
     return float("nan")
 
 
 def peak_gib() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 2 ** 20
+            return int(line.split()[1]) / 2**20
     return float("nan")
 
 
@@ -244,30 +251,43 @@ class Work:
         self.n = -1
 
     def close(self) -> None:
-        self.linalg.Rows.matvec, self.linalg.Rows.gram, self.linalg.Rows._extend = (self._matvec, self._gram,
-                                                                                   self._extend)
+        self.linalg.Rows.matvec, self.linalg.Rows.gram, self.linalg.Rows._extend = (
+            self._matvec,
+            self._gram,
+            self._extend,
+        )
 
 
 def run_problem(p: Problem, work: Path, seed: int, repeats: int) -> dict:
     import dpcli.api as dp
     from dpcli.select.linalg import count_from_ratio
 
-    rec: dict = {"problem": p.name, "n": p.n, "d": p.classes * (p.dim + 1), "classes": p.classes, "dim": p.dim,
-                 "ratio": p.ratio, "kind": p.kind, "load_before": os.getloadavg()[0]}
+    rec: dict = {
+        "problem": p.name,
+        "n": p.n,
+        "d": p.classes * (p.dim + 1),
+        "classes": p.classes,
+        "dim": p.dim,
+        "ratio": p.ratio,
+        "kind": p.kind,
+        "load_before": os.getloadavg()[0],
+    }
     t_gen = time.perf_counter()
     if p.kind == "emb":
         x, y = features(p.n, p.classes, p.dim, seed)
         rec["generate_seconds"] = time.perf_counter() - t_gen
         dp.influence(x[:500], y[:500], num_classes=p.classes)  # warm: first-call imports are not the stage's
         reset_peak()
-        rec["influence_seconds"], (S, head) = timed(dp.influence, x, y, estimator="cg" if p.sketch else "exact",
-                                                    sketch=p.sketch, cg_tol=p.cg_tol)
+        rec["influence_seconds"], (S, head) = timed(
+            dp.influence, x, y, estimator="cg" if p.sketch else "exact", sketch=p.sketch, cg_tol=p.cg_tol
+        )
         rec["influence_peak_gib"] = peak_gib()
         rec["head_grad_norm"], rec["head_newton_steps"] = float(head.grad_norm), int(head.iterations)
         rec.update(sklearn_floor(x, y, p))
         if "S_solve_seconds" in rec:
-            rec["influence_ratio_to_floor"] = rec["influence_seconds"] / (rec["sklearn_fit_seconds"]
-                                                                         + rec["S_solve_seconds"])
+            rec["influence_ratio_to_floor"] = rec["influence_seconds"] / (
+                rec["sklearn_fit_seconds"] + rec["S_solve_seconds"]
+            )
         del x
     elif p.kind == "npy":
         path = work / f"{p.name}-S.npy"
@@ -282,7 +302,7 @@ def run_problem(p: Problem, work: Path, seed: int, repeats: int) -> dict:
         S = softmax_influence(p.n, p.classes, p.dim, seed)
         rec["generate_seconds"] = time.perf_counter() - t_gen
     m = count_from_ratio(S.shape[0], p.ratio)
-    rec["S_gib"] = S.nbytes / 2 ** 30
+    rec["S_gib"] = S.nbytes / 2**30
     rec["m"] = m
     print(f"{p.name}: S {S.shape[0]:,} x {S.shape[1]:,} ({rec['S_gib']:.2f} GiB), prune {m:,}", flush=True)
 
@@ -342,8 +362,10 @@ def kernels(repeats: int = 7) -> dict:
     out["pool Gram 2048x5130 float32"] = (med(lambda: X @ X.T), med(lambda: Xt @ Xt.T))
     out["gather 2048 rows"] = (med(lambda: S[idx]), med(lambda: St[torch.from_numpy(idx)]))
     v, vt = rng.standard_normal(2_048), torch.from_numpy(rng.standard_normal(2_048))
-    out["small op (2048-vector add), per call"] = (med(lambda: [v + v for _ in range(1000)]) / 1000,
-                                                   med(lambda: [vt + vt for _ in range(1000)]) / 1000)
+    out["small op (2048-vector add), per call"] = (
+        med(lambda: [v + v for _ in range(1000)]) / 1000,
+        med(lambda: [vt + vt for _ in range(1000)]) / 1000,
+    )
     for k, (a, b) in list(out.items())[1:]:
         print(f"  {k}: numpy {a * 1e3:.3f} ms, torch {b * 1e3:.3f} ms (torch / numpy {b / a:.2f})", flush=True)
     return out
@@ -357,15 +379,22 @@ def plot(results: list[dict], path: Path) -> None:
 
     rows = sorted((r for r in results if r["kind"] != "emb"), key=lambda r: r["n"])
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for key, label, style in (("dpcli_seconds", "dpcli prune (optimization)", "o-"),
-                              ("greedy_seconds", "Gram-matrix greedy pass", "s--"),
-                              ("pass_seconds", "one pass over S (S @ v)", "^:")):
+    for key, label, style in (
+        ("dpcli_seconds", "dpcli prune (optimization)", "o-"),
+        ("greedy_seconds", "Gram-matrix greedy pass", "s--"),
+        ("pass_seconds", "one pass over S (S @ v)", "^:"),
+    ):
         pts = [(r["n"], r[key]) for r in rows if key in r]
         if pts:
             ax.plot(*zip(*pts), style, label=label)
     for r in rows:
-        ax.annotate(f"{r['n']:,} x {r['d']:,}", (r["n"], r["dpcli_seconds"]), textcoords="offset points",
-                    xytext=(4, 6), fontsize=7)
+        ax.annotate(
+            f"{r['n']:,} x {r['d']:,}",
+            (r["n"], r["dpcli_seconds"]),
+            textcoords="offset points",
+            xytext=(4, 6),
+            fontsize=7,
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("n (rows of S)")
@@ -395,10 +424,16 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="dpcli-selection-speed-"))
     work.mkdir(parents=True, exist_ok=True)
     command = "python3 benchmarks/selection_speed.py " + " ".join(sys.argv[1:])
-    report = {"command": command,
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                          "processor": platform.processor() or platform.machine(), "numpy": np.__version__},
-              "results": []}
+    report = {
+        "command": command,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "numpy": np.__version__,
+        },
+        "results": [],
+    }
     if args.update and args.out.exists():
         old = json.loads(args.out.read_text())
         for rec in old["results"]:

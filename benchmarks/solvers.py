@@ -82,23 +82,26 @@ t, c = time.perf_counter(), time.process_time()
 sel = selection.minimize_norm(S, m, seed={seed})
 print(json.dumps({{'norm': sel.norm, 'seconds': time.perf_counter() - t, 'cpu': time.process_time() - c}}))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": tree})
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": tree}
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def compare(args) -> None:
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cases = [(s, args.ratio) for s in args.sizes] + [(f.rsplit("@", 1)[0], float(f.rsplit("@", 1)[1]))
-                                                    for f in args.files]
+    cases = [(s, args.ratio) for s in args.sizes] + [
+        (f.rsplit("@", 1)[0], float(f.rsplit("@", 1)[1])) for f in args.files
+    ]
     print(f"### swap, natural stopping: this tree against {args.compare_tree} (median over seeds {args.seeds})\n")
     print("| instance | prune ratio | norm before | norm now | now / before | CPU s before | CPU s now |")
     print("|---|---|---|---|---|---|---|")
     for spec, ratio in cases:
-        runs = {tree: [_solve_in(tree, spec, ratio, s, args) for s in args.seeds]
-                for tree in (args.compare_tree, here)}
-        med = {tree: (float(np.median([r["norm"] for r in rs])), float(np.median([r["cpu"] for r in rs])))
-               for tree, rs in runs.items()}
+        runs = {tree: [_solve_in(tree, spec, ratio, s, args) for s in args.seeds] for tree in (args.compare_tree, here)}
+        med = {
+            tree: (float(np.median([r["norm"] for r in rs])), float(np.median([r["cpu"] for r in rs])))
+            for tree, rs in runs.items()
+        }
         (nb, cb), (nn, cn) = med[args.compare_tree], med[here]
         name = spec if not spec.endswith(".h5") else os.path.basename(os.path.dirname(spec)) or spec
         print(f"| {name} | {ratio:g} | {nb:.5g} | {nn:.5g} | {nn / nb:.3f} | {cb:.1f} | {cn:.1f} |", flush=True)
@@ -106,8 +109,12 @@ def compare(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", nargs="*", default=["10000x64", "10000x512", "50000x64", "50000x512"],
-                    help="NxD sizes compared at equal budgets")
+    ap.add_argument(
+        "--sizes",
+        nargs="*",
+        default=["10000x64", "10000x512", "50000x64", "50000x512"],
+        help="NxD sizes compared at equal budgets",
+    )
     ap.add_argument("--solvers", nargs="+", default=["swap", "anneal"])
     ap.add_argument("--budget", type=float, default=10.0, help="seconds per solver run")
     ap.add_argument("--ratio", type=float, default=0.5, help="prune ratio for cardinality mode")
@@ -124,15 +131,21 @@ def main() -> None:
         compare(args)
         return
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-          f"numpy {np.__version__}, python {platform.python_version()}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"numpy {np.__version__}, python {platform.python_version()}"
+    )
     print(f"synthetic S: mean={args.mean}, lognormal sigma={args.sigma}, seed={args.seed}\n")
 
     if args.sizes:
         print(f"### Cardinality mode (prune ratio {args.ratio}), budget {args.budget:g} s per solver\n")
-        print("| n | d | m | random-subset norm | median row norm | "
-              + " | ".join(f"{s} norm" for s in args.solvers) + " | "
-              + " | ".join(f"{s} iters" for s in args.solvers) + " |")
+        print(
+            "| n | d | m | random-subset norm | median row norm | "
+            + " | ".join(f"{s} norm" for s in args.solvers)
+            + " | "
+            + " | ".join(f"{s} iters" for s in args.solvers)
+            + " |"
+        )
         print("|" + "---|" * (5 + 2 * len(args.solvers)))
         for size in args.sizes:
             n, d = parse_size(size)
@@ -147,8 +160,14 @@ def main() -> None:
                 sel = selection.minimize_norm(S, m, solver=solver, time_budget=args.budget, seed=args.seed)
                 norms.append(f"{sel.norm:.4g}")
                 iters.append(f"{sel.iterations:,}")
-            print(f"| {n:,} | {d} | {m:,} | {selection.subset_norm(S, rand):.4g} | {row:.3g} | "
-                  + " | ".join(norms) + " | " + " | ".join(iters) + " |", flush=True)
+            print(
+                f"| {n:,} | {d} | {m:,} | {selection.subset_norm(S, rand):.4g} | {row:.3g} | "
+                + " | ".join(norms)
+                + " | "
+                + " | ".join(iters)
+                + " |",
+                flush=True,
+            )
             del S
 
     if args.large:
@@ -157,16 +176,24 @@ def main() -> None:
         S = synthetic(n, d, args.seed, args.mean, args.sigma)
         gen = time.perf_counter() - t
         m = selection.count_from_ratio(n, args.ratio)
-        print(f"\n### swap at n={n:,}, d={d} (S = {S.nbytes / 2**30:.2f} GiB float32, generated in {gen:.0f} s), "
-              "natural stopping\n")
+        print(
+            f"\n### swap at n={n:,}, d={d} (S = {S.nbytes / 2**30:.2f} GiB float32, generated in {gen:.0f} s), "
+            "natural stopping\n"
+        )
         print("| mode | target | pruned | norm | seconds | moves applied | peak RSS (GiB) |")
         print("|---|---|---|---|---|---|---|")
         sel = selection.minimize_norm(S, m, solver="swap", seed=args.seed)
-        print(f"| cardinality | m={m:,} | {sel.n_pruned:,} | {sel.norm:.4g} | {sel.seconds:.1f} | "
-              f"{sel.iterations:,} | {peak_rss_gib():.2f} |", flush=True)
+        print(
+            f"| cardinality | m={m:,} | {sel.n_pruned:,} | {sel.norm:.4g} | {sel.seconds:.1f} | "
+            f"{sel.iterations:,} | {peak_rss_gib():.2f} |",
+            flush=True,
+        )
         sel = selection.maximize_pruned(S, args.large_eps, solver="swap", seed=args.seed)
-        print(f"| epsilon | eps={args.large_eps:g} | {sel.n_pruned:,} | {sel.norm:.4g} | {sel.seconds:.1f} | "
-              f"{sel.iterations:,} | {peak_rss_gib():.2f} |", flush=True)
+        print(
+            f"| epsilon | eps={args.large_eps:g} | {sel.n_pruned:,} | {sel.norm:.4g} | {sel.seconds:.1f} | "
+            f"{sel.iterations:,} | {peak_rss_gib():.2f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

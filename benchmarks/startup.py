@@ -39,10 +39,12 @@ app()
 
 def cases(tree: Path, tag: str) -> dict[str, list[str]]:
     py = [sys.executable, "-m", "dpcli"]
-    return {f"{tag} --help": [*py, "--help"],
-            f"{tag} prune --help": [*py, "prune", "--help"],
-            f"{tag} prune x.h5 --epsilom 1": [*py, "prune", "x.h5", "--epsilom", "1"],
-            f"{tag} --version": [*py, "--version"]}
+    return {
+        f"{tag} --help": [*py, "--help"],
+        f"{tag} prune --help": [*py, "prune", "--help"],
+        f"{tag} prune x.h5 --epsilom 1": [*py, "prune", "x.h5", "--epsilom", "1"],
+        f"{tag} --version": [*py, "--version"],
+    }
 
 
 def main() -> None:
@@ -58,9 +60,11 @@ def main() -> None:
         runs += [(name, cmd, env) for name, cmd in cases(tree, tag).items()]
     app = Path(cache) / "empty_app.py"
     app.write_text(EMPTY_APP)
-    runs += [("python3 -c pass", [sys.executable, "-c", "pass"], base_env),
-             ("python3 -c 'import typer'", [sys.executable, "-c", "import typer"], base_env),
-             ("empty two-command Typer app a --help", [sys.executable, str(app), "a", "--help"], base_env)]
+    runs += [
+        ("python3 -c pass", [sys.executable, "-c", "pass"], base_env),
+        ("python3 -c 'import typer'", [sys.executable, "-c", "import typer"], base_env),
+        ("empty two-command Typer app a --help", [sys.executable, str(app), "a", "--help"], base_env),
+    ]
     for _, cmd, env in runs:  # warms the OS file cache and the bytecode
         subprocess.run(cmd, capture_output=True, env=env, cwd=tempfile.gettempdir())
     times: dict[str, list[float]] = {name: [] for name, _, _ in runs}
@@ -72,8 +76,10 @@ def main() -> None:
             times[name].append(time.perf_counter() - t0)
             cpu[name].append(_child_cpu() - c0)
     base = statistics.median(times["python3 -c pass"])
-    print(f"{args.rounds} interleaved rounds; load average {os.getloadavg()[0]:.1f} at the end; "
-          f"PYTHONDONTWRITEBYTECODE={os.environ.get('PYTHONDONTWRITEBYTECODE', '')!r}")
+    print(
+        f"{args.rounds} interleaved rounds; load average {os.getloadavg()[0]:.1f} at the end; "
+        f"PYTHONDONTWRITEBYTECODE={os.environ.get('PYTHONDONTWRITEBYTECODE', '')!r}"
+    )
     print(f"{'case':48} {'median s':>9} {'min s':>7} {'/ pass':>7} {'CPU s':>7}")
     for name, values in times.items():
         med = statistics.median(values)

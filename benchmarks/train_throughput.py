@@ -41,8 +41,9 @@ def variant_config(base: TrainConfig, variant: str, device: torch.device) -> Tra
     unknown = parts - {"fp32", "bf16", "cl", "compile"}
     if unknown:
         raise SystemExit(f"unknown variant part(s) {sorted(unknown)} in {variant!r}")
-    return base.replace(fp32=("fp32" in parts) or None, channels_last="cl" in parts,
-                        compile=("compile" in parts) or None)
+    return base.replace(
+        fp32=("fp32" in parts) or None, channels_last="cl" in parts, compile=("compile" in parts) or None
+    )
 
 
 def time_dpcli(cfg: TrainConfig, ds, keep: np.ndarray, device: torch.device, out: Path) -> tuple[float, int, int]:
@@ -62,8 +63,17 @@ def time_dpcli(cfg: TrainConfig, ds, keep: np.ndarray, device: torch.device, out
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    train(cfg, ds, out, device=device, keep_indices=keep, on_batch=on_batch, eval_every=10**9, force=True,
-          snapshot_epochs=())
+    train(
+        cfg,
+        ds,
+        out,
+        device=device,
+        keep_indices=keep,
+        on_batch=on_batch,
+        eval_every=10**9,
+        force=True,
+        snapshot_epochs=(),
+    )
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
     return marks["t1"] - marks["t0"], len(keep) - first, peak
 
@@ -78,7 +88,11 @@ def time_plain(cfg: TrainConfig, ds, keep: np.ndarray, device: torch.device) -> 
     mean = torch.tensor(ds.mean, dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(ds.std, dtype=torch.float32).view(1, -1, 1, 1)
     # NCHW-contiguous like dpcli's batches (a bare permute would hand the model NHWC strides)
-    x_all = ((torch.from_numpy(ds.train.images[keep]).permute(0, 3, 1, 2).float() / 255 - mean) / std).contiguous().to(device)
+    x_all = (
+        ((torch.from_numpy(ds.train.images[keep]).permute(0, 3, 1, 2).float() / 255 - mean) / std)
+        .contiguous()
+        .to(device)
+    )
     y_all = torch.from_numpy(ds.train.labels[keep]).to(device)
     amp = device.type == "cuda" and not cfg.fp32
     bs = cfg.batch_size
@@ -87,7 +101,7 @@ def time_plain(cfg: TrainConfig, ds, keep: np.ndarray, device: torch.device) -> 
         perm = torch.randperm(len(keep), device=device)
         t0, images = 0.0, 0
         for s, start in enumerate(range(0, len(keep), bs)):
-            idx = perm[start:start + bs]
+            idx = perm[start : start + bs]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = net(_memory_format(x_all[idx], model))
             loss = F.cross_entropy(logits.float(), y_all[idx])
@@ -114,8 +128,8 @@ def checkpoint_bench(ds, n: int, epochs: int, out_dir: Path) -> list[dict]:
     ``rewrite`` is the previous behaviour (every row of every epoch rewritten into the
     checkpoint), timed at the same epochs for comparison.
     """
-    from dpcli.train.dynamics import DynamicsRecorder
     from dpcli.train.checkpoint import EpochRecord, save_checkpoint
+    from dpcli.train.dynamics import DynamicsRecorder
     from dpcli.train.trajectory import TrajectoryRecorder
 
     cfg = TrainConfig(dataset=ds.name, arch="convnet", width=32, depth=2, epochs=epochs + 1, augment=False)
@@ -137,15 +151,37 @@ def checkpoint_bench(ds, n: int, epochs: int, out_dir: Path) -> list[dict]:
             if mode == "rewrite" and k + 1 not in (2, epochs):
                 continue  # the old way's cost at epoch k does not depend on earlier writes
             t0 = time.perf_counter()
-            save_checkpoint(out_dir / f"{mode}.h5", model, opt, sched, cfg, ds, history, complete=False,
-                            keep_indices=None, lineage=None, trajectory=traj, dynamics=dyn,
-                            consolidate=mode == "rewrite")
+            save_checkpoint(
+                out_dir / f"{mode}.h5",
+                model,
+                opt,
+                sched,
+                cfg,
+                ds,
+                history,
+                complete=False,
+                keep_indices=None,
+                lineage=None,
+                trajectory=traj,
+                dynamics=dyn,
+                consolidate=mode == "rewrite",
+            )
             if k + 1 in (2, epochs):
-                rows.append({"mode": mode, "epoch": k + 1, "n": n, "seconds": time.perf_counter() - t0,
-                             "checkpoint_bytes": (out_dir / f"{mode}.h5").stat().st_size})
+                rows.append(
+                    {
+                        "mode": mode,
+                        "epoch": k + 1,
+                        "n": n,
+                        "seconds": time.perf_counter() - t0,
+                        "checkpoint_bytes": (out_dir / f"{mode}.h5").stat().st_size,
+                    }
+                )
     for r in rows:
-        print(f"CHECKPOINT {r['mode']:<8} epoch {r['epoch']:4d}  n={r['n']}  write {r['seconds'] * 1e3:8.1f} ms  "
-              f"checkpoint.h5 {r['checkpoint_bytes'] / 2**20:7.2f} MiB", flush=True)
+        print(
+            f"CHECKPOINT {r['mode']:<8} epoch {r['epoch']:4d}  n={r['n']}  write {r['seconds'] * 1e3:8.1f} ms  "
+            f"checkpoint.h5 {r['checkpoint_bytes'] / 2**20:7.2f} MiB",
+            flush=True,
+        )
     return rows
 
 
@@ -162,8 +198,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is).")
     ap.add_argument("--repeats", type=int, default=1, help="Interleaved repetitions; the best of each is reported.")
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--checkpoint-bench", type=int, metavar="EPOCHS", default=0,
-                    help="Instead: checkpoint write time at epoch 2 vs EPOCHS, --checkpoint-n samples.")
+    ap.add_argument(
+        "--checkpoint-bench",
+        type=int,
+        metavar="EPOCHS",
+        default=0,
+        help="Instead: checkpoint write time at epoch 2 vs EPOCHS, --checkpoint-n samples.",
+    )
     ap.add_argument("--checkpoint-n", type=int, default=50_000)
     args = ap.parse_args()
     if args.threads:
@@ -179,8 +220,16 @@ def main() -> None:
     n = min(len(ds.train.labels), args.steps * args.batch_size)
     keep = np.random.default_rng(0).choice(len(ds.train.labels), size=n, replace=False)
     keep.sort()
-    base = TrainConfig(dataset=ds.name, arch=args.arch, width=args.width, depth=args.depth, epochs=2, lr=0.05,
-                       batch_size=args.batch_size, augment=False)
+    base = TrainConfig(
+        dataset=ds.name,
+        arch=args.arch,
+        width=args.width,
+        depth=args.depth,
+        epochs=2,
+        lr=0.05,
+        batch_size=args.batch_size,
+        augment=False,
+    )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for variant in args.variants.split(","):
@@ -191,14 +240,24 @@ def main() -> None:
                 pbest.append(time_plain(cfg, ds, keep, device))
             sec, images, peak = min(best, key=lambda r: r[0])
             psec, pimages = min(pbest, key=lambda r: r[0])
-            row = {"variant": variant, "device": str(device), "arch": args.arch, "batch_size": args.batch_size,
-                   "images": images, "dpcli_images_per_s": images / sec, "plain_images_per_s": pimages / psec,
-                   "ratio": (images / sec) / (pimages / psec), "peak_gpu_mib": peak / 2**20}
+            row = {
+                "variant": variant,
+                "device": str(device),
+                "arch": args.arch,
+                "batch_size": args.batch_size,
+                "images": images,
+                "dpcli_images_per_s": images / sec,
+                "plain_images_per_s": pimages / psec,
+                "ratio": (images / sec) / (pimages / psec),
+                "peak_gpu_mib": peak / 2**20,
+            }
             rows.append(row)
-            print(f"THROUGHPUT {variant:<18} dpcli {row['dpcli_images_per_s']:9.0f} img/s   plain "
-                  f"{row['plain_images_per_s']:9.0f} img/s   ratio {row['ratio']:.3f}   "
-                  f"peak {row['peak_gpu_mib']:.0f} MiB",
-                  flush=True)
+            print(
+                f"THROUGHPUT {variant:<18} dpcli {row['dpcli_images_per_s']:9.0f} img/s   plain "
+                f"{row['plain_images_per_s']:9.0f} img/s   ratio {row['ratio']:.3f}   "
+                f"peak {row['peak_gpu_mib']:.0f} MiB",
+                flush=True,
+            )
     if args.json:
         print(json.dumps(rows))
 

@@ -44,8 +44,21 @@ IMAGE_METHODS = ("auto", "random", "optimization", "herding", "ccs", "dual-beta"
 EMBED_METHODS = ("auto", "random", "optimization", "herding", "moderate")
 DETERMINISTIC = ("herding", "moderate")  # no seed in the selection
 # One small ConvNet a CPU user would pick for 28 x 28 digits: flips would turn digits into other glyphs.
-IMAGE_TRAIN = ["--arch", "convnet", "--width", "16", "--depth", "3", "--epochs", "20", "--lr", "0.05",
-               "--batch-size", "64", "--no-augment"]
+IMAGE_TRAIN = [
+    "--arch",
+    "convnet",
+    "--width",
+    "16",
+    "--depth",
+    "3",
+    "--epochs",
+    "20",
+    "--lr",
+    "0.05",
+    "--batch-size",
+    "64",
+    "--no-augment",
+]
 
 
 def wheel(package: str, work: Path) -> Path:
@@ -53,8 +66,9 @@ def wheel(package: str, work: Path) -> Path:
     dest = work / "wheels"
     found = sorted(dest.glob(f"{package}-*.whl"))
     if not found:
-        subprocess.run([sys.executable, "-m", "pip", "download", package, "--no-deps", "-q", "-d", str(dest)],
-                       check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", package, "--no-deps", "-q", "-d", str(dest)], check=True
+        )
         found = sorted(dest.glob(f"{package}-*.whl"))
     return found[-1]
 
@@ -102,8 +116,9 @@ def make_mnist1d(work: Path) -> Path:
 
 def dpcli(args: list[str], env: dict) -> dict:
     """One CLI call with --json; its summary, or a clear failure."""
-    proc = subprocess.run([sys.executable, "-m", "dpcli", *args, "--json", "--quiet"], capture_output=True,
-                          text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dpcli", *args, "--json", "--quiet"], capture_output=True, text=True, env=env
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"dpcli {' '.join(args)} -> exit {proc.returncode}: {proc.stderr.strip()[-500:]}")
     return json.loads(proc.stdout)
@@ -115,10 +130,38 @@ def image_cell(root: Path, work: Path, method: str, ratio: float, seed: int, env
     mask.parent.mkdir(parents=True, exist_ok=True)
     common = ["--data-root", str(work / "data"), "--run-root", str(work / "runs")]
     t0 = time.perf_counter()
-    sel = dpcli(["prune", spec, "--prune-ratio", str(ratio), "--method", method, "--solver-seed", str(seed),
-                 "--out", str(mask), *IMAGE_TRAIN, *common], env)
-    res = dpcli(["retrain", spec, "--mask", str(mask), "--train-seed", str(seed), "--out",
-                 str(mask.parent / "retrain.h5"), *IMAGE_TRAIN, *common], env)
+    sel = dpcli(
+        [
+            "prune",
+            spec,
+            "--prune-ratio",
+            str(ratio),
+            "--method",
+            method,
+            "--solver-seed",
+            str(seed),
+            "--out",
+            str(mask),
+            *IMAGE_TRAIN,
+            *common,
+        ],
+        env,
+    )
+    res = dpcli(
+        [
+            "retrain",
+            spec,
+            "--mask",
+            str(mask),
+            "--train-seed",
+            str(seed),
+            "--out",
+            str(mask.parent / "retrain.h5"),
+            *IMAGE_TRAIN,
+            *common,
+        ],
+        env,
+    )
     return summary(sel, res, t0)
 
 
@@ -128,24 +171,55 @@ def embed_cell(root: Path, work: Path, method: str, ratio: float, seed: int, env
     mask = run / "masks" / f"{method}-{ratio}-{seed}" / "mask.h5"
     mask.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    sel = dpcli(["prune", str(infl), "--prune-ratio", str(ratio), "--method", method, "--solver-seed", str(seed),
-                 "--out", str(mask)], env)
-    res = dpcli(["retrain", str(root / "train.npy"), "--mask", str(mask), "--out",
-                 str(mask.parent / "retrain.h5")], env)
+    sel = dpcli(
+        [
+            "prune",
+            str(infl),
+            "--prune-ratio",
+            str(ratio),
+            "--method",
+            method,
+            "--solver-seed",
+            str(seed),
+            "--out",
+            str(mask),
+        ],
+        env,
+    )
+    res = dpcli(
+        ["retrain", str(root / "train.npy"), "--mask", str(mask), "--out", str(mask.parent / "retrain.h5")], env
+    )
     return summary(sel, res, t0)
 
 
 def summary(sel: dict, res: dict, t0: float) -> dict:
-    return {"choice": (sel.get("auto") or {}).get("chosen", sel["method"]), "n_kept": res["n_kept"],
-            "test_accuracy": res["test_accuracy"], "seconds": time.perf_counter() - t0}
+    return {
+        "choice": (sel.get("auto") or {}).get("chosen", sel["method"]),
+        "n_kept": res["n_kept"],
+        "test_accuracy": res["test_accuracy"],
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def embed_influence(root: Path, work: Path, env: dict) -> dict:
     out = work / "runs-mnist1d" / "influence.h5"
     out.parent.mkdir(parents=True, exist_ok=True)
-    return dpcli(["influence", "--features", str(root / "train.npy"), "--labels", str(root / "train_labels.npy"),
-                  "--test-features", str(root / "test.npy"), "--test-labels", str(root / "test_labels.npy"),
-                  "--out", str(out)], env)
+    return dpcli(
+        [
+            "influence",
+            "--features",
+            str(root / "train.npy"),
+            "--labels",
+            str(root / "train_labels.npy"),
+            "--test-features",
+            str(root / "test.npy"),
+            "--test-labels",
+            str(root / "test_labels.npy"),
+            "--out",
+            str(out),
+        ],
+        env,
+    )
 
 
 def done_keys(out: Path) -> set[tuple]:
@@ -164,13 +238,30 @@ def run(args: argparse.Namespace) -> None:
         root1 = make_mnist1d(args.work)
         if not (args.work / "runs-mnist1d" / "influence.h5").exists():
             embed_influence(root1, args.work, env)
-        jobs += [("mnist1d", root1, m, r, s) for s in args.seeds for r in PRIORITY for m in EMBED_METHODS
-                 if s == args.seeds[0] or m not in DETERMINISTIC]  # a refit is deterministic: one cell says all
+        jobs += [
+            ("mnist1d", root1, m, r, s)
+            for s in args.seeds
+            for r in PRIORITY
+            for m in EMBED_METHODS
+            if s == args.seeds[0] or m not in DETERMINISTIC
+        ]  # a refit is deterministic: one cell says all
     if "mnist5k" in args.datasets:
         root = make_mnist5k(args.work)
-        full = ["prune", f"imagefolder:{root}", "--prune-ratio", "0.5", "--method", "random", "--out",
-                str(args.work / "warm.h5"), *IMAGE_TRAIN, "--data-root", str(args.work / "data"),
-                "--run-root", str(args.work / "runs")]
+        full = [
+            "prune",
+            f"imagefolder:{root}",
+            "--prune-ratio",
+            "0.5",
+            "--method",
+            "random",
+            "--out",
+            str(args.work / "warm.h5"),
+            *IMAGE_TRAIN,
+            "--data-root",
+            str(args.work / "data"),
+            "--run-root",
+            str(args.work / "runs"),
+        ]
         dpcli(full, env)  # trains the full model and S once, before the cells share them
         jobs += [("mnist5k", root, m, r, s) for s in args.seeds for r in PRIORITY for m in IMAGE_METHODS]
     jobs = [j for j in jobs if (j[0], j[2], j[3], j[4]) not in done]
@@ -178,8 +269,13 @@ def run(args: argparse.Namespace) -> None:
     def one(job: tuple) -> None:
         name, root, method, ratio, seed = job
         fn = image_cell if name == "mnist5k" else embed_cell
-        cell = {"dataset": name, "method": method, "ratio": ratio, "seed": seed,
-                **fn(root, args.work, method, ratio, seed, env)}
+        cell = {
+            "dataset": name,
+            "method": method,
+            "ratio": ratio,
+            "seed": seed,
+            **fn(root, args.work, method, ratio, seed, env),
+        }
         with open(args.out, "a") as fh:
             fh.write(json.dumps(cell) + "\n")
         print(json.dumps(cell), flush=True)
@@ -197,18 +293,29 @@ def report(path: Path) -> str:
     for name in sorted({c["dataset"] for c in cells}):
         rows = [c for c in cells if c["dataset"] == name]
         methods = list(dict.fromkeys(c["method"] for c in rows))
-        acc = {(m, r): [c["test_accuracy"] for c in rows if c["method"] == m and c["ratio"] == r]
-               for m in methods for r in RATIOS}
+        acc = {
+            (m, r): [c["test_accuracy"] for c in rows if c["method"] == m and c["ratio"] == r]
+            for m in methods
+            for r in RATIOS
+        }
         sd = {k: statistics.stdev(v) if len(v) > 1 else 0.0 for k, v in acc.items()}
         mean = {k: statistics.mean(v) for k, v in acc.items() if v}
-        lines += [f"### {name}", "", "| method | " + " | ".join(f"{int(r * 100)} % pruned" for r in RATIOS) + " |",
-                  "|---|" + "---|" * len(RATIOS)]
+        lines += [
+            f"### {name}",
+            "",
+            "| method | " + " | ".join(f"{int(r * 100)} % pruned" for r in RATIOS) + " |",
+            "|---|" + "---|" * len(RATIOS),
+        ]
         for m in methods:
-            cols = [f"{mean[(m, r)]:.2f} ± {sd[(m, r)]:.2f} ({len(acc[(m, r)])})" if acc[(m, r)] else "-"
-                    for r in RATIOS]
+            cols = [
+                f"{mean[(m, r)]:.2f} ± {sd[(m, r)]:.2f} ({len(acc[(m, r)])})" if acc[(m, r)] else "-" for r in RATIOS
+            ]
             lines.append(f"| {m} | " + " | ".join(cols) + " |")
-        lines += ["", "| auto minus | " + " | ".join(f"{int(r * 100)} %" for r in RATIOS) + " |",
-                  "|---|" + "---|" * len(RATIOS)]
+        lines += [
+            "",
+            "| auto minus | " + " | ".join(f"{int(r * 100)} %" for r in RATIOS) + " |",
+            "|---|" + "---|" * len(RATIOS),
+        ]
         for m in methods:
             if m == "auto":
                 continue
@@ -219,7 +326,9 @@ def report(path: Path) -> str:
                     continue
                 d = mean[("auto", r)] - mean[(m, r)]
                 # a spread needs two values, except a deterministic selector's refit (it has none)
-                known = len(acc[("auto", r)]) > 1 and (len(acc[(m, r)]) > 1 or (name == "mnist1d" and m in DETERMINISTIC))
+                known = len(acc[("auto", r)]) > 1 and (
+                    len(acc[(m, r)]) > 1 or (name == "mnist1d" and m in DETERMINISTIC)
+                )
                 cols.append(f"{d:+.2f}" + ("*" if known and abs(d) > max(sd[("auto", r)], sd[(m, r)]) else ""))
             lines.append(f"| {m} | " + " | ".join(cols) + " |")
         counts: dict[str, int] = {}

@@ -32,24 +32,34 @@ import numpy as np
 from dpcli import console
 from dpcli.console import ProgressEvent
 from dpcli.errors import DpcliError
-from dpcli.select.certificate import KeepMask
 from dpcli.influence.head import DEFAULT_DAMPING, DEFAULT_MAX_ITER, DEFAULT_TOL, HeadFit
+from dpcli.select.certificate import KeepMask
 from dpcli.stages.heads import Refit
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["influence", "influence_file", "prune", "refit", "embed", "Selection", "HeadFit", "Refit",
-           "ProgressEvent"]
+__all__ = ["influence", "influence_file", "prune", "refit", "embed", "Selection", "HeadFit", "Refit", "ProgressEvent"]
 
 Progress = Optional[Callable[[ProgressEvent], None]]
 
 
-def influence(features: Any, labels: Any, *, damping: float = DEFAULT_DAMPING, estimator: str = "exact",
-              sketch: int | None = None, sketch_seed: int = 0, cg_tol: float = 1e-6, cg_max_iter: int = 1000,
-              num_classes: int | None = None, tol: float = DEFAULT_TOL, max_iter: int = DEFAULT_MAX_ITER,
-              progress: Progress = None) -> tuple[np.ndarray, HeadFit]:
+def influence(
+    features: Any,
+    labels: Any,
+    *,
+    damping: float = DEFAULT_DAMPING,
+    estimator: str = "exact",
+    sketch: int | None = None,
+    sketch_seed: int = 0,
+    cg_tol: float = 1e-6,
+    cg_max_iter: int = 1000,
+    num_classes: int | None = None,
+    tol: float = DEFAULT_TOL,
+    max_iter: int = DEFAULT_MAX_ITER,
+    progress: Progress = None,
+) -> tuple[np.ndarray, HeadFit]:
     """S (n x d float32; n x ``sketch`` when sketched) for frozen ``features`` (n x D) and labels (integers
     0..C-1 or class names).
 
@@ -62,22 +72,47 @@ def influence(features: Any, labels: Any, *, damping: float = DEFAULT_DAMPING, e
     from dpcli.stages import embeddings
 
     with console.library(progress):
-        _numbers(damping=damping, sketch=sketch, sketch_seed=sketch_seed, cg_tol=cg_tol, cg_max_iter=cg_max_iter,
-                 num_classes=num_classes, tol=tol, max_iter=max_iter)
+        _numbers(
+            damping=damping,
+            sketch=sketch,
+            sketch_seed=sketch_seed,
+            cg_tol=cg_tol,
+            cg_max_iter=cg_max_iter,
+            num_classes=num_classes,
+            tol=tol,
+            max_iter=max_iter,
+        )
         _names(estimator=estimator)
         emb = from_arrays(_matrix(features, "features"), _vector(labels, "labels"), num_classes=num_classes)
-        cfg = InfluenceConfig(estimator=estimator, damping=damping, cg_tol=cg_tol, cg_max_iter=cg_max_iter,
-                              sketch_k=sketch, sketch_seed=sketch_seed).validate()
+        cfg = InfluenceConfig(
+            estimator=estimator,
+            damping=damping,
+            cg_tol=cg_tol,
+            cg_max_iter=cg_max_iter,
+            sketch_k=sketch,
+            sketch_seed=sketch_seed,
+        ).validate()
         with console.progress_bar(f"influence ({estimator}, features)", total=emb.n) as update:
-            return embeddings.influence_in_memory(emb, cfg, damping=damping, tol=tol, max_iter=max_iter,
-                                                  progress=lambda done, total: update(done, total))
+            return embeddings.influence_in_memory(
+                emb, cfg, damping=damping, tol=tol, max_iter=max_iter, progress=lambda done, total: update(done, total)
+            )
 
 
-def influence_file(features: str | Path, labels: str | Path, out: str | Path, *,
-                   test_features: str | Path | None = None, test_labels: str | Path | None = None,
-                   damping: float = DEFAULT_DAMPING, estimator: str = "exact", sketch: int | None = None,
-                   sketch_seed: int = 0, cg_tol: float = 1e-6, cg_max_iter: int = 1000,
-                   progress: Progress = None) -> Path:
+def influence_file(
+    features: str | Path,
+    labels: str | Path,
+    out: str | Path,
+    *,
+    test_features: str | Path | None = None,
+    test_labels: str | Path | None = None,
+    damping: float = DEFAULT_DAMPING,
+    estimator: str = "exact",
+    sketch: int | None = None,
+    sketch_seed: int = 0,
+    cg_tol: float = 1e-6,
+    cg_max_iter: int = 1000,
+    progress: Progress = None,
+) -> Path:
     """What ``dpcli influence --features F --labels L --out OUT`` does: an influence.h5 with lineage."""
     from dpcli.config import InfluenceConfig
     from dpcli.data.embeddings import load_embeddings
@@ -86,12 +121,24 @@ def influence_file(features: str | Path, labels: str | Path, out: str | Path, *,
     with console.library(progress):
         _numbers(damping=damping, sketch=sketch, sketch_seed=sketch_seed, cg_tol=cg_tol, cg_max_iter=cg_max_iter)
         _names(estimator=estimator)
-        cfg = InfluenceConfig(estimator=estimator, damping=damping, cg_tol=cg_tol, cg_max_iter=cg_max_iter,
-                              sketch_k=sketch, sketch_seed=sketch_seed).validate()
+        cfg = InfluenceConfig(
+            estimator=estimator,
+            damping=damping,
+            cg_tol=cg_tol,
+            cg_max_iter=cg_max_iter,
+            sketch_k=sketch,
+            sketch_seed=sketch_seed,
+        ).validate()
         emb = load_embeddings(Path(features), Path(labels), _opt(test_features), _opt(test_labels))
         with console.progress_bar(f"influence ({estimator}, features)", total=emb.n) as update:
-            return embeddings.embeddings_influence(emb, Path(out), cfg, damping=damping, info=console.info,
-                                                   progress=lambda done, total: update(done, total)).path
+            return embeddings.embeddings_influence(
+                emb,
+                Path(out),
+                cfg,
+                damping=damping,
+                info=console.info,
+                progress=lambda done, total: update(done, total),
+            ).path
 
 
 @dataclass(frozen=True, repr=False)
@@ -107,13 +154,27 @@ class Selection(KeepMask):
     def __repr__(self) -> str:
         eps = "" if self.epsilon is None else f", epsilon={self.epsilon:g}"
         chosen = "" if self.auto is None else f", auto={self.auto.get('chosen')!r}"
-        return (f"Selection(n={self.keep.size}, kept={self.n_kept}, pruned={self.n_pruned}, norm={self.norm:.6g}"
-                f"{eps}, solver={self.solver!r}{chosen})")
+        return (
+            f"Selection(n={self.keep.size}, kept={self.n_kept}, pruned={self.n_pruned}, norm={self.norm:.6g}"
+            f"{eps}, solver={self.solver!r}{chosen})"
+        )
 
 
-def prune(S: Any, *, epsilon: float | None = None, prune_ratio: float | None = None, prune_count: int | None = None,
-          labels: Any = None, features: Any = None, method: str = "auto", solver: str = "swap", solver_seed: int = 0,
-          time_budget: float | None = None, balance: bool = False, progress: Progress = None) -> Selection:
+def prune(
+    S: Any,
+    *,
+    epsilon: float | None = None,
+    prune_ratio: float | None = None,
+    prune_count: int | None = None,
+    labels: Any = None,
+    features: Any = None,
+    method: str = "auto",
+    solver: str = "swap",
+    solver_seed: int = 0,
+    time_budget: float | None = None,
+    balance: bool = False,
+    progress: Progress = None,
+) -> Selection:
     """Choose the samples to prune from S exactly as ``dpcli prune`` does, and certify the result.
 
     Give one of ``epsilon`` (largest set within the norm bound), ``prune_ratio`` or ``prune_count`` (that
@@ -125,10 +186,10 @@ def prune(S: Any, *, epsilon: float | None = None, prune_ratio: float | None = N
     import torch
 
     from dpcli.config import PruneConfig
-    from dpcli.select.base import Context, select
-    from dpcli.stages.masks import certify_selection
-    from dpcli.select.linalg import float32_rows, nonfinite_rows
     from dpcli.data.embeddings import check_features, check_labels, encode_labels
+    from dpcli.select.base import Context, select
+    from dpcli.select.linalg import float32_rows, nonfinite_rows
+    from dpcli.stages.masks import certify_selection
 
     with console.library(progress):
         S = _matrix(S, "S")
@@ -138,17 +199,33 @@ def prune(S: Any, *, epsilon: float | None = None, prune_ratio: float | None = N
             S, bad = float32_rows(S)
         if bad:
             raise DpcliError(f"S has {bad} rows with NaN or inf")
-        _numbers(epsilon=epsilon, prune_ratio=prune_ratio, prune_count=prune_count, solver_seed=solver_seed,
-                 time_budget=time_budget)
+        _numbers(
+            epsilon=epsilon,
+            prune_ratio=prune_ratio,
+            prune_count=prune_count,
+            solver_seed=solver_seed,
+            time_budget=time_budget,
+        )
         _names(method=method, solver=solver)
-        cfg = PruneConfig(epsilon=epsilon, ratio=prune_ratio, count=prune_count, solver=solver, seed=solver_seed,
-                          time_budget=time_budget, method=method, balance=bool(balance)).validate()
+        cfg = PruneConfig(
+            epsilon=epsilon,
+            ratio=prune_ratio,
+            count=prune_count,
+            solver=solver,
+            seed=solver_seed,
+            time_budget=time_budget,
+            method=method,
+            balance=bool(balance),
+        ).validate()
         if balance and labels is None:
             raise DpcliError("balance=True needs labels")
         n = S.shape[0]
         cfg.check_against(n)
-        y = np.zeros(n, dtype=np.int64) if labels is None else \
-            check_labels(encode_labels(_vector(labels, "labels"), None, "labels")[0], n, None, "labels")
+        y = (
+            np.zeros(n, dtype=np.int64)
+            if labels is None
+            else check_labels(encode_labels(_vector(labels, "labels"), None, "labels")[0], n, None, "labels")
+        )
         with console.progress_bar(f"prune ({solver if method == 'optimization' else method})", total=1.0) as update:
             ctx = Context(S=S, labels=y, device=torch.device("cpu"), progress=lambda f: update(f))
             if features is not None:
@@ -162,8 +239,16 @@ def prune(S: Any, *, epsilon: float | None = None, prune_ratio: float | None = N
         return Selection(np.array(cert.keep), cert.norm, cert.epsilon, used, ctx.record.get("auto"))
 
 
-def refit(features: Any, labels: Any, keep: Any, *, damping: float = DEFAULT_DAMPING,
-          test_features: Any = None, test_labels: Any = None, progress: Progress = None) -> Refit:
+def refit(
+    features: Any,
+    labels: Any,
+    keep: Any,
+    *,
+    damping: float = DEFAULT_DAMPING,
+    test_features: Any = None,
+    test_labels: Any = None,
+    progress: Progress = None,
+) -> Refit:
     """Refit the head on the kept rows (what ``retrain`` does on an embeddings run).
 
     ``keep`` is a boolean mask, True = train on it (``Selection.keep``), or a :class:`Selection`."""
@@ -171,16 +256,26 @@ def refit(features: Any, labels: Any, keep: Any, *, damping: float = DEFAULT_DAM
     from dpcli.stages import heads
 
     with console.library(progress):
-        emb = from_arrays(_matrix(features, "features"), _vector(labels, "labels"),
-                          None if test_features is None else _matrix(test_features, "test features"),
-                          None if test_labels is None else _vector(test_labels, "test labels"))
+        emb = from_arrays(
+            _matrix(features, "features"),
+            _vector(labels, "labels"),
+            None if test_features is None else _matrix(test_features, "test features"),
+            None if test_labels is None else _vector(test_labels, "test labels"),
+        )
         mask = _keep_mask(keep, emb.n)
         with console.progress_bar("refit"):
             return heads.refit(emb, mask, _damping(damping))
 
 
-def embed(model: "nn.Module", inputs: Any, *, batch_size: int = 256, head_module: str | None = None,
-          device: str = "cpu", progress: Progress = None) -> np.ndarray:
+def embed(
+    model: "nn.Module",
+    inputs: Any,
+    *,
+    batch_size: int = 256,
+    head_module: str | None = None,
+    device: str = "cpu",
+    progress: Progress = None,
+) -> np.ndarray:
     """Penultimate features (N x D float32) of ``inputs`` from any classifier: its last linear layer is found
     (``fc``, ``classifier``, ``head``, timm ``get_classifier()``, or ``head_module``) and bypassed, and the
     model is left as it was.
@@ -255,8 +350,10 @@ def _keep_mask(keep: Any, n: int) -> np.ndarray:
     keep = getattr(keep, "keep", keep)  # a Selection
     mask = _numpy(keep, "keep")
     if mask.dtype != bool:
-        raise DpcliError(f"keep must be a boolean mask (True = train on it), got dtype {mask.dtype}; for indices "
-                         f"use np.isin(np.arange(n), indices)")
+        raise DpcliError(
+            f"keep must be a boolean mask (True = train on it), got dtype {mask.dtype}; for indices "
+            f"use np.isin(np.arange(n), indices)"
+        )
     if mask.shape != (n,):
         raise DpcliError(f"keep has shape {mask.shape} but the features have {n} rows")
     return mask
@@ -287,18 +384,22 @@ def _batches(inputs: Any, batch_size: int) -> tuple[Any, int]:
     import torch
     from torch.utils.data import DataLoader, Dataset
 
-    if isinstance(inputs, Dataset) or (hasattr(inputs, "__getitem__") and hasattr(inputs, "__len__")
-                                       and not isinstance(inputs, (np.ndarray, torch.Tensor, list, tuple))):
+    if isinstance(inputs, Dataset) or (
+        hasattr(inputs, "__getitem__")
+        and hasattr(inputs, "__len__")
+        and not isinstance(inputs, (np.ndarray, torch.Tensor, list, tuple))
+    ):
         loader: DataLoader[Any] = DataLoader(inputs, batch_size=batch_size, shuffle=False, collate_fn=_collate)
         if not isinstance(inputs, Sized):  # an IterableDataset: its size is unknown up front
             raise DpcliError(f"inputs must be a map-style Dataset (with __len__), got {type(inputs).__name__}")
         return iter(loader), len(inputs)
     x = inputs if isinstance(inputs, torch.Tensor) else _numpy(inputs, "inputs")
     if x.ndim < 2 or (x.dtype.is_complex if isinstance(x, torch.Tensor) else x.dtype.kind not in "biuf"):
-        raise DpcliError(f"inputs must be a batch of real numbers (N x ...) or a Dataset, got shape "
-                         f"{tuple(x.shape)} dtype {x.dtype}")
+        raise DpcliError(
+            f"inputs must be a batch of real numbers (N x ...) or a Dataset, got shape {tuple(x.shape)} dtype {x.dtype}"
+        )
     x = torch.as_tensor(x)
-    return (x[a:a + batch_size] for a in range(0, x.shape[0], batch_size)), int(x.shape[0])
+    return (x[a : a + batch_size] for a in range(0, x.shape[0], batch_size)), int(x.shape[0])
 
 
 def _collate(items: list[Any]) -> "torch.Tensor":
@@ -308,13 +409,17 @@ def _collate(items: list[Any]) -> "torch.Tensor":
     xs = [item[0] if isinstance(item, (tuple, list)) else item for item in items]
     odd = next((x for x in xs if not isinstance(x, (torch.Tensor, np.ndarray))), None)
     if odd is not None:
-        raise DpcliError(f"dataset items must be tensors or arrays, got {type(odd).__name__}; give the dataset a "
-                         f"transform such as torchvision.transforms.ToTensor()")
+        raise DpcliError(
+            f"dataset items must be tensors or arrays, got {type(odd).__name__}; give the dataset a "
+            f"transform such as torchvision.transforms.ToTensor()"
+        )
     try:
         return torch.stack([torch.as_tensor(x) for x in xs])
     except RuntimeError as exc:
-        raise DpcliError(f"dataset items must share one shape to be batched ({str(exc).splitlines()[0]}); "
-                         f"give the dataset a transform that resizes them") from None
+        raise DpcliError(
+            f"dataset items must share one shape to be batched ({str(exc).splitlines()[0]}); "
+            f"give the dataset a transform that resizes them"
+        ) from None
 
 
 def _forward(body: "nn.Module", x: "torch.Tensor") -> "torch.Tensor":
@@ -323,8 +428,9 @@ def _forward(body: "nn.Module", x: "torch.Tensor") -> "torch.Tensor":
     try:
         return torch.flatten(body(x), 1).float().cpu()
     except (RuntimeError, ValueError, TypeError) as exc:
-        raise DpcliError(f"the model failed on a batch of shape {tuple(x.shape)}: "
-                         f"{str(exc).strip().splitlines()[0]}") from None
+        raise DpcliError(
+            f"the model failed on a batch of shape {tuple(x.shape)}: {str(exc).strip().splitlines()[0]}"
+        ) from None
 
 
 def _opt(p: str | Path | None) -> Path | None:

@@ -69,8 +69,6 @@ class TrainConfig:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
-
-
 @dataclass(frozen=True)
 class InfluenceConfig:
     """How S is estimated from a checkpoint."""
@@ -157,8 +155,9 @@ class PruneConfig:
             raise DpcliError(f"--time-budget must be a positive number of seconds, got {self.time_budget}")
         if isinstance(self.buckets, bool) or not isinstance(self.buckets, int) or self.buckets < 1:
             raise DpcliError(f"--buckets must be an integer >= 1, got {self.buckets}")
-        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
-                                         or self.workers < 1):
+        if self.workers is not None and (
+            isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1
+        ):
             raise DpcliError(f"--workers must be an integer >= 1, got {self.workers}")
         from dpcli.select.registry import SELECTORS, SOLVERS
 
@@ -185,8 +184,10 @@ class PruneConfig:
         solvers = [n for n in SELECTORS.names() if SELECTORS.get(n).solves]
         if self.uses_coverage and not selector.coverage:
             takes = ", ".join(n for n in SELECTORS.names() if SELECTORS.get(n).coverage and n not in solvers)
-            raise DpcliError(f"--balance/--strata/--hard-cutoff/--match-features apply to --method "
-                             f"{' and '.join(solvers)} (--hard-cutoff also to {takes}), not {self.method}")
+            raise DpcliError(
+                f"--balance/--strata/--hard-cutoff/--match-features apply to --method "
+                f"{' and '.join(solvers)} (--hard-cutoff also to {takes}), not {self.method}"
+            )
         if not selector.epsilon_mode and self.epsilon is not None:
             raise DpcliError(f"--method {self.method} has no epsilon mode; give --prune-ratio or --prune-count")
         if not selector.solves and self.buckets != 1:
@@ -199,15 +200,22 @@ class PruneConfig:
             if self.count > n:
                 raise DpcliError(f"--prune-count {self.count} exceeds the {n} training samples")
             if self.count == n:
-                raise DpcliError(f"--prune-count {self.count} would prune all {n} training samples and leave "
-                                 f"nothing to train on; give fewer (as --prune-ratio must be below 1)")
+                raise DpcliError(
+                    f"--prune-count {self.count} would prune all {n} training samples and leave "
+                    f"nothing to train on; give fewer (as --prune-ratio must be below 1)"
+                )
         return self
 
     @property
     def uses_coverage(self) -> bool:
         """Any of the coverage options (dpcli.select.coverage) is set."""
-        return (self.balance or self.strata > 1 or self.cutoff != 0.0 or self.cutoff_ratio is not None
-                or self.match_features)
+        return (
+            self.balance
+            or self.strata > 1
+            or self.cutoff != 0.0
+            or self.cutoff_ratio is not None
+            or self.match_features
+        )
 
     @property
     def mode(self) -> str:
@@ -219,8 +227,6 @@ class PruneConfig:
 
         names = SELECTORS.get(self.method).options()
         return {k: v for k, v in dataclasses.asdict(self).items() if k in names}
-
-
 
 
 @dataclass(frozen=True)
@@ -253,8 +259,14 @@ def profile_for(dataset: str) -> DatasetProfile:
 def default_train_config(dataset: str, augment: bool) -> TrainConfig:
     p = profile_for(dataset)
     return TrainConfig(
-        dataset=dataset, arch=p.arch, width=p.width, depth=p.depth, epochs=p.epochs,
-        batch_size=p.batch_size, lr=p.lr, augment=augment,
+        dataset=dataset,
+        arch=p.arch,
+        width=p.width,
+        depth=p.depth,
+        epochs=p.epochs,
+        batch_size=p.batch_size,
+        lr=p.lr,
+        augment=augment,
     )
 
 

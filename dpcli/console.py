@@ -26,8 +26,15 @@ from typing import Any, Callable, Iterator
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Column
 from rich.text import Text
 
@@ -136,8 +143,9 @@ class _Stage:
             self.status = status
 
     def event(self, finished: bool = False) -> ProgressEvent:
-        return ProgressEvent(self.description, self.done, self.total, time.perf_counter() - self.t0,
-                             self.status, finished)
+        return ProgressEvent(
+            self.description, self.done, self.total, time.perf_counter() - self.t0, self.status, finished
+        )
 
 
 # ------------------------------------------------------------------------------------------ the API's listener
@@ -220,7 +228,9 @@ def emit_json(payload: dict[str, Any]) -> None:
 
 # ------------------------------------------------------------------------------------------ progress
 @contextlib.contextmanager
-def progress_bar(description: str, total: float | None = None, transient: bool = False) -> Iterator[Callable[..., None]]:
+def progress_bar(
+    description: str, total: float | None = None, transient: bool = False
+) -> Iterator[Callable[..., None]]:
     """Report one stage's progress; yields ``update(completed, total=None, status=None)``, cheap enough to
     call per batch.
 
@@ -304,9 +314,15 @@ class _Lines:
 @contextlib.contextmanager
 def _bar(stage: _Stage, transient: bool) -> Iterator[Callable[..., None]]:
     # the status last, cut with an ellipsis on a narrow terminal, so the bar and the times keep their width
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(bar_width=30), TaskProgressColumn(),
-               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-               TextColumn("{task.fields[status]}", table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis"))]
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(bar_width=30),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}", table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
+    ]
     prog = Progress(*columns, console=err, transient=transient, expand=True)
     task = prog.add_task(escape(stage.description), total=stage.total, status="")
 
@@ -328,5 +344,16 @@ def _bar(stage: _Stage, transient: bool) -> Iterator[Callable[..., None]]:
         _write(prog.stop)
 
 
-__all__ = ["ProgressEvent", "err", "info", "error_line", "emit_json", "library", "log", "progress_bar",
-           "set_quiet", "table", "MofNCompleteColumn"]
+__all__ = [
+    "ProgressEvent",
+    "err",
+    "info",
+    "error_line",
+    "emit_json",
+    "library",
+    "log",
+    "progress_bar",
+    "set_quiet",
+    "table",
+    "MofNCompleteColumn",
+]

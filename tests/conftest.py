@@ -22,17 +22,20 @@ TINY = ["--epochs", "3", "--width", "8", "--depth", "2", "--device", "cpu"]
 
 def tiny_config(**overrides) -> TrainConfig:
     """The tiny digits training configuration of the library-level tests (overrides per test)."""
-    base = dict(dataset="digits", arch="convnet", width=8, depth=2, epochs=3, lr=0.05, batch_size=64,
-                augment=False, seed=1)
+    base = dict(
+        dataset="digits", arch="convnet", width=8, depth=2, epochs=3, lr=0.05, batch_size=64, augment=False, seed=1
+    )
     base.update(overrides)
     return TrainConfig(**base)
 
 
 def interrupt_after(epoch: int):
     """An on_epoch hook that interrupts training (like Ctrl-C) once ``epoch`` is checkpointed."""
+
     def hook(rec) -> None:
         if rec.epoch == epoch:
             raise KeyboardInterrupt
+
     return hook
 
 

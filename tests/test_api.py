@@ -31,13 +31,15 @@ def test_influence_equals_autograd_newton_step():
     X, Y = torch.from_numpy(x).double(), torch.from_numpy(y)
 
     def loss(theta, xs, ys):
-        w, b = theta[:c * dim].reshape(c, dim), theta[c * dim:]
+        w, b = theta[: c * dim].reshape(c, dim), theta[c * dim :]
         return torch.nn.functional.cross_entropy(xs @ w.T + b, ys)
 
-    H = torch.autograd.functional.hessian(lambda t: loss(t, X, Y), theta0) + lam * torch.eye(theta0.numel(),
-                                                                                              dtype=torch.float64)
-    G = torch.stack([torch.autograd.functional.jacobian(lambda t: loss(t, X[i:i + 1], Y[i:i + 1]), theta0)
-                     for i in range(n)])
+    H = torch.autograd.functional.hessian(lambda t: loss(t, X, Y), theta0) + lam * torch.eye(
+        theta0.numel(), dtype=torch.float64
+    )
+    G = torch.stack(
+        [torch.autograd.functional.jacobian(lambda t: loss(t, X[i : i + 1], Y[i : i + 1]), theta0) for i in range(n)]  # noqa: B023
+    )
     expected = torch.linalg.solve(H, G.T).T / n
     np.testing.assert_allclose(S, expected.numpy(), rtol=1e-4, atol=1e-7)
     assert head.grad_norm <= 1e-7
@@ -114,15 +116,37 @@ def test_keywords_are_the_cli_flags():
         return set(inspect.signature(command).parameters)
 
     cli = flags(prune_cmd.command) | flags(influence_cmd.command) | flags(train_cmd.command)
-    own = {"S", "features", "labels", "out", "keep", "model", "inputs", "progress", "num_classes", "tol",
-           "max_iter", "test_features", "test_labels"}  # inputs and API-only settings
+    own = {
+        "S",
+        "features",
+        "labels",
+        "out",
+        "keep",
+        "model",
+        "inputs",
+        "progress",
+        "num_classes",
+        "tol",
+        "max_iter",
+        "test_features",
+        "test_labels",
+    }  # inputs and API-only settings
     for func in (dp.influence, dp.influence_file, dp.prune, dp.refit, dp.embed):
         names = set(inspect.signature(func).parameters)
         assert names - own <= cli, (func.__name__, names - own - cli)
-    assert {"prune_ratio", "prune_count", "epsilon", "method", "solver", "solver_seed", "balance",
-            "time_budget"} <= set(inspect.signature(dp.prune).parameters)
-    assert {"estimator", "damping", "sketch", "sketch_seed", "cg_tol", "cg_max_iter"} <= \
-        set(inspect.signature(dp.influence).parameters)
+    assert {
+        "prune_ratio",
+        "prune_count",
+        "epsilon",
+        "method",
+        "solver",
+        "solver_seed",
+        "balance",
+        "time_budget",
+    } <= set(inspect.signature(dp.prune).parameters)
+    assert {"estimator", "damping", "sketch", "sketch_seed", "cg_tol", "cg_max_iter"} <= set(
+        inspect.signature(dp.influence).parameters
+    )
 
 
 def _mlp(d_in: int) -> torch.nn.Module:
@@ -195,8 +219,9 @@ BAD = [  # (function, args, kwargs, a fragment of the one-line message)
 ]
 
 
-@pytest.mark.parametrize("func, args, kwargs, fragment", BAD,
-                         ids=[f"{f.__name__}-{i}" for i, (f, *_rest) in enumerate(BAD)])
+@pytest.mark.parametrize(
+    "func, args, kwargs, fragment", BAD, ids=[f"{f.__name__}-{i}" for i, (f, *_rest) in enumerate(BAD)]
+)
 def test_bad_input_is_one_dpcli_error_line(func, args, kwargs, fragment):
     with pytest.raises(DpcliError) as caught:
         func(*args, **kwargs)

@@ -19,7 +19,7 @@ def test_ci_runs_the_readme_test_command_verbatim():
     install, test_command = _readme_commands()
     steps = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
     assert steps[-1] == test_command
-    assert 'pip install' in install and '".[dev]"' in install
+    assert "pip install" in install and '".[dev]"' in install
     assert any('-e ".[dev]"' in s and "pip install" in s for s in steps)  # the same extra CI installs
 
 

@@ -76,8 +76,9 @@ def test_every_imported_package_is_declared():
 
 def test_every_declared_dependency_is_imported():
     runtime, _ = declared()
-    imported = set().union(*(distributions(m) for src in _package_sources().values()
-                             for m in third_party(top_level_imports(src))))
+    imported = set().union(
+        *(distributions(m) for src in _package_sources().values() for m in third_party(top_level_imports(src)))
+    )
     assert runtime - imported == set()
 
 

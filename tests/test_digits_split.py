@@ -17,9 +17,11 @@ def _from_sklearn() -> tuple[np.ndarray, np.ndarray]:
     y = load_digits().target
     test = []
     for c in range(10):
-        rows = sorted(np.flatnonzero(y == c).tolist(),
-                      key=lambda i: hashlib.sha256(f"dpcli-digits-split:{i}".encode()).hexdigest())
-        test += rows[:int(len(rows) * 0.2 + 0.5)]
+        rows = sorted(
+            np.flatnonzero(y == c).tolist(),
+            key=lambda i: hashlib.sha256(f"dpcli-digits-split:{i}".encode()).hexdigest(),
+        )
+        test += rows[: int(len(rows) * 0.2 + 0.5)]
     test = np.sort(np.array(test))
     return np.setdiff1d(np.arange(len(y)), test), test
 

@@ -46,9 +46,13 @@ def test_the_table_and_env_py_list_the_same_variables_one_accessor_each():
 def _env_reads(tree: ast.AST) -> list[tuple[int, str]]:
     """(line, variable) of every os.environ[...] / os.environ.get(...) / os.getenv(...) of a DPCLI_ name, the
     name given literally or through a module constant."""
-    consts = {t.id: n.value.value for n in ast.walk(tree) if isinstance(n, ast.Assign)
-              and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)
-              for t in n.targets if isinstance(t, ast.Name)}
+    consts = {
+        t.id: n.value.value
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)
+        for t in n.targets
+        if isinstance(t, ast.Name)
+    }
 
     def value(node: ast.AST) -> str:
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
@@ -63,9 +67,15 @@ def _env_reads(tree: ast.AST) -> list[tuple[int, str]]:
         key = None
         if isinstance(node, ast.Subscript) and is_environ(node.value):
             key = node.slice
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args and (
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.args
+            and (
                 (node.func.attr in ("get", "pop", "setdefault") and is_environ(node.func.value))
-                or node.func.attr == "getenv"):
+                or node.func.attr == "getenv"
+            )
+        ):
             key = node.args[0]
         if key is not None and value(key).startswith("DPCLI_"):
             hits.append((node.lineno, value(key)))
@@ -79,16 +89,27 @@ def test_no_module_but_env_py_reads_a_dpcli_variable():
             continue
         offenders += [f"{path.relative_to(ROOT)}:{line} {var}" for line, var in _env_reads(ast.parse(path.read_text()))]
     assert offenders == []
-    assert _env_reads(ast.parse('import os\nV = "DPCLI_X"\nos.environ.get(V)\nos.getenv("DPCLI_Y")\n'
-                                'os.environ["DPCLI_Z"]\nos.environ.get("HOME")')) == \
-        [(3, "DPCLI_X"), (4, "DPCLI_Y"), (5, "DPCLI_Z")]
+    assert _env_reads(
+        ast.parse(
+            'import os\nV = "DPCLI_X"\nos.environ.get(V)\nos.getenv("DPCLI_Y")\n'
+            'os.environ["DPCLI_Z"]\nos.environ.get("HOME")'
+        )
+    ) == [(3, "DPCLI_X"), (4, "DPCLI_Y"), (5, "DPCLI_Z")]
 
 
-@pytest.mark.parametrize("accessor, variable, bad", [
-    (env.solve_budget, "DPCLI_SOLVE_BUDGET", "lots"), (env.memory_budget, "DPCLI_MEMORY_BUDGET", "1X"),
-    (env.probs_budget, "DPCLI_PROBS_BUDGET", "-1"), (env.progress_interval, "DPCLI_PROGRESS_INTERVAL", "0"),
-    (env.dist_timeout, "DPCLI_DIST_TIMEOUT", "soon"), (env.loader_workers, "DPCLI_LOADER_WORKERS", "many"),
-    (env.cache_workers, "DPCLI_CACHE_WORKERS", "-2"), (env.jpeg_decode, "DPCLI_JPEG_DECODE", "gpu")])
+@pytest.mark.parametrize(
+    "accessor, variable, bad",
+    [
+        (env.solve_budget, "DPCLI_SOLVE_BUDGET", "lots"),
+        (env.memory_budget, "DPCLI_MEMORY_BUDGET", "1X"),
+        (env.probs_budget, "DPCLI_PROBS_BUDGET", "-1"),
+        (env.progress_interval, "DPCLI_PROGRESS_INTERVAL", "0"),
+        (env.dist_timeout, "DPCLI_DIST_TIMEOUT", "soon"),
+        (env.loader_workers, "DPCLI_LOADER_WORKERS", "many"),
+        (env.cache_workers, "DPCLI_CACHE_WORKERS", "-2"),
+        (env.jpeg_decode, "DPCLI_JPEG_DECODE", "gpu"),
+    ],
+)
 def test_a_malformed_value_is_one_line_naming_the_variable(monkeypatch, accessor, variable, bad):
     monkeypatch.setenv(variable, bad)
     with pytest.raises(DpcliError, match=f"^{variable} must ") as err:
@@ -97,8 +118,15 @@ def test_a_malformed_value_is_one_line_naming_the_variable(monkeypatch, accessor
 
 
 def test_values_and_defaults(monkeypatch, tmp_path):
-    for var in ("DPCLI_SOLVE_BUDGET", "DPCLI_DIST_TIMEOUT", "DPCLI_CACHE_WORKERS", "DPCLI_NO_WAIT", "DPCLI_RUNS",
-                "DPCLI_DATA", "DPCLI_JPEG_DECODE"):
+    for var in (
+        "DPCLI_SOLVE_BUDGET",
+        "DPCLI_DIST_TIMEOUT",
+        "DPCLI_CACHE_WORKERS",
+        "DPCLI_NO_WAIT",
+        "DPCLI_RUNS",
+        "DPCLI_DATA",
+        "DPCLI_JPEG_DECODE",
+    ):
         monkeypatch.delenv(var, raising=False)
     assert env.solve_budget() == 4 << 30 and env.dist_timeout() == 1800.0 and env.jpeg_decode() == "auto"
     assert not env.no_wait() and env.runs_root() == Path("dpcli-runs") and 1 <= env.cache_workers() <= 16

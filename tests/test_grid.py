@@ -19,7 +19,6 @@ from dpcli.stages import core as stages
 from tests.conftest import load_benchmark
 
 
-
 @pytest.fixture(scope="module")
 def grid():
     return load_benchmark("grid")
@@ -69,8 +68,13 @@ def setup(grid, tiny_run, tmp_path):
     info = stages.read_influence_info(inf)
     S = stages.load_S(inf)
     ds = load_dataset("digits")
-    ctx = Context(S=np.asarray(S), labels=np.asarray(ds.train.labels), checkpoint=tiny_run.checkpoint,
-                  device=torch.device("cpu"), ds=ds)
+    ctx = Context(
+        S=np.asarray(S),
+        labels=np.asarray(ds.train.labels),
+        checkpoint=tiny_run.checkpoint,
+        device=torch.device("cpu"),
+        ds=ds,
+    )
 
     def retrain(keep, seed, _mask):
         return {"test_accuracy": 100.0 * float(np.mean(keep)), "test_loss": 0.0, "train_seconds": 0.0, "steps": 0}

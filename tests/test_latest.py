@@ -25,9 +25,11 @@ def test_prune_links_its_chain_and_verify_bound_leaves_it(tmp_path, capsys):
     assert code == 0, err
     summary = json.loads(out)
     links = _links(root)
-    assert links == {"train": Path(summary["checkpoint"]).resolve().parent,
-                     "influence": Path(summary["influence"]).resolve().parent,
-                     "prune": Path(summary["mask"]).resolve().parent}
+    assert links == {
+        "train": Path(summary["checkpoint"]).resolve().parent,
+        "influence": Path(summary["influence"]).resolve().parent,
+        "prune": Path(summary["mask"]).resolve().parent,
+    }
     for name in links:  # relative links: the run root can be moved or mounted elsewhere
         assert not os.readlink(root / "latest" / name).startswith("/")
     mask = read_mask(root / "latest" / "prune" / "mask.h5")
@@ -43,8 +45,20 @@ def test_prune_links_its_chain_and_verify_bound_leaves_it(tmp_path, capsys):
     assert len(list((root / "latest" / "influence").glob("prune-*"))) == 3
 
     # a retrain given the mask through latest/ writes and reports the real run directory, and is linked
-    code, out, err = run_cli(["retrain", "digits", "--mask", root / "latest" / "prune" / "mask.h5", *TINY,
-                              "--run-root", root, "--json", "--quiet"], capsys)
+    code, out, err = run_cli(
+        [
+            "retrain",
+            "digits",
+            "--mask",
+            root / "latest" / "prune" / "mask.h5",
+            *TINY,
+            "--run-root",
+            root,
+            "--json",
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 0, err
     metrics = json.loads(out)
     assert "latest" not in metrics["checkpoint"] and "latest" not in metrics["mask"]
@@ -56,8 +70,9 @@ def test_prune_links_its_chain_and_verify_bound_leaves_it(tmp_path, capsys):
 def test_results_written_elsewhere_get_no_link(tmp_path, capsys):
     root = tmp_path / "runs"
     (root / "latest").mkdir(parents=True)  # a run root in use
-    code, _, err = run_cli(["train", "digits", *TINY, "--out", tmp_path / "ck.h5", "--run-root", root, "--quiet"],
-                           capsys)
+    code, _, err = run_cli(
+        ["train", "digits", *TINY, "--out", tmp_path / "ck.h5", "--run-root", root, "--quiet"], capsys
+    )
     assert code == 0, err
     assert _links(root) == {}
     # and a run root whose latest/ cannot be made: one note, the result stands

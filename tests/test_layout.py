@@ -19,7 +19,7 @@ def imported_modules(source: str, package: str) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                parts = package.split(".")[:len(package.split(".")) - node.level + 1]
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(parts + ([base] if base else []))
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)
@@ -31,8 +31,10 @@ def _package_of(path: Path) -> str:
 
 
 def test_the_import_scan_sees_imports_inside_functions_and_relative_ones():
-    src = ("import numpy\n\ndef f():\n    if True:\n        from ..stages import core\n"
-           "    import dpcli.stages.embeddings as e\n")
+    src = (
+        "import numpy\n\ndef f():\n    if True:\n        from ..stages import core\n"
+        "    import dpcli.stages.embeddings as e\n"
+    )
     names = imported_modules(src, "dpcli.select")
     assert {"numpy", "dpcli.stages", "dpcli.stages.core", "dpcli.stages.embeddings"} <= names
     assert "dpcli.select.methods.base" in imported_modules("from .base import X\n", "dpcli.select.methods")

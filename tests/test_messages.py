@@ -16,9 +16,12 @@ ROOT = Path(__file__).resolve().parents[1]
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9]*(?:-[a-z0-9]+)*(?![\w])")
 MODULE = re.compile(r"\bdpcli(?:\.[A-Za-z_]\w*)+")
 # flags of other programs that dpcli's text quotes (torchrun's launcher option)
-OTHERS = {"--nproc_per_node", "--nproc-per-node",  # torchrun's
-          "--write",  # python -m dpcli.cli.reference, the generator of docs/reference-cli.md's tables
-          "--prior"}  # benchmarks/auto_evidence.py, which writes auto's tie table
+OTHERS = {
+    "--nproc_per_node",
+    "--nproc-per-node",  # torchrun's
+    "--write",  # python -m dpcli.cli.reference, the generator of docs/reference-cli.md's tables
+    "--prior",
+}  # benchmarks/auto_evidence.py, which writes auto's tie table
 
 
 def cli_flags() -> set[str]:
@@ -62,8 +65,11 @@ def registered() -> dict[str, set[str]]:
 
 def wrong_choices(text: str, names: dict[str, set[str]]) -> list[str]:
     """``--method lissa`` and the like: a registry flag given a name it does not take."""
-    return [f"--{flag} {value}" for flag, value in CHOICE.findall(text) if value not in names[flag]
-            and value not in ("name", "x")]  # placeholders in prose
+    return [
+        f"--{flag} {value}"
+        for flag, value in CHOICE.findall(text)
+        if value not in names[flag] and value not in ("name", "x")
+    ]  # placeholders in prose
 
 
 def test_every_method_estimator_and_solver_named_in_dpcli_is_registered():
@@ -108,7 +114,6 @@ def test_every_dpcli_module_named_in_dpcli_exists():
     bad = []
     for path in _sources():
         for line, text in texts(ast.parse(path.read_text())):
-            bad += [f"{path.relative_to(ROOT)}:{line} {m}" for m in MODULE.findall(text)
-                    if not _exists(m.rstrip("."))]
+            bad += [f"{path.relative_to(ROOT)}:{line} {m}" for m in MODULE.findall(text) if not _exists(m.rstrip("."))]
     assert bad == []
     assert _exists("dpcli.select.coverage.allocate") and not _exists("dpcli.influence_scale")

@@ -23,13 +23,15 @@ from tests.conftest import TINY, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 64  # digits' batch size (config.PROFILES)
-LINE = re.compile(r"^train: (\d+)/(\d+) \(([\d.]+)%\), (\S+) elapsed(?:, ([\d.e+]+)/s)?(?:, ETA (\S+))?"
-                  r"(?: \| epoch (\d+)/(\d+))?")
+LINE = re.compile(
+    r"^train: (\d+)/(\d+) \(([\d.]+)%\), (\S+) elapsed(?:, ([\d.e+]+)/s)?(?:, ETA (\S+))?"
+    r"(?: \| epoch (\d+)/(\d+))?"
+)
 
 
 def _seconds(text: str) -> int:
     """'45s', '3m05s', '1h02m' back to seconds."""
-    h, m, s = (re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text).groups())
+    h, m, s = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text).groups()
     return 3600 * int(h or 0) + 60 * int(m or 0) + int(s or 0)
 
 
@@ -38,8 +40,23 @@ def _env(**more: str) -> dict[str, str]:
 
 
 def _train_args(out: Path, epochs: int) -> list[str]:
-    return [sys.executable, "-m", "dpcli", "train", "digits", "--epochs", str(epochs), "--width", "4", "--depth", "1",
-            "--device", "cpu", "--out", str(out)]
+    return [
+        sys.executable,
+        "-m",
+        "dpcli",
+        "train",
+        "digits",
+        "--epochs",
+        str(epochs),
+        "--width",
+        "4",
+        "--depth",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
 
 
 def test_a_train_logging_to_a_file_writes_progress_lines_while_it_runs(tmp_path):
@@ -49,8 +66,13 @@ def test_a_train_logging_to_a_file_writes_progress_lines_while_it_runs(tmp_path)
     epochs = 400  # far longer than the test waits: it reads the log while training runs, then stops the job
     log = tmp_path / "train.log"
     with open(log, "w") as fh:
-        proc = subprocess.Popen(_train_args(tmp_path / "ck.h5", epochs), stdout=subprocess.PIPE, stderr=fh,
-                                env=_env(DPCLI_PROGRESS_INTERVAL="0.25"), text=True)
+        proc = subprocess.Popen(
+            _train_args(tmp_path / "ck.h5", epochs),
+            stdout=subprocess.PIPE,
+            stderr=fh,
+            env=_env(DPCLI_PROGRESS_INTERVAL="0.25"),
+            text=True,
+        )
     try:
         deadline = time.monotonic() + 120
         seen: list[re.Match] = []
@@ -145,7 +167,9 @@ def test_a_broken_stderr_does_not_stop_the_job(tmp_path, stream):
 def test_a_bad_progress_interval_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("DPCLI_PROGRESS_INTERVAL", "soon")
     code, _, err = run_cli(["train", "digits", *TINY, "--out", tmp_path / "ck.h5"], capsys)
-    assert code == 2 and err == "dpcli: error: DPCLI_PROGRESS_INTERVAL must be a positive number of seconds, got 'soon'\n"
+    assert (
+        code == 2 and err == "dpcli: error: DPCLI_PROGRESS_INTERVAL must be a positive number of seconds, got 'soon'\n"
+    )
     assert not (tmp_path / "ck.h5").exists()
 
 
@@ -154,7 +178,9 @@ def test_progress_lines_state_rate_and_eta():
     assert e.rate == 50 and e.eta == 15
     assert e.line() == "influence (exact): 250/1000 (25.0%), 5s elapsed, 50/s, ETA 15s | rows"
     assert e.start_line() == "influence (exact): started, 250/1000 (25.0%)"
-    assert ProgressEvent("prune", done=0.25, total=1.0, elapsed=200.0).line() == "prune: 25.0%, 3m20s elapsed, ETA 10m00s"
+    assert (
+        ProgressEvent("prune", done=0.25, total=1.0, elapsed=200.0).line() == "prune: 25.0%, 3m20s elapsed, ETA 10m00s"
+    )
     assert ProgressEvent("load", done=0, total=None, elapsed=3.0).line() == "load: 3s elapsed"
     assert ProgressEvent("train", 10, 10, 61.0, "epoch 3/3", finished=True).line() == "train: done in 61.0s epoch 3/3"
 
@@ -169,7 +195,10 @@ def test_a_cached_stage_stays_quiet_and_a_one_step_stage_prints_its_end_only(cap
         update(1.0)
     lines = capsys.readouterr().err.splitlines()
     assert [re.sub(r"done in [\d.]+s", "done in Xs", ln) for ln in lines] == [
-        "influence (exact): done in Xs", "prune: started, 50.0%", "prune: done in Xs"]
+        "influence (exact): done in Xs",
+        "prune: started, 50.0%",
+        "prune: done in Xs",
+    ]
 
 
 # ------------------------------------------------------------------------------------------ the Python API

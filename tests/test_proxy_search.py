@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from tests.conftest import load_benchmark
 
 NAMES = ["w8-d2-lr0.02", "w8-d2-lr0.08", "w16-d3-lr0.02", "w16-d3-lr0.08", "w32-d3-lr0.02"]
@@ -25,16 +26,53 @@ def _records() -> list[dict]:
     whole_val = [40.0, 44.0, 47.0, 52.0, 50.0]
     whole_test = [41.0, 45.0, 49.0, 50.5, 51.0]  # best on test: w32, but the whole-pool search picks w16-lr0.08
     recs = [{"kind": "reference", "cpu_seconds": 30.0, "wall_seconds": 90.0, "settings": "s"}]
-    recs += [{"kind": "whole", "config": n, "seed": 0, "kept": 1.0, "val_accuracy": v, "test_accuracy": t,
-              "cpu_seconds": 20.0 + i, "wall_seconds": 60.0} for i, (n, v, t) in enumerate(zip(NAMES, whole_val, whole_test))]
-    proxies = {("auto", 0): [20.0, 25.0, 22.0, 24.0, 26.0], ("random", 0): [30.0, 21.0, 23.0, 29.0, 22.0],
-               ("random", 1): [27.0, 27.0, 27.0, 27.0, 27.0]}  # seed 1: all tied, no ranking
+    recs += [
+        {
+            "kind": "whole",
+            "config": n,
+            "seed": 0,
+            "kept": 1.0,
+            "val_accuracy": v,
+            "test_accuracy": t,
+            "cpu_seconds": 20.0 + i,
+            "wall_seconds": 60.0,
+        }
+        for i, (n, v, t) in enumerate(zip(NAMES, whole_val, whole_test))
+    ]
+    proxies = {
+        ("auto", 0): [20.0, 25.0, 22.0, 24.0, 26.0],
+        ("random", 0): [30.0, 21.0, 23.0, 29.0, 22.0],
+        ("random", 1): [27.0, 27.0, 27.0, 27.0, 27.0],
+    }  # seed 1: all tied, no ranking
     for (sel, seed), vals in proxies.items():
         recs.append({"kind": "selection", "selector": sel, "kept": 0.02, "seed": seed, "cpu_seconds": 4.0})
-        recs += [{"kind": "proxy", "config": n, "selector": sel, "kept": 0.02, "seed": seed, "n_kept": 200,
-                  "val_accuracy": v, "cpu_seconds": 2.0, "wall_seconds": 5.0} for n, v in zip(NAMES, vals)]
-    recs += [{"kind": "proxy", "config": NAMES[0], "selector": "herding", "kept": 0.1, "seed": 0, "n_kept": 1000,
-              "val_accuracy": 30.0, "cpu_seconds": 9.0, "wall_seconds": 9.0}]  # an unfinished search
+        recs += [
+            {
+                "kind": "proxy",
+                "config": n,
+                "selector": sel,
+                "kept": 0.02,
+                "seed": seed,
+                "n_kept": 200,
+                "val_accuracy": v,
+                "cpu_seconds": 2.0,
+                "wall_seconds": 5.0,
+            }
+            for n, v in zip(NAMES, vals)
+        ]
+    recs += [
+        {
+            "kind": "proxy",
+            "config": NAMES[0],
+            "selector": "herding",
+            "kept": 0.1,
+            "seed": 0,
+            "n_kept": 1000,
+            "val_accuracy": 30.0,
+            "cpu_seconds": 9.0,
+            "wall_seconds": 9.0,
+        }
+    ]  # an unfinished search
     return recs
 
 
@@ -59,7 +97,9 @@ def test_outcomes_recount_rank_correlation_top1_and_time_ratio(ps):
         else:
             assert o.rho == pytest.approx(_spearman_by_hand(vals, whole_val), abs=1e-12)
         assert dict(zip(NAMES, vals))[o.chosen] == max(vals)  # a top-1 (any one of tied tops)
-        assert o.chosen_test == next(r["test_accuracy"] for r in recs if r.get("config") == o.chosen and r["kind"] == "whole")
+        assert o.chosen_test == next(
+            r["test_accuracy"] for r in recs if r.get("config") == o.chosen and r["kind"] == "whole"
+        )
         reference = 30.0 if sel != "random" else 0.0  # random reads no reference training
         assert o.cpu_seconds == pytest.approx(reference + 4.0 + 5 * 2.0)
         assert o.ratio == pytest.approx(o.cpu_seconds / whole_cpu)
@@ -73,8 +113,9 @@ def test_outcomes_recount_rank_correlation_top1_and_time_ratio(ps):
 def test_a_rerun_skips_finished_records_and_survives_a_torn_line(ps, tmp_path):
     path = tmp_path / "records.jsonl"
     store = ps.Records(path)
-    done = store.add({"kind": "proxy", "config": "w8-d2-lr0.02", "selector": "auto", "kept": 0.02, "seed": 1,
-                      "val_accuracy": 31.0})
+    done = store.add(
+        {"kind": "proxy", "config": "w8-d2-lr0.02", "selector": "auto", "kept": 0.02, "seed": 1, "val_accuracy": 31.0}
+    )
     with open(path, "a") as fh:
         fh.write('{"kind": "proxy", "config": "w8-d2-lr0.08", "sel')  # a run killed mid-write
     again = ps.Records(path)
@@ -95,10 +136,18 @@ def test_proxy_epochs_give_the_least_epochs_reaching_the_steps(ps, tmp_path, kep
 
     ds = load_dataset("digits")
     e = ps.proxy_epochs(kept, batch, epochs, min_steps)
-    cfg = TrainConfig(dataset="digits", arch="convnet", width=4, depth=1, epochs=e, lr=0.05, batch_size=batch,
-                      augment=False, seed=0)
-    ck = train(cfg, ds, tmp_path / "checkpoint.h5", device=torch.device("cpu"), keep_indices=np.arange(kept),
-               eval_every=e, snapshot_epochs=())
+    cfg = TrainConfig(
+        dataset="digits", arch="convnet", width=4, depth=1, epochs=e, lr=0.05, batch_size=batch, augment=False, seed=0
+    )
+    ck = train(
+        cfg,
+        ds,
+        tmp_path / "checkpoint.h5",
+        device=torch.device("cpu"),
+        keep_indices=np.arange(kept),
+        eval_every=e,
+        snapshot_epochs=(),
+    )
     per_epoch = ck.steps // e  # the loop's own count
     assert ck.steps >= min_steps and e >= epochs
     assert e == epochs or ck.steps - per_epoch < min_steps  # one epoch fewer would fall short

@@ -41,8 +41,12 @@ def _environment(tmp_path: Path) -> dict[str, str]:
     (bin_dir / "dpcli").chmod(0o755)
     (bin_dir / "python3").symlink_to(sys.executable)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DPCLI_")}
-    env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH=str(ROOT), PYTHONWARNINGS="ignore",
-               DPCLI_DATA=str(tmp_path / "data"))
+    env.update(
+        PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+        PYTHONPATH=str(ROOT),
+        PYTHONWARNINGS="ignore",
+        DPCLI_DATA=str(tmp_path / "data"),
+    )
     return env
 
 

@@ -28,8 +28,20 @@ import numpy as np
 
 from dpcli import __version__
 from dpcli.artifacts.integrity import (  # noqa: F401  (re-exported: artifacts read and write through h5)
-    DIGEST_ATTR, EAGER_VERIFY_BYTES, NPY_MAGIC, DatasetDigest, StreamHash, array_fingerprint, check_npy, check_stored,
-    config_key, digest_of, human_bytes, seal, verify, verify_dataset,
+    DIGEST_ATTR,
+    EAGER_VERIFY_BYTES,
+    NPY_MAGIC,
+    DatasetDigest,
+    StreamHash,
+    array_fingerprint,
+    check_npy,
+    check_stored,
+    config_key,
+    digest_of,
+    human_bytes,
+    seal,
+    verify,
+    verify_dataset,
 )
 from dpcli.errors import ArtifactWriteError, DpcliError
 
@@ -55,8 +67,21 @@ def _read_umask() -> int:
 
 _UMASK = _read_umask()
 FILE_MODE = 0o666 & ~_UMASK  # what a plain open() would give; mkstemp-style temporaries are 0600
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO,
-                 errno.EISDIR, errno.ENOTDIR, errno.ENOENT, errno.EXDEV, errno.ENAMETOOLONG, errno.ELOOP}
+_WRITE_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EFBIG,
+    errno.EIO,
+    errno.EISDIR,
+    errno.ENOTDIR,
+    errno.ENOENT,
+    errno.EXDEV,
+    errno.ENAMETOOLONG,
+    errno.ELOOP,
+}
 _H5_ERRNO = re.compile(r"errno = (\d+)")
 
 
@@ -102,7 +127,7 @@ def remove_stale_partials(path: Path) -> list[Path]:
         return removed
     for name in names:
         tmp = path.parent / name
-        if _is_stale(tmp, name[len(prefix):-len(suffix)]):
+        if _is_stale(tmp, name[len(prefix) : -len(suffix)]):
             with contextlib.suppress(FileNotFoundError):
                 _remove(tmp)
                 removed.append(tmp)
@@ -300,8 +325,9 @@ def _set_aside(path: Path, *, directory: bool) -> Path | None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path | str, *, before_publish: Callable[[Path], None] | None = None,
-                publication: Publication | None = None) -> Iterator[Path]:
+def atomic_path(
+    path: Path | str, *, before_publish: Callable[[Path], None] | None = None, publication: Publication | None = None
+) -> Iterator[Path]:
     """Yield a temporary path to write; it replaces ``path`` only if the block succeeds.
 
     ``before_publish(path)`` runs just before the rename (e.g. refuse to replace a newer
@@ -401,8 +427,9 @@ class _ShieldedFile:
 
 
 @contextlib.contextmanager
-def atomic_hdf5(path: Path | str, *, before_publish: Callable[[Path], None] | None = None,
-                publication: Publication | None = None) -> Iterator["h5py.File"]:
+def atomic_hdf5(
+    path: Path | str, *, before_publish: Callable[[Path], None] | None = None, publication: Publication | None = None
+) -> Iterator["h5py.File"]:
     """A plain HDF5 file (caches) written through :func:`atomic_path`, closed safely on any error."""
     import h5py
 
@@ -425,9 +452,14 @@ def atomic_hdf5(path: Path | str, *, before_publish: Callable[[Path], None] | No
 
 
 @contextlib.contextmanager
-def atomic_h5(path: Path, kind: str, attrs: dict[str, Any] | None = None, *,
-              before_publish: Callable[[Path], None] | None = None,
-              publication: Publication | None = None) -> Iterator["h5py.File"]:
+def atomic_h5(
+    path: Path,
+    kind: str,
+    attrs: dict[str, Any] | None = None,
+    *,
+    before_publish: Callable[[Path], None] | None = None,
+    publication: Publication | None = None,
+) -> Iterator["h5py.File"]:
     """Write a dpcli artifact under its lock; it replaces ``path`` only if the block succeeds (with
     ``publication``: at its commit, which the caller makes while holding the artifact's lock)."""
     from dpcli.artifacts.lock import artifact_lock
@@ -505,12 +537,16 @@ def _check_kind(f: h5py.File, path: Path, kind: str) -> None:
         raise DpcliError(f"{path}: {what}, expected {_article(kind)} {kind} artifact")
     schema = get_attr(f, "dpcli_schema", 0)
     if not isinstance(schema, int) or schema > SCHEMA:
-        raise DpcliError(f"{path}: written by a newer dpcli ({get_attr(f, 'dpcli_version', '?')}, artifact schema "
-                         f"{schema}; this dpcli {__version__} reads schema {SCHEMA}); upgrade dpcli")
+        raise DpcliError(
+            f"{path}: written by a newer dpcli ({get_attr(f, 'dpcli_version', '?')}, artifact schema "
+            f"{schema}; this dpcli {__version__} reads schema {SCHEMA}); upgrade dpcli"
+        )
     if schema < SCHEMA:
-        raise DpcliError(f"{path}: written by an older dpcli ({get_attr(f, 'dpcli_version', '?')}, artifact schema "
-                         f"{schema}; this dpcli {__version__} reads schema {SCHEMA}); recompute it (rerun the stage "
-                         "with --force)")
+        raise DpcliError(
+            f"{path}: written by an older dpcli ({get_attr(f, 'dpcli_version', '?')}, artifact schema "
+            f"{schema}; this dpcli {__version__} reads schema {SCHEMA}); recompute it (rerun the stage "
+            "with --force)"
+        )
 
 
 def _article(word: str) -> str:

@@ -20,7 +20,9 @@ from dpcli.errors import DpcliError
 if TYPE_CHECKING:
     import h5py
 
-DIGEST_ATTR = "dpcli_digest"  # CRC-32 of a dataset's dtype, shape and bytes in C order, written by seal() and checked by verify()
+DIGEST_ATTR = (
+    "dpcli_digest"  # CRC-32 of a dataset's dtype, shape and bytes in C order, written by seal() and checked by verify()
+)
 EAGER_VERIFY_BYTES = 64 << 20  # datasets up to this size are verified when the artifact is opened; larger ones
 #                                (S) by the reader that streams them (verify_dataset)
 _DIGEST_CHUNK_BYTES = 1 << 20  # small blocks: verifying a dataset never holds a copy of it
@@ -34,8 +36,10 @@ def _datasets(f: h5py.Group) -> list[tuple[str, h5py.Dataset]]:
     f.visititems_links(lambda name, link: links.append((name, link)))  # h5py cannot raise from inside a visit
     for name, link in links:
         if not isinstance(link, h5py.HardLink):
-            raise DpcliError(f"{f.file.filename}: '{name}' is a link to {_link_target(link)}, not data stored in "
-                             "the artifact; the file was edited, recompute it")
+            raise DpcliError(
+                f"{f.file.filename}: '{name}' is a link to {_link_target(link)}, not data stored in "
+                "the artifact; the file was edited, recompute it"
+            )
     return [(name, obj) for name, _ in links if isinstance(obj := f[name], h5py.Dataset)]
 
 
@@ -55,8 +59,11 @@ class DatasetDigest:
 
     def update(self, block: np.ndarray) -> None:
         block = np.asarray(block)
-        data = json.dumps(block.tolist(), default=str).encode() if block.dtype.kind == "O" else \
-            np.ascontiguousarray(block).data.cast("B")
+        data = (
+            json.dumps(block.tolist(), default=str).encode()
+            if block.dtype.kind == "O"
+            else np.ascontiguousarray(block).data.cast("B")
+        )
         self._crc = zlib.crc32(data, self._crc)
 
     def hexdigest(self) -> str:
@@ -72,7 +79,7 @@ def digest_of(dset: h5py.Dataset | np.ndarray) -> str:
     row = max(1, int(np.prod(dset.shape[1:], dtype=np.int64)) * np.dtype(dset.dtype).itemsize)
     step = max(1, _DIGEST_CHUNK_BYTES // row)
     for a in range(0, dset.shape[0], step):
-        h.update(dset[a:a + step])
+        h.update(dset[a : a + step])
     return h.hexdigest()
 
 
@@ -94,8 +101,9 @@ def verify(f: h5py.Group, path: Path | str, *, limit: int | None = None) -> None
             verify_dataset(dset, path, name)
 
 
-def verify_dataset(dset: h5py.Dataset, path: Path | str, name: str | None = None,
-                   values: np.ndarray | None = None) -> None:
+def verify_dataset(
+    dset: h5py.Dataset, path: Path | str, name: str | None = None, values: np.ndarray | None = None
+) -> None:
     """The checksum of one dataset (of ``values``, its content already read or memory-mapped, when given)."""
     name = name or dset.name.lstrip("/")
     stored = dset.attrs.get(DIGEST_ATTR)
@@ -104,11 +112,14 @@ def verify_dataset(dset: h5py.Dataset, path: Path | str, name: str | None = None
     try:
         found = digest_of(dset if values is None else values)
     except OSError as exc:  # HDF5 could not read the stored bytes (a truncated or overwritten file)
-        raise DpcliError(f"{path}: dataset '{name}' cannot be read ({exc}); the file is damaged, recompute it") \
-            from None
+        raise DpcliError(
+            f"{path}: dataset '{name}' cannot be read ({exc}); the file is damaged, recompute it"
+        ) from None
     if found != (stored.decode() if isinstance(stored, bytes) else str(stored)):
-        raise DpcliError(f"{path}: checksum mismatch in dataset '{name}': the file is damaged (a bad disk, an "
-                         "incomplete copy or an edit); recompute it")
+        raise DpcliError(
+            f"{path}: checksum mismatch in dataset '{name}': the file is damaged (a bad disk, an "
+            "incomplete copy or an edit); recompute it"
+        )
 
 
 # --------------------------------------------------------------------------- arrays from other tools
@@ -123,8 +134,10 @@ def check_npy(path: Path | str, what: str, *, numeric: bool) -> None:
         with open(path, "rb") as fh:
             if fh.read(len(NPY_MAGIC)) != NPY_MAGIC:
                 size = path.stat().st_size
-                raise DpcliError(f"{path}: not a .npy file ({'empty' if size == 0 else 'no NumPy header'}); "
-                                 f"save the {what} with numpy.save")
+                raise DpcliError(
+                    f"{path}: not a .npy file ({'empty' if size == 0 else 'no NumPy header'}); "
+                    f"save the {what} with numpy.save"
+                )
             fh.seek(0)
             version = np.lib.format.read_magic(fh)
             read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
@@ -135,15 +148,19 @@ def check_npy(path: Path | str, what: str, *, numeric: bool) -> None:
     except OSError as exc:
         raise DpcliError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
     if dtype.hasobject:
-        raise DpcliError(f"{path}: {what} are stored as Python objects, which dpcli does not unpickle; save them "
-                         "as numbers or strings, e.g. np.save(path, np.asarray(labels, dtype=str))")
+        raise DpcliError(
+            f"{path}: {what} are stored as Python objects, which dpcli does not unpickle; save them "
+            "as numbers or strings, e.g. np.save(path, np.asarray(labels, dtype=str))"
+        )
     if numeric and (dtype.kind not in "biuf"):
         raise DpcliError(f"{path}: {what} must be real numbers, got dtype {dtype}")
     declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
     held = path.stat().st_size - offset
     if held < declared:
-        raise DpcliError(f"{path}: declares {what} of shape {tuple(shape)} ({human_bytes(declared)}) but holds "
-                         f"{human_bytes(held)}; the file is truncated or damaged")
+        raise DpcliError(
+            f"{path}: declares {what} of shape {tuple(shape)} ({human_bytes(declared)}) but holds "
+            f"{human_bytes(held)}; the file is truncated or damaged"
+        )
 
 
 def check_stored(dset: "h5py.Dataset", path: Path | str, what: str) -> None:
@@ -155,8 +172,10 @@ def check_stored(dset: "h5py.Dataset", path: Path | str, what: str) -> None:
     declared = int(np.prod(dset.shape, dtype=object)) * dset.dtype.itemsize
     held = dset.id.get_storage_size()
     if not dset.compression and not dset.fletcher32 and held < declared:
-        raise DpcliError(f"{path}: declares {what} of shape {tuple(dset.shape)} ({human_bytes(declared)}) but stores "
-                         f"{human_bytes(held)}; the file is incomplete or damaged")
+        raise DpcliError(
+            f"{path}: declares {what} of shape {tuple(dset.shape)} ({human_bytes(declared)}) but stores "
+            f"{human_bytes(held)}; the file is incomplete or damaged"
+        )
 
 
 class StreamHash:

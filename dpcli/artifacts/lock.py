@@ -50,8 +50,8 @@ class LockState:
 
     path: Path
     waited: bool
-    holder: int | None        # pid that held the lock while we waited
-    changed: bool             # the artifact was published (or replaced) while we waited
+    holder: int | None  # pid that held the lock while we waited
+    changed: bool  # the artifact was published (or replaced) while we waited
 
     def reusable(self) -> bool:
         """True when another job published the artifact while this one waited: check it, then reuse it."""
@@ -106,8 +106,10 @@ def _acquire(target: Path, lock: Path, wait: bool) -> tuple[int, bool, int | Non
             who = f"pid {holder}" if holder else "another process"
             if not wait:
                 os.close(fd)
-                raise ArtifactBusy(f"{target}: locked by {who} (another dpcli job is computing it); "
-                                   f"rerun later, or without --no-wait / DPCLI_NO_WAIT to wait") from None
+                raise ArtifactBusy(
+                    f"{target}: locked by {who} (another dpcli job is computing it); "
+                    f"rerun later, or without --no-wait / DPCLI_NO_WAIT to wait"
+                ) from None
             if not waited:
                 from dpcli import console
 

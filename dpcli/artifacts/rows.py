@@ -27,9 +27,11 @@ def check_space(path: Path | str, nbytes: int, what: str) -> None:
     folder = nearest_existing(Path(path).parent)
     free = shutil.disk_usage(folder).free
     if nbytes > free:
-        raise ArtifactWriteError(f"{path}: cannot write (No space left on device: {what} needs "
-                                 f"{human_bytes(nbytes)}, {human_bytes(free)} free in {folder}); free space, "
-                                 "write to another folder (--out, --run-root) or store a sketch (--sketch K)")
+        raise ArtifactWriteError(
+            f"{path}: cannot write (No space left on device: {what} needs "
+            f"{human_bytes(nbytes)}, {human_bytes(free)} free in {folder}); free space, "
+            "write to another folder (--out, --run-root) or store a sketch (--sketch K)"
+        )
 
 
 def mapped_rows(dset: "h5py.Dataset") -> np.ndarray | None:
@@ -40,8 +42,13 @@ def mapped_rows(dset: "h5py.Dataset") -> np.ndarray | None:
     pressure (a memory cgroup included), so an S of GBs does not count against the process's heap.
     """
     offset = dset.id.get_offset()
-    if dset.chunks is not None or dset.compression is not None or offset is None or dset.dtype != np.float32 \
-            or 0 in dset.shape:
+    if (
+        dset.chunks is not None
+        or dset.compression is not None
+        or offset is None
+        or dset.dtype != np.float32
+        or 0 in dset.shape
+    ):
         return None
     try:
         return np.asarray(np.memmap(dset.file.filename, dtype=dset.dtype, mode="r", offset=offset, shape=dset.shape))

@@ -35,7 +35,11 @@ EXIT_READER_GONE = 141  # 128 + SIGPIPE, what a shell reports for git and other 
 EXIT_TERMINATED = 143
 
 app = typer.Typer(
-    name="dpcli", add_completion=False, no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False,
+    name="dpcli",
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
     help=(
         "Prune training sets with a proven, small effect on the trained model (Yang et al., ICLR 2023). "
         "Stages: train -> influence -> prune -> retrain / verify-bound; each reads and writes HDF5 artifacts. "
@@ -87,8 +91,11 @@ def _stops_as_interrupts() -> Iterator[None]:
         if not isinstance(info.exc_value, KeyboardInterrupt):  # a lost stop is re-raised, not printed
             default_hook(info)
 
-    stops = [signal.SIGTERM] + [s for s, default in ((signal.SIGINT, signal.default_int_handler),
-                                                      (signal.SIGHUP, signal.SIG_DFL)) if signal.getsignal(s) is default]
+    stops = [signal.SIGTERM] + [
+        s
+        for s, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGHUP, signal.SIG_DFL))
+        if signal.getsignal(s) is default
+    ]
     previous = {s: signal.signal(s, handler) for s in stops}
     sys.unraisablehook = unraisable
     try:
@@ -157,16 +164,19 @@ def _guard(func: Callable[..., None]) -> Callable[..., None]:
             raise typer.Exit(EXIT_READER_GONE) from None
         except Terminated as exc:
             what = "hung up" if isinstance(exc, HungUp) else "terminated"
-            console.error_line(f"dpcli: {what} ({exc.signal_name}); completed artifacts are kept, rerun the same "
-                               "command to resume")
+            console.error_line(
+                f"dpcli: {what} ({exc.signal_name}); completed artifacts are kept, rerun the same command to resume"
+            )
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             console.error_line("dpcli: interrupted; completed artifacts are kept, rerun the same command to resume")
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except MemoryError as exc:
             detail = f" ({str(exc).rstrip('.')})" if str(exc) else ""
-            _error(f"out of memory{detail}; if an input file declares that size, it is damaged; else run on a machine "
-                   "with more memory (training and retraining need less with a smaller --batch-size)")
+            _error(
+                f"out of memory{detail}; if an input file declares that size, it is damaged; else run on a machine "
+                "with more memory (training and retraining need less with a smaller --batch-size)"
+            )
             raise typer.Exit(EXIT_MEMORY) from None
 
     return wrapper
@@ -185,10 +195,16 @@ def _paragraphs(doc: str | None) -> str:
     return "\n\n".join(" ".join(p.split()) for p in (doc or "").split("\n\n") if p.strip())
 
 
-for _module, _name in ((train, "train"), (influence, "influence"), (prune, "prune"), (retrain, "retrain"),
-                       (verify, "verify-bound")):
-    app.command(_name, help=_paragraphs(_module.command.__doc__),
-                epilog=getattr(_module, "EPILOG", None))(_guard(_module.command))
+for _module, _name in (
+    (train, "train"),
+    (influence, "influence"),
+    (prune, "prune"),
+    (retrain, "retrain"),
+    (verify, "verify-bound"),
+):
+    app.command(_name, help=_paragraphs(_module.command.__doc__), epilog=getattr(_module, "EPILOG", None))(
+        _guard(_module.command)
+    )
 
 _TYPE_NAMES = {"<int>": "INTEGER", "<float>": "FLOAT", "<str>": "TEXT", "<bool>": "", "<Path>": "PATH"}
 

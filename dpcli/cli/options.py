@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
 
 import typer
 
-from dpcli.config import PROFILES, InfluenceConfig, PruneConfig, TrainConfig
+from dpcli.config import PROFILES, PruneConfig, TrainConfig
 from dpcli.errors import DpcliError
 
 # Click as Typer runs it: vendored from Typer 0.29 on, the click package before (both are supported)
@@ -85,8 +85,11 @@ def _config_default(cls: type, field: str) -> Any:
 def fill_names(text: str) -> str:
     """Put the registered names into a help text; done only when help is shown (listing solvers and
     selectors imports numpy, which argument errors and real runs should not wait for here)."""
-    for token, names in (("@SELECTORS@", selector_names), ("@SOLVERS@", solver_names),
-                         ("@ESTIMATORS@", estimator_names)):
+    for token, names in (
+        ("@SELECTORS@", selector_names),
+        ("@SOLVERS@", solver_names),
+        ("@ESTIMATORS@", estimator_names),
+    ):
         if token in text:
             text = text.replace(token, " | ".join(names()))
     return text
@@ -111,20 +114,42 @@ def estimator_names() -> tuple[str, ...]:
 
 
 # ------------------------------------------------------------------ run control and output (every command)
-JsonOption = Annotated[bool, typer.Option(
-    "--json", rich_help_panel=P_OUTPUT, help="One JSON summary on stdout (human output stays on stderr).")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel=P_OUTPUT, help="No progress bars or human output.")]
+JsonOption = Annotated[
+    bool,
+    typer.Option("--json", rich_help_panel=P_OUTPUT, help="One JSON summary on stdout (human output stays on stderr)."),
+]
+Quiet = Annotated[
+    bool, typer.Option("--quiet", "-q", rich_help_panel=P_OUTPUT, help="No progress bars or human output.")
+]
 Device = Annotated[str, typer.Option("--device", rich_help_panel=P_RUN, help="auto, cpu or cuda[:N].")]
-DataRoot = Annotated[Optional[Path], typer.Option(
-    "--data-root", metavar="DIR", rich_help_panel=P_RUN,
-    help="Dataset cache. " + default_note("$DPCLI_DATA or ~/.cache/dpcli/data"))]
-RunRoot = Annotated[Optional[Path], typer.Option(
-    "--run-root", metavar="DIR", rich_help_panel=P_RUN,
-    help="Root of the run directories. " + default_note("$DPCLI_RUNS or ./dpcli-runs"))]
-Force = Annotated[bool, typer.Option(
-    "--force", rich_help_panel=P_RUN, help="Recompute every stage of this command; reuse nothing cached.")]
-NoWait = Annotated[bool, typer.Option(
-    "--no-wait", rich_help_panel=P_RUN, help="Exit (code 75) instead of waiting for another job's artifact.")]
+DataRoot = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--data-root",
+        metavar="DIR",
+        rich_help_panel=P_RUN,
+        help="Dataset cache. " + default_note("$DPCLI_DATA or ~/.cache/dpcli/data"),
+    ),
+]
+RunRoot = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--run-root",
+        metavar="DIR",
+        rich_help_panel=P_RUN,
+        help="Root of the run directories. " + default_note("$DPCLI_RUNS or ./dpcli-runs"),
+    ),
+]
+Force = Annotated[
+    bool,
+    typer.Option("--force", rich_help_panel=P_RUN, help="Recompute every stage of this command; reuse nothing cached."),
+]
+NoWait = Annotated[
+    bool,
+    typer.Option(
+        "--no-wait", rich_help_panel=P_RUN, help="Exit (code 75) instead of waiting for another job's artifact."
+    ),
+]
 
 
 @dataclasses.dataclass
@@ -143,13 +168,18 @@ class Job:
 # ------------------------------------------------------------------ training settings
 def _arch(panel: str) -> Any:
     return typer.Option(
-        "--arch", metavar="NAME", rich_help_panel=panel,
+        "--arch",
+        metavar="NAME",
+        rich_help_panel=panel,
         help="convnet, resnet18 or resnet50, or a library model: torchvision:NAME (any torchvision.models "
-             "classifier) or timm:NAME (pip install \"dpcli[timm]\"). " + per_dataset("arch"))
+        'classifier) or timm:NAME (pip install "dpcli[timm]"). ' + per_dataset("arch"),
+    )
 
 
 def _width(panel: str) -> Any:
-    return typer.Option("--width", rich_help_panel=panel, help="ConvNet channels (convnet only). " + per_dataset("width"))
+    return typer.Option(
+        "--width", rich_help_panel=panel, help="ConvNet channels (convnet only). " + per_dataset("width")
+    )
 
 
 def _depth(panel: str) -> Any:
@@ -165,13 +195,19 @@ def _lr(panel: str) -> Any:
 
 
 def _momentum(panel: str) -> Any:
-    return typer.Option("--momentum", rich_help_panel=panel,
-                        help="SGD momentum. " + default_note(_config_default(TrainConfig, "momentum")))
+    return typer.Option(
+        "--momentum",
+        rich_help_panel=panel,
+        help="SGD momentum. " + default_note(_config_default(TrainConfig, "momentum")),
+    )
 
 
 def _weight_decay(panel: str) -> Any:
-    return typer.Option("--weight-decay", rich_help_panel=panel,
-                        help="L2 weight decay. " + default_note(_config_default(TrainConfig, "weight_decay")))
+    return typer.Option(
+        "--weight-decay",
+        rich_help_panel=panel,
+        help="L2 weight decay. " + default_note(_config_default(TrainConfig, "weight_decay")),
+    )
 
 
 def _batch_size(panel: str) -> Any:
@@ -180,30 +216,42 @@ def _batch_size(panel: str) -> Any:
 
 def _augment(panel: str) -> Any:
     return typer.Option(
-        "--augment/--no-augment", rich_help_panel=panel, show_default=False,
-        help="Random crop + horizontal flip. " + default_note("on for cifar, imagefolder; off for digits"))
+        "--augment/--no-augment",
+        rich_help_panel=panel,
+        show_default=False,
+        help="Random crop + horizontal flip. " + default_note("on for cifar, imagefolder; off for digits"),
+    )
 
 
 def _image_size(panel: str) -> Any:
     return typer.Option(
-        "--image-size", metavar="N", rich_help_panel=panel,
+        "--image-size",
+        metavar="N",
+        rich_help_panel=panel,
         help="Model input side for images of any size: train on random resized crops of N plus flips; "
-             "evaluate, score and compute influence on a resize to N/0.875 and a center crop of N. Needed for "
-             "folders of mixed sizes. " + default_note("the images' own size"))
+        "evaluate, score and compute influence on a resize to N/0.875 and a center crop of N. Needed for "
+        "folders of mixed sizes. " + default_note("the images' own size"),
+    )
 
 
 def _weights(panel: str) -> Any:
     return typer.Option(
-        "--weights", metavar="W", rich_help_panel=panel,
+        "--weights",
+        metavar="W",
+        rich_help_panel=panel,
         help="torchvision:/timm: models: DEFAULT (the library's pretrained weights, downloaded by the library), "
-             "a weights name (e.g. IMAGENET1K_V1), or a local state-dict file. " + default_note("random init"))
+        "a weights name (e.g. IMAGENET1K_V1), or a local state-dict file. " + default_note("random init"),
+    )
 
 
 def _head_module(panel: str) -> Any:
     return typer.Option(
-        "--head-module", metavar="NAME", rich_help_panel=panel,
+        "--head-module",
+        metavar="NAME",
+        rich_help_panel=panel,
         help="Dotted name of the last linear layer when dpcli cannot find it (it looks for fc, classifier, head "
-             "and timm's get_classifier()).")
+        "and timm's get_classifier()).",
+    )
 
 
 TRAIN_SEED_HELP = "Seed of the training run (initialization and batch order)."
@@ -241,20 +289,41 @@ HeadModule = Annotated[Optional[str], _head_module(P_TRAIN)]
 DsHeadModule = Annotated[Optional[str], _head_module(P_DS_TRAIN)]
 TrainSeed = Annotated[int, _train_seed(P_TRAIN)]
 DsTrainSeed = Annotated[int, _train_seed(P_DS_TRAIN)]
-ChannelsLast = Annotated[Optional[bool], typer.Option(
-    "--channels-last/--no-channels-last", rich_help_panel=P_SPEED, show_default=False,
-    help="Conv models: NHWC memory format (tensor cores; 1.9x faster ResNet-18 training on an H200). "
-         + default_note("on with CUDA, off on the CPU"))]
-Compile = Annotated[bool, typer.Option(
-    "--compile", rich_help_panel=P_SPEED,
-    help="torch.compile the model (the first epoch pays the compile time; where the compiler fails on "
-         "the model, one warning and the run goes on without it).")]
-Fp32 = Annotated[bool, typer.Option(
-    "--fp32", rich_help_panel=P_SPEED,
-    help="CUDA: float32 throughout instead of bf16 autocast (slower; for comparisons).")]
-Deterministic = Annotated[bool, typer.Option(
-    "--deterministic", rich_help_panel=P_SPEED,
-    help="Bitwise-repeatable CUDA runs: deterministic kernels, slower (docs/gpu.md).")]
+ChannelsLast = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--channels-last/--no-channels-last",
+        rich_help_panel=P_SPEED,
+        show_default=False,
+        help="Conv models: NHWC memory format (tensor cores; 1.9x faster ResNet-18 training on an H200). "
+        + default_note("on with CUDA, off on the CPU"),
+    ),
+]
+Compile = Annotated[
+    bool,
+    typer.Option(
+        "--compile",
+        rich_help_panel=P_SPEED,
+        help="torch.compile the model (the first epoch pays the compile time; where the compiler fails on "
+        "the model, one warning and the run goes on without it).",
+    ),
+]
+Fp32 = Annotated[
+    bool,
+    typer.Option(
+        "--fp32",
+        rich_help_panel=P_SPEED,
+        help="CUDA: float32 throughout instead of bf16 autocast (slower; for comparisons).",
+    ),
+]
+Deterministic = Annotated[
+    bool,
+    typer.Option(
+        "--deterministic",
+        rich_help_panel=P_SPEED,
+        help="Bitwise-repeatable CUDA runs: deterministic kernels, slower (docs/gpu.md).",
+    ),
+]
 
 
 @dataclasses.dataclass
@@ -309,76 +378,135 @@ EPSILON_HELP = (
     "parameters (Eq. 3, S_i = (1/n) H^-1 grad L(z_i); Theorem 1's eps_T/n)."
 )
 Epsilon = Annotated[Optional[float], typer.Option("--epsilon", rich_help_panel=P_TARGET, help=EPSILON_HELP)]
-Ratio = Annotated[Optional[float], typer.Option(
-    "--prune-ratio", rich_help_panel=P_TARGET,
-    help="PRUNE this fraction (0 < r < 1) of the training set with the smallest ||sum S_i|| (Eq. 4).")]
-Count = Annotated[Optional[int], typer.Option(
-    "--prune-count", rich_help_panel=P_TARGET,
-    help="PRUNE exactly this many samples (fewer than n) with the smallest ||sum S_i|| (Eq. 4).")]
-Solver = Annotated[str, typer.Option(
-    "--solver", metavar="NAME", rich_help_panel=P_SELECT,
-    help="@SOLVERS@: swap = greedy + swap local search; anneal = the paper's annealing; "
-         "brute = exhaustive (n <= 20).")]
-SolverSeed = Annotated[int, typer.Option(
-    "--solver-seed", rich_help_panel=P_SELECT, help="Seed of the solver / selector (random, anneal, ties).")]
-TimeBudget = Annotated[Optional[float], typer.Option(
-    "--time-budget", metavar="SECONDS", rich_help_panel=P_SELECT,
-    help="Seconds the solver may spend (results then depend on machine speed). "
-         + default_note("a fixed amount of work"))]
-Method = Annotated[str, typer.Option(
-    "--method", metavar="NAME", rich_help_panel=P_SELECT,
-    help="Selector: @SELECTORS@. auto: the paper's objective, or coverage or dual-beta if a held-out "
-         "check prefers it; optimization: the paper's objective alone; the others are baselines. "
-         "Every mask is certified from S.")]
+Ratio = Annotated[
+    Optional[float],
+    typer.Option(
+        "--prune-ratio",
+        rich_help_panel=P_TARGET,
+        help="PRUNE this fraction (0 < r < 1) of the training set with the smallest ||sum S_i|| (Eq. 4).",
+    ),
+]
+Count = Annotated[
+    Optional[int],
+    typer.Option(
+        "--prune-count",
+        rich_help_panel=P_TARGET,
+        help="PRUNE exactly this many samples (fewer than n) with the smallest ||sum S_i|| (Eq. 4).",
+    ),
+]
+Solver = Annotated[
+    str,
+    typer.Option(
+        "--solver",
+        metavar="NAME",
+        rich_help_panel=P_SELECT,
+        help="@SOLVERS@: swap = greedy + swap local search; anneal = the paper's annealing; "
+        "brute = exhaustive (n <= 20).",
+    ),
+]
+SolverSeed = Annotated[
+    int,
+    typer.Option(
+        "--solver-seed", rich_help_panel=P_SELECT, help="Seed of the solver / selector (random, anneal, ties)."
+    ),
+]
+TimeBudget = Annotated[
+    Optional[float],
+    typer.Option(
+        "--time-budget",
+        metavar="SECONDS",
+        rich_help_panel=P_SELECT,
+        help="Seconds the solver may spend (results then depend on machine speed). "
+        + default_note("a fixed amount of work"),
+    ),
+]
+Method = Annotated[
+    str,
+    typer.Option(
+        "--method",
+        metavar="NAME",
+        rich_help_panel=P_SELECT,
+        help="Selector: @SELECTORS@. auto: the paper's objective, or coverage or dual-beta if a held-out "
+        "check prefers it; optimization: the paper's objective alone; the others are baselines. "
+        "Every mask is certified from S.",
+    ),
+]
 
 SOLVER_DEFAULT = _config_default(PruneConfig, "solver")
 METHOD_DEFAULT = _config_default(PruneConfig, "method")
 SOLVER_SEED_DEFAULT = _config_default(PruneConfig, "seed")
 
-Balance = Annotated[bool, typer.Option(
-    "--balance/--no-balance", rich_help_panel=P_TUNING, help="optimization / auto: prune the same share of every class.")]
-Strata = Annotated[int, typer.Option(
-    "--strata", rich_help_panel=P_TUNING,
-    help="optimization / auto: prune the same share of each of K difficulty quantile bins (mean training loss); 1 = off.")]
-HardCutoff = Annotated[Optional[str], typer.Option(
-    "--hard-cutoff", metavar="B|auto|Fx", rich_help_panel=P_TUNING,
-    help="optimization / ccs / ccs-loss / d2: prune this share B of all samples (of each class with --balance), hardest first, before selecting; "
-         "auto = CCS's schedule (B = ratio - 0.6 clipped to [0, 0.4]: CCS's published 0.2 at 80 % and 0.3 at 90 % "
-         "pruned); Fx = F times the prune ratio. " + default_note("0 for optimization and --method auto, auto for ccs, ccs-loss, d2"))]
-MatchFeatures = Annotated[bool, typer.Option(
-    "--match-features/--no-match-features", rich_help_panel=P_TUNING,
-    help="optimization / auto: also keep each class / stratum's mean penultimate feature (herding's criterion).")]
-ScoreEpoch = Annotated[Optional[int], typer.Option(
-    "--score-epoch", rich_help_panel=P_TUNING,
-    help="el2n / grand: score the model after this many epochs. "
-         + default_note("10 % of training for el2n, 0 (initialization) for grand"))]
-ScoreSeeds = Annotated[int, typer.Option(
-    "--score-seeds", rich_help_panel=P_TUNING, help="el2n / grand: average over this many training seeds (the authors use 10; 3 is a cost-aware default).")]
-Buckets = Annotated[int, typer.Option(
-    "--buckets", rich_help_panel=P_TUNING,
-    help="optimization / auto: solve K buckets of rows in parallel, then refine on all of S; 1 = unbucketed.")]
-Workers = Annotated[Optional[int], typer.Option(
-    "--workers", rich_help_panel=P_TUNING,
-    help="Worker processes for --buckets; the result does not depend on it. " + default_note("min(K, CPU count)"))]
-
-# ------------------------------------------------------------------ what a prune writes besides the mask
-IndicesOut = Annotated[Optional[Path], typer.Option(
-    "--indices-out", metavar="FILE", rich_help_panel=P_OUTPUT,
-    help="Also write the KEPT indices (.txt or .npy), in the dataset's order.")]
-PathsOut = Annotated[Optional[Path], typer.Option(
-    "--paths-out", metavar="FILE", rich_help_panel=P_OUTPUT,
-    help="imagefolder: also write the KEPT files' paths, one per line.")]
-LinkDir = Annotated[Optional[Path], typer.Option(
-    "--link-dir", metavar="DIR", rich_help_panel=P_OUTPUT,
-    help="imagefolder: lay out the kept subset as a folder of links.")]
-LinkKind = Annotated[str, typer.Option(
-    "--link-kind", metavar="KIND", rich_help_panel=P_BOUNDARY,
-    help="--link-dir: symbolic links, or hard links (the dataset's file system; they outlive a moved source).")]
-LINK_KIND_DEFAULT = "symbolic"
-Labels = Annotated[Optional[Path], typer.Option(
-    "--labels", metavar="FILE", rich_help_panel=P_BOUNDARY,
-    help="External S (an .npy or a non-dpcli .h5): one class per row (.npy, .npz, .h5 or .txt; integers or names), "
-         "for --balance and auto's class quotas.")]
+Balance = Annotated[
+    bool,
+    typer.Option(
+        "--balance/--no-balance",
+        rich_help_panel=P_TUNING,
+        help="optimization / auto: prune the same share of every class.",
+    ),
+]
+Strata = Annotated[
+    int,
+    typer.Option(
+        "--strata",
+        rich_help_panel=P_TUNING,
+        help="optimization / auto: prune the same share of each of K difficulty quantile bins (mean training loss); "
+        "1 = off.",
+    ),
+]
+HardCutoff = Annotated[
+    Optional[str],
+    typer.Option(
+        "--hard-cutoff",
+        metavar="B|auto|Fx",
+        rich_help_panel=P_TUNING,
+        help="optimization / ccs / ccs-loss / d2: prune this share B of all samples (of each class with --balance), "
+        "hardest first, before selecting; "
+        "auto = CCS's schedule (B = ratio - 0.6 clipped to [0, 0.4]: CCS's published 0.2 at 80 % and 0.3 at 90 % "
+        "pruned); Fx = F times the prune ratio. "
+        + default_note("0 for optimization and --method auto, auto for ccs, ccs-loss, d2"),
+    ),
+]
+MatchFeatures = Annotated[
+    bool,
+    typer.Option(
+        "--match-features/--no-match-features",
+        rich_help_panel=P_TUNING,
+        help="optimization / auto: also keep each class / stratum's mean penultimate feature (herding's criterion).",
+    ),
+]
+ScoreEpoch = Annotated[
+    Optional[int],
+    typer.Option(
+        "--score-epoch",
+        rich_help_panel=P_TUNING,
+        help="el2n / grand: score the model after this many epochs. "
+        + default_note("10 % of training for el2n, 0 (initialization) for grand"),
+    ),
+]
+ScoreSeeds = Annotated[
+    int,
+    typer.Option(
+        "--score-seeds",
+        rich_help_panel=P_TUNING,
+        help="el2n / grand: average over this many training seeds (the authors use 10; 3 is a cost-aware default).",
+    ),
+]
+Buckets = Annotated[
+    int,
+    typer.Option(
+        "--buckets",
+        rich_help_panel=P_TUNING,
+        help="optimization / auto: solve K buckets of rows in parallel, then refine on all of S; 1 = unbucketed.",
+    ),
+]
+Workers = Annotated[
+    Optional[int],
+    typer.Option(
+        "--workers",
+        rich_help_panel=P_TUNING,
+        help="Worker processes for --buckets; the result does not depend on it. " + default_note("min(K, CPU count)"),
+    ),
+]
 
 
 def given() -> dict[str, str]:
@@ -388,8 +516,9 @@ def given() -> dict[str, str]:
     if ctx is None:
         return {}
     told = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
-    return {p.name: p.opts[0] for p in ctx.command.params
-            if p.name and p.opts and ctx.get_parameter_source(p.name) in told}
+    return {
+        p.name: p.opts[0] for p in ctx.command.params if p.name and p.opts and ctx.get_parameter_source(p.name) in told
+    }
 
 
 PathT = TypeVar("PathT", str, Path)
@@ -426,151 +555,25 @@ def epoch_list(text: Optional[str], epochs: int) -> tuple[int, ...] | None:
 
 def _snapshot_epochs(panel: str) -> Any:
     return typer.Option(
-        "--snapshot-epochs", metavar="E,E,...", rich_help_panel=panel,
+        "--snapshot-epochs",
+        metavar="E,E,...",
+        rich_help_panel=panel,
         help="Epochs after which to keep a copy of the weights (0 = initialization), for prune --method el2n/grand "
-             "--score-epoch. " + default_note("0 and 10 % of training"))
+        "--score-epoch. " + default_note("0 and 10 % of training"),
+    )
 
 
 def _freeze_backbone(panel: str) -> Any:
     return typer.Option(
-        "--freeze-backbone", rich_help_panel=panel,
+        "--freeze-backbone",
+        rich_help_panel=panel,
         help="Keep the backbone fixed: compute its features once (cached), fit only the last layer as "
-             "L2-regularized softmax regression to convergence (deterministic), and write influence.h5 at once; "
-             "S is then exact (Theorem 1 holds) and retrain is a head refit. L2 = --damping, else --weight-decay.")
+        "L2-regularized softmax regression to convergence (deterministic), and write influence.h5 at once; "
+        "S is then exact (Theorem 1 holds) and retrain is a head refit. L2 = --damping, else --weight-decay.",
+    )
 
 
 SnapshotEpochs = Annotated[Optional[str], _snapshot_epochs(P_TRAIN)]
 DsSnapshotEpochs = Annotated[Optional[str], _snapshot_epochs(P_DS_TRAIN)]
 FreezeBackbone = Annotated[bool, _freeze_backbone(P_MODEL)]
 DsFreezeBackbone = Annotated[bool, _freeze_backbone(P_DS_TRAIN)]
-
-
-# ------------------------------------------------------------------ influence
-INFLUENCE_DEFAULTS = InfluenceConfig()  # what an option left out means (help shows it)
-
-
-def _estimator(panel: str) -> Any:
-    return typer.Option(
-        "--estimator", metavar="NAME", rich_help_panel=panel,
-        help="Influence estimator: @ESTIMATORS@. exact = dense Hessian, Cholesky (cg above "
-             "d = 16384); cg = conjugate gradients; lissa = the paper's; sgd = SGD-Influence (replays training).")
-
-
-def _damping(panel: str) -> Any:
-    return typer.Option(
-        "--damping", rich_help_panel=panel,
-        help="lambda added to the last-layer Hessian. " + default_note("the checkpoint's weight decay; 1e-3 if 0"))
-
-
-def _lissa_depth(panel: str) -> Any:
-    return typer.Option("--lissa-depth", rich_help_panel=panel, help="LiSSA recursion depth.")
-
-
-def _lissa_scale(panel: str) -> Any:
-    return typer.Option("--lissa-scale", rich_help_panel=panel, help="LiSSA scale (above the largest Hessian eigenvalue).")
-
-
-def _lissa_batch_size(panel: str) -> Any:
-    return typer.Option("--lissa-batch-size", rich_help_panel=panel, help="LiSSA minibatch for the stochastic Hessian.")
-
-
-def _lissa_repeats(panel: str) -> Any:
-    return typer.Option("--lissa-repeats", rich_help_panel=panel, help="Independent LiSSA runs averaged.")
-
-
-def _lissa_seed(panel: str) -> Any:
-    return typer.Option("--lissa-seed", rich_help_panel=panel, help="LiSSA sampling seed.")
-
-
-# `influence` shows them under "Estimator", `prune` (and verify-bound's --damping) under dataset mode (Ds...)
-Estimator = Annotated[str, _estimator(P_ESTIMATOR)]
-DsEstimator = Annotated[str, _estimator(P_DS_INFLUENCE)]
-Damping = Annotated[Optional[float], _damping(P_ESTIMATOR)]
-DsDamping = Annotated[Optional[float], _damping(P_DS_INFLUENCE)]
-LissaDepth = Annotated[int, _lissa_depth(P_ESTIMATOR)]
-DsLissaDepth = Annotated[int, _lissa_depth(P_DS_INFLUENCE)]
-LissaScale = Annotated[float, _lissa_scale(P_ESTIMATOR)]
-DsLissaScale = Annotated[float, _lissa_scale(P_DS_INFLUENCE)]
-LissaBatchSize = Annotated[int, _lissa_batch_size(P_ESTIMATOR)]
-DsLissaBatchSize = Annotated[int, _lissa_batch_size(P_DS_INFLUENCE)]
-LissaRepeats = Annotated[int, _lissa_repeats(P_ESTIMATOR)]
-DsLissaRepeats = Annotated[int, _lissa_repeats(P_DS_INFLUENCE)]
-LissaSeed = Annotated[int, _lissa_seed(P_ESTIMATOR)]
-DsLissaSeed = Annotated[int, _lissa_seed(P_DS_INFLUENCE)]
-
-
-@dataclasses.dataclass
-class Estimation:
-    """The estimator options a user gave."""
-
-    estimator: str
-    damping: Optional[float]
-    lissa_depth: int
-    lissa_scale: float
-    lissa_batch_size: int
-    lissa_repeats: int
-    lissa_seed: int
-
-    def config(self, **more: Any) -> InfluenceConfig:
-        """The validated InfluenceConfig (``more``: the command's own estimator settings)."""
-        from dpcli.stages import pipeline
-
-        pipeline.check_estimator(self.estimator)
-        return InfluenceConfig(estimator=self.estimator, damping=self.damping, lissa_depth=self.lissa_depth,
-                               lissa_scale=self.lissa_scale, lissa_batch_size=self.lissa_batch_size,
-                               lissa_repeats=self.lissa_repeats, seed=self.lissa_seed, **more).validate()
-
-
-# how the estimators solve: precision, CG's tolerance and cap, SGD-Influence's epochs, the sketch's seed
-def _precision(panel: str) -> Any:
-    return typer.Option(
-        "--precision", metavar="P", rich_help_panel=panel,
-        help="exact: float64 = Cholesky in float64; float32-refined = float32 Cholesky refined in float64 to "
-             "--cg-tol (GPUs with slow float64); auto = float64 on CPUs and data-centre GPUs (A100/H100/H200), "
-             "float32-refined elsewhere (docs/gpu.md).")
-
-
-def _cg_tol(panel: str) -> Any:
-    return typer.Option(
-        "--cg-tol", rich_help_panel=panel,
-        help="cg (and exact above the dense limit): stop each column at relative residual ||r|| <= TOL ||g_i||.")
-
-
-def _cg_max_iter(panel: str) -> Any:
-    return typer.Option("--cg-max-iter", rich_help_panel=panel, help="cg: iteration cap per chunk (an error if reached).")
-
-
-def _sgd_epochs(panel: str) -> Any:
-    return typer.Option("--sgd-epochs", rich_help_panel=panel,
-                        help="sgd: replay only the last E recorded epochs. " + default_note("all recorded epochs"))
-
-
-def _sketch_seed(panel: str) -> Any:
-    return typer.Option("--sketch-seed", rich_help_panel=panel, help="Seed of the sketch matrix R.")
-
-
-Precision = Annotated[str, _precision(P_ESTIMATOR)]
-DsPrecision = Annotated[str, _precision(P_DS_INFLUENCE)]
-CgTol = Annotated[float, _cg_tol(P_ESTIMATOR)]
-DsCgTol = Annotated[float, _cg_tol(P_DS_INFLUENCE)]
-CgMaxIter = Annotated[int, _cg_max_iter(P_ESTIMATOR)]
-DsCgMaxIter = Annotated[int, _cg_max_iter(P_DS_INFLUENCE)]
-SgdEpochs = Annotated[Optional[int], _sgd_epochs(P_ESTIMATOR)]
-DsSgdEpochs = Annotated[Optional[int], _sgd_epochs(P_DS_INFLUENCE)]
-SketchSeed = Annotated[int, _sketch_seed(P_SCALE)]
-DsSketchSeed = Annotated[int, _sketch_seed(P_DS_INFLUENCE)]
-
-
-@dataclasses.dataclass
-class Solve:
-    """The estimator's solve settings (``influence``, and ``prune`` in dataset mode), named as InfluenceConfig's
-    fields."""
-
-    precision: str
-    cg_tol: float
-    cg_max_iter: int
-    sgd_epochs: Optional[int]
-    sketch_seed: int
-
-    def settings(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)

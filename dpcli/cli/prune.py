@@ -6,12 +6,16 @@ from typing import Annotated, Optional
 import typer
 
 from dpcli import console
+from dpcli.cli import estimation as est
 from dpcli.cli import options as o
+from dpcli.cli import outputs as opt_out
 from dpcli.cli.embeddings import max_iter_option, tol_option
 from dpcli.errors import DpcliError
 
-EPILOG = ("SOURCE is a file when it ends in .h5/.hdf5 or contains a '/', else a dataset name. "
-          "All options (selector tuning, dataset-mode training and influence): dpcli prune --help-all")
+EPILOG = (
+    "SOURCE is a file when it ends in .h5/.hdf5 or contains a '/', else a dataset name. "
+    "All options (selector tuning, dataset-mode training and influence): dpcli prune --help-all"
+)
 
 
 def _cutoff(value: Optional[str], method: str) -> tuple[Optional[float], Optional[float]]:
@@ -28,22 +32,39 @@ def _cutoff(value: Optional[str], method: str) -> tuple[Optional[float], Optiona
             return 0.0, float(text[:-1])
         return float(text), None
     except ValueError:
-        raise DpcliError(f"--hard-cutoff must be a share in [0, 1), 'auto' or F followed by x (F times the prune "
-                         f"ratio), got {value!r}") from None
+        raise DpcliError(
+            f"--hard-cutoff must be a share in [0, 1), 'auto' or F followed by x (F times the prune "
+            f"ratio), got {value!r}"
+        ) from None
 
 
 def _summary(mask) -> dict:
     samples = mask.samples
     return {
-        "mask": str(mask.path), "mode": mask.mode, "target": mask.target, "achieved_norm": mask.norm,
-        "solver": mask.solver, "method": mask.method, "selector": selector_text(mask),
-        "n": samples.total, "n_kept": mask.n_kept, "n_pruned": samples.total - mask.n_kept,
-        "prune_ratio": (samples.total - mask.n_kept) / samples.total, "n_readable": samples.n,
-        "n_unreadable": samples.total - samples.n, "unreadable": samples.unreadable.tolist(),
-        "influence": mask.influence, "checkpoint": mask.checkpoint, "dataset": mask.dataset, "seconds": mask.seconds,
+        "mask": str(mask.path),
+        "mode": mask.mode,
+        "target": mask.target,
+        "achieved_norm": mask.norm,
+        "solver": mask.solver,
+        "method": mask.method,
+        "selector": selector_text(mask),
+        "n": samples.total,
+        "n_kept": mask.n_kept,
+        "n_pruned": samples.total - mask.n_kept,
+        "prune_ratio": (samples.total - mask.n_kept) / samples.total,
+        "n_readable": samples.n,
+        "n_unreadable": samples.total - samples.n,
+        "unreadable": samples.unreadable.tolist(),
+        "influence": mask.influence,
+        "checkpoint": mask.checkpoint,
+        "dataset": mask.dataset,
+        "seconds": mask.seconds,
         **({"auto": mask.auto} if mask.auto is not None else {}),
-        **({"classes_without_kept_samples": mask.classes_without_kept_samples}
-           if mask.classes_without_kept_samples else {}),
+        **(
+            {"classes_without_kept_samples": mask.classes_without_kept_samples}
+            if mask.classes_without_kept_samples
+            else {}
+        ),
         **({"class_shares": mask.class_shares} if mask.class_shares else {}),
     }
 
@@ -68,16 +89,28 @@ def print_mask(mask) -> None:
         f"||sum S_pruned|| = {mask.norm:.4g} ({what}; {selector_text(mask)}; {mask.seconds:.1f}s)"
     )
     if mask.n_unreadable:
-        console.info(f"unreadable: {mask.n_unreadable} file(s) that did not decode are pruned on top of the "
-                     f"selection (--prune-ratio and --prune-count count the {mask.n} readable samples)")
+        console.info(
+            f"unreadable: {mask.n_unreadable} file(s) that did not decode are pruned on top of the "
+            f"selection (--prune-ratio and --prune-count count the {mask.n} readable samples)"
+        )
     console.info(f"mask: {mask.path}  (keep_indices = samples to train on)")
 
 
 # options that act only when SOURCE is a dataset name (they train the model and compute S)
 DATASET_ONLY = ("sketch", "proxy", "freeze_backbone", "snapshot_epochs", "run_root", "max_iter", "tol")
 # training options that only the training loop reads (not a frozen backbone's head fit)
-LOOP_ONLY = ("epochs", "lr", "momentum", "batch_size", "augment", "snapshot_epochs", "channels_last", "compile",
-             "fp32", "deterministic")
+LOOP_ONLY = (
+    "epochs",
+    "lr",
+    "momentum",
+    "batch_size",
+    "augment",
+    "snapshot_epochs",
+    "channels_last",
+    "compile",
+    "fp32",
+    "deterministic",
+)
 
 
 def check_given(given: dict[str, str], kind: str, pcfg) -> None:
@@ -88,9 +121,13 @@ def check_given(given: dict[str, str], kind: str, pcfg) -> None:
     from dpcli.select.registry import SELECTORS
 
     if kind != "dataset":
-        names = [*DATASET_ONLY, *o.field_names(o.Training), *o.field_names(o.Estimation), *o.field_names(o.Solve)]
-        o.refuse(given, names, "they train the model and compute S when SOURCE is a dataset name, and SOURCE is "
-                             f"{'an influence file' if kind == 'influence' else 'an external S'}")
+        names = [*DATASET_ONLY, *o.field_names(o.Training), *o.field_names(est.Estimation), *o.field_names(est.Solve)]
+        o.refuse(
+            given,
+            names,
+            "they train the model and compute S when SOURCE is a dataset name, and SOURCE is "
+            f"{'an influence file' if kind == 'influence' else 'an external S'}",
+        )
     if kind == "external":
         o.refuse(given, ("data_root",), "an external S comes with no dataset to read")
     else:
@@ -112,73 +149,164 @@ def check_given(given: dict[str, str], kind: str, pcfg) -> None:
 
 
 def command(
-    source: Annotated[str, typer.Argument(
-        metavar="SOURCE", show_default=False,
-        help="influence.h5, an S.npy, or a dataset name (train -> influence -> prune).")],
-    epsilon: o.Epsilon = None, prune_ratio: o.Ratio = None, prune_count: o.Count = None,
-    method: o.Method = o.METHOD_DEFAULT, solver: o.Solver = o.SOLVER_DEFAULT,
-    solver_seed: o.SolverSeed = o.SOLVER_SEED_DEFAULT, time_budget: o.TimeBudget = None,
-    labels: o.Labels = None,
-    out: Annotated[Optional[Path], typer.Option(
-        "--out", metavar="FILE", rich_help_panel=o.P_OUTPUT,
-        help="Mask path. " + o.default_note("beside S in the run directory"))] = None,
-    indices_out: o.IndicesOut = None, paths_out: o.PathsOut = None, link_dir: o.LinkDir = None,
-    link_kind: o.LinkKind = o.LINK_KIND_DEFAULT,
-    json: o.JsonOption = False, quiet: o.Quiet = False, device: o.Device = "auto", data_root: o.DataRoot = None,
-    run_root: o.RunRoot = None, force: o.Force = False, no_wait: o.NoWait = False,
-    balance: o.Balance = False, strata: o.Strata = 1, hard_cutoff: o.HardCutoff = None,
-    match_features: o.MatchFeatures = False, score_epoch: o.ScoreEpoch = None, score_seeds: o.ScoreSeeds = 3,
-    buckets: o.Buckets = 1, workers: o.Workers = None,
-    arch: o.DsArch = None, width: o.DsWidth = None, depth: o.DsDepth = None, epochs: o.DsEpochs = None,
-    lr: o.DsLr = None, momentum: o.DsMomentum = None, weight_decay: o.DsWeightDecay = None,
-    batch_size: o.DsBatchSize = None, augment: o.DsAugment = None, image_size: o.DsImageSize = None,
-    weights: o.DsWeights = None, head_module: o.DsHeadModule = None, train_seed: o.DsTrainSeed = o.TRAIN_SEED_DEFAULT,
-    channels_last: o.ChannelsLast = None, compile: o.Compile = False, fp32: o.Fp32 = False,
+    source: Annotated[
+        str,
+        typer.Argument(
+            metavar="SOURCE",
+            show_default=False,
+            help="influence.h5, an S.npy, or a dataset name (train -> influence -> prune).",
+        ),
+    ],
+    epsilon: o.Epsilon = None,
+    prune_ratio: o.Ratio = None,
+    prune_count: o.Count = None,
+    method: o.Method = o.METHOD_DEFAULT,
+    solver: o.Solver = o.SOLVER_DEFAULT,
+    solver_seed: o.SolverSeed = o.SOLVER_SEED_DEFAULT,
+    time_budget: o.TimeBudget = None,
+    labels: opt_out.Labels = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--out",
+            metavar="FILE",
+            rich_help_panel=o.P_OUTPUT,
+            help="Mask path. " + o.default_note("beside S in the run directory"),
+        ),
+    ] = None,
+    indices_out: opt_out.IndicesOut = None,
+    paths_out: opt_out.PathsOut = None,
+    link_dir: opt_out.LinkDir = None,
+    link_kind: opt_out.LinkKind = opt_out.LINK_KIND_DEFAULT,
+    json: o.JsonOption = False,
+    quiet: o.Quiet = False,
+    device: o.Device = "auto",
+    data_root: o.DataRoot = None,
+    run_root: o.RunRoot = None,
+    force: o.Force = False,
+    no_wait: o.NoWait = False,
+    balance: o.Balance = False,
+    strata: o.Strata = 1,
+    hard_cutoff: o.HardCutoff = None,
+    match_features: o.MatchFeatures = False,
+    score_epoch: o.ScoreEpoch = None,
+    score_seeds: o.ScoreSeeds = 3,
+    buckets: o.Buckets = 1,
+    workers: o.Workers = None,
+    arch: o.DsArch = None,
+    width: o.DsWidth = None,
+    depth: o.DsDepth = None,
+    epochs: o.DsEpochs = None,
+    lr: o.DsLr = None,
+    momentum: o.DsMomentum = None,
+    weight_decay: o.DsWeightDecay = None,
+    batch_size: o.DsBatchSize = None,
+    augment: o.DsAugment = None,
+    image_size: o.DsImageSize = None,
+    weights: o.DsWeights = None,
+    head_module: o.DsHeadModule = None,
+    train_seed: o.DsTrainSeed = o.TRAIN_SEED_DEFAULT,
+    channels_last: o.ChannelsLast = None,
+    compile: o.Compile = False,
+    fp32: o.Fp32 = False,
     deterministic: o.Deterministic = False,
     snapshot_epochs: o.DsSnapshotEpochs = None,
     freeze_backbone: o.DsFreezeBackbone = False,
     max_iter: Annotated[Optional[int], max_iter_option(o.P_DS_TRAIN, "Dataset mode, --freeze-backbone")] = None,
     tol: Annotated[Optional[float], tol_option(o.P_DS_TRAIN, "Dataset mode, --freeze-backbone")] = None,
-    estimator: o.DsEstimator = o.INFLUENCE_DEFAULTS.estimator, damping: o.DsDamping = None,
-    lissa_depth: o.DsLissaDepth = o.INFLUENCE_DEFAULTS.lissa_depth,
-    lissa_scale: o.DsLissaScale = o.INFLUENCE_DEFAULTS.lissa_scale,
-    lissa_batch_size: o.DsLissaBatchSize = o.INFLUENCE_DEFAULTS.lissa_batch_size,
-    lissa_repeats: o.DsLissaRepeats = o.INFLUENCE_DEFAULTS.lissa_repeats,
-    lissa_seed: o.DsLissaSeed = o.INFLUENCE_DEFAULTS.seed,
-    precision: o.DsPrecision = o.INFLUENCE_DEFAULTS.precision, cg_tol: o.DsCgTol = o.INFLUENCE_DEFAULTS.cg_tol,
-    cg_max_iter: o.DsCgMaxIter = o.INFLUENCE_DEFAULTS.cg_max_iter, sgd_epochs: o.DsSgdEpochs = None,
-    sketch_seed: o.DsSketchSeed = o.INFLUENCE_DEFAULTS.sketch_seed,
-    sketch: Annotated[Optional[int], typer.Option(
-        "--sketch", metavar="K", rich_help_panel=o.P_DS_INFLUENCE,
-        help="Dataset mode: store S's Johnson-Lindenstrauss sketch S @ R (n x K) and bound the sketched norm. "
-             + o.default_note("the sketch only when the dense S would pass $DPCLI_SOLVE_BUDGET (4G)"))] = None,
-    proxy: Annotated[Optional[str], typer.Option(
-        "--proxy", metavar="ARCH[:EPOCHS]", rich_help_panel=o.P_DS_TRAIN,
-        help="Dataset mode: compute S with this small, fast network and schedule instead of the target's "
-             "(Selection via Proxy); retrain the target on the mask.")] = None,
+    estimator: est.DsEstimator = est.INFLUENCE_DEFAULTS.estimator,
+    damping: est.DsDamping = None,
+    lissa_depth: est.DsLissaDepth = est.INFLUENCE_DEFAULTS.lissa_depth,
+    lissa_scale: est.DsLissaScale = est.INFLUENCE_DEFAULTS.lissa_scale,
+    lissa_batch_size: est.DsLissaBatchSize = est.INFLUENCE_DEFAULTS.lissa_batch_size,
+    lissa_repeats: est.DsLissaRepeats = est.INFLUENCE_DEFAULTS.lissa_repeats,
+    lissa_seed: est.DsLissaSeed = est.INFLUENCE_DEFAULTS.seed,
+    precision: est.DsPrecision = est.INFLUENCE_DEFAULTS.precision,
+    cg_tol: est.DsCgTol = est.INFLUENCE_DEFAULTS.cg_tol,
+    cg_max_iter: est.DsCgMaxIter = est.INFLUENCE_DEFAULTS.cg_max_iter,
+    sgd_epochs: est.DsSgdEpochs = None,
+    sketch_seed: est.DsSketchSeed = est.INFLUENCE_DEFAULTS.sketch_seed,
+    sketch: Annotated[
+        Optional[int],
+        typer.Option(
+            "--sketch",
+            metavar="K",
+            rich_help_panel=o.P_DS_INFLUENCE,
+            help="Dataset mode: store S's Johnson-Lindenstrauss sketch S @ R (n x K) and bound the sketched norm. "
+            + o.default_note("the sketch only when the dense S would pass $DPCLI_SOLVE_BUDGET (4G)"),
+        ),
+    ] = None,
+    proxy: Annotated[
+        Optional[str],
+        typer.Option(
+            "--proxy",
+            metavar="ARCH[:EPOCHS]",
+            rich_help_panel=o.P_DS_TRAIN,
+            help="Dataset mode: compute S with this small, fast network and schedule instead of the target's "
+            "(Selection via Proxy); retrain the target on the mask.",
+        ),
+    ] = None,
 ) -> None:
     """Select the samples to PRUNE and write mask.h5 (keep = train on it); ||sum S_pruned|| is certified from S."""
     from dpcli.config import PruneConfig
     from dpcli.stages import pipeline
     from dpcli.stages.outputs import MaskOutputs
 
-    training = o.Training(arch=arch, width=width, depth=depth, epochs=epochs, lr=lr, momentum=momentum,
-                          weight_decay=weight_decay, batch_size=batch_size, augment=augment, image_size=image_size,
-                          weights=weights, head_module=head_module, train_seed=train_seed,
-                          channels_last=channels_last, compile=compile, fp32=fp32, deterministic=deterministic)
-    estimation = o.Estimation(estimator=estimator, damping=damping, lissa_depth=lissa_depth, lissa_scale=lissa_scale,
-                              lissa_batch_size=lissa_batch_size, lissa_repeats=lissa_repeats, lissa_seed=lissa_seed)
-    solve = o.Solve(precision=precision, cg_tol=cg_tol, cg_max_iter=cg_max_iter, sgd_epochs=sgd_epochs,
-                    sketch_seed=sketch_seed)
-    job = o.Job(json=json, quiet=quiet, device=device, data_root=data_root, run_root=run_root, force=force,
-                no_wait=no_wait)
+    training = o.Training(
+        arch=arch,
+        width=width,
+        depth=depth,
+        epochs=epochs,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        batch_size=batch_size,
+        augment=augment,
+        image_size=image_size,
+        weights=weights,
+        head_module=head_module,
+        train_seed=train_seed,
+        channels_last=channels_last,
+        compile=compile,
+        fp32=fp32,
+        deterministic=deterministic,
+    )
+    estimation = est.Estimation(
+        estimator=estimator,
+        damping=damping,
+        lissa_depth=lissa_depth,
+        lissa_scale=lissa_scale,
+        lissa_batch_size=lissa_batch_size,
+        lissa_repeats=lissa_repeats,
+        lissa_seed=lissa_seed,
+    )
+    solve = est.Solve(
+        precision=precision, cg_tol=cg_tol, cg_max_iter=cg_max_iter, sgd_epochs=sgd_epochs, sketch_seed=sketch_seed
+    )
+    job = o.Job(
+        json=json, quiet=quiet, device=device, data_root=data_root, run_root=run_root, force=force, no_wait=no_wait
+    )
     console.set_quiet(job.quiet)
     source = o.follow(source)
     cutoff, cutoff_ratio = _cutoff(hard_cutoff, method)
-    pcfg = PruneConfig(epsilon=epsilon, ratio=prune_ratio, count=prune_count, solver=solver,
-                       time_budget=time_budget, seed=solver_seed, buckets=buckets, workers=workers, method=method,
-                       balance=balance, strata=strata, cutoff=cutoff, cutoff_ratio=cutoff_ratio,
-                       match_features=match_features, score_epoch=score_epoch, score_seeds=score_seeds)
+    pcfg = PruneConfig(
+        epsilon=epsilon,
+        ratio=prune_ratio,
+        count=prune_count,
+        solver=solver,
+        time_budget=time_budget,
+        seed=solver_seed,
+        buckets=buckets,
+        workers=workers,
+        method=method,
+        balance=balance,
+        strata=strata,
+        cutoff=cutoff,
+        cutoff_ratio=cutoff_ratio,
+        match_features=match_features,
+        score_epoch=score_epoch,
+        score_seeds=score_seeds,
+    )
     pipeline.check_prune(pcfg)
     icfg = estimation.config(sketch_k=sketch, **solve.settings())
     outputs = MaskOutputs(indices=indices_out, paths=paths_out, link_dir=link_dir, link_kind=link_kind).check_options()
@@ -186,16 +314,27 @@ def command(
     from dpcli.cli import embeddings
 
     given = o.given()
-    kind = ("external" if embeddings.is_external_S(source) else "influence" if pipeline.is_artifact_path(source)
-            else "dataset")
+    kind = (
+        "external"
+        if embeddings.is_external_S(source)
+        else "influence"
+        if pipeline.is_artifact_path(source)
+        else "dataset"
+    )
     check_given(given, kind, pcfg)
     head_fit = embeddings.head_fit_settings(tol, max_iter)
     o.epoch_list(snapshot_epochs, 1 << 30)  # its syntax now; its range once the dataset's epochs are known
     if kind == "external":  # an S computed elsewhere: no lineage, still certified from S
         from dpcli.stages.external import prune_external
 
-        mask = prune_external(source, out or Path(source).with_name(f"mask-{Path(source).stem}.h5"), pcfg,
-                              labels=labels, outputs=outputs, info=console.info)
+        mask = prune_external(
+            source,
+            out or Path(source).with_name(f"mask-{Path(source).stem}.h5"),
+            pcfg,
+            labels=labels,
+            outputs=outputs,
+            info=console.info,
+        )
         chain: dict = {"lineage": "none known"}
     elif kind == "influence":
         from dpcli.artifacts.runs import mask_path
@@ -204,24 +343,54 @@ def command(
 
         info = read_influence_info(Path(source))  # kind and shape checks before any work
         pipeline.check_prune(pcfg, info.n)
-        mask = pipeline.run_prune(info.path, pcfg, out or mask_path(info.path, pcfg), outputs,
-                                  device=resolve_device(job.device), data_root=job.data_root)
+        mask = pipeline.run_prune(
+            info.path,
+            pcfg,
+            out or mask_path(info.path, pcfg),
+            outputs,
+            device=resolve_device(job.device),
+            data_root=job.data_root,
+        )
         chain = {}
     else:
-        mask, chain = _dataset_mode(source, pcfg, icfg, job, training, outputs, out, proxy=proxy,
-                                    freeze_backbone=freeze_backbone, snapshot_epochs=snapshot_epochs,
-                                    head_fit=head_fit)
+        mask, chain = _dataset_mode(
+            source,
+            pcfg,
+            icfg,
+            job,
+            training,
+            outputs,
+            out,
+            proxy=proxy,
+            freeze_backbone=freeze_backbone,
+            snapshot_epochs=snapshot_epochs,
+            head_fit=head_fit,
+        )
     print_mask(mask)
     from dpcli.artifacts.runs import link_latest
 
-    link_latest(pipeline.run_root_of(job.run_root),
-                {"train": chain.get("checkpoint"), "influence": chain.get("influence"), "prune": mask.path})
+    link_latest(
+        pipeline.run_root_of(job.run_root),
+        {"train": chain.get("checkpoint"), "influence": chain.get("influence"), "prune": mask.path},
+    )
     if job.json:
         console.emit_json({"command": "prune", **_summary(mask), **chain, **outputs.summary()})
 
 
-def _dataset_mode(source: str, pcfg, icfg, job, training, outputs, out: Optional[Path], *, proxy: Optional[str],
-                  freeze_backbone: bool, snapshot_epochs: Optional[str], head_fit: tuple[float, int]):
+def _dataset_mode(
+    source: str,
+    pcfg,
+    icfg,
+    job,
+    training,
+    outputs,
+    out: Optional[Path],
+    *,
+    proxy: Optional[str],
+    freeze_backbone: bool,
+    snapshot_epochs: Optional[str],
+    head_fit: tuple[float, int],
+):
     """train -> influence -> prune on a dataset name (or Selection via Proxy); the mask and what led to it."""
     from dpcli.artifacts.runs import checkpoint_path, influence_path, mask_path
     from dpcli.stages import pipeline
@@ -237,34 +406,70 @@ def _dataset_mode(source: str, pcfg, icfg, job, training, outputs, out: Optional
         from dpcli.stages.proxy import ProxySpec, select_via_proxy
 
         spec = ProxySpec.parse(proxy)
-        sel = select_via_proxy(ds, tcfg, spec, pcfg, device=dev, run_root=pipeline.run_root_of(job.run_root),
-                               influence_cfg=icfg, force=job.force, out=out, outputs=outputs)
-        return sel.mask, {"proxy": sel.proxy.to_dict(), "proxy_checkpoint": str(sel.checkpoint),
-                          "selection_seconds": sel.seconds, "target": tcfg.to_dict()}
+        sel = select_via_proxy(
+            ds,
+            tcfg,
+            spec,
+            pcfg,
+            device=dev,
+            run_root=pipeline.run_root_of(job.run_root),
+            influence_cfg=icfg,
+            force=job.force,
+            out=out,
+            outputs=outputs,
+        )
+        return sel.mask, {
+            "proxy": sel.proxy.to_dict(),
+            "proxy_checkpoint": str(sel.checkpoint),
+            "selection_seconds": sel.seconds,
+            "target": tcfg.to_dict(),
+        }
     ck_path = checkpoint_path(pipeline.run_root_of(job.run_root), tcfg)
     outputs_vs_run(out, outputs, {"the run's checkpoint": ck_path, "the run's S": influence_path(ck_path, icfg)})
     if freeze_backbone:  # features once, exact head fit, influence.h5 beside them (as `train --freeze-backbone`)
         from dpcli.stages import embeddings
 
-        info = embeddings.freeze_backbone(tcfg, ds, ck_path.parent, device=dev, icfg=icfg, damping=icfg.damping,
-                                          info=console.info, head_fit=head_fit)
-        mask = pipeline.run_prune(info.path, pcfg, out or mask_path(info.path, pcfg), outputs, device=dev,
-                                  data_root=job.data_root, ds=ds)
+        info = embeddings.freeze_backbone(
+            tcfg, ds, ck_path.parent, device=dev, icfg=icfg, damping=icfg.damping, info=console.info, head_fit=head_fit
+        )
+        mask = pipeline.run_prune(
+            info.path, pcfg, out or mask_path(info.path, pcfg), outputs, device=dev, data_root=job.data_root, ds=ds
+        )
         return mask, {"influence": str(info.path), "freeze_backbone": True}
-    run = pipeline.full_run(ds, tcfg, icfg, run_root=job.run_root, device=dev, data_root=job.data_root,
-                            force=job.force, sketch_large=True,
-                            snapshot_epochs=o.epoch_list(snapshot_epochs, tcfg.epochs))
-    mask = pipeline.run_prune(run.influence.path, pcfg, out or mask_path(run.influence.path, pcfg), outputs,
-                              device=dev, data_root=job.data_root, ds=ds)
+    run = pipeline.full_run(
+        ds,
+        tcfg,
+        icfg,
+        run_root=job.run_root,
+        device=dev,
+        data_root=job.data_root,
+        force=job.force,
+        sketch_large=True,
+        snapshot_epochs=o.epoch_list(snapshot_epochs, tcfg.epochs),
+    )
+    mask = pipeline.run_prune(
+        run.influence.path,
+        pcfg,
+        out or mask_path(run.influence.path, pcfg),
+        outputs,
+        device=dev,
+        data_root=job.data_root,
+        ds=ds,
+    )
     final = run.checkpoint.final
     assert final is not None  # dpcli writes a checkpoint once an epoch is recorded
-    return mask, {"checkpoint": str(run.checkpoint_path), "influence": str(run.influence.path),
-                  "test_accuracy": final.test_acc}
+    return mask, {
+        "checkpoint": str(run.checkpoint_path),
+        "influence": str(run.influence.path),
+        "test_accuracy": final.test_acc,
+    }
 
 
 def outputs_vs_run(out: Optional[Path], outputs, run: dict) -> None:
     """The run directory's own artifacts are inputs too: an output naming one is refused before training."""
     from dpcli.stages.outputs import check_distinct
 
-    check_distinct({"--out": out, "--indices-out": outputs.indices, "--paths-out": outputs.paths,
-                    "--link-dir": outputs.link_dir}, run)
+    check_distinct(
+        {"--out": out, "--indices-out": outputs.indices, "--paths-out": outputs.paths, "--link-dir": outputs.link_dir},
+        run,
+    )

@@ -27,7 +27,9 @@ def _value(param: Any) -> str:
     if param.metavar:
         return param.metavar
     shown = str(param.display_type(None)) if hasattr(param, "display_type") else ""
-    return {"<int>": "INTEGER", "<float>": "FLOAT", "<str>": "TEXT", "<Path>": "PATH"}.get(shown, shown.strip("<>").upper())
+    return {"<int>": "INTEGER", "<float>": "FLOAT", "<str>": "TEXT", "<Path>": "PATH"}.get(
+        shown, shown.strip("<>").upper()
+    )
 
 
 def _default(param: Any) -> str:
@@ -70,8 +72,14 @@ def generate() -> str:
     from dpcli.cli.application import app
 
     group = typer.main.get_group(app)
-    lines = [BEGIN, "", "## Every command and option", "",
-             "Generated from the command-line parser itself; `dpcli COMMAND --help-all` prints the same.", ""]
+    lines = [
+        BEGIN,
+        "",
+        "## Every command and option",
+        "",
+        "Generated from the command-line parser itself; `dpcli COMMAND --help-all` prints the same.",
+        "",
+    ]
     for name in COMMANDS:
         lines += command_section(name, group.commands[name])
     return "\n".join([*lines, END]) + "\n"

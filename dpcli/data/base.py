@@ -372,8 +372,14 @@ def load_dataset(
         raise DpcliError(f"--image-size must be a positive integer, got {image_size}")
     root = Path(data_root).expanduser() if data_root is not None else default_data_root()
     source = source_for(name)
-    request = LoadRequest(data_root=root, download=download, progress=progress,
-                          image_size=None if image_size is None else int(image_size), stream=stream, input=input)
+    request = LoadRequest(
+        data_root=root,
+        download=download,
+        progress=progress,
+        image_size=None if image_size is None else int(image_size),
+        stream=stream,
+        input=input,
+    )
     ds = source().load(name.strip(), request)
     return ds if input is None else with_input(ds, input)
 
@@ -383,8 +389,18 @@ def with_input(ds: Dataset, spec: InputSpec) -> Dataset:
     mean, std = tuple(float(v) for v in spec.mean), tuple(float(v) for v in spec.std)
     if ds.channels != len(mean):
         mean, std = (sum(mean) / len(mean),) * ds.channels, (sum(std) / len(std),) * ds.channels
-    out = Dataset(name=ds.name, train=ds.train, test=ds.test, classes=ds.classes, mean=mean, std=std,
-                  augment=ds.augment, skipped=ds.skipped, input=spec, space=ds.space)
+    out = Dataset(
+        name=ds.name,
+        train=ds.train,
+        test=ds.test,
+        classes=ds.classes,
+        mean=mean,
+        std=std,
+        augment=ds.augment,
+        skipped=ds.skipped,
+        input=spec,
+        space=ds.space,
+    )
     if "_fingerprint" in ds.__dict__:
         object.__setattr__(out, "_fingerprint", ds.__dict__["_fingerprint"])
     return out

@@ -46,7 +46,7 @@ def inference_batch(split: Split, device: torch.device | str) -> int:
     batch's activations are host memory on a CPU (1,024 images of 64 px made a 1 GiB-bounded train
     stage run out of memory), and CPU throughput stops growing far below that size anyway.
     """
-    per_row = 4 * split.images.shape[3] * split.out_size ** 2
+    per_row = 4 * split.images.shape[3] * split.out_size**2
     budget = _INFERENCE_INPUT_BYTES["cuda" if torch.device(device).type == "cuda" else "cpu"]
     return int(max(32, min(INFERENCE_BATCH, budget // per_row)))
 
@@ -129,8 +129,9 @@ def _device_tensors(split: Split, device: torch.device) -> tuple[Tensor, Tensor]
 class _BatchReader(torch.utils.data.Dataset):
     """Task k = the uint8 images and labels of batch k (read in a worker process)."""
 
-    def __init__(self, images: DiskImages, labels: np.ndarray, order: np.ndarray, batch_size: int,
-                 part: "Part | None" = None) -> None:
+    def __init__(
+        self, images: DiskImages, labels: np.ndarray, order: np.ndarray, batch_size: int, part: "Part | None" = None
+    ) -> None:
         self.images, self.labels, self.order, self.batch_size, self.part = images, labels, order, batch_size, part
 
     def __len__(self) -> int:
@@ -155,8 +156,14 @@ def batch_rows(start: int, batch_size: int, n: int, part: Part | None) -> tuple[
     return start + lo, start + hi
 
 
-def _raw_batches(split: Split, order: np.ndarray, batch_size: int, device: torch.device,
-                 workers: int | None, part: Part | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+def _raw_batches(
+    split: Split,
+    order: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+    workers: int | None,
+    part: Part | None = None,
+) -> Iterator[tuple[Tensor, Tensor]]:
     """uint8 NHWC images and labels of each batch of ``order`` (this rank's rows of it), on ``device``."""
     resident = _device_tensors(split, device)
     if resident is not None:
@@ -176,9 +183,15 @@ def _raw_batches(split: Split, order: np.ndarray, batch_size: int, device: torch
     n_workers = loader_workers() if workers is None else workers
     reader = _BatchReader(images, split.labels, order, batch_size, part)
     loader = torch.utils.data.DataLoader(
-        reader, batch_size=None, shuffle=False, num_workers=n_workers, pin_memory=device.type == "cuda",
+        reader,
+        batch_size=None,
+        shuffle=False,
+        num_workers=n_workers,
+        pin_memory=device.type == "cuda",
         prefetch_factor=4 if n_workers else None,
-        multiprocessing_context="fork" if n_workers and "fork" in torch.multiprocessing.get_all_start_methods() else None,
+        multiprocessing_context="fork"
+        if n_workers and "fork" in torch.multiprocessing.get_all_start_methods()
+        else None,
     )
     for xb, yb in loader:
         yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
@@ -250,8 +263,9 @@ def iterate_batches(
     order_t = torch.from_numpy(order)
     trim = heap_trimmer() if split.streamed else None  # in memory, the data fit: keep the fastest path
 
-    for start, (xb, yb) in zip(range(0, order.size, batch_size),
-                               _raw_batches(split, order, batch_size, device, workers, part)):
+    for start, (xb, yb) in zip(
+        range(0, order.size, batch_size), _raw_batches(split, order, batch_size, device, workers, part)
+    ):
         if trim is not None:
             trim(xb.numel() * xb.element_size())
         idx = order_t[start : start + batch_size]
@@ -290,8 +304,9 @@ def _crop_flip(xb: Tensor, offsets: Tensor, flips: Tensor, pad: int) -> Tensor:
     return padded[bidx, rows[:, :, None], cols[:, None, :]]
 
 
-def random_resized_crop_params(b: int, h: int, w: int, generator: torch.Generator | None,
-                               gdev: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def random_resized_crop_params(
+    b: int, h: int, w: int, generator: torch.Generator | None, gdev: torch.device
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """torchvision's RandomResizedCrop.get_params for ``b`` images at once: ``(top, left, height, width)``.
 
     Draws ``u = rand(b, 10, 2)`` (scale, log-ratio per try) then ``pos = rand(b, 2)`` (top, left).
@@ -344,8 +359,9 @@ def _weights(lo: Tensor, hi: Tensor, frac: Tensor, length: int) -> Tensor:
     return w
 
 
-def resized_crop(xb: Tensor, top: Tensor, left: Tensor, height: Tensor, width: Tensor, size: int,
-                 flips: Tensor | None = None) -> Tensor:
+def resized_crop(
+    xb: Tensor, top: Tensor, left: Tensor, height: Tensor, width: Tensor, size: int, flips: Tensor | None = None
+) -> Tensor:
     """Crop box b of image b and resize it bilinearly to ``size x size`` (then mirror where ``flips``).
 
     NHWC uint8 in, NCHW float32 (0..255) out; per image equal to ``F.interpolate(crop, size,

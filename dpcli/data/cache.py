@@ -80,9 +80,17 @@ def build_workers() -> int:
     return cache_workers()
 
 
-def open_or_build(path: Path, files: Sequence[str], labels: np.ndarray, n_train: int, image_size: int | None,
-                  progress: Progress | None = None, workers: int | None = None,
-                  decoder: str | None = None, resize: tuple[int, str] | None = None) -> CacheInfo:
+def open_or_build(
+    path: Path,
+    files: Sequence[str],
+    labels: np.ndarray,
+    n_train: int,
+    image_size: int | None,
+    progress: Progress | None = None,
+    workers: int | None = None,
+    decoder: str | None = None,
+    resize: tuple[int, str] | None = None,
+) -> CacheInfo:
     """The cache at ``path`` for ``files`` (train first), building or resuming it if needed.
 
     ``decoder``: ``"pil"`` (worker processes) or a torch device for batched ``decode_jpeg``
@@ -102,8 +110,9 @@ def open_or_build(path: Path, files: Sequence[str], labels: np.ndarray, n_train:
         from dpcli.data import jpeg
 
         decoder = jpeg.decoder(files, workers=workers, side=None if image_size is None else stored_side(image_size))
-    _build(path, list(files), np.asarray(labels, dtype=np.int64), n_train, image_size, progress, workers, decoder,
-           resize)
+    _build(
+        path, list(files), np.asarray(labels, dtype=np.int64), n_train, image_size, progress, workers, decoder, resize
+    )
     info = read_cache(path)
     if info is None:  # pragma: no cover - just written
         raise DpcliError(f"{path}: the image cache just written cannot be read back")
@@ -123,10 +132,17 @@ def read_cache(path: Path) -> CacheInfo | None:
             crop = int(a["crop"])
             h, w, c = (int(s) for s in f["images"].shape[1:])
             return CacheInfo(
-                path=path, offset=int(offset), row_shape=(h, w, c),
-                labels=f["labels"][()], train_rows=f["train_rows"][()], test_rows=f["test_rows"][()],
-                crop=crop or None, mean=tuple(float(v) for v in a["mean"]), std=tuple(float(v) for v in a["std"]),
-                fingerprint=str(a["fingerprint"]), skipped=tuple(tuple(s) for s in _get_json(f, "skipped", [])),
+                path=path,
+                offset=int(offset),
+                row_shape=(h, w, c),
+                labels=f["labels"][()],
+                train_rows=f["train_rows"][()],
+                test_rows=f["test_rows"][()],
+                crop=crop or None,
+                mean=tuple(float(v) for v in a["mean"]),
+                std=tuple(float(v) for v in a["std"]),
+                fingerprint=str(a["fingerprint"]),
+                skipped=tuple(tuple(s) for s in _get_json(f, "skipped", [])),
             )
     except Exception:
         return None
@@ -213,8 +229,13 @@ def _probe(files: list[str], workers: int) -> list[imageio.Tagged]:
     return [r for chunk in out for r in chunk]
 
 
-def _storage(files: list[str], probes: list[imageio.Tagged], n_train: int, image_size: int | None,
-             resize: tuple[int, str] | None = None) -> tuple[tuple[int, int, int], bool]:
+def _storage(
+    files: list[str],
+    probes: list[imageio.Tagged],
+    n_train: int,
+    image_size: int | None,
+    resize: tuple[int, str] | None = None,
+) -> tuple[tuple[int, int, int], bool]:
     """Row shape and grayscale flag from the headers; one line naming the culprit otherwise."""
     ok = [(p, r[1]) for p, r in zip(files, probes) if r[0] == "ok"]
     if not any(r[0] == "ok" for r in probes[:n_train]):
@@ -243,7 +264,11 @@ def _open_partial(path: Path, key: dict, n: int, row_shape: tuple[int, int, int]
     if path.exists():
         try:
             f = h5py.File(path, "r+")
-            if f.attrs.get("build") == stamp and f["images"].shape == (n, *row_shape) and f["done"].shape == (n_blocks,):
+            if (
+                f.attrs.get("build") == stamp
+                and f["images"].shape == (n, *row_shape)
+                and f["done"].shape == (n_blocks,)
+            ):
                 return f
             f.close()
         except Exception:  # killed while HDF5 metadata were written: start over
@@ -265,9 +290,17 @@ def _open_partial(path: Path, key: dict, n: int, row_shape: tuple[int, int, int]
     return f
 
 
-def _build(path: Path, files: list[str], labels: np.ndarray, n_train: int, image_size: int | None,
-           progress: Progress | None, workers: int, decoder: str = "pil",
-           resize: tuple[int, str] | None = None) -> None:
+def _build(
+    path: Path,
+    files: list[str],
+    labels: np.ndarray,
+    n_train: int,
+    image_size: int | None,
+    progress: Progress | None,
+    workers: int,
+    decoder: str = "pil",
+    resize: tuple[int, str] | None = None,
+) -> None:
     total = len(files)
     probes = _probe(files, workers)
     for p, r in zip(files, probes):
@@ -308,8 +341,10 @@ def _build(path: Path, files: list[str], labels: np.ndarray, n_train: int, image
                 if tag == "skip":
                     skips.append([i, value])
                 elif value.shape != row_shape:  # header and pixels disagree
-                    raise DpcliError(f"Image {files[i]} decodes to {value.shape[1]}x{value.shape[0]} pixels, "
-                                     f"expected {row_shape[1]}x{row_shape[0]}; use --image-size N.")
+                    raise DpcliError(
+                        f"Image {files[i]} decodes to {value.shape[1]}x{value.shape[0]} pixels, "
+                        f"expected {row_shape[1]}x{row_shape[0]}; use --image-size N."
+                    )
                 else:
                     arr[i - lo] = value
             images[lo:hi] = arr
@@ -339,8 +374,17 @@ def _build(path: Path, files: list[str], labels: np.ndarray, n_train: int, image
     publish(partial, path)  # fsync, rename, fsync the directory: the one way artifacts appear
 
 
-def _finalize(f, partial: Path, files: list[str], probes: list[imageio.Tagged], labels: np.ndarray, n_train: int,
-              image_size: int | None, row_shape: tuple[int, int, int], n_blocks: int) -> None:
+def _finalize(
+    f,
+    partial: Path,
+    files: list[str],
+    probes: list[imageio.Tagged],
+    labels: np.ndarray,
+    n_train: int,
+    image_size: int | None,
+    row_shape: tuple[int, int, int],
+    n_blocks: int,
+) -> None:
     """Index, statistics and fingerprint of the completed rows; mark the file complete."""
     valid = np.array([r[0] == "ok" for r in probes], dtype=bool)
     skipped = {i: r[1] for i, r in enumerate(probes) if r[0] == "skip"}

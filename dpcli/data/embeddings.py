@@ -20,6 +20,7 @@ from dpcli.select.linalg import float32_rows, nonfinite_rows
 
 SOURCE = "embeddings"  # the influence artifact's ``source`` for S fitted on features
 
+
 def file_sha256(path: Path) -> str:
     """Lineage of an input file: the hash of its bytes (streamed, any size)."""
     h = hashlib.sha256()
@@ -50,8 +51,10 @@ def load_array(path: Path | str, what: str, keys: tuple[str, ...]) -> np.ndarray
                 return np.asarray(f[_pick(names, keys, path, what)][()])
     except (ValueError, OSError) as exc:
         if "Python objects" in str(exc) or "allow_pickle" in str(exc):
-            raise DpcliError(f"{path}: {what} are stored as Python objects, which dpcli does not unpickle; save "
-                             f"them as numbers or strings, e.g. np.save(path, np.asarray(labels, dtype=str))") from None
+            raise DpcliError(
+                f"{path}: {what} are stored as Python objects, which dpcli does not unpickle; save "
+                f"them as numbers or strings, e.g. np.save(path, np.asarray(labels, dtype=str))"
+            ) from None
         raise DpcliError(f"{path}: cannot read {what} ({exc})") from None
     raise DpcliError(f"{path}: {what} must be a .npy, .npz or .h5 file")
 
@@ -98,7 +101,9 @@ def check_labels(y: np.ndarray, n: int, num_classes: int | None, path: str) -> n
     return y
 
 
-def encode_labels(y: np.ndarray, classes: tuple[str, ...] | None, path: str) -> tuple[np.ndarray, tuple[str, ...] | None]:
+def encode_labels(
+    y: np.ndarray, classes: tuple[str, ...] | None, path: str
+) -> tuple[np.ndarray, tuple[str, ...] | None]:
     """Class names (a string array) as indices into ``classes``, by default their sorted distinct values, as
     a text or audio pipeline usually stores them; integer labels are returned as they are."""
     y = np.asarray(y)
@@ -140,8 +145,14 @@ class Embeddings:
         return array_fingerprint(self.x, self.y)
 
 
-def from_arrays(x: np.ndarray, y: np.ndarray, x_test: np.ndarray | None = None, y_test: np.ndarray | None = None,
-                num_classes: int | None = None, lineage: dict[str, Any] | None = None) -> Embeddings:
+def from_arrays(
+    x: np.ndarray,
+    y: np.ndarray,
+    x_test: np.ndarray | None = None,
+    y_test: np.ndarray | None = None,
+    num_classes: int | None = None,
+    lineage: dict[str, Any] | None = None,
+) -> Embeddings:
     """Validate in-memory features and labels (the API's entry point)."""
     feats = check_features(np.asarray(x) if not isinstance(x, np.memmap) else x, "features")
     y, classes = encode_labels(y, None, "labels")
@@ -167,26 +178,37 @@ def _check_classes(labels: np.ndarray, num_classes: int, *, declared: bool) -> N
         raise DpcliError(f"labels: every sample has class {int(used[0])}; pruning needs at least two classes")
     if len(used) < num_classes:
         gap = int(np.setdiff1d(np.arange(num_classes), used)[0])
-        text = (f"the labels use {len(used)} of the {num_classes} class indices 0..{num_classes - 1} (none is {gap}"
-                f"; the largest is {int(used[-1])}); every index is a class of the last layer (S gets {num_classes} x "
-                "(D + 1) columns and the unused ones get no sample)")
+        text = (
+            f"the labels use {len(used)} of the {num_classes} class indices 0..{num_classes - 1} (none is {gap}"
+            f"; the largest is {int(used[-1])}); every index is a class of the last layer (S gets {num_classes} x "
+            "(D + 1) columns and the unused ones get no sample)"
+        )
         if not declared:
-            raise DpcliError(f"labels: {text}; give indices 0..C-1 or class names (strings), or declare the classes "
-                             "(num_classes=C in the API)")
+            raise DpcliError(
+                f"labels: {text}; give indices 0..C-1 or class names (strings), or declare the classes "
+                "(num_classes=C in the API)"
+            )
         import warnings
 
         warnings.warn(f"dpcli: {text}", stacklevel=3)
 
 
-def load_embeddings(features: Path, labels: Path, test_features: Path | None = None,
-                    test_labels: Path | None = None, num_classes: int | None = None) -> Embeddings:
+def load_embeddings(
+    features: Path,
+    labels: Path,
+    test_features: Path | None = None,
+    test_labels: Path | None = None,
+    num_classes: int | None = None,
+) -> Embeddings:
     """Read and validate the files of ``influence --features``; lineage is their paths and hashes."""
     lineage: dict[str, Any] = {}
     arrays: dict[str, np.ndarray | None] = {}
-    for key, path, keys in (("features", features, ("features", "x", "X", "embeddings")),
-                            ("labels", labels, ("labels", "y")),
-                            ("test_features", test_features, ("features", "x", "X", "embeddings")),
-                            ("test_labels", test_labels, ("labels", "y"))):
+    for key, path, keys in (
+        ("features", features, ("features", "x", "X", "embeddings")),
+        ("labels", labels, ("labels", "y")),
+        ("test_features", test_features, ("features", "x", "X", "embeddings")),
+        ("test_labels", test_labels, ("labels", "y")),
+    ):
         if path is None:
             arrays[key] = None
             continue
@@ -198,10 +220,11 @@ def load_embeddings(features: Path, labels: Path, test_features: Path | None = N
     if x.ndim != 2:
         raise DpcliError(f"{features}: features must be 2-D (n samples x D dimensions), got shape {x.shape}")
     if np.asarray(y).shape[0] != x.shape[0]:
-        raise DpcliError(f"{labels}: {np.asarray(y).shape[0]} labels for {x.shape[0]} feature rows "
-                         f"in {features}; they must have the same length")
+        raise DpcliError(
+            f"{labels}: {np.asarray(y).shape[0]} labels for {x.shape[0]} feature rows "
+            f"in {features}; they must have the same length"
+        )
     return from_arrays(x, y, arrays["test_features"], arrays["test_labels"], num_classes, lineage)
-
 
 
 def is_embeddings_run(influence: Path | str) -> bool:
@@ -234,11 +257,14 @@ def reload_embeddings(influence: Path | str) -> tuple[Embeddings, float]:
                 raise DpcliError(f"{path}: changed since {influence} was computed (hash differs); rerun influence")
     if "features" not in lineage:
         raise DpcliError(f"{influence}: computed from in-memory features; refit them with dpcli.api")
-    emb = load_embeddings(Path(lineage["features"]), Path(lineage["labels"]),
-                          Path(lineage["test_features"]) if "test_features" in lineage else None,
-                          Path(lineage["test_labels"]) if "test_labels" in lineage else None, num_classes=c)
+    emb = load_embeddings(
+        Path(lineage["features"]),
+        Path(lineage["labels"]),
+        Path(lineage["test_features"]) if "test_features" in lineage else None,
+        Path(lineage["test_labels"]) if "test_labels" in lineage else None,
+        num_classes=c,
+    )
     return emb, damping
-
 
 
 def load_external_S(path: Path | str) -> tuple[np.ndarray, np.ndarray | None]:

@@ -79,9 +79,7 @@ def center_square_box(w: int, h: int, side: int, crop: int) -> tuple[int, int, i
     return rw, rh, int(round((rw - crop) / 2.0)) - inner, int(round((rh - crop) / 2.0)) - inner
 
 
-def resize_center_square(
-    im: PIL.Image.Image, side: int, crop: int, interpolation: str = "bilinear"
-) -> PIL.Image.Image:
+def resize_center_square(im: PIL.Image.Image, side: int, crop: int, interpolation: str = "bilinear") -> PIL.Image.Image:
     """Resize the shorter side to ``side`` (torchvision's Resize), then cut the ``side x side`` square whose
     central ``crop x crop`` (offset ``round((side - crop) / 2)``) is exactly torchvision's CenterCrop(crop)."""
     from PIL import Image

@@ -33,8 +33,26 @@ from dpcli.errors import DpcliError
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 # image formats torchvision's ImageFolder (and so dpcli) does not read: left out, but named in a warning,
 # since a user who put them there meant them as data (metadata such as .txt or .xml is left out silently)
-OTHER_IMAGE_EXTENSIONS = (".gif", ".jfif", ".jpe", ".apng", ".avif", ".heic", ".heif", ".ico", ".jp2", ".j2k",
-                          ".tga", ".dib", ".pbm", ".pnm", ".qoi", ".dng", ".cr2", ".nef")
+OTHER_IMAGE_EXTENSIONS = (
+    ".gif",
+    ".jfif",
+    ".jpe",
+    ".apng",
+    ".avif",
+    ".heic",
+    ".heif",
+    ".ico",
+    ".jp2",
+    ".j2k",
+    ".tga",
+    ".dib",
+    ".pbm",
+    ".pnm",
+    ".qoi",
+    ".dng",
+    ".cr2",
+    ".nef",
+)
 DEVKIT = "ILSVRC2012_devkit_t12"
 META_FILE = "meta.bin"  # torchvision.datasets.imagenet.META_FILE
 
@@ -115,8 +133,9 @@ def _top_images(folder: Path) -> list[str]:
     return sorted(str(p) for p in folder.iterdir() if not p.name.startswith(".") and p.is_file() and _is_image(p.name))
 
 
-def _class_split(split_dir: Path, classes: tuple[str, ...], name: str,
-                 passed_over: list[str] | None = None) -> list[tuple[str, int]]:
+def _class_split(
+    split_dir: Path, classes: tuple[str, ...], name: str, passed_over: list[str] | None = None
+) -> list[tuple[str, int]]:
     index = {c: i for i, c in enumerate(classes)}
     items: list[tuple[str, int]] = []
     stray = _top_images(split_dir)
@@ -129,8 +148,10 @@ def _class_split(split_dir: Path, classes: tuple[str, ...], name: str,
             )
         files = list_images(str(sub), passed_over)
         if name == "train" and not files:
-            raise DpcliError(f"Train class folder {sub} contains no images ({', '.join(IMG_EXTENSIONS)}); "
-                             "ImageFolder counts every sub-folder of train/ as a class, hidden ones too.")
+            raise DpcliError(
+                f"Train class folder {sub} contains no images ({', '.join(IMG_EXTENSIONS)}); "
+                "ImageFolder counts every sub-folder of train/ as a class, hidden ones too."
+            )
         items.extend((p, index[sub.name]) for p in files)
     if not items:
         raise DpcliError(f"The {name} split {split_dir} contains no images in class sub-folders.")

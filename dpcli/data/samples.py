@@ -84,8 +84,12 @@ class SampleSpace:
 
     # ------------------------------------------------------------------ in artifacts
     def attrs(self) -> dict[str, Any]:
-        return {"n_samples": self.total, "n_unreadable": self.total - self.n, "sample_source": self.source,
-                "sample_listing": self.listing}
+        return {
+            "n_samples": self.total,
+            "n_unreadable": self.total - self.n,
+            "sample_source": self.source,
+            "sample_listing": self.listing,
+        }
 
     def write(self, f: "h5py.File") -> None:
         """The map as a dataset and attributes of an artifact being written (``dpcli.artifacts.h5.atomic_h5``)."""
@@ -104,9 +108,16 @@ class SampleSpace:
             return cls.identity(n)
         rows = np.asarray(f[ROWS][()])
         total = get_attr(f, "n_samples")
-        if (rows.ndim != 1 or rows.shape[0] != n or not np.issubdtype(rows.dtype, np.integer)
-                or not isinstance(total, int) or (n and (rows[0] < 0 or rows[-1] >= total))
-                or np.any(np.diff(rows) <= 0)):
-            raise DpcliError(f"{where}: damaged sample index (it must map its {n} rows, in order, into the "
-                             f"n_samples = {total} samples); recompute it")
+        if (
+            rows.ndim != 1
+            or rows.shape[0] != n
+            or not np.issubdtype(rows.dtype, np.integer)
+            or not isinstance(total, int)
+            or (n and (rows[0] < 0 or rows[-1] >= total))
+            or np.any(np.diff(rows) <= 0)
+        ):
+            raise DpcliError(
+                f"{where}: damaged sample index (it must map its {n} rows, in order, into the "
+                f"n_samples = {total} samples); recompute it"
+            )
         return cls(rows, total, str(get_attr(f, "sample_source", "")), str(get_attr(f, "sample_listing", "")))

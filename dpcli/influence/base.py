@@ -64,9 +64,17 @@ class Estimator:
     def check(self, checkpoint: Path) -> None:
         """Fail before any work when the checkpoint lacks what this estimator needs."""
 
-    def solve(self, problem: LastLayer, *, damping: float, rows: tuple[int, int], sink: Sink,
-              progress: Progress | None = None, info: Callable[[str], None] | None = None,
-              chunk_size: int = 4096) -> dict[str, Any]:
+    def solve(
+        self,
+        problem: LastLayer,
+        *,
+        damping: float,
+        rows: tuple[int, int],
+        sink: Sink,
+        progress: Progress | None = None,
+        info: Callable[[str], None] | None = None,
+        chunk_size: int = 4096,
+    ) -> dict[str, Any]:
         """Stream rows ``[start, stop)`` of S to ``sink(global_row_start, float32 rows)``.
 
         Returns attributes to record in ``influence.h5`` (at least ``solver``: what actually ran).

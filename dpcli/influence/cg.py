@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dpcli.errors import DpcliError
 from dpcli.influence import kernels as infl
 from dpcli.influence.kernels import grid_chunks
-from dpcli.errors import DpcliError
 
 Sink = Callable[[int, np.ndarray], None]
 Progress = Callable[[int, int], None]
@@ -80,8 +80,9 @@ class KroneckerPreconditioner:
         self.inv = 1.0 / (a_vals.clamp_min(0)[:, None] * f_vals.clamp_min(0)[None, :] + damping)
 
     @classmethod
-    def at(cls, features: Tensor, w: Tensor, b: Tensor, damping: float,
-           chunk_rows: int = 4096) -> "KroneckerPreconditioner":
+    def at(
+        cls, features: Tensor, w: Tensor, b: Tensor, damping: float, chunk_rows: int = 4096
+    ) -> "KroneckerPreconditioner":
         """Both factors from every row of ``features`` at the layer ``(w, b)``."""
         n, dim = features.shape
         c = w.shape[0]
@@ -89,7 +90,7 @@ class KroneckerPreconditioner:
         a_sum = torch.zeros(c, c, dtype=_F64, device=dev)
         f_sum = torch.zeros(dim + 1, dim + 1, dtype=_F64, device=dev)
         for start in range(0, n, chunk_rows):
-            phi = features[start:start + chunk_rows].detach().to(_F64)
+            phi = features[start : start + chunk_rows].detach().to(_F64)
             p = infl.probs(phi, w, b)
             a_sum += torch.diag(p.sum(0)) - p.T @ p
             phi_t = torch.cat([phi, torch.ones(phi.shape[0], 1, dtype=_F64, device=dev)], dim=1)
@@ -110,7 +111,7 @@ def _aug_hvp(features: Tensor, w: Tensor, b: Tensor, x: Tensor, rows_per_chunk: 
     flat = x.reshape(r * c, aug)
     out = torch.zeros(r * c, aug, dtype=_F64, device=features.device)
     for start in range(0, n, rows_per_chunk):
-        phi = features[start:start + rows_per_chunk].detach().to(_F64)
+        phi = features[start : start + rows_per_chunk].detach().to(_F64)
         rows = phi.shape[0]
         p = infl.probs(phi, w, b)
         phi_t = torch.cat([phi, torch.ones(rows, 1, dtype=_F64, device=phi.device)], dim=1)
@@ -129,11 +130,20 @@ def _aug_grads(phi: Tensor, e: Tensor) -> Tensor:
 def _to_public(x: Tensor) -> Tensor:
     """``(r, C, D+1)`` -> ``(r, d)`` ordered ``[W row-major, b]``."""
     r, c, aug = x.shape
-    return torch.cat([x[:, :, :aug - 1].reshape(r, -1), x[:, :, aug - 1]], dim=1)
+    return torch.cat([x[:, :, : aug - 1].reshape(r, -1), x[:, :, aug - 1]], dim=1)
 
 
-def block_cg(features: Tensor, w: Tensor, b: Tensor, rhs: Tensor, damping: float, tol: float, max_iter: int,
-             precond: KroneckerPreconditioner | None, rows_per_chunk: int) -> tuple[Tensor, int, float]:
+def block_cg(
+    features: Tensor,
+    w: Tensor,
+    b: Tensor,
+    rhs: Tensor,
+    damping: float,
+    tol: float,
+    max_iter: int,
+    precond: KroneckerPreconditioner | None,
+    rows_per_chunk: int,
+) -> tuple[Tensor, int, float]:
     """Solve ``(H + damping I) X = rhs`` column by column (vectorised), rhs ``(r, C, D+1)``.
 
     Returns ``(X, iterations, max relative residual)``; raises if ``max_iter`` is reached.
@@ -172,11 +182,21 @@ def block_cg(features: Tensor, w: Tensor, b: Tensor, rhs: Tensor, damping: float
     return x, it, float(rel.max()) if r else 0.0
 
 
-def cg_influence(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, damping: float,
-                 tol: float = DEFAULT_TOL, max_iter: int = DEFAULT_MAX_ITER, chunk_size: int = 4096,
-                 sink: Sink | None = None, progress: Progress | None = None,
-                 rows: tuple[int, int] | None = None, preconditioner: str = "kronecker",
-                 stats: CGStats | None = None) -> np.ndarray | None:
+def cg_influence(
+    features: Tensor,
+    labels: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    damping: float,
+    tol: float = DEFAULT_TOL,
+    max_iter: int = DEFAULT_MAX_ITER,
+    chunk_size: int = 4096,
+    sink: Sink | None = None,
+    progress: Progress | None = None,
+    rows: tuple[int, int] | None = None,
+    preconditioner: str = "kronecker",
+    stats: CGStats | None = None,
+) -> np.ndarray | None:
     """``S_i = (1/n) (H + damping I)^{-1} g_i`` by preconditioned CG, to relative residual ``tol``.
 
     Same conventions as :func:`dpcli.influence.kernels.exact_influence` (float32 chunks to
@@ -212,15 +232,26 @@ def cg_influence(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor,
         if stats is not None:
             stats.iterations.append(its)
             stats.max_relative_residual = max(stats.max_relative_residual, worst)
-        solved = _to_public(x[start - g_start:stop - g_start]).div_(n)
+        solved = _to_public(x[start - g_start : stop - g_start]).div_(n)
         infl.emit(sink, out, start - (0 if sink is not None else row_start), solved)
         if progress is not None:
             progress(stop - row_start, total)
     return out
 
 
-def sketched_rows(x: Tensor, y: Tensor, w: Tensor, b: Tensor, damping: float, sketch, *, tol: float,
-                  max_iter: int, sink: Sink, progress: Progress | None = None) -> dict:
+def sketched_rows(
+    x: Tensor,
+    y: Tensor,
+    w: Tensor,
+    b: Tensor,
+    damping: float,
+    sketch,
+    *,
+    tol: float,
+    max_iter: int,
+    sink: Sink,
+    progress: Progress | None = None,
+) -> dict:
     """``S R`` without S: solve ``(H + damping I) Y = R`` (k columns, preconditioned CG), then
     ``(S R)_i = g_i^T Y / n`` chunk by chunk.  Cost O(k n d) instead of one CG solve per sample."""
     n, dim = x.shape
@@ -228,8 +259,8 @@ def sketched_rows(x: Tensor, y: Tensor, w: Tensor, b: Tensor, damping: float, sk
     r = torch.from_numpy(sketch.matrix()).to(device=x.device, dtype=_F64)  # (d, k) public order
     k = r.shape[1]
     rhs = torch.empty(k, c, dim + 1, dtype=_F64, device=x.device)  # augmented layout
-    rhs[:, :, :dim] = r[:c * dim].T.reshape(k, c, dim)
-    rhs[:, :, dim] = r[c * dim:].T
+    rhs[:, :, :dim] = r[: c * dim].T.reshape(k, c, dim)
+    rhs[:, :, dim] = r[c * dim :].T
     precond = KroneckerPreconditioner.at(x, w, b, damping)
     rows_per_chunk = max(1, (1 << 23) // (k * c))
     yy, iters, worst = block_cg(x, w, b, rhs, damping, tol, max_iter, precond, rows_per_chunk)
@@ -237,8 +268,8 @@ def sketched_rows(x: Tensor, y: Tensor, w: Tensor, b: Tensor, damping: float, sk
     yb = yy[:, :, dim].T  # (C, k)
     step = max(1, (1 << 24) // (c * k))
     for a in range(0, n, step):
-        phi = x[a:a + step].to(_F64)
-        e = infl.residuals(phi, y[a:a + step], w, b)
+        phi = x[a : a + step].to(_F64)
+        e = infl.residuals(phi, y[a : a + step], w, b)
         t = (phi @ yw).reshape(-1, c, k) + yb
         sink(a, (torch.einsum("rc,rck->rk", e, t) / n).to(torch.float32).cpu().numpy())
         if progress is not None:

@@ -27,14 +27,14 @@ if TYPE_CHECKING:
     from dpcli.influence.cg import KroneckerPreconditioner
 
 DEFAULT_DAMPING = 1e-3  # L2 coefficient of the head fit = the Hessian's damping
-DEFAULT_TOL = 1e-7      # head fit: stop when ||grad of the regularized objective|| <= this
+DEFAULT_TOL = 1e-7  # head fit: stop when ||grad of the regularized objective|| <= this
 DEFAULT_MAX_ITER = 100  # Newton steps
-CG_MAX_ITER = 250       # CG iterations per Newton step (a truncated step is still a descent direction)
+CG_MAX_ITER = 250  # CG iterations per Newton step (a truncated step is still a descent direction)
 # the Newton steps' curvature from at most this many (strided) rows, the gradient from all: a smaller share of
 # the rows' curvature slows convergence (at 100,000 x 768 x 100: 17 steps from 65,536 rows, 6 from all, 2.6x
 # the time), while a float32 product over all of them costs less than a float64 gradient pass
 _HESSIAN_ROWS = 1 << 18
-_FACTOR_ROWS = 16384    # the preconditioner's feature factor from at most this many of them
+_FACTOR_ROWS = 16384  # the preconditioner's feature factor from at most this many of them
 _F64_COPY_BYTES = 256 << 20  # features held as one float64 copy up to this size; converted by chunks above
 _CHUNK = 8192
 # one pass over the rows (n D C multiply-adds) below this runs on one CPU thread: the fit is hundreds of
@@ -48,24 +48,28 @@ class HeadFit:
     """The regularized softmax-regression optimum and how close to it the solver got."""
 
     weight: "Tensor"  # (C, D) float64
-    bias: "Tensor"    # (C,) float64
+    bias: "Tensor"  # (C,) float64
     damping: float
     grad_norm: float  # ||grad of mean CE + damping/2 ||theta||^2|| at the returned point
-    iterations: int   # Newton steps
+    iterations: int  # Newton steps
     solver: str
     loss: float
-    hvps: int = 0     # Hessian-vector products of the inner CG solves
+    hvps: int = 0  # Hessian-vector products of the inner CG solves
 
     def advice(self, tol: float) -> str:
         """What to do when the fit stopped short of ``tol``."""
-        return (f"the head fit stopped at gradient norm {self.grad_norm:.3g} > --tol {tol:g} after {self.iterations} "
-                "Newton steps, so S is taken at a point short of the optimum; raise --max-iter, loosen --tol, or "
-                "raise --damping (a stronger L2 makes the problem better conditioned)")
+        return (
+            f"the head fit stopped at gradient norm {self.grad_norm:.3g} > --tol {tol:g} after {self.iterations} "
+            "Newton steps, so S is taken at a point short of the optimum; raise --max-iter, loosen --tol, or "
+            "raise --damping (a stronger L2 makes the problem better conditioned)"
+        )
 
     def __repr__(self) -> str:  # one line, not the weights
         c, dim = self.weight.shape
-        return (f"HeadFit(classes={c}, dim={dim}, damping={self.damping:g}, loss={self.loss:.6g}, "
-                f"grad_norm={self.grad_norm:.3g}, iterations={self.iterations}, solver={self.solver!r})")
+        return (
+            f"HeadFit(classes={c}, dim={dim}, damping={self.damping:g}, loss={self.loss:.6g}, "
+            f"grad_norm={self.grad_norm:.3g}, iterations={self.iterations}, solver={self.solver!r})"
+        )
 
 
 def _float64_rows(x: "Tensor") -> Callable[[], Any]:
@@ -74,11 +78,12 @@ def _float64_rows(x: "Tensor") -> Callable[[], Any]:
     import torch
 
     src = x.to(torch.float64) if x.dtype == torch.float64 or x.numel() * 8 <= _F64_COPY_BYTES else x
-    return lambda: ((a, src[a:a + _CHUNK].to(torch.float64)) for a in range(0, x.shape[0], _CHUNK))
+    return lambda: ((a, src[a : a + _CHUNK].to(torch.float64)) for a in range(0, x.shape[0], _CHUNK))
 
 
-def objective(x: "Tensor", y: "Tensor", w: "Tensor", b: "Tensor", damping: float,
-              rows: Callable[[], Any] | None = None) -> tuple[float, "Tensor", "Tensor"]:
+def objective(
+    x: "Tensor", y: "Tensor", w: "Tensor", b: "Tensor", damping: float, rows: Callable[[], Any] | None = None
+) -> tuple[float, "Tensor", "Tensor"]:
     """Mean CE + damping/2 ||[W, b]||^2 and its gradient, float64, one pass over the rows."""
     import torch
 
@@ -89,7 +94,7 @@ def objective(x: "Tensor", y: "Tensor", w: "Tensor", b: "Tensor", damping: float
     for a, phi in (rows or _float64_rows(x))():
         logits = torch.addmm(b, phi, w.T)
         lse = torch.logsumexp(logits, 1)
-        yy = y[a:a + phi.shape[0]]
+        yy = y[a : a + phi.shape[0]]
         total += (lse - logits.gather(1, yy[:, None])[:, 0]).sum()
         e = torch.exp(logits - lse[:, None])
         e[torch.arange(phi.shape[0], device=phi.device), yy] -= 1.0
@@ -122,9 +127,17 @@ def check_options(tol: float, max_iter: int) -> tuple[float, int]:
     return float(tol), int(max_iter)
 
 
-def fit_head(x: "Tensor", y: "Tensor", num_classes: int, damping: float = DEFAULT_DAMPING, *,
-             tol: float = DEFAULT_TOL, max_iter: int = DEFAULT_MAX_ITER, init: tuple | None = None,
-             info: Callable[[str], None] | None = None) -> HeadFit:
+def fit_head(
+    x: "Tensor",
+    y: "Tensor",
+    num_classes: int,
+    damping: float = DEFAULT_DAMPING,
+    *,
+    tol: float = DEFAULT_TOL,
+    max_iter: int = DEFAULT_MAX_ITER,
+    init: tuple | None = None,
+    info: Callable[[str], None] | None = None,
+) -> HeadFit:
     """Fit the head to the optimum (Newton-CG) from zero or from ``init = (W, b)``: the objective is strongly
     convex, so the start changes only the number of steps.  ``info`` hears what to do if it stops short."""
     import torch
@@ -169,8 +182,9 @@ class _Curvature:
     inner solve, whose inexactness the forcing tolerance already allows; the gradient, the objective and
     the stopping test stay float64, so the optimum reached is the float64 one."""
 
-    def __init__(self, xh: "Tensor", w: "Tensor", b: "Tensor", damping: float,
-                 factor: tuple["Tensor", "Tensor"]) -> None:
+    def __init__(
+        self, xh: "Tensor", w: "Tensor", b: "Tensor", damping: float, factor: tuple["Tensor", "Tensor"]
+    ) -> None:
         import torch
 
         from dpcli.influence.cg import KroneckerPreconditioner
@@ -184,7 +198,7 @@ class _Curvature:
         self.p = probs if xh.shape[0] * w.shape[0] * 4 <= _F64_COPY_BYTES else None
 
     def _rows(self):
-        return (self.xh[a:a + _CHUNK] for a in range(0, self.n, _CHUNK))
+        return (self.xh[a : a + _CHUNK] for a in range(0, self.n, _CHUNK))
 
     def _probs(self, phi: "Tensor") -> "Tensor":
         import torch
@@ -242,8 +256,9 @@ def _feature_factor(xh: "Tensor") -> tuple["Tensor", "Tensor"]:
     return torch.linalg.eigh(phi.T @ phi / phi.shape[0])  # float32, like the products it preconditions
 
 
-def _newton_cg(x: "Tensor", y: "Tensor", w: "Tensor", b: "Tensor", damping: float, tol: float,
-               max_iter: int) -> HeadFit:
+def _newton_cg(
+    x: "Tensor", y: "Tensor", w: "Tensor", b: "Tensor", damping: float, tol: float, max_iter: int
+) -> HeadFit:
     """Truncated Newton with an Armijo backtracking line search, from ``(w, b)``."""
     import torch
 
@@ -269,9 +284,15 @@ def _newton_cg(x: "Tensor", y: "Tensor", w: "Tensor", b: "Tensor", damping: floa
             f_new, gw_new, gb_new = objective(x, y, w_new, b_new, damping, rows)
             # near the optimum the decrease drops below float64 resolution of f: take a full step that
             # halves the gradient instead
-            if (f_new <= f - 1e-4 * t * slope or t < 1e-10
-                    or (t == 1.0 and f_new - f <= 1e-12 * abs(f)
-                        and float(torch.cat([gw_new, gb_new[:, None]], 1).norm()) < 0.5 * gn)):
+            if (
+                f_new <= f - 1e-4 * t * slope
+                or t < 1e-10
+                or (
+                    t == 1.0
+                    and f_new - f <= 1e-12 * abs(f)
+                    and float(torch.cat([gw_new, gb_new[:, None]], 1).norm()) < 0.5 * gn
+                )
+            ):
                 break
             t *= 0.5
         w, b, f, gw, gb = w_new, b_new, f_new, gw_new, gb_new

@@ -51,9 +51,6 @@ __all__ = [
     "hessian_vector_product",
     "exact_influence",
     "max_dense_dim",
-    "exact_influence_refined",
-    "refined_solver",
-    "resolve_precision",
 ]
 
 Sink = Callable[[int, np.ndarray], None]
@@ -79,14 +76,11 @@ def shapes(features: Tensor, weight: Tensor, bias: Tensor) -> tuple[int, int, in
         raise DpcliError(f"features must be 2-D (n, D), got shape {tuple(features.shape)}")
     if weight.ndim != 2 or bias.ndim != 1 or bias.shape[0] != weight.shape[0]:
         raise DpcliError(
-            f"last layer must be weight (C, D) and bias (C,), got {tuple(weight.shape)} "
-            f"and {tuple(bias.shape)}"
+            f"last layer must be weight (C, D) and bias (C,), got {tuple(weight.shape)} and {tuple(bias.shape)}"
         )
     n, dim = features.shape
     if weight.shape[1] != dim:
-        raise DpcliError(
-            f"features have {dim} dimensions but the last layer expects {weight.shape[1]}"
-        )
+        raise DpcliError(f"features have {dim} dimensions but the last layer expects {weight.shape[1]}")
     if n == 0:
         raise DpcliError("no samples: features has zero rows")
     return n, weight.shape[0], dim
@@ -146,8 +140,8 @@ def grads_from_residuals(phi: Tensor, e: Tensor) -> Tensor:
     num_classes = e.shape[1]
     out = torch.empty(rows, num_classes * (dim + 1), dtype=torch.result_type(e, phi), device=phi.device)
     # written in place: a cat of the outer products would hold a second (rows x d) copy
-    torch.mul(e[:, :, None], phi[:, None, :], out=out[:, :num_classes * dim].view(rows, num_classes, dim))
-    out[:, num_classes * dim:] = e
+    torch.mul(e[:, :, None], phi[:, None, :], out=out[:, : num_classes * dim].view(rows, num_classes, dim))
+    out[:, num_classes * dim :] = e
     return out
 
 
@@ -182,8 +176,7 @@ def per_sample_grads(features: Tensor, labels: Tensor, weight: Tensor, bias: Ten
     return grads_from_residuals(phi, residuals(phi, y, w, b))
 
 
-def mean_grad(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor,
-              chunk_size: int = 4096) -> Tensor:
+def mean_grad(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, chunk_size: int = 4096) -> Tensor:
     """Mean CE gradient ``(d,)`` float64, chunked over rows.
 
     Used for the test-loss gradient ``grad L(theta)`` in Theorem 1's bound.
@@ -196,15 +189,16 @@ def mean_grad(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor,
     grad_w = torch.zeros(num_classes, dim, dtype=_F64, device=features.device)
     grad_b = torch.zeros(num_classes, dtype=_F64, device=features.device)
     for start in range(0, n, chunk_size):
-        phi = features[start:start + chunk_size].detach().to(_F64)
-        e = residuals(phi, y_all[start:start + chunk_size], w, b)
+        phi = features[start : start + chunk_size].detach().to(_F64)
+        e = residuals(phi, y_all[start : start + chunk_size], w, b)
         grad_w.addmm_(e.T, phi)
         grad_b += e.sum(dim=0)
     return torch.cat([grad_w.reshape(-1), grad_b]) / n
 
 
-def loss_and_grad_norm(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor,
-                       chunk_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+def loss_and_grad_norm(
+    features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, chunk_size: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-sample CE loss and ``||g_i||`` (float64, ``(n,)`` each), chunked over rows.
 
     ``||g_i||^2 = ||e_i||^2 (||phi_i||^2 + 1)`` for the closed-form last-layer gradient.  Chunked because
@@ -218,8 +212,8 @@ def loss_and_grad_norm(features: Tensor, labels: Tensor, weight: Tensor, bias: T
     y_all = labels.to(features.device)
     out = torch.empty(2, n, dtype=_F64, device=features.device)  # one transfer at the end, not one per chunk
     for start in range(0, n, chunk_size):
-        phi = features[start:start + chunk_size].detach().to(_F64)
-        y = y_all[start:start + chunk_size]
+        phi = features[start : start + chunk_size].detach().to(_F64)
+        y = y_all[start : start + chunk_size]
         logits = torch.addmm(b, phi, w.T)
         stop = start + phi.shape[0]
         out[0, start:stop] = F.cross_entropy(logits, y, reduction="none")
@@ -243,16 +237,16 @@ def _aug_hessian_gemm(features: Tensor, w: Tensor, b: Tensor, chunk_size: int) -
     device = features.device
     h_aug = torch.zeros(num_classes * aug, num_classes * aug, dtype=_F64, device=device)
     for start in range(0, n, chunk_size):
-        phi = features[start:start + chunk_size].detach().to(_F64)
+        phi = features[start : start + chunk_size].detach().to(_F64)
         rows = phi.shape[0]
         p = probs(phi, w, b)
         phi_t = torch.cat([phi, torch.ones(rows, 1, dtype=_F64, device=device)], dim=1)
         for c in range(num_classes):
             # A[:, c, c'] for c' >= c: delta_{cc'} p_c - p_c p_c'
-            a = -p[:, c:c + 1] * p[:, c:]
+            a = -p[:, c : c + 1] * p[:, c:]
             a[:, 0] += p[:, c]
             weighted = (a[:, :, None] * phi_t[:, None, :]).reshape(rows, -1)
-            h_aug[c * aug:(c + 1) * aug, c * aug:].addmm_(phi_t.T, weighted)
+            h_aug[c * aug : (c + 1) * aug, c * aug :].addmm_(phi_t.T, weighted)
     return h_aug
 
 
@@ -271,10 +265,11 @@ def _hessian_syrk(features: Tensor, w: Tensor, b: Tensor, chunk_size: int) -> Te
     aug = dim + 1
     blocks = {
         (c, c2): np.zeros((aug, aug), dtype=np.float64, order="F")
-        for c in range(num_classes) for c2 in range(c, num_classes)
+        for c in range(num_classes)
+        for c2 in range(c, num_classes)
     }
     for start in range(0, n, chunk_size):
-        phi = features[start:start + chunk_size].detach().to(_F64)
+        phi = features[start : start + chunk_size].detach().to(_F64)
         p = probs(phi, w, b).numpy()
         phi_t = np.ones((phi.shape[0], aug), dtype=np.float64, order="F")
         phi_t[:, :dim] = phi.numpy()
@@ -283,8 +278,7 @@ def _hessian_syrk(features: Tensor, w: Tensor, b: Tensor, chunk_size: int) -> Te
                 sign, root = 1.0, np.sqrt(p[:, c] * (1.0 - p[:, c]))
             else:
                 sign, root = -1.0, np.sqrt(p[:, c] * p[:, c2])
-            blocks[c, c2] = _dsyrk(sign, root[:, None] * phi_t, beta=1.0, c=acc, trans=1,
-                                   overwrite_c=1)
+            blocks[c, c2] = _dsyrk(sign, root[:, None] * phi_t, beta=1.0, c=acc, trans=1, overwrite_c=1)
     return _public_from_blocks(blocks, num_classes, dim)
 
 
@@ -314,8 +308,9 @@ def _public_from_blocks(blocks: dict[tuple[int, int], np.ndarray], num_classes: 
     return torch.from_numpy(h)
 
 
-def last_layer_hessian(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor,
-                       chunk_size: int = 4096) -> Tensor:
+def last_layer_hessian(
+    features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, chunk_size: int = 4096
+) -> Tensor:
     """Mean CE Hessian ``(d, d)`` float64 w.r.t. ``[W.flatten(), b]``, without damping.
 
     Built block-wise in the augmented ordering (``dsyrk`` on CPU when SciPy's
@@ -337,9 +332,9 @@ def last_layer_hessian(features: Tensor, labels: Tensor, weight: Tensor, bias: T
     h_aug = _aug_hessian_gemm(features, w, b, chunk_size)
     for c in range(num_classes):
         for c2 in range(c + 1, num_classes):
-            h_aug[c2 * aug:(c2 + 1) * aug, c * aug:(c + 1) * aug] = (
-                h_aug[c * aug:(c + 1) * aug, c2 * aug:(c2 + 1) * aug].T
-            )
+            h_aug[c2 * aug : (c2 + 1) * aug, c * aug : (c + 1) * aug] = h_aug[
+                c * aug : (c + 1) * aug, c2 * aug : (c2 + 1) * aug
+            ].T
     perm = _to_public_order(num_classes, dim, device)
     hessian = h_aug[perm[:, None], perm[None, :]]
     del h_aug
@@ -364,13 +359,13 @@ def mean_hvp(features: Tensor, w: Tensor, b: Tensor, V: Tensor) -> Tensor:
     n, dim = features.shape
     num_classes = w.shape[0]
     r = V.shape[0]
-    v_w = V[:, :num_classes * dim].reshape(r, num_classes, dim)
-    v_b = V[:, num_classes * dim:]
+    v_w = V[:, : num_classes * dim].reshape(r, num_classes, dim)
+    v_b = V[:, num_classes * dim :]
     out_w = torch.zeros(r, num_classes, dim, dtype=_F64, device=features.device)
     out_b = torch.zeros(r, num_classes, dtype=_F64, device=features.device)
     rows_per_chunk = max(1, _HVP_ELEMENTS // max(1, r * num_classes))
     for start in range(0, n, rows_per_chunk):
-        phi = features[start:start + rows_per_chunk].detach().to(_F64)
+        phi = features[start : start + rows_per_chunk].detach().to(_F64)
         part_w, part_b = _hvp_sum(phi, probs(phi, w, b), v_w, v_b)
         out_w += part_w
         out_b += part_b
@@ -412,7 +407,7 @@ def emit(sink: Sink | None, out: np.ndarray | None, start: int, rows: Tensor) ->
         sink(start, block)
     else:
         assert out is not None
-        out[start:start + block.shape[0]] = block
+        out[start : start + block.shape[0]] = block
 
 
 def grid_chunks(row_start: int, row_stop: int, chunk: int, n: int):
@@ -429,10 +424,18 @@ def grid_chunks(row_start: int, row_stop: int, chunk: int, n: int):
         g = g_stop
 
 
-def solve_in_chunks(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor,
-                    solve: Callable[[Tensor], Tensor], *, rows: tuple[int, int] | None = None,
-                    chunk_size: int = 4096, sink: Sink | None = None,
-                    progress: Progress | None = None) -> np.ndarray | None:
+def solve_in_chunks(
+    features: Tensor,
+    labels: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    solve: Callable[[Tensor], Tensor],
+    *,
+    rows: tuple[int, int] | None = None,
+    chunk_size: int = 4096,
+    sink: Sink | None = None,
+    progress: Progress | None = None,
+) -> np.ndarray | None:
     """Rows ``[start, stop)`` of ``S = solve(G) / n``, G the per-sample gradients, chunk by chunk.
 
     The one loop every row solver shares: gradients are formed per chunk of the global grid (so a
@@ -446,12 +449,15 @@ def solve_in_chunks(features: Tensor, labels: Tensor, weight: Tensor, bias: Tens
     # of d = 3,300 made 0.4 GB of temporaries.  The cap depends on d only, so every shard keeps one grid.
     chunk_size = min(int(chunk_size), max(64, _SOLVE_BYTES // (8 * w.shape[0] * (w.shape[1] + 1))))
     y_all = labels.to(features.device)
-    out = None if sink is not None else np.empty((row_stop - row_start, weight.shape[0] * (weight.shape[1] + 1)),
-                                                 dtype=np.float32)
+    out = (
+        None
+        if sink is not None
+        else np.empty((row_stop - row_start, weight.shape[0] * (weight.shape[1] + 1)), dtype=np.float32)
+    )
     for g_start, g_stop, start, stop in grid_chunks(row_start, row_stop, chunk_size, n):
         phi = features[g_start:g_stop].detach().to(_F64)
         grads = grads_from_residuals(phi, residuals(phi, y_all[g_start:g_stop], w, b))
-        solved = solve(grads)[start - g_start:stop - g_start]
+        solved = solve(grads)[start - g_start : stop - g_start]
         solved /= n
         emit(sink, out, start - (0 if sink is not None else row_start), solved)
         if progress is not None:
@@ -459,8 +465,9 @@ def solve_in_chunks(features: Tensor, labels: Tensor, weight: Tensor, bias: Tens
     return out
 
 
-def damped_cholesky(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, damping: float,
-                    chunk_size: int) -> Tensor:
+def damped_cholesky(
+    features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, damping: float, chunk_size: int
+) -> Tensor:
     """Lower Cholesky factor of H + damping I; the one factorization every exact solve reuses."""
     hessian = last_layer_hessian(features, labels, weight, bias, chunk_size=chunk_size)
     hessian.diagonal().add_(damping)
@@ -474,10 +481,16 @@ def damped_cholesky(features: Tensor, labels: Tensor, weight: Tensor, bias: Tens
     return factor
 
 
-def exact_influence(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor,
-                    damping: float, chunk_size: int = 4096,
-                    sink: Sink | None = None,
-                    progress: Progress | None = None) -> np.ndarray | None:
+def exact_influence(
+    features: Tensor,
+    labels: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    damping: float,
+    chunk_size: int = 4096,
+    sink: Sink | None = None,
+    progress: Progress | None = None,
+) -> np.ndarray | None:
     """Exact ``S_i = (1/n) (H + damping I)^{-1} g_i`` via one Cholesky factorisation.
 
     Rows are solved chunk by chunk (no explicit inverse, no ``(n, d)`` float64
@@ -496,78 +509,18 @@ def exact_influence(features: Tensor, labels: Tensor, weight: Tensor, bias: Tens
             f"{max_dense_dim()} (dense d x d Hessian); use --estimator cg"
         )
     factor = damped_cholesky(features, labels, weight, bias, damping, chunk_size)
-    return solve_in_chunks(features, labels, weight, bias, lambda g: torch.cholesky_solve(g.T, factor).T,
-                           chunk_size=chunk_size, sink=sink, progress=progress)
+    return solve_in_chunks(
+        features,
+        labels,
+        weight,
+        bias,
+        lambda g: torch.cholesky_solve(g.T, factor).T,
+        chunk_size=chunk_size,
+        sink=sink,
+        progress=progress,
+    )
 
 
 # --------------------------------------------------------------------------- #
 # float32 factorization + float64 iterative refinement (GPUs with slow float64)
 # --------------------------------------------------------------------------- #
-
-PRECISIONS = ("float64", "float32-refined", "auto")
-
-
-def float64_is_fast(device: torch.device) -> bool:
-    """CPUs and data-centre GPUs (A100/H100/H200: compute capability 8.0 / 9.0) do float64 at >= 1/2 rate."""
-    if device.type != "cuda":
-        return True
-    major, minor = torch.cuda.get_device_capability(device)
-    return (major, minor) in ((6, 0), (7, 0), (8, 0), (9, 0))
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> float64 where the device does float64 well, else float32 with refinement."""
-    if precision not in PRECISIONS:
-        raise DpcliError(f"unknown --precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        return "float64" if float64_is_fast(device) else "float32-refined"
-    return precision
-
-
-def refined_solver(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, damping: float,
-                   chunk_size: int, tol: float = 1e-6, max_iter: int = 20) -> Callable[[Tensor], Tensor]:
-    """A solve ``G -> G (H + damping I)^-1`` (rows of G) by a float32 Cholesky plus iterative refinement.
-
-    The O(d^3) factorization runs in float32; each step computes the residual ``r = g - A x``
-    in float64 (O(d^2) per row) and corrects ``x`` with the float32 factor, until every row's
-    relative residual ``||r|| / ||g||`` is at most ``tol`` (the exact path's stated accuracy;
-    the same criterion as ``--cg-tol``).  Converges when ``cond(A) * 2^-24 < 1``; otherwise,
-    or after ``max_iter`` steps, a one-line error asks for float64.
-    """
-    damping = check_damping(damping)
-    a64 = last_layer_hessian(features, labels, weight, bias, chunk_size=chunk_size)
-    a64.diagonal().add_(damping)
-    factor, info = torch.linalg.cholesky_ex(a64.to(torch.float32))
-    if int(info) != 0:
-        raise DpcliError(f"the damped Hessian is not positive definite in float32 (Cholesky failed at order "
-                         f"{int(info)}); use --precision float64 or a larger --damping than {damping:g}")
-
-    def solve(g: Tensor) -> Tensor:
-        # Unit columns: a saturated sample's gradient (norm 1e-40, say) would underflow in float32.
-        norms = g.norm(dim=1).clamp_min(torch.finfo(torch.float64).tiny)
-        rhs = (g / norms[:, None]).T  # (d, rows), float64
-        x = torch.cholesky_solve(rhs.to(torch.float32), factor).to(torch.float64)
-        for _ in range(max_iter):
-            r = rhs - a64 @ x
-            if float(r.norm(dim=0).max()) <= tol:
-                return x.T * norms[:, None]
-            x += torch.cholesky_solve(r.to(torch.float32), factor).to(torch.float64)
-        r = rhs - a64 @ x
-        worst = float(r.norm(dim=0).max())
-        if worst <= tol:
-            return x.T * norms[:, None]
-        raise DpcliError(f"float32 iterative refinement reached relative residual {worst:.2e} > {tol:g} after "
-                         f"{max_iter} steps (the damped Hessian is too ill-conditioned); use --precision float64")
-
-    return solve
-
-
-def exact_influence_refined(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, damping: float,
-                            chunk_size: int = 4096, sink: Sink | None = None, progress: Progress | None = None,
-                            tol: float = 1e-6, rows: tuple[int, int] | None = None) -> np.ndarray | None:
-    """:func:`exact_influence` with the float32 factor + float64 refinement of :func:`refined_solver`."""
-    n, num_classes, dim = shapes(features, weight, bias)
-    check_labels(labels, n, num_classes)
-    solve = refined_solver(features, labels, weight, bias, damping, check_chunk(chunk_size), tol=tol)
-    return solve_in_chunks(features, labels, weight, bias, solve, rows=rows, chunk_size=chunk_size, sink=sink,
-                           progress=progress)

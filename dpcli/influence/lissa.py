@@ -12,12 +12,31 @@ import torch
 from torch import Tensor
 
 from dpcli.errors import DpcliError
-from dpcli.influence.kernels import (Progress, Sink, check_chunk, check_damping, check_labels, layer64, mean_hvp,
-                                     shapes, solve_in_chunks)
+from dpcli.influence.kernels import (
+    Progress,
+    Sink,
+    check_chunk,
+    check_damping,
+    check_labels,
+    layer64,
+    mean_hvp,
+    shapes,
+    solve_in_chunks,
+)
 
 
-def lissa_solve(features: Tensor, w: Tensor, b: Tensor, rhs: Tensor, damping: float,
-                 depth: int, scale: float, batch_size: int, repeats: int, seed: int) -> Tensor:
+def lissa_solve(
+    features: Tensor,
+    w: Tensor,
+    b: Tensor,
+    rhs: Tensor,
+    damping: float,
+    depth: int,
+    scale: float,
+    batch_size: int,
+    repeats: int,
+    seed: int,
+) -> Tensor:
     """LiSSA estimate of ``(H + damping I)^{-1} rhs`` for every row of ``rhs``.
 
     Recursion ``h_j = v + (I - (H_B + damping I)/scale) h_{j-1}``, whose fixed
@@ -54,11 +73,22 @@ def lissa_solve(features: Tensor, w: Tensor, b: Tensor, rhs: Tensor, damping: fl
     return total / (repeats * scale)
 
 
-def lissa_influence(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor,
-                    damping: float, depth: int = 1000, scale: float = 10.0,
-                    batch_size: int = 512, repeats: int = 1, seed: int = 0,
-                    chunk_size: int = 4096, sink: Sink | None = None,
-                    progress: Progress | None = None, rows: tuple[int, int] | None = None) -> np.ndarray | None:
+def lissa_influence(
+    features: Tensor,
+    labels: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    damping: float,
+    depth: int = 1000,
+    scale: float = 10.0,
+    batch_size: int = 512,
+    repeats: int = 1,
+    seed: int = 0,
+    chunk_size: int = 4096,
+    sink: Sink | None = None,
+    progress: Progress | None = None,
+    rows: tuple[int, int] | None = None,
+) -> np.ndarray | None:
     """LiSSA estimate (Agarwal et al. 2016), the paper's choice, of ``S_i``.
 
     Stochastic Neumann-series recursion on minibatch Hessians (``batch_size``
@@ -74,15 +104,20 @@ def lissa_influence(features: Tensor, labels: Tensor, weight: Tensor, bias: Tens
     chunk_size = check_chunk(chunk_size)
     if int(depth) < 1 or int(batch_size) < 1 or int(repeats) < 1:
         raise DpcliError(
-            f"LiSSA depth, batch size and repeats must be positive, got "
-            f"{depth!r}, {batch_size!r}, {repeats!r}"
+            f"LiSSA depth, batch size and repeats must be positive, got {depth!r}, {batch_size!r}, {repeats!r}"
         )
     scale = float(scale)
     if not math.isfinite(scale) or scale <= 0.0:
         raise DpcliError(f"--lissa-scale must be a finite positive number, got {scale!r}")
     w, b = layer64(features, weight, bias)
-    return solve_in_chunks(features, labels, weight, bias,
-                           lambda g: lissa_solve(features, w, b, g, damping, int(depth), scale, int(batch_size),
-                                                 int(repeats), int(seed)),
-                           rows=rows, chunk_size=chunk_size, sink=sink, progress=progress)
-
+    return solve_in_chunks(
+        features,
+        labels,
+        weight,
+        bias,
+        lambda g: lissa_solve(features, w, b, g, damping, int(depth), scale, int(batch_size), int(repeats), int(seed)),
+        rows=rows,
+        chunk_size=chunk_size,
+        sink=sink,
+        progress=progress,
+    )

@@ -17,10 +17,28 @@ def dense_fits(num_classes: int, dim: int) -> bool:
     return num_classes * (dim + 1) <= infl.max_dense_dim()
 
 
-def exact_rows(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, damping: float,
-               rows: tuple[int, int], chunk_size: int, sink: Sink, progress: Progress | None) -> None:
+def exact_rows(
+    features: Tensor,
+    labels: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    damping: float,
+    rows: tuple[int, int],
+    chunk_size: int,
+    sink: Sink,
+    progress: Progress | None,
+) -> None:
     """Dense exact path for a row range: Hessian and Cholesky from all rows, solved on the full run's grid."""
     damping = infl.check_damping(damping)
     factor = infl.damped_cholesky(features, labels, weight, bias, damping, chunk_size)
-    infl.solve_in_chunks(features, labels, weight, bias, lambda g: torch.cholesky_solve(g.T, factor).T, rows=rows,
-                         chunk_size=chunk_size, sink=sink, progress=progress)
+    infl.solve_in_chunks(
+        features,
+        labels,
+        weight,
+        bias,
+        lambda g: torch.cholesky_solve(g.T, factor).T,
+        rows=rows,
+        chunk_size=chunk_size,
+        sink=sink,
+        progress=progress,
+    )

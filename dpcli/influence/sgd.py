@@ -47,15 +47,14 @@ of ``checkpoint.h5``.
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 from torch import Tensor
 
-from dpcli.influence import kernels as infl
-from dpcli.train.trajectory import GROUP, Trajectory, TrajectoryRecorder, load_trajectory, read_trajectory  # noqa: F401
 from dpcli.errors import DpcliError
+from dpcli.influence import kernels as infl
 from dpcli.influence.kernels import Progress, Sink
+from dpcli.train.trajectory import GROUP, Trajectory, TrajectoryRecorder, load_trajectory, read_trajectory  # noqa: F401
 
 __all__ = [
     "GROUP",
@@ -70,7 +69,6 @@ __all__ = [
 _F64 = torch.float64
 # Elements of one (rows, d) float64 perturbation array per row chunk (two coexist: D and M).
 _CHUNK_ELEMENTS = 2**24
-
 
 
 # --------------------------------------------------------------------------- #
@@ -92,14 +90,15 @@ def _own_hvp(phi: Tensor, w: Tensor, b: Tensor, V: Tensor) -> Tensor:
     """Row ``k`` of the result is ``hess CE(phi_k) @ V[k]`` (each sample's own Hessian)."""
     num_classes, dim = w.shape
     p = torch.softmax(torch.addmm(b, phi, w.T), dim=1)
-    vw = V[:, :num_classes * dim].reshape(-1, num_classes, dim)
-    u = torch.einsum("kcd,kd->kc", vw, phi) + V[:, num_classes * dim:]
+    vw = V[:, : num_classes * dim].reshape(-1, num_classes, dim)
+    u = torch.einsum("kcd,kd->kc", vw, phi) + V[:, num_classes * dim :]
     q = p * (u - (u * p).sum(dim=1, keepdim=True))
     return torch.cat([(q[:, :, None] * phi[:, None, :]).reshape(-1, num_classes * dim), q], dim=1)
 
 
-def _replay(features: Tensor, labels: Tensor, traj: Trajectory, first: int,
-            rows: tuple[int, int] | None, on_epoch=None) -> tuple[Tensor, Tensor, Tensor | None]:
+def _replay(
+    features: Tensor, labels: Tensor, traj: Trajectory, first: int, rows: tuple[int, int] | None, on_epoch=None
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """Replay the last-layer SGD from epoch ``first``; with ``rows``, propagate D for those samples."""
     n, dim = features.shape
     device = features.device
@@ -147,8 +146,8 @@ def _replay(features: Tensor, labels: Tensor, traj: Trajectory, first: int,
                 mom.mul_(mu).add_(dg)
                 delta.sub_(mom, alpha=lr)
             # the replayed step itself (PyTorch SGD: coupled weight decay, momentum, no dampening)
-            gw = gbar[:num_classes * dim].reshape(num_classes, dim) + wd * w
-            gb = gbar[num_classes * dim:] + wd * b
+            gw = gbar[: num_classes * dim].reshape(num_classes, dim) + wd * w
+            gb = gbar[num_classes * dim :] + wd * b
             mw.mul_(mu).add_(gw)
             mb.mul_(mu).add_(gb)
             w = w - lr * mw
@@ -158,16 +157,25 @@ def _replay(features: Tensor, labels: Tensor, traj: Trajectory, first: int,
     return w, b, delta
 
 
-def replay_last_layer(features: Tensor, labels: Tensor, traj: Trajectory,
-                      epochs: int | None = None) -> tuple[Tensor, Tensor]:
+def replay_last_layer(
+    features: Tensor, labels: Tensor, traj: Trajectory, epochs: int | None = None
+) -> tuple[Tensor, Tensor]:
     """Final ``(W, b)`` (float64) of the recorded last-layer SGD replayed on frozen ``features``."""
     w, b, _ = _replay(features, labels, traj, _window(traj, epochs), None)
     return w, b
 
 
-def sgd_influence(features: Tensor, labels: Tensor, traj: Trajectory, *, epochs: int | None = None,
-                  chunk_size: int | None = None, rows: tuple[int, int] | None = None,
-                  sink: Sink | None = None, progress: Progress | None = None) -> np.ndarray | None:
+def sgd_influence(
+    features: Tensor,
+    labels: Tensor,
+    traj: Trajectory,
+    *,
+    epochs: int | None = None,
+    chunk_size: int | None = None,
+    rows: tuple[int, int] | None = None,
+    sink: Sink | None = None,
+    progress: Progress | None = None,
+) -> np.ndarray | None:
     """SGD-Influence ``S_j = theta_{-j,T} - theta_T`` (linearised) for every sample ``j``.
 
     Replays the last ``epochs`` recorded epochs (default: all) on frozen

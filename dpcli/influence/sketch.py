@@ -70,7 +70,7 @@ class Sketch:
         out = np.zeros((rows.shape[0], self.k), dtype=np.float64)
         for j in range(self.n_blocks):
             lo = j * self.block_rows
-            out += rows[:, lo:lo + self.block_rows].astype(np.float64) @ self.block(j)
+            out += rows[:, lo : lo + self.block_rows].astype(np.float64) @ self.block(j)
         return out.astype(np.float32)
 
 
@@ -104,9 +104,12 @@ def output_attrs(cfg, n: int, shard: tuple[int, int] | None) -> dict:
     """Attributes describing the sketch and the shard of an influence artifact."""
     attrs: dict = {}
     if getattr(cfg, "sketch_k", None):
-        attrs.update(sketch_k=int(cfg.sketch_k), sketch_seed=int(cfg.sketch_seed),
-                     sketch="S @ R, R d x k with N(0, 1/k) entries; norms of sums within (1 +- t) w.p. "
-                            ">= 1 - 2 exp(-k t^2 / 8) per fixed subset")
+        attrs.update(
+            sketch_k=int(cfg.sketch_k),
+            sketch_seed=int(cfg.sketch_seed),
+            sketch="S @ R, R d x k with N(0, 1/k) entries; norms of sums within (1 +- t) w.p. "
+            ">= 1 - 2 exp(-k t^2 / 8) per fixed subset",
+        )
     if shard is not None:
         start, stop = shard_rows(n, shard)
         attrs.update(shard=shard[0], shards=shard[1], row_start=start, row_stop=stop, n_total=n)
@@ -141,8 +144,22 @@ def make_sketch(cfg, d: int) -> Sketch | None:
 
 # ----------------------------------------------------------------------------- merge
 # attributes that must agree across parts (besides S itself)
-_SAME = ("method", "damping", "n", "d", "num_classes", "feature_dim", "checkpoint_fingerprint", "dataset",
-         "dataset_fingerprint", "config", "shards", "n_total", "sketch_k", "sketch_seed")
+_SAME = (
+    "method",
+    "damping",
+    "n",
+    "d",
+    "num_classes",
+    "feature_dim",
+    "checkpoint_fingerprint",
+    "dataset",
+    "dataset_fingerprint",
+    "config",
+    "shards",
+    "n_total",
+    "sketch_k",
+    "sketch_seed",
+)
 
 
 def _read_part(path: Path) -> dict:
@@ -156,12 +173,13 @@ def _read_part(path: Path) -> dict:
         meta["width"] = f["S"].shape[1]
     meta["path"] = Path(path)
     if meta["rows"] != meta["row_stop"] - meta["row_start"]:
-        raise DpcliError(f"{path}: damaged shard ({meta['rows']} rows for range [{meta['row_start']}, {meta['row_stop']}))")
+        raise DpcliError(
+            f"{path}: damaged shard ({meta['rows']} rows for range [{meta['row_start']}, {meta['row_stop']}))"
+        )
     return meta
 
 
-def merge_shards(parts: list[Path], out: Path, *, checkpoint_fingerprint: str | None = None,
-                 progress=None) -> Path:
+def merge_shards(parts: list[Path], out: Path, *, checkpoint_fingerprint: str | None = None, progress=None) -> Path:
     """Check the parts and stream their rows, in row order, into one influence artifact."""
     if not parts:
         raise DpcliError("--merge needs the shard files to merge")
@@ -174,25 +192,33 @@ def merge_shards(parts: list[Path], out: Path, *, checkpoint_fingerprint: str | 
         for key in _SAME:
             if m[key] != first[key]:
                 what = "checkpoint" if key == "checkpoint_fingerprint" else f"configuration ({key})"
-                raise DpcliError(f"{m['path']} and {first['path']}: shards come from a different {what}; "
-                                 f"merge only parts of one run")
+                raise DpcliError(
+                    f"{m['path']} and {first['path']}: shards come from a different {what}; merge only parts of one run"
+                )
     n = int(first["n_total"])
     metas.sort(key=lambda m: (m["row_start"], m["row_stop"]))
     pos = 0
     for m in metas:
         if m["row_start"] > pos:
-            raise DpcliError(f"rows [{pos}, {m['row_start']}) are missing: no shard covers them "
-                             f"(expected {first['shards']} parts)")
+            raise DpcliError(
+                f"rows [{pos}, {m['row_start']}) are missing: no shard covers them (expected {first['shards']} parts)"
+            )
         if m["row_start"] < pos:
-            raise DpcliError(f"{m['path']}: overlaps another shard at rows [{m['row_start']}, {min(pos, m['row_stop'])})")
+            raise DpcliError(
+                f"{m['path']}: overlaps another shard at rows [{m['row_start']}, {min(pos, m['row_stop'])})"
+            )
         pos = m["row_stop"]
     if pos != n:
         raise DpcliError(f"rows [{pos}, {n}) are missing: no shard covers them (expected {first['shards']} parts)")
     width = int(first["width"])
     with open_artifact(first["path"], "influence") as src:
-        attrs = {key: get_attr(src, key) for key in src.attrs
-                 if not key.endswith(".json") and key not in ("dpcli_kind", "dpcli_schema", "dpcli_version", "created",
-                                                              "fingerprint", "seconds", *SHARD_ATTRS)}
+        attrs = {
+            key: get_attr(src, key)
+            for key in src.attrs
+            if not key.endswith(".json")
+            and key
+            not in ("dpcli_kind", "dpcli_schema", "dpcli_version", "created", "fingerprint", "seconds", *SHARD_ATTRS)
+        }
         aux = {name: src[name][()] for name in src if name != "S"}
     attrs["merged_from"] = [str(m["path"].resolve()) for m in metas]
     hasher = StreamHash()
@@ -204,10 +230,10 @@ def merge_shards(parts: list[Path], out: Path, *, checkpoint_fingerprint: str | 
             with open_artifact(m["path"], "influence") as src:
                 S = src["S"]
                 for lo in range(0, m["rows"], step):
-                    rows = S[lo:lo + step]
+                    rows = S[lo : lo + step]
                     part_hash.update(rows)
                     hasher.update(rows)
-                    dset[m["row_start"] + lo:m["row_start"] + lo + len(rows)] = rows
+                    dset[m["row_start"] + lo : m["row_start"] + lo + len(rows)] = rows
             if part_hash.hexdigest() != m["shard_fingerprint"]:
                 raise DpcliError(f"{m['path']}: rows do not match the shard's recorded hash (damaged file)")
             if progress:

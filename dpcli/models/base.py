@@ -28,7 +28,7 @@ class ModelSpec:
     image_size: int
     width: int = 32
     depth: int = 3
-    weights: str | None = None      # DEFAULT, a library weights name, or a state-dict file
+    weights: str | None = None  # DEFAULT, a library weights name, or a state-dict file
     head_module: str | None = None  # dotted name of the last linear layer when not detectable
 
 

@@ -51,8 +51,9 @@ def find_head(model: nn.Module, head_module: str | None = None) -> str:
             raise DpcliError(f"--head-module {head_module!r}: the model has no submodule of that name")
         name = _last_linear(sub, head_module)
         if name is None:
-            raise DpcliError(f"--head-module {head_module!r} is a {type(sub).__name__}, not (and not ending in) "
-                             "an nn.Linear")
+            raise DpcliError(
+                f"--head-module {head_module!r} is a {type(sub).__name__}, not (and not ending in) an nn.Linear"
+            )
         return name
     get_classifier = getattr(model, "get_classifier", None)
     if callable(get_classifier):  # timm
@@ -66,8 +67,10 @@ def find_head(model: nn.Module, head_module: str | None = None) -> str:
             name = _last_linear(sub, attr)
             if name is not None:
                 return name
-    raise DpcliError(f"{type(model).__name__}: no last linear layer found (looked for {', '.join(HEAD_NAMES)} and "
-                     "timm's get_classifier()); name it with --head-module NAME (a dotted submodule path)")
+    raise DpcliError(
+        f"{type(model).__name__}: no last linear layer found (looked for {', '.join(HEAD_NAMES)} and "
+        "timm's get_classifier()); name it with --head-module NAME (a dotted submodule path)"
+    )
 
 
 def _set(model: nn.Module, dotted: str, new: nn.Module) -> None:
@@ -75,8 +78,9 @@ def _set(model: nn.Module, dotted: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, leaf, new)
 
 
-def split_head(model: nn.Module, head_module: str | None = None, *, copy_model: bool = True
-               ) -> tuple[nn.Module, nn.Linear]:
+def split_head(
+    model: nn.Module, head_module: str | None = None, *, copy_model: bool = True
+) -> tuple[nn.Module, nn.Linear]:
     """``(body, head)`` with ``body(x)`` the head's input; ``model`` is left intact unless ``copy_model=False``."""
     name = find_head(model, head_module)
     body = copy.deepcopy(model) if copy_model else model
@@ -89,8 +93,15 @@ def split_head(model: nn.Module, head_module: str | None = None, *, copy_model: 
 class LibraryClassifier(Classifier):
     """A library network as ``head(features(x))``, its head replaced for ``num_classes``."""
 
-    def __init__(self, network: nn.Module, num_classes: int, arch: str, in_channels: int = 3,
-                 expects_channels: int = 3, head_module: str | None = None) -> None:
+    def __init__(
+        self,
+        network: nn.Module,
+        num_classes: int,
+        arch: str,
+        in_channels: int = 3,
+        expects_channels: int = 3,
+        head_module: str | None = None,
+    ) -> None:
         super().__init__()
         body, old = split_head(network, head_module, copy_model=False)
         self.body = body

@@ -30,6 +30,7 @@ INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
 def make_spec(crop: Any, resize: Any, mean: Any, std: Any, interpolation: Any, source: str) -> InputSpec:
     """An :class:`InputSpec` from a library's values (lists, enums); one line for what dpcli cannot reproduce."""
+
     def side(v: Any, what: str) -> int:
         vals = [int(x) for x in (v if isinstance(v, (list, tuple)) else [v])]
         if len(set(vals)) != 1 or vals[0] < 1:
@@ -38,13 +39,20 @@ def make_spec(crop: Any, resize: Any, mean: Any, std: Any, interpolation: Any, s
 
     interp = str(getattr(interpolation, "value", interpolation)).lower()
     if interp not in INTERPOLATIONS:
-        raise DpcliError(f"{source}: interpolation {interp!r} is not supported ({', '.join(INTERPOLATIONS)}); "
-                         "pass --image-size N")
+        raise DpcliError(
+            f"{source}: interpolation {interp!r} is not supported ({', '.join(INTERPOLATIONS)}); pass --image-size N"
+        )
     crop_i, resize_i = side(crop, "crop"), side(resize, "resize")
     if resize_i < crop_i:
         raise DpcliError(f"{source}: resize {resize_i} is smaller than the crop {crop_i}; pass --image-size N")
-    return InputSpec(crop=crop_i, resize=resize_i, mean=tuple(float(m) for m in mean),
-                     std=tuple(float(s) for s in std), interpolation=interp, source=source)
+    return InputSpec(
+        crop=crop_i,
+        resize=resize_i,
+        mean=tuple(float(m) for m in mean),
+        std=tuple(float(s) for s in std),
+        interpolation=interp,
+        source=source,
+    )
 
 
 def is_local(weights: str | None) -> bool:
@@ -65,8 +73,14 @@ def resolve(arch: str, weights: str | None, image_size: int | None = None) -> In
     spec = SOURCES.get(source)().preprocessing(name, weights)
     if spec is None or image_size is None:
         return spec
-    return InputSpec(crop=int(image_size), resize=stored_side(int(image_size)), mean=spec.mean, std=spec.std,
-                     interpolation="bilinear", source=f"{EXPLICIT} {image_size}; normalization of {spec.source}")
+    return InputSpec(
+        crop=int(image_size),
+        resize=stored_side(int(image_size)),
+        mean=spec.mean,
+        std=spec.std,
+        interpolation="bilinear",
+        source=f"{EXPLICIT} {image_size}; normalization of {spec.source}",
+    )
 
 
 def explicit_size(spec: InputSpec) -> bool:
@@ -85,8 +99,14 @@ def to_dict(spec: InputSpec | None) -> dict | None:
 def from_dict(data: dict | None) -> InputSpec | None:
     if not data:
         return None
-    return InputSpec(crop=int(data["crop"]), resize=int(data["resize"]), mean=tuple(data["mean"]),
-                     std=tuple(data["std"]), interpolation=str(data["interpolation"]), source=str(data.get("source", "")))
+    return InputSpec(
+        crop=int(data["crop"]),
+        resize=int(data["resize"]),
+        mean=tuple(data["mean"]),
+        std=tuple(data["std"]),
+        interpolation=str(data["interpolation"]),
+        source=str(data.get("source", "")),
+    )
 
 
 def of_checkpoint(ck: Any) -> InputSpec | None:
@@ -102,8 +122,12 @@ def check(config_spec: InputSpec | None, config_size: int | None, ds: "Dataset",
     if ds.input != config_spec:
         want = config_spec.source if config_spec else "dpcli's defaults"
         have = ds.input.source if ds.input else "dpcli's defaults"
-        raise DpcliError(f"{what} expects the preprocessing of {want}, but the dataset was loaded with {have}; "
-                         "pass the same --arch/--weights/--image-size to every command")
+        raise DpcliError(
+            f"{what} expects the preprocessing of {want}, but the dataset was loaded with {have}; "
+            "pass the same --arch/--weights/--image-size to every command"
+        )
     if config_spec is None and config_size != ds.train.crop:
-        raise DpcliError(f"{what} is configured with --image-size {config_size} but the dataset was loaded "
-                         f"with {ds.train.crop}; pass the same --image-size to every command")
+        raise DpcliError(
+            f"{what} is configured with --image-size {config_size} but the dataset was loaded "
+            f"with {ds.train.crop}; pass the same --image-size to every command"
+        )

@@ -119,8 +119,14 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(Classifier):
-    def __init__(self, block: type[BasicBlock] | type[Bottleneck], blocks: list[int], num_classes: int,
-                 in_channels: int, arch: str) -> None:
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        blocks: list[int],
+        num_classes: int,
+        in_channels: int,
+        arch: str,
+    ) -> None:
         super().__init__()
         self.in_planes = 64
         self.stem = nn.Sequential(
@@ -150,8 +156,16 @@ class ResNet(Classifier):
         return torch.flatten(self.pool(out), 1)
 
 
-def build_model(arch: str, num_classes: int, in_channels: int, image_size: int, width: int = 32,
-                depth: int = 3, weights: str | None = None, head_module: str | None = None) -> Classifier:
+def build_model(
+    arch: str,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    width: int = 32,
+    depth: int = 3,
+    weights: str | None = None,
+    head_module: str | None = None,
+) -> Classifier:
     """Build a classifier: a builtin name, or ``torchvision:NAME`` / ``timm:NAME`` (see dpcli.models.base)."""
     from dpcli.models.base import ModelSpec, build
 
@@ -162,8 +176,9 @@ def build_model(arch: str, num_classes: int, in_channels: int, image_size: int, 
     return build(arch, ModelSpec(num_classes, in_channels, image_size, width, depth, weights, head_module))
 
 
-def build_builtin(arch: str, num_classes: int, in_channels: int, image_size: int, width: int = 32,
-                  depth: int = 3) -> Classifier:
+def build_builtin(
+    arch: str, num_classes: int, in_channels: int, image_size: int, width: int = 32, depth: int = 3
+) -> Classifier:
     """Build a fresh builtin classifier (see the module docstring)."""
     key = arch.strip().lower()
     if key not in ARCHS:

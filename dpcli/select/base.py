@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 import numpy as np
 
 from dpcli.errors import DpcliError
-from dpcli.select.registry import SELECTORS  # noqa: F401 (re-exported: the selector registry)
 from dpcli.select.certificate import repair
 from dpcli.select.linalg import count_from_ratio, row_sq_norms
+from dpcli.select.registry import SELECTORS  # noqa: F401 (re-exported: the selector registry)
 from dpcli.select.scoring import longest_prefix, prune_lowest
 
 if TYPE_CHECKING:  # torch-free at import time: the CLI lists selectors without loading torch
@@ -163,8 +163,12 @@ class Selector:
     @classmethod
     def options(cls) -> tuple[str, ...]:
         """The PruneConfig fields that can change its mask: they, and only they, key its run directory."""
-        return (*TARGET_OPTIONS, *(SOLVER_OPTIONS if cls.solves else ()), *(COVERAGE_OPTIONS if cls.coverage else ()),
-                *sorted(cls.reads))
+        return (
+            *TARGET_OPTIONS,
+            *(SOLVER_OPTIONS if cls.solves else ()),
+            *(COVERAGE_OPTIONS if cls.coverage else ()),
+            *sorted(cls.reads),
+        )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -242,16 +246,21 @@ def warn_emptied_classes(labels: np.ndarray, keep: np.ndarray, record: dict) -> 
     if not gone.any():
         return
     if not np.any(keep):  # as --prune-count n is refused: a mask that keeps nothing trains nothing
-        raise DpcliError(f"every one of the {len(keep)} samples would be pruned (the whole set's ||sum S|| is "
-                         "within --epsilon), leaving nothing to train on; give a smaller --epsilon, or "
-                         "--prune-count/--prune-ratio")
+        raise DpcliError(
+            f"every one of the {len(keep)} samples would be pruned (the whole set's ||sum S|| is "
+            "within --epsilon), leaving nothing to train on; give a smaller --epsilon, or "
+            "--prune-count/--prune-ratio"
+        )
     lost = {str(int(c)): int(k) for c, k in zip(classes[gone], counts[gone])}
     record["classes_without_kept_samples"] = lost
     shown = ", ".join(f"{c} ({k} sample{'s' if k > 1 else ''})" for c, k in list(lost.items())[:10])
     more = f" and {len(lost) - 10} more" if len(lost) > 10 else ""
-    warnings.warn(f"dpcli: the kept set has no sample of {len(lost)} of the {len(classes)} classes: {shown}{more}; "
-                  "a model trained on it cannot predict them (--balance prunes every class by the same share, and "
-                  "with it --hard-cutoff takes each class's hardest samples within that share)", stacklevel=3)
+    warnings.warn(
+        f"dpcli: the kept set has no sample of {len(lost)} of the {len(classes)} classes: {shown}{more}; "
+        "a model trained on it cannot predict them (--balance prunes every class by the same share, and "
+        "with it --hard-cutoff takes each class's hardest samples within that share)",
+        stacklevel=3,
+    )
 
 
 SHARE_FACTOR = 2.0  # a kept class share below 1/2 or above 2 times its training share is reported
@@ -271,11 +280,17 @@ def warn_class_shares(labels: np.ndarray, keep: np.ndarray, record: dict) -> Non
     if not off.size:
         return
     off = off[np.argsort(-np.abs(np.log(ratio[off])), kind="stable")]
-    record["class_shares"] = {str(int(classes[i])): {"train": int(counts[i]), "kept": int(kept[i]),
-                                                    "ratio": float(ratio[i])} for i in off}
-    shown = ", ".join(f"class {int(classes[i])} at {ratio[i]:.2f}x ({int(kept[i])} of {int(kept.sum())} kept, "
-                      f"{int(counts[i])} of {int(counts.sum())} in training)" for i in off[:5])
+    record["class_shares"] = {
+        str(int(classes[i])): {"train": int(counts[i]), "kept": int(kept[i]), "ratio": float(ratio[i])} for i in off
+    }
+    shown = ", ".join(
+        f"class {int(classes[i])} at {ratio[i]:.2f}x ({int(kept[i])} of {int(kept.sum())} kept, "
+        f"{int(counts[i])} of {int(counts.sum())} in training)"
+        for i in off[:5]
+    )
     more = f" and {len(off) - 5} more" if len(off) > 5 else ""
-    warnings.warn(f"dpcli: {len(off)} class(es) hold a share of the kept set more than {SHARE_FACTOR:g}x away from "
-                  f"their share of the training set: {shown}{more}; --balance prunes every class by the same share",
-                  stacklevel=3)
+    warnings.warn(
+        f"dpcli: {len(off)} class(es) hold a share of the kept set more than {SHARE_FACTOR:g}x away from "
+        f"their share of the training set: {shown}{more}; --balance prunes every class by the same share",
+        stacklevel=3,
+    )

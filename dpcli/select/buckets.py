@@ -32,11 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
+from dpcli.errors import DpcliError
 from dpcli.select import solvers as selection
 from dpcli.select.certificate import certify, repair
 from dpcli.select.linalg import as_matrix, row_sq_norms
 from dpcli.select.solvers._common import check_budget
-from dpcli.errors import DpcliError
 
 # Outer cycles of the global refinement (each is one gemv over S plus pool rounds).
 REFINE_CYCLES = 4
@@ -50,8 +50,9 @@ def _init_worker(path: str | None) -> None:
         _S_SHARED = np.load(path, mmap_mode="r")
 
 
-def _solve_bucket(idx: np.ndarray, m: int | None, eps: float | None, solver: str,
-                  budget: float | None, seed: int) -> tuple[np.ndarray, int]:
+def _solve_bucket(
+    idx: np.ndarray, m: int | None, eps: float | None, solver: str, budget: float | None, seed: int
+) -> tuple[np.ndarray, int]:
     S = _S_SHARED
     assert S is not None
     Sb = np.ascontiguousarray(S[idx])
@@ -91,9 +92,18 @@ def shares(sizes: list[int], m: int) -> list[int]:
     return out
 
 
-def solve_bucketed(S: np.ndarray, *, m: int | None = None, epsilon: float | None = None, buckets: int,
-                   workers: int | None = None, solver: str = "swap", time_budget: float | None = None,
-                   seed: int = 0, progress: selection.Progress | None = None) -> selection.Selection:
+def solve_bucketed(
+    S: np.ndarray,
+    *,
+    m: int | None = None,
+    epsilon: float | None = None,
+    buckets: int,
+    workers: int | None = None,
+    solver: str = "swap",
+    time_budget: float | None = None,
+    seed: int = 0,
+    progress: selection.Progress | None = None,
+) -> selection.Selection:
     """Solve Eq. 4 (``m``) or Eq. 3 (``epsilon``) bucket by bucket in parallel; see the module doc.
 
     ``time_budget`` (seconds) is split: 80% for the bucket solves (each bucket gets that share
@@ -157,8 +167,9 @@ def solve_bucketed(S: np.ndarray, *, m: int | None = None, epsilon: float | None
                 tmpdir = tempfile.TemporaryDirectory(prefix="dpcli-buckets-")
                 init = str(Path(tmpdir.name) / "S.npy")
                 np.save(init, S)
-            with ProcessPoolExecutor(max_workers=min(workers, buckets), mp_context=ctx,
-                                     initializer=_init_worker, initargs=(init,)) as pool:
+            with ProcessPoolExecutor(
+                max_workers=min(workers, buckets), mp_context=ctx, initializer=_init_worker, initargs=(init,)
+            ) as pool:
                 futures = [pool.submit(_solve_bucket, *a) for a in args]
                 for b, f in enumerate(futures):  # bucket order: independent of scheduling
                     results.append(f.result())
@@ -175,8 +186,9 @@ def solve_bucketed(S: np.ndarray, *, m: int | None = None, epsilon: float | None
         mask[idx] = True
         iters += it
     r_budget = None if budget is None else max(budget - (time.perf_counter() - t0), 1e-3)
-    mask, moves = selection.refine(S, mask, epsilon=None if m is not None else eps,
-                                   time_budget=r_budget, max_cycles=REFINE_CYCLES, seed=seed)
+    mask, moves = selection.refine(
+        S, mask, epsilon=None if m is not None else eps, time_budget=r_budget, max_cycles=REFINE_CYCLES, seed=seed
+    )
     iters += moves
     if progress:
         progress(1.0)

@@ -66,8 +66,9 @@ class Certificate:
 
     def __post_init__(self) -> None:
         if self._issuer is not _ISSUED:
-            raise TypeError("a Certificate is made by dpcli.select.certificate.certify(S, pruned, epsilon), "
-                            "from S itself")
+            raise TypeError(
+                "a Certificate is made by dpcli.select.certificate.certify(S, pruned, epsilon), from S itself"
+            )
 
     @property
     def n(self) -> int:
@@ -86,13 +87,16 @@ class Certificate:
         """One line for users: what the number bounds."""
         what = f"||sum S_pruned|| = {self.norm:.6g}"
         if self.sketch_k:
-            what += (f" on the {self.sketch_k}-column sketch of S (the selection saw the sketch, so this bounds "
-                     "the sketched norm only; the true norm is not certified)")
+            what += (
+                f" on the {self.sketch_k}-column sketch of S (the selection saw the sketch, so this bounds "
+                "the sketched norm only; the true norm is not certified)"
+            )
         return what
 
 
-def certify(S: np.ndarray, pruned: np.ndarray, epsilon: float | None = None, *,
-            sketch_k: int | None = None) -> Certificate:
+def certify(
+    S: np.ndarray, pruned: np.ndarray, epsilon: float | None = None, *, sketch_k: int | None = None
+) -> Certificate:
     """Recompute ``||sum_{pruned} S_i||`` from S; refuse it when it exceeds ``epsilon`` (strictly)."""
     S = as_matrix(S)
     mask = as_mask(pruned, S.shape[0]).copy()

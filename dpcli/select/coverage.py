@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dpcli.env import solve_budget
+from dpcli.errors import DpcliError
 from dpcli.select import solvers as selection
 from dpcli.select.linalg import Rows, device_of, masked_sum, row_step
 from dpcli.select.scoring import proportional_counts
-from dpcli.env import solve_budget
-from dpcli.errors import DpcliError
 
 if TYPE_CHECKING:
     import torch
@@ -73,7 +73,8 @@ def check_budget(rows: int, d: int, group_cols: int, feature_cols: int, itemsize
         raise DpcliError(
             f"the covered solve needs {need / 2**30:.2f} GiB ({rows:,} rows x ({d:,} of S + {group_cols:,} count + "
             f"{feature_cols:,} feature columns)), above DPCLI_SOLVE_BUDGET = {budget / 2**30:.2f} GiB; use fewer "
-            f"--strata, drop --match-features or --balance, or raise DPCLI_SOLVE_BUDGET")
+            f"--strata, drop --match-features or --balance, or raise DPCLI_SOLVE_BUDGET"
+        )
 
 
 def solve_dtype(S: np.ndarray) -> np.dtype:
@@ -112,8 +113,9 @@ def class_quotas(sizes: np.ndarray, m: int) -> np.ndarray:
     return proportional_counts(sizes, m, caps=sizes - 1 if m <= int(sizes.sum()) - len(sizes) else sizes)
 
 
-def allocate(labels: np.ndarray, difficulty: np.ndarray | None, cov: Coverage,
-             m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def allocate(
+    labels: np.ndarray, difficulty: np.ndarray | None, cov: Coverage, m: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Who is pruned up front and how many of the rest each group prunes: ``(forced, ginv, counts)``.
 
     Under ``balance`` every class gets its quota first (:func:`class_quotas`); the hard cutoff then
@@ -150,11 +152,21 @@ def _members(parts: np.ndarray, count: int) -> list[np.ndarray]:
     return np.split(order, np.cumsum(np.bincount(parts, minlength=count))[:-1])
 
 
-def minimize_norm_covered(S: np.ndarray, m: int, labels: np.ndarray, difficulty: np.ndarray | None,
-                          cov: Coverage, *, seed: int = 0, solver: str = "swap",
-                          time_budget: float | None = None, progress=None,
-                          features: np.ndarray | None = None, proposals: int | None = None,
-                          device=None) -> np.ndarray:
+def minimize_norm_covered(
+    S: np.ndarray,
+    m: int,
+    labels: np.ndarray,
+    difficulty: np.ndarray | None,
+    cov: Coverage,
+    *,
+    seed: int = 0,
+    solver: str = "swap",
+    time_budget: float | None = None,
+    progress=None,
+    features: np.ndarray | None = None,
+    proposals: int | None = None,
+    device=None,
+) -> np.ndarray:
     """Eq. 4 with per-group counts: the pruned mask (``m`` True) of smallest ``||sum S_i||``.
 
     With ``features`` (penultimate features, n x D) the objective also asks the pruned samples
@@ -185,21 +197,29 @@ def minimize_norm_covered(S: np.ndarray, m: int, labels: np.ndarray, difficulty:
     Sf = Sa[:, :d]  # a view: the group and feature columns follow
     col = d
     if features is not None:
-        _write_feature_block(Sa[:, col:col + feature_cols], np.asarray(features)[free], labels[free], ginv, Sf,
-                             counts, seed)
+        _write_feature_block(
+            Sa[:, col : col + feature_cols], np.asarray(features)[free], labels[free], ginv, Sf, counts, seed
+        )
         col += feature_cols
     if len(gid) > 1:
         lam = _penalty_weight(Sf, ginv, counts, seed)
         _count_columns(Sa[:, col:], ginv, lam, -lam * counts / m_free)
-    sel = selection.minimize_norm(Sa, m_free, solver=solver, time_budget=time_budget, seed=seed, progress=progress,
-                                  proposals=proposals, device=device)
+    sel = selection.minimize_norm(
+        Sa,
+        m_free,
+        solver=solver,
+        time_budget=time_budget,
+        seed=seed,
+        progress=progress,
+        proposals=proposals,
+        device=device,
+    )
     mask = _repair_counts(Sf, sel.pruned.copy(), ginv, counts)
     pruned[free[mask]] = True
     return pruned
 
 
-def _augmented(S: np.ndarray, free: np.ndarray, forced: np.ndarray, m_free: int, extra: int,
-               device=None):
+def _augmented(S: np.ndarray, free: np.ndarray, forced: np.ndarray, m_free: int, extra: int, device=None):
     """``[S_free + offset / m_free, 0...]`` in S's precision (float32 on a device), filled by byte-sized chunks.
 
     One (n_free, d + extra) array is the only copy of S the covered solve makes (float32 for a float32
@@ -219,7 +239,7 @@ def _augmented(S: np.ndarray, free: np.ndarray, forced: np.ndarray, m_free: int,
         out = torch.zeros((len(free), d + extra), dtype=torch.float32, device=device)
     step = row_step(d)
     for a in range(0, len(free), step):
-        _put(out, slice(a, a + step), slice(0, d), S[free[a:a + step]] + shift.astype(dtype))
+        _put(out, slice(a, a + step), slice(0, d), S[free[a : a + step]] + shift.astype(dtype))
     return out
 
 
@@ -247,8 +267,17 @@ def _count_columns(out, ginv: np.ndarray, lam: float, base: np.ndarray) -> None:
     out[torch.arange(n, device=out.device), torch.as_tensor(ginv, device=out.device)] += lam
 
 
-def maximize_pruned_covered(S: np.ndarray, epsilon: float, labels: np.ndarray, difficulty: np.ndarray | None,
-                            cov: Coverage, *, seed: int = 0, solver: str = "swap", device=None) -> np.ndarray:
+def maximize_pruned_covered(
+    S: np.ndarray,
+    epsilon: float,
+    labels: np.ndarray,
+    difficulty: np.ndarray | None,
+    cov: Coverage,
+    *,
+    seed: int = 0,
+    solver: str = "swap",
+    device=None,
+) -> np.ndarray:
     """Eq. 3 with per-group counts: the largest covered prune set with ``||sum S_i|| <= epsilon``
     (bisection on the count; every probe is a covered Eq. 4 solve)."""
     n = S.shape[0]
@@ -269,8 +298,9 @@ def maximize_pruned_covered(S: np.ndarray, epsilon: float, labels: np.ndarray, d
     return best
 
 
-def _write_feature_block(out: np.ndarray, F: np.ndarray, labels: np.ndarray, ginv: np.ndarray, Sf: np.ndarray,
-                         counts: np.ndarray, seed: int) -> None:
+def _write_feature_block(
+    out: np.ndarray, F: np.ndarray, labels: np.ndarray, ginv: np.ndarray, Sf: np.ndarray, counts: np.ndarray, seed: int
+) -> None:
     """Fill ``out`` (zeros, n x C*D) with per-class column blocks of the features centred on their group's
     mean, scaled so that at a stratified random start they weigh as much as the influence part.
 
@@ -295,7 +325,7 @@ def _write_feature_block(out: np.ndarray, F: np.ndarray, labels: np.ndarray, gin
     for c in range(len(classes)):
         rows = np.flatnonzero(cls == c)
         for a in range(0, len(rows), _FEATURE_ROWS):
-            part = rows[a:a + _FEATURE_ROWS]
+            part = rows[a : a + _FEATURE_ROWS]
             _put(out, part, slice(c * dim, (c + 1) * dim), centred(part) * scale)
 
 

@@ -35,7 +35,6 @@ def count_from_ratio(n: int, ratio: float) -> int:
     return int(math.floor(int(n) * r + 0.5))
 
 
-
 def subset_norm(S: np.ndarray, pruned: np.ndarray, chunk_bytes: int = CHUNK_BYTES) -> float:
     """``||sum_{i: pruned[i]} S_i||_2`` in float64, streamed over row chunks.
 
@@ -44,7 +43,6 @@ def subset_norm(S: np.ndarray, pruned: np.ndarray, chunk_bytes: int = CHUNK_BYTE
     S = as_matrix(S)
     mask = as_mask(pruned, S.shape[0])
     return float(np.linalg.norm(masked_sum(S, mask, chunk_bytes)))
-
 
 
 def as_matrix(S: np.ndarray) -> np.ndarray:
@@ -67,8 +65,7 @@ def as_matrix(S: np.ndarray) -> np.ndarray:
 def as_mask(pruned: np.ndarray, n: int) -> np.ndarray:
     mask = np.asarray(pruned)
     if mask.dtype != np.bool_ or mask.shape != (n,):
-        raise DpcliError(f"the pruned mask must be a boolean array of shape ({n},), "
-                         f"got {mask.dtype} {mask.shape}")
+        raise DpcliError(f"the pruned mask must be a boolean array of shape ({n},), got {mask.dtype} {mask.shape}")
     return mask
 
 
@@ -88,9 +85,9 @@ def masked_sum(S: np.ndarray, mask: np.ndarray, chunk_bytes: int = CHUNK_BYTES) 
     total = np.zeros(d, dtype=np.float64)
     step = chunk_rows(d, chunk_bytes)
     for a in range(0, n, step):
-        sel = mask[a:a + step]
+        sel = mask[a : a + step]
         if sel.any():
-            total += S[a:a + step][sel].sum(axis=0, dtype=np.float64)
+            total += S[a : a + step][sel].sum(axis=0, dtype=np.float64)
     return total
 
 
@@ -100,12 +97,12 @@ def row_sq_norms(S: np.ndarray) -> np.ndarray:
     q = np.empty(n, dtype=np.float64)
     step = row_step(d)
     for a in range(0, n, step):
-        X = S[a:a + step]
+        X = S[a : a + step]
         if not np.isfinite(X).all():
             bad = a + int(np.flatnonzero(~np.isfinite(X).all(axis=1))[0])
             raise DpcliError(f"the influence matrix has a non-finite value (NaN or inf) in row {bad}")
         X64 = X.astype(np.float64)
-        q[a:a + step] = np.einsum("ij,ij->i", X64, X64)
+        q[a : a + step] = np.einsum("ij,ij->i", X64, X64)
     return q
 
 
@@ -118,7 +115,7 @@ def matvec(S: np.ndarray, x: np.ndarray) -> np.ndarray:
     out = np.empty(n, dtype=np.float64)
     step = chunk_rows(d)
     for a in range(0, n, step):
-        out[a:a + step] = np.ascontiguousarray(S[a:a + step]) @ xs
+        out[a : a + step] = np.ascontiguousarray(S[a : a + step]) @ xs
     return out
 
 
@@ -127,14 +124,13 @@ def take_rows(S: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return S[idx].astype(np.float64)
 
 
-
 def sum_rows(S: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """float64 sum of rows ``idx`` of S, gathered a chunk at a time."""
     total = np.zeros(S.shape[1], dtype=np.float64)
     step = chunk_rows(S.shape[1])
     idx = np.sort(idx)
     for a in range(0, idx.size, step):
-        total += S[idx[a:a + step]].sum(axis=0, dtype=np.float64)
+        total += S[idx[a : a + step]].sum(axis=0, dtype=np.float64)
     return total
 
 
@@ -145,7 +141,7 @@ def _bad_rows(X: np.ndarray) -> int:
 def nonfinite_rows(S: np.ndarray) -> int:
     """How many rows of S hold NaN or inf, one chunk at a time (S may be a memory map)."""
     step = row_step(S.shape[1])
-    return sum(_bad_rows(S[a:a + step]) for a in range(0, S.shape[0], step))
+    return sum(_bad_rows(S[a : a + step]) for a in range(0, S.shape[0], step))
 
 
 def float32_rows(src, out: np.ndarray | None = None) -> tuple[np.ndarray, int]:
@@ -155,8 +151,8 @@ def float32_rows(src, out: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     step = row_step(src.shape[1])
     bad = 0
     for a in range(0, src.shape[0], step):
-        out[a:a + step] = src[a:a + step]
-        bad += _bad_rows(out[a:a + step])
+        out[a : a + step] = src[a : a + step]
+        bad += _bad_rows(out[a : a + step])
     return out, bad
 
 
@@ -190,11 +186,11 @@ class Rows:
         if self.device == "cpu" and isinstance(S, np.ndarray):
             self.S, self.t = as_matrix(S), None
             self.dtype = np.float64 if self.d <= EXACT_MAX_D else np.float32
-            self.rel_err = 2.0 ** -40 if self.dtype == np.float64 else 2.0 ** -20
+            self.rel_err = 2.0**-40 if self.dtype == np.float64 else 2.0**-20
             return
         import torch
 
-        self.S, self.dtype, self.rel_err = None, np.float32, 2.0 ** -20
+        self.S, self.dtype, self.rel_err = None, np.float32, 2.0**-20
         if isinstance(S, torch.Tensor):
             self.t = S.to(self.device, torch.float32)
         else:
@@ -202,7 +198,7 @@ class Rows:
             self.t = torch.empty(S.shape, dtype=torch.float32, device=self.device)
             step = row_step(self.d)
             for a in range(0, self.n, step):
-                self.t[a:a + step] = torch.from_numpy(np.ascontiguousarray(S[a:a + step], dtype=np.float32))
+                self.t[a : a + step] = torch.from_numpy(np.ascontiguousarray(S[a : a + step], dtype=np.float32))
 
     # ---- backend primitives: the only places that know numpy from torch
     @property
@@ -335,12 +331,14 @@ class Rows:
         q = torch.empty(self.n, dtype=torch.float64, device=self.device)
         step = row_step(self.d)
         for a in range(0, self.n, step):
-            X = self.t[a:a + step].to(torch.float64)
-            q[a:a + step] = (X * X).sum(1)
+            X = self.t[a : a + step].to(torch.float64)
+            q[a : a + step] = (X * X).sum(1)
         host = q.cpu().numpy()
         if not np.isfinite(host).all():
-            raise DpcliError(f"the influence matrix has a non-finite value (NaN or inf) in row "
-                             f"{int(np.flatnonzero(~np.isfinite(host))[0])}")
+            raise DpcliError(
+                f"the influence matrix has a non-finite value (NaN or inf) in row "
+                f"{int(np.flatnonzero(~np.isfinite(host))[0])}"
+            )
         return host
 
 

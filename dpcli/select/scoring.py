@@ -73,7 +73,7 @@ def longest_prefix(S: np.ndarray, scores: np.ndarray, epsilon: float, block: int
     running = np.zeros(S.shape[1])
     best = 0
     for start in range(0, len(order), block):
-        sums = np.cumsum(S[order[start:start + block]].astype(np.float64), axis=0) + running
+        sums = np.cumsum(S[order[start : start + block]].astype(np.float64), axis=0) + running
         ok = np.flatnonzero(np.linalg.norm(sums, axis=1) <= epsilon)
         if len(ok):
             best = max(best, start + int(ok[-1]) + 1)

@@ -16,10 +16,11 @@ from torch.func import functional_call, grad, vmap
 
 from dpcli.artifacts.h5 import open_artifact
 from dpcli.data.sources import Dataset, inference_batch, iterate_batches
-from dpcli.train.dynamics import Dynamics, read_dynamics
 from dpcli.errors import DpcliError
-from dpcli.train.loop import make_model, train
 from dpcli.train.checkpoint import Checkpoint
+from dpcli.train.dynamics import Dynamics, read_dynamics
+from dpcli.train.loop import make_model, train
+
 
 def el2n(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Error L2 norm ||softmax - onehot|| (Paul et al., 2021)."""
@@ -31,8 +32,8 @@ def el2n(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def snapshot_scores(method: str, cfg, ctx) -> np.ndarray:
     """EL2N or GraNd averaged over ``cfg.score_seeds`` training seeds at ``cfg.score_epoch``."""
-    from dpcli.train.dynamics import default_snapshot_epochs
     from dpcli.train.checkpoint import load_checkpoint
+    from dpcli.train.dynamics import default_snapshot_epochs
 
     ck = load_checkpoint(ctx._require_checkpoint("weight snapshots"), weights=False)
     ds = ctx.dataset()
@@ -52,8 +53,10 @@ def load_dynamics(path: Path, *, snapshots: bool = True) -> Dynamics:
     with open_artifact(path, "checkpoint") as f:
         dyn = read_dynamics(f, snapshots=snapshots)
     if dyn is None:
-        raise DpcliError(f"{path}: has no training dynamics (trained by an older dpcli or under torchrun); "
-                         f"retrain it with `dpcli train --force`")
+        raise DpcliError(
+            f"{path}: has no training dynamics (trained by an older dpcli or under torchrun); "
+            f"retrain it with `dpcli train --force`"
+        )
     return dyn
 
 
@@ -66,8 +69,9 @@ def difficulty(dyn: Dynamics) -> np.ndarray:
     return d
 
 
-def snapshot_states(ck: Checkpoint, ds: Dataset, epoch: int, seeds: int, device: torch.device,
-                    progress=None) -> list[dict[str, torch.Tensor]]:
+def snapshot_states(
+    ck: Checkpoint, ds: Dataset, epoch: int, seeds: int, device: torch.device, progress=None
+) -> list[dict[str, torch.Tensor]]:
     """Model states after ``epoch`` epochs for seeds 0..seeds-1 (training the extra seeds' prefixes)."""
     states = []
     dyn = load_dynamics(ck.path)
@@ -80,8 +84,9 @@ def snapshot_states(ck: Checkpoint, ds: Dataset, epoch: int, seeds: int, device:
         if epoch == 0:  # make_model seeds the initialization
             states.append(make_model(cfg, ds).state_dict())
             continue
-        run = train(cfg, ds, out, device=device, stop_after=epoch, eval_every=10**9, snapshot_epochs=(),
-                    on_batch=progress)
+        run = train(
+            cfg, ds, out, device=device, stop_after=epoch, eval_every=10**9, snapshot_epochs=(), on_batch=progress
+        )
         if run.epoch != epoch:
             raise DpcliError(f"{out}: holds epoch {run.epoch}, not {epoch}; delete it to rescore")
         states.append(run.state)
@@ -100,15 +105,23 @@ def el2n_scores(ck: Checkpoint, ds: Dataset, states: list[dict], device: torch.d
     for state in states:
         model = _model(ck, ds, state, device)
         scores = []  # scored batch by batch: n x C probabilities would be 5 GB for ImageNet
-        for x, y, _ in iterate_batches(ds.train, inference_batch(ds.train, device), mean=ds.mean, std=ds.std,
-                                       device=device, shuffle=False, augment=False):
+        for x, y, _ in iterate_batches(
+            ds.train,
+            inference_batch(ds.train, device),
+            mean=ds.mean,
+            std=ds.std,
+            device=device,
+            shuffle=False,
+            augment=False,
+        ):
             scores.append(el2n(torch.softmax(model(x).float(), 1).cpu().numpy(), y.cpu().numpy()))
         total += np.concatenate(scores)
     return total / len(states)
 
 
-def grand_scores(ck: Checkpoint, ds: Dataset, states: list[dict], device: torch.device,
-                 batch_size: int = 256) -> np.ndarray:
+def grand_scores(
+    ck: Checkpoint, ds: Dataset, states: list[dict], device: torch.device, batch_size: int = 256
+) -> np.ndarray:
     """Expected norm of the per-sample gradient of all parameters (vectorized with torch.func)."""
     total = np.zeros(len(ds.train.labels))
     for state in states:
@@ -117,13 +130,14 @@ def grand_scores(ck: Checkpoint, ds: Dataset, states: list[dict], device: torch.
         buffers = {k: v.detach() for k, v in model.named_buffers()}
 
         def loss_one(p, x, y):
-            logits = functional_call(model, (p, buffers), (x[None],))
+            logits = functional_call(model, (p, buffers), (x[None],))  # noqa: B023
             return torch.nn.functional.cross_entropy(logits, y[None])
 
         per_sample = vmap(grad(loss_one), in_dims=(None, 0, 0))
         norms = []
-        for x, y, _ in iterate_batches(ds.train, batch_size, mean=ds.mean, std=ds.std, device=device,
-                                       shuffle=False, augment=False):
+        for x, y, _ in iterate_batches(
+            ds.train, batch_size, mean=ds.mean, std=ds.std, device=device, shuffle=False, augment=False
+        ):
             g = per_sample(params, x, y)
             norms.append(torch.sqrt(sum(v.flatten(1).pow(2).sum(1) for v in g.values())).cpu().numpy())
         total += np.concatenate(norms)

@@ -25,11 +25,11 @@ class BoundRow:
     mask: str
     n_pruned: int
     prune_ratio: float
-    epsilon: float | None      # requested epsilon (epsilon-mode masks only)
-    norm: float                # achieved ||sum S_i||: predicted ||delta theta||, Theorem 1's eps/n
-    predicted_bound: float     # norm * ||grad L_test||  (Eq. 13, Cauchy-Schwarz)
-    first_order: float         # grad L_test . sum S_i  (Eq. 11 before the inequality)
-    observed_gap: float        # L_test(retrained on kept) - L_test(full data)
+    epsilon: float | None  # requested epsilon (epsilon-mode masks only)
+    norm: float  # achieved ||sum S_i||: predicted ||delta theta||, Theorem 1's eps/n
+    predicted_bound: float  # norm * ||grad L_test||  (Eq. 13, Cauchy-Schwarz)
+    first_order: float  # grad L_test . sum S_i  (Eq. 11 before the inequality)
+    observed_gap: float  # L_test(retrained on kept) - L_test(full data)
     test_loss: float
     test_accuracy: float
     # head refits on frozen features: the observed ||theta_kept - theta|| and ||sum S_i - (theta_kept - theta)||,
@@ -55,7 +55,7 @@ def influence_sum(influence: Path, pruned: np.ndarray) -> np.ndarray:
         idx = np.flatnonzero(pruned)
         step = max(1, S.chunks[0] if S.chunks else 4096)
         for start in range(0, len(idx), step):
-            total += S[np.sort(idx[start:start + step])].astype(np.float64).sum(0)
+            total += S[np.sort(idx[start : start + step])].astype(np.float64).sum(0)
     return total
 
 
@@ -69,8 +69,10 @@ def predict(influence: Path, pruned: np.ndarray) -> tuple[float, float, float]:
     s = influence_sum(influence, pruned)
     g = test_gradient(influence)
     if s.shape != g.shape:
-        raise DpcliError(f"{influence}: S is sketched ({s.shape[0]} columns for d={g.shape[0]}); "
-                         f"verify-bound needs an unsketched influence artifact")
+        raise DpcliError(
+            f"{influence}: S is sketched ({s.shape[0]} columns for d={g.shape[0]}); "
+            f"verify-bound needs an unsketched influence artifact"
+        )
     norm = float(np.linalg.norm(s))
     return norm, norm * float(np.linalg.norm(g)), float(g @ s)
 
@@ -86,11 +88,21 @@ def plot(rows: list[BoundRow], path: Path) -> None:
     markers = {"optimization": "o", "random": "x"}
     for method in sorted({r.method for r in rows}):
         sel = [r for r in rows if r.method == method]
-        ax.scatter([r.predicted_bound for r in sel], [abs(r.observed_gap) for r in sel],
-                   marker=markers.get(method, "s"), label=method, s=40)
+        ax.scatter(
+            [r.predicted_bound for r in sel],
+            [abs(r.observed_gap) for r in sel],
+            marker=markers.get(method, "s"),
+            label=method,
+            s=40,
+        )
         for r in sel:
-            ax.annotate(f"{100 * r.prune_ratio:.0f}%", (r.predicted_bound, abs(r.observed_gap)),
-                        textcoords="offset points", xytext=(4, 3), fontsize=7)
+            ax.annotate(
+                f"{100 * r.prune_ratio:.0f}%",
+                (r.predicted_bound, abs(r.observed_gap)),
+                textcoords="offset points",
+                xytext=(4, 3),
+                fontsize=7,
+            )
     vals = [v for r in rows for v in (r.predicted_bound, abs(r.observed_gap)) if v > 0 and math.isfinite(v)]
     if vals:
         lo, hi = min(vals) / 2, max(vals) * 2

@@ -14,21 +14,31 @@ from typing import Callable
 import numpy as np
 import torch
 
-from dpcli.influence import kernels as infl
 from dpcli import console
-from dpcli.influence.base import ESTIMATORS, LastLayer
-from dpcli.influence import sketch as influence_scale
-from dpcli.artifacts.h5 import DIGEST_ATTR, DatasetDigest, StreamHash, atomic_h5, check_writable, get_attr, open_artifact, set_attr, verify_dataset
-from dpcli.artifacts.rows import check_space, create_rows, mapped_rows
+from dpcli.artifacts.h5 import (
+    DIGEST_ATTR,
+    DatasetDigest,
+    StreamHash,
+    atomic_h5,
+    check_writable,
+    get_attr,
+    open_artifact,
+    set_attr,
+    verify_dataset,
+)
 from dpcli.artifacts.lock import artifact_lock
+from dpcli.artifacts.rows import check_space, create_rows, mapped_rows
 from dpcli.config import InfluenceConfig
 from dpcli.data.samples import SampleSpace
 from dpcli.data.sources import Dataset
 from dpcli.errors import DpcliError
+from dpcli.influence import kernels as infl
+from dpcli.influence import sketch as influence_scale
+from dpcli.influence.base import ESTIMATORS, LastLayer
 from dpcli.select.linalg import float32_rows, nonfinite_rows
 from dpcli.stages.outputs import check_distinct
-from dpcli.train.loop import extract_features, load_trained
 from dpcli.train.checkpoint import Checkpoint, load_checkpoint
+from dpcli.train.loop import extract_features, load_trained
 
 Progress = Callable[..., None]
 
@@ -62,9 +72,17 @@ def default_damping(ck: Checkpoint) -> float:
     return ck.config.weight_decay if ck.config.weight_decay > 0 else 1e-3
 
 
-def compute_influence(checkpoint: Path, out: Path, cfg: InfluenceConfig, *, device: torch.device,
-                      data_root: Path | None = None, ds: Dataset | None = None,
-                      progress: Progress | None = None, shard: tuple[int, int] | None = None) -> InfluenceInfo:
+def compute_influence(
+    checkpoint: Path,
+    out: Path,
+    cfg: InfluenceConfig,
+    *,
+    device: torch.device,
+    data_root: Path | None = None,
+    ds: Dataset | None = None,
+    progress: Progress | None = None,
+    shard: tuple[int, int] | None = None,
+) -> InfluenceInfo:
     """S_i = (1/n) (H + damping I)^-1 grad L(z_i) on the last linear layer, streamed to HDF5.
 
     ``shard=(i, k)`` writes only rows [floor(i n/k), floor((i+1) n/k)) (the Hessian still uses
@@ -78,16 +96,19 @@ def compute_influence(checkpoint: Path, out: Path, cfg: InfluenceConfig, *, devi
             if done is not None:
                 return done
         check_writable(out)
-        return _compute_influence(checkpoint, out, cfg, device=device, data_root=data_root, ds=ds,
-                                  progress=progress, shard=shard)
+        return _compute_influence(
+            checkpoint, out, cfg, device=device, data_root=data_root, ds=ds, progress=progress, shard=shard
+        )
 
 
 def _reusable_influence(out: Path, checkpoint: Path, cfg: InfluenceConfig, holder: int | None) -> InfluenceInfo | None:
     """The influence another job published while this one waited, if it is the one asked for."""
     try:
         info = read_influence_info(out, allow_shard=True)
-        same = (influence_config_of(out) == cfg.to_dict()
-                and info.checkpoint_fingerprint == load_checkpoint(checkpoint, weights=False).fingerprint)
+        same = (
+            influence_config_of(out) == cfg.to_dict()
+            and info.checkpoint_fingerprint == load_checkpoint(checkpoint, weights=False).fingerprint
+        )
     except DpcliError:
         return None
     if same:
@@ -95,9 +116,17 @@ def _reusable_influence(out: Path, checkpoint: Path, cfg: InfluenceConfig, holde
     return info if same else None
 
 
-def _compute_influence(checkpoint: Path, out: Path, cfg: InfluenceConfig, *, device: torch.device,
-                       data_root: Path | None, ds: Dataset | None, progress: Progress | None,
-                       shard: tuple[int, int] | None) -> InfluenceInfo:
+def _compute_influence(
+    checkpoint: Path,
+    out: Path,
+    cfg: InfluenceConfig,
+    *,
+    device: torch.device,
+    data_root: Path | None,
+    ds: Dataset | None,
+    progress: Progress | None,
+    shard: tuple[int, int] | None,
+) -> InfluenceInfo:
     t0 = time.perf_counter()
     model, ck, ds = load_trained(checkpoint, device, data_root, ds)
     if ck.keep_indices is not None:
@@ -121,9 +150,17 @@ def _compute_influence(checkpoint: Path, out: Path, cfg: InfluenceConfig, *, dev
     test_grad = infl.mean_grad(test_feats, torch.from_numpy(ds.test.labels).to(device), weight, bias)
     theta = torch.cat([weight.double().flatten(), bias.double()]).cpu().numpy()
     attrs = {
-        "method": cfg.estimator, "damping": float(damping), "n": n, "d": d, "num_classes": c,
-        "feature_dim": feat_dim, "config": cfg.to_dict(), "checkpoint": str(Path(checkpoint).resolve()),
-        "checkpoint_fingerprint": ck.fingerprint, "dataset": ds.name, "dataset_fingerprint": ds.fingerprint,
+        "method": cfg.estimator,
+        "damping": float(damping),
+        "n": n,
+        "d": d,
+        "num_classes": c,
+        "feature_dim": feat_dim,
+        "config": cfg.to_dict(),
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "checkpoint_fingerprint": ck.fingerprint,
+        "dataset": ds.name,
+        "dataset_fingerprint": ds.fingerprint,
         "epsilon_convention": "S_i includes the 1/n factor (Eq. 3): ||sum S_i|| is the predicted parameter change",
         "parameter_order": "last layer: weight (C x D) row-major, then bias (C)",
     }
@@ -138,7 +175,7 @@ def _compute_influence(checkpoint: Path, out: Path, cfg: InfluenceConfig, *, dev
             if sketch is not None:
                 rows = sketch.apply(rows)
             stored = np.asarray(rows, dtype=np.float32)  # the bytes the file holds, for its checksum
-            dset[start - row_start:start - row_start + len(rows)] = stored
+            dset[start - row_start : start - row_start + len(rows)] = stored
             hasher.update(rows)
             digest.update(stored)
 
@@ -148,8 +185,9 @@ def _compute_influence(checkpoint: Path, out: Path, cfg: InfluenceConfig, *, dev
 
         estimator = ESTIMATORS.get(cfg.estimator)(cfg)
         problem = LastLayer(feats, labels, weight, bias, checkpoint=Path(checkpoint))
-        solved = estimator.solve(problem, damping=damping, rows=(row_start, row_stop), sink=sink,
-                                 progress=on_rows, info=console.info)
+        solved = estimator.solve(
+            problem, damping=damping, rows=(row_start, row_stop), sink=sink, progress=on_rows, info=console.info
+        )
         for key, value in solved.items():
             set_attr(f, key, value)
         dset.attrs[DIGEST_ATTR] = digest.hexdigest()  # rows arrive in order (the estimators' sink contract)
@@ -171,18 +209,28 @@ def _compute_influence(checkpoint: Path, out: Path, cfg: InfluenceConfig, *, dev
 def read_influence_info(path: Path, allow_shard: bool = False) -> InfluenceInfo:
     with open_artifact(path, "influence") as f:
         if not allow_shard and get_attr(f, "shards") is not None:
-            raise DpcliError(f"{path}: is shard {get_attr(f, 'shard')}/{get_attr(f, 'shards')} of S (rows "
-                             f"[{get_attr(f, 'row_start')}, {get_attr(f, 'row_stop')})); merge the shards first: "
-                             f"dpcli influence CKPT --merge PART ... --out influence.h5")
+            raise DpcliError(
+                f"{path}: is shard {get_attr(f, 'shard')}/{get_attr(f, 'shards')} of S (rows "
+                f"[{get_attr(f, 'row_start')}, {get_attr(f, 'row_stop')})); merge the shards first: "
+                f"dpcli influence CKPT --merge PART ... --out influence.h5"
+            )
         _check_rows(path, f)
         try:
             return InfluenceInfo(
-                path=Path(path), method=get_attr(f, "method"), damping=float(get_attr(f, "damping")),
-                n=int(get_attr(f, "n")), d=int(get_attr(f, "d")), num_classes=int(get_attr(f, "num_classes")),
-                feature_dim=int(get_attr(f, "feature_dim")), fingerprint=get_attr(f, "fingerprint"),
-                checkpoint=get_attr(f, "checkpoint"), checkpoint_fingerprint=get_attr(f, "checkpoint_fingerprint"),
-                dataset=get_attr(f, "dataset"), dataset_fingerprint=get_attr(f, "dataset_fingerprint"),
-                seconds=float(get_attr(f, "seconds", 0.0)), sketch_k=get_attr(f, "sketch_k"),
+                path=Path(path),
+                method=get_attr(f, "method"),
+                damping=float(get_attr(f, "damping")),
+                n=int(get_attr(f, "n")),
+                d=int(get_attr(f, "d")),
+                num_classes=int(get_attr(f, "num_classes")),
+                feature_dim=int(get_attr(f, "feature_dim")),
+                fingerprint=get_attr(f, "fingerprint"),
+                checkpoint=get_attr(f, "checkpoint"),
+                checkpoint_fingerprint=get_attr(f, "checkpoint_fingerprint"),
+                dataset=get_attr(f, "dataset"),
+                dataset_fingerprint=get_attr(f, "dataset_fingerprint"),
+                seconds=float(get_attr(f, "seconds", 0.0)),
+                sketch_k=get_attr(f, "sketch_k"),
                 space=SampleSpace.read(f, int(get_attr(f, "n")), str(path)),
             )
         except (TypeError, ValueError) as exc:
@@ -196,8 +244,10 @@ def _check_rows(path: Path, f) -> None:
     start, stop = get_attr(f, "row_start"), get_attr(f, "row_stop")
     expected = int(stop) - int(start) if get_attr(f, "shards") is not None else int(get_attr(f, "n", -1))
     if f["S"].shape[0] != expected:
-        raise DpcliError(f"{path}: S has {f['S'].shape[0]} rows but the artifact says n = {expected}; "
-                         f"the file is damaged or was edited, recompute it")
+        raise DpcliError(
+            f"{path}: S has {f['S'].shape[0]} rows but the artifact says n = {expected}; "
+            f"the file is damaged or was edited, recompute it"
+        )
 
 
 def influence_config_of(path: Path) -> dict | None:
@@ -224,5 +274,3 @@ def load_S(path: Path, *, mapped: bool = False) -> np.ndarray:
     if bad:
         raise DpcliError(f"{path}: S has {bad} rows with non-finite values; recompute with larger --damping")
     return S
-
-

@@ -46,15 +46,21 @@ class Fitted:
     y: "Tensor"
     head: HeadFit
     damping: float
-    loss: np.ndarray       # per-sample CE at the optimum (float32)
+    loss: np.ndarray  # per-sample CE at the optimum (float32)
     grad_norm: np.ndarray  # per-sample ||g_i|| (float32)
     test_grad: np.ndarray | None  # mean test-loss gradient (float64), when test features were given
     seconds: float
 
 
-def fit_embeddings(emb: Embeddings, damping: float = DEFAULT_DAMPING, *, tol: float = DEFAULT_TOL,
-                   max_iter: int = DEFAULT_MAX_ITER, device: Any = None,
-                   info: Callable[[str], None] | None = None) -> Fitted:
+def fit_embeddings(
+    emb: Embeddings,
+    damping: float = DEFAULT_DAMPING,
+    *,
+    tol: float = DEFAULT_TOL,
+    max_iter: int = DEFAULT_MAX_ITER,
+    device: Any = None,
+    info: Callable[[str], None] | None = None,
+) -> Fitted:
     """The head fitted to its optimum on ``emb`` and the per-sample statistics selectors read."""
     import torch
 
@@ -67,10 +73,23 @@ def fit_embeddings(emb: Embeddings, damping: float = DEFAULT_DAMPING, *, tol: fl
     losses, norms = infl.loss_and_grad_norm(x, y, head.weight, head.bias)
     test_grad = None
     if emb.x_test is not None:
-        test_grad = infl.mean_grad(torch.from_numpy(emb.x_test).to(dev), torch.from_numpy(emb.y_test).to(dev),
-                                   head.weight, head.bias).cpu().numpy()
-    return Fitted(x, y, head, float(damping), losses.astype(np.float32), norms.astype(np.float32), test_grad,
-                  time.perf_counter() - t0)
+        test_grad = (
+            infl.mean_grad(
+                torch.from_numpy(emb.x_test).to(dev), torch.from_numpy(emb.y_test).to(dev), head.weight, head.bias
+            )
+            .cpu()
+            .numpy()
+        )
+    return Fitted(
+        x,
+        y,
+        head,
+        float(damping),
+        losses.astype(np.float32),
+        norms.astype(np.float32),
+        test_grad,
+        time.perf_counter() - t0,
+    )
 
 
 def sketch_of(cfg: "InfluenceConfig", num_classes: int, dim: int) -> "Sketch | None":
@@ -80,9 +99,14 @@ def sketch_of(cfg: "InfluenceConfig", num_classes: int, dim: int) -> "Sketch | N
     return influence_scale.make_sketch(cfg, num_classes * (dim + 1))
 
 
-def solve_rows(fitted: Fitted, cfg: "InfluenceConfig", sink: Sink, *,
-               progress: Callable[[int, int], None] | None = None,
-               info: Callable[[str], None] | None = None) -> dict[str, Any]:
+def solve_rows(
+    fitted: Fitted,
+    cfg: "InfluenceConfig",
+    sink: Sink,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    info: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Rows of S (or of ``S R`` under ``--sketch``) at the fitted head, float32 to ``sink(start, rows)``;
     returns what the estimator records.  Above the dense limit a sketch is solved first
     (:func:`dpcli.influence.cg.sketched_rows`: k systems instead of one per sample)."""
@@ -101,11 +125,22 @@ def solve_rows(fitted: Fitted, cfg: "InfluenceConfig", sink: Sink, *,
         sink(start, sketch.apply(rows) if sketch is not None and not presketched else rows)
 
     if presketched:
-        return sketched_rows(x, y, head.weight, head.bias, fitted.damping, sketch, tol=cfg.cg_tol,
-                             max_iter=cfg.cg_max_iter, sink=checked, progress=progress)
+        return sketched_rows(
+            x,
+            y,
+            head.weight,
+            head.bias,
+            fitted.damping,
+            sketch,
+            tol=cfg.cg_tol,
+            max_iter=cfg.cg_max_iter,
+            sink=checked,
+            progress=progress,
+        )
     problem = LastLayer(x, y, head.weight, head.bias)  # float64: the optimum, not a rounding of it
-    return ESTIMATORS.get(cfg.estimator)(cfg).solve(problem, damping=fitted.damping, rows=(0, n), sink=checked,
-                                                 progress=progress, info=info)
+    return ESTIMATORS.get(cfg.estimator)(cfg).solve(
+        problem, damping=fitted.damping, rows=(0, n), sink=checked, progress=progress, info=info
+    )
 
 
 def _check_estimator(cfg: "InfluenceConfig") -> None:
@@ -114,10 +149,15 @@ def _check_estimator(cfg: "InfluenceConfig") -> None:
         raise DpcliError("--estimator sgd replays a recorded training run; on features use exact, cg or lissa")
 
 
-def influence_in_memory(emb: Embeddings, cfg: "InfluenceConfig", damping: float = DEFAULT_DAMPING,
-                        tol: float = DEFAULT_TOL, max_iter: int = DEFAULT_MAX_ITER,
-                        device: Any = None,
-                        progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, HeadFit]:
+def influence_in_memory(
+    emb: Embeddings,
+    cfg: "InfluenceConfig",
+    damping: float = DEFAULT_DAMPING,
+    tol: float = DEFAULT_TOL,
+    max_iter: int = DEFAULT_MAX_ITER,
+    device: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, HeadFit]:
     """S (n x d, or n x k sketched) and the fitted head, without files (what :func:`dpcli.api.influence` returns)."""
     _check_estimator(cfg)
     sketch = sketch_of(cfg, emb.num_classes, emb.x.shape[1])
@@ -125,16 +165,25 @@ def influence_in_memory(emb: Embeddings, cfg: "InfluenceConfig", damping: float 
     fitted = fit_embeddings(emb, damping, tol=tol, max_iter=max_iter, device=device)
 
     def into(start: int, rows: np.ndarray) -> None:
-        S[start:start + len(rows)] = rows
+        S[start : start + len(rows)] = rows
 
     solve_rows(fitted, cfg, into, progress=progress)
     return S, fitted.head
 
 
-def embeddings_influence(emb: Embeddings, out: Path, cfg: "InfluenceConfig", *, damping: float | None = None,
-                         tol: float = DEFAULT_TOL, max_iter: int = DEFAULT_MAX_ITER, device: Any = None,
-                         progress: Callable[[int, int], None] | None = None,
-                         info: Callable[[str], None] | None = None, space: Any = None) -> "InfluenceInfo":
+def embeddings_influence(
+    emb: Embeddings,
+    out: Path,
+    cfg: "InfluenceConfig",
+    *,
+    damping: float | None = None,
+    tol: float = DEFAULT_TOL,
+    max_iter: int = DEFAULT_MAX_ITER,
+    device: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+    info: Callable[[str], None] | None = None,
+    space: Any = None,
+) -> "InfluenceInfo":
     """``influence --features``: the in-memory fit and solve, written as ``influence.h5`` (S, loss, labels,
     theta, test gradient, lineage), atomically; ``space``: the user's index of each row
     (:class:`dpcli.data.samples.SampleSpace`), for a dataset's features."""
@@ -157,13 +206,28 @@ def embeddings_influence(emb: Embeddings, out: Path, cfg: "InfluenceConfig", *, 
     fitted = fit_embeddings(emb, damping, tol=tol, max_iter=max_iter, device=device, info=info)
     head = fitted.head
     attrs = {
-        "method": cfg.estimator, "damping": float(damping), "n": n, "d": d, "num_classes": c, "feature_dim": dim,
-        "config": {**cfg.to_dict(), "damping": damping, "source": SOURCE}, "checkpoint": "",
-        "checkpoint_fingerprint": "", "dataset": f"{SOURCE}:{Path(emb.lineage.get('features', 'in-memory')).name}",
-        "dataset_fingerprint": emb.fingerprint, "source": SOURCE, "lineage": emb.lineage,
-        "head_solver": head.solver, "head_iterations": head.iterations, "head_grad_norm": head.grad_norm,
-        "head_loss": head.loss, "head_seconds": fitted.seconds, "head_hvps": head.hvps, "head_tol": float(tol),
-        "head_max_iter": int(max_iter), "class_names": list(emb.classes or ()),
+        "method": cfg.estimator,
+        "damping": float(damping),
+        "n": n,
+        "d": d,
+        "num_classes": c,
+        "feature_dim": dim,
+        "config": {**cfg.to_dict(), "damping": damping, "source": SOURCE},
+        "checkpoint": "",
+        "checkpoint_fingerprint": "",
+        "dataset": f"{SOURCE}:{Path(emb.lineage.get('features', 'in-memory')).name}",
+        "dataset_fingerprint": emb.fingerprint,
+        "source": SOURCE,
+        "lineage": emb.lineage,
+        "head_solver": head.solver,
+        "head_iterations": head.iterations,
+        "head_grad_norm": head.grad_norm,
+        "head_loss": head.loss,
+        "head_seconds": fitted.seconds,
+        "head_hvps": head.hvps,
+        "head_tol": float(tol),
+        "head_max_iter": int(max_iter),
+        "class_names": list(emb.classes or ()),
         "epsilon_convention": "S_i includes the 1/n factor (Eq. 3): ||sum S_i|| is the predicted parameter change",
         "parameter_order": "last layer: weight (C x D) row-major, then bias (C)",
     }
@@ -173,7 +237,7 @@ def embeddings_influence(emb: Embeddings, out: Path, cfg: "InfluenceConfig", *, 
         hasher = StreamHash()
 
         def write(start: int, rows: np.ndarray) -> None:
-            dset[start:start + len(rows)] = rows
+            dset[start : start + len(rows)] = rows
             hasher.update(rows)
 
         for key, value in solve_rows(fitted, cfg, write, progress=progress, info=info).items():
@@ -192,8 +256,15 @@ def embeddings_influence(emb: Embeddings, out: Path, cfg: "InfluenceConfig", *, 
 
 
 # ------------------------------------------------------------------------------------------ verify-bound
-def verify_bound(influence: Path, masks: list["MaskInfo"], out_dir: Path, *, random_seed: int = 0,
-                 force: bool = False, info_line: Callable[[str], None] | None = None) -> dict:
+def verify_bound(
+    influence: Path,
+    masks: list["MaskInfo"],
+    out_dir: Path,
+    *,
+    random_seed: int = 0,
+    force: bool = False,
+    info_line: Callable[[str], None] | None = None,
+) -> dict:
     """Theorem 1 on an embeddings run: predicted bound beside the observed test-loss gap of exact refits
     (no seed noise: every fit is deterministic and run to its optimum).  Each mask is paired with random
     pruning of the same count."""
@@ -204,8 +275,9 @@ def verify_bound(influence: Path, masks: list["MaskInfo"], out_dir: Path, *, ran
 
     emb, damping = reload_embeddings(influence)
     if emb.x_test is None:
-        raise DpcliError(f"{influence}: verify-bound needs test features; rerun influence with "
-                         "--test-features and --test-labels")
+        raise DpcliError(
+            f"{influence}: verify-bound needs test features; rerun influence with --test-features and --test-labels"
+        )
     info = read_influence_info(influence)
     full = full_fit(influence, emb)
     rows: list[BoundRow] = []
@@ -220,17 +292,35 @@ def verify_bound(influence: Path, masks: list["MaskInfo"], out_dir: Path, *, ran
             # the same checkpoint `retrain` writes (reused)
             sub = retrain_head(m, force=force, info=info_line, loaded=(emb, damping))
             norm, bound, first = predict(Path(influence), ~m.keep)
-            rows.append(BoundRow(label=label, method=m.method, mask=str(m.path), n_pruned=m.n_pruned,
-                                 prune_ratio=m.n_pruned / m.n, epsilon=m.target if m.mode == "epsilon" else None,
-                                 norm=norm, predicted_bound=bound, first_order=first,
-                                 observed_gap=sub["test_loss"] - full.test_loss, test_loss=sub["test_loss"],
-                                 test_accuracy=sub["test_accuracy"], parameter_change=sub["parameter_change"],
-                                 first_order_residual=sub["first_order_residual"]))
-    report = {"command": "verify-bound", "source": SOURCE, "influence": str(influence), "n": emb.n,
-              "full_test_loss": full.test_loss, "full_test_accuracy": full.test_accuracy,
-              "note": f"head refits to the optimum of {REFIT_OBJECTIVE} on frozen features (the model S predicts): "
-                      "the observed gap has no seed noise",
-              "rows": [r.to_dict() for r in rows]}
+            rows.append(
+                BoundRow(
+                    label=label,
+                    method=m.method,
+                    mask=str(m.path),
+                    n_pruned=m.n_pruned,
+                    prune_ratio=m.n_pruned / m.n,
+                    epsilon=m.target if m.mode == "epsilon" else None,
+                    norm=norm,
+                    predicted_bound=bound,
+                    first_order=first,
+                    observed_gap=sub["test_loss"] - full.test_loss,
+                    test_loss=sub["test_loss"],
+                    test_accuracy=sub["test_accuracy"],
+                    parameter_change=sub["parameter_change"],
+                    first_order_residual=sub["first_order_residual"],
+                )
+            )
+    report = {
+        "command": "verify-bound",
+        "source": SOURCE,
+        "influence": str(influence),
+        "n": emb.n,
+        "full_test_loss": full.test_loss,
+        "full_test_accuracy": full.test_accuracy,
+        "note": f"head refits to the optimum of {REFIT_OBJECTIVE} on frozen features (the model S predicts): "
+        "the observed gap has no seed noise",
+        "rows": [r.to_dict() for r in rows],
+    }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "bound.json", report)
@@ -240,9 +330,17 @@ def verify_bound(influence: Path, masks: list["MaskInfo"], out_dir: Path, *, ran
 
 
 # ------------------------------------------------------------------------------------------ frozen backbone
-def freeze_backbone(config, ds, out_dir: Path, *, device: Any, icfg: "InfluenceConfig",
-                    damping: float | None = None, info: Callable[[str], None] | None = None,
-                    head_fit: tuple[float, int] = (DEFAULT_TOL, DEFAULT_MAX_ITER)) -> "InfluenceInfo":
+def freeze_backbone(
+    config,
+    ds,
+    out_dir: Path,
+    *,
+    device: Any,
+    icfg: "InfluenceConfig",
+    damping: float | None = None,
+    info: Callable[[str], None] | None = None,
+    head_fit: tuple[float, int] = (DEFAULT_TOL, DEFAULT_MAX_ITER),
+) -> "InfluenceInfo":
     """``train --freeze-backbone``: features of the (pretrained) backbone computed once and cached as
     .npy in ``out_dir``, then the head fit (``head_fit`` = its tol and max_iter) and exact influence of
     :func:`embeddings_influence`, all on ``device``."""
@@ -251,8 +349,13 @@ def freeze_backbone(config, ds, out_dir: Path, *, device: Any, icfg: "InfluenceC
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    key = config_key({k: v for k, v in config.to_dict().items()
-                      if k in ("dataset", "arch", "weights", "head_module", "width", "depth", "seed", "image_size")})
+    key = config_key(
+        {
+            k: v
+            for k, v in config.to_dict().items()
+            if k in ("dataset", "arch", "weights", "head_module", "width", "depth", "seed", "image_size")
+        }
+    )
     files = {s: (out_dir / f"{s}-features-{key}.npy", out_dir / f"{s}-labels-{key}.npy") for s in ("train", "test")}
     if not all(p.exists() for pair in files.values() for p in pair):
         model = make_model(config, ds).to(device).eval()
@@ -269,5 +372,14 @@ def freeze_backbone(config, ds, out_dir: Path, *, device: Any, icfg: "InfluenceC
         emb.lineage[preprocess.LINEAGE_KEY] = preprocess.to_dict(ds.input)
     damping = damping if damping is not None else (config.weight_decay or DEFAULT_DAMPING)
     tol, max_iter = head_fit
-    return embeddings_influence(emb, out_dir / "influence.h5", icfg, damping=damping, tol=tol, max_iter=max_iter,
-                                device=device, info=info, space=ds.samples)
+    return embeddings_influence(
+        emb,
+        out_dir / "influence.h5",
+        icfg,
+        damping=damping,
+        tol=tol,
+        max_iter=max_iter,
+        device=device,
+        info=info,
+        space=ds.samples,
+    )

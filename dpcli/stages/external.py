@@ -29,11 +29,15 @@ def check_options(cfg: "PruneConfig") -> None:
 
     needs = SELECTORS.get(cfg.method).needs
     if needs:
-        raise DpcliError(f"--method {cfg.method} needs the {' and '.join(sorted(needs))} of a dpcli training run; "
-                         "an external S has none (use optimization, auto, random or influence-score)")
+        raise DpcliError(
+            f"--method {cfg.method} needs the {' and '.join(sorted(needs))} of a dpcli training run; "
+            "an external S has none (use optimization, auto, random or influence-score)"
+        )
     if cfg.strata > 1 or cfg.cutoff != 0.0 or cfg.cutoff_ratio is not None:
-        raise DpcliError("--strata and --hard-cutoff rank samples by their training loss, which an external S does "
-                         "not come with; use --balance (with --labels) or prune an influence.h5 from dpcli")
+        raise DpcliError(
+            "--strata and --hard-cutoff rank samples by their training loss, which an external S does "
+            "not come with; use --balance (with --labels) or prune an influence.h5 from dpcli"
+        )
     if cfg.match_features:
         raise DpcliError("--match-features needs the samples' features, which an external S does not come with")
 
@@ -62,45 +66,83 @@ def _stored_labels(y: np.ndarray | None, n: int, path: Path) -> np.ndarray | Non
     return None if y is None else check_labels(encode_labels(y, None, str(path))[0], n, None, str(path))
 
 
-def prune_external(path: Path | str, out: Path, cfg: "PruneConfig", *, labels: Path | None = None,
-                   outputs: "MaskOutputs | None" = None, progress: Callable[[float], None] | None = None,
-                   info: Callable[[str], None] | None = None) -> "MaskInfo":
+def prune_external(
+    path: Path | str,
+    out: Path,
+    cfg: "PruneConfig",
+    *,
+    labels: Path | None = None,
+    outputs: "MaskOutputs | None" = None,
+    progress: Callable[[float], None] | None = None,
+    info: Callable[[str], None] | None = None,
+) -> "MaskInfo":
     """Select, certify from S and write mask.h5 (and ``outputs``) saying no lineage is known."""
     import torch
 
     from dpcli.artifacts.h5 import array_fingerprint
+    from dpcli.data.embeddings import load_external_S
     from dpcli.data.samples import SampleSpace
     from dpcli.select.base import Context, prune_target, select
     from dpcli.stages.core import InfluenceInfo
     from dpcli.stages.masks import certify_selection, check_outputs, write_mask
-    from dpcli.data.embeddings import load_external_S
 
     cfg.validate()
     check_options(cfg)
     # rows of S are plain indices: no file names, whatever n turns out to be
-    outputs = check_outputs(out, outputs, SampleSpace.identity(0), str(path),
-                            {"the external S": Path(path), "--labels": labels})
+    outputs = check_outputs(
+        out, outputs, SampleSpace.identity(0), str(path), {"the external S": Path(path), "--labels": labels}
+    )
     S, stored = load_external_S(path)
     n = S.shape[0]
     if labels is not None and stored is not None:
         raise DpcliError(f"{path} has its own 'labels' dataset and --labels gives others; keep one of them")
     y = read_labels(labels, n) if labels is not None else _stored_labels(stored, n, Path(path))
     if cfg.balance and y is None:
-        raise DpcliError("--balance prunes every class by the same share, but this external S has no class labels: "
-                         "give --labels FILE (one label per row of S)")
+        raise DpcliError(
+            "--balance prunes every class by the same share, but this external S has no class labels: "
+            "give --labels FILE (one label per row of S)"
+        )
     cfg.check_against(n)
     if info is not None:
         info(f"{path}: {NO_LINEAGE}")
     t0 = time.perf_counter()
-    ctx = Context(S=S, labels=y if y is not None else np.zeros(n, dtype=np.int64), checkpoint=None,
-                  device=torch.device("cpu"), progress=progress)
+    ctx = Context(
+        S=S,
+        labels=y if y is not None else np.zeros(n, dtype=np.int64),
+        checkpoint=None,
+        device=torch.device("cpu"),
+        progress=progress,
+    )
     pruned, solver = select(cfg, ctx)
     cert = certify_selection(S, pruned, cfg, ctx)
-    meta = InfluenceInfo(path=Path(path), method="external", damping=float("nan"), n=n, d=int(S.shape[1]),
-                         num_classes=0, feature_dim=0, fingerprint=array_fingerprint(S), checkpoint="",
-                         checkpoint_fingerprint="", dataset="", dataset_fingerprint="", seconds=0.0,
-                         space=SampleSpace.identity(n))
+    meta = InfluenceInfo(
+        path=Path(path),
+        method="external",
+        damping=float("nan"),
+        n=n,
+        d=int(S.shape[1]),
+        num_classes=0,
+        feature_dim=0,
+        fingerprint=array_fingerprint(S),
+        checkpoint="",
+        checkpoint_fingerprint="",
+        dataset="",
+        dataset_fingerprint="",
+        seconds=0.0,
+        space=SampleSpace.identity(n),
+    )
     target = prune_target(cfg, n)
     extra = {"lineage": NO_LINEAGE, "labels_file": str(Path(labels).resolve()) if labels else "", **ctx.record}
-    return write_mask(out, cert, mode=cfg.mode, target=target, solver=solver, info=meta, config=cfg.to_dict(),
-                      seconds=time.perf_counter() - t0, method=cfg.method, outputs=outputs, extra_attrs=extra)
+    return write_mask(
+        out,
+        cert,
+        mode=cfg.mode,
+        target=target,
+        solver=solver,
+        info=meta,
+        config=cfg.to_dict(),
+        seconds=time.perf_counter() - t0,
+        method=cfg.method,
+        outputs=outputs,
+        extra_attrs=extra,
+    )

@@ -34,16 +34,25 @@ class Refit:
     seconds: float
 
     def __repr__(self) -> str:  # one line, not the weights
-        test = "" if self.test_loss is None else \
-            f", test_loss={self.test_loss:.6g}, test_accuracy={self.test_accuracy:.2f}%"
+        test = (
+            ""
+            if self.test_loss is None
+            else f", test_loss={self.test_loss:.6g}, test_accuracy={self.test_accuracy:.2f}%"
+        )
         return f"Refit(train_loss={self.train_loss:.6g}{test}, seconds={self.seconds:.2f}, head={self.head!r})"
 
 
 REFIT_OBJECTIVE = "(1/n) sum_kept CE + damping/2 ||[W, b]||^2"
 
 
-def refit(emb: Embeddings, keep: np.ndarray, damping: float, tol: float = DEFAULT_TOL,
-          max_iter: int = DEFAULT_MAX_ITER, init: tuple | None = None) -> Refit:
+def refit(
+    emb: Embeddings,
+    keep: np.ndarray,
+    damping: float,
+    tol: float = DEFAULT_TOL,
+    max_iter: int = DEFAULT_MAX_ITER,
+    init: tuple | None = None,
+) -> Refit:
     """The model S predicts: the head refitted to the optimum of the full run's objective with the pruned
     rows' weights set to zero, ``(1/n) sum_kept CE + damping/2 ||theta||^2`` (:data:`REFIT_OBJECTIVE`).
 
@@ -62,8 +71,7 @@ def refit(emb: Embeddings, keep: np.ndarray, damping: float, tol: float = DEFAUL
     t0 = time.perf_counter()
     idx = torch.from_numpy(np.flatnonzero(keep))
     x, y = torch.from_numpy(emb.x), torch.from_numpy(emb.y)
-    head = fit_head(x[idx], y[idx], emb.num_classes, damping * emb.n / len(idx), tol=tol, max_iter=max_iter,
-                    init=init)
+    head = fit_head(x[idx], y[idx], emb.num_classes, damping * emb.n / len(idx), tol=tol, max_iter=max_iter, init=init)
     return _evaluate(emb, head, time.perf_counter() - t0)
 
 
@@ -81,11 +89,22 @@ def full_fit(influence: Path | str, emb: Embeddings) -> Refit:
     with open_artifact(influence, "influence") as f:
         theta = torch.from_numpy(np.asarray(f["theta"][()], dtype=np.float64))
         damping = float(get_attr(f, "damping"))
-        fit = (get_attr(f, "head_grad_norm"), get_attr(f, "head_iterations"), get_attr(f, "head_solver"),
-               get_attr(f, "head_loss"))
+        fit = (
+            get_attr(f, "head_grad_norm"),
+            get_attr(f, "head_iterations"),
+            get_attr(f, "head_solver"),
+            get_attr(f, "head_loss"),
+        )
     c, dim = emb.num_classes, emb.x.shape[1]
-    head = HeadFit(theta[:c * dim].reshape(c, dim), theta[c * dim:], damping, float(fit[0]), int(fit[1]),
-                   str(fit[2]), float(fit[3]))
+    head = HeadFit(
+        theta[: c * dim].reshape(c, dim),
+        theta[c * dim :],
+        damping,
+        float(fit[0]),
+        int(fit[1]),
+        str(fit[2]),
+        float(fit[3]),
+    )
     return _evaluate(emb, head, time.perf_counter() - t0)
 
 
@@ -99,8 +118,8 @@ def _evaluate(emb: Embeddings, head: HeadFit, seconds: float) -> Refit:
         test_loss = _mean_ce(xt, yt, head)
         correct = 0
         for a in range(0, xt.shape[0], _CHUNK):
-            logits = torch.addmm(head.bias, xt[a:a + _CHUNK].double(), head.weight.T)
-            correct += int((logits.argmax(1) == yt[a:a + _CHUNK]).sum())
+            logits = torch.addmm(head.bias, xt[a : a + _CHUNK].double(), head.weight.T)
+            correct += int((logits.argmax(1) == yt[a : a + _CHUNK]).sum())
         test_acc = 100.0 * correct / xt.shape[0]
     return Refit(head, train_loss, test_loss, test_acc, seconds)
 
@@ -111,9 +130,20 @@ def head_config(emb: Embeddings, mask: "MaskInfo", damping: float):
     from dpcli.config import TrainConfig
 
     name = Path(emb.lineage.get("features", "in-memory")).name
-    return TrainConfig(dataset=f"{SOURCE}:{name}", arch="linear", width=int(emb.x.shape[1]), depth=1, epochs=1,
-                       lr=1.0, momentum=0.0, weight_decay=float(damping), batch_size=int(mask.n_kept),
-                       augment=False, seed=0, subset=mask.fingerprint)
+    return TrainConfig(
+        dataset=f"{SOURCE}:{name}",
+        arch="linear",
+        width=int(emb.x.shape[1]),
+        depth=1,
+        epochs=1,
+        lr=1.0,
+        momentum=0.0,
+        weight_decay=float(damping),
+        batch_size=int(mask.n_kept),
+        augment=False,
+        seed=0,
+        subset=mask.fingerprint,
+    )
 
 
 def head_checkpoint_path(mask: "MaskInfo", damping: float) -> Path:
@@ -135,18 +165,23 @@ def _reusable_head(out: Path, mask: "MaskInfo", emb: Embeddings, damping: float)
     try:
         with h5py.File(out, "r") as f:
             lineage = get_attr(f, "lineage") or {}
-            ok = (get_attr(f, "dpcli_kind") == "checkpoint" and get_attr(f, "source") == SOURCE
-                  and lineage.get("mask_fingerprint") == mask.fingerprint
-                  and get_attr(f, "dataset_fingerprint") == emb.fingerprint
-                  and float(get_attr(f, "damping", float("nan"))) == float(damping) and bool(get_attr(f, "complete"))
-                  and get_attr(f, "refit_objective") == REFIT_OBJECTIVE)
+            ok = (
+                get_attr(f, "dpcli_kind") == "checkpoint"
+                and get_attr(f, "source") == SOURCE
+                and lineage.get("mask_fingerprint") == mask.fingerprint
+                and get_attr(f, "dataset_fingerprint") == emb.fingerprint
+                and float(get_attr(f, "damping", float("nan"))) == float(damping)
+                and bool(get_attr(f, "complete"))
+                and get_attr(f, "refit_objective") == REFIT_OBJECTIVE
+            )
             return dict(get_attr(f, "metrics")) if ok else None
     except (OSError, KeyError, TypeError, ValueError):
         return None
 
 
-def write_head_checkpoint(out: Path, sub: Refit, emb: Embeddings, mask: "MaskInfo", damping: float,
-                          metrics: dict[str, Any]) -> None:
+def write_head_checkpoint(
+    out: Path, sub: Refit, emb: Embeddings, mask: "MaskInfo", damping: float, metrics: dict[str, Any]
+) -> None:
     """The refit as a checkpoint artifact (atomic, lineage, readable by :func:`dpcli.train.checkpoint.load_checkpoint`):
     ``model/head.weight`` (C x D) and ``model/head.bias`` in float64, one history row, the kept indices."""
     from dpcli.artifacts.h5 import array_fingerprint, atomic_h5, set_attr
@@ -154,19 +189,42 @@ def write_head_checkpoint(out: Path, sub: Refit, emb: Embeddings, mask: "MaskInf
 
     weight, bias = sub.head.weight.cpu().numpy(), sub.head.bias.cpu().numpy()
     config = head_config(emb, mask, damping)
-    rec = EpochRecord(epoch=1, train_loss=sub.train_loss,
-                      train_acc=float("nan"), test_loss=float("nan") if sub.test_loss is None else sub.test_loss,
-                      test_acc=float("nan") if sub.test_accuracy is None else sub.test_accuracy,
-                      seconds=sub.seconds, steps=sub.head.iterations, lr=1.0)
-    lineage = {"mask": str(Path(mask.path).resolve()), "mask_fingerprint": mask.fingerprint,
-               "influence": str(mask.influence), **emb.lineage}
+    rec = EpochRecord(
+        epoch=1,
+        train_loss=sub.train_loss,
+        train_acc=float("nan"),
+        test_loss=float("nan") if sub.test_loss is None else sub.test_loss,
+        test_acc=float("nan") if sub.test_accuracy is None else sub.test_accuracy,
+        seconds=sub.seconds,
+        steps=sub.head.iterations,
+        lr=1.0,
+    )
+    lineage = {
+        "mask": str(Path(mask.path).resolve()),
+        "mask_fingerprint": mask.fingerprint,
+        "influence": str(mask.influence),
+        **emb.lineage,
+    }
     attrs = {
-        "config": config.to_dict(), "dataset": config.dataset, "dataset_fingerprint": emb.fingerprint,
-        "n_train": emb.n, "skipped_files": {"count": 0, "first": []}, "num_classes": emb.num_classes, "epoch": 1,
-        "complete": True, "fingerprint": array_fingerprint(weight, bias), "lineage": lineage, "world_size": 1,
-        "source": SOURCE, "damping": float(damping), "head_solver": sub.head.solver,
-        "head_iterations": sub.head.iterations, "head_grad_norm": sub.head.grad_norm, "head_loss": sub.head.loss,
-        "metrics": metrics, "refit_objective": REFIT_OBJECTIVE,
+        "config": config.to_dict(),
+        "dataset": config.dataset,
+        "dataset_fingerprint": emb.fingerprint,
+        "n_train": emb.n,
+        "skipped_files": {"count": 0, "first": []},
+        "num_classes": emb.num_classes,
+        "epoch": 1,
+        "complete": True,
+        "fingerprint": array_fingerprint(weight, bias),
+        "lineage": lineage,
+        "world_size": 1,
+        "source": SOURCE,
+        "damping": float(damping),
+        "head_solver": sub.head.solver,
+        "head_iterations": sub.head.iterations,
+        "head_grad_norm": sub.head.grad_norm,
+        "head_loss": sub.head.loss,
+        "metrics": metrics,
+        "refit_objective": REFIT_OBJECTIVE,
         "note": f"the last layer refitted to the optimum of {REFIT_OBJECTIVE}: the model S predicts",
     }
     with atomic_h5(out, "checkpoint", attrs) as f:
@@ -181,9 +239,14 @@ def write_head_checkpoint(out: Path, sub: Refit, emb: Embeddings, mask: "MaskInf
         f.create_dataset("keep_indices", data=mask.keep_indices)
 
 
-def retrain_head(mask: "MaskInfo", out: Path | None = None, *, force: bool = False,
-                 info: Callable[[str], None] | None = None,
-                 loaded: tuple[Embeddings, float] | None = None) -> dict[str, Any]:
+def retrain_head(
+    mask: "MaskInfo",
+    out: Path | None = None,
+    *,
+    force: bool = False,
+    info: Callable[[str], None] | None = None,
+    loaded: tuple[Embeddings, float] | None = None,
+) -> dict[str, Any]:
     """``retrain`` for an embeddings run: refit on the kept rows, compared with the full-data optimum.
 
     Writes a checkpoint artifact (reused when it was made from this mask, these features and this L2)
@@ -210,20 +273,35 @@ def retrain_head(mask: "MaskInfo", out: Path | None = None, *, force: bool = Fal
     change = torch.cat([(sub.head.weight - full.head.weight).reshape(-1), sub.head.bias - full.head.bias]).numpy()
     predicted = influence_sum(Path(mask.influence), ~mask.keep)
     metrics = {
-        "checkpoint": str(out), "mask": str(mask.path), "influence": mask.influence, "n_kept": mask.n_kept,
-        "n_pruned": mask.n_pruned, "prune_ratio": mask.n_pruned / mask.n, "arch": "linear", "epochs": 1,
-        "mode": "head refit on frozen features", "damping": damping, "objective": REFIT_OBJECTIVE,
+        "checkpoint": str(out),
+        "mask": str(mask.path),
+        "influence": mask.influence,
+        "n_kept": mask.n_kept,
+        "n_pruned": mask.n_pruned,
+        "prune_ratio": mask.n_pruned / mask.n,
+        "arch": "linear",
+        "epochs": 1,
+        "mode": "head refit on frozen features",
+        "damping": damping,
+        "objective": REFIT_OBJECTIVE,
         "l2_over_kept_mean": damping * mask.n / mask.n_kept,
-        "head_grad_norm": sub.head.grad_norm, "head_iterations": sub.head.iterations, "head_solver": sub.head.solver,
-        "optimizer_steps": sub.head.iterations, "train_seconds": sub.seconds,
-        "test_loss": sub.test_loss, "test_accuracy": sub.test_accuracy, "train_loss_all": sub.train_loss,
-        "full_data_test_loss": full.test_loss, "full_data_test_accuracy": full.test_accuracy,
+        "head_grad_norm": sub.head.grad_norm,
+        "head_iterations": sub.head.iterations,
+        "head_solver": sub.head.solver,
+        "optimizer_steps": sub.head.iterations,
+        "train_seconds": sub.seconds,
+        "test_loss": sub.test_loss,
+        "test_accuracy": sub.test_accuracy,
+        "train_loss_all": sub.train_loss,
+        "full_data_test_loss": full.test_loss,
+        "full_data_test_accuracy": full.test_accuracy,
         "full_data_train_loss_all": full.train_loss,
         "parameter_change": float(np.linalg.norm(change)),
         # Theorem 1's first-order prediction and what it misses (second order); None for a sketched S
         "predicted_change": float(np.linalg.norm(predicted)) if predicted.shape == change.shape else None,
-        "first_order_residual": (float(np.linalg.norm(predicted - change)) if predicted.shape == change.shape
-                                 else None),
+        "first_order_residual": (
+            float(np.linalg.norm(predicted - change)) if predicted.shape == change.shape else None
+        ),
         "metrics_file": str(out.with_name("metrics.json")),
     }
     write_head_checkpoint(out, sub, emb, mask, damping, metrics)

@@ -78,9 +78,17 @@ class MaskInfo(KeepMask):
         return self.samples.total - self.samples.n
 
 
-def prune(influence_path: Path, out: Path, cfg: PruneConfig, *, outputs: MaskOutputs | None = None,
-          progress: Progress | None = None, device: torch.device | None = None,
-          data_root: Path | None = None, ds: Dataset | None = None) -> MaskInfo:
+def prune(
+    influence_path: Path,
+    out: Path,
+    cfg: PruneConfig,
+    *,
+    outputs: MaskOutputs | None = None,
+    progress: Progress | None = None,
+    device: torch.device | None = None,
+    data_root: Path | None = None,
+    ds: Dataset | None = None,
+) -> MaskInfo:
     """Apply ``cfg.method`` (``auto`` by default) to S, certify, write the keep mask and ``outputs``.
 
     Outputs are checked before the solve (writable, none an input, names only for an image folder that has
@@ -89,8 +97,9 @@ def prune(influence_path: Path, out: Path, cfg: PruneConfig, *, outputs: MaskOut
     """
     info = read_influence_info(influence_path)
     cfg.validate().check_against(info.n)
-    outputs = check_outputs(out, outputs, info.samples, str(influence_path),
-                            {"the influence file S": Path(influence_path)})
+    outputs = check_outputs(
+        out, outputs, info.samples, str(influence_path), {"the influence file S": Path(influence_path)}
+    )
     with artifact_lock(out) as lock:
         if lock.reusable():
             done = _reusable_mask(out, info, cfg, lock.holder)
@@ -98,18 +107,30 @@ def prune(influence_path: Path, out: Path, cfg: PruneConfig, *, outputs: MaskOut
                 with Publication() as pub:
                     outputs.stage(pub, done.user_keep, done.samples, done.path)
                 return done
-        return _prune(influence_path, out, cfg, info, outputs=outputs, progress=progress, device=device,
-                      data_root=data_root, ds=ds)
+        return _prune(
+            influence_path,
+            out,
+            cfg,
+            info,
+            outputs=outputs,
+            progress=progress,
+            device=device,
+            data_root=data_root,
+            ds=ds,
+        )
 
 
-def check_outputs(out: Path, outputs: MaskOutputs | None, space: SampleSpace, source: str,
-                  inputs: dict[str, Path | None]) -> MaskOutputs:
+def check_outputs(
+    out: Path, outputs: MaskOutputs | None, space: SampleSpace, source: str, inputs: dict[str, Path | None]
+) -> MaskOutputs:
     """Refuse, before any work, outputs that cannot be written, that name an input or each other, and file
     names for samples that have none."""
     outputs = (outputs or MaskOutputs()).check_options()
     check_writable(out)
-    check_distinct({"--out": out, "--indices-out": outputs.indices, "--paths-out": outputs.paths,
-                    "--link-dir": outputs.link_dir}, inputs)
+    check_distinct(
+        {"--out": out, "--indices-out": outputs.indices, "--paths-out": outputs.paths, "--link-dir": outputs.link_dir},
+        inputs,
+    )
     outputs.check_source(space, source)
     return outputs
 
@@ -134,13 +155,24 @@ class _CheckpointContext(Context):
         if self.ds is None:
             from dpcli.train.checkpoint import dataset_of
 
-            self.ds = dataset_of(load_checkpoint(self._require_checkpoint("the dataset"), weights=False), self.data_root)
+            self.ds = dataset_of(
+                load_checkpoint(self._require_checkpoint("the dataset"), weights=False), self.data_root
+            )
         return self.ds
 
 
-def _prune(influence_path: Path, out: Path, cfg: PruneConfig, info: InfluenceInfo, *, outputs: MaskOutputs,
-           progress: Progress | None, device: torch.device | None, data_root: Path | None,
-           ds: Dataset | None) -> MaskInfo:
+def _prune(
+    influence_path: Path,
+    out: Path,
+    cfg: PruneConfig,
+    info: InfluenceInfo,
+    *,
+    outputs: MaskOutputs,
+    progress: Progress | None,
+    device: torch.device | None,
+    data_root: Path | None,
+    ds: Dataset | None,
+) -> MaskInfo:
     from dpcli.select.base import prune_target, select
 
     S = load_S(influence_path, mapped=True)
@@ -150,19 +182,37 @@ def _prune(influence_path: Path, out: Path, cfg: PruneConfig, info: InfluenceInf
             progress(fraction)
 
     t0 = time.perf_counter()
-    ctx = _CheckpointContext(S=S, labels=_influence_labels(influence_path),
-                             checkpoint=Path(info.checkpoint) if info.checkpoint else None,
-                             device=device or torch.device("cpu"), data_root=data_root, ds=ds, progress=on_progress,
-                             influence=Path(influence_path))
+    ctx = _CheckpointContext(
+        S=S,
+        labels=_influence_labels(influence_path),
+        checkpoint=Path(info.checkpoint) if info.checkpoint else None,
+        device=device or torch.device("cpu"),
+        data_root=data_root,
+        ds=ds,
+        progress=on_progress,
+        influence=Path(influence_path),
+    )
     pruned, solver = select(cfg, ctx)
     cert = certify_selection(S, pruned, cfg, ctx, sketch_k=info.sketch_k)
     target = prune_target(cfg, info.n)
-    return write_mask(out, cert, mode=cfg.mode, target=target, solver=solver, info=info, config=cfg.to_dict(),
-                      seconds=time.perf_counter() - t0, method=cfg.method, outputs=outputs, extra_attrs=ctx.record)
+    return write_mask(
+        out,
+        cert,
+        mode=cfg.mode,
+        target=target,
+        solver=solver,
+        info=info,
+        config=cfg.to_dict(),
+        seconds=time.perf_counter() - t0,
+        method=cfg.method,
+        outputs=outputs,
+        extra_attrs=ctx.record,
+    )
 
 
-def certify_selection(S: np.ndarray, pruned: np.ndarray, cfg: PruneConfig, ctx: Context, *,
-                      sketch_k: int | None = None) -> Certificate:
+def certify_selection(
+    S: np.ndarray, pruned: np.ndarray, cfg: PruneConfig, ctx: Context, *, sketch_k: int | None = None
+) -> Certificate:
     """The certificate of a selection, after saying what its kept set lacks (classes, class shares)."""
     keep = ~np.asarray(pruned, dtype=bool)
     warn_emptied_classes(ctx.labels, keep, ctx.record)
@@ -179,9 +229,20 @@ def _influence_labels(path: Path) -> np.ndarray:
         return np.asarray(f["labels"][()])
 
 
-def write_mask(out: Path, cert: Certificate, *, mode: str, target: float, solver: str,
-               info: InfluenceInfo, config: dict, seconds: float, method: str = "optimization",
-               outputs: MaskOutputs | None = None, extra_attrs: dict | None = None) -> MaskInfo:
+def write_mask(
+    out: Path,
+    cert: Certificate,
+    *,
+    mode: str,
+    target: float,
+    solver: str,
+    info: InfluenceInfo,
+    config: dict,
+    seconds: float,
+    method: str = "optimization",
+    outputs: MaskOutputs | None = None,
+    extra_attrs: dict | None = None,
+) -> MaskInfo:
     """Write the keep mask of a certified selection, over the user's samples, with ``outputs``, all or none;
     the norm stored is the certificate's, from S."""
     if not isinstance(cert, Certificate):
@@ -192,14 +253,29 @@ def write_mask(out: Path, cert: Certificate, *, mode: str, target: float, solver
     keep = space.to_user(np.array(cert.keep, dtype=bool))
     fingerprint = array_fingerprint(keep.astype(np.uint8))
     attrs = {
-        "mode": mode, "target": target, "achieved_norm": cert.norm, "solver": solver, "method": method,
-        "certificate": cert.meaning, "sketch_k": cert.sketch_k or 0,
-        "n": int(len(keep)), "n_kept": int(keep.sum()), "n_pruned": int((~keep).sum()), "n_rows": space.n,
-        "config": config, "influence": str(Path(info.path).resolve()), "influence_fingerprint": info.fingerprint,
-        "checkpoint": info.checkpoint, "dataset": info.dataset, "dataset_fingerprint": info.dataset_fingerprint,
-        "fingerprint": fingerprint, "seconds": seconds,
-        "convention": ("keep[i] is True for samples to TRAIN ON; pruned_indices are the dropped samples; i is the "
-                       "i-th sample as the dataset lists it (unreadable files included, never kept)"),
+        "mode": mode,
+        "target": target,
+        "achieved_norm": cert.norm,
+        "solver": solver,
+        "method": method,
+        "certificate": cert.meaning,
+        "sketch_k": cert.sketch_k or 0,
+        "n": int(len(keep)),
+        "n_kept": int(keep.sum()),
+        "n_pruned": int((~keep).sum()),
+        "n_rows": space.n,
+        "config": config,
+        "influence": str(Path(info.path).resolve()),
+        "influence_fingerprint": info.fingerprint,
+        "checkpoint": info.checkpoint,
+        "dataset": info.dataset,
+        "dataset_fingerprint": info.dataset_fingerprint,
+        "fingerprint": fingerprint,
+        "seconds": seconds,
+        "convention": (
+            "keep[i] is True for samples to TRAIN ON; pruned_indices are the dropped samples; i is the "
+            "i-th sample as the dataset lists it (unreadable files included, never kept)"
+        ),
         **(extra_attrs or {}),
     }
     with artifact_lock(out), Publication() as pub:
@@ -221,23 +297,36 @@ def read_mask(path: Path) -> MaskInfo:
         try:
             keep = _user_keep(f, path)
             space = SampleSpace.read(f, int(get_attr(f, "n_rows", len(keep))), str(path))
-            if space.total != len(keep) or ("unreadable" in f and not np.array_equal(f["unreadable"][()],
-                                                                                      space.unreadable)):
+            if space.total != len(keep) or (
+                "unreadable" in f and not np.array_equal(f["unreadable"][()], space.unreadable)
+            ):
                 raise DpcliError(f"{path}: damaged mask artifact (its sample index does not match keep); recompute it")
             kept_bad = space.unreadable[keep[space.unreadable]]
             if kept_bad.size:
-                raise DpcliError(f"{path}: keeps sample {int(kept_bad[0])}, an unreadable file; a mask never keeps "
-                                 "those (recompute it)")
+                raise DpcliError(
+                    f"{path}: keeps sample {int(kept_bad[0])}, an unreadable file; a mask never keeps "
+                    "those (recompute it)"
+                )
             return MaskInfo(
-                path=Path(path), keep=space.to_rows(keep), mode=get_attr(f, "mode"),
+                path=Path(path),
+                keep=space.to_rows(keep),
+                mode=get_attr(f, "mode"),
                 target=float(get_attr(f, "target")),
-                norm=float(get_attr(f, "achieved_norm")), solver=get_attr(f, "solver"), n=space.n,
-                influence=get_attr(f, "influence"), influence_fingerprint=get_attr(f, "influence_fingerprint"),
-                checkpoint=get_attr(f, "checkpoint"), dataset=get_attr(f, "dataset"),
-                dataset_fingerprint=get_attr(f, "dataset_fingerprint"), fingerprint=get_attr(f, "fingerprint"),
-                seconds=float(get_attr(f, "seconds", 0.0)), method=get_attr(f, "method", "optimization"),
-                auto=get_attr(f, "auto"), classes_without_kept_samples=get_attr(f, "classes_without_kept_samples"),
-                class_shares=get_attr(f, "class_shares"), space=space,
+                norm=float(get_attr(f, "achieved_norm")),
+                solver=get_attr(f, "solver"),
+                n=space.n,
+                influence=get_attr(f, "influence"),
+                influence_fingerprint=get_attr(f, "influence_fingerprint"),
+                checkpoint=get_attr(f, "checkpoint"),
+                dataset=get_attr(f, "dataset"),
+                dataset_fingerprint=get_attr(f, "dataset_fingerprint"),
+                fingerprint=get_attr(f, "fingerprint"),
+                seconds=float(get_attr(f, "seconds", 0.0)),
+                method=get_attr(f, "method", "optimization"),
+                auto=get_attr(f, "auto"),
+                classes_without_kept_samples=get_attr(f, "classes_without_kept_samples"),
+                class_shares=get_attr(f, "class_shares"),
+                space=space,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise DpcliError(f"{path}: damaged mask artifact ({exc})") from None
@@ -250,8 +339,10 @@ def _user_keep(f, path: Path) -> np.ndarray:
         raise DpcliError(f"{path}: damaged mask artifact (no '{missing[0]}' dataset); recompute it")
     keep = f["keep"][()]
     if keep.ndim != 1 or keep.dtype != np.bool_:
-        raise DpcliError(f"{path}: damaged mask artifact ('keep' must be one boolean per sample, got "
-                         f"{keep.dtype} {keep.shape}); recompute it")
+        raise DpcliError(
+            f"{path}: damaged mask artifact ('keep' must be one boolean per sample, got "
+            f"{keep.dtype} {keep.shape}); recompute it"
+        )
     n = get_attr(f, "n")
     if n != len(keep):
         raise DpcliError(f"{path}: damaged mask artifact ('keep' has {len(keep)} entries but n = {n}); recompute it")
@@ -268,9 +359,17 @@ def random_mask(info: InfluenceInfo, n_pruned: int, seed: int, out: Path) -> Mas
 
     pruned = random_prune(info.n, n_pruned, np.random.default_rng(seed))
     cert = certify(load_S(info.path, mapped=True), pruned, None, sketch_k=info.sketch_k)
-    return write_mask(out, cert, mode="cardinality", target=float(n_pruned), solver="random",
-                      info=info, config={"method": "random", "count": n_pruned, "seed": seed}, seconds=0.0,
-                      method="random")
+    return write_mask(
+        out,
+        cert,
+        mode="cardinality",
+        target=float(n_pruned),
+        solver="random",
+        info=info,
+        config={"method": "random", "count": n_pruned, "seed": seed},
+        seconds=0.0,
+        method="random",
+    )
 
 
 # --------------------------------------------------------------------------- retrain
@@ -288,44 +387,87 @@ def upstream_checkpoint(mask: MaskInfo) -> Checkpoint | None:
         return None
 
 
-def retrain(ds: Dataset, mask: MaskInfo, out: Path, *, base: TrainConfig | None, overrides: dict,
-            device: torch.device, force: bool = False, reference: Checkpoint | None = None,
-            on_batch=None, on_epoch=None, eval_every: int = 1,
-            snapshot_epochs: tuple[int, ...] | None = None) -> RetrainResult:
+def retrain(
+    ds: Dataset,
+    mask: MaskInfo,
+    out: Path,
+    *,
+    base: TrainConfig | None,
+    overrides: dict,
+    device: torch.device,
+    force: bool = False,
+    reference: Checkpoint | None = None,
+    on_batch=None,
+    on_epoch=None,
+    eval_every: int = 1,
+    snapshot_epochs: tuple[int, ...] | None = None,
+) -> RetrainResult:
     """Train a fresh model on the KEPT samples with the full run's settings (or overrides)."""
     if not mask.samples.same_as(ds.samples):
         i = mask.samples.first_difference(ds.samples)
-        now = "" if i is None else (f"; sample {i} was unreadable then and is not now" if i in mask.samples.unreadable
-                                    else f"; sample {i} is unreadable now and was not then")
-        raise DpcliError(f"{mask.path}: mask was made for {mask.samples.describe()} but dataset {ds.name!r} has "
-                         f"{ds.samples.describe()}{now}")
+        now = (
+            ""
+            if i is None
+            else (
+                f"; sample {i} was unreadable then and is not now"
+                if i in mask.samples.unreadable
+                else f"; sample {i} is unreadable now and was not then"
+            )
+        )
+        raise DpcliError(
+            f"{mask.path}: mask was made for {mask.samples.describe()} but dataset {ds.name!r} has "
+            f"{ds.samples.describe()}{now}"
+        )
     if mask.dataset_fingerprint and mask.dataset_fingerprint != ds.fingerprint:
-        raise DpcliError(f"{mask.path}: mask was made for dataset {mask.dataset!r} with another fingerprint than {ds.name!r}")
+        raise DpcliError(
+            f"{mask.path}: mask was made for dataset {mask.dataset!r} with another fingerprint than {ds.name!r}"
+        )
     if base is None:
         base = default_train_config(ds.name, ds.augment)
     config = base.replace(**overrides).replace(subset=mask.fingerprint)
-    ck = train(config, ds, out, device=device, keep_indices=mask.keep_indices, force=force,
-               lineage={"mask": str(Path(mask.path).resolve()), "mask_fingerprint": mask.fingerprint},
-               on_batch=on_batch, on_epoch=on_epoch, eval_every=eval_every, snapshot_epochs=snapshot_epochs)
+    ck = train(
+        config,
+        ds,
+        out,
+        device=device,
+        keep_indices=mask.keep_indices,
+        force=force,
+        lineage={"mask": str(Path(mask.path).resolve()), "mask_fingerprint": mask.fingerprint},
+        on_batch=on_batch,
+        on_epoch=on_epoch,
+        eval_every=eval_every,
+        snapshot_epochs=snapshot_epochs,
+    )
     final = ck.final
     assert final is not None  # TrainConfig refuses epochs < 1: a finished training has a last epoch
     metrics: dict = {
-        "checkpoint": str(out), "mask": str(mask.path), "n_kept": mask.n_kept, "n_pruned": mask.n_pruned,
-        "prune_ratio": mask.n_pruned / mask.n, "arch": config.arch, "epochs": config.epochs,
-        "test_accuracy": final.test_acc, "test_loss": final.test_loss, "train_seconds": ck.seconds,
+        "checkpoint": str(out),
+        "mask": str(mask.path),
+        "n_kept": mask.n_kept,
+        "n_pruned": mask.n_pruned,
+        "prune_ratio": mask.n_pruned / mask.n,
+        "arch": config.arch,
+        "epochs": config.epochs,
+        "test_accuracy": final.test_acc,
+        "test_loss": final.test_loss,
+        "train_seconds": ck.seconds,
         "optimizer_steps": ck.steps,
     }
     if reference is not None and reference.final is not None:
         target = reference.final.test_acc - 1.0
         mine = time_to_accuracy(ck.history, target)
         theirs = time_to_accuracy(reference.history, target)
-        metrics.update({
-            "full_data_test_accuracy": reference.final.test_acc, "full_data_test_loss": reference.final.test_loss,
-            "full_data_train_seconds": reference.seconds, "full_data_optimizer_steps": reference.steps,
-            "target_accuracy": target,
-            "seconds_to_target": None if mine is None else mine[0],
-            "epochs_to_target": None if mine is None else mine[1],
-            "full_data_seconds_to_target": None if theirs is None else theirs[0],
-            "full_data_epochs_to_target": None if theirs is None else theirs[1],
-        })
+        metrics.update(
+            {
+                "full_data_test_accuracy": reference.final.test_acc,
+                "full_data_test_loss": reference.final.test_loss,
+                "full_data_train_seconds": reference.seconds,
+                "full_data_optimizer_steps": reference.steps,
+                "target_accuracy": target,
+                "seconds_to_target": None if mine is None else mine[0],
+                "epochs_to_target": None if mine is None else mine[1],
+                "full_data_seconds_to_target": None if theirs is None else theirs[0],
+                "full_data_epochs_to_target": None if theirs is None else theirs[1],
+            }
+        )
     return RetrainResult(checkpoint=ck, metrics=metrics)

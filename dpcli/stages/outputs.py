@@ -62,8 +62,10 @@ class MaskOutputs:
             return
         option = "--paths-out" if self.paths is not None else "--link-dir"
         if not space.has_files:
-            raise DpcliError(f"{option} names image files, but the samples of {what} are rows without file names "
-                             "(only imagefolder: datasets have them); use --indices-out")
+            raise DpcliError(
+                f"{option} names image files, but the samples of {what} are rows without file names "
+                "(only imagefolder: datasets have them); use --indices-out"
+            )
         self._layout = _rescan(space)
         if self.link_dir is not None:
             _check_link_place(Path(self.link_dir), self._layout)
@@ -72,8 +74,10 @@ class MaskOutputs:
         if self.paths is not None:
             odd = next((p for p, _ in self._layout.train if "\n" in p or "\r" in p), None)
             if odd is not None:
-                raise DpcliError(f"--paths-out writes one path per line, but {odd!r} has a line break in its name; "
-                                 "use --indices-out or --link-dir")
+                raise DpcliError(
+                    f"--paths-out writes one path per line, but {odd!r} has a line break in its name; "
+                    "use --indices-out or --link-dir"
+                )
 
     def stage(self, pub: Publication, keep: np.ndarray, space: SampleSpace, mask: Path) -> None:
         """Write every output to its temporary in ``pub`` (``keep``: over the user's samples)."""
@@ -147,7 +151,7 @@ def check_distinct(outputs: dict[str, Path | None], inputs: dict[str, Path | Non
             if same_place(path, src):
                 raise DpcliError(f"{option} {path} is {what}; writing it would destroy the input: give another path")
     for i, (option, path) in enumerate(given):
-        for other, path2 in given[i + 1:]:
+        for other, path2 in given[i + 1 :]:
             if same_place(path, path2):
                 raise DpcliError(f"{option} and {other} both name {path}; give each output its own path")
 
@@ -159,9 +163,11 @@ def _rescan(space: SampleSpace) -> "Layout":
     root = Path(space.source.split(":", 1)[1])
     layout = layouts.scan(root)
     if layout.listing() != space.listing or len(layout.train) != space.total:
-        raise DpcliError(f"the train files under {root} changed since S was computed (files added, removed, renamed "
-                         f"or relabelled; {len(layout.train)} listed now, {space.total} then), so the kept indices "
-                         "no longer name the same files; recompute S on the folder as it is")
+        raise DpcliError(
+            f"the train files under {root} changed since S was computed (files added, removed, renamed "
+            f"or relabelled; {len(layout.train)} listed now, {space.total} then), so the kept indices "
+            "no longer name the same files; recompute S on the folder as it is"
+        )
     return layout
 
 
@@ -171,8 +177,10 @@ def _check_link_dir(path: Path) -> None:
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise DpcliError(f"--link-dir {path} exists and is not a folder; give a new folder")
     if path.is_dir() and any(path.iterdir()) and not (path / LINK_MARKER).is_file():
-        raise DpcliError(f"--link-dir {path} is a folder that dpcli did not lay out and is not empty; give a new or "
-                         "empty folder (dpcli replaces only its own link folders)")
+        raise DpcliError(
+            f"--link-dir {path} is a folder that dpcli did not lay out and is not empty; give a new or "
+            "empty folder (dpcli replaces only its own link folders)"
+        )
 
 
 def _check_link_place(path: Path, layout: "Layout") -> None:
@@ -191,8 +199,10 @@ def _probe_hard_link(source: str, link_dir: Path) -> None:
         os.link(source, probe)
     except OSError as exc:
         why = "another file system than the dataset" if exc.errno == errno.EXDEV else (exc.strerror or str(exc))
-        raise DpcliError(f"--link-kind hard: cannot hard-link {source} into {parent} ({why}); use --link-kind "
-                         "symbolic or a folder on the dataset's file system") from None
+        raise DpcliError(
+            f"--link-kind hard: cannot hard-link {source} into {parent} ({why}); use --link-kind "
+            "symbolic or a folder on the dataset's file system"
+        ) from None
     os.unlink(probe)
 
 
@@ -214,8 +224,10 @@ def lay_out_links(folder: Path, layout: "Layout", kept: np.ndarray, kind: str, m
             dst.parent.mkdir(parents=True, exist_ok=True)
             made.add(dst.parent)
         link(os.path.abspath(src), dst)
-    (folder / LINK_MARKER).write_text(json.dumps({"mask": str(Path(mask).resolve()), "source": str(root),
-                                                  "kind": kind, "kept": int(len(kept))}) + "\n")
+    (folder / LINK_MARKER).write_text(
+        json.dumps({"mask": str(Path(mask).resolve()), "source": str(root), "kind": kind, "kept": int(len(kept))})
+        + "\n"
+    )
     _fsync_tree(folder, made | {folder / "train" / c for c in layout.classes})
 
 

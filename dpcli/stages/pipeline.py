@@ -86,18 +86,22 @@ def check_prune(cfg: PruneConfig, n: int | None = None) -> None:
 
 
 # --------------------------------------------------------------------------- the stages, cached
-def load(dataset: str, data_root: Path | None, image_size: int | None = None,
-         spec: "InputSpec | None" = None) -> "Dataset":
+def load(
+    dataset: str, data_root: Path | None, image_size: int | None = None, spec: "InputSpec | None" = None
+) -> "Dataset":
     """The dataset, read the way the model sees it (``--image-size``: crop side for mixed-size images;
     ``spec``: the pretrained weights' preprocessing, :func:`input_spec`)."""
     from dpcli.data.sources import load_dataset
 
     with console.progress_bar(f"load {dataset}", transient=True) as update:
-        ds = load_dataset(dataset, data_root, progress=lambda done, total: update(done, total),
-                          image_size=image_size, input=spec)
+        ds = load_dataset(
+            dataset, data_root, progress=lambda done, total: update(done, total), image_size=image_size, input=spec
+        )
     if spec is not None:
         _, h, w, _ = ds.train.images.shape
-        size = f"{ds.train.crop}x{ds.train.crop} crops" if ds.train.crop else f"{h}x{w} (only image folders are resized)"
+        size = (
+            f"{ds.train.crop}x{ds.train.crop} crops" if ds.train.crop else f"{h}x{w} (only image folders are resized)"
+        )
         console.info(f"preprocessing of {spec.source}: {size}, mean {_fmt(ds.mean)}, std {_fmt(ds.std)}")
     return ds
 
@@ -106,8 +110,9 @@ def _fmt(values) -> str:
     return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
 
 
-def input_spec(arch: str | None, weights: str | None, image_size: int | None,
-               upstream: "Checkpoint | None" = None) -> "InputSpec | None":
+def input_spec(
+    arch: str | None, weights: str | None, image_size: int | None, upstream: "Checkpoint | None" = None
+) -> "InputSpec | None":
     """The preprocessing a command's model expects: the upstream checkpoint's recorded one unless the
     model options change, else the weights' own (dpcli.models.preprocess)."""
     from dpcli.models import preprocess
@@ -138,9 +143,19 @@ def run_root_of(run_root: Path | None) -> Path:
     return Path(run_root) if run_root is not None else default_run_root()
 
 
-def ensure_checkpoint(config: TrainConfig, ds: "Dataset", out: Path, *, device: "torch.device", force: bool,
-                      keep_indices=None, lineage: dict | None = None, label: str = "train", dist=None,
-                      snapshot_epochs: tuple[int, ...] | None = None) -> "Checkpoint":
+def ensure_checkpoint(
+    config: TrainConfig,
+    ds: "Dataset",
+    out: Path,
+    *,
+    device: "torch.device",
+    force: bool,
+    keep_indices=None,
+    lineage: dict | None = None,
+    label: str = "train",
+    dist=None,
+    snapshot_epochs: tuple[int, ...] | None = None,
+) -> "Checkpoint":
     """Train (or resume, or reuse) ``config`` at ``out``, with a progress bar."""
     from dpcli.train.loop import train
 
@@ -155,12 +170,31 @@ def ensure_checkpoint(config: TrainConfig, ds: "Dataset", out: Path, *, device: 
             last["text"] = f" | last: loss {rec.train_loss:.3f} acc {rec.train_acc:.1f}% test {rec.test_acc:.1f}%"
             update(rec.epoch * n_used, status=f"epoch {rec.epoch}/{config.epochs}{last['text']}")
 
-        return train(config, ds, out, device=device, keep_indices=keep_indices, force=force, lineage=lineage,
-                     on_batch=on_batch, on_epoch=on_epoch, dist=dist, snapshot_epochs=snapshot_epochs)
+        return train(
+            config,
+            ds,
+            out,
+            device=device,
+            keep_indices=keep_indices,
+            force=force,
+            lineage=lineage,
+            on_batch=on_batch,
+            on_epoch=on_epoch,
+            dist=dist,
+            snapshot_epochs=snapshot_epochs,
+        )
 
 
-def ensure_influence(checkpoint: Path, cfg: InfluenceConfig, *, device: "torch.device", ds: "Dataset | None",
-                     data_root: Path | None, force: bool, out: Path | None = None) -> "InfluenceInfo":
+def ensure_influence(
+    checkpoint: Path,
+    cfg: InfluenceConfig,
+    *,
+    device: "torch.device",
+    ds: "Dataset | None",
+    data_root: Path | None,
+    force: bool,
+    out: Path | None = None,
+) -> "InfluenceInfo":
     """S of ``checkpoint``: reused when computed from this very checkpoint with this configuration."""
     from dpcli.artifacts.runs import influence_path
     from dpcli.stages import core
@@ -174,20 +208,42 @@ def ensure_influence(checkpoint: Path, cfg: InfluenceConfig, *, device: "torch.d
             console.info(f"reusing {out}")
             return info
     with console.progress_bar(f"influence ({cfg.estimator})") as update:
-        return core.compute_influence(checkpoint, out, cfg, device=device, data_root=data_root, ds=ds,
-                                      progress=lambda done, total: update(done, total))
+        return core.compute_influence(
+            checkpoint,
+            out,
+            cfg,
+            device=device,
+            data_root=data_root,
+            ds=ds,
+            progress=lambda done, total: update(done, total),
+        )
 
 
-def run_prune(influence: Path, cfg: PruneConfig, out: Path, outputs: "MaskOutputs | None" = None, *,
-              device: "torch.device | None" = None, data_root: Path | None = None,
-              ds: "Dataset | None" = None) -> "MaskInfo":
+def run_prune(
+    influence: Path,
+    cfg: PruneConfig,
+    out: Path,
+    outputs: "MaskOutputs | None" = None,
+    *,
+    device: "torch.device | None" = None,
+    data_root: Path | None = None,
+    ds: "Dataset | None" = None,
+) -> "MaskInfo":
     """Select, certify from S and write the mask and ``outputs``, with a progress bar (always recomputes)."""
     from dpcli.stages import masks
 
     what = cfg.solver if cfg.method == "optimization" else cfg.method
     with console.progress_bar(f"prune ({what})", total=1.0) as update:
-        return masks.prune(influence, out, cfg, outputs=outputs, progress=lambda f: update(f),
-                          device=device, data_root=data_root, ds=ds)
+        return masks.prune(
+            influence,
+            out,
+            cfg,
+            outputs=outputs,
+            progress=lambda f: update(f),
+            device=device,
+            data_root=data_root,
+            ds=ds,
+        )
 
 
 def _descends(mask_file: Path, info: "InfluenceInfo") -> "MaskInfo | None":
@@ -205,9 +261,16 @@ def _descends(mask_file: Path, info: "InfluenceInfo") -> "MaskInfo | None":
     return None
 
 
-def ensure_mask(info: "InfluenceInfo", cfg: PruneConfig, *, force: bool, out: Path | None = None,
-                device: "torch.device | None" = None, data_root: Path | None = None,
-                ds: "Dataset | None" = None) -> "MaskInfo":
+def ensure_mask(
+    info: "InfluenceInfo",
+    cfg: PruneConfig,
+    *,
+    force: bool,
+    out: Path | None = None,
+    device: "torch.device | None" = None,
+    data_root: Path | None = None,
+    ds: "Dataset | None" = None,
+) -> "MaskInfo":
     """The mask of ``cfg`` on S: reused only when it descends from ``info`` (fingerprints), else recomputed."""
     from dpcli.artifacts.runs import mask_path
 
@@ -241,9 +304,18 @@ class FullRun:
     influence: "InfluenceInfo"
 
 
-def full_run(ds: "Dataset", tcfg: TrainConfig, icfg: InfluenceConfig, *, run_root: Path | None,
-             device: "torch.device", data_root: Path | None, force: bool, sketch_large: bool = False,
-             snapshot_epochs: tuple[int, ...] | None = None) -> FullRun:
+def full_run(
+    ds: "Dataset",
+    tcfg: TrainConfig,
+    icfg: InfluenceConfig,
+    *,
+    run_root: Path | None,
+    device: "torch.device",
+    data_root: Path | None,
+    force: bool,
+    sketch_large: bool = False,
+    snapshot_epochs: tuple[int, ...] | None = None,
+) -> FullRun:
     """Train (cached) then compute S (cached, and only from this checkpoint).
 
     ``sketch_large``: without ``--sketch``, store S's sketch when the dense S would pass
@@ -279,15 +351,25 @@ def _sketched_if_large(icfg: InfluenceConfig, ck: "Checkpoint", n: int) -> Influ
         return icfg
     size = n * d * 4
     size_text = f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
-    console.info(f"S would be {size_text} ({n:,} x {d:,} float32), above DPCLI_SOLVE_BUDGET; "
-                 f"storing its Johnson-Lindenstrauss sketch S R ({n:,} x {k}) instead, so prune bounds the sketched "
-                 f"norm (--sketch K chooses K)")
+    console.info(
+        f"S would be {size_text} ({n:,} x {d:,} float32), above DPCLI_SOLVE_BUDGET; "
+        f"storing its Johnson-Lindenstrauss sketch S R ({n:,} x {k}) instead, so prune bounds the sketched "
+        f"norm (--sketch K chooses K)"
+    )
     return dataclasses.replace(icfg, sketch_k=k).validate()
 
 
 # --------------------------------------------------------------------------- retrain
-def retrain(ds: "Dataset", mask: "MaskInfo", *, overrides: dict[str, Any], reference: Path | None,
-            out: Path | None, device: "torch.device", force: bool) -> dict[str, Any]:
+def retrain(
+    ds: "Dataset",
+    mask: "MaskInfo",
+    *,
+    overrides: dict[str, Any],
+    reference: Path | None,
+    out: Path | None,
+    device: "torch.device",
+    force: bool,
+) -> dict[str, Any]:
     """Retrain on the mask's KEPT samples; returns the metrics (also written as metrics.json)."""
     from dpcli.artifacts.h5 import write_json
     from dpcli.artifacts.runs import retrain_path
@@ -301,9 +383,18 @@ def retrain(ds: "Dataset", mask: "MaskInfo", *, overrides: dict[str, Any], refer
     preview = (base or default_train_config(ds.name, ds.augment)).replace(**overrides).replace(subset=mask.fingerprint)
     path = Path(out) if out is not None else retrain_path(mask.path, preview)
     with console.progress_bar("retrain", total=preview.epochs * mask.n_kept) as update:
-        result = masks.retrain(ds, mask, path, base=base, overrides=overrides, device=device, force=force,
-                              reference=ref, on_batch=lambda e, s, per: update(e * per + s),
-                              on_epoch=lambda r: update(r.epoch * mask.n_kept, status=f"epoch {r.epoch} test {r.test_acc:.1f}%"))
+        result = masks.retrain(
+            ds,
+            mask,
+            path,
+            base=base,
+            overrides=overrides,
+            device=device,
+            force=force,
+            reference=ref,
+            on_batch=lambda e, s, per: update(e * per + s),
+            on_epoch=lambda r: update(r.epoch * mask.n_kept, status=f"epoch {r.epoch} test {r.test_acc:.1f}%"),
+        )
     metrics = result.metrics
     metrics["metrics_file"] = str(path.with_name("metrics.json"))
     write_json(path.with_name("metrics.json"), {k: v for k, v in metrics.items() if k != "metrics_file"})
@@ -311,9 +402,18 @@ def retrain(ds: "Dataset", mask: "MaskInfo", *, overrides: dict[str, Any], refer
 
 
 # --------------------------------------------------------------------------- verify-bound
-def verify_bound(ds: "Dataset", ck_path: Path, ck: "Checkpoint", info: "InfluenceInfo", masks: list["MaskInfo"],
-                 *, random_seed: int, out_dir: Path | None, device: "torch.device",
-                 force: bool) -> tuple[dict[str, Any], list["BoundRow"]]:
+def verify_bound(
+    ds: "Dataset",
+    ck_path: Path,
+    ck: "Checkpoint",
+    info: "InfluenceInfo",
+    masks: list["MaskInfo"],
+    *,
+    random_seed: int,
+    out_dir: Path | None,
+    device: "torch.device",
+    force: bool,
+) -> tuple[dict[str, Any], list["BoundRow"]]:
     """Retrain every mask and a random mask of the same count; compare observed and predicted loss gaps."""
     from dpcli.artifacts.h5 import write_json
     from dpcli.artifacts.runs import retrain_path
@@ -333,21 +433,40 @@ def verify_bound(ds: "Dataset", ck_path: Path, ck: "Checkpoint", info: "Influenc
                 console.info(f"skipping {label}: it prunes nothing")
                 continue
             path = retrain_path(m.path, ck.config.replace(subset=m.fingerprint))
-            res = mask_stage.retrain(ds, m, path, base=ck.config, overrides={}, device=device, force=force, reference=ck)
+            res = mask_stage.retrain(
+                ds, m, path, base=ck.config, overrides={}, device=device, force=force, reference=ck
+            )
             norm, bound, first = predict(info.path, ~m.keep)
-            rows.append(BoundRow(
-                label=label, method=m.method, mask=str(m.path), n_pruned=m.n_pruned, prune_ratio=m.n_pruned / m.n,
-                epsilon=m.target if m.mode == "epsilon" else None, norm=norm, predicted_bound=bound, first_order=first,
-                observed_gap=res.metrics["test_loss"] - full_loss, test_loss=res.metrics["test_loss"],
-                test_accuracy=res.metrics["test_accuracy"]))
+            rows.append(
+                BoundRow(
+                    label=label,
+                    method=m.method,
+                    mask=str(m.path),
+                    n_pruned=m.n_pruned,
+                    prune_ratio=m.n_pruned / m.n,
+                    epsilon=m.target if m.mode == "epsilon" else None,
+                    norm=norm,
+                    predicted_bound=bound,
+                    first_order=first,
+                    observed_gap=res.metrics["test_loss"] - full_loss,
+                    test_loss=res.metrics["test_loss"],
+                    test_accuracy=res.metrics["test_accuracy"],
+                )
+            )
             console.info(f"{label}: observed gap {rows[-1].observed_gap:+.4g}, predicted bound {bound:.4g}")
     out_dir = Path(out_dir) if out_dir is not None else ck_path.parent / "verify-bound"
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {
-        "command": "verify-bound", "dataset": ds.name, "checkpoint": str(ck_path), "influence": str(info.path),
-        "n": info.n, "full_test_loss": full_loss, "full_test_accuracy": final.test_acc,
-        "epsilon_convention": ("epsilon = ||sum_{pruned} S_i||, S_i = (1/n) H^-1 grad L(z_i); "
-                               "Theorem 1's eps/n equals it"),
+        "command": "verify-bound",
+        "dataset": ds.name,
+        "checkpoint": str(ck_path),
+        "influence": str(info.path),
+        "n": info.n,
+        "full_test_loss": full_loss,
+        "full_test_accuracy": final.test_acc,
+        "epsilon_convention": (
+            "epsilon = ||sum_{pruned} S_i||, S_i = (1/n) H^-1 grad L(z_i); Theorem 1's eps/n equals it"
+        ),
         "rows": [r.to_dict() for r in rows],
     }
     write_json(out_dir / "bound.json", report)
@@ -355,4 +474,3 @@ def verify_bound(ds: "Dataset", ck_path: Path, ck: "Checkpoint", info: "Influenc
         plot(rows, out_dir / "bound.png")
     report.update(report=str(out_dir / "bound.json"), plot=str(out_dir / "bound.png"))
     return report, rows
-

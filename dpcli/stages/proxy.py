@@ -63,16 +63,25 @@ class ProxySelection:
         return float(sum(self.seconds.values()))
 
 
-def select_via_proxy(ds, target: TrainConfig, spec: ProxySpec, prune_cfg: PruneConfig, *, device, run_root: Path,
-                     influence_cfg: InfluenceConfig | None = None, force: bool = False,
-                     out: Path | None = None, outputs=None) -> ProxySelection:
+def select_via_proxy(
+    ds,
+    target: TrainConfig,
+    spec: ProxySpec,
+    prune_cfg: PruneConfig,
+    *,
+    device,
+    run_root: Path,
+    influence_cfg: InfluenceConfig | None = None,
+    force: bool = False,
+    out: Path | None = None,
+    outputs=None,
+) -> ProxySelection:
     """Train the proxy (cached), compute its S, select; returns the keep mask for retraining ``target``.
 
     ``seconds`` holds wall times of this call's ``train``, ``influence`` and ``prune``; a
     cached stage costs only its check.  The mask is valid for any model on the same dataset.
     """
-    from dpcli.stages import core
-    from dpcli.stages import masks
+    from dpcli.stages import core, masks
     from dpcli.train.loop import train
 
     proxy = spec.config(target)
@@ -89,8 +98,9 @@ def select_via_proxy(ds, target: TrainConfig, spec: ProxySpec, prune_cfg: PruneC
         core.compute_influence(ck_path, infl_path, icfg, device=device, ds=ds)
     seconds["influence"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    mask = masks.prune(infl_path, out or runs.mask_path(infl_path, prune_cfg), prune_cfg, device=device, ds=ds,
-                      outputs=outputs)
+    mask = masks.prune(
+        infl_path, out or runs.mask_path(infl_path, prune_cfg), prune_cfg, device=device, ds=ds, outputs=outputs
+    )
     seconds["prune"] = time.perf_counter() - t0
     return ProxySelection(mask=mask, proxy=proxy, checkpoint=ck_path, seconds=seconds)
 

@@ -15,11 +15,11 @@ import torch
 from dpcli.artifacts.h5 import array_fingerprint, atomic_h5, get_attr, open_artifact, set_attr
 from dpcli.config import TrainConfig
 from dpcli.data.sources import Dataset, load_dataset
-from dpcli.train.dynamics import DynamicsRecorder
 from dpcli.errors import ArtifactBusy, DpcliError
 from dpcli.models import preprocess
 from dpcli.models.zoo import Classifier
 from dpcli.train import epochlog
+from dpcli.train.dynamics import DynamicsRecorder
 from dpcli.train.trajectory import TrajectoryRecorder
 
 
@@ -76,19 +76,32 @@ def _no_regression(epoch: int) -> Callable[[Path], None]:
         with contextlib.suppress(DpcliError, OSError):  # no readable checkpoint there: nothing to protect
             held = load_checkpoint(path, weights=False).epoch if path.exists() else -1
         if held > epoch:
-            raise ArtifactBusy(f"{path}: holds epoch {held}, newer than this job's epoch {epoch}; "
-                               f"not replacing it (another job trained it; rerun to resume from it)")
+            raise ArtifactBusy(
+                f"{path}: holds epoch {held}, newer than this job's epoch {epoch}; "
+                f"not replacing it (another job trained it; rerun to resume from it)"
+            )
 
     return guard
 
 
-def save_checkpoint(path: Path, model: Classifier, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, config: TrainConfig, ds: Dataset,
-                    history: list[EpochRecord], *, complete: bool, keep_indices: np.ndarray | None,
-                    lineage: dict | None, world_size: int = 1,
-                    trajectory: TrajectoryRecorder | None = None,
-                    dynamics: DynamicsRecorder | None = None, consolidate: bool = True,
-                    replace_newer: bool = False) -> Checkpoint:
+def save_checkpoint(
+    path: Path,
+    model: Classifier,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    config: TrainConfig,
+    ds: Dataset,
+    history: list[EpochRecord],
+    *,
+    complete: bool,
+    keep_indices: np.ndarray | None,
+    lineage: dict | None,
+    world_size: int = 1,
+    trajectory: TrajectoryRecorder | None = None,
+    dynamics: DynamicsRecorder | None = None,
+    consolidate: bool = True,
+    replace_newer: bool = False,
+) -> Checkpoint:
     """Atomically replace ``path`` with this epoch's checkpoint (never with an older epoch unless ``replace_newer``).
 
     Without ``consolidate`` the epoch's trajectory and dynamics rows are first appended to
@@ -135,10 +148,21 @@ def save_checkpoint(path: Path, model: Classifier, optimizer: torch.optim.Optimi
             dynamics.write(f, rows=consolidate)  # dynamics/, snapshots/: what the score selectors read
     if consolidate and complete:
         epochlog.clear(path)  # everything is inside the checkpoint now
-    return Checkpoint(path=path, config=config, dataset_fingerprint=ds.fingerprint, n_train=len(ds.train.labels),
-                      num_classes=ds.num_classes, epoch=len(history), complete=complete, fingerprint=fingerprint,
-                      history=list(history), state=state, keep_indices=keep_indices, lineage=_with_input(lineage, ds),
-                      world_size=int(world_size))
+    return Checkpoint(
+        path=path,
+        config=config,
+        dataset_fingerprint=ds.fingerprint,
+        n_train=len(ds.train.labels),
+        num_classes=ds.num_classes,
+        epoch=len(history),
+        complete=complete,
+        fingerprint=fingerprint,
+        history=list(history),
+        state=state,
+        keep_indices=keep_indices,
+        lineage=_with_input(lineage, ds),
+        world_size=int(world_size),
+    )
 
 
 def _with_input(lineage: dict | None, ds: Dataset) -> dict:
@@ -178,17 +202,26 @@ def load_checkpoint(path: Path | str, *, weights: bool = True) -> Checkpoint:
             config = TrainConfig.from_dict(get_attr(f, "config"))
             h = f["history"]
             n_epochs = len(h["epoch"])
+
             def record(i: int) -> EpochRecord:
-                row: dict[str, Any] = {k: (int(h[k][i]) if k in ("epoch", "steps") else float(h[k][i]))
-                                       for k in EpochRecord.__dataclass_fields__}  # ints and floats, by field
+                row: dict[str, Any] = {
+                    k: (int(h[k][i]) if k in ("epoch", "steps") else float(h[k][i]))
+                    for k in EpochRecord.__dataclass_fields__
+                }  # ints and floats, by field
                 return EpochRecord(**row)
 
             history = [record(i) for i in range(n_epochs)]
             ck = Checkpoint(
-                path=path, config=config, dataset_fingerprint=get_attr(f, "dataset_fingerprint"),
-                n_train=int(get_attr(f, "n_train")), num_classes=int(get_attr(f, "num_classes")),
-                epoch=int(get_attr(f, "epoch")), complete=bool(get_attr(f, "complete")),
-                fingerprint=get_attr(f, "fingerprint"), history=history, lineage=get_attr(f, "lineage", {}) or {},
+                path=path,
+                config=config,
+                dataset_fingerprint=get_attr(f, "dataset_fingerprint"),
+                n_train=int(get_attr(f, "n_train")),
+                num_classes=int(get_attr(f, "num_classes")),
+                epoch=int(get_attr(f, "epoch")),
+                complete=bool(get_attr(f, "complete")),
+                fingerprint=get_attr(f, "fingerprint"),
+                history=history,
+                lineage=get_attr(f, "lineage", {}) or {},
                 world_size=int(get_attr(f, "world_size", 1)),
             )
             if "keep_indices" in f:
@@ -206,14 +239,17 @@ def _check_weights(path: Path | str, state: dict[str, torch.Tensor]) -> None:
     """Finite weights: NaN in a model is damage or a diverged run, which no later option (--damping) can mend."""
     bad = next((name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
     if bad is not None:
-        raise DpcliError(f"{path}: the model's weights hold NaN or inf (in {bad}); the checkpoint is damaged or its "
-                         "training diverged: retrain it (--force, a lower --lr)")
+        raise DpcliError(
+            f"{path}: the model's weights hold NaN or inf (in {bad}); the checkpoint is damaged or its "
+            "training diverged: retrain it (--force, a lower --lr)"
+        )
 
 
 def dataset_of(ck: Checkpoint, data_root: Path | None = None) -> Dataset:
     """The checkpoint's dataset, loaded as its model saw it (--image-size, the preprocessing in its lineage)."""
-    return load_dataset(ck.config.dataset, data_root, image_size=ck.config.image_size,
-                        input=preprocess.of_checkpoint(ck))
+    return load_dataset(
+        ck.config.dataset, data_root, image_size=ck.config.image_size, input=preprocess.of_checkpoint(ck)
+    )
 
 
 def check_dataset(ck: Checkpoint, ds: Dataset) -> None:

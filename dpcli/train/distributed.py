@@ -42,7 +42,6 @@ from torch import Tensor, nn
 from dpcli.errors import DpcliError
 
 
-
 def launched() -> bool:
     """True when torchrun (or another env:// launcher) started this process."""
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
@@ -194,8 +193,10 @@ def from_env(device_name: str = "auto") -> Distributed | None:
         raise DpcliError(f"unknown --device {name!r}; use auto, cpu or cuda")
     if use_cuda:
         if local_rank >= torch.cuda.device_count():
-            raise DpcliError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA devices are visible; "
-                             "lower --nproc_per_node")
+            raise DpcliError(
+                f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA devices are visible; "
+                "lower --nproc_per_node"
+            )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     else:
@@ -203,8 +204,9 @@ def from_env(device_name: str = "auto") -> Distributed | None:
     if not tdist.is_initialized():
         kwargs: dict[str, Any] = {"device_id": device} if use_cuda else {}
         try:
-            tdist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world_size,
-                                     timeout=_timeout(), **kwargs)
+            tdist.init_process_group(
+                "nccl" if use_cuda else "gloo", rank=rank, world_size=world_size, timeout=_timeout(), **kwargs
+            )
         except (RuntimeError, ValueError) as exc:  # no MASTER_ADDR/PORT, unreachable peer, store timeout
             raise DpcliError(f"cannot join the torchrun process group (rank {rank} of {world_size}): {exc}") from None
     ctx = Distributed(rank, world_size, local_rank, device)

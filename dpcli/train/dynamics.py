@@ -61,18 +61,28 @@ class Dynamics:
             from dpcli.errors import DpcliError
 
             if what == "probs" and self.probs_skipped:
-                raise DpcliError(f"{user} needs the per-epoch class probabilities, which `train` did not record: "
-                                 f"{self.probs_skipped}")
-            raise DpcliError(f"{user} needs the per-epoch {what} that `train` records since this version; "
-                             f"retrain the checkpoint with `dpcli train --force`")
+                raise DpcliError(
+                    f"{user} needs the per-epoch class probabilities, which `train` did not record: "
+                    f"{self.probs_skipped}"
+                )
+            raise DpcliError(
+                f"{user} needs the per-epoch {what} that `train` records since this version; "
+                f"retrain the checkpoint with `dpcli train --force`"
+            )
         return value
 
 
 class DynamicsRecorder:
     """Collects per-sample loss/correctness and snapshots; an epoch counts once its checkpoint is written."""
 
-    def __init__(self, n: int, snapshot_epochs: tuple[int, ...] = (), previous: Dynamics | None = None,
-                 start_epoch: int = 0, epochs: int = PROB_EPOCHS) -> None:
+    def __init__(
+        self,
+        n: int,
+        snapshot_epochs: tuple[int, ...] = (),
+        previous: Dynamics | None = None,
+        start_epoch: int = 0,
+        epochs: int = PROB_EPOCHS,
+    ) -> None:
         self.n = int(n)
         self.prob_epochs = max(1, min(PROB_EPOCHS, int(epochs)))
         self.probs_skipped = ""
@@ -107,8 +117,14 @@ class DynamicsRecorder:
         self._cur_probs_dev: Tensor | None = None  # (n, C), allocated at the first batch (C known then)
 
     @classmethod
-    def for_run(cls, n: int, snapshot_epochs: tuple[int, ...], resume_from: Path | None,
-                start_epoch: int, epochs: int = PROB_EPOCHS) -> "DynamicsRecorder":
+    def for_run(
+        cls,
+        n: int,
+        snapshot_epochs: tuple[int, ...],
+        resume_from: Path | None,
+        start_epoch: int,
+        epochs: int = PROB_EPOCHS,
+    ) -> "DynamicsRecorder":
         previous = None
         if resume_from is not None and start_epoch > 0:
             with h5py.File(resume_from, "r") as f:
@@ -131,9 +147,11 @@ class DynamicsRecorder:
         budget = probs_budget()
         if need <= budget:
             return True
-        self.probs_skipped = (f"n x C x 2 bytes x {self.prob_epochs} epochs = {need / 2**30:.1f} GiB is over "
-                              f"$DPCLI_PROBS_BUDGET ({budget / 2**30:.1f} GiB); raise it and retrain "
-                              f"(`dpcli train --force`) to use tdds")
+        self.probs_skipped = (
+            f"n x C x 2 bytes x {self.prob_epochs} epochs = {need / 2**30:.1f} GiB is over "
+            f"$DPCLI_PROBS_BUDGET ({budget / 2**30:.1f} GiB); raise it and retrain "
+            f"(`dpcli train --force`) to use tdds"
+        )
         from rich.markup import escape
 
         from dpcli import console
@@ -165,8 +183,9 @@ class DynamicsRecorder:
             cur[3, i] = torch.linalg.vector_norm(p.scatter(1, y, p_y - 1.0), dim=1)  # ||p - onehot(y)||
             if self._want_probs and (self._cur_probs_dev is not None or self._probs_fit(p.shape[1])):
                 if self._cur_probs_dev is None:  # float16, as stored: half the memory of float32
-                    self._cur_probs_dev = torch.full((self.n, p.shape[1]), float("nan"), dtype=torch.float16,
-                                                     device=cur.device)
+                    self._cur_probs_dev = torch.full(
+                        (self.n, p.shape[1]), float("nan"), dtype=torch.float16, device=cur.device
+                    )
                 self._cur_probs_dev[i] = p.half()
 
     def end_epoch(self, dist=None) -> None:
@@ -182,8 +201,15 @@ class DynamicsRecorder:
         self._cur = self._cur_probs_dev = None
         if dist is not None:
             seen = ~np.isnan(self._cur_loss)
-            parts = np.stack([np.where(seen, self._cur_loss, 0.0), np.where(seen, self._cur_correct, 0), seen,
-                              np.where(seen, self._cur_margin, 0.0), np.where(seen, self._cur_el2n, 0.0)])
+            parts = np.stack(
+                [
+                    np.where(seen, self._cur_loss, 0.0),
+                    np.where(seen, self._cur_correct, 0),
+                    seen,
+                    np.where(seen, self._cur_margin, 0.0),
+                    np.where(seen, self._cur_el2n, 0.0),
+                ]
+            )
             total = dist.all_sum(torch.from_numpy(parts.astype(np.float64))).numpy()
             hit = total[2] > 0
             self._cur_loss = np.where(hit, total[0], np.nan).astype(np.float32)
@@ -232,8 +258,9 @@ class DynamicsRecorder:
             e = len(self._loss)
             chunks = (1, min(self.n, 1 << 20))
             g.create_dataset("loss", data=np.stack(self._loss), chunks=chunks, compression="gzip", compression_opts=1)
-            g.create_dataset("correct", data=np.stack(self._correct), chunks=chunks, compression="gzip",
-                             compression_opts=1)
+            g.create_dataset(
+                "correct", data=np.stack(self._correct), chunks=chunks, compression="gzip", compression_opts=1
+            )
             if self._extras:  # not compressed: gzip saves little on these and costs most
                 g.create_dataset("margin", data=np.stack(self._margin))
                 if self._with_el2n:
@@ -258,8 +285,15 @@ def read_dynamics(f: h5py.File, snapshots: bool = True) -> Dynamics | None:
     margin = g["margin"][()] if "margin" in g else None
     probs = g["probs"][()] if "probs" in g else None
     el2n = g["el2n"][()] if "el2n" in g else None
-    return Dynamics(loss=g["loss"][()], correct=g["correct"][()], snapshots=snaps, margin=margin, probs=probs,
-                    probs_skipped=str(g.attrs.get("probs_skipped", "")), el2n=el2n)
+    return Dynamics(
+        loss=g["loss"][()],
+        correct=g["correct"][()],
+        snapshots=snaps,
+        margin=margin,
+        probs=probs,
+        probs_skipped=str(g.attrs.get("probs_skipped", "")),
+        el2n=el2n,
+    )
 
 
 def read_snapshots(f: h5py.File) -> dict[int, dict[str, Tensor]]:

@@ -112,9 +112,11 @@ def check_complete(checkpoint: Path, committed: int, held: int) -> None:
     complete and hold a trajectory of the last epochs only, which SGD-Influence replays as if it were all."""
     if held < committed:
         missing = committed - held
-        raise DpcliError(f"{checkpoint}: the records of {missing} of its {committed} trained epochs are missing "
-                         f"({log_dir(checkpoint)} is absent or incomplete); copy that folder with the checkpoint to "
-                         "resume, or pass --force to train from scratch")
+        raise DpcliError(
+            f"{checkpoint}: the records of {missing} of its {committed} trained epochs are missing "
+            f"({log_dir(checkpoint)} is absent or incomplete); copy that folder with the checkpoint to "
+            "resume, or pass --force to train from scratch"
+        )
 
 
 def split(rows: list[dict[str, np.ndarray]], prefix: str) -> list[dict[str, np.ndarray]]:

@@ -24,16 +24,24 @@ from dpcli.artifacts.h5 import check_writable
 from dpcli.artifacts.lock import artifact_lock
 from dpcli.config import TrainConfig
 from dpcli.data.sources import Dataset, Split, inference_batch, iterate_batches
-from dpcli.train.dynamics import Dynamics, DynamicsRecorder, default_snapshot_epochs, read_snapshots
 from dpcli.errors import DpcliError
 from dpcli.models import preprocess
 from dpcli.models.zoo import Classifier, build_model
 from dpcli.train import epochlog
+from dpcli.train.dynamics import Dynamics, DynamicsRecorder, default_snapshot_epochs, read_snapshots
 from dpcli.train.trajectory import TrajectoryRecorder
 
 if TYPE_CHECKING:
     from dpcli.train.distributed import Distributed
-from dpcli.train.checkpoint import Checkpoint, EpochRecord, _check_weights, check_dataset, dataset_of, load_checkpoint, save_checkpoint
+from dpcli.train.checkpoint import (
+    Checkpoint,
+    EpochRecord,
+    _check_weights,
+    check_dataset,
+    dataset_of,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 EpochHook = Callable[["EpochRecord"], None]
 BatchHook = Callable[[int, int, int], None]  # (epoch, samples seen, samples per epoch)
@@ -58,9 +66,14 @@ def make_model(config: TrainConfig, ds: Dataset, pretrained: bool = True) -> Cla
     """A fresh model; ``pretrained=False`` skips --weights (a checkpoint's state replaces them anyway)."""
     torch.manual_seed(config.seed)
     return build_model(
-        config.arch, num_classes=ds.num_classes, in_channels=ds.channels,
-        image_size=ds.image_size, width=config.width, depth=config.depth,
-        weights=config.weights if pretrained else None, head_module=config.head_module,
+        config.arch,
+        num_classes=ds.num_classes,
+        in_channels=ds.channels,
+        image_size=ds.image_size,
+        width=config.width,
+        depth=config.depth,
+        weights=config.weights if pretrained else None,
+        head_module=config.head_module,
     )
 
 
@@ -71,27 +84,36 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 @torch.no_grad()
-def evaluate(model: Classifier, split: Split, ds: Dataset, device: torch.device,
-             batch_size: int | None = None) -> tuple[float, float]:
+def evaluate(
+    model: Classifier, split: Split, ds: Dataset, device: torch.device, batch_size: int | None = None
+) -> tuple[float, float]:
     """Mean cross-entropy and accuracy (%) on a split, un-augmented, in eval mode."""
     model.eval()
     batch_size = batch_size or inference_batch(split, device)
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss, correct: summed on the device
     n = 0
-    for x, y, _ in iterate_batches(split, batch_size, mean=ds.mean, std=ds.std, device=device,
-                                   shuffle=False, augment=False, generator=None):
+    for x, y, _ in iterate_batches(
+        split, batch_size, mean=ds.mean, std=ds.std, device=device, shuffle=False, augment=False, generator=None
+    ):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(_memory_format(x, model)).float()
-        sums += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
-                             (logits.argmax(1) == y).sum().double()])
+        sums += torch.stack(
+            [F.cross_entropy(logits, y, reduction="sum").double(), (logits.argmax(1) == y).sum().double()]
+        )
         n += y.numel()
     total_loss, correct = sums.tolist()  # the one host sync of an evaluation
     return total_loss / max(n, 1), 100.0 * correct / max(n, 1)
 
 
 @torch.no_grad()
-def extract_features(model: Classifier, split: Split, ds: Dataset, device: torch.device,
-                     batch_size: int | None = None, progress: RowsHook | None = None) -> torch.Tensor:
+def extract_features(
+    model: Classifier,
+    split: Split,
+    ds: Dataset,
+    device: torch.device,
+    batch_size: int | None = None,
+    progress: RowsHook | None = None,
+) -> torch.Tensor:
     """Penultimate features of every sample, un-augmented, eval mode, in the training precision
     (bf16 autocast on CUDA), returned as float32."""
     model.eval()
@@ -99,8 +121,9 @@ def extract_features(model: Classifier, split: Split, ds: Dataset, device: torch
     out = []
     n = len(split.labels)
     done = 0
-    for x, _, _ in iterate_batches(split, batch_size, mean=ds.mean, std=ds.std, device=device,
-                                   shuffle=False, augment=False, generator=None):
+    for x, _, _ in iterate_batches(
+        split, batch_size, mean=ds.mean, std=ds.std, device=device, shuffle=False, augment=False, generator=None
+    ):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             out.append(model.features(_memory_format(x, model)).float())  # the training precision
         done += x.shape[0]
@@ -135,20 +158,46 @@ def train(
     Per-sample training dynamics and snapshots (:mod:`dpcli.train.dynamics`) are recorded too.
     """
     config.validate()
-    preprocess.check(preprocess.for_config(config), config.image_size, ds, "the run")  # the pipeline is part of the model
+    preprocess.check(
+        preprocess.for_config(config), config.image_size, ds, "the run"
+    )  # the pipeline is part of the model
     out = Path(out)
     if dist is not None and not dist.is_main:  # rank 0 holds the lock and writes for all ranks
-        return _train_locked(config, ds, out, device=device, keep_indices=keep_indices, force=force,
-                             lineage=lineage, on_batch=on_batch, on_epoch=on_epoch, dist=dist,
-                             stop_after=stop_after, eval_every=eval_every, snapshot_epochs=snapshot_epochs)
+        return _train_locked(
+            config,
+            ds,
+            out,
+            device=device,
+            keep_indices=keep_indices,
+            force=force,
+            lineage=lineage,
+            on_batch=on_batch,
+            on_epoch=on_epoch,
+            dist=dist,
+            stop_after=stop_after,
+            eval_every=eval_every,
+            snapshot_epochs=snapshot_epochs,
+        )
     with artifact_lock(out) as lock:  # a second identical job waits here, then resumes or reuses
         if lock.waited:
             _say_reused(out, lock.holder)
         force = force and not lock.reusable()  # what another job published while we waited is fresh
         try:
-            return _train_locked(config, ds, out, device=device, keep_indices=keep_indices, force=force,
-                                 lineage=lineage, on_batch=on_batch, on_epoch=on_epoch, dist=dist,
-                                 stop_after=stop_after, eval_every=eval_every, snapshot_epochs=snapshot_epochs)
+            return _train_locked(
+                config,
+                ds,
+                out,
+                device=device,
+                keep_indices=keep_indices,
+                force=force,
+                lineage=lineage,
+                on_batch=on_batch,
+                on_epoch=on_epoch,
+                dist=dist,
+                stop_after=stop_after,
+                eval_every=eval_every,
+                snapshot_epochs=snapshot_epochs,
+            )
         except BaseException:
             if not out.exists():  # no epoch was ever committed: its side log would be an orphan
                 epochlog.clear(out)
@@ -164,10 +213,22 @@ def _say_reused(out: Path, holder: int | None) -> None:
         console.info(f"{out}: {state}, written by pid {holder or '?'} while this job waited; continuing from it")
 
 
-def _train_locked(config: TrainConfig, ds: Dataset, out: Path, *, device: torch.device,
-                  keep_indices: np.ndarray | None, force: bool, lineage: dict | None,
-                  on_batch: BatchHook | None, on_epoch: EpochHook | None, dist: "Distributed | None",
-                  stop_after: int | None, eval_every: int, snapshot_epochs: tuple[int, ...] | None) -> Checkpoint:
+def _train_locked(
+    config: TrainConfig,
+    ds: Dataset,
+    out: Path,
+    *,
+    device: torch.device,
+    keep_indices: np.ndarray | None,
+    force: bool,
+    lineage: dict | None,
+    on_batch: BatchHook | None,
+    on_epoch: EpochHook | None,
+    dist: "Distributed | None",
+    stop_after: int | None,
+    eval_every: int,
+    snapshot_epochs: tuple[int, ...] | None,
+) -> Checkpoint:
     """:func:`train` once its checkpoint's lock is held (re-reads the checkpoint: another job may have advanced it)."""
     if not (out.exists() and not force):
         check_writable(out)  # a read-only --run-root fails now, not after the first epoch
@@ -179,8 +240,9 @@ def _train_locked(config: TrainConfig, ds: Dataset, out: Path, *, device: torch.
         _deterministic_modules(model)
     if config.channels_last if config.channels_last is not None else device.type == "cuda":  # docs/gpu.md
         _to_channels_last(model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     history: list[EpochRecord] = []
     start = 0
@@ -209,8 +271,10 @@ def _train_locked(config: TrainConfig, ds: Dataset, out: Path, *, device: torch.
         raise DpcliError("the training subset is empty: the mask keeps no sample")
     if indices is None and len(np.unique(ds.train.labels)) < 2:  # a one-class softmax has zero loss: S would be 0
         only = ds.classes[int(ds.train.labels[0])] if ds.classes else int(ds.train.labels[0])
-        raise DpcliError(f"dataset {ds.name!r}: every training sample has class {only!r}; a classifier, and so "
-                         "pruning, needs at least two classes")
+        raise DpcliError(
+            f"dataset {ds.name!r}: every training sample has class {only!r}; a classifier, and so "
+            "pruning, needs at least two classes"
+        )
     use_amp = device.type == "cuda" and not config.fp32
     net = eager = model if dist is None else dist.wrap(model)  # DDP shares model's parameters and buffers
     if config.compile:
@@ -240,10 +304,18 @@ def _train_locked(config: TrainConfig, ds: Dataset, out: Path, *, device: torch.
         net.train()
         lr = optimizer.param_groups[0]["lr"]
         recorder.begin_epoch(epoch, model, optimizer, lr)
-        batches = iterate_batches(ds.train, config.batch_size, mean=ds.mean, std=ds.std, device=device,
-                                  shuffle=True, augment=config.augment and ds.augment,
-                                  generator=_epoch_generator(config.seed, epoch), indices=indices,
-                                  part=None if dist is None else dist.bounds)  # a rank builds its slice only
+        batches = iterate_batches(
+            ds.train,
+            config.batch_size,
+            mean=ds.mean,
+            std=ds.std,
+            device=device,
+            shuffle=True,
+            augment=config.augment and ds.augment,
+            generator=_epoch_generator(config.seed, epoch),
+            indices=indices,
+            part=None if dist is None else dist.bounds,
+        )  # a rank builds its slice only
         batches = recorder.watch(batches)  # records the global batches' dataset indices
         if dist is not None:
             batches = dist.shard(batches)  # same global batches on every rank; keep this rank's slice
@@ -261,8 +333,9 @@ def _train_locked(config: TrainConfig, ds: Dataset, out: Path, *, device: torch.
             dyn.add_batch(idx, losses, logits, y)
             correct = logits.detach().argmax(1) == y
             optimizer.step()
-            stats[:3] += torch.stack([loss.detach().double() * y.numel(), correct.sum().double(),
-                                      (~torch.isfinite(loss.detach())).double()])
+            stats[:3] += torch.stack(
+                [loss.detach().double() * y.numel(), correct.sum().double(), (~torch.isfinite(loss.detach())).double()]
+            )
             steps += 1
             seen += y.numel()
             if on_batch:
@@ -280,25 +353,59 @@ def _train_locked(config: TrainConfig, ds: Dataset, out: Path, *, device: torch.
             test_loss, test_acc = evaluate(model, ds.test, ds, device)
         else:
             test_loss = test_acc = float("nan")
-        rec = EpochRecord(epoch=epoch + 1, train_loss=tot_loss / max(seen, 1), train_acc=100.0 * tot_correct / max(seen, 1),
-                          test_loss=test_loss, test_acc=test_acc, seconds=time.perf_counter() - t0,
-                          steps=steps, lr=lr)
+        rec = EpochRecord(
+            epoch=epoch + 1,
+            train_loss=tot_loss / max(seen, 1),
+            train_acc=100.0 * tot_correct / max(seen, 1),
+            test_loss=test_loss,
+            test_acc=test_acc,
+            seconds=time.perf_counter() - t0,
+            steps=steps,
+            lr=lr,
+        )
         history.append(rec)
-        saved = save(out, model, optimizer, scheduler, config, ds, history,
-                     complete=epoch + 1 == config.epochs, keep_indices=indices, lineage=lineage,
-                     trajectory=recorder, dynamics=dyn, consolidate=epoch + 1 == last, replace_newer=force)
+        saved = save(
+            out,
+            model,
+            optimizer,
+            scheduler,
+            config,
+            ds,
+            history,
+            complete=epoch + 1 == config.epochs,
+            keep_indices=indices,
+            lineage=lineage,
+            trajectory=recorder,
+            dynamics=dyn,
+            consolidate=epoch + 1 == last,
+            replace_newer=force,
+        )
         if on_epoch:
             on_epoch(rec)
     if saved is None and last < config.epochs:  # stop_after reached already: nothing to do
         return load_checkpoint(out)
     if saved is None:  # zero epochs left to run (complete flag lost): rewrite as complete
-        saved = save(out, model, optimizer, scheduler, config, ds, history, complete=True,
-                     keep_indices=indices, lineage=lineage, trajectory=recorder, dynamics=dyn, consolidate=True)
+        saved = save(
+            out,
+            model,
+            optimizer,
+            scheduler,
+            config,
+            ds,
+            history,
+            complete=True,
+            keep_indices=indices,
+            lineage=lineage,
+            trajectory=recorder,
+            dynamics=dyn,
+            consolidate=True,
+        )
     return saved
 
 
-def _recorders(config: TrainConfig, n: int, snaps: tuple[int, ...], out: Path,
-               start: int) -> tuple[TrajectoryRecorder, DynamicsRecorder]:
+def _recorders(
+    config: TrainConfig, n: int, snaps: tuple[int, ...], out: Path, start: int
+) -> tuple[TrajectoryRecorder, DynamicsRecorder]:
     """Trajectory and dynamics recorders, resumed from the epochs committed before ``start``.
 
     Torn appends (side files past the checkpoint's epoch) are rolled back first; the
@@ -306,8 +413,10 @@ def _recorders(config: TrainConfig, n: int, snaps: tuple[int, ...], out: Path,
     consolidated (or by an older dpcli), from the checkpoint's own groups.
     """
     if start == 0:
-        return (TrajectoryRecorder(config.batch_size, config.momentum, config.weight_decay),
-                DynamicsRecorder(n, snaps, epochs=config.epochs))
+        return (
+            TrajectoryRecorder(config.batch_size, config.momentum, config.weight_decay),
+            DynamicsRecorder(n, snaps, epochs=config.epochs),
+        )
     epochlog.rollback(out, start)
     rows = epochlog.read(out, start)
     if rows is None:  # no complete side log (a checkpoint written consolidated): the groups inside checkpoint.h5
@@ -322,14 +431,20 @@ def _recorders(config: TrainConfig, n: int, snaps: tuple[int, ...], out: Path,
     previous = None
     if all("loss" in r for r in dyn_rows):  # else (rows backfilled from a checkpoint without dynamics): none
         has = lambda key: all(key in r for r in dyn_rows)  # noqa: E731
-        previous = Dynamics(loss=np.stack([r["loss"] for r in dyn_rows]),
-                            correct=np.stack([r["correct"] for r in dyn_rows]), snapshots=snapshots,
-                            margin=np.stack([r["margin"] for r in dyn_rows]) if has("margin") else None,
-                            probs=np.stack([r["probs"] for r in dyn_rows if "probs" in r])
-                            if has("margin") and any("probs" in r for r in dyn_rows) else None,
-                            el2n=np.stack([r["el2n"] for r in dyn_rows]) if has("el2n") else None)
-    return (TrajectoryRecorder.from_rows(config, epochlog.split(rows, "trajectory")),
-            DynamicsRecorder(n, snaps, previous, start, config.epochs))
+        previous = Dynamics(
+            loss=np.stack([r["loss"] for r in dyn_rows]),
+            correct=np.stack([r["correct"] for r in dyn_rows]),
+            snapshots=snapshots,
+            margin=np.stack([r["margin"] for r in dyn_rows]) if has("margin") else None,
+            probs=np.stack([r["probs"] for r in dyn_rows if "probs" in r])
+            if has("margin") and any("probs" in r for r in dyn_rows)
+            else None,
+            el2n=np.stack([r["el2n"] for r in dyn_rows]) if has("el2n") else None,
+        )
+    return (
+        TrajectoryRecorder.from_rows(config, epochlog.split(rows, "trajectory")),
+        DynamicsRecorder(n, snaps, previous, start, config.epochs),
+    )
 
 
 def _backfill(out: Path, recorder: TrajectoryRecorder, dyn: DynamicsRecorder, start: int) -> None:
@@ -412,17 +527,21 @@ def _first_compiled_step(net: torch.nn.Module, eager: torch.nn.Module, forward_b
         first = (str(exc).strip().splitlines() or [""])[0][:160]
         from rich.markup import escape
 
-        console.info(escape(f"warning: --compile failed on this model ({type(exc).__name__}: {first}); "
-                            "training without it"))
+        console.info(
+            escape(f"warning: --compile failed on this model ({type(exc).__name__}: {first}); training without it")
+        )
         return eager, forward_backward(eager, x, y)
 
 
-def load_trained(path: Path | str, device: torch.device, data_root: Path | None = None,
-                 ds: Dataset | None = None) -> tuple[Classifier, Checkpoint, Dataset]:
+def load_trained(
+    path: Path | str, device: torch.device, data_root: Path | None = None, ds: Dataset | None = None
+) -> tuple[Classifier, Checkpoint, Dataset]:
     """Rebuild the model of a complete checkpoint on its dataset, checking they belong together."""
     ck = load_checkpoint(path)
     if not ck.complete:
-        raise DpcliError(f"{path}: training is not complete (epoch {ck.epoch}/{ck.config.epochs}); run `dpcli train` again to resume")
+        raise DpcliError(
+            f"{path}: training is not complete (epoch {ck.epoch}/{ck.config.epochs}); run `dpcli train` again to resume"
+        )
     if ds is None:
         ds = dataset_of(ck, data_root)
     check_dataset(ck, ds)
@@ -432,8 +551,8 @@ def load_trained(path: Path | str, device: torch.device, data_root: Path | None 
         model.load_state_dict(ck.state)
     except RuntimeError as exc:  # a tensor of another shape than its configuration's model
         detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
-        raise DpcliError(f"{path}: damaged checkpoint: its weights do not fit the model of its configuration "
-                         f"({detail.rstrip('.')}); retrain it (--force)") from None
+        raise DpcliError(
+            f"{path}: damaged checkpoint: its weights do not fit the model of its configuration "
+            f"({detail.rstrip('.')}); retrain it (--force)"
+        ) from None
     return model.to(device).eval(), ck, ds
-
-

@@ -54,7 +54,7 @@ class Trajectory:
 
     def batches(self, k: int) -> list[np.ndarray]:
         row = self.order[k]
-        return [row[s:s + self.batch_size] for s in range(0, row.shape[0], self.batch_size)]
+        return [row[s : s + self.batch_size] for s in range(0, row.shape[0], self.batch_size)]
 
 
 def read_trajectory(f: h5py.File | h5py.Group) -> Trajectory | None:
@@ -64,11 +64,16 @@ def read_trajectory(f: h5py.File | h5py.Group) -> Trajectory | None:
     g = f[GROUP]
     try:
         return Trajectory(
-            epochs=g["epoch"][()].astype(np.int64), lr=g["lr"][()].astype(np.float64),
-            weight=g["weight"][()], bias=g["bias"][()],
-            momentum_weight=g["momentum_weight"][()], momentum_bias=g["momentum_bias"][()],
-            has_momentum=g["has_momentum"][()].astype(bool), order=g["order"][()],
-            batch_size=int(get_attr(g, "batch_size")), momentum=float(get_attr(g, "momentum")),
+            epochs=g["epoch"][()].astype(np.int64),
+            lr=g["lr"][()].astype(np.float64),
+            weight=g["weight"][()],
+            bias=g["bias"][()],
+            momentum_weight=g["momentum_weight"][()],
+            momentum_bias=g["momentum_bias"][()],
+            has_momentum=g["has_momentum"][()].astype(bool),
+            order=g["order"][()],
+            batch_size=int(get_attr(g, "batch_size")),
+            momentum=float(get_attr(g, "momentum")),
             weight_decay=float(get_attr(g, "weight_decay")),
         )
     except (KeyError, TypeError, ValueError) as exc:
@@ -86,9 +91,11 @@ def load_trajectory(path: Path | str) -> Trajectory:
             f"one); retrain it with `dpcli train ... --force` to use --estimator sgd"
         )
     if not np.array_equal(traj.epochs, np.arange(epochs_done)):
-        raise DpcliError(f"{path}: the recorded SGD trajectory holds {len(traj)} of the {epochs_done} trained epochs "
-                         f"(epochs {_span(traj.epochs)}); the others' records were lost (e.g. resumed without its "
-                         ".epochs/ folder): retrain it with --force to use --estimator sgd")
+        raise DpcliError(
+            f"{path}: the recorded SGD trajectory holds {len(traj)} of the {epochs_done} trained epochs "
+            f"(epochs {_span(traj.epochs)}); the others' records were lost (e.g. resumed without its "
+            ".epochs/ folder): retrain it with --force to use --estimator sgd"
+        )
     return traj
 
 
@@ -104,8 +111,14 @@ class TrajectoryRecorder:
     checkpoint is written, so an interrupted epoch leaves no partial record.
     """
 
-    def __init__(self, batch_size: int, momentum: float, weight_decay: float,
-                 previous: Trajectory | None = None, start_epoch: int = 0) -> None:
+    def __init__(
+        self,
+        batch_size: int,
+        momentum: float,
+        weight_decay: float,
+        previous: Trajectory | None = None,
+        start_epoch: int = 0,
+    ) -> None:
         self.batch_size = int(batch_size)
         self.momentum = float(momentum)
         self.weight_decay = float(weight_decay)
@@ -115,10 +128,18 @@ class TrajectoryRecorder:
             # only a contiguous run of epochs ending right before start_epoch is usable
             if keep and int(previous.epochs[keep[-1]]) == start_epoch - 1:
                 for k in keep:
-                    self._records.append((int(previous.epochs[k]), float(previous.lr[k]), previous.weight[k],
-                                          previous.bias[k], previous.momentum_weight[k],
-                                          previous.momentum_bias[k], bool(previous.has_momentum[k]),
-                                          previous.order[k]))
+                    self._records.append(
+                        (
+                            int(previous.epochs[k]),
+                            float(previous.lr[k]),
+                            previous.weight[k],
+                            previous.bias[k],
+                            previous.momentum_weight[k],
+                            previous.momentum_bias[k],
+                            bool(previous.has_momentum[k]),
+                            previous.order[k],
+                        )
+                    )
         self._pending: list | None = None
         self._indices: list[np.ndarray] = []
 
@@ -131,8 +152,7 @@ class TrajectoryRecorder:
                 previous = read_trajectory(f)
         return cls(config.batch_size, config.momentum, config.weight_decay, previous, start_epoch)
 
-    def begin_epoch(self, epoch: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    lr: float) -> None:
+    def begin_epoch(self, epoch: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, lr: float) -> None:
         head = cast(torch.nn.Linear, getattr(model, "module", model).head)
         w, b = head.weight.detach(), head.bias.detach()
         bufs = []
@@ -142,8 +162,15 @@ class TrajectoryRecorder:
         has = bufs[0] is not None and bufs[1] is not None
         mw = bufs[0].detach().float().cpu().numpy().copy() if has else np.zeros(tuple(w.shape), np.float32)
         mb = bufs[1].detach().float().cpu().numpy().copy() if has else np.zeros(tuple(b.shape), np.float32)
-        self._pending = [int(epoch), float(lr), w.float().cpu().numpy().copy(), b.float().cpu().numpy().copy(),
-                         mw, mb, has]
+        self._pending = [
+            int(epoch),
+            float(lr),
+            w.float().cpu().numpy().copy(),
+            b.float().cpu().numpy().copy(),
+            mw,
+            mb,
+            has,
+        ]
         self._indices = []
 
     def add_batch(self, idx: Tensor) -> None:
@@ -173,8 +200,20 @@ class TrajectoryRecorder:
     def from_rows(cls, config, rows: list[dict[str, np.ndarray]]) -> "TrajectoryRecorder":
         """A recorder resumed from the appended rows of epochs ``0 .. len(rows)-1``."""
         rec = cls(config.batch_size, config.momentum, config.weight_decay)
-        rec._records = [(int(r["epoch"]), float(r["lr"]), r["weight"], r["bias"], r["momentum_weight"],
-                         r["momentum_bias"], bool(r["has_momentum"]), r["order"]) for r in rows if r]
+        rec._records = [
+            (
+                int(r["epoch"]),
+                float(r["lr"]),
+                r["weight"],
+                r["bias"],
+                r["momentum_weight"],
+                r["momentum_bias"],
+                bool(r["has_momentum"]),
+                r["order"],
+            )
+            for r in rows
+            if r
+        ]
         return rec
 
     def write(self, f: h5py.File | h5py.Group, rows: bool = True) -> None:
@@ -195,6 +234,9 @@ class TrajectoryRecorder:
         set_attr(g, "batch_size", self.batch_size)
         set_attr(g, "momentum", self.momentum)
         set_attr(g, "weight_decay", self.weight_decay)
-        set_attr(g, "description", "per epoch: last layer + momentum buffers at epoch start, lr, visited "
-                                   "dataset indices (batch t = order[k, t*batch_size:(t+1)*batch_size])")
-
+        set_attr(
+            g,
+            "description",
+            "per epoch: last layer + momentum buffers at epoch start, lr, visited "
+            "dataset indices (batch t = order[k, t*batch_size:(t+1)*batch_size])",
+        )

@@ -13,7 +13,17 @@ import h5py
 import numpy as np
 import pytest
 
-from dpcli.artifacts.h5 import array_fingerprint, atomic_h5, check_writable, config_key, get_attr, open_artifact, temp_path, write_error, write_json
+from dpcli.artifacts.h5 import (
+    array_fingerprint,
+    atomic_h5,
+    check_writable,
+    config_key,
+    get_attr,
+    open_artifact,
+    temp_path,
+    write_error,
+    write_json,
+)
 from dpcli.artifacts.rows import row_chunks
 from dpcli.errors import ArtifactWriteError, DpcliError
 
@@ -111,8 +121,8 @@ def test_stale_partials_of_dead_writers_are_removed_before_writing(tmp_path):
     target = tmp_path / "influence.h5"
     dead = tmp_path / f".influence.h5.{_dead_pid()}.0badc0de.partial"
     live = tmp_path / f".influence.h5.{os.getppid()}.0badc0de.partial"  # a live process: maybe still writing
-    other = tmp_path / f".mask.h5.{_dead_pid()}.0badc0de.partial"      # another artifact's: not ours to judge
-    legacy = tmp_path / ".influence.h5.k2x_9aqz.partial"                # dpcli before pids: stale when old
+    other = tmp_path / f".mask.h5.{_dead_pid()}.0badc0de.partial"  # another artifact's: not ours to judge
+    legacy = tmp_path / ".influence.h5.k2x_9aqz.partial"  # dpcli before pids: stale when old
     cousin = tmp_path / f".influence.h5.bak.{_dead_pid()}.0badc0de.partial"  # influence.h5.bak's, not ours
     for p in (dead, live, other, legacy, cousin):
         p.write_bytes(b"half")
@@ -163,8 +173,8 @@ def test_h5py_style_errno_in_message_is_recognised(tmp_path):
 
 
 def test_check_writable_refuses_before_any_work(tmp_path):
-    check_writable(tmp_path / "new" / "deeper" / "m.h5")   # missing parents are fine (created later)
-    assert list(tmp_path.iterdir()) == []                  # and the probe leaves nothing
+    check_writable(tmp_path / "new" / "deeper" / "m.h5")  # missing parents are fine (created later)
+    assert list(tmp_path.iterdir()) == []  # and the probe leaves nothing
     with pytest.raises(ArtifactWriteError, match="is a directory"):
         check_writable(tmp_path)
     (tmp_path / "file").write_text("x")

@@ -53,8 +53,10 @@ def test_a_bit_flipped_S_is_refused_naming_the_file(tiny_run, tmp_path, capsys, 
     out = tmp_path / "m.h5"
     code, stdout, err = run_cli(["prune", bad, "--epsilon", "0.05", "--out", out], capsys)
     assert code == 2 and stdout == "" and not out.exists()
-    assert err.strip().splitlines()[-1] == (f"dpcli: error: {bad}: checksum mismatch in dataset 'S': the file is "
-                                            "damaged (a bad disk, an incomplete copy or an edit); recompute it")
+    assert err.strip().splitlines()[-1] == (
+        f"dpcli: error: {bad}: checksum mismatch in dataset 'S': the file is "
+        "damaged (a bad disk, an incomplete copy or an edit); recompute it"
+    )
     assert load_S(tiny_run.influence).shape[0] == 1438  # the intact file still reads
 
 
@@ -82,8 +84,9 @@ def test_a_dataset_without_checksum_or_linked_elsewhere_is_refused(tmp_path):
         open_artifact(path, "mask")
 
 
-@pytest.mark.parametrize("schema, words", [(SCHEMA - 1, "written by an older dpcli"),
-                                           (SCHEMA + 1, "written by a newer dpcli")])
+@pytest.mark.parametrize(
+    "schema, words", [(SCHEMA - 1, "written by an older dpcli"), (SCHEMA + 1, "written by a newer dpcli")]
+)
 def test_another_schema_is_one_line_that_says_which(tmp_path, capsys, schema, words):
     path = tmp_path / "ck.h5"
     with atomic_h5(path, "checkpoint") as f:
@@ -112,8 +115,8 @@ def test_a_checkpoint_copied_without_its_epoch_records_does_not_resume(tmp_path)
 
     from dpcli.data.sources import load_dataset
     from dpcli.stages import pipeline
-    from dpcli.train.loop import train
     from dpcli.train.checkpoint import load_checkpoint
+    from dpcli.train.loop import train
     from dpcli.train.trajectory import load_trajectory
 
     ds = load_dataset("digits")
@@ -129,8 +132,11 @@ def test_a_checkpoint_copied_without_its_epoch_records_does_not_resume(tmp_path)
     copy = tmp_path / "b" / "ck.h5"
     copy.parent.mkdir()
     shutil.copy(src, copy)
-    with pytest.raises(DpcliError, match=r"records of 1 of its 1 trained epochs are missing \(.*ck\.h5\.epochs is "
-                                         r"absent or incomplete\)"):
+    with pytest.raises(
+        DpcliError,
+        match=r"records of 1 of its 1 trained epochs are missing \(.*ck\.h5\.epochs is "
+        r"absent or incomplete\)",
+    ):
         train(cfg, ds, copy, device=torch.device("cpu"))
     full = train(cfg, ds, src, device=torch.device("cpu"))  # with its records it resumes to the end
     assert full.complete and len(load_trajectory(src)) == 3
@@ -147,10 +153,13 @@ def test_a_checkpoint_copied_without_its_epoch_records_does_not_resume(tmp_path)
 
 def _npy_cases(tmp_path):
     load_benchmark("reliability_campaign").write_odd_arrays(tmp_path)  # the files the campaign replays
-    return [("zero.npy", "not a .npy file (empty)"), ("text.npy", "not a .npy file (no NumPy header)"),
-            ("S_str.npy", "S must be real numbers, got dtype <U1"),
-            ("huge.npy", "declares S of shape (1000000, 1000000) (3725.3 GiB) but holds 64 bytes"),
-            ("huge.h5", "declares S of shape (1000000, 1000000) (3725.3 GiB) but stores 0 bytes")]
+    return [
+        ("zero.npy", "not a .npy file (empty)"),
+        ("text.npy", "not a .npy file (no NumPy header)"),
+        ("S_str.npy", "S must be real numbers, got dtype <U1"),
+        ("huge.npy", "declares S of shape (1000000, 1000000) (3725.3 GiB) but holds 64 bytes"),
+        ("huge.h5", "declares S of shape (1000000, 1000000) (3725.3 GiB) but stores 0 bytes"),
+    ]
 
 
 def test_odd_array_files_are_one_true_line_each(tmp_path, capsys):
@@ -158,20 +167,32 @@ def test_odd_array_files_are_one_true_line_each(tmp_path, capsys):
     a text file 'pickled data', a huge declared shape 'use a smaller --batch-size', strings a traceback."""
     for name, fragment in _npy_cases(tmp_path):
         code, out, err = run_cli(["prune", tmp_path / name, "--prune-count", "1", "--out", tmp_path / "m.h5"], capsys)
-        assert code == 2 and out == "" and err == f"dpcli: error: {tmp_path / name}: {fragment}" + err[len(
-            f"dpcli: error: {tmp_path / name}: {fragment}"):], (name, err)
+        assert (
+            code == 2
+            and out == ""
+            and err
+            == f"dpcli: error: {tmp_path / name}: {fragment}"
+            + err[len(f"dpcli: error: {tmp_path / name}: {fragment}") :]
+        ), (name, err)
         assert err.count("\n") == 1 and not (tmp_path / "m.h5").exists()
     np.save(tmp_path / "y.npy", np.arange(300) % 3)
-    code, _, err = run_cli(["influence", "--features", tmp_path / "zero.npy", "--labels", tmp_path / "y.npy",
-                            "--out", tmp_path / "i.h5"], capsys)
+    code, _, err = run_cli(
+        ["influence", "--features", tmp_path / "zero.npy", "--labels", tmp_path / "y.npy", "--out", tmp_path / "i.h5"],
+        capsys,
+    )
     assert code == 2 and "zero.npy: not a .npy file (empty); save the features with numpy.save" in err
 
 
-@pytest.mark.parametrize("edit, fragment", [
-    ("nan", "the model's weights hold NaN or inf (in "),
-    ("head", "damaged checkpoint: its weights do not fit the model of its configuration (size mismatch for "
-             "head.weight"),
-])
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        ("nan", "the model's weights hold NaN or inf (in "),
+        (
+            "head",
+            "damaged checkpoint: its weights do not fit the model of its configuration (size mismatch for head.weight",
+        ),
+    ],
+)
 def test_a_checkpoint_with_bad_weights_is_one_true_line(tiny_run, tmp_path, capsys, edit, fragment):
     """Checksums valid (a bad writer, not a bad disk): NaN weights were 'use a larger --damping', a head of
     another shape a traceback."""
@@ -196,6 +217,9 @@ def test_influence_out_equal_to_its_checkpoint_is_refused(tiny_run, tmp_path, ca
     shutil.copy(tiny_run.checkpoint, ck)
     before = ck.read_bytes()
     code, _, err = run_cli(["influence", ck, "--out", ck, "--device", "cpu"], capsys)
-    assert code == 2 and err == f"dpcli: error: --out {ck} is the checkpoint; writing it would destroy the input: " \
-                                "give another path\n"
+    assert (
+        code == 2
+        and err
+        == f"dpcli: error: --out {ck} is the checkpoint; writing it would destroy the input: give another path\n"
+    )
     assert ck.read_bytes() == before

@@ -26,13 +26,13 @@ import torch
 
 from dpcli.artifacts.h5 import atomic_h5, get_attr, open_artifact
 from dpcli.artifacts.lock import artifact_lock, lock_path, no_wait, set_no_wait
+from dpcli.config import InfluenceConfig
+from dpcli.data.sources import load_dataset
 from dpcli.errors import ArtifactBusy
 from dpcli.stages import core as stages
 from dpcli.stages import masks as mask_stage
-from dpcli.config import InfluenceConfig
-from dpcli.train.loop import make_model
 from dpcli.train.checkpoint import EpochRecord, load_checkpoint, save_checkpoint
-from dpcli.data.sources import load_dataset
+from dpcli.train.loop import make_model
 from tests.conftest import TINY, run_cli, tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -136,7 +136,7 @@ def test_cli_no_wait_is_one_line_and_exit_75(tiny_run, tmp_path, capsys, monkeyp
         release.set()
         t.join()
     assert code == 75
-    assert _one_error_line(err) .startswith(f"dpcli: error: {out}: locked by pid {os.getpid()}")
+    assert _one_error_line(err).startswith(f"dpcli: error: {out}: locked by pid {os.getpid()}")
     assert not out.exists()
 
 
@@ -154,8 +154,9 @@ def test_concurrent_influence_is_computed_once(tiny_run, tmp_path, monkeypatch):
     results: list[stages.InfluenceInfo] = []
 
     def job() -> None:
-        results.append(stages.compute_influence(tiny_run.checkpoint, out, InfluenceConfig().validate(),
-                                                device=torch.device("cpu")))
+        results.append(
+            stages.compute_influence(tiny_run.checkpoint, out, InfluenceConfig().validate(), device=torch.device("cpu"))
+        )
 
     threads = [threading.Thread(target=job) for _ in range(2)]
     for t in threads:
@@ -163,7 +164,9 @@ def test_concurrent_influence_is_computed_once(tiny_run, tmp_path, monkeypatch):
     for t in threads:
         t.join()
     assert len(calls) == 1 and len(results) == 2
-    assert results[0].fingerprint == results[1].fingerprint == stages.read_influence_info(tiny_run.influence).fingerprint
+    assert (
+        results[0].fingerprint == results[1].fingerprint == stages.read_influence_info(tiny_run.influence).fingerprint
+    )
     assert _leftovers(tmp_path) == []
 
 
@@ -173,13 +176,28 @@ def test_a_checkpoint_never_goes_back_to_an_older_epoch(tmp_path):
     model = make_model(cfg, ds)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
-    history = [EpochRecord(epoch=e, train_loss=1.0, train_acc=50.0, test_loss=1.0, test_acc=50.0, seconds=0.1,
-                           steps=23, lr=cfg.lr) for e in (1, 2)]
+    history = [
+        EpochRecord(
+            epoch=e, train_loss=1.0, train_acc=50.0, test_loss=1.0, test_acc=50.0, seconds=0.1, steps=23, lr=cfg.lr
+        )
+        for e in (1, 2)
+    ]
     ck = tmp_path / "ck.h5"
 
     def save(epochs: int, **kw):
-        return save_checkpoint(ck, model, opt, sched, cfg, ds, history[:epochs], complete=epochs == 2,
-                               keep_indices=None, lineage=None, **kw)
+        return save_checkpoint(
+            ck,
+            model,
+            opt,
+            sched,
+            cfg,
+            ds,
+            history[:epochs],
+            complete=epochs == 2,
+            keep_indices=None,
+            lineage=None,
+            **kw,
+        )
 
     newer = save(2)
     with pytest.raises(ArtifactBusy, match="holds epoch 2, newer than this job's epoch 1"):
@@ -212,6 +230,7 @@ def test_unwritable_outputs_fail_before_the_solve_in_one_line(tiny_run, tmp_path
 
 def test_any_io_error_with_a_path_is_one_line_exit_74(tiny_run, capsys, monkeypatch):
     """The CLI's safety net: an OSError that no stage converted still ends in one line, not a traceback."""
+
     def failing(*_a, **_k):
         raise OSError(errno.EIO, os.strerror(errno.EIO), "/data/influence.h5")
 
@@ -224,8 +243,13 @@ def test_any_io_error_with_a_path_is_one_line_exit_74(tiny_run, capsys, monkeypa
 def _namespace_available() -> bool:
     if not shutil.which("unshare"):
         return False
-    return subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs none /mnt 2>/dev/null || "
-                           "mount -t tmpfs none /tmp"], capture_output=True).returncode == 0
+    return (
+        subprocess.run(
+            ["unshare", "-rm", "sh", "-c", "mount -t tmpfs none /mnt 2>/dev/null || mount -t tmpfs none /tmp"],
+            capture_output=True,
+        ).returncode
+        == 0
+    )
 
 
 FULL_DISK_SCRIPT = textwrap.dedent("""
@@ -260,16 +284,22 @@ def test_read_only_and_full_disk_end_in_one_line_without_leftovers(tiny_run, tmp
     full.mkdir()
     script = tmp_path / "cases.py"
     script.write_text(FULL_DISK_SCRIPT)
-    shell = (f"mount -t tmpfs -o size=1m,ro none {ro} && mount -t tmpfs -o size=64k none {full} && "
-             f"{sys.executable} {script} {tiny_run.checkpoint} {ro} {full} {tiny_run.influence}; "
-             f"rc=$?; ls -A {ro} {full} >&2; exit $rc")
+    shell = (
+        f"mount -t tmpfs -o size=1m,ro none {ro} && mount -t tmpfs -o size=64k none {full} && "
+        f"{sys.executable} {script} {tiny_run.checkpoint} {ro} {full} {tiny_run.influence}; "
+        f"rc=$?; ls -A {ro} {full} >&2; exit $rc"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(["unshare", "-rm", "sh", "-c", shell], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]  # no SIGSEGV (139) from h5py after ENOSPC
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    expected = {"out_read_only": f"{ro}/m.h5", "indices_read_only": f"{ro}/kept.txt",
-                "run_root_read_only": f"{ro}/runs", "influence_disk_full": f"{full}/influence.h5",
-                "train_disk_full": f"{full}/checkpoint.h5"}  # a 112 kB checkpoint: h5py fails mid-block
+    expected = {
+        "out_read_only": f"{ro}/m.h5",
+        "indices_read_only": f"{ro}/kept.txt",
+        "run_root_read_only": f"{ro}/runs",
+        "influence_disk_full": f"{full}/influence.h5",
+        "train_disk_full": f"{full}/checkpoint.h5",
+    }  # a 112 kB checkpoint: h5py fails mid-block
     for name, where in expected.items():
         code, err = report[name]
         line = _one_error_line(err)
@@ -283,10 +313,12 @@ def test_read_only_and_full_disk_end_in_one_line_without_leftovers(tiny_run, tmp
 
 
 @pytest.mark.parametrize("mode", ["checkpoint", "features"])
-def test_an_S_larger_than_the_free_space_is_refused_before_it_is_computed(tiny_run, tmp_path, monkeypatch, capsys,
-                                                                          mode):
+def test_an_S_larger_than_the_free_space_is_refused_before_it_is_computed(
+    tiny_run, tmp_path, monkeypatch, capsys, mode
+):
     """The space S needs (n x d float32) against what the file system reports free: exit 74, one line, no file."""
     import collections
+
     import dpcli.artifacts.h5 as h5
 
     usage = collections.namedtuple("usage", "total used free")
@@ -326,8 +358,12 @@ def _stage_started(root: Path, stage: str) -> bool:
 def _kill_during(root: Path, stage: str, delay: float) -> bool:
     """Start the README chain, SIGKILL it ``delay`` s after ``stage`` starts; True if it died by the kill."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "dpcli", *CHAIN, "--run-root", str(root), "--quiet"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dpcli", *CHAIN, "--run-root", str(root), "--quiet"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 240
     while proc.poll() is None and not _stage_started(root, stage) and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -346,8 +382,10 @@ def test_kill_9_in_every_stage_then_rerun_gives_the_uninterrupted_result(tiny_ru
     assert code == 0, err
     rng = random.Random(13)
     root = tmp_path / "runs"
-    killed = [_kill_during(root, stage, rng.uniform(0.0, limit))
-              for stage, limit in (("checkpoint", 1.0), ("influence", 0.3), ("prune", 0.3))]
+    killed = [
+        _kill_during(root, stage, rng.uniform(0.0, limit))
+        for stage, limit in (("checkpoint", 1.0), ("influence", 0.3), ("prune", 0.3))
+    ]
     assert killed[0], "the first kill must land (training takes seconds)"
     code, out, err = run_cli([*CHAIN, "--run-root", root, "--json", "--quiet"], capsys)
     assert code == 0, err
@@ -366,8 +404,13 @@ def test_two_identical_jobs_compute_once_and_agree(tmp_path, capsys):
     """A cron job started while an identical one runs waits for it, reuses its artifacts, gets the same mask."""
     root = tmp_path / "runs"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    first = subprocess.Popen([sys.executable, "-m", "dpcli", *CHAIN, "--run-root", str(root), "--json", "--quiet"],
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "dpcli", *CHAIN, "--run-root", str(root), "--json", "--quiet"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 240
     while first.poll() is None and not _stage_started(root, "checkpoint") and time.monotonic() < deadline:
         time.sleep(0.005)

@@ -21,10 +21,18 @@ def _bare_run(args: list[str], stream: str, home: Path) -> int:
     env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "PYTHONPATH": str(ROOT)}
     if stream == "full":
         with open("/dev/full", "w") as full:
-            return subprocess.run([sys.executable, "-m", "dpcli", *args], stdout=subprocess.DEVNULL, stderr=full,
-                                  env=env, cwd=home, timeout=120, check=False).returncode
-    proc = subprocess.Popen([sys.executable, "-m", "dpcli", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=env, cwd=home)
+            return subprocess.run(
+                [sys.executable, "-m", "dpcli", *args],
+                stdout=subprocess.DEVNULL,
+                stderr=full,
+                env=env,
+                cwd=home,
+                timeout=120,
+                check=False,
+            ).returncode
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dpcli", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=home
+    )
     assert proc.stderr is not None
     proc.stderr.close()  # the reader goes away before dpcli writes its first byte
     return proc.wait(timeout=120)
@@ -36,8 +44,9 @@ def test_a_broken_stderr_keeps_the_documented_exit_code_in_a_bare_environment(tm
     np.save(tmp_path / "S.npy", S)
     mask = tmp_path / "m.h5"
     # a finished prune: its progress and summary lines are lost, its exit code (0) and mask are not
-    assert _bare_run(["prune", str(tmp_path / "S.npy"), "--prune-count", "5", "--out", str(mask)], stream,
-                     tmp_path) == 0
+    assert (
+        _bare_run(["prune", str(tmp_path / "S.npy"), "--prune-count", "5", "--out", str(mask)], stream, tmp_path) == 0
+    )
     m = read_mask(mask)
     assert m.n == 40 and m.n_pruned == 5 and int((~m.keep).sum()) == 5  # the whole mask, recounted
     # a usage error: its one line is lost, its exit code (2) is not

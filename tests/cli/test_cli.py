@@ -33,7 +33,10 @@ def test_explicit_chain_equals_dataset_mode(tiny_run, tmp_path, capsys):
     rng = np.random.default_rng(0)
     eps = 0.1 * float(np.linalg.norm(S[rng.random(n) < 0.5].astype(np.float64).sum(0)))
     explicit = tmp_path / "mask.h5"
-    res = run_json(["prune", tiny_run.influence, "--epsilon", eps, "--out", explicit, "--indices-out", tmp_path / "keep.txt"], capsys)
+    res = run_json(
+        ["prune", tiny_run.influence, "--epsilon", eps, "--out", explicit, "--indices-out", tmp_path / "keep.txt"],
+        capsys,
+    )
     auto = run_json(["prune", "digits", "--epsilon", eps, *TINY, "--run-root", tmp_path / "runs"], capsys)
     a, b = read_mask(explicit), read_mask(auto["mask"])
     assert np.array_equal(a.keep, b.keep)
@@ -53,8 +56,21 @@ def test_explicit_chain_equals_dataset_mode(tiny_run, tmp_path, capsys):
 
 
 def test_cardinality_mode_and_npy_indices(tiny_run, tmp_path, capsys):
-    res = run_json(["prune", tiny_run.influence, "--prune-ratio", 0.4, "--method", "optimization",
-                    "--out", tmp_path / "m.h5", "--indices-out", tmp_path / "keep.npy"], capsys)
+    res = run_json(
+        [
+            "prune",
+            tiny_run.influence,
+            "--prune-ratio",
+            0.4,
+            "--method",
+            "optimization",
+            "--out",
+            tmp_path / "m.h5",
+            "--indices-out",
+            tmp_path / "keep.npy",
+        ],
+        capsys,
+    )
     n = res["n"]
     assert res["n_pruned"] == round(0.4 * n) or res["n_pruned"] == int(0.4 * n)
     kept = np.load(tmp_path / "keep.npy")
@@ -76,22 +92,42 @@ def test_cardinality_mode_and_npy_indices(tiny_run, tmp_path, capsys):
 def test_same_seed_same_mask_and_anneal(tiny_run, tmp_path, capsys):
     # no --time-budget: a wall-clock budget makes any solver's result depend on machine speed
     opt = ["--method", "optimization"]
-    a = run_json(["prune", tiny_run.influence, "--prune-ratio", 0.3, "--solver-seed", 3, *opt, "--out", tmp_path / "a.h5"],
-                 capsys)
-    b = run_json(["prune", tiny_run.influence, "--prune-ratio", 0.3, "--solver-seed", 3, *opt, "--out", tmp_path / "b.h5"],
-                 capsys)
+    a = run_json(
+        ["prune", tiny_run.influence, "--prune-ratio", 0.3, "--solver-seed", 3, *opt, "--out", tmp_path / "a.h5"],
+        capsys,
+    )
+    b = run_json(
+        ["prune", tiny_run.influence, "--prune-ratio", 0.3, "--solver-seed", 3, *opt, "--out", tmp_path / "b.h5"],
+        capsys,
+    )
     assert a["solver"] == "swap" and a["n_pruned"] == b["n_pruned"]
     assert np.array_equal(read_mask(tmp_path / "a.h5").keep, read_mask(tmp_path / "b.h5").keep)
     # the paper's annealer is selectable and its result is certified like any other
-    c = run_json(["prune", tiny_run.influence, "--prune-count", 50, "--solver", "anneal", "--time-budget", 0.5, *opt,
-                  "--out", tmp_path / "c.h5"], capsys)
+    c = run_json(
+        [
+            "prune",
+            tiny_run.influence,
+            "--prune-count",
+            50,
+            "--solver",
+            "anneal",
+            "--time-budget",
+            0.5,
+            *opt,
+            "--out",
+            tmp_path / "c.h5",
+        ],
+        capsys,
+    )
     S = _S(tiny_run.influence).astype(np.float64)
     assert c["solver"] == "anneal" and c["n_pruned"] == 50
     assert c["achieved_norm"] == pytest.approx(np.linalg.norm(S[~read_mask(tmp_path / "c.h5").keep].sum(0)), rel=1e-9)
 
 
 def test_json_goes_to_stdout_only(tiny_run, tmp_path, capsys):
-    code, out, err = run_cli(["prune", tiny_run.influence, "--prune-count", 5, "--out", tmp_path / "m.h5", "--json"], capsys)
+    code, out, err = run_cli(
+        ["prune", tiny_run.influence, "--prune-count", 5, "--out", tmp_path / "m.h5", "--json"], capsys
+    )
     assert code == 0
     payload = json.loads(out)  # stdout is exactly one JSON document
     assert payload["command"] == "prune" and payload["n_pruned"] == 5
@@ -120,7 +156,9 @@ def _trained_on(checkpoint, mask_path) -> None:
 def test_retrain_reports_metrics(tiny_run, tmp_path, capsys):
     # ratio 0.3, not 0.5: kept and pruned sets then differ in size, so their step counts differ too
     run_json(["prune", tiny_run.influence, "--prune-ratio", 0.3, "--out", tmp_path / "m.h5"], capsys)
-    res = run_json(["retrain", "digits", "--mask", tmp_path / "m.h5", "--out", tmp_path / "r" / "ck.h5", "--device", "cpu"], capsys)
+    res = run_json(
+        ["retrain", "digits", "--mask", tmp_path / "m.h5", "--out", tmp_path / "r" / "ck.h5", "--device", "cpu"], capsys
+    )
     n_kept = res["n_kept"]
     assert n_kept == read_mask(tmp_path / "m.h5").n_kept and res["n_pruned"] < n_kept
     _trained_on(tmp_path / "r" / "ck.h5", tmp_path / "m.h5")
@@ -130,8 +168,25 @@ def test_retrain_reports_metrics(tiny_run, tmp_path, capsys):
     assert 0 <= res["test_accuracy"] <= 100 and res["test_loss"] > 0
     assert "seconds_to_target" in res and (tmp_path / "r" / "metrics.json").exists()
     # transfer to another architecture (Figure 3)
-    res2 = run_json(["retrain", "digits", "--mask", tmp_path / "m.h5", "--arch", "convnet", "--width", "12",
-                     "--epochs", "1", "--out", tmp_path / "r2" / "ck.h5", "--device", "cpu"], capsys)
+    res2 = run_json(
+        [
+            "retrain",
+            "digits",
+            "--mask",
+            tmp_path / "m.h5",
+            "--arch",
+            "convnet",
+            "--width",
+            "12",
+            "--epochs",
+            "1",
+            "--out",
+            tmp_path / "r2" / "ck.h5",
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
     assert res2["epochs"] == 1
     _trained_on(tmp_path / "r2" / "ck.h5", tmp_path / "m.h5")
 
@@ -149,8 +204,9 @@ def _own_test_loss(checkpoint) -> float:
     model = make_model(ck.config, ds)
     model.load_state_dict(ck.state)
     model.eval()
-    x = (torch.from_numpy(ds.test.images).float().permute(0, 3, 1, 2) / 255
-         - torch.tensor(ds.mean).view(1, -1, 1, 1)) / torch.tensor(ds.std).view(1, -1, 1, 1)
+    x = (
+        torch.from_numpy(ds.test.images).float().permute(0, 3, 1, 2) / 255 - torch.tensor(ds.mean).view(1, -1, 1, 1)
+    ) / torch.tensor(ds.std).view(1, -1, 1, 1)
     with torch.no_grad():
         return F.cross_entropy(model(x).double(), torch.from_numpy(ds.test.labels).long()).item()
 
@@ -159,20 +215,42 @@ def test_within_bound_compares_the_gap_with_the_bound_itself():
     from dpcli.stages.bound import BoundRow
 
     def row(gap, bound):
-        return BoundRow(label="x", method="optimization", mask="m.h5", n_pruned=1, prune_ratio=0.1, epsilon=None,
-                        norm=1.0, predicted_bound=bound, first_order=0.0, observed_gap=gap, test_loss=1.0,
-                        test_accuracy=50.0)
+        return BoundRow(
+            label="x",
+            method="optimization",
+            mask="m.h5",
+            n_pruned=1,
+            prune_ratio=0.1,
+            epsilon=None,
+            norm=1.0,
+            predicted_bound=bound,
+            first_order=0.0,
+            observed_gap=gap,
+            test_loss=1.0,
+            test_accuracy=50.0,
+        )
 
-    for gap, bound, inside in [(0.5, 1.0, True), (-1.0, 1.0, True), (1.5, 1.0, False), (-1.01, 1.0, False),
-                               (1.9, 1.0, False), (0.0, 0.0, True), (1e-9, 0.0, False)]:
+    for gap, bound, inside in [
+        (0.5, 1.0, True),
+        (-1.0, 1.0, True),
+        (1.5, 1.0, False),
+        (-1.01, 1.0, False),
+        (1.9, 1.0, False),
+        (0.0, 0.0, True),
+        (1e-9, 0.0, False),
+    ]:
         assert row(gap, bound).within_bound is inside, (gap, bound)
         assert row(gap, bound).to_dict()["within_bound"] is inside
 
 
 def test_verify_bound(tiny_run, tmp_path, capsys):
-    run_json(["prune", tiny_run.influence, "--prune-ratio", 0.3, "--method", "optimization", "--out", tmp_path / "m.h5"],
-             capsys)
-    rep = run_json(["verify-bound", "digits", "--mask", tmp_path / "m.h5", "--out", tmp_path / "vb", "--device", "cpu"], capsys)
+    run_json(
+        ["prune", tiny_run.influence, "--prune-ratio", 0.3, "--method", "optimization", "--out", tmp_path / "m.h5"],
+        capsys,
+    )
+    rep = run_json(
+        ["verify-bound", "digits", "--mask", tmp_path / "m.h5", "--out", tmp_path / "vb", "--device", "cpu"], capsys
+    )
     rows = rep["rows"]
     assert [r["method"] for r in rows] == ["optimization", "random"]
     assert rows[0]["n_pruned"] == rows[1]["n_pruned"]
@@ -189,8 +267,11 @@ def test_verify_bound(tiny_run, tmp_path, capsys):
         assert r["observed_gap"] == pytest.approx(r["test_loss"] - rep["full_test_loss"])
         assert r["within_bound"] == (abs(r["observed_gap"]) <= r["predicted_bound"])
         # the row's model was retrained on this mask's kept rows
-        mine = [p for p in Path(r["mask"]).parent.glob("retrain-*/checkpoint.h5")
-                if load_checkpoint(p, weights=False).lineage.get("mask") == str(Path(r["mask"]).resolve())]
+        mine = [
+            p
+            for p in Path(r["mask"]).parent.glob("retrain-*/checkpoint.h5")
+            if load_checkpoint(p, weights=False).lineage.get("mask") == str(Path(r["mask"]).resolve())
+        ]
         assert len(mine) == 1
         _trained_on(mine[0], r["mask"])
     # the full-data loss is that of the FINAL full-data model, evaluated here without dpcli's evaluate()
@@ -230,31 +311,59 @@ def test_bad_inputs(tiny_run, tmp_path, capsys):
     _assert_user_error(["prune", inf], capsys, "give exactly one of")
     _assert_user_error(["prune", inf, "--prune-count", 10**7], capsys, "exceeds")
     _assert_user_error(["prune", inf, "--epsilon", 1, "--solver", "cplex"], capsys, "unknown --solver")
-    _assert_user_error(["prune", inf, "--epsilon", 1, "--indices-out", tmp_path / "k.csv"], capsys, "must end in .txt or .npy")
+    _assert_user_error(
+        ["prune", inf, "--epsilon", 1, "--indices-out", tmp_path / "k.csv"], capsys, "must end in .txt or .npy"
+    )
     _assert_user_error(["train", "mnist"], capsys, "Unknown dataset")
     _assert_user_error(["train", "digits", "--arch", "vgg", "--epochs", "1"], capsys, "vgg")
     _assert_user_error(["train", "digits", "--epochs", "0"], capsys, "--epochs must be a positive integer")
     _assert_user_error(["influence", tiny_run.checkpoint, "--damping", "-1"], capsys, "--damping must be")
-    _assert_user_error(["train", "digits", "--device", "cuda", "--epochs", "1"] if not __import__("torch").cuda.is_available()
-                       else ["train", "digits", "--device", "tpu"], capsys, "device")
+    _assert_user_error(
+        ["train", "digits", "--device", "cuda", "--epochs", "1"]
+        if not __import__("torch").cuda.is_available()
+        else ["train", "digits", "--device", "tpu"],
+        capsys,
+        "device",
+    )
     # non-finite values in S
     _corrupt_copy(inf, tmp_path / "nan.h5", lambda f: f["S"].__setitem__((3, 0), np.nan))
     _assert_user_error(["prune", tmp_path / "nan.h5", "--epsilon", 1], capsys, "non-finite")
     # a checkpoint made for another dataset
-    _corrupt_copy(tiny_run.checkpoint, tmp_path / "other.h5", lambda f: f.attrs.__setitem__("dataset_fingerprint", "0" * 16))
-    _assert_user_error(["influence", tmp_path / "other.h5", "--out", tmp_path / "x.h5"], capsys, "checkpoint was made for dataset")
+    _corrupt_copy(
+        tiny_run.checkpoint, tmp_path / "other.h5", lambda f: f.attrs.__setitem__("dataset_fingerprint", "0" * 16)
+    )
+    _assert_user_error(
+        ["influence", tmp_path / "other.h5", "--out", tmp_path / "x.h5"], capsys, "checkpoint was made for dataset"
+    )
     # a mask whose n does not match the dataset
-    with atomic_h5(tmp_path / "small.h5", "mask", {"mode": "cardinality", "target": 1.0, "achieved_norm": 0.0,
-                                                   "solver": "swap", "n": 5, "influence": "", "influence_fingerprint": "",
-                                                   "checkpoint": "", "dataset": "digits", "dataset_fingerprint": "",
-                                                   "fingerprint": "x"}) as f:
+    with atomic_h5(
+        tmp_path / "small.h5",
+        "mask",
+        {
+            "mode": "cardinality",
+            "target": 1.0,
+            "achieved_norm": 0.0,
+            "solver": "swap",
+            "n": 5,
+            "influence": "",
+            "influence_fingerprint": "",
+            "checkpoint": "",
+            "dataset": "digits",
+            "dataset_fingerprint": "",
+            "fingerprint": "x",
+        },
+    ) as f:
         f["keep"] = np.ones(5, bool)
         f["keep_indices"], f["pruned_indices"] = np.arange(5), np.arange(0)
-    _assert_user_error(["retrain", "digits", "--mask", tmp_path / "small.h5", "--epochs", "1"], capsys,
-                       "mask was made for 5 samples but dataset 'digits' has 1438 samples")
+    _assert_user_error(
+        ["retrain", "digits", "--mask", tmp_path / "small.h5", "--epochs", "1"],
+        capsys,
+        "mask was made for 5 samples but dataset 'digits' has 1438 samples",
+    )
     # epsilon mode is refused if the certificate fails (simulated solver bug)
     from dpcli.errors import DpcliError
     from dpcli.select.certificate import certify
+
     with pytest.raises(DpcliError, match="refusing"):
         S = _S(inf)
         certify(S, np.ones(len(S), bool), epsilon=1e-12)
@@ -262,8 +371,12 @@ def test_bad_inputs(tiny_run, tmp_path, capsys):
 
 def test_entry_point_exit_codes(tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-m", "dpcli", "prune", str(tmp_path / "missing.h5"), "--epsilon", "0.1"],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dpcli", "prune", str(tmp_path / "missing.h5"), "--epsilon", "0.1"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == f"dpcli: error: {tmp_path / 'missing.h5'}: no such file"
     usage = subprocess.run([sys.executable, "-m", "dpcli", "prune"], capture_output=True, text=True, env=env)

@@ -41,14 +41,17 @@ def warm_digits():
     load_dataset("digits")
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["prune", "x.h5", "--epsilom", "1"], "No such option: --epsilom"),
-    (["prune", "x.h5", "--epsilon", "abc"], "Invalid value for '--epsilon'"),
-    (["prune", "x.h5", "--prune-count", "1.5"], "Invalid value for '--prune-count'"),
-    (["prune"], "Missing argument 'SOURCE'"),
-    (["verify-bound", "digits", "--mask"], "requires an argument"),
-    (["prunee", "x.h5"], "No such command 'prunee'"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["prune", "x.h5", "--epsilom", "1"], "No such option: --epsilom"),
+        (["prune", "x.h5", "--epsilon", "abc"], "Invalid value for '--epsilon'"),
+        (["prune", "x.h5", "--prune-count", "1.5"], "Invalid value for '--prune-count'"),
+        (["prune"], "Missing argument 'SOURCE'"),
+        (["verify-bound", "digits", "--mask"], "requires an argument"),
+        (["prunee", "x.h5"], "No such command 'prunee'"),
+    ],
+)
 def test_usage_errors_are_one_line(args, fragment, capsys):
     code, _, full = run_cli(args, capsys)
     err = _one_line_error(args, capsys, fragment)
@@ -59,8 +62,13 @@ def test_usage_errors_are_one_line(args, fragment, capsys):
 
 def test_usage_error_through_the_entry_point(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-m", "dpcli", "prune", "x.h5", "--epsilom", "1"],
-                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dpcli", "prune", "x.h5", "--epsilom", "1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.startswith("dpcli: error: No such option: --epsilom") and proc.stderr.count("\n") == 1
 
@@ -75,29 +83,65 @@ def test_dpcli_warnings_print_as_their_one_line(tmp_path):
     Image.new("RGB", (9, 9)).save(folder / "train" / "ant" / "x.gif")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("PYTHONWARNINGS", None)
-    proc = subprocess.run([sys.executable, "-m", "dpcli", "train", f"imagefolder:{folder}", "--image-size", "8",
-                           "--epochs", "1", "--width", "2", "--depth", "1", "--run-root", str(tmp_path / "runs")],
-                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dpcli",
+            "train",
+            f"imagefolder:{folder}",
+            "--image-size",
+            "8",
+            "--epochs",
+            "1",
+            "--width",
+            "2",
+            "--depth",
+            "1",
+            "--run-root",
+            str(tmp_path / "runs"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     first = proc.stderr.splitlines()[0]
     assert first.startswith("dpcli: left out 1 image file(s) in a format dpcli does not read (1 .gif;"), proc.stderr
     assert "UserWarning" not in proc.stderr and "warnings.warn" not in proc.stderr
 
 
-@pytest.mark.parametrize("command, extra, fragment", [
-    ("train", ["--epochs", "0"], "--epochs must be a positive integer"),
-    ("train", ["--arch", "torchvision:resnet1"], "unknown torchvision classification model 'resnet1'"),
-    ("prune", ["--prune-ratio", "0.5", "--lr", "-1"], "--lr must be a positive finite number"),
-    ("verify-bound", ["--epsilons", "0.1", "--width", "0"], "--width must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "command, extra, fragment",
+    [
+        ("train", ["--epochs", "0"], "--epochs must be a positive integer"),
+        ("train", ["--arch", "torchvision:resnet1"], "unknown torchvision classification model 'resnet1'"),
+        ("prune", ["--prune-ratio", "0.5", "--lr", "-1"], "--lr must be a positive finite number"),
+        ("verify-bound", ["--epsilons", "0.1", "--width", "0"], "--width must be a positive integer"),
+    ],
+)
 def test_model_options_are_checked_before_the_image_cache_is_built(command, extra, fragment, tmp_path, capsys):
     """Building an ImageNet-size cache takes an hour: a typo in a model option must not cost it."""
     from tests.data.test_data_scale import mixed_folder
 
     folder = mixed_folder(tmp_path / "f", n_train=2, n_test=1)
     data = tmp_path / "data"
-    _one_line_error([command, f"imagefolder:{folder}", "--image-size", "8", "--data-root", data,
-                     "--run-root", tmp_path / "runs", *extra], capsys, fragment)
+    _one_line_error(
+        [
+            command,
+            f"imagefolder:{folder}",
+            "--image-size",
+            "8",
+            "--data-root",
+            data,
+            "--run-root",
+            tmp_path / "runs",
+            *extra,
+        ],
+        capsys,
+        fragment,
+    )
     assert _artifacts(data) == [] and _artifacts(tmp_path / "runs") == []
 
 
@@ -105,33 +149,43 @@ def _artifacts(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
 
 
-@pytest.mark.parametrize("extra, fragment", [
-    (["--prune-count", "5", "--solver", "cplex"], "unknown --solver 'cplex'"),
-    (["--prune-count", "5", "--estimator", "exactt"], "unknown --estimator 'exactt' (did you mean 'exact'?)"),
-    (["--prune-count", "5", "--method", "herd"], "unknown --method 'herd'"),
-    (["--prune-count", "5", "--indices-out", "kept.csv"], "--indices-out must end in .txt or .npy"),
-    (["--prune-count", "100000"], "exceeds the 1438 training samples"),
-    (["--prune-count", "1438"], "would prune all 1438 training samples"),
-    (["--prune-count", "5", "--out", "/proc/m.h5"], "--out /proc/m.h5: cannot write"),
-    (["--prune-count", "5", "--out", "."], "is a directory"),
-    (["--prune-count", "5", "--indices-out", "afile/k.txt"], "is not a directory"),
-])
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["--prune-count", "5", "--solver", "cplex"], "unknown --solver 'cplex'"),
+        (["--prune-count", "5", "--estimator", "exactt"], "unknown --estimator 'exactt' (did you mean 'exact'?)"),
+        (["--prune-count", "5", "--method", "herd"], "unknown --method 'herd'"),
+        (["--prune-count", "5", "--indices-out", "kept.csv"], "--indices-out must end in .txt or .npy"),
+        (["--prune-count", "100000"], "exceeds the 1438 training samples"),
+        (["--prune-count", "1438"], "would prune all 1438 training samples"),
+        (["--prune-count", "5", "--out", "/proc/m.h5"], "--out /proc/m.h5: cannot write"),
+        (["--prune-count", "5", "--out", "."], "is a directory"),
+        (["--prune-count", "5", "--indices-out", "afile/k.txt"], "is not a directory"),
+    ],
+)
 def test_dataset_mode_checks_options_before_training(extra, fragment, tmp_path, monkeypatch, capsys, warm_digits):
     monkeypatch.chdir(tmp_path)
     Path("afile").write_text("x")
     runs = tmp_path / "runs"
     io = any(x in fragment for x in ("cannot write", "directory"))  # an unwritable output is an I/O error
-    _one_line_error(["prune", "digits", *TINY, "--run-root", runs, *extra], capsys, fragment, seconds=2.0,
-                    exit_code=74 if io else 2)
+    _one_line_error(
+        ["prune", "digits", *TINY, "--run-root", runs, *extra], capsys, fragment, seconds=2.0, exit_code=74 if io else 2
+    )
     assert _artifacts(runs) == [], "something was trained before the bad option was reported"
 
 
 def test_unwritable_run_root_is_refused_before_training(tmp_path, capsys, warm_digits):
     (tmp_path / "file").write_text("x")
-    _one_line_error(["prune", "digits", "--prune-count", "5", *TINY, "--run-root", tmp_path / "file" / "runs"],
-                    capsys, "--run-root", seconds=2.0, exit_code=74)
-    _one_line_error(["train", "digits", *TINY, "--run-root", tmp_path / "file" / "runs"], capsys, "--run-root",
-                    exit_code=74)
+    _one_line_error(
+        ["prune", "digits", "--prune-count", "5", *TINY, "--run-root", tmp_path / "file" / "runs"],
+        capsys,
+        "--run-root",
+        seconds=2.0,
+        exit_code=74,
+    )
+    _one_line_error(
+        ["train", "digits", *TINY, "--run-root", tmp_path / "file" / "runs"], capsys, "--run-root", exit_code=74
+    )
     _one_line_error(["train", "digits", *TINY, "--out", "/proc/ck.h5"], capsys, "--out /proc/ck.h5", exit_code=74)
 
 
@@ -152,8 +206,11 @@ def test_influence_whose_rows_differ_from_n_is_refused(tiny_run, tmp_path, capsy
     with h5py.File(bad, "r+") as f:
         rows = f["S"].shape[0]
         f.attrs["n"] = rows + 438
-    _one_line_error(["prune", bad, "--prune-count", 5, "--out", tmp_path / "m.h5"], capsys,
-                    f"S has {rows} rows but the artifact says n = {rows + 438}")
+    _one_line_error(
+        ["prune", bad, "--prune-count", 5, "--out", tmp_path / "m.h5"],
+        capsys,
+        f"S has {rows} rows but the artifact says n = {rows + 438}",
+    )
     assert not (tmp_path / "m.h5").exists()
 
 
@@ -162,8 +219,11 @@ def test_a_file_named_like_a_dataset_does_not_shadow_it(tmp_path, monkeypatch, c
     Path("digits").write_text("not a dataset")
     Path("cifar10").mkdir()
     # read as the dataset: its size is known, so the count is checked against digits' 1438 samples
-    _one_line_error(["prune", "digits", "--prune-count", "99999", *TINY, "--run-root", tmp_path / "r"], capsys,
-                    "exceeds the 1438 training samples")
+    _one_line_error(
+        ["prune", "digits", "--prune-count", "99999", *TINY, "--run-root", tmp_path / "r"],
+        capsys,
+        "exceeds the 1438 training samples",
+    )
     _one_line_error(["prune", "./digits", "--prune-count", "5"], capsys, "not an HDF5 file")
     assert not is_artifact_path("digits") and not is_artifact_path("imagefolder:/data/x")
     assert is_artifact_path("influence.h5") and is_artifact_path("runs/x") and is_artifact_path("S.HDF5")

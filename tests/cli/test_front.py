@@ -16,17 +16,24 @@ from dpcli.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 
 ERRORS = [  # (argv, the one line Click words; Typer prints it, dpcli adds where to look)
-    (["prune", "x.h5", "--epsilom", "1"],
-     "No such option: --epsilom (Possible options: --epsilon, --estimator, --precision) (see 'dpcli prune --help')"),
-    (["prune", "x.h5", "--buckts", "2"], "No such option: --buckts (Possible options: --buckets, --out) (see 'dpcli prune --help')"),
+    (
+        ["prune", "x.h5", "--epsilom", "1"],
+        "No such option: --epsilom (Possible options: --epsilon, --estimator, --precision) (see 'dpcli prune --help')",
+    ),
+    (
+        ["prune", "x.h5", "--buckts", "2"],
+        "No such option: --buckts (Possible options: --buckets, --out) (see 'dpcli prune --help')",
+    ),
     (["prune", "x.h5", "--epsilon"], "Option '--epsilon' requires an argument."),
     (["prune", "x.h5", "--json=yes"], "Option '--json' does not take a value."),
     (["prnue", "x.h5"], "No such command 'prnue'. Did you mean 'prune'? (see 'dpcli --help')"),
     (["--versoin"], "No such option: --versoin (Possible options: --version) (see 'dpcli --help')"),
     (["train", "digits", "--lr"], "Option '--lr' requires an argument."),
-    (["prune", "x.h5", "--epsilon", "abc"],
-     "Invalid value for '--epsilon': Input should be a valid number, unable to parse string as a number "
-     "(see 'dpcli prune --help')"),
+    (
+        ["prune", "x.h5", "--epsilon", "abc"],
+        "Invalid value for '--epsilon': Input should be a valid number, unable to parse string as a number "
+        "(see 'dpcli prune --help')",
+    ),
     (["prune"], "Missing argument 'SOURCE'. (see 'dpcli prune --help')"),
 ]
 
@@ -53,8 +60,14 @@ def test_help_writes_no_file(tmp_path):
     """A CLI must not keep caches to print help: HOME and XDG_CACHE_HOME stay empty, and so does the cwd."""
     home, cwd = tmp_path / "home", tmp_path / "cwd"
     home.mkdir(), cwd.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"),
-           "PYTHONDONTWRITEBYTECODE": "1", "COLUMNS": "100"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "HOME": str(home),
+        "XDG_CACHE_HOME": str(home / ".cache"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "COLUMNS": "100",
+    }
     for args in (["--help"], ["prune", "--help-all"], ["--version"], ["prune", "x.h5", "--epsilom", "1"]):
         proc = subprocess.run([sys.executable, "-m", "dpcli", *args], capture_output=True, text=True, env=env, cwd=cwd)
         assert proc.returncode in (0, 2), proc.stderr

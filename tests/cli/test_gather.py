@@ -12,12 +12,18 @@ import pytest
 import typer
 
 from dpcli.cli import application
+from dpcli.cli import estimation as est
 from dpcli.cli import options as o
 
-GROUPS = (o.Training, o.Estimation, o.Solve, o.Job)
+GROUPS = (o.Training, est.Estimation, est.Solve, o.Job)
 ARGUMENT = {"train": "digits", "influence": "ck.h5", "prune": "x.h5", "retrain": "digits", "verify-bound": "digits"}
-GATHERS = {"train": {o.Training, o.Job}, "influence": {o.Estimation, o.Solve, o.Job}, "prune": set(GROUPS),
-           "retrain": {o.Training, o.Job}, "verify-bound": {o.Training, o.Job}}  # (train's --damping is its own)
+GATHERS = {
+    "train": {o.Training, o.Job},
+    "influence": {est.Estimation, est.Solve, o.Job},
+    "prune": set(GROUPS),
+    "retrain": {o.Training, o.Job},
+    "verify-bound": {o.Training, o.Job},
+}  # (train's --damping is its own)
 
 
 class Gathered(Exception):
@@ -63,7 +69,7 @@ def test_every_shared_option_is_gathered_into_its_own_field(name, monkeypatch):
         return Recorded
 
     for cls in GROUPS:
-        monkeypatch.setattr(o, cls.__name__, recording(cls))
+        monkeypatch.setattr(est if cls in (est.Estimation, est.Solve) else o, cls.__name__, recording(cls))
     args, want = _command_line(name)
     with pytest.raises(Gathered):
         application.main(args)

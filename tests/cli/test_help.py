@@ -75,10 +75,15 @@ def test_training_defaults_shown_are_the_ones_used():
     text = " ".join(_help("train", "--help").replace("│", " ").split())
     for dataset, key in (("digits", "digits"), ("cifar10", "cifar")):
         used = default_train_config(dataset, augment=False)
-        for option, value in (("--lr", used.lr), ("--batch-size", used.batch_size), ("--epochs", used.epochs),
-                              ("--arch", used.arch), ("--depth", used.depth)):
-            section = text[text.index(option + " "):]
-            section = section[:section.index("]")]
+        for option, value in (
+            ("--lr", used.lr),
+            ("--batch-size", used.batch_size),
+            ("--epochs", used.epochs),
+            ("--arch", used.arch),
+            ("--depth", used.depth),
+        ):
+            section = text[text.index(option + " ") :]
+            section = section[: section.index("]")]
             assert re.search(rf"\b{key}\w*(, \w+)* {re.escape(str(value))}\b", section), (option, section)
 
 

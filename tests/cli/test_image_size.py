@@ -18,8 +18,9 @@ def test_mixed_size_folder_runs_every_stage_with_image_size(tmp_path, capsys):
     common = ["--data-root", tmp_path / "data", "--run-root", tmp_path / "runs"]
     code, _, err = run_cli(["prune", spec, "--prune-ratio", "0.3", *SMALL, *common], capsys)
     assert code == 2 and "--image-size" in err.strip().splitlines()[-1]  # mixed sizes need it: one line
-    code, out, err = run_cli(["prune", spec, "--prune-ratio", "0.3", "--image-size", "12", *SMALL, *common,
-                              "--json", "--quiet"], capsys)
+    code, out, err = run_cli(
+        ["prune", spec, "--prune-ratio", "0.3", "--image-size", "12", *SMALL, *common, "--json", "--quiet"], capsys
+    )
     assert code == 0, err
     import json
 
@@ -31,8 +32,9 @@ def test_mixed_size_folder_runs_every_stage_with_image_size(tmp_path, capsys):
         keep = f["keep"][()]
     assert keep.shape == (18,) and int((~keep).sum()) == round(0.3 * 18)
     # retrain reads the upstream run's image size without being told
-    code, out, err = run_cli(["retrain", spec, "--mask", summary["mask"], "--device", "cpu", *common, "--json",
-                              "--quiet"], capsys)
+    code, out, err = run_cli(
+        ["retrain", spec, "--mask", summary["mask"], "--device", "cpu", *common, "--json", "--quiet"], capsys
+    )
     assert code == 0, err
     metrics = json.loads(out)
     assert metrics["n_kept"] == int(keep.sum())

@@ -9,8 +9,7 @@ import numpy as np
 
 from dpcli.artifacts.h5 import seal
 from dpcli.config import PruneConfig
-from dpcli.stages import core, pipeline
-from dpcli.stages import masks
+from dpcli.stages import core, masks, pipeline
 from tests.conftest import TINY, run_json
 
 

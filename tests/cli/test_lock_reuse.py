@@ -28,8 +28,23 @@ def test_a_job_that_waited_and_reuses_the_mask_writes_its_indices(tiny_run, tmp_
     thread = threading.Thread(target=other_job)
     thread.start()
     assert holding.wait(30)
-    code, _, err = run_cli(["prune", tiny_run.influence, "--prune-ratio", "0.3", "--method", "random",
-                            "--solver-seed", "4", "--out", out, "--indices-out", kept], capsys)
+    code, _, err = run_cli(
+        [
+            "prune",
+            tiny_run.influence,
+            "--prune-ratio",
+            "0.3",
+            "--method",
+            "random",
+            "--solver-seed",
+            "4",
+            "--out",
+            out,
+            "--indices-out",
+            kept,
+        ],
+        capsys,
+    )
     thread.join(60)
     assert done.is_set() and code == 0, err
     assert "while this job waited" in err  # the reuse path, not a second selection

@@ -11,7 +11,6 @@ import h5py
 import numpy as np
 import pytest
 
-
 from dpcli.stages import masks
 from tests.conftest import TINY, run_cli
 
@@ -72,14 +71,16 @@ def test_balance_on_an_external_S_with_labels_prunes_every_class_by_the_same_sha
     S, labels, y = _external(tmp_path)
     base = ["prune", S, "--prune-ratio", "0.5", "--method", "optimization"]
     assert "no class labels" in _err([*base, "--balance", "--out", tmp_path / "x.h5"], capsys)
-    code, _, err = run_cli([*map(str, base), "--balance", "--labels", str(labels), "--out", str(tmp_path / "b.h5")],
-                           capsys)
+    code, _, err = run_cli(
+        [*map(str, base), "--balance", "--labels", str(labels), "--out", str(tmp_path / "b.h5")], capsys
+    )
     assert code == 0, err
     assert _pruned_per_class(tmp_path / "b.h5", y) == [10, 20, 30]  # half of 20, 40 and 60
     code, _, err = run_cli([*map(str, base), "--out", str(tmp_path / "u.h5")], capsys)
     assert code == 0 and _pruned_per_class(tmp_path / "u.h5", y) != [10, 20, 30]  # without labels: the objective
-    code, _, err = run_cli(["prune", str(S), "--prune-ratio", "0.5", "--labels", str(labels),
-                            "--out", str(tmp_path / "a.h5")], capsys)  # auto: class quotas from the labels
+    code, _, err = run_cli(
+        ["prune", str(S), "--prune-ratio", "0.5", "--labels", str(labels), "--out", str(tmp_path / "a.h5")], capsys
+    )  # auto: class quotas from the labels
     assert code == 0 and _pruned_per_class(tmp_path / "a.h5", y) == [10, 20, 30]
     assert "method auto -> chose balanced, solver swap" in err
     with h5py.File(tmp_path / "a.h5", "r") as f:
@@ -97,28 +98,34 @@ def test_labels_are_checked_and_act_only_on_an_external_S(tiny_run, tmp_path, ca
     assert "keep one of them" in _err(["prune", tmp_path / "own.h5", "--prune-count", "3", "--labels", labels], capsys)
 
 
-@pytest.mark.parametrize("extra, fragment", [
-    (["--epochs", "3"], "--epochs has no effect here"),
-    (["--estimator", "cg", "--cg-tol", "1e-4"], "--estimator, --cg-tol have no effect here"),
-    (["--run-root", "elsewhere"], "--run-root has no effect here"),
-    (["--freeze-backbone"], "--freeze-backbone has no effect here"),
-    (["--link-kind", "hard"], "--link-kind has no effect here"),
-    (["--workers", "2"], "--workers has no effect here"),
-    (["--method", "random", "--solver", "anneal"], "--method random does not run a solver"),
-    (["--method", "optimization", "--score-seeds", "5"], "they tune el2n and grand"),
-])
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["--epochs", "3"], "--epochs has no effect here"),
+        (["--estimator", "cg", "--cg-tol", "1e-4"], "--estimator, --cg-tol have no effect here"),
+        (["--run-root", "elsewhere"], "--run-root has no effect here"),
+        (["--freeze-backbone"], "--freeze-backbone has no effect here"),
+        (["--link-kind", "hard"], "--link-kind has no effect here"),
+        (["--workers", "2"], "--workers has no effect here"),
+        (["--method", "random", "--solver", "anneal"], "--method random does not run a solver"),
+        (["--method", "optimization", "--score-seeds", "5"], "they tune el2n and grand"),
+    ],
+)
 def test_options_that_cannot_act_on_an_influence_file_are_refused(tiny_run, tmp_path, capsys, extra, fragment):
     line = _err(["prune", tiny_run.influence, "--prune-count", "3", "--out", tmp_path / "m.h5", *extra], capsys)
     assert fragment in line
     assert not (tmp_path / "m.h5").exists()
 
 
-@pytest.mark.parametrize("extra, fragment", [
-    (["--data-root", "somewhere"], "no dataset to read"),
-    (["--strata", "4"], "training loss"),
-    (["--method", "forgetting"], "needs the dynamics of a dpcli training run"),
-    (["--arch", "resnet18"], "SOURCE is an external S"),
-])
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["--data-root", "somewhere"], "no dataset to read"),
+        (["--strata", "4"], "training loss"),
+        (["--method", "forgetting"], "needs the dynamics of a dpcli training run"),
+        (["--arch", "resnet18"], "SOURCE is an external S"),
+    ],
+)
 def test_options_that_need_what_an_external_S_lacks_are_refused(tmp_path, capsys, extra, fragment):
     S, _, _ = _external(tmp_path)
     assert fragment in _err(["prune", S, "--prune-count", "3", "--out", tmp_path / "m.h5", *extra], capsys)
@@ -127,8 +134,25 @@ def test_options_that_need_what_an_external_S_lacks_are_refused(tmp_path, capsys
 def test_dataset_mode_prune_takes_freeze_backbone(tmp_path, capsys):
     from dpcli.data.embeddings import is_embeddings_run
 
-    args = ["prune", "digits", "--freeze-backbone", "--arch", "convnet", "--width", "4", "--depth", "1",
-            "--device", "cpu", "--prune-ratio", "0.3", "--method", "optimization", "--run-root", tmp_path / "runs"]
+    args = [
+        "prune",
+        "digits",
+        "--freeze-backbone",
+        "--arch",
+        "convnet",
+        "--width",
+        "4",
+        "--depth",
+        "1",
+        "--device",
+        "cpu",
+        "--prune-ratio",
+        "0.3",
+        "--method",
+        "optimization",
+        "--run-root",
+        tmp_path / "runs",
+    ]
     assert "--freeze-backbone fits the last layer" in _err([*args, "--epochs", "2"], capsys)
     code, out, err = run_cli([*map(str, args), "--json", "--quiet"], capsys)
     assert code == 0, err
@@ -141,8 +165,22 @@ def test_dataset_mode_prune_takes_freeze_backbone(tmp_path, capsys):
 def test_the_summary_names_the_selector_and_a_skewed_class_share(tmp_path, capsys):
     S, labels, y = _external(tmp_path)
     with pytest.warns(UserWarning, match="more than 2x away") as warned:
-        code, out, err = run_cli(["prune", str(S), "--prune-ratio", "0.4", "--method", "optimization", "--labels",
-                                  str(labels), "--out", str(tmp_path / "m.h5"), "--json"], capsys)
+        code, out, err = run_cli(
+            [
+                "prune",
+                str(S),
+                "--prune-ratio",
+                "0.4",
+                "--method",
+                "optimization",
+                "--labels",
+                str(labels),
+                "--out",
+                str(tmp_path / "m.h5"),
+                "--json",
+            ],
+            capsys,
+        )
     assert code == 0, err
     message = " ".join(str(w.message) for w in warned)
     with h5py.File(tmp_path / "m.h5", "r") as f:
@@ -153,16 +191,33 @@ def test_the_summary_names_the_selector_and_a_skewed_class_share(tmp_path, capsy
     flagged = [c for c in range(3) if ratio[c] < 0.5 or ratio[c] > 2]
     assert flagged == [2] and sorted(recorded) == ["2"]
     assert recorded["2"] == {"train": int(train[2]), "kept": int(kept[2]), "ratio": pytest.approx(ratio[2])}
-    assert f"class 2 at {ratio[2]:.2f}x ({kept[2]} of {kept.sum()} kept, {train[2]} of {train.sum()} in training)" \
+    assert (
+        f"class 2 at {ratio[2]:.2f}x ({kept[2]} of {kept.sum()} kept, {train[2]} of {train.sum()} in training)"
         in message
-    assert "method optimization, solver swap" in err and json.loads(out)["selector"] == "method optimization, " \
-        "solver swap"
+    )
+    assert (
+        "method optimization, solver swap" in err and json.loads(out)["selector"] == "method optimization, solver swap"
+    )
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # balanced: no share strays, so no warning
-        code, _, err = run_cli(["prune", str(S), "--prune-ratio", "0.4", "--method", "optimization", "--balance",
-                                "--labels", str(labels), "--out", str(tmp_path / "b.h5")], capsys)
+        code, _, err = run_cli(
+            [
+                "prune",
+                str(S),
+                "--prune-ratio",
+                "0.4",
+                "--method",
+                "optimization",
+                "--balance",
+                "--labels",
+                str(labels),
+                "--out",
+                str(tmp_path / "b.h5"),
+            ],
+            capsys,
+        )
     assert code == 0, err
 
 
@@ -178,29 +233,38 @@ def test_selector_text_says_what_auto_chose():
 
 
 def test_tiny_digits_summary_line(tiny_run, tmp_path, capsys):
-    code, _, err = run_cli(["prune", str(tiny_run.influence), "--prune-ratio", "0.3", "--out",
-                            str(tmp_path / "m.h5"), *TINY[-2:]], capsys)
+    code, _, err = run_cli(
+        ["prune", str(tiny_run.influence), "--prune-ratio", "0.3", "--out", str(tmp_path / "m.h5"), *TINY[-2:]], capsys
+    )
     assert code == 0, err
     assert "method auto -> chose " in err and "solver dual-beta" not in err
 
 
 def test_retrain_and_verify_bound_refuse_the_pruning_options_a_given_mask_leaves_unused(tiny_run, tmp_path, capsys):
     mask = tmp_path / "m.h5"
-    code, _, err = run_cli(["prune", str(tiny_run.influence), "--prune-count", "5", "--method", "random", "--out",
-                            str(mask)], capsys)
+    code, _, err = run_cli(
+        ["prune", str(tiny_run.influence), "--prune-count", "5", "--method", "random", "--out", str(mask)], capsys
+    )
     assert code == 0, err
     line = _err(["retrain", "digits", "--mask", mask, "--prune-ratio", "0.3", "--solver", "anneal"], capsys)
     assert "--prune-ratio, --solver have no effect here" in line
-    assert "--time-budget has no effect here" in _err(["verify-bound", "digits", "--mask", mask, "--time-budget",
-                                                         "5"], capsys)
+    assert "--time-budget has no effect here" in _err(
+        ["verify-bound", "digits", "--mask", mask, "--time-budget", "5"], capsys
+    )
 
 
-@pytest.mark.parametrize("extra, fragment", [
-    (["--freeze-backbone", "--epochs", "2"], "--epochs has no effect here: --freeze-backbone fits the last layer"),
-    (["--freeze-backbone", "--lr", "0.1", "--snapshot-epochs", "1"], "--lr, --snapshot-epochs have no effect here"),
-    (["--damping", "0.01", "--tol", "1e-5"], "--damping, --tol have no effect here: they set the --freeze-backbone"),
-    (["--freeze-backbone", "--max-iter", "0"], "--max-iter must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["--freeze-backbone", "--epochs", "2"], "--epochs has no effect here: --freeze-backbone fits the last layer"),
+        (["--freeze-backbone", "--lr", "0.1", "--snapshot-epochs", "1"], "--lr, --snapshot-epochs have no effect here"),
+        (
+            ["--damping", "0.01", "--tol", "1e-5"],
+            "--damping, --tol have no effect here: they set the --freeze-backbone",
+        ),
+        (["--freeze-backbone", "--max-iter", "0"], "--max-iter must be a positive integer"),
+    ],
+)
 def test_train_refuses_options_its_path_would_leave_unused(tmp_path, capsys, extra, fragment):
     assert fragment in _err(["train", "digits", "--run-root", tmp_path / "runs", *extra], capsys)
     assert not (tmp_path / "runs").exists()
@@ -208,13 +272,28 @@ def test_train_refuses_options_its_path_would_leave_unused(tmp_path, capsys, ext
 
 def test_the_head_fit_options_reach_the_frozen_backbone_fit(tmp_path, capsys):
     """train --freeze-backbone --max-iter/--tol set the head fit that S is taken at (recorded in influence.h5)."""
-    args = ["train", "digits", "--freeze-backbone", "--arch", "convnet", "--width", "4", "--depth", "1",
-            "--device", "cpu", "--run-root", tmp_path / "runs", "--json"]
+    args = [
+        "train",
+        "digits",
+        "--freeze-backbone",
+        "--arch",
+        "convnet",
+        "--width",
+        "4",
+        "--depth",
+        "1",
+        "--device",
+        "cpu",
+        "--run-root",
+        tmp_path / "runs",
+        "--json",
+    ]
     code, out, err = run_cli([*map(str, args), "--max-iter", "1", "--tol", "1e-12"], capsys)
     assert code == 0, err
     with h5py.File(json.loads(out)["influence"], "r") as f:
         assert f.attrs["head_max_iter"] == 1 and f.attrs["head_tol"] == 1e-12
         assert f.attrs["head_iterations"] == 1 and f.attrs["head_grad_norm"] > 1e-12
     assert "raise --max-iter" in err  # a fit stopped short says what to do
-    assert "--max-iter has no effect here" in _err(["prune", "digits", "--max-iter", "3", "--prune-ratio", "0.3",
-                                                    "--run-root", tmp_path / "runs"], capsys)
+    assert "--max-iter has no effect here" in _err(
+        ["prune", "digits", "--max-iter", "3", "--prune-ratio", "0.3", "--run-root", tmp_path / "runs"], capsys
+    )

@@ -30,9 +30,24 @@ def folder_run(tmp_path_factory):
             for k in range(n):
                 Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(root / split / c / f"{k}.png")
     work = root.parent
-    code, _, _ = run_cli(["prune", f"imagefolder:{root}", *TINY_NET, "--prune-count", "3", "--method", "random",
-                          "--data-root", work / "cache", "--run-root", work / "runs", "--out", work / "first.h5",
-                          "--quiet"])
+    code, _, _ = run_cli(
+        [
+            "prune",
+            f"imagefolder:{root}",
+            *TINY_NET,
+            "--prune-count",
+            "3",
+            "--method",
+            "random",
+            "--data-root",
+            work / "cache",
+            "--run-root",
+            work / "runs",
+            "--out",
+            work / "first.h5",
+            "--quiet",
+        ]
+    )
     assert code == 0
     return root, Path(masks.read_mask(work / "first.h5").influence)
 
@@ -55,8 +70,18 @@ def _listing(folder: Path) -> set[str]:
 def test_a_full_disk_while_writing_the_index_file_publishes_nothing(tiny_run, tmp_path, capsys, monkeypatch):
     out = tmp_path / "o"
     out.mkdir()
-    args = ["prune", tiny_run.influence, "--prune-count", "40", "--method", "random", "--out", out / "mask.h5",
-            "--indices-out", out / "kept.txt"]
+    args = [
+        "prune",
+        tiny_run.influence,
+        "--prune-count",
+        "40",
+        "--method",
+        "random",
+        "--out",
+        out / "mask.h5",
+        "--indices-out",
+        out / "kept.txt",
+    ]
     real = artifacts.Publication.stage
 
     def full(self, tmp, path):
@@ -79,8 +104,18 @@ def test_a_full_disk_while_writing_the_index_file_publishes_nothing(tiny_run, tm
 
 def test_a_rename_failing_midway_puts_back_what_was_replaced(tiny_run, tmp_path, capsys, monkeypatch):
     out = tmp_path / "o"
-    args = ["prune", tiny_run.influence, "--prune-count", "40", "--method", "random", "--out", out / "mask.h5",
-            "--indices-out", out / "kept.npy"]
+    args = [
+        "prune",
+        tiny_run.influence,
+        "--prune-count",
+        "40",
+        "--method",
+        "random",
+        "--out",
+        out / "mask.h5",
+        "--indices-out",
+        out / "kept.npy",
+    ]
     assert _quiet([*args, "--solver-seed", "1"], capsys)[0] == 0
     before = {p: (out / p).read_bytes() for p in ("mask.h5", "kept.npy")}
     real = os.replace
@@ -101,9 +136,14 @@ def test_an_output_that_is_an_input_or_another_output_is_refused_before_work(tin
     S = tmp_path / "S.h5"
     S.write_bytes(Path(tiny_run.influence).read_bytes())
     original = S.read_bytes()
-    for extra, what in ((["--out", S], "--out"), (["--out", tmp_path / "m.h5", "--indices-out", S], "--indices-out"),
-                        (["--out", tmp_path / "m.h5", "--indices-out", tmp_path / "k.txt", "--paths-out",
-                          tmp_path / "k.txt"], "--indices-out and --paths-out")):
+    for extra, what in (
+        (["--out", S], "--out"),
+        (["--out", tmp_path / "m.h5", "--indices-out", S], "--indices-out"),
+        (
+            ["--out", tmp_path / "m.h5", "--indices-out", tmp_path / "k.txt", "--paths-out", tmp_path / "k.txt"],
+            "--indices-out and --paths-out",
+        ),
+    ):
         code, err = _quiet(["prune", S, "--prune-count", "5", *extra], capsys)
         line = _one_line(err)
         assert code == 2 and what in line, line
@@ -111,8 +151,9 @@ def test_an_output_that_is_an_input_or_another_output_is_refused_before_work(tin
     ext = tmp_path / "ext.npy"
     np.save(ext, np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32))
     np.save(tmp_path / "y.npy", np.arange(10) % 2)
-    code, err = _quiet(["prune", ext, "--prune-count", "2", "--labels", tmp_path / "y.npy", "--out",
-                        tmp_path / "y.npy"], capsys)
+    code, err = _quiet(
+        ["prune", ext, "--prune-count", "2", "--labels", tmp_path / "y.npy", "--out", tmp_path / "y.npy"], capsys
+    )
     assert code == 2 and "--out" in _one_line(err) and "--labels" in err
 
 
@@ -129,8 +170,18 @@ def test_file_names_are_refused_where_samples_have_none(tiny_run, tmp_path, caps
 def test_link_folders_replace_only_their_own_and_hard_links_share_the_files(folder_run, tmp_path, capsys):
     root, influence = folder_run
     links = tmp_path / "pruned"
-    base = ["prune", influence, "--prune-count", "4", "--method", "random", "--out", tmp_path / "m.h5",
-            "--link-dir", links]
+    base = [
+        "prune",
+        influence,
+        "--prune-count",
+        "4",
+        "--method",
+        "random",
+        "--out",
+        tmp_path / "m.h5",
+        "--link-dir",
+        links,
+    ]
     assert _quiet([*base, "--solver-seed", "1"], capsys)[0] == 0
     first = sorted(_listing(links / "train"))
     assert _quiet([*base, "--solver-seed", "2", "--link-kind", "hard"], capsys)[0] == 0  # its own: replaced
@@ -144,8 +195,9 @@ def test_link_folders_replace_only_their_own_and_hard_links_share_the_files(fold
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
     for target, what in ((foreign, "did not lay out"), (root / "train" / "ant" / "x", "overlaps")):
-        code, err = _quiet(["prune", influence, "--prune-count", "4", "--link-dir", target, "--out",
-                            tmp_path / "m2.h5"], capsys)
+        code, err = _quiet(
+            ["prune", influence, "--prune-count", "4", "--link-dir", target, "--out", tmp_path / "m2.h5"], capsys
+        )
         assert code == 2 and what in _one_line(err)
     assert (foreign / "notes.txt").read_text() == "keep me" and not (tmp_path / "m2.h5").exists()
 
@@ -162,8 +214,23 @@ def test_a_failure_while_linking_leaves_no_folder_and_no_mask(folder_run, tmp_pa
         return real(src, dst, *a, **k)
 
     monkeypatch.setattr(os, "symlink", full)
-    code, err = _quiet(["prune", influence, "--prune-count", "4", "--method", "random", "--out", tmp_path / "m.h5",
-                        "--paths-out", tmp_path / "kept.txt", "--link-dir", tmp_path / "pruned"], capsys)
+    code, err = _quiet(
+        [
+            "prune",
+            influence,
+            "--prune-count",
+            "4",
+            "--method",
+            "random",
+            "--out",
+            tmp_path / "m.h5",
+            "--paths-out",
+            tmp_path / "kept.txt",
+            "--link-dir",
+            tmp_path / "pruned",
+        ],
+        capsys,
+    )
     assert code == 74 and "No space left on device" in _one_line(err)
     assert _listing(tmp_path) == set() and len(made) == 3
 
@@ -173,13 +240,17 @@ def test_paths_are_refused_once_the_folder_changed_since_S(folder_run, tmp_path,
     extra = root / "train" / "bee" / "9.png"
     Image.new("RGB", (8, 8)).save(extra)
     try:
-        code, err = _quiet(["prune", influence, "--prune-count", "2", "--paths-out", tmp_path / "p.txt",
-                            "--out", tmp_path / "m.h5"], capsys)
+        code, err = _quiet(
+            ["prune", influence, "--prune-count", "2", "--paths-out", tmp_path / "p.txt", "--out", tmp_path / "m.h5"],
+            capsys,
+        )
     finally:
         extra.unlink()
     assert code == 2 and "changed since S was computed" in _one_line(err) and "16 listed now, 15 then" in err
-    res = run_json(["prune", influence, "--prune-count", "2", "--paths-out", tmp_path / "p.txt",
-                    "--out", tmp_path / "m.h5"], capsys)
+    res = run_json(
+        ["prune", influence, "--prune-count", "2", "--paths-out", tmp_path / "p.txt", "--out", tmp_path / "m.h5"],
+        capsys,
+    )
     with h5py.File(res["mask"], "r") as f:
         kept = np.flatnonzero(f["keep"][()])
     listed = masks.read_mask(res["mask"]).samples.total
@@ -193,7 +264,20 @@ def test_retrain_refuses_an_out_that_is_its_mask_and_names_are_refused_before_tr
     before = mask.read_bytes()
     code, err = _quiet(["retrain", "digits", "--mask", mask, "--out", mask, "--epochs", "1"], capsys)
     assert code == 2 and "--out" in _one_line(err) and "--mask" in err and mask.read_bytes() == before
-    code, err = _quiet(["prune", "digits", "--prune-count", "5", "--paths-out", tmp_path / "p.txt", "--epochs", "1",
-                        "--run-root", tmp_path / "runs"], capsys)
+    code, err = _quiet(
+        [
+            "prune",
+            "digits",
+            "--prune-count",
+            "5",
+            "--paths-out",
+            tmp_path / "p.txt",
+            "--epochs",
+            "1",
+            "--run-root",
+            tmp_path / "runs",
+        ],
+        capsys,
+    )
     assert code == 2 and "rows without file names" in _one_line(err)
     assert not list((tmp_path / "runs").rglob("*.h5"))  # refused before training

@@ -14,23 +14,48 @@ import pytest
 
 from dpcli.data.sources import load_dataset
 from dpcli.stages import pipeline
-from dpcli.train.loop import train
 from dpcli.train.checkpoint import load_checkpoint
+from dpcli.train.loop import train
 from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("signum, code, line", [
-    (signal.SIGTERM, 143, "dpcli: terminated (SIGTERM)"),
-    (signal.SIGHUP, 129, "dpcli: hung up (SIGHUP)"),  # an ssh session or terminal closed: stopped the same way
-], ids=["sigterm", "sighup"])
+@pytest.mark.parametrize(
+    "signum, code, line",
+    [
+        (signal.SIGTERM, 143, "dpcli: terminated (SIGTERM)"),
+        (signal.SIGHUP, 129, "dpcli: hung up (SIGHUP)"),  # an ssh session or terminal closed: stopped the same way
+    ],
+    ids=["sigterm", "sighup"],
+)
 def test_sigterm_exits_143_with_one_line_and_keeps_the_checkpoint(tmp_path, signum, code, line):
     out = tmp_path / "ck.h5"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "dpcli", "train", "digits", "--epochs", "400", "--width", "4",
-                             "--depth", "1", "--device", "cpu", "--out", str(out), "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dpcli",
+            "train",
+            "digits",
+            "--epochs",
+            "400",
+            "--width",
+            "4",
+            "--depth",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     deadline = time.monotonic() + 120
     while not out.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -55,8 +80,9 @@ def test_rerun_says_where_it_resumes(tmp_path, capsys):
 
     train(cfg, ds, out, device=torch.device("cpu"), stop_after=2)  # an interrupted run, two epochs done
     capsys.readouterr()
-    code, _, err = run_cli(["train", "digits", "--epochs", 3, "--width", 8, "--depth", 2, "--device", "cpu",
-                            "--out", out], capsys)
+    code, _, err = run_cli(
+        ["train", "digits", "--epochs", 3, "--width", 8, "--depth", 2, "--device", "cpu", "--out", out], capsys
+    )
     assert code == 0, err
     assert "resuming from epoch 2 of 3" in err
     assert load_checkpoint(out, weights=False).complete
@@ -71,8 +97,7 @@ def sigint_default():
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
-def test_a_stop_lost_in_a_weakref_callback_still_stops_training_silently(tmp_path, monkeypatch, sigint_default,
-                                                                          signum):
+def test_a_stop_lost_in_a_weakref_callback_still_stops_training_silently(tmp_path, monkeypatch, sigint_default, signum):
     """Python only prints an exception raised in a weakref callback; the recorded signal stops the next batch."""
     import weakref
 
@@ -130,13 +155,22 @@ def _mask_is_whole(path) -> None:
 def test_a_closed_or_full_stdout_keeps_the_mask_and_says_so_in_one_line(tiny_run, tmp_path, redirect, code):
     """The --json report is the last step: its loss is exit 74 and one line, never a traceback or a lost mask."""
     out = tmp_path / "m.h5"
-    cmd = (f"exec {sys.executable} -m dpcli prune {tiny_run.influence} --prune-count 5 --out {out} --json --quiet "
-           f"{redirect}")
-    proc = subprocess.run(["sh", "-c", cmd], capture_output=False, stderr=subprocess.PIPE, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"})
+    cmd = (
+        f"exec {sys.executable} -m dpcli prune {tiny_run.influence} --prune-count 5 --out {out} --json --quiet "
+        f"{redirect}"
+    )
+    proc = subprocess.run(
+        ["sh", "-c", cmd],
+        capture_output=False,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"},
+    )
     assert proc.returncode == code, proc.stderr
-    assert proc.stderr.startswith("dpcli: error: stdout: cannot write the --json report (") and \
-        proc.stderr.count("\n") == 1, proc.stderr
+    assert (
+        proc.stderr.startswith("dpcli: error: stdout: cannot write the --json report (")
+        and proc.stderr.count("\n") == 1
+    ), proc.stderr
     _mask_is_whole(out)
 
 
@@ -144,9 +178,24 @@ def test_a_reader_gone_from_stdout_exits_141_quietly_like_git(tiny_run, tmp_path
     """`dpcli ... --json | head -0`: the pipe's reader is gone before the report; SIGPIPE's exit code, no words."""
     out = tmp_path / "m.h5"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen([sys.executable, "-m", "dpcli", "prune", tiny_run.influence, "--prune-count", "5",
-                             "--out", out, "--json", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dpcli",
+            "prune",
+            tiny_run.influence,
+            "--prune-count",
+            "5",
+            "--out",
+            out,
+            "--json",
+            "--quiet",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     proc.stdout.close()  # the reader goes away at once
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and stderr == "", stderr
@@ -157,7 +206,8 @@ def test_a_full_stderr_decides_nothing(tiny_run, tmp_path):
     """Progress and messages to a full disk (2>/dev/full) are dropped; the job finishes and exits 0."""
     out = tmp_path / "m.h5"
     with open("/dev/full", "w") as full:
-        proc = _cli(["prune", tiny_run.influence, "--prune-count", 5, "--out", out], stdout=subprocess.PIPE,
-                    stderr=full)
+        proc = _cli(
+            ["prune", tiny_run.influence, "--prune-count", 5, "--out", out], stdout=subprocess.PIPE, stderr=full
+        )
     assert proc.returncode == 0 and proc.stdout == ""
     _mask_is_whole(out)

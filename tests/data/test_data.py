@@ -271,7 +271,6 @@ def test_imagefolder_user_errors(tmp_path):
         load_dataset(f"imagefolder:{extra}", data_root=root)
 
 
-
 # --------------------------------------------------------------------------- batches
 
 
@@ -345,8 +344,9 @@ def test_indices_restrict_the_epoch():
     with pytest.raises(ValueError):
         _epoch(split, indices=np.array([37]))
     with pytest.raises(ValueError):
-        list(iterate_batches(split, 4, mean=(0.5,), std=(0.5,), device=CPU, shuffle=False, augment=False,
-                             generator=None))
+        list(
+            iterate_batches(split, 4, mean=(0.5,), std=(0.5,), device=CPU, shuffle=False, augment=False, generator=None)
+        )
     with pytest.raises(DpcliError):
         _epoch(split, bs=0)
 

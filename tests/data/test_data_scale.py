@@ -34,8 +34,9 @@ def _img(rng: np.random.Generator, w: int, h: int, mode: str = "RGB") -> Image.I
     return Image.fromarray(arr[..., 0] if channels == 1 else arr, mode)
 
 
-def mixed_folder(root: Path, n_train: int = 5, n_test: int = 2, classes=("ant", "bee"), seed: int = 0,
-                 test_name: str = "val") -> Path:
+def mixed_folder(
+    root: Path, n_train: int = 5, n_test: int = 2, classes=("ant", "bee"), seed: int = 0, test_name: str = "val"
+) -> Path:
     """Mixed sizes (9..40 px) and modes (RGB, RGBA, L, palette) as PNG, plus a few JPEGs."""
     rng = np.random.default_rng(seed)
     for split, n in (("train", n_train), (test_name, n_test)):
@@ -73,8 +74,9 @@ def test_mixed_sizes_need_image_size_and_eval_equals_torchvision(tmp_path):
     assert ds.image_size == 12 and ds.channels == 3 and ds.train.images.shape == (10, 14, 14, 3)
     files = sorted(str(p) for p in (folder / "train").rglob("*.*"))
     assert len(files) == len(ds.train) and ds.train.labels.tolist() == [0] * 5 + [1] * 5
-    x = torch.cat([b[0] for b in iterate_batches(ds.train, 4, mean=ds.mean, std=ds.std, device=CPU,
-                                                 shuffle=False, augment=False)])
+    x = torch.cat(
+        [b[0] for b in iterate_batches(ds.train, 4, mean=ds.mean, std=ds.std, device=CPU, shuffle=False, augment=False)]
+    )
     assert x.shape == (10, 3, 12, 12)
     for i, p in enumerate(files):  # sorted path order, RGBA / L / P converted as torchvision's loader does
         torch.testing.assert_close(x[i], _torchvision_eval(p, 12, ds.mean, ds.std), atol=1e-5, rtol=0)
@@ -127,8 +129,15 @@ def test_random_resized_crop_boxes_follow_torchvision_rules():
     from torchvision.transforms import RandomResizedCrop
 
     torch.manual_seed(0)
-    ref = np.array([np.prod(RandomResizedCrop.get_params(torch.zeros(1, 30, 30), (0.08, 1.0), (3 / 4, 4 / 3))[2:])
-                    for _ in range(4000)]) / 900
+    ref = (
+        np.array(
+            [
+                np.prod(RandomResizedCrop.get_params(torch.zeros(1, 30, 30), (0.08, 1.0), (3 / 4, 4 / 3))[2:])
+                for _ in range(4000)
+            ]
+        )
+        / 900
+    )
     assert abs(float(area.mean()) - ref.mean()) < 0.02
 
 
@@ -136,8 +145,9 @@ def test_training_augmentation_replays_documented_draws(tmp_path):
     folder = mixed_folder(tmp_path / "mixed")
     ds = load_dataset(f"imagefolder:{folder}", data_root=tmp_path / "data", image_size=8)
     g = torch.Generator().manual_seed(5)
-    batches = list(iterate_batches(ds.train, 4, mean=ds.mean, std=ds.std, device=CPU, shuffle=True,
-                                   augment=True, generator=g))
+    batches = list(
+        iterate_batches(ds.train, 4, mean=ds.mean, std=ds.std, device=CPU, shuffle=True, augment=True, generator=g)
+    )
     r = torch.Generator().manual_seed(5)
     perm = torch.randperm(10, generator=r).numpy()
     mean = torch.tensor(ds.mean).view(3, 1, 1)
@@ -196,13 +206,12 @@ def test_streamed_and_in_memory_give_the_same_batches(tmp_path, workers):
 def test_streamed_and_in_memory_give_the_same_model_and_S(tmp_path, monkeypatch):
     from dpcli.config import InfluenceConfig, TrainConfig
     from dpcli.stages.core import compute_influence, load_S
-    from dpcli.train.loop import train
     from dpcli.train.checkpoint import load_checkpoint
+    from dpcli.train.loop import train
 
     folder = mixed_folder(tmp_path / "mixed", n_train=12, n_test=3)
     spec = f"imagefolder:{folder}"
-    cfg = TrainConfig(dataset=spec, arch="convnet", width=4, depth=1, epochs=2, batch_size=8, lr=0.05,
-                      image_size=8)
+    cfg = TrainConfig(dataset=spec, arch="convnet", width=4, depth=1, epochs=2, batch_size=8, lr=0.05, image_size=8)
     S = {}
     for stream in (False, True):
         ds = load_dataset(spec, data_root=tmp_path / "data", image_size=8, stream=stream)
@@ -216,8 +225,9 @@ def test_streamed_and_in_memory_give_the_same_model_and_S(tmp_path, monkeypatch)
     assert S[True].shape[0] == 24 and np.abs(S[True]).sum() > 0
     # the checkpoint's config carries --image-size, so later stages reload the same pipeline
     monkeypatch.setenv("DPCLI_MEMORY_BUDGET", "1")  # and a tiny budget makes them stream
-    compute_influence(tmp_path / "ckFalse.h5", tmp_path / "S2.h5", InfluenceConfig(), device=CPU,
-                      data_root=tmp_path / "data")
+    compute_influence(
+        tmp_path / "ckFalse.h5", tmp_path / "S2.h5", InfluenceConfig(), device=CPU, data_root=tmp_path / "data"
+    )
     np.testing.assert_array_equal(load_S(tmp_path / "S2.h5"), S[False])
 
 
@@ -251,8 +261,13 @@ def test_cache_build_killed_midway_resumes_and_never_trusts_a_half_cache(tmp_pat
     folder = mixed_folder(tmp_path / "mixed", n_train=10, n_test=3)  # 26 files: 4 blocks of 8
     data_root = tmp_path / "data"
     env = dict(os.environ, PYTHONPATH=str(REPO), DPCLI_CACHE_WORKERS="1")
-    proc = subprocess.run([sys.executable, "-c", _KILL_SCRIPT, str(folder), str(data_root)], env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILL_SCRIPT, str(folder), str(data_root)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     files = list((data_root / "imagefolder-cache").iterdir())
     assert len(files) == 1 and files[0].name.endswith(".partial.h5")  # no complete-looking cache
@@ -308,8 +323,12 @@ def test_cache_workers_die_with_a_killed_build(tmp_path):
 
     folder = mixed_folder(tmp_path / "mixed", n_train=4, n_test=1)
     env = dict(os.environ, PYTHONPATH=str(REPO), DPCLI_CACHE_WORKERS="2", DPCLI_JPEG_DECODE="pil")
-    proc = subprocess.Popen([sys.executable, "-c", _ORPHAN_SCRIPT, str(folder), str(tmp_path / "data")],
-                            env=env, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _ORPHAN_SCRIPT, str(folder), str(tmp_path / "data")],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     workers = []
     try:
         while len(workers) < 2:
@@ -339,8 +358,9 @@ def test_parallel_build_equals_serial(tmp_path, monkeypatch):
     monkeypatch.setattr(cache, "_PROBE_CHUNK", 5)
     monkeypatch.setenv("DPCLI_CACHE_WORKERS", "2")
     calls = []
-    par = load_dataset(f"imagefolder:{folder}", data_root=tmp_path / "b", image_size=8,
-                       progress=lambda d, t: calls.append((d, t)))
+    par = load_dataset(
+        f"imagefolder:{folder}", data_root=tmp_path / "b", image_size=8, progress=lambda d, t: calls.append((d, t))
+    )
     np.testing.assert_array_equal(np.asarray(par.train.images), np.asarray(serial.train.images))
     assert par.fingerprint == serial.fingerprint
     assert calls[-1] == (24, 24) and [d for d, _ in calls] == sorted(d for d, _ in calls)
@@ -363,7 +383,8 @@ def test_tinyimagenet_layout(tmp_path):
     for name in truth:
         _img(rng, 8, 8).save(root / "val" / "images" / name)
     (root / "val" / "val_annotations.txt").write_text(
-        "".join(f"{name}\t{w}\t0\t0\t8\t8\n" for name, w in sorted(truth.items(), reverse=True)))
+        "".join(f"{name}\t{w}\t0\t0\t8\t8\n" for name, w in sorted(truth.items(), reverse=True))
+    )
     (root / "test" / "images").mkdir(parents=True)  # TinyImageNet's unlabelled test split: ignored
     _img(rng, 8, 8).save(root / "test" / "images" / "test_0.JPEG")
     ds = load_dataset(f"imagefolder:{root}", data_root=tmp_path / "data")
@@ -399,14 +420,23 @@ def _devkit(folder: Path, wnids: list[str], truth: dict[str, str]) -> None:
 
     (folder / "data").mkdir(parents=True)
     ids = {w: 10 + i for i, w in enumerate(wnids)}  # ILSVRC2012_ID is not the class index
-    dt = [("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O"), ("gloss", "O"), ("num_children", "O"),
-          ("children", "O"), ("wordnet_height", "O"), ("num_train_images", "O")]
+    dt = [
+        ("ILSVRC2012_ID", "O"),
+        ("WNID", "O"),
+        ("words", "O"),
+        ("gloss", "O"),
+        ("num_children", "O"),
+        ("children", "O"),
+        ("wordnet_height", "O"),
+        ("num_train_images", "O"),
+    ]
     rows = [(ids[w], w, f"class {w}, alias", "", 0, np.zeros(0), 0, 2) for w in wnids]
     rows.append((99, "n00000001", "entity", "", 3, np.array([10, 11, 12]), 5, 0))
     synsets = np.array(rows, dtype=dt)
     scipy.io.savemat(str(folder / "data" / "meta.mat"), {"synsets": synsets.reshape(-1, 1)})
     (folder / "data" / "ILSVRC2012_validation_ground_truth.txt").write_text(
-        "".join(f"{ids[truth[n]]}\n" for n in sorted(truth)))
+        "".join(f"{ids[truth[n]]}\n" for n in sorted(truth))
+    )
 
 
 @pytest.mark.parametrize("form", ["folder", "tar", "meta.bin"])
@@ -642,8 +672,12 @@ def test_inference_batches_are_bounded_in_bytes_and_do_not_change_results(tmp_pa
     assert inference_batch(split(224), torch.device("cuda")) == (256 << 20) // (4 * 3 * 224 * 224) == 445
     ds = load_dataset("digits")
     model = make_model(tiny_config(), ds)
-    np.testing.assert_allclose(extract_features(model, ds.train, ds, CPU, batch_size=7).numpy(),
-                               extract_features(model, ds.train, ds, CPU).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        extract_features(model, ds.train, ds, CPU, batch_size=7).numpy(),
+        extract_features(model, ds.train, ds, CPU).numpy(),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     assert evaluate(model, ds.test, ds, CPU, batch_size=13) == pytest.approx(evaluate(model, ds.test, ds, CPU))
 
 
@@ -697,7 +731,8 @@ def test_one_process_pipeline_hands_the_heap_back_between_stages(tmp_path, monke
     monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc())
     ds = load_dataset("digits")
     tcfg = pipeline.train_config(ds, {"epochs": 1, "width": 4, "depth": 1})
-    run = pipeline.full_run(ds, tcfg, InfluenceConfig().validate(), run_root=tmp_path, device=CPU, data_root=None,
-                            force=False)
+    run = pipeline.full_run(
+        ds, tcfg, InfluenceConfig().validate(), run_root=tmp_path, device=CPU, data_root=None, force=False
+    )
     assert calls == [0, 0]  # after training, after the influence
     assert run.influence.n == len(ds.train)

@@ -40,10 +40,20 @@ def odd_folder(root: Path) -> dict[str, int]:
     """The test folder; returns the color of every readable train image by its path relative to root/train."""
     colors: dict[str, int] = {}
     good = {  # relative path -> size: odd-case extensions, a hidden image, nested sub-folders, mixed sizes
-        "cat/a.png": (8, 8), "cat/B.Png": (12, 10), "cat/c.JPG": (9, 9), "cat/.hidden.png": (8, 11),
-        "cat/sub/deep.png": (10, 8), "cat/sub/zz/deeper.jpeg": (16, 16), "cat/sub-1/side.png": (8, 8),
-        "dog/x.png": (8, 8), "dog/y.bmp": (9, 12), "dog/z.webp": (11, 9), "dog/q.png": (20, 8),
-        "dog-x/m.png": (8, 8), "dog-x/n.png": (13, 13), "dog-x/o.png": (8, 9),
+        "cat/a.png": (8, 8),
+        "cat/B.Png": (12, 10),
+        "cat/c.JPG": (9, 9),
+        "cat/.hidden.png": (8, 11),
+        "cat/sub/deep.png": (10, 8),
+        "cat/sub/zz/deeper.jpeg": (16, 16),
+        "cat/sub-1/side.png": (8, 8),
+        "dog/x.png": (8, 8),
+        "dog/y.bmp": (9, 12),
+        "dog/z.webp": (11, 9),
+        "dog/q.png": (20, 8),
+        "dog-x/m.png": (8, 8),
+        "dog-x/n.png": (13, 13),
+        "dog-x/o.png": (8, 9),
     }
     for k, (rel, size) in enumerate(sorted(good.items())):
         colors[rel] = 20 + 12 * k
@@ -109,10 +119,29 @@ def test_prune_writes_user_indices_paths_and_a_link_folder_imagefolder_reads(odd
     root, _ = odd
     items, unreadable = _torchvision(root)
     out = tmp_path / "out"
-    args = ["prune", f"imagefolder:{root}", "--image-size", "8", *TINY_NET, "--prune-ratio", "0.5",
-            "--method", "optimization", "--data-root", tmp_path / "cache", "--run-root", tmp_path / "runs",
-            "--out", out / "mask.h5", "--indices-out", out / "kept.txt", "--paths-out", out / "kept-paths.txt",
-            "--link-dir", out / "pruned"]
+    args = [
+        "prune",
+        f"imagefolder:{root}",
+        "--image-size",
+        "8",
+        *TINY_NET,
+        "--prune-ratio",
+        "0.5",
+        "--method",
+        "optimization",
+        "--data-root",
+        tmp_path / "cache",
+        "--run-root",
+        tmp_path / "runs",
+        "--out",
+        out / "mask.h5",
+        "--indices-out",
+        out / "kept.txt",
+        "--paths-out",
+        out / "kept-paths.txt",
+        "--link-dir",
+        out / "pruned",
+    ]
     code, stdout, err = run_cli([*args, "--json"], capsys)
     assert code == 0, err
     res = json.loads(stdout)
@@ -139,14 +168,28 @@ def test_prune_writes_user_indices_paths_and_a_link_folder_imagefolder_reads(odd
     for p, _ in linked.samples:
         assert os.path.samefile(p, root / "train" / _rel(p, out / "pruned" / "train"))
     test_src, test_link = TV.ImageFolder(str(root / "test")), TV.ImageFolder(str(out / "pruned" / "test"))
-    assert [(_rel(p, root / "test"), y) for p, y in test_src.samples] == \
-        [(_rel(p, out / "pruned" / "test"), y) for p, y in test_link.samples]
+    assert [(_rel(p, root / "test"), y) for p, y in test_src.samples] == [
+        (_rel(p, out / "pruned" / "test"), y) for p, y in test_link.samples
+    ]
     # a mask read back maps to the readable rows that retrain and verify-bound train on
     mask = masks.read_mask(out / "mask.h5")
     assert mask.n == readable and np.array_equal(mask.samples.rows[mask.keep_indices], kept)
     # the same S pruned as a file gives the same user-space indices
-    again = run_json(["prune", res["influence"], "--prune-ratio", "0.5", "--method", "optimization",
-                      "--out", tmp_path / "again.h5", "--indices-out", tmp_path / "again.npy"], capsys)
+    again = run_json(
+        [
+            "prune",
+            res["influence"],
+            "--prune-ratio",
+            "0.5",
+            "--method",
+            "optimization",
+            "--out",
+            tmp_path / "again.h5",
+            "--indices-out",
+            tmp_path / "again.npy",
+        ],
+        capsys,
+    )
     assert np.load(tmp_path / "again.npy").tolist() == kept.tolist() and again["n"] == n
 
 
@@ -158,21 +201,40 @@ def test_a_mask_that_keeps_an_unreadable_file_or_names_another_space_is_refused(
     _, unreadable = _torchvision(root)
     mask = tmp_path / "mask.h5"
     common = ["--image-size", "8", *TINY_NET, "--data-root", tmp_path / "cache"]
-    code, _, err = run_cli(["prune", f"imagefolder:{root}", *common, "--prune-count", "3", "--method", "random",
-                            "--run-root", tmp_path / "runs", "--out", mask, "--quiet"], capsys)
+    code, _, err = run_cli(
+        [
+            "prune",
+            f"imagefolder:{root}",
+            *common,
+            "--prune-count",
+            "3",
+            "--method",
+            "random",
+            "--run-root",
+            tmp_path / "runs",
+            "--out",
+            mask,
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 0, err
     edited = tmp_path / "edited.h5"
     edited.write_bytes(mask.read_bytes())
     with h5py.File(edited, "r+") as f:
         keep = f["keep"][()]
         keep[unreadable[0]] = True
-        for name, data in (("keep", keep), ("keep_indices", np.flatnonzero(keep)),
-                           ("pruned_indices", np.flatnonzero(~keep))):
+        for name, data in (
+            ("keep", keep),
+            ("keep_indices", np.flatnonzero(keep)),
+            ("pruned_indices", np.flatnonzero(~keep)),
+        ):
             del f[name]
             f[name] = data
         seal(f, force=True)  # a consistent edit with valid checksums: the index rule is what refuses it
     with pytest.raises(DpcliError, match=f"keeps sample {unreadable[0]}, an unreadable file"):
         masks.read_mask(edited)
+
     # the unreadable file repaired as a copy of its neighbour, which breaks: the readable images, and so the data's
     # fingerprint, are as before, but the indices are not; the old mask is refused
     def fingerprint() -> str:
@@ -187,8 +249,9 @@ def test_a_mask_that_keeps_an_unreadable_file_or_names_another_space_is_refused(
     items, now = _torchvision(root)
     q, text = items.index(("dog/q.png", 1)), items.index(("dog/text.jpg", 1))
     assert set(now) ^ set(unreadable) == {q, text} and fingerprint() == before
-    code, _, err = run_cli(["retrain", f"imagefolder:{root}", "--mask", mask, *common, "--out", tmp_path / "r.h5"],
-                           capsys)
+    code, _, err = run_cli(
+        ["retrain", f"imagefolder:{root}", "--mask", mask, *common, "--out", tmp_path / "r.h5"], capsys
+    )
     assert code == 2 and "mask was made for 19 samples (5 unreadable) but dataset" in err, err
     assert f"sample {q} is unreadable now and was not then" in err, err
 
@@ -203,7 +266,8 @@ def test_tinyimagenet_and_imagenet_train_layouts_list_like_imagefolder(tmp_path)
         (tiny / "train" / w / f"{w}_boxes.txt").write_text("x\t0\t0\t1\t1\n")
         for k in (3, 1, 2):
             Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(
-                tiny / "train" / w / "images" / f"{w}_{k}.JPEG")
+                tiny / "train" / w / "images" / f"{w}_{k}.JPEG"
+            )
     (tiny / "val" / "images").mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(tiny / "val" / "images" / "val_0.JPEG")
     (tiny / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn01\t0\t0\t8\t8\n")
@@ -216,8 +280,9 @@ def test_tinyimagenet_and_imagenet_train_layouts_list_like_imagefolder(tmp_path)
         tv = TV.ImageFolder(str(root / "train"))
         ours = layouts.scan(root.resolve())
         assert ours.kind == kind
-        assert [(_rel(p, root.resolve() / "train"), y) for p, y in ours.train] == \
-            [(_rel(p, root / "train"), y) for p, y in tv.samples]
+        assert [(_rel(p, root.resolve() / "train"), y) for p, y in ours.train] == [
+            (_rel(p, root / "train"), y) for p, y in tv.samples
+        ]
 
 
 def test_hugging_face_imagefolder_lists_a_flat_folder_in_the_same_order(tmp_path):

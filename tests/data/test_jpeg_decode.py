@@ -157,8 +157,9 @@ def test_jpeg_components_from_the_frame_header(tmp_path):
 def _build(tmp_path: Path, name: str, folder: dict[str, Path], decoder: str, size=(18, 16)) -> cache.CacheInfo:
     paths = [str(p) for p in folder.values()]
     labels = np.arange(len(paths)) % 2
-    return cache.open_or_build(tmp_path / f"{name}.h5", paths, labels, n_train=len(paths) - 4,
-                               image_size=size[1], workers=1, decoder=decoder)
+    return cache.open_or_build(
+        tmp_path / f"{name}.h5", paths, labels, n_train=len(paths) - 4, image_size=size[1], workers=1, decoder=decoder
+    )
 
 
 def _rows(info: cache.CacheInfo) -> tuple[np.ndarray, np.ndarray]:

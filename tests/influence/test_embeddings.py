@@ -13,10 +13,10 @@ import torch
 
 from dpcli.artifacts.rows import mapped_rows
 from dpcli.config import InfluenceConfig
-from dpcli.errors import DpcliError
-from dpcli.influence.sketch import Sketch
 from dpcli.data import embeddings as D
+from dpcli.errors import DpcliError
 from dpcli.influence import head as H
+from dpcli.influence.sketch import Sketch
 from dpcli.stages import embeddings as E
 from dpcli.stages import heads
 from tests.conftest import run_cli
@@ -60,8 +60,9 @@ def test_sketch_first_solve_equals_S_times_R(tmp_path):
     emb = D.from_arrays(x, y)
     S, head = E.influence_in_memory(emb, InfluenceConfig(estimator="exact"), damping=1e-2)
     out = tmp_path / "sk.h5"
-    E.embeddings_influence(emb, out, InfluenceConfig(estimator="cg", sketch_k=7, sketch_seed=3, cg_tol=1e-10),
-                           damping=1e-2)
+    E.embeddings_influence(
+        emb, out, InfluenceConfig(estimator="cg", sketch_k=7, sketch_seed=3, cg_tol=1e-10), damping=1e-2
+    )
     with h5py.File(out, "r") as f:
         sk = f["S"][()]
         assert f.attrs["solver"] == "cg-sketch"
@@ -83,8 +84,26 @@ def test_cli_end_to_end_on_generated_features(tmp_path, capsys):
     f, lab = _write(tmp_path, "f.npy", x), _write(tmp_path, "l.npy", y)
     tf, tl = _write(tmp_path, "tf.npy", xt), _write(tmp_path, "tl.npy", yt)
     inf = tmp_path / "influence.h5"
-    code, out, err = run_cli(["influence", "--features", f, "--labels", lab, "--test-features", tf, "--test-labels", tl,
-                              "--damping", "0.01", "--out", inf, "--json", "--quiet"], capsys)
+    code, out, err = run_cli(
+        [
+            "influence",
+            "--features",
+            f,
+            "--labels",
+            lab,
+            "--test-features",
+            tf,
+            "--test-labels",
+            tl,
+            "--damping",
+            "0.01",
+            "--out",
+            inf,
+            "--json",
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 0, err
     with h5py.File(inf, "r") as h:
         lineage = json.loads(h.attrs["lineage"])
@@ -105,11 +124,13 @@ def test_cli_end_to_end_on_generated_features(tmp_path, capsys):
     assert metrics["head_grad_norm"] < 1e-6
     # the refit equals one from scratch of the same objective on the kept rows alone: (1/n) sum_kept CE +
     # lam/2 ||theta||^2 is their mean CE with L2 lam n / n_kept
-    ref = heads.refit(D.from_arrays(x[keep], y[keep], xt, yt, num_classes=3), np.ones(keep.sum(), bool),
-                  0.01 * 150 / keep.sum())
+    ref = heads.refit(
+        D.from_arrays(x[keep], y[keep], xt, yt, num_classes=3), np.ones(keep.sum(), bool), 0.01 * 150 / keep.sum()
+    )
     assert abs(metrics["test_loss"] - ref.test_loss) < 1e-9
-    code, out, err = run_cli(["verify-bound", inf, "--mask", mask, "--out", tmp_path / "vb", "--json", "--quiet"],
-                             capsys)
+    code, out, err = run_cli(
+        ["verify-bound", inf, "--mask", mask, "--out", tmp_path / "vb", "--json", "--quiet"], capsys
+    )
     assert code == 0, err
     rows = json.loads(out)["rows"]
     full = heads.refit(D.from_arrays(x, y, xt, yt), np.ones(150, bool), 0.01)
@@ -124,7 +145,7 @@ def _independent_fit(x: np.ndarray, y: np.ndarray, c: int, lam: float) -> np.nda
     dim = x.shape[1]
 
     def f(t):
-        logits = xt @ t[:c * dim].reshape(c, dim).T + t[c * dim:]
+        logits = xt @ t[: c * dim].reshape(c, dim).T + t[c * dim :]
         return torch.nn.functional.cross_entropy(logits, yt) + 0.5 * lam * t.pow(2).sum()
 
     t = torch.zeros(c * (dim + 1), dtype=torch.float64)
@@ -146,8 +167,24 @@ def test_retrain_writes_a_checkpoint_equal_to_an_independent_refit(tmp_path, cap
     f, lab = _write(tmp_path, "f.npy", x), _write(tmp_path, "l.npy", y)
     tf, tl = _write(tmp_path, "tf.npy", xt), _write(tmp_path, "tl.npy", yt)
     inf, mask = tmp_path / "influence.h5", tmp_path / "mask.h5"
-    assert run_cli(["influence", "--features", f, "--labels", lab, "--test-features", tf, "--test-labels", tl,
-                    "--damping", lam, "--out", inf, "--quiet"]) == (0, "", "")
+    assert run_cli(
+        [
+            "influence",
+            "--features",
+            f,
+            "--labels",
+            lab,
+            "--test-features",
+            tf,
+            "--test-labels",
+            tl,
+            "--damping",
+            lam,
+            "--out",
+            inf,
+            "--quiet",
+        ]
+    ) == (0, "", "")
     assert run_cli(["prune", inf, "--prune-ratio", "0.25", "--out", mask, "--quiet"]) == (0, "", "")
     with h5py.File(mask, "r") as h:
         keep = h["keep"][()]
@@ -179,8 +216,9 @@ def test_retrain_writes_a_checkpoint_equal_to_an_independent_refit(tmp_path, cap
     assert json.loads(out)["rows"][0]["test_loss"] == metrics["test_loss"]
     # another mask into the same --out is refitted, not mistaken for the artifact already there
     assert run_cli(["prune", inf, "--prune-ratio", "0.5", "--out", tmp_path / "m50.h5", "--quiet"]) == (0, "", "")
-    code, out, err = run_cli(["retrain", f, "--mask", tmp_path / "m50.h5", "--out", metrics["checkpoint"], "--json",
-                              "--quiet"], capsys)
+    code, out, err = run_cli(
+        ["retrain", f, "--mask", tmp_path / "m50.h5", "--out", metrics["checkpoint"], "--json", "--quiet"], capsys
+    )
     assert code == 0, err
     assert json.loads(out)["n_kept"] == 60 and len(load_checkpoint(metrics["checkpoint"]).keep_indices) == 60
     _bad(tmp_path, capsys, ["retrain", f, "--mask", mask, "--out", tmp_path / "head.npz"], "ending in .h5")
@@ -197,8 +235,9 @@ def test_cli_on_shipped_digits_pixels(tmp_path, capsys):
     inf = tmp_path / "influence.h5"
     code, _, err = run_cli(["influence", "--features", f, "--labels", lab, "--out", inf, "--quiet"], capsys)
     assert code == 0, err
-    code, out, err = run_cli(["prune", inf, "--prune-ratio", "0.2", "--out", tmp_path / "m.h5", "--json", "--quiet"],
-                             capsys)
+    code, out, err = run_cli(
+        ["prune", inf, "--prune-ratio", "0.2", "--out", tmp_path / "m.h5", "--json", "--quiet"], capsys
+    )
     assert code == 0, err
     assert json.loads(out)["n_pruned"] == 80
 
@@ -249,9 +288,24 @@ def test_bad_feature_inputs(tmp_path, capsys):
     ]
     for f, lab, what in cases:
         _bad(tmp_path, capsys, ["influence", "--features", f, "--labels", lab, "--out", tmp_path / "i.h5"], what)
-    _bad(tmp_path, capsys, ["influence", "--features", good_f, "--labels", good_l, "--test-features", good_f,
-                            "--test-labels", _write(tmp_path, "big.npy", y + 3), "--out", tmp_path / "i.h5"],
-         "labels must lie in 0..2")
+    _bad(
+        tmp_path,
+        capsys,
+        [
+            "influence",
+            "--features",
+            good_f,
+            "--labels",
+            good_l,
+            "--test-features",
+            good_f,
+            "--test-labels",
+            _write(tmp_path, "big.npy", y + 3),
+            "--out",
+            tmp_path / "i.h5",
+        ],
+        "labels must lie in 0..2",
+    )
 
 
 def test_class_names_as_labels_give_the_S_of_their_sorted_indices(tmp_path, capsys):
@@ -271,13 +325,47 @@ def test_class_names_as_labels_give_the_S_of_their_sorted_indices(tmp_path, caps
     from dpcli.stages.core import load_S
 
     ref = tmp_path / "ref.h5"
-    assert run_cli(["influence", "--features", f, "--labels", _write(tmp_path, "li.npy", y_int), "--test-features", ft,
-                    "--test-labels", _write(tmp_path, "lti.npy", yt_int), "--out", ref, "--quiet"])[0] == 0
+    assert (
+        run_cli(
+            [
+                "influence",
+                "--features",
+                f,
+                "--labels",
+                _write(tmp_path, "li.npy", y_int),
+                "--test-features",
+                ft,
+                "--test-labels",
+                _write(tmp_path, "lti.npy", yt_int),
+                "--out",
+                ref,
+                "--quiet",
+            ]
+        )[0]
+        == 0
+    )
     S_ref = load_S(ref)
     for labels in (_write(tmp_path, "ls.npy", names[y]), tmp_path / "lb.h5", tmp_path / "lv.h5"):
         out = tmp_path / f"{labels.stem}-inf.h5"
-        assert run_cli(["influence", "--features", f, "--labels", labels, "--test-features", ft,
-                        "--test-labels", _write(tmp_path, "lts.npy", names[yt]), "--out", out, "--quiet"])[0] == 0
+        assert (
+            run_cli(
+                [
+                    "influence",
+                    "--features",
+                    f,
+                    "--labels",
+                    labels,
+                    "--test-features",
+                    ft,
+                    "--test-labels",
+                    _write(tmp_path, "lts.npy", names[yt]),
+                    "--out",
+                    out,
+                    "--quiet",
+                ]
+            )[0]
+            == 0
+        )
         np.testing.assert_array_equal(load_S(out), S_ref)
         with h5py.File(out, "r") as h:
             from dpcli.artifacts.h5 import get_attr
@@ -287,23 +375,65 @@ def test_class_names_as_labels_give_the_S_of_their_sorted_indices(tmp_path, caps
     assert run_cli(["prune", out, "--prune-count", "30", "--out", mask, "--quiet"])[0] == 0
     code, out_text, err = run_cli(["retrain", f, "--mask", mask, "--json"], capsys)
     assert code == 0, err
-    _bad(tmp_path, capsys, ["influence", "--features", f, "--labels", labels, "--test-features", ft, "--test-labels",
-                            _write(tmp_path, "ltx.npy", np.where(yt == 0, "toast", names[yt])), "--out",
-                            tmp_path / "i.h5"], "class 'toast' does not occur in the training labels")
-    _bad(tmp_path, capsys, ["influence", "--features", f, "--labels",
-                            _write(tmp_path, "lo.npy", names[y].astype(object)), "--out", tmp_path / "i.h5"],
-         "stored as Python objects")
+    _bad(
+        tmp_path,
+        capsys,
+        [
+            "influence",
+            "--features",
+            f,
+            "--labels",
+            labels,
+            "--test-features",
+            ft,
+            "--test-labels",
+            _write(tmp_path, "ltx.npy", np.where(yt == 0, "toast", names[yt])),
+            "--out",
+            tmp_path / "i.h5",
+        ],
+        "class 'toast' does not occur in the training labels",
+    )
+    _bad(
+        tmp_path,
+        capsys,
+        [
+            "influence",
+            "--features",
+            f,
+            "--labels",
+            _write(tmp_path, "lo.npy", names[y].astype(object)),
+            "--out",
+            tmp_path / "i.h5",
+        ],
+        "stored as Python objects",
+    )
 
 
 def test_retrain_with_wrong_n_and_external_S_errors(tmp_path, capsys):
     S = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
-    _bad(tmp_path, capsys, ["prune", _write(tmp_path, "S.npy", np.where(S > 2, np.nan, S)), "--prune-count", "5",
-                            "--out", tmp_path / "m.h5"], "NaN or inf")
-    assert run_cli(["prune", _write(tmp_path, "S2.npy", S), "--prune-count", "5", "--out", tmp_path / "m2.h5",
-                    "--quiet"]) == (0, "", "")
+    _bad(
+        tmp_path,
+        capsys,
+        [
+            "prune",
+            _write(tmp_path, "S.npy", np.where(S > 2, np.nan, S)),
+            "--prune-count",
+            "5",
+            "--out",
+            tmp_path / "m.h5",
+        ],
+        "NaN or inf",
+    )
+    assert run_cli(
+        ["prune", _write(tmp_path, "S2.npy", S), "--prune-count", "5", "--out", tmp_path / "m2.h5", "--quiet"]
+    ) == (0, "", "")
     # digits has 1438 training samples (a fixed split): an S of 50 rows cannot be its mask
-    _bad(tmp_path, capsys, ["retrain", "digits", "--mask", tmp_path / "m2.h5", "--epochs", "1", "--device", "cpu", "--quiet"],
-         "mask was made for 50 samples but dataset 'digits' has 1438")
+    _bad(
+        tmp_path,
+        capsys,
+        ["retrain", "digits", "--mask", tmp_path / "m2.h5", "--epochs", "1", "--device", "cpu", "--quiet"],
+        "mask was made for 50 samples but dataset 'digits' has 1438",
+    )
     with pytest.raises(DpcliError, match="1-D"):
         D.check_labels(np.zeros((3, 2)), 3, None, "labels")
 
@@ -313,7 +443,9 @@ def test_labels_that_leave_class_indices_unused_are_refused_unless_declared():
     an error (a stray label 99 among 0..9 would build a 100-class S), a warning where C is declared; one class
     is always refused (its S is zero)."""
     x, y = blobs(30, 3, 3)
-    with pytest.raises(DpcliError, match=r"the labels use 3 of the 7 class indices 0\.\.6 \(none is 1; the largest is 6\)"):
+    with pytest.raises(
+        DpcliError, match=r"the labels use 3 of the 7 class indices 0\.\.6 \(none is 1; the largest is 6\)"
+    ):
         D.from_arrays(x, y * 3)
     with pytest.warns(UserWarning, match=r"dpcli: the labels use 3 of the 7 class indices 0\.\.6"):
         emb = D.from_arrays(x, y * 3, num_classes=7)
@@ -341,16 +473,23 @@ def test_head_fit_options_on_the_command_line(tmp_path, capsys):
         assert steps == 1 and int(h.attrs["head_max_iter"]) == 1 and float(h.attrs["head_tol"]) == H.DEFAULT_TOL
     assert gn > H.DEFAULT_TOL and f"gradient norm {gn:.3g} > --tol 1e-07 after 1 Newton steps" in err
     assert "raise --max-iter" in err
-    code, _, err = run_cli(["influence", "--features", f, "--labels", lab, "--tol", "1e-3", "--out", tmp_path / "t.h5",
-                            "--quiet"], capsys)
+    code, _, err = run_cli(
+        ["influence", "--features", f, "--labels", lab, "--tol", "1e-3", "--out", tmp_path / "t.h5", "--quiet"], capsys
+    )
     assert code == 0 and "stopped" not in err
     with h5py.File(tmp_path / "t.h5", "r") as h:
         assert float(h.attrs["head_grad_norm"]) <= 1e-3 < gn and float(h.attrs["head_tol"]) == 1e-3
-    for args, what in ((["--max-iter", "0"], "--max-iter must be a positive integer"),
-                       (["--tol", "-1"], "--tol must be a positive number")):
+    for args, what in (
+        (["--max-iter", "0"], "--max-iter must be a positive integer"),
+        (["--tol", "-1"], "--tol must be a positive number"),
+    ):
         _bad(tmp_path, capsys, ["influence", "--features", f, "--labels", lab, *args, "--out", tmp_path / "i.h5"], what)
-    _bad(tmp_path, capsys, ["influence", tmp_path / "ck.h5", "--tol", "1e-3", "--out", tmp_path / "i.h5"],
-         "--max-iter and --tol set the head fit of --features")
+    _bad(
+        tmp_path,
+        capsys,
+        ["influence", tmp_path / "ck.h5", "--tol", "1e-3", "--out", tmp_path / "i.h5"],
+        "--max-iter and --tol set the head fit of --features",
+    )
 
 
 def test_verify_bound_shows_the_refit_agrees_with_S_to_second_order(tmp_path, capsys):
@@ -367,18 +506,46 @@ def test_verify_bound_shows_the_refit_agrees_with_S_to_second_order(tmp_path, ca
     xt, yt = blobs(200, 5, 3, seed=1)
     inf = tmp_path / "influence.h5"
     files = [_write(tmp_path, name, a) for name, a in (("f.npy", x), ("l.npy", y), ("tf.npy", xt), ("tl.npy", yt))]
-    assert run_cli(["influence", "--features", files[0], "--labels", files[1], "--test-features", files[2],
-                    "--test-labels", files[3], "--damping", lam, "--out", inf, "--quiet"]) == (0, "", "")
+    assert run_cli(
+        [
+            "influence",
+            "--features",
+            files[0],
+            "--labels",
+            files[1],
+            "--test-features",
+            files[2],
+            "--test-labels",
+            files[3],
+            "--damping",
+            lam,
+            "--out",
+            inf,
+            "--quiet",
+        ]
+    ) == (0, "", "")
     info, S = read_influence_info(inf), load_S(inf)
     order = np.random.default_rng(1).permutation(n)
     masks = []
     for m in (15, 30, 60):  # nested random sets: 2.5, 5 and 10 % pruned
         pruned = np.zeros(n, dtype=bool)
         pruned[order[:m]] = True
-        masks.append(write_mask(tmp_path / f"m{m}.h5", certify(S, pruned), mode="cardinality", target=float(m),
-                                solver="test", info=info, config={"count": m}, seconds=0.0, method="test").path)
-    code, out, err = run_cli(["verify-bound", inf, *[a for p in masks for a in ("--mask", p)], "--out",
-                              tmp_path / "vb", "--json"], capsys)
+        masks.append(
+            write_mask(
+                tmp_path / f"m{m}.h5",
+                certify(S, pruned),
+                mode="cardinality",
+                target=float(m),
+                solver="test",
+                info=info,
+                config={"count": m},
+                seconds=0.0,
+                method="test",
+            ).path
+        )
+    code, out, err = run_cli(
+        ["verify-bound", inf, *[a for p in masks for a in ("--mask", p)], "--out", tmp_path / "vb", "--json"], capsys
+    )
     assert code == 0, err
     rows = [r for r in json.loads(out)["rows"] if r["method"] == "test"]
     res = [r["first_order_residual"] for r in rows]
@@ -393,8 +560,9 @@ def _freeze(tmp_path, device):
     from dpcli.data.sources import load_dataset
     from tests.conftest import tiny_config
 
-    return E.freeze_backbone(tiny_config(), load_dataset("digits"), tmp_path, device=device,
-                             icfg=InfluenceConfig().validate())
+    return E.freeze_backbone(
+        tiny_config(), load_dataset("digits"), tmp_path, device=device, icfg=InfluenceConfig().validate()
+    )
 
 
 def test_freeze_backbone_fits_and_solves_on_its_device(tmp_path, monkeypatch):

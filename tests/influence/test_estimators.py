@@ -24,18 +24,30 @@ def _problem(n: int = 120, dim: int = 5, classes: int = 3, seed: int = 0) -> Las
 
 def test_registries_list_their_modules_and_name_the_choices():
     assert set(ESTIMATORS.names()) == {"exact", "cg", "lissa", "sgd"}
-    assert {"optimization", "random", "herding", "forgetting", "el2n", "grand", "influence-score", "ccs",
-            "tdds"} <= set(SELECTORS.names())
+    assert {
+        "optimization",
+        "random",
+        "herding",
+        "forgetting",
+        "el2n",
+        "grand",
+        "influence-score",
+        "ccs",
+        "tdds",
+    } <= set(SELECTORS.names())
     assert all(issubclass(ESTIMATORS.get(n), Estimator) and ESTIMATORS.get(n).name == n for n in ESTIMATORS.names())
-    with pytest.raises(DpcliError, match=r"unknown --estimator 'lisa' \(did you mean 'lissa'\?\); choose one of cg, exact"):
+    with pytest.raises(
+        DpcliError, match=r"unknown --estimator 'lisa' \(did you mean 'lissa'\?\); choose one of cg, exact"
+    ):
         ESTIMATORS.get("lisa")
     with pytest.raises(DpcliError, match="unknown --method 'herd'"):
         InfluenceConfig(estimator="exact").validate() and SELECTORS.get("herd")
 
 
 def _lissa(problem: LastLayer, depth: int, scale: float, damping: float):
-    cfg = InfluenceConfig(estimator="lissa", lissa_depth=depth, lissa_scale=scale, lissa_batch_size=10**6,
-                          damping=damping).validate()
+    cfg = InfluenceConfig(
+        estimator="lissa", lissa_depth=depth, lissa_scale=scale, lissa_batch_size=10**6, damping=damping
+    ).validate()
     rows: dict[int, np.ndarray] = {}
     said: list[str] = []
 
@@ -43,8 +55,9 @@ def _lissa(problem: LastLayer, depth: int, scale: float, damping: float):
         for i, r in enumerate(block):
             rows[start + i] = r
 
-    attrs = ESTIMATORS.get("lissa")(cfg).solve(problem, damping=damping, rows=(0, problem.n), sink=sink,
-                                              info=said.append)
+    attrs = ESTIMATORS.get("lissa")(cfg).solve(
+        problem, damping=damping, rows=(0, problem.n), sink=sink, info=said.append
+    )
     return np.stack([rows[i] for i in range(problem.n)]), attrs, said
 
 

@@ -17,10 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, hessian, vmap
 
-from dpcli.influence import kernels as influence
 from dpcli.errors import DpcliError
+from dpcli.influence import kernels as influence
 from dpcli.influence.cg import cg_influence
-from dpcli.influence.lissa import lissa_influence
 from dpcli.influence.kernels import (
     exact_influence,
     hessian_vector_product,
@@ -29,12 +28,14 @@ from dpcli.influence.kernels import (
     mean_grad,
     per_sample_grads,
 )
+from dpcli.influence.lissa import lissa_influence
 
 F64 = torch.float64
 
 
-def _problem(n: int, dim: int, classes: int, seed: int, dtype: torch.dtype = F64
-             ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _problem(
+    n: int, dim: int, classes: int, seed: int, dtype: torch.dtype = F64
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Random features, labels and a random (untrained) last layer."""
     gen = torch.Generator().manual_seed(seed)
     features = torch.randn(n, dim, generator=gen, dtype=F64).to(dtype)
@@ -51,8 +52,8 @@ def _theta(weight: Tensor, bias: Tensor) -> Tensor:
 def _mean_ce(theta: Tensor, features: Tensor, labels: Tensor, classes: int) -> Tensor:
     """Mean CE of a linear layer given the flat ``[W row-major, b]`` vector."""
     dim = features.shape[1]
-    weight = theta[:classes * dim].reshape(classes, dim)
-    return F.cross_entropy(features @ weight.T + theta[classes * dim:], labels)
+    weight = theta[: classes * dim].reshape(classes, dim)
+    return F.cross_entropy(features @ weight.T + theta[classes * dim :], labels)
 
 
 # --------------------------------------------------------------------------- #
@@ -102,9 +103,10 @@ def test_loss_and_grad_norm_match_autograd_chunk_by_chunk(monkeypatch: pytest.Mo
     """
     features, labels, weight, bias = _problem(37, 5, 3, seed=5)
     theta = _theta(weight, bias)
-    expected_loss = torch.stack([_mean_ce(theta, features[i:i + 1], labels[i:i + 1], 3) for i in range(37)])
-    expected_norm = torch.stack([torch.func.grad(_mean_ce)(theta, features[i:i + 1], labels[i:i + 1], 3).norm()
-                                 for i in range(37)])
+    expected_loss = torch.stack([_mean_ce(theta, features[i : i + 1], labels[i : i + 1], 3) for i in range(37)])
+    expected_norm = torch.stack(
+        [torch.func.grad(_mean_ce)(theta, features[i : i + 1], labels[i : i + 1], 3).norm() for i in range(37)]
+    )
     rows_seen: list[int] = []
     real_ce = influence.F.cross_entropy
 
@@ -122,8 +124,7 @@ def test_loss_and_grad_norm_match_autograd_chunk_by_chunk(monkeypatch: pytest.Mo
 
 
 @pytest.mark.parametrize("blas", ["syrk", "gemm"])
-def test_hessian_matches_autograd_and_hvp_matches_dense(
-        blas: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hessian_matches_autograd_and_hvp_matches_dense(blas: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if blas == "gemm":  # the device-agnostic (GPU) path, also taken without SciPy
         monkeypatch.setattr(influence, "_dsyrk", None)
     else:
@@ -131,8 +132,7 @@ def test_hessian_matches_autograd_and_hvp_matches_dense(
     classes, dim = 4, 6
     features, labels, weight, bias = _problem(53, dim, classes, seed=2)
     theta = _theta(weight, bias)
-    expected = torch.autograd.functional.hessian(
-        lambda t: _mean_ce(t, features, labels, classes), theta)
+    expected = torch.autograd.functional.hessian(lambda t: _mean_ce(t, features, labels, classes), theta)
     for chunk in (7, 4096):  # chunked accumulation and a single chunk agree
         got = last_layer_hessian(features, labels, weight, bias, chunk_size=chunk)
         assert got.shape == (classes * (dim + 1),) * 2 and got.dtype == F64
@@ -140,12 +140,12 @@ def test_hessian_matches_autograd_and_hvp_matches_dense(
 
     vecs = torch.randn(5, theta.numel(), dtype=F64, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(
-        hessian_vector_product(features, weight, bias, vecs), vecs @ expected,
-        rtol=1e-12, atol=1e-14)
+        hessian_vector_product(features, weight, bias, vecs), vecs @ expected, rtol=1e-12, atol=1e-14
+    )
     # a single vector works too
     torch.testing.assert_close(
-        hessian_vector_product(features, weight, bias, vecs[0]), expected @ vecs[0],
-        rtol=1e-12, atol=1e-14)
+        hessian_vector_product(features, weight, bias, vecs[0]), expected @ vecs[0], rtol=1e-12, atol=1e-14
+    )
 
 
 def test_hessian_singular_along_logit_shift_and_damping_required() -> None:
@@ -158,8 +158,7 @@ def test_hessian_singular_along_logit_shift_and_damping_required() -> None:
     shift = torch.cat([u.repeat(classes), torch.ones(classes, dtype=F64)])
     scale = torch.linalg.matrix_norm(h, ord=2) * torch.linalg.vector_norm(shift)
     assert torch.linalg.vector_norm(h @ shift) < 1e-13 * scale
-    assert torch.linalg.vector_norm(
-        hessian_vector_product(features, weight, bias, shift)) < 1e-13 * scale
+    assert torch.linalg.vector_norm(hessian_vector_product(features, weight, bias, shift)) < 1e-13 * scale
     # ...while a generic direction is not annihilated (the check above can fail)
     other = torch.randn(shift.numel(), dtype=F64, generator=torch.Generator().manual_seed(6))
     assert torch.linalg.vector_norm(h @ other) > 1e-2 * scale
@@ -181,8 +180,8 @@ N_TRAIN, DIM, CLASSES, LAMBDA = 240, 5, 3, 3e-2
 
 def _objective(theta: Tensor, sample_weights: Tensor, features: Tensor, labels: Tensor) -> Tensor:
     """sum_j w_j CE_j(theta) + lambda/2 ||theta||^2 (w_j = 1/n, or 0 for removed j)."""
-    weight = theta[:CLASSES * DIM].reshape(CLASSES, DIM)
-    logits = features @ weight.T + theta[CLASSES * DIM:]
+    weight = theta[: CLASSES * DIM].reshape(CLASSES, DIM)
+    logits = features @ weight.T + theta[CLASSES * DIM :]
     ce = F.cross_entropy(logits, labels, reduction="none")
     return (sample_weights * ce).sum() + 0.5 * LAMBDA * theta.dot(theta)
 
@@ -240,16 +239,15 @@ def _retrain_without(trained: dict[str, Tensor], removed: list[Tensor]) -> np.nd
     for row, idx in enumerate(removed):
         keep[row, idx] = 0.0
     new = _newton(trained["theta"], keep, trained["features"], trained["labels"])
-    residual = vmap(grad(_objective), in_dims=(0, 0, None, None))(
-        new, keep, trained["features"], trained["labels"])
+    residual = vmap(grad(_objective), in_dims=(0, 0, None, None))(new, keep, trained["features"], trained["labels"])
     assert torch.linalg.vector_norm(residual, dim=1).max() < 1e-13
     return (new - trained["theta"]).numpy()
 
 
 def _predicted(trained: dict[str, Tensor], damping: float = LAMBDA) -> np.ndarray:
     theta = trained["theta"]
-    weight = theta[:CLASSES * DIM].reshape(CLASSES, DIM)
-    bias = theta[CLASSES * DIM:]
+    weight = theta[: CLASSES * DIM].reshape(CLASSES, DIM)
+    bias = theta[CLASSES * DIM :]
     out = exact_influence(trained["features"], trained["labels"], weight, bias, damping)
     assert out is not None and out.dtype == np.float32
     return out.astype(np.float64)
@@ -340,8 +338,7 @@ def test_lissa_deterministic_and_independent_of_chunking() -> None:
     rows: dict[int, np.ndarray] = {}
     ret = lissa_influence(*args, **kw, chunk_size=5, sink=lambda s, r: rows.setdefault(s, r))
     assert ret is None and sorted(rows) == list(range(0, 48, 5))
-    np.testing.assert_allclose(np.concatenate([rows[s] for s in sorted(rows)]), whole,
-                               rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(np.concatenate([rows[s] for s in sorted(rows)]), whole, rtol=1e-6, atol=1e-9)
     other = lissa_influence(*args, **{**kw, "seed": 4})
     assert not np.allclose(other, whole, rtol=1e-6, atol=0)
 
@@ -362,9 +359,16 @@ def test_exact_streaming_matches_in_memory() -> None:
     whole = exact_influence(features, labels, weight, bias, damping=1e-2)
     rows: list[tuple[int, np.ndarray]] = []
     ticks: list[tuple[int, int]] = []
-    ret = exact_influence(features, labels, weight, bias, damping=1e-2, chunk_size=16,
-                          sink=lambda s, r: rows.append((s, r.copy())),
-                          progress=lambda done, n: ticks.append((done, n)))
+    ret = exact_influence(
+        features,
+        labels,
+        weight,
+        bias,
+        damping=1e-2,
+        chunk_size=16,
+        sink=lambda s, r: rows.append((s, r.copy())),
+        progress=lambda done, n: ticks.append((done, n)),
+    )
     assert ret is None
     assert [s for s, _ in rows] == list(range(0, 103, 16))
     assert all(r.dtype == np.float32 for _, r in rows)
@@ -376,11 +380,10 @@ def test_exact_matches_float64_numpy_solve() -> None:
     classes, dim, n, damping = 5, 7, 90, 1e-3
     features, labels, weight, bias = _problem(n, dim, classes, seed=11)
     theta = _theta(weight, bias)
-    h = torch.autograd.functional.hessian(
-        lambda t: _mean_ce(t, features, labels, classes), theta).numpy()
-    g = np.stack([
-        torch.func.grad(_mean_ce)(theta, features[i:i + 1], labels[i:i + 1], classes).numpy()
-        for i in range(n)])
+    h = torch.autograd.functional.hessian(lambda t: _mean_ce(t, features, labels, classes), theta).numpy()
+    g = np.stack(
+        [torch.func.grad(_mean_ce)(theta, features[i : i + 1], labels[i : i + 1], classes).numpy() for i in range(n)]
+    )
     expected = np.linalg.solve(h + damping * np.eye(h.shape[0]), g.T).T / n
     got = exact_influence(features, labels, weight, bias, damping=damping, chunk_size=32)
     # float32 output of a float64 computation: agreement to float32 rounding

@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from dpcli.influence import kernels as infl
+from dpcli.artifacts.rows import mapped_rows
 from dpcli.config import InfluenceConfig
 from dpcli.errors import DpcliError
-from dpcli.influence.kernels import exact_influence
+from dpcli.influence import kernels as infl
 from dpcli.influence.base import ESTIMATORS, LastLayer
 from dpcli.influence.cg import CGStats, cg_influence
+from dpcli.influence.kernels import exact_influence
 from dpcli.influence.sketch import Sketch, jl_failure_bound, parse_shard, shard_rows
-from dpcli.artifacts.rows import mapped_rows
 from dpcli.stages.core import read_influence_info
-from tests.conftest import TINY, run_cli, run_json
 from tests.cli.test_cli import _assert_user_error
+from tests.conftest import TINY, run_cli, run_json
 
 F64 = torch.float64
 
@@ -73,8 +73,15 @@ def test_cg_rows_streaming_and_chunk_independence() -> None:
     whole = cg_influence(*args, damping=1e-2, tol=1e-9)
     got: list[tuple[int, np.ndarray]] = []
     ticks: list[tuple[int, int]] = []
-    ret = cg_influence(*args, damping=1e-2, tol=1e-9, chunk_size=16, rows=(30, 80),
-                       sink=lambda s, r: got.append((s, r.copy())), progress=lambda d, t: ticks.append((d, t)))
+    ret = cg_influence(
+        *args,
+        damping=1e-2,
+        tol=1e-9,
+        chunk_size=16,
+        rows=(30, 80),
+        sink=lambda s, r: got.append((s, r.copy())),
+        progress=lambda d, t: ticks.append((d, t)),
+    )
     assert ret is None
     assert [s for s, _ in got] == [30, 32, 48, 64] and ticks[-1] == (50, 50)  # the global 16-row grid
     np.testing.assert_allclose(np.concatenate([r for _, r in got]), whole[30:80], rtol=1e-6, atol=1e-9)
@@ -87,7 +94,7 @@ def test_cg_rows_streaming_and_chunk_independence() -> None:
         runs = []
         for r in ((0, 97), (0, 40), (40, 97)):
             rows: list[np.ndarray] = []
-            solve_rows(method, *args, damping=0.1, cfg=cfg, rows=r, sink=lambda s, x: rows.append(x), chunk_size=16)
+            solve_rows(method, *args, damping=0.1, cfg=cfg, rows=r, sink=lambda s, x: rows.append(x), chunk_size=16)  # noqa: B023
             runs.append(np.concatenate(rows))
         assert np.array_equal(runs[0], np.concatenate(runs[1:])), method
 
@@ -95,8 +102,14 @@ def test_cg_rows_streaming_and_chunk_independence() -> None:
 def solve_rows(method, features, labels, weight, bias, *, damping, cfg, rows, sink, info=None, chunk_size=4096):
     """Rows of S through the registered estimator, as compute_influence calls it; returns the solver used."""
     est = ESTIMATORS.get(method)(cfg)
-    return est.solve(LastLayer(features, labels, weight, bias), damping=damping, rows=rows, sink=sink, info=info,
-                     chunk_size=chunk_size)["solver"]
+    return est.solve(
+        LastLayer(features, labels, weight, bias),
+        damping=damping,
+        rows=rows,
+        sink=sink,
+        info=info,
+        chunk_size=chunk_size,
+    )["solver"]
 
 
 def test_cg_errors() -> None:
@@ -117,8 +130,15 @@ def test_exact_falls_back_to_cg_above_dense_limit(monkeypatch: pytest.MonkeyPatc
         exact_influence(*args, damping=1e-3)
     rows: list[np.ndarray] = []
     said: list[str] = []
-    used = solve_rows("exact", *args, damping=1e-3, cfg=InfluenceConfig(), rows=(0, 150),
-                      sink=lambda s, r: rows.append(r), info=said.append)
+    used = solve_rows(
+        "exact",
+        *args,
+        damping=1e-3,
+        cfg=InfluenceConfig(),
+        rows=(0, 150),
+        sink=lambda s, r: rows.append(r),
+        info=said.append,
+    )
     assert used == "cg" and "conjugate gradients" in said[0]
     assert _rel(np.concatenate(rows), dense) < 3e-6
 
@@ -170,8 +190,9 @@ def test_sketch_preserves_subset_sum_norms_within_stated_bound(tiny_run) -> None
 
 def test_sketch_through_cli_and_prune(tiny_run, tmp_path, capsys) -> None:
     out = tmp_path / "sk.h5"
-    res = run_json(["influence", tiny_run.checkpoint, "--sketch", 96, "--sketch-seed", 3, "--out", out,
-                    "--device", "cpu"], capsys)
+    res = run_json(
+        ["influence", tiny_run.checkpoint, "--sketch", 96, "--sketch-seed", 3, "--out", out, "--device", "cpu"], capsys
+    )
     S = _S(tiny_run.influence)
     with h5py.File(out, "r") as f:
         assert f["S"].shape == (S.shape[0], 96) and f["S"].dtype == np.float32
@@ -182,9 +203,13 @@ def test_sketch_through_cli_and_prune(tiny_run, tmp_path, capsys) -> None:
     with h5py.File(tmp_path / "m.h5", "r") as f:  # the mask says its norm is that of the sketch
         assert f.attrs["sketch_k"] == 96 and "96-column sketch" in f.attrs["certificate"]
     assert mask["n_pruned"] == round(0.3 * S.shape[0]) or mask["n_pruned"] == int(0.3 * S.shape[0])
-    _assert_user_error(["influence", tiny_run.checkpoint, "--sketch", 0, "--out", tmp_path / "x.h5"], capsys,
-                       "--sketch must be a positive integer")
+    _assert_user_error(
+        ["influence", tiny_run.checkpoint, "--sketch", 0, "--out", tmp_path / "x.h5"],
+        capsys,
+        "--sketch must be a positive integer",
+    )
     from dpcli.stages.bound import predict
+
     with pytest.raises(DpcliError, match="sketched"):  # Theorem 1's check needs the real S
         predict(out, np.ones(S.shape[0], bool))
 
@@ -208,8 +233,20 @@ def test_auto_sketch_width_follows_the_budget(monkeypatch) -> None:
 def test_dataset_mode_prune_sketches_an_S_over_the_budget(tiny_run, tmp_path, capsys, monkeypatch) -> None:
     """Without --sketch, dataset-mode prune stores S R once the dense S would pass DPCLI_SOLVE_BUDGET, says so,
     and the stored rows are the dense S times the seeded R (computed here independently by `influence`)."""
-    args = ["prune", "digits", *TINY, "--prune-ratio", 0.3, "--method", "optimization", "--device", "cpu",
-            "--run-root", tmp_path / "runs", "--json"]
+    args = [
+        "prune",
+        "digits",
+        *TINY,
+        "--prune-ratio",
+        0.3,
+        "--method",
+        "optimization",
+        "--device",
+        "cpu",
+        "--run-root",
+        tmp_path / "runs",
+        "--json",
+    ]
     monkeypatch.setenv("DPCLI_SOLVE_BUDGET", "200K")  # digits' dense S is 1,438 x d float32, several MB
     code, out, err = run_cli(args, capsys)
     assert code == 0, err
@@ -244,7 +281,9 @@ def test_shard_rows_and_spec() -> None:
 def test_shards_merge_to_the_unsharded_artifact(tiny_run, tmp_path, capsys) -> None:
     parts = [tmp_path / f"part-{i}.h5" for i in range(2)]
     for i, part in enumerate(parts):
-        res = run_json(["influence", tiny_run.checkpoint, "--shard", f"{i}/2", "--out", part, "--device", "cpu"], capsys)
+        res = run_json(
+            ["influence", tiny_run.checkpoint, "--shard", f"{i}/2", "--out", part, "--device", "cpu"], capsys
+        )
         assert res["shard"] == i and res["shards"] == 2
     full = read_influence_info(tiny_run.influence)
     n = full.n
@@ -261,8 +300,12 @@ def test_shards_merge_to_the_unsharded_artifact(tiny_run, tmp_path, capsys) -> N
             assert mapped_rows(f["S"]) is not None
     info = read_influence_info(merged)
     assert info.fingerprint == full.fingerprint == res["fingerprint"]
-    assert (info.n, info.d, info.method, info.checkpoint_fingerprint) == (n, full.d, full.method,
-                                                                          full.checkpoint_fingerprint)
+    assert (info.n, info.d, info.method, info.checkpoint_fingerprint) == (
+        n,
+        full.d,
+        full.method,
+        full.checkpoint_fingerprint,
+    )
     with h5py.File(merged, "r") as f, h5py.File(tiny_run.influence, "r") as g:
         for name in ("loss", "grad_norm", "labels", "test_grad", "theta"):
             assert np.array_equal(f[name][()], g[name][()])
@@ -272,17 +315,22 @@ def test_shards_merge_to_the_unsharded_artifact(tiny_run, tmp_path, capsys) -> N
     # error cases: one clear line each
     ck = tiny_run.checkpoint
     _assert_user_error(["influence", ck, "--merge", parts[0], "--out", tmp_path / "x.h5"], capsys, "are missing")
-    _assert_user_error(["influence", ck, "--merge", parts[0], parts[1], parts[1], "--out", tmp_path / "x.h5"],
-                       capsys, "overlaps another shard")
+    _assert_user_error(
+        ["influence", ck, "--merge", parts[0], parts[1], parts[1], "--out", tmp_path / "x.h5"],
+        capsys,
+        "overlaps another shard",
+    )
     other = tmp_path / "other-part.h5"
     shutil.copy(parts[1], other)
     with h5py.File(other, "r+") as f:
         f.attrs["checkpoint_fingerprint"] = "0" * 16
-    _assert_user_error(["influence", ck, "--merge", parts[0], other, "--out", tmp_path / "x.h5"], capsys,
-                       "different checkpoint")
+    _assert_user_error(
+        ["influence", ck, "--merge", parts[0], other, "--out", tmp_path / "x.h5"], capsys, "different checkpoint"
+    )
     _assert_user_error(["influence", ck, "--merge", other, "--out", tmp_path / "x.h5"], capsys, "another checkpoint")
-    _assert_user_error(["influence", ck, "--merge", tiny_run.influence, "--out", tmp_path / "x.h5"], capsys,
-                       "is not a shard")
+    _assert_user_error(
+        ["influence", ck, "--merge", tiny_run.influence, "--out", tmp_path / "x.h5"], capsys, "is not a shard"
+    )
     _assert_user_error(["influence", ck, "--merge", parts[0], parts[1]], capsys, "--merge needs --out")
     assert not (tmp_path / "x.h5").exists()
 

@@ -47,12 +47,19 @@ def _oracle(X, y, W0, b0, order, lrs, batch, mu=0.9, wd=5e-3, remove_from_epoch=
         for group in opt.param_groups:
             group["lr"] = float(lrs[e])
         st_w, st_b = opt.state.get(W, {}), opt.state.get(B, {})
-        snaps.append((W[n].detach().clone(), B[n].detach().clone(),
-                      st_w["momentum_buffer"][n].clone() if "momentum_buffer" in st_w else torch.zeros(classes, dim, dtype=F64),
-                      st_b["momentum_buffer"][n].clone() if "momentum_buffer" in st_b else torch.zeros(classes, dtype=F64),
-                      "momentum_buffer" in st_w))
+        snaps.append(
+            (
+                W[n].detach().clone(),
+                B[n].detach().clone(),
+                st_w["momentum_buffer"][n].clone()
+                if "momentum_buffer" in st_w
+                else torch.zeros(classes, dim, dtype=F64),
+                st_b["momentum_buffer"][n].clone() if "momentum_buffer" in st_b else torch.zeros(classes, dtype=F64),
+                "momentum_buffer" in st_w,
+            )
+        )
         for s in range(0, n, batch):
-            idx = torch.from_numpy(order[e, s:s + batch].astype(np.int64))
+            idx = torch.from_numpy(order[e, s : s + batch].astype(np.int64))
             mask = torch.ones(models, idx.numel(), dtype=F64)
             if e >= remove_from_epoch:
                 mask[idx, torch.arange(idx.numel())] = 0.0  # model j drops sample j
@@ -68,10 +75,17 @@ def _oracle(X, y, W0, b0, order, lrs, batch, mu=0.9, wd=5e-3, remove_from_epoch=
 
 def _trajectory(snaps, order, lrs, batch, mu=0.9, wd=5e-3) -> Trajectory:
     return Trajectory(
-        epochs=np.arange(len(snaps)), lr=np.asarray(lrs, dtype=np.float64),
-        weight=np.stack([s[0].numpy() for s in snaps]), bias=np.stack([s[1].numpy() for s in snaps]),
-        momentum_weight=np.stack([s[2].numpy() for s in snaps]), momentum_bias=np.stack([s[3].numpy() for s in snaps]),
-        has_momentum=np.array([s[4] for s in snaps]), order=order, batch_size=batch, momentum=mu, weight_decay=wd,
+        epochs=np.arange(len(snaps)),
+        lr=np.asarray(lrs, dtype=np.float64),
+        weight=np.stack([s[0].numpy() for s in snaps]),
+        bias=np.stack([s[1].numpy() for s in snaps]),
+        momentum_weight=np.stack([s[2].numpy() for s in snaps]),
+        momentum_bias=np.stack([s[3].numpy() for s in snaps]),
+        has_momentum=np.array([s[4] for s in snaps]),
+        order=order,
+        batch_size=batch,
+        momentum=mu,
+        weight_decay=wd,
     )
 
 
@@ -133,8 +147,14 @@ def test_chunking_streaming_and_window_validation(oracle_run):
     traj = _trajectory(r["snaps"], r["order"], r["lrs"], r["batch"])
     full = sgd_influence(r["X"], r["y"], traj)
     rows, calls = {}, []
-    sgd_influence(r["X"], r["y"], traj, chunk_size=7, sink=lambda s, block: rows.__setitem__(s, block),
-                  progress=lambda done, total: calls.append((done, total)))
+    sgd_influence(
+        r["X"],
+        r["y"],
+        traj,
+        chunk_size=7,
+        sink=lambda s, block: rows.__setitem__(s, block),
+        progress=lambda done, total: calls.append((done, total)),
+    )
     streamed = np.concatenate([rows[k] for k in sorted(rows)])
     np.testing.assert_allclose(streamed, full, rtol=1e-6, atol=1e-9)
     assert calls[-1] == (60, 60) and [c[0] for c in calls] == sorted(c[0] for c in calls)
@@ -149,9 +169,8 @@ def test_chunking_streaming_and_window_validation(oracle_run):
 # --------------------------------------------------------------------------- #
 
 from dpcli.data.sources import load_dataset  # noqa: E402
+from dpcli.train.checkpoint import load_checkpoint  # noqa: E402
 from dpcli.train.loop import _epoch_generator, extract_features, load_trained, make_model, train  # noqa: E402
-from dpcli.train.checkpoint import load_checkpoint
-
 from tests.conftest import interrupt_after, run_cli, run_json, tiny_config  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -199,8 +218,10 @@ def test_recorded_trajectory_matches_the_training_run(tiny_run):
 def test_cli_influence_sgd_end_to_end(tiny_run, tmp_path, capsys):
     ck = tiny_run.checkpoint
     outs = [tmp_path / "a.h5", tmp_path / "b.h5"]
-    summaries = [run_json(["influence", ck, "--estimator", "sgd", "--sgd-epochs", "2", "--out", o, "--device", "cpu"],
-                          capsys) for o in outs]
+    summaries = [
+        run_json(["influence", ck, "--estimator", "sgd", "--sgd-epochs", "2", "--out", o, "--device", "cpu"], capsys)
+        for o in outs
+    ]
     assert summaries[0]["method"] == "sgd"
     assert summaries[0]["fingerprint"] == summaries[1]["fingerprint"]  # deterministic
     model, ckpt, ds = load_trained(ck, CPU)
@@ -219,17 +240,35 @@ def test_cli_influence_sgd_end_to_end(tiny_run, tmp_path, capsys):
     bare.write_bytes(ck.read_bytes())
     with h5py.File(bare, "a") as f:
         del f["trajectory"]
-    code, _, err = run_cli(["influence", bare, "--estimator", "sgd", "--out", tmp_path / "c.h5", "--device", "cpu"], capsys)
+    code, _, err = run_cli(
+        ["influence", bare, "--estimator", "sgd", "--out", tmp_path / "c.h5", "--device", "cpu"], capsys
+    )
     assert code == 2 and "no SGD trajectory" in err
-    code, _, err = run_cli(["influence", ck, "--estimator", "sgd", "--sgd-epochs", "9", "--out", tmp_path / "d.h5",
-                            "--device", "cpu", "--force"], capsys)
+    code, _, err = run_cli(
+        [
+            "influence",
+            ck,
+            "--estimator",
+            "sgd",
+            "--sgd-epochs",
+            "9",
+            "--out",
+            tmp_path / "d.h5",
+            "--device",
+            "cpu",
+            "--force",
+        ],
+        capsys,
+    )
     assert code == 2 and "--sgd-epochs" in err
 
 
 def test_config_keys_sgd_epochs_only_for_sgd():
     from dpcli.config import InfluenceConfig
 
-    assert "sgd_epochs" not in InfluenceConfig(estimator="exact", sgd_epochs=3).to_dict()  # it does not change an exact S
+    assert (
+        "sgd_epochs" not in InfluenceConfig(estimator="exact", sgd_epochs=3).to_dict()
+    )  # it does not change an exact S
     assert InfluenceConfig(estimator="sgd", sgd_epochs=3).validate().to_dict()["sgd_epochs"] == 3
     with pytest.raises(DpcliError, match="--sgd-epochs"):
         InfluenceConfig(estimator="sgd", sgd_epochs=0).validate()

@@ -16,7 +16,7 @@ def test_blocks_are_independent_draws_at_the_default_block_size():
     # rows a block apart: independent N(0, 1/k) vectors have dot ~ N(0, 1/k), so the mean of m such dots is
     # within 5 standard errors of 0; rows repeated across blocks give dots ~ 1
     for shift in (_R_BLOCK_ROWS, 2 * _R_BLOCK_ROWS):
-        top = R[:d - shift]
+        top = R[: d - shift]
         dots = np.einsum("ij,ij->i", top, R[shift:])
         assert abs(dots.mean()) < 5 / np.sqrt(k * len(dots)), (shift, dots.mean())
     # each row has squared norm ~ 1 (chi-square k / k) and the entries variance 1/k

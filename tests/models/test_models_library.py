@@ -18,12 +18,27 @@ from tests.conftest import run_cli
 
 # one member of every torchvision classification family -> where its last linear layer is
 FAMILIES = {
-    "alexnet": "classifier.6", "convnext_tiny": "classifier.2", "densenet121": "classifier",
-    "efficientnet_b0": "classifier.1", "efficientnet_v2_s": "classifier.1", "googlenet": "fc",
-    "inception_v3": "fc", "maxvit_t": "classifier.5", "mnasnet0_5": "classifier.1", "mobilenet_v2": "classifier.1",
-    "mobilenet_v3_small": "classifier.3", "regnet_x_400mf": "fc", "regnet_y_400mf": "fc", "resnet18": "fc",
-    "resnext50_32x4d": "fc", "shufflenet_v2_x0_5": "fc", "swin_t": "head", "swin_v2_t": "head", "vgg11": "classifier.6",
-    "vit_b_32": "heads.head", "wide_resnet50_2": "fc",
+    "alexnet": "classifier.6",
+    "convnext_tiny": "classifier.2",
+    "densenet121": "classifier",
+    "efficientnet_b0": "classifier.1",
+    "efficientnet_v2_s": "classifier.1",
+    "googlenet": "fc",
+    "inception_v3": "fc",
+    "maxvit_t": "classifier.5",
+    "mnasnet0_5": "classifier.1",
+    "mobilenet_v2": "classifier.1",
+    "mobilenet_v3_small": "classifier.3",
+    "regnet_x_400mf": "fc",
+    "regnet_y_400mf": "fc",
+    "resnet18": "fc",
+    "resnext50_32x4d": "fc",
+    "shufflenet_v2_x0_5": "fc",
+    "swin_t": "head",
+    "swin_v2_t": "head",
+    "vgg11": "classifier.6",
+    "vit_b_32": "heads.head",
+    "wide_resnet50_2": "fc",
 }
 
 
@@ -172,16 +187,31 @@ def test_library_model_through_the_pipeline(tmp_path, capsys, arch):
     assert run_cli(["train", "digits", "--arch", arch, "--out", ck, *common]) == (0, "", "")
     assert run_cli(["influence", ck, "--out", inf, "--device", "cpu", "--quiet"])[0] == 0
     assert run_cli(["prune", inf, "--prune-ratio", "0.2", "--out", mask, "--quiet"])[0] == 0
-    code, out, err = run_cli(["retrain", "digits", "--mask", mask, "--out", tmp_path / "re.h5", *common, "--json"],
-                             capsys)
+    code, out, err = run_cli(
+        ["retrain", "digits", "--mask", mask, "--out", tmp_path / "re.h5", *common, "--json"], capsys
+    )
     assert code == 0, err
     metrics = json.loads(out)
     assert metrics["arch"] == arch and metrics["n_pruned"] == round(0.2 * metrics["n_pruned"] / 0.2)
 
 
 def test_freeze_backbone_cli(tmp_path, capsys):
-    code, out, err = run_cli(["train", "digits", "--arch", "torchvision:resnet18", "--freeze-backbone", "--out",
-                              tmp_path / "ck.h5", "--device", "cpu", "--json", "--quiet"], capsys)
+    code, out, err = run_cli(
+        [
+            "train",
+            "digits",
+            "--arch",
+            "torchvision:resnet18",
+            "--freeze-backbone",
+            "--out",
+            tmp_path / "ck.h5",
+            "--device",
+            "cpu",
+            "--json",
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 0, err
     inf = json.loads(out)["influence"]
     assert run_cli(["prune", inf, "--prune-ratio", "0.1", "--out", tmp_path / "m.h5", "--quiet"])[0] == 0

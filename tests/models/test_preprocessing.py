@@ -97,8 +97,24 @@ def test_train_and_influence_feed_the_model_what_weights_transforms_give(tmp_pat
     want = {s: expected(root, s, t) for s in ("train", "test")}
     common = ["--data-root", tmp_path / "data", "--device", "cpu", "--quiet"]
     ck = tmp_path / "run" / "checkpoint.h5"
-    code, _, _ = run_cli(["train", f"imagefolder:{root}", "--arch", "torchvision:mobilenet_v3_small", "--weights",
-                          "DEFAULT", "--epochs", "1", "--batch-size", "3", "--no-augment", "--out", ck, *common])
+    code, _, _ = run_cli(
+        [
+            "train",
+            f"imagefolder:{root}",
+            "--arch",
+            "torchvision:mobilenet_v3_small",
+            "--weights",
+            "DEFAULT",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "3",
+            "--no-augment",
+            "--out",
+            ck,
+            *common,
+        ]
+    )
     assert code == 0
     # one epoch of training (3 batches, no augmentation), then the test-set evaluation
     torch.testing.assert_close(torch.cat(recorded[-1:]), want["test"], atol=1e-6, rtol=0)
@@ -109,7 +125,8 @@ def test_train_and_influence_feed_the_model_what_weights_transforms_give(tmp_pat
 
     lineage = load_checkpoint(ck, weights=False).lineage
     assert preprocess.from_dict(lineage["preprocessing"]) == preprocess.resolve(
-        "torchvision:mobilenet_v3_small", "DEFAULT")
+        "torchvision:mobilenet_v3_small", "DEFAULT"
+    )
     assert load_checkpoint(ck, weights=False).config.image_size is None
     # influence reloads the data with the spec in the checkpoint's lineage (not the library's, broken here)
     recorded.clear()
@@ -122,12 +139,24 @@ def test_train_and_influence_feed_the_model_what_weights_transforms_give(tmp_pat
         mp.setattr(TorchVision, "preprocessing", broken)
         code, _, _ = run_cli(["influence", ck, "--out", tmp_path / "run" / "influence.h5", *common])
     assert code == 0
-    torch.testing.assert_close(torch.cat(recorded)[:len(want["train"])], want["train"], atol=1e-6, rtol=0)
-    torch.testing.assert_close(torch.cat(recorded)[len(want["train"]):], want["test"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(torch.cat(recorded)[: len(want["train"])], want["train"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(torch.cat(recorded)[len(want["train"]) :], want["test"], atol=1e-6, rtol=0)
     # the frozen-backbone path: features of both splits from the same inputs, the spec in the lineage
     recorded.clear()
-    code, _, _ = run_cli(["train", f"imagefolder:{root}", "--arch", "torchvision:mobilenet_v3_small", "--weights",
-                          "DEFAULT", "--freeze-backbone", "--out", tmp_path / "frozen" / "checkpoint.h5", *common])
+    code, _, _ = run_cli(
+        [
+            "train",
+            f"imagefolder:{root}",
+            "--arch",
+            "torchvision:mobilenet_v3_small",
+            "--weights",
+            "DEFAULT",
+            "--freeze-backbone",
+            "--out",
+            tmp_path / "frozen" / "checkpoint.h5",
+            *common,
+        ]
+    )
     assert code == 0
     torch.testing.assert_close(torch.cat(recorded), torch.cat([want["train"], want["test"]]), atol=1e-6, rtol=0)
     import h5py
@@ -147,8 +176,14 @@ def test_timm_pretrained_cfg_matches_timm_eval_transform(tmp_path):
     cfg = timm.data.resolve_data_config(pretrained_cfg=timm.models.get_pretrained_cfg("resnet10t").to_dict())
     assert cfg["interpolation"] == "bicubic" and spec.crop == cfg["input_size"][1]
     ds = pipeline.load(f"imagefolder:{root}", tmp_path / "data", spec=spec)
-    got = torch.cat([x for x, _, _ in iterate_batches(ds.test, 8, mean=ds.mean, std=ds.std, device="cpu",
-                                                        shuffle=False, augment=False)])
+    got = torch.cat(
+        [
+            x
+            for x, _, _ in iterate_batches(
+                ds.test, 8, mean=ds.mean, std=ds.std, device="cpu", shuffle=False, augment=False
+            )
+        ]
+    )
     torch.testing.assert_close(got, expected(root, "test", timm.data.create_transform(**cfg)), atol=1e-6, rtol=0)
 
 

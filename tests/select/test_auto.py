@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import dpcli.api as dp
-from dpcli.errors import DpcliError
 from dpcli.config import PruneConfig
+from dpcli.errors import DpcliError
 from dpcli.select.base import Context
 from dpcli.select.linalg import count_from_ratio
 from dpcli.select.methods import auto
@@ -93,7 +93,9 @@ def test_the_objective_alone_is_checked_for_class_shares_not_forced(rich):
     have = np.bincount(y[fit][own.keep], minlength=3)
     quota = proportional_counts(np.bincount(y[fit]), int(own.keep.sum()))
     assert pure["classes_short"] == int(np.sum(have < 0.5 * quota)) == 1
-    assert not pure["tied"] and rec["chosen"] != "pure" and "pure keeps under 50 % of its share of 1 class" in rec["line"]
+    assert (
+        not pure["tied"] and rec["chosen"] != "pure" and "pure keeps under 50 % of its share of 1 class" in rec["line"]
+    )
     assert all(c["classes_short"] == 0 for c in rec["candidates"] if c["name"] != "pure")
 
 
@@ -164,6 +166,7 @@ def test_recorded_choice_is_deterministic_given_the_seed(scarce):
     x, y, S = scarce
     a = dp.prune(S, prune_count=600, labels=y, features=x, solver_seed=3)
     b = dp.prune(S, prune_count=600, labels=y, features=x, solver_seed=3)
+
     def strip(r):  # everything but the timings
         sig = {k: v for k, v in r["signals"].items() if k != "validation_seconds"}
         return {**{k: v for k, v in r.items() if k != "seconds"}, "signals": sig}
@@ -213,7 +216,13 @@ def test_rungs_over_the_solve_budget_are_skipped_and_said(rich, monkeypatch):
     monkeypatch.setenv("DPCLI_SOLVE_BUDGET", str(need["strata"]))  # every rung but the feature rung fits
     sel = dp.prune(S, prune_ratio=0.5, labels=y, features=x)
     rec = sel.auto
-    assert [c["name"] for c in rec["candidates"]] == ["balanced", "pure", "strata", "strata+cutoff", "random-stratified"]
+    assert [c["name"] for c in rec["candidates"]] == [
+        "balanced",
+        "pure",
+        "strata",
+        "strata+cutoff",
+        "random-stratified",
+    ]
     assert rec["decided_by"] == "validation" and "strata+cutoff+features skipped" in rec["reason"]
     assert f"covered solves {need['strata+cutoff+features'] / 2**30:.1f} GiB" in rec["reason"]
 
@@ -244,7 +253,8 @@ def test_buckets_keep_the_bucketed_objective_as_first_rung(rich, monkeypatch):
     ctx = Context(S=S, labels=y).supply(features=x)
     pruned, label = auto.Auto(cfg).select(ctx, m, None)
     ref, ref_label = Optimization(PruneConfig(ratio=0.5, buckets=2, method="optimization").validate()).select(
-        Context(S=S, labels=y), m, None)
+        Context(S=S, labels=y), m, None
+    )
     assert np.array_equal(pruned, ref) and label == ref_label
     rec = ctx.record["auto"]
     assert rec["chosen"] == "pure" and [c["name"] for c in rec["candidates"]][:2] == ["pure", "strata"]
@@ -279,10 +289,19 @@ def test_a_tie_goes_to_the_grid_tables_first_and_a_clear_win_does_not():
     ranks first at the nearest prune share wins; beyond it, the best wins whatever the table says."""
     base = np.array([1, 0] * 50)  # 50 % correct
     flip = lambda k: np.where(np.arange(100) < 2 * k, 1, base)  # noqa: E731  (k more correct)
-    for k, share, expected in ((1, 0.9, "dual-beta"), (1, 0.85, "dual-beta"), (1, 0.3, "random-stratified"),
-                               (1, 0.42, "random-stratified"), (12, 0.9, "balanced"), (12, 0.3, "balanced")):
-        scores = [_score("balanced", 50.0 + k, flip(k)), _score("dual-beta", 50.0, base),
-                  _score("random-stratified", 50.0, base)]
+    for k, share, expected in (
+        (1, 0.9, "dual-beta"),
+        (1, 0.85, "dual-beta"),
+        (1, 0.3, "random-stratified"),
+        (1, 0.42, "random-stratified"),
+        (12, 0.9, "balanced"),
+        (12, 0.3, "balanced"),
+    ):
+        scores = [
+            _score("balanced", 50.0 + k, flip(k)),
+            _score("dual-beta", 50.0, base),
+            _score("random-stratified", 50.0, base),
+        ]
         pick, reason = auto.decide(scores, share)
         assert pick.name == expected, (k, share, reason)
         within = k <= _spread(flip(k), base)
@@ -329,14 +348,15 @@ def test_the_tie_table_is_what_the_grid_results_give():
                 if method in acc:
                     regret.setdefault(cand, []).append(top - np.mean(acc[method]))
     by_hand = sorted(regret, key=lambda c: np.mean(regret[c]))
-    assert list(auto.TIE_ORDER[0.9][:len(by_hand)]) == by_hand
+    assert list(auto.TIE_ORDER[0.9][: len(by_hand)]) == by_hand
 
 
 def test_dataset_run_validates_on_the_checkpoints_features(tiny_run, tmp_path, capsys):
     """S from a trained model: features from the checkpoint, difficulty from its dynamics, the full
     model's accuracies among the signals; one line on stderr and the same record in mask.h5 and --json."""
-    code, out, err = run_cli(["prune", tiny_run.influence, "--prune-ratio", 0.8, "--out", tmp_path / "m.h5",
-                              "--json"], capsys)
+    code, out, err = run_cli(
+        ["prune", tiny_run.influence, "--prune-ratio", 0.8, "--out", tmp_path / "m.h5", "--json"], capsys
+    )
     assert code == 0, err
     lines = [ln for ln in err.splitlines() if ln.startswith("auto:")]
     assert len(lines) == 1 and "held-out acc" in lines[0]
@@ -346,7 +366,9 @@ def test_dataset_run_validates_on_the_checkpoints_features(tiny_run, tmp_path, c
     assert [c["name"] for c in rec["candidates"]] == list(ALL) and rec["skipped"] == {}
     assert len({c["n_kept_fit"] for c in rec["candidates"]}) == 1
     sig = rec["signals"]
-    assert sig["difficulty_source"].startswith("mean training loss") and sig["n_kept"] == sig["n"] - count_from_ratio(sig["n"], 0.8)
+    assert sig["difficulty_source"].startswith("mean training loss") and sig["n_kept"] == sig["n"] - count_from_ratio(
+        sig["n"], 0.8
+    )
     assert sig["generalization_gap"] == pytest.approx(sig["train_accuracy"] - sig["test_accuracy"])
     assert sum(sig["kept_per_class"].values()) == sig["n_kept"] and sig["n_fit"] + sig["n_val"] == sig["n"]
     with h5py.File(tmp_path / "m.h5", "r") as f:
@@ -362,8 +384,12 @@ def test_embeddings_run_validates_on_its_own_features(tmp_path, capsys):
     np.save(tmp_path / "x.npy", (x[:600] / 16).astype(np.float32))
     np.save(tmp_path / "y.npy", y[:600])
     inf = tmp_path / "influence.h5"
-    assert run_cli(["influence", "--features", tmp_path / "x.npy", "--labels", tmp_path / "y.npy", "--out", inf,
-                    "--quiet"])[0] == 0
+    assert (
+        run_cli(
+            ["influence", "--features", tmp_path / "x.npy", "--labels", tmp_path / "y.npy", "--out", inf, "--quiet"]
+        )[0]
+        == 0
+    )
     code, out, err = run_cli(["prune", inf, "--prune-ratio", 0.7, "--out", tmp_path / "m.h5", "--json"], capsys)
     assert code == 0, err
     rec = json.loads(out)["auto"]
@@ -411,8 +437,10 @@ def test_dual_beta_is_a_candidate_scored_like_the_others(scarce):
     p = true_class_probs(ctx.dynamics().loss)[:, fit]
     mu, sd = x[fit].astype(np.float64).mean(0), x[fit].astype(np.float64).std(0)
     z = (x - mu) / sd
-    for name, keep in (("dual-beta", ~dual_beta_select(p, dual_scores(p), m_fit, np.random.default_rng(2))),
-                       ("random-stratified", ~stratified_prune(y[fit], m_fit, 2))):
+    for name, keep in (
+        ("dual-beta", ~dual_beta_select(p, dual_scores(p), m_fit, np.random.default_rng(2))),
+        ("random-stratified", ~stratified_prune(y[fit], m_fit, 2)),
+    ):
         c = next(c for c in rec["candidates"] if c["name"] == name)
         assert c["n_kept_fit"] == int(keep.sum()) == len(fit) - m_fit
         rows = fit[keep]
@@ -434,7 +462,8 @@ def test_a_chosen_candidate_runs_on_all_of_S_as_its_own_method(scarce, monkeypat
     pruned, label = auto.Auto(PruneConfig(ratio=0.8, seed=4)).select(ctx, m, None)
     method = "optimization" if name == "pure" else name
     expected, ref_label = SELECTORS.get(method)(PruneConfig(ratio=0.8, seed=4, method=method).validate()).select(
-        _ctx_with_dynamics(scarce), m, None)
+        _ctx_with_dynamics(scarce), m, None
+    )
     assert label == ref_label and np.array_equal(pruned, expected)
     rec = ctx.record["auto"]
     assert rec["chosen"] == name and rec["line"] == f"auto: coverage={name} (forced)"
@@ -497,15 +526,23 @@ def test_a_kept_set_without_some_class_is_warned_about_and_recorded(imbalanced, 
     gone = sorted(set(y) - set(y[sel.keep]))
     assert gone == [c for c in range(5) if quotas[c] == counts[c]] == [2, 3, 4]
     (message,) = [str(w.message) for w in record if "kept set has no sample" in str(w.message)]
-    assert message.startswith(f"dpcli: the kept set has no sample of {len(gone)} of the 5 classes: "
-                              + ", ".join(f"{c} ({counts[c]} sample{'s' if counts[c] > 1 else ''})" for c in gone))
+    assert message.startswith(
+        f"dpcli: the kept set has no sample of {len(gone)} of the 5 classes: "
+        + ", ".join(f"{c} ({counts[c]} sample{'s' if counts[c] > 1 else ''})" for c in gone)
+    )
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", y)
     inf = tmp_path / "influence.h5"
-    assert run_cli(["influence", "--features", tmp_path / "x.npy", "--labels", tmp_path / "y.npy", "--out", inf,
-                    "--quiet"])[0] == 0
-    code, out, err = run_cli(["prune", inf, "--prune-count", m, "--balance", "--hard-cutoff", "0.1", "--out",
-                              tmp_path / "m.h5", "--json"], capsys)
+    assert (
+        run_cli(
+            ["influence", "--features", tmp_path / "x.npy", "--labels", tmp_path / "y.npy", "--out", inf, "--quiet"]
+        )[0]
+        == 0
+    )
+    code, out, err = run_cli(
+        ["prune", inf, "--prune-count", m, "--balance", "--hard-cutoff", "0.1", "--out", tmp_path / "m.h5", "--json"],
+        capsys,
+    )
     assert code == 0, err
     with h5py.File(tmp_path / "m.h5", "r") as f:
         keep = f["keep"][()]
@@ -522,10 +559,15 @@ def test_explicit_strata_on_an_embeddings_run_use_the_artifacts_loss(imbalanced,
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", y)
     inf = tmp_path / "influence.h5"
-    assert run_cli(["influence", "--features", tmp_path / "x.npy", "--labels", tmp_path / "y.npy", "--out", inf,
-                    "--quiet"])[0] == 0
-    code, out, err = run_cli(["prune", inf, "--prune-count", 200, "--balance", "--strata", 10, "--out",
-                              tmp_path / "m.h5", "--json"], capsys)
+    assert (
+        run_cli(
+            ["influence", "--features", tmp_path / "x.npy", "--labels", tmp_path / "y.npy", "--out", inf, "--quiet"]
+        )[0]
+        == 0
+    )
+    code, out, err = run_cli(
+        ["prune", inf, "--prune-count", 200, "--balance", "--strata", 10, "--out", tmp_path / "m.h5", "--json"], capsys
+    )
     assert code == 0, err
     with h5py.File(inf, "r") as f:
         S, loss = f["S"][()], f["loss"][()]

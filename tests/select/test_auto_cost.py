@@ -3,12 +3,12 @@ checked against the sketch product written out and an independent covered solve.
 
 from __future__ import annotations
 
-
 import numpy as np
 
 import dpcli.api as dp
 from dpcli.config import PruneConfig
 from dpcli.influence.sketch import Sketch
+from dpcli.select import heldout
 from dpcli.select.base import Context
 from dpcli.select.linalg import count_from_ratio
 from dpcli.select.methods import auto
@@ -39,7 +39,7 @@ def test_feature_matching_in_the_validation_reads_sketched_features(monkeypatch)
     equal to the covered solve given the sketched features, written out."""
     x, y = _problem(900, 12, 3, 0.1, 2.0, 5)
     S, _ = dp.influence(x, y)
-    monkeypatch.setattr(auto, "FEATURE_SKETCH", 4)
+    monkeypatch.setattr(heldout, "FEATURE_SKETCH", 4)
     cfg = PruneConfig(ratio=0.5, seed=0).validate()
     ctx = Context(S=S, labels=y)
     diff = auto._difficulty(ctx, x)[0]
@@ -64,7 +64,7 @@ def test_the_budget_counts_the_feature_rungs_sketched_columns(monkeypatch):
 
     x, y = _problem(600, 40, 3, 0.1, 2.0, 6)
     S, _ = dp.influence(x, y)  # 600 x 123
-    monkeypatch.setattr(auto, "FEATURE_SKETCH", 4)
+    monkeypatch.setattr(heldout, "FEATURE_SKETCH", 4)
     ctx = Context(S=S, labels=y)
     n, d, size = len(y), S.shape[1], S.dtype.itemsize
     n_fit = n - auto.n_held_out(y)

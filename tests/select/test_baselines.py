@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dpcli.errors import DpcliError
 from dpcli.select import scoring
 from dpcli.select.methods.ccs import ccs_cutoff
 from dpcli.select.methods.ccs_loss import ccs_loss as ccs
@@ -12,7 +13,6 @@ from dpcli.select.methods.forgetting import forgetting_counts
 from dpcli.select.methods.herding import herding
 from dpcli.select.methods.tdds_loss import tdds_scores
 from dpcli.select.signals import el2n
-from dpcli.errors import DpcliError
 
 
 def test_forgetting_counts_follow_the_definition():
@@ -56,8 +56,7 @@ def test_herding_matches_a_plain_greedy_loop():
         mu = X[idx].mean(0)
         chosen: list[int] = []
         for _ in range(5):
-            best = min((j for j in idx if j not in chosen),
-                       key=lambda j: np.linalg.norm(mu - X[chosen + [j]].mean(0)))
+            best = min((j for j in idx if j not in chosen), key=lambda j: np.linalg.norm(mu - X[chosen + [j]].mean(0)))
             chosen.append(best)
         keep |= set(chosen)
     assert set(np.flatnonzero(~pruned)) == keep
@@ -66,13 +65,12 @@ def test_herding_matches_a_plain_greedy_loop():
 def test_el2n_and_tdds_definitions():
     probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
     labels = np.array([0, 0])
-    np.testing.assert_allclose(el2n(probs, labels),
-                               [np.sqrt(0.09 + 0.04 + 0.01), np.sqrt(0.81 + 0.01 + 0.64)])
+    np.testing.assert_allclose(el2n(probs, labels), [np.sqrt(0.09 + 0.04 + 0.01), np.sqrt(0.81 + 0.01 + 0.64)])
     rng = np.random.default_rng(2)
     loss = rng.random((8, 5))
     got = tdds_scores(loss, window=3, decay=0.5)
     delta = [loss[t - 1] - loss[t] for t in range(1, 8)]
-    windows = [np.std(delta[t:t + 3], axis=0) for t in range(len(delta) - 2)]
+    windows = [np.std(delta[t : t + 3], axis=0) for t in range(len(delta) - 2)]
     w = [0.5 ** (len(windows) - 1 - k) for k in range(len(windows))]
     np.testing.assert_allclose(got, sum(wi * s for wi, s in zip(w, windows)) / sum(w))
 

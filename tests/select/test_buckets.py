@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli, run_json
-from dpcli.select import solvers as selection
-from dpcli.select.buckets import partition, shares, solve_bucketed
 from dpcli.config import PruneConfig
 from dpcli.errors import DpcliError
+from dpcli.select import solvers as selection
+from dpcli.select.buckets import partition, shares, solve_bucketed
+from tests.conftest import run_cli, run_json
 
 
 def _S(n: int, d: int, seed: int) -> np.ndarray:
@@ -86,11 +86,27 @@ def test_cli_buckets(tiny_run, tmp_path, capsys):
     import h5py
 
     from dpcli.stages.masks import read_mask
+
     with h5py.File(tiny_run.influence, "r") as f:
         S = f["S"][()]
     n = S.shape[0]
-    res = run_json(["prune", tiny_run.influence, "--prune-ratio", 0.3, "--buckets", 3, "--workers", 2, "--method", "optimization",
-                    "--out", tmp_path / "b.h5"], capsys)
+    res = run_json(
+        [
+            "prune",
+            tiny_run.influence,
+            "--prune-ratio",
+            0.3,
+            "--buckets",
+            3,
+            "--workers",
+            2,
+            "--method",
+            "optimization",
+            "--out",
+            tmp_path / "b.h5",
+        ],
+        capsys,
+    )
     assert res["n_pruned"] == round(0.3 * n)
     mask = read_mask(tmp_path / "b.h5")
     assert res["achieved_norm"] == pytest.approx(_norm(S, ~mask.keep), rel=1e-6)

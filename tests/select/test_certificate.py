@@ -22,7 +22,7 @@ def _plain_norm(S: np.ndarray, pruned: np.ndarray) -> float:
     total = np.zeros(S.shape[1])
     for i in np.flatnonzero(pruned):
         total += S[i].astype(np.float64)
-    return float(np.sqrt((total ** 2).sum()))
+    return float(np.sqrt((total**2).sum()))
 
 
 def test_certificate_norm_is_recomputed_from_S():
@@ -54,8 +54,16 @@ def test_a_certificate_cannot_be_forged_and_a_mask_needs_one(tmp_path, tiny_run)
         Certificate(np.zeros(3, bool), 0.0, None)
     info = read_influence_info(tiny_run.influence)
     with pytest.raises(TypeError, match="Certificate"):
-        write_mask(tmp_path / "m.h5", np.ones(info.n, bool), mode="cardinality", target=0.0, solver="x",
-                   info=info, config={}, seconds=0.0)
+        write_mask(
+            tmp_path / "m.h5",
+            np.ones(info.n, bool),
+            mode="cardinality",
+            target=0.0,
+            solver="x",
+            info=info,
+            config={},
+            seconds=0.0,
+        )
     assert not (tmp_path / "m.h5").exists()
 
 
@@ -72,9 +80,14 @@ def test_score_rule_epsilon_masks_are_certified_strictly(tmp_path, tiny_run):
 
 def test_sketched_certificate_is_recorded_and_said(tmp_path, tiny_run, capsys):
     sk = tmp_path / "sk.h5"
-    assert run_cli(["influence", tiny_run.checkpoint, "--out", sk, "--sketch", "16", "--device", "cpu", "--quiet"]) == (0, "", "")
-    code, _, err = run_cli(["prune", sk, "--prune-ratio", "0.3", "--method", "optimization", "--out", tmp_path / "m.h5"],
-                             capsys)
+    assert run_cli(["influence", tiny_run.checkpoint, "--out", sk, "--sketch", "16", "--device", "cpu", "--quiet"]) == (
+        0,
+        "",
+        "",
+    )
+    code, _, err = run_cli(
+        ["prune", sk, "--prune-ratio", "0.3", "--method", "optimization", "--out", tmp_path / "m.h5"], capsys
+    )
     assert code == 0, err
     assert "sketch" in err and "true norm is not certified" in err
     with h5py.File(tmp_path / "m.h5") as f:
@@ -155,6 +168,7 @@ def test_load_S_refuses_rows_that_disagree_with_n(tmp_path, tiny_run):
 
 def test_load_S_reads_a_copy_where_the_file_cannot_be_mapped(tmp_path, tiny_run, monkeypatch):
     """A file system without mmap (some network or FUSE mounts) gets the in-memory copy, not a traceback."""
+
     def refuse(*args, **kwargs):
         raise OSError(19, "No such device")
 

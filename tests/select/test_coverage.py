@@ -8,9 +8,9 @@ import itertools
 import numpy as np
 import pytest
 
-from dpcli.select import solvers as selection
 from dpcli.errors import DpcliError
 from dpcli.select import coverage
+from dpcli.select import solvers as selection
 from dpcli.select.coverage import Coverage, groups_of, maximize_pruned_covered, minimize_norm_covered
 from tests.select.quotas import class_quotas as quotas_of
 from tests.select.quotas import largest_remainder, quantile_bins
@@ -59,7 +59,7 @@ def _expected_counts(labels, diff, m, strata, cutoff):
     quotas = dict(zip(classes, quotas_of([len(members[c]) for c in classes], m)))
     forced, expected = set(), {}
     for c in classes:
-        hardest = sorted(members[c], key=lambda i: (-diff[i], i))[:min(round(cutoff * len(members[c])), quotas[c])]
+        hardest = sorted(members[c], key=lambda i: (-diff[i], i))[: min(round(cutoff * len(members[c])), quotas[c])]
         forced |= set(hardest)
         free = [i for i in members[c] if i not in forced]
         bins = quantile_bins([diff[i] for i in free], strata)
@@ -185,7 +185,7 @@ def test_feature_block_equals_a_dense_construction():
         centred[ginv == g] -= F[ginv == g].astype(np.float64).mean(0)
     dense = np.zeros((n, 4 * dim))
     for i in range(n):
-        dense[i, labels[i] * dim:(labels[i] + 1) * dim] = centred[i]
+        dense[i, labels[i] * dim : (labels[i] + 1) * dim] = centred[i]
     start = coverage._stratified_start(ginv, counts, 3)
     dense *= np.linalg.norm(Sf[start].sum(0)) / np.linalg.norm(dense[start].sum(0))
     np.testing.assert_allclose(out, dense, rtol=1e-12, atol=1e-14)
@@ -203,8 +203,11 @@ def test_covered_solve_over_its_budget_fails_in_one_line_before_allocating(monke
     assert minimize_norm_covered(S, 100, labels, diff, cov, features=F).sum() == 100
     monkeypatch.setenv("DPCLI_SOLVE_BUDGET", str(need - 1))
     monkeypatch.setattr(coverage, "_augmented", lambda *a, **k: pytest.fail("allocated past the budget"))
-    with pytest.raises(DpcliError, match=r"^the covered solve needs 0\.00 GiB \(400 rows x \(8 of S \+ 12 count \+ "
-                                         r"20 feature columns\)\), above DPCLI_SOLVE_BUDGET") as err:
+    with pytest.raises(
+        DpcliError,
+        match=r"^the covered solve needs 0\.00 GiB \(400 rows x \(8 of S \+ 12 count \+ "
+        r"20 feature columns\)\), above DPCLI_SOLVE_BUDGET",
+    ) as err:
         minimize_norm_covered(S, 100, labels, diff, cov, features=F)
     assert "\n" not in str(err.value)
 
@@ -219,15 +222,16 @@ def test_cli_explicit_coverage_over_the_budget_is_one_line_exit_2(tmp_path, caps
     with h5py.File(path, "w") as f:
         f["S"] = rng.normal(size=(300, 6)).astype(np.float32)
         f["labels"] = np.repeat(np.arange(3), 100)
-    args = ["prune", path, "--prune-ratio", "0.5", "--method", "optimization", "--balance",
-            "--out", tmp_path / "m.h5"]
+    args = ["prune", path, "--prune-ratio", "0.5", "--method", "optimization", "--balance", "--out", tmp_path / "m.h5"]
     monkeypatch.setenv("DPCLI_SOLVE_BUDGET", "1K")
     code, out, err = run_cli(args, capsys)
     assert code == 2 and out == "" and not (tmp_path / "m.h5").exists()
     errors = [ln for ln in err.splitlines() if ln.startswith("dpcli: error:")]
     assert len(errors) == 1 and errors[0] == err.splitlines()[-1]
-    assert errors[0].startswith("dpcli: error: the covered solve needs 0.00 GiB (300 rows x (6 of S + 3 count + "
-                                "0 feature columns)), above DPCLI_SOLVE_BUDGET = 0.00 GiB")
+    assert errors[0].startswith(
+        "dpcli: error: the covered solve needs 0.00 GiB (300 rows x (6 of S + 3 count + "
+        "0 feature columns)), above DPCLI_SOLVE_BUDGET = 0.00 GiB"
+    )
     monkeypatch.setenv("DPCLI_SOLVE_BUDGET", "lots")
     code, _, err = run_cli(args, capsys)
     assert code == 2 and err == "dpcli: error: DPCLI_SOLVE_BUDGET must be a size such as 512M or 2G, got 'lots'\n"

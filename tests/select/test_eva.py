@@ -32,6 +32,7 @@ CPU = torch.device("cpu")
 
 # ---------------------------------------------------------------- the oracle (plain transcription)
 
+
 def oracle_eva(td_log, targets, num_classes, e_min, e_max, l_min, l_max, wt=0.5):
     """generate_importance_score.py::EVA, as published (the early variance is taken when epoch e_max begins,
     the later one, and the score, when epoch l_max begins)."""
@@ -68,10 +69,11 @@ def oracle_eva(td_log, targets, num_classes, e_min, e_max, l_min, l_max, wt=0.5)
 def oracle_keep(score, coreset_ratio):
     """Coreset.py::score_monotonic_selection with descending=True: the int(ratio N) highest scores."""
     order = torch.from_numpy(np.asarray(score)).argsort(descending=True)
-    return order[:int(coreset_ratio * len(score))].numpy()
+    return order[: int(coreset_ratio * len(score))].numpy()
 
 
 # ---------------------------------------------------------------- helpers
+
 
 def _run(logits, labels, batch=64, seed=0, half=False):
     """One shuffled pass per epoch over fixed logits: the reference's log and dpcli's recorder side by side."""
@@ -107,6 +109,7 @@ def _ctx(labels, dyn: Dynamics) -> Context:
 
 # ---------------------------------------------------------------- the reference
 
+
 @pytest.mark.parametrize("r", RATIOS)
 def test_eva_matches_the_reference(r, tmp_path):
     rng = np.random.default_rng(11)
@@ -138,8 +141,9 @@ def test_eva_windows_follow_the_readme_and_short_runs():
     want = oracle_eva(td_log, torch.from_numpy(labels), 4, 0, 3, 3, 6)
     np.testing.assert_allclose(eva.eva_scores(el2n), want, rtol=1e-5, atol=1e-12)
     weighted = eva.eva_scores(el2n, weight=0.8)
-    np.testing.assert_allclose(weighted, oracle_eva(td_log, torch.from_numpy(labels), 4, 0, 3, 3, 6, wt=0.8),
-                               rtol=1e-5, atol=1e-12)
+    np.testing.assert_allclose(
+        weighted, oracle_eva(td_log, torch.from_numpy(labels), 4, 0, 3, 3, 6, wt=0.8), rtol=1e-5, atol=1e-12
+    )
 
 
 def test_eva_on_the_references_float16_log_keeps_nearly_the_same_sets():
@@ -165,10 +169,12 @@ def test_the_references_dropped_last_batch_inflates_the_variance_dpcli_records_e
     logits, labels = _trajectory(rng, E, N, C)
     td_log, rec = _run(logits, labels, batch=batch)
     dropped = [item for item in td_log if len(item["idx"]) < batch]
-    missed = np.unique(np.concatenate([item["idx"].numpy() for item in dropped
-                                       if item["epoch"] < 10 or 16 <= item["epoch"] < 26]))
-    reference = oracle_eva([item for item in td_log if len(item["idx"]) == batch], torch.from_numpy(labels),
-                           C, 0, 10, 16, 26)
+    missed = np.unique(
+        np.concatenate([item["idx"].numpy() for item in dropped if item["epoch"] < 10 or 16 <= item["epoch"] < 26])
+    )
+    reference = oracle_eva(
+        [item for item in td_log if len(item["idx"]) == batch], torch.from_numpy(labels), C, 0, 10, 16, 26
+    )
     ours = eva.eva_scores(np.stack(rec._el2n))
     np.testing.assert_allclose(ours, oracle_eva(td_log, torch.from_numpy(labels), C, 0, 10, 16, 26), rtol=1e-5)
     top = set(oracle_keep(reference, 0.1).tolist())  # 90 % pruned
@@ -179,8 +185,9 @@ def test_the_references_dropped_last_batch_inflates_the_variance_dpcli_records_e
 
 def test_checkpoints_without_el2n_or_with_unseen_samples_get_one_clear_error():
     labels = np.arange(20) % 2
-    old = Dynamics(loss=np.zeros((5, 20), np.float32), correct=np.zeros((5, 20), np.uint8),
-                   margin=np.zeros((5, 20), np.float32))
+    old = Dynamics(
+        loss=np.zeros((5, 20), np.float32), correct=np.zeros((5, 20), np.uint8), margin=np.zeros((5, 20), np.float32)
+    )
     with pytest.raises(DpcliError, match="--method eva.*train --force"):
         eva.EVA(PruneConfig(ratio=0.5)).select(_ctx(labels, old), 10, None)
     el2n = np.random.default_rng(0).random((5, 20)).astype(np.float32)
@@ -190,6 +197,7 @@ def test_checkpoints_without_el2n_or_with_unseen_samples_get_one_clear_error():
 
 
 # ---------------------------------------------------------------- what `train` records
+
 
 def test_recorded_el2n_matches_a_plain_training_loop_and_survives_resume(digits, tmp_path):  # noqa: F811
     cfg = tiny_config(seed=6)
@@ -210,8 +218,7 @@ def test_recorded_el2n_matches_a_plain_training_loop_and_survives_resume(digits,
 
 def test_subset_training_marks_unseen_el2n_and_eva_refuses_it(digits, tmp_path):  # noqa: F811
     keep = np.arange(0, len(digits.train.labels), 3)
-    dyn = _dyn(train(tiny_config(), digits, tmp_path / "s.h5", device=CPU, keep_indices=keep,
-                     snapshot_epochs=()).path)
+    dyn = _dyn(train(tiny_config(), digits, tmp_path / "s.h5", device=CPU, keep_indices=keep, snapshot_epochs=()).path)
     unseen = np.setdiff1d(np.arange(len(digits.train.labels)), keep)
     assert np.isnan(dyn.el2n[:, unseen]).all() and not np.isnan(dyn.el2n[:, keep]).any()
     with pytest.raises(DpcliError, match="every sample"):

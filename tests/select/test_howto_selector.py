@@ -10,8 +10,8 @@ import numpy as np
 import dpcli.select.methods as methods_pkg
 from dpcli.config import PruneConfig
 from dpcli.select.base import SELECTORS
-from dpcli.stages.masks import prune
 from dpcli.select.signals import load_dynamics
+from dpcli.stages.masks import prune
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "howto-add-a-selector.md"
 
@@ -24,7 +24,7 @@ def test_the_documented_selector_is_one_new_file(tmp_path, monkeypatch, tiny_run
     m = prune(tiny_run.influence, tmp_path / "m.h5", PruneConfig(ratio=0.25, method="loss-drop"))
     loss = load_dynamics(tiny_run.checkpoint, snapshots=False).loss
     drop = loss[0] - loss[-1]
-    expected = np.lexsort((np.arange(len(drop)), drop))[:m.n_pruned]  # lowest scores pruned, ties by index
+    expected = np.lexsort((np.arange(len(drop)), drop))[: m.n_pruned]  # lowest scores pruned, ties by index
     assert m.n_pruned == round(0.25 * len(drop))
     assert set(np.flatnonzero(~m.keep)) == set(expected.tolist())
     SELECTORS._items.pop("loss-drop", None)

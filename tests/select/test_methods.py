@@ -9,23 +9,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import TINY, run_cli, run_json
-from tests.select.quotas import class_quotas
+from dpcli.data.sources import load_dataset
 from dpcli.select import solvers as selection
 from dpcli.select.base import SELECTORS
-from dpcli.data.sources import load_dataset
 from dpcli.stages.core import load_S
 from dpcli.stages.masks import read_mask
-from dpcli.train.loop import make_model
 from dpcli.train.checkpoint import load_checkpoint
+from dpcli.train.loop import make_model
+from tests.conftest import TINY, run_cli, run_json
+from tests.select.quotas import class_quotas
 
 CPU = torch.device("cpu")
 
 
 def _prune(tiny_run, tmp_path, capsys, method, *extra):
     out = tmp_path / f"{method}.h5"
-    summary = run_json(["prune", tiny_run.influence, "--method", method, *extra, "--out", out, "--device", "cpu"],
-                       capsys)
+    summary = run_json(
+        ["prune", tiny_run.influence, "--method", method, *extra, "--out", out, "--device", "cpu"], capsys
+    )
     return summary, read_mask(out)
 
 
@@ -69,18 +70,21 @@ def test_grand_scores_match_autograd(tiny_run):
     model = make_model(ck.config, ds)
     model.load_state_dict(state)
     model.eval()
-    x = (torch.from_numpy(ds.train.images[:12]).float().permute(0, 3, 1, 2) / 255
-         - torch.tensor(ds.mean).view(1, -1, 1, 1)) / torch.tensor(ds.std).view(1, -1, 1, 1)
+    x = (
+        torch.from_numpy(ds.train.images[:12]).float().permute(0, 3, 1, 2) / 255
+        - torch.tensor(ds.mean).view(1, -1, 1, 1)
+    ) / torch.tensor(ds.std).view(1, -1, 1, 1)
     for i in range(12):
         model.zero_grad()
-        F.cross_entropy(model(x[i:i + 1]), torch.tensor([int(ds.train.labels[i])])).backward()
+        F.cross_entropy(model(x[i : i + 1]), torch.tensor([int(ds.train.labels[i])])).backward()
         norm = torch.sqrt(sum(p.grad.pow(2).sum() for p in model.parameters())).item()
         assert got[i] == pytest.approx(norm, rel=1e-4)
 
 
 def test_el2n_averages_the_extra_seeds(tiny_run, tmp_path, capsys):
-    _, mask = _prune(tiny_run, tmp_path, capsys, "el2n", "--prune-count", 400, "--score-seeds", "2",
-                     "--score-epoch", "1")
+    _, mask = _prune(
+        tiny_run, tmp_path, capsys, "el2n", "--prune-count", 400, "--score-seeds", "2", "--score-epoch", "1"
+    )
     ck = load_checkpoint(tiny_run.checkpoint)
     ds = load_dataset("digits")
     extra = load_checkpoint(tiny_run.checkpoint.parent / "score-runs" / "seed-1" / "checkpoint.h5")
@@ -88,8 +92,9 @@ def test_el2n_averages_the_extra_seeds(tiny_run, tmp_path, capsys):
     from dpcli.select.signals import load_dynamics
 
     states = [load_dynamics(ck.path).snapshots[1], extra.state]
-    x = (torch.from_numpy(ds.train.images).float().permute(0, 3, 1, 2) / 255
-         - torch.tensor(ds.mean).view(1, -1, 1, 1)) / torch.tensor(ds.std).view(1, -1, 1, 1)
+    x = (
+        torch.from_numpy(ds.train.images).float().permute(0, 3, 1, 2) / 255 - torch.tensor(ds.mean).view(1, -1, 1, 1)
+    ) / torch.tensor(ds.std).view(1, -1, 1, 1)
     onehot = F.one_hot(torch.from_numpy(ds.train.labels).long(), ds.num_classes).double()
     score = 0
     for st in states:
@@ -128,15 +133,39 @@ def test_forgetting_epsilon_mask_is_certified_and_an_overshoot_refused(tiny_run,
     import dpcli.select.base as base
 
     monkeypatch.setattr(base, "longest_prefix", lambda S_, s, e: np.isin(np.arange(len(s)), order[:k]))
-    code, out, err = run_cli(["prune", tiny_run.influence, "--method", "forgetting", "--epsilon", eps / 1.2,
-                              "--out", tmp_path / "over.h5", "--device", "cpu"], capsys)
+    code, out, err = run_cli(
+        [
+            "prune",
+            tiny_run.influence,
+            "--method",
+            "forgetting",
+            "--epsilon",
+            eps / 1.2,
+            "--out",
+            tmp_path / "over.h5",
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
     assert code == 2 and out == "" and "refusing the selection" in err and "Traceback" not in err, err
     assert not (tmp_path / "over.h5").exists()
 
 
 def test_covered_optimization_via_cli_and_retrain(tiny_run, tmp_path, capsys):
-    _, mask = _prune(tiny_run, tmp_path, capsys, "optimization", "--prune-ratio", "0.5", "--balance",
-                     "--strata", "3", "--hard-cutoff", "0.05")
+    _, mask = _prune(
+        tiny_run,
+        tmp_path,
+        capsys,
+        "optimization",
+        "--prune-ratio",
+        "0.5",
+        "--balance",
+        "--strata",
+        "3",
+        "--hard-cutoff",
+        "0.05",
+    )
     with h5py.File(tiny_run.influence, "r") as f:
         labels = f["labels"][()]
     sizes = np.bincount(labels).tolist()  # each class pruned by exactly its share (the cutoff is per class)
@@ -150,14 +179,24 @@ def test_covered_optimization_via_cli_and_retrain(tiny_run, tmp_path, capsys):
 def test_relative_hard_cutoff_prunes_the_hardest_share(tiny_run, tmp_path, capsys):
     from dpcli.select.signals import difficulty, load_dynamics
 
-    _, mask = _prune(tiny_run, tmp_path, capsys, "optimization", "--prune-ratio", "0.4", "--balance",
-                     "--hard-cutoff", "0.5x", "--match-features")
+    _, mask = _prune(
+        tiny_run,
+        tmp_path,
+        capsys,
+        "optimization",
+        "--prune-ratio",
+        "0.4",
+        "--balance",
+        "--hard-cutoff",
+        "0.5x",
+        "--match-features",
+    )
     diff = difficulty(load_dynamics(tiny_run.checkpoint))
     with h5py.File(tiny_run.influence, "r") as f:
         labels = f["labels"][()]
     for c in np.unique(labels):  # --balance: the hardest fifth of each class
         members = np.flatnonzero(labels == c)
-        hardest = members[np.lexsort((members, -diff[members]))[:round(0.2 * len(members))]]
+        hardest = members[np.lexsort((members, -diff[members]))[: round(0.2 * len(members))]]
         assert (~mask.keep)[hardest].all()
     assert mask.n_pruned == selection.count_from_ratio(len(diff), 0.4)
 

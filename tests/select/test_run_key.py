@@ -18,9 +18,23 @@ from dpcli.select.registry import SELECTORS
 INFLUENCE = Path("runs/digits/train-x/influence-y/influence.h5")
 FIELDS = {f.name for f in dataclasses.fields(PruneConfig)}
 OTHER = {  # a second valid value of each option (the config's own field list must all be here)
-    "epsilon": 0.5, "ratio": 0.3, "count": 7, "solver": "anneal", "time_budget": 2.0, "seed": 5, "buckets": 3,
-    "workers": 2, "balance": True, "strata": 4, "cutoff": 0.2, "cutoff_ratio": 0.5, "match_features": True,
-    "score_epoch": 2, "score_seeds": 5, "method": None}
+    "epsilon": 0.5,
+    "ratio": 0.3,
+    "count": 7,
+    "solver": "anneal",
+    "time_budget": 2.0,
+    "seed": 5,
+    "buckets": 3,
+    "workers": 2,
+    "balance": True,
+    "strata": 4,
+    "cutoff": 0.2,
+    "cutoff_ratio": 0.5,
+    "match_features": True,
+    "score_epoch": 2,
+    "score_seeds": 5,
+    "method": None,
+}
 
 
 def _base(name: str) -> PruneConfig:
@@ -57,9 +71,16 @@ def test_every_option_of_every_selector_moves_the_mask(name):
 def _fields_read(cls: type) -> set[str]:
     """PruneConfig fields the selector's own module reads as ``cfg.X`` / ``self.cfg.X``."""
     tree = ast.parse(inspect.getsource(importlib.import_module(cls.__module__)))
-    return {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr in FIELDS
-            and ((isinstance(n.value, ast.Name) and n.value.id == "cfg")
-                 or (isinstance(n.value, ast.Attribute) and n.value.attr == "cfg"))}
+    return {
+        n.attr
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Attribute)
+        and n.attr in FIELDS
+        and (
+            (isinstance(n.value, ast.Name) and n.value.id == "cfg")
+            or (isinstance(n.value, ast.Attribute) and n.value.attr == "cfg")
+        )
+    }
 
 
 @pytest.mark.parametrize("name", SELECTORS.names())

@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import tiny_config
 from dpcli.data.sources import iterate_batches, load_dataset
 from dpcli.train import dynamics
 from dpcli.train.dynamics import read_dynamics
 from dpcli.train.loop import _epoch_generator, make_model, train
+from tests.conftest import tiny_config
 
 CPU = torch.device("cpu")
 
@@ -36,8 +36,16 @@ def _plain_probs(cfg, ds, epochs):
     out = np.zeros((epochs, len(ds.train.labels), ds.num_classes))
     for epoch in range(epochs):
         model.train()
-        for x, y, idx in iterate_batches(ds.train, cfg.batch_size, mean=ds.mean, std=ds.std, device=CPU,
-                                         shuffle=True, augment=False, generator=_epoch_generator(cfg.seed, epoch)):
+        for x, y, idx in iterate_batches(
+            ds.train,
+            cfg.batch_size,
+            mean=ds.mean,
+            std=ds.std,
+            device=CPU,
+            shuffle=True,
+            augment=False,
+            generator=_epoch_generator(cfg.seed, epoch),
+        ):
             logits = model(x)
             out[epoch, idx.numpy()] = torch.softmax(logits.detach(), 1).numpy()
             opt.zero_grad()
@@ -79,8 +87,9 @@ def test_probs_cover_only_the_first_epochs_and_survive_resume(digits, tmp_path, 
 
 def test_subset_training_marks_unseen_probs_and_margins(digits, tmp_path):
     keep = np.arange(0, len(digits.train.labels), 4)
-    dyn = _dyn(train(tiny_config(epochs=2), digits, tmp_path / "s.h5", device=CPU, keep_indices=keep,
-                     snapshot_epochs=()).path)
+    dyn = _dyn(
+        train(tiny_config(epochs=2), digits, tmp_path / "s.h5", device=CPU, keep_indices=keep, snapshot_epochs=()).path
+    )
     unseen = np.setdiff1d(np.arange(len(digits.train.labels)), keep)
     assert np.isnan(dyn.margin[:, unseen]).all() and np.isnan(dyn.probs[:, unseen]).all()
     assert not np.isnan(dyn.margin[:, keep]).any() and not np.isnan(dyn.probs[:, keep]).any()

@@ -25,6 +25,7 @@ RATIOS = (0.3, 0.5, 0.7, 0.9)
 
 # ---------------------------------------------------------------- oracles (plain transcriptions)
 
+
 def oracle_tdds_scores(logits, index, T=30, J=10, decay=0.9):
     """importance_evaluation.py::generate: softmax, index_add re-ordering, per-window loops."""
     P = softmax(np.asarray(logits, dtype=np.float32)[:T], axis=2)
@@ -48,7 +49,7 @@ def oracle_tdds_scores(logits, index, T=30, J=10, decay=0.9):
 
 def oracle_keep_tail(score, prune_rate):
     """data_subset.py: the tail of the ascending order (stable here) after int(r N) samples."""
-    return np.argsort(score, kind="stable")[int(prune_rate * len(score)):]
+    return np.argsort(score, kind="stable")[int(prune_rate * len(score)) :]
 
 
 def oracle_aum(probs, labels):
@@ -92,7 +93,7 @@ def oracle_ccs_select(aum, coreset_ratio, mis_ratio, stratas=50, rng=None):
 
 def oracle_dual_scores(target_probs, T=30, J=10):
     p = np.asarray(target_probs, dtype=np.float64)[:T]
-    s = [p[i:i + J].std(axis=0, ddof=1) * 10.0 * (1.0 - p[i:i + J].mean(axis=0)) for i in range(p.shape[0] - J + 1)]
+    s = [p[i : i + J].std(axis=0, ddof=1) * 10.0 * (1.0 - p[i : i + J].mean(axis=0)) for i in range(p.shape[0] - J + 1)]
     return np.mean(s, axis=0)
 
 
@@ -100,7 +101,7 @@ def oracle_dual_beta_select(target_probs, score, prune_rate, c_d=4.0, T=30, rng=
     m = np.asarray(target_probs, dtype=np.float64)[:T].mean(axis=0)
     order = np.argsort(score, kind="stable")
     anchor = m[order[-10:]].mean()
-    b = 15.0 * (1.0 - anchor) * (1.0 - prune_rate ** c_d)
+    b = 15.0 * (1.0 - anchor) * (1.0 - prune_rate**c_d)
     a = 16.0 - b
     w = beta_dist.pdf(m, a, b) * np.asarray(score, dtype=np.float64)
     p = w / w.sum()
@@ -116,7 +117,7 @@ def oracle_moderate(features, labels, keep_ratio):
     n = len(distance)
     low, high = 0.5 - keep_ratio / 2, 0.5 + keep_ratio / 2
     order = np.argsort(distance, kind="stable")
-    return order[round(n * low):round(n * high)], distance
+    return order[round(n * low) : round(n * high)], distance
 
 
 def oracle_d2_graph_density(X, s, k=5, eps=1e-7):
@@ -190,6 +191,7 @@ def oracle_forgetting(correct):
 
 # ---------------------------------------------------------------- helpers
 
+
 def _ctx(labels, **dyn) -> Context:
     n = len(labels)
     ctx = Context(S=np.zeros((n, 2)), labels=np.asarray(labels))
@@ -214,6 +216,7 @@ def _trajectory(rng, E, N, C):
 
 # ---------------------------------------------------------------- TDDS
 
+
 @pytest.mark.parametrize("r", RATIOS)
 def test_tdds_matches_the_reference(r):
     rng = np.random.default_rng(0)
@@ -234,8 +237,9 @@ def test_tdds_weights_later_windows_and_needs_three_epochs():
     rng = np.random.default_rng(1)
     logits, _ = _trajectory(rng, 12, 50, 4)
     p = softmax(logits, axis=2)
-    np.testing.assert_allclose(tdds.tdds_scores(p, T=12, J=10), oracle_tdds_scores(logits, [np.arange(50)] * 12,
-                                                                                     T=12), rtol=1e-5)
+    np.testing.assert_allclose(
+        tdds.tdds_scores(p, T=12, J=10), oracle_tdds_scores(logits, [np.arange(50)] * 12, T=12), rtol=1e-5
+    )
     short = tdds.tdds_scores(p[:3])  # a 3-epoch run: T = 3, J = 3 (one window)
     np.testing.assert_allclose(short, oracle_tdds_scores(logits[:3], [np.arange(50)] * 3, T=3, J=3), rtol=1e-4)
     from dpcli.errors import DpcliError
@@ -245,6 +249,7 @@ def test_tdds_weights_later_windows_and_needs_three_epochs():
 
 
 # ---------------------------------------------------------------- CCS
+
 
 @pytest.mark.parametrize("r", RATIOS)
 def test_ccs_matches_the_reference_draw_for_draw(r):
@@ -266,7 +271,7 @@ def test_ccs_matches_the_reference_draw_for_draw(r):
         assert _kept(pruned) == set(want.tolist()), (r, seed)
         assert f"cutoff={beta:g}" in label
     # RNG-free invariants of the reference: the int(beta N) lowest AUM are never kept; per-stratum counts
-    lowest = np.argsort(margin, kind="stable")[:int(beta * N)]
+    lowest = np.argsort(margin, kind="stable")[: int(beta * N)]
     assert not _kept(pruned) & set(lowest.tolist())
     kept_pos = np.isin(easy, np.flatnonzero(~pruned))
     np.testing.assert_array_equal([int((mk & kept_pos).sum()) for mk in masks], budgets)
@@ -291,6 +296,7 @@ def test_ccs_keeps_the_top_stratum_when_every_aum_is_negative():
 
 # ---------------------------------------------------------------- DUAL
 
+
 @pytest.mark.parametrize("r", RATIOS)
 def test_dual_and_dual_beta_match_the_reference(r):
     rng = np.random.default_rng(4)
@@ -304,7 +310,7 @@ def test_dual_and_dual_beta_match_the_reference(r):
     got = dual.DUAL(cfg).scores(_ctx(labels, loss=loss))
     np.testing.assert_allclose(got, score, rtol=1e-5)
     pruned, _ = dual.DUAL(cfg).select(_ctx(labels, loss=loss), m, None)
-    assert _kept(pruned) == set(np.argsort(score, kind="stable")[-(N - m):].tolist())
+    assert _kept(pruned) == set(np.argsort(score, kind="stable")[-(N - m) :].tolist())
     want = oracle_dual_beta_select(p, score, m / N, rng=5)
     pruned, _ = dual_beta.DUALBeta(cfg).select(_ctx(labels, loss=loss), m, None)
     assert _kept(pruned) == set(want.tolist())
@@ -320,6 +326,7 @@ def test_dual_beta_fills_with_top_scores_when_too_few_weights_are_positive():
 
 
 # ---------------------------------------------------------------- Moderate
+
 
 @pytest.mark.parametrize("r", RATIOS)
 def test_moderate_matches_the_reference_band(r):
@@ -342,6 +349,7 @@ def test_moderate_matches_the_reference_band(r):
 
 
 # ---------------------------------------------------------------- D2
+
 
 def test_d2_bin_allocation_and_forgetting_match_the_reference():
     rng = np.random.default_rng(7)
@@ -376,7 +384,7 @@ def test_d2_matches_the_reference_per_class(r):
     beta = ccs.ccs_cutoff(r)
     # reference wiring: AUM cutoff, class bins of the rest, uniform budgets, per-class graph selection
     aum_ = margin.astype(np.float64).sum(0)
-    pool = np.argsort(aum_, kind="stable")[int(beta * N):]
+    pool = np.argsort(aum_, kind="stable")[int(beta * N) :]
     classes = np.unique(labels[pool])
     budgets = oracle_d2_bin_allocate(N - m, [np.sum(labels[pool] == c) for c in classes])
     imp = oracle_forgetting(correct)

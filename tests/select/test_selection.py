@@ -61,8 +61,9 @@ def test_brute_epsilon_matches_itertools():
         S = small_instance(rng, 4, 10)
         n = S.shape[0]
         eps = float(rng.uniform(0.2, 3.0))
-        feasible = [len(c) for k in range(n + 1) for c in itertools.combinations(range(n), k)
-                    if own_norm(S, list(c)) <= eps]
+        feasible = [
+            len(c) for k in range(n + 1) for c in itertools.combinations(range(n), k) if own_norm(S, list(c)) <= eps
+        ]
         sel = maximize_pruned(S, eps, solver="brute")
         assert sel.n_pruned == max(feasible)
         assert own_norm(S, sel.pruned) <= eps

@@ -7,7 +7,6 @@ instances are ``benchmarks/solvers.py``'s and ``benchmarks/selection_speed.py``'
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
@@ -15,8 +14,6 @@ from dpcli.select import solvers as selection
 from dpcli.select.solvers import anneal as anneal_module
 from dpcli.select.solvers import swap as swap_module
 from tests.conftest import load_benchmark
-
-
 
 synthetic = load_benchmark("solvers").synthetic
 softmax_influence = load_benchmark("selection_speed").softmax_influence

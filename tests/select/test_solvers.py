@@ -32,16 +32,21 @@ def _norm(S: np.ndarray, mask: np.ndarray) -> float:
 
 
 def test_solver_names_are_listed_without_importing_any_solver():
-    code = ("import sys; from dpcli.select.registry import SOLVERS; print(','.join(SOLVERS)); "
-            "print(any(m.startswith('dpcli.select.solvers') for m in sys.modules)); print('numpy' in sys.modules)")
+    code = (
+        "import sys; from dpcli.select.registry import SOLVERS; print(','.join(SOLVERS)); "
+        "print(any(m.startswith('dpcli.select.solvers') for m in sys.modules)); print('numpy' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["anneal,brute,swap", "False", "False"]
 
 
 def test_unknown_solver_is_one_line_with_the_closest_name():
     S = _S(30, 3, 0)
-    with pytest.raises(DpcliError, match=r"unknown --solver 'swp' \(did you mean 'swap'\?\); choose one of "
-                                         r"anneal, brute, swap"):
+    with pytest.raises(
+        DpcliError,
+        match=r"unknown --solver 'swp' \(did you mean 'swap'\?\); choose one of "
+        r"anneal, brute, swap",
+    ):
         selection.minimize_norm(S, 5, solver="swp")
     with pytest.raises(DpcliError, match="unknown --solver"):
         selection.maximize_pruned(S, 1.0, solver="gurobi")
@@ -93,7 +98,7 @@ def test_rows_primitives_match_float64_references_on_both_backends(d):
         np.testing.assert_allclose(rows.matvec(x), S64 @ x, rtol=1e-5, atol=1e-5 * np.abs(S64 @ x).max())
         np.testing.assert_allclose(rows.gram(idx), S64[idx] @ S64[idx].T, rtol=tol, atol=tol * scale)
         np.testing.assert_allclose(rows.sum_rows(idx), S64[idx].sum(0), rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(rows.sq_norms(), (S64 ** 2).sum(1), rtol=1e-12)
+        np.testing.assert_allclose(rows.sq_norms(), (S64**2).sum(1), rtol=1e-12)
         np.testing.assert_allclose(rows.take(idx), S64[idx], rtol=0, atol=0)
         mask = rng.random(300) < 0.3
         assert rows.norm(mask) == pytest.approx(np.linalg.norm(S64[mask].sum(0)), rel=1e-12)
@@ -106,8 +111,12 @@ def test_a_reused_block_multiplies_only_new_rows_and_equals_a_fresh_gram():
     S64 = S.astype(np.float64)
     for rows in (linalg.Rows(S), linalg.Rows(torch.from_numpy(S))):
         first = rows.block(np.sort(rng.choice(500, 120, replace=False)))
-        P = np.concatenate([rng.choice(first.P, 90, replace=False),
-                            rng.choice(np.setdiff1d(np.arange(500), first.P), 30, replace=False)])
+        P = np.concatenate(
+            [
+                rng.choice(first.P, 90, replace=False),
+                rng.choice(np.setdiff1d(np.arange(500), first.P), 30, replace=False),
+            ]
+        )
         nxt = rows.block(P, first)
         assert sorted(nxt.P.tolist()) == sorted(P.tolist()) and set(nxt.P[:90]) <= set(first.P)
         X = S64[nxt.P]
@@ -151,7 +160,7 @@ def test_coverage_columns_are_the_same_on_torch_and_numpy():
     lam_np = coverage._penalty_weight(Sf, ginv, counts, 0)
     assert coverage._penalty_weight(torch.from_numpy(Sf), ginv, counts, 0) == pytest.approx(lam_np, rel=1e-12)
     mask = np.zeros(n, bool)
-    mask[:counts.sum()] = True
+    mask[: counts.sum()] = True
     fixed = coverage._repair_counts(Sf, mask.copy(), ginv, counts)
     assert np.array_equal(coverage._repair_counts(torch.from_numpy(Sf), mask.copy(), ginv, counts), fixed)
     assert np.array_equal(np.bincount(ginv[fixed], minlength=G), counts)

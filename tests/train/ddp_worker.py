@@ -18,12 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from dpcli.train import distributed
-from dpcli.train import checkpoint
-from dpcli.train import loop as training
 from dpcli.cli import main
 from dpcli.config import TrainConfig
 from dpcli.data.sources import load_dataset
+from dpcli.train import checkpoint, distributed
+from dpcli.train import loop as training
 
 CPU = torch.device("cpu")
 TINY = ["--epochs", "2", "--width", "8", "--depth", "2", "--device", "cpu"]
@@ -32,8 +31,9 @@ _make_model = training.make_model
 
 
 def cfg(**kw) -> TrainConfig:
-    base = dict(dataset="digits", arch="convnet", width=8, depth=2, epochs=2, lr=0.05, batch_size=64,
-                augment=True, seed=3)
+    base = dict(
+        dataset="digits", arch="convnet", width=8, depth=2, epochs=2, lr=0.05, batch_size=64, augment=True, seed=3
+    )
     base.update(kw)
     return TrainConfig(**base)
 

@@ -19,16 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
-import pytest
 import numpy as np
+import pytest
 import torch
 
-from dpcli.train import distributed
-from dpcli.train import loop as training
 from dpcli.cli import main
 from dpcli.data.sources import load_dataset
-from dpcli.train.loop import train
+from dpcli.train import distributed
+from dpcli.train import loop as training
 from dpcli.train.checkpoint import load_checkpoint
+from dpcli.train.loop import train
 
 CPU = torch.device("cpu")
 WORKER = Path(__file__).with_name("ddp_worker.py")
@@ -70,9 +70,22 @@ def launch(tmp_path_factory) -> Launch:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DPCLI_DIST_TIMEOUT": "60"}
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         env.pop(key, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           str(WORKER), str(out), str(tmp / "runs-ddp")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        str(WORKER),
+        str(out),
+        str(tmp / "runs-ddp"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, cwd=tmp)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return Launch(tmp=tmp, out=out, proc=proc)
@@ -83,8 +96,9 @@ def test_ddp_without_batchnorm_equals_single_process(launch, tmp_path, monkeypat
     ds = load_dataset("digits")
     ref = {
         "scratch.h5": train(worker.cfg(), ds, tmp_path / "scratch.h5", device=CPU),
-        "subset.h5": train(worker.cfg(augment=False), ds, tmp_path / "subset.h5", device=CPU,
-                           keep_indices=worker.SUBSET),
+        "subset.h5": train(
+            worker.cfg(augment=False), ds, tmp_path / "subset.h5", device=CPU, keep_indices=worker.SUBSET
+        ),
     }
     ref["resume.h5"] = ref["scratch.h5"]  # resumed by 2 ranks from a single-process epoch 1
     assert not any("running" in k for k in ref["scratch.h5"].state)  # really no BatchNorm
@@ -159,8 +173,20 @@ def test_each_rank_builds_exactly_its_slice_of_the_global_batch():
 
     def batches(part=None):
         g = torch.Generator().manual_seed(3)
-        return list(iterate_batches(ds.train, 64, mean=ds.mean, std=ds.std, device=CPU, shuffle=True, augment=True,
-                                    generator=g, indices=keep, part=part))
+        return list(
+            iterate_batches(
+                ds.train,
+                64,
+                mean=ds.mean,
+                std=ds.std,
+                device=CPU,
+                shuffle=True,
+                augment=True,
+                generator=g,
+                indices=keep,
+                part=part,
+            )
+        )
 
     full = batches()
     for world in (2, 3, 11):
@@ -201,8 +227,20 @@ def test_a_rank_reads_and_augments_only_its_rows(crop):
 
     def batches(part=None):
         g = torch.Generator().manual_seed(5)
-        return list(iterate_batches(split, 64, mean=ds.mean, std=ds.std, device=CPU, shuffle=True, augment=True,
-                                    generator=g, indices=keep, part=part))
+        return list(
+            iterate_batches(
+                split,
+                64,
+                mean=ds.mean,
+                std=ds.std,
+                device=CPU,
+                shuffle=True,
+                augment=True,
+                generator=g,
+                indices=keep,
+                part=part,
+            )
+        )
 
     full = batches()
     world = 3

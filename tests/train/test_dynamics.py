@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import tiny_config
 from dpcli.data.sources import load_dataset
+from dpcli.train.checkpoint import load_checkpoint
 from dpcli.train.dynamics import read_dynamics
 from dpcli.train.loop import make_model, train
-from dpcli.train.checkpoint import load_checkpoint
+from tests.conftest import tiny_config
 
 CPU = torch.device("cpu")
 

@@ -15,16 +15,18 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import interrupt_after, run_cli, tiny_config as _cfg
 from dpcli.config import InfluenceConfig, PruneConfig, TrainConfig
 from dpcli.data.sources import load_dataset
 from dpcli.errors import DpcliError
 from dpcli.influence import kernels as infl
+from dpcli.influence import precision
 from dpcli.train import epochlog
+from dpcli.train.checkpoint import load_checkpoint
 from dpcli.train.dynamics import read_dynamics
 from dpcli.train.loop import _deterministic_modules, train
-from dpcli.train.checkpoint import load_checkpoint
 from dpcli.train.trajectory import read_trajectory
+from tests.conftest import interrupt_after, run_cli
+from tests.conftest import tiny_config as _cfg
 
 CPU = torch.device("cpu")
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,6 +59,7 @@ def count_readbacks():
         def counted(self, *a, **k):
             counts["n"] += 1
             return orig(self, *a, **k)
+
         return counted
 
     for name in _READBACKS:
@@ -75,8 +78,14 @@ def test_host_readbacks_per_epoch_do_not_grow_with_steps(digits, tmp_path):
         cfg = _cfg(epochs=1, batch_size=bs)
         with count_readbacks() as c:
             marks = []  # the count after every step: constant = no readback inside the step loop
-            train(cfg, digits, tmp_path / f"b{bs}.h5", device=CPU, eval_every=10**9,
-                  on_batch=lambda *_: marks.append(c["n"]))
+            train(
+                cfg,
+                digits,
+                tmp_path / f"b{bs}.h5",
+                device=CPU,
+                eval_every=10**9,
+                on_batch=lambda *_: marks.append(c["n"]),  # noqa: B023
+            )
         counts.append(c["n"])
         assert len(marks) == -(-len(digits.train.labels) // bs)
         assert len(set(marks)) == 1, marks
@@ -244,8 +253,10 @@ def test_deterministic_runs_are_bitwise_equal_on_cpu(digits, tmp_path):
     assert a.fingerprint == b.fingerprint
 
 
-@pytest.mark.skipif(os.environ.get("DPCLI_TEST_COMPILE") != "1",
-                    reason="inductor compilation takes minutes on 2 shared cores; DPCLI_TEST_COMPILE=1 runs it")
+@pytest.mark.skipif(
+    os.environ.get("DPCLI_TEST_COMPILE") != "1",
+    reason="inductor compilation takes minutes on 2 shared cores; DPCLI_TEST_COMPILE=1 runs it",
+)
 def test_compile_trains_like_eager_on_cpu(digits, tmp_path):
     """torch.compile (inductor) must give the eager model's training."""
     try:
@@ -275,7 +286,7 @@ def test_float32_refined_matches_float64_to_the_stated_tolerance():
     f, y, w, b = _problem()
     damping, tol = 1e-3, 1e-6
     s64 = infl.exact_influence(f, y, w, b, damping=damping, chunk_size=128)
-    s32 = infl.exact_influence_refined(f, y, w, b, damping=damping, chunk_size=128, tol=tol)
+    s32 = precision.exact_influence_refined(f, y, w, b, damping=damping, chunk_size=128, tol=tol)
     rel = np.linalg.norm(s32 - s64, axis=1) / np.linalg.norm(s64, axis=1)
     assert rel.max() < 1e-5  # the rows are float32 in the artifact either way (2^-24 ~ 6e-8)
     # the refinement is what makes it so: one plain float32 solve is far off for this conditioning
@@ -293,7 +304,7 @@ def test_float32_refined_handles_saturated_samples():
     w, b = torch.randn(5, 24, generator=g) * 0.3, torch.randn(5, generator=g) * 0.1
     y = torch.randint(0, 5, (600,), generator=g)
     s64 = infl.exact_influence(f, y, w, b, damping=1e-3)
-    s32 = infl.exact_influence_refined(f, y, w, b, damping=1e-3, tol=1e-6)
+    s32 = precision.exact_influence_refined(f, y, w, b, damping=1e-3, tol=1e-6)
     norms = np.linalg.norm(s64, axis=1)
     assert norms.min() < 1e-20 * norms.max()  # the problem does contain saturated samples
     big = norms > 1e-30
@@ -305,11 +316,11 @@ def test_float32_refined_handles_saturated_samples():
 def test_refinement_reports_an_unreachable_tolerance():
     f, y, w, b = _problem(n=100, dim=6, classes=3)
     with pytest.raises(DpcliError, match="--precision float64"):
-        infl.exact_influence_refined(f, y, w, b, damping=1e-3, tol=1e-30)
+        precision.exact_influence_refined(f, y, w, b, damping=1e-3, tol=1e-30)
 
 
 def test_precision_option_and_auto():
-    assert infl.resolve_precision("auto", CPU) == "float64"
+    assert precision.resolve_precision("auto", CPU) == "float64"
     with pytest.raises(DpcliError, match="precision"):
         InfluenceConfig(precision="half").validate()
     assert InfluenceConfig().to_dict()["precision"] == "float64"
@@ -320,8 +331,7 @@ def test_precision_option_and_auto():
 
 
 def test_proxy_mask_equals_the_proxy_pipeline_run_by_hand(digits, tmp_path):
-    from dpcli.stages import core
-    from dpcli.stages import masks
+    from dpcli.stages import core, masks
     from dpcli.stages.proxy import ProxySpec, select_via_proxy
 
     target = _cfg(epochs=4, width=16)
@@ -350,14 +360,35 @@ def test_proxy_spec_errors_are_one_line(text):
 def test_cli_prune_proxy(tmp_path, capsys):
     import json
 
-    code, out, err = run_cli(["prune", "digits", "--proxy", "convnet:1", "--prune-ratio", "0.2", "--epochs", "3",
-                              "--width", "8", "--depth", "2", "--device", "cpu", "--run-root", tmp_path,
-                              "--json", "--quiet"], capsys)
+    code, out, err = run_cli(
+        [
+            "prune",
+            "digits",
+            "--proxy",
+            "convnet:1",
+            "--prune-ratio",
+            "0.2",
+            "--epochs",
+            "3",
+            "--width",
+            "8",
+            "--depth",
+            "2",
+            "--device",
+            "cpu",
+            "--run-root",
+            tmp_path,
+            "--json",
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 0, err
     doc = json.loads(out)
     assert doc["proxy"]["epochs"] == 1 and doc["target"]["epochs"] == 3
-    code, out, err = run_cli(["prune", "digits", "--proxy", "convnet:zero", "--prune-ratio", "0.2",
-                              "--run-root", tmp_path], capsys)
+    code, out, err = run_cli(
+        ["prune", "digits", "--proxy", "convnet:zero", "--prune-ratio", "0.2", "--run-root", tmp_path], capsys
+    )
     assert code != 0 and err.strip().startswith("dpcli: error:") and len(err.strip().splitlines()) == 1
 
 
@@ -367,11 +398,24 @@ def test_cli_prune_proxy(tmp_path, capsys):
 def test_gpu_smoke_script_parses_and_dry_runs(tmp_path):
     script = ROOT / "benchmarks" / "gpu_smoke.sh"
     subprocess.run(["bash", "-n", str(script)], check=True)
-    res = subprocess.run(["bash", str(script), "--dry-run", str(tmp_path / "cifar10-jpg.tar.gz")],
-                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    res = subprocess.run(
+        ["bash", str(script), "--dry-run", str(tmp_path / "cifar10-jpg.tar.gz")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert res.returncode == 0, res.stderr
-    for stage in ("pip install -q --no-deps", "pytest", "train", "influence", "prune", "retrain", "--proxy",
-                  "train_throughput.py"):
+    for stage in (
+        "pip install -q --no-deps",
+        "pytest",
+        "train",
+        "influence",
+        "prune",
+        "retrain",
+        "--proxy",
+        "train_throughput.py",
+    ):
         assert stage in res.stdout + res.stderr, stage
     missing = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert missing.returncode == 2 and "usage" in missing.stderr.lower()
@@ -385,8 +429,13 @@ def test_cuda_step_loop_does_not_synchronize_per_step(digits, tmp_path):
     counts = []
     for bs in (256, 64):
         with count_readbacks() as c:
-            train(_cfg(epochs=1, batch_size=bs), digits, tmp_path / f"{bs}.h5", device=torch.device("cuda"),
-                  eval_every=10**9)
+            train(
+                _cfg(epochs=1, batch_size=bs),
+                digits,
+                tmp_path / f"{bs}.h5",
+                device=torch.device("cuda"),
+                eval_every=10**9,
+            )
         counts.append(c["n"])
     assert counts[0] == counts[1], counts
 
@@ -406,7 +455,7 @@ def test_cuda_deterministic_resnet_runs_are_bitwise_equal(digits, tmp_path):
 def test_cuda_refined_influence_matches_cpu_float64():
     f, y, w, b = _problem()
     ref = infl.exact_influence(f, y, w, b, damping=1e-3)
-    got = infl.exact_influence_refined(*_problem(device="cuda"), damping=1e-3, tol=1e-6)
+    got = precision.exact_influence_refined(*_problem(device="cuda"), damping=1e-3, tol=1e-6)
     rel = np.linalg.norm(got - ref, axis=1) / np.linalg.norm(ref, axis=1)
     assert rel.max() < 1e-5
 
@@ -419,9 +468,14 @@ def test_cuda_channels_last_bf16_compile_train(digits, tmp_path, capsys):
     from dpcli.data.base import Split
 
     up = lambda s: Split(np.repeat(np.repeat(np.repeat(s.images, 4, 1), 4, 2), 3, 3), s.labels)  # noqa: E731
-    cifarish = dataclasses.replace(digits, train=up(digits.train), test=up(digits.test), mean=(0.3,) * 3,
-                                   std=(0.37,) * 3)
-    ck = train(_cfg(arch="resnet18", epochs=2, channels_last=True, compile=True), cifarish,
-               tmp_path / "c.h5", device=torch.device("cuda"))
+    cifarish = dataclasses.replace(
+        digits, train=up(digits.train), test=up(digits.test), mean=(0.3,) * 3, std=(0.37,) * 3
+    )
+    ck = train(
+        _cfg(arch="resnet18", epochs=2, channels_last=True, compile=True),
+        cifarish,
+        tmp_path / "c.h5",
+        device=torch.device("cuda"),
+    )
     assert "--compile failed" not in capsys.readouterr().err
     assert np.isfinite(ck.final.train_loss) and ck.final.test_acc > 50

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import interrupt_after, tiny_config as _cfg
 from dpcli.data.sources import load_dataset
 from dpcli.errors import DpcliError
+from dpcli.train.checkpoint import EpochRecord, load_checkpoint, time_to_accuracy
 from dpcli.train.loop import evaluate, load_trained, train
-from dpcli.train.checkpoint import load_checkpoint, time_to_accuracy, EpochRecord
+from tests.conftest import interrupt_after
+from tests.conftest import tiny_config as _cfg
 
 CPU = torch.device("cpu")
 
@@ -31,8 +32,14 @@ def test_resume_after_interrupt_equals_uninterrupted(digits, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
     # a deterministic restart from epoch 0 would give the same weights: count what actually runs
     executed, batches = [], []
-    resumed = train(cfg, digits, part, device=CPU, on_epoch=lambda r: executed.append(r.epoch),
-                    on_batch=lambda e, seen, per: batches.append(e))
+    resumed = train(
+        cfg,
+        digits,
+        part,
+        device=CPU,
+        on_epoch=lambda r: executed.append(r.epoch),
+        on_batch=lambda e, seen, per: batches.append(e),
+    )
     assert executed == [2, 3] and sorted(set(batches)) == [1, 2]  # epochs 2 and 3 (0-based 1, 2) only
     assert resumed.complete and resumed.epoch == 3
     for key, value in full.state.items():
@@ -70,8 +77,10 @@ def test_subset_training_uses_only_kept_samples(digits, tmp_path):
 
 
 def test_time_to_accuracy():
-    hist = [EpochRecord(epoch=i + 1, train_loss=0, train_acc=0, test_loss=0, test_acc=acc, seconds=2.0, steps=1, lr=0.1)
-            for i, acc in enumerate([50.0, 70.0, 90.0])]
+    hist = [
+        EpochRecord(epoch=i + 1, train_loss=0, train_acc=0, test_loss=0, test_acc=acc, seconds=2.0, steps=1, lr=0.1)
+        for i, acc in enumerate([50.0, 70.0, 90.0])
+    ]
     assert time_to_accuracy(hist, 70.0) == (4.0, 2)
     assert time_to_accuracy(hist, 95.0) is None
 

@@ -20,8 +20,18 @@ from dpcli.data.base import (
 )
 
 __all__ = [
-    "SOURCES", "Dataset", "DatasetSource", "DiskImages", "Split", "augment_pad", "dataset_fingerprint",
-    "default_data_root", "inference_batch", "iterate_batches", "load_dataset", "source_for",
+    "SOURCES",
+    "Dataset",
+    "DatasetSource",
+    "DiskImages",
+    "Split",
+    "augment_pad",
+    "dataset_fingerprint",
+    "default_data_root",
+    "inference_batch",
+    "iterate_batches",
+    "load_dataset",
+    "source_for",
 ]
 
 

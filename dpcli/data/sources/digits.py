@@ -24,12 +24,12 @@ _SPLIT_SALT = b"dpcli-digits-split:"
 class DigitsSplit(NamedTuple):
     """The digits arrays dpcli trains and tests on, and where each row comes from in ``load_digits()``."""
 
-    x_train: np.ndarray      # (1438, 8, 8, 1) uint8, pixel v in 0..16 stored as (v * 255 + 8) // 16
-    y_train: np.ndarray      # (1438,) int64 class 0..9
-    x_test: np.ndarray       # (359, 8, 8, 1) uint8
-    y_test: np.ndarray       # (359,) int64
+    x_train: np.ndarray  # (1438, 8, 8, 1) uint8, pixel v in 0..16 stored as (v * 255 + 8) // 16
+    y_train: np.ndarray  # (1438,) int64 class 0..9
+    x_test: np.ndarray  # (359, 8, 8, 1) uint8
+    y_test: np.ndarray  # (359,) int64
     train_index: np.ndarray  # (1438,) rows of load_digits() in x_train's order (ascending)
-    test_index: np.ndarray   # (359,) rows of load_digits() in x_test's order (ascending)
+    test_index: np.ndarray  # (359,) rows of load_digits() in x_test's order (ascending)
 
 
 def digits_split() -> DigitsSplit:

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections import Counter
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +42,9 @@ def memory_budget() -> int:
     return from_env()
 
 
-def _cache_key(root: Path, layout: layouts.Layout, image_size: int | None,
-               resize: tuple[int, str] | None = None) -> str:
+def _cache_key(
+    root: Path, layout: layouts.Layout, image_size: int | None, resize: tuple[int, str] | None = None
+) -> str:
     prefix = len(str(root)) + 1
     h = hashlib.sha256()
     h.update(f"dpcli-imagefolder-v{cache.CACHE_VERSION}\0{root}\0{layout.kind}\0{image_size}\0".encode())
@@ -64,8 +65,11 @@ def _warn_skipped(skipped: tuple[tuple[str, str], ...], cache_path: Path) -> Non
         return
     shown = "; ".join(f"{p} ({why})" for p, why in skipped[:_SHOWN_SKIPS])
     more = f"; and {len(skipped) - _SHOWN_SKIPS} more" if len(skipped) > _SHOWN_SKIPS else ""
-    warnings.warn(f"dpcli: {len(skipped)} unreadable image file(s) keep their index and are never kept (every "
-                  f"mask prunes them; recorded in {cache_path}): {shown}{more}", stacklevel=2)
+    warnings.warn(
+        f"dpcli: {len(skipped)} unreadable image file(s) keep their index and are never kept (every "
+        f"mask prunes them; recorded in {cache_path}): {shown}{more}",
+        stacklevel=2,
+    )
 
 
 def _warn_passed_over(files: tuple[str, ...]) -> None:
@@ -73,9 +77,11 @@ def _warn_passed_over(files: tuple[str, ...]) -> None:
         return
     kinds = Counter(os.path.splitext(f)[1].lower() for f in files)
     counts = ", ".join(f"{n} {ext}" for ext, n in sorted(kinds.items()))
-    warnings.warn(f"dpcli: left out {len(files)} image file(s) in a format dpcli does not read ({counts}; it reads "
-                  f"{' '.join(layouts.IMG_EXTENSIONS)}), e.g. {files[0]}; convert them to include them",
-                  stacklevel=2)
+    warnings.warn(
+        f"dpcli: left out {len(files)} image file(s) in a format dpcli does not read ({counts}; it reads "
+        f"{' '.join(layouts.IMG_EXTENSIONS)}), e.g. {files[0]}; convert them to include them",
+        stacklevel=2,
+    )
 
 
 class ImageFolder(DatasetSource):
@@ -98,17 +104,28 @@ class ImageFolder(DatasetSource):
         files = [p for p, _ in layout.train] + [p for p, _ in layout.test]
         labels = np.array([lab for _, lab in layout.train] + [lab for _, lab in layout.test], dtype=np.int64)
         try:
-            info = cache.open_or_build(cache_path, files, labels, len(layout.train), image_size,
-                                       request.progress, resize=resize)
+            info = cache.open_or_build(
+                cache_path, files, labels, len(layout.train), image_size, request.progress, resize=resize
+            )
         except OSError as exc:
-            raise DpcliError(f"cannot write the image cache in {cache_path.parent} ({exc.strerror or exc}); "
-                             "pass --data-root or set DPCLI_DATA to a writable folder") from None
+            raise DpcliError(
+                f"cannot write the image cache in {cache_path.parent} ({exc.strerror or exc}); "
+                "pass --data-root or set DPCLI_DATA to a writable folder"
+            ) from None
         _warn_skipped(info.skipped, cache_path)
         in_memory = not request.stream if request.stream is not None else info.nbytes <= memory_budget()
         name = f"{PREFIX}:{root}"
         space = SampleSpace(info.train_rows, len(layout.train), name, layout.listing())  # train files come first
-        ds = Dataset(name=name, train=info.split("train", in_memory), test=info.split("test", in_memory),
-                     classes=layout.classes, mean=info.mean, std=info.std, augment=True, skipped=info.skipped,
-                     space=space)
+        ds = Dataset(
+            name=name,
+            train=info.split("train", in_memory),
+            test=info.split("test", in_memory),
+            classes=layout.classes,
+            mean=info.mean,
+            std=info.std,
+            augment=True,
+            skipped=info.skipped,
+            space=space,
+        )
         object.__setattr__(ds, "_fingerprint", info.fingerprint)  # computed over the same bytes at build time
         return ds

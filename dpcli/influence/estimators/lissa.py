@@ -25,8 +25,9 @@ class LiSSA(Estimator):
     name = "lissa"
     help = "the paper's LiSSA (--lissa-depth, --lissa-scale, ...), with a reported residual check against cg"
 
-    def solve(self, problem: LastLayer, *, damping, rows, sink, progress=None, info=None,
-              chunk_size: int = 4096) -> dict[str, Any]:
+    def solve(
+        self, problem: LastLayer, *, damping, rows, sink, progress=None, info=None, chunk_size: int = 4096
+    ) -> dict[str, Any]:
         from dpcli.influence.lissa import lissa_influence
 
         cfg = self.cfg
@@ -39,18 +40,30 @@ class LiSSA(Estimator):
                 captured[i] = np.array(block[i - start], dtype=np.float64)
             sink(start, block)
 
-        kw = dict(depth=cfg.lissa_depth, scale=cfg.lissa_scale, batch_size=cfg.lissa_batch_size,
-                  repeats=cfg.lissa_repeats, seed=cfg.seed, damping=damping, chunk_size=chunk_size)
+        kw = dict(
+            depth=cfg.lissa_depth,
+            scale=cfg.lissa_scale,
+            batch_size=cfg.lissa_batch_size,
+            repeats=cfg.lissa_repeats,
+            seed=cfg.seed,
+            damping=damping,
+            chunk_size=chunk_size,
+        )
         f, y, w, b = problem.features, problem.labels, problem.weight, problem.bias
         lissa_influence(f, y, w, b, sink=keep, progress=progress, rows=rows, **kw)
         errors = self._errors(problem, damping, check, captured, chunk_size)
-        attrs: dict[str, Any] = {"solver": "lissa", "lissa_check_rows": list(check),
-                                 "lissa_rel_error_median": float(np.median(errors)),
-                                 "lissa_rel_error_max": float(np.max(errors))}
+        attrs: dict[str, Any] = {
+            "solver": "lissa",
+            "lissa_check_rows": list(check),
+            "lissa_rel_error_median": float(np.median(errors)),
+            "lissa_rel_error_max": float(np.max(errors)),
+        }
         if info is not None and attrs["lissa_rel_error_median"] > WARN_ERROR:
-            info(f"warning: LiSSA has not converged: median relative error {attrs['lissa_rel_error_median']:.3g} "
-                 f"(max {attrs['lissa_rel_error_max']:.3g}) against cg on rows {check[0]}..{check[1] - 1}; raise "
-                 f"--lissa-depth, lower --lissa-scale towards the largest eigenvalue, or use --estimator exact")
+            info(
+                f"warning: LiSSA has not converged: median relative error {attrs['lissa_rel_error_median']:.3g} "
+                f"(max {attrs['lissa_rel_error_max']:.3g}) against cg on rows {check[0]}..{check[1] - 1}; raise "
+                f"--lissa-depth, lower --lissa-scale towards the largest eigenvalue, or use --estimator exact"
+            )
         return attrs
 
     def _check_rows(self, rows: tuple[int, int]) -> tuple[int, int]:
@@ -61,12 +74,22 @@ class LiSSA(Estimator):
         return first, first + size
 
     @staticmethod
-    def _errors(problem: LastLayer, damping: float, check: tuple[int, int], captured: dict[int, np.ndarray],
-                chunk_size: int) -> np.ndarray:
+    def _errors(
+        problem: LastLayer, damping: float, check: tuple[int, int], captured: dict[int, np.ndarray], chunk_size: int
+    ) -> np.ndarray:
         from dpcli.influence.cg import cg_influence
 
-        ref = cg_influence(problem.features, problem.labels, problem.weight, problem.bias, damping, tol=1e-8,
-                           max_iter=10_000, chunk_size=chunk_size, rows=check)
+        ref = cg_influence(
+            problem.features,
+            problem.labels,
+            problem.weight,
+            problem.bias,
+            damping,
+            tol=1e-8,
+            max_iter=10_000,
+            chunk_size=chunk_size,
+            rows=check,
+        )
         assert ref is not None  # no sink: the rows are returned
         got = np.stack([captured[i] for i in range(*check)])
         ref = ref.astype(np.float64)

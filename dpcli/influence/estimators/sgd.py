@@ -19,13 +19,21 @@ class SGD(Estimator):
 
         load_trajectory(checkpoint)
 
-    def solve(self, problem: LastLayer, *, damping, rows, sink, progress=None, info=None,
-              chunk_size: int = 4096) -> dict[str, Any]:
+    def solve(
+        self, problem: LastLayer, *, damping, rows, sink, progress=None, info=None, chunk_size: int = 4096
+    ) -> dict[str, Any]:
         from dpcli.influence.sgd import sgd_influence
         from dpcli.train.trajectory import load_trajectory
 
         if problem.checkpoint is None:
             raise DpcliError("--estimator sgd needs a checkpoint with a recorded SGD trajectory")
-        sgd_influence(problem.features, problem.labels, load_trajectory(problem.checkpoint),
-                      epochs=self.cfg.sgd_epochs, rows=rows, sink=sink, progress=progress)
+        sgd_influence(
+            problem.features,
+            problem.labels,
+            load_trajectory(problem.checkpoint),
+            epochs=self.cfg.sgd_epochs,
+            rows=rows,
+            sink=sink,
+            progress=progress,
+        )
         return {"solver": "sgd"}

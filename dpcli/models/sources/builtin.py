@@ -13,8 +13,9 @@ class Builtin(ModelSource):
         from dpcli.models.zoo import ARCHS
 
         if model not in ARCHS:
-            raise DpcliError(f"Unknown architecture {model!r}; valid ones are: {', '.join(ARCHS)}, "
-                             "torchvision:NAME, timm:NAME.")
+            raise DpcliError(
+                f"Unknown architecture {model!r}; valid ones are: {', '.join(ARCHS)}, torchvision:NAME, timm:NAME."
+            )
 
     def build(self, model: str, spec: ModelSpec):
         from dpcli.models.zoo import build_builtin

@@ -42,15 +42,22 @@ class Timm(ModelSource):
             try:
                 net = timm.create_model(name, pretrained=True)
             except Exception as exc:  # noqa: BLE001 - hub errors come in many types; report in one line
-                raise DpcliError(f"cannot get timm weights for {name} ({type(exc).__name__}; no internet?): "
-                                 "download them elsewhere and pass the file: --weights PATH") from None
+                raise DpcliError(
+                    f"cannot get timm weights for {name} ({type(exc).__name__}; no internet?): "
+                    "download them elsewhere and pass the file: --weights PATH"
+                ) from None
         else:
             net = timm.create_model(model, pretrained=False)
             if weights is not None and local:
                 load_state_file(net, weights, f"timm:{model}")
-        return LibraryClassifier(net, spec.num_classes, f"timm:{model}", in_channels=spec.in_channels,
-                                 expects_channels=int(getattr(net, "default_cfg", {}).get("input_size", (3,))[0]),
-                                 head_module=spec.head_module)
+        return LibraryClassifier(
+            net,
+            spec.num_classes,
+            f"timm:{model}",
+            in_channels=spec.in_channels,
+            expects_channels=int(getattr(net, "default_cfg", {}).get("input_size", (3,))[0]),
+            head_module=spec.head_module,
+        )
 
     def preprocessing(self, model: str, weights: str | None):
         """The pretrained config's eval transform (timm's ``transforms_imagenet_eval``: resize the shorter side
@@ -69,8 +76,9 @@ class Timm(ModelSource):
         except Exception:  # noqa: BLE001 - an unknown tag
             pretrained = None
         if pretrained is None:
-            raise DpcliError(f"--weights {weights!r}: timm has no pretrained config {name!r} "
-                             "(timm.list_pretrained() lists them)")
+            raise DpcliError(
+                f"--weights {weights!r}: timm has no pretrained config {name!r} (timm.list_pretrained() lists them)"
+            )
         cfg = timm.data.resolve_data_config(pretrained_cfg=pretrained.to_dict())
         if cfg.get("crop_mode", "center") != "center":
             raise DpcliError(f"timm:{name}: crop mode {cfg['crop_mode']!r} is not supported; pass --image-size N")

@@ -32,8 +32,10 @@ class TorchVision(ModelSource):
         if model not in names:
             close = difflib.get_close_matches(model, names, n=3)
             hint = f"; close matches: {', '.join(close)}" if close else ""
-            raise DpcliError(f"unknown torchvision classification model {model!r}{hint} "
-                             "(torchvision.models.list_models() lists them)")
+            raise DpcliError(
+                f"unknown torchvision classification model {model!r}{hint} "
+                "(torchvision.models.list_models() lists them)"
+            )
 
     def weights_enum(self, model: str, weights: str):
         import torchvision.models as tvm
@@ -44,8 +46,10 @@ class TorchVision(ModelSource):
             return tvm.get_weight(weights if "." in weights else f"{tvm.get_model_weights(model).__name__}.{weights}")
         except (ValueError, KeyError, AttributeError):
             names = [w.name for w in tvm.get_model_weights(model)]
-            raise DpcliError(f"--weights {weights!r}: not a weights name of {model} (choose DEFAULT, "
-                             f"{', '.join(names)}, or a state-dict file)") from None
+            raise DpcliError(
+                f"--weights {weights!r}: not a weights name of {model} (choose DEFAULT, "
+                f"{', '.join(names)}, or a state-dict file)"
+            ) from None
 
     def build(self, model: str, spec: ModelSpec):
         import torchvision.models as tvm
@@ -62,8 +66,10 @@ class TorchVision(ModelSource):
                 net = tvm.get_model(model, weights=enum, **({"aux_logits": True} if model in _NO_AUX else {}))
             except Exception as exc:  # noqa: BLE001 - the download is the library's; report it in one line
                 if _offline(exc):
-                    raise DpcliError(f"cannot download torchvision weights {enum} (no internet?): download "
-                                     f"{enum.url} elsewhere and pass the file: --weights PATH") from None
+                    raise DpcliError(
+                        f"cannot download torchvision weights {enum} (no internet?): download "
+                        f"{enum.url} elsewhere and pass the file: --weights PATH"
+                    ) from None
                 raise
             if model in _NO_AUX:
                 net.aux_logits, net.AuxLogits = False, None
@@ -73,8 +79,9 @@ class TorchVision(ModelSource):
             net = tvm.get_model(model, weights=None, **kwargs)
             if weights is not None and local:
                 load_state_file(net, weights, f"torchvision:{model}")
-        return LibraryClassifier(net, spec.num_classes, f"torchvision:{model}", in_channels=spec.in_channels,
-                                 head_module=spec.head_module)
+        return LibraryClassifier(
+            net, spec.num_classes, f"torchvision:{model}", in_channels=spec.in_channels, head_module=spec.head_module
+        )
 
     def preprocessing(self, model: str, weights: str | None):
         """The Weights enum's eval transforms (metadata only: building them downloads nothing)."""

@@ -45,22 +45,16 @@ from typing import Any
 import numpy as np
 
 from dpcli.errors import DpcliError
+from dpcli.select import heldout
 from dpcli.select.base import Context, Selector
+from dpcli.select.heldout import HEAD_L2, Z, evaluate, fit_softmax, paired_noise, sketch_rows, sketch_width, standardize
 from dpcli.select.methods.optimization import Optimization
 
 VAL_SHARE = 0.2  # share of every class held out for validation
-Z = 2.0  # candidates within Z paired standard errors of the best are tied with it
 MIN_VAL = 50  # fewer validation samples than this: too noisy to decide anything
-HEAD_L2 = 1e-3  # L2 of the validation head on standardized features (the embeddings default)
-HEAD_TOL = 1e-6
 # the candidates' solves on the fit part stop at their local optimum (no annealing): the candidates differ by far
 # more than annealing buys, and five local searches on 80 % of S cost less than one annealed solve on all of it
 VAL_PROPOSALS = 0
-# the feature rung's solve on the fit part matches features through a Johnson-Lindenstrauss sketch of this many
-# directions: its C x D feature columns (5,120 on the CIFAR-10 folder, as many as S has) halved that solve's time,
-# with the same norm and feature-mean gap within 2 % there.  S itself is not sketched: a 512-column sketch of the
-# CIFAR-10 S made the objective's solve on it no better than random on S (norm 3.8x the exact solve's)
-FEATURE_SKETCH = 64
 VAL_BUDGET_SHARE = 0.4  # with --time-budget: the candidates' solves share this part of it, the final solve the rest
 SHARE_FLOOR = 0.5  # a kept set with a class below this share of its proportional quota is never chosen
 
@@ -119,10 +113,20 @@ class Score:
     tied: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "strength": self.strength, "val_accuracy": float(self.accuracy),
-                "val_loss": float(self.loss), "gain_vs_base": float(self.gain), "noise": float(self.noise),
-                "n_kept_fit": int(self.keep.sum()), "classes_lost": int(self.lost), "classes_short": int(self.short),
-                "behind_best": float(self.behind), "spread": float(self.spread), "tied": bool(self.tied)}
+        return {
+            "name": self.name,
+            "strength": self.strength,
+            "val_accuracy": float(self.accuracy),
+            "val_loss": float(self.loss),
+            "gain_vs_base": float(self.gain),
+            "noise": float(self.noise),
+            "n_kept_fit": int(self.keep.sum()),
+            "classes_lost": int(self.lost),
+            "classes_short": int(self.short),
+            "behind_best": float(self.behind),
+            "spread": float(self.spread),
+            "tied": bool(self.tied),
+        }
 
 
 @dataclass
@@ -153,79 +157,24 @@ def split(labels: np.ndarray, seed: int, share: float = VAL_SHARE) -> tuple[np.n
     return np.flatnonzero(fit), val_idx.astype(np.int64)
 
 
-def sketch_rows(a: np.ndarray, rows: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """``a[rows] @ R`` (float32) with R the seeded d x ``k`` Gaussian sketch of ``influence --sketch``, read
-    chunk by chunk; ``a[rows]`` itself where it has at most ``k`` columns (a sketch would only add noise)."""
-    from dpcli.influence.sketch import Sketch
-    from dpcli.select.linalg import row_step
-
-    d = a.shape[1]
-    if d <= k:
-        return np.asarray(a[rows])
-    sk, out = Sketch(d, k, seed), np.empty((len(rows), k), dtype=np.float32)
-    step = row_step(d)
-    for i in range(0, len(rows), step):
-        out[i:i + step] = sk.apply(np.asarray(a[rows[i:i + step]]))
-    return out
-
-
-def sketch_width(d: int, k: int | None = None) -> int:
-    """Columns the validation's feature rung sees of ``d`` features (:func:`sketch_rows`; ``k``: the sketch's,
-    :data:`FEATURE_SKETCH` unless given)."""
-    return min(int(d), int(FEATURE_SKETCH if k is None else k))
-
-
-def standardize(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Features scaled by the mean and spread of ``rows``: the head's L2 then means the same on any backbone."""
-    x = np.asarray(features, dtype=np.float64)
-    mu = x[rows].mean(0)
-    sd = x[rows].std(0)
-    sd[sd < 1e-12] = 1.0
-    return (x - mu) / sd
-
-
-def fit_softmax(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float = HEAD_L2,
-                init: tuple[np.ndarray, np.ndarray] | None = None, device: Any = None) -> tuple[np.ndarray, np.ndarray]:
-    """(W, b) minimizing mean cross-entropy + l2/2 ||[W, b]||^2 (deterministic; dpcli's head fit).
-
-    ``init``: a start (the objective is strictly convex, so it changes the iterations, not the optimum).
-    ``device``: where the fit runs (the prune's device: at a million rows the fits dominate auto's cost)."""
-    import torch
-
-    from dpcli.influence.head import fit_head
-
-    dev = torch.device(device if device is not None else "cpu")
-    start = None if init is None else tuple(torch.from_numpy(np.asarray(t)) for t in init)
-    head = fit_head(torch.from_numpy(np.ascontiguousarray(x)).to(dev),
-                    torch.from_numpy(np.asarray(y, dtype=np.int64)).to(dev),
-                    num_classes, l2, tol=HEAD_TOL, init=start)
-    return head.weight.cpu().numpy(), head.bias.cpu().numpy()
-
-
-def evaluate(w: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
-    """Per-sample correctness and the mean cross-entropy of a linear head."""
-    logits = x @ w.T + b
-    top = logits.max(1, keepdims=True)
-    lse = top[:, 0] + np.log(np.exp(logits - top).sum(1))
-    return logits.argmax(1) == y, float(np.mean(lse - logits[np.arange(len(y)), y]))
-
-
-def _score(name: str, strength: int | None, keep: np.ndarray, x: np.ndarray, y: np.ndarray, fit: np.ndarray,
-           val: np.ndarray, num_classes: int, init: "Score | None" = None, device: Any = None) -> Score:
+def _score(
+    name: str,
+    strength: int | None,
+    keep: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    fit: np.ndarray,
+    val: np.ndarray,
+    num_classes: int,
+    init: "Score | None" = None,
+    device: Any = None,
+) -> Score:
     """``init``: a scored set whose head starts this fit (the whole fit part's: every kept set is most of
     it, so the refit starts near its optimum; 1.4x faster on a 20,000 x 128, 20-class test)."""
     rows = fit[keep]
     w, b = fit_softmax(x[rows], y[rows], num_classes, init=None if init is None else init.head, device=device)
     correct, loss = evaluate(w, b, x[val], y[val])
     return Score(name, strength, 100.0 * float(correct.mean()), loss, correct, keep, head=(w, b))
-
-
-def paired_noise(a: np.ndarray, b: np.ndarray, z: float = Z) -> float:
-    """``z`` standard errors (percentage points) of mean(a) - mean(b) over the same validation samples."""
-    d = a.astype(np.float64) - b.astype(np.float64)
-    if len(d) < 2:
-        return float("inf")
-    return 100.0 * z * float(d.std(ddof=1)) / np.sqrt(len(d))
 
 
 def ladder(cfg) -> tuple[Rung, ...]:
@@ -272,10 +221,16 @@ def prior_rank(name: str, share: float) -> int:
 
 
 def _excluded_note(scores: list[Score]) -> str:
-    out = [f"{s.name} keeps no sample of {s.lost} class{'es' if s.lost > 1 else ''} {scores[0].name} keeps"
-           for s in scores[1:] if s.lost]
-    out += [f"{s.name} keeps under {100 * SHARE_FLOOR:.0f} % of its share of {s.short} class{'es' if s.short > 1 else ''}"
-            for s in scores if s.short and not s.lost]
+    out = [
+        f"{s.name} keeps no sample of {s.lost} class{'es' if s.lost > 1 else ''} {scores[0].name} keeps"
+        for s in scores[1:]
+        if s.lost
+    ]
+    out += [
+        f"{s.name} keeps under {100 * SHARE_FLOOR:.0f} % of its share of {s.short} class{'es' if s.short > 1 else ''}"
+        for s in scores
+        if s.short and not s.lost
+    ]
     return f"; {', '.join(out)}" if out else ""
 
 
@@ -295,12 +250,16 @@ def decide(scores: list[Score], share: float) -> tuple[Score, str]:
         if not rest:
             return best, f"held-out acc {best.accuracy:.1f} % {best.name}, no other eligible candidate"
         second = max(rest, key=lambda s: s.accuracy)
-        return best, (f"held-out acc {best.accuracy:.1f} % {best.name} vs {second.accuracy:.1f} % {second.name}, "
-                      f"±{second.spread:.1f}")
+        return best, (
+            f"held-out acc {best.accuracy:.1f} % {best.name} vs {second.accuracy:.1f} % {second.name}, "
+            f"±{second.spread:.1f}"
+        )
     names = ", ".join(s.name for s in sorted(tied, key=lambda s: prior_rank(s.name, share)) if s is not pick)
-    return pick, (f"held-out acc {best.accuracy:.1f} % {best.name}; tied within ±{max(s.spread for s in tied):.1f}: "
-                  f"{pick.name} ({pick.accuracy:.1f} %) retrained best in the grid at {100 * grid_share(share):.0f} % "
-                  f"pruned, before {names}")
+    return pick, (
+        f"held-out acc {best.accuracy:.1f} % {best.name}; tied within ±{max(s.spread for s in tied):.1f}: "
+        f"{pick.name} ({pick.accuracy:.1f} %) retrained best in the grid at {100 * grid_share(share):.0f} % "
+        f"pruned, before {names}"
+    )
 
 
 def true_class_probs_of(ctx: Context) -> tuple[np.ndarray | None, str]:
@@ -318,13 +277,21 @@ def true_class_probs_of(ctx: Context) -> tuple[np.ndarray | None, str]:
 def rung_config(cfg, rung: Rung, time_budget: float | None = None):
     """The configuration of a candidate: the user's solver and seed, and ``time_budget`` (its part of the
     user's, which is one budget for the whole prune)."""
-    base = dict(method="optimization", balance=False, strata=1, cutoff=0.0, cutoff_ratio=None, match_features=False,
-                time_budget=time_budget)
+    base = dict(
+        method="optimization",
+        balance=False,
+        strata=1,
+        cutoff=0.0,
+        cutoff_ratio=None,
+        match_features=False,
+        time_budget=time_budget,
+    )
     return dataclasses.replace(cfg, **{**base, **rung.options})
 
 
-def run_rung(rung: Rung, cfg, ctx: Context, m: int, probs: np.ndarray | None,
-             time_budget: float | None = None) -> tuple[np.ndarray, str]:
+def run_rung(
+    rung: Rung, cfg, ctx: Context, m: int, probs: np.ndarray | None, time_budget: float | None = None
+) -> tuple[np.ndarray, str]:
     """The pruned mask and label of ``rung`` on ``ctx`` (the fit part's or all of S); ``probs``: DUAL's
     true-class probabilities of ``ctx``'s rows."""
     if rung is DUAL_BETA:
@@ -351,8 +318,9 @@ def remaining(cfg, t0: float) -> float | None:
     return max(cfg.time_budget - (time.perf_counter() - t0), 0.1 * cfg.time_budget)
 
 
-def affordable(rungs: tuple[Rung, ...], ctx: Context, feature_dim: int | None = None, *,
-               validating: bool = True) -> tuple[tuple[Rung, ...], str]:
+def affordable(
+    rungs: tuple[Rung, ...], ctx: Context, feature_dim: int | None = None, *, validating: bool = True
+) -> tuple[tuple[Rung, ...], str]:
     """The rungs whose covered solves fit ``$DPCLI_SOLVE_BUDGET``, and a note on the rest: on all of S (the
     final solve) and, when ``validating``, on the fit part (its features sketched) beside the copy of its rows of S
     the validation holds.
@@ -381,14 +349,22 @@ def affordable(rungs: tuple[Rung, ...], ctx: Context, feature_dim: int | None = 
         need = max(full, s_fit + part if validating else 0)
         if need > budget:
             names = ", ".join(r.name for r in rungs[i:])
-            return rungs[:i], (f"; {names} skipped: {classes:,} classes make the covered solves "
-                               f"{need / 2**30:.1f} GiB, above DPCLI_SOLVE_BUDGET = {budget / 2**30:.1f} GiB")
+            return rungs[:i], (
+                f"; {names} skipped: {classes:,} classes make the covered solves "
+                f"{need / 2**30:.1f} GiB, above DPCLI_SOLVE_BUDGET = {budget / 2**30:.1f} GiB"
+            )
     return rungs, ""
 
 
-def validate(ctx: Context, cfg, m: int, features: np.ndarray, difficulty: np.ndarray,
-             rungs: tuple[Rung, ...] | None = None,
-             probs: tuple[np.ndarray | None, str] = (None, "no training dynamics")) -> Validation:
+def validate(
+    ctx: Context,
+    cfg,
+    m: int,
+    features: np.ndarray,
+    difficulty: np.ndarray,
+    rungs: tuple[Rung, ...] | None = None,
+    probs: tuple[np.ndarray | None, str] = (None, "no training dynamics"),
+) -> Validation:
     """Select with every candidate on the fit part, refit the head on each kept set, score on the validation part.
 
     ``rungs``: the affordable coverage rungs (:func:`candidates` adds the objective alone and the rival rules);
@@ -402,8 +378,10 @@ def validate(ctx: Context, cfg, m: int, features: np.ndarray, difficulty: np.nda
     m_fit = int(round(m * len(fit) / ctx.n))
     fit_labels = labels[fit]
     sub = Context(S=ctx.S[fit], labels=fit_labels, device=ctx.device, proposals=VAL_PROPOSALS)  # in affordable()
-    sub.supply(difficulty=np.asarray(difficulty)[fit],
-               features=sketch_rows(np.asarray(features), fit, FEATURE_SKETCH, cfg.seed))
+    sub.supply(
+        difficulty=np.asarray(difficulty)[fit],
+        features=sketch_rows(np.asarray(features), fit, heldout.FEATURE_SKETCH, cfg.seed),
+    )
     dev = ctx.device
     refs = [_score("no pruning", None, np.ones(len(fit), dtype=bool), x, y, fit, val, len(classes), device=dev)]
     rnd = np.ones(len(fit), dtype=bool)
@@ -421,8 +399,20 @@ def validate(ctx: Context, cfg, m: int, features: np.ndarray, difficulty: np.nda
                 raise
             skipped[rung.name] = str(exc)
             continue
-        scores.append(_score(rung.name, rung.strength, ~np.asarray(pruned, dtype=bool), x, y, fit, val,
-                             len(classes), init=refs[0], device=dev))
+        scores.append(
+            _score(
+                rung.name,
+                rung.strength,
+                ~np.asarray(pruned, dtype=bool),
+                x,
+                y,
+                fit,
+                val,
+                len(classes),
+                init=refs[0],
+                device=dev,
+            )
+        )
     base_classes = np.unique(fit_labels[scores[0].keep])
     for s in scores + refs:
         s.gain = s.accuracy - scores[0].accuracy
@@ -447,8 +437,13 @@ def _checkpoint_signals(ctx: Context) -> dict[str, Any]:
         return {}
     if final is None:
         return {}
-    return {"train_accuracy": final.train_acc, "train_loss": final.train_loss, "test_accuracy": final.test_acc,
-            "test_loss": final.test_loss, "generalization_gap": final.train_acc - final.test_acc}
+    return {
+        "train_accuracy": final.train_acc,
+        "train_loss": final.train_loss,
+        "test_accuracy": final.test_acc,
+        "test_loss": final.test_loss,
+        "generalization_gap": final.train_acc - final.test_acc,
+    }
 
 
 def _difficulty(ctx: Context, features: np.ndarray) -> tuple[np.ndarray, str]:
@@ -484,9 +479,11 @@ def _features(ctx: Context) -> tuple[np.ndarray | None, str]:
 
 class Auto(Selector):
     name = "auto"
-    help = ("the default: the paper's objective within class quotas or alone, its coverage variants, DUAL's Beta "
-            "sampling or class-stratified random, whichever a held-out linear-head check prefers (ties go to the "
-            "one that retrained best in dpcli's grid); says what it chose")
+    help = (
+        "the default: the paper's objective within class quotas or alone, its coverage variants, DUAL's Beta "
+        "sampling or class-stratified random, whichever a held-out linear-head check prefers (ties go to the "
+        "one that retrained best in dpcli's grid); says what it chose"
+    )
     epsilon_mode = True
     coverage = True  # explicit coverage options are run as given
     solves = True
@@ -496,8 +493,9 @@ class Auto(Selector):
         t0 = time.perf_counter()
         if cfg.uses_coverage:
             pruned, label = Optimization(dataclasses.replace(cfg, method="optimization")).select(ctx, m, epsilon)
-            self._record(ctx, None, "given", None, "coverage options given explicitly; running them as given",
-                         pruned, t0, {})
+            self._record(
+                ctx, None, "given", None, "coverage options given explicitly; running them as given", pruned, t0, {}
+            )
             return pruned, label
         why = self._why_not(ctx, m)
         rungs, over = affordable(ladder(cfg), ctx, validating=why is None)
@@ -528,9 +526,16 @@ class Auto(Selector):
             v.reason += over
         measured = time.perf_counter() - t0  # features, difficulty and the validation, before the final solve
         pruned, label = run_rung(v.chosen, cfg, ctx, m, probs[0], remaining(cfg, t0))
-        self._record(ctx, v.chosen, v.chosen.name, v, v.reason, pruned, t0,
-                     {"difficulty_source": source, "feature_dim": int(features.shape[1]),
-                      "validation_seconds": measured})
+        self._record(
+            ctx,
+            v.chosen,
+            v.chosen.name,
+            v,
+            v.reason,
+            pruned,
+            t0,
+            {"difficulty_source": source, "feature_dim": int(features.shape[1]), "validation_seconds": measured},
+        )
         return pruned, label
 
     def _why_not(self, ctx: Context, m: int | None) -> str | None:
@@ -547,24 +552,46 @@ class Auto(Selector):
             return "the prune count leaves nothing to compare on the fit part"
         return None
 
-    def _record(self, ctx: Context, rung: Rung | None, coverage: str, v: Validation | None, reason: str,
-                pruned: np.ndarray, t0: float, extra: dict) -> None:
+    def _record(
+        self,
+        ctx: Context,
+        rung: Rung | None,
+        coverage: str,
+        v: Validation | None,
+        reason: str,
+        pruned: np.ndarray,
+        t0: float,
+        extra: dict,
+    ) -> None:
         keep = ~np.asarray(pruned, dtype=bool)
         classes, counts = np.unique(np.asarray(ctx.labels)[keep], return_counts=True)
-        signals = {"n": ctx.n, "n_kept": int(keep.sum()), "keep_share": float(keep.mean()),
-                   "kept_per_class": {str(int(c)): int(k) for c, k in zip(classes, counts)},
-                   **_checkpoint_signals(ctx), **extra}
+        signals = {
+            "n": ctx.n,
+            "n_kept": int(keep.sum()),
+            "keep_share": float(keep.mean()),
+            "kept_per_class": {str(int(c)): int(k) for c, k in zip(classes, counts)},
+            **_checkpoint_signals(ctx),
+            **extra,
+        }
         line = f"auto: coverage={coverage} ({reason})"
         if v is not None:
             signals.update({"n_fit": int(len(v.fit)), "n_val": int(len(v.val)), "m_fit": v.m_fit})
         ctx.record["auto"] = {
-            "chosen": coverage, "strength": None if rung is None else rung.strength,
-            "options": None if rung is None else rung.options, "decided_by": "validation" if v else "rule",
-            "reason": reason, "line": line, "z": Z, "val_share": VAL_SHARE, "head_l2": HEAD_L2,
-            "share_floor": SHARE_FLOOR, "split_seed": int(self.cfg.seed),
+            "chosen": coverage,
+            "strength": None if rung is None else rung.strength,
+            "options": None if rung is None else rung.options,
+            "decided_by": "validation" if v else "rule",
+            "reason": reason,
+            "line": line,
+            "z": Z,
+            "val_share": VAL_SHARE,
+            "head_l2": HEAD_L2,
+            "share_floor": SHARE_FLOOR,
+            "split_seed": int(self.cfg.seed),
             "tie_order": [] if v is None else list(tie_order(float(np.mean(pruned)))),
             "candidates": [] if v is None else [s.to_dict() for s in v.scores],
             "skipped": {} if v is None else v.skipped,
             "references": [] if v is None else [s.to_dict() for s in v.references],
-            "signals": signals, "seconds": time.perf_counter() - t0,
+            "signals": signals,
+            "seconds": time.perf_counter() - t0,
         }

@@ -74,8 +74,9 @@ def strata_of(s: np.ndarray, strata: int = STRATA) -> np.ndarray:
     return np.searchsorted(edges, s, side="right") - 1  # == strata (never sampled) only above hi
 
 
-def ccs_select(score: np.ndarray, m: int, rng: np.random.Generator, *, cutoff: float,
-               strata: int = STRATA) -> np.ndarray:
+def ccs_select(
+    score: np.ndarray, m: int, rng: np.random.Generator, *, cutoff: float, strata: int = STRATA
+) -> np.ndarray:
     """The pruned mask: cut the ``int(cutoff * n)`` lowest scores, stratify the rest, sample the strata."""
     score = np.asarray(score, dtype=np.float64)
     n = len(score)
@@ -90,7 +91,7 @@ def ccs_select(score: np.ndarray, m: int, rng: np.random.Generator, *, cutoff: f
     budgets = bin_allocate(keep_n, np.bincount(bins, minlength=strata + 1)[:strata])
     for k in range(strata):  # the reference's draw order: stratum 0..49, one permutation each
         pool = np.flatnonzero(bins == k)
-        keep[easy[pool[rng.permutation(len(pool))][:budgets[k]]]] = True
+        keep[easy[pool[rng.permutation(len(pool))][: budgets[k]]]] = True
     short = keep_n - int(keep.sum())
     if short:  # only if strata were too small to take the budget; never with the additive fix above
         free = easy[~keep[easy]]

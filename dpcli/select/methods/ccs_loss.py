@@ -14,8 +14,9 @@ from dpcli.select.methods.ccs import CutoffStrata
 from dpcli.select.scoring import check_count
 
 
-def ccs_loss(difficulty: np.ndarray, m: int, rng: np.random.Generator, *, cutoff: float,
-             strata: int = 50) -> np.ndarray:
+def ccs_loss(
+    difficulty: np.ndarray, m: int, rng: np.random.Generator, *, cutoff: float, strata: int = 50
+) -> np.ndarray:
     """Drop the hardest ``cutoff`` share, split the difficulty range of the rest into ``strata``
     equal-width bins, give every bin an equal share of the keep budget (smallest bins first, their
     unused share passed on), and sample each bin's share at random."""

@@ -42,11 +42,11 @@ def knn(X: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
     sq = np.einsum("ij,ij->i", X, X)
     out = np.empty((len(X), k), dtype=np.int64)
     for s in range(0, len(X), chunk):
-        d = sq[s:s + chunk, None] + sq[None, :] - 2.0 * (X[s:s + chunk] @ X.T)
+        d = sq[s : s + chunk, None] + sq[None, :] - 2.0 * (X[s : s + chunk] @ X.T)
         d[np.arange(len(d)), np.arange(s, s + len(d))] = np.inf  # not its own neighbour
         part = np.argpartition(d, k - 1, axis=1)[:, :k]
         rows = np.arange(len(d))[:, None]
-        out[s:s + chunk] = part[rows, np.lexsort((part, d[rows, part]), axis=1)]
+        out[s : s + chunk] = part[rows, np.lexsort((part, d[rows, part]), axis=1)]
     return out
 
 
@@ -110,8 +110,16 @@ def bin_allocate_uniform(num: int, counts: np.ndarray) -> np.ndarray:
     return out
 
 
-def d2_select(features: np.ndarray, labels: np.ndarray, importance: np.ndarray, hardness: np.ndarray, m: int,
-              cutoff: float, k: int = K, gamma_r: float = GAMMA_R) -> np.ndarray:
+def d2_select(
+    features: np.ndarray,
+    labels: np.ndarray,
+    importance: np.ndarray,
+    hardness: np.ndarray,
+    m: int,
+    cutoff: float,
+    k: int = K,
+    gamma_r: float = GAMMA_R,
+) -> np.ndarray:
     """The pruned mask: cut the ``int(cutoff n)`` lowest ``hardness`` (AUM), then per class graph selection."""
     n = len(labels)
     check_count(m, n)
@@ -140,6 +148,12 @@ class D2(Selector):
         assert m is not None  # no epsilon mode: base.select refuses --epsilon for it
         dyn = ctx.dynamics()
         cutoff = resolve_cutoff(self.cfg, m, ctx.n)
-        pruned = d2_select(ctx.features(), ctx.labels, forgetting_events(dyn.correct),
-                           aum(dyn.require("margin", "--method d2")), m, cutoff)
+        pruned = d2_select(
+            ctx.features(),
+            ctx.labels,
+            forgetting_events(dyn.correct),
+            aum(dyn.require("margin", "--method d2")),
+            m,
+            cutoff,
+        )
         return pruned, f"d2(k={K}, gamma_r={GAMMA_R}, cutoff={cutoff:g})"

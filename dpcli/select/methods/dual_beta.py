@@ -27,13 +27,15 @@ def beta_weights(p: np.ndarray, score: np.ndarray, prune_rate: float, T: int = 3
     m = np.asarray(p, dtype=np.float64)[:T].mean(axis=0)
     top = np.argsort(score, kind="stable")[-10:]
     anchor = m[top].mean()
-    b = 15.0 * (1.0 - anchor) * (1.0 - prune_rate ** C_D)
+    b = 15.0 * (1.0 - anchor) * (1.0 - prune_rate**C_D)
     a = 16.0 - b
     with np.errstate(divide="ignore", invalid="ignore"):
         w = beta.pdf(m, a, b) * np.asarray(score, dtype=np.float64)
     if not np.all(np.isfinite(w)):
-        raise DpcliError(f"DUAL's Beta weights are not finite (a={a:.3g}, b={b:.3g}: the top-scored samples are "
-                         f"never wrong); use --method dual")
+        raise DpcliError(
+            f"DUAL's Beta weights are not finite (a={a:.3g}, b={b:.3g}: the top-scored samples are "
+            f"never wrong); use --method dual"
+        )
     return w
 
 
@@ -53,7 +55,7 @@ def dual_beta_select(p: np.ndarray, score: np.ndarray, m: int, rng: np.random.Ge
         return ~keep
     keep[w > 0] = True
     rest = np.flatnonzero(~keep)
-    keep[rest[np.argsort(score[rest], kind="stable")[len(rest) - (keep_n - positive):]]] = True
+    keep[rest[np.argsort(score[rest], kind="stable")[len(rest) - (keep_n - positive) :]]] = True
     return ~keep
 
 

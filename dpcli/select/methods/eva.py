@@ -42,8 +42,9 @@ def eva_scores(el2n: np.ndarray, window: int = WINDOW, weight: float = WEIGHT) -
     early, later = eva_windows(el2n.shape[0], window)
     e, lt = el2n[early], el2n[later]
     if np.isnan(e).any() or np.isnan(lt).any():
-        raise DpcliError("EVA needs the error-vector norm of every sample in each epoch of its windows; "
-                         "train on the full dataset")
+        raise DpcliError(
+            "EVA needs the error-vector norm of every sample in each epoch of its windows; train on the full dataset"
+        )
     return weight * window_variance(e) + (1.0 - weight) * window_variance(lt)
 
 

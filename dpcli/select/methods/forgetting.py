@@ -17,7 +17,7 @@ def forgetting_counts(correct: np.ndarray) -> np.ndarray:
     prev = np.full(correct.shape[1], -1, dtype=np.int8)  # last seen correctness, -1 = none
     for e in range(correct.shape[0]):
         s = seen[e]
-        events += (s & (prev == 1) & (c[e] == 0))
+        events += s & (prev == 1) & (c[e] == 0)
         prev = np.where(s, c[e], prev)
     never = ~(np.where(seen, c == 1, False).any(0))
     events[never] = correct.shape[0] + 1

@@ -35,7 +35,7 @@ def moderate_select(distance: np.ndarray, m: int) -> np.ndarray:
     lo = min(lo, m)
     order = np.argsort(distance, kind="stable")
     pruned = np.ones(n, dtype=bool)
-    pruned[order[lo:lo + n - m]] = False
+    pruned[order[lo : lo + n - m]] = False
     return pruned
 
 

@@ -29,20 +29,50 @@ class Optimization(Selector):
         if cfg.buckets != 1:
             from dpcli.select.buckets import solve_bucketed
 
-            sel = solve_bucketed(ctx.S, m=m, epsilon=epsilon, buckets=cfg.buckets, workers=cfg.workers,
-                                 solver=cfg.solver, time_budget=cfg.time_budget, seed=cfg.seed, progress=ctx.progress)
+            sel = solve_bucketed(
+                ctx.S,
+                m=m,
+                epsilon=epsilon,
+                buckets=cfg.buckets,
+                workers=cfg.workers,
+                solver=cfg.solver,
+                time_budget=cfg.time_budget,
+                seed=cfg.seed,
+                progress=ctx.progress,
+            )
         elif m is None:
             assert epsilon is not None  # base.select gives one of m and epsilon
-            sel = solvers.maximize_pruned(ctx.S, epsilon, solver=cfg.solver, time_budget=cfg.time_budget,
-                                          seed=cfg.seed, progress=ctx.progress, device=ctx.device)
+            sel = solvers.maximize_pruned(
+                ctx.S,
+                epsilon,
+                solver=cfg.solver,
+                time_budget=cfg.time_budget,
+                seed=cfg.seed,
+                progress=ctx.progress,
+                device=ctx.device,
+            )
         else:
-            sel = solvers.minimize_norm(ctx.S, m, solver=cfg.solver, time_budget=cfg.time_budget, seed=cfg.seed,
-                                        progress=ctx.progress, proposals=ctx.proposals, device=ctx.device)
+            sel = solvers.minimize_norm(
+                ctx.S,
+                m,
+                solver=cfg.solver,
+                time_budget=cfg.time_budget,
+                seed=cfg.seed,
+                progress=ctx.progress,
+                proposals=ctx.proposals,
+                device=ctx.device,
+            )
         return sel.pruned, sel.solver
 
     def _covered(self, ctx: Context, m: int | None) -> tuple[np.ndarray, str]:
-        from dpcli.select.coverage import (Coverage, check_budget, count_columns, maximize_pruned_covered,
-                                           minimize_norm_covered, solve_dtype)
+        from dpcli.select.coverage import (
+            Coverage,
+            check_budget,
+            count_columns,
+            maximize_pruned_covered,
+            minimize_norm_covered,
+            solve_dtype,
+        )
 
         cfg = self.cfg
         if cfg.cutoff is not None and cfg.cutoff_ratio is None:
@@ -60,11 +90,23 @@ class Optimization(Selector):
         label = f"{cfg.solver}+coverage(balance={cov.balance},strata={cov.strata},cutoff={cov.cutoff:g})"
         if m is None:
             assert cfg.epsilon is not None  # base.select gives one of m and epsilon
-            return maximize_pruned_covered(ctx.S, cfg.epsilon, ctx.labels, diff, cov, seed=cfg.seed,
-                                           solver=cfg.solver, device=ctx.device), label
+            return maximize_pruned_covered(
+                ctx.S, cfg.epsilon, ctx.labels, diff, cov, seed=cfg.seed, solver=cfg.solver, device=ctx.device
+            ), label
         feats = ctx.features() if cfg.match_features else None
         if feats is not None:
             label += "+features"
-        return minimize_norm_covered(ctx.S, m, ctx.labels, diff, cov, seed=cfg.seed, solver=cfg.solver,
-                                     time_budget=cfg.time_budget, progress=ctx.progress, features=feats,
-                                     proposals=ctx.proposals, device=ctx.device), label
+        return minimize_norm_covered(
+            ctx.S,
+            m,
+            ctx.labels,
+            diff,
+            cov,
+            seed=cfg.seed,
+            solver=cfg.solver,
+            time_budget=cfg.time_budget,
+            progress=ctx.progress,
+            features=feats,
+            proposals=ctx.proposals,
+            device=ctx.device,
+        ), label

@@ -26,7 +26,7 @@ def tdds_scores(loss: np.ndarray, window: int | None = None, decay: float = 0.9)
     delta = loss[:-1] - loss[1:]
     w = window or max(2, min(10, (e - 1) // 3))
     w = min(w, delta.shape[0])
-    stds = np.stack([delta[t:t + w].std(0) for t in range(delta.shape[0] - w + 1)])
+    stds = np.stack([delta[t : t + w].std(0) for t in range(delta.shape[0] - w + 1)])
     weights = decay ** np.arange(len(stds))[::-1]
     return (weights[:, None] * stds).sum(0) / weights.sum()
 

@@ -30,10 +30,17 @@ import numpy as np
 
 from dpcli.errors import DpcliError
 from dpcli.select.certificate import certify, repair
-from dpcli.select.linalg import (Rows, as_mask, as_matrix, count_from_ratio, masked_sum, matvec,  # noqa: F401
-                                 row_sq_norms, subset_norm)
-from dpcli.select.solvers._common import (SOLVERS, Clock, Progress, Selection, Solver,  # noqa: F401 (re-exported)
-                                          check_budget, get_solver)
+from dpcli.select.linalg import (  # noqa: F401
+    Rows,
+    as_mask,
+    as_matrix,
+    count_from_ratio,
+    masked_sum,
+    matvec,
+    row_sq_norms,
+    subset_norm,
+)
+from dpcli.select.solvers._common import SOLVERS, Clock, Progress, Selection, Solver, check_budget, get_solver  # noqa: F401 (re-exported)
 
 
 def _rows(S, device) -> Rows:
@@ -49,9 +56,17 @@ def _norm(S, rows: Rows, mask: np.ndarray) -> float:
     return subset_norm(S, mask) if isinstance(S, np.ndarray) else rows.norm(mask)
 
 
-def minimize_norm(S: np.ndarray, m: int, solver: str = "swap", time_budget: float | None = None,
-                  seed: int = 0, progress: Progress | None = None, *,
-                  proposals: int | None = None, device=None) -> Selection:
+def minimize_norm(
+    S: np.ndarray,
+    m: int,
+    solver: str = "swap",
+    time_budget: float | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+    *,
+    proposals: int | None = None,
+    device=None,
+) -> Selection:
     """Eq. 4: the ``m`` samples whose summed influence has the smallest norm.
 
     ``S``: a numpy array (or a torch tensor already on ``device``).  ``proposals`` caps swap's annealing
@@ -85,8 +100,16 @@ def _solver(name: str, n: int) -> Solver:
     return get_solver(name, n)
 
 
-def maximize_pruned(S: np.ndarray, epsilon: float, solver: str = "swap", time_budget: float | None = None,
-                    seed: int = 0, progress: Progress | None = None, *, device=None) -> Selection:
+def maximize_pruned(
+    S: np.ndarray,
+    epsilon: float,
+    solver: str = "swap",
+    time_budget: float | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+    *,
+    device=None,
+) -> Selection:
     """Eq. 3: as many samples as possible whose summed influence has norm <= ``epsilon``."""
     t0 = time.perf_counter()
     S = as_matrix(S)
@@ -113,10 +136,18 @@ def maximize_pruned(S: np.ndarray, epsilon: float, solver: str = "swap", time_bu
     return Selection(mask, norm, solver, "epsilon", eps, time.perf_counter() - t0, iters + extra)
 
 
-def refine(S: np.ndarray, pruned: np.ndarray, epsilon: float | None = None,
-           time_budget: float | None = None, max_cycles: int | None = None,
-           progress: Progress | None = None, grow: bool = True, seed: int = 0, *,
-           device=None) -> tuple[np.ndarray, int]:
+def refine(
+    S: np.ndarray,
+    pruned: np.ndarray,
+    epsilon: float | None = None,
+    time_budget: float | None = None,
+    max_cycles: int | None = None,
+    progress: Progress | None = None,
+    grow: bool = True,
+    seed: int = 0,
+    *,
+    device=None,
+) -> tuple[np.ndarray, int]:
     """Warm-started swap local search from ``pruned`` (e.g. the union of bucket solutions).
 
     Without ``epsilon``: swaps at fixed count, never worse than the start (Eq. 4).  With

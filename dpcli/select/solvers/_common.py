@@ -47,8 +47,6 @@ class Selection:
         return int(np.count_nonzero(self.pruned))
 
 
-
-
 class Solver:
     """One way to solve Eq. 3 / Eq. 4 on S.  Subclass with a ``name`` to register it (``prune --solver NAME``).
 
@@ -68,16 +66,23 @@ class Solver:
 
     def check(self, n: int) -> None:
         if self.max_n is not None and n > self.max_n:
-            raise DpcliError(f"the {self.name} solver accepts at most {self.max_n} samples, got {n}; "
-                             "use --solver swap")
+            raise DpcliError(f"the {self.name} solver accepts at most {self.max_n} samples, got {n}; use --solver swap")
 
-    def cardinality(self, rows: "Rows", q: np.ndarray, m: int, clock: "Clock", rng: np.random.Generator,
-                    proposals: int | None = None) -> tuple[np.ndarray, int]:
+    def cardinality(
+        self,
+        rows: "Rows",
+        q: np.ndarray,
+        m: int,
+        clock: "Clock",
+        rng: np.random.Generator,
+        proposals: int | None = None,
+    ) -> tuple[np.ndarray, int]:
         """Eq. 4: exactly ``m`` pruned, smallest ``||sum S_i||``; ``proposals`` caps annealing work, if any."""
         raise NotImplementedError
 
-    def epsilon(self, rows: "Rows", q: np.ndarray, eps: float, clock: "Clock",
-                rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    def epsilon(
+        self, rows: "Rows", q: np.ndarray, eps: float, clock: "Clock", rng: np.random.Generator
+    ) -> tuple[np.ndarray, int]:
         """Eq. 3: as many pruned as possible with ``||sum S_i|| <= eps`` (repaired and certified by the caller)."""
         raise NotImplementedError
 
@@ -99,7 +104,6 @@ def check_budget(time_budget: float | None) -> float | None:
     if not (math.isfinite(b) and b > 0):
         raise DpcliError(f"the time budget must be a positive number of seconds, got {time_budget!r}")
     return b
-
 
 
 @dataclass
@@ -136,7 +140,6 @@ class Clock:
     def done(self) -> None:
         if self.progress is not None:
             self.progress(1.0)
-
 
 
 def typical_step(rows, q: np.ndarray, rng: np.random.Generator, pairs: int = 256) -> float:

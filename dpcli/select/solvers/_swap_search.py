@@ -124,8 +124,9 @@ def _next_pool_size(k: int, applied: int, kmax: int) -> int:
     return k
 
 
-def _pool_search(G: np.ndarray, vP: np.ndarray, inA: np.ndarray, ns2: float, slack: np.ndarray,
-                 eps2: float | None) -> tuple[float, int]:
+def _pool_search(
+    G: np.ndarray, vP: np.ndarray, inA: np.ndarray, ns2: float, slack: np.ndarray, eps2: float | None
+) -> tuple[float, int]:
     """Local search restricted to a pool (Gram block ``G``, ``vP = S_P s``); returns ``||s||^2`` and moves.
 
     Moves: swap a member of A for an outsider (gain ``a_i - b_j + 2 G_ij``) and, with ``eps2``, additions
@@ -167,8 +168,19 @@ def _pool_search(G: np.ndarray, vP: np.ndarray, inA: np.ndarray, ns2: float, sla
             return ns2, applied
 
 
-def _search_block(outs: np.ndarray, ins: np.ndarray, a: np.ndarray, b: np.ndarray, W: np.ndarray, G: np.ndarray,
-                  vP: np.ndarray, qP: np.ndarray, inA: np.ndarray, slack: np.ndarray, ns2: float) -> tuple[int, float]:
+def _search_block(
+    outs: np.ndarray,
+    ins: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    W: np.ndarray,
+    G: np.ndarray,
+    vP: np.ndarray,
+    qP: np.ndarray,
+    inA: np.ndarray,
+    slack: np.ndarray,
+    ns2: float,
+) -> tuple[int, float]:
     """One round on the swaps between ``outs`` and ``ins``: a batch if one beats a single swap, else the
     best swaps per row and column one at a time.  Returns the swaps applied and ``||s||^2``."""
     po, pj = _best_pairs(W[np.ix_(outs, ins)], a, b, outs, ins)
@@ -178,8 +190,9 @@ def _search_block(outs: np.ndarray, ins: np.ndarray, a: np.ndarray, b: np.ndarra
     return progressed, ns2
 
 
-def _best_pairs(block: np.ndarray, a: np.ndarray, b: np.ndarray, outs: np.ndarray, ins: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray]:
+def _best_pairs(
+    block: np.ndarray, a: np.ndarray, b: np.ndarray, outs: np.ndarray, ins: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """The best swap of every row and every column of a gain block (float32), as (member of A, outsider)
     candidates with a positive screened gain, best first."""
     gain = block + a[:, None]
@@ -194,8 +207,9 @@ def _best_pairs(block: np.ndarray, a: np.ndarray, b: np.ndarray, outs: np.ndarra
     return po[keep], pj[keep]
 
 
-def _ranked(outs: np.ndarray, ins: np.ndarray, a: np.ndarray, b: np.ndarray, cap: int = 2 * _FOCUS
-            ) -> tuple[np.ndarray, np.ndarray]:
+def _ranked(
+    outs: np.ndarray, ins: np.ndarray, a: np.ndarray, b: np.ndarray, cap: int = 2 * _FOCUS
+) -> tuple[np.ndarray, np.ndarray]:
     """Rank pairing: the t-th best member of A (largest ``a``) with the t-th best outsider (smallest ``b``).
 
     Where ``||s||`` is large against single rows, every row's best partner is the same few rows, so the
@@ -218,8 +232,9 @@ def _disjoint(po: np.ndarray, pj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return po[keep], pj[keep]
 
 
-def _batch_gain(po: np.ndarray, pj: np.ndarray, G: np.ndarray, vP: np.ndarray, slack: np.ndarray,
-                first: int = 32) -> tuple[int, float, float]:
+def _batch_gain(
+    po: np.ndarray, pj: np.ndarray, G: np.ndarray, vP: np.ndarray, slack: np.ndarray, first: int = 32
+) -> tuple[int, float, float]:
     """The best prefix of disjoint swaps ``(po[t], pj[t])`` applied together: its length, exact float64 gain
     in ``||s||^2`` and that gain less the rows' rounding allowance.
 
@@ -242,8 +257,15 @@ def _batch_gain(po: np.ndarray, pj: np.ndarray, G: np.ndarray, vP: np.ndarray, s
     return t + 1, float(-change[t]), float(net[t])
 
 
-def _apply_batch(ranked: tuple[np.ndarray, np.ndarray], best: tuple[np.ndarray, np.ndarray], G: np.ndarray,
-                 vP: np.ndarray, inA: np.ndarray, slack: np.ndarray, ns2: float) -> tuple[int, float]:
+def _apply_batch(
+    ranked: tuple[np.ndarray, np.ndarray],
+    best: tuple[np.ndarray, np.ndarray],
+    G: np.ndarray,
+    vP: np.ndarray,
+    inA: np.ndarray,
+    slack: np.ndarray,
+    ns2: float,
+) -> tuple[int, float]:
     """Apply the better of two batches of disjoint swaps (the rank pairing and the best swaps per row and
     column, first claims kept) as one update, if it gains more than one swap would: the prefix whose exact
     gain is largest.  Returns the swaps applied (0: nothing beat a single swap) and ``||s||^2``."""
@@ -262,8 +284,16 @@ def _apply_batch(ranked: tuple[np.ndarray, np.ndarray], best: tuple[np.ndarray, 
     return t, max(ns2 - gain, 0.0)
 
 
-def _apply_swaps(po: np.ndarray, pj: np.ndarray, G: np.ndarray, vP: np.ndarray, qP: np.ndarray, inA: np.ndarray,
-                 slack: np.ndarray, ns2: float) -> tuple[int, float]:
+def _apply_swaps(
+    po: np.ndarray,
+    pj: np.ndarray,
+    G: np.ndarray,
+    vP: np.ndarray,
+    qP: np.ndarray,
+    inA: np.ndarray,
+    slack: np.ndarray,
+    ns2: float,
+) -> tuple[int, float]:
     """Apply candidate swaps best first, each re-evaluated in float64 against the current state."""
     progressed = 0
     for o, j in zip(po.tolist(), pj.tolist()):
@@ -279,8 +309,9 @@ def _apply_swaps(po: np.ndarray, pj: np.ndarray, G: np.ndarray, vP: np.ndarray, 
     return progressed, ns2
 
 
-def _pair_swap(G: np.ndarray, vP: np.ndarray, inA: np.ndarray, ns2: float, slack: np.ndarray,
-               k2: int = 16) -> tuple[float, int]:
+def _pair_swap(
+    G: np.ndarray, vP: np.ndarray, inA: np.ndarray, ns2: float, slack: np.ndarray, k2: int = 16
+) -> tuple[float, int]:
     """Best exchange of two members of A for two outsiders among the top-``k2`` of each side.
 
     Escapes many 1-swap local optima: two individually worsening swaps can cancel each other's
@@ -298,10 +329,10 @@ def _pair_swap(G: np.ndarray, vP: np.ndarray, inA: np.ndarray, ns2: float, slack
     Gs = G[np.ix_(outs, ins)]
     Go, Gi = G[np.ix_(outs, outs)], G[np.ix_(ins, ins)]
     so, si = slack[outs], slack[ins]
-    row = (2.0 * (vP[outs][ou] + vP[outs][ow]) - (qP[outs][ou] + qP[outs][ow] + 2.0 * Go[ou, ow])
-           - 2.0 * (so[ou] + so[ow]))
-    col = (2.0 * (vP[ins][ju] + vP[ins][jw]) + (qP[ins][ju] + qP[ins][jw] + 2.0 * Gi[ju, jw])
-           + 2.0 * (si[ju] + si[jw]))
+    row = (
+        2.0 * (vP[outs][ou] + vP[outs][ow]) - (qP[outs][ou] + qP[outs][ow] + 2.0 * Go[ou, ow]) - 2.0 * (so[ou] + so[ow])
+    )
+    col = 2.0 * (vP[ins][ju] + vP[ins][jw]) + (qP[ins][ju] + qP[ins][jw] + 2.0 * Gi[ju, jw]) + 2.0 * (si[ju] + si[jw])
     R = Gs[ou] + Gs[ow]
     gain = row[:, None] - col[None, :] + 2.0 * (R[:, ju] + R[:, jw])
     best = int(np.argmax(gain))
@@ -333,8 +364,9 @@ def _accepts(before: float, after: float, count_before: int, count_after: int, e
     return after <= eps2 and (count_after > count_before or after < before * (1.0 - _REL_TOL))
 
 
-def _pool_round(eng: Engine, st: SwapState, v: np.ndarray | None, k: int, eps2: float | None,
-                universe: np.ndarray | None = None) -> int:
+def _pool_round(
+    eng: Engine, st: SwapState, v: np.ndarray | None, k: int, eps2: float | None, universe: np.ndarray | None = None
+) -> int:
     """Screen a pool from ``v`` (top-k of each side by its O(1) gain part; all rows where S S^T is held),
     search it, and keep the result if its exact ``||s||^2`` says so.  Returns the moves applied.
 
@@ -367,8 +399,9 @@ def _pool_round(eng: Engine, st: SwapState, v: np.ndarray | None, k: int, eps2: 
     return moved
 
 
-def _bulk_rounds(eng: Engine, st: SwapState, clock: Clock, eps2: float | None = None,
-                 min_batch: int = 64) -> np.ndarray | None:
+def _bulk_rounds(
+    eng: Engine, st: SwapState, clock: Clock, eps2: float | None = None, min_batch: int = 64
+) -> np.ndarray | None:
     """Many swaps per pass over S while ``||s||`` is large compared with single rows.
 
     Far from the optimum the gain of a swap is dominated by its linear part, so the best
@@ -414,8 +447,15 @@ def _bulk_rounds(eng: Engine, st: SwapState, clock: Clock, eps2: float | None = 
     return None
 
 
-def local_search(eng: Engine, st: SwapState, clock: Clock, eps2: float | None = None, k0: int = 256,
-                 give_up: bool = False, max_cycles: int | None = None) -> None:
+def local_search(
+    eng: Engine,
+    st: SwapState,
+    clock: Clock,
+    eps2: float | None = None,
+    k0: int = 256,
+    give_up: bool = False,
+    max_cycles: int | None = None,
+) -> None:
     """Bulk rounds, then pool rounds (with ``eps2``, additions too) until none improves.
 
     Each outer cycle refreshes ``v = S s`` with one pass over S and screens from it a working set of the

@@ -9,16 +9,22 @@ from typing import Callable
 import numpy as np
 
 from dpcli.select.linalg import Rows
-from dpcli.select.solvers._common import (ANNEAL_ACCEPT0, ANNEAL_COOL, ANNEAL_MAX_MOVES, ANNEAL_MIN_MOVES, Clock,
-                                           Solver, typical_step)
-
+from dpcli.select.solvers._common import (
+    ANNEAL_ACCEPT0,
+    ANNEAL_COOL,
+    ANNEAL_MAX_MOVES,
+    ANNEAL_MIN_MOVES,
+    Clock,
+    Solver,
+    typical_step,
+)
 
 
 @dataclass
 class _Split:
     """Index lists of both sides with O(1) membership moves (``pos`` = place in its list)."""
 
-    members: np.ndarray   # [0, size) = A (pruned), [size, n) = outside
+    members: np.ndarray  # [0, size) = A (pruned), [size, n) = outside
     pos: np.ndarray
     size: int
 
@@ -113,8 +119,7 @@ class _Anneal:
     (proposals, or elapsed time when there is a budget).  The best state seen is returned.
     """
 
-    def __init__(self, rows: Rows, q: np.ndarray, mask: np.ndarray, clock: Clock,
-                 rng: np.random.Generator) -> None:
+    def __init__(self, rows: Rows, q: np.ndarray, mask: np.ndarray, clock: Clock, rng: np.random.Generator) -> None:
         self.rows, self.q, self.clock, self.rng = rows, q, clock, rng
         self.n, self.d = rows.n, rows.d
         self.split = _Split.of(mask)
@@ -141,8 +146,12 @@ class _Anneal:
         Xi, Xj = self.rows.take(ii), self.rows.take(jj)
         si, sj = Xi @ self.s, Xj @ self.s
         cross = np.einsum("ij,ij->i", Xi, Xj)
-        new = (self.ns2 - np.where(hi, 2.0 * si - self.q[ii], 0.0) + np.where(hj, 2.0 * sj + self.q[jj], 0.0)
-               - np.where(hi & hj, 2.0 * cross, 0.0))
+        new = (
+            self.ns2
+            - np.where(hi, 2.0 * si - self.q[ii], 0.0)
+            + np.where(hj, 2.0 * sj + self.q[jj], 0.0)
+            - np.where(hi & hj, 2.0 * cross, 0.0)
+        )
         return np.maximum(new, 0.0)
 
     def _move(self, i: int, j: int, sign: float) -> None:
@@ -174,10 +183,15 @@ class _Anneal:
         self._move(i, j, -1.0)
         return False
 
-    def run(self, propose: Callable[[int], tuple[np.ndarray, np.ndarray]],
-            delta_energy: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
-            key: Callable[[], tuple[float, float]], t0: float, t1: float,
-            feasible: Callable[[float], bool] = lambda ns2: True) -> np.ndarray:
+    def run(
+        self,
+        propose: Callable[[int], tuple[np.ndarray, np.ndarray]],
+        delta_energy: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
+        key: Callable[[], tuple[float, float]],
+        t0: float,
+        t1: float,
+        feasible: Callable[[float], bool] = lambda ns2: True,
+    ) -> np.ndarray:
         cap = _batch_cap(self.d)
         batch, acc_rate = 16, 0.5
         self.best.offer(key())
@@ -199,8 +213,9 @@ class _Anneal:
         return self.best.best_mask(self.split.mask())
 
 
-def anneal_cardinality(rows: Rows, q: np.ndarray, m: int, clock: Clock,
-                        rng: np.random.Generator) -> tuple[np.ndarray, int]:
+def anneal_cardinality(
+    rows: Rows, q: np.ndarray, m: int, clock: Clock, rng: np.random.Generator
+) -> tuple[np.ndarray, int]:
     """Eq. 4 by SA over m-subsets from a random start; moves swap a pruned and a kept sample.
 
     Energy ``||s||``.  ``T0`` is set so a typical uphill swap from a near-zero sum (its size is
@@ -226,8 +241,9 @@ def anneal_cardinality(rows: Rows, q: np.ndarray, m: int, clock: Clock,
     return mask, an.evaluated
 
 
-def anneal_epsilon(rows: Rows, q: np.ndarray, eps: float, clock: Clock,
-                    rng: np.random.Generator) -> tuple[np.ndarray, int]:
+def anneal_epsilon(
+    rows: Rows, q: np.ndarray, eps: float, clock: Clock, rng: np.random.Generator
+) -> tuple[np.ndarray, int]:
     """Eq. 3 by penalty SA from the empty set, returning the best FEASIBLE set visited.
 
     Moves: add, remove or swap (equally likely; only valid kinds when a side is empty).  Energy
@@ -287,10 +303,12 @@ class Anneal(Solver):
     name = "anneal"
     help = "the paper's simulated annealing"
 
-    def cardinality(self, rows: Rows, q: np.ndarray, m: int, clock: Clock, rng: np.random.Generator,
-                    proposals: int | None = None) -> tuple[np.ndarray, int]:
+    def cardinality(
+        self, rows: Rows, q: np.ndarray, m: int, clock: Clock, rng: np.random.Generator, proposals: int | None = None
+    ) -> tuple[np.ndarray, int]:
         return anneal_cardinality(rows, q, m, clock, rng)
 
-    def epsilon(self, rows: Rows, q: np.ndarray, eps: float, clock: Clock,
-                rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    def epsilon(
+        self, rows: Rows, q: np.ndarray, eps: float, clock: Clock, rng: np.random.Generator
+    ) -> tuple[np.ndarray, int]:
         return anneal_epsilon(rows, q, eps, clock, rng)

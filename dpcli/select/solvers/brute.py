@@ -7,7 +7,6 @@ import math
 import numpy as np
 
 from dpcli.errors import DpcliError
-
 from dpcli.select.linalg import Rows
 from dpcli.select.solvers._common import Clock, Solver
 
@@ -62,7 +61,6 @@ def brute(rows: Rows, q: np.ndarray, m: int | None, eps: float | None) -> tuple[
     return np.zeros(n, dtype=bool), 1 << n  # pragma: no cover - the empty set is always feasible
 
 
-
 class Brute(Solver):
     name = "brute"
     help = f"exhaustive enumeration (an oracle for n <= {BRUTE_MAX_N})"
@@ -70,13 +68,17 @@ class Brute(Solver):
 
     def check(self, n: int) -> None:
         if n > BRUTE_MAX_N:
-            raise DpcliError(f"the brute solver enumerates all subsets and accepts at most {BRUTE_MAX_N} "
-                             f"samples, got {n}; use --solver swap")
+            raise DpcliError(
+                f"the brute solver enumerates all subsets and accepts at most {BRUTE_MAX_N} "
+                f"samples, got {n}; use --solver swap"
+            )
 
-    def cardinality(self, rows: Rows, q: np.ndarray, m: int, clock: Clock, rng: np.random.Generator,
-                    proposals: int | None = None) -> tuple[np.ndarray, int]:
+    def cardinality(
+        self, rows: Rows, q: np.ndarray, m: int, clock: Clock, rng: np.random.Generator, proposals: int | None = None
+    ) -> tuple[np.ndarray, int]:
         return brute(rows, q, m=m, eps=None)
 
-    def epsilon(self, rows: Rows, q: np.ndarray, eps: float, clock: Clock,
-                rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    def epsilon(
+        self, rows: Rows, q: np.ndarray, eps: float, clock: Clock, rng: np.random.Generator
+    ) -> tuple[np.ndarray, int]:
         return brute(rows, q, m=None, eps=eps)

@@ -29,7 +29,7 @@ import numpy as np
 
 from dpcli.select.linalg import CHUNK_BYTES, Rows
 from dpcli.select.solvers._common import ANNEAL_MAX_MOVES, ANNEAL_MIN_MOVES, Clock, Solver
-from dpcli.select.solvers._swap_search import _bulk_rounds, _screen, Engine, greedy_fill, local_search, SwapState
+from dpcli.select.solvers._swap_search import Engine, SwapState, _bulk_rounds, _screen, greedy_fill, local_search
 
 # Annealing stops when a cycle improves the best ||s||^2 by less than this share.
 CONVERGED = 0.01
@@ -120,11 +120,11 @@ class _Chain:
             T = temp(done)
             c = 0
             while c < m:
-                ro, ri = R1[c:c + batch], R2[c:c + batch]
+                ro, ri = R1[c : c + batch], R2[c : c + batch]
                 po, pj = outs[ro], ins[ri]
                 gain = a[po] - b[pj] + 2.0 * G[po, pj]
                 root = math.sqrt(self.ns2)
-                ok = np.flatnonzero(gain >= self.ns2 - (root + T * L[c:c + batch]) ** 2)
+                ok = np.flatnonzero(gain >= self.ns2 - (root + T * L[c : c + batch]) ** 2)
                 got = ro.size
                 acc_rate = 0.9 * acc_rate + 0.1 * (ok.size / got)
                 if ok.size:
@@ -184,8 +184,16 @@ class _WorkingSet:
         return U[np.concatenate(_screen(st.A[U], SU.matvec(st.s), eng.q[U], k))]
 
 
-def _anneal_cycle(eng: Engine, st: SwapState, clock: Clock, rng: np.random.Generator, proposals: int,
-                  t0: float | None, cool: float, accept: float = 0.05) -> tuple[SwapState, int, float | None]:
+def _anneal_cycle(
+    eng: Engine,
+    st: SwapState,
+    clock: Clock,
+    rng: np.random.Generator,
+    proposals: int,
+    t0: float | None,
+    cool: float,
+    accept: float = 0.05,
+) -> tuple[SwapState, int, float | None]:
     """One annealing cycle of ``proposals`` from ``st``: the best state seen, proposals made, start temperature.
 
     Pools are re-screened and ``s`` recomputed exactly every ``_REFRESH`` proposals; the
@@ -216,7 +224,7 @@ def _anneal_cycle(eng: Engine, st: SwapState, clock: Clock, rng: np.random.Gener
         # a pool's set-up (new Gram rows ~ d, its screening ~ n) is amortized over more proposals when it costs more
         every = max(_REFRESH_MIN, min(_REFRESH, proposals // 16)) * max(1, eng.d // 512, eng.n // 65536)
         budget = min(every, proposals - done)
-        done += chain.run(budget, lambda extra: t0_ * cool ** min(1.0, share(extra)), rng)
+        done += chain.run(budget, lambda extra: t0_ * cool ** min(1.0, share(extra)), rng)  # noqa: B023
         st.s, moved = eng.apply(st, P, chain.inA)
         st.A[P] = chain.inA
         st.moves += chain.accepted
@@ -231,8 +239,9 @@ def _anneal_cycle(eng: Engine, st: SwapState, clock: Clock, rng: np.random.Gener
     return best, done, t0
 
 
-def anneal(eng: Engine, st: SwapState, clock: Clock, rng: np.random.Generator,
-           proposals: int | None = None) -> SwapState:
+def anneal(
+    eng: Engine, st: SwapState, clock: Clock, rng: np.random.Generator, proposals: int | None = None
+) -> SwapState:
     """Annealing cycles from the best state, each followed by a local search, until one improves
     ``||s||^2`` by less than ``CONVERGED`` (relative); at most ``proposals`` proposals in all.
 
@@ -242,8 +251,8 @@ def anneal(eng: Engine, st: SwapState, clock: Clock, rng: np.random.Generator,
     pool's uphill swaps on average and cools by 100 over a cycle, refining a near-zero sum without
     throwing it away.  A cycle that gains ``CONVERGED`` or more is followed by one twice as long (slower
     cooling where annealing pays); when a cycle gains less, one cycle starting at 30% (at most ``HOT_MAX``
-    proposals) tries to leave the basin before the search is called converged.  At most :func:`annealing_cap` proposals in all (300 per
-    row).  Deterministic for a seed without a time budget.
+    proposals) tries to leave the basin before the search is called converged.  At most :func:`annealing_cap`
+    proposals in all (300 per row).  Deterministic for a seed without a time budget.
     """
     temps: dict[float, float | None] = {_POOL_ACCEPT0: None, _HOT_ACCEPT0: None}
     accept = _POOL_ACCEPT0
@@ -271,8 +280,9 @@ def anneal(eng: Engine, st: SwapState, clock: Clock, rng: np.random.Generator,
     return best
 
 
-def swap_cardinality(eng: Engine, m: int, clock: Clock, rng: np.random.Generator,
-                     proposals: int | None = None) -> tuple[np.ndarray, int]:
+def swap_cardinality(
+    eng: Engine, m: int, clock: Clock, rng: np.random.Generator, proposals: int | None = None
+) -> tuple[np.ndarray, int]:
     """Eq. 4: start, local search to a swap local optimum, then anneal until it stops improving.
 
     Works on the smaller side: if m > n/2 it picks the n - m KEPT rows with target
@@ -314,8 +324,9 @@ def swap_cardinality(eng: Engine, m: int, clock: Clock, rng: np.random.Generator
     return mask, st.moves
 
 
-def swap_epsilon(eng: Engine, eps: float, clock: Clock, rng: np.random.Generator,
-                 start: "SwapState | None" = None) -> tuple[np.ndarray, int]:
+def swap_epsilon(
+    eng: Engine, eps: float, clock: Clock, rng: np.random.Generator, start: "SwapState | None" = None
+) -> tuple[np.ndarray, int]:
     """Eq. 3 as a bisection over the count, with the cardinality machinery as the oracle.
 
     Pruning all n is known to be infeasible, so the search brackets the count in [lo, n).
@@ -382,10 +393,12 @@ class Swap(Solver):
     name = "swap"
     help = "swap local search over Gram blocks, then annealing until it stops improving (default)"
 
-    def cardinality(self, rows: Rows, q: np.ndarray, m: int, clock: Clock, rng: np.random.Generator,
-                    proposals: int | None = None) -> tuple[np.ndarray, int]:
+    def cardinality(
+        self, rows: Rows, q: np.ndarray, m: int, clock: Clock, rng: np.random.Generator, proposals: int | None = None
+    ) -> tuple[np.ndarray, int]:
         return swap_cardinality(Engine(rows, q), m, clock, rng, proposals=proposals)
 
-    def epsilon(self, rows: Rows, q: np.ndarray, eps: float, clock: Clock,
-                rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    def epsilon(
+        self, rows: Rows, q: np.ndarray, eps: float, clock: Clock, rng: np.random.Generator
+    ) -> tuple[np.ndarray, int]:
         return swap_epsilon(Engine(rows, q), eps, clock, rng)
