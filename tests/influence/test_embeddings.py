@@ -127,7 +127,9 @@ def test_cli_end_to_end_on_generated_features(tmp_path, capsys):
     ref = heads.refit(
         D.from_arrays(x[keep], y[keep], xt, yt, num_classes=3), np.ones(keep.sum(), bool), 0.01 * 150 / keep.sum()
     )
-    assert abs(metrics["test_loss"] - ref.test_loss) < 1e-9
+    # both fits stop at ||grad|| <= 1e-7 with curvature >= the L2 (~0.08): their optima agree to ~1e-6 in theta, so
+    # the losses to well under 1e-6; the mean-CE objective (L2 lam, not lam n / n_kept) is ~1e-2 away
+    assert abs(metrics["test_loss"] - ref.test_loss) < 1e-6
     code, out, err = run_cli(
         ["verify-bound", inf, "--mask", mask, "--out", tmp_path / "vb", "--json", "--quiet"], capsys
     )
@@ -135,7 +137,7 @@ def test_cli_end_to_end_on_generated_features(tmp_path, capsys):
     rows = json.loads(out)["rows"]
     full = heads.refit(D.from_arrays(x, y, xt, yt), np.ones(150, bool), 0.01)
     assert rows[0]["n_pruned"] == summary["n_pruned"]
-    assert abs(rows[0]["observed_gap"] - (ref.test_loss - full.test_loss)) < 1e-9  # deterministic: no seed noise
+    assert abs(rows[0]["observed_gap"] - (ref.test_loss - full.test_loss)) < 1e-6  # no seed noise: fit tolerance only
     assert abs(rows[0]["norm"] - norm) < 1e-6 and rows[1]["label"].startswith("random")
 
 
