@@ -1600,6 +1600,23 @@ MUTANTS: tuple[Mutant, ...] = (
         "",
         ("tests/cli/test_bare_env.py",),
     ),
+    # ---- the house: CI runs the README's test command word for word
+    Mutant(
+        "ci-runs-pytest-only",
+        ".ci/run skips the lint, format and type checks the README's test command runs",
+        ".ci/run",
+        "ruff check && ruff format --check && mypy && pytest\n",
+        "pytest\n",
+        ("tests/test_ci.py",),
+    ),
+    Mutant(
+        "checkers-unpinned",
+        "the dev extra lets ruff float to any release (a new one may judge the same code differently)",
+        "pyproject.toml",
+        '"ruff==0.17.6"',
+        '"ruff>=0.6"',
+        ("tests/test_ci.py",),
+    ),
 )
 
 
