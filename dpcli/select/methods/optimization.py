@@ -12,7 +12,7 @@ import numpy as np
 from dpcli.errors import DpcliError
 from dpcli.select import solvers
 from dpcli.select.base import Context, Selector
-from dpcli.select.methods.ccs import ccs_cutoff
+from dpcli.select.methods.ccs import resolve_cutoff
 
 
 class Optimization(Selector):
@@ -80,8 +80,7 @@ class Optimization(Selector):
         else:  # relative to the prune share
             if m is None:
                 raise DpcliError("--hard-cutoff auto / Fx needs a prune ratio or count")
-            share = m / ctx.n
-            cutoff = min(ccs_cutoff(share) if cfg.cutoff_ratio is None else cfg.cutoff_ratio * share, 0.999999)
+            cutoff = min(resolve_cutoff(cfg, m, ctx.n), 0.999999)
         cov = Coverage(balance=cfg.balance, strata=cfg.strata, cutoff=cutoff)
         # the count columns alone may pass the budget: say so before the difficulty and features are computed
         groups = count_columns(len(np.unique(ctx.labels)), cov.balance, cov.strata)
