@@ -1600,6 +1600,14 @@ MUTANTS: tuple[Mutant, ...] = (
         "",
         ("tests/cli/test_bare_env.py",),
     ),
+    Mutant(
+        "stop-wrapped-unseen",
+        "a stop signal that a C callback (h5py's visit) wrapped in a SystemError ends in a traceback and exit 1",
+        "dpcli/cli/application.py",
+        "            stop = _stop_behind(exc)\n            if stop is None:\n                raise\n",
+        "            stop = None\n            if stop is None:\n                raise\n",
+        ("tests/cli/test_signals.py",),
+    ),
     # ---- the house: CI runs the README's test command word for word
     Mutant(
         "ci-runs-pytest-only",

@@ -162,15 +162,8 @@ def _guard(func: Callable[..., None]) -> Callable[..., None]:
         except ReaderGone:  # git's way: no message (nobody reads it), the artifacts are complete
             _silence_stdout()
             raise typer.Exit(EXIT_READER_GONE) from None
-        except Terminated as exc:
-            what = "hung up" if isinstance(exc, HungUp) else "terminated"
-            console.error_line(
-                f"dpcli: {what} ({exc.signal_name}); completed artifacts are kept, rerun the same command to resume"
-            )
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            console.error_line("dpcli: interrupted; completed artifacts are kept, rerun the same command to resume")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except KeyboardInterrupt as exc:
+            raise _stopped(exc) from None
         except MemoryError as exc:
             detail = f" ({str(exc).rstrip('.')})" if str(exc) else ""
             _error(
@@ -178,8 +171,35 @@ def _guard(func: Callable[..., None]) -> Callable[..., None]:
                 "with more memory (training and retraining need less with a smaller --batch-size)"
             )
             raise typer.Exit(EXIT_MEMORY) from None
+        except Exception as exc:  # a stop raised inside a C callback (h5py's visits) comes back wrapped
+            stop = _stop_behind(exc)
+            if stop is None:
+                raise
+            raise _stopped(stop) from None
 
     return wrapper
+
+
+def _stop_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The stop signal's exception that caused ``exc``, if one did."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _stopped(exc: KeyboardInterrupt) -> typer.Exit:
+    """Say how the job was stopped (one line) and give its exit code."""
+    if isinstance(exc, Terminated):
+        what = "hung up" if isinstance(exc, HungUp) else "terminated"
+        console.error_line(
+            f"dpcli: {what} ({exc.signal_name}); completed artifacts are kept, rerun the same command to resume"
+        )
+        return typer.Exit(exc.exit_code)
+    console.error_line("dpcli: interrupted; completed artifacts are kept, rerun the same command to resume")
+    return typer.Exit(EXIT_INTERRUPTED)
 
 
 def _silence_stdout() -> None:

@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+import typer
 
+from dpcli.cli.application import HungUp, Terminated, _guard
 from dpcli.data.sources import load_dataset
 from dpcli.stages import pipeline
 from dpcli.train.checkpoint import load_checkpoint
@@ -211,3 +213,36 @@ def test_a_full_stderr_decides_nothing(tiny_run, tmp_path):
         )
     assert proc.returncode == 0 and proc.stdout == ""
     _mask_is_whole(out)
+
+
+@pytest.mark.parametrize(
+    "stop, code, line",
+    [
+        (HungUp, 129, "dpcli: hung up (SIGHUP)"),
+        (Terminated, 143, "dpcli: terminated (SIGTERM)"),
+        (KeyboardInterrupt, 130, "dpcli: interrupted"),
+    ],
+)
+def test_a_stop_wrapped_by_a_c_callback_still_exits_with_its_code(stop, code, line, capsys):
+    """A signal landing inside h5py's visit callback comes back as a SystemError caused by the stop (seen in CI):
+    the job still ends with the stop's exit code and one line, not a traceback and exit 1."""
+
+    def in_a_visit() -> None:
+        try:
+            raise stop()
+        except KeyboardInterrupt as exc:
+            raise SystemError("<cyfunction FastRLock.__exit__> returned a result with an exception set") from exc
+
+    with pytest.raises(typer.Exit) as raised:
+        _guard(in_a_visit)()
+    assert raised.value.exit_code == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(line)
+
+
+def test_an_error_not_caused_by_a_stop_is_not_taken_for_one():
+    def broken() -> None:
+        raise SystemError("a real bug")
+
+    with pytest.raises(SystemError):
+        _guard(broken)()
